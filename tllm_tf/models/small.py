@@ -1,0 +1,57 @@
+"""Small CNN and MLP models for the embedded 8x8 digits demo and the tests.
+
+They are fast on two CPU cores; `width` sets the capacity, so a family of
+teachers of growing size (for the capacity-gap study) is one name each.
+"""
+
+import functools
+
+import keras
+
+
+def _l2(weight_decay):
+    # Keras's L2(l) adds l * sum(w^2) to the loss, whose gradient is 2 l w:
+    # half the coefficient gives PyTorch's `weight_decay * w` gradient term.
+    return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+
+
+def cnn(num_classes, input_shape, weight_decay=0.0, filters=32, name="cnn"):
+    """Two conv blocks, global pooling and a linear head (logits)."""
+    reg = _l2(weight_decay)
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for multiplier in (1, 2):
+        x = keras.layers.Conv2D(
+            filters * multiplier, 3, padding="same", activation="relu",
+            kernel_regularizer=reg,
+        )(x)
+    x = keras.layers.MaxPooling2D(2)(x) if min(input_shape[:2]) >= 4 else x
+    x = keras.layers.Conv2D(
+        filters * 2, 3, padding="same", activation="relu", kernel_regularizer=reg
+    )(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, kernel_regularizer=reg)(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def mlp(num_classes, input_shape, weight_decay=0.0, width=16, name="mlp"):
+    """Flatten, one hidden ReLU layer of `width` units, a linear head."""
+    reg = _l2(weight_decay)
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(width, activation="relu", kernel_regularizer=reg)(x)
+    outputs = keras.layers.Dense(num_classes, kernel_regularizer=reg)(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+BUILDERS = {
+    "cnn_tiny": functools.partial(cnn, filters=4, name="cnn_tiny"),
+    "cnn_small": functools.partial(cnn, filters=8, name="cnn_small"),
+    "cnn_medium": functools.partial(cnn, filters=16, name="cnn_medium"),
+    "cnn_large": functools.partial(cnn, filters=32, name="cnn_large"),
+    "cnn_xlarge": functools.partial(cnn, filters=64, name="cnn_xlarge"),
+    "mlp_4": functools.partial(mlp, width=4, name="mlp_4"),
+    "mlp_8": functools.partial(mlp, width=8, name="mlp_8"),
+    "mlp_16": functools.partial(mlp, width=16, name="mlp_16"),
+    "mlp_32": functools.partial(mlp, width=32, name="mlp_32"),
+}
