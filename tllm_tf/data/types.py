@@ -1,0 +1,43 @@
+"""The one value every data source returns."""
+
+import dataclasses
+from typing import Optional
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """Train / held-out / test splits of one labelled image data set.
+
+    Every split is an *unbatched* `tf.data.Dataset` of `(image, label)` with
+    `image` float32 of shape `image_shape` in the data set's raw pixel scale
+    (0-255 for photographs, 0-16 for the embedded digits) and `label` int32.
+    Normalisation is not applied here: `mean` and `std` (per channel, raw
+    scale) feed a normalisation layer at the front of the model, so an
+    exported model takes raw images.
+
+    Attributes:
+        name: data set name, e.g. `"digits"`, `"cifar100"`.
+        train: the training examples, held-out ones removed.
+        held_out: a stratified split of the *training* data, used to find the
+            undistillable classes (never the test split: that would leak it).
+        test: the test split; only ever used for reporting.
+        num_classes: number of classes.
+        class_names: one name per class id.
+        image_shape: shape of one image, e.g. `(32, 32, 3)`.
+        mean: per-channel mean of the training images, raw scale.
+        std: per-channel standard deviation of the training images, raw scale.
+        num_train: number of training examples, when known.
+    """
+
+    name: str
+    train: tf.data.Dataset
+    held_out: tf.data.Dataset
+    test: tf.data.Dataset
+    num_classes: int
+    class_names: tuple
+    image_shape: tuple
+    mean: tuple
+    std: tuple
+    num_train: Optional[int] = None
