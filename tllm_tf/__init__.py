@@ -1,0 +1,23 @@
+"""tllm_tf: knowledge distillation that finds and stops distilling undistillable classes.
+
+Implements Teach Less, Learn More (Zhu et al., NeurIPS 2022) for Keras 3 on
+TensorFlow.
+"""
+
+from tllm_tf.callbacks import UndistillableClassCallback
+from tllm_tf.distiller import Distiller
+from tllm_tf.losses import KDLoss
+from tllm_tf.losses import kd_loss
+from tllm_tf.metrics import per_class_accuracy
+from tllm_tf.reference import load_reference
+from tllm_tf.reference import save_reference
+
+__all__ = [
+    "Distiller",
+    "KDLoss",
+    "UndistillableClassCallback",
+    "kd_loss",
+    "load_reference",
+    "per_class_accuracy",
+    "save_reference",
+]

@@ -1,0 +1,128 @@
+"""The run configuration: one frozen dataclass, validated on construction.
+
+Flags (defined in `tools/train.py` only) -> `RunConfig` -> the stage runner,
+which passes keyword arguments to the library. Every field has a flag of the
+same name.
+"""
+
+import dataclasses
+import json
+from typing import Optional, Tuple
+
+STAGES = ("teacher", "reference", "student", "all")
+METHODS = ("kd", "tllm")
+OPTIMIZERS = ("sgd", "adam")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one `tools/train.py` run needs; see the flag help texts."""
+
+    workdir: str
+    stage: str = "all"
+    method: Tuple[str, ...] = ("tllm",)
+    # Data.
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    manual_dir: Optional[str] = None
+    holdout_fraction: float = 0.2
+    num_train: Optional[int] = None
+    augmentation: str = "none"
+    seed: int = 0
+    # Models.
+    teacher_model: str = "cnn_large"
+    student_model: str = "mlp_8"
+    teacher_path: Optional[str] = None
+    reference_path: Optional[str] = None
+    # Optimisation.
+    epochs: int = 30
+    teacher_epochs: Optional[int] = None
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_decay_epochs: Tuple[int, ...] = ()
+    lr_decay_rate: float = 0.1
+    teacher_label_smoothing: float = 0.0
+    # Distillation.
+    temperature: float = 4.0
+    alpha: float = 0.1
+    beta: float = 0.9
+    masked_class_policy: str = "hard_label"
+    # Undistillable-class identification.
+    margin: float = 0.0
+    warmup_epochs: int = 0
+    update_every: int = 1
+    sticky: bool = False
+    min_samples: int = 1
+    # Speed and scale.
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    mixed_precision: bool = False
+    strategy: str = "default"
+    verbose: int = 2
+
+    def __post_init__(self):
+        def require(condition, message):
+            if not condition:
+                raise ValueError(f"Bad configuration: {message}")
+
+        require(self.stage in STAGES,
+                f"stage must be one of {STAGES}. Received: stage={self.stage!r}")
+        require(self.method and all(m in METHODS for m in self.method),
+                f"method must be a non-empty list of {METHODS}. Received: {self.method}")
+        require(self.optimizer in OPTIMIZERS,
+                f"optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}")
+        require(self.strategy in STRATEGIES,
+                f"strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
+        require(self.masked_class_policy in ("hard_label", "drop"),
+                "masked_class_policy must be 'hard_label' or 'drop'. "
+                f"Received: {self.masked_class_policy!r}")
+        require(0.0 < self.holdout_fraction < 1.0,
+                f"holdout_fraction must be in (0, 1). Received: {self.holdout_fraction}")
+        require(self.epochs > 0, f"epochs must be > 0. Received: {self.epochs}")
+        require(self.teacher_epochs is None or self.teacher_epochs > 0,
+                f"teacher_epochs must be > 0. Received: {self.teacher_epochs}")
+        require(self.batch_size > 0, f"batch_size must be > 0. Received: {self.batch_size}")
+        require(self.learning_rate > 0,
+                f"learning_rate must be > 0. Received: {self.learning_rate}")
+        require(self.temperature > 0,
+                f"temperature must be > 0. Received: {self.temperature}")
+        require(self.alpha >= 0 and self.beta >= 0,
+                f"alpha and beta must be >= 0. Received: alpha={self.alpha}, beta={self.beta}")
+        require(self.weight_decay >= 0,
+                f"weight_decay must be >= 0. Received: {self.weight_decay}")
+        require(0.0 <= self.teacher_label_smoothing < 1.0,
+                f"teacher_label_smoothing must be in [0, 1). Received: {self.teacher_label_smoothing}")
+        require(self.margin >= 0, f"margin must be >= 0. Received: {self.margin}")
+        require(self.warmup_epochs >= 0,
+                f"warmup_epochs must be >= 0. Received: {self.warmup_epochs}")
+        require(self.update_every >= 1,
+                f"update_every must be >= 1. Received: {self.update_every}")
+        require(self.min_samples >= 1,
+                f"min_samples must be >= 1. Received: {self.min_samples}")
+        require(self.num_train is None or self.num_train > 0,
+                f"num_train must be > 0. Received: {self.num_train}")
+        require(self.steps_per_execution >= 1,
+                f"steps_per_execution must be >= 1. Received: {self.steps_per_execution}")
+        require(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
+                f"lr_decay_epochs must be increasing. Received: {self.lr_decay_epochs}")
+
+    @property
+    def stages(self):
+        """The stages this run executes, in order."""
+        if self.stage == "all":
+            return ("teacher", "reference", "student")
+        return (self.stage,)
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        values = json.loads(text)
+        for key in ("method", "lr_decay_epochs"):
+            values[key] = tuple(values[key])
+        return cls(**values)

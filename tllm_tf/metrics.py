@@ -1,0 +1,92 @@
+"""Per-class accuracy, computed in one compiled pass over a data set."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def as_dataset(data, batch_size=256):
+    """Returns a batched `tf.data.Dataset` of `(x, y)` from data or a dataset.
+
+    Args:
+        data: a batched `tf.data.Dataset` yielding `(x, y)` or
+            `(x, y, sample_weight)`, or a tuple `(x, y)` of arrays.
+        batch_size: batch size used for arrays. Defaults to `256`.
+
+    Returns:
+        A `tf.data.Dataset`.
+
+    Raises:
+        ValueError: if `data` is neither.
+    """
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        return tf.data.Dataset.from_tensor_slices(tuple(data[:2])).batch(batch_size)
+    raise ValueError(
+        "Expected a batched tf.data.Dataset of (x, y) or a tuple (x, y) of "
+        f"arrays. Received: {type(data).__name__}"
+    )
+
+
+class PerClassCounter:
+    """Counts correct predictions and examples per class for one model.
+
+    The counting loop is one `tf.function` over the whole data set, traced
+    once per model, so calling it every epoch costs one inference pass.
+
+    Args:
+        model: a `keras.Model` returning logits (a `Distiller` returns the
+            student's).
+        num_classes: number of classes.
+    """
+
+    def __init__(self, model, num_classes):
+        self.model = model
+        self.num_classes = int(num_classes)
+        self._count = tf.function(self._count_all, reduce_retracing=True)
+
+    def _count_all(self, dataset):
+        correct = tf.zeros((self.num_classes,), tf.float64)
+        total = tf.zeros((self.num_classes,), tf.float64)
+        for batch in dataset:
+            x, y = batch[0], batch[1]
+            labels = tf.reshape(tf.cast(y, tf.int32), (-1,))
+            if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
+                labels = tf.argmax(y, axis=-1, output_type=tf.int32)
+            logits = self.model(x, training=False)
+            predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            hits = tf.cast(tf.equal(predicted, labels), tf.float64)
+            correct += tf.math.unsorted_segment_sum(hits, labels, self.num_classes)
+            total += tf.math.unsorted_segment_sum(
+                tf.ones_like(hits), labels, self.num_classes)
+        return correct, total
+
+    def __call__(self, data):
+        """Returns `(correct, total)`, two float arrays of shape `(num_classes,)`."""
+        correct, total = self._count(as_dataset(data))
+        return correct.numpy(), total.numpy()
+
+
+def accuracy_from_counts(correct, total):
+    """Per-class accuracy; NaN where a class has no examples."""
+    correct = np.asarray(correct, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def per_class_accuracy(model, dataset, num_classes):
+    """Accuracy of `model` on each class of `dataset`, in one pass.
+
+    Args:
+        model: a `keras.Model` returning logits or probabilities.
+        dataset: a batched `tf.data.Dataset` of `(x, y)` (class ids or
+            one-hot labels), or a tuple `(x, y)` of arrays.
+        num_classes: number of classes.
+
+    Returns:
+        A float64 numpy array of shape `(num_classes,)`; a class with no
+        examples in `dataset` is NaN, not 0.
+    """
+    correct, total = PerClassCounter(model, num_classes)(dataset)
+    return accuracy_from_counts(correct, total)

@@ -1,0 +1,100 @@
+"""Trains teacher -> reference student -> distilled students (KD, TLLM).
+
+    python tools/train.py --flagfile=configs/demo.flags
+
+Flags come from flag files (see configs/) and the command line; later ones
+win. The run is written to --workdir; see tllm_tf/stages.py for its layout.
+"""
+
+import dataclasses
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from tllm_tf import config as config_lib
+from tllm_tf import reporting
+from tllm_tf import stages
+
+_DEFAULTS = config_lib.RunConfig(workdir="")
+
+flags.DEFINE_string("workdir", None, "Where every stage writes its results.", required=True)
+flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES, "Stage(s) to run.")
+flags.DEFINE_list("method", list(_DEFAULTS.method),
+                  "Distillation methods of the student stage: kd, tllm.")
+# Data.
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set name: digits, or a tfds name.")
+flags.DEFINE_string("data_dir", None, "tfds data directory.")
+flags.DEFINE_string("manual_dir", None, "tfds manual download directory (imagenet2012).")
+flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
+                   "Share of each class of the training split held out to find "
+                   "undistillable classes.")
+flags.DEFINE_integer("num_train", None, "Keep only this many training examples (digits).")
+flags.DEFINE_string("augmentation", _DEFAULTS.augmentation, "Augmentation recipe: none, cifar, imagenet.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of splits, initialisation and shuffling.")
+# Models.
+flags.DEFINE_string("teacher_model", _DEFAULTS.teacher_model, "Teacher architecture (model zoo name).")
+flags.DEFINE_string("student_model", _DEFAULTS.student_model, "Student architecture (model zoo name).")
+flags.DEFINE_string("teacher_path", None, "A trained teacher .keras file; skips the teacher stage.")
+flags.DEFINE_string("reference_path", None, "A reference JSON; skips the reference stage.")
+# Optimisation.
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of the student stages.")
+flags.DEFINE_integer("teacher_epochs", None, "Epochs of the teacher stage (default: --epochs).")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
+flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, config_lib.OPTIMIZERS, "Optimizer.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Initial learning rate.")
+flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay (PyTorch SGD sense).")
+flags.DEFINE_list("lr_decay_epochs", [], "Epochs at which the learning rate is multiplied by --lr_decay_rate.")
+flags.DEFINE_float("lr_decay_rate", _DEFAULTS.lr_decay_rate, "Step decay factor.")
+flags.DEFINE_float("teacher_label_smoothing", _DEFAULTS.teacher_label_smoothing,
+                   "Label smoothing of the teacher's training.")
+# Distillation.
+flags.DEFINE_float("temperature", _DEFAULTS.temperature, "KD temperature.")
+flags.DEFINE_float("alpha", _DEFAULTS.alpha, "Weight of the label loss.")
+flags.DEFINE_float("beta", _DEFAULTS.beta, "Weight of the distillation loss.")
+flags.DEFINE_enum("masked_class_policy", _DEFAULTS.masked_class_policy, ["hard_label", "drop"],
+                  "What an undistillable class's samples learn from.")
+flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
+flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask update.")
+flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
+flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked.")
+flags.DEFINE_integer("min_samples", _DEFAULTS.min_samples, "Fewest held-out samples to judge a class.")
+# Speed and scale.
+flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
+flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")
+flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs).")
+flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras fit verbosity.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+    """Builds the RunConfig from the parsed flags (one flag per field)."""
+    values = {field.name: FLAGS[field.name].value
+              for field in dataclasses.fields(config_lib.RunConfig)}
+    values["method"] = tuple(values["method"])
+    values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
+    return config_lib.RunConfig(**values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        config = config_from_flags()
+    except ValueError as error:
+        raise app.UsageError(str(error))
+    logging.info("Configuration:\n%s", config.to_json())
+    if config.mixed_precision:
+        import keras
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    stages.run(config)
+    results = reporting.load_results(config.workdir)
+    print(reporting.markdown_table(results))
+    print("\n".join(reporting.summary_lines(results)))
+
+
+if __name__ == "__main__":
+    app.run(main)
