@@ -7,14 +7,18 @@ win. The run is written to --workdir; see tllm_tf/stages.py for its layout.
 """
 
 import dataclasses
+import os
 
-from absl import app
-from absl import flags
-from absl import logging
+# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tllm_tf import config as config_lib
-from tllm_tf import reporting
-from tllm_tf import stages
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from tllm_tf import config as config_lib  # noqa: E402
+from tllm_tf import reporting  # noqa: E402
+from tllm_tf import stages  # noqa: E402
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
 
@@ -87,6 +91,7 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error))
     logging.info("Configuration:\n%s", config.to_json())
+    print(f"Writing to {config.workdir} (configuration in config.json there).")
     if config.mixed_precision:
         import keras
         keras.mixed_precision.set_global_policy("mixed_float16")

@@ -1,0 +1,54 @@
+"""Shared test set-up: quiet TensorFlow, two logical CPUs, tiny seeded models."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# MirroredStrategy tests need two devices; logical devices must be configured
+# before TensorFlow initialises them, so it happens at import time.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+NUM_CLASSES = 4
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def make_mlp(name, width=8, num_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE,
+             output_activation=None, weight_decay=0.0):
+    """A tiny MLP returning logits (or probabilities if asked)."""
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer)(x)
+    outputs = keras.layers.Dense(num_classes, activation=output_activation,
+                                 kernel_regularizer=regularizer)(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@pytest.fixture
+def seeded():
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture
+def tiny_data(seeded):
+    rng = np.random.default_rng(0)
+    x = rng.random((32,) + IMAGE_SHAPE, dtype=np.float32)
+    y = np.arange(32, dtype=np.int32) % NUM_CLASSES
+    return x, y
+
+
+@pytest.fixture
+def student(seeded):
+    return make_mlp("student", width=6)
+
+
+@pytest.fixture
+def teacher(seeded):
+    return make_mlp("teacher", width=16)

@@ -1,0 +1,25 @@
+import pytest
+
+from tllm_tf.config import RunConfig
+
+
+def test_json_round_trip():
+    config = RunConfig(workdir="/tmp/x", method=("kd", "tllm"), lr_decay_epochs=(150, 180))
+    assert RunConfig.from_json(config.to_json()) == config
+    assert RunConfig(workdir="w", stage="all").stages == ("teacher", "reference", "student")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", 0.0, "temperature must be > 0"),
+    ("epochs", 0, "epochs must be > 0"),
+    ("holdout_fraction", 1.0, "holdout_fraction must be in"),
+    ("alpha", -1.0, "alpha and beta"),
+    ("stage", "distil", "stage must be one of"),
+    ("method", ("kd", "dkd"), "method must be"),
+    ("masked_class_policy", "zero", "masked_class_policy"),
+    ("update_every", 0, "update_every"),
+    ("lr_decay_epochs", (180, 150), "increasing"),
+])
+def test_bad_values_are_refused_with_the_field_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(workdir="w", **{field: value})

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from tllm_tf.data import load_digits, stratified_split
+
+
+def test_stratified_split_is_disjoint_stratified_and_seeded():
+    labels = np.repeat(np.arange(5), 20)
+    kept, held = stratified_split(labels, fraction=0.25, seed=3)
+    assert len(np.intersect1d(kept, held)) == 0 and len(kept) + len(held) == 100
+    np.testing.assert_array_equal(np.bincount(labels[held]), [5] * 5)
+    np.testing.assert_array_equal(held, stratified_split(labels, fraction=0.25, seed=3)[1])
+    assert not np.array_equal(held, stratified_split(labels, fraction=0.25, seed=4)[1])
+    _, fixed = stratified_split(labels, count_per_class=3)
+    np.testing.assert_array_equal(np.bincount(labels[fixed]), [3] * 5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fraction": 1.5}, "0 < fraction < 1"),
+    ({"count_per_class": 0}, "count_per_class >= 1"),
+    ({}, "exactly one"),
+])
+def test_stratified_split_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        stratified_split(np.arange(10) % 2, **kwargs)
+
+
+def _labels(dataset):
+    return np.array([int(label) for _, label in dataset])
+
+
+def test_digits_splits_are_disjoint_and_cover_every_class():
+    data = load_digits(test_fraction=0.2, holdout_fraction=0.2, seed=0)
+    train, held, test = _labels(data.train), _labels(data.held_out), _labels(data.test)
+    assert len(train) + len(held) + len(test) == 1797
+    assert data.num_train == len(train)
+    for labels in (train, held, test):
+        assert set(labels) == set(range(10))
+    image, _ = next(iter(data.train))
+    assert image.shape == (8, 8, 1) and data.image_shape == (8, 8, 1)
+    assert 0 < data.mean[0] < 16 and data.std[0] > 0
+
+
+def test_digits_test_split_does_not_depend_on_other_settings():
+    a = load_digits(holdout_fraction=0.1, num_train=200, seed=1)
+    b = load_digits(holdout_fraction=0.3, seed=1)
+    first = np.stack([image.numpy() for image, _ in a.test])
+    second = np.stack([image.numpy() for image, _ in b.test])
+    np.testing.assert_array_equal(first, second)
+    assert 195 <= a.num_train <= 205

@@ -1,0 +1,275 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tllm_tf
+from conftest import NUM_CLASSES, make_mlp
+
+
+def _clone(model):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _distiller(student, teacher, **compile_kwargs):
+    distiller = tllm_tf.Distiller(student, teacher)
+    compile_kwargs.setdefault("optimizer", keras.optimizers.SGD(0.1))
+    distiller.compile(**compile_kwargs)
+    return distiller
+
+
+def _one_step(model, x, y):
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+
+
+def _manual_step(student, teacher, x, y, loss_fn, learning_rate=0.1):
+    """One SGD step on `loss_fn(labels, student_logits, teacher_logits)`."""
+    teacher_logits = teacher(x, training=False)
+    with tf.GradientTape() as tape:
+        logits = student(x, training=True)
+        loss = tf.reduce_mean(loss_fn(y, logits, teacher_logits))
+    gradients = tape.gradient(loss, student.trainable_variables)
+    for variable, gradient in zip(student.trainable_variables, gradients):
+        variable.assign_sub(learning_rate * gradient)
+
+
+def _ce(y, logits):
+    return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+
+
+def _assert_same_weights(a, b, atol=1e-6):
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=atol)
+
+
+def test_all_masked_hard_label_equals_plain_cross_entropy(student, teacher, tiny_data):
+    x, y = tiny_data
+    plain = _clone(student)
+    plain.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    distiller = _distiller(student, teacher, alpha=0.3, beta=0.7)
+    distiller.set_class_mask(np.zeros(NUM_CLASSES))
+    _one_step(distiller, x, y)
+    _one_step(plain, x, y)
+    _assert_same_weights(student, plain)
+
+
+def test_no_mask_is_standard_kd(student, teacher, tiny_data):
+    x, y = tiny_data
+    expected = _clone(student)
+    distiller = _distiller(student, teacher, alpha=0.1, beta=0.9)
+    _one_step(distiller, x, y)
+    _manual_step(expected, teacher, x, y, lambda labels, s, t: (
+        0.1 * _ce(labels, s) + 0.9 * tllm_tf.kd_loss(t, s, temperature=4.0)))
+    _assert_same_weights(student, expected)
+
+
+def test_drop_policy_removes_the_distillation_term_of_masked_classes(student, teacher, tiny_data):
+    x, y = tiny_data
+    expected = _clone(student)
+    mask = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    distiller = _distiller(student, teacher, alpha=0.5, beta=0.5, masked_class_policy="drop")
+    distiller.set_class_mask(mask)
+    _one_step(distiller, x, y)
+    _manual_step(expected, teacher, x, y, lambda labels, s, t: (
+        0.5 * _ce(labels, s)
+        + 0.5 * tf.gather(mask, labels) * tllm_tf.kd_loss(t, s, temperature=4.0)))
+    _assert_same_weights(student, expected)
+
+
+def test_soft_labels_give_the_same_update_as_class_ids(student, teacher, tiny_data):
+    x, y = tiny_data
+    twin = _clone(student)
+    mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    sparse = _distiller(student, teacher)
+    soft = _distiller(twin, teacher)
+    for distiller in (sparse, soft):
+        distiller.set_class_mask(mask)
+    _one_step(sparse, x, y)
+    _one_step(soft, x, np.eye(NUM_CLASSES, dtype=np.float32)[y])
+    _assert_same_weights(student, twin)
+
+
+def test_teacher_never_changes_and_logs_are_named(student, teacher, tiny_data):
+    x, y = tiny_data
+    before = [w.copy() for w in teacher.get_weights()]
+    distiller = _distiller(student, teacher, metrics=["accuracy"])
+    history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    for old, new in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert not teacher.trainable
+    assert {"loss", "student_loss", "distillation_loss", "accuracy",
+            "num_undistillable_classes"} <= set(history.history)
+    assert len(distiller.trainable_weights) == len(student.trainable_weights)
+
+
+class _TraceCountingDistiller(tllm_tf.Distiller):
+    traces = 0
+
+    def train_step(self, data):
+        # Python code in a compiled step runs once per trace.
+        self.traces += 1
+        return super().train_step(data)
+
+
+def test_mask_change_takes_effect_without_retracing(student, teacher, tiny_data):
+    x, y = tiny_data
+    distiller = _TraceCountingDistiller(student, teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.5, beta=0.5)
+    first = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert first["num_undistillable_classes"] == [0]
+    assert first["loss"][0] != pytest.approx(first["student_loss"][0])
+    train_function = distiller.train_function
+    distiller.set_class_mask(np.zeros(NUM_CLASSES))
+    second = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert distiller.train_function is train_function
+    assert distiller.traces == 1
+    assert second["num_undistillable_classes"] == [NUM_CLASSES]
+    # Every class masked, hard_label, alpha + beta = 1: the loss is the CE.
+    assert second["loss"][0] == pytest.approx(second["student_loss"][0], rel=1e-5)
+
+
+def test_mask_accessors(student, teacher):
+    distiller = tllm_tf.Distiller(student, teacher)
+    assert distiller.num_classes == NUM_CLASSES
+    assert distiller.undistillable_classes == []
+    distiller.set_class_mask([1, 0, 1, 0])
+    assert distiller.undistillable_classes == [1, 3]
+    assert not distiller.class_mask.trainable
+    with pytest.raises(ValueError, match="shape"):
+        distiller.set_class_mask([1, 0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        distiller.set_class_mask([1, 2, 1, 0])
+
+
+def test_mask_survives_save_and_load_weights(student, teacher, tmp_path):
+    distiller = tllm_tf.Distiller(student, teacher)
+    distiller.set_class_mask([0, 1, 1, 0])
+    path = str(tmp_path / "distiller.weights.h5")
+    distiller.save_weights(path)
+    distiller.set_class_mask(np.ones(NUM_CLASSES))
+    distiller.load_weights(path)
+    assert distiller.undistillable_classes == [0, 3]
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Sets a mask, then fails mid-training, as a killed job would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.set_class_mask([1, 0, 0, 1])
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+class _RecordMaskAtStart(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "first_epoch"):
+            self.first_epoch = epoch
+            self.mask = keras.ops.convert_to_numpy(self.model.class_mask).copy()
+
+
+def test_mask_survives_backup_and_restore(tiny_data, tmp_path):
+    x, y = tiny_data
+    backup_dir = str(tmp_path / "backup")
+    distiller = _distiller(make_mlp("student"), make_mlp("teacher"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        distiller.fit(x, y, epochs=4, verbose=0, callbacks=[
+            keras.callbacks.BackupAndRestore(backup_dir), _StopAfterEpoch()])
+    resumed = _distiller(make_mlp("student"), make_mlp("teacher"))
+    recorder = _RecordMaskAtStart()
+    resumed.fit(x, y, epochs=4, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(backup_dir), recorder])
+    assert recorder.first_epoch == 2
+    np.testing.assert_array_equal(recorder.mask, [1, 0, 0, 1])
+
+
+def test_keras_file_round_trip(student, teacher, tiny_data, tmp_path):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher, alpha=0.2, beta=0.8, masked_class_policy="drop",
+                           distillation_loss_fn=tllm_tf.KDLoss(temperature=2.0))
+    distiller.fit(x, y, epochs=1, verbose=0)
+    distiller.set_class_mask([1, 1, 0, 1])
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, tllm_tf.Distiller)
+    assert loaded.undistillable_classes == [2]
+    assert (loaded.alpha, loaded.beta, loaded.masked_class_policy) == (0.2, 0.8, "drop")
+    assert loaded.distillation_loss_fn.temperature == 2.0
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0),
+                               atol=1e-6)
+    loaded.fit(x, y, epochs=1, verbose=0)
+
+
+def test_student_regularization_reaches_the_update(teacher, tiny_data):
+    x, y = tiny_data
+    keras.utils.set_random_seed(1)
+    student = make_mlp("student", weight_decay=0.01)
+    expected = _clone(student)
+    distiller = _distiller(student, teacher)
+    _one_step(distiller, x, y)
+
+    def loss_fn(labels, s, t):
+        return (0.1 * _ce(labels, s) + 0.9 * tllm_tf.kd_loss(t, s, temperature=4.0)
+                + tf.add_n(expected.losses))
+
+    _manual_step(expected, teacher, x, y, loss_fn)
+    _assert_same_weights(student, expected)
+
+
+# -- bad input ---------------------------------------------------------------
+
+def test_rejects_output_size_mismatch(student):
+    with pytest.raises(ValueError, match="same classes.*outputs 5.*outputs 4"):
+        tllm_tf.Distiller(student, make_mlp("big_teacher", num_classes=5))
+
+
+def test_rejects_num_classes_that_disagrees(student, teacher):
+    with pytest.raises(ValueError, match="num_classes=3 disagrees"):
+        tllm_tf.Distiller(student, teacher, num_classes=3)
+
+
+@pytest.mark.parametrize("activation_layer", ["dense", "softmax_layer"])
+def test_rejects_teacher_that_outputs_probabilities(student, activation_layer):
+    if activation_layer == "dense":
+        teacher = make_mlp("prob_teacher", output_activation="softmax")
+    else:
+        inputs = keras.Input((8, 8, 3))
+        logits = make_mlp("inner")(inputs)
+        teacher = keras.Model(inputs, keras.layers.Softmax()(logits), name="prob_teacher")
+    with pytest.raises(ValueError, match="teacher 'prob_teacher' ends in a softmax.*logits"):
+        tllm_tf.Distiller(student, teacher)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": -0.1}, "alpha >= 0"),
+    ({"beta": -1.0}, "beta >= 0"),
+    ({"masked_class_policy": "ignore"}, "Unknown masked_class_policy"),
+    ({"loss": "mse"}, "not `loss`"),
+])
+def test_compile_rejects_bad_arguments(student, teacher, kwargs, message):
+    distiller = tllm_tf.Distiller(student, teacher)
+    with pytest.raises(ValueError, match=message):
+        distiller.compile(optimizer="sgd", **kwargs)
+
+
+def test_rejects_out_of_range_labels_in_arrays_before_training(student, teacher, tiny_data):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher)
+    before = [w.copy() for w in student.get_weights()]
+    with pytest.raises(ValueError, match=r"num_classes=4.*\[4, 6\]"):
+        distiller.fit(x, np.where(y == 0, 4, y) + (y == 1) * 5, verbose=0)
+    for old, new in zip(before, student.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_rejects_out_of_range_labels_in_datasets_at_the_first_step(student, teacher, tiny_data):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y - 1)).batch(8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids in \[0, num_classes=4\)"):
+        distiller.fit(dataset, epochs=1, verbose=0)

@@ -1,0 +1,45 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tllm_tf import metrics
+
+
+def _identity_model(num_classes):
+    """Its logits are its inputs, so predictions are chosen by the test."""
+    inputs = keras.Input((num_classes,))
+    return keras.Model(inputs, keras.layers.Identity()(inputs))
+
+
+def test_per_class_accuracy_counts_each_class_and_marks_empty_ones_nan():
+    logits = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 2, 2, 0]]
+    labels = np.array([0, 1, 1, 2, 2, 0, 0])
+    accuracy = metrics.per_class_accuracy(_identity_model(4), (logits, labels), 4)
+    np.testing.assert_allclose(accuracy[:3], [2 / 3, 1 / 2, 2 / 2])
+    assert np.isnan(accuracy[3])
+
+
+def test_per_class_accuracy_accepts_batched_datasets_with_one_hot_and_weights():
+    logits = np.eye(3, dtype=np.float32)[[0, 1, 1, 2]]
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 2]]
+    weights = np.ones(4, np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((logits, labels, weights)).batch(3)
+    accuracy = metrics.per_class_accuracy(_identity_model(3), dataset, 3)
+    np.testing.assert_allclose(accuracy, [1.0, 1.0, 0.5])
+
+
+def test_counter_traces_once_for_repeated_passes():
+    counter = metrics.PerClassCounter(_identity_model(2), 2)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.eye(2, dtype=np.float32), np.array([0, 0]))).batch(1)
+    for _ in range(3):
+        correct, total = counter(dataset)
+    np.testing.assert_array_equal(correct, [1, 0])
+    np.testing.assert_array_equal(total, [2, 0])
+    assert counter._count.experimental_get_tracing_count() == 1
+
+
+def test_as_dataset_rejects_other_inputs():
+    with pytest.raises(ValueError, match="tf.data.Dataset"):
+        metrics.as_dataset(np.zeros(3))

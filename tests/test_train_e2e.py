@@ -1,0 +1,56 @@
+"""One end-to-end run of the demo flag file at reduced size."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_demo_flagfile_runs_all_stages_and_exports_the_student(tmp_path):
+    workdir = str(tmp_path / "demo")
+    result = subprocess.run(
+        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
+         f"--workdir={workdir}", "--epochs=3", "--teacher_epochs=3",
+         "--teacher_model=cnn_small", "--warmup_epochs=1", "--verbose=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| class | reference | student_kd | student_tllm | KD<ref | masked |" in result.stdout
+    assert "student_tllm: test accuracy" in result.stdout
+    for path in ("config.json", "teacher/model.keras", "reference/reference.json",
+                 "student_kd/model.keras", "student_tllm/mask_log.jsonl",
+                 "student_tllm/history.csv", "student_tllm/saved_model/saved_model.pb"):
+        assert os.path.exists(os.path.join(workdir, path)), path
+    with open(os.path.join(workdir, "student_tllm", "mask_log.jsonl")) as handle:
+        assert len(handle.readlines()) == 2  # epochs 2 and 3, after 1 warm-up epoch
+
+    images = np.random.default_rng(0).uniform(0, 16, (5, 8, 8, 1)).astype(np.float32)
+    exported = tf.saved_model.load(os.path.join(workdir, "student_tllm", "saved_model"))
+    keras_model = keras.models.load_model(os.path.join(workdir, "student_tllm", "model.keras"))
+    np.testing.assert_allclose(exported.serve(images).numpy(),
+                               keras_model.predict(images, verbose=0), atol=1e-5)
+
+    # A second run of the same command finds every stage done and only reports.
+    again = subprocess.run(
+        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
+         f"--workdir={workdir}", "--epochs=3", "--teacher_epochs=3",
+         "--teacher_model=cnn_small", "--warmup_epochs=1", "--verbose=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Epoch" not in again.stdout
+    assert result.stdout.splitlines()[-4:] == again.stdout.splitlines()[-4:]
+
+
+def test_bad_flag_value_is_refused_before_training(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
+         f"--workdir={tmp_path}", "--temperature=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "temperature must be > 0" in result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "teacher"))
