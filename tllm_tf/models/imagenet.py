@@ -114,8 +114,12 @@ def _applications_model(
 
 
 BUILDERS = {
-    "resnet18": functools.partial(imagenet_resnet, blocks=(2, 2, 2, 2), name="resnet18"),
-    "resnet34": functools.partial(imagenet_resnet, blocks=(3, 4, 6, 3), name="resnet34"),
+    "resnet18": functools.partial(
+        imagenet_resnet, blocks=(2, 2, 2, 2), name="resnet18"
+    ),
+    "resnet34": functools.partial(
+        imagenet_resnet, blocks=(3, 4, 6, 3), name="resnet34"
+    ),
     "resnet50": functools.partial(
         _applications_model,
         application=keras.applications.ResNet50,

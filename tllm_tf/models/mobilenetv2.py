@@ -103,7 +103,9 @@ def mobilenetv2(
         x, last_channels, 1, activation="relu", weight_decay=weight_decay,
         name="last",
     )
-    outputs = common.classifier_head(x, num_classes, weight_decay=weight_decay)
+    outputs = common.classifier_head(
+        x, num_classes, init="normal", weight_decay=weight_decay
+    )
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -6,9 +6,16 @@ doubles as a flag value) to a function
 logits. Adding a family is one module and one line below.
 """
 
+from tllm_tf.models import imagenet
+from tllm_tf.models import mobilenetv2
+from tllm_tf.models import resnet
+from tllm_tf.models import resnet50
+from tllm_tf.models import shufflenet
 from tllm_tf.models import small
+from tllm_tf.models import vgg
+from tllm_tf.models import wrn
 
-_FAMILIES = (small,)
+_FAMILIES = (small, resnet, wrn, vgg, mobilenetv2, shufflenet, resnet50, imagenet)
 
 
 def _all_builders():

@@ -10,10 +10,17 @@ stages of 240, 480 and 960 channels; ShuffleNetV2 is the 1x size (116, 232,
 464 channels, then a 1x1 convolution to 1024).
 """
 
+import functools
+
 import keras
 import numpy as np
 
 from tllm_tf.models import common
+
+# Unlike the other reference models, the ShuffleNets keep PyTorch's default
+# initialization.
+_conv_bn = functools.partial(common.conv_bn, init="pytorch_default")
+_depthwise_conv2d = functools.partial(common.depthwise_conv2d, init="pytorch_default")
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
@@ -42,7 +49,8 @@ class ChannelShuffle(keras.layers.Layer):
         per_group = channels // self.groups
         # A gather with a fixed permutation needs no knowledge of the spatial
         # size, so the layer also works on inputs of unknown height and width.
-        self._permutation = np.arange(channels).reshape(self.groups, per_group).T.ravel()
+        grid = np.arange(channels).reshape(self.groups, per_group)
+        self._permutation = grid.T.ravel()
 
     def call(self, inputs):
         return keras.ops.take(inputs, self._permutation, axis=-1)
@@ -76,7 +84,7 @@ def _relu(x, name):
 
 
 def _stem(inputs, weight_decay):
-    return common.conv_bn(
+    return _conv_bn(
         inputs, 24, 1, activation="relu", weight_decay=weight_decay, name="stem"
     )
 
@@ -89,20 +97,20 @@ def _shufflenet_v1_unit(x, filters, *, groups, strides, weight_decay, name):
     mid_channels = branch_channels // 4
     # The stem has too few channels (24) to split into groups.
     first_groups = 1 if in_channels == 24 else groups
-    y = common.conv_bn(
+    y = _conv_bn(
         x, mid_channels, 1, groups=first_groups, activation="relu",
         weight_decay=weight_decay, name=f"{name}_1",
     )
     if first_groups > 1:
         y = ChannelShuffle(first_groups, name=f"{name}_shuffle")(y)
-    y = common.depthwise_conv2d(
+    y = _depthwise_conv2d(
         y, 3, strides=strides, weight_decay=weight_decay, name=f"{name}_dw_conv"
     )
     y = common.batch_norm(y, weight_decay=weight_decay, name=f"{name}_dw_bn")
     # Unlike the paper, the reference has a ReLU after the depthwise
     # convolution; kept so that results are comparable with the benchmark.
     y = _relu(y, f"{name}_dw_relu")
-    y = common.conv_bn(
+    y = _conv_bn(
         y, branch_channels, 1, groups=groups, weight_decay=weight_decay,
         name=f"{name}_2",
     )
@@ -149,25 +157,25 @@ def shufflenetv1(num_classes, input_shape, weight_decay=0.0, name="shufflenetv1"
 
 def _shufflenet_v2_down_unit(x, filters, *, weight_decay, name):
     half = filters // 2
-    left = common.depthwise_conv2d(
+    left = _depthwise_conv2d(
         x, 3, strides=2, weight_decay=weight_decay, name=f"{name}_left_dw_conv"
     )
     left = common.batch_norm(left, weight_decay=weight_decay, name=f"{name}_left_dw_bn")
-    left = common.conv_bn(
+    left = _conv_bn(
         left, half, 1, activation="relu", weight_decay=weight_decay,
         name=f"{name}_left",
     )
-    right = common.conv_bn(
+    right = _conv_bn(
         x, half, 1, activation="relu", weight_decay=weight_decay,
         name=f"{name}_right_1",
     )
-    right = common.depthwise_conv2d(
+    right = _depthwise_conv2d(
         right, 3, strides=2, weight_decay=weight_decay, name=f"{name}_right_dw_conv"
     )
     right = common.batch_norm(
         right, weight_decay=weight_decay, name=f"{name}_right_dw_bn"
     )
-    right = common.conv_bn(
+    right = _conv_bn(
         right, half, 1, activation="relu", weight_decay=weight_decay,
         name=f"{name}_right_2",
     )
@@ -178,15 +186,15 @@ def _shufflenet_v2_down_unit(x, filters, *, weight_decay, name):
 def _shufflenet_v2_unit(x, *, weight_decay, name):
     kept, branch = ChannelSplit(name=f"{name}_split")(x)
     channels = branch.shape[-1]
-    branch = common.conv_bn(
+    branch = _conv_bn(
         branch, channels, 1, activation="relu", weight_decay=weight_decay,
         name=f"{name}_1",
     )
-    branch = common.depthwise_conv2d(
+    branch = _depthwise_conv2d(
         branch, 3, weight_decay=weight_decay, name=f"{name}_dw_conv"
     )
     branch = common.batch_norm(branch, weight_decay=weight_decay, name=f"{name}_dw_bn")
-    branch = common.conv_bn(
+    branch = _conv_bn(
         branch, channels, 1, activation="relu", weight_decay=weight_decay,
         name=f"{name}_2",
     )
@@ -218,7 +226,7 @@ def shufflenetv2(num_classes, input_shape, weight_decay=0.0, name="shufflenetv2"
             x = _shufflenet_v2_unit(
                 x, weight_decay=weight_decay, name=f"stage{stage}_unit{unit}"
             )
-    x = common.conv_bn(
+    x = _conv_bn(
         x, 1024, 1, activation="relu", weight_decay=weight_decay, name="last"
     )
     outputs = common.classifier_head(x, num_classes, weight_decay=weight_decay)

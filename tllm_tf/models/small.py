@@ -8,11 +8,7 @@ import functools
 
 import keras
 
-
-def _l2(weight_decay):
-    # Keras's L2(l) adds l * sum(w^2) to the loss, whose gradient is 2 l w:
-    # half the coefficient gives PyTorch's `weight_decay * w` gradient term.
-    return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+from tllm_tf.models.common import l2_regularizer as _l2
 
 
 def cnn(num_classes, input_shape, weight_decay=0.0, filters=32, name="cnn"):

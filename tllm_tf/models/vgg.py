@@ -63,7 +63,9 @@ def vgg(num_classes, input_shape, weight_decay=0.0, *, blocks, name="vgg"):
             x = keras.layers.ReLU(name=f"{layer_name}_relu")(x)
         if block in pooled_blocks:
             x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    outputs = common.classifier_head(x, num_classes, weight_decay=weight_decay)
+    outputs = common.classifier_head(
+        x, num_classes, init="normal", weight_decay=weight_decay
+    )
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -97,7 +97,9 @@ def wide_resnet(
                 name=f"stage{stage}_block{block}",
             )
     x = _bn_relu(x, weight_decay=weight_decay, name="final")
-    outputs = common.classifier_head(x, num_classes, weight_decay=weight_decay)
+    outputs = common.classifier_head(
+        x, num_classes, init="pytorch_default_zero_bias", weight_decay=weight_decay
+    )
     return keras.Model(inputs, outputs, name=name)
 
 
