@@ -1,0 +1,103 @@
+"""Tests of tllm_tf.data.folder_source on tiny PNG files."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tllm_tf.data.folder_source import load_image_folder
+from tllm_tf.data.tfds_source import DataNotFoundError
+
+CLASSES = ("cat", "dog", "emu")
+PER_CLASS = 10
+
+
+def _write_folder(root, classes=CLASSES, per_class=PER_CLASS, shape=(6, 5, 3)):
+    """Writes `per_class` PNGs per class; pixel values encode class and index."""
+    for label, class_name in enumerate(classes):
+        class_dir = root / class_name
+        class_dir.mkdir(parents=True)
+        for index in range(per_class):
+            image = np.full(shape, 20 * label + index, np.uint8)
+            image[0, 0] = 255  # not constant, so resizing shows
+            (class_dir / f"{index:02d}.png").write_bytes(tf.io.encode_png(image).numpy())
+        (class_dir / "notes.txt").write_text("not an image")
+    return root
+
+
+def _labels_by_image(dataset):
+    """Maps each image's identifying pixel value to its label."""
+    return {int(image[1, 1, 0]): int(label) for image, label in dataset.as_numpy_iterator()}
+
+
+def test_shapes_dtypes_class_names_and_pixels(tmp_path):
+    splits = load_image_folder(_write_folder(tmp_path / "pets"), image_size=(6, 5))
+    image, label = next(iter(splits.train))
+    assert splits.name == "pets"
+    assert splits.class_names == CLASSES and splits.num_classes == 3
+    assert splits.image_shape == (6, 5, 3)
+    assert image.shape == (6, 5, 3) and image.dtype == tf.float32
+    assert label.dtype == tf.int32
+    # At its own size an image comes back with its raw 0-255 pixels.
+    for image, label in splits.train.as_numpy_iterator():
+        value = image[1, 1, 0]
+        assert label == value // 20
+        assert image[0, 0, 0] == 255.0 and image[2, 2, 1] == value
+
+
+def test_resizes_to_image_size(tmp_path):
+    splits = load_image_folder(_write_folder(tmp_path / "pets"), image_size=4)
+    assert splits.image_shape == (4, 4, 3)
+    assert all(image.shape == (4, 4, 3) for image, _ in splits.test.as_numpy_iterator())
+
+
+def test_splits_are_disjoint_stratified_and_seeded(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    kwargs = dict(image_size=(6, 5), holdout_per_class=2, test_fraction=0.3)
+    splits = load_image_folder(root, seed=1, **kwargs)
+    train, held_out, test = (
+        _labels_by_image(s) for s in (splits.train, splits.held_out, splits.test)
+    )
+    assert not set(train) & set(held_out) and not set(train) & set(test)
+    assert not set(held_out) & set(test)
+    assert len(train) + len(held_out) + len(test) == len(CLASSES) * PER_CLASS
+    assert collections.Counter(test.values()) == {0: 3, 1: 3, 2: 3}
+    assert collections.Counter(held_out.values()) == {0: 2, 1: 2, 2: 2}
+    assert splits.num_train == len(train) == 15
+    again = load_image_folder(root, seed=1, **kwargs)
+    assert _labels_by_image(again.held_out) == held_out
+    other = load_image_folder(root, seed=2, **kwargs)
+    assert _labels_by_image(other.held_out) != held_out
+
+
+def test_separate_test_folder(tmp_path):
+    train_dir = _write_folder(tmp_path / "train")
+    test_dir = _write_folder(tmp_path / "test", classes=("cat", "emu"), per_class=2)
+    splits = load_image_folder(train_dir, test_dir, image_size=(6, 5), holdout_fraction=0.2)
+    assert sorted(_labels_by_image(splits.test).values()) == [0, 0, 2, 2]
+    assert splits.num_train == 24 and len(list(splits.held_out)) == 6
+
+
+def test_statistics_are_computed_in_raw_scale(tmp_path):
+    root = _write_folder(tmp_path / "pets", classes=("a",), per_class=2)
+    splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.5)
+    # The training image has 29 pixels of 0 or 1 and one of 255.
+    value = next(iter(splits.train))[0][1, 1, 0].numpy()
+    pixels = np.array([255.0] + [value] * 29)
+    np.testing.assert_allclose(splits.mean, [pixels.mean()] * 3, rtol=1e-6)
+    np.testing.assert_allclose(splits.std, [pixels.std()] * 3, rtol=1e-6)
+
+
+def test_errors(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "missing", image_size=4)
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="No images"):
+        load_image_folder(tmp_path / "empty", image_size=4)
+    root = _write_folder(tmp_path / "pets")
+    with pytest.raises(ValueError, match="image_size"):
+        load_image_folder(root, image_size=(4, 0))
+    _write_folder(tmp_path / "odd_test", classes=("cat", "owl"), per_class=1)
+    with pytest.raises(ValueError, match="owl"):
+        load_image_folder(root, tmp_path / "odd_test", image_size=4)

@@ -1,0 +1,141 @@
+"""Tests of tllm_tf.data.pipeline."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tllm_tf.data.pipeline import make_pipeline
+
+NUM_EXAMPLES = 20
+NUM_CLASSES = 4
+
+
+def _dataset(num_examples=NUM_EXAMPLES):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (num_examples, 8, 8, 3)).astype(np.float32)
+    labels = (np.arange(num_examples) % NUM_CLASSES).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels)), images, labels
+
+
+def _epoch(dataset):
+    return list(dataset.as_numpy_iterator())
+
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for (images_a, labels_a), (images_b, labels_b) in zip(first, second):
+        np.testing.assert_array_equal(images_a, images_b)
+        np.testing.assert_array_equal(labels_a, labels_b)
+
+
+def test_batch_shapes_and_dtypes():
+    dataset, _, _ = _dataset()
+    batches = _epoch(make_pipeline(dataset, batch_size=8, training=True, augmentation="cifar"))
+    assert [images.shape for images, _ in batches] == [(8, 8, 8, 3), (8, 8, 8, 3), (4, 8, 8, 3)]
+    assert batches[0][0].dtype == np.float32 and batches[0][1].dtype == np.int32
+    dropped = make_pipeline(dataset, batch_size=8, training=True, drop_remainder=True)
+    assert len(_epoch(dropped)) == 2
+
+
+def test_evaluation_keeps_order_and_images():
+    dataset, images, labels = _dataset()
+    batches = _epoch(make_pipeline(dataset, batch_size=8, training=False, augmentation="cifar"))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), images)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels)
+
+
+def test_training_shuffles_and_keeps_every_example():
+    dataset, _, labels = _dataset()
+    batches = _epoch(make_pipeline(dataset, batch_size=8, training=True))
+    seen = np.concatenate([b[1] for b in batches])
+    assert sorted(seen) == sorted(labels)
+    assert not np.array_equal(seen, labels)
+
+
+def test_training_is_deterministic_with_a_seed_and_changes_per_epoch():
+    dataset, _, _ = _dataset(64)
+    kwargs = dict(batch_size=16, training=True, augmentation="cifar", seed=5)
+    pipeline = make_pipeline(dataset, **kwargs)
+    first_epoch, second_epoch = _epoch(pipeline), _epoch(pipeline)
+    _assert_same_batches(first_epoch, _epoch(make_pipeline(dataset, **kwargs)))
+    assert not np.array_equal(first_epoch[0][0], second_epoch[0][0])
+    other_seed = _epoch(make_pipeline(dataset, **{**kwargs, "seed": 6}))
+    assert not np.array_equal(first_epoch[0][0], other_seed[0][0])
+
+
+def test_mixing_is_deterministic_and_gives_soft_labels():
+    dataset, _, _ = _dataset()
+    kwargs = dict(
+        batch_size=8, training=True, augmentation="cifar", num_classes=NUM_CLASSES,
+        mixup=0.2, cutmix=1.0, seed=1,
+    )
+    first = _epoch(make_pipeline(dataset, **kwargs))
+    _assert_same_batches(first, _epoch(make_pipeline(dataset, **kwargs)))
+    labels = first[0][1]
+    assert labels.shape == (8, NUM_CLASSES) and labels.dtype == np.float32
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_randaugment_is_deterministic():
+    dataset, _, labels = _dataset(8)
+    kwargs = dict(batch_size=8, training=True, randaugment=True, seed=3)
+    first = _epoch(make_pipeline(dataset, **kwargs))
+    _assert_same_batches(first, _epoch(make_pipeline(dataset, **kwargs)))
+    assert first[0][0].shape == (8, 8, 8, 3)
+    assert sorted(first[0][1]) == sorted(labels)
+
+
+def test_evaluation_does_not_mix():
+    dataset, _, labels = _dataset()
+    batches = _epoch(
+        make_pipeline(dataset, batch_size=8, training=False, num_classes=NUM_CLASSES, mixup=0.2)
+    )
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels)
+
+
+def test_cache_gives_the_same_batches():
+    dataset, _, _ = _dataset()
+    kwargs = dict(batch_size=8, training=True, augmentation="cifar", seed=2)
+    cached = make_pipeline(dataset, cache=True, **kwargs)
+    _assert_same_batches(_epoch(cached), _epoch(make_pipeline(dataset, **kwargs)))
+
+
+def _varying_sizes():
+    shapes = [(10, 14, 3), (20, 9, 3), (12, 12, 3)]
+    return tf.data.Dataset.from_generator(
+        lambda: ((np.full(shape, 50.0, np.float32), 1) for shape in shapes),
+        output_signature=(
+            tf.TensorSpec((None, None, 3), tf.float32),
+            tf.TensorSpec((), tf.int32),
+        ),
+    )
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_imagenet_recipe_batches_images_of_varying_size(training):
+    pipeline = make_pipeline(
+        _varying_sizes(), batch_size=3, training=training, augmentation="imagenet", image_size=8
+    )
+    (images, labels), = _epoch(pipeline)
+    assert images.shape == (3, 8, 8, 3)
+    np.testing.assert_allclose(images, 50.0, rtol=1e-5)
+
+
+def test_images_of_varying_size_need_a_resizing_recipe():
+    with pytest.raises(ValueError, match="augmentation='imagenet'"):
+        make_pipeline(_varying_sizes(), batch_size=3, training=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=4, shuffle_buffer=0), "shuffle_buffer"),
+        (dict(batch_size=4, mixup=0.2), "num_classes"),
+        (dict(batch_size=4, augmentation="auto"), "Unknown augmentation"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, message):
+    dataset, _, _ = _dataset()
+    with pytest.raises(ValueError, match=message):
+        make_pipeline(dataset, training=True, **kwargs)

@@ -1,0 +1,176 @@
+"""Local image folders as `DataSplits`.
+
+The layout is the one of `keras.utils.image_dataset_from_directory`: one
+sub-folder per class, named after it, holding that class's images (in any
+depth of sub-folders). Classes are numbered in the sorted order of their
+folder names. The file list is built here rather than by Keras, so that the
+held-out and test splits are stratified by class and chosen before any image
+is read.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tllm_tf.data.splits import stratified_split
+from tllm_tf.data.tfds_source import DataNotFoundError, channel_statistics
+from tllm_tf.data.types import DataSplits
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+def _class_folders(directory):
+    if not os.path.isdir(directory):
+        raise DataNotFoundError(
+            f"Image folder {directory!r} does not exist. Pass a folder with "
+            "one sub-folder of images per class."
+        )
+    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+def list_image_files(directory, class_names):
+    """Lists the images of each class folder, in a fixed order.
+
+    Args:
+        directory: folder with one sub-folder per class.
+        class_names: the class names; class `i` is the folder
+            `class_names[i]`. A class without a folder has no images.
+
+    Returns:
+        `(paths, labels)`: a list of file paths and an int32 array.
+
+    Raises:
+        ValueError: if `directory` has a class folder not in `class_names`,
+            or no images.
+    """
+    unknown = sorted(set(_class_folders(directory)) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"{directory!r} has class folders that the training folder lacks: "
+            f"{unknown}. Give every split the same class folders."
+        )
+    paths, labels = [], []
+    for label, class_name in enumerate(class_names):
+        class_dir = os.path.join(directory, class_name)
+        for root, dirs, files in os.walk(class_dir, followlinks=True):
+            dirs.sort()
+            for file_name in sorted(files):
+                if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, file_name))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in the class "
+            f"folders of {directory!r}."
+        )
+    return paths, np.asarray(labels, np.int32)
+
+
+def _image_dataset(paths, labels, image_size, num_channels):
+    def read(path, label):
+        encoded = tf.io.read_file(path)
+        image = tf.io.decode_image(encoded, channels=num_channels, expand_animations=False)
+        image = tf.image.resize(image, image_size, antialias=True)
+        return tf.ensure_shape(image, image_size + (num_channels,)), label
+
+    files = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
+    )
+    return files.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _as_size(image_size):
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(
+            "Expected image_size to be a positive int or a (height, width) "
+            f"pair of them. Received: image_size={image_size}"
+        )
+    return size
+
+
+def _take(items, indices):
+    return [items[i] for i in indices]
+
+
+def load_image_folder(
+    train_dir,
+    test_dir=None,
+    *,
+    image_size,
+    holdout_fraction=None,
+    holdout_per_class=None,
+    seed=0,
+    test_fraction=0.2,
+    num_channels=3,
+):
+    """Loads class-per-folder images as `DataSplits`.
+
+    Every image is resized to `image_size` when read (bilinear, with
+    antialiasing), in raw 0-255 scale. Without `test_dir`, a stratified,
+    seeded `test_fraction` of `train_dir` becomes the test split. The
+    held-out split is then a stratified, seeded part of what remains for
+    training; without `holdout_fraction` and `holdout_per_class` it is empty.
+
+    Args:
+        train_dir: folder with one sub-folder of images per class; the
+            sub-folder names are the class names.
+        test_dir: folder of test images with the same class sub-folders.
+            Defaults to `None`.
+        image_size: int or `(height, width)` every image is resized to.
+        holdout_fraction: share of each class held out, in `(0, 1)`.
+            Defaults to `None`.
+        holdout_per_class: number of examples of each class held out.
+            Defaults to `None`.
+        seed: seed of the test and held-out splits. Defaults to `0`.
+        test_fraction: share of each class of `train_dir` used as the test
+            split when `test_dir` is not given; ignored otherwise. Defaults
+            to `0.2`.
+        num_channels: 1 (grayscale), 3 (RGB) or 4 (RGBA). Defaults to `3`.
+
+    Returns:
+        A `DataSplits`.
+
+    Raises:
+        DataNotFoundError: if a folder does not exist.
+        ValueError: on a bad `image_size` or split arguments, a folder
+            without images, or test class folders the training folder lacks.
+    """
+    image_size = _as_size(image_size)
+    if num_channels not in (1, 3, 4):
+        raise ValueError(
+            f"Expected num_channels in (1, 3, 4). Received: num_channels={num_channels}"
+        )
+    class_names = tuple(_class_folders(train_dir))
+    paths, labels = list_image_files(train_dir, class_names)
+    if test_dir is None:
+        train_idx, test_idx = stratified_split(labels, fraction=test_fraction, seed=seed)
+        test_paths, test_labels = _take(paths, test_idx), labels[test_idx]
+        paths, labels = _take(paths, train_idx), labels[train_idx]
+    else:
+        test_paths, test_labels = list_image_files(test_dir, class_names)
+
+    if holdout_fraction is None and holdout_per_class is None:
+        held_paths, held_labels = [], np.zeros([0], np.int32)
+    else:
+        kept_idx, held_idx = stratified_split(
+            labels, fraction=holdout_fraction, count_per_class=holdout_per_class, seed=seed
+        )
+        held_paths, held_labels = _take(paths, held_idx), labels[held_idx]
+        paths, labels = _take(paths, kept_idx), labels[kept_idx]
+
+    train = _image_dataset(paths, labels, image_size, num_channels)
+    mean, std = channel_statistics(train)
+    return DataSplits(
+        name=os.path.basename(os.path.normpath(train_dir)),
+        train=train,
+        held_out=_image_dataset(held_paths, held_labels, image_size, num_channels),
+        test=_image_dataset(test_paths, test_labels, image_size, num_channels),
+        num_classes=len(class_names),
+        class_names=class_names,
+        image_shape=image_size + (num_channels,),
+        mean=mean,
+        std=std,
+        num_train=len(paths),
+    )

@@ -1,0 +1,135 @@
+"""Batched `tf.data` pipelines for training and evaluation.
+
+Augmentation happens here, before the batch reaches the model, so the
+teacher and the student of a `Distiller` see the very same augmented (and
+mixed) images. Images stay in raw pixel scale; the model normalises them.
+"""
+
+import tensorflow as tf
+
+from tllm_tf.data.augment import BatchAugmentation, build_augmentation
+
+DEFAULT_SHUFFLE_BUFFER = 10_000
+
+
+def _per_image_seeds(seed):
+    # A stream of shape-(2,) seeds, new on every epoch and the same on every
+    # run: the per-image augmentation is then a pure function of its inputs,
+    # which a parallel map reproduces exactly.
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _check_batchable(dataset, augmentation):
+    image_shape = dataset.element_spec[0].shape
+    if not image_shape.is_fully_defined():
+        raise ValueError(
+            f"Images of varying size cannot be batched (image shape "
+            f"{image_shape}). Use augmentation='imagenet', which crops and "
+            f"resizes every image to `image_size`. Received: "
+            f"augmentation={augmentation!r}"
+        )
+
+
+def make_pipeline(
+    dataset,
+    *,
+    batch_size,
+    training,
+    augmentation="none",
+    image_size=None,
+    num_classes=None,
+    seed=0,
+    cache=False,
+    shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+    mixup=0.0,
+    cutmix=0.0,
+    randaugment=False,
+    drop_remainder=False,
+):
+    """Turns a split of `DataSplits` into batches for `fit` or `evaluate`.
+
+    Order: cache (of the un-augmented images), shuffle (training), per-image
+    augmentation (parallel map), batch, batch augmentation (training:
+    RandAugment, MixUp, CutMix), prefetch. The teacher and the student see the
+    same augmented images, since augmentation happens here and not in either
+    model. With a given `seed` the batches are the same on every run; the
+    shuffle order and the random augmentations change from epoch to epoch.
+
+    Args:
+        dataset: unbatched `(image float32, label int32)` dataset, e.g.
+            `DataSplits.train`.
+        batch_size: examples per batch.
+        training: whether to shuffle and apply the random augmentations;
+            otherwise the recipe's evaluation transform is applied.
+        augmentation: a key of `augment.AUGMENTATIONS`: `"none"`, `"cifar"`
+            or `"imagenet"`. Defaults to `"none"`.
+        image_size: output side for `"imagenet"` (which defaults to 224).
+            Defaults to `None`.
+        num_classes: number of classes; needed for MixUp and CutMix.
+            Defaults to `None`.
+        seed: seed of the shuffle and of every augmentation. Defaults to `0`.
+        cache: whether to cache the images in memory before augmentation.
+            Defaults to `False`.
+        shuffle_buffer: shuffle buffer size, in examples. Decoded ImageNet
+            images take a few MB each: use 1-2 thousand there (tfds writes
+            its shards pre-shuffled). Defaults to `10_000`.
+        mixup: MixUp's `alpha`; `0` turns it off. Defaults to `0.0`.
+        cutmix: CutMix's Beta parameter in `[0, 1]`; `0` turns it off.
+            Defaults to `0.0`.
+        randaugment: whether to apply RandAugment. Defaults to `False`.
+        drop_remainder: whether to drop the last, smaller batch. Defaults
+            to `False`.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)`: images float32
+        `(batch, height, width, channels)`; labels int32 `(batch,)`, or
+        float32 soft vectors `(batch, num_classes)` when training with MixUp
+        or CutMix.
+
+    Raises:
+        ValueError: on a bad `batch_size` or `shuffle_buffer`, an unknown
+            augmentation, bad mixing parameters, or images of varying size
+            with an augmentation that does not resize them.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+    if training and shuffle_buffer < 1:
+        raise ValueError(
+            f"Expected shuffle_buffer >= 1. Received: shuffle_buffer={shuffle_buffer}"
+        )
+    recipe = build_augmentation(augmentation, image_size=image_size)
+    batch_augmentation = BatchAugmentation(
+        num_classes, mixup=mixup, cutmix=cutmix, randaugment=randaugment, seed=seed
+    )
+
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, _per_image_seeds(seed)).map(
+            lambda example, image_seed: (
+                recipe.train(example[0], image_seed),
+                example[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        dataset = dataset.map(
+            lambda image, label: (recipe.eval(image), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    _check_batchable(dataset, augmentation)
+    dataset = dataset.batch(
+        batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    if training and (randaugment or batch_augmentation.mixes_labels):
+        # Sequential on purpose: the Keras layers hold their seed in a
+        # variable, and parallel calls would read it in a random order.
+        dataset = dataset.map(batch_augmentation)
+
+    options = tf.data.Options()
+    options.deterministic = True
+    # tf.data may parallelise a map that names no `num_parallel_calls`; the
+    # batch augmentation above has to stay sequential.
+    options.experimental_optimization.map_parallelization = False
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

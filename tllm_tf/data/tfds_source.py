@@ -1,0 +1,307 @@
+"""tfds image-classification data sets as `DataSplits`.
+
+Works for CIFAR-10, CIFAR-100, ImageNet (`imagenet2012`, built from the
+manually downloaded tar files) and any tfds data set with an `image` feature
+and a `label` `ClassLabel`. The held-out split that drives TLLM's class
+selection is a stratified, seeded part of the *train* split; the test split
+(`test`, else `validation`) is left whole.
+"""
+
+import difflib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tllm_tf.data.augment import DEFAULT_IMAGENET_SIZE
+from tllm_tf.data.splits import stratified_split
+from tllm_tf.data.types import DataSplits
+
+STATISTICS_IMAGES = 2048
+_LABEL_BATCH = 8192
+
+# Published per-channel statistics on the 0-1 scale, so that runs normalise
+# exactly as the papers they are compared with.
+PUBLISHED_STATISTICS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+_IMAGENET_TARS = "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"
+
+
+class DataNotFoundError(ValueError):
+    """A data set that is not on this machine and could not be prepared."""
+
+
+def channel_statistics(dataset, max_images=STATISTICS_IMAGES):
+    """Per-channel mean and standard deviation of the first images.
+
+    Args:
+        dataset: unbatched `(image, label)` dataset; images may differ in size.
+        max_images: number of images read. Defaults to `2048`.
+
+    Returns:
+        `(mean, std)`, two tuples of floats in the images' raw scale.
+
+    Raises:
+        ValueError: if the dataset is empty.
+    """
+    num_channels = dataset.element_spec[0].shape[-1]
+
+    def moments(image, label):
+        pixels = tf.reshape(tf.cast(image, tf.float64), [-1, num_channels])
+        return (
+            tf.reduce_sum(pixels, axis=0),
+            tf.reduce_sum(tf.square(pixels), axis=0),
+            tf.cast(tf.shape(pixels)[0], tf.float64),
+        )
+
+    zeros = tf.zeros([num_channels], tf.float64)
+    total, total_squares, count = (
+        dataset.take(max_images)
+        .map(moments, num_parallel_calls=tf.data.AUTOTUNE)
+        .reduce(
+            (zeros, zeros, tf.constant(0.0, tf.float64)),
+            lambda state, new: tuple(a + b for a, b in zip(state, new)),
+        )
+    )
+    if count == 0:
+        raise ValueError("Cannot compute the image statistics of an empty dataset.")
+    mean = total / count
+    # Clipped at 0: rounding can make E[x^2] - E[x]^2 slightly negative.
+    std = tf.sqrt(tf.maximum(total_squares / count - tf.square(mean), 0.0))
+    return tuple(float(v) for v in mean.numpy()), tuple(float(v) for v in std.numpy())
+
+
+def _builder(name, data_dir):
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        known = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(name.split(":")[0].split("/")[0], known, n=3)
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(
+            f"Unknown tfds data set {name!r}.{hint} List the names with "
+            "`python -c 'import tensorflow_datasets as tfds; "
+            "print(tfds.list_builders())'` or see "
+            "https://www.tensorflow.org/datasets/catalog/overview."
+        ) from None  # tfds' own message lists every data set it knows.
+
+
+def _how_to_provide(builder, name):
+    ways = [
+        f"  - pass data_dir (--data_dir) pointing at the folder that holds "
+        f"{builder.name}/<version>/ (looked in {builder.data_dir});",
+        f"  - build it on a machine with network access: `tfds build {name} "
+        "--data_dir=DIR`, then copy DIR here and pass it as data_dir;",
+    ]
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        files = _IMAGENET_TARS if builder.name == "imagenet2012" else "the files"
+        ways.append(
+            f"  - {builder.name} needs a manual download: put {files} in a "
+            "folder and pass it as manual_dir (--manual_dir); it is then "
+            "built locally, without network access. Instructions: "
+            + " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+        )
+    else:
+        ways.append("  - pass download=True (--download) where there is network access.")
+    return "\n".join(ways)
+
+
+def _prepare(builder, name, manual_dir, download):
+    if builder.is_prepared():
+        return
+    if not download and manual_dir is None:
+        raise DataNotFoundError(
+            f"The tfds data set {name!r} is not prepared and download is off. "
+            f"Provide it in one of these ways:\n{_how_to_provide(builder, name)}"
+        )
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
+    except Exception as err:
+        raise DataNotFoundError(
+            f"Could not prepare the tfds data set {name!r}: {err}\n"
+            f"Provide it in one of these ways:\n{_how_to_provide(builder, name)}"
+        ) from err
+
+
+def _check_features(builder, name):
+    features = builder.info.features
+    image, label = (features[k] if k in features else None for k in ("image", "label"))
+    if not (
+        isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)
+    ):
+        raise ValueError(
+            f"tfds data set {name!r} is not an image classification set: "
+            "expected an `image` Image feature and a `label` ClassLabel. "
+            f"Received features: {features}"
+        )
+    return image, label
+
+
+def _test_split_name(builder, name):
+    splits = builder.info.splits
+    if "train" not in splits:
+        raise ValueError(f"tfds data set {name!r} has no train split. Splits: {list(splits)}")
+    for candidate in ("test", "validation"):
+        if candidate in splits:
+            return candidate
+    raise ValueError(
+        f"tfds data set {name!r} has neither a test nor a validation split. "
+        f"Splits: {list(splits)}"
+    )
+
+
+def _read_undecoded(builder, split):
+    # Images stay encoded until an example survives the held-out filter, and
+    # every example carries its `tfds_id`, which names it whatever the order
+    # in which the shards are read.
+    return builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders=tfds.decode.PartialDecoding(
+            {"image": True, "label": True},
+            decoders={"image": tfds.decode.SkipDecoding()},
+        ),
+        read_config=tfds.ReadConfig(add_tfds_id=True),
+    )
+
+
+def _ids_and_labels(undecoded):
+    pairs = undecoded.map(
+        lambda example: (example["tfds_id"], example["label"]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(_LABEL_BATCH)
+    batches = list(pairs.as_numpy_iterator())
+    ids = np.concatenate([id_batch for id_batch, _ in batches])
+    labels = np.concatenate([label_batch for _, label_batch in batches])
+    # Sorted by id, so the split depends on the seed alone, not on read order.
+    order = np.argsort(ids, kind="stable")
+    return ids[order], labels[order]
+
+
+def _split_off_held_out(undecoded, held_out_ids):
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(held_out_ids, tf.string),
+            tf.ones([len(held_out_ids)], tf.int32),
+        ),
+        default_value=0,
+    )
+
+    def is_held_out(example):
+        return tf.equal(table.lookup(example["tfds_id"]), 1)
+
+    kept = undecoded.filter(lambda example: tf.logical_not(is_held_out(example)))
+    return kept, undecoded.filter(is_held_out)
+
+
+def _decode(undecoded, image_feature):
+    def decode(example):
+        image = image_feature.decode_example(example["image"])
+        return tf.cast(image, tf.float32), tf.cast(example["label"], tf.int32)
+
+    return undecoded.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_tfds(
+    name,
+    *,
+    data_dir=None,
+    manual_dir=None,
+    holdout_fraction=None,
+    holdout_per_class=None,
+    seed=0,
+    download=False,
+    image_size=None,
+):
+    """Loads a tfds image-classification data set as `DataSplits`.
+
+    The held-out split is a stratified, seeded part of the train split,
+    chosen from a labels-only pass and selected lazily by example id. Without
+    `holdout_fraction` and `holdout_per_class` it is empty and `train` is
+    the whole train split (e.g. to train a teacher).
+
+    Images of varying size (ImageNet), or any set when `image_size` is given,
+    are returned as decoded, at their own size: the `"imagenet"`
+    augmentation crops and resizes them, and `image_shape` is then the size
+    it produces, `(image_size, image_size, channels)`.
+
+    Args:
+        name: tfds name, e.g. `"cifar100"`, `"imagenet2012"`.
+        data_dir: folder of prepared tfds data sets. Defaults to `None`
+            (`~/tensorflow_datasets`).
+        manual_dir: folder of manually downloaded files (for `imagenet2012`:
+            the ILSVRC2012 train and val tar files); when given, a data set
+            that is not prepared is built from them, without network access.
+            Defaults to `None`.
+        holdout_fraction: share of each class held out, in `(0, 1)`.
+            Defaults to `None`.
+        holdout_per_class: number of examples of each class held out.
+            Defaults to `None`.
+        seed: seed of the held-out split. Defaults to `0`.
+        download: whether to download and prepare a data set that is not
+            prepared (needs network access). Defaults to `False`.
+        image_size: side of the square images the model sees, for sets that
+            are cropped and resized by augmentation. Defaults to `None`
+            (`224` for sets whose images vary in size).
+
+    Returns:
+        A `DataSplits`.
+
+    Raises:
+        ValueError: on an unknown name, a set that is not image
+            classification, or bad held-out arguments.
+        DataNotFoundError: if the data set is not prepared and cannot be.
+    """
+    builder = _builder(name, data_dir)
+    _prepare(builder, name, manual_dir=manual_dir, download=download)
+    image_feature, label_feature = _check_features(builder, name)
+    test_split = _test_split_name(builder, name)
+
+    undecoded_train = _read_undecoded(builder, "train")
+    if holdout_fraction is None and holdout_per_class is None:
+        kept, held_out = undecoded_train, undecoded_train.take(0)
+        num_train = builder.info.splits["train"].num_examples
+    else:
+        ids, labels = _ids_and_labels(undecoded_train)
+        kept_idx, held_idx = stratified_split(
+            labels, fraction=holdout_fraction, count_per_class=holdout_per_class, seed=seed
+        )
+        kept, held_out = _split_off_held_out(undecoded_train, ids[held_idx])
+        # Filtering hides the sizes; restoring them lets Keras size epochs.
+        kept = kept.apply(tf.data.experimental.assert_cardinality(len(kept_idx)))
+        held_out = held_out.apply(tf.data.experimental.assert_cardinality(len(held_idx)))
+        num_train = len(kept_idx)
+
+    train = _decode(kept, image_feature)
+    if builder.name in PUBLISHED_STATISTICS:
+        mean, std = (
+            tuple(255.0 * v for v in values) for values in PUBLISHED_STATISTICS[builder.name]
+        )
+    else:
+        mean, std = channel_statistics(train)
+
+    num_channels = image_feature.shape[-1]
+    if image_size is not None or None in image_feature.shape:
+        side = DEFAULT_IMAGENET_SIZE if image_size is None else int(image_size)
+        image_shape = (side, side, num_channels)
+    else:
+        image_shape = tuple(image_feature.shape)
+
+    return DataSplits(
+        name=name,
+        train=train,
+        held_out=_decode(held_out, image_feature),
+        test=_decode(_read_undecoded(builder, test_split), image_feature),
+        num_classes=label_feature.num_classes,
+        class_names=tuple(label_feature.names),
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+        num_train=num_train,
+    )
