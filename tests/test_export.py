@@ -1,0 +1,147 @@
+"""SavedModel export: raw images in, logits and probabilities out, written atomically."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tllm_tf import export as export_lib
+
+MEAN, VARIANCE = [4.0, 8.0, 2.0], [4.0, 9.0, 1.0]
+
+
+@pytest.fixture
+def model(seeded):
+    """A tiny classifier that, like stages.build_classifier, takes raw images."""
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Normalization(mean=MEAN, variance=VARIANCE),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4),
+    ])
+
+
+@pytest.fixture
+def raw_images():
+    return np.random.default_rng(0).uniform(0, 16, (5, 8, 8, 3)).astype(np.float32)
+
+
+def _softmax(logits):
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_reloaded_in_a_fresh_process_gives_the_keras_outputs(model, raw_images, tmp_path):
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    np.save(tmp_path / "images.npy", raw_images)
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        loaded = tf.saved_model.load(sys.argv[1])
+        images = np.load(sys.argv[2])
+        default = loaded.signatures["serving_default"](images=tf.constant(images))
+        as_uint8 = loaded.serve_uint8(tf.constant(images.astype(np.uint8)))
+        np.savez(sys.argv[3], logits=default["logits"].numpy(),
+                 probabilities=default["probabilities"].numpy(),
+                 uint8_logits=as_uint8["logits"].numpy(), one=loaded.serve(images[:1])["logits"])
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script, path, str(tmp_path / "images.npy"),
+         str(tmp_path / "outputs.npz")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = np.load(tmp_path / "outputs.npz")
+    expected = model.predict(raw_images, verbose=0)
+    np.testing.assert_allclose(outputs["logits"], expected, atol=1e-5)
+    np.testing.assert_allclose(outputs["probabilities"], _softmax(expected), atol=1e-6)
+    np.testing.assert_allclose(outputs["one"], expected[:1], atol=1e-5)
+    uint8_expected = model.predict(raw_images.astype(np.uint8).astype(np.float32), verbose=0)
+    np.testing.assert_allclose(outputs["uint8_logits"], uint8_expected, atol=1e-5)
+
+
+def test_normalisation_is_inside_the_saved_model(model, raw_images, tmp_path):
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    loaded = tf.saved_model.load(path)  # Held: its functions need its variables.
+    outputs = loaded.serve(raw_images)
+    kernel, bias = model.layers[-1].get_weights()
+    normalised = (raw_images - np.array(MEAN)) / np.sqrt(VARIANCE)
+    by_hand = normalised.reshape(5, -1) @ kernel + bias
+    np.testing.assert_allclose(outputs["logits"].numpy(), by_hand, atol=1e-4)
+    assert outputs["probabilities"].dtype == tf.float32
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=-1), 1.0, atol=1e-6)
+
+
+def test_export_replaces_a_saved_model_and_leaves_no_temporary_directory(
+        model, raw_images, tmp_path):
+    path = str(tmp_path / "saved_model")
+    export_lib.export_saved_model(model, path)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, bias + 1.0])
+    export_lib.export_saved_model(model, path)
+    assert os.listdir(tmp_path) == ["saved_model"]
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(), model.predict(raw_images, verbose=0), atol=1e-5)
+
+
+def test_a_failed_write_keeps_the_old_export(model, raw_images, tmp_path, monkeypatch):
+    path = str(tmp_path / "saved_model")
+    export_lib.export_saved_model(model, path)
+    loaded = tf.saved_model.load(path)
+    before = loaded.serve(raw_images)["logits"].numpy()
+
+    def write_half_and_fail(obj, export_dir, *args, **kwargs):
+        with open(os.path.join(export_dir, "saved_model.pb"), "w") as handle:
+            handle.write("half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", write_half_and_fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_lib.export_saved_model(model, path)
+    assert os.listdir(tmp_path) == ["saved_model"]
+    reloaded = tf.saved_model.load(path)
+    after = reloaded.serve(raw_images)["logits"].numpy()
+    np.testing.assert_array_equal(after, before)
+
+
+def test_bad_paths_are_refused(model, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(ValueError, match="it is a file"):
+        export_lib.export_saved_model(model, str(a_file))
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_text("keep me too")
+    with pytest.raises(ValueError, match="not a SavedModel"):
+        export_lib.export_saved_model(model, str(other))
+    assert os.listdir(other) == ["cat.jpg"]
+    with pytest.raises(ValueError, match="Received: path=''"):
+        export_lib.export_saved_model(model, "")
+
+
+def test_a_model_without_a_known_image_shape_is_refused(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    with pytest.raises(ValueError, match="fully known image shape"):
+        export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    assert not os.listdir(tmp_path)
+
+
+def test_serving_model_reads_keras_files_and_saved_models_alike(model, raw_images, tmp_path):
+    keras_path = str(tmp_path / "model.keras")
+    model.save(keras_path)
+    saved_model = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    from_keras = export_lib.ServingModel(keras_path)
+    from_saved_model = export_lib.ServingModel(saved_model)
+    assert from_keras.input_shape == from_saved_model.input_shape == (None, 8, 8, 3)
+    np.testing.assert_allclose(from_saved_model.predict(raw_images),
+                               from_keras.predict(raw_images), atol=1e-5)
+    with pytest.raises(ValueError, match="Expected a .keras file or a SavedModel"):
+        export_lib.ServingModel(str(tmp_path))

@@ -1,0 +1,177 @@
+"""Writing a trained classifier as a SavedModel for serving, and reading it back.
+
+The SavedModel takes raw images (the model's own normalisation layer is part
+of the graph) and returns a dict with `logits` and `probabilities`, so a
+caller needs neither Keras nor this package:
+
+    loaded = tf.saved_model.load(path)
+    outputs = loaded.signatures["serving_default"](images=raw_images)
+    outputs["probabilities"]
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SAVED_MODEL_FILE = "saved_model.pb"
+KERAS_SUFFIX = ".keras"
+
+
+def _input_shape(model):
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or not all(
+            isinstance(d, (int, type(None))) for d in shape):
+        raise ValueError(
+            "Expected a model with one image input. Received: "
+            f"input_shape={shape}")
+    if any(d is None for d in shape[1:]):
+        raise ValueError(
+            "Expected a model with a fully known image shape (batch dimension "
+            f"aside). Received: input_shape={shape}")
+    return (None,) + tuple(shape[1:])
+
+
+def _check_destination(path):
+    if not path:
+        raise ValueError(f"Expected a directory path to export to. Received: path={path!r}")
+    if os.path.isfile(path):
+        raise ValueError(
+            f"Expected a directory path to export to, but it is a file. Received: path={path!r}")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(
+            os.path.join(path, SAVED_MODEL_FILE)):
+        # Replacing a SavedModel is fine; wiping an unrelated directory is not.
+        raise ValueError(
+            "Refusing to replace a non-empty directory that is not a SavedModel. "
+            f"Received: path={path!r}")
+
+
+def export_saved_model(model, path, *, accept_uint8=True):
+    """Writes `model` as a SavedModel with a raw-image serving signature.
+
+    Endpoints (each also a signature):
+
+    * `serve` (alias `serving_default`): float32 images
+      `(None, *image_shape)` in the data set's raw pixel scale ->
+      `{"logits": float32 (None, num_classes), "probabilities": float32}`.
+    * `serve_uint8` (if `accept_uint8`): the same for uint8 images.
+
+    The export is written to a temporary directory beside `path` and then
+    renamed into place, so `path` never holds a half-written model; an
+    existing SavedModel at `path` is replaced.
+
+    Args:
+        model: a `keras.Model` with one image input that returns logits and
+            includes its preprocessing (as `stages.build_classifier` builds).
+        path: the SavedModel directory to write.
+        accept_uint8: whether to add the `serve_uint8` endpoint. Defaults to
+            `True`.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ValueError: if `path` is empty, a file, or a non-empty directory that
+            is not a SavedModel, or if the model's input shape is not one
+            fully known image shape.
+
+    Example:
+
+    ```python
+    export_saved_model(student, "runs/demo/student_tllm/saved_model")
+    ```
+    """
+    path = os.fspath(path)
+    _check_destination(path)
+    shape = _input_shape(model)
+
+    def serve(images):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+    def serve_uint8(images):
+        return serve(tf.cast(images, tf.float32))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The first endpoint also becomes `serving_default`.
+    archive.add_endpoint(
+        "serve", serve, [tf.TensorSpec(shape, tf.float32, name="images")])
+    if accept_uint8:
+        archive.add_endpoint(
+            "serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    try:
+        archive.write_out(temporary, verbose=False)
+        _replace_directory(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            shutil.rmtree(temporary)
+    return path
+
+
+def _replace_directory(source, destination):
+    """Moves `source` to `destination`, replacing an existing directory there."""
+    if not os.path.exists(destination):
+        os.replace(source, destination)
+        return
+    # A directory cannot be renamed over a non-empty one: move the old one
+    # aside first, so `destination` is at every moment either old or new.
+    old = tempfile.mkdtemp(prefix=os.path.basename(destination) + ".old-",
+                           dir=os.path.dirname(os.path.abspath(destination)))
+    os.rmdir(old)
+    os.replace(destination, old)
+    os.replace(source, destination)
+    shutil.rmtree(old)
+
+
+class ServingModel:
+    """A SavedModel (or `.keras` file) loaded for inference: raw images -> logits.
+
+    Calls like a Keras model (`model(images, training=False)`), so it works
+    with `tllm_tf.metrics.PerClassCounter`.
+
+    Args:
+        path: a `.keras` file, a SavedModel written by `export_saved_model`,
+            or one written by `keras.Model.export` (its `serve` returns
+            logits).
+
+    Raises:
+        ValueError: if `path` is neither.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if self.path.endswith(KERAS_SUFFIX) and os.path.isfile(self.path):
+            self._keras_model = keras.models.load_model(self.path, compile=False)
+            self._serve = None
+            self.input_shape = self._keras_model.input_shape
+        elif os.path.exists(os.path.join(self.path, SAVED_MODEL_FILE)):
+            self._keras_model = None
+            self._loaded = tf.saved_model.load(self.path)
+            if not hasattr(self._loaded, "serve"):
+                raise ValueError(
+                    f"Expected a SavedModel with a `serve` endpoint. Received: path={self.path!r}")
+            self._serve = self._loaded.serve
+            spec = self._serve.input_signature[0]
+            self.input_shape = tuple(spec.shape.as_list())
+        else:
+            raise ValueError(
+                "Expected a .keras file or a SavedModel directory (with "
+                f"{SAVED_MODEL_FILE}). Received: path={self.path!r}")
+
+    def __call__(self, images, training=False):
+        if self._keras_model is not None:
+            return self._keras_model(images, training=False)
+        outputs = self._serve(tf.cast(images, tf.float32))
+        return outputs["logits"] if isinstance(outputs, dict) else outputs
+
+    def predict(self, images):
+        """Logits of a numpy batch, as a numpy array."""
+        return np.asarray(self(tf.convert_to_tensor(images)))

@@ -1,0 +1,46 @@
+"""Exports a trained `.keras` classifier as a SavedModel for serving.
+
+    python tools/export.py --model_path=runs/demo/student_tllm/model.keras \
+        --export_dir=runs/demo/student_tllm/saved_model
+
+The SavedModel takes raw images (preprocessing included) and returns logits
+and probabilities; see tllm_tf/export.py and docs/report.md.
+"""
+
+import os
+
+# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.DEFINE_string("model_path", None, "The .keras model to export.", required=True)
+flags.DEFINE_string("export_dir", None, "The SavedModel directory to write (replaced if "
+                    "it holds a SavedModel).", required=True)
+flags.DEFINE_bool("accept_uint8", True, "Also add a `serve_uint8` endpoint for uint8 images.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import keras
+
+    from tllm_tf import export as export_lib
+
+    if not os.path.isfile(FLAGS.model_path):
+        raise app.UsageError(f"--model_path is not a file: {FLAGS.model_path!r}")
+    model = keras.models.load_model(FLAGS.model_path, compile=False)
+    try:
+        export_lib.export_saved_model(model, FLAGS.export_dir, accept_uint8=FLAGS.accept_uint8)
+    except ValueError as error:
+        raise app.UsageError(str(error))
+    endpoints = "serve (= serving_default)" + (", serve_uint8" if FLAGS.accept_uint8 else "")
+    print(f"Wrote {FLAGS.export_dir}: raw images {model.input_shape} -> "
+          f"{{logits, probabilities}}; endpoints: {endpoints}.")
+
+
+if __name__ == "__main__":
+    app.run(main)
