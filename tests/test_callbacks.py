@@ -178,3 +178,144 @@ def test_rejects_a_model_without_a_class_mask(tiny_data, held_out):
     callback = tllm_tf.UndistillableClassCallback(held_out, reference=[1.0] * 4)
     with pytest.raises(ValueError, match="needs a tllm_tf.Distiller"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+# -- guards against noisy per-class accuracy ----------------------------------
+
+def _log_records(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_epoch_matched_compares_with_the_reference_of_the_same_epoch(
+        tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    log_path = str(tmp_path / "log.jsonl")
+    # Epoch 1: a reference of 0 flags nothing; epoch 2: a reference of 1 flags
+    # every class the student misses; epochs 3-4 reuse the last row (0.0).
+    history = np.array([[0.0] * 4, [1.0] * 4, [0.0] * 4])
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=history, epoch_matched=True, log_path=log_path)
+    _distiller().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[callback])
+    records = _log_records(log_path)
+    assert [r["reference_accuracy"] for r in records] == [
+        [0.0] * 4, [1.0] * 4, [0.0] * 4, [0.0] * 4]
+    assert [r["num_undistillable_classes"] for r in records[::2]] == [0, 0]
+    second = records[1]
+    expected = [0.0 if a < 1.0 else 1.0 for a in second["student_accuracy"]]
+    assert second["class_mask"] == expected and 0.0 in expected
+
+
+def test_epoch_matched_reads_a_reference_history_file(tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    path = str(tmp_path / "reference.json")
+    tllm_tf.save_reference(path, [0.5] * 4, per_epoch_accuracy=[[0.1] * 4, [0.5] * 4])
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=path, epoch_matched=True)
+    _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    np.testing.assert_array_equal(callback.reference_accuracy, [0.1] * 4)
+
+
+@pytest.mark.parametrize("make_reference, message", [
+    (lambda path: make_mlp("reference"), "not a model"),
+    (lambda path: path, "no per-epoch accuracy"),
+    (lambda path: [1.0] * 4, "rank 2"),
+])
+def test_epoch_matched_needs_a_per_epoch_reference(
+        tiny_data, held_out, tmp_path, make_reference, message):
+    x, y = tiny_data
+    path = str(tmp_path / "reference.json")
+    tllm_tf.save_reference(path, [0.5] * 4)
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=make_reference(path), epoch_matched=True)
+    with pytest.raises(ValueError, match=message):
+        _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_a_per_epoch_reference_needs_epoch_matched(tiny_data, held_out):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=np.ones((3, 4)))
+    with pytest.raises(ValueError, match="rank 1.*epoch_matched=False"):
+        _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_smoothing_averages_the_accuracies_over_updates(held_out):
+    reference = [0.5] * 4
+    plain = _begun(tllm_tf.UndistillableClassCallback(held_out, reference=reference))
+    smooth = _begun(tllm_tf.UndistillableClassCallback(
+        held_out, reference=reference, smoothing=0.5))
+    first, second = [0.8, 0.4, 0.6, 0.6], [0.3, 0.4, 0.6, 0.45]
+    np.testing.assert_array_equal(_judge(plain, first), [1, 0, 1, 1])
+    np.testing.assert_array_equal(_judge(smooth, first), [1, 0, 1, 1])
+    np.testing.assert_array_equal(_judge(plain, second), [0, 0, 1, 0])
+    # Moving averages: 0.55, 0.4, 0.6, 0.525; only class 1 stays below 0.5.
+    np.testing.assert_array_equal(_judge(smooth, second), [1, 0, 1, 1])
+
+
+def test_smoothing_also_averages_an_epoch_matched_reference(held_out):
+    callback = _begun(tllm_tf.UndistillableClassCallback(
+        held_out, reference=[[0.0] * 4, [1.0] * 4], epoch_matched=True, smoothing=0.5))
+    callback.reference_accuracy = callback._reference_at(0)
+    np.testing.assert_array_equal(_judge(callback, [0.4] * 4), [1, 1, 1, 1])
+    callback.reference_accuracy = callback._reference_at(1)
+    # Reference average 0.5, student average 0.45 and 0.55.
+    np.testing.assert_array_equal(_judge(callback, [0.5, 0.7, 0.5, 0.7]), [0, 1, 0, 1])
+
+
+def test_patience_needs_consecutive_updates_behind(held_out):
+    callback = _begun(tllm_tf.UndistillableClassCallback(
+        held_out, reference=[0.5] * 4, patience=2))
+    np.testing.assert_array_equal(_judge(callback, [0.4, 0.4, 0.6, 0.6]), [1, 1, 1, 1])
+    np.testing.assert_array_equal(_judge(callback, [0.4, 0.6, 0.4, 0.6]), [0, 1, 1, 1])
+    np.testing.assert_array_equal(_judge(callback, [0.4, 0.4, 0.6, 0.6]), [0, 1, 1, 1])
+    np.testing.assert_array_equal(_judge(callback, [0.6, 0.4, 0.6, 0.6]), [1, 0, 1, 1])
+
+
+def test_patience_state_is_reset_by_a_new_fit(tiny_data, held_out):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=[1.0] * 4, patience=2)
+    distiller = _distiller()
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert distiller.undistillable_classes == []
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert distiller.undistillable_classes == []
+
+
+def test_margin_in_standard_errors(held_out):
+    # n = 50: for accuracies 0.86 / 0.9 the pooled p is (50 * 0.88 + 1) / 52,
+    # se = sqrt(2 p (1 - p) / 50) = 0.0684; for 0.98 / 1.0 it is 0.0336.
+    reference = [0.9, 0.9, 1.0, 1.0]
+    counts = (50, 50, 50, 50)
+    student = [0.86, 0.80, 0.98, 0.94]
+    plain = _begun(tllm_tf.UndistillableClassCallback(held_out, reference=reference))
+    np.testing.assert_array_equal(_judge(plain, student, counts), [0, 0, 0, 0])
+    guarded = _begun(tllm_tf.UndistillableClassCallback(
+        held_out, reference=reference, margin_standard_errors=1.0))
+    np.testing.assert_array_equal(_judge(guarded, student, counts), [1, 0, 1, 0])
+    # The fixed margin adds to the one in standard errors.
+    both = _begun(tllm_tf.UndistillableClassCallback(
+        held_out, reference=reference, margin_standard_errors=1.0, margin=0.03))
+    np.testing.assert_array_equal(_judge(both, student, counts), [1, 1, 1, 1])
+
+
+def test_get_config_has_every_argument(held_out):
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=[0.5] * 4, margin=0.02, warmup_epochs=3, update_every=2,
+        sticky=True, min_samples=5, epoch_matched=True, smoothing=0.3, patience=2,
+        margin_standard_errors=1.5)
+    assert callback.get_config() == {
+        "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
+        "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
+        "patience": 2, "margin_standard_errors": 1.5,
+    }
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"smoothing": 1.0}, "0 <= smoothing < 1"),
+    ({"smoothing": -0.1}, "0 <= smoothing < 1"),
+    ({"patience": 0}, "patience >= 1"),
+    ({"margin_standard_errors": -1.0}, "margin_standard_errors >= 0"),
+])
+def test_rejects_bad_guard_arguments(held_out, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tllm_tf.UndistillableClassCallback(held_out, reference=[1.0] * 4, **kwargs)

@@ -1,6 +1,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 
@@ -46,3 +47,66 @@ def test_other_json_is_rejected(tmp_path, content, message):
 def test_missing_file_says_how_to_make_one(tmp_path):
     with pytest.raises(ValueError, match="reference` stage"):
         reference.load_reference(str(tmp_path / "missing.json"))
+
+
+def test_per_epoch_accuracy_round_trips(tmp_path):
+    path = str(tmp_path / "reference.json")
+    history = [[0.25, np.nan], [0.5, 1.0], [0.75, 1.0]]
+    reference.save_reference(path, history[-1], per_epoch_accuracy=history)
+    np.testing.assert_array_equal(reference.load_reference_history(path), history)
+    np.testing.assert_array_equal(reference.load_reference(path), [0.75, 1.0])
+
+
+def test_per_epoch_accuracy_of_the_wrong_shape_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"shape \(epochs, 2\).*\(2, 3\)"):
+        reference.save_reference(
+            str(tmp_path / "r.json"), [0.5, 0.5], per_epoch_accuracy=np.ones((2, 3)))
+
+
+def test_history_of_a_file_without_one_says_how_to_record_it(tmp_path):
+    path = str(tmp_path / "reference.json")
+    reference.save_reference(path, [0.5, 0.5])
+    with pytest.raises(ValueError, match="no per-epoch accuracy.*ReferenceHistory"):
+        reference.load_reference_history(path)
+
+
+def _labelled_model(seed):
+    from conftest import make_mlp
+
+    keras.utils.set_random_seed(seed)
+    model = make_mlp("reference")
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_reference_history_records_every_epoch_and_writes_the_file(tiny_data, tmp_path):
+    from tllm_tf import metrics
+
+    x, y = tiny_data
+    held_out = (x[:16], y[:16])
+    path = str(tmp_path / "reference.json")
+    callback = reference.ReferenceHistory(held_out, path=path)
+    model = _labelled_model(0)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    assert callback.per_epoch_accuracy.shape == (3, 4)
+    final = metrics.per_class_accuracy(model, held_out, 4)
+    np.testing.assert_allclose(callback.per_epoch_accuracy[-1], final)
+    np.testing.assert_allclose(reference.load_reference(path), final)
+    np.testing.assert_allclose(reference.load_reference_history(path),
+                               callback.per_epoch_accuracy)
+    assert callback.num_samples.tolist() == [4, 4, 4, 4]
+    assert callback.get_config() == {"num_classes": None, "path": path}
+
+
+def test_reference_history_starts_afresh_on_each_fit(tiny_data):
+    x, y = tiny_data
+    callback = reference.ReferenceHistory((x, y), num_classes=4)
+    for epochs in (2, 1):
+        _labelled_model(epochs).fit(x, y, epochs=epochs, verbose=0, callbacks=[callback])
+        assert callback.per_epoch_accuracy.shape == (epochs, 4)
+
+
+def test_reference_history_rejects_a_bad_num_classes(tiny_data):
+    with pytest.raises(ValueError, match="num_classes >= 2. Received: num_classes=1"):
+        reference.ReferenceHistory(tiny_data, num_classes=1)

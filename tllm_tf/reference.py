@@ -3,6 +3,12 @@
 TLLM compares the distilled student with a student trained on labels alone.
 The reference stage writes its held-out per-class accuracy here; the
 `UndistillableClassCallback` of a later run reads it back.
+
+A reference file may also hold the accuracy after *every* epoch of the
+reference's training (`ReferenceHistory` records it). An epoch-matched
+comparison then sets the student of epoch `e` against the reference of epoch
+`e`, instead of an unfinished student against a finished reference, which
+flags almost every class early in training.
 """
 
 import json
@@ -10,7 +16,10 @@ import math
 import os
 import tempfile
 
+import keras
 import numpy as np
+
+from tllm_tf import metrics as metrics_lib
 
 FORMAT = "tllm_tf.reference"
 VERSION = 1
@@ -20,7 +29,11 @@ def _to_json_list(values):
     return [None if math.isnan(v) else float(v) for v in np.asarray(values, float)]
 
 
-def save_reference(path, per_class_accuracy, num_samples=None):
+def _from_json_list(values):
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accuracy=None):
     """Writes a reference file atomically (temp file + rename).
 
     Args:
@@ -29,6 +42,11 @@ def save_reference(path, per_class_accuracy, num_samples=None):
             held-out samples (written as `null`).
         num_samples: optional array `(num_classes,)` of held-out counts.
             Defaults to `None`.
+        per_epoch_accuracy: optional array `(epochs, num_classes)`: row `i`
+            is the accuracy after epoch `i + 1`. Defaults to `None`.
+
+    Raises:
+        ValueError: if `per_epoch_accuracy` has the wrong number of classes.
     """
     accuracy = np.asarray(per_class_accuracy, dtype=np.float64)
     record = {
@@ -39,6 +57,14 @@ def save_reference(path, per_class_accuracy, num_samples=None):
     }
     if num_samples is not None:
         record["num_samples"] = [int(n) for n in np.asarray(num_samples)]
+    if per_epoch_accuracy is not None:
+        history = np.asarray(per_epoch_accuracy, dtype=np.float64)
+        if history.ndim != 2 or history.shape[1] != accuracy.shape[0]:
+            raise ValueError(
+                f"Expected per_epoch_accuracy of shape (epochs, {accuracy.shape[0]}). "
+                f"Received shape {history.shape}."
+            )
+        record["per_epoch_accuracy"] = [_to_json_list(row) for row in history]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile(
@@ -49,18 +75,7 @@ def save_reference(path, per_class_accuracy, num_samples=None):
     os.replace(temporary, path)
 
 
-def load_reference(path):
-    """Reads a reference file written by `save_reference`.
-
-    Args:
-        path: path of the `.json` file.
-
-    Returns:
-        A float64 array `(num_classes,)`, NaN where the file has `null`.
-
-    Raises:
-        ValueError: if the file is missing, not JSON, or not a reference file.
-    """
+def _read_record(path):
     try:
         with open(path) as handle:
             record = json.load(handle)
@@ -86,4 +101,116 @@ def load_reference(path):
             f"{len(values) if isinstance(values, list) else 'no'} entries, "
             f"num_classes is {record.get('num_classes')}."
         )
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return record
+
+
+def load_reference(path):
+    """Reads the final per-class accuracy of a reference file.
+
+    Args:
+        path: path of the `.json` file written by `save_reference`.
+
+    Returns:
+        A float64 array `(num_classes,)`, NaN where the file has `null`.
+
+    Raises:
+        ValueError: if the file is missing, not JSON, or not a reference file.
+    """
+    return _from_json_list(_read_record(path)["per_class_accuracy"])
+
+
+def load_reference_history(path):
+    """Reads the per-epoch accuracy of a reference file.
+
+    Args:
+        path: path of a `.json` file written with `per_epoch_accuracy`
+            (e.g. by `ReferenceHistory`).
+
+    Returns:
+        A float64 array `(epochs, num_classes)`; row `i` is after epoch
+        `i + 1`.
+
+    Raises:
+        ValueError: if the file is not a reference file or holds no
+            per-epoch accuracy.
+    """
+    record = _read_record(path)
+    rows = record.get("per_epoch_accuracy")
+    if not rows:
+        raise ValueError(
+            f"Reference file {path!r} has no per-epoch accuracy, which an "
+            "epoch-matched comparison needs. Record it with "
+            "`tllm_tf.ReferenceHistory` while training the reference."
+        )
+    if any(len(row) != record["num_classes"] for row in rows):
+        raise ValueError(
+            f"Reference file {path!r} is inconsistent: a per_epoch_accuracy row "
+            f"does not have num_classes={record['num_classes']} entries."
+        )
+    return np.stack([_from_json_list(row) for row in rows])
+
+
+class ReferenceHistory(keras.callbacks.Callback):
+    """Records a label-only student's held-out per-class accuracy every epoch.
+
+    Add it to the `fit` of the reference student. At each epoch end it counts
+    the model's correct predictions per class on `validation_data` (one
+    compiled pass); at train end it writes, if `path` is set, a reference
+    file whose `per_class_accuracy` is the last epoch's and whose
+    `per_epoch_accuracy` holds every epoch's, for an epoch-matched
+    `UndistillableClassCallback(..., epoch_matched=True)`.
+
+    As for the callback that reads it, `validation_data` must be a held-out
+    split of the *training* data, never the test split.
+
+    Args:
+        validation_data: batched `tf.data.Dataset` of `(x, y)`, or a tuple
+            `(x, y)` of arrays, of held-out training examples.
+        num_classes: number of classes. Defaults to the model's output size.
+        path: where to write the reference file at train end. Defaults to
+            `None` (keep it in `per_epoch_accuracy` only).
+
+    Attributes:
+        per_epoch_accuracy: float64 array `(epochs, num_classes)` after
+            training (NaN for a class with no held-out examples).
+        num_samples: held-out count per class.
+
+    Example:
+
+    >>> history = ReferenceHistory(held_out_ds, path="reference.json")
+    >>> reference_student.fit(train_ds, epochs=30, callbacks=[history])
+    """
+
+    def __init__(self, validation_data, num_classes=None, path=None):
+        super().__init__()
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(
+                f"Expected num_classes >= 2. Received: num_classes={num_classes}")
+        self.validation_data = metrics_lib.as_dataset(validation_data)
+        self.num_classes = num_classes
+        self.path = path
+        self.per_epoch_accuracy = None
+        self.num_samples = None
+        self._rows = []
+        self._counter = None
+
+    def on_train_begin(self, logs=None):
+        num_classes = self.num_classes or self.model.outputs[0].shape[-1]
+        self._counter = metrics_lib.PerClassCounter(self.model, num_classes)
+        self._rows = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        correct, total = self._counter(self.validation_data)
+        self._rows.append(metrics_lib.accuracy_from_counts(correct, total))
+        self.num_samples = total
+
+    def on_train_end(self, logs=None):
+        if not self._rows:
+            return
+        self.per_epoch_accuracy = np.stack(self._rows)
+        if self.path:
+            save_reference(self.path, self.per_epoch_accuracy[-1], self.num_samples,
+                           per_epoch_accuracy=self.per_epoch_accuracy)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "path": self.path}
