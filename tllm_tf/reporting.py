@@ -1,4 +1,19 @@
-"""Per-class comparison of the reference, KD and TLLM students of a workdir."""
+"""The per-class report: which classes distillation hurts, and what TLLM masked.
+
+TLLM (Zhu et al., NeurIPS 2022) calls a class *undistillable* when a student
+distilled from the teacher does worse on it than the same student trained on
+labels alone, and stops distilling it. This module gathers, per class, the
+test accuracy of the label-only reference and of the KD and TLLM students,
+the classes TLLM masked and its mask over the epochs, from a
+`tools/train.py` workdir (or from `evaluation.evaluate_models`), and writes
+them as markdown, JSON and PNG plots (`plots.py`).
+
+A results dict has `class_names`, `models` (compared columns; the first is
+the baseline), `per_class` (name -> array, NaN where a class has no test
+example), `accuracy` (name -> overall test accuracy), `num_samples`,
+`final_mask` (array or None) and `mask_history` (records of
+`mask_log.jsonl`).
+"""
 
 import json
 import os
@@ -8,6 +23,8 @@ import numpy as np
 from tllm_tf import stages
 
 COLUMNS = ("reference", "student_kd", "student_tllm")
+MASK_LOG_FILE = "mask_log.jsonl"
+REPORT_FILES = ("report.md", "report.json", "per_class_change.png", "mask_history.png")
 
 
 def _read_json(path):
@@ -15,18 +32,41 @@ def _read_json(path):
         return json.load(handle)
 
 
+def load_mask_history(path):
+    """Reads the mask updates of a TLLM run, one dict per line of `path`.
+
+    Args:
+        path: a `mask_log.jsonl` written by `UndistillableClassCallback`.
+
+    Returns:
+        A list of dicts with `epoch` (1-based), `class_mask` (float array,
+        0 = masked) and `num_undistillable_classes`, in file order.
+    """
+    history = []
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                mask = np.asarray(record["class_mask"], dtype=np.float64)
+                history.append({"epoch": int(record["epoch"]), "class_mask": mask,
+                                "num_undistillable_classes": int(np.sum(mask <= 0))})
+    return history
+
+
 def load_results(workdir):
-    """Reads each stage's test per-class accuracy and TLLM's last mask.
+    """Reads each stage's test per-class accuracy and TLLM's mask history.
 
     Args:
         workdir: a `tools/train.py` workdir.
 
     Returns:
-        A dict with `class_names`, `per_class` (stage -> array, NaN where a
-        class has no test example), `accuracy` (stage -> overall test
-        accuracy) and `final_mask` (array, or None without a TLLM run).
+        A results dict (see the module docstring); `per_class` and
+        `accuracy` also hold the teacher's when it was trained there.
+
+    Raises:
+        FileNotFoundError: if no stage has a `test_per_class.json`.
     """
-    per_class, accuracy, class_names = {}, {}, None
+    per_class, accuracy, class_names, num_samples = {}, {}, None, None
     for stage in ("teacher",) + COLUMNS:
         path = os.path.join(workdir, stage, stages.PER_CLASS_FILE)
         if not os.path.exists(path):
@@ -34,50 +74,197 @@ def load_results(workdir):
         record = _read_json(path)
         class_names = record["class_names"]
         per_class[stage] = np.array(
-            [np.nan if a is None else a for a in record["per_class_accuracy"]])
+            [np.nan if a is None else a for a in record["per_class_accuracy"]], dtype=np.float64)
         accuracy[stage] = record["accuracy"]
-    final_mask = None
-    mask_log = os.path.join(workdir, "student_tllm", "mask_log.jsonl")
-    if os.path.exists(mask_log):
-        with open(mask_log) as handle:
-            lines = [line for line in handle if line.strip()]
-        if lines:
-            final_mask = np.array(json.loads(lines[-1])["class_mask"])
-    return {"class_names": class_names, "per_class": per_class,
-            "accuracy": accuracy, "final_mask": final_mask}
+        num_samples = record.get("num_samples")
+    if not per_class:
+        raise FileNotFoundError(
+            f"Expected a workdir with <stage>/{stages.PER_CLASS_FILE} files. Received: {workdir!r}")
+    mask_log = os.path.join(workdir, "student_tllm", MASK_LOG_FILE)
+    history = load_mask_history(mask_log) if os.path.exists(mask_log) else []
+    return {"class_names": class_names,
+            "models": [stage for stage in COLUMNS if stage in per_class],
+            "per_class": per_class, "accuracy": accuracy, "num_samples": num_samples,
+            "final_mask": history[-1]["class_mask"] if history else None,
+            "mask_history": history}
+
+
+def _names(results, flags):
+    return [results["class_names"][i] for i in np.flatnonzero(flags)]
+
+
+def below_baseline(results):
+    """Per compared model, the classes it got wrong more often than the baseline."""
+    models = results["models"]
+    per_class = results["per_class"]
+    return {model: _names(results, per_class[model] < per_class[models[0]])
+            for model in models[1:]}
+
+
+def undistillable_classes(results):
+    """The undistillable classes and where they come from.
+
+    TLLM's final mask when there is one (chosen on the held-out split during
+    training); otherwise the classes where the first distilled model is below
+    the baseline on the evaluated split.
+
+    Returns:
+        `(names, source)`; `source` is `None` with fewer than two models and
+        no mask.
+    """
+    if results["final_mask"] is not None:
+        return _names(results, results["final_mask"] <= 0), "tllm_mask"
+    models = results["models"]
+    if len(models) < 2:
+        return [], None
+    return below_baseline(results)[models[1]], f"{models[1]} below {models[0]}"
+
+
+def _percent(value):
+    return "n/a" if np.isnan(value) else f"{100 * value:.1f}"
+
+
+def _flag_columns(results):
+    """(header, boolean array) of each mark column of the table."""
+    per_class, models = results["per_class"], results["models"]
+    columns = []
+    if "reference" in models and "student_kd" in models:
+        columns.append(("KD<ref", per_class["student_kd"] < per_class["reference"]))
+    elif len(models) >= 2:
+        columns.append((f"{models[1]}<{models[0]}", per_class[models[1]] < per_class[models[0]]))
+    if results["final_mask"] is not None:
+        columns.append(("masked", results["final_mask"] <= 0))
+    return columns
 
 
 def markdown_table(results):
     """Per-class test accuracy (%) table with the undistillable marks.
 
-    `KD<ref` marks a class the KD student got wrong more often than the
-    label-only reference on the test split; `masked` marks a class TLLM had
-    stopped distilling at the end of training (chosen on the held-out split).
+    With a workdir, `KD<ref` marks a class the KD student got wrong more
+    often than the label-only reference on the test split, and `masked` a
+    class TLLM had stopped distilling at the end of training (chosen on the
+    held-out split). Models other than a workdir's get a `second<first`
+    column instead of `KD<ref`.
     """
-    per_class = results["per_class"]
-    shown = [stage for stage in COLUMNS if stage in per_class]
-    header = ["class"] + shown + ["KD<ref", "masked"]
+    per_class, models = results["per_class"], results["models"]
+    marks = _flag_columns(results)
+    header = ["class"] + models + [title for title, _ in marks]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    mask = results["final_mask"]
     for index, name in enumerate(results["class_names"] or []):
-        cells = [name] + [f"{100 * per_class[s][index]:.1f}" for s in shown]
-        worse = ("reference" in per_class and "student_kd" in per_class
-                 and per_class["student_kd"][index] < per_class["reference"][index])
-        cells.append("x" if worse else "")
-        cells.append("x" if mask is not None and mask[index] <= 0 else "")
+        cells = [name] + [_percent(per_class[m][index]) for m in models]
+        cells += ["x" if flags[index] else "" for _, flags in marks]
         rows.append("| " + " | ".join(cells) + " |")
-    overall = ["**overall**"] + [f"{100 * results['accuracy'][s]:.1f}" for s in shown]
-    rows.append("| " + " | ".join(overall + ["", ""]) + " |")
+    overall = ["**overall**"] + [_percent(results["accuracy"][m]) for m in models]
+    rows.append("| " + " | ".join(overall + [""] * len(marks)) + " |")
     return "\n".join(rows)
 
 
 def summary_lines(results):
-    """One line per stage with its overall test accuracy."""
-    lines = []
-    for stage, value in results["accuracy"].items():
-        lines.append(f"{stage:>13}: test accuracy {100 * value:.2f}%")
-    mask = results["final_mask"]
-    if mask is not None:
-        masked = [results["class_names"][i] for i in np.flatnonzero(mask <= 0)]
-        lines.append(f"TLLM undistillable classes at the end: {masked or 'none'}")
+    """One line per stage with its overall test accuracy, then the masked classes."""
+    lines = [f"{name:>13}: test accuracy {100 * value:.2f}%"
+             for name, value in results["accuracy"].items()]
+    names, source = undistillable_classes(results)
+    if source == "tllm_mask":
+        lines.append(f"TLLM undistillable classes at the end: {names or 'none'}")
+    elif source:
+        lines.append(f"Undistillable classes ({source}): {names or 'none'}")
     return lines
+
+
+def mask_changes(results):
+    """The mask history with class names and what changed at each update.
+
+    Returns:
+        One dict per update: `epoch`, `num_undistillable_classes`,
+        `undistillable_classes` (names), `added` and `removed` (names, since
+        the previous update).
+    """
+    changes, previous = [], set()
+    for record in results["mask_history"]:
+        masked = _names(results, record["class_mask"] <= 0)
+        changes.append({
+            "epoch": record["epoch"],
+            "num_undistillable_classes": len(masked),
+            "undistillable_classes": masked,
+            "added": [n for n in masked if n not in previous],
+            "removed": [n for n in results["class_names"] if n in previous and n not in masked],
+        })
+        previous = set(masked)
+    return changes
+
+
+def _json_list(values):
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def to_json(results):
+    """The report as a JSON-ready dict; NaN becomes `null`, accuracies are 0-1."""
+    models, per_class = results["models"], results["per_class"]
+    names, source = undistillable_classes(results)
+    return {
+        "class_names": list(results["class_names"]),
+        "models": list(models),
+        "baseline": models[0] if models else None,
+        "accuracy": {k: float(v) for k, v in results["accuracy"].items()},
+        "per_class_accuracy": {k: _json_list(v) for k, v in per_class.items()},
+        "per_class_change": {m: _json_list(per_class[m] - per_class[models[0]])
+                             for m in models[1:]},
+        "num_samples": results["num_samples"],
+        "undistillable_classes": {"names": names, "count": len(names), "source": source},
+        "below_baseline": below_baseline(results),
+        "mask_history": mask_changes(results),
+    }
+
+
+def markdown_report(results, title="TLLM per-class report", images=()):
+    """The whole report as markdown: plots, summary, classes, table, mask history."""
+    names, source = undistillable_classes(results)
+    lines = [f"# {title}", ""]
+    lines += [f"![{os.path.splitext(image)[0]}]({image})" for image in images]
+    lines += ["", "## Test accuracy", "", "```", *summary_lines(results), "```", ""]
+    if source:
+        lines += [f"## Undistillable classes: {len(names)} of {len(results['class_names'])}", "",
+                  f"{', '.join(names) or 'none'} (source: {source})", ""]
+    lines += ["## Per-class test accuracy (%)", "", markdown_table(results), ""]
+    changes = [c for c in mask_changes(results) if c["added"] or c["removed"]]
+    if changes:
+        lines += ["## Mask history (updates that changed the mask)", "",
+                  "| epoch | masked | added | removed |", "|---|---|---|---|"]
+        lines += [f"| {c['epoch']} | {c['num_undistillable_classes']} | "
+                  f"{', '.join(c['added'])} | {', '.join(c['removed'])} |" for c in changes]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_text(path, text):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def write_report(results, output_dir, title="TLLM per-class report"):
+    """Writes report.md, report.json and the PNG plots into `output_dir`.
+
+    A plot with nothing to show (one model only; no mask history) is not
+    written, and report.md does not link it.
+
+    Returns:
+        A dict file name -> path of the files written.
+    """
+    from tllm_tf import plots  # Imported here: only the report needs matplotlib.
+
+    os.makedirs(output_dir, exist_ok=True)
+    written = {}
+    for name, draw in (("per_class_change.png", plots.plot_per_class_change),
+                       ("mask_history.png", plots.plot_mask_history)):
+        path = os.path.join(output_dir, name)
+        if draw(results, path):
+            written[name] = path
+        elif os.path.exists(path):
+            os.remove(path)  # A plot of an earlier report in the same place.
+    for name, text in (("report.md", markdown_report(results, title, list(written))),
+                       ("report.json", json.dumps(to_json(results), indent=1))):
+        written[name] = os.path.join(output_dir, name)
+        _write_text(written[name], text + "\n")
+    return written

@@ -1,0 +1,133 @@
+"""The per-class report from a hand-written workdir: table, JSON, mask history, plots."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from tllm_tf import reporting
+
+CLASS_NAMES = ["cat", "dog", "bird", "fish"]
+PER_CLASS = {
+    "teacher": [1.0, 1.0, 0.9, 1.0],
+    "reference": [0.8, 0.9, 0.5, 0.7],
+    "student_kd": [0.9, 0.6, 0.5, 0.8],
+    "student_tllm": [0.9, 0.8, 0.6, None],  # No test example of "fish".
+}
+MASKS = [(2, [1, 0, 0, 1]), (3, [1, 0, 1, 1]), (4, [1, 0, 1, 0])]
+
+
+def _write_stage(workdir, stage, accuracy):
+    os.makedirs(workdir / stage, exist_ok=True)
+    with open(workdir / stage / "test_per_class.json", "w") as handle:
+        json.dump({"class_names": CLASS_NAMES, "per_class_accuracy": accuracy,
+                   "num_samples": [10, 10, 10, 10], "accuracy": 0.7 if accuracy[0] < 1 else 0.97},
+                  handle)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    for stage, accuracy in PER_CLASS.items():
+        _write_stage(tmp_path, stage, accuracy)
+    with open(tmp_path / "student_tllm" / "mask_log.jsonl", "w") as handle:
+        for epoch, mask in MASKS:
+            handle.write(json.dumps({
+                "epoch": epoch, "student_accuracy": [0.5] * 4, "reference_accuracy": [0.6] * 4,
+                "num_samples": [5] * 4, "class_mask": [float(m) for m in mask],
+                "num_undistillable_classes": int(4 - sum(mask))}) + "\n")
+    return tmp_path
+
+
+def _png_size(path):
+    with open(path, "rb") as handle:
+        header = handle.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_load_results_reads_stages_and_mask_history(workdir):
+    results = reporting.load_results(str(workdir))
+    assert results["models"] == ["reference", "student_kd", "student_tllm"]
+    assert results["class_names"] == CLASS_NAMES
+    assert np.isnan(results["per_class"]["student_tllm"][3])
+    assert [r["epoch"] for r in results["mask_history"]] == [2, 3, 4]
+    np.testing.assert_array_equal(results["final_mask"], [1, 0, 1, 0])
+
+
+def test_markdown_table_marks_kd_losses_and_masked_classes(workdir):
+    table = reporting.markdown_table(reporting.load_results(str(workdir))).splitlines()
+    assert table[0] == "| class | reference | student_kd | student_tllm | KD<ref | masked |"
+    assert table[2] == "| cat | 80.0 | 90.0 | 90.0 |  |  |"
+    assert table[3] == "| dog | 90.0 | 60.0 | 80.0 | x | x |"
+    assert table[5] == "| fish | 70.0 | 80.0 | n/a |  | x |"
+    assert table[-1] == "| **overall** | 70.0 | 70.0 | 70.0 |  |  |"
+
+
+def test_json_names_the_undistillable_classes_and_the_mask_history(workdir):
+    report = reporting.to_json(reporting.load_results(str(workdir)))
+    assert report["undistillable_classes"] == {
+        "names": ["dog", "fish"], "count": 2, "source": "tllm_mask"}
+    assert report["below_baseline"] == {"student_kd": ["dog"], "student_tllm": ["dog"]}
+    np.testing.assert_allclose(report["per_class_change"]["student_kd"], [0.1, -0.3, 0.0, 0.1])
+    assert report["per_class_change"]["student_tllm"][3] is None
+    assert report["accuracy"]["teacher"] == 0.97
+    assert report["mask_history"] == [
+        {"epoch": 2, "num_undistillable_classes": 2, "undistillable_classes": ["dog", "bird"],
+         "added": ["dog", "bird"], "removed": []},
+        {"epoch": 3, "num_undistillable_classes": 1, "undistillable_classes": ["dog"],
+         "added": [], "removed": ["bird"]},
+        {"epoch": 4, "num_undistillable_classes": 2, "undistillable_classes": ["dog", "fish"],
+         "added": ["fish"], "removed": []},
+    ]
+
+
+def test_write_report_writes_markdown_json_and_valid_pngs(workdir):
+    output_dir = str(workdir / "report")
+    written = reporting.write_report(reporting.load_results(str(workdir)), output_dir)
+    assert sorted(written) == sorted(reporting.REPORT_FILES)
+    with open(written["report.json"]) as handle:
+        assert json.load(handle)["undistillable_classes"]["count"] == 2
+    with open(written["report.md"]) as handle:
+        markdown = handle.read()
+    assert "![per_class_change](per_class_change.png)" in markdown
+    assert "![mask_history](mask_history.png)" in markdown
+    assert "## Undistillable classes: 2 of 4" in markdown
+    assert "| 3 | 1 |  | bird |" in markdown  # The mask update that freed "bird".
+    for name in ("per_class_change.png", "mask_history.png"):
+        width, height = _png_size(written[name])
+        assert 600 <= width <= 2500 and 300 <= height <= 2500, (name, width, height)
+        assert 10_000 < os.path.getsize(written[name]) < 1_000_000
+    assert not [f for f in os.listdir(output_dir) if ".tmp" in f]
+
+
+def test_without_a_tllm_run_kd_below_reference_is_undistillable(workdir):
+    os.remove(workdir / "student_tllm" / "mask_log.jsonl")
+    results = reporting.load_results(str(workdir))
+    assert reporting.undistillable_classes(results) == (["dog"], "student_kd below reference")
+    assert "masked" not in reporting.markdown_table(results).splitlines()[0]
+    output_dir = str(workdir / "report")
+    os.makedirs(output_dir)
+    with open(os.path.join(output_dir, "mask_history.png"), "w") as handle:
+        handle.write("from an earlier report")
+    written = reporting.write_report(results, output_dir)
+    assert "mask_history.png" not in written
+    assert not os.path.exists(os.path.join(output_dir, "mask_history.png"))
+    with open(written["report.md"]) as handle:
+        assert "mask_history" not in handle.read()
+
+
+def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):
+    _write_stage(tmp_path, "reference", PER_CLASS["reference"])
+    results = reporting.load_results(str(tmp_path))
+    assert reporting.markdown_table(results).splitlines()[0] == "| class | reference |"
+    assert reporting.undistillable_classes(results) == ([], None)
+    written = reporting.write_report(results, str(tmp_path / "report"))
+    assert sorted(written) == ["report.json", "report.md"]
+
+
+def test_an_empty_workdir_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="test_per_class.json"):
+        reporting.load_results(str(tmp_path))
