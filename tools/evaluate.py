@@ -1,0 +1,68 @@
+"""Test (or held-out) accuracy and per-class accuracy of a saved model.
+
+    python tools/evaluate.py --model_path=runs/demo/student_tllm/model.keras \
+        --dataset=digits --split=test --json=/tmp/eval.json
+
+--model_path is a .keras file or a SavedModel directory. Pass the run's
+--seed and --holdout_fraction to get the splits it was trained with.
+"""
+
+import json
+import os
+
+# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tllm_tf import config as config_lib  # noqa: E402
+from tllm_tf import evaluation  # noqa: E402
+from tllm_tf import reporting  # noqa: E402
+
+_DEFAULTS = config_lib.RunConfig(workdir="")
+
+flags.DEFINE_string("model_path", None, "A .keras file or a SavedModel directory.", required=True)
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set name: digits.")
+flags.DEFINE_string("data_dir", None, "tfds data directory.")
+flags.DEFINE_enum("split", "test", evaluation.SPLITS, "Which split to evaluate on.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "The run's --seed (it fixes the splits).")
+flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
+                   "The run's --holdout_fraction (it fixes the held-out split).")
+flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+flags.DEFINE_string("json", None, "Also write the result to this JSON file.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        data = evaluation.load_splits(FLAGS.dataset, seed=FLAGS.seed,
+                                      holdout_fraction=FLAGS.holdout_fraction,
+                                      data_dir=FLAGS.data_dir)
+        models = evaluation.model_names([FLAGS.model_path])
+        results = evaluation.evaluate_models(
+            models, getattr(data, FLAGS.split), class_names=data.class_names,
+            batch_size=FLAGS.batch_size)
+    except ValueError as error:
+        raise app.UsageError(str(error))
+    (name,) = models
+    print(f"{FLAGS.model_path} on {FLAGS.dataset} {FLAGS.split} "
+          f"({sum(results['num_samples'])} examples):")
+    print(f"accuracy: {100 * results['accuracy'][name]:.2f}%")
+    print(reporting.markdown_table(results))
+    if FLAGS.json:
+        record = {"model_path": FLAGS.model_path, "dataset": FLAGS.dataset,
+                  "split": FLAGS.split, "accuracy": results["accuracy"][name],
+                  "class_names": results["class_names"],
+                  "per_class_accuracy": reporting.to_json(results)["per_class_accuracy"][name],
+                  "num_samples": results["num_samples"]}
+        with open(FLAGS.json, "w") as handle:
+            json.dump(record, handle, indent=1)
+        print(f"Wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)

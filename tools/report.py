@@ -1,0 +1,82 @@
+"""The per-class report of a run: markdown, JSON and PNG plots.
+
+    python tools/report.py --workdir=runs/demo
+    python tools/report.py --model_paths=ref=a.keras,kd=b.keras,tllm=c.keras \
+        --dataset=digits --output_dir=/tmp/report
+
+From a workdir it reads the stages' test_per_class.json and TLLM's
+mask_log.jsonl; from saved models it evaluates them on --dataset (the first
+is the baseline). Writes report.md, report.json, per_class_change.png and
+mask_history.png into --output_dir; docs/report.md explains each.
+"""
+
+import os
+
+# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tllm_tf import config as config_lib  # noqa: E402
+from tllm_tf import evaluation  # noqa: E402
+from tllm_tf import reporting  # noqa: E402
+
+_DEFAULTS = config_lib.RunConfig(workdir="")
+
+flags.DEFINE_string("workdir", None, "A tools/train.py workdir to report on.")
+flags.DEFINE_list("model_paths", [], "Instead of --workdir: two or more .keras files or "
+                  "SavedModel directories, optionally as name=path; the first is the baseline.")
+flags.DEFINE_string("mask_log", None, "With --model_paths: a TLLM mask_log.jsonl to include.")
+flags.DEFINE_string("output_dir", None, "Where to write the report (default: <workdir>/report).")
+flags.DEFINE_string("title", "TLLM per-class report", "Title of report.md.")
+# Data, for --model_paths.
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set name: digits.")
+flags.DEFINE_string("data_dir", None, "tfds data directory.")
+flags.DEFINE_enum("split", "test", evaluation.SPLITS, "Which split to evaluate on.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "The run's --seed (it fixes the splits).")
+flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
+                   "The run's --holdout_fraction (it fixes the held-out split).")
+
+FLAGS = flags.FLAGS
+
+
+def _results_from_models():
+    if len(FLAGS.model_paths) < 2:
+        raise app.UsageError(
+            f"--model_paths needs two or more models. Received: {FLAGS.model_paths}")
+    data = evaluation.load_splits(FLAGS.dataset, seed=FLAGS.seed,
+                                  holdout_fraction=FLAGS.holdout_fraction,
+                                  data_dir=FLAGS.data_dir)
+    results = evaluation.evaluate_models(
+        evaluation.model_names(FLAGS.model_paths), getattr(data, FLAGS.split),
+        class_names=data.class_names)
+    if FLAGS.mask_log:
+        history = reporting.load_mask_history(FLAGS.mask_log)
+        results["mask_history"] = history
+        results["final_mask"] = history[-1]["class_mask"] if history else None
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if bool(FLAGS.workdir) == bool(FLAGS.model_paths):
+        raise app.UsageError("Give exactly one of --workdir and --model_paths.")
+    if FLAGS.model_paths and not FLAGS.output_dir:
+        raise app.UsageError("--model_paths needs --output_dir.")
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "report")
+    try:
+        results = (reporting.load_results(FLAGS.workdir) if FLAGS.workdir
+                   else _results_from_models())
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error))
+    written = reporting.write_report(results, output_dir, title=FLAGS.title)
+    print(reporting.markdown_table(results))
+    print("\n".join(reporting.summary_lines(results)))
+    for path in written.values():
+        print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
