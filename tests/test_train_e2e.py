@@ -33,7 +33,7 @@ def test_demo_flagfile_runs_all_stages_and_exports_the_student(tmp_path):
     images = np.random.default_rng(0).uniform(0, 16, (5, 8, 8, 1)).astype(np.float32)
     exported = tf.saved_model.load(os.path.join(workdir, "student_tllm", "saved_model"))
     keras_model = keras.models.load_model(os.path.join(workdir, "student_tllm", "model.keras"))
-    np.testing.assert_allclose(exported.serve(images).numpy(),
+    np.testing.assert_allclose(exported.serve(images)["logits"].numpy(),
                                keras_model.predict(images, verbose=0), atol=1e-5)
 
     # A second run of the same command finds every stage done and only reports.
