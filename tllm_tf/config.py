@@ -26,9 +26,17 @@ class RunConfig:
     dataset: str = "digits"
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
+    download: bool = False
     holdout_fraction: float = 0.2
     num_train: Optional[int] = None
+    image_folder: Optional[str] = None
+    test_image_folder: Optional[str] = None
+    image_size: Optional[int] = None
     augmentation: str = "none"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    randaugment: bool = False
+    cache: bool = False
     seed: int = 0
     # Models.
     teacher_model: str = "cnn_large"
@@ -103,6 +111,10 @@ class RunConfig:
                 f"update_every must be >= 1. Received: {self.update_every}")
         require(self.min_samples >= 1,
                 f"min_samples must be >= 1. Received: {self.min_samples}")
+        require(self.mixup >= 0, f"mixup must be >= 0. Received: {self.mixup}")
+        require(0 <= self.cutmix <= 1, f"cutmix must be in [0, 1]. Received: {self.cutmix}")
+        require(self.image_size is None or self.image_size > 0,
+                f"image_size must be > 0. Received: {self.image_size}")
         require(self.num_train is None or self.num_train > 0,
                 f"num_train must be > 0. Received: {self.num_train}")
         require(self.steps_per_execution >= 1,

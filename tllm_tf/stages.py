@@ -1,49 +1,60 @@
 """The three-stage TLLM pipeline: teacher, reference student, distilled students.
 
-This is the experiment layer: it is the one library module that reads a
-`RunConfig`, and it turns it into keyword arguments for the core (models,
-data, `Distiller`, `UndistillableClassCallback`). Each stage writes to
-`workdir/<stage>/`; a stage whose final model exists is not run again.
+This is the experiment layer: the one library module that reads a whole
+`RunConfig`, turning it into keyword arguments for the core (models, data,
+`Distiller`, `UndistillableClassCallback`). Each stage writes to
+`workdir/<stage>/`, checkpoints every epoch, and resumes from its checkpoint
+when re-run; a stage whose final model exists is not run again.
 
 Workdir layout:
 
     config.json
-    teacher/model.keras, test_per_class.json
-    reference/model.keras, reference.json (held-out per-class accuracy),
-        test_per_class.json
-    student_<method>/model.keras, saved_model/, history.csv,
-        mask_log.jsonl (tllm), test_per_class.json
+    teacher/model.keras, history.csv, test_per_class.json, tensorboard/
+    reference/model.keras, reference.json (held-out per-class accuracy), ...
+    student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
+        mask_log.jsonl (tllm), tensorboard/
+    <stage>/checkpoint/ (while the stage runs)
 """
 
 import json
-import math
 import os
+import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import tllm_tf
+from tllm_tf import checkpointing
 from tllm_tf import data as data_lib
+from tllm_tf import export as export_lib
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import models as models_lib
 from tllm_tf import reference as reference_lib
+from tllm_tf import summaries
+from tllm_tf import training_guards
+from tllm_tf import workdir as workdir_lib
 
 MODEL_FILE = "model.keras"
 PER_CLASS_FILE = "test_per_class.json"
 REFERENCE_FILE = "reference.json"
+MASK_LOG_FILE = "mask_log.jsonl"
+HISTORY_FILE = "history.csv"
 
 
 def load_data(config):
     """Returns the `DataSplits` named by `config.dataset`."""
-    if config.dataset == "digits":
-        return data_lib.load_digits(
-            holdout_fraction=config.holdout_fraction,
-            num_train=config.num_train,
-            seed=config.seed,
-        )
-    raise ValueError(
-        f"Unknown dataset: {config.dataset!r}. This build knows 'digits'."
+    return data_lib.load_dataset(
+        config.dataset,
+        holdout_fraction=config.holdout_fraction,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        download=config.download,
+        num_train=config.num_train,
+        image_folder=config.image_folder,
+        test_image_folder=config.test_image_folder,
+        image_size=config.image_size,
     )
 
 
@@ -54,6 +65,17 @@ def make_strategy(name):
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """Whether this process writes results (always, except non-chief workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def build_classifier(model_name, data, weight_decay=0.0):
@@ -91,34 +113,61 @@ def make_optimizer(config, steps_per_epoch):
     return optimizer
 
 
-def batches(split, config, training, num_classes=None, one_hot=False):
-    """Batched, prefetched tf.data for one split."""
-    dataset = split
-    if training:
-        dataset = dataset.shuffle(4096, seed=config.seed, reshuffle_each_iteration=True)
-    if one_hot:
-        dataset = dataset.map(
-            lambda image, label: (image, tf.one_hot(label, num_classes)),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+def steps_per_epoch(data, config):
+    """Training batches per epoch (the last, smaller batch is dropped)."""
+    if not data.num_train:
+        raise ValueError(f"The size of the {data.name!r} training split is unknown.")
+    return max(1, data.num_train // config.batch_size)
 
 
-def _steps_per_epoch(data, config):
-    return max(1, math.ceil((data.num_train or 1) / config.batch_size))
+def train_batches(data, config, start_epoch, epochs, one_hot=False):
+    """Training batches of epochs `start_epoch .. epochs - 1`, back to back.
+
+    Epoch `e` is shuffled and augmented with a seed derived from `(seed, e)`
+    alone, so a run resumed at epoch `e` sees exactly the batches an
+    uninterrupted run would have seen.
+    """
+    train = data.train.cache() if config.cache else data.train
+    steps = steps_per_epoch(data, config)
+    # One pipeline per epoch, each seeded by its epoch (tf.data's own
+    # reshuffling depends on how many epochs this process has iterated).
+    per_epoch = [
+        data_lib.make_pipeline(
+            train,
+            batch_size=config.batch_size,
+            training=True,
+            augmentation=config.augmentation,
+            image_size=config.image_size,
+            num_classes=data.num_classes,
+            mixup=config.mixup,
+            cutmix=config.cutmix,
+            randaugment=config.randaugment,
+            seed=config.seed * 100_003 + epoch,
+            drop_remainder=True,
+        ).take(steps)
+        for epoch in range(start_epoch, epochs)
+    ]
+    order = tf.data.Dataset.range(len(per_epoch)).flat_map(
+        lambda index: tf.data.Dataset.from_tensors(index).repeat(steps))
+    batches = tf.data.Dataset.choose_from_datasets(per_epoch, order)
+    if one_hot and not (config.mixup or config.cutmix):
+        batches = batches.map(
+            lambda images, labels: (images, tf.one_hot(labels, data.num_classes)))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def _write_json(path, value):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=1)
-    os.replace(temporary, path)
+def eval_batches(split, config):
+    """Evaluation batches of one split (no shuffling, the recipe's eval transform)."""
+    return data_lib.make_pipeline(
+        split, batch_size=config.batch_size, training=False,
+        augmentation=config.augmentation, image_size=config.image_size)
 
 
 def _save_per_class(model, data, config, stage_dir):
     counter = metrics_lib.PerClassCounter(model, data.num_classes)
-    correct, total = counter(batches(data.test, config, training=False))
+    correct, total = counter(eval_batches(data.test, config))
     accuracy = metrics_lib.accuracy_from_counts(correct, total)
-    _write_json(os.path.join(stage_dir, PER_CLASS_FILE), {
+    workdir_lib.write_json(os.path.join(stage_dir, PER_CLASS_FILE), {
         "class_names": list(data.class_names),
         "per_class_accuracy": [None if np.isnan(a) else float(a) for a in accuracy],
         "num_samples": [int(n) for n in total],
@@ -126,62 +175,114 @@ def _save_per_class(model, data, config, stage_dir):
     })
 
 
-def _fit_on_labels(model, data, config, epochs, label_smoothing, stage_dir):
-    one_hot = label_smoothing > 0
+def _callbacks(stage_dir, chief, start_epoch):
+    """Checkpointing, NaN guard, CSV history and TensorBoard of a stage."""
+    history = os.path.join(stage_dir, HISTORY_FILE)
+    workdir_lib.truncate_csv_history(history, start_epoch)
+    callbacks = [
+        training_guards.StopOnNonFiniteLoss(),
+        checkpointing.EpochCheckpoint(os.path.join(stage_dir, "checkpoint"), write=chief),
+    ]
+    if chief:
+        callbacks += [
+            keras.callbacks.CSVLogger(history, append=True),
+            keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
+        ]
+    return callbacks
+
+
+def _fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_hot=False):
+    """Fits `model`, resuming from the stage's checkpoint if there is one."""
+    start_epoch = checkpointing.restore(model, os.path.join(stage_dir, "checkpoint"))
+    if start_epoch < epochs:
+        callbacks = list(extra_callbacks) + _callbacks(stage_dir, chief, start_epoch)
+        model.fit(
+            train_batches(data, config, start_epoch, epochs, one_hot),
+            initial_epoch=start_epoch,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch(data, config),
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+
+
+def _finish(model, stage_dir, chief):
+    """Writes the stage's final model atomically and drops its checkpoint."""
+    if chief:
+        workdir_lib.save_model(model, os.path.join(stage_dir, MODEL_FILE))
+        shutil.rmtree(os.path.join(stage_dir, "checkpoint"), ignore_errors=True)
+
+
+def _compile_on_labels(model, data, config, label_smoothing):
     loss = (
         keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-        if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if label_smoothing > 0 else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     model.compile(
-        optimizer=make_optimizer(config, _steps_per_epoch(data, config)),
+        optimizer=make_optimizer(config, steps_per_epoch(data, config)),
         loss=loss,
         metrics=["accuracy"],
         jit_compile=config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
-    model.fit(
-        batches(data.train, config, True, data.num_classes, one_hot),
-        epochs=epochs,
-        callbacks=[keras.callbacks.CSVLogger(os.path.join(stage_dir, "history.csv"))],
-        verbose=config.verbose,
-    )
 
 
 def run_teacher(config, data, strategy, stage_dir):
     """Trains the teacher on labels; returns its `.keras` path."""
-    path = config.teacher_path or os.path.join(stage_dir, MODEL_FILE)
+    path = os.path.join(stage_dir, MODEL_FILE)
     if os.path.exists(path):
         return path
+    chief = is_chief(strategy)
     os.makedirs(stage_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         teacher = build_classifier(config.teacher_model, data, config.weight_decay)
-        _fit_on_labels(teacher, data, config, config.teacher_epochs or config.epochs,
-                       config.teacher_label_smoothing, stage_dir)
-    _save_per_class(teacher, data, config, stage_dir)
-    teacher.save(path)
+        _compile_on_labels(teacher, data, config, config.teacher_label_smoothing)
+    _fit(teacher, data, config, stage_dir, chief, config.teacher_epochs or config.epochs,
+         one_hot=config.teacher_label_smoothing > 0)
+    if chief:
+        _save_per_class(teacher, data, config, stage_dir)
+    _finish(teacher, stage_dir, chief)
     return path
 
 
 def run_reference(config, data, strategy, stage_dir):
     """Trains the student on labels alone; returns its reference JSON path."""
-    if config.reference_path:
-        return config.reference_path
     reference_path = os.path.join(stage_dir, REFERENCE_FILE)
     if os.path.exists(reference_path):
         return reference_path
+    chief = is_chief(strategy)
     os.makedirs(stage_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         student = build_classifier(config.student_model, data, config.weight_decay)
-        _fit_on_labels(student, data, config, config.epochs, 0.0, stage_dir)
-    counter = metrics_lib.PerClassCounter(student, data.num_classes)
-    correct, total = counter(batches(data.held_out, config, training=False))
-    _save_per_class(student, data, config, stage_dir)
-    student.save(os.path.join(stage_dir, MODEL_FILE))
-    reference_lib.save_reference(
-        reference_path, metrics_lib.accuracy_from_counts(correct, total), total)
+        _compile_on_labels(student, data, config, 0.0)
+    _fit(student, data, config, stage_dir, chief, config.epochs)
+    if chief:
+        counter = metrics_lib.PerClassCounter(student, data.num_classes)
+        correct, total = counter(eval_batches(data.held_out, config))
+        _save_per_class(student, data, config, stage_dir)
+        _finish(student, stage_dir, chief)
+        # Written last: its presence marks the stage as done.
+        reference_lib.save_reference(
+            reference_path, metrics_lib.accuracy_from_counts(correct, total), total)
     return reference_path
+
+
+def load_teacher(teacher_path, data):
+    """Loads a teacher `.keras` file (safe mode) and checks its classes."""
+    if not os.path.exists(teacher_path):
+        raise ValueError(
+            f"Teacher not found: {teacher_path!r}. Run --stage=teacher first or "
+            "pass --teacher_path.")
+    teacher = keras.models.load_model(teacher_path, safe_mode=True)
+    outputs = teacher.outputs[0].shape[-1]
+    if outputs != data.num_classes:
+        raise ValueError(
+            f"The teacher {teacher_path!r} outputs {outputs} classes but the data "
+            f"set {data.name!r} has {data.num_classes}. Use a teacher trained on "
+            "this data set.")
+    return teacher
 
 
 def run_student(config, data, strategy, stage_dir, method, teacher_path, reference_path):
@@ -189,14 +290,15 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
     model_path = os.path.join(stage_dir, MODEL_FILE)
     if os.path.exists(model_path):
         return model_path
+    chief = is_chief(strategy)
     os.makedirs(stage_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        teacher = keras.models.load_model(teacher_path)
+        teacher = load_teacher(teacher_path, data)
         student = build_classifier(config.student_model, data, config.weight_decay)
         distiller = tllm_tf.Distiller(student, teacher, num_classes=data.num_classes)
         distiller.compile(
-            optimizer=make_optimizer(config, _steps_per_epoch(data, config)),
+            optimizer=make_optimizer(config, steps_per_epoch(data, config)),
             metrics=["accuracy"],
             distillation_loss_fn=tllm_tf.KDLoss(temperature=config.temperature),
             alpha=config.alpha,
@@ -205,46 +307,51 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
             jit_compile=config.jit_compile,
             steps_per_execution=config.steps_per_execution,
         )
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(stage_dir, "history.csv"))]
+    callbacks = []
     if method == "tllm":
-        callbacks.append(tllm_tf.UndistillableClassCallback(
-            batches(data.held_out, config, training=False),
+        start_epoch = checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint"))
+        mask_log = os.path.join(stage_dir, MASK_LOG_FILE)
+        if chief:
+            workdir_lib.truncate_jsonl(mask_log, start_epoch)
+        identification = tllm_tf.UndistillableClassCallback(
+            eval_batches(data.held_out, config),
             reference=reference_path,
             margin=config.margin,
             warmup_epochs=config.warmup_epochs,
             update_every=config.update_every,
             sticky=config.sticky,
             min_samples=config.min_samples,
-            log_path=os.path.join(stage_dir, "mask_log.jsonl"),
-        ))
-    distiller.fit(
-        batches(data.train, config, training=True),
-        epochs=config.epochs,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
-    _save_per_class(student, data, config, stage_dir)
-    student.export(os.path.join(stage_dir, "saved_model"), verbose=False)
-    student.save(model_path)
+            log_path=mask_log if chief else None,
+        )
+        callbacks.append(identification)
+        if chief:
+            callbacks.append(summaries.PerClassAccuracySummary(
+                identification, os.path.join(stage_dir, "tensorboard", "per_class"),
+                class_names=list(data.class_names)))
+    _fit(distiller, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks)
+    if chief:
+        _save_per_class(student, data, config, stage_dir)
+        export_lib.export_saved_model(student, os.path.join(stage_dir, "saved_model"))
+        _finish(student, stage_dir, chief)
     return model_path
 
 
 def run(config):
     """Runs the stages of `config` in order; returns the workdir."""
-    os.makedirs(config.workdir, exist_ok=True)
-    _write_json(os.path.join(config.workdir, "config.json"), json.loads(config.to_json()))
     data = load_data(config)
     strategy = make_strategy(config.strategy)
+    if is_chief(strategy):
+        workdir_lib.claim(config.workdir, config)
     teacher_path = config.teacher_path or os.path.join(config.workdir, "teacher", MODEL_FILE)
     reference_path = config.reference_path or os.path.join(
         config.workdir, "reference", REFERENCE_FILE)
     for stage in config.stages:
         stage_dir = os.path.join(config.workdir, stage)
-        if stage == "teacher":
+        if stage == "teacher" and not config.teacher_path:
             teacher_path = run_teacher(config, data, strategy, stage_dir)
-        elif stage == "reference":
+        elif stage == "reference" and not config.reference_path:
             reference_path = run_reference(config, data, strategy, stage_dir)
-        else:
+        elif stage == "student":
             for method in config.method:
                 run_student(config, data, strategy,
                             os.path.join(config.workdir, f"student_{method}"),

@@ -27,14 +27,23 @@ flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES, "Stage(s) to run.
 flags.DEFINE_list("method", list(_DEFAULTS.method),
                   "Distillation methods of the student stage: kd, tllm.")
 # Data.
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set name: digits, or a tfds name.")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
 flags.DEFINE_string("data_dir", None, "tfds data directory.")
 flags.DEFINE_string("manual_dir", None, "tfds manual download directory (imagenet2012).")
+flags.DEFINE_bool("download", _DEFAULTS.download, "Let tfds download and prepare a missing data set.")
 flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
                    "Share of each class of the training split held out to find "
                    "undistillable classes.")
 flags.DEFINE_integer("num_train", None, "Keep only this many training examples (digits).")
-flags.DEFINE_string("augmentation", _DEFAULTS.augmentation, "Augmentation recipe: none, cifar, imagenet.")
+flags.DEFINE_string("image_folder", None, "--dataset=image_folder: a folder of class folders.")
+flags.DEFINE_string("test_image_folder", None, "--dataset=image_folder: its test folder.")
+flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders, ImageNet).")
+flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, ["none", "cifar", "imagenet"],
+                  "Per-image augmentation recipe (teacher and student see the same images).")
+flags.DEFINE_float("mixup", _DEFAULTS.mixup, "MixUp alpha; 0 turns it off.")
+flags.DEFINE_float("cutmix", _DEFAULTS.cutmix, "CutMix Beta parameter in [0, 1]; 0 turns it off.")
+flags.DEFINE_bool("randaugment", _DEFAULTS.randaugment, "Apply RandAugment to training batches.")
+flags.DEFINE_bool("cache", _DEFAULTS.cache, "Cache the decoded training images in memory.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of splits, initialisation and shuffling.")
 # Models.
 flags.DEFINE_string("teacher_model", _DEFAULTS.teacher_model, "Teacher architecture (model zoo name).")

@@ -98,9 +98,14 @@ def make_pipeline(
             f"Expected shuffle_buffer >= 1. Received: shuffle_buffer={shuffle_buffer}"
         )
     recipe = build_augmentation(augmentation, image_size=image_size)
-    batch_augmentation = BatchAugmentation(
-        num_classes, mixup=mixup, cutmix=cutmix, randaugment=randaugment, seed=seed
-    )
+    batch_augmentation = None
+    if training and (randaugment or mixup or cutmix):
+        # Built only when used: its Keras layers need a Python int seed,
+        # while the rest of the pipeline also takes a seed tensor (one
+        # pipeline per epoch, seeded by the epoch, inside a flat_map).
+        batch_augmentation = BatchAugmentation(
+            num_classes, mixup=mixup, cutmix=cutmix, randaugment=randaugment, seed=seed
+        )
 
     if cache:
         dataset = dataset.cache()
@@ -122,7 +127,7 @@ def make_pipeline(
     dataset = dataset.batch(
         batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE
     )
-    if training and (randaugment or batch_augmentation.mixes_labels):
+    if batch_augmentation is not None:
         # Sequential on purpose: the Keras layers hold their seed in a
         # variable, and parallel calls would read it in a random order.
         dataset = dataset.map(batch_augmentation)

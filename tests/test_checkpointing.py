@@ -1,0 +1,94 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tllm_tf
+from conftest import make_mlp
+from tllm_tf import checkpointing
+from tllm_tf import training_guards
+
+
+def _distiller():
+    keras.utils.set_random_seed(0)
+    distiller = tllm_tf.Distiller(make_mlp("student"), make_mlp("teacher"))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    return distiller
+
+
+def test_checkpoint_restores_weights_optimizer_mask_and_epoch(tiny_data, tmp_path):
+    x, y = tiny_data
+    directory = str(tmp_path / "checkpoint")
+    distiller = _distiller()
+    distiller.set_class_mask([1, 0, 1, 1])
+    distiller.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                  callbacks=[checkpointing.EpochCheckpoint(directory)])
+    assert checkpointing.saved_epoch(directory) == 3
+    assert sorted(os.listdir(directory)) == ["checkpoint.json", "epoch-3.weights.h5"]
+
+    resumed = _distiller()
+    assert checkpointing.restore(resumed, directory) == 3
+    assert resumed.undistillable_classes == [1]
+    assert int(resumed.optimizer.iterations) == 12
+    for a, b in zip(distiller.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(distiller.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_no_checkpoint_means_epoch_zero(tmp_path):
+    assert checkpointing.restore(_distiller(), str(tmp_path / "none")) == 0
+
+
+def test_non_writer_writes_nothing(tiny_data, tmp_path):
+    x, y = tiny_data
+    directory = str(tmp_path / "checkpoint")
+    _distiller().fit(x, y, epochs=1, verbose=0,
+                     callbacks=[checkpointing.EpochCheckpoint(directory, write=False)])
+    assert not os.path.exists(directory)
+
+
+@pytest.mark.parametrize("corruption", ["state", "weights"])
+def test_corrupt_checkpoint_gets_a_clear_error_and_is_left_alone(tiny_data, tmp_path, corruption):
+    x, y = tiny_data
+    directory = str(tmp_path / "checkpoint")
+    _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[checkpointing.EpochCheckpoint(directory)])
+    name = "checkpoint.json" if corruption == "state" else "epoch-1.weights.h5"
+    path = os.path.join(directory, name)
+    with open(path, "rb") as handle:
+        content = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(content[: len(content) // 3])
+    with pytest.raises(checkpointing.CheckpointError, match="Delete|delete"):
+        checkpointing.restore(_distiller(), directory)
+    with open(path, "rb") as handle:
+        assert handle.read() == content[: len(content) // 3]
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
+    x, y = tiny_data
+    directory = str(tmp_path / "checkpoint")
+    _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[checkpointing.EpochCheckpoint(directory)])
+    other = tllm_tf.Distiller(make_mlp("student", width=3), make_mlp("teacher"))
+    other.compile(optimizer="sgd")
+    with pytest.raises(checkpointing.CheckpointError, match="new --workdir"):
+        checkpointing.restore(other, directory)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    x, y = tiny_data
+    directory = str(tmp_path / "checkpoint")
+    distiller = _distiller()
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[checkpointing.EpochCheckpoint(directory)])
+    weights = np.ones(len(y), np.float32)
+    weights[10] = np.nan  # the loss of the second batch becomes NaN
+    with pytest.raises(training_guards.NonFiniteLossError, match="epoch 2, step 2"):
+        distiller.fit(x, y, sample_weight=weights, batch_size=8, epochs=3, initial_epoch=1,
+                      shuffle=False,
+                      verbose=0, callbacks=[training_guards.StopOnNonFiniteLoss(),
+                                            checkpointing.EpochCheckpoint(directory)])
+    with open(os.path.join(directory, "checkpoint.json")) as handle:
+        assert json.load(handle)["epoch"] == 1

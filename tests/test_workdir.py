@@ -1,0 +1,50 @@
+import json
+import os
+
+import pytest
+
+from tllm_tf import workdir
+from tllm_tf.config import RunConfig
+
+
+def test_claim_writes_then_accepts_the_same_run_and_resumable_changes(tmp_path):
+    config = RunConfig(workdir=str(tmp_path), epochs=5)
+    workdir.claim(str(tmp_path), config)
+    with open(tmp_path / "config.json") as handle:
+        assert json.load(handle)["epochs"] == 5
+    workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=5,
+                                           stage="student", verbose=0))
+
+
+def test_claim_refuses_a_workdir_of_another_configuration(tmp_path):
+    workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=5))
+    with pytest.raises(ValueError, match=r"--epochs: 5 in the workdir, 6 now(.|\n)*--temperature"):
+        workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=6, temperature=2.0))
+    with open(tmp_path / "config.json") as handle:
+        assert json.load(handle)["epochs"] == 5
+
+
+def test_claim_refuses_a_corrupt_config(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable configuration"):
+        workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path)))
+
+
+def test_truncate_jsonl_drops_later_epochs_and_torn_lines(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    with open(path, "w") as handle:
+        handle.write('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
+    workdir.truncate_jsonl(path, 2)
+    with open(path) as handle:
+        assert [json.loads(line)["epoch"] for line in handle] == [1, 2]
+
+
+def test_truncate_csv_history(tmp_path):
+    path = str(tmp_path / "history.csv")
+    with open(path, "w") as handle:
+        handle.write("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n3,0.")
+    workdir.truncate_csv_history(path, 2)
+    with open(path) as handle:
+        assert handle.read().split() == ["epoch,loss", "0,1.0", "1,0.5"]
+    workdir.truncate_csv_history(path, 0)
+    assert not os.path.exists(path)

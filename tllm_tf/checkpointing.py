@@ -1,0 +1,114 @@
+"""Per-epoch checkpoints that a killed run resumes from with nothing lost.
+
+`EpochCheckpoint` writes, at the end of every epoch, the model's weights
+(for a `Distiller`: the student, the teacher and the class mask) together with
+the optimizer's state (its iteration count, hence the learning-rate schedule's
+position, and its slots) to `epoch-<e>.weights.h5`, then renames a small JSON
+file naming that epoch and file into place, then deletes the older weights. A
+kill at any moment leaves the state file pointing at a complete checkpoint.
+`restore` loads it back and returns the epoch to resume from.
+
+Unlike `keras.callbacks.BackupAndRestore`, the epoch is readable *before*
+`fit` starts, so the input pipeline can be rebuilt at the right epoch (the
+shuffle order of epoch `e` depends only on the seed and `e`).
+"""
+
+import json
+import os
+
+import keras
+
+STATE_FILE = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be read."""
+
+
+def _weights_file(epoch):
+    return f"epoch-{epoch}.weights.h5"
+
+
+def _read_state(directory):
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        return {"epoch": 0}
+    try:
+        with open(path) as handle:
+            state = json.load(handle)
+        return {"epoch": int(state["epoch"]), "weights": str(state["weights"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"Checkpoint state {path!r} is corrupt ({error}). Delete {directory!r} "
+            "to restart this stage from scratch; nothing else was changed."
+        ) from None
+
+
+def saved_epoch(directory):
+    """Returns the number of finished epochs checkpointed in `directory` (0 if none).
+
+    Raises:
+        CheckpointError: if the state file is corrupt.
+    """
+    return _read_state(directory)["epoch"]
+
+
+def restore(model, directory):
+    """Loads the latest checkpoint of `directory` into a compiled `model`.
+
+    Args:
+        model: the compiled `keras.Model` that wrote the checkpoint.
+        directory: the checkpoint directory.
+
+    Returns:
+        The epoch to resume from (0 when there is no checkpoint).
+
+    Raises:
+        CheckpointError: if the checkpoint is corrupt or does not match.
+    """
+    state = _read_state(directory)
+    if state["epoch"] == 0:
+        return 0
+    path = os.path.join(directory, state["weights"])
+    model.optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(path)
+    except Exception as error:  # h5py and Keras raise many types here.
+        raise CheckpointError(
+            f"Could not restore checkpoint {path!r}: {error}. If the model or "
+            f"its configuration changed, use a new --workdir; to restart this "
+            f"stage, delete {directory!r}."
+        ) from error
+    return state["epoch"]
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves weights, optimizer state and the epoch at every epoch end.
+
+    Args:
+        directory: where the checkpoint lives.
+        write: whether this process writes (False on non-chief workers of a
+            multi-worker run). Defaults to `True`.
+    """
+
+    def __init__(self, directory, write=True):
+        super().__init__()
+        self.directory = directory
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        weights = _weights_file(epoch + 1)
+        self.model.save_weights(os.path.join(self.directory, weights))
+        state_path = os.path.join(self.directory, STATE_FILE)
+        temporary = f"{state_path}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump({"epoch": epoch + 1, "weights": weights}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, state_path)
+        for name in os.listdir(self.directory):
+            if name.endswith(".weights.h5") and name != weights:
+                os.remove(os.path.join(self.directory, name))
