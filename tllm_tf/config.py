@@ -69,6 +69,7 @@ class RunConfig:
     jit_compile: bool = False
     steps_per_execution: int = 1
     mixed_precision: bool = False
+    deterministic: bool = False
     strategy: str = "default"
     verbose: int = 2
 

@@ -17,6 +17,7 @@ CONFIG_FILE = "config.json"
 RESUMABLE_CHANGES = frozenset({
     "stage", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
+    "deterministic",
 })
 
 

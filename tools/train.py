@@ -77,6 +77,8 @@ flags.DEFINE_integer("min_samples", _DEFAULTS.min_samples, "Fewest held-out samp
 flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
 flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")
 flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs).")
+flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
+                  "Deterministic TensorFlow ops: a resumed run then equals an uninterrupted one.")
 flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras fit verbosity.")
 
@@ -104,6 +106,9 @@ def main(argv):
     if config.mixed_precision:
         import keras
         keras.mixed_precision.set_global_policy("mixed_float16")
+    if config.deterministic:
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     stages.run(config)
     results = reporting.load_results(config.workdir)
     print(reporting.markdown_table(results))

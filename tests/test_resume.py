@@ -1,0 +1,75 @@
+"""A training process killed with SIGKILL mid-epoch resumes with nothing lost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _command(workdir):
+    return [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
+            f"--workdir={workdir}", "--method=tllm", "--teacher_model=cnn_tiny",
+            "--teacher_epochs=2", "--epochs=12", "--warmup_epochs=1", "--sticky",
+            "--deterministic", "--verbose=0"]
+
+
+def _run(workdir):
+    result = subprocess.run(_command(workdir), cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _checkpointed_epoch(stage_dir):
+    try:
+        with open(os.path.join(stage_dir, "checkpoint", "checkpoint.json")) as handle:
+            return json.load(handle)["epoch"]
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    killed_dir = str(tmp_path / "killed")
+    stage_dir = os.path.join(killed_dir, "student_tllm")
+    process = subprocess.Popen(_command(killed_dir), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _checkpointed_epoch(stage_dir) < 4 and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _checkpointed_epoch(stage_dir)
+    assert 4 <= killed_at < 12
+    assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
+
+    _run(killed_dir)
+    uninterrupted_dir = str(tmp_path / "uninterrupted")
+    _run(uninterrupted_dir)
+
+    with open(os.path.join(stage_dir, "mask_log.jsonl")) as handle:
+        epochs = [json.loads(line)["epoch"] for line in handle]
+    assert epochs == list(range(2, 13)), "mask history has a gap or a duplicate"
+    with open(os.path.join(uninterrupted_dir, "student_tllm", "mask_log.jsonl")) as handle:
+        expected_masks = [json.loads(line)["class_mask"] for line in handle]
+    with open(os.path.join(stage_dir, "mask_log.jsonl")) as handle:
+        assert [json.loads(line)["class_mask"] for line in handle] == expected_masks
+
+    resumed = keras.models.load_model(os.path.join(stage_dir, "model.keras"))
+    reference = keras.models.load_model(
+        os.path.join(uninterrupted_dir, "student_tllm", "model.keras"))
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with open(os.path.join(stage_dir, "history.csv")) as handle:
+        rows = [line.split(",")[0] for line in handle.read().split()[1:]]
+    assert rows == [str(e) for e in range(12)]
+    assert not os.path.exists(os.path.join(stage_dir, "checkpoint"))
