@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tllm_tf
+from tllm_tf import data as data_lib
 from tllm_tf import evaluation
 from tllm_tf import export as export_lib
 
@@ -31,7 +32,7 @@ def _tiny_classifier(data, seed):
 
 @pytest.fixture(scope="module")
 def digits():
-    return evaluation.load_splits("digits", seed=0, holdout_fraction=0.2)
+    return data_lib.load_digits(seed=0, holdout_fraction=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def _run(*args):
 def _write_per_class(workdir, digits, stages):
     for stage in stages:
         path = str(workdir / stage / "model.keras")
-        results = evaluation.evaluate_models({stage: path}, digits.test,
+        results = evaluation.evaluate_models({stage: path}, digits.test.batch(128),
                                              class_names=digits.class_names)
         record = {"class_names": results["class_names"],
                   "per_class_accuracy": results["per_class"][stage].tolist(),
@@ -120,8 +121,8 @@ def test_evaluate_models_matches_per_class_accuracy(digits, workdir):
     path = str(workdir / "student_kd" / "model.keras")
     keras_model = keras.models.load_model(path)
     results = evaluation.evaluate_models(
-        {"on_disk": path, "in_memory": keras_model}, digits.held_out,
-        class_names=digits.class_names, batch_size=100)
+        {"on_disk": path, "in_memory": keras_model}, digits.held_out.batch(100),
+        class_names=digits.class_names)
     expected = tllm_tf.per_class_accuracy(keras_model, digits.held_out.batch(64), 10)
     np.testing.assert_allclose(results["per_class"]["on_disk"], expected)
     np.testing.assert_allclose(results["per_class"]["in_memory"], expected)
@@ -134,8 +135,8 @@ def test_evaluate_models_refuses_a_model_of_another_image_shape(digits, tmp_path
                               keras.layers.Dense(10)])
     model.save(tmp_path / "small.keras")
     with pytest.raises(ValueError, match=r"takes images of shape \(4, 4, 1\)"):
-        evaluation.evaluate_models({"small": str(tmp_path / "small.keras")}, digits.test,
-                                   class_names=digits.class_names)
+        evaluation.evaluate_models({"small": str(tmp_path / "small.keras")},
+                                   digits.test.batch(128), class_names=digits.class_names)
 
 
 def test_model_names_are_short_and_unique():
@@ -144,8 +145,3 @@ def test_model_names_are_short_and_unique():
         "runs/b/student_kd/model.keras", "teacher=t.keras", "/x/best.keras"])
     assert list(names) == ["student_kd", "student_tllm", "student_kd_2", "teacher", "best"]
     assert names["teacher"] == "t.keras"
-
-
-def test_an_unknown_data_set_is_a_clear_error():
-    with pytest.raises(ValueError, match="no_such_set"):
-        evaluation.load_splits("no_such_set")

@@ -3,8 +3,9 @@
     python tools/evaluate.py --model_path=runs/demo/student_tllm/model.keras \
         --dataset=digits --split=test --json=/tmp/eval.json
 
---model_path is a .keras file or a SavedModel directory. Pass the run's
---seed and --holdout_fraction to get the splits it was trained with.
+--model_path is a .keras file or a SavedModel directory. The data flags
+(tools/data_flags.py) have the names and defaults of tools/train.py's: pass
+the run's, e.g. --seed and --holdout_fraction, to get the splits it used.
 """
 
 import json
@@ -16,20 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tllm_tf import config as config_lib  # noqa: E402
+import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --split, ...)
 from tllm_tf import evaluation  # noqa: E402
 from tllm_tf import reporting  # noqa: E402
 
-_DEFAULTS = config_lib.RunConfig(workdir="")
-
 flags.DEFINE_string("model_path", None, "A .keras file or a SavedModel directory.", required=True)
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set name: digits.")
-flags.DEFINE_string("data_dir", None, "tfds data directory.")
-flags.DEFINE_enum("split", "test", evaluation.SPLITS, "Which split to evaluate on.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "The run's --seed (it fixes the splits).")
-flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
-                   "The run's --holdout_fraction (it fixes the held-out split).")
-flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
 flags.DEFINE_string("json", None, "Also write the result to this JSON file.")
 
 FLAGS = flags.FLAGS
@@ -39,13 +31,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        data = evaluation.load_splits(FLAGS.dataset, seed=FLAGS.seed,
-                                      holdout_fraction=FLAGS.holdout_fraction,
-                                      data_dir=FLAGS.data_dir)
+        batches, class_names = data_flags.load_batches()
         models = evaluation.model_names([FLAGS.model_path])
-        results = evaluation.evaluate_models(
-            models, getattr(data, FLAGS.split), class_names=data.class_names,
-            batch_size=FLAGS.batch_size)
+        results = evaluation.evaluate_models(models, batches, class_names=class_names)
     except ValueError as error:
         raise app.UsageError(str(error))
     (name,) = models

@@ -6,7 +6,8 @@
 
 From a workdir it reads the stages' test_per_class.json and TLLM's
 mask_log.jsonl; from saved models it evaluates them on --dataset (the first
-is the baseline). Writes report.md, report.json, per_class_change.png and
+is the baseline; the data flags are tools/train.py's, see
+tools/data_flags.py). Writes report.md, report.json, per_class_change.png and
 mask_history.png into --output_dir; docs/report.md explains each.
 """
 
@@ -18,11 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tllm_tf import config as config_lib  # noqa: E402
+import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --split, ...)
 from tllm_tf import evaluation  # noqa: E402
 from tllm_tf import reporting  # noqa: E402
-
-_DEFAULTS = config_lib.RunConfig(workdir="")
 
 flags.DEFINE_string("workdir", None, "A tools/train.py workdir to report on.")
 flags.DEFINE_list("model_paths", [], "Instead of --workdir: two or more .keras files or "
@@ -30,13 +29,6 @@ flags.DEFINE_list("model_paths", [], "Instead of --workdir: two or more .keras f
 flags.DEFINE_string("mask_log", None, "With --model_paths: a TLLM mask_log.jsonl to include.")
 flags.DEFINE_string("output_dir", None, "Where to write the report (default: <workdir>/report).")
 flags.DEFINE_string("title", "TLLM per-class report", "Title of report.md.")
-# Data, for --model_paths.
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set name: digits.")
-flags.DEFINE_string("data_dir", None, "tfds data directory.")
-flags.DEFINE_enum("split", "test", evaluation.SPLITS, "Which split to evaluate on.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "The run's --seed (it fixes the splits).")
-flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
-                   "The run's --holdout_fraction (it fixes the held-out split).")
 
 FLAGS = flags.FLAGS
 
@@ -45,12 +37,9 @@ def _results_from_models():
     if len(FLAGS.model_paths) < 2:
         raise app.UsageError(
             f"--model_paths needs two or more models. Received: {FLAGS.model_paths}")
-    data = evaluation.load_splits(FLAGS.dataset, seed=FLAGS.seed,
-                                  holdout_fraction=FLAGS.holdout_fraction,
-                                  data_dir=FLAGS.data_dir)
+    batches, class_names = data_flags.load_batches()
     results = evaluation.evaluate_models(
-        evaluation.model_names(FLAGS.model_paths), getattr(data, FLAGS.split),
-        class_names=data.class_names)
+        evaluation.model_names(FLAGS.model_paths), batches, class_names=class_names)
     if FLAGS.mask_log:
         history = reporting.load_mask_history(FLAGS.mask_log)
         results["mask_history"] = history
