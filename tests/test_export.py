@@ -145,3 +145,32 @@ def test_serving_model_reads_keras_files_and_saved_models_alike(model, raw_image
                                from_keras.predict(raw_images), atol=1e-5)
     with pytest.raises(ValueError, match="Expected a .keras file or a SavedModel"):
         export_lib.ServingModel(str(tmp_path))
+
+
+def test_a_mixed_precision_model_serves_float32(raw_images, tmp_path, seeded):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([
+            keras.Input((8, 8, 3)), keras.layers.Normalization(mean=MEAN, variance=VARIANCE),
+            keras.layers.Flatten(), keras.layers.Dense(4)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    loaded = tf.saved_model.load(path)
+    outputs = loaded.serve(raw_images)
+    assert outputs["logits"].dtype == outputs["probabilities"].dtype == tf.float32
+    np.testing.assert_allclose(outputs["logits"].numpy(), model.predict(raw_images, verbose=0),
+                               atol=1e-2)
+
+
+def test_a_model_built_under_mirrored_strategy_exports(model, raw_images, tmp_path):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = keras.Sequential([
+            keras.Input((8, 8, 3)), keras.layers.Normalization(mean=MEAN, variance=VARIANCE),
+            keras.layers.Flatten(), keras.layers.Dense(4)])
+    mirrored.set_weights(model.get_weights())
+    path = export_lib.export_saved_model(mirrored, str(tmp_path / "saved_model"))
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(),
+                               model.predict(raw_images, verbose=0), atol=1e-5)
