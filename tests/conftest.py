@@ -1,5 +1,6 @@
 """Shared test set-up: quiet TensorFlow, two logical CPUs, tiny seeded models."""
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -8,6 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
 # MirroredStrategy tests need two devices; logical devices must be configured
 # before TensorFlow initialises them, so it happens at import time.
@@ -52,3 +54,26 @@ def student(seeded):
 @pytest.fixture
 def teacher(seeded):
     return make_mlp("teacher", width=16)
+
+
+@contextlib.contextmanager
+def prepared_tfds(tmp_path, name, splits=("train", "test"), num_examples=200):
+    """Mocks a prepared tfds data set in `tmp_path`: tfds' real builder and
+    read path, random examples, real split names and sizes."""
+    builder = tfds.builder(name, data_dir=str(tmp_path))
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0)
+                for split in splits
+            ]
+        )
+    )
+    builder.data_path.mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(builder.data_path)
+    with tfds.testing.mock_data(
+        num_examples=num_examples,
+        policy=tfds.testing.MockPolicy.USE_FILES,
+        data_dir=str(tmp_path),
+    ):
+        yield

@@ -6,7 +6,6 @@ by `_prepared` gives the mock real split names and sizes.
 """
 
 import collections
-import contextlib
 import hashlib
 
 import numpy as np
@@ -14,30 +13,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from conftest import prepared_tfds as _prepared
 from tllm_tf.data.tfds_source import DataNotFoundError, channel_statistics, load_tfds
 
 NUM_EXAMPLES = 200
-
-
-@contextlib.contextmanager
-def _prepared(tmp_path, name, splits=("train", "test"), num_examples=NUM_EXAMPLES):
-    builder = tfds.builder(name, data_dir=str(tmp_path))
-    builder.info.set_splits(
-        tfds.core.SplitDict(
-            [
-                tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0)
-                for split in splits
-            ]
-        )
-    )
-    builder.data_path.mkdir(parents=True, exist_ok=True)
-    builder.info.write_to_directory(builder.data_path)
-    with tfds.testing.mock_data(
-        num_examples=num_examples,
-        policy=tfds.testing.MockPolicy.USE_FILES,
-        data_dir=str(tmp_path),
-    ):
-        yield
 
 
 def _examples(dataset):

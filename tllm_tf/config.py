@@ -49,6 +49,7 @@ class RunConfig:
     batch_size: int = 64
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    teacher_learning_rate: Optional[float] = None
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_decay_epochs: Tuple[int, ...] = ()
@@ -97,6 +98,8 @@ class RunConfig:
         require(self.batch_size > 0, f"batch_size must be > 0. Received: {self.batch_size}")
         require(self.learning_rate > 0,
                 f"learning_rate must be > 0. Received: {self.learning_rate}")
+        require(self.teacher_learning_rate is None or self.teacher_learning_rate > 0,
+                f"teacher_learning_rate must be > 0. Received: {self.teacher_learning_rate}")
         require(self.temperature > 0,
                 f"temperature must be > 0. Received: {self.temperature}")
         require(self.alpha >= 0 and self.beta >= 0,

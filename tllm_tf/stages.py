@@ -30,10 +30,13 @@ from tllm_tf import data as data_lib
 from tllm_tf import export as export_lib
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import models as models_lib
+from tllm_tf import multi_worker
 from tllm_tf import reference as reference_lib
 from tllm_tf import summaries
 from tllm_tf import training_guards
 from tllm_tf import workdir as workdir_lib
+from tllm_tf.multi_worker import is_chief
+from tllm_tf.multi_worker import make_strategy
 
 MODEL_FILE = "model.keras"
 PER_CLASS_FILE = "test_per_class.json"
@@ -58,26 +61,6 @@ def load_data(config):
     )
 
 
-def make_strategy(name):
-    """Returns the `tf.distribute` strategy for `--strategy`."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy):
-    """Whether this process writes results (always, except non-chief workers)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
 def build_classifier(model_name, data, weight_decay=0.0):
     """A zoo model with the data set's normalisation in front (raw images in)."""
     network = models_lib.build_model(
@@ -93,13 +76,14 @@ def build_classifier(model_name, data, weight_decay=0.0):
     )
 
 
-def make_optimizer(config, steps_per_epoch):
+def make_optimizer(config, steps_per_epoch, initial_learning_rate=None):
     """SGD or Adam with a step decay at `lr_decay_epochs`."""
-    learning_rate = config.learning_rate
+    initial_learning_rate = initial_learning_rate or config.learning_rate
+    learning_rate = initial_learning_rate
     if config.lr_decay_epochs:
         boundaries = [epoch * steps_per_epoch for epoch in config.lr_decay_epochs]
         values = [
-            config.learning_rate * config.lr_decay_rate**i
+            initial_learning_rate * config.lr_decay_rate**i
             for i in range(len(boundaries) + 1)
         ]
         learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
@@ -153,7 +137,12 @@ def train_batches(data, config, start_epoch, epochs, one_hot=False):
     if one_hot and not (config.mixup or config.cutmix):
         batches = batches.map(
             lambda images, labels: (images, tf.one_hot(labels, data.num_classes)))
-    return batches.prefetch(tf.data.AUTOTUNE)
+    # Every worker of a multi-worker run builds the same global batches (same
+    # seeds) and keeps its share of each: no input files need sharding.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(split, config):
@@ -191,9 +180,22 @@ def _callbacks(stage_dir, chief, start_epoch):
     return callbacks
 
 
+def _restore(model, directory):
+    """Loads the chief's checkpoint on every worker; returns the epoch to resume from."""
+    strategy = model.distribute_strategy
+    with strategy.scope():
+        # Every worker creates the optimizer's variables, in the same order.
+        model.optimizer.build(model.trainable_variables)
+    start_epoch = multi_worker.run_on_chief(
+        strategy, lambda: checkpointing.restore(model, directory))
+    if start_epoch:
+        multi_worker.sync_variables(strategy, model.variables + model.optimizer.variables)
+    return start_epoch
+
+
 def _fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_hot=False):
     """Fits `model`, resuming from the stage's checkpoint if there is one."""
-    start_epoch = checkpointing.restore(model, os.path.join(stage_dir, "checkpoint"))
+    start_epoch = _restore(model, os.path.join(stage_dir, "checkpoint"))
     if start_epoch < epochs:
         callbacks = list(extra_callbacks) + _callbacks(stage_dir, chief, start_epoch)
         model.fit(
@@ -213,13 +215,13 @@ def _finish(model, stage_dir, chief):
         shutil.rmtree(os.path.join(stage_dir, "checkpoint"), ignore_errors=True)
 
 
-def _compile_on_labels(model, data, config, label_smoothing):
+def _compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
     loss = (
         keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
         if label_smoothing > 0 else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch(data, config)),
+        optimizer=make_optimizer(config, steps_per_epoch(data, config), learning_rate),
         loss=loss,
         metrics=["accuracy"],
         jit_compile=config.jit_compile,
@@ -227,17 +229,29 @@ def _compile_on_labels(model, data, config, label_smoothing):
     )
 
 
+def _done(strategy, final_file, stage_dir):
+    """Whether the chief has the stage's final file; if not, it makes the stage directory."""
+
+    def check():
+        if os.path.exists(final_file):
+            return True
+        os.makedirs(stage_dir, exist_ok=True)
+        return False
+
+    return multi_worker.run_on_chief(strategy, check)
+
+
 def run_teacher(config, data, strategy, stage_dir):
     """Trains the teacher on labels; returns its `.keras` path."""
     path = os.path.join(stage_dir, MODEL_FILE)
-    if os.path.exists(path):
+    if _done(strategy, path, stage_dir):
         return path
     chief = is_chief(strategy)
-    os.makedirs(stage_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         teacher = build_classifier(config.teacher_model, data, config.weight_decay)
-        _compile_on_labels(teacher, data, config, config.teacher_label_smoothing)
+        _compile_on_labels(teacher, data, config, config.teacher_label_smoothing,
+                           config.teacher_learning_rate)
     _fit(teacher, data, config, stage_dir, chief, config.teacher_epochs or config.epochs,
          one_hot=config.teacher_label_smoothing > 0)
     if chief:
@@ -249,10 +263,9 @@ def run_teacher(config, data, strategy, stage_dir):
 def run_reference(config, data, strategy, stage_dir):
     """Trains the student on labels alone; returns its reference JSON path."""
     reference_path = os.path.join(stage_dir, REFERENCE_FILE)
-    if os.path.exists(reference_path):
+    if _done(strategy, reference_path, stage_dir):
         return reference_path
     chief = is_chief(strategy)
-    os.makedirs(stage_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         student = build_classifier(config.student_model, data, config.weight_decay)

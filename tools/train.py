@@ -56,6 +56,8 @@ flags.DEFINE_integer("teacher_epochs", None, "Epochs of the teacher stage (defau
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
 flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, config_lib.OPTIMIZERS, "Optimizer.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Initial learning rate.")
+flags.DEFINE_float("teacher_learning_rate", None,
+                   "Initial learning rate of the teacher stage (default: --learning_rate).")
 flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay (PyTorch SGD sense).")
 flags.DEFINE_list("lr_decay_epochs", [], "Epochs at which the learning rate is multiplied by --lr_decay_rate.")
