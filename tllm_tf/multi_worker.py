@@ -1,0 +1,178 @@
+"""Keeping the workers of a multi-worker run in agreement.
+
+Under `tf.distribute.MultiWorkerMirroredStrategy` every worker (one process
+per host, told its place by `TF_CONFIG`) runs the same program. Only the chief
+writes the workdir, and the other workers read nothing from it: what they
+must know from disk (whether a stage is done, the epoch to resume from, the
+checkpointed weights, the teacher, the reference) the chief reads and sends
+them over the same collectives that training uses. So workers need no shared
+filesystem, and no worker ever reads a file the chief is halfway through
+writing. With one worker (the default and mirrored strategies) every function
+here does its work locally, without collectives.
+
+Creating a variable under this strategy is itself a collective (the chief
+broadcasts its initial value), so every worker must create the same variables
+in the same order; the stage runner keeps to that.
+"""
+
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def make_strategy(name):
+    """Returns the `tf.distribute` strategy for `--strategy`.
+
+    `"multi_worker"` reads the cluster and this process's place in it from
+    the `TF_CONFIG` environment variable. Create it before any other
+    TensorFlow operation runs: collectives can only be configured at start-up.
+
+    Args:
+        name: `"default"`, `"mirrored"` or `"multi_worker"`.
+
+    Returns:
+        A `tf.distribute.Strategy`.
+    """
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """Whether this process writes results.
+
+    True for a single-process strategy, for the task of type `"chief"`, and
+    for worker 0 of a cluster that has no `"chief"` task; False for every
+    other worker.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def num_workers(strategy):
+    """The number of processes training together (1 without a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("chief", ())) + len(cluster.get("worker", ())))
+
+
+def _broadcast_tensors(strategy, tensors):
+    """Every worker's `tensors` replaced by the chief's (same shapes and dtypes)."""
+
+    def replica_fn(*values):
+        context = tf.distribute.get_replica_context()
+        # Global replica 0 is the chief's first device; every other replica
+        # adds zeros, so the sum is the chief's value, bit for bit.
+        keep = tf.equal(context.replica_id_in_sync_group, 0)
+        return context.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            [tf.where(keep, value, tf.zeros_like(value)) for value in values])
+
+    @tf.function
+    def broadcast(*values):
+        return strategy.run(replica_fn, args=values)
+
+    return [strategy.experimental_local_results(result)[0]
+            for result in broadcast(*tensors)]
+
+
+def _broadcast_text(strategy, text):
+    """The chief's `text` on every worker (`text` is ignored elsewhere)."""
+    data = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+    (length,) = _broadcast_tensors(strategy, [tf.constant(len(data), tf.int64)])
+    if not is_chief(strategy):
+        data = np.zeros(int(length), np.int32)
+    (received,) = _broadcast_tensors(strategy, [tf.constant(data, tf.int32)])
+    return received.numpy().astype(np.uint8).tobytes().decode("utf-8")
+
+
+class ChiefFailedError(RuntimeError):
+    """Raised on the other workers when the chief's `run_on_chief` call failed."""
+
+
+def run_on_chief(strategy, function):
+    """Calls `function()` on the chief only; returns its result on every worker.
+
+    The result travels as JSON, so it must be JSON-serialisable (numbers,
+    strings, lists, dicts, `None`; NaN survives); every worker, the chief
+    included, gets the decoded copy. If `function` raises on the chief, the
+    chief raises that error and every other worker raises `ChiefFailedError`
+    quoting it, instead of waiting forever at the next collective.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+        function: a callable without arguments.
+
+    Returns:
+        The JSON round trip of `function()`'s result.
+
+    Raises:
+        ChiefFailedError: on a non-chief worker, if `function` raised on the
+            chief.
+    """
+    error, message = None, ""
+    if is_chief(strategy):
+        try:
+            message = json.dumps({"result": function()})
+        except Exception as raised:  # Reported to the other workers, then re-raised.
+            error = raised
+            message = json.dumps({"error": f"{type(raised).__name__}: {raised}"})
+    if num_workers(strategy) > 1:
+        message = _broadcast_text(strategy, message)
+    if error is not None:
+        raise error
+    record = json.loads(message)
+    if "error" in record:
+        raise ChiefFailedError(
+            f"The chief failed, so this worker stops too. The chief's error: "
+            f"{record['error']}")
+    return record["result"]
+
+
+def sync_variables(strategy, variables):
+    """Assigns the chief's values of `variables` on every worker.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+        variables: Keras or TensorFlow variables, created in the same order
+            on every worker.
+    """
+    if num_workers(strategy) == 1:
+        return
+    variables = list({id(variable): variable for variable in variables}.values())
+    values = _broadcast_tensors(
+        strategy, [tf.convert_to_tensor(variable) for variable in variables])
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+class ClassMaskFromChief(keras.callbacks.Callback):
+    """Gives every worker the chief's class mask at each epoch end.
+
+    Each worker's `UndistillableClassCallback` measures the held-out split
+    on its own; on identical weights the masks agree, but non-deterministic
+    kernels (GPUs) could tip a near tie. The chief's mask is the one it logs,
+    so the chief's mask is the one every worker trains with. Place it after
+    the `UndistillableClassCallback`.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+    """
+
+    def __init__(self, strategy):
+        super().__init__()
+        self.strategy = strategy
+
+    def on_epoch_end(self, epoch, logs=None):
+        sync_variables(self.strategy, [self.model.class_mask])
