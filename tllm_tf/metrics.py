@@ -48,7 +48,15 @@ class PerClassCounter:
     def _count_all(self, dataset):
         correct = tf.zeros((self.num_classes,), tf.float64)
         total = tf.zeros((self.num_classes,), tf.float64)
-        for batch in dataset:
+        # An explicit iterator, not `for batch in dataset`, which AutoGraph
+        # turns into a dataset reduction whose body runs inside tf.data: on 2
+        # CPU cores this loop made a pass 3.5x faster for a small CNN and 11%
+        # faster for resnet8x4 (tools/bench_throughput.py, docs/benchmarks.md).
+        iterator = iter(dataset)
+        next_batch = iterator.get_next_as_optional()
+        while next_batch.has_value():
+            batch = next_batch.get_value()
+            next_batch = iterator.get_next_as_optional()
             x, y = batch[0], batch[1]
             labels = tf.reshape(tf.cast(y, tf.int32), (-1,))
             if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
