@@ -1,0 +1,228 @@
+"""Throughput measurement: images per second of `fit` and of forward passes.
+
+A timer runs warm-up rounds (tracing, XLA compilation, the first pass over a
+cached data set), then timed rounds; `interleave` runs several timers in turn
+and pools their rounds, and the figure is images over the median round, which
+shrugs off the odd round slowed by a busy machine. Used by
+`tools/bench_throughput.py`.
+"""
+
+import dataclasses
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def synthetic_dataset(num_examples, image_shape, num_classes, batch_size, seed=0):
+    """Random images and labels held in memory, as a cached, prefetched pipeline.
+
+    Args:
+        num_examples: number of images; a multiple of `batch_size` keeps
+            every batch the same shape.
+        image_shape: shape of one image, e.g. `(32, 32, 3)`.
+        num_classes: labels are drawn uniformly from `[0, num_classes)`.
+        batch_size: batch size.
+        seed: seed of the numpy generator. Defaults to `0`.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches, float32 and int32.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((num_examples,) + tuple(image_shape), dtype=np.float32)
+    labels = rng.integers(0, num_classes, size=num_examples, dtype=np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    return dataset.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+
+
+def num_images(dataset):
+    """Number of images in one pass over a finite batched data set."""
+    return int(dataset.reduce(0, lambda count, batch: count + tf.shape(batch[0])[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """Timed rounds of one variant.
+
+    Attributes:
+        images: images processed in one round.
+        seconds: duration of each timed round.
+        callback_seconds: per timed round, the time spent in the timed
+            callback's `on_epoch_end` (empty when none was timed).
+    """
+
+    images: int
+    seconds: tuple
+    callback_seconds: tuple = ()
+
+    @property
+    def images_per_second(self):
+        """Images over the median round duration."""
+        return self.images / statistics.median(self.seconds)
+
+    @property
+    def callback_share(self):
+        """Median share of a round spent in the timed callback (0 if none)."""
+        if not self.callback_seconds:
+            return 0.0
+        return statistics.median(
+            c / s for c, s in zip(self.callback_seconds, self.seconds))
+
+    def __add__(self, other):
+        if self.images != other.images:
+            raise ValueError(
+                "Only rounds over the same data can be pooled. Received: "
+                f"{self.images} and {other.images} images per round.")
+        return Throughput(self.images, self.seconds + other.seconds,
+                          self.callback_seconds + other.callback_seconds)
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Stamps the time of epoch begin and end; placed around other callbacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.begin = []
+        self.end = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.end.append(time.perf_counter())
+
+
+class FitTimer:
+    """Times `model.fit` over `dataset`, one epoch per round.
+
+    A call runs one `fit` whose first `warmup` epochs are not timed (the
+    first call compiles the step; later ones warm the callbacks, which
+    Keras resets at every `fit`). An epoch's time includes its callbacks.
+
+    Args:
+        model: a compiled `keras.Model`.
+        dataset: finite batched `tf.data.Dataset` of `(x, y)`.
+        timed_callback: a `keras.callbacks.Callback` run every epoch whose
+            `on_epoch_end` is also timed on its own. Defaults to `None`.
+    """
+
+    def __init__(self, model, dataset, timed_callback=None):
+        self.model = model
+        self.dataset = dataset
+        self.timed_callback = timed_callback
+        self.images = num_images(dataset)
+
+    def __call__(self, warmup=1, repeats=3):
+        """Returns the `Throughput` of `repeats` epochs after `warmup` epochs."""
+        _check_rounds(warmup, repeats)
+        first, last = _EpochClock(), _EpochClock()
+        inner = [self.timed_callback] if self.timed_callback else []
+        self.model.fit(self.dataset, epochs=warmup + repeats, verbose=0,
+                       shuffle=False, callbacks=[first] + inner + [last])
+        seconds = tuple(e - b for b, e in zip(first.begin, last.end))[warmup:]
+        callback_seconds = ()
+        if self.timed_callback is not None:
+            callback_seconds = tuple(
+                e - b for b, e in zip(first.end, last.end))[warmup:]
+        return Throughput(self.images, seconds, callback_seconds)
+
+
+class ForwardTimer:
+    """Times `model(x, training=False)` over `dataset`, one pass per round.
+
+    The pass is driven the way `fit` drives its steps: a compiled forward
+    pass per batch, called once per batch from Python, or, with
+    `steps_per_execution > 1`, that many batches per call in a graph loop.
+    The outputs are summed so that every batch's result is used, and
+    nothing is gathered (unlike `predict`).
+
+    Args:
+        model: a `keras.Model`.
+        dataset: finite batched `tf.data.Dataset` of `(x, ...)`.
+        jit_compile: whether XLA compiles the forward pass. Defaults to `True`.
+        steps_per_execution: batches per call of the compiled function,
+            `>= 1`. Defaults to `1`.
+    """
+
+    def __init__(self, model, dataset, jit_compile=True, steps_per_execution=1):
+        if steps_per_execution < 1:
+            raise ValueError(
+                "Expected steps_per_execution >= 1. "
+                f"Received: steps_per_execution={steps_per_execution}")
+        forward = tf.function(
+            lambda x: tf.reduce_sum(tf.cast(model(x, training=False), tf.float32)),
+            jit_compile=jit_compile)
+
+        @tf.function
+        def several_steps(iterator):
+            total = tf.constant(0.0)
+            for _ in tf.range(steps_per_execution):
+                next_batch = iterator.get_next_as_optional()
+                if next_batch.has_value():
+                    total += forward(next_batch.get_value()[0])
+            return total
+
+        if steps_per_execution == 1:
+            self._step = lambda iterator: forward(next(iterator)[0])
+        else:
+            self._step = several_steps
+        self.dataset = dataset
+        self.images = num_images(dataset)
+        num_batches = int(dataset.reduce(0, lambda count, _: count + 1))
+        self._calls = -(-num_batches // steps_per_execution)
+
+    def __call__(self, warmup=1, repeats=3):
+        """Returns the `Throughput` of `repeats` passes after `warmup` passes."""
+        _check_rounds(warmup, repeats)
+        seconds = []
+        for round_index in range(warmup + repeats):
+            start = time.perf_counter()
+            iterator = iter(self.dataset)
+            totals = [self._step(iterator) for _ in range(self._calls)]
+            float(tf.add_n(totals))
+            if round_index >= warmup:
+                seconds.append(time.perf_counter() - start)
+        return Throughput(self.images, tuple(seconds))
+
+
+def interleave(timers, passes=2, warmup=1, repeats=3):
+    """Runs the timers in turn, `passes` times, and pools their rounds.
+
+    On a shared machine the load changes over seconds; taking every variant's
+    rounds in turn spreads those changes over all of them, so their ratios
+    stay meaningful.
+
+    Args:
+        timers: dict from a name to a timer (`FitTimer`, `ForwardTimer`).
+        passes: times each timer is run, `>= 1`. Defaults to `2`.
+        warmup: untimed rounds at each run. Defaults to `1`.
+        repeats: timed rounds at each run. Defaults to `3`.
+
+    Returns:
+        A dict from the same names to pooled `Throughput`s.
+    """
+    if passes < 1:
+        raise ValueError(f"Expected passes >= 1. Received: passes={passes}")
+    results = {}
+    for _ in range(passes):
+        for name, timer in timers.items():
+            result = timer(warmup=warmup, repeats=repeats)
+            results[name] = results[name] + result if name in results else result
+    return results
+
+
+def _check_rounds(warmup, repeats):
+    if warmup < 1 or repeats < 1:
+        raise ValueError(
+            "Expected warmup >= 1 and repeats >= 1. "
+            f"Received: warmup={warmup}, repeats={repeats}")
+
+
+def combined_limit(student_train, teacher_infer):
+    """Images/s of a step doing nothing but one student update and one teacher pass.
+
+    The two costs per image add up: `1 / (1 / student_train + 1 / teacher_infer)`.
+    """
+    return 1.0 / (1.0 / student_train + 1.0 / teacher_infer)

@@ -1,0 +1,172 @@
+"""Images per second of distillation, against what the two models alone allow.
+
+    python tools/bench_throughput.py --size=tiny                 # ~1 minute on 2 CPU cores
+    python tools/bench_throughput.py --size=paper --json=/tmp/paper.json   # a few minutes
+
+One process, the same synthetic data (fixed seed, in memory, cached and
+prefetched) and the same freshly built models for every variant. The variants
+are measured back to back, each after warm-up, and in turn for `--passes`
+passes so that a shared machine's changing load hits all of them; each figure
+is images over the median round:
+
+- student_train: `student.fit` on labels alone;
+- teacher_infer: the teacher's forward pass in inference mode;
+- limit: 1 / (1/student_train + 1/teacher_infer), a step doing only those two;
+- keras_distiller: `keras.distillation.Distiller` with `LogitsDistillation`;
+- tllm_distiller: `tllm_tf.Distiller.fit`, half the classes masked, with
+  `UndistillableClassCallback` run every epoch on a held-out 10%.
+
+Results and the configurations that were tried: docs/benchmarks.md.
+"""
+
+import json
+import os
+
+# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tllm_tf  # noqa: E402
+from tllm_tf import benchmark  # noqa: E402
+from tllm_tf.models import build_model  # noqa: E402
+
+SIZES = {
+    "tiny": dict(teacher="cnn_medium", student="cnn_tiny", image_shape=(32, 32, 3),
+                 num_classes=10, steps=50, passes=3, repeats=3),
+    "paper": dict(teacher="resnet32x4", student="resnet8x4", image_shape=(32, 32, 3),
+                  num_classes=100, steps=4, passes=2, repeats=2),
+}
+TARGETS = {"tllm_over_limit": 0.95, "tllm_over_keras": 1.2}
+MAX_CALLBACK_SHARE = 0.03
+
+flags.DEFINE_enum("size", "tiny", list(SIZES), "Model pair and data size.")
+flags.DEFINE_string("json", None, "If set, the figures are written there as JSON.")
+flags.DEFINE_integer("batch_size", 64, "Batch size of every variant.")
+flags.DEFINE_integer("steps", None, "Training steps per timed round (default: by --size).")
+flags.DEFINE_integer("passes", None,
+                     "Times the variants are measured in turn (default: by --size).")
+flags.DEFINE_integer("repeats", None, "Timed rounds per variant and pass (default: by --size).")
+flags.DEFINE_integer("warmup", 1, "Untimed rounds per variant and pass, before the timed ones.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile every variant's step.")
+flags.DEFINE_integer("steps_per_execution", 1, "Steps run per call of the compiled step.")
+flags.DEFINE_bool("mixed_precision", False,
+                  "Compute in float16, variables in float32 (for GPUs).")
+flags.DEFINE_integer("seed", 0, "Seed of the data and of the models' initialisation.")
+
+FLAGS = flags.FLAGS
+
+TEMPERATURE = 4.0
+ALPHA = 0.1  # label weight; the distillation weight is 1 - ALPHA
+
+
+def _models(size):
+    keras.utils.set_random_seed(FLAGS.seed)
+    shape, classes = size["image_shape"], size["num_classes"]
+    return (build_model(size["teacher"], classes, shape),
+            build_model(size["student"], classes, shape))
+
+
+def _compile_args():
+    return dict(
+        optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9),
+        jit_compile=FLAGS.jit_compile,
+        steps_per_execution=FLAGS.steps_per_execution,
+    )
+
+
+def _label_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def measure(size):
+    """Returns the figures of one model pair (see the module docstring)."""
+    num_train = (FLAGS.steps or size["steps"]) * FLAGS.batch_size
+    data = dict(image_shape=size["image_shape"], num_classes=size["num_classes"],
+                batch_size=FLAGS.batch_size)
+    train = benchmark.synthetic_dataset(num_train, seed=FLAGS.seed, **data)
+    # The held-out split is 10% of train + held-out, as in the real pipeline.
+    held_out = benchmark.synthetic_dataset(
+        max(1, round(num_train / 9)), seed=FLAGS.seed + 1, **data)
+
+    teacher, student = _models(size)
+    student.compile(loss=_label_loss(), **_compile_args())
+    timers = {
+        "student_train": benchmark.FitTimer(student, train),
+        "teacher_infer": benchmark.ForwardTimer(
+            teacher, train, FLAGS.jit_compile, FLAGS.steps_per_execution),
+    }
+
+    teacher, student = _models(size)
+    keras_distiller = keras.distillation.Distiller(
+        teacher=teacher, student=student,
+        distillation_losses=keras.distillation.LogitsDistillation(temperature=TEMPERATURE),
+        student_loss_weight=ALPHA)
+    keras_distiller.compile(loss=_label_loss(), **_compile_args())
+    timers["keras_distiller"] = benchmark.FitTimer(keras_distiller, train)
+
+    teacher, student = _models(size)
+    distiller = tllm_tf.Distiller(student, teacher)
+    distiller.compile(distillation_loss_fn=tllm_tf.KDLoss(temperature=TEMPERATURE),
+                      alpha=ALPHA, beta=1.0 - ALPHA, **_compile_args())
+    # Even classes are judged against a perfect reference, so they stay masked.
+    reference = np.where(np.arange(size["num_classes"]) % 2 == 0, 1.0, 0.0)
+    distiller.set_class_mask(1.0 - reference)
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference)
+    timers["tllm_distiller"] = benchmark.FitTimer(distiller, train, timed_callback=callback)
+
+    results = benchmark.interleave(
+        timers, passes=FLAGS.passes or size["passes"], warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats or size["repeats"])
+    if not distiller.undistillable_classes:
+        raise RuntimeError("The class mask was meant to be active; no class is masked.")
+    for name, result in results.items():
+        rates = sorted(result.images / seconds for seconds in result.seconds)
+        logging.info("%s: images/s of each round: %s", name, ", ".join(f"{r:.0f}" for r in rates))
+    figures = {name: result.images_per_second for name, result in results.items()}
+    figures["limit"] = benchmark.combined_limit(
+        figures["student_train"], figures["teacher_infer"])
+    figures.update(
+        tllm_over_limit=figures["tllm_distiller"] / figures["limit"],
+        tllm_over_keras=figures["tllm_distiller"] / figures["keras_distiller"],
+        callback_share=results["tllm_distiller"].callback_share,
+    )
+    return figures
+
+
+def _report(figures):
+    settings = (f"size={FLAGS.size} batch_size={FLAGS.batch_size} "
+                f"jit_compile={FLAGS.jit_compile} "
+                f"steps_per_execution={FLAGS.steps_per_execution} "
+                f"mixed_precision={FLAGS.mixed_precision}")
+    lines = [settings]
+    for name in ("student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller"):
+        lines.append(f"{name:>16}: {figures[name]:9.1f} images/s")
+    for name, target in TARGETS.items():
+        verdict = "met" if figures[name] >= target else "missed"
+        lines.append(f"{name:>16}: {figures[name]:9.3f}  (target >= {target}: {verdict})")
+    share = figures["callback_share"]
+    verdict = "met" if share <= MAX_CALLBACK_SHARE else "missed"
+    lines.append(f"{'callback_share':>16}: {share:9.2%}  "
+                 f"(target <= {MAX_CALLBACK_SHARE:.0%}: {verdict})")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    figures = measure(SIZES[FLAGS.size])
+    print(_report(figures), flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as handle:
+            json.dump(figures, handle, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
