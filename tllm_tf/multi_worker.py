@@ -22,6 +22,25 @@ import numpy as np
 import tensorflow as tf
 
 
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """`MultiWorkerMirroredStrategy` whose `reduce` takes what Keras 3 passes.
+
+    With more than one worker, Keras 3's `fit` calls `reduce` on a nest (the
+    first input batch, before building) and with `axis=0` on scalars (the
+    logs), and TensorFlow's `reduce` accepts neither
+    (https://github.com/keras-team/keras/issues/20585). This one reduces each
+    value of a nest on its own, and a scalar across replicas only.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        def reduce_one(per_replica):
+            rank = self.experimental_local_results(per_replica)[0].shape.rank
+            return super(_MultiWorkerMirroredStrategy, self).reduce(
+                reduce_op, per_replica, axis if rank else None)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
 def make_strategy(name):
     """Returns the `tf.distribute` strategy for `--strategy`.
 
@@ -38,7 +57,7 @@ def make_strategy(name):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -67,34 +86,53 @@ def num_workers(strategy):
     return max(1, len(cluster.get("chief", ())) + len(cluster.get("worker", ())))
 
 
+# One compiled broadcast per strategy and list of shapes and dtypes, so a
+# repeated call (the class mask at every epoch end) is not traced again.
+_BROADCASTS = {}
+
+
+def _replica_broadcast(*values):
+    context = tf.distribute.get_replica_context()
+    # Global replica 0 is the chief's first device; every other replica adds
+    # zeros, so the sum is the chief's value, bit for bit.
+    keep = tf.equal(context.replica_id_in_sync_group, 0)
+    contributions = [tf.where(keep, value, tf.zeros_like(value)) for value in values]
+    # One all-reduce per dtype: an all-reduce packs its tensors into one.
+    positions = {}
+    for position, value in enumerate(contributions):
+        positions.setdefault(value.dtype, []).append(position)
+    results = list(contributions)
+    for same_dtype in positions.values():
+        reduced = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [contributions[i] for i in same_dtype])
+        for position, value in zip(same_dtype, reduced):
+            results[position] = value
+    return results
+
+
 def _broadcast_tensors(strategy, tensors):
     """Every worker's `tensors` replaced by the chief's (same shapes and dtypes)."""
-
-    def replica_fn(*values):
-        context = tf.distribute.get_replica_context()
-        # Global replica 0 is the chief's first device; every other replica
-        # adds zeros, so the sum is the chief's value, bit for bit.
-        keep = tf.equal(context.replica_id_in_sync_group, 0)
-        return context.all_reduce(
-            tf.distribute.ReduceOp.SUM,
-            [tf.where(keep, value, tf.zeros_like(value)) for value in values])
-
-    @tf.function
-    def broadcast(*values):
-        return strategy.run(replica_fn, args=values)
-
+    key = (strategy,) + tuple((tuple(t.shape), t.dtype) for t in tensors)
+    if key not in _BROADCASTS:
+        _BROADCASTS[key] = tf.function(
+            lambda *values: strategy.run(_replica_broadcast, args=values))
     return [strategy.experimental_local_results(result)[0]
-            for result in broadcast(*tensors)]
+            for result in _BROADCASTS[key](*tensors)]
 
 
-def _broadcast_text(strategy, text):
+def _broadcast_text(strategy, text, chunk_size=4096):
     """The chief's `text` on every worker (`text` is ignored elsewhere)."""
-    data = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
-    (length,) = _broadcast_tensors(strategy, [tf.constant(len(data), tf.int64)])
-    if not is_chief(strategy):
-        data = np.zeros(int(length), np.int32)
-    (received,) = _broadcast_tensors(strategy, [tf.constant(data, tf.int32)])
-    return received.numpy().astype(np.uint8).tobytes().decode("utf-8")
+    encoded = np.frombuffer(text.encode("utf-8"), np.uint8)
+    (length,) = _broadcast_tensors(strategy, [tf.constant(len(encoded), tf.int64)])
+    length = int(length)
+    # Sent in chunks of one shape, so that one trace serves every text.
+    data = np.zeros(-(-length // chunk_size) * chunk_size, np.int32)
+    if is_chief(strategy):
+        data[:length] = encoded
+    chunks = [_broadcast_tensors(strategy, [tf.constant(data[start:start + chunk_size])])
+              [0].numpy() for start in range(0, len(data), chunk_size)]
+    received = np.concatenate(chunks or [data])[:length]
+    return received.astype(np.uint8).tobytes().decode("utf-8")
 
 
 class ChiefFailedError(RuntimeError):
