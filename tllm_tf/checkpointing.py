@@ -70,7 +70,10 @@ def restore(model, directory):
     if state["epoch"] == 0:
         return 0
     path = os.path.join(directory, state["weights"])
-    model.optimizer.build(model.trainable_variables)
+    # Built once only: a second build of a LossScaleOptimizer adds variables,
+    # and the checkpoint's optimizer state would then be skipped.
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     try:
         model.load_weights(path)
     except Exception as error:  # h5py and Keras raise many types here.

@@ -166,17 +166,18 @@ def _save_per_class(model, data, config, stage_dir):
 
 def _callbacks(stage_dir, chief, start_epoch):
     """Checkpointing, NaN guard, CSV history and TensorBoard of a stage."""
-    history = os.path.join(stage_dir, HISTORY_FILE)
-    workdir_lib.truncate_csv_history(history, start_epoch)
-    callbacks = [
-        training_guards.StopOnNonFiniteLoss(),
-        checkpointing.EpochCheckpoint(os.path.join(stage_dir, "checkpoint"), write=chief),
-    ]
+    callbacks = [training_guards.StopOnNonFiniteLoss()]
     if chief:
+        history = os.path.join(stage_dir, HISTORY_FILE)
+        workdir_lib.truncate_csv_history(history, start_epoch)
+        # Before the checkpoint: a run killed between the two then has an extra
+        # row, which the resumed run truncates, rather than a missing one.
         callbacks += [
             keras.callbacks.CSVLogger(history, append=True),
             keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
         ]
+    callbacks.append(
+        checkpointing.EpochCheckpoint(os.path.join(stage_dir, "checkpoint"), write=chief))
     return callbacks
 
 
@@ -288,7 +289,8 @@ def load_teacher(teacher_path, data):
         raise ValueError(
             f"Teacher not found: {teacher_path!r}. Run --stage=teacher first or "
             "pass --teacher_path.")
-    teacher = keras.models.load_model(teacher_path, safe_mode=True)
+    # Frozen, so its optimizer state (if saved) is not loaded.
+    teacher = keras.models.load_model(teacher_path, compile=False, safe_mode=True)
     outputs = teacher.outputs[0].shape[-1]
     if outputs != data.num_classes:
         raise ValueError(
@@ -298,16 +300,52 @@ def load_teacher(teacher_path, data):
     return teacher
 
 
+def _teacher_on_every_worker(strategy, teacher_path, data):
+    """The teacher, built in `strategy`'s scope on every worker from the chief's file.
+
+    The chief loads the file outside the scope (no collectives) and sends its
+    architecture; every worker builds that in the scope, and then receives
+    the chief's weights.
+    """
+    loaded = []
+
+    def read_architecture():
+        loaded.append(load_teacher(teacher_path, data))
+        return loaded[0].to_json()
+
+    architecture = multi_worker.run_on_chief(strategy, read_architecture)
+    with strategy.scope():
+        teacher = keras.models.model_from_json(architecture)
+    if loaded:
+        teacher.set_weights(loaded[0].get_weights())
+    multi_worker.sync_variables(strategy, teacher.variables)
+    return teacher
+
+
+def _reference_accuracy(strategy, reference_path, num_classes):
+    """The chief's reference file's per-class accuracy, on every worker."""
+
+    def read():
+        accuracy = reference_lib.load_reference(reference_path)
+        if accuracy.shape != (num_classes,):
+            raise ValueError(
+                f"The reference {reference_path!r} has {accuracy.shape[0]} classes but "
+                f"the data set has {num_classes}. Use the reference of this data set.")
+        return accuracy.tolist()
+
+    return np.array(multi_worker.run_on_chief(strategy, read), dtype=np.float64)
+
+
 def run_student(config, data, strategy, stage_dir, method, teacher_path, reference_path):
     """Distils the student with `method` ("kd" or "tllm"); exports it."""
     model_path = os.path.join(stage_dir, MODEL_FILE)
-    if os.path.exists(model_path):
+    if _done(strategy, model_path, stage_dir):
         return model_path
     chief = is_chief(strategy)
-    os.makedirs(stage_dir, exist_ok=True)
+    teacher = _teacher_on_every_worker(strategy, teacher_path, data)
+    # Seeded after the teacher, so the student starts from the reference's weights.
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        teacher = load_teacher(teacher_path, data)
         student = build_classifier(config.student_model, data, config.weight_decay)
         distiller = tllm_tf.Distiller(student, teacher, num_classes=data.num_classes)
         distiller.compile(
@@ -322,13 +360,13 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
         )
     callbacks = []
     if method == "tllm":
-        start_epoch = checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint"))
         mask_log = os.path.join(stage_dir, MASK_LOG_FILE)
         if chief:
-            workdir_lib.truncate_jsonl(mask_log, start_epoch)
+            workdir_lib.truncate_jsonl(
+                mask_log, checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint")))
         identification = tllm_tf.UndistillableClassCallback(
             eval_batches(data.held_out, config),
-            reference=reference_path,
+            reference=_reference_accuracy(strategy, reference_path, data.num_classes),
             margin=config.margin,
             warmup_epochs=config.warmup_epochs,
             update_every=config.update_every,
@@ -337,6 +375,8 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
             log_path=mask_log if chief else None,
         )
         callbacks.append(identification)
+        if multi_worker.num_workers(strategy) > 1:
+            callbacks.append(multi_worker.ClassMaskFromChief(strategy))
         if chief:
             callbacks.append(summaries.PerClassAccuracySummary(
                 identification, os.path.join(stage_dir, "tensorboard", "per_class"),
@@ -349,12 +389,22 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
     return model_path
 
 
-def run(config):
-    """Runs the stages of `config` in order; returns the workdir."""
+def run(config, strategy=None):
+    """Runs the stages of `config` in order.
+
+    Args:
+        config: the `RunConfig`.
+        strategy: the `tf.distribute` strategy; `None` makes the one
+            `config.strategy` names. Make a multi-worker strategy before
+            anything else touches TensorFlow (see `multi_worker.make_strategy`).
+
+    Returns:
+        The workdir, or `None` on a non-chief worker (which writes nothing).
+    """
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
     data = load_data(config)
-    strategy = make_strategy(config.strategy)
-    if is_chief(strategy):
-        workdir_lib.claim(config.workdir, config)
+    multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config))
     teacher_path = config.teacher_path or os.path.join(config.workdir, "teacher", MODEL_FILE)
     reference_path = config.reference_path or os.path.join(
         config.workdir, "reference", REFERENCE_FILE)
@@ -369,4 +419,4 @@ def run(config):
                 run_student(config, data, strategy,
                             os.path.join(config.workdir, f"student_{method}"),
                             method, teacher_path, reference_path)
-    return config.workdir
+    return config.workdir if is_chief(strategy) else None

@@ -81,7 +81,8 @@ flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Step
 flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs).")
 flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
                   "Deterministic TensorFlow ops: a resumed run then equals an uninterrupted one.")
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES,
+                  "tf.distribute strategy; multi_worker reads TF_CONFIG (docs/multi_worker.md).")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras fit verbosity.")
 
 FLAGS = flags.FLAGS
@@ -104,14 +105,21 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error))
     logging.info("Configuration:\n%s", config.to_json())
-    print(f"Writing to {config.workdir} (configuration in config.json there).")
+    # First, before any TensorFlow op: a multi-worker strategy configures
+    # collectives, which is only possible at start-up.
+    strategy = stages.make_strategy(config.strategy)
+    if not stages.is_chief(strategy):
+        print("A non-chief worker: the chief writes every result; this process writes nothing.")
+    else:
+        print(f"Writing to {config.workdir} (configuration in config.json there).")
     if config.mixed_precision:
         import keras
         keras.mixed_precision.set_global_policy("mixed_float16")
     if config.deterministic:
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
-    stages.run(config)
+    if stages.run(config, strategy) is None:
+        return
     results = reporting.load_results(config.workdir)
     print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
