@@ -1,0 +1,53 @@
+"""Runs tools/train.py, recording what every distilled student ends with.
+
+For tests/test_multi_worker.py, which compares the workers of one run: a
+non-chief worker writes nothing, so this wrapper saves, after each
+`Distiller.fit` of this process, the student's weights and the class mask
+after every epoch to `$RECORD_DIR/task<i>_fit<n>.npz` (`i` from `TF_CONFIG`).
+It only reads variables, so it changes nothing in the run.
+
+    RECORD_DIR=... TF_CONFIG=... python tests/record_worker.py --flagfile=...
+"""
+
+import json
+import os
+import runpy
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import tllm_tf  # noqa: E402
+
+_fit = tllm_tf.Distiller.fit
+_fits = []
+
+
+class _MaskHistory(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.masks = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.masks.append(keras.ops.convert_to_numpy(self.model.class_mask))
+
+
+def _recording_fit(self, *args, callbacks=None, **kwargs):
+    # Last, so it sees the mask the identification callbacks settled on.
+    history = _MaskHistory()
+    result = _fit(self, *args, callbacks=list(callbacks or []) + [history], **kwargs)
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    _fits.append(None)
+    path = os.path.join(os.environ["RECORD_DIR"], f"task{task}_fit{len(_fits)}.npz")
+    weights = {f"weight{i}": w for i, w in enumerate(self.student.get_weights())}
+    np.savez(path, masks=np.array(history.masks), **weights)
+    return result
+
+
+tllm_tf.Distiller.fit = _recording_fit
+sys.argv[0] = os.path.join(ROOT, "tools", "train.py")
+runpy.run_path(sys.argv[0], run_name="__main__")

@@ -1,0 +1,298 @@
+"""Multi-worker training: workers on 127.0.0.1 agree, and only the chief writes.
+
+The slow tests start two `tools/train.py` processes (through
+`tests/record_worker.py`, which saves each worker's final student and masks),
+each told its place by its own `TF_CONFIG`, each with its own `--workdir`;
+about 20 seconds per two-worker run on 2 CPU cores.
+"""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_mlp
+from tllm_tf import checkpointing
+from tllm_tf import config as config_lib
+from tllm_tf import multi_worker
+from tllm_tf import stages
+from tllm_tf import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--flagfile=configs/demo.flags", "--teacher_model=cnn_tiny", "--teacher_epochs=1",
+         "--epochs=3", "--method=tllm", "--warmup_epochs=0", "--batch_size=32",
+         "--deterministic", "--verbose=0", "--strategy=multi_worker"]
+TIMEOUT_S = 300
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start_workers(workdirs, record_dir, log_dir):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(workdirs))]}
+    processes = []
+    try:
+        for index, workdir in enumerate(workdirs):
+            env = dict(
+                os.environ, CUDA_VISIBLE_DEVICES="", RECORD_DIR=str(record_dir),
+                TF_CONFIG=json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            # Files, not pipes: a worker blocked on a full pipe would stall the other.
+            with open(os.path.join(log_dir, f"worker{index}.out"), "w") as out, \
+                    open(os.path.join(log_dir, f"worker{index}.err"), "w") as err:
+                processes.append(subprocess.Popen(
+                    [sys.executable, "tests/record_worker.py", *FLAGS, f"--workdir={workdir}"],
+                    cwd=ROOT, env=env, stdout=out, stderr=err))
+    except BaseException:
+        for process in processes:
+            process.kill()
+            process.wait()
+        raise
+    return processes
+
+
+def _wait(processes):
+    """Waits for every worker; kills whatever is left at the deadline."""
+    deadline = time.time() + TIMEOUT_S
+    try:
+        for process in processes:
+            process.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _log(log_dir, index, stream):
+    with open(os.path.join(log_dir, f"worker{index}.{stream}")) as handle:
+        return handle.read()
+
+
+def _run_workers(workdirs, record_dir, log_dir):
+    """Runs one worker per workdir to the end; returns their stdout."""
+    os.makedirs(record_dir, exist_ok=True)
+    os.makedirs(log_dir, exist_ok=True)
+    processes = _start_workers(workdirs, record_dir, log_dir)
+    _wait(processes)
+    for index, process in enumerate(processes):
+        assert process.returncode == 0, f"worker {index}:\n" + _log(log_dir, index, "err")[-3000:]
+    return [_log(log_dir, index, "out") for index in range(len(processes))]
+
+
+def _record(record_dir, task):
+    (path,) = glob.glob(os.path.join(record_dir, f"task{task}_fit*.npz"))
+    with np.load(path) as record:
+        weights = [record[f"weight{i}"] for i in range(len(record.files) - 1)]
+        return weights, record["masks"]
+
+
+def _logged_masks(stage_dir):
+    with open(os.path.join(stage_dir, "mask_log.jsonl")) as handle:
+        return [json.loads(line)["class_mask"] for line in handle]
+
+
+def _modification_times(directory):
+    return {os.path.relpath(os.path.join(parent, name), directory):
+            os.path.getmtime(os.path.join(parent, name))
+            for parent, _, names in os.walk(directory) for name in names}
+
+
+class _FakeStrategy:
+    """Just what `is_chief` and `num_workers` read of a strategy."""
+
+    def __init__(self, cluster, task_type, task_id):
+        self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+
+
+@pytest.mark.parametrize("cluster, task_type, task_id, expected", [
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "chief", 0, True),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "worker", 0, False),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "worker", 1, False),
+    ({"worker": ["b:1", "c:1"]}, "worker", 0, True),
+    ({"worker": ["b:1", "c:1"]}, "worker", 1, False),
+    ({"worker": ["b:1"], "evaluator": ["e:1"]}, "evaluator", 0, False),
+])
+def test_is_chief(cluster, task_type, task_id, expected):
+    assert stages.is_chief(_FakeStrategy(cluster, task_type, task_id)) is expected
+
+
+def test_single_process_strategies_are_the_chief_of_one_worker():
+    for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0"])):
+        assert stages.is_chief(strategy)
+        assert multi_worker.num_workers(strategy) == 1
+    cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"], "evaluator": ["e:1"]}
+    assert multi_worker.num_workers(_FakeStrategy(cluster, "worker", 1)) == 3
+
+
+def test_run_on_chief_returns_the_json_round_trip_and_raises_the_chiefs_error():
+    strategy = tf.distribute.get_strategy()
+    result = multi_worker.run_on_chief(
+        strategy, lambda: {"epoch": 3, "accuracy": [0.5, float("nan")]})
+    assert result["epoch"] == 3 and result["accuracy"][0] == 0.5
+    assert np.isnan(result["accuracy"][1])
+
+    def fail():
+        raise ValueError("no such teacher")
+
+    with pytest.raises(ValueError, match="no such teacher"):
+        multi_worker.run_on_chief(strategy, fail)
+
+
+def test_restore_builds_the_optimizer_once_in_the_strategy_scope(tmp_path, tiny_data):
+    # Every worker must create the optimizer's variables, in the scope, before
+    # the chief loads a checkpoint into them; the load must not build it again.
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")[:2]]
+    # Not collectives: their keys would clash with another test's strategy.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+    def compiled_model():
+        with strategy.scope():
+            model = make_mlp("student")
+            model.compile(
+                optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01)),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    directory = str(tmp_path / "checkpoint")
+    trained = compiled_model()
+    trained.fit(*tiny_data, batch_size=16, epochs=1, verbose=0,
+                callbacks=[checkpointing.EpochCheckpoint(directory)])
+    restored = compiled_model()
+    assert stages._restore(restored, directory) == 1
+    assert len(restored.optimizer.variables) == len(trained.optimizer.variables)
+    for restored_variable, trained_variable in zip(
+            restored.optimizer.variables, trained.optimizer.variables):
+        assert isinstance(restored_variable.value, tf.distribute.DistributedValues)
+        np.testing.assert_array_equal(restored_variable.numpy(), trained_variable.numpy())
+    assert int(restored.optimizer.iterations.numpy()) == 2
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One two-worker run: its directory and the workers' stdout."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    outputs = _run_workers([str(directory / "chief"), str(directory / "worker1")],
+                           directory / "records", directory / "logs")
+    return directory, outputs
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_same_student_and_only_the_chief_writes(uninterrupted, tmp_path):
+    run_dir, (chief_out, worker_out) = uninterrupted
+    chief_dir, worker_dir = str(run_dir / "chief"), str(run_dir / "worker1")
+    chief_weights, chief_masks = _record(run_dir / "records", 0)
+    worker_weights, worker_masks = _record(run_dir / "records", 1)
+    moved = [w for w in chief_weights if w.size > 1 and np.abs(w).max() > 0]
+    assert moved, "the student has no trained weights"
+    for chief_weight, worker_weight in zip(chief_weights, worker_weights, strict=True):
+        np.testing.assert_array_equal(chief_weight, worker_weight)
+    np.testing.assert_array_equal(chief_masks, worker_masks)
+    assert len(chief_masks) == 3
+    stage_dir = os.path.join(chief_dir, "student_tllm")
+    assert _logged_masks(stage_dir) == chief_masks.tolist()
+
+    # The chief wrote the whole run; the other worker not even its workdir.
+    for path in ("config.json", "teacher/model.keras", "teacher/history.csv",
+                 "reference/reference.json", "student_tllm/model.keras",
+                 "student_tllm/history.csv", "student_tllm/saved_model/saved_model.pb"):
+        assert os.path.exists(os.path.join(chief_dir, path)), path
+    assert os.listdir(os.path.join(stage_dir, "tensorboard"))
+    assert not glob.glob(os.path.join(chief_dir, "*", "checkpoint"))
+    assert not os.path.exists(worker_dir)
+    assert "student_tllm: test accuracy" in chief_out
+    assert "non-chief" in worker_out and "test accuracy" not in worker_out
+
+    exported = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)
+    for saved, recorded in zip(exported.get_weights(), chief_weights, strict=True):
+        np.testing.assert_array_equal(saved, recorded)
+
+    # Run again, the chief finds every stage done and tells the other worker.
+    written = _modification_times(chief_dir)
+    again_out, _ = _run_workers(
+        [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again")
+    assert not os.listdir(tmp_path / "records_again"), "a stage was trained again"
+    assert chief_out.splitlines()[-4:] == again_out.splitlines()[-4:]
+    rewritten = _modification_times(chief_dir)
+    # config.json is rewritten by every run that claims the workdir; nothing else.
+    assert {path for path in written if rewritten[path] != written[path]} == {"config.json"}
+    assert rewritten.keys() == written.keys()
+    assert not os.path.exists(worker_dir)
+
+
+@pytest.mark.slow
+def test_a_chief_that_refuses_to_start_stops_every_worker(tmp_path):
+    chief_dir, worker_dir = str(tmp_path / "chief"), str(tmp_path / "worker1")
+    workdir_lib.claim(chief_dir, config_lib.RunConfig(workdir=chief_dir, seed=7))
+    os.makedirs(tmp_path / "logs")
+    processes = _start_workers([chief_dir, worker_dir], tmp_path, tmp_path / "logs")
+    _wait(processes)
+    assert [process.returncode for process in processes] == [1, 1]
+    refusal = "belongs to a run with a different configuration"
+    assert refusal in _log(tmp_path / "logs", 0, "err")
+    worker_error = _log(tmp_path / "logs", 1, "err")
+    assert "ChiefFailedError" in worker_error and refusal in worker_error
+    assert not os.path.exists(worker_dir)
+
+
+def _checkpointed_epoch(stage_dir):
+    try:
+        with open(os.path.join(stage_dir, "checkpoint", "checkpoint.json")) as handle:
+            return json.load(handle)["epoch"]
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_path):
+    uninterrupted_dir = str(uninterrupted[0] / "chief")
+    killed_dir, worker_dir = str(tmp_path / "killed"), str(tmp_path / "killed1")
+    stage_dir = os.path.join(killed_dir, "student_tllm")
+    os.makedirs(tmp_path / "records_killed")
+    os.makedirs(tmp_path / "logs_killed")
+    processes = _start_workers([killed_dir, worker_dir], tmp_path / "records_killed",
+                               tmp_path / "logs_killed")
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while _checkpointed_epoch(stage_dir) < 1 and time.time() < deadline:
+            assert all(p.poll() is None for p in processes), "a worker ended before the kill"
+            time.sleep(0.02)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+        _wait(processes)
+    assert 1 <= _checkpointed_epoch(stage_dir) < 3
+    assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
+
+    _run_workers([killed_dir, worker_dir], tmp_path / "records_resumed", tmp_path / "logs_resumed")
+    assert _logged_masks(stage_dir) == _logged_masks(
+        os.path.join(uninterrupted_dir, "student_tllm"))
+    resumed = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)
+    uninterrupted = keras.models.load_model(
+        os.path.join(uninterrupted_dir, "student_tllm", "model.keras"), compile=False)
+    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    chief_weights, _ = _record(tmp_path / "records_resumed", 0)
+    worker_weights, _ = _record(tmp_path / "records_resumed", 1)
+    for a, b in zip(chief_weights, worker_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not os.path.exists(worker_dir)
