@@ -100,3 +100,48 @@ def test_quick_study_writes_consistent_figures(tmp_path):
     rebuilt = study_report.summarise(records, study.Setting(**{
         **output["setting"], "lr_decay_at": tuple(output["setting"]["lr_decay_at"])}))
     assert rebuilt["undistillable"] == summary["undistillable"]
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def test_soft_label_policy_distils_masked_classes_towards_the_softened_label():
+    import keras
+
+    from conftest import make_mlp
+
+    keras.utils.set_random_seed(0)
+    distiller = study.SoftLabelDistiller(make_mlp("student"), make_mlp("teacher"))
+    distiller.compile(distillation_loss_fn="kd", alpha=0.1, beta=0.9)
+    rng = np.random.default_rng(0)
+    student_logits = rng.normal(size=(3, 4)).astype(np.float32)
+    teacher_logits = 3 * rng.normal(size=(3, 4)).astype(np.float32)
+    labels = np.array([0, 1, 2], np.int32)
+    temperature = 4.0
+
+    plain = tllm_tf_distiller(distiller, labels, student_logits, teacher_logits)
+    total = distiller._loss_terms(labels, False, student_logits, teacher_logits)[0]
+    np.testing.assert_allclose(total, plain, rtol=1e-5)  # mask all ones: plain KD
+
+    distiller.set_class_mask([1, 0, 1, 1])
+    total = np.asarray(distiller._loss_terms(labels, False, student_logits, teacher_logits)[0])
+    teacher_probs = np.exp(_log_softmax(teacher_logits[1] / temperature))
+    confidence = teacher_probs.max()
+    softened = np.full(4, (1 - confidence) / 3)
+    softened[1] = confidence
+    student_log_probs = _log_softmax(student_logits[1] / temperature)
+    label_kd = temperature**2 * np.sum(softened * (np.log(softened) - student_log_probs))
+    cross_entropy = -_log_softmax(student_logits[1])[1]
+    np.testing.assert_allclose(total[1], 0.1 * cross_entropy + 0.9 * label_kd, rtol=1e-5)
+    np.testing.assert_allclose(total[[0, 2]], np.asarray(plain)[[0, 2]], rtol=1e-5)
+
+
+def tllm_tf_distiller(distiller, labels, student_logits, teacher_logits):
+    """The per-sample loss of the library's own Distiller with the same weights."""
+    import tllm_tf
+
+    plain = tllm_tf.Distiller(distiller.student, distiller.teacher)
+    plain.compile(distillation_loss_fn="kd", alpha=0.1, beta=0.9)
+    return np.asarray(plain._loss_terms(labels, False, student_logits, teacher_logits)[0])

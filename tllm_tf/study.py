@@ -35,9 +35,12 @@ class Setting:
     student_model: str = "mlp_32"
     teacher_model: str = "cnn_large"
     num_train: Optional[int] = 300
+    # Training images of the teachers; None: the whole training split (never
+    # the held-out or test images).
+    teacher_num_train: Optional[int] = None
     holdout_fraction: float = 0.2
     epochs: int = 200
-    teacher_epochs: int = 200
+    teacher_epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 3e-3
     # The learning rate is multiplied by 0.1 at these fractions of training.
@@ -57,8 +60,9 @@ class Setting:
 VARIANTS = {
     "plain": {},
     "drop": {"masked_class_policy": "drop"},
-    "margin_0.02": {"margin": 0.02},
+    "soft_label": {"masked_class_policy": "soft_label"},
     "margin_0.05": {"margin": 0.05},
+    "margin_0.1": {"margin": 0.1},
     "warmup_25%": {"warmup_fraction": 0.25},
     "warmup_50%": {"warmup_fraction": 0.5},
     "update_every_10": {"update_every": 10},
@@ -68,7 +72,43 @@ VARIANTS = {
     "se_margin_1": {"margin_standard_errors": 1.0},
     "matched_patience_5": {"epoch_matched": True, "patience": 5},
     "matched_se_1": {"epoch_matched": True, "margin_standard_errors": 1.0},
+    "matched_smoothing_0.8": {"epoch_matched": True, "smoothing": 0.8},
+    "matched_drop": {"epoch_matched": True, "masked_class_policy": "drop"},
 }
+
+
+class SoftLabelDistiller(tllm_tf.Distiller):
+    """Experimental masked-class policy `"soft_label"`, measured by the study.
+
+    `hard_label` teaches a masked class by cross-entropy on the raw logits,
+    which pushes its logits without bound, while distilled classes only
+    match the teacher's finite logits at temperature `T`: the two groups'
+    logit scales drift apart. Here a masked sample is still distilled at
+    temperature `T`, towards its label softened to the teacher's confidence
+    on that sample: `c * y + (1 - c) * (1 - y) / (K - 1)`, with `c` the
+    teacher's largest probability at `T`. The target keeps the teacher's
+    scale and drops its distribution over the wrong classes.
+
+    Needs a distillation loss with a `temperature` (`KDLoss`).
+    """
+
+    def _loss_terms(self, labels, is_soft, student_logits, teacher_logits):
+        student_logits = keras.ops.cast(student_logits, "float32")
+        teacher_logits = keras.ops.cast(teacher_logits, "float32")
+        temperature = self.distillation_loss_fn.temperature
+        student_loss = self._student_loss(labels, is_soft, student_logits)
+        distillation_loss = self.distillation_loss_fn.call(teacher_logits, student_logits)
+        targets = labels if is_soft else keras.ops.one_hot(labels, self.num_classes)
+        confidence = keras.ops.max(
+            keras.ops.softmax(teacher_logits / temperature, axis=-1), axis=-1, keepdims=True)
+        softened = (confidence * targets
+                    + (1.0 - confidence) * (1.0 - targets) / (self.num_classes - 1))
+        label_loss = tllm_tf.kd_loss(
+            temperature * keras.ops.log(softened), student_logits, temperature)
+        distil_weight = keras.ops.matmul(
+            targets, keras.ops.expand_dims(self.class_mask, -1))[:, 0]
+        gated = distil_weight * distillation_loss + (1.0 - distil_weight) * label_loss
+        return self.alpha * student_loss + self.beta * gated, student_loss, distillation_loss
 
 
 def _per_image_seeds(seed):
@@ -152,22 +192,29 @@ class SeedRun:
         self.seed = seed
         self.data = data_lib.load_digits(
             holdout_fraction=setting.holdout_fraction, num_train=setting.num_train, seed=seed)
+        # Same seed and hold-out: the same test and held-out splits, and a
+        # training split that contains the student's.
+        self.teacher_data = self.data
+        if setting.teacher_num_train != setting.num_train:
+            self.teacher_data = data_lib.load_digits(
+                holdout_fraction=setting.holdout_fraction,
+                num_train=setting.teacher_num_train, seed=seed)
         self._teachers = {}
         self._labels = None
 
-    def _batches(self, shift, mixup):
+    def _batches(self, data, shift, mixup):
         return train_batches(
-            self.data.train, batch_size=self.setting.batch_size, seed=self.seed,
-            num_classes=self.data.num_classes, shift=shift, mixup=mixup)
+            data.train, batch_size=self.setting.batch_size, seed=self.seed,
+            num_classes=data.num_classes, shift=shift, mixup=mixup)
 
     def _student_batches(self):
-        return self._batches(self.setting.shift, self.setting.mixup)
+        return self._batches(self.data, self.setting.shift, self.setting.mixup)
 
-    def _fit_on_labels(self, model_name, epochs, batches, callbacks=()):
+    def _fit_on_labels(self, model_name, data, epochs, batches, callbacks=()):
         keras.utils.set_random_seed(self.seed)
-        model = stages.build_classifier(model_name, self.data)
+        model = stages.build_classifier(model_name, data)
         model.compile(
-            optimizer=_optimizer(self.setting, self.data.num_train, epochs),
+            optimizer=_optimizer(self.setting, data.num_train, epochs),
             loss=(keras.losses.CategoricalCrossentropy(from_logits=True)
                   if batches.element_spec[1].shape.rank == 2
                   else keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
@@ -179,8 +226,9 @@ class SeedRun:
         """The teacher `model_name`, trained on labels (cached)."""
         if model_name not in self._teachers:
             self._teachers[model_name] = self._fit_on_labels(
-                model_name, self.setting.teacher_epochs,
-                self._batches(self.setting.teacher_shift, self.setting.teacher_mixup))
+                model_name, self.teacher_data, self.setting.teacher_epochs,
+                self._batches(self.teacher_data, self.setting.teacher_shift,
+                              self.setting.teacher_mixup))
         return self._teachers[model_name]
 
     def labels(self):
@@ -189,7 +237,7 @@ class SeedRun:
             history = reference_lib.ReferenceHistory(
                 self.data.held_out.batch(512), self.data.num_classes)
             model = self._fit_on_labels(
-                self.setting.student_model, self.setting.epochs,
+                self.setting.student_model, self.data, self.setting.epochs,
                 self._student_batches(), [history])
             self._labels = (model, history.per_epoch_accuracy)
         return self._labels
@@ -205,7 +253,10 @@ class SeedRun:
         teacher = self.teacher(teacher_name)
         keras.utils.set_random_seed(self.seed)
         student = stages.build_classifier(self.setting.student_model, self.data)
-        distiller = tllm_tf.Distiller(student, teacher)
+        if policy == "soft_label":
+            distiller, policy = SoftLabelDistiller(student, teacher), "hard_label"
+        else:
+            distiller = tllm_tf.Distiller(student, teacher)
         distiller.compile(
             optimizer=_optimizer(self.setting, self.data.num_train, self.setting.epochs),
             distillation_loss_fn=tllm_tf.KDLoss(temperature=self.setting.temperature),
@@ -268,5 +319,7 @@ def run_seed(setting, seed, teachers, variants):
         result["final_mask"] = [float(m) for m in keras.ops.convert_to_numpy(
             callback.model.class_mask)]
         result["masked_per_epoch"] = [int(n) for n in callback.masked_per_epoch]
+        result["undistillable"] = count_undistillable(
+            result["per_class"], record["labels"]["per_class"])
         record["tllm"][name] = result
     return record

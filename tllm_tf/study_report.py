@@ -56,7 +56,10 @@ def summarise(records, setting):
         summary["tllm"][name] = dict(
             _mean_std(accuracy([r["tllm"][name] for r in records])),
             final_masked=_mean_std([sum(m <= 0 for m in r["tllm"][name]["final_mask"])
-                                    for r in records]))
+                                    for r in records]),
+            masked_per_epoch=_mean_std([np.mean(r["tllm"][name]["masked_per_epoch"])
+                                        for r in records]),
+            undistillable=_mean_std([r["tllm"][name]["undistillable"] for r in records]))
         summary["tllm_minus_kd"][name] = _mean_std(differences)
         summary["tllm_wins"][name] = int(sum(d > 0 for d in differences))
     per_class = np.array([np.subtract(r["kd"][main]["per_class"], r["labels"]["per_class"])
@@ -94,10 +97,17 @@ def markdown(summary, setting, seeds):
             f"| {name} | {stats['num_params']:,} | {_pm(stats)} | {_pm(summary['kd'][name])} | "
             f"{_pm(summary['kd_minus_labels'][name])} | "
             f"{_pm(summary['undistillable'][name], scale=1, digits=1)} |")
-    lines += ["", "## Classes TLLM masked at the end of training", "",
-              "| variant | masked classes |", "|---|---|"]
+    lines += ["", "## What each TLLM variant masked", "",
+              "Masked classes: the mean over epochs of the number of classes whose "
+              "distillation was off, and the number at the end. Test classes below labels: "
+              f"classes where the student is less accurate than the label-only one "
+              f"(KD: {_pm(summary['undistillable'][main], scale=1, digits=1)}).", "",
+              "| variant | masked, mean over epochs | masked at the end "
+              "| test classes below labels |", "|---|---|---|---|"]
     for name, stats in summary["tllm"].items():
-        lines.append(f"| `{name}` | {_pm(stats['final_masked'], scale=1, digits=1)} |")
+        lines.append(f"| `{name}` | {_pm(stats['masked_per_epoch'], scale=1, digits=2)} | "
+                     f"{_pm(stats['final_masked'], scale=1, digits=1)} | "
+                     f"{_pm(stats['undistillable'], scale=1, digits=1)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,9 @@ flags.DEFINE_string("results_dir", None, "Output folder (default results/, or re
 flags.DEFINE_string("student_model", _DEFAULTS.student_model, "Student architecture.")
 flags.DEFINE_string("teacher_model", _DEFAULTS.teacher_model, "Teacher of the TLLM students.")
 flags.DEFINE_integer("num_train", _DEFAULTS.num_train, "Labelled training images.")
+flags.DEFINE_integer("teacher_num_train", _DEFAULTS.teacher_num_train,
+                     "Training images of the teachers (default: the whole training split, "
+                     "never held-out or test images).")
 flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
                    "Share of the training split held out to find undistillable classes.")
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of every student.")
