@@ -29,6 +29,7 @@ def test_throughput_pools_rounds_and_takes_the_median():
     pooled = first + second
     assert pooled.seconds == (1.0, 4.0, 2.0)
     assert pooled.images_per_second == pytest.approx(50.0)
+    assert pooled.best_images_per_second == pytest.approx(100.0)
     assert pooled.callback_share == pytest.approx(0.05)  # median of .1, .05, .05
     assert benchmark.Throughput(images=1, seconds=(1.0,)).callback_share == 0.0
     with pytest.raises(ValueError, match="same data"):

@@ -63,6 +63,12 @@ class Throughput:
         return self.images / statistics.median(self.seconds)
 
     @property
+    def best_images_per_second(self):
+        """Images over the fastest round: on a shared machine, load only
+        slows rounds down, so this is the least disturbed figure."""
+        return self.images / min(self.seconds)
+
+    @property
     def callback_share(self):
         """Median share of a round spent in the timed callback (0 if none)."""
         if not self.callback_seconds:
@@ -226,3 +232,23 @@ def combined_limit(student_train, teacher_infer):
     The two costs per image add up: `1 / (1 / student_train + 1 / teacher_infer)`.
     """
     return 1.0 / (1.0 / student_train + 1.0 / teacher_infer)
+
+
+def distillation_figures(rates, callback_share):
+    """The distillation benchmark's figures from the variants' images/s.
+
+    Args:
+        rates: dict with the images/s of `student_train`, `teacher_infer`,
+            `keras_distiller` and `tllm_distiller`.
+        callback_share: share of an epoch spent in the class-finding callback.
+
+    Returns:
+        `rates` with `limit`, `tllm_over_limit`, `tllm_over_keras` and
+        `callback_share` added.
+    """
+    figures = dict(rates)
+    figures["limit"] = combined_limit(figures["student_train"], figures["teacher_infer"])
+    figures["tllm_over_limit"] = figures["tllm_distiller"] / figures["limit"]
+    figures["tllm_over_keras"] = figures["tllm_distiller"] / figures["keras_distiller"]
+    figures["callback_share"] = callback_share
+    return figures
