@@ -6,6 +6,7 @@ TensorFlow.
 
 from tllm_tf.callbacks import UndistillableClassCallback
 from tllm_tf.distiller import Distiller
+from tllm_tf.export import export_saved_model
 from tllm_tf.losses import KDLoss
 from tllm_tf.losses import kd_loss
 from tllm_tf.metrics import per_class_accuracy
@@ -16,6 +17,7 @@ __all__ = [
     "Distiller",
     "KDLoss",
     "UndistillableClassCallback",
+    "export_saved_model",
     "kd_loss",
     "load_reference",
     "per_class_accuracy",

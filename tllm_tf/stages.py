@@ -17,6 +17,7 @@ Workdir layout:
 """
 
 import json
+import logging
 import os
 import shutil
 
@@ -275,6 +276,7 @@ def run_reference(config, data, strategy, stage_dir):
     if chief:
         counter = metrics_lib.PerClassCounter(student, data.num_classes)
         correct, total = counter(eval_batches(data.held_out, config))
+        warn_about_empty_held_out_classes(total, data.class_names)
         _save_per_class(student, data, config, stage_dir)
         _finish(student, stage_dir, chief)
         # Written last: its presence marks the stage as done.
@@ -297,7 +299,23 @@ def load_teacher(teacher_path, data):
             f"The teacher {teacher_path!r} outputs {outputs} classes but the data "
             f"set {data.name!r} has {data.num_classes}. Use a teacher trained on "
             "this data set.")
+    image_shape = tuple(teacher.inputs[0].shape[1:])
+    if image_shape != tuple(data.image_shape):
+        raise ValueError(
+            f"The teacher {teacher_path!r} takes images of shape {image_shape} but "
+            f"the data set {data.name!r} has {tuple(data.image_shape)}. Use a teacher "
+            "trained on this data set (or set --image_size to match).")
     return teacher
+
+
+def warn_about_empty_held_out_classes(num_samples, class_names):
+    """Logs the classes that have no held-out example (they keep distilling)."""
+    empty = [str(class_names[c]) for c in np.flatnonzero(np.asarray(num_samples) == 0)]
+    if empty:
+        logging.warning(
+            "%d class(es) have no held-out example: %s. They cannot be judged and keep "
+            "being distilled. Raise --holdout_fraction to include them.",
+            len(empty), ", ".join(empty))
 
 
 def _teacher_on_every_worker(strategy, teacher_path, data):

@@ -8,6 +8,7 @@ win. The run is written to --workdir; see tllm_tf/stages.py for its layout.
 
 import dataclasses
 import os
+import sys
 
 # Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -118,7 +119,15 @@ def main(argv):
     if config.deterministic:
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
-    if stages.run(config, strategy) is None:
+    try:
+        finished = stages.run(config, strategy)
+    except ValueError as error:
+        # Bad input (data not found, a workdir of another configuration, a
+        # corrupt checkpoint, ...): the message says what to do; a traceback
+        # would only hide it. Nothing already written has been changed.
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if finished is None:
         return
     results = reporting.load_results(config.workdir)
     print(reporting.markdown_table(results))

@@ -1,0 +1,87 @@
+"""The README's bad-input table, row by row, at the level a user meets it."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tllm_tf import stages
+from tllm_tf.config import RunConfig
+from tllm_tf.data import load_digits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(*flags, timeout=120):
+    return subprocess.run(
+        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags", *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    (["--masked_class_policy=zero"], "value should be one of"),
+    (["--holdout_fraction=1.5"], "holdout_fraction must be in (0, 1)"),
+    (["--epochs=0"], "epochs must be > 0"),
+    (["--dataset=no_such_dataset_name"], "no_such_dataset_name"),
+])
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path, flags, message):
+    result = _train(f"--workdir={tmp_path / 'run'}", *flags)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "teacher")
+
+
+def test_data_set_not_on_this_machine_says_how_to_provide_it(tmp_path):
+    result = _train(f"--workdir={tmp_path / 'run'}", "--dataset=cifar100",
+                    f"--data_dir={tmp_path / 'empty'}")
+    assert result.returncode != 0
+    assert "--data_dir" in result.stderr and "tfds build" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _tiny_teacher(tmp_path, num_classes, image_shape):
+    inputs = keras.Input(image_shape)
+    outputs = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
+    path = str(tmp_path / "teacher.keras")
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.mark.parametrize("num_classes, image_shape, message", [
+    (7, (8, 8, 1), "outputs 7 classes but the data set 'digits' has 10"),
+    (10, (32, 32, 3), r"takes images of shape \(32, 32, 3\) but the data set 'digits' has \(8, 8, 1\)"),
+])
+def test_teacher_for_another_data_set_is_refused(tmp_path, num_classes, image_shape, message):
+    path = _tiny_teacher(tmp_path, num_classes, image_shape)
+    with pytest.raises(ValueError, match=message):
+        stages.load_teacher(path, load_digits())
+
+
+def test_held_out_class_without_samples_is_reported(caplog):
+    names = [f"class_{c}" for c in range(10)]
+    with caplog.at_level(logging.WARNING):
+        stages.warn_about_empty_held_out_classes(np.array([5] * 8 + [0, 0]), names)
+    assert "class_8, class_9" in caplog.text and "--holdout_fraction" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        stages.warn_about_empty_held_out_classes(np.array([5] * 10), names)
+    assert not caplog.text
+
+
+def test_workdir_of_another_configuration_is_refused_naming_the_flags(tmp_path):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as handle:
+        handle.write(RunConfig(workdir=workdir, temperature=2.0).to_json())
+    result = _train(f"--workdir={workdir}", "--temperature=4")
+    assert result.returncode != 0
+    assert "--temperature: 2.0 in the workdir, 4.0 now" in result.stderr
+    with open(os.path.join(workdir, "config.json")) as handle:
+        assert json.load(handle)["temperature"] == 2.0
