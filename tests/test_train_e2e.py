@@ -54,3 +54,14 @@ def test_bad_flag_value_is_refused_before_training(tmp_path):
     assert result.returncode != 0
     assert "temperature must be > 0" in result.stderr
     assert not os.path.exists(os.path.join(tmp_path, "teacher"))
+
+
+@pytest.mark.slow
+def test_mixup_runs_every_stage_on_soft_labels(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
+         f"--workdir={tmp_path}", "--epochs=1", "--teacher_epochs=1", "--mixup=0.4",
+         "--teacher_model=cnn_tiny", "--warmup_epochs=0", "--verbose=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "student_tllm: test accuracy" in result.stdout

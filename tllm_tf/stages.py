@@ -218,10 +218,13 @@ def _finish(model, stage_dir, chief):
 
 
 def _compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
-    loss = (
-        keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-        if label_smoothing > 0 else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
+    # MixUp/CutMix batches carry soft label vectors, and label smoothing
+    # needs one-hot labels: both take the categorical form of the loss.
+    if label_smoothing > 0 or config.mixup or config.cutmix:
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch(data, config), learning_rate),
         loss=loss,
