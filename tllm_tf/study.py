@@ -74,7 +74,11 @@ VARIANTS = {
     "matched_se_1": {"epoch_matched": True, "margin_standard_errors": 1.0},
     "matched_smoothing_0.8": {"epoch_matched": True, "smoothing": 0.8},
     "matched_drop": {"epoch_matched": True, "masked_class_policy": "drop"},
+    "se_1_soft_label": {"margin_standard_errors": 1.0, "masked_class_policy": "soft_label"},
 }
+# The variants of the main study; the last one above was added for the
+# confirmation run only.
+DEFAULT_VARIANTS = tuple(name for name in VARIANTS if name != "se_1_soft_label")
 
 
 class SoftLabelDistiller(tllm_tf.Distiller):

@@ -1,7 +1,15 @@
 """The accuracy study: labels-only vs KD vs TLLM on the embedded digits, over seeds.
 
-    python tools/study.py                       # the full study, see docs/study.md
-    python tools/study.py --quick --json=/tmp/quick.json   # seconds, a smoke test
+    # The full study (5 seeds, 4 teachers, 16 TLLM variants): 34 min on 2 CPU cores.
+    python tools/study.py --json=results/study.json
+    # Its confirmation on fresh seeds and a larger teacher: 21 min.
+    python tools/study.py --seeds=5,6,7,8,9 --teachers=cnn_large,cnn_xlarge \
+        --variants=plain,soft_label,se_margin_1,margin_0.05,se_1_soft_label \
+        --results_dir=results/confirm
+    # A smoke test, about 40 s.
+    python tools/study.py --quick --json=/tmp/quick.json
+
+Expected (docs/study.md): labels 94.7%, KD 95.4%, TLLM within ~0.4 points of KD.
 
 Writes study.md, study.json and two PNG plots to --results_dir (`results/`;
 `results/quick/` with --quick) and, with --json, the per-seed and summary
@@ -28,7 +36,8 @@ DEFAULT_TEACHERS = ["cnn_tiny", "cnn_small", "cnn_medium", "cnn_large"]
 
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds (splits, initialisation, batches).")
 flags.DEFINE_list("teachers", DEFAULT_TEACHERS, "Teachers of the capacity sweep, small to large.")
-flags.DEFINE_list("variants", list(study.VARIANTS), "TLLM variants (keys of study.VARIANTS).")
+flags.DEFINE_list("variants", list(study.DEFAULT_VARIANTS),
+                  "TLLM variants (keys of study.VARIANTS).")
 flags.DEFINE_bool("quick", False, "Shrink everything (2 seeds, 3 epochs, small teachers, "
                   "the first 2 variants) for a smoke test.")
 flags.DEFINE_string("json", None, "Also write the per-seed and summary figures here.")
