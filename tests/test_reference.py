@@ -110,3 +110,12 @@ def test_reference_history_starts_afresh_on_each_fit(tiny_data):
 def test_reference_history_rejects_a_bad_num_classes(tiny_data):
     with pytest.raises(ValueError, match="num_classes >= 2. Received: num_classes=1"):
         reference.ReferenceHistory(tiny_data, num_classes=1)
+
+
+def test_reference_history_of_a_resumed_fit_leaves_the_skipped_epochs_nan(tiny_data):
+    x, y = tiny_data
+    callback = reference.ReferenceHistory((x, y), num_classes=4)
+    _labelled_model(0).fit(x, y, epochs=3, initial_epoch=1, verbose=0, callbacks=[callback])
+    history = callback.per_epoch_accuracy
+    assert history.shape == (3, 4)
+    assert np.isnan(history[0]).all() and not np.isnan(history[1:]).any()

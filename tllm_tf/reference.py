@@ -170,6 +170,11 @@ class ReferenceHistory(keras.callbacks.Callback):
         path: where to write the reference file at train end. Defaults to
             `None` (keep it in `per_epoch_accuracy` only).
 
+    A `fit` resumed at `initial_epoch` (e.g. by `BackupAndRestore`) records
+    the epochs it runs; the rows of the epochs before it are NaN, which the
+    epoch-matched callback treats as "no reference" (the class is not
+    judged at those epochs).
+
     Attributes:
         per_epoch_accuracy: float64 array `(epochs, num_classes)` after
             training (NaN for a class with no held-out examples).
@@ -191,23 +196,27 @@ class ReferenceHistory(keras.callbacks.Callback):
         self.path = path
         self.per_epoch_accuracy = None
         self.num_samples = None
-        self._rows = []
+        self._rows = {}
         self._counter = None
 
     def on_train_begin(self, logs=None):
         num_classes = self.num_classes or self.model.outputs[0].shape[-1]
         self._counter = metrics_lib.PerClassCounter(self.model, num_classes)
-        self._rows = []
+        self._rows = {}
 
     def on_epoch_end(self, epoch, logs=None):
         correct, total = self._counter(self.validation_data)
-        self._rows.append(metrics_lib.accuracy_from_counts(correct, total))
+        self._rows[epoch] = metrics_lib.accuracy_from_counts(correct, total)
         self.num_samples = total
 
     def on_train_end(self, logs=None):
         if not self._rows:
             return
-        self.per_epoch_accuracy = np.stack(self._rows)
+        width = len(next(iter(self._rows.values())))
+        history = np.full((max(self._rows) + 1, width), np.nan)
+        for epoch, row in self._rows.items():
+            history[epoch] = row
+        self.per_epoch_accuracy = history
         if self.path:
             save_reference(self.path, self.per_epoch_accuracy[-1], self.num_samples,
                            per_epoch_accuracy=self.per_epoch_accuracy)
