@@ -2,9 +2,10 @@
 
 A timer runs warm-up rounds (tracing, XLA compilation, the first pass over a
 cached data set), then timed rounds; `interleave` runs several timers in turn
-and pools their rounds, and the figure is images over the median round, which
-shrugs off the odd round slowed by a busy machine. Used by
-`tools/bench_throughput.py`.
+and pools their rounds. A figure is images over the median round, or over the
+fastest one: on a shared machine load only slows rounds down, often by a
+factor, so the fastest round is the least disturbed (docs/benchmarks.md).
+Used by `tools/bench_throughput.py`.
 """
 
 import dataclasses
