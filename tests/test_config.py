@@ -1,5 +1,8 @@
+import inspect
+
 import pytest
 
+from tllm_tf import UndistillableClassCallback
 from tllm_tf.config import RunConfig
 
 
@@ -19,7 +22,20 @@ def test_json_round_trip():
     ("masked_class_policy", "zero", "masked_class_policy"),
     ("update_every", 0, "update_every"),
     ("lr_decay_epochs", (180, 150), "increasing"),
+    ("patience", 0, r"patience must be >= 1. Received: 0"),
+    ("smoothing", 1.0, r"smoothing must be in \[0, 1\). Received: 1.0"),
+    ("smoothing", -0.1, r"smoothing must be in \[0, 1\)"),
+    ("margin_standard_errors", -1.0, r"margin_standard_errors must be >= 0. Received: -1.0"),
+    ("margin_standard_errors", float("nan"), "margin_standard_errors must be >= 0"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         RunConfig(workdir="w", **{field: value})
+
+
+def test_identification_defaults_are_the_callbacks_plain_rule():
+    config = RunConfig(workdir="w")
+    parameters = inspect.signature(UndistillableClassCallback).parameters
+    for name in ("margin", "warmup_epochs", "update_every", "sticky", "min_samples",
+                 "epoch_matched", "smoothing", "patience", "margin_standard_errors"):
+        assert getattr(config, name) == parameters[name].default, name

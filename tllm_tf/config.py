@@ -66,6 +66,10 @@ class RunConfig:
     update_every: int = 1
     sticky: bool = False
     min_samples: int = 1
+    epoch_matched: bool = False
+    smoothing: float = 0.0
+    patience: int = 1
+    margin_standard_errors: float = 0.0
     # Speed and scale.
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -115,6 +119,11 @@ class RunConfig:
                 f"update_every must be >= 1. Received: {self.update_every}")
         require(self.min_samples >= 1,
                 f"min_samples must be >= 1. Received: {self.min_samples}")
+        require(0.0 <= self.smoothing < 1.0,
+                f"smoothing must be in [0, 1). Received: {self.smoothing}")
+        require(self.patience >= 1, f"patience must be >= 1. Received: {self.patience}")
+        require(self.margin_standard_errors >= 0,
+                f"margin_standard_errors must be >= 0. Received: {self.margin_standard_errors}")
         require(self.mixup >= 0, f"mixup must be >= 0. Received: {self.mixup}")
         require(0 <= self.cutmix <= 1, f"cutmix must be in [0, 1]. Received: {self.cutmix}")
         require(self.image_size is None or self.image_size > 0,

@@ -76,6 +76,15 @@ flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before th
 flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
 flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked.")
 flags.DEFINE_integer("min_samples", _DEFAULTS.min_samples, "Fewest held-out samples to judge a class.")
+flags.DEFINE_bool("epoch_matched", _DEFAULTS.epoch_matched, "Compare epoch e with the "
+                  "reference's epoch e (the reference stage records every epoch), not with "
+                  "the finished reference. Default: off.")
+flags.DEFINE_float("smoothing", _DEFAULTS.smoothing, "Weight of the past in a moving average "
+                   "of the accuracies over updates, in [0, 1). Default: 0 (none).")
+flags.DEFINE_integer("patience", _DEFAULTS.patience, "Consecutive updates a class must be "
+                     "behind to be masked. Default: 1.")
+flags.DEFINE_float("margin_standard_errors", _DEFAULTS.margin_standard_errors, "Extra margin "
+                   "in standard errors of the accuracy difference. Default: 0.")
 # Speed and scale.
 flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
 flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")
