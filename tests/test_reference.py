@@ -66,7 +66,8 @@ def test_per_epoch_accuracy_of_the_wrong_shape_is_rejected(tmp_path):
 def test_history_of_a_file_without_one_says_how_to_record_it(tmp_path):
     path = str(tmp_path / "reference.json")
     reference.save_reference(path, [0.5, 0.5])
-    with pytest.raises(ValueError, match="no per-epoch accuracy.*ReferenceHistory"):
+    with pytest.raises(reference.MissingHistoryError,
+                       match="no per-epoch accuracy.*ReferenceHistory"):
         reference.load_reference_history(path)
 
 
@@ -96,7 +97,7 @@ def test_reference_history_records_every_epoch_and_writes_the_file(tiny_data, tm
     np.testing.assert_allclose(reference.load_reference_history(path),
                                callback.per_epoch_accuracy)
     assert callback.num_samples.tolist() == [4, 4, 4, 4]
-    assert callback.get_config() == {"num_classes": None, "path": path}
+    assert callback.get_config() == {"num_classes": None, "path": path, "log_path": None}
 
 
 def test_reference_history_starts_afresh_on_each_fit(tiny_data):
@@ -119,3 +120,16 @@ def test_reference_history_of_a_resumed_fit_leaves_the_skipped_epochs_nan(tiny_d
     history = callback.per_epoch_accuracy
     assert history.shape == (3, 4)
     assert np.isnan(history[0]).all() and not np.isnan(history[1:]).any()
+
+
+def test_reference_history_log_is_read_back_with_gaps_and_torn_lines_skipped(tiny_data, tmp_path):
+    x, y = tiny_data
+    log = str(tmp_path / "logs" / "per_epoch.jsonl")
+    callback = reference.ReferenceHistory((x, y), log_path=log)
+    _labelled_model(0).fit(x, y, epochs=3, initial_epoch=1, verbose=0, callbacks=[callback])
+    with open(log, "a") as handle:
+        handle.write('{"epoch": 4, "per_class_acc')  # torn by a kill
+    history = reference.read_history_log(log, epochs=4, num_classes=4)
+    np.testing.assert_array_equal(history[1:3], callback.per_epoch_accuracy[1:])
+    assert np.isnan(history[0]).all() and np.isnan(history[3]).all()
+    assert np.isnan(reference.read_history_log(str(tmp_path / "none"), 2, 4)).all()

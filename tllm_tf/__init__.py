@@ -10,16 +10,20 @@ from tllm_tf.export import export_saved_model
 from tllm_tf.losses import KDLoss
 from tllm_tf.losses import kd_loss
 from tllm_tf.metrics import per_class_accuracy
+from tllm_tf.reference import ReferenceHistory
 from tllm_tf.reference import load_reference
+from tllm_tf.reference import load_reference_history
 from tllm_tf.reference import save_reference
 
 __all__ = [
     "Distiller",
     "KDLoss",
+    "ReferenceHistory",
     "UndistillableClassCallback",
     "export_saved_model",
     "kd_loss",
     "load_reference",
+    "load_reference_history",
     "per_class_accuracy",
     "save_reference",
 ]

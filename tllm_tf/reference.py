@@ -25,6 +25,10 @@ FORMAT = "tllm_tf.reference"
 VERSION = 1
 
 
+class MissingHistoryError(ValueError):
+    """A reference file without the per-epoch accuracy an epoch-matched run needs."""
+
+
 def _to_json_list(values):
     return [None if math.isnan(v) else float(v) for v in np.asarray(values, float)]
 
@@ -131,13 +135,13 @@ def load_reference_history(path):
         `i + 1`.
 
     Raises:
-        ValueError: if the file is not a reference file or holds no
-            per-epoch accuracy.
+        MissingHistoryError: if the file holds no per-epoch accuracy.
+        ValueError: if the file is not a reference file.
     """
     record = _read_record(path)
     rows = record.get("per_epoch_accuracy")
     if not rows:
-        raise ValueError(
+        raise MissingHistoryError(
             f"Reference file {path!r} has no per-epoch accuracy, which an "
             "epoch-matched comparison needs. Record it with "
             "`tllm_tf.ReferenceHistory` while training the reference."
@@ -148,6 +152,33 @@ def load_reference_history(path):
             f"does not have num_classes={record['num_classes']} entries."
         )
     return np.stack([_from_json_list(row) for row in rows])
+
+
+def read_history_log(path, epochs, num_classes):
+    """Reads the per-epoch rows a `ReferenceHistory` appended to its `log_path`.
+
+    Args:
+        path: the log file (one JSON line per epoch); may be missing.
+        epochs: number of rows to return.
+        num_classes: number of classes.
+
+    Returns:
+        A float64 array `(epochs, num_classes)`; row `i` is epoch `i + 1`'s
+        last line in the log, NaN where the log has none.
+    """
+    history = np.full((epochs, num_classes), np.nan)
+    if not os.path.exists(path):
+        return history
+    with open(path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                epoch, row = record["epoch"], _from_json_list(record["per_class_accuracy"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # A line torn by a kill.
+            if 1 <= epoch <= epochs and row.shape == (num_classes,):
+                history[epoch - 1] = row
+    return history
 
 
 class ReferenceHistory(keras.callbacks.Callback):
@@ -169,11 +200,15 @@ class ReferenceHistory(keras.callbacks.Callback):
         num_classes: number of classes. Defaults to the model's output size.
         path: where to write the reference file at train end. Defaults to
             `None` (keep it in `per_epoch_accuracy` only).
+        log_path: if set, one JSON line per epoch is appended there (`epoch`
+            counted from 1, `per_class_accuracy`, `num_samples`), so that the
+            epochs of a killed fit survive it; `read_history_log` reads them
+            back. Defaults to `None`.
 
     A `fit` resumed at `initial_epoch` (e.g. by `BackupAndRestore`) records
     the epochs it runs; the rows of the epochs before it are NaN, which the
     epoch-matched callback treats as "no reference" (the class is not
-    judged at those epochs).
+    judged at those epochs), unless they are read back from `log_path`.
 
     Attributes:
         per_epoch_accuracy: float64 array `(epochs, num_classes)` after
@@ -186,7 +221,7 @@ class ReferenceHistory(keras.callbacks.Callback):
     >>> reference_student.fit(train_ds, epochs=30, callbacks=[history])
     """
 
-    def __init__(self, validation_data, num_classes=None, path=None):
+    def __init__(self, validation_data, num_classes=None, path=None, log_path=None):
         super().__init__()
         if num_classes is not None and num_classes < 2:
             raise ValueError(
@@ -194,6 +229,7 @@ class ReferenceHistory(keras.callbacks.Callback):
         self.validation_data = metrics_lib.as_dataset(validation_data)
         self.num_classes = num_classes
         self.path = path
+        self.log_path = log_path
         self.per_epoch_accuracy = None
         self.num_samples = None
         self._rows = {}
@@ -203,11 +239,19 @@ class ReferenceHistory(keras.callbacks.Callback):
         num_classes = self.num_classes or self.model.outputs[0].shape[-1]
         self._counter = metrics_lib.PerClassCounter(self.model, num_classes)
         self._rows = {}
+        if self.log_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
         correct, total = self._counter(self.validation_data)
         self._rows[epoch] = metrics_lib.accuracy_from_counts(correct, total)
         self.num_samples = total
+        if self.log_path:
+            record = {"epoch": epoch + 1,
+                      "per_class_accuracy": _to_json_list(self._rows[epoch]),
+                      "num_samples": [int(n) for n in total]}
+            with open(self.log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     def on_train_end(self, logs=None):
         if not self._rows:
@@ -222,4 +266,5 @@ class ReferenceHistory(keras.callbacks.Callback):
                            per_epoch_accuracy=self.per_epoch_accuracy)
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "path": self.path}
+        return {"num_classes": self.num_classes, "path": self.path,
+                "log_path": self.log_path}
