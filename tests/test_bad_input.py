@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+import tllm_tf
 from tllm_tf import stages
 from tllm_tf.config import RunConfig
 from tllm_tf.data import load_digits
@@ -28,6 +29,7 @@ def _train(*flags, timeout=120):
     (["--masked_class_policy=zero"], "value should be one of"),
     (["--holdout_fraction=1.5"], "holdout_fraction must be in (0, 1)"),
     (["--epochs=0"], "epochs must be > 0"),
+    (["--patience=0"], "patience must be >= 1. Received: 0"),
     (["--dataset=no_such_dataset_name"], "no_such_dataset_name"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(tmp_path, flags, message):
@@ -85,3 +87,14 @@ def test_workdir_of_another_configuration_is_refused_naming_the_flags(tmp_path):
     assert "--temperature: 2.0 in the workdir, 4.0 now" in result.stderr
     with open(os.path.join(workdir, "config.json")) as handle:
         assert json.load(handle)["temperature"] == 2.0
+
+
+def test_epoch_matched_with_a_reference_without_history_says_how_to_get_one(tmp_path):
+    reference_path = str(tmp_path / "old_reference.json")
+    tllm_tf.save_reference(reference_path, np.full(10, 0.9))
+    result = _train(f"--workdir={tmp_path / 'run'}", f"--reference_path={reference_path}",
+                    "--epoch_matched")
+    assert result.returncode != 0
+    assert "--epoch_matched needs the reference's held-out accuracy after every" in result.stderr
+    assert "drop --epoch_matched" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "teacher")

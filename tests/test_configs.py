@@ -1,16 +1,20 @@
 """Every flag file parses into a valid RunConfig; the CIFAR recipe runs on mocked tfds data."""
 
+import dataclasses
 import glob
 import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
+import tllm_tf
 from conftest import prepared_tfds
 from tllm_tf import models
 from tllm_tf import reporting
 from tllm_tf import stages
+from tllm_tf.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,6 +57,46 @@ def test_pair_files_inherit_the_recipe_and_command_line_flags_win(train_tool):
     assert config.lr_decay_epochs == (150, 180, 210)
     assert (config.learning_rate, config.teacher_learning_rate) == (0.01, 0.05)
     assert config.epochs == 3 and config.teacher_epochs == 240
+
+
+def test_every_config_field_has_a_flag_of_the_same_name(train_tool):
+    missing = {field.name for field in dataclasses.fields(RunConfig)} - set(train_tool.FLAGS)
+    assert not missing
+
+
+def test_identification_flags_reach_the_callback(train_tool, tmp_path, monkeypatch):
+    created = []
+
+    class RecordingCallback(tllm_tf.UndistillableClassCallback):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(tllm_tf, "UndistillableClassCallback", RecordingCallback)
+    workdir = tmp_path / "run"
+    config = _config(
+        train_tool, "--flagfile=configs/demo.flags", f"--workdir={workdir}", "--method=tllm",
+        "--teacher_model=cnn_tiny", "--num_train=200", "--epochs=3", "--teacher_epochs=1",
+        "--warmup_epochs=0", "--verbose=0", "--epoch_matched", "--smoothing=0.5",
+        "--patience=2", "--margin_standard_errors=1.5")
+    stages.run(config)
+
+    (callback,) = created
+    assert {key: callback.get_config()[key] for key in (
+        "epoch_matched", "smoothing", "patience", "margin_standard_errors")} == {
+        "epoch_matched": True, "smoothing": 0.5, "patience": 2, "margin_standard_errors": 1.5}
+    history = tllm_tf.load_reference_history(str(workdir / "reference" / "reference.json"))
+    assert history.shape == (3, 10)
+    np.testing.assert_array_equal(callback.reference, history)
+    with open(workdir / "student_tllm" / "mask_log.jsonl") as handle:
+        records = [json.loads(line) for line in handle]
+    # Epoch-matched: each update compares with the reference of its own epoch.
+    assert not np.array_equal(history[0], history[-1])
+    assert [record["epoch"] for record in records] == [1, 2, 3]
+    for record in records:
+        np.testing.assert_allclose(np.array(record["reference_accuracy"], dtype=float),
+                                   history[record["epoch"] - 1], atol=1e-6)
+        assert "smoothed_student_accuracy" in record
 
 
 @pytest.mark.slow

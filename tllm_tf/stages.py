@@ -10,7 +10,8 @@ Workdir layout:
 
     config.json
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
-    reference/model.keras, reference.json (held-out per-class accuracy), ...
+    reference/model.keras, reference.json (held-out per-class accuracy, final and
+        after every epoch), per_epoch_accuracy.jsonl, ...
     student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
         mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
@@ -43,6 +44,7 @@ MODEL_FILE = "model.keras"
 PER_CLASS_FILE = "test_per_class.json"
 REFERENCE_FILE = "reference.json"
 MASK_LOG_FILE = "mask_log.jsonl"
+REFERENCE_LOG_FILE = "per_epoch_accuracy.jsonl"
 HISTORY_FILE = "history.csv"
 
 
@@ -275,7 +277,16 @@ def run_reference(config, data, strategy, stage_dir):
     with strategy.scope():
         student = build_classifier(config.student_model, data, config.weight_decay)
         _compile_on_labels(student, data, config, 0.0)
-    _fit(student, data, config, stage_dir, chief, config.epochs)
+    # Every epoch's held-out accuracy, for --epoch_matched. Logged per epoch
+    # (repaired on resume like the mask log) so a resumed stage has them all.
+    history_log = os.path.join(stage_dir, REFERENCE_LOG_FILE)
+    callbacks = []
+    if chief:
+        workdir_lib.truncate_jsonl(
+            history_log, checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint")))
+        callbacks.append(reference_lib.ReferenceHistory(
+            eval_batches(data.held_out, config), data.num_classes, log_path=history_log))
+    _fit(student, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks)
     if chief:
         counter = metrics_lib.PerClassCounter(student, data.num_classes)
         correct, total = counter(eval_batches(data.held_out, config))
@@ -284,7 +295,9 @@ def run_reference(config, data, strategy, stage_dir):
         _finish(student, stage_dir, chief)
         # Written last: its presence marks the stage as done.
         reference_lib.save_reference(
-            reference_path, metrics_lib.accuracy_from_counts(correct, total), total)
+            reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
+            per_epoch_accuracy=reference_lib.read_history_log(
+                history_log, config.epochs, data.num_classes))
     return reference_path
 
 
@@ -343,18 +356,33 @@ def _teacher_on_every_worker(strategy, teacher_path, data):
     return teacher
 
 
-def _reference_accuracy(strategy, reference_path, num_classes):
-    """The chief's reference file's per-class accuracy, on every worker."""
-
-    def read():
-        accuracy = reference_lib.load_reference(reference_path)
-        if accuracy.shape != (num_classes,):
+def _read_reference(reference_path, num_classes, epoch_matched):
+    """A reference file's final per-class accuracy, or with `epoch_matched` every epoch's."""
+    if epoch_matched:
+        try:
+            accuracy = reference_lib.load_reference_history(reference_path)
+        except reference_lib.MissingHistoryError:
             raise ValueError(
-                f"The reference {reference_path!r} has {accuracy.shape[0]} classes but "
-                f"the data set has {num_classes}. Use the reference of this data set.")
-        return accuracy.tolist()
+                f"--epoch_matched needs the reference's held-out accuracy after every "
+                f"epoch, and {reference_path!r} has only the final one (it was written "
+                "by an older tools/train.py, or without tllm_tf.ReferenceHistory). "
+                "Re-run the reference stage (in a new --workdir, without "
+                "--reference_path) to record it, or drop --epoch_matched.") from None
+    else:
+        accuracy = reference_lib.load_reference(reference_path)
+    if accuracy.shape[-1] != num_classes:
+        raise ValueError(
+            f"The reference {reference_path!r} has {accuracy.shape[-1]} classes but "
+            f"the data set has {num_classes}. Use the reference of this data set.")
+    return accuracy
 
-    return np.array(multi_worker.run_on_chief(strategy, read), dtype=np.float64)
+
+def _reference_on_every_worker(strategy, reference_path, num_classes, epoch_matched):
+    """The chief's reference file (see `_read_reference`), on every worker."""
+    values = multi_worker.run_on_chief(
+        strategy,
+        lambda: _read_reference(reference_path, num_classes, epoch_matched).tolist())
+    return np.array(values, dtype=np.float64)
 
 
 def run_student(config, data, strategy, stage_dir, method, teacher_path, reference_path):
@@ -387,13 +415,18 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
                 mask_log, checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint")))
         identification = tllm_tf.UndistillableClassCallback(
             eval_batches(data.held_out, config),
-            reference=_reference_accuracy(strategy, reference_path, data.num_classes),
+            reference=_reference_on_every_worker(
+                strategy, reference_path, data.num_classes, config.epoch_matched),
             margin=config.margin,
             warmup_epochs=config.warmup_epochs,
             update_every=config.update_every,
             sticky=config.sticky,
             min_samples=config.min_samples,
             log_path=mask_log if chief else None,
+            epoch_matched=config.epoch_matched,
+            smoothing=config.smoothing,
+            patience=config.patience,
+            margin_standard_errors=config.margin_standard_errors,
         )
         callbacks.append(identification)
         if multi_worker.num_workers(strategy) > 1:
@@ -429,6 +462,14 @@ def run(config, strategy=None):
     teacher_path = config.teacher_path or os.path.join(config.workdir, "teacher", MODEL_FILE)
     reference_path = config.reference_path or os.path.join(
         config.workdir, "reference", REFERENCE_FILE)
+    if config.epoch_matched and "student" in config.stages and "tllm" in config.method:
+        # A reference that exists already must have its per-epoch accuracy:
+        # refuse it now rather than after the teacher has trained.
+        def check_reference():
+            if os.path.exists(reference_path):
+                _read_reference(reference_path, data.num_classes, epoch_matched=True)
+
+        multi_worker.run_on_chief(strategy, check_reference)
     for stage in config.stages:
         stage_dir = os.path.join(config.workdir, stage)
         if stage == "teacher" and not config.teacher_path:

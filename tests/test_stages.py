@@ -1,0 +1,75 @@
+"""The stage runner: the reference's per-epoch history and the epoch-matched checks."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tllm_tf
+from tllm_tf import checkpointing
+from tllm_tf import stages
+from tllm_tf.config import RunConfig
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Killed()
+
+
+def _log_epochs(path):
+    with open(path) as handle:
+        return [json.loads(line)["epoch"] for line in handle]
+
+
+def test_resumed_reference_stage_keeps_every_epochs_accuracy(tmp_path, monkeypatch):
+    config = RunConfig(workdir=str(tmp_path / "run"), stage="reference", num_train=200,
+                       epochs=3, verbose=0)
+    stage_dir = tmp_path / "run" / "reference"
+    log = str(stage_dir / stages.REFERENCE_LOG_FILE)
+    original = stages._callbacks
+
+    def killed_before_the_checkpoint(stage_dir, chief, start_epoch):
+        callbacks = original(stage_dir, chief, start_epoch)
+        return callbacks[:-1] + [_KillAtEpochEnd(1), callbacks[-1]]
+
+    monkeypatch.setattr(stages, "_callbacks", killed_before_the_checkpoint)
+    with pytest.raises(_Killed):
+        stages.run(config)
+    # Epoch 2 was logged but not checkpointed: the resumed run repeats it.
+    assert checkpointing.saved_epoch(str(stage_dir / "checkpoint")) == 1
+    assert _log_epochs(log) == [1, 2]
+    with open(log) as handle:
+        first_epoch = json.loads(handle.readline())["per_class_accuracy"]
+
+    monkeypatch.undo()
+    stages.run(config)
+    assert _log_epochs(log) == [1, 2, 3]
+    path = str(stage_dir / stages.REFERENCE_FILE)
+    history = tllm_tf.load_reference_history(path)
+    assert history.shape == (3, 10) and not np.isnan(history).any()
+    np.testing.assert_array_equal(history[0], np.array(first_epoch, dtype=float))
+    np.testing.assert_array_equal(history[-1], tllm_tf.load_reference(path))
+
+
+def test_epoch_matched_refuses_a_reference_without_history_before_training(tmp_path):
+    reference_path = str(tmp_path / "old_reference.json")
+    tllm_tf.save_reference(reference_path, np.full(10, 0.9))
+    config = RunConfig(workdir=str(tmp_path / "run"), method=("tllm",), num_train=200,
+                       teacher_model="cnn_tiny", epochs=1, verbose=0,
+                       reference_path=reference_path, epoch_matched=True)
+    with pytest.raises(ValueError, match=(
+            r"--epoch_matched needs .* has only the final one.*"
+            r"Re-run the reference stage.*or drop --epoch_matched")):
+        stages.run(config)
+    assert not os.path.exists(tmp_path / "run" / "teacher")
