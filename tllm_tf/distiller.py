@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from tllm_tf import losses as losses_lib
+from tllm_tf import teacher_precision
 
 MASKED_CLASS_POLICIES = ("hard_label", "drop")
 
@@ -81,11 +82,17 @@ class Distiller(keras.Model):
             run with `training=False`, outside the gradient tape).
         num_classes: size of the class mask. Defaults to the student's
             output size.
+        teacher_dtype: if set, the teacher runs as a copy that computes and
+            stores its weights in this dtype (`"bfloat16"`, `"float16"` or
+            `"float32"`, see `tllm_tf.teacher_precision`); its logits are
+            cast to float32 before the loss. `"bfloat16"` makes the
+            teacher's forward pass up to 2x faster where the hardware has
+            fast bfloat16. Defaults to `None`: the teacher as given.
         **kwargs: passed to `keras.Model`.
 
     Raises:
-        ValueError: if the output sizes disagree or a model outputs
-            probabilities.
+        ValueError: if the output sizes disagree, a model outputs
+            probabilities, or `teacher_dtype` is unknown.
 
     Example:
 
@@ -95,7 +102,7 @@ class Distiller(keras.Model):
     ...     UndistillableClassCallback(held_out_ds, reference=reference_model)])
     """
 
-    def __init__(self, student, teacher, num_classes=None, **kwargs):
+    def __init__(self, student, teacher, num_classes=None, teacher_dtype=None, **kwargs):
         super().__init__(**kwargs)
         student_classes = _output_size(student)
         teacher_classes = _output_size(teacher)
@@ -124,6 +131,9 @@ class Distiller(keras.Model):
         _check_outputs_logits(student, "student")
 
         self.student = student
+        self.teacher_dtype = teacher_dtype
+        if teacher_dtype is not None:
+            teacher = teacher_precision.inference_copy(teacher, teacher_dtype)
         self.teacher = teacher
         self.teacher.trainable = False
         self.num_classes = int(num_classes)
@@ -242,6 +252,7 @@ class Distiller(keras.Model):
             student=keras.saving.serialize_keras_object(self.student),
             teacher=keras.saving.serialize_keras_object(self.teacher),
             num_classes=self.num_classes,
+            teacher_dtype=self.teacher_dtype,
         )
         return config
 

@@ -53,6 +53,9 @@ class Setting:
     alpha: float = 0.1
     beta: float = 0.9
     steps_per_execution: int = 4
+    # Precision of the distilling teacher (`Distiller(teacher_dtype=...)`);
+    # None: float32, as trained.
+    teacher_dtype: Optional[str] = None
 
 
 # TLLM identification variants: the masked-class policy and the keyword
@@ -258,9 +261,11 @@ class SeedRun:
         keras.utils.set_random_seed(self.seed)
         student = stages.build_classifier(self.setting.student_model, self.data)
         if policy == "soft_label":
-            distiller, policy = SoftLabelDistiller(student, teacher), "hard_label"
+            distiller, policy = SoftLabelDistiller(
+                student, teacher, teacher_dtype=self.setting.teacher_dtype), "hard_label"
         else:
-            distiller = tllm_tf.Distiller(student, teacher)
+            distiller = tllm_tf.Distiller(
+                student, teacher, teacher_dtype=self.setting.teacher_dtype)
         distiller.compile(
             optimizer=_optimizer(self.setting, self.data.num_train, self.setting.epochs),
             distillation_loss_fn=tllm_tf.KDLoss(temperature=self.setting.temperature),

@@ -30,6 +30,7 @@ from absl import logging  # noqa: E402
 
 from tllm_tf import study  # noqa: E402
 from tllm_tf import study_report  # noqa: E402
+from tllm_tf.teacher_precision import TEACHER_DTYPES  # noqa: E402
 
 _DEFAULTS = study.Setting()
 DEFAULT_TEACHERS = ["cnn_tiny", "cnn_small", "cnn_medium", "cnn_large"]
@@ -62,6 +63,8 @@ flags.DEFINE_float("teacher_mixup", _DEFAULTS.teacher_mixup, "MixUp of the teach
 flags.DEFINE_float("temperature", _DEFAULTS.temperature, "KD temperature.")
 flags.DEFINE_float("alpha", _DEFAULTS.alpha, "Weight of the label loss.")
 flags.DEFINE_float("beta", _DEFAULTS.beta, "Weight of the distillation loss.")
+flags.DEFINE_enum("teacher_dtype", None, list(TEACHER_DTYPES),
+                  "Precision of the distilling teacher (default: float32, as trained).")
 
 FLAGS = flags.FLAGS
 QUICK = {"num_train": 100, "epochs": 3, "teacher_epochs": 3, "teacher_model": "cnn_small"}
