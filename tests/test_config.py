@@ -27,6 +27,7 @@ def test_json_round_trip():
     ("smoothing", -0.1, r"smoothing must be in \[0, 1\)"),
     ("margin_standard_errors", -1.0, r"margin_standard_errors must be >= 0. Received: -1.0"),
     ("margin_standard_errors", float("nan"), "margin_standard_errors must be >= 0"),
+    ("teacher_dtype", "int8", r"teacher_dtype must be one of \('float32', 'bfloat16', 'float16'\)"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):

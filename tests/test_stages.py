@@ -1,5 +1,6 @@
 """The stage runner: the reference's per-epoch history and the epoch-matched checks."""
 
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,7 @@ import pytest
 import tllm_tf
 from tllm_tf import checkpointing
 from tllm_tf import stages
+from tllm_tf import teacher_precision
 from tllm_tf.config import RunConfig
 
 
@@ -73,3 +75,23 @@ def test_epoch_matched_refuses_a_reference_without_history_before_training(tmp_p
             r"Re-run the reference stage.*or drop --epoch_matched")):
         stages.run(config)
     assert not os.path.exists(tmp_path / "run" / "teacher")
+
+
+def test_teacher_dtype_reaches_the_distiller_and_is_not_a_resumable_change(tmp_path, monkeypatch):
+    copied_to = []
+    real_copy = teacher_precision.inference_copy
+
+    def recording_copy(teacher, dtype):
+        copied_to.append(dtype)
+        return real_copy(teacher, dtype)
+
+    monkeypatch.setattr(teacher_precision, "inference_copy", recording_copy)
+    config = RunConfig(workdir=str(tmp_path / "run"), method=("kd",), num_train=200,
+                       teacher_model="cnn_tiny", epochs=1, verbose=0, teacher_dtype="bfloat16")
+    stages.run(config)
+    assert copied_to == ["bfloat16"]
+    assert os.path.exists(tmp_path / "run" / "student_kd" / stages.MODEL_FILE)
+
+    float32_teacher = dataclasses.replace(config, teacher_dtype=None)
+    with pytest.raises(ValueError, match=r"--teacher_dtype: 'bfloat16' in the workdir, None now"):
+        stages.run(float32_teacher)

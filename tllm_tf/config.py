@@ -9,6 +9,8 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
+from tllm_tf.teacher_precision import TEACHER_DTYPES
+
 STAGES = ("teacher", "reference", "student", "all")
 METHODS = ("kd", "tllm")
 OPTIMIZERS = ("sgd", "adam")
@@ -74,6 +76,7 @@ class RunConfig:
     jit_compile: bool = False
     steps_per_execution: int = 1
     mixed_precision: bool = False
+    teacher_dtype: Optional[str] = None
     deterministic: bool = False
     strategy: str = "default"
     verbose: int = 2
@@ -132,6 +135,8 @@ class RunConfig:
                 f"num_train must be > 0. Received: {self.num_train}")
         require(self.steps_per_execution >= 1,
                 f"steps_per_execution must be >= 1. Received: {self.steps_per_execution}")
+        require(self.teacher_dtype is None or self.teacher_dtype in TEACHER_DTYPES,
+                f"teacher_dtype must be one of {TEACHER_DTYPES}. Received: {self.teacher_dtype!r}")
         require(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
                 f"lr_decay_epochs must be increasing. Received: {self.lr_decay_epochs}")
 

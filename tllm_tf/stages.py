@@ -396,7 +396,8 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         student = build_classifier(config.student_model, data, config.weight_decay)
-        distiller = tllm_tf.Distiller(student, teacher, num_classes=data.num_classes)
+        distiller = tllm_tf.Distiller(student, teacher, num_classes=data.num_classes,
+                                     teacher_dtype=config.teacher_dtype)
         distiller.compile(
             optimizer=make_optimizer(config, steps_per_epoch(data, config)),
             metrics=["accuracy"],
