@@ -52,6 +52,22 @@ def test_interleave_runs_each_timer_in_turn_and_checks_passes():
         benchmark.interleave({"a": timer("a")}, passes=0)
 
 
+def test_distillation_figures_with_and_without_a_16_bit_teacher():
+    rates = dict(student_train=100.0, teacher_infer=300.0, keras_distiller=60.0,
+                 tllm_distiller=72.0)
+    figures = benchmark.distillation_figures(rates, callback_share=0.01)
+    assert set(figures) == set(KEYS)
+    assert figures["tllm_over_limit"] == pytest.approx(72.0 / 75.0)
+    assert figures["tllm_over_keras"] == pytest.approx(1.2)
+
+    rates.update(teacher_infer_bfloat16=900.0, tllm_distiller_bfloat16=81.0)
+    figures = benchmark.distillation_figures(rates, 0.01, teacher_dtype="bfloat16")
+    assert figures["limit"] == pytest.approx(75.0)  # still the float32 teacher's
+    assert figures["limit_bfloat16"] == pytest.approx(90.0)
+    assert figures["tllm_bfloat16_over_limit_bfloat16"] == pytest.approx(0.9)
+    assert figures["tllm_bfloat16_over_keras"] == pytest.approx(81.0 / 60.0)
+
+
 @pytest.mark.slow
 def test_tool_writes_all_figures_consistently(tmp_path):
     path = tmp_path / "figures.json"
@@ -59,12 +75,14 @@ def test_tool_writes_all_figures_consistently(tmp_path):
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
          "--size=tiny", "--steps=3", "--passes=1", "--repeats=1", "--batch_size=16",
-         "--steps_per_execution=2", f"--json={path}"],
+         "--steps_per_execution=2", "--teacher_dtype=bfloat16", f"--json={path}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     figures = json.loads(path.read_text())
-    assert set(figures) == set(KEYS)
-    assert all(figures[key] > 0 for key in KEYS if key != "callback_share")
+    extra = ("teacher_infer_bfloat16", "tllm_distiller_bfloat16", "limit_bfloat16",
+             "tllm_bfloat16_over_limit_bfloat16", "tllm_bfloat16_over_keras")
+    assert set(figures) == set(KEYS + extra)
+    assert all(figures[key] > 0 for key in KEYS + extra if key != "callback_share")
     assert 0 < figures["callback_share"] < 1
     assert figures["limit"] <= min(figures["student_train"], figures["teacher_infer"])
     assert figures["limit"] == pytest.approx(
@@ -73,4 +91,7 @@ def test_tool_writes_all_figures_consistently(tmp_path):
         figures["tllm_distiller"] / figures["limit"])
     assert figures["tllm_over_keras"] == pytest.approx(
         figures["tllm_distiller"] / figures["keras_distiller"])
+    assert figures["limit_bfloat16"] == pytest.approx(benchmark.combined_limit(
+        figures["student_train"], figures["teacher_infer_bfloat16"]))
     assert "tllm_distiller:" in completed.stdout
+    assert "tllm_distiller_bfloat16:" in completed.stdout

@@ -235,21 +235,32 @@ def combined_limit(student_train, teacher_infer):
     return 1.0 / (1.0 / student_train + 1.0 / teacher_infer)
 
 
-def distillation_figures(rates, callback_share):
+def distillation_figures(rates, callback_share, teacher_dtype=None):
     """The distillation benchmark's figures from the variants' images/s.
 
     Args:
         rates: dict with the images/s of `student_train`, `teacher_infer`,
-            `keras_distiller` and `tllm_distiller`.
+            `keras_distiller` and `tllm_distiller`, and, with `teacher_dtype`,
+            of `teacher_infer_<dtype>` and `tllm_distiller_<dtype>` (the
+            teacher as a copy in that dtype).
         callback_share: share of an epoch spent in the class-finding callback.
+        teacher_dtype: e.g. `"bfloat16"`, or `None` (no 16-bit variants).
 
     Returns:
         `rates` with `limit`, `tllm_over_limit`, `tllm_over_keras` and
-        `callback_share` added.
+        `callback_share` added; with `teacher_dtype`, also `limit_<dtype>`
+        (from the 16-bit teacher's pass), `tllm_<dtype>_over_limit_<dtype>`
+        and `tllm_<dtype>_over_keras` (against the float32 Keras Distiller).
     """
     figures = dict(rates)
     figures["limit"] = combined_limit(figures["student_train"], figures["teacher_infer"])
     figures["tllm_over_limit"] = figures["tllm_distiller"] / figures["limit"]
     figures["tllm_over_keras"] = figures["tllm_distiller"] / figures["keras_distiller"]
     figures["callback_share"] = callback_share
+    if teacher_dtype:
+        tllm, limit = f"tllm_distiller_{teacher_dtype}", f"limit_{teacher_dtype}"
+        figures[limit] = combined_limit(
+            figures["student_train"], figures[f"teacher_infer_{teacher_dtype}"])
+        figures[f"tllm_{teacher_dtype}_over_{limit}"] = figures[tllm] / figures[limit]
+        figures[f"tllm_{teacher_dtype}_over_keras"] = figures[tllm] / figures["keras_distiller"]
     return figures

@@ -12,7 +12,11 @@ tllm_distiller (`tllm_tf.Distiller.fit`, half the classes masked,
 `UndistillableClassCallback` every epoch on a held-out 10%). Each is measured
 after warm-up, the variants in turn for `--passes` passes so that a shared
 machine's changing load hits all of them; a figure is images over the median
-round (the best round is printed too). Results: docs/benchmarks.md.
+round (the best round is printed too). With `--teacher_dtype=bfloat16` (or
+float16), two more variants run the teacher as a 16-bit copy
+(`Distiller(teacher_dtype=...)`): teacher_infer_<dtype> and
+tllm_distiller_<dtype>, with limit_<dtype> and their ratios; the other figures
+keep a float32 teacher. Results: docs/benchmarks.md.
 """
 
 import json
@@ -29,6 +33,7 @@ import numpy as np  # noqa: E402
 
 import tllm_tf  # noqa: E402
 from tllm_tf import benchmark  # noqa: E402
+from tllm_tf import teacher_precision  # noqa: E402
 from tllm_tf.models import build_model  # noqa: E402
 
 SIZES = {
@@ -52,6 +57,9 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile every variant's step (slowe
 flags.DEFINE_integer("steps_per_execution", None,
                      "Steps per call of the compiled step (default: by --size).")
 flags.DEFINE_bool("mixed_precision", False, "float16 compute, float32 variables (for GPUs).")
+flags.DEFINE_enum("teacher_dtype", None, ["bfloat16", "float16"],
+                  "Also measure the teacher's pass and tllm_distiller with the teacher "
+                  "as a copy in this dtype (Distiller(teacher_dtype=...)).")
 flags.DEFINE_integer("seed", 0, "Seed of the data and of the models' initialisation.")
 FLAGS = flags.FLAGS
 
@@ -95,45 +103,66 @@ def measure(size):
     keras_distiller.compile(loss=label_loss, **_compile_args())
     timers["keras_distiller"] = benchmark.FitTimer(keras_distiller, train)
 
-    teacher, student = _models(size)
-    distiller = tllm_tf.Distiller(student, teacher)
-    distiller.compile(distillation_loss_fn=tllm_tf.KDLoss(temperature=TEMPERATURE),
-                      alpha=ALPHA, beta=1.0 - ALPHA, **_compile_args())
-    # Even classes are judged against a perfect reference, so they stay masked.
-    reference = np.where(np.arange(size["num_classes"]) % 2 == 0, 1.0, 0.0)
-    distiller.set_class_mask(1.0 - reference)
-    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference)
-    timers["tllm_distiller"] = benchmark.FitTimer(distiller, train, timed_callback=callback)
+    distillers = {"tllm_distiller": _masked_distiller(size, held_out, teacher_dtype=None)}
+    if FLAGS.teacher_dtype:
+        teacher, _ = _models(size)
+        timers[f"teacher_infer_{FLAGS.teacher_dtype}"] = benchmark.ForwardTimer(
+            teacher_precision.inference_copy(teacher, FLAGS.teacher_dtype), train,
+            FLAGS.jit_compile, _steps_per_execution())
+        distillers[f"tllm_distiller_{FLAGS.teacher_dtype}"] = _masked_distiller(
+            size, held_out, FLAGS.teacher_dtype)
+    for name, (distiller, callback) in distillers.items():
+        timers[name] = benchmark.FitTimer(distiller, train, timed_callback=callback)
 
     results = benchmark.interleave(
         timers, passes=FLAGS.passes or size["passes"], warmup=FLAGS.warmup,
         repeats=FLAGS.repeats or size["repeats"])
-    if not distiller.undistillable_classes:
+    if not all(distiller.undistillable_classes for distiller, _ in distillers.values()):
         raise RuntimeError("The class mask was meant to be active; no class is masked.")
     for name, result in results.items():
         rates = sorted(result.images / seconds for seconds in result.seconds)
         logging.info("%s: images/s of each round: %s", name, ", ".join(f"{r:.0f}" for r in rates))
     share = results["tllm_distiller"].callback_share
-    return (benchmark.distillation_figures(
-                {name: r.images_per_second for name, r in results.items()}, share),
-            benchmark.distillation_figures(
-                {name: r.best_images_per_second for name, r in results.items()}, share))
+    return tuple(
+        benchmark.distillation_figures(rates, share, FLAGS.teacher_dtype)
+        for rates in ({name: r.images_per_second for name, r in results.items()},
+                      {name: r.best_images_per_second for name, r in results.items()}))
+
+
+def _masked_distiller(size, held_out, teacher_dtype):
+    """A compiled `tllm_tf.Distiller` with half the classes masked, and its callback."""
+    teacher, student = _models(size)
+    distiller = tllm_tf.Distiller(student, teacher, teacher_dtype=teacher_dtype)
+    distiller.compile(distillation_loss_fn=tllm_tf.KDLoss(temperature=TEMPERATURE),
+                      alpha=ALPHA, beta=1.0 - ALPHA, **_compile_args())
+    # Even classes are judged against a perfect reference, so they stay masked.
+    reference = np.where(np.arange(size["num_classes"]) % 2 == 0, 1.0, 0.0)
+    distiller.set_class_mask(1.0 - reference)
+    return distiller, tllm_tf.UndistillableClassCallback(held_out, reference=reference)
 
 
 def _report(median, best):
     lines = [f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
              f"steps_per_execution={_steps_per_execution()} "
-             f"mixed_precision={FLAGS.mixed_precision}",
+             f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype}",
              f"{'':>16}  {'median':>9}  {'best round':>10}"]
-    for name in ("student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller"):
-        lines.append(f"{name:>16}: {median[name]:9.1f}  {best[name]:10.1f}  images/s")
-    for name, target in TARGETS.items():
+    rates = ["student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller"]
+    targets = dict(TARGETS)
+    dtype = FLAGS.teacher_dtype
+    if dtype:
+        rates += [f"teacher_infer_{dtype}", f"limit_{dtype}", f"tllm_distiller_{dtype}"]
+        targets.update({f"tllm_{dtype}_over_limit_{dtype}": TARGETS["tllm_over_limit"],
+                        f"tllm_{dtype}_over_keras": TARGETS["tllm_over_keras"]})
+    width = max(map(len, rates + list(targets)))
+    for name in rates:
+        lines.append(f"{name:>{width}}: {median[name]:9.1f}  {best[name]:10.1f}  images/s")
+    for name, target in targets.items():
         verdict = "met" if median[name] >= target else "missed"
-        lines.append(f"{name:>16}: {median[name]:9.3f}  {best[name]:10.3f}  "
+        lines.append(f"{name:>{width}}: {median[name]:9.3f}  {best[name]:10.3f}  "
                      f"(target >= {target}: {verdict})")
     share = median["callback_share"]
     verdict = "met" if share <= MAX_CALLBACK_SHARE else "missed"
-    lines.append(f"{'callback_share':>16}: {share:9.2%}  {'':>10}  "
+    lines.append(f"{'callback_share':>{width}}: {share:9.2%}  {'':>10}  "
                  f"(target <= {MAX_CALLBACK_SHARE:.0%}: {verdict})")
     return "\n".join(lines)
 
