@@ -60,12 +60,14 @@ def test_distillation_figures_with_and_without_a_16_bit_teacher():
     assert figures["tllm_over_limit"] == pytest.approx(72.0 / 75.0)
     assert figures["tllm_over_keras"] == pytest.approx(1.2)
 
-    rates.update(teacher_infer_bfloat16=900.0, tllm_distiller_bfloat16=81.0)
+    rates.update(teacher_infer_bfloat16=900.0, tllm_distiller_bfloat16=81.0,
+                 keras_distiller_bfloat16=90.0)
     figures = benchmark.distillation_figures(rates, 0.01, teacher_dtype="bfloat16")
     assert figures["limit"] == pytest.approx(75.0)  # still the float32 teacher's
     assert figures["limit_bfloat16"] == pytest.approx(90.0)
     assert figures["tllm_bfloat16_over_limit_bfloat16"] == pytest.approx(0.9)
     assert figures["tllm_bfloat16_over_keras"] == pytest.approx(81.0 / 60.0)
+    assert figures["tllm_bfloat16_over_keras_bfloat16"] == pytest.approx(0.9)
 
 
 @pytest.mark.slow
@@ -79,8 +81,9 @@ def test_tool_writes_all_figures_consistently(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     figures = json.loads(path.read_text())
-    extra = ("teacher_infer_bfloat16", "tllm_distiller_bfloat16", "limit_bfloat16",
-             "tllm_bfloat16_over_limit_bfloat16", "tllm_bfloat16_over_keras")
+    extra = ("teacher_infer_bfloat16", "tllm_distiller_bfloat16", "keras_distiller_bfloat16",
+             "limit_bfloat16", "tllm_bfloat16_over_limit_bfloat16", "tllm_bfloat16_over_keras",
+             "tllm_bfloat16_over_keras_bfloat16")
     assert set(figures) == set(KEYS + extra)
     assert all(figures[key] > 0 for key in KEYS + extra if key != "callback_share")
     assert 0 < figures["callback_share"] < 1

@@ -241,16 +241,18 @@ def distillation_figures(rates, callback_share, teacher_dtype=None):
     Args:
         rates: dict with the images/s of `student_train`, `teacher_infer`,
             `keras_distiller` and `tllm_distiller`, and, with `teacher_dtype`,
-            of `teacher_infer_<dtype>` and `tllm_distiller_<dtype>` (the
-            teacher as a copy in that dtype).
+            of `teacher_infer_<dtype>`, `keras_distiller_<dtype>` and
+            `tllm_distiller_<dtype>` (the teacher as a copy in that dtype).
         callback_share: share of an epoch spent in the class-finding callback.
         teacher_dtype: e.g. `"bfloat16"`, or `None` (no 16-bit variants).
 
     Returns:
         `rates` with `limit`, `tllm_over_limit`, `tllm_over_keras` and
         `callback_share` added; with `teacher_dtype`, also `limit_<dtype>`
-        (from the 16-bit teacher's pass), `tllm_<dtype>_over_limit_<dtype>`
-        and `tllm_<dtype>_over_keras` (against the float32 Keras Distiller).
+        (from the 16-bit teacher's pass), `tllm_<dtype>_over_limit_<dtype>`,
+        `tllm_<dtype>_over_keras` (against Keras's Distiller as it ships,
+        with the float32 teacher) and `tllm_<dtype>_over_keras_<dtype>` (both
+        with the 16-bit teacher).
     """
     figures = dict(rates)
     figures["limit"] = combined_limit(figures["student_train"], figures["teacher_infer"])
@@ -263,4 +265,6 @@ def distillation_figures(rates, callback_share, teacher_dtype=None):
             figures["student_train"], figures[f"teacher_infer_{teacher_dtype}"])
         figures[f"tllm_{teacher_dtype}_over_{limit}"] = figures[tllm] / figures[limit]
         figures[f"tllm_{teacher_dtype}_over_keras"] = figures[tllm] / figures["keras_distiller"]
+        figures[f"tllm_{teacher_dtype}_over_keras_{teacher_dtype}"] = (
+            figures[tllm] / figures[f"keras_distiller_{teacher_dtype}"])
     return figures
