@@ -142,6 +142,20 @@ def test_one_instance_can_be_reused_for_several_fits(tiny_data, held_out):
             tllm_tf.per_class_accuracy(distiller, held_out, NUM_CLASSES))
 
 
+def test_fits_of_the_same_model_reuse_the_traced_per_class_pass(tiny_data, held_out):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=[1.0, 1.0, 0.0, 0.0])
+    distiller = _distiller()
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    counter = callback._counter
+    for _ in range(2):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert callback._counter is counter
+    assert counter._count.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(
+        callback.student_accuracy, tllm_tf.per_class_accuracy(distiller, held_out, NUM_CLASSES))
+
+
 def test_accepts_a_batched_dataset(tiny_data, held_out):
     x, y = tiny_data
     dataset = tf.data.Dataset.from_tensor_slices(held_out).batch(5)

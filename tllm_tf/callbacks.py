@@ -206,7 +206,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._smoothed_student = None
         self._smoothed_reference = None
         self._behind_streak = np.zeros(num_classes, dtype=np.int64)
-        self._counter = metrics_lib.PerClassCounter(self.model, num_classes)
+        if self._counter is None or self._counter.model is not self.model:
+            # Kept across `fit` calls on the same model: its traced pass is reused.
+            self._counter = metrics_lib.PerClassCounter(self.model, num_classes)
         current_mask = keras.ops.convert_to_numpy(self.model.class_mask)
         self._sticky_mask = current_mask <= 0.0 if self.sticky else None
 
