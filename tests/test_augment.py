@@ -157,6 +157,24 @@ def test_randaugment_alone_keeps_shapes_and_labels():
     np.testing.assert_array_equal(out_labels, labels)
 
 
+def test_a_batch_seed_makes_the_output_a_function_of_the_batch():
+    images, labels, _ = _constant_batch()
+    augment = BatchAugmentation(4, mixup=1.0, cutmix=1.0, randaugment=True, seed=0)
+
+    def call(seed):
+        return augment(images, labels, seed=tf.constant(seed, tf.int64))
+
+    first_images, first_labels = call([3, 4])
+    again_images, again_labels = call([3, 4])
+    np.testing.assert_array_equal(first_images, again_images)
+    np.testing.assert_array_equal(first_labels, again_labels)
+    assert not np.array_equal(first_labels, call([3, 5])[1])
+    # Traced as in a tf.data map, it captures no variable to read.
+    traced = tf.function(lambda s: augment(images, labels, seed=s)).get_concrete_function(
+        tf.TensorSpec((2,), tf.int64))
+    assert not [t for t in traced.captured_inputs if t.dtype == tf.resource]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -85,6 +85,21 @@ def test_randaugment_is_deterministic():
     assert sorted(first[0][1]) == sorted(labels)
 
 
+def test_batch_augmentation_does_not_depend_on_an_abandoned_pass():
+    # Keras' fit under a distribution strategy takes one batch from an
+    # iterator that it then drops, after prefetching has computed more.
+    dataset, _, _ = _dataset(128)
+    kwargs = dict(
+        batch_size=4, training=True, num_classes=NUM_CLASSES, mixup=0.2, cutmix=1.0,
+        randaugment=True, seed=1,
+    )
+    whole = make_pipeline(dataset, **kwargs)
+    _epoch(whole)
+    abandoned = make_pipeline(dataset, **kwargs)
+    next(iter(abandoned))
+    _assert_same_batches(_epoch(abandoned), _epoch(whole))
+
+
 def test_evaluation_does_not_mix():
     dataset, _, labels = _dataset()
     batches = _epoch(

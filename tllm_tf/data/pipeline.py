@@ -12,11 +12,17 @@ from tllm_tf.data.augment import BatchAugmentation, build_augmentation
 DEFAULT_SHUFFLE_BUFFER = 10_000
 
 
-def _per_image_seeds(seed):
-    # A stream of shape-(2,) seeds, new on every epoch and the same on every
-    # run: the per-image augmentation is then a pure function of its inputs,
-    # which a parallel map reproduces exactly.
+def _seeds(seed):
+    # A stream of shape-(2,) seeds, new on every pass over the dataset and the
+    # same on every run: the augmentations are then pure functions of their
+    # inputs, which a parallel map reproduces exactly, and a pass does not
+    # depend on how far earlier passes got.
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _batch_seeds(seed):
+    # A stream apart from the per-image one, from the same seed.
+    return _seeds(seed).map(lambda pair: tf.random.fold_in(pair, -1))
 
 
 def _check_batchable(dataset, augmentation):
@@ -101,8 +107,7 @@ def make_pipeline(
     batch_augmentation = None
     if training and (randaugment or mixup or cutmix):
         # Built only when used: its Keras layers need a Python int seed,
-        # while the rest of the pipeline also takes a seed tensor (one
-        # pipeline per epoch, seeded by the epoch, inside a flat_map).
+        # while the rest of the pipeline also takes a seed tensor.
         batch_augmentation = BatchAugmentation(
             num_classes, mixup=mixup, cutmix=cutmix, randaugment=randaugment, seed=seed
         )
@@ -111,7 +116,7 @@ def make_pipeline(
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, _per_image_seeds(seed)).map(
+        dataset = tf.data.Dataset.zip(dataset, _seeds(seed)).map(
             lambda example, image_seed: (
                 recipe.train(example[0], image_seed),
                 example[1],
@@ -128,13 +133,11 @@ def make_pipeline(
         batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE
     )
     if batch_augmentation is not None:
-        # Sequential on purpose: the Keras layers hold their seed in a
-        # variable, and parallel calls would read it in a random order.
-        dataset = dataset.map(batch_augmentation)
+        dataset = tf.data.Dataset.zip(dataset, _batch_seeds(seed)).map(
+            lambda batch, batch_seed: batch_augmentation(*batch, seed=batch_seed),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
 
     options = tf.data.Options()
     options.deterministic = True
-    # tf.data may parallelise a map that names no `num_parallel_calls`; the
-    # batch augmentation above has to stay sequential.
-    options.experimental_optimization.map_parallelization = False
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
