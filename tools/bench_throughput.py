@@ -76,6 +76,10 @@ def _steps_per_execution():
     return FLAGS.steps_per_execution or SIZES[FLAGS.size]["steps_per_execution"]
 
 
+def _label_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
 def _compile_args():
     return dict(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9),
                 jit_compile=FLAGS.jit_compile, steps_per_execution=_steps_per_execution())
@@ -89,10 +93,8 @@ def measure(size):
     train = benchmark.synthetic_dataset(num_train, seed=FLAGS.seed, **data)
     # 10% of train + held-out, as the pipeline's holdout_fraction=0.1 gives.
     held_out = benchmark.synthetic_dataset(max(1, round(num_train / 9)), seed=FLAGS.seed + 1, **data)
-    label_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
     teacher, student = _models(size)
-    student.compile(loss=label_loss, **_compile_args())
+    student.compile(loss=_label_loss(), **_compile_args())
     timers = {"student_train": benchmark.FitTimer(student, train),
               "teacher_infer": benchmark.ForwardTimer(
                   teacher, train, FLAGS.jit_compile, _steps_per_execution())}
@@ -139,8 +141,7 @@ def _keras_distiller(size, teacher_dtype):
     distiller = keras.distillation.Distiller(
         teacher=teacher, student=student, student_loss_weight=ALPHA,
         distillation_losses=keras.distillation.LogitsDistillation(temperature=TEMPERATURE))
-    distiller.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      **_compile_args())
+    distiller.compile(loss=_label_loss(), **_compile_args())
     return distiller
 
 

@@ -20,7 +20,6 @@ from absl import logging  # noqa: E402
 from tllm_tf import config as config_lib  # noqa: E402
 from tllm_tf import reporting  # noqa: E402
 from tllm_tf import stages  # noqa: E402
-from tllm_tf.teacher_precision import TEACHER_DTYPES  # noqa: E402
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
 
@@ -90,7 +89,7 @@ flags.DEFINE_float("margin_standard_errors", _DEFAULTS.margin_standard_errors, "
 flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
 flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")
 flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs).")
-flags.DEFINE_enum("teacher_dtype", _DEFAULTS.teacher_dtype, list(TEACHER_DTYPES),
+flags.DEFINE_enum("teacher_dtype", _DEFAULTS.teacher_dtype, list(config_lib.TEACHER_DTYPES),
                   "Precision of the distilling teacher's forward pass: bfloat16 (CPUs with "
                   "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs) speed it up. "
                   "Default: the teacher as trained.")
