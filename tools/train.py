@@ -28,7 +28,7 @@ flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES, "Stage(s) to run.
 flags.DEFINE_list("method", list(_DEFAULTS.method),
                   "Distillation methods of the student stage: kd, tllm.")
 # Data.
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), fashion_mnist (Debian dataset-fashion-mnist or prepared tfds), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
 flags.DEFINE_string("data_dir", None, "tfds data directory.")
 flags.DEFINE_string("manual_dir", None, "tfds manual download directory (imagenet2012).")
 flags.DEFINE_bool("download", _DEFAULTS.download, "Let tfds download and prepare a missing data set.")

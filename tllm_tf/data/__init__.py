@@ -1,7 +1,9 @@
-"""Data sets (embedded digits, tfds, image folders) and tf.data pipelines."""
+"""Data sets (embedded digits, Fashion-MNIST, tfds, image folders) and tf.data pipelines."""
 
 from tllm_tf.data.digits import load_digits
 from tllm_tf.data.folder_source import load_image_folder
+from tllm_tf.data.idx_source import IDXFormatError
+from tllm_tf.data.idx_source import load_fashion_mnist
 from tllm_tf.data.pipeline import make_pipeline
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.tfds_source import DataNotFoundError
@@ -11,13 +13,38 @@ from tllm_tf.data.types import DataSplits
 IMAGE_FOLDER = "image_folder"
 
 
+def _digits(*, holdout_fraction, seed, num_train, **_):
+    return load_digits(holdout_fraction=holdout_fraction, num_train=num_train, seed=seed)
+
+
+def _fashion_mnist(*, holdout_fraction, seed, num_train, data_dir, **_):
+    return load_fashion_mnist(
+        holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir, num_train=num_train)
+
+
+def _image_folder(*, holdout_fraction, seed, image_folder, test_image_folder, image_size, **_):
+    if not image_folder:
+        raise ValueError("dataset='image_folder' needs image_folder=<folder of class folders>.")
+    return load_image_folder(
+        image_folder, test_image_folder, image_size=image_size or 224,
+        holdout_fraction=holdout_fraction, seed=seed)
+
+
+# Data sets with a loader of their own; any other name is a tfds name.
+LOADERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, IMAGE_FOLDER: _image_folder}
+# The loaders that can keep a stratified subset of the training split.
+NUM_TRAIN_LOADERS = ("digits", "fashion_mnist")
+
+
 def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=None,
                  download=False, num_train=None, image_folder=None, test_image_folder=None,
                  image_size=None):
     """Loads a data set by name as `DataSplits`.
 
     Args:
-        name: `"digits"` (embedded, no download), `"image_folder"` (a folder
+        name: `"digits"` (embedded, no download), `"fashion_mnist"` (from
+            Debian's `dataset-fashion-mnist` IDX files or a prepared tfds
+            directory, see `load_fashion_mnist`), `"image_folder"` (a folder
             of one sub-folder per class, see `image_folder`), or any tfds
             image-classification name (`"cifar100"`, `"imagenet2012"`, ...).
         holdout_fraction: share of each training class held out to find
@@ -27,8 +54,8 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
         manual_dir: tfds manual download directory. Defaults to `None`.
         download: let tfds download and prepare a missing set. Defaults to
             `False`.
-        num_train: keep only this many training examples (digits only).
-            Defaults to `None`.
+        num_train: keep only this many training examples (digits and
+            fashion_mnist only). Defaults to `None`.
         image_folder: training image folder, for `"image_folder"`.
             Defaults to `None`.
         test_image_folder: test image folder, for `"image_folder"`; without
@@ -43,16 +70,15 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
         ValueError: on an unknown name or arguments that do not fit it.
         DataNotFoundError: if the data is not on this machine.
     """
-    if name == "digits":
-        return load_digits(holdout_fraction=holdout_fraction, num_train=num_train, seed=seed)
-    if num_train is not None:
-        raise ValueError(f"num_train is only supported for 'digits'. Received: dataset={name!r}")
-    if name == IMAGE_FOLDER:
-        if not image_folder:
-            raise ValueError("dataset='image_folder' needs image_folder=<folder of class folders>.")
-        return load_image_folder(
-            image_folder, test_image_folder, image_size=image_size or 224,
-            holdout_fraction=holdout_fraction, seed=seed)
+    if num_train is not None and name not in NUM_TRAIN_LOADERS:
+        raise ValueError(
+            f"num_train is only supported for {', '.join(map(repr, NUM_TRAIN_LOADERS))}. "
+            f"Received: dataset={name!r}")
+    if name in LOADERS:
+        return LOADERS[name](
+            holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir,
+            num_train=num_train, image_folder=image_folder,
+            test_image_folder=test_image_folder, image_size=image_size)
     return load_tfds(name, data_dir=data_dir, manual_dir=manual_dir, download=download,
                      holdout_fraction=holdout_fraction, seed=seed, image_size=image_size)
 
@@ -60,8 +86,10 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
 __all__ = [
     "DataNotFoundError",
     "DataSplits",
+    "IDXFormatError",
     "load_dataset",
     "load_digits",
+    "load_fashion_mnist",
     "load_image_folder",
     "load_tfds",
     "make_pipeline",

@@ -1,0 +1,205 @@
+"""Tests of tllm_tf.data.idx_source on tiny IDX files the tests write.
+
+The real Fashion-MNIST is never read: every test points the Debian default
+directory at an empty folder and passes its own `idx_dir` or tfds mock.
+"""
+
+import collections
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import prepared_tfds
+from tllm_tf.data import idx_source
+from tllm_tf.data import load_dataset
+from tllm_tf.data.idx_source import DataNotFoundError
+from tllm_tf.data.idx_source import IDXFormatError
+from tllm_tf.data.idx_source import load_fashion_mnist
+from tllm_tf.data.idx_source import read_idx
+
+NUM_TRAIN_IMAGES = 40
+NUM_TEST_IMAGES = 20
+
+
+def _idx_bytes(array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx(path, array, compress):
+    data = _idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def _arrays(seed=0):
+    rng = np.random.default_rng(seed)
+
+    def images_and_labels(count):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        # Pixel 0 holds the image's index, so each image can be told apart.
+        images[:, 0, 0] = np.arange(count)
+        return images, labels
+
+    return images_and_labels(NUM_TRAIN_IMAGES) + images_and_labels(NUM_TEST_IMAGES)
+
+
+def _write_fashion_mnist(directory, compress=True):
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    arrays = _arrays()
+    for stem, array in zip(idx_source.IDX_FILES.values(), arrays):
+        _write_idx(directory / (stem + suffix), array, compress)
+    return arrays
+
+
+@pytest.fixture(autouse=True)
+def empty_debian_dir(tmp_path, monkeypatch):
+    """Never the machine's real data: the Debian default is an empty folder."""
+    empty = tmp_path / "debian"
+    empty.mkdir()
+    monkeypatch.setattr(idx_source, "DEBIAN_DIR", str(empty))
+    return empty
+
+
+def _as_numpy(dataset):
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.array(labels)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trips(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a", array, compress)
+    read = read_idx(tmp_path / "a")
+    assert read.dtype == np.uint8
+    np.testing.assert_array_equal(read, array)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_splits_shapes_and_metadata(tmp_path, compress):
+    train_images, train_labels, test_images, test_labels = _write_fashion_mnist(
+        tmp_path / "idx", compress)
+    splits = load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"))
+    image, label = next(iter(splits.train))
+    assert image.shape == (28, 28, 1) and image.dtype.name == "float32"
+    assert label.dtype.name == "int32"
+    assert splits.name == "fashion_mnist"
+    assert splits.num_classes == 10 and splits.image_shape == (28, 28, 1)
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
+    assert len(splits.class_names) == 10
+    kept = _as_numpy(splits.train)[0]
+    np.testing.assert_allclose(splits.mean, [kept.mean()], rtol=1e-6)
+    np.testing.assert_allclose(splits.std, [kept.std()], rtol=1e-6)
+    # The test split is the official one, whole and in order.
+    images, labels = _as_numpy(splits.test)
+    np.testing.assert_array_equal(images[..., 0], test_images)
+    np.testing.assert_array_equal(labels, test_labels)
+
+
+def test_held_out_is_a_disjoint_stratified_part_of_train(tmp_path):
+    train_images, train_labels, _, _ = _write_fashion_mnist(tmp_path / "idx")
+    splits = load_fashion_mnist(holdout_fraction=0.25, seed=3, idx_dir=str(tmp_path / "idx"))
+    train_images_out, train_labels_out = _as_numpy(splits.train)
+    held_images, held_labels = _as_numpy(splits.held_out)
+    train_ids, held_ids = train_images_out[:, 0, 0, 0], held_images[:, 0, 0, 0]
+    assert not set(train_ids) & set(held_ids)
+    assert sorted(np.concatenate([train_ids, held_ids])) == list(range(NUM_TRAIN_IMAGES))
+    np.testing.assert_array_equal(held_labels, train_labels[held_ids.astype(int)])
+    # 4 of each class's 4 * 0.25 = 1 held out.
+    assert collections.Counter(held_labels.tolist()) == {c: 1 for c in range(10)}
+    assert splits.num_train == len(train_ids) == NUM_TRAIN_IMAGES - 10
+    other = load_fashion_mnist(holdout_fraction=0.25, seed=4, idx_dir=str(tmp_path / "idx"))
+    assert set(_as_numpy(other.held_out)[0][:, 0, 0, 0]) != set(held_ids)
+
+
+def test_num_train_keeps_a_stratified_subset_and_fixes_the_other_splits(tmp_path):
+    _write_fashion_mnist(tmp_path / "idx")
+    idx_dir = str(tmp_path / "idx")
+    full = load_fashion_mnist(holdout_fraction=0.25, idx_dir=idx_dir)
+    subset = load_fashion_mnist(holdout_fraction=0.25, idx_dir=idx_dir, num_train=10)
+    images, labels = _as_numpy(subset.train)
+    assert subset.num_train == len(labels) == 10
+    assert collections.Counter(labels.tolist()) == {c: 1 for c in range(10)}
+    assert set(images[:, 0, 0, 0]) < set(_as_numpy(full.train)[0][:, 0, 0, 0])
+    for split in ("held_out", "test"):
+        np.testing.assert_array_equal(
+            _as_numpy(getattr(subset, split))[0], _as_numpy(getattr(full, split))[0])
+
+
+def test_load_dataset_registers_fashion_mnist(tmp_path, monkeypatch):
+    _write_fashion_mnist(tmp_path / "idx")
+    monkeypatch.setattr(idx_source, "DEBIAN_DIR", str(tmp_path / "idx"))
+    splits = load_dataset("fashion_mnist", holdout_fraction=0.25, num_train=20)
+    assert splits.name == "fashion_mnist" and splits.num_train == 20
+    with pytest.raises(ValueError, match="num_train is only supported"):
+        load_dataset("cifar10", holdout_fraction=0.25, num_train=20)
+
+
+def test_bad_magic_names_the_file(tmp_path):
+    _write_fashion_mnist(tmp_path / "idx")
+    bad = tmp_path / "idx" / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(gzip.compress(b"\x01\x02\x08\x01" + bytes(8)))
+    with pytest.raises(IDXFormatError, match="train-labels-idx1-ubyte.gz: not an IDX file"):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"))
+
+
+def test_other_type_code_is_refused(tmp_path):
+    path = tmp_path / "floats"
+    path.write_bytes(struct.pack(">BBBBI", 0, 0, 0x0D, 1, 2) + bytes(8))
+    with pytest.raises(IDXFormatError, match="type code 0x08"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_truncated_file_names_the_file(tmp_path, compress):
+    data = _idx_bytes(np.zeros((3, 28, 28), np.uint8))[:-5]
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(IDXFormatError, match="t10k-images-idx3-ubyte: truncated"):
+        read_idx(path)
+
+
+def test_truncated_gzip_stream_names_the_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(np.zeros((3, 28, 28), np.uint8)))[:-20])
+    with pytest.raises(IDXFormatError, match="train-images-idx3-ubyte.gz: not a readable gzip"):
+        read_idx(path)
+
+
+def test_count_mismatch_names_both_files(tmp_path):
+    _write_fashion_mnist(tmp_path / "idx", compress=False)
+    _write_idx(tmp_path / "idx" / "t10k-labels-idx1-ubyte", np.zeros(19, np.uint8), False)
+    with pytest.raises(IDXFormatError, match=r"20 images but .*t10k-labels-idx1-ubyte holds 19"):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"))
+
+
+def test_not_found_names_both_ways(tmp_path, empty_debian_dir):
+    with pytest.raises(DataNotFoundError) as error:
+        load_fashion_mnist(holdout_fraction=0.25, data_dir=str(tmp_path / "tfds"))
+    message = str(error.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "tfds build fashion_mnist --data_dir" in message
+    assert str(empty_debian_dir) in message and str(tmp_path / "tfds") in message
+
+
+def test_debian_directory_is_found_by_itself(tmp_path, monkeypatch):
+    _write_fashion_mnist(tmp_path / "debian_with_data", compress=False)
+    monkeypatch.setattr(idx_source, "DEBIAN_DIR", str(tmp_path / "debian_with_data"))
+    splits = load_fashion_mnist(holdout_fraction=0.25)
+    assert len(_as_numpy(splits.test)[1]) == NUM_TEST_IMAGES
+
+
+def test_falls_back_to_prepared_tfds(tmp_path):
+    with prepared_tfds(tmp_path / "tfds", "fashion_mnist", num_examples=50):
+        splits = load_fashion_mnist(holdout_fraction=0.2, data_dir=str(tmp_path / "tfds"))
+        train_images, train_labels = _as_numpy(splits.train)
+        _, held_labels = _as_numpy(splits.held_out)
+        _, test_labels = _as_numpy(splits.test)
+    assert train_images.shape[1:] == (28, 28, 1) and train_images.dtype == np.float32
+    assert len(train_labels) + len(held_labels) == 50 and len(test_labels) == 50
+    assert splits.num_train == len(train_labels)
+    assert splits.class_names == idx_source.CLASS_NAMES

@@ -1,0 +1,240 @@
+"""Fashion-MNIST offline, from IDX files or a prepared tfds directory.
+
+Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017): 60,000 training and 10,000
+test greyscale images of 28x28 pixels, 10 classes of clothing. It is found by
+itself in one of two offline places, in this order:
+
+1. the four IDX files (gzip or plain) in `idx_dir`, then in
+   `/usr/share/datasets/fashion-mnist`, where Debian's package
+   `dataset-fashion-mnist` puts them;
+2. tfds's `fashion_mnist`, prepared under `data_dir`.
+
+Both give the same splits for the same seed and data: the held-out split is a
+stratified part of the training images, the test split is the official
+10,000 test images, untouched.
+"""
+
+import gzip
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tllm_tf.data.splits import stratified_split
+from tllm_tf.data.tfds_source import DataNotFoundError
+from tllm_tf.data.tfds_source import load_tfds
+from tllm_tf.data.types import DataSplits
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+TFDS_NAME = "fashion_mnist"
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+IMAGE_SHAPE = (28, 28, 1)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UNSIGNED_BYTE = 0x08
+
+
+class IDXFormatError(ValueError):
+    """A file that is not a well-formed IDX file of unsigned bytes."""
+
+
+def read_idx(path):
+    """Reads an IDX file of unsigned bytes (gzip-compressed or plain).
+
+    The format (LeCun's MNIST page): two zero bytes, a type code (`0x08`,
+    unsigned byte, the only one these data sets use), the number of
+    dimensions, each dimension as a big-endian uint32, then the data.
+
+    Args:
+        path: the file.
+
+    Returns:
+        A uint8 array of the file's shape.
+
+    Raises:
+        IDXFormatError: on a bad magic number, another type code, or a file
+            shorter or longer than its header says; the message names the file.
+    """
+    with open(path, "rb") as file:
+        raw = file.read()
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError) as err:
+            raise IDXFormatError(f"{path}: not a readable gzip file ({err}).") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00":
+        raise IDXFormatError(
+            f"{path}: not an IDX file. Expected a magic number 0x0000TTNN. "
+            f"Received: 0x{raw[:4].hex()}")
+    type_code, num_dims = raw[2], raw[3]
+    if type_code != _UNSIGNED_BYTE:
+        raise IDXFormatError(
+            f"{path}: expected IDX type code 0x08 (unsigned byte). Received: 0x{type_code:02x}")
+    header_size = 4 + 4 * num_dims
+    if num_dims == 0 or len(raw) < header_size:
+        raise IDXFormatError(f"{path}: truncated IDX header ({len(raw)} bytes).")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=num_dims, offset=4))
+    expected = header_size + int(np.prod(shape))
+    if len(raw) != expected:
+        state = "truncated" if len(raw) < expected else "longer than its header says"
+        raise IDXFormatError(
+            f"{path}: {state}: its header gives shape {shape}, {expected} bytes. "
+            f"Received: {len(raw)} bytes.")
+    return np.frombuffer(raw, np.uint8, offset=header_size).reshape(shape)
+
+
+def _find_idx_files(directory):
+    """Maps each of `IDX_FILES`' keys to its path in `directory`, or None if one is missing."""
+    paths = {}
+    for key, stem in IDX_FILES.items():
+        found = [os.path.join(directory, stem + suffix) for suffix in (".gz", "")]
+        found = [path for path in found if os.path.isfile(path)]
+        if not found:
+            return None
+        paths[key] = found[0]
+    return paths
+
+
+def _read_idx_arrays(paths):
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[:2] or labels.ndim != 1:
+            raise IDXFormatError(
+                f"{paths[f'{split}_images']}: expected images of shape (n, 28, 28) and "
+                f"labels of shape (n,). Received: {images.shape} and {labels.shape}")
+        if len(images) != len(labels):
+            raise IDXFormatError(
+                f"{paths[f'{split}_images']} holds {len(images)} images but "
+                f"{paths[f'{split}_labels']} holds {len(labels)} labels.")
+    return tuple(arrays[key] for key in IDX_FILES)
+
+
+def _read_tfds_arrays(data_dir):
+    data = load_tfds(TFDS_NAME, data_dir=data_dir)
+
+    def to_arrays(dataset):
+        batches = list(dataset.batch(10_000).as_numpy_iterator())
+        images = np.concatenate([images for images, _ in batches]).astype(np.uint8)
+        labels = np.concatenate([labels for _, labels in batches])
+        return images[..., 0], labels
+
+    return to_arrays(data.train) + to_arrays(data.test)
+
+
+def _not_found(directories, data_dir):
+    tfds_place = data_dir or "~/tensorflow_datasets"
+    return DataNotFoundError(
+        "Fashion-MNIST is not on this machine. Looked for the IDX files "
+        f"{', '.join(name + '[.gz]' for name in IDX_FILES.values())} in "
+        f"{', '.join(directories)}, and for tfds' prepared {TFDS_NAME!r} in {tfds_place}. "
+        "Provide it in one of these ways:\n"
+        f"  - `apt-get install dataset-fashion-mnist` (Debian, Ubuntu) puts the IDX files "
+        f"in {DEBIAN_DIR}, where they are found by themselves (or pass idx_dir=<folder> "
+        "holding the four files);\n"
+        f"  - on a machine with network access, `tfds build {TFDS_NAME} --data_dir=DIR`, "
+        "then copy DIR here and pass it as data_dir (--data_dir)."
+    )
+
+
+def load_fashion_mnist_arrays(*, data_dir=None, idx_dir=None):
+    """Reads Fashion-MNIST from the first offline source that has it.
+
+    Args:
+        data_dir: folder of prepared tfds data sets. Defaults to `None`
+            (`~/tensorflow_datasets`).
+        idx_dir: a folder holding the four IDX files, looked in before
+            `DEBIAN_DIR`. Defaults to `None`.
+
+    Returns:
+        `(train_images, train_labels, test_images, test_labels)`: uint8
+        `(n, 28, 28)` images and integer labels, in the source's order.
+
+    Raises:
+        DataNotFoundError: if neither source has the data; the message says
+            how to provide it.
+        IDXFormatError: on a malformed IDX file.
+    """
+    directories = [d for d in (idx_dir, DEBIAN_DIR) if d]
+    for directory in dict.fromkeys(directories):
+        paths = _find_idx_files(directory)
+        if paths is not None:
+            return _read_idx_arrays(paths)
+    try:
+        return _read_tfds_arrays(data_dir)
+    except DataNotFoundError as err:
+        raise _not_found(directories, data_dir) from err
+
+
+def load_fashion_mnist(*, holdout_fraction, seed=0, data_dir=None, num_train=None,
+                       idx_dir=None):
+    """Loads Fashion-MNIST as `DataSplits`, offline.
+
+    Args:
+        holdout_fraction: share of each training class held out to find the
+            undistillable classes, in `(0, 1)`; `None` holds out nothing.
+        seed: seed of the splits. Defaults to `0`.
+        data_dir: folder of prepared tfds data sets, the second source.
+            Defaults to `None` (`~/tensorflow_datasets`).
+        num_train: if set, keep only this many training examples, a
+            stratified subset taken after the held-out split, so the
+            held-out and test splits do not depend on it. Defaults to `None`.
+        idx_dir: a folder holding the four IDX files, looked in before
+            `/usr/share/datasets/fashion-mnist`. Defaults to `None`.
+
+    Returns:
+        A `DataSplits` of float32 `(28, 28, 1)` images in 0-255 and int32
+        labels.
+
+    Raises:
+        ValueError: on a bad `num_train`.
+        DataNotFoundError: if neither source has the data.
+        IDXFormatError: on a malformed IDX file.
+    """
+    if num_train is not None and num_train < 1:
+        raise ValueError(f"Expected num_train >= 1. Received: num_train={num_train}")
+    train_images, train_labels, test_images, test_labels = load_fashion_mnist_arrays(
+        data_dir=data_dir, idx_dir=idx_dir)
+    train_labels = train_labels.astype(np.int32)
+    if holdout_fraction is None:
+        train, held_out = np.arange(len(train_labels)), np.arange(0)
+    else:
+        train, held_out = stratified_split(train_labels, fraction=holdout_fraction, seed=seed)
+    if num_train is not None and num_train < len(train):
+        _, kept = stratified_split(
+            train_labels[train], fraction=num_train / len(train), seed=seed + 1)
+        train = train[kept]
+
+    def dataset(images, labels):
+        # uint8 in the dataset and a cast per element: a quarter of the memory.
+        return tf.data.Dataset.from_tensor_slices(
+            (images[..., np.newaxis], labels.astype(np.int32))
+        ).map(lambda image, label: (tf.cast(image, tf.float32), label))
+
+    kept_images = train_images[train]
+    # From the histogram of the 256 pixel values: exact, and no float copy of the images.
+    counts = np.bincount(kept_images.ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256, dtype=np.float64)
+    mean = counts @ values / counts.sum()
+    std = np.sqrt(counts @ np.square(values - mean) / counts.sum())
+    return DataSplits(
+        name=TFDS_NAME,
+        train=dataset(kept_images, train_labels[train]),
+        held_out=dataset(train_images[held_out], train_labels[held_out]),
+        test=dataset(test_images, test_labels),
+        num_classes=len(CLASS_NAMES),
+        class_names=CLASS_NAMES,
+        image_shape=IMAGE_SHAPE,
+        mean=(float(mean),),
+        std=(float(std),),
+        num_train=len(train),
+    )
