@@ -58,9 +58,7 @@ class PerClassCounter:
             batch = next_batch.get_value()
             next_batch = iterator.get_next_as_optional()
             x, y = batch[0], batch[1]
-            labels = tf.reshape(tf.cast(y, tf.int32), (-1,))
-            if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
-                labels = tf.argmax(y, axis=-1, output_type=tf.int32)
+            labels = _class_ids(y, self.num_classes)
             logits = self.model(x, training=False)
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
             hits = tf.cast(tf.equal(predicted, labels), tf.float64)
@@ -73,6 +71,62 @@ class PerClassCounter:
         """Returns `(correct, total)`, two float arrays of shape `(num_classes,)`."""
         correct, total = self._count(as_dataset(data))
         return correct.numpy(), total.numpy()
+
+
+class PerImageCorrectness:
+    """Which images of a data set a model classifies correctly, in order.
+
+    The paired identification rule compares the student and the reference
+    image by image, so it needs more than per-class counts. One `tf.function`
+    over the whole data set, traced once per model, like `PerClassCounter`.
+
+    Args:
+        model: a `keras.Model` returning logits.
+        num_classes: number of classes (soft or one-hot labels are reduced
+            to their arg-max).
+    """
+
+    def __init__(self, model, num_classes):
+        self.model = model
+        self.num_classes = int(num_classes)
+        self._run = tf.function(self._run_all, reduce_retracing=True)
+
+    def _run_all(self, dataset):
+        hits = tf.TensorArray(tf.bool, size=0, dynamic_size=True, infer_shape=False)
+        labels_out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False)
+        index = tf.constant(0)
+        # An explicit iterator, as in `PerClassCounter` (faster on CPUs).
+        iterator = iter(dataset)
+        next_batch = iterator.get_next_as_optional()
+        while next_batch.has_value():
+            batch = next_batch.get_value()
+            next_batch = iterator.get_next_as_optional()
+            labels = _class_ids(batch[1], self.num_classes)
+            predicted = tf.argmax(self.model(batch[0], training=False), axis=-1,
+                                  output_type=tf.int32)
+            hits = hits.write(index, tf.equal(predicted, labels))
+            labels_out = labels_out.write(index, labels)
+            index += 1
+        return hits.concat(), labels_out.concat()
+
+    def __call__(self, data):
+        """Returns `(correct, labels)`: a bool and an int32 array `(num_images,)`."""
+        correct, labels = self._run(as_dataset(data))
+        return correct.numpy(), labels.numpy()
+
+
+def _class_ids(y, num_classes):
+    if y.shape.rank == 2 and y.shape[-1] == num_classes and y.dtype.is_floating:
+        return tf.argmax(y, axis=-1, output_type=tf.int32)
+    return tf.reshape(tf.cast(y, tf.int32), (-1,))
+
+
+def counts_from_correctness(correct, labels, num_classes):
+    """Per-class `(correct, total)` float arrays from per-image results."""
+    labels = np.asarray(labels, dtype=np.int64)
+    total = np.bincount(labels, minlength=num_classes)[:num_classes]
+    hits = np.bincount(labels[np.asarray(correct, bool)], minlength=num_classes)[:num_classes]
+    return hits.astype(np.float64), total.astype(np.float64)
 
 
 def accuracy_from_counts(correct, total):

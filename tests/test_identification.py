@@ -1,0 +1,161 @@
+import math
+
+import numpy as np
+import pytest
+
+from tllm_tf import identification as rule_lib
+
+
+def _brute_force_tail(k, n):
+    return sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
+
+
+def test_binomial_upper_tail_is_exact():
+    for n in range(0, 13):
+        for k in range(0, n + 1):
+            got = rule_lib.binomial_upper_tail(np.array([k]), np.array([n]))[0]
+            assert got == pytest.approx(_brute_force_tail(k, n) if n else 1.0, rel=1e-12)
+    # Large counts stay finite and accurate (log-space sum).
+    assert rule_lib.binomial_upper_tail(np.array([1100]), np.array([2000]))[0] == pytest.approx(
+        _brute_force_tail(1100, 2000), rel=1e-9)
+
+
+@pytest.mark.parametrize("correction, expected", [
+    ("none", [True, True, True, False, False]),
+    # Holm: 0.001 <= 0.05/4, 0.02 > 0.05/3 stops the step-down.
+    ("holm", [True, False, False, False, False]),
+    # BH: the largest k with p_(k) <= 0.05 k / 4 is k = 3 (0.03 <= 0.0375).
+    ("benjamini_hochberg", [True, True, True, False, False]),
+])
+def test_reject_corrections(correction, expected):
+    p_values = [0.001, 0.02, 0.03, 0.5, np.nan]
+    np.testing.assert_array_equal(rule_lib.reject(p_values, 0.05, correction), expected)
+
+
+def test_discordant_counts():
+    student = np.array([1, 0, 0, 1, 1, 0], bool)
+    reference = np.array([1, 1, 1, 0, 1, 0], bool)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    behind, ahead = rule_lib.discordant_counts(student, reference, labels, 4)
+    np.testing.assert_array_equal(behind, [1, 1, 0, 0])
+    np.testing.assert_array_equal(ahead, [0, 1, 0, 0])
+
+
+def _paired(behind, ahead, num_samples=100):
+    behind, ahead = np.asarray(behind), np.asarray(ahead)
+    count = np.full(behind.shape, num_samples)
+    return rule_lib.Evidence(count, np.full(behind.shape, 0.9), np.full(behind.shape, 0.9),
+                             behind_counts=behind, ahead_counts=ahead)
+
+
+def _run(options, evidences, num_classes=4):
+    state = rule_lib.IdentificationState.initial(num_classes)
+    masks = []
+    for evidence in evidences:
+        state, masked, _ = rule_lib.update(state, evidence, options)
+        masks.append(masked.astype(int).tolist())
+    return masks, state
+
+
+def test_paired_rule_masks_a_real_gap_and_not_noise():
+    options = rule_lib.RuleOptions()
+    # Class 0: 20 images lost, none won (p ~ 1e-6); class 1: 6 lost, 2 won
+    # (p = 0.14, noise); class 2: 4 lost, 0 won (p = 0.06, not after Holm).
+    masks, _ = _run(options, [_paired([20, 6, 4, 0], [0, 2, 0, 3])])
+    assert masks == [[1, 0, 0, 0]]
+
+
+def test_paired_margin_needs_the_gap_too():
+    options = rule_lib.RuleOptions(margin=0.25)
+    masks, _ = _run(options, [_paired([20, 40, 0, 0], [0, 0, 0, 0])])
+    assert masks == [[0, 1, 0, 0]]
+
+
+def test_paired_rule_without_counts_says_what_to_pass():
+    evidence = rule_lib.Evidence(np.full(4, 10), np.full(4, 0.5), np.full(4, 0.6))
+    with pytest.raises(ValueError, match="per-image results"):
+        rule_lib.update(rule_lib.IdentificationState.initial(4), evidence,
+                        rule_lib.RuleOptions())
+
+
+def test_min_samples_leaves_small_classes_alone():
+    options = rule_lib.RuleOptions(min_samples=200)
+    masks, _ = _run(options, [_paired([20, 0, 0, 0], [0, 0, 0, 0])])
+    assert masks == [[0, 0, 0, 0]]
+
+
+def _unpaired(student, reference=(0.5, 0.5, 0.5, 0.5), num_samples=(10, 10, 10, 10)):
+    return rule_lib.Evidence(np.asarray(num_samples, float), np.asarray(student, float),
+                             np.asarray(reference, float))
+
+
+def test_unpaired_margin_min_samples_and_missing_reference():
+    options = rule_lib.RuleOptions(rule="unpaired", margin=0.05, min_samples=5)
+    evidence = _unpaired([0.86, 0.84, 0.0, 0.1], [0.9, 0.9, np.nan, 0.9], (10, 10, 10, 4))
+    masks, _ = _run(options, [evidence])
+    # 0.86 is within the margin; 0.84 is not; class 2 has no reference;
+    # class 3 has too few held-out samples to be judged.
+    assert masks == [[0, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("sticky, expected", [(True, [1, 0, 0, 0]), (False, [0, 0, 0, 0])])
+def test_sticky_keeps_a_masked_class_masked(sticky, expected):
+    options = rule_lib.RuleOptions(rule="unpaired", sticky=sticky)
+    masks, _ = _run(options, [_unpaired([0.4, 0.6, 0.6, 0.6]), _unpaired([0.6] * 4)])
+    assert masks == [[1, 0, 0, 0], expected]
+
+
+def test_smoothing_averages_over_updates():
+    plain = rule_lib.RuleOptions(rule="unpaired")
+    smooth = rule_lib.RuleOptions(rule="unpaired", smoothing=0.5)
+    evidences = [_unpaired([0.8, 0.4, 0.6, 0.6]), _unpaired([0.3, 0.4, 0.6, 0.45])]
+    assert _run(plain, evidences)[0] == [[0, 1, 0, 0], [1, 1, 0, 1]]
+    # Moving averages: 0.55, 0.4, 0.6, 0.525; only class 1 stays below 0.5.
+    assert _run(smooth, evidences)[0] == [[0, 1, 0, 0], [0, 1, 0, 0]]
+
+
+def test_patience_needs_consecutive_updates_behind():
+    options = rule_lib.RuleOptions(rule="unpaired", patience=2)
+    masks, _ = _run(options, [
+        _unpaired([0.4, 0.4, 0.6, 0.6]), _unpaired([0.4, 0.6, 0.4, 0.6]),
+        _unpaired([0.4, 0.4, 0.6, 0.6]), _unpaired([0.6, 0.4, 0.6, 0.6])])
+    assert masks == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]
+
+
+def test_margin_in_standard_errors():
+    # n = 50: for accuracies 0.86 / 0.9 the pooled p is (50 * 0.88 + 1) / 52,
+    # se = sqrt(2 p (1 - p) / 50) = 0.0684; for 0.98 / 1.0 it is 0.0336.
+    evidence = _unpaired([0.86, 0.80, 0.98, 0.94], [0.9, 0.9, 1.0, 1.0], (50,) * 4)
+    assert _run(rule_lib.RuleOptions(rule="unpaired"), [evidence])[0] == [[1, 1, 1, 1]]
+    guarded = rule_lib.RuleOptions(rule="unpaired", margin_standard_errors=1.0)
+    assert _run(guarded, [evidence])[0] == [[0, 1, 0, 1]]
+    both = rule_lib.RuleOptions(rule="unpaired", margin_standard_errors=1.0, margin=0.03)
+    assert _run(both, [evidence])[0] == [[0, 0, 0, 0]]
+
+
+def test_state_round_trips_through_one_array():
+    options = rule_lib.RuleOptions(rule="unpaired", smoothing=0.5, patience=3, sticky=True)
+    _, state = _run(options, [_unpaired([0.4, 0.6, np.nan, 0.2])])
+    restored = rule_lib.IdentificationState.from_array(state.to_array())
+    np.testing.assert_array_equal(restored.streak, state.streak)
+    np.testing.assert_allclose(restored.smoothed, state.smoothed, rtol=1e-6)
+    np.testing.assert_array_equal(restored.masked, state.masked)
+    # Continuing from the restored state equals continuing from the original.
+    next_evidence = _unpaired([0.4, 0.4, 0.4, 0.4])
+    a = rule_lib.update(state, next_evidence, options)[1]
+    b = rule_lib.update(restored, next_evidence, options)[1]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rule": "bayes"}, "rule in"),
+    ({"correction": "bonferroni"}, "correction in"),
+    ({"significance": 0.0}, "0 < significance < 1"),
+    ({"smoothing": 1.0}, "0 <= smoothing < 1"),
+    ({"patience": 0}, "patience >= 1"),
+    ({"margin": -0.1}, "margin >= 0"),
+    ({"min_samples": 0}, "min_samples >= 1"),
+])
+def test_options_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rule_lib.RuleOptions(**kwargs)

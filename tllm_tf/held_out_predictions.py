@@ -1,0 +1,203 @@
+"""The reference's per-image results on the held-out split, for the paired rule.
+
+The paired identification rule (`tllm_tf.identification`) compares the
+distilled student with the label-only reference image by image, so it needs
+to know *which* held-out images the reference classified correctly, after
+every epoch for an epoch-matched comparison. `PredictionRecorder` records
+that while the reference trains; `save_predictions` / `load_predictions`
+keep it in a NumPy `.npz` file (loaded with `allow_pickle=False`: data only)
+next to the reference's JSON file.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from tllm_tf import atomic
+from tllm_tf import metrics as metrics_lib
+
+PREDICTIONS_FILE = "held_out_predictions.npz"
+# A held-out split of ImageNet's size times a few hundred epochs stays far below this.
+MAX_FILE_BYTES = 1 << 30
+
+
+def predictions_path(reference_path):
+    """Where the predictions of the reference file `reference_path` live."""
+    return os.path.join(os.path.dirname(os.path.abspath(reference_path)), PREDICTIONS_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferencePredictions:
+    """Which held-out images the reference got right, after each epoch.
+
+    Attributes:
+        labels: int32 `(num_images,)`: the held-out labels, in the order
+            the held-out data set yields them.
+        correct: bool `(epochs, num_images)`: row `i` after epoch `i + 1`;
+            the last row is the finished reference.
+    """
+
+    labels: np.ndarray
+    correct: np.ndarray
+
+    def at_epoch(self, epoch):
+        """The row of 0-based `epoch` (the last one once the student trains longer)."""
+        return self.correct[min(epoch, len(self.correct) - 1)]
+
+    @property
+    def final(self):
+        return self.correct[-1]
+
+    def check_labels(self, labels, source):
+        """Raises a ValueError unless `labels` are the held-out labels recorded here."""
+        labels = np.asarray(labels)
+        if labels.shape != self.labels.shape or not np.array_equal(labels, self.labels):
+            raise ValueError(
+                f"The reference predictions {source!r} were recorded on another held-out "
+                f"split ({self.labels.size} images; this run's has {labels.size}"
+                f"{'' if labels.shape != self.labels.shape else ' with other labels'}). "
+                "Use the reference of this data set, seed and --holdout_fraction "
+                "(re-run the reference stage), or compare per class with rule='unpaired'.")
+
+
+def save_predictions(path, labels, correct):
+    """Writes a predictions file atomically.
+
+    Args:
+        path: destination `.npz` path.
+        labels: int array `(num_images,)`.
+        correct: bool array `(epochs, num_images)`.
+
+    Raises:
+        ValueError: if the shapes disagree.
+    """
+    labels = np.asarray(labels, dtype=np.int32)
+    correct = np.asarray(correct, dtype=bool)
+    if correct.ndim != 2 or correct.shape[1] != labels.shape[0]:
+        raise ValueError(
+            f"Expected correct of shape (epochs, {labels.shape[0]}). "
+            f"Received shape {correct.shape}.")
+    with atomic.atomic_open(path, "wb") as stream:
+        np.savez_compressed(stream, labels=labels, correct=correct)
+
+
+def load_predictions(path):
+    """Reads a predictions file written by `save_predictions`.
+
+    Args:
+        path: the `.npz` file.
+
+    Returns:
+        A `ReferencePredictions`.
+
+    Raises:
+        ValueError: if the file is missing, too large, not such a file, or
+            inconsistent; the message names the file.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"Reference predictions not found: {path!r}.")
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise ValueError(
+            f"Reference predictions {path!r} are {os.path.getsize(path)} bytes, over the "
+            f"{MAX_FILE_BYTES}-byte limit; this is not a file tllm_tf wrote.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            labels, correct = archive["labels"], archive["correct"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{path!r} is not a tllm_tf predictions file ({error}). Re-run the "
+            "reference stage to rewrite it.") from None
+    if (labels.ndim != 1 or labels.dtype.kind not in "iu" or correct.ndim != 2
+            or correct.dtype != bool or correct.shape[1] != labels.shape[0]
+            or correct.shape[0] < 1 or (labels.size and labels.min() < 0)):
+        raise ValueError(
+            f"Reference predictions {path!r} are inconsistent: labels {labels.dtype} "
+            f"{labels.shape}, correct {correct.dtype} {correct.shape}. Re-run the "
+            "reference stage to rewrite it.")
+    return ReferencePredictions(labels=labels.astype(np.int32), correct=correct)
+
+
+class PredictionRecorder(keras.callbacks.Callback):
+    """Records which held-out images a label-only student gets right, every epoch.
+
+    Add it to the `fit` of the reference student. With `log_dir` each epoch's
+    row is also written there as it is measured (`epoch-<e>.npy`), so the
+    epochs of a killed run survive it and `read_rows` gathers them back.
+
+    Args:
+        validation_data: batched `tf.data.Dataset` of `(x, y)`, or a tuple
+            `(x, y)` of arrays: the held-out split of the *training* data,
+            in a fixed order.
+        num_classes: number of classes.
+        path: where to write the predictions file at train end. Defaults to
+            `None`.
+        log_dir: where to write one row per epoch. Defaults to `None`.
+
+    Attributes:
+        labels: the held-out labels, after the first epoch.
+        rows: `{epoch: bool array}` of the epochs this fit measured.
+    """
+
+    def __init__(self, validation_data, num_classes, path=None, log_dir=None):
+        super().__init__()
+        self.validation_data = metrics_lib.as_dataset(validation_data)
+        self.num_classes = int(num_classes)
+        self.path = path
+        self.log_dir = log_dir
+        self.labels = None
+        self.rows = {}
+        self._correctness = None
+
+    def on_train_begin(self, logs=None):
+        self._correctness = metrics_lib.PerImageCorrectness(self.model, self.num_classes)
+        self.rows = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        correct, labels = self._correctness(self.validation_data)
+        self.labels = labels
+        self.rows[epoch] = correct
+        if self.log_dir:
+            with atomic.atomic_open(os.path.join(self.log_dir, f"epoch-{epoch + 1}.npy"),
+                                    "wb") as stream:
+                np.save(stream, np.stack([labels, correct.astype(np.int32)]))
+
+    def on_train_end(self, logs=None):
+        if self.path and self.rows:
+            epochs = max(self.rows) + 1
+            missing = [e + 1 for e in range(epochs) if e not in self.rows]
+            if missing:
+                raise ValueError(
+                    f"Epochs {missing} were not recorded; write them with log_dir and "
+                    "gather them with read_rows.")
+            save_predictions(self.path, self.labels,
+                             np.stack([self.rows[e] for e in range(epochs)]))
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "path": self.path, "log_dir": self.log_dir}
+
+
+def read_rows(log_dir, epochs):
+    """Gathers the rows a `PredictionRecorder` wrote to `log_dir`.
+
+    Args:
+        log_dir: the recorder's `log_dir`.
+        epochs: number of epochs expected.
+
+    Returns:
+        `(labels, correct)`, or `None` if an epoch's row is missing or the
+        rows disagree on the labels.
+    """
+    labels, rows = None, []
+    for epoch in range(1, epochs + 1):
+        path = os.path.join(log_dir, f"epoch-{epoch}.npy")
+        if not os.path.exists(path):
+            return None
+        stacked = np.load(path, allow_pickle=False)
+        if labels is None:
+            labels = stacked[0]
+        elif not np.array_equal(labels, stacked[0]):
+            return None
+        rows.append(stacked[1].astype(bool))
+    return labels, np.stack(rows)

@@ -1,0 +1,306 @@
+"""The identification rule: which classes is the distilled student behind on?
+
+Teach Less, Learn More (Zhu et al., NeurIPS 2022) stops distilling a class
+when the distilled student is less accurate on it than a student trained on
+labels alone (the *reference*), both measured on a held-out split of the
+training data. Held-out per-class accuracy is coarse (one image of fifty is
+two points), so the comparison must be a test, not a subtraction.
+
+Two rules, both pure functions of what was measured:
+
+- `"paired"` (the default): the student and the reference are judged on the
+  *same* images, so for class `c` count `b` = images the reference gets right
+  and the student wrong, and `w` = the reverse. Under "the student is no
+  worse", `b ~ Binomial(b + w, 1/2)` (McNemar's exact test); class `c` is
+  behind when the one-sided p-value survives a correction for testing every
+  class (Holm's step-down by default, or Benjamini-Hochberg).
+- `"unpaired"`: the student's accuracy `s[c]` below the reference's `r[c]`
+  by more than `margin + margin_standard_errors * se[c]`; all it needs is the
+  reference's per-class accuracy.
+
+The guards around either rule (patience, sticky, smoothing) need a memory
+between updates: `IdentificationState`, which the callback keeps in the
+`Distiller`'s variables so that a checkpoint holds it with the mask.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+RULES = ("paired", "unpaired")
+CORRECTIONS = ("holm", "benjamini_hochberg", "none")
+
+
+def binomial_upper_tail(successes, trials):
+    """`P(X >= successes)` for `X ~ Binomial(trials, 1/2)`, exactly.
+
+    Args:
+        successes: array of non-negative integers.
+        trials: array of integers `>= successes`, same shape.
+
+    Returns:
+        A float64 array of p-values (1 where `trials` is 0).
+    """
+    successes = np.asarray(successes, dtype=np.int64)
+    trials = np.asarray(trials, dtype=np.int64)
+    p_values = np.ones(successes.shape, dtype=np.float64)
+    for index in np.ndindex(successes.shape):
+        k, n = int(successes[index]), int(trials[index])
+        if n > 0 and k > 0:
+            # Summed in log space: n can be thousands of held-out images.
+            log_terms = [
+                math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+                for j in range(k, n + 1)
+            ]
+            top = max(log_terms)
+            log_tail = top + math.log(sum(math.exp(t - top) for t in log_terms))
+            p_values[index] = min(1.0, math.exp(log_tail - n * math.log(2.0)))
+    return p_values
+
+
+def reject(p_values, significance, correction="holm"):
+    """Which null hypotheses are rejected after a multiple-testing correction.
+
+    Args:
+        p_values: float array; NaN entries are not tested (never rejected)
+            and do not count towards the number of tests.
+        significance: the family-wise error rate (`"holm"`), the false
+            discovery rate (`"benjamini_hochberg"`), or the per-test level
+            (`"none"`), in `(0, 1)`.
+        correction: one of `CORRECTIONS`. Defaults to `"holm"`.
+
+    Returns:
+        A boolean array of the same shape.
+    """
+    p_values = np.asarray(p_values, dtype=np.float64)
+    rejected = np.zeros(p_values.shape, dtype=bool)
+    tested = np.flatnonzero(~np.isnan(p_values))
+    if tested.size == 0:
+        return rejected
+    order = tested[np.argsort(p_values[tested], kind="stable")]
+    sorted_p = p_values[order]
+    m = order.size
+    if correction == "none":
+        rejected[order] = sorted_p <= significance
+    elif correction == "holm":
+        thresholds = significance / (m - np.arange(m))
+        failed = np.flatnonzero(sorted_p > thresholds)
+        stop = failed[0] if failed.size else m
+        rejected[order[:stop]] = True
+    elif correction == "benjamini_hochberg":
+        thresholds = significance * (np.arange(m) + 1) / m
+        passing = np.flatnonzero(sorted_p <= thresholds)
+        if passing.size:
+            rejected[order[:passing[-1] + 1]] = True
+    else:
+        raise ValueError(
+            f"Unknown correction: {correction!r}. Expected one of {CORRECTIONS}.")
+    return rejected
+
+
+def discordant_counts(student_correct, reference_correct, labels, num_classes):
+    """Per class, `(b, w)`: images only the reference gets right, and the reverse.
+
+    Args:
+        student_correct: boolean array `(num_images,)`.
+        reference_correct: boolean array `(num_images,)`, the same images in
+            the same order.
+        labels: int array `(num_images,)` of class ids.
+        num_classes: number of classes.
+
+    Returns:
+        Two int64 arrays of shape `(num_classes,)`.
+    """
+    student_correct = np.asarray(student_correct, dtype=bool)
+    reference_correct = np.asarray(reference_correct, dtype=bool)
+    labels = np.asarray(labels, dtype=np.int64)
+    behind = np.bincount(labels[reference_correct & ~student_correct], minlength=num_classes)
+    ahead = np.bincount(labels[student_correct & ~reference_correct], minlength=num_classes)
+    return behind[:num_classes], ahead[:num_classes]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleOptions:
+    """The options of the identification rule and its guards.
+
+    Attributes:
+        rule: `"paired"` or `"unpaired"`.
+        significance: level of the paired test, in `(0, 1)`.
+        correction: multiple-testing correction of the paired test.
+        margin: accuracy margin a class must fall behind by (both rules).
+        margin_standard_errors: extra margin in standard errors (unpaired).
+        smoothing: weight of the past in a moving average of the compared
+            quantities over updates, in `[0, 1)`.
+        patience: consecutive updates a class must be behind to be masked.
+        sticky: whether a masked class stays masked.
+        min_samples: fewest held-out images a class needs to be judged.
+    """
+
+    rule: str = "paired"
+    significance: float = 0.05
+    correction: str = "holm"
+    margin: float = 0.0
+    margin_standard_errors: float = 0.0
+    smoothing: float = 0.0
+    patience: int = 1
+    sticky: bool = False
+    min_samples: int = 1
+
+    def __post_init__(self):
+        checks = (
+            (self.rule in RULES, f"Expected rule in {RULES}. Received: rule={self.rule!r}"),
+            (self.correction in CORRECTIONS,
+             f"Expected correction in {CORRECTIONS}. Received: correction={self.correction!r}"),
+            (0.0 < self.significance < 1.0,
+             f"Expected 0 < significance < 1. Received: significance={self.significance}"),
+            (self.margin >= 0, f"Expected margin >= 0. Received: margin={self.margin}"),
+            (self.margin_standard_errors >= 0,
+             "Expected margin_standard_errors >= 0. Received: "
+             f"margin_standard_errors={self.margin_standard_errors}"),
+            (0.0 <= self.smoothing < 1.0,
+             f"Expected 0 <= smoothing < 1. Received: smoothing={self.smoothing}"),
+            (self.patience >= 1, f"Expected patience >= 1. Received: patience={self.patience}"),
+            (self.min_samples >= 1,
+             f"Expected min_samples >= 1. Received: min_samples={self.min_samples}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentificationState:
+    """What the rule keeps between updates, one entry per class.
+
+    Attributes:
+        streak: consecutive updates each class has been behind.
+        smoothed: the moving averages of the two compared quantities
+            (unpaired: student and reference accuracy; paired: the
+            discordant counts `b` and `w`), shape `(2, num_classes)`; NaN
+            before the first update.
+        masked: the classes masked after the last update.
+    """
+
+    streak: np.ndarray
+    smoothed: np.ndarray
+    masked: np.ndarray
+
+    @classmethod
+    def initial(cls, num_classes):
+        return cls(streak=np.zeros(num_classes, np.int64),
+                   smoothed=np.full((2, num_classes), np.nan),
+                   masked=np.zeros(num_classes, bool))
+
+    def to_array(self):
+        """The state as one float32 array `(4, num_classes)` (a model variable)."""
+        return np.concatenate([
+            self.streak[np.newaxis].astype(np.float32),
+            self.smoothed.astype(np.float32),
+            self.masked[np.newaxis].astype(np.float32),
+        ])
+
+    @classmethod
+    def from_array(cls, values):
+        values = np.asarray(values, dtype=np.float64)
+        return cls(streak=np.rint(values[0]).astype(np.int64),
+                   smoothed=values[1:3].copy(),
+                   masked=values[3] > 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """What one update measured on the held-out split.
+
+    Attributes:
+        num_samples: held-out images per class.
+        student_accuracy: the student's per-class accuracy (NaN: no images).
+        reference_accuracy: the reference's, on the same split.
+        behind_counts: paired rule only: `b`, images only the reference
+            gets right; `None` for the unpaired rule.
+        ahead_counts: paired rule only: `w`, images only the student gets
+            right.
+    """
+
+    num_samples: np.ndarray
+    student_accuracy: np.ndarray
+    reference_accuracy: np.ndarray
+    behind_counts: np.ndarray = None
+    ahead_counts: np.ndarray = None
+
+
+def _smooth(previous, current, smoothing):
+    if smoothing == 0.0:
+        return current
+    blended = smoothing * previous + (1.0 - smoothing) * current
+    # No previous value (first update, or a class with no images): start afresh.
+    return np.where(np.isnan(previous), current, blended)
+
+
+def _paired_behind(evidence, smoothed, options):
+    behind_counts = np.rint(smoothed[0])
+    ahead_counts = np.rint(smoothed[1])
+    trials = behind_counts + ahead_counts
+    p_values = binomial_upper_tail(behind_counts.astype(np.int64), trials.astype(np.int64))
+    judged = evidence.num_samples >= options.min_samples
+    p_values = np.where(judged, p_values, np.nan)
+    behind = reject(p_values, options.significance, options.correction)
+    if options.margin > 0:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = (behind_counts - ahead_counts) / np.maximum(evidence.num_samples, 1)
+        behind &= gap > options.margin
+    return behind, p_values
+
+
+def _unpaired_behind(evidence, smoothed, options):
+    student, reference = smoothed
+    num_samples = np.asarray(evidence.num_samples, dtype=np.float64)
+    threshold = reference - options.margin
+    if options.margin_standard_errors > 0:
+        # Pooled accuracy with a pseudo-count each way, so a perfect class
+        # still has a non-zero standard error.
+        pooled = (num_samples * (student + reference) / 2 + 1) / (num_samples + 2)
+        standard_error = np.sqrt(2 * pooled * (1 - pooled) / np.maximum(num_samples, 1))
+        threshold = threshold - options.margin_standard_errors * standard_error
+    with np.errstate(invalid="ignore"):
+        behind = student < threshold
+    judged = (num_samples >= options.min_samples) & ~np.isnan(reference)
+    return behind & judged, None
+
+
+def update(state, evidence, options):
+    """One identification update: the new state and the classes to mask.
+
+    Args:
+        state: the `IdentificationState` after the previous update.
+        evidence: the `Evidence` of this update; the paired rule needs its
+            discordant counts.
+        options: the `RuleOptions`.
+
+    Returns:
+        `(new_state, masked, p_values)`: `masked` a boolean array of the
+        classes to stop distilling; `p_values` the paired test's per-class
+        p-values before correction (`None` for the unpaired rule).
+
+    Raises:
+        ValueError: if the paired rule is given no discordant counts.
+    """
+    if options.rule == "paired":
+        if evidence.behind_counts is None:
+            raise ValueError(
+                "The paired rule needs the reference's per-image results on the "
+                "held-out split; only per-class accuracies were given. Pass the "
+                "reference model or its predictions file, or use rule='unpaired'.")
+        current = np.stack([evidence.behind_counts, evidence.ahead_counts]).astype(np.float64)
+        smoothed = _smooth(state.smoothed, current, options.smoothing)
+        behind, p_values = _paired_behind(evidence, smoothed, options)
+    else:
+        current = np.stack([evidence.student_accuracy, evidence.reference_accuracy])
+        smoothed = _smooth(state.smoothed, current, options.smoothing)
+        behind, p_values = _unpaired_behind(evidence, smoothed, options)
+    streak = np.where(behind, state.streak + 1, 0)
+    masked = streak >= options.patience
+    if options.sticky:
+        masked |= state.masked
+    new_state = IdentificationState(streak=streak, smoothed=smoothed, masked=masked)
+    return new_state, masked, p_values

@@ -1,0 +1,95 @@
+"""Masked-class policies: what an undistillable class's samples learn from.
+
+Teach Less, Learn More (Zhu et al., NeurIPS 2022) stops distilling the
+classes found undistillable. What takes the distillation term's place is a
+choice, and it matters: a class taught by hard labels gets sharper logits
+than its distilled neighbours (soft targets at temperature `T`), which can
+pull other classes' predictions towards it.
+
+A policy is a pure function of a `PolicyInputs` returning the per-sample
+term that the `Distiller` weights by `beta`; `distil_weight` is the sample's
+class mask (`m[y]`, or the label-weighted mask for soft labels), 1 for a
+distilled class. Adding one: a function and one line in `POLICIES`.
+"""
+
+import dataclasses
+
+from keras import ops
+
+from tllm_tf import losses as losses_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyInputs:
+    """Per-sample tensors a policy may use.
+
+    Attributes:
+        distil_weight: `(batch,)`, 1 = distil, 0 = undistillable.
+        distillation_loss: `(batch,)`, the distillation loss.
+        student_loss: `(batch,)`, the label loss (cross-entropy).
+        targets: `(batch, num_classes)`, one-hot or soft labels.
+        student_logits: `(batch, num_classes)`, float32.
+        teacher_logits: `(batch, num_classes)`, float32.
+        temperature: the distillation loss's temperature (1 if it has none).
+    """
+
+    distil_weight: object
+    distillation_loss: object
+    student_loss: object
+    targets: object
+    student_logits: object
+    teacher_logits: object
+    temperature: float
+
+
+def hard_label(inputs):
+    """The label takes the distillation term's weight: `m * D + (1 - m) * CE`."""
+    weight = inputs.distil_weight
+    return weight * inputs.distillation_loss + (1.0 - weight) * inputs.student_loss
+
+
+def drop(inputs):
+    """Only the label term remains: `m * D`."""
+    return inputs.distil_weight * inputs.distillation_loss
+
+
+def soft_label(inputs):
+    """The label, softened to the teacher's confidence, distilled at `T`.
+
+    A masked sample is still distilled at temperature `T`, towards
+    `c * y + (1 - c) * (1 - y) / (K - 1)`, with `c` the teacher's largest
+    probability at `T` on that sample: the target keeps the teacher's
+    softness (so the class's logits stay on its neighbours' scale) and drops
+    its distribution over the wrong classes.
+    """
+    temperature = inputs.temperature
+    num_classes = ops.shape(inputs.targets)[-1]
+    confidence = ops.max(
+        ops.softmax(inputs.teacher_logits / temperature, axis=-1), axis=-1, keepdims=True)
+    others = ops.cast(num_classes - 1, "float32")
+    softened = confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others
+    # Log-probabilities times T are logits whose softmax at T is `softened`.
+    label_loss = losses_lib.kd_loss(
+        temperature * ops.log(ops.maximum(softened, 1e-12)), inputs.student_logits,
+        temperature=temperature)
+    weight = inputs.distil_weight
+    return weight * inputs.distillation_loss + (1.0 - weight) * label_loss
+
+
+POLICIES = {
+    "hard_label": hard_label,
+    "drop": drop,
+    "soft_label": soft_label,
+}
+
+
+def get_policy(name):
+    """Returns the policy function registered as `name`.
+
+    Raises:
+        ValueError: if `name` is not registered.
+    """
+    if name not in POLICIES:
+        raise ValueError(
+            f"Unknown masked_class_policy: {name!r}. Expected one of {sorted(POLICIES)}.")
+    return POLICIES[name]
