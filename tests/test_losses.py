@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 
 import keras
@@ -419,3 +420,25 @@ def test_logit_losses_pass_the_check():
     for loss in (losses.KDLoss(), losses.DKDLoss(), keras.losses.MeanSquaredError(), _LogitMSE()):
         losses.check_logit_loss(loss)
         assert losses.get_distillation_loss(loss) is loss
+
+
+def test_the_docs_example_of_adding_a_loss_works(monkeypatch):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "docs", "losses.md")
+    page = open(path).read()
+    section = page[page.index("## Adding a loss"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    monkeypatch.setattr(losses, "DISTILLATION_LOSSES", dict(losses.DISTILLATION_LOSSES))
+    namespace = {}
+    exec(compile(code, "docs/losses.md", "exec"), namespace)
+    teacher, student, ids, _ = _random_batch(seed=17)
+    loss = losses.get_distillation_loss("logit_mse", temperature=2.0, scale=3.0)
+    expected = 3.0 * np.mean(((teacher - student) / 2.0) ** 2, axis=-1)
+    np.testing.assert_allclose(
+        np.asarray(losses.per_sample_distillation_loss(loss, teacher, student, ids)), expected,
+        rtol=1e-5)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert (type(clone).__name__, clone.temperature, clone.scale) == ("LogitMSELoss", 2.0, 3.0)
+    with pytest.raises(ValueError, match="Expected scale >= 0. Received: scale=-1"):
+        namespace["LogitMSELoss"](scale=-1)

@@ -251,23 +251,42 @@ def _check(name, value, minimum, strict):
     return float(value)
 
 
-class _DistillationLoss(keras.losses.Loss):
-    """Shared body of the wrappers: `call` forwards to the pure function.
+class LogitDistillationLoss(keras.losses.Loss):
+    """Base of the wrappers: a Keras `Loss` around a pure per-sample function.
 
-    Subclasses set `function` (the per-sample loss), `needs_labels`, and
-    `config_fields`: constructor argument -> name of the flag and config
-    field that sets it (`--temperature`, `--dkd_alpha`, ...).
+    A subclass sets `function`, the per-sample loss `(teacher_logits,
+    student_logits, labels=..., *, temperature, **hyperparameters) ->
+    (batch,)`, and passes its hyper-parameters to this constructor, which
+    validates them (`temperature > 0`, the others `>= 0`), stores them as
+    attributes and returns them from `get_config`. It may also set
+    `needs_labels = False` (the loss ignores labels, so Keras's
+    `loss(teacher_logits, student_logits)` works) and `config_fields`:
+    constructor argument -> the flag and config field that sets it
+    (`{"beta": "dkd_beta"}`), for the command line.
+
+    Args:
+        temperature: softening temperature, `> 0`.
+        reduction: Keras reduction. Defaults to `"sum_over_batch_size"`.
+        name: loss name. Defaults to `None` (Keras derives one).
+        dtype: Keras loss dtype. Defaults to `None`.
+        **hyperparameters: the function's other keyword arguments, each
+            `>= 0`.
+
+    Raises:
+        ValueError: on a non-positive temperature or a negative
+            hyper-parameter.
     """
 
     function = None
     needs_labels = True
     config_fields = {"temperature": "temperature"}
 
-    def __init__(self, temperature, reduction, name, dtype, **weights):
+    def __init__(self, temperature, *, reduction="sum_over_batch_size", name=None, dtype=None,
+                 **hyperparameters):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = _check("temperature", temperature, 0, strict=True)
         self._hyperparameters = {key: _check(key, value, 0, strict=False)
-                         for key, value in weights.items()}
+                                 for key, value in hyperparameters.items()}
         for key, value in self._hyperparameters.items():
             setattr(self, key, value)
 
@@ -288,7 +307,7 @@ class _DistillationLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
-class KDLoss(_DistillationLoss):
+class KDLoss(LogitDistillationLoss):
     """Hinton knowledge-distillation loss as a Keras loss (see `kd_loss`).
 
     Follows Keras's `(y_true, y_pred)` order: `KDLoss()(teacher_logits,
@@ -311,11 +330,11 @@ class KDLoss(_DistillationLoss):
 
     def __init__(self, temperature=4.0, reduction="sum_over_batch_size", name="kd_loss",
                  dtype=None):
-        super().__init__(temperature, reduction, name, dtype)
+        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
-class KDLSLoss(_DistillationLoss):
+class KDLSLoss(LogitDistillationLoss):
     """KD on standardised logits (logit standardisation) as a Keras loss.
 
     See `kd_ls_loss`.
@@ -332,11 +351,11 @@ class KDLSLoss(_DistillationLoss):
 
     def __init__(self, temperature=2.0, reduction="sum_over_batch_size",
                  name="kd_ls_loss", dtype=None):
-        super().__init__(temperature, reduction, name, dtype)
+        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
-class DKDLoss(_DistillationLoss):
+class DKDLoss(LogitDistillationLoss):
     """Decoupled knowledge distillation as a Keras loss (see `dkd_loss`).
 
     Needs labels: `loss.call(teacher_logits, student_logits, labels)`.
@@ -360,11 +379,12 @@ class DKDLoss(_DistillationLoss):
 
     def __init__(self, temperature=4.0, alpha=1.0, beta=8.0,
                  reduction="sum_over_batch_size", name="dkd_loss", dtype=None):
-        super().__init__(temperature, reduction, name, dtype, alpha=alpha, beta=beta)
+        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype,
+                         alpha=alpha, beta=beta)
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
-class DKDLSLoss(_DistillationLoss):
+class DKDLSLoss(LogitDistillationLoss):
     """DKD on standardised logits as a Keras loss (see `dkd_ls_loss`).
 
     Args:
@@ -381,11 +401,12 @@ class DKDLSLoss(_DistillationLoss):
 
     def __init__(self, temperature=2.0, alpha=1.0, beta=8.0,
                  reduction="sum_over_batch_size", name="dkd_ls_loss", dtype=None):
-        super().__init__(temperature, reduction, name, dtype, alpha=alpha, beta=beta)
+        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype,
+                         alpha=alpha, beta=beta)
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
-class NKDLoss(_DistillationLoss):
+class NKDLoss(LogitDistillationLoss):
     """Normalized knowledge distillation as a Keras loss (see `nkd_loss`).
 
     Args:
@@ -402,7 +423,8 @@ class NKDLoss(_DistillationLoss):
 
     def __init__(self, temperature=1.0, gamma=1.5, reduction="sum_over_batch_size",
                  name="nkd_loss", dtype=None):
-        super().__init__(temperature, reduction, name, dtype, gamma=gamma)
+        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype,
+                         gamma=gamma)
 
 
 DISTILLATION_LOSSES = {
