@@ -13,15 +13,18 @@ Losses (registry key, paper):
 - `"nkd"`: normalized KD, Yang et al., ICCV 2023.
 
 Each function is `(teacher_logits, student_logits, labels, *, temperature,
-...) -> (batch,)`; `labels` are int class ids `(batch,)` or soft label vectors
+...) -> (batch,)` (`kd_loss` keeps its older `(teacher_logits,
+student_logits, temperature=4.0, *, labels=None)`, so every one can be called
+as `fn(teacher_logits, student_logits, labels=labels, temperature=...)`);
+`labels` are int class ids `(batch,)` or soft label vectors
 `(batch, num_classes)` (MixUp, CutMix, label smoothing). Soft labels split the
 classes fuzzily: class `k` counts `y_k` towards the target and `1 - y_k`
 towards the non-targets, so the target probability is `p_y = sum_k y_k p_k`
 and the non-target distribution is `p_hat_k = (1 - y_k) p_k / (1 - p_y)`.
 For a one-hot `y` these are exactly the papers' definitions.
 
-Adding a method: a pure function, a `Loss` wrapper, one registry line
-(docs/losses.md has an example).
+Adding a method: a pure function, a `LogitDistillationLoss` subclass naming
+it, one registry line (docs/losses.md has an example).
 """
 
 import inspect
