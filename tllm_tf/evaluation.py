@@ -42,8 +42,10 @@ def evaluate_models(models, batches, *, class_names):
     """Accuracy and per-class accuracy of each model on one data set.
 
     Args:
-        models: a dict name -> model, where a model is a `.keras` path, a
-            SavedModel path, or anything called as `model(images,
+        models: a dict name -> model, where a model is a `.keras` path
+            (loaded in safe mode by `model_io.load_keras_model`), a
+            SavedModel path (a graph that runs with the caller's rights:
+            trusted sources only), or anything called as `model(images,
             training=False)` returning logits. The first one is the baseline
             the others are compared with.
         batches: a batched `tf.data.Dataset` of `(raw images, labels)`, e.g.
@@ -56,7 +58,8 @@ def evaluate_models(models, batches, *, class_names):
 
     Raises:
         ValueError: if `models` is empty, or a path is not a saved model or
-            takes images of another shape.
+            takes images of another shape (`model_io.UnsafeModelError` for a
+            `.keras` file that stores Python code).
     """
     if not models:
         raise ValueError("Expected at least one model to evaluate. Received: models={}")

@@ -17,8 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tllm_tf import model_io
+
 SAVED_MODEL_FILE = "saved_model.pb"
-KERAS_SUFFIX = ".keras"
+KERAS_SUFFIX = model_io.KERAS_SUFFIX
 
 
 def _input_shape(model):
@@ -142,14 +144,20 @@ class ServingModel:
             or one written by `keras.Model.export` (its `serve` returns
             logits).
 
+    A `.keras` file is loaded by `model_io.load_keras_model` (safe mode; one
+    that stores Python code is refused). A SavedModel is a TensorFlow graph
+    that runs with the caller's rights (it may read and write files): load
+    only SavedModels from a trusted source (docs/security.md).
+
     Raises:
-        ValueError: if `path` is neither.
+        ValueError: if `path` is neither, or a `.keras` file that cannot be
+            loaded (`model_io.UnsafeModelError` if it stores Python code).
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        if self.path.endswith(KERAS_SUFFIX) and os.path.isfile(self.path):
-            self._keras_model = keras.models.load_model(self.path, compile=False)
+        if self.path.endswith(KERAS_SUFFIX) and not os.path.isdir(self.path):
+            self._keras_model = model_io.load_keras_model(self.path, role="model")
             self._serve = None
             self.input_shape = self._keras_model.input_shape
         elif os.path.exists(os.path.join(self.path, SAVED_MODEL_FILE)):

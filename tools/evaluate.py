@@ -3,7 +3,10 @@
     python tools/evaluate.py --model_path=runs/demo/student_tllm/model.keras \
         --dataset=digits --split=test --json=/tmp/eval.json
 
---model_path is a .keras file or a SavedModel directory. The data flags
+--model_path is a .keras file or a SavedModel directory. A .keras file is
+loaded in safe mode: one that stores Python code (a Lambda layer) is refused.
+A SavedModel is a TensorFlow graph that runs with your rights: evaluate only
+SavedModels from a trusted source (docs/security.md). The data flags
 (tools/data_flags.py) have the names and defaults of tools/train.py's: pass
 the run's, e.g. --seed and --holdout_fraction, to get the splits it used.
 """

@@ -26,14 +26,12 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import keras
-
     from tllm_tf import export as export_lib
+    from tllm_tf import model_io
 
-    if not os.path.isfile(FLAGS.model_path):
-        raise app.UsageError(f"--model_path is not a file: {FLAGS.model_path!r}")
-    model = keras.models.load_model(FLAGS.model_path, compile=False)
     try:
+        # Safe mode: a file that stores Python code is refused, before anything is written.
+        model = model_io.load_keras_model(FLAGS.model_path, role="model")
         export_lib.export_saved_model(model, FLAGS.export_dir, accept_uint8=FLAGS.accept_uint8)
     except ValueError as error:
         raise app.UsageError(str(error))

@@ -1,0 +1,134 @@
+"""Loading `.keras` files: the one way a model file enters a run.
+
+A `.keras` file is a zip archive of a JSON config and the weights. The config
+names the classes to build, and Keras builds only its own classes and those
+registered as serializable (tllm_tf's `Distiller` and `KDLoss`, the model
+zoo's layers): code that is already installed. A `Lambda` layer is the
+exception: it stores its Python function in the file as bytecode, and
+loading the file would run it. Keras refuses that in safe mode, but
+`keras.config.enable_unsafe_deserialization()`, called anywhere in the
+process, overrides `safe_mode=True`; so `load_keras_model` also looks for
+stored code in the config itself and refuses the file before Keras reads it.
+"""
+
+import json
+import os
+import zipfile
+
+import keras
+
+KERAS_SUFFIX = ".keras"
+CONFIG_MEMBER = "config.json"
+# A zoo model's config is well under 1 MiB; the cap bounds what a hostile
+# archive can make this module decompress and parse.
+MAX_CONFIG_BYTES = 64 * 2**20
+# How Keras marks a Python function stored as bytecode (a `lambda`).
+_CODE_MARKER = "__lambda__"
+# Long enough for Keras's reason; its messages end with the whole config.
+_MAX_REASON_CHARS = 500
+
+
+class UnsafeModelError(ValueError):
+    """A model file that holds Python code, which loading it would run."""
+
+
+def _read_config(path, role):
+    """The parsed `config.json` of a `.keras` archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(CONFIG_MEMBER)
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise ValueError(
+                    f"its {CONFIG_MEMBER} declares {info.file_size} bytes, more than "
+                    f"the {MAX_CONFIG_BYTES} this loader reads")
+            return json.loads(archive.read(info))
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as error:
+        raise ValueError(
+            f"Could not load the {role} {path!r}: it is not a Keras model file "
+            f"({error}). Expected a .keras file written by `keras.Model.save`."
+        ) from None
+
+
+def _code_holders(config):
+    """The objects whose config holds Python code, e.g. "a Lambda layer 'double'"."""
+    holders = []
+    stack = [(config, "an object")]
+    while stack:  # Iterative: a hostile config may be nested deeper than Python recurses.
+        node, owner = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == _CODE_MARKER:
+                holders.append(owner)
+                continue
+            inner = node.get("config")
+            if isinstance(node.get("class_name"), str) and isinstance(inner, dict):
+                module = node.get("module")
+                kind = ("layer" if isinstance(module, str) and module.startswith("keras.layers")
+                        else "object")
+                owner = f"a {node['class_name']:.40} {kind} {inner.get('name')!r:.60}"
+            stack.extend((value, owner) for value in node.values())
+        elif isinstance(node, list):
+            stack.extend((value, owner) for value in node)
+    return sorted(set(holders))
+
+
+def _unsafe(role, path, holders):
+    named = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+    return UnsafeModelError(
+        f"Refusing to load the {role} {path!r}: it contains "
+        f"{named or 'a Lambda layer'} whose function is Python code "
+        "stored in the file; loading it would run that code. Rebuild the model "
+        "without Lambda layers (a layer class in your own code, registered with "
+        "`keras.saving.register_keras_serializable`, does the same job), or, only "
+        "if you trust the file's source, load it yourself with "
+        "`keras.models.load_model(path, safe_mode=False)`.")
+
+
+def load_keras_model(path, *, role="model", compile=False):
+    """Loads a `.keras` file in safe mode, refusing one that holds Python code.
+
+    Args:
+        path: the `.keras` file.
+        role: what the file is, for messages ("teacher", "model", ...).
+            Defaults to `"model"`.
+        compile: whether to restore the training configuration (optimizer,
+            losses) saved with the model. Defaults to `False`: a loaded
+            teacher or evaluated model needs none.
+
+    Returns:
+        The `keras.Model`.
+
+    Raises:
+        UnsafeModelError: if the file stores Python code (a `Lambda` layer's
+            `lambda`), naming the file and the layer.
+        ValueError: if `path` does not exist, is not a `.keras` file, or
+            Keras cannot build the model it describes (e.g. it names a class
+            that is not registered).
+
+    Example:
+
+    ```python
+    teacher = load_keras_model("runs/demo/teacher/model.keras", role="teacher")
+    ```
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"The {role} file {path!r} does not exist.")
+    if not path.endswith(KERAS_SUFFIX) or not os.path.isfile(path):
+        raise ValueError(
+            f"Expected a {KERAS_SUFFIX} file for the {role}, as `keras.Model.save` "
+            f"writes. Received: path={path!r}")
+    holders = _code_holders(_read_config(path, role))
+    if holders:
+        raise _unsafe(role, path, holders)
+    # Registers the zoo's custom layers (ShuffleNet's), which a saved zoo
+    # model names; imported here so that core modules do not import the zoo.
+    import tllm_tf.models  # noqa: F401
+    try:
+        return keras.models.load_model(path, compile=compile, safe_mode=True)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        reason = str(error)
+        if "safe_mode" in reason:  # Keras's own refusal, should the scan miss a form.
+            raise _unsafe(role, path, []) from error
+        if len(reason) > _MAX_REASON_CHARS:
+            reason = reason[:_MAX_REASON_CHARS] + " ..."
+        raise ValueError(f"Could not load the {role} {path!r}: {reason}") from error
