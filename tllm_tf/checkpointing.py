@@ -19,6 +19,9 @@ import os
 import keras
 
 STATE_FILE = "checkpoint.json"
+WEIGHTS_SUFFIX = ".weights.h5"
+# The state is two fields (~50 bytes); a bigger file is not one this module wrote.
+MAX_STATE_BYTES = 64 * 2**10
 
 
 class CheckpointError(ValueError):
@@ -26,7 +29,24 @@ class CheckpointError(ValueError):
 
 
 def _weights_file(epoch):
-    return f"epoch-{epoch}.weights.h5"
+    return f"epoch-{epoch}{WEIGHTS_SUFFIX}"
+
+
+def _check_state(state):
+    """The reason `state` is not a checkpoint state this module wrote, or None."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    epoch, weights = state.get("epoch"), state.get("weights")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        return f"epoch must be a non-negative integer, got {epoch!r:.40}"
+    # A plain file name: the state must not point restore at a file outside
+    # its directory ("../../teacher/model.keras").
+    if not (isinstance(weights, str) and weights.endswith(WEIGHTS_SUFFIX)
+            and os.path.basename(weights) == weights and "\\" not in weights
+            and "\0" not in weights):
+        return (f"weights must be a file name ending in {WEIGHTS_SUFFIX} inside the "
+                f"checkpoint directory, got {weights!r:.80}")
+    return None
 
 
 def _read_state(directory):
@@ -34,10 +54,16 @@ def _read_state(directory):
     if not os.path.exists(path):
         return {"epoch": 0}
     try:
-        with open(path) as handle:
-            state = json.load(handle)
-        return {"epoch": int(state["epoch"]), "weights": str(state["weights"])}
-    except (ValueError, KeyError, TypeError) as error:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_STATE_BYTES + 1)
+        if len(text) > MAX_STATE_BYTES:
+            raise ValueError(f"more than {MAX_STATE_BYTES} bytes")
+        state = json.loads(text)
+        reason = _check_state(state)
+        if reason:
+            raise ValueError(reason)
+        return {"epoch": state["epoch"], "weights": state["weights"]}
+    except (ValueError, RecursionError) as error:
         raise CheckpointError(
             f"Checkpoint state {path!r} is corrupt ({error}). Delete {directory!r} "
             "to restart this stage from scratch; nothing else was changed."
@@ -64,7 +90,9 @@ def restore(model, directory):
         The epoch to resume from (0 when there is no checkpoint).
 
     Raises:
-        CheckpointError: if the checkpoint is corrupt or does not match.
+        CheckpointError: if the checkpoint is corrupt (a state file that is
+            not two fields of the right types, or that names a file outside
+            `directory`) or does not match `model`.
     """
     state = _read_state(directory)
     if state["epoch"] == 0:
@@ -113,5 +141,5 @@ class EpochCheckpoint(keras.callbacks.Callback):
             os.fsync(handle.fileno())
         os.replace(temporary, state_path)
         for name in os.listdir(self.directory):
-            if name.endswith(".weights.h5") and name != weights:
+            if name.endswith(WEIGHTS_SUFFIX) and name != weights:
                 os.remove(os.path.join(self.directory, name))

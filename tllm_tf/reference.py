@@ -23,6 +23,11 @@ from tllm_tf import metrics as metrics_lib
 
 FORMAT = "tllm_tf.reference"
 VERSION = 1
+# A reference file is read as data, every field checked (docs/security.md).
+# 64 MiB holds a million classes over dozens of epochs; more is not a file
+# this package wrote, and is refused before it is parsed.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_CLASSES = 1_000_000
 
 
 class MissingHistoryError(ValueError):
@@ -79,32 +84,97 @@ def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accurac
     os.replace(temporary, path)
 
 
-def _read_record(path):
+def _read_json(path, max_bytes, missing_message):
+    """Parses a JSON file of at most `max_bytes`, as plain data."""
     try:
-        with open(path) as handle:
-            record = json.load(handle)
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise ValueError(
+                f"{path!r} is {size} bytes, more than the {max_bytes} a reference file "
+                "may have; it is not one this package wrote. Nothing was parsed.")
+        with open(path, "rb") as handle:
+            # Bounded again: a FIFO or a device reports no size.
+            text = handle.read(max_bytes + 1)
     except FileNotFoundError:
+        raise ValueError(missing_message) from None
+    if len(text) > max_bytes:
         raise ValueError(
-            f"Reference file not found: {path!r}. Run the `reference` stage "
-            "first, or pass the reference accuracies or model directly."
-        ) from None
-    except json.JSONDecodeError as error:
+            f"{path!r} holds more than the {max_bytes} bytes a reference file may "
+            "have; it is not one this package wrote.")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, huge ints.
         raise ValueError(
             f"Reference file {path!r} is not valid JSON ({error}); it may be "
             "truncated. Re-run the `reference` stage to rewrite it."
         ) from None
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_accuracies(path, field, values, num_classes):
+    """`values` is a list of `num_classes` accuracies in [0, 1], null (or NaN) for none."""
+    if not isinstance(values, list):
+        raise ValueError(
+            f"Reference file {path!r}: {field} must be a list of {num_classes} "
+            f"accuracies. Received: {type(values).__name__}.")
+    if len(values) != num_classes:
+        raise ValueError(
+            f"Reference file {path!r} is inconsistent: {field} has {len(values)} "
+            f"entries, num_classes is {num_classes}.")
+    for index, value in enumerate(values):
+        if value is None or (_is_number(value) and (math.isnan(value) or 0 <= value <= 1)):
+            continue
+        raise ValueError(
+            f"Reference file {path!r}: {field}[{index}] must be an accuracy in "
+            f"[0, 1] or null. Received: {value!r:.40}.")
+
+
+def _read_record(path):
+    """A reference file's record, every field checked before it is used."""
+    record = _read_json(path, MAX_FILE_BYTES, (
+        f"Reference file not found: {path!r}. Run the `reference` stage "
+        "first, or pass the reference accuracies or model directly."))
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(
             f"{path!r} is not a tllm_tf reference file (expected "
             f"format={FORMAT!r})."
         )
-    values = record.get("per_class_accuracy")
-    if not isinstance(values, list) or len(values) != record.get("num_classes"):
+    version = record.get("version", VERSION)
+    if version != VERSION or isinstance(version, bool):
         raise ValueError(
-            f"Reference file {path!r} is inconsistent: per_class_accuracy has "
-            f"{len(values) if isinstance(values, list) else 'no'} entries, "
-            f"num_classes is {record.get('num_classes')}."
-        )
+            f"Reference file {path!r} has version={version!r:.40}; this tllm_tf reads "
+            f"version {VERSION}. Re-run the `reference` stage with this version.")
+    num_classes = record.get("num_classes")
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool)
+            and 2 <= num_classes <= MAX_CLASSES):
+        raise ValueError(
+            f"Reference file {path!r}: num_classes must be an integer in "
+            f"[2, {MAX_CLASSES}]. Received: {num_classes!r:.40}.")
+    _check_accuracies(path, "per_class_accuracy", record.get("per_class_accuracy"),
+                      num_classes)
+    counts = record.get("num_samples")
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) != num_classes:
+            raise ValueError(
+                f"Reference file {path!r} is inconsistent: num_samples must be a list "
+                f"of num_classes={num_classes} counts.")
+        for index, count in enumerate(counts):
+            # NaN, null or 2.5 where a count belongs is damage, not "unknown".
+            if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+                raise ValueError(
+                    f"Reference file {path!r}: num_samples[{index}] must be a "
+                    f"non-negative integer count. Received: {count!r:.40}.")
+    rows = record.get("per_epoch_accuracy")
+    if rows is not None:
+        if not isinstance(rows, list):
+            raise ValueError(
+                f"Reference file {path!r}: per_epoch_accuracy must be a list of rows "
+                f"(one per epoch). Received: {type(rows).__name__}.")
+        for epoch, row in enumerate(rows):
+            _check_accuracies(path, f"per_epoch_accuracy[{epoch}]", row, num_classes)
     return record
 
 
@@ -118,7 +188,10 @@ def load_reference(path):
         A float64 array `(num_classes,)`, NaN where the file has `null`.
 
     Raises:
-        ValueError: if the file is missing, not JSON, or not a reference file.
+        ValueError: if the file is missing, over `MAX_FILE_BYTES`, not JSON,
+            not a reference file, or has a field of the wrong type, length or
+            range (a NaN count, an accuracy of 2); the message names the file
+            and the field.
     """
     return _from_json_list(_read_record(path)["per_class_accuracy"])
 
@@ -136,7 +209,8 @@ def load_reference_history(path):
 
     Raises:
         MissingHistoryError: if the file holds no per-epoch accuracy.
-        ValueError: if the file is not a reference file.
+        ValueError: if the file is not a valid reference file (as for
+            `load_reference`).
     """
     record = _read_record(path)
     rows = record.get("per_epoch_accuracy")
@@ -145,11 +219,6 @@ def load_reference_history(path):
             f"Reference file {path!r} has no per-epoch accuracy, which an "
             "epoch-matched comparison needs. Record it with "
             "`tllm_tf.ReferenceHistory` while training the reference."
-        )
-    if any(len(row) != record["num_classes"] for row in rows):
-        raise ValueError(
-            f"Reference file {path!r} is inconsistent: a per_epoch_accuracy row "
-            f"does not have num_classes={record['num_classes']} entries."
         )
     return np.stack([_from_json_list(row) for row in rows])
 
@@ -174,9 +243,10 @@ def read_history_log(path, epochs, num_classes):
             try:
                 record = json.loads(line)
                 epoch, row = record["epoch"], _from_json_list(record["per_class_accuracy"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, RecursionError):
                 continue  # A line torn by a kill.
-            if 1 <= epoch <= epochs and row.shape == (num_classes,):
+            if (isinstance(epoch, int) and 1 <= epoch <= epochs
+                    and row.shape == (num_classes,)):
                 history[epoch - 1] = row
     return history
 
