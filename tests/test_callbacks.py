@@ -67,41 +67,6 @@ def test_update_schedule_follows_warmup_and_update_every(tiny_data, held_out, tm
     assert counts[:2] == [0, 0] and counts[2] > 0
 
 
-def _judge(callback, student_accuracy, num_samples=(10, 10, 10, 10)):
-    return callback.compute_mask(np.asarray(student_accuracy, float), np.asarray(num_samples))
-
-
-def _begun(callback, distiller=None):
-    callback.set_model(distiller or _distiller())
-    callback.on_train_begin()
-    return callback
-
-
-def test_margin_min_samples_and_missing_reference_keep_distilling(held_out):
-    callback = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=[0.9, 0.9, np.nan, 0.9], margin=0.05, min_samples=5))
-    mask = _judge(callback, [0.86, 0.84, 0.0, 0.1], num_samples=(10, 10, 10, 4))
-    # 0.86 is within the margin; 0.84 is not; class 2 has no reference;
-    # class 3 has too few held-out samples to be judged.
-    np.testing.assert_array_equal(mask, [1, 0, 1, 1])
-
-
-@pytest.mark.parametrize("sticky, expected", [(True, [0, 1, 1, 1]), (False, [1, 1, 1, 1])])
-def test_sticky_keeps_a_masked_class_masked(held_out, sticky, expected):
-    callback = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=[0.5] * 4, sticky=sticky))
-    np.testing.assert_array_equal(_judge(callback, [0.4, 0.6, 0.6, 0.6]), [0, 1, 1, 1])
-    np.testing.assert_array_equal(_judge(callback, [0.6, 0.6, 0.6, 0.6]), expected)
-
-
-def test_sticky_set_is_read_back_from_a_restored_mask(held_out):
-    distiller = _distiller()
-    distiller.set_class_mask([1, 1, 0, 1])
-    callback = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=[0.5] * 4, sticky=True), distiller)
-    np.testing.assert_array_equal(_judge(callback, [0.9] * 4), [1, 1, 0, 1])
-
-
 def test_reference_from_a_model_is_evaluated_once_at_train_begin(tiny_data, held_out):
     x, y = tiny_data
     keras.utils.set_random_seed(5)
@@ -147,11 +112,11 @@ def test_fits_of_the_same_model_reuse_the_traced_per_class_pass(tiny_data, held_
     callback = tllm_tf.UndistillableClassCallback(held_out, reference=[1.0, 1.0, 0.0, 0.0])
     distiller = _distiller()
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
-    counter = callback._counter
+    correctness = callback._correctness
     for _ in range(2):
         distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
-    assert callback._counter is counter
-    assert counter._count.experimental_get_tracing_count() == 1
+    assert callback._correctness is correctness
+    assert correctness._run.experimental_get_tracing_count() == 1
     np.testing.assert_allclose(
         callback.student_accuracy, tllm_tf.per_class_accuracy(distiller, held_out, NUM_CLASSES))
 
@@ -252,64 +217,98 @@ def test_a_per_epoch_reference_needs_epoch_matched(tiny_data, held_out):
         _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
-def test_smoothing_averages_the_accuracies_over_updates(held_out):
-    reference = [0.5] * 4
-    plain = _begun(tllm_tf.UndistillableClassCallback(held_out, reference=reference))
-    smooth = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=reference, smoothing=0.5))
-    first, second = [0.8, 0.4, 0.6, 0.6], [0.3, 0.4, 0.6, 0.45]
-    np.testing.assert_array_equal(_judge(plain, first), [1, 0, 1, 1])
-    np.testing.assert_array_equal(_judge(smooth, first), [1, 0, 1, 1])
-    np.testing.assert_array_equal(_judge(plain, second), [0, 0, 1, 0])
-    # Moving averages: 0.55, 0.4, 0.6, 0.525; only class 1 stays below 0.5.
-    np.testing.assert_array_equal(_judge(smooth, second), [1, 0, 1, 1])
-
-
-def test_smoothing_also_averages_an_epoch_matched_reference(held_out):
-    callback = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=[[0.0] * 4, [1.0] * 4], epoch_matched=True, smoothing=0.5))
-    callback.reference_accuracy = callback._reference_at(0)
-    np.testing.assert_array_equal(_judge(callback, [0.4] * 4), [1, 1, 1, 1])
-    callback.reference_accuracy = callback._reference_at(1)
-    # Reference average 0.5, student average 0.45 and 0.55.
-    np.testing.assert_array_equal(_judge(callback, [0.5, 0.7, 0.5, 0.7]), [0, 1, 0, 1])
-
-
-def test_patience_needs_consecutive_updates_behind(held_out):
-    callback = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=[0.5] * 4, patience=2))
-    np.testing.assert_array_equal(_judge(callback, [0.4, 0.4, 0.6, 0.6]), [1, 1, 1, 1])
-    np.testing.assert_array_equal(_judge(callback, [0.4, 0.6, 0.4, 0.6]), [0, 1, 1, 1])
-    np.testing.assert_array_equal(_judge(callback, [0.4, 0.4, 0.6, 0.6]), [0, 1, 1, 1])
-    np.testing.assert_array_equal(_judge(callback, [0.6, 0.4, 0.6, 0.6]), [1, 0, 1, 1])
-
-
-def test_patience_state_is_reset_by_a_new_fit(tiny_data, held_out):
+def test_patience_state_lives_in_the_model_across_fits(tiny_data, held_out):
+    # The streak is in the Distiller's variables (so checkpoints keep it): a
+    # second fit of the same model continues it; a new model starts afresh.
     x, y = tiny_data
     callback = tllm_tf.UndistillableClassCallback(
-        held_out, reference=[1.0] * 4, patience=2)
+        held_out, reference=[1.0] * 4, patience=2, rule="unpaired")
     distiller = _distiller()
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
     assert distiller.undistillable_classes == []
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
-    assert distiller.undistillable_classes == []
+    assert distiller.undistillable_classes
+    fresh = _distiller()
+    fresh.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert fresh.undistillable_classes == []
 
 
-def test_margin_in_standard_errors(held_out):
-    # n = 50: for accuracies 0.86 / 0.9 the pooled p is (50 * 0.88 + 1) / 52,
-    # se = sqrt(2 p (1 - p) / 50) = 0.0684; for 0.98 / 1.0 it is 0.0336.
-    reference = [0.9, 0.9, 1.0, 1.0]
-    counts = (50, 50, 50, 50)
-    student = [0.86, 0.80, 0.98, 0.94]
-    plain = _begun(tllm_tf.UndistillableClassCallback(held_out, reference=reference))
-    np.testing.assert_array_equal(_judge(plain, student, counts), [0, 0, 0, 0])
-    guarded = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=reference, margin_standard_errors=1.0))
-    np.testing.assert_array_equal(_judge(guarded, student, counts), [1, 0, 1, 0])
-    # The fixed margin adds to the one in standard errors.
-    both = _begun(tllm_tf.UndistillableClassCallback(
-        held_out, reference=reference, margin_standard_errors=1.0, margin=0.03))
-    np.testing.assert_array_equal(_judge(both, student, counts), [1, 1, 1, 1])
+def test_resume_from_saved_weights_continues_the_rule_exactly(tiny_data, held_out, tmp_path):
+    """Patience and smoothing state travel with the weights, as the mask does."""
+    x, y = tiny_data
+    kwargs = dict(reference=[0.9] * 4, rule="unpaired", patience=2, smoothing=0.5)
+    whole = _distiller()
+    whole.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+              callbacks=[tllm_tf.UndistillableClassCallback(held_out, **kwargs)])
+    first = _distiller()
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[tllm_tf.UndistillableClassCallback(held_out, **kwargs)])
+    path = str(tmp_path / "epoch1.weights.h5")
+    first.save_weights(path)
+    resumed = _distiller(seed=7)
+    resumed.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)  # builds the optimizer
+    resumed.load_weights(path)
+    resumed.optimizer.iterations.assign(first.optimizer.iterations)
+    for variable, value in zip(resumed.optimizer.variables, first.optimizer.variables):
+        variable.assign(value)
+    resumed.fit(x, y, batch_size=8, epochs=3, initial_epoch=1, shuffle=False, verbose=0,
+                callbacks=[tllm_tf.UndistillableClassCallback(held_out, **kwargs)])
+    np.testing.assert_array_equal(resumed.class_mask.numpy(), whole.class_mask.numpy())
+    np.testing.assert_allclose(resumed.identification_state.numpy(),
+                               whole.identification_state.numpy(), rtol=1e-6)
+
+
+def test_paired_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    keras.utils.set_random_seed(5)
+    reference_model = make_mlp("reference")
+    log_path = str(tmp_path / "log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=reference_model, log_path=log_path)
+    _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.effective_rule == "paired"
+    record = _log_records(log_path)[0]
+    assert record["rule"] == "paired"
+    reference_correct = np.argmax(reference_model.predict(held_out[0], verbose=0), -1) == held_out[1]
+    student_correct = np.argmax(callback.model.predict(held_out[0], verbose=0), -1) == held_out[1]
+    expected = np.bincount(held_out[1][reference_correct & ~student_correct], minlength=4)
+    assert record["behind_counts"] == expected.tolist()
+    assert len(record["p_values"]) == NUM_CLASSES
+
+
+def test_per_class_reference_falls_back_to_unpaired_with_a_warning(tiny_data, held_out, caplog):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=[0.5] * 4)
+    with caplog.at_level("WARNING"):
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.effective_rule == "unpaired"
+    assert "unpaired rule" in caplog.text
+
+
+def test_reference_predictions_of_another_split_are_refused(tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    reference_path = str(tmp_path / "reference.json")
+    tllm_tf.save_reference(reference_path, [0.5] * 4)
+    tllm_tf.save_predictions(tllm_tf.predictions_path(reference_path),
+                             labels=np.arange(12) % 4, correct=np.ones((1, 12), bool))
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference_path)
+    with pytest.raises(ValueError, match="another held-out split.*12 images.*16"):
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_no_class_behind_trains_exactly_as_kd(tiny_data, held_out):
+    """No harm by construction: a mask of ones is plain KD, bit for bit."""
+    x, y = tiny_data
+    kd = _distiller()
+    kd.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    tllm = _distiller()
+    reference = tllm_tf.ReferencePredictions(
+        labels=held_out[1], correct=np.zeros((1, len(held_out[1])), bool))
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference)
+    tllm.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    assert tllm.undistillable_classes == []
+    for a, b in zip(kd.student.get_weights(), tllm.student.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_get_config_has_every_argument(held_out):
@@ -318,7 +317,7 @@ def test_get_config_has_every_argument(held_out):
         sticky=True, min_samples=5, epoch_matched=True, smoothing=0.3, patience=2,
         margin_standard_errors=1.5)
     assert callback.get_config() == {
-        "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
+        "rule": "paired", "significance": 0.05, "correction": "holm", "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
         "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
         "patience": 2, "margin_standard_errors": 1.5,
     }

@@ -78,7 +78,7 @@ def test_identification_flags_reach_the_callback(train_tool, tmp_path, monkeypat
         train_tool, "--flagfile=configs/demo.flags", f"--workdir={workdir}", "--method=tllm",
         "--teacher_model=cnn_tiny", "--num_train=200", "--epochs=3", "--teacher_epochs=1",
         "--warmup_epochs=0", "--verbose=0", "--epoch_matched", "--smoothing=0.5",
-        "--patience=2", "--margin_standard_errors=1.5")
+        "--patience=2", "--margin_standard_errors=1.5", "--rule=unpaired")
     stages.run(config)
 
     (callback,) = created
@@ -96,7 +96,7 @@ def test_identification_flags_reach_the_callback(train_tool, tmp_path, monkeypat
     for record in records:
         np.testing.assert_allclose(np.array(record["reference_accuracy"], dtype=float),
                                    history[record["epoch"] - 1], atol=1e-6)
-        assert "smoothed_student_accuracy" in record
+        assert record["rule"] == "unpaired" and len(record["smoothed"]) == 2
 
 
 @pytest.mark.slow

@@ -2,112 +2,128 @@
 
 Teach Less, Learn More (Zhu et al., NeurIPS 2022): a class is undistillable
 when the distilled student is less accurate on it than a student trained on
-labels alone. Every few epochs this callback measures the student's per-class
-accuracy on a held-out split of the *training* data, compares it with the
-reference, and sets the `Distiller`'s class mask so those classes stop being
-distilled.
+labels alone. Every few epochs this callback measures the student on a
+held-out split of the *training* data, compares it with the reference by the
+rule of `tllm_tf.identification` (by default a paired exact test per class
+with Holm's correction), and sets the `Distiller`'s class mask so those
+classes stop being distilled.
 
-Held-out per-class accuracy is coarse (one image of fifty is two points) and
-noisy from epoch to epoch, so the rule has optional guards: a fixed margin, a
-margin in standard errors, smoothing over updates, a number of consecutive
-updates a class must stay behind, and an epoch-matched reference (the
-student's epoch `e` against the reference's epoch `e`, see
-`tllm_tf.ReferenceHistory`).
+What the rule keeps between updates (patience streaks, moving averages, the
+sticky set) lives in the `Distiller`'s `identification_state` variable, next
+to the class mask: a checkpoint holds both, so a resumed run judges exactly
+as an uninterrupted one would.
 """
 
 import json
+import logging
 import os
 
 import keras
 import numpy as np
 
+from tllm_tf import held_out_predictions as predictions_lib
+from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import reference as reference_lib
 
 
 def _json_list(values):
-    return [None if np.isnan(v) else round(float(v), 6) for v in values]
+    return [None if np.isnan(v) else round(float(v), 6) for v in np.asarray(values, float)]
 
 
 class UndistillableClassCallback(keras.callbacks.Callback):
-    """Updates a `Distiller`'s class mask from held-out per-class accuracy.
+    """Updates a `Distiller`'s class mask from held-out results.
 
     At the end of epoch `e` (counted from 1), when `e > warmup_epochs` and
-    `(e - warmup_epochs) % update_every == 0`, the callback measures the
-    student's per-class accuracy `s` on `validation_data` and takes the
-    reference's `r` (its final accuracy, or with `epoch_matched=True` its
-    accuracy after epoch `e`). With `smoothing > 0` both are replaced by their
-    exponential moving averages over the updates so far. Class `c` is behind
-    when
+    `(e - warmup_epochs) % update_every == 0`, the callback measures which
+    held-out images the student classifies correctly and compares it, class
+    by class, with the reference (its finished state, or with
+    `epoch_matched=True` its state after epoch `e`):
 
-        s[c] < r[c] - margin - margin_standard_errors * se[c],
-        se[c] = sqrt(2 * p * (1 - p) / n[c]),  p = (n[c] * (s[c] + r[c]) / 2 + 1) / (n[c] + 2)
+    - `rule="paired"` (default): per class, `b` = images only the reference
+      gets right, `w` = images only the student gets right; the class is
+      behind when McNemar's one-sided exact test (`b ~ Binomial(b + w, 1/2)`
+      under "no worse") rejects at `significance` after `correction` across
+      the classes, and, with `margin > 0`, `(b - w) / n` exceeds it. Needs
+      the reference's per-image results: a `keras.Model`, a
+      `ReferencePredictions`, or a reference JSON file with its
+      predictions file beside it (the reference stage writes both).
+    - `rule="unpaired"`: the student's accuracy `s[c]` is below the
+      reference's `r[c]` by more than `margin + margin_standard_errors *
+      se[c]` (see `tllm_tf.identification`). A reference given only as
+      per-class accuracies is judged this way, with a warning when the
+      paired rule was asked for.
 
-    (`se` is the standard error of a difference of two accuracies measured on
-    `n[c]` held-out examples, `p` their pooled accuracy with one pseudo-count
-    each way so that a perfect class still has a non-zero error). A class
-    behind on `patience` consecutive updates is marked undistillable (mask
-    0); every other class is distilled (mask 1). A class with fewer than
-    `min_samples` held-out examples, or with no reference accuracy, keeps
-    being distilled. With `sticky=True` a class once masked stays masked; the
-    sticky set is read from the mask at train begin, so it survives a resume
-    from a checkpoint. With the defaults the rule is the plain comparison
-    `s[c] < r[c]` at every epoch.
+    A class behind on `patience` consecutive updates is masked (mask 0);
+    with `sticky=True` it stays masked; with `smoothing > 0` the compared
+    quantities are moving averages over updates. A class with fewer than
+    `min_samples` held-out images keeps being distilled. When no class is
+    behind the mask stays all ones, and the student trains exactly as plain
+    KD would.
 
-    `validation_data` must be a held-out split of the *training* data. Never
-    pass the test split: the classes chosen on it would shape training, and
-    the test accuracy would no longer measure generalisation.
+    `validation_data` must be a held-out split of the *training* data, in a
+    fixed order. Never pass the test split: the classes chosen on it would
+    shape training, and the test accuracy would no longer measure
+    generalisation.
 
-    Every epoch's logs get `num_undistillable_classes` (progress bar,
-    `History`, `CSVLogger`, TensorBoard).
+    Every epoch's logs get `num_undistillable_classes`: the number of
+    classes the *next* epoch stops distilling.
 
     Args:
         validation_data: batched `tf.data.Dataset` of `(x, y)`, or a tuple
             `(x, y)` of arrays, of held-out *training* examples.
-        reference: the label-only student's per-class accuracy on the same
-            split: an array `(num_classes,)`, the path of a JSON file written
-            by `tllm_tf.save_reference`, or a `keras.Model` (evaluated once on
-            `validation_data` at train begin). With `epoch_matched=True`: an
-            array `(epochs, num_classes)` (row `i` after epoch `i + 1`) or the
-            path of a file written by `tllm_tf.ReferenceHistory`.
+        reference: the label-only student on the same split: a
+            `keras.Model` (evaluated once at train begin), a
+            `tllm_tf.ReferencePredictions`, the path of a reference JSON
+            file (`tllm_tf.save_reference`), or an array `(num_classes,)` of
+            per-class accuracies. With `epoch_matched=True`: a
+            `ReferencePredictions`, a reference file with per-epoch
+            results, or an array `(epochs, num_classes)` (row `i` after
+            epoch `i + 1`).
+        rule: `"paired"` or `"unpaired"`. Defaults to `"paired"`.
+        significance: level of the paired test, in `(0, 1)`. Defaults to
+            `0.05`.
+        correction: `"holm"`, `"benjamini_hochberg"` or `"none"`, across
+            the classes of one update. Defaults to `"holm"`.
         margin: how far below the reference a class must fall, in accuracy
-            units (0.02 = 2 points), `>= 0`. Defaults to `0.0`.
+            units, `>= 0`. Defaults to `0.0`.
         warmup_epochs: epochs before the first update, `>= 0`. Defaults
             to `0`.
         update_every: epochs between updates, `>= 1`. Defaults to `1`.
         sticky: whether a masked class stays masked. Defaults to `False`.
         min_samples: fewest held-out examples a class needs to be judged,
             `>= 1`. Defaults to `1`.
-        log_path: if set, one JSON line per update is appended there: epoch,
-            student and reference per-class accuracy, sample counts, mask.
+        log_path: if set, one JSON line per update is appended there.
             Defaults to `None`.
-        epoch_matched: whether to compare with the reference's accuracy at
-            the same epoch (the last recorded epoch once the student trains
-            longer than the reference). Defaults to `False`.
-        smoothing: weight of the past in the moving average of the per-class
-            accuracies over updates, in `[0, 1)`; `0` uses each update's
-            values alone. Defaults to `0.0`.
-        patience: consecutive updates a class must be behind before it is
-            masked, `>= 1`. Defaults to `1`.
-        margin_standard_errors: extra margin in standard errors `se[c]` of
-            the accuracy difference, `>= 0`. Defaults to `0.0`.
+        epoch_matched: whether to compare with the reference at the same
+            epoch (its last recorded epoch once the student trains longer).
+            Defaults to `False`.
+        smoothing: weight of the past in the moving averages, in `[0, 1)`.
+            Defaults to `0.0`.
+        patience: consecutive updates a class must be behind, `>= 1`.
+            Defaults to `1`.
+        margin_standard_errors: unpaired rule: extra margin in standard
+            errors of the accuracy difference, `>= 0`. Defaults to `0.0`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
-            reference of the wrong shape or, with `epoch_matched=True`, one
-            without per-epoch accuracy.
+            reference of the wrong shape, from another held-out split, or,
+            with `epoch_matched=True`, one without per-epoch results.
 
     Example:
 
     >>> distiller.fit(train_ds, epochs=30, callbacks=[
-    ...     UndistillableClassCallback(held_out_ds, "reference.json",
-    ...                                epoch_matched=True, patience=2)])
+    ...     UndistillableClassCallback(held_out_ds, "runs/x/reference/reference.json",
+    ...                                epoch_matched=True, sticky=True)])
     """
 
     def __init__(
         self,
         validation_data,
         reference,
+        rule="paired",
+        significance=0.05,
+        correction="holm",
         margin=0.0,
         warmup_epochs=0,
         update_every=1,
@@ -120,175 +136,172 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         margin_standard_errors=0.0,
     ):
         super().__init__()
-        if not margin >= 0:
-            raise ValueError(f"Expected margin >= 0. Received: margin={margin}")
         if warmup_epochs < 0:
             raise ValueError(
                 f"Expected warmup_epochs >= 0. Received: warmup_epochs={warmup_epochs}")
         if update_every < 1:
             raise ValueError(
                 f"Expected update_every >= 1. Received: update_every={update_every}")
-        if min_samples < 1:
-            raise ValueError(
-                f"Expected min_samples >= 1. Received: min_samples={min_samples}")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(
-                f"Expected 0 <= smoothing < 1. Received: smoothing={smoothing}")
-        if patience < 1:
-            raise ValueError(f"Expected patience >= 1. Received: patience={patience}")
-        if not margin_standard_errors >= 0:
-            raise ValueError(
-                "Expected margin_standard_errors >= 0. Received: "
-                f"margin_standard_errors={margin_standard_errors}")
+        self.options = identification.RuleOptions(
+            rule=rule, significance=float(significance), correction=correction,
+            margin=float(margin), margin_standard_errors=float(margin_standard_errors),
+            smoothing=float(smoothing), patience=int(patience), sticky=bool(sticky),
+            min_samples=int(min_samples))
         self.validation_data = metrics_lib.as_dataset(validation_data)
         self.reference = reference
-        self.margin = float(margin)
         self.warmup_epochs = int(warmup_epochs)
         self.update_every = int(update_every)
-        self.sticky = bool(sticky)
-        self.min_samples = int(min_samples)
         self.log_path = log_path
         self.epoch_matched = bool(epoch_matched)
-        self.smoothing = float(smoothing)
-        self.patience = int(patience)
-        self.margin_standard_errors = float(margin_standard_errors)
+        self.effective_rule = rule
         self.reference_accuracy = None
         self.student_accuracy = None
+        self.p_values = None
         self._reference_history = None
-        self._smoothed_student = None
-        self._smoothed_reference = None
-        self._behind_streak = None
-        self._counter = None
-        self._sticky_mask = None
+        self._reference_predictions = None
+        self._correctness = None
+
+    # -- the reference ---------------------------------------------------------
 
     def _resolve_reference(self, num_classes):
-        """Returns the reference as `(epochs, num_classes)` rows."""
-        if isinstance(self.reference, keras.Model):
+        """Sets the reference's per-class accuracy rows and, if any, its per-image results."""
+        reference = self.reference
+        predictions = None
+        if isinstance(reference, keras.Model):
             if self.epoch_matched:
                 raise ValueError(
-                    "epoch_matched=True needs the reference's per-epoch accuracy: "
-                    "pass a ReferenceHistory file or an (epochs, num_classes) "
-                    "array, not a model.")
-            return metrics_lib.per_class_accuracy(
-                self.reference, self.validation_data, num_classes)[np.newaxis]
-        if isinstance(self.reference, (str, os.PathLike)):
-            if self.epoch_matched:
-                values = reference_lib.load_reference_history(self.reference)
+                    "epoch_matched=True needs the reference's per-epoch results: "
+                    "pass a reference file written by the reference stage, a "
+                    "ReferencePredictions or an (epochs, num_classes) array, not a model.")
+            correct, labels = metrics_lib.PerImageCorrectness(reference, num_classes)(
+                self.validation_data)
+            predictions = predictions_lib.ReferencePredictions(
+                labels=labels, correct=correct[np.newaxis])
+        elif isinstance(reference, predictions_lib.ReferencePredictions):
+            predictions = reference
+        elif isinstance(reference, (str, os.PathLike)):
+            values = (reference_lib.load_reference_history(reference) if self.epoch_matched
+                      else reference_lib.load_reference(reference))
+            sibling = predictions_lib.predictions_path(reference)
+            if self.options.rule == "paired" and os.path.exists(sibling):
+                predictions = predictions_lib.load_predictions(sibling)
+                self._reference_source = sibling
             else:
-                values = reference_lib.load_reference(self.reference)
+                self._set_accuracy_rows(values, num_classes)
         else:
-            values = np.asarray(self.reference, dtype=np.float64)
+            self._set_accuracy_rows(np.asarray(reference, dtype=np.float64), num_classes)
+        if predictions is not None:
+            if predictions.labels.size and predictions.labels.max() >= num_classes:
+                raise ValueError(
+                    f"The reference's predictions have labels up to "
+                    f"{predictions.labels.max()} but the model has num_classes={num_classes}.")
+            self._reference_predictions = predictions
+            rows = [metrics_lib.accuracy_from_counts(*metrics_lib.counts_from_correctness(
+                row, predictions.labels, num_classes)) for row in predictions.correct]
+            self._reference_history = np.stack(rows)
+            if not self.epoch_matched:
+                self._reference_history = self._reference_history[-1:]
+        self.effective_rule = "paired" if self._reference_predictions is not None else "unpaired"
+        if self.options.rule == "paired" and self.effective_rule == "unpaired":
+            logging.warning(
+                "UndistillableClassCallback: the reference has per-class accuracies only, "
+                "so classes are compared with the unpaired rule (noisier: it masks "
+                "classes on chance differences). Pass the reference model, or a "
+                "reference file with its %s beside it, for the paired test.",
+                predictions_lib.PREDICTIONS_FILE)
+
+    def _set_accuracy_rows(self, values, num_classes):
         expected_rank = 2 if self.epoch_matched else 1
         if values.ndim != expected_rank:
             raise ValueError(
                 f"Expected a reference of rank {expected_rank} "
                 f"({'(epochs, num_classes)' if self.epoch_matched else '(num_classes,)'}) "
-                f"with epoch_matched={self.epoch_matched}. Received shape {values.shape}."
-            )
+                f"with epoch_matched={self.epoch_matched}. Received shape {values.shape}.")
         if values.shape[-1] != num_classes or values.size == 0:
             raise ValueError(
-                f"The reference has {values.shape[-1]} "
-                f"per-class accuracies but the model has num_classes={num_classes}. "
-                "Pass the reference of a student trained on the same classes."
-            )
-        return values.reshape(-1, num_classes)
+                f"The reference has {values.shape[-1]} per-class accuracies but the "
+                f"model has num_classes={num_classes}. Pass the reference of a student "
+                "trained on the same classes.")
+        self._reference_history = values.reshape(-1, num_classes)
+
+    # -- Keras hooks -------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         if not hasattr(self.model, "class_mask"):
             raise ValueError(
                 "UndistillableClassCallback needs a tllm_tf.Distiller (a model "
-                f"with a `class_mask`). Received: {type(self.model).__name__}"
-            )
+                f"with a `class_mask`). Received: {type(self.model).__name__}")
         num_classes = self.model.num_classes
-        self._reference_history = self._resolve_reference(num_classes)
+        self._reference_predictions = None
+        self._reference_source = "the reference"
+        self._resolve_reference(num_classes)
         self.reference_accuracy = self._reference_history[-1]
         self.student_accuracy = None
-        self._smoothed_student = None
-        self._smoothed_reference = None
-        self._behind_streak = np.zeros(num_classes, dtype=np.int64)
-        if self._counter is None or self._counter.model is not self.model:
+        self.p_values = None
+        if self._correctness is None or self._correctness.model is not self.model:
             # Kept across `fit` calls on the same model: its traced pass is reused.
-            self._counter = metrics_lib.PerClassCounter(self.model, num_classes)
-        current_mask = keras.ops.convert_to_numpy(self.model.class_mask)
-        self._sticky_mask = current_mask <= 0.0 if self.sticky else None
+            self._correctness = metrics_lib.PerImageCorrectness(self.model, num_classes)
+        self._labels_checked = False
 
     def _is_update_epoch(self, epoch):
         epoch_number = epoch + 1
         return (epoch_number > self.warmup_epochs
                 and (epoch_number - self.warmup_epochs) % self.update_every == 0)
 
-    def _reference_at(self, epoch):
-        row = min(epoch, len(self._reference_history) - 1)
-        return self._reference_history[row]
-
-    def _smooth(self, previous, current):
-        if previous is None or self.smoothing == 0.0:
-            return current
-        # A NaN (an empty class) must not poison the average for good.
-        blended = self.smoothing * previous + (1.0 - self.smoothing) * current
-        return np.where(np.isnan(previous), current, blended)
-
-    def compute_mask(self, student_accuracy, num_samples):
-        """Returns the new mask (float32, 1 = distil) from held-out results.
-
-        Compares with `reference_accuracy` (the current epoch's row when
-        epoch-matched) and advances the smoothing and patience state, so call
-        it once per update.
-
-        Args:
-            student_accuracy: array `(num_classes,)`, NaN for empty classes.
-            num_samples: array `(num_classes,)` of held-out counts.
-
-        Returns:
-            A float32 array `(num_classes,)`.
-        """
-        num_samples = np.asarray(num_samples, dtype=np.float64)
-        self._smoothed_student = self._smooth(self._smoothed_student, student_accuracy)
-        self._smoothed_reference = self._smooth(
-            self._smoothed_reference, self.reference_accuracy)
-        student, reference = self._smoothed_student, self._smoothed_reference
-        threshold = reference - self.margin
-        if self.margin_standard_errors > 0:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                pooled = (num_samples * (student + reference) / 2 + 1) / (num_samples + 2)
-                standard_error = np.sqrt(2 * pooled * (1 - pooled) / np.maximum(num_samples, 1))
-            threshold = threshold - self.margin_standard_errors * standard_error
-        with np.errstate(invalid="ignore"):
-            behind = student < threshold
-        judged = (num_samples >= self.min_samples) & ~np.isnan(reference)
-        behind &= judged
-        self._behind_streak = np.where(behind, self._behind_streak + 1, 0)
-        undistillable = self._behind_streak >= self.patience
-        if self._sticky_mask is not None:
-            undistillable |= self._sticky_mask
-            self._sticky_mask = undistillable
-        return np.where(undistillable, 0.0, 1.0).astype(np.float32)
+    def _evidence(self, epoch, correct, labels, num_classes):
+        hits, total = metrics_lib.counts_from_correctness(correct, labels, num_classes)
+        self.student_accuracy = metrics_lib.accuracy_from_counts(hits, total)
+        row = min(epoch, len(self._reference_history) - 1) if self.epoch_matched else -1
+        self.reference_accuracy = self._reference_history[row]
+        if self.effective_rule == "unpaired":
+            return identification.Evidence(total, self.student_accuracy, self.reference_accuracy)
+        predictions = self._reference_predictions
+        if not self._labels_checked:
+            predictions.check_labels(labels, self._reference_source)
+            self._labels_checked = True
+        reference_correct = (predictions.at_epoch(epoch) if self.epoch_matched
+                             else predictions.final)
+        behind, ahead = identification.discordant_counts(
+            correct, reference_correct, labels, num_classes)
+        return identification.Evidence(total, self.student_accuracy, self.reference_accuracy,
+                                       behind_counts=behind, ahead_counts=ahead)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._is_update_epoch(epoch):
-            if self.epoch_matched:
-                self.reference_accuracy = self._reference_at(epoch)
-            correct, total = self._counter(self.validation_data)
-            self.student_accuracy = metrics_lib.accuracy_from_counts(correct, total)
-            mask = self.compute_mask(self.student_accuracy, total)
+            num_classes = self.model.num_classes
+            correct, labels = self._correctness(self.validation_data)
+            evidence = self._evidence(epoch, correct, labels, num_classes)
+            options = self.options
+            if options.rule != self.effective_rule:
+                options = identification.RuleOptions(
+                    **{**vars(options), "rule": self.effective_rule})
+            state = identification.IdentificationState.from_array(
+                keras.ops.convert_to_numpy(self.model.identification_state))
+            state, masked, self.p_values = identification.update(state, evidence, options)
+            mask = np.where(masked, 0.0, 1.0).astype(np.float32)
+            self.model.identification_state.assign(state.to_array())
             self.model.set_class_mask(mask)
             if self.log_path:
-                self._append_log(epoch, total, mask)
+                self._append_log(epoch, evidence, state, mask)
         if logs is not None:
             logs["num_undistillable_classes"] = len(self.model.undistillable_classes)
 
-    def _append_log(self, epoch, num_samples, mask):
+    def _append_log(self, epoch, evidence, state, mask):
         record = {
             "epoch": epoch + 1,
-            "student_accuracy": _json_list(self.student_accuracy),
-            "reference_accuracy": _json_list(self.reference_accuracy),
-            "num_samples": [int(n) for n in num_samples],
+            "rule": self.effective_rule,
+            "student_accuracy": _json_list(evidence.student_accuracy),
+            "reference_accuracy": _json_list(evidence.reference_accuracy),
+            "num_samples": [int(n) for n in evidence.num_samples],
             "class_mask": [float(m) for m in mask],
             "num_undistillable_classes": int(np.sum(mask <= 0.0)),
         }
-        if self.smoothing > 0:
-            record["smoothed_student_accuracy"] = _json_list(self._smoothed_student)
-            record["smoothed_reference_accuracy"] = _json_list(self._smoothed_reference)
+        if evidence.behind_counts is not None:
+            record["behind_counts"] = [int(n) for n in evidence.behind_counts]
+            record["ahead_counts"] = [int(n) for n in evidence.ahead_counts]
+            record["p_values"] = _json_list(self.p_values)
+        if self.options.smoothing > 0:
+            record["smoothed"] = [_json_list(row) for row in state.smoothed]
         directory = os.path.dirname(os.path.abspath(self.log_path))
         os.makedirs(directory, exist_ok=True)
         with open(self.log_path, "a") as handle:
@@ -296,14 +309,17 @@ class UndistillableClassCallback(keras.callbacks.Callback):
 
     def get_config(self):
         return {
-            "margin": self.margin,
+            "rule": self.options.rule,
+            "significance": self.options.significance,
+            "correction": self.options.correction,
+            "margin": self.options.margin,
             "warmup_epochs": self.warmup_epochs,
             "update_every": self.update_every,
-            "sticky": self.sticky,
-            "min_samples": self.min_samples,
+            "sticky": self.options.sticky,
+            "min_samples": self.options.min_samples,
             "log_path": self.log_path,
             "epoch_matched": self.epoch_matched,
-            "smoothing": self.smoothing,
-            "patience": self.patience,
-            "margin_standard_errors": self.margin_standard_errors,
+            "smoothing": self.options.smoothing,
+            "patience": self.options.patience,
+            "margin_standard_errors": self.options.margin_standard_errors,
         }

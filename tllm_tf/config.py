@@ -9,6 +9,10 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
+from tllm_tf.losses import DISTILLATION_LOSSES
+from tllm_tf.identification import CORRECTIONS
+from tllm_tf.identification import RULES
+from tllm_tf.policies import POLICIES
 from tllm_tf.teacher_precision import TEACHER_DTYPES
 
 STAGES = ("teacher", "reference", "student", "all")
@@ -58,11 +62,19 @@ class RunConfig:
     lr_decay_rate: float = 0.1
     teacher_label_smoothing: float = 0.0
     # Distillation.
+    distillation_loss: str = "kd"
     temperature: float = 4.0
     alpha: float = 0.1
     beta: float = 0.9
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    nkd_gamma: float = 1.5
+    distillation_warmup_epochs: int = 0
     masked_class_policy: str = "hard_label"
     # Undistillable-class identification.
+    rule: str = "paired"
+    significance: float = 0.05
+    correction: str = "holm"
     margin: float = 0.0
     warmup_epochs: int = 0
     update_every: int = 1
@@ -94,9 +106,22 @@ class RunConfig:
                 f"optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}")
         require(self.strategy in STRATEGIES,
                 f"strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
-        require(self.masked_class_policy in ("hard_label", "drop"),
-                "masked_class_policy must be 'hard_label' or 'drop'. "
+        require(self.masked_class_policy in POLICIES,
+                f"masked_class_policy must be one of {sorted(POLICIES)}. "
                 f"Received: {self.masked_class_policy!r}")
+        require(self.distillation_loss in DISTILLATION_LOSSES,
+                f"distillation_loss must be one of {sorted(DISTILLATION_LOSSES)}. "
+                f"Received: {self.distillation_loss!r}")
+        require(self.distillation_warmup_epochs >= 0,
+                f"distillation_warmup_epochs must be >= 0. Received: {self.distillation_warmup_epochs}")
+        require(self.dkd_alpha >= 0 and self.dkd_beta >= 0 and self.nkd_gamma >= 0,
+                f"dkd_alpha, dkd_beta and nkd_gamma must be >= 0. Received: {self.dkd_alpha}, "
+                f"{self.dkd_beta}, {self.nkd_gamma}")
+        require(self.rule in RULES, f"rule must be one of {RULES}. Received: {self.rule!r}")
+        require(self.correction in CORRECTIONS,
+                f"correction must be one of {CORRECTIONS}. Received: {self.correction!r}")
+        require(0.0 < self.significance < 1.0,
+                f"significance must be in (0, 1). Received: {self.significance}")
         require(0.0 < self.holdout_fraction < 1.0,
                 f"holdout_fraction must be in (0, 1). Received: {self.holdout_fraction}")
         require(self.epochs > 0, f"epochs must be > 0. Received: {self.epochs}")
@@ -146,6 +171,12 @@ class RunConfig:
         if self.stage == "all":
             return ("teacher", "reference", "student")
         return (self.stage,)
+
+    def distillation_loss_kwargs(self):
+        """The constructor arguments of the chosen distillation loss, from their fields."""
+        loss_class = DISTILLATION_LOSSES[self.distillation_loss]
+        return {argument: getattr(self, field)
+                for argument, field in loss_class.config_fields.items()}
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)

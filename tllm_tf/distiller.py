@@ -11,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tllm_tf import identification
 from tllm_tf import losses as losses_lib
+from tllm_tf import policies
 from tllm_tf import teacher_precision
-
-MASKED_CLASS_POLICIES = ("hard_label", "drop")
 
 
 def _output_size(model):
@@ -144,6 +144,17 @@ class Distiller(keras.Model):
             trainable=False,
             name="class_mask",
         )
+        # What the identification rule keeps between updates, saved with the
+        # mask so that a resumed run judges as an uninterrupted one would.
+        self.identification_state = self.add_weight(
+            shape=(4, self.num_classes),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            name="identification_state",
+        )
+        self.identification_state.assign(
+            identification.IdentificationState.initial(self.num_classes).to_array())
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
@@ -155,6 +166,7 @@ class Distiller(keras.Model):
         self.alpha = 0.1
         self.beta = 0.9
         self.masked_class_policy = "hard_label"
+        self.distillation_warmup_steps = 0
         self.student_loss_fn = None
         self.distillation_loss_fn = losses_lib.KDLoss()
         if student.built and teacher.built:
@@ -171,6 +183,7 @@ class Distiller(keras.Model):
         alpha=0.1,
         beta=0.9,
         masked_class_policy="hard_label",
+        distillation_warmup_steps=0,
         **kwargs,
     ):
         """Configures the distillation.
@@ -189,8 +202,14 @@ class Distiller(keras.Model):
                 `KDLoss(temperature=4.0)`.
             alpha: weight of the label term, `>= 0`. Defaults to `0.1`.
             beta: weight of the distillation term, `>= 0`. Defaults to `0.9`.
-            masked_class_policy: `"hard_label"` or `"drop"`, see the class
+            masked_class_policy: a name of `tllm_tf.policies.POLICIES`
+                (`"hard_label"`, `"drop"`, `"soft_label"`), see the class
                 docstring. Defaults to `"hard_label"`.
+            distillation_warmup_steps: the distillation weight rises
+                linearly from `beta / steps` to `beta` over this many
+                optimizer steps (DKD's warm-up; it follows the optimizer's
+                iteration count, so a resumed run continues it exactly),
+                `>= 0`. Defaults to `0` (no warm-up).
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, ...). `loss` is not accepted.
 
@@ -207,14 +226,15 @@ class Distiller(keras.Model):
                 raise ValueError(
                     f"Expected {weight_name} >= 0. Received: {weight_name}={weight}"
                 )
-        if masked_class_policy not in MASKED_CLASS_POLICIES:
+        policies.get_policy(masked_class_policy)
+        if not distillation_warmup_steps >= 0:
             raise ValueError(
-                f"Unknown masked_class_policy: {masked_class_policy!r}. Expected "
-                f"one of {MASKED_CLASS_POLICIES}."
-            )
+                "Expected distillation_warmup_steps >= 0. Received: "
+                f"distillation_warmup_steps={distillation_warmup_steps}")
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.masked_class_policy = masked_class_policy
+        self.distillation_warmup_steps = int(distillation_warmup_steps)
         self.student_loss_fn = student_loss_fn
         self.distillation_loss_fn = losses_lib.get_distillation_loss(
             distillation_loss_fn if distillation_loss_fn is not None else "kd"
@@ -227,6 +247,7 @@ class Distiller(keras.Model):
             alpha=self.alpha,
             beta=self.beta,
             masked_class_policy=self.masked_class_policy,
+            distillation_warmup_steps=self.distillation_warmup_steps,
             distillation_loss_fn=keras.saving.serialize_keras_object(
                 self.distillation_loss_fn
             ),
@@ -354,16 +375,27 @@ class Distiller(keras.Model):
         student_logits = ops.cast(student_logits, "float32")
         teacher_logits = ops.cast(teacher_logits, "float32")
         student_loss = self._student_loss(labels, is_soft, student_logits)
-        distillation_loss = self.distillation_loss_fn.call(teacher_logits, student_logits)
-        if is_soft:
-            distil_weight = ops.matmul(labels, ops.expand_dims(self.class_mask, -1))[:, 0]
-        else:
-            distil_weight = ops.take(self.class_mask, labels, axis=0)
-        gated = distil_weight * distillation_loss
-        if self.masked_class_policy == "hard_label":
-            gated = gated + (1.0 - distil_weight) * student_loss
-        total = self.alpha * student_loss + self.beta * gated
+        distillation_loss = losses_lib.per_sample_distillation_loss(
+            self.distillation_loss_fn, teacher_logits, student_logits, labels)
+        targets = labels if is_soft else ops.one_hot(labels, self.num_classes)
+        distil_weight = ops.matmul(targets, ops.expand_dims(self.class_mask, -1))[:, 0]
+        gated = policies.get_policy(self.masked_class_policy)(policies.PolicyInputs(
+            distil_weight=distil_weight,
+            distillation_loss=distillation_loss,
+            student_loss=student_loss,
+            targets=targets,
+            student_logits=student_logits,
+            teacher_logits=teacher_logits,
+            temperature=float(getattr(self.distillation_loss_fn, "temperature", 1.0)),
+        ))
+        total = self.alpha * student_loss + self._beta_now() * gated
         return total, student_loss, distillation_loss
+
+    def _beta_now(self):
+        if not self.distillation_warmup_steps:
+            return self.beta
+        step = ops.cast(self.optimizer.iterations + 1, "float32")
+        return self.beta * ops.minimum(1.0, step / float(self.distillation_warmup_steps))
 
     def _num_undistillable_classes(self):
         return ops.sum(ops.cast(self.class_mask <= 0.0, "int32"))

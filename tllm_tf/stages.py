@@ -11,7 +11,9 @@ Workdir layout:
     config.json
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
     reference/model.keras, reference.json (held-out per-class accuracy, final and
-        after every epoch), per_epoch_accuracy.jsonl, ...
+        after every epoch), held_out_predictions.npz (which held-out images it
+        got right after every epoch, for the paired rule),
+        per_epoch_accuracy.jsonl, held_out_predictions/ (one row per epoch), ...
     student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
         mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
@@ -30,7 +32,10 @@ import tllm_tf
 from tllm_tf import checkpointing
 from tllm_tf import data as data_lib
 from tllm_tf import export as export_lib
+from tllm_tf import held_out_predictions as predictions_lib
+from tllm_tf import losses as losses_lib
 from tllm_tf import metrics as metrics_lib
+from tllm_tf import model_io
 from tllm_tf import models as models_lib
 from tllm_tf import multi_worker
 from tllm_tf import reference as reference_lib
@@ -45,6 +50,7 @@ PER_CLASS_FILE = "test_per_class.json"
 REFERENCE_FILE = "reference.json"
 MASK_LOG_FILE = "mask_log.jsonl"
 REFERENCE_LOG_FILE = "per_epoch_accuracy.jsonl"
+PREDICTIONS_LOG_DIR = "held_out_predictions"
 HISTORY_FILE = "history.csv"
 
 
@@ -280,12 +286,17 @@ def run_reference(config, data, strategy, stage_dir):
     # Every epoch's held-out accuracy, for --epoch_matched. Logged per epoch
     # (repaired on resume like the mask log) so a resumed stage has them all.
     history_log = os.path.join(stage_dir, REFERENCE_LOG_FILE)
+    predictions_log = os.path.join(stage_dir, PREDICTIONS_LOG_DIR)
     callbacks = []
     if chief:
         workdir_lib.truncate_jsonl(
             history_log, checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint")))
+        held_out = eval_batches(data.held_out, config)
         callbacks.append(reference_lib.ReferenceHistory(
-            eval_batches(data.held_out, config), data.num_classes, log_path=history_log))
+            held_out, data.num_classes, log_path=history_log))
+        # Which held-out images it gets right, every epoch: the paired rule's input.
+        callbacks.append(predictions_lib.PredictionRecorder(
+            held_out, data.num_classes, log_dir=predictions_log))
     _fit(student, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks)
     if chief:
         counter = metrics_lib.PerClassCounter(student, data.num_classes)
@@ -293,6 +304,11 @@ def run_reference(config, data, strategy, stage_dir):
         warn_about_empty_held_out_classes(total, data.class_names)
         _save_per_class(student, data, config, stage_dir)
         _finish(student, stage_dir, chief)
+        rows = predictions_lib.read_rows(predictions_log, config.epochs)
+        if rows is not None:
+            predictions_lib.save_predictions(
+                predictions_lib.predictions_path(reference_path), *rows)
+            shutil.rmtree(predictions_log, ignore_errors=True)
         # Written last: its presence marks the stage as done.
         reference_lib.save_reference(
             reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
@@ -308,7 +324,7 @@ def load_teacher(teacher_path, data):
             f"Teacher not found: {teacher_path!r}. Run --stage=teacher first or "
             "pass --teacher_path.")
     # Frozen, so its optimizer state (if saved) is not loaded.
-    teacher = keras.models.load_model(teacher_path, compile=False, safe_mode=True)
+    teacher = model_io.load_keras_model(teacher_path, role="teacher")
     outputs = teacher.outputs[0].shape[-1]
     if outputs != data.num_classes:
         raise ValueError(
@@ -377,11 +393,29 @@ def _read_reference(reference_path, num_classes, epoch_matched):
     return accuracy
 
 
-def _reference_on_every_worker(strategy, reference_path, num_classes, epoch_matched):
-    """The chief's reference file (see `_read_reference`), on every worker."""
-    values = multi_worker.run_on_chief(
-        strategy,
-        lambda: _read_reference(reference_path, num_classes, epoch_matched).tolist())
+def _reference_on_every_worker(strategy, reference_path, num_classes, config):
+    """The chief's reference, on every worker.
+
+    With the paired rule and a predictions file beside the reference file: a
+    `ReferencePredictions`; otherwise the per-class accuracies of
+    `_read_reference` (the callback then judges with the unpaired rule and
+    says so).
+    """
+    sibling = predictions_lib.predictions_path(reference_path)
+
+    def read():
+        if config.rule == "paired" and os.path.exists(sibling):
+            _read_reference(reference_path, num_classes, config.epoch_matched)
+            predictions = predictions_lib.load_predictions(sibling)
+            return {"labels": predictions.labels.tolist(),
+                    "correct": predictions.correct.astype(int).tolist()}
+        return _read_reference(reference_path, num_classes, config.epoch_matched).tolist()
+
+    values = multi_worker.run_on_chief(strategy, read)
+    if isinstance(values, dict):
+        return predictions_lib.ReferencePredictions(
+            labels=np.array(values["labels"], dtype=np.int32),
+            correct=np.array(values["correct"], dtype=bool))
     return np.array(values, dtype=np.float64)
 
 
@@ -401,10 +435,13 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
         distiller.compile(
             optimizer=make_optimizer(config, steps_per_epoch(data, config)),
             metrics=["accuracy"],
-            distillation_loss_fn=tllm_tf.KDLoss(temperature=config.temperature),
+            distillation_loss_fn=losses_lib.get_distillation_loss(
+                config.distillation_loss, **config.distillation_loss_kwargs()),
             alpha=config.alpha,
             beta=config.beta,
             masked_class_policy=config.masked_class_policy,
+            distillation_warmup_steps=(
+                config.distillation_warmup_epochs * steps_per_epoch(data, config)),
             jit_compile=config.jit_compile,
             steps_per_execution=config.steps_per_execution,
         )
@@ -417,7 +454,10 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
         identification = tllm_tf.UndistillableClassCallback(
             eval_batches(data.held_out, config),
             reference=_reference_on_every_worker(
-                strategy, reference_path, data.num_classes, config.epoch_matched),
+                strategy, reference_path, data.num_classes, config),
+            rule=config.rule,
+            significance=config.significance,
+            correction=config.correction,
             margin=config.margin,
             warmup_epochs=config.warmup_epochs,
             update_every=config.update_every,

@@ -66,11 +66,28 @@ flags.DEFINE_float("lr_decay_rate", _DEFAULTS.lr_decay_rate, "Step decay factor.
 flags.DEFINE_float("teacher_label_smoothing", _DEFAULTS.teacher_label_smoothing,
                    "Label smoothing of the teacher's training.")
 # Distillation.
-flags.DEFINE_float("temperature", _DEFAULTS.temperature, "KD temperature.")
+flags.DEFINE_enum("distillation_loss", _DEFAULTS.distillation_loss,
+                  sorted(config_lib.DISTILLATION_LOSSES),
+                  "Distillation loss (tllm_tf.losses, docs/losses.md): kd (Hinton), dkd "
+                  "(decoupled), kd_ls / dkd_ls (logit standardisation), nkd (normalized).")
+flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Temperature of the distillation loss.")
 flags.DEFINE_float("alpha", _DEFAULTS.alpha, "Weight of the label loss.")
 flags.DEFINE_float("beta", _DEFAULTS.beta, "Weight of the distillation loss.")
-flags.DEFINE_enum("masked_class_policy", _DEFAULTS.masked_class_policy, ["hard_label", "drop"],
-                  "What an undistillable class's samples learn from.")
+flags.DEFINE_float("dkd_alpha", _DEFAULTS.dkd_alpha, "dkd/dkd_ls: weight of the target-class term.")
+flags.DEFINE_float("dkd_beta", _DEFAULTS.dkd_beta, "dkd/dkd_ls: weight of the non-target term.")
+flags.DEFINE_float("nkd_gamma", _DEFAULTS.nkd_gamma, "nkd: weight of the non-target term.")
+flags.DEFINE_integer("distillation_warmup_epochs", _DEFAULTS.distillation_warmup_epochs,
+                     "The distillation weight rises linearly over these first epochs (DKD: 20).")
+flags.DEFINE_enum("masked_class_policy", _DEFAULTS.masked_class_policy,
+                  sorted(config_lib.POLICIES),
+                  "What an undistillable class's samples learn from (tllm_tf.policies).")
+# Identification.
+flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
+                  "paired: McNemar's exact test per class on the held-out images, "
+                  "corrected across classes; unpaired: per-class accuracy difference.")
+flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test.")
+flags.DEFINE_enum("correction", _DEFAULTS.correction, list(config_lib.CORRECTIONS),
+                  "Multiple-testing correction of the paired test across classes.")
 flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
 flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask update.")
 flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
