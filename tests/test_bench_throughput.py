@@ -36,7 +36,7 @@ def test_throughput_pools_rounds_and_takes_the_median():
         first + benchmark.Throughput(images=50, seconds=(1.0,))
 
 
-def test_interleave_runs_each_timer_in_turn_and_checks_passes():
+def test_interleave_rotates_the_order_and_returns_one_group_per_pass():
     calls = []
 
     def timer(name):
@@ -45,11 +45,66 @@ def test_interleave_runs_each_timer_in_turn_and_checks_passes():
             return benchmark.Throughput(images=10, seconds=(1.0,) * repeats)
         return run
 
-    results = benchmark.interleave({"a": timer("a"), "b": timer("b")}, passes=2, repeats=3)
-    assert calls == ["a", "b", "a", "b"]
-    assert len(results["a"].seconds) == 6
+    groups = benchmark.interleave(
+        {name: timer(name) for name in "abc"}, passes=4, repeats=3)
+    assert calls == list("abc" "bca" "cab" "abc")
+    assert len(groups) == 4 and all(list(group) == list("abc") for group in groups)
+    assert len(benchmark.pool(groups)["a"].seconds) == 12
     with pytest.raises(ValueError, match="passes"):
         benchmark.interleave({"a": timer("a")}, passes=0)
+
+
+SECONDS_PER_ROUND = dict(student_train=1.0, teacher_infer=0.5, keras_distiller=2.0,
+                         tllm_distiller=1.6)  # 300-image rounds: limit 200 images/s, tllm 187.5
+
+
+def _groups(group_slowdowns, variant_slowdowns=None):
+    """Round groups of 300-image rounds: each group's rounds slowed by its
+    factor, and a variant's by `variant_slowdowns[name][group]` too."""
+    groups = []
+    for index, group_factor in enumerate(group_slowdowns):
+        group = {}
+        for name, seconds in SECONDS_PER_ROUND.items():
+            factor = group_factor * (variant_slowdowns or {}).get(name, {}).get(index, 1.0)
+            group[name] = benchmark.Throughput(
+                300, (seconds * factor,) * 3, (0.01 * seconds * factor,) * 3
+                if name == "tllm_distiller" else ())
+        groups.append(group)
+    return groups
+
+
+def test_a_slowdown_of_a_whole_group_cancels_out_of_its_ratios():
+    figures = benchmark.paired_distillation_figures(_groups([1.0, 2.0, 1.0, 3.0, 1.5]))
+    assert figures["pairs"] == 5
+    assert figures["tllm_over_limit"] == pytest.approx(187.5 / 200.0)
+    assert figures["tllm_over_keras"] == pytest.approx(1.25)
+    assert figures["tllm_over_keras_iqr"] == pytest.approx([1.25, 1.25])
+    assert figures["tllm_over_limit_iqr"] == pytest.approx([0.9375, 0.9375])
+    assert figures["callback_share"] == pytest.approx(0.01)
+
+
+def test_a_slowdown_of_one_variant_shows_in_its_ratios_and_spread():
+    slow_tllm = {"tllm_distiller": {0: 2.0, 1: 2.0, 2: 2.0, 3: 2.0}}
+    figures = benchmark.paired_distillation_figures(
+        _groups([1.0, 2.0, 1.0, 3.0, 1.0], slow_tllm))
+    assert figures["tllm_over_keras"] == pytest.approx(0.625)  # four groups of five slowed
+    assert figures["tllm_over_keras_iqr"] == pytest.approx([0.625, 0.625])
+    slow_teacher = {"teacher_infer": {0: 3.0, 1: 3.0}}
+    figures = benchmark.paired_distillation_figures(_groups([1.0] * 4, slow_teacher))
+    # Groups 0 and 1: limit 1 / (1/300 + 1/200) = 120, tllm / limit 1.5625.
+    assert figures["limit"] == pytest.approx((120.0 + 200.0) / 2)
+    assert figures["tllm_over_limit_iqr"][0] == pytest.approx(0.9375)
+    assert figures["tllm_over_limit_iqr"][1] > 1.2
+    assert figures["tllm_over_keras_iqr"] == pytest.approx([1.25, 1.25])
+
+
+def test_paired_summary_takes_medians_and_quartiles():
+    summary = benchmark.paired_summary(
+        [{"rate": float(r), "a_over_b": r / 10} for r in (1, 2, 3, 4, 5)], ["a_over_b"])
+    assert set(summary) == {"rate", "a_over_b", "a_over_b_iqr", "pairs"}
+    assert summary["rate"] == 3.0 and summary["pairs"] == 5
+    assert summary["a_over_b"] == pytest.approx(0.3)
+    assert summary["a_over_b_iqr"] == pytest.approx([0.2, 0.4])
 
 
 def test_distillation_figures_with_and_without_a_16_bit_teacher():
@@ -76,25 +131,21 @@ def test_tool_writes_all_figures_consistently(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
-         "--size=tiny", "--steps=3", "--passes=1", "--repeats=1", "--batch_size=16",
-         "--steps_per_execution=2", "--teacher_dtype=bfloat16", f"--json={path}"],
+         "--size=tiny", "--steps=3", "--repeats=1", "--batch_size=16",
+         "--steps_per_execution=2", "--passes=2", "--teacher_dtype=bfloat16", f"--json={path}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     figures = json.loads(path.read_text())
     extra = ("teacher_infer_bfloat16", "tllm_distiller_bfloat16", "keras_distiller_bfloat16",
              "limit_bfloat16", "tllm_bfloat16_over_limit_bfloat16", "tllm_bfloat16_over_keras",
              "tllm_bfloat16_over_keras_bfloat16")
-    assert set(figures) == set(KEYS + extra)
+    ratios = [key for key in KEYS + extra if "_over_" in key]
+    assert set(figures) == set(KEYS + extra) | {f"{key}_iqr" for key in ratios} | {"pairs"}
+    assert figures["pairs"] == 2
+    for key in ratios:
+        lower, upper = figures[f"{key}_iqr"]
+        assert lower <= figures[key] <= upper
     assert all(figures[key] > 0 for key in KEYS + extra if key != "callback_share")
     assert 0 < figures["callback_share"] < 1
-    assert figures["limit"] <= min(figures["student_train"], figures["teacher_infer"])
-    assert figures["limit"] == pytest.approx(
-        benchmark.combined_limit(figures["student_train"], figures["teacher_infer"]))
-    assert figures["tllm_over_limit"] == pytest.approx(
-        figures["tllm_distiller"] / figures["limit"])
-    assert figures["tllm_over_keras"] == pytest.approx(
-        figures["tllm_distiller"] / figures["keras_distiller"])
-    assert figures["limit_bfloat16"] == pytest.approx(benchmark.combined_limit(
-        figures["student_train"], figures["teacher_infer_bfloat16"]))
     assert "tllm_distiller:" in completed.stdout
     assert "tllm_distiller_bfloat16:" in completed.stdout

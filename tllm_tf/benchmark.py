@@ -1,11 +1,14 @@
 """Throughput measurement: images per second of `fit` and of forward passes.
 
 A timer runs warm-up rounds (tracing, XLA compilation, the first pass over a
-cached data set), then timed rounds; `interleave` runs several timers in turn
-and pools their rounds. A figure is images over the median round, or over the
-fastest one: on a shared machine load only slows rounds down, often by a
-factor, so the fastest round is the least disturbed (docs/benchmarks.md).
-Used by `tools/bench_throughput.py`.
+cached data set), then timed rounds. `interleave` runs several timers in
+turn, pass after pass, the order rotated each pass; the variants of one pass,
+timed back to back, are a *round group*. On a shared machine the load moves
+a variant's speed by 2x within minutes, but mostly alike for variants timed
+within seconds of each other, so every ratio is computed inside a group and
+the figure is the median of those paired ratios, with its interquartile
+range (`paired_summary`, docs/benchmarks.md). Used by
+`tools/bench_throughput.py`.
 """
 
 import dataclasses
@@ -195,11 +198,10 @@ class ForwardTimer:
 
 
 def interleave(timers, passes=2, warmup=1, repeats=3):
-    """Runs the timers in turn, `passes` times, and pools their rounds.
+    """Runs the timers in turn, `passes` times, the order rotated each pass.
 
-    On a shared machine the load changes over seconds; taking every variant's
-    rounds in turn spreads those changes over all of them, so their ratios
-    stay meaningful.
+    Pass `p` starts with the `p`-th timer (modulo their number), so no
+    variant is always first or always right after the same neighbour.
 
     Args:
         timers: dict from a name to a timer (`FitTimer`, `ForwardTimer`).
@@ -208,16 +210,57 @@ def interleave(timers, passes=2, warmup=1, repeats=3):
         repeats: timed rounds at each run. Defaults to `3`.
 
     Returns:
-        A dict from the same names to pooled `Throughput`s.
+        A list of round groups, one per pass: dicts from the timers' names to
+        the `Throughput` of that pass.
     """
     if passes < 1:
         raise ValueError(f"Expected passes >= 1. Received: passes={passes}")
-    results = {}
-    for _ in range(passes):
-        for name, timer in timers.items():
-            result = timer(warmup=warmup, repeats=repeats)
-            results[name] = results[name] + result if name in results else result
-    return results
+    names = list(timers)
+    groups = []
+    for pass_index in range(passes):
+        shift = pass_index % len(names)
+        group = {}
+        for name in names[shift:] + names[:shift]:
+            group[name] = timers[name](warmup=warmup, repeats=repeats)
+        groups.append({name: group[name] for name in names})
+    return groups
+
+
+def pool(groups):
+    """Pools the round groups' `Throughput`s per name (every round of a variant)."""
+    pooled = dict(groups[0])
+    for group in groups[1:]:
+        for name, result in group.items():
+            pooled[name] = pooled[name] + result
+    return pooled
+
+
+def quartiles(values):
+    """`(lower quartile, median, upper quartile)` of `values`, linearly interpolated."""
+    return tuple(float(q) for q in np.percentile(np.asarray(values, np.float64), (25, 50, 75)))
+
+
+def paired_summary(per_group, ratio_keys):
+    """Medians over round groups of figures computed inside each group.
+
+    Args:
+        per_group: list of dicts of figures, one per round group, with the
+            same keys.
+        ratio_keys: the keys that are ratios; they also get `<key>_iqr`.
+
+    Returns:
+        A dict from every key to its median over the groups, plus
+        `<key>_iqr` = `[lower quartile, upper quartile]` for each ratio key
+        and `pairs`, the number of groups.
+    """
+    summary = {}
+    for key in per_group[0]:
+        lower, median, upper = quartiles([figures[key] for figures in per_group])
+        summary[key] = median
+        if key in ratio_keys:
+            summary[f"{key}_iqr"] = [lower, upper]
+    summary["pairs"] = len(per_group)
+    return summary
 
 
 def _check_rounds(warmup, repeats):
@@ -268,3 +311,30 @@ def distillation_figures(rates, callback_share, teacher_dtype=None):
         figures[f"tllm_{teacher_dtype}_over_keras_{teacher_dtype}"] = (
             figures[tllm] / figures[f"keras_distiller_{teacher_dtype}"])
     return figures
+
+
+def paired_distillation_figures(groups, teacher_dtype=None):
+    """`distillation_figures` per round group, then their medians and spreads.
+
+    Each group's rates are images over the median round of its pass; its
+    limit comes from its own `student_train` and `teacher_infer`, so a
+    change of load between groups cancels out of every ratio.
+
+    Args:
+        groups: round groups from `interleave`, with the variants that
+            `distillation_figures` needs; `tllm_distiller` has timed its
+            callback.
+        teacher_dtype: e.g. `"bfloat16"`, or `None`. Defaults to `None`.
+
+    Returns:
+        `paired_summary` of the groups' figures: the keys of
+        `distillation_figures` (medians over groups), `<ratio>_iqr` for every
+        `*_over_*` ratio, and `pairs`.
+    """
+    per_group = [
+        distillation_figures(
+            {name: result.images_per_second for name, result in group.items()},
+            group["tllm_distiller"].callback_share, teacher_dtype)
+        for group in groups
+    ]
+    return paired_summary(per_group, [key for key in per_group[0] if "_over_" in key])

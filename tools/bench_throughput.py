@@ -9,15 +9,20 @@ student_train (`student.fit` on labels), teacher_infer (the teacher's forward
 pass, inference mode), limit = 1 / (1/student_train + 1/teacher_infer),
 keras_distiller (`keras.distillation.Distiller` + `LogitsDistillation`) and
 tllm_distiller (`tllm_tf.Distiller.fit`, half the classes masked,
-`UndistillableClassCallback` every epoch on a held-out 10%). Each is measured
-after warm-up, the variants in turn for `--passes` passes so that a shared
-machine's changing load hits all of them; a figure is images over the median
-round (the best round is printed too). With `--teacher_dtype=bfloat16` (or
-float16), three more variants run the teacher as a 16-bit copy: teacher_infer_<dtype>,
-tllm_distiller_<dtype> (`Distiller(teacher_dtype=...)`) and
-keras_distiller_<dtype> (the copy wrapped with a float32 cast, which Keras's
-Distiller needs), with limit_<dtype> and their ratios; the other figures keep
-a float32 teacher. Results: docs/benchmarks.md.
+`UndistillableClassCallback` every epoch on a held-out 10%). Both distillers
+compute Hinton's KD loss: Keras's is given `keras.losses.KLDivergence()`, the
+instance (its default string "kl_divergence" skips the softened softmax). Each
+is measured after warm-up, the variants in turn for `--passes` passes, the
+order rotated each pass. Every ratio (and `limit`) is computed inside one pass
+(a round group, timed back to back), and the figure is the median of those
+paired ratios, printed with its interquartile range and the number of pairs;
+a target is met beyond the spread when the lower quartile reaches it. With
+`--teacher_dtype=bfloat16` (or float16), three more variants run the teacher
+as a 16-bit copy: teacher_infer_<dtype>, tllm_distiller_<dtype>
+(`Distiller(teacher_dtype=...)`) and keras_distiller_<dtype> (the copy wrapped
+with a float32 cast, which Keras's Distiller needs), with limit_<dtype> and
+their ratios; the other figures keep a float32 teacher. Results:
+docs/benchmarks.md.
 """
 
 import json
@@ -48,7 +53,7 @@ MAX_CALLBACK_SHARE = 0.03
 TEMPERATURE, ALPHA = 4.0, 0.1  # ALPHA: label weight; the distillation weight is 1 - ALPHA
 
 flags.DEFINE_enum("size", "tiny", list(SIZES), "Model pair and data size.")
-flags.DEFINE_string("json", None, "If set, the median figures are written there as JSON.")
+flags.DEFINE_string("json", None, "If set, the paired figures are written there as JSON.")
 flags.DEFINE_integer("batch_size", 64, "Batch size of every variant.")
 flags.DEFINE_integer("steps", None, "Training steps per round (default: by --size).")
 flags.DEFINE_integer("passes", None, "Passes over the variants (default: by --size).")
@@ -86,7 +91,7 @@ def _compile_args():
 
 
 def measure(size):
-    """Returns the figures of one model pair: from the median and from the best rounds."""
+    """Returns the paired figures of one model pair, and each variant's best round."""
     num_train = (FLAGS.steps or size["steps"]) * FLAGS.batch_size
     data = dict(image_shape=size["image_shape"], num_classes=size["num_classes"],
                 batch_size=FLAGS.batch_size)
@@ -113,19 +118,17 @@ def measure(size):
     for name, (distiller, callback) in distillers.items():
         timers[name] = benchmark.FitTimer(distiller, train, timed_callback=callback)
 
-    results = benchmark.interleave(
+    groups = benchmark.interleave(
         timers, passes=FLAGS.passes or size["passes"], warmup=FLAGS.warmup,
         repeats=FLAGS.repeats or size["repeats"])
     if not all(distiller.undistillable_classes for distiller, _ in distillers.values()):
         raise RuntimeError("The class mask was meant to be active; no class is masked.")
-    for name, result in results.items():
+    pooled = benchmark.pool(groups)
+    for name, result in pooled.items():
         rates = sorted(result.images / seconds for seconds in result.seconds)
         logging.info("%s: images/s of each round: %s", name, ", ".join(f"{r:.0f}" for r in rates))
-    share = results["tllm_distiller"].callback_share
-    return tuple(
-        benchmark.distillation_figures(rates, share, FLAGS.teacher_dtype)
-        for rates in ({name: r.images_per_second for name, r in results.items()},
-                      {name: r.best_images_per_second for name, r in results.items()}))
+    best = {name: result.best_images_per_second for name, result in pooled.items()}
+    return benchmark.paired_distillation_figures(groups, FLAGS.teacher_dtype), best
 
 
 def _keras_distiller(size, teacher_dtype):
@@ -140,7 +143,10 @@ def _keras_distiller(size, teacher_dtype):
             inputs, keras.layers.Activation("linear", dtype="float32")(copy(inputs)))
     distiller = keras.distillation.Distiller(
         teacher=teacher, student=student, student_loss_weight=ALPHA,
-        distillation_losses=keras.distillation.LogitsDistillation(temperature=TEMPERATURE))
+        # The instance, not the default "kl_divergence": only with it does Keras
+        # soften both sides with the temperature (and scale by T^2), as KDLoss does.
+        distillation_losses=keras.distillation.LogitsDistillation(
+            temperature=TEMPERATURE, loss=keras.losses.KLDivergence()))
     distiller.compile(loss=_label_loss(), **_compile_args())
     return distiller
 
@@ -157,11 +163,12 @@ def _masked_distiller(size, held_out, teacher_dtype):
     return distiller, tllm_tf.UndistillableClassCallback(held_out, reference=reference)
 
 
-def _report(median, best):
+def _report(figures, best):
     lines = [f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
              f"steps_per_execution={_steps_per_execution()} "
              f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype}",
-             f"{'':>16}  {'median':>9}  {'best round':>10}"]
+             f"medians over {figures['pairs']} round groups (passes) of figures computed "
+             "inside each group; [interquartile range]"]
     rates = ["student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller"]
     targets = dict(TARGETS)
     dtype = FLAGS.teacher_dtype
@@ -172,18 +179,22 @@ def _report(median, best):
                         f"tllm_{dtype}_over_keras": TARGETS["tllm_over_keras"]})
     width = max(map(len, rates + list(targets) + [f"tllm_{dtype}_over_keras_{dtype}"]))
     for name in rates:
-        lines.append(f"{name:>{width}}: {median[name]:9.1f}  {best[name]:10.1f}  images/s")
+        best_round = f"  (best round {best[name]:.1f})" if name in best else ""
+        lines.append(f"{name:>{width}}: {figures[name]:9.1f}  images/s{best_round}")
     for name, target in targets.items():
-        verdict = "met" if median[name] >= target else "missed"
-        lines.append(f"{name:>{width}}: {median[name]:9.3f}  {best[name]:10.3f}  "
+        lower, upper = figures[f"{name}_iqr"]
+        verdict = ("met beyond the spread" if lower >= target else
+                   "missed beyond the spread" if upper < target else "within the spread")
+        lines.append(f"{name:>{width}}: {figures[name]:9.3f}  [{lower:.3f}, {upper:.3f}]  "
                      f"(target >= {target}: {verdict})")
     if dtype:
         name = f"tllm_{dtype}_over_keras_{dtype}"
-        lines.append(f"{name:>{width}}: {median[name]:9.3f}  {best[name]:10.3f}  "
+        lower, upper = figures[f"{name}_iqr"]
+        lines.append(f"{name:>{width}}: {figures[name]:9.3f}  [{lower:.3f}, {upper:.3f}]  "
                      "(both with the 16-bit teacher)")
-    share = median["callback_share"]
+    share = figures["callback_share"]
     verdict = "met" if share <= MAX_CALLBACK_SHARE else "missed"
-    lines.append(f"{'callback_share':>{width}}: {share:9.2%}  {'':>10}  "
+    lines.append(f"{'callback_share':>{width}}: {share:9.2%}  "
                  f"(target <= {MAX_CALLBACK_SHARE:.0%}: {verdict})")
     return "\n".join(lines)
 
@@ -193,11 +204,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    median, best = measure(SIZES[FLAGS.size])
-    print(_report(median, best), flush=True)
+    figures, best = measure(SIZES[FLAGS.size])
+    print(_report(figures, best), flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w") as handle:
-            json.dump(median, handle, indent=2)
+            json.dump(figures, handle, indent=2)
 
 
 if __name__ == "__main__":
