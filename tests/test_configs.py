@@ -5,6 +5,7 @@ import glob
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def train_tool():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))  # where train.py finds run_flags.py
     spec = importlib.util.spec_from_file_location("train_tool", os.path.join(ROOT, "tools", "train.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -36,7 +38,7 @@ def _config(train_tool, *args):
         flags(["train.py", *args])
     finally:
         os.chdir(cwd)
-    return train_tool.config_from_flags()
+    return train_tool.run_flags.config_from_flags()
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags"))),

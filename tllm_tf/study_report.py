@@ -1,156 +1,214 @@
-"""The accuracy study's summary: means over seeds, markdown tables, two figures.
+"""The accuracy study's report: tables, JSON and plots from its result records.
 
-Turns the per-seed records of `tllm_tf.study.run_seed` into means and sample
-standard deviations, the markdown tables of `results/study.md`, and two
-figures drawn with matplotlib's Agg backend:
-
-* per-class test accuracy of the KD student minus the label-only student,
-  sorted: the classes below zero are the undistillable ones (Zhu et al.,
-  NeurIPS 2022);
-* the number of undistillable classes against the teacher's size: the
-  paper's capacity-gap finding.
+Reads the records `tllm_tf.study.run_study` wrote (no TensorFlow). For each
+setting (student, teacher): every arm's test accuracy over seeds; each arm
+minus the label-only student and minus KD, paired by seed (mean, std, 95%
+confidence interval, seeds better/worse); per class, KD minus labels with
+its interval (the classes KD hurts beyond noise); and for each TLLM arm which
+classes it masked, how often, how often the mask flipped, and how often it
+masked a class that KD did not hurt.
 """
 
-import matplotlib
+import collections
+import json
+import os
 
-matplotlib.use("Agg")
+import numpy as np
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from tllm_tf import atomic
+from tllm_tf import study_stats
+
+LABELS_ARM = "labels"
+KD_ARM = "kd"
 
 
-def _mean_std(values):
-    values = np.asarray(values, dtype=np.float64)
+def _by_setting(records):
+    labels = {(r["seed"], r["student"]): r for r in records if r["arm"] == LABELS_ARM}
+    settings = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for record in records:
+        if record["arm"] in (LABELS_ARM, "teacher"):
+            continue
+        settings[(record["student"], record["teacher"])][record["arm"]][record["seed"]] = record
+    teachers = {(r["seed"], r["teacher"]): r["accuracy"] for r in records if r["arm"] == "teacher"}
+    return labels, settings, teachers
+
+
+def _summary(values):
+    values = np.asarray(values, float)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1
-            else 0.0, "n": int(len(values))}
+            else 0.0}
 
 
-def summarise(records, setting):
-    """Means and sample standard deviations over seeds.
+def _difference(a, b):
+    stats = study_stats.paired_difference(a, b)
+    return {key: (value.tolist() if isinstance(value, np.ndarray) else
+                  (int(value) if isinstance(value, (np.integer,)) else float(value)))
+            for key, value in stats.items()}
+
+
+def summarise(records):
+    """Summaries of every setting; see the module docstring.
+
+    Args:
+        records: result records of `run_study` (dicts).
 
     Returns:
-        A dict: `labels`, `kd` (teacher ->), `kd_minus_labels` (teacher ->),
-        `undistillable` (teacher ->), `teachers` (teacher -> accuracy and
-        num_params), `tllm` and `tllm_minus_kd` (variant ->), `tllm_wins`
-        (variant -> seeds where TLLM beat KD), `kd_minus_labels_per_class`
-        (main teacher, mean over seeds per class).
+        A list of per-setting dicts, JSON-ready.
     """
-    main = setting.teacher_model
-    accuracy = lambda results: [r["accuracy"] for r in results]  # noqa: E731
-    summary = {"labels": _mean_std(accuracy([r["labels"] for r in records]))}
-    teacher_names = list(records[0]["kd"])
-    summary["teachers"] = {
-        name: dict(_mean_std(accuracy([r["teachers"][name] for r in records])),
-                   num_params=records[0]["teachers"][name]["num_params"])
-        for name in teacher_names}
-    summary["kd"] = {name: _mean_std(accuracy([r["kd"][name] for r in records]))
-                     for name in teacher_names}
-    summary["kd_minus_labels"] = {
-        name: _mean_std([r["kd"][name]["accuracy"] - r["labels"]["accuracy"] for r in records])
-        for name in teacher_names}
-    summary["undistillable"] = {
-        name: _mean_std([r["undistillable"][name] for r in records]) for name in teacher_names}
-    summary["tllm"], summary["tllm_minus_kd"], summary["tllm_wins"] = {}, {}, {}
-    for name in records[0]["tllm"]:
-        differences = [r["tllm"][name]["accuracy"] - r["kd"][main]["accuracy"] for r in records]
-        summary["tllm"][name] = dict(
-            _mean_std(accuracy([r["tllm"][name] for r in records])),
-            final_masked=_mean_std([sum(m <= 0 for m in r["tllm"][name]["final_mask"])
-                                    for r in records]),
-            masked_per_epoch=_mean_std([np.mean(r["tllm"][name]["masked_per_epoch"])
-                                        for r in records]),
-            undistillable=_mean_std([r["tllm"][name]["undistillable"] for r in records]))
-        summary["tllm_minus_kd"][name] = _mean_std(differences)
-        summary["tllm_wins"][name] = int(sum(d > 0 for d in differences))
-    per_class = np.array([np.subtract(r["kd"][main]["per_class"], r["labels"]["per_class"])
-                          for r in records])
-    summary["kd_minus_labels_per_class"] = {
-        "mean": per_class.mean(axis=0).tolist(), "std": per_class.std(axis=0, ddof=1).tolist()
-        if len(records) > 1 else [0.0] * per_class.shape[1]}
-    return summary
+    labels, settings, teachers = _by_setting(records)
+    summaries = []
+    for (student, teacher), arms in sorted(settings.items()):
+        if KD_ARM not in arms:
+            continue
+        seeds = sorted(seed for seed in arms[KD_ARM] if (seed, student) in labels)
+        if not seeds:
+            continue
+        label_records = [labels[(seed, student)] for seed in seeds]
+        kd_records = [arms[KD_ARM][seed] for seed in seeds]
+        class_names = kd_records[0]["class_names"]
+        labels_acc = np.array([r["accuracy"] for r in label_records])
+        kd_acc = np.array([r["accuracy"] for r in kd_records])
+        labels_pc = np.array([r["per_class_accuracy"] for r in label_records], float)
+        kd_pc = np.array([r["per_class_accuracy"] for r in kd_records], float)
+        hurt, not_hurt = study_stats.significantly_hurt(kd_pc, labels_pc)
+        setting = {
+            "student": student, "teacher": teacher, "seeds": seeds, "class_names": class_names,
+            "teacher_accuracy": _summary([teachers[(s, teacher)] for s in seeds
+                                          if (s, teacher) in teachers] or [np.nan]),
+            "labels": _summary(labels_acc),
+            "kd": _summary(kd_acc),
+            "kd_minus_labels": _difference(kd_acc, labels_acc),
+            "kd_minus_labels_per_class": _difference(kd_pc, labels_pc),
+            "hurt_classes": [class_names[c] for c in np.flatnonzero(hurt)],
+            "arms": {},
+        }
+        for arm, by_seed in sorted(arms.items()):
+            if arm == KD_ARM or not all(seed in by_seed for seed in seeds):
+                continue
+            arm_records = [by_seed[seed] for seed in seeds]
+            arm_acc = np.array([r["accuracy"] for r in arm_records])
+            arm_pc = np.array([r["per_class_accuracy"] for r in arm_records], float)
+            masks = [study_stats.mask_matrix(r["masks"]) for r in arm_records]
+            final = np.array([m[-1] if len(m) else np.zeros(len(class_names), bool)
+                              for m in masks])
+            flips = np.array([study_stats.flips_per_100_updates(m) if len(m) else
+                              np.zeros(len(class_names)) for m in masks])
+            masked_rate = np.array([m.mean(axis=0) if len(m) else np.zeros(len(class_names))
+                                    for m in masks])
+            entry = {
+                "accuracy": _summary(arm_acc),
+                "minus_kd": _difference(arm_acc, kd_acc),
+                "minus_labels": _difference(arm_acc, labels_acc),
+                "masked_at_end_per_class": final.mean(axis=0).tolist(),
+                "masked_at_end": float(final.sum(axis=1).mean()),
+                "flips_per_100_updates": float(flips.mean()),
+                "masked_update_rate_per_class": masked_rate.mean(axis=0).tolist(),
+                "not_hurt_masked_update_rate": (
+                    float(masked_rate[:, not_hurt].mean()) if not_hurt.any() else 0.0),
+            }
+            if hurt.any():
+                entry["hurt_classes_minus_kd"] = _difference(
+                    arm_pc[:, hurt].mean(axis=1), kd_pc[:, hurt].mean(axis=1))
+            setting["arms"][arm] = entry
+        summaries.append(setting)
+    return summaries
 
 
-def _pm(stats, scale=100.0, digits=2):
-    return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
+def _points(difference, scale=100.0):
+    return (f"{scale * difference['mean']:+.2f} ± {scale * difference['std']:.2f} "
+            f"[{scale * difference['ci_low']:+.2f}, {scale * difference['ci_high']:+.2f}] "
+            f"{difference['better']}/{difference['worse']}")
 
 
-def markdown(summary, setting, seeds):
-    """The study's tables, as markdown text."""
-    main = setting.teacher_model
-    lines = [
-        f"Setting: `{setting}`; seeds {list(seeds)}; mean ± sample std over seeds; "
-        "accuracies in % on the test split.", "",
-        "## Labels vs KD vs TLLM", "",
-        f"| student | test accuracy | minus KD |", "|---|---|---|",
-        f"| labels only | {_pm(summary['labels'])} | |",
-        f"| KD ({main}) | {_pm(summary['kd'][main])} | |",
-    ]
-    for name, stats in summary["tllm"].items():
-        lines.append(f"| TLLM `{name}` | {_pm(stats)} | "
-                     f"{_pm(summary['tllm_minus_kd'][name])} "
-                     f"({summary['tllm_wins'][name]}/{len(seeds)} seeds better) |")
-    lines += ["", "## Undistillable classes vs teacher size", "",
-              "| teacher | parameters | teacher accuracy | KD student | KD minus labels "
-              "| undistillable classes |", "|---|---|---|---|---|---|"]
-    for name, stats in summary["teachers"].items():
-        lines.append(
-            f"| {name} | {stats['num_params']:,} | {_pm(stats)} | {_pm(summary['kd'][name])} | "
-            f"{_pm(summary['kd_minus_labels'][name])} | "
-            f"{_pm(summary['undistillable'][name], scale=1, digits=1)} |")
-    lines += ["", "## What each TLLM variant masked", "",
-              "Masked classes: the mean over epochs of the number of classes whose "
-              "distillation was off, and the number at the end. Test classes below labels: "
-              f"classes where the student is less accurate than the label-only one "
-              f"(KD: {_pm(summary['undistillable'][main], scale=1, digits=1)}).", "",
-              "| variant | masked, mean over epochs | masked at the end "
-              "| test classes below labels |", "|---|---|---|---|"]
-    for name, stats in summary["tllm"].items():
-        lines.append(f"| `{name}` | {_pm(stats['masked_per_epoch'], scale=1, digits=2)} | "
-                     f"{_pm(stats['final_masked'], scale=1, digits=1)} | "
-                     f"{_pm(stats['undistillable'], scale=1, digits=1)} |")
-    return "\n".join(lines) + "\n"
+def _accuracy(summary, scale=100.0):
+    return f"{scale * summary['mean']:.2f} ± {scale * summary['std']:.2f}"
 
 
-def plot_per_class_difference(summary, class_names, path, title):
-    """Bar chart of the per-class KD minus labels-only accuracy, sorted."""
-    mean = 100 * np.asarray(summary["kd_minus_labels_per_class"]["mean"])
-    std = 100 * np.asarray(summary["kd_minus_labels_per_class"]["std"])
-    order = np.argsort(mean)
-    figure, axes = plt.subplots(figsize=(6, 3.2))
-    colors = ["tab:red" if value < 0 else "tab:blue" for value in mean[order]]
-    axes.bar(range(len(order)), mean[order], yerr=std[order], color=colors, capsize=3)
-    axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(order)), [class_names[i] for i in order])
-    axes.set_xlabel("class (sorted)")
-    axes.set_ylabel("KD − labels, test acc. (points)")
-    axes.set_title(title, fontsize=9)
+def markdown(summaries):
+    """The report's tables as Markdown text."""
+    lines = []
+    for setting in summaries:
+        seeds = setting["seeds"]
+        lines += [
+            f"### {setting['student']} student, {setting['teacher']} teacher "
+            f"(seeds {seeds[0]}-{seeds[-1]}, {len(seeds)})", "",
+            f"Teacher {_accuracy(setting['teacher_accuracy'])}; labels only "
+            f"{_accuracy(setting['labels'])}; KD {_accuracy(setting['kd'])}; KD minus labels "
+            f"{_points(setting['kd_minus_labels'])} (mean ± std [95% CI] seeds better/worse, "
+            "points).", "",
+            "Classes KD hurts beyond noise (paired 95% CI below 0): "
+            + (", ".join(setting["hurt_classes"]) or "none") + ".", "",
+            "| arm | test accuracy | minus KD | minus labels | masked at end | flips / 100 "
+            "updates | masked updates, classes KD did not hurt | hurt classes minus KD |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for arm, entry in setting["arms"].items():
+            hurt = entry.get("hurt_classes_minus_kd")
+            lines.append(
+                f"| {arm} | {_accuracy(entry['accuracy'])} | {_points(entry['minus_kd'])} | "
+                f"{_points(entry['minus_labels'])} | {entry['masked_at_end']:.1f} | "
+                f"{entry['flips_per_100_updates']:.1f} | "
+                f"{100 * entry['not_hurt_masked_update_rate']:.1f}% | "
+                f"{_points(hurt) if hurt else '-'} |")
+        per_class = setting["kd_minus_labels_per_class"]
+        lines += ["", "| class | KD minus labels (points) | " + " | ".join(
+            f"{arm}: masked at end" for arm in setting["arms"]) + " |",
+            "|---|---|" + "---|" * len(setting["arms"])]
+        for index, name in enumerate(setting["class_names"]):
+            difference = {key: (value[index] if isinstance(value, list) else value)
+                          for key, value in per_class.items()}
+            lines.append(f"| {name} | {_points(difference)} | " + " | ".join(
+                f"{entry['masked_at_end_per_class'][index]:.0%}"
+                for entry in setting["arms"].values()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summaries, path):
+    """Per class KD minus labels (95% CI) of every setting, one panel each."""
+    import matplotlib  # Imported here: only the plot needs it.
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(len(summaries), 1, figsize=(9, 2.6 * len(summaries)),
+                                   squeeze=False)
+    for axis, setting in zip(axes[:, 0], summaries):
+        per_class = setting["kd_minus_labels_per_class"]
+        mean = 100 * np.array(per_class["mean"])
+        low, high = 100 * np.array(per_class["ci_low"]), 100 * np.array(per_class["ci_high"])
+        colours = ["tab:red" if h < 0 else "tab:blue" for h in high]
+        positions = np.arange(len(mean))
+        axis.bar(positions, mean, color=colours)
+        axis.errorbar(positions, mean, yerr=[mean - low, high - mean], fmt="none", color="k")
+        axis.axhline(0, color="k", linewidth=0.8)
+        axis.set_xticks(positions, setting["class_names"], fontsize=7)
+        axis.set_ylabel("points")
+        axis.set_title(f"KD minus labels per class: {setting['student']} student, "
+                       f"{setting['teacher']} teacher, {len(setting['seeds'])} seeds "
+                       "(red: CI below 0)", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with atomic.atomic_open(path, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=90)
+    pyplot.close(figure)
 
 
-def plot_capacity_gap(summary, path, title):
-    """Undistillable-class count (and KD minus labels) against teacher size."""
-    names = list(summary["teachers"])
-    sizes = [summary["teachers"][name]["num_params"] for name in names]
-    count = [summary["undistillable"][name]["mean"] for name in names]
-    count_std = [summary["undistillable"][name]["std"] for name in names]
-    gain = [100 * summary["kd_minus_labels"][name]["mean"] for name in names]
-    gain_std = [100 * summary["kd_minus_labels"][name]["std"] for name in names]
-    figure, left = plt.subplots(figsize=(6, 3.2))
-    left.errorbar(sizes, count, yerr=count_std, marker="o", color="tab:red", capsize=3)
-    left.set_xscale("log")
-    left.set_xlabel("teacher parameters")
-    left.set_ylabel("undistillable classes", color="tab:red")
-    for size, count_value, name in zip(sizes, count, names):
-        left.annotate(name, (size, count_value), textcoords="offset points",
-                      xytext=(4, 4), fontsize=7)
-    right = left.twinx()
-    right.errorbar(sizes, gain, yerr=gain_std, marker="s", color="tab:blue", capsize=3,
-                   linestyle="--")
-    right.axhline(0, color="tab:blue", linewidth=0.6, linestyle=":")
-    right.set_ylabel("KD − labels, test acc. (points)", color="tab:blue")
-    left.set_title(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def write(records, results_dir, command):
+    """Writes study.md, study.json and study_kd_minus_labels.png; returns the Markdown."""
+    summaries = summarise(records)
+    text = (f"# Accuracy study\n\nGenerated by `{command}` from {len(records)} runs.\n\n"
+            + markdown(summaries))
+    if summaries:
+        text += "\n![KD minus labels per class](study_kd_minus_labels.png)\n"
+        plot(summaries, os.path.join(results_dir, "study_kd_minus_labels.png"))
+    atomic.write_json(os.path.join(results_dir, "study.json"),
+                      {"command": command, "settings": summaries})
+    with atomic.atomic_open(os.path.join(results_dir, "study.md")) as stream:
+        stream.write(text)
+    return text
+
+
+def load_records(path):
+    """The records of a `results.jsonl`."""
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]

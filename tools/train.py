@@ -6,7 +6,6 @@ Flags come from flag files (see configs/) and the command line; later ones
 win. The run is written to --workdir; see tllm_tf/stages.py for its layout.
 """
 
-import dataclasses
 import os
 import sys
 
@@ -17,122 +16,20 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from tllm_tf import config as config_lib  # noqa: E402
+import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf import reporting  # noqa: E402
 from tllm_tf import stages  # noqa: E402
 
-_DEFAULTS = config_lib.RunConfig(workdir="")
-
-flags.DEFINE_string("workdir", None, "Where every stage writes its results.", required=True)
-flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES, "Stage(s) to run.")
-flags.DEFINE_list("method", list(_DEFAULTS.method),
-                  "Distillation methods of the student stage: kd, tllm.")
-# Data.
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), fashion_mnist (Debian dataset-fashion-mnist or prepared tfds), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
-flags.DEFINE_string("data_dir", None, "tfds data directory.")
-flags.DEFINE_string("manual_dir", None, "tfds manual download directory (imagenet2012).")
-flags.DEFINE_bool("download", _DEFAULTS.download, "Let tfds download and prepare a missing data set.")
-flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
-                   "Share of each class of the training split held out to find "
-                   "undistillable classes.")
-flags.DEFINE_integer("num_train", None, "Keep only this many training examples (digits).")
-flags.DEFINE_string("image_folder", None, "--dataset=image_folder: a folder of class folders.")
-flags.DEFINE_string("test_image_folder", None, "--dataset=image_folder: its test folder.")
-flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders, ImageNet).")
-flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, ["none", "cifar", "imagenet"],
-                  "Per-image augmentation recipe (teacher and student see the same images).")
-flags.DEFINE_float("mixup", _DEFAULTS.mixup, "MixUp alpha; 0 turns it off.")
-flags.DEFINE_float("cutmix", _DEFAULTS.cutmix, "CutMix Beta parameter in [0, 1]; 0 turns it off.")
-flags.DEFINE_bool("randaugment", _DEFAULTS.randaugment, "Apply RandAugment to training batches.")
-flags.DEFINE_bool("cache", _DEFAULTS.cache, "Cache the decoded training images in memory.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of splits, initialisation and shuffling.")
-# Models.
-flags.DEFINE_string("teacher_model", _DEFAULTS.teacher_model, "Teacher architecture (model zoo name).")
-flags.DEFINE_string("student_model", _DEFAULTS.student_model, "Student architecture (model zoo name).")
-flags.DEFINE_string("teacher_path", None, "A trained teacher .keras file; skips the teacher stage.")
-flags.DEFINE_string("reference_path", None, "A reference JSON; skips the reference stage.")
-# Optimisation.
-flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of the student stages.")
-flags.DEFINE_integer("teacher_epochs", None, "Epochs of the teacher stage (default: --epochs).")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
-flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, config_lib.OPTIMIZERS, "Optimizer.")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Initial learning rate.")
-flags.DEFINE_float("teacher_learning_rate", None,
-                   "Initial learning rate of the teacher stage (default: --learning_rate).")
-flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
-flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay (PyTorch SGD sense).")
-flags.DEFINE_list("lr_decay_epochs", [], "Epochs at which the learning rate is multiplied by --lr_decay_rate.")
-flags.DEFINE_float("lr_decay_rate", _DEFAULTS.lr_decay_rate, "Step decay factor.")
-flags.DEFINE_float("teacher_label_smoothing", _DEFAULTS.teacher_label_smoothing,
-                   "Label smoothing of the teacher's training.")
-# Distillation.
-flags.DEFINE_enum("distillation_loss", _DEFAULTS.distillation_loss,
-                  sorted(config_lib.DISTILLATION_LOSSES),
-                  "Distillation loss (tllm_tf.losses, docs/losses.md): kd (Hinton), dkd "
-                  "(decoupled), kd_ls / dkd_ls (logit standardisation), nkd (normalized).")
-flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Temperature of the distillation loss.")
-flags.DEFINE_float("alpha", _DEFAULTS.alpha, "Weight of the label loss.")
-flags.DEFINE_float("beta", _DEFAULTS.beta, "Weight of the distillation loss.")
-flags.DEFINE_float("dkd_alpha", _DEFAULTS.dkd_alpha, "dkd/dkd_ls: weight of the target-class term.")
-flags.DEFINE_float("dkd_beta", _DEFAULTS.dkd_beta, "dkd/dkd_ls: weight of the non-target term.")
-flags.DEFINE_float("nkd_gamma", _DEFAULTS.nkd_gamma, "nkd: weight of the non-target term.")
-flags.DEFINE_integer("distillation_warmup_epochs", _DEFAULTS.distillation_warmup_epochs,
-                     "The distillation weight rises linearly over these first epochs (DKD: 20).")
-flags.DEFINE_enum("masked_class_policy", _DEFAULTS.masked_class_policy,
-                  sorted(config_lib.POLICIES),
-                  "What an undistillable class's samples learn from (tllm_tf.policies).")
-# Identification.
-flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
-                  "paired: McNemar's exact test per class on the held-out images, "
-                  "corrected across classes; unpaired: per-class accuracy difference.")
-flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test.")
-flags.DEFINE_enum("correction", _DEFAULTS.correction, list(config_lib.CORRECTIONS),
-                  "Multiple-testing correction of the paired test across classes.")
-flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
-flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask update.")
-flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
-flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked.")
-flags.DEFINE_integer("min_samples", _DEFAULTS.min_samples, "Fewest held-out samples to judge a class.")
-flags.DEFINE_bool("epoch_matched", _DEFAULTS.epoch_matched, "Compare epoch e with the "
-                  "reference's epoch e (the reference stage records every epoch), not with "
-                  "the finished reference. Default: off.")
-flags.DEFINE_float("smoothing", _DEFAULTS.smoothing, "Weight of the past in a moving average "
-                   "of the accuracies over updates, in [0, 1). Default: 0 (none).")
-flags.DEFINE_integer("patience", _DEFAULTS.patience, "Consecutive updates a class must be "
-                     "behind to be masked. Default: 1.")
-flags.DEFINE_float("margin_standard_errors", _DEFAULTS.margin_standard_errors, "Extra margin "
-                   "in standard errors of the accuracy difference. Default: 0.")
-# Speed and scale.
-flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
-flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")
-flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs).")
-flags.DEFINE_enum("teacher_dtype", _DEFAULTS.teacher_dtype, list(config_lib.TEACHER_DTYPES),
-                  "Precision of the distilling teacher's forward pass: bfloat16 (CPUs with "
-                  "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs) speed it up. "
-                  "Default: the teacher as trained.")
-flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
-                  "Deterministic TensorFlow ops: a resumed run then equals an uninterrupted one.")
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES,
-                  "tf.distribute strategy; multi_worker reads TF_CONFIG (docs/multi_worker.md).")
-flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras fit verbosity.")
-
 FLAGS = flags.FLAGS
-
-
-def config_from_flags():
-    """Builds the RunConfig from the parsed flags (one flag per field)."""
-    values = {field.name: FLAGS[field.name].value
-              for field in dataclasses.fields(config_lib.RunConfig)}
-    values["method"] = tuple(values["method"])
-    values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
-    return config_lib.RunConfig(**values)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required: where every stage writes its results.")
     try:
-        config = config_from_flags()
+        config = run_flags.config_from_flags()
     except ValueError as error:
         raise app.UsageError(str(error))
     logging.info("Configuration:\n%s", config.to_json())
