@@ -2,46 +2,53 @@
 
 Implements Teach Less, Learn More (Zhu et al., NeurIPS 2022) for Keras 3 on
 TensorFlow.
+
+The names below load on first use (PEP 562), so that importing a module of
+the package that needs no TensorFlow (`tllm_tf.reporting`, read by
+tools/report.py) does not load it.
 """
 
-from tllm_tf.callbacks import UndistillableClassCallback
-from tllm_tf.distiller import Distiller
-from tllm_tf.export import export_saved_model
-from tllm_tf.held_out_predictions import PredictionRecorder
-from tllm_tf.held_out_predictions import ReferencePredictions
-from tllm_tf.held_out_predictions import load_predictions
-from tllm_tf.held_out_predictions import predictions_path
-from tllm_tf.held_out_predictions import save_predictions
-from tllm_tf.losses import DKDLoss
-from tllm_tf.losses import DKDLSLoss
-from tllm_tf.losses import KDLoss
-from tllm_tf.losses import KDLSLoss
-from tllm_tf.losses import NKDLoss
-from tllm_tf.losses import kd_loss
-from tllm_tf.metrics import per_class_accuracy
-from tllm_tf.reference import ReferenceHistory
-from tllm_tf.reference import load_reference
-from tllm_tf.reference import load_reference_history
-from tllm_tf.reference import save_reference
+import importlib
 
-__all__ = [
-    "DKDLSLoss",
-    "DKDLoss",
-    "Distiller",
-    "KDLSLoss",
-    "KDLoss",
-    "NKDLoss",
-    "PredictionRecorder",
-    "ReferenceHistory",
-    "ReferencePredictions",
-    "UndistillableClassCallback",
-    "export_saved_model",
-    "kd_loss",
-    "load_reference",
-    "load_predictions",
-    "load_reference_history",
-    "per_class_accuracy",
-    "predictions_path",
-    "save_predictions",
-    "save_reference",
-]
+_EXPORTS = {
+    "DKDLSLoss": "tllm_tf.losses",
+    "DKDLoss": "tllm_tf.losses",
+    "Distiller": "tllm_tf.distiller",
+    "KDLSLoss": "tllm_tf.losses",
+    "KDLoss": "tllm_tf.losses",
+    "NKDLoss": "tllm_tf.losses",
+    "PredictionRecorder": "tllm_tf.held_out_predictions",
+    "ReferenceHistory": "tllm_tf.reference",
+    "ReferencePredictions": "tllm_tf.held_out_predictions",
+    "UndistillableClassCallback": "tllm_tf.callbacks",
+    "export_saved_model": "tllm_tf.export",
+    "kd_loss": "tllm_tf.losses",
+    "load_reference": "tllm_tf.reference",
+    "load_predictions": "tllm_tf.held_out_predictions",
+    "load_reference_history": "tllm_tf.reference",
+    "per_class_accuracy": "tllm_tf.metrics",
+    "predictions_path": "tllm_tf.held_out_predictions",
+    "save_predictions": "tllm_tf.held_out_predictions",
+    "save_reference": "tllm_tf.reference",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        # `tllm_tf.losses` after a bare `import tllm_tf`, as before the names were lazy.
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -9,6 +9,8 @@ caller needs neither Keras nor this package:
     outputs["probabilities"]
 """
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -110,12 +112,30 @@ def export_saved_model(model, path, *, accept_uint8=True):
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
     try:
-        archive.write_out(temporary, verbose=False)
+        with _tensorflow_logs_at_warning():
+            archive.write_out(temporary, verbose=False)
         _replace_directory(temporary, path)
     finally:
         if os.path.exists(temporary):
             shutil.rmtree(temporary)
     return path
+
+
+@contextlib.contextmanager
+def _tensorflow_logs_at_warning():
+    """TensorFlow's Python logger at WARNING or above while the block runs.
+
+    Writing a SavedModel logs INFO lines (inputs renamed in signatures,
+    "Assets written to", fingerprint and sharding timings) whatever
+    `verbose` says, once per endpoint; a caller can do nothing with them.
+    """
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _replace_directory(source, destination):

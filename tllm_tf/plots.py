@@ -5,15 +5,13 @@ plotting neither needs a display nor changes the backend of a notebook or
 program that imports this module.
 """
 
-import os
-
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from tllm_tf import reporting
+from tllm_tf import atomic
 
 # Above this many classes, class names no longer fit under the bars.
 MAX_NAMED_CLASSES = 40
@@ -32,12 +30,11 @@ def display_name(model):
 
 def _save(figure, path):
     FigureCanvasAgg(figure)
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=120)
-    os.replace(temporary, path)
+    with atomic.atomic_open(path, "wb") as stream:
+        figure.savefig(stream, dpi=120, format="png")
 
 
-def plot_per_class_change(results, path):
+def plot_per_class_change(results, path, undistillable=(), source=None):
     """Bars of each model's per-class test accuracy minus the baseline's.
 
     One panel per compared model (KD, TLLM, ...), classes sorted from the
@@ -47,6 +44,9 @@ def plot_per_class_change(results, path):
     Args:
         results: a results dict of `reporting`.
         path: the PNG to write.
+        undistillable: names of the classes to draw in red. Defaults to `()`.
+        source: where they come from (`reporting.undistillable_classes`), for
+            the legend; `None` leaves them out of it. Defaults to `None`.
 
     Returns:
         `True` if written; `False` with fewer than two models.
@@ -55,7 +55,6 @@ def plot_per_class_change(results, path):
     if len(models) < 2:
         return False
     class_names = np.array(results["class_names"])
-    undistillable, source = reporting.undistillable_classes(results)
     undistillable = set(undistillable)
     baseline = models[0]
     compared = models[1:]

@@ -13,17 +13,22 @@ the baseline), `per_class` (name -> array, NaN where a class has no test
 example), `accuracy` (name -> overall test accuracy), `num_samples`,
 `final_mask` (array or None) and `mask_history` (records of
 `mask_log.jsonl`).
+
+It imports no TensorFlow (tools/report.py reads a workdir without it), and
+matplotlib only to write the plots.
 """
 
+import functools
 import json
 import os
 
 import numpy as np
 
-from tllm_tf import stages
+from tllm_tf import atomic
+from tllm_tf import workdir_files
 
-COLUMNS = ("reference", "student_kd", "student_tllm")
-MASK_LOG_FILE = "mask_log.jsonl"
+COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("kd"),
+           workdir_files.student_stage("tllm"))
 REPORT_FILES = ("report.md", "report.json", "per_class_change.png", "mask_history.png")
 
 
@@ -67,8 +72,8 @@ def load_results(workdir):
         FileNotFoundError: if no stage has a `test_per_class.json`.
     """
     per_class, accuracy, class_names, num_samples = {}, {}, None, None
-    for stage in ("teacher",) + COLUMNS:
-        path = os.path.join(workdir, stage, stages.PER_CLASS_FILE)
+    for stage in (workdir_files.TEACHER_STAGE,) + COLUMNS:
+        path = os.path.join(workdir, stage, workdir_files.PER_CLASS_FILE)
         if not os.path.exists(path):
             continue
         record = _read_json(path)
@@ -79,8 +84,10 @@ def load_results(workdir):
         num_samples = record.get("num_samples")
     if not per_class:
         raise FileNotFoundError(
-            f"Expected a workdir with <stage>/{stages.PER_CLASS_FILE} files. Received: {workdir!r}")
-    mask_log = os.path.join(workdir, "student_tllm", MASK_LOG_FILE)
+            f"Expected a workdir with <stage>/{workdir_files.PER_CLASS_FILE} files. "
+            f"Received: {workdir!r}")
+    mask_log = os.path.join(workdir, workdir_files.student_stage("tllm"),
+                            workdir_files.MASK_LOG_FILE)
     history = load_mask_history(mask_log) if os.path.exists(mask_log) else []
     return {"class_names": class_names,
             "models": [stage for stage in COLUMNS if stage in per_class],
@@ -128,8 +135,9 @@ def _flag_columns(results):
     """(header, boolean array) of each mark column of the table."""
     per_class, models = results["per_class"], results["models"]
     columns = []
-    if "reference" in models and "student_kd" in models:
-        columns.append(("KD<ref", per_class["student_kd"] < per_class["reference"]))
+    reference, kd = COLUMNS[:2]
+    if reference in models and kd in models:
+        columns.append(("KD<ref", per_class[kd] < per_class[reference]))
     elif len(models) >= 2:
         columns.append((f"{models[1]}<{models[0]}", per_class[models[1]] < per_class[models[0]]))
     if results["final_mask"] is not None:
@@ -236,13 +244,6 @@ def markdown_report(results, title="TLLM per-class report", images=()):
     return "\n".join(lines)
 
 
-def _write_text(path, text):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 def write_report(results, output_dir, title="TLLM per-class report"):
     """Writes report.md, report.json and the PNG plots into `output_dir`.
 
@@ -256,8 +257,11 @@ def write_report(results, output_dir, title="TLLM per-class report"):
 
     os.makedirs(output_dir, exist_ok=True)
     written = {}
-    for name, draw in (("per_class_change.png", plots.plot_per_class_change),
-                       ("mask_history.png", plots.plot_mask_history)):
+    undistillable, source = undistillable_classes(results)
+    for name, draw in (
+            ("per_class_change.png", functools.partial(
+                plots.plot_per_class_change, undistillable=undistillable, source=source)),
+            ("mask_history.png", plots.plot_mask_history)):
         path = os.path.join(output_dir, name)
         if draw(results, path):
             written[name] = path
@@ -266,5 +270,6 @@ def write_report(results, output_dir, title="TLLM per-class report"):
     for name, text in (("report.md", markdown_report(results, title, list(written))),
                        ("report.json", json.dumps(to_json(results), indent=1))):
         written[name] = os.path.join(output_dir, name)
-        _write_text(written[name], text + "\n")
+        with atomic.atomic_open(written[name]) as handle:
+            handle.write(text + "\n")
     return written

@@ -6,7 +6,7 @@ This is the experiment layer: the one library module that reads a whole
 `workdir/<stage>/`, checkpoints every epoch, and resumes from its checkpoint
 when re-run; a stage whose final model exists is not run again.
 
-Workdir layout:
+Workdir layout (the names: `workdir_files`):
 
     config.json
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
@@ -17,6 +17,10 @@ Workdir layout:
     student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
         mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
+
+With `config.verbose` >= 1 the chief prints one line per stage (what it
+trains, for how many epochs, where it writes; or that it is done, or where it
+resumes) and its progress (`stage_progress.StageProgress`); 0 prints nothing.
 """
 
 import json
@@ -39,19 +43,25 @@ from tllm_tf import model_io
 from tllm_tf import models as models_lib
 from tllm_tf import multi_worker
 from tllm_tf import reference as reference_lib
+from tllm_tf import stage_progress
 from tllm_tf import summaries
 from tllm_tf import training_guards
 from tllm_tf import workdir as workdir_lib
 from tllm_tf.multi_worker import is_chief
 from tllm_tf.multi_worker import make_strategy
-
-MODEL_FILE = "model.keras"
-PER_CLASS_FILE = "test_per_class.json"
-REFERENCE_FILE = "reference.json"
-MASK_LOG_FILE = "mask_log.jsonl"
-REFERENCE_LOG_FILE = "per_epoch_accuracy.jsonl"
-PREDICTIONS_LOG_DIR = "held_out_predictions"
-HISTORY_FILE = "history.csv"
+from tllm_tf.workdir_files import CHECKPOINT_DIR
+from tllm_tf.workdir_files import HISTORY_FILE
+from tllm_tf.workdir_files import MASK_LOG_FILE
+from tllm_tf.workdir_files import MODEL_FILE
+from tllm_tf.workdir_files import PER_CLASS_FILE
+from tllm_tf.workdir_files import PREDICTIONS_LOG_DIR
+from tllm_tf.workdir_files import REFERENCE_FILE
+from tllm_tf.workdir_files import REFERENCE_LOG_FILE
+from tllm_tf.workdir_files import REFERENCE_STAGE
+from tllm_tf.workdir_files import SAVED_MODEL_DIR
+from tllm_tf.workdir_files import TEACHER_STAGE
+from tllm_tf.workdir_files import TENSORBOARD_DIR
+from tllm_tf.workdir_files import student_stage
 
 
 def load_data(config):
@@ -111,6 +121,19 @@ def steps_per_epoch(data, config):
     if not data.num_train:
         raise ValueError(f"The size of the {data.name!r} training split is unknown.")
     return max(1, data.num_train // config.batch_size)
+
+
+def steps_per_execution(steps, requested):
+    """The largest divisor of an epoch's `steps` that is at most `requested`.
+
+    Keras's TensorFlow trainer runs whole executions of `steps_per_execution`
+    steps: with 8 per execution and 6 steps per epoch, epoch 1 trains on 8
+    batches (2 of epoch 2), every later epoch starts 2 batches late, and the
+    last runs out of data ("Your input ran out of data"). A divisor keeps
+    each epoch on its own batches.
+    """
+    requested = max(1, min(requested, steps))
+    return next(n for n in range(requested, 0, -1) if steps % n == 0)
 
 
 def train_batches(data, config, start_epoch, epochs, one_hot=False):
@@ -183,10 +206,10 @@ def _callbacks(stage_dir, chief, start_epoch):
         # row, which the resumed run truncates, rather than a missing one.
         callbacks += [
             keras.callbacks.CSVLogger(history, append=True),
-            keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
+            keras.callbacks.TensorBoard(os.path.join(stage_dir, TENSORBOARD_DIR)),
         ]
     callbacks.append(
-        checkpointing.EpochCheckpoint(os.path.join(stage_dir, "checkpoint"), write=chief))
+        checkpointing.EpochCheckpoint(os.path.join(stage_dir, CHECKPOINT_DIR), write=chief))
     return callbacks
 
 
@@ -203,18 +226,53 @@ def _restore(model, directory):
     return start_epoch
 
 
-def _fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_hot=False):
-    """Fits `model`, resuming from the stage's checkpoint if there is one."""
-    start_epoch = _restore(model, os.path.join(stage_dir, "checkpoint"))
+def _say(config, chief, line):
+    """Prints a stage's line on the chief, unless `config.verbose` is 0."""
+    if chief and config.verbose > 0:
+        print(line, flush=True)
+
+
+def stage_line(title, epochs, start_epoch, stage_dir):
+    """A stage's opening line: what it trains, its epochs and folder, or where it resumes.
+
+    Example:
+        >>> stage_line("student_tllm: mlp_32 ...", 60, 36, "runs/demo/student_tllm")
+        'student_tllm: mlp_32 ..., resuming at epoch 37 of 60 in runs/demo/student_tllm'
+    """
+    if not start_epoch:
+        where = f"{epochs} epoch{'' if epochs == 1 else 's'} -> {stage_dir}"
+    elif start_epoch < epochs:
+        where = f"resuming at epoch {start_epoch + 1} of {epochs} in {stage_dir}"
+    else:
+        where = f"all {epochs} epochs done, finishing in {stage_dir}"
+    return f"{title}, {where}"
+
+
+def _fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_hot=False,
+         title="", shown_metrics=("loss", "accuracy")):
+    """Fits `model`, resuming from the stage's checkpoint if there is one.
+
+    `title` (what the stage trains) opens the stage's line, which ends with
+    the epochs and the stage directory, or where it resumes; the progress bar
+    shows `shown_metrics`.
+    """
+    start_epoch = _restore(model, os.path.join(stage_dir, CHECKPOINT_DIR))
+    _say(config, chief, stage_line(title, epochs, start_epoch, stage_dir))
     if start_epoch < epochs:
         callbacks = list(extra_callbacks) + _callbacks(stage_dir, chief, start_epoch)
+        if chief and config.verbose > 0:
+            # Last: it shows the logs as the other callbacks leave them.
+            callbacks.append(stage_progress.StageProgress(
+                verbose=min(config.verbose, 2), metrics=shown_metrics))
         model.fit(
             train_batches(data, config, start_epoch, epochs, one_hot),
             initial_epoch=start_epoch,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch(data, config),
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=0,
+            # The batches are shuffled per epoch by train_batches, seeded for resume.
+            shuffle=False,
         )
 
 
@@ -222,7 +280,7 @@ def _finish(model, stage_dir, chief):
     """Writes the stage's final model atomically and drops its checkpoint."""
     if chief:
         workdir_lib.save_model(model, os.path.join(stage_dir, MODEL_FILE))
-        shutil.rmtree(os.path.join(stage_dir, "checkpoint"), ignore_errors=True)
+        shutil.rmtree(os.path.join(stage_dir, CHECKPOINT_DIR), ignore_errors=True)
 
 
 def _compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
@@ -238,15 +296,20 @@ def _compile_on_labels(model, data, config, label_smoothing, learning_rate=None)
         loss=loss,
         metrics=["accuracy"],
         jit_compile=config.jit_compile,
-        steps_per_execution=config.steps_per_execution,
+        steps_per_execution=steps_per_execution(
+            steps_per_epoch(data, config), config.steps_per_execution),
     )
 
 
-def _done(strategy, final_file, stage_dir):
-    """Whether the chief has the stage's final file; if not, it makes the stage directory."""
+def _done(strategy, final_file, stage_dir, config):
+    """Whether the chief has the stage's final file (it then says so).
+
+    If not, the chief makes the stage directory.
+    """
 
     def check():
         if os.path.exists(final_file):
+            _say(config, True, f"{os.path.basename(stage_dir)}: done, skipped ({final_file})")
             return True
         os.makedirs(stage_dir, exist_ok=True)
         return False
@@ -257,7 +320,7 @@ def _done(strategy, final_file, stage_dir):
 def run_teacher(config, data, strategy, stage_dir):
     """Trains the teacher on labels; returns its `.keras` path."""
     path = os.path.join(stage_dir, MODEL_FILE)
-    if _done(strategy, path, stage_dir):
+    if _done(strategy, path, stage_dir, config):
         return path
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
@@ -266,7 +329,8 @@ def run_teacher(config, data, strategy, stage_dir):
         _compile_on_labels(teacher, data, config, config.teacher_label_smoothing,
                            config.teacher_learning_rate)
     _fit(teacher, data, config, stage_dir, chief, config.teacher_epochs or config.epochs,
-         one_hot=config.teacher_label_smoothing > 0)
+         one_hot=config.teacher_label_smoothing > 0,
+         title=f"{TEACHER_STAGE}: {config.teacher_model} on labels")
     if chief:
         _save_per_class(teacher, data, config, stage_dir)
     _finish(teacher, stage_dir, chief)
@@ -276,7 +340,7 @@ def run_teacher(config, data, strategy, stage_dir):
 def run_reference(config, data, strategy, stage_dir):
     """Trains the student on labels alone; returns its reference JSON path."""
     reference_path = os.path.join(stage_dir, REFERENCE_FILE)
-    if _done(strategy, reference_path, stage_dir):
+    if _done(strategy, reference_path, stage_dir, config):
         return reference_path
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
@@ -290,14 +354,15 @@ def run_reference(config, data, strategy, stage_dir):
     callbacks = []
     if chief:
         workdir_lib.truncate_jsonl(
-            history_log, checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint")))
+            history_log, checkpointing.saved_epoch(os.path.join(stage_dir, CHECKPOINT_DIR)))
         held_out = eval_batches(data.held_out, config)
         callbacks.append(reference_lib.ReferenceHistory(
             held_out, data.num_classes, log_path=history_log))
         # Which held-out images it gets right, every epoch: the paired rule's input.
         callbacks.append(predictions_lib.PredictionRecorder(
             held_out, data.num_classes, log_dir=predictions_log))
-    _fit(student, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks)
+    _fit(student, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks,
+         title=f"{REFERENCE_STAGE}: {config.student_model} on labels")
     if chief:
         counter = metrics_lib.PerClassCounter(student, data.num_classes)
         correct, total = counter(eval_batches(data.held_out, config))
@@ -422,7 +487,7 @@ def _reference_on_every_worker(strategy, reference_path, num_classes, config):
 def run_student(config, data, strategy, stage_dir, method, teacher_path, reference_path):
     """Distils the student with `method` ("kd" or "tllm"); exports it."""
     model_path = os.path.join(stage_dir, MODEL_FILE)
-    if _done(strategy, model_path, stage_dir):
+    if _done(strategy, model_path, stage_dir, config):
         return model_path
     chief = is_chief(strategy)
     teacher = _teacher_on_every_worker(strategy, teacher_path, data)
@@ -443,14 +508,15 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
             distillation_warmup_steps=(
                 config.distillation_warmup_epochs * steps_per_epoch(data, config)),
             jit_compile=config.jit_compile,
-            steps_per_execution=config.steps_per_execution,
+            steps_per_execution=steps_per_execution(
+                steps_per_epoch(data, config), config.steps_per_execution),
         )
     callbacks = []
     if method == "tllm":
         mask_log = os.path.join(stage_dir, MASK_LOG_FILE)
         if chief:
             workdir_lib.truncate_jsonl(
-                mask_log, checkpointing.saved_epoch(os.path.join(stage_dir, "checkpoint")))
+                mask_log, checkpointing.saved_epoch(os.path.join(stage_dir, CHECKPOINT_DIR)))
         identification = tllm_tf.UndistillableClassCallback(
             eval_batches(data.held_out, config),
             reference=_reference_on_every_worker(
@@ -474,12 +540,18 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
             callbacks.append(multi_worker.ClassMaskFromChief(strategy))
         if chief:
             callbacks.append(summaries.PerClassAccuracySummary(
-                identification, os.path.join(stage_dir, "tensorboard", "per_class"),
+                identification, os.path.join(stage_dir, TENSORBOARD_DIR, "per_class"),
                 class_names=list(data.class_names)))
-    _fit(distiller, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks)
+    teacher_name = config.teacher_path or config.teacher_model
+    masking = ", TLLM masking" if method == "tllm" else ""
+    _fit(distiller, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks,
+         title=f"{os.path.basename(stage_dir)}: {config.student_model} distilled from "
+               f"{teacher_name} ({config.distillation_loss} loss{masking})",
+         shown_metrics=("loss", "accuracy") + (
+             ("num_undistillable_classes",) if method == "tllm" else ()))
     if chief:
         _save_per_class(student, data, config, stage_dir)
-        export_lib.export_saved_model(student, os.path.join(stage_dir, "saved_model"))
+        export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
         _finish(student, stage_dir, chief)
     return model_path
 
@@ -500,9 +572,17 @@ def run(config, strategy=None):
         strategy = make_strategy(config.strategy)
     data = load_data(config)
     multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config))
-    teacher_path = config.teacher_path or os.path.join(config.workdir, "teacher", MODEL_FILE)
+    chief = is_chief(strategy)
+    teacher_path = config.teacher_path or os.path.join(
+        config.workdir, TEACHER_STAGE, MODEL_FILE)
     reference_path = config.reference_path or os.path.join(
-        config.workdir, "reference", REFERENCE_FILE)
+        config.workdir, REFERENCE_STAGE, REFERENCE_FILE)
+    steps = steps_per_epoch(data, config)
+    executed = steps_per_execution(steps, config.steps_per_execution)
+    if executed != config.steps_per_execution:
+        _say(config, chief, f"--steps_per_execution={config.steps_per_execution}: using "
+             f"{executed}, the largest divisor of the {steps} steps of an epoch (a whole "
+             "execution would run into the next epoch's batches).")
     if config.epoch_matched and "student" in config.stages and "tllm" in config.method:
         # A reference that exists already must have its per-epoch accuracy:
         # refuse it now rather than after the teacher has trained.
@@ -513,13 +593,19 @@ def run(config, strategy=None):
         multi_worker.run_on_chief(strategy, check_reference)
     for stage in config.stages:
         stage_dir = os.path.join(config.workdir, stage)
-        if stage == "teacher" and not config.teacher_path:
+        if stage == TEACHER_STAGE and config.teacher_path:
+            _say(config, chief, f"{TEACHER_STAGE}: --teacher_path={config.teacher_path}, "
+                 "not trained here")
+        elif stage == TEACHER_STAGE:
             teacher_path = run_teacher(config, data, strategy, stage_dir)
-        elif stage == "reference" and not config.reference_path:
+        elif stage == REFERENCE_STAGE and config.reference_path:
+            _say(config, chief, f"{REFERENCE_STAGE}: --reference_path="
+                 f"{config.reference_path}, not trained here")
+        elif stage == REFERENCE_STAGE:
             reference_path = run_reference(config, data, strategy, stage_dir)
         elif stage == "student":
             for method in config.method:
                 run_student(config, data, strategy,
-                            os.path.join(config.workdir, f"student_{method}"),
+                            os.path.join(config.workdir, student_stage(method)),
                             method, teacher_path, reference_path)
-    return config.workdir if is_chief(strategy) else None
+    return config.workdir if chief else None

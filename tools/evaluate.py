@@ -12,13 +12,14 @@ the run's, e.g. --seed and --holdout_fraction, to get the splits it used.
 """
 
 import json
-import os
 
-# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from tllm_tf import console
+
+# Before TensorFlow's first import: no start-up chatter.
+console.quiet_tensorflow_start_up()
 
 import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --split, ...)
 from tllm_tf import evaluation  # noqa: E402
@@ -33,6 +34,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    console.plain_log_lines()
     try:
         batches, class_names = data_flags.load_batches()
         models = evaluation.model_names([FLAGS.model_path])

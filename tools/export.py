@@ -7,13 +7,10 @@ The SavedModel takes raw images (preprocessing included) and returns logits
 and probabilities; see tllm_tf/export.py and docs/report.md.
 """
 
-import os
+from absl import app
+from absl import flags
 
-# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from tllm_tf import console
 
 flags.DEFINE_string("model_path", None, "The .keras model to export.", required=True)
 flags.DEFINE_string("export_dir", None, "The SavedModel directory to write (replaced if "
@@ -26,6 +23,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    console.plain_log_lines()
+    console.quiet_tensorflow_start_up()  # Before TensorFlow's first import.
     from tllm_tf import export as export_lib
     from tllm_tf import model_io
 

@@ -9,19 +9,18 @@ mask_log.jsonl; from saved models it evaluates them on --dataset (the first
 is the baseline; the data flags are tools/train.py's, see
 tools/data_flags.py). Writes report.md, report.json, per_class_change.png and
 mask_history.png into --output_dir; docs/report.md explains each.
+
+A report from a workdir reads JSON only and loads no TensorFlow.
 """
 
 import os
 
-# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --split, ...)
-from tllm_tf import evaluation  # noqa: E402
-from tllm_tf import reporting  # noqa: E402
+from tllm_tf import console
+from tllm_tf import reporting
+from tllm_tf import workdir_files
 
 flags.DEFINE_string("workdir", None, "A tools/train.py workdir to report on.")
 flags.DEFINE_list("model_paths", [], "Instead of --workdir: two or more .keras files or "
@@ -31,9 +30,28 @@ flags.DEFINE_string("output_dir", None, "Where to write the report (default: <wo
 flags.DEFINE_string("title", "TLLM per-class report", "Title of report.md.")
 
 FLAGS = flags.FLAGS
+_HELP_FLAGS = {"?", "help", "helpshort", "helpfull", "helpxml"}
+
+
+def _parse_flags(argv):
+    """absl's parser, with tools/data_flags.py's flags for --model_paths (or --help).
+
+    The data flags take their defaults from `RunConfig`, which loads
+    TensorFlow; a report from a --workdir needs neither.
+    """
+    wants_help = any(arg.lstrip("-").split("=")[0] in _HELP_FLAGS for arg in argv[1:])
+    if not wants_help:
+        FLAGS(argv, known_only=True)
+    if wants_help or FLAGS.model_paths:
+        console.quiet_tensorflow_start_up()
+        import data_flags  # noqa: F401  (defines --dataset, --split, ...)
+    return app.parse_flags_with_usage(argv)
 
 
 def _results_from_models():
+    import data_flags
+    from tllm_tf import evaluation
+
     if len(FLAGS.model_paths) < 2:
         raise app.UsageError(
             f"--model_paths needs two or more models. Received: {FLAGS.model_paths}")
@@ -54,7 +72,8 @@ def main(argv):
         raise app.UsageError("Give exactly one of --workdir and --model_paths.")
     if FLAGS.model_paths and not FLAGS.output_dir:
         raise app.UsageError("--model_paths needs --output_dir.")
-    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "report")
+    console.plain_log_lines()
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, workdir_files.REPORT_DIR)
     try:
         results = (reporting.load_results(FLAGS.workdir) if FLAGS.workdir
                    else _results_from_models())
@@ -63,9 +82,8 @@ def main(argv):
     written = reporting.write_report(results, output_dir, title=FLAGS.title)
     print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
-    for path in written.values():
-        print(f"Wrote {path}")
+    print(f"Report: {written['report.md']} (report.json and the plots beside it)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

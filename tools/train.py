@@ -4,21 +4,27 @@
 
 Flags come from flag files (see configs/) and the command line; later ones
 win. The run is written to --workdir; see tllm_tf/stages.py for its layout.
+It prints the flags that differ from the defaults (config.json in the workdir
+has them all), a line and a progress bar per stage (--verbose=2: a line per
+epoch; 0: neither), then the per-class table, the accuracies and where the
+SavedModels and the report are.
 """
 
 import os
 import sys
 
-# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
+from tllm_tf import console
+
+# Before TensorFlow's first import (run_flags loads it): no start-up chatter.
+console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf import reporting  # noqa: E402
 from tllm_tf import stages  # noqa: E402
+from tllm_tf import workdir_files  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -28,18 +34,20 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required: where every stage writes its results.")
+    console.plain_log_lines()
     try:
         config = run_flags.config_from_flags()
     except ValueError as error:
         raise app.UsageError(str(error))
-    logging.info("Configuration:\n%s", config.to_json())
     # First, before any TensorFlow op: a multi-worker strategy configures
     # collectives, which is only possible at start-up.
     strategy = stages.make_strategy(config.strategy)
     if not stages.is_chief(strategy):
         print("A non-chief worker: the chief writes every result; this process writes nothing.")
-    else:
-        print(f"Writing to {config.workdir} (configuration in config.json there).")
+    elif config.verbose > 0:
+        print(f"Flags that differ from the defaults: {console.config_summary(config)}")
+        print(f"Writing to {config.workdir} (all flags: "
+              f"{os.path.join(config.workdir, workdir_files.CONFIG_FILE)}).")
     if config.mixed_precision:
         import keras
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -57,8 +65,18 @@ def main(argv):
     if finished is None:
         return
     results = reporting.load_results(config.workdir)
+    written = reporting.write_report(
+        results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
+    print()
     print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
+    saved_models = [os.path.join(config.workdir, workdir_files.student_stage(method),
+                                 workdir_files.SAVED_MODEL_DIR) for method in config.method]
+    saved_models = [path for path in saved_models if os.path.exists(path)]
+    if saved_models:
+        print(f"SavedModel{'s' if len(saved_models) > 1 else ''} for serving: "
+              + ", ".join(saved_models))
+    print(f"Report: {written['report.md']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""The names of the files and folders in a run's workdir, in one place.
+
+Imports nothing, so that what only reads a workdir (tools/report.py,
+`reporting`) loads no TensorFlow. The layout, written by `stages`:
+
+    config.json
+    teacher/model.keras, history.csv, test_per_class.json, tensorboard/
+    reference/model.keras, reference.json, held_out_predictions.npz,
+        per_epoch_accuracy.jsonl, history.csv, test_per_class.json, tensorboard/
+    student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
+        mask_log.jsonl (tllm), tensorboard/
+    <stage>/checkpoint/ (while the stage runs)
+    report/ (tools/train.py and tools/report.py)
+"""
+
+CONFIG_FILE = "config.json"
+TEACHER_STAGE = "teacher"
+REFERENCE_STAGE = "reference"
+
+MODEL_FILE = "model.keras"
+PER_CLASS_FILE = "test_per_class.json"
+HISTORY_FILE = "history.csv"
+REFERENCE_FILE = "reference.json"
+REFERENCE_LOG_FILE = "per_epoch_accuracy.jsonl"
+PREDICTIONS_LOG_DIR = "held_out_predictions"
+MASK_LOG_FILE = "mask_log.jsonl"
+SAVED_MODEL_DIR = "saved_model"
+CHECKPOINT_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_DIR = "report"
+
+
+def student_stage(method):
+    """The folder of the student distilled with `method`: `"tllm"` -> `"student_tllm"`."""
+    return f"student_{method}"
