@@ -91,7 +91,7 @@ class RunConfig:
     teacher_dtype: Optional[str] = None
     deterministic: bool = False
     strategy: str = "default"
-    verbose: int = 2
+    verbose: int = 1
 
     def __post_init__(self):
         def require(condition, message):

@@ -103,7 +103,8 @@ flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
                   "Deterministic TensorFlow ops: a resumed run then equals an uninterrupted one.")
 flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES,
                   "tf.distribute strategy; multi_worker reads TF_CONFIG (docs/multi_worker.md).")
-flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras fit verbosity.")
+flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "0: only the results at the end; 1: also a "
+                     "line and a progress bar per stage; 2: a line per epoch instead of the bar.")
 
 FLAGS = flags.FLAGS
 
