@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import keras
 import pytest
 
 from tllm_tf import benchmark
@@ -107,6 +109,27 @@ def test_paired_summary_takes_medians_and_quartiles():
     assert summary["a_over_b_iqr"] == pytest.approx([0.2, 0.4])
 
 
+class _Sleep(keras.callbacks.Callback):
+    """Waits at every epoch end, as a process does when its neighbours hold the cores."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep(0.5)
+
+
+def test_the_cpu_clock_leaves_out_time_spent_waiting():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = benchmark.synthetic_dataset(32, (8,), 4, batch_size=16).map(
+        lambda x, y: (x, keras.ops.one_hot(y, 4)))
+    wall = benchmark.FitTimer(model, data, timed_callback=_Sleep(), clock="wall")(repeats=2)
+    cpu = benchmark.FitTimer(model, data, timed_callback=_Sleep(), clock="cpu")(repeats=2)
+    assert min(wall.seconds) >= 0.5 and min(wall.callback_seconds) >= 0.5
+    assert max(cpu.seconds) < 0.25 and max(cpu.callback_seconds) < 0.1
+    with pytest.raises(ValueError, match="clock"):
+        benchmark.FitTimer(model, data, clock="gpu")
+
+
 def test_distillation_figures_with_and_without_a_16_bit_teacher():
     rates = dict(student_train=100.0, teacher_infer=300.0, keras_distiller=60.0,
                  tllm_distiller=72.0)
@@ -132,7 +155,8 @@ def test_tool_writes_all_figures_consistently(tmp_path):
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
          "--size=tiny", "--steps=3", "--repeats=1", "--batch_size=16",
-         "--steps_per_execution=2", "--passes=2", "--teacher_dtype=bfloat16", f"--json={path}"],
+         "--steps_per_execution=2", "--passes=2", "--clock=cpu", "--teacher_dtype=bfloat16",
+         f"--json={path}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     figures = json.loads(path.read_text())

@@ -16,7 +16,10 @@ is measured after warm-up, the variants in turn for `--passes` passes, the
 order rotated each pass. Every ratio (and `limit`) is computed inside one pass
 (a round group, timed back to back), and the figure is the median of those
 paired ratios, printed with its interquartile range and the number of pairs;
-a target is met beyond the spread when the lower quartile reaches it. With
+a target is met beyond the spread when the lower quartile reaches it.
+`--clock=cpu` times with the process's CPU time instead of the wall clock: on
+a machine shared with other jobs it measures the work per image, which their
+load changes far less than the time (docs/benchmarks.md, Noise). With
 `--teacher_dtype=bfloat16` (or float16), three more variants run the teacher
 as a 16-bit copy: teacher_infer_<dtype>, tllm_distiller_<dtype>
 (`Distiller(teacher_dtype=...)`) and keras_distiller_<dtype> (the copy wrapped
@@ -66,6 +69,8 @@ flags.DEFINE_bool("mixed_precision", False, "float16 compute, float32 variables 
 flags.DEFINE_enum("teacher_dtype", None, ["bfloat16", "float16"],
                   "Also measure the teacher's pass and tllm_distiller with the teacher "
                   "as a copy in this dtype (Distiller(teacher_dtype=...)).")
+flags.DEFINE_enum("clock", "wall", list(benchmark.CLOCKS),
+                  "Time rounds by the wall clock, or by this process's CPU time (shared machines).")
 flags.DEFINE_integer("seed", 0, "Seed of the data and of the models' initialisation.")
 FLAGS = flags.FLAGS
 
@@ -100,23 +105,26 @@ def measure(size):
     held_out = benchmark.synthetic_dataset(max(1, round(num_train / 9)), seed=FLAGS.seed + 1, **data)
     teacher, student = _models(size)
     student.compile(loss=_label_loss(), **_compile_args())
-    timers = {"student_train": benchmark.FitTimer(student, train),
+    clock = FLAGS.clock
+    timers = {"student_train": benchmark.FitTimer(student, train, clock=clock),
               "teacher_infer": benchmark.ForwardTimer(
-                  teacher, train, FLAGS.jit_compile, _steps_per_execution())}
+                  teacher, train, FLAGS.jit_compile, _steps_per_execution(), clock)}
 
-    timers["keras_distiller"] = benchmark.FitTimer(_keras_distiller(size, None), train)
+    timers["keras_distiller"] = benchmark.FitTimer(
+        _keras_distiller(size, None), train, clock=clock)
     distillers = {"tllm_distiller": _masked_distiller(size, held_out, teacher_dtype=None)}
     if FLAGS.teacher_dtype:
         teacher, _ = _models(size)
         timers[f"teacher_infer_{FLAGS.teacher_dtype}"] = benchmark.ForwardTimer(
             teacher_precision.inference_copy(teacher, FLAGS.teacher_dtype), train,
-            FLAGS.jit_compile, _steps_per_execution())
+            FLAGS.jit_compile, _steps_per_execution(), clock)
         timers[f"keras_distiller_{FLAGS.teacher_dtype}"] = benchmark.FitTimer(
-            _keras_distiller(size, FLAGS.teacher_dtype), train)
+            _keras_distiller(size, FLAGS.teacher_dtype), train, clock=clock)
         distillers[f"tllm_distiller_{FLAGS.teacher_dtype}"] = _masked_distiller(
             size, held_out, FLAGS.teacher_dtype)
     for name, (distiller, callback) in distillers.items():
-        timers[name] = benchmark.FitTimer(distiller, train, timed_callback=callback)
+        timers[name] = benchmark.FitTimer(
+            distiller, train, timed_callback=callback, clock=clock)
 
     groups = benchmark.interleave(
         timers, passes=FLAGS.passes or size["passes"], warmup=FLAGS.warmup,
@@ -166,7 +174,8 @@ def _masked_distiller(size, held_out, teacher_dtype):
 def _report(figures, best):
     lines = [f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
              f"steps_per_execution={_steps_per_execution()} "
-             f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype}",
+             f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype} "
+             f"clock={FLAGS.clock}",
              f"medians over {figures['pairs']} round groups (passes) of figures computed "
              "inside each group; [interquartile range]"]
     rates = ["student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller"]
@@ -178,9 +187,10 @@ def _report(figures, best):
         targets.update({f"tllm_{dtype}_over_limit_{dtype}": TARGETS["tllm_over_limit"],
                         f"tllm_{dtype}_over_keras": TARGETS["tllm_over_keras"]})
     width = max(map(len, rates + list(targets) + [f"tllm_{dtype}_over_keras_{dtype}"]))
+    unit = "images/s" if FLAGS.clock == "wall" else "images per CPU-second"
     for name in rates:
         best_round = f"  (best round {best[name]:.1f})" if name in best else ""
-        lines.append(f"{name:>{width}}: {figures[name]:9.1f}  images/s{best_round}")
+        lines.append(f"{name:>{width}}: {figures[name]:9.1f}  {unit}{best_round}")
     for name, target in targets.items():
         lower, upper = figures[f"{name}_iqr"]
         verdict = ("met beyond the spread" if lower >= target else
