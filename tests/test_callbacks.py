@@ -34,7 +34,8 @@ def test_masks_classes_below_the_reference_with_a_compiled_step(tiny_data, held_
     assert not distiller.run_eagerly
     log_path = str(tmp_path / "mask_log.jsonl")
     callback = tllm_tf.UndistillableClassCallback(
-        held_out, reference=[1.0, 1.0, 0.0, 0.0], log_path=log_path)
+        held_out, reference=[1.0, 1.0, 0.0, 0.0], log_path=log_path, warmup_epochs=0,
+        sticky=False)
     history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
 
     student_accuracy = callback.student_accuracy
@@ -174,7 +175,8 @@ def test_epoch_matched_compares_with_the_reference_of_the_same_epoch(
     # every class the student misses; epochs 3-4 reuse the last row (0.0).
     history = np.array([[0.0] * 4, [1.0] * 4, [0.0] * 4])
     callback = tllm_tf.UndistillableClassCallback(
-        held_out, reference=history, epoch_matched=True, log_path=log_path)
+        held_out, reference=history, epoch_matched=True, log_path=log_path, warmup_epochs=0,
+        sticky=False)
     _distiller().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[callback])
     records = _log_records(log_path)
     assert [r["reference_accuracy"] for r in records] == [
@@ -212,7 +214,8 @@ def test_epoch_matched_needs_a_per_epoch_reference(
 
 def test_a_per_epoch_reference_needs_epoch_matched(tiny_data, held_out):
     x, y = tiny_data
-    callback = tllm_tf.UndistillableClassCallback(held_out, reference=np.ones((3, 4)))
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=np.ones((3, 4)), epoch_matched=False)
     with pytest.raises(ValueError, match="rank 1.*epoch_matched=False"):
         _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
@@ -236,7 +239,8 @@ def test_patience_state_lives_in_the_model_across_fits(tiny_data, held_out):
 def test_resume_from_saved_weights_continues_the_rule_exactly(tiny_data, held_out, tmp_path):
     """Patience and smoothing state travel with the weights, as the mask does."""
     x, y = tiny_data
-    kwargs = dict(reference=[0.9] * 4, rule="unpaired", patience=2, smoothing=0.5)
+    kwargs = dict(reference=[0.9] * 4, rule="unpaired", patience=2, smoothing=0.5,
+                  warmup_epochs=0, sticky=False)
     whole = _distiller()
     whole.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
               callbacks=[tllm_tf.UndistillableClassCallback(held_out, **kwargs)])
@@ -332,3 +336,13 @@ def test_get_config_has_every_argument(held_out):
 def test_rejects_bad_guard_arguments(held_out, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tllm_tf.UndistillableClassCallback(held_out, reference=[1.0] * 4, **kwargs)
+
+
+def test_defaults_wait_half_the_fit_match_epochs_and_spend_the_level(tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    log_path = str(tmp_path / "log.jsonl")
+    history = np.full((4, NUM_CLASSES), 0.5)
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=history, log_path=log_path)
+    _distiller().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[callback])
+    assert [r["epoch"] for r in _log_records(log_path)] == [3, 4]  # warm-up: half of 4
+    assert callback._matched and callback._looks == 2

@@ -34,9 +34,13 @@ def test_bad_values_are_refused_with_the_field_named(field, value, message):
         RunConfig(workdir="w", **{field: value})
 
 
-def test_identification_defaults_are_the_callbacks_plain_rule():
+def test_identification_defaults_are_the_callbacks():
     config = RunConfig(workdir="w")
     parameters = inspect.signature(UndistillableClassCallback).parameters
-    for name in ("margin", "warmup_epochs", "update_every", "sticky", "min_samples",
-                 "epoch_matched", "smoothing", "patience", "margin_standard_errors"):
+    for name in ("rule", "significance", "correction", "margin", "warmup_epochs",
+                 "update_every", "sticky", "min_samples", "smoothing", "patience",
+                 "margin_standard_errors"):
         assert getattr(config, name) == parameters[name].default, name
+    # The callback's None means "when the reference has per-epoch results",
+    # which the pipeline's reference stage always records.
+    assert parameters["epoch_matched"].default is None and config.epoch_matched

@@ -14,6 +14,7 @@ to the class mask: a checkpoint holds both, so a resumed run judges exactly
 as an uninterrupted one would.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,8 +38,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
     At the end of epoch `e` (counted from 1), when `e > warmup_epochs` and
     `(e - warmup_epochs) % update_every == 0`, the callback measures which
     held-out images the student classifies correctly and compares it, class
-    by class, with the reference (its finished state, or with
-    `epoch_matched=True` its state after epoch `e`):
+    by class, with the reference (with `epoch_matched` its state after epoch
+    `e`, else its finished state):
 
     - `rule="paired"` (default): per class, `b` = images only the reference
       gets right, `w` = images only the student gets right; the class is
@@ -55,7 +56,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
       paired rule was asked for.
 
     A class behind on `patience` consecutive updates is masked (mask 0);
-    with `sticky=True` it stays masked; with `smoothing > 0` the compared
+    with `sticky=True` (the default) it stays masked, and each update tests
+    at `significance` divided by the fit's number of updates, so that over
+    the whole fit a class is wrongly masked with probability at most
+    `significance`; with `smoothing > 0` the compared
     quantities are moving averages over updates. A class with fewer than
     `min_samples` held-out images keeps being distilled. When no class is
     behind the mask stays all ones, and the student trains exactly as plain
@@ -81,23 +85,30 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             results, or an array `(epochs, num_classes)` (row `i` after
             epoch `i + 1`).
         rule: `"paired"` or `"unpaired"`. Defaults to `"paired"`.
-        significance: level of the paired test, in `(0, 1)`. Defaults to
-            `0.05`.
+        significance: level of the paired test, in `(0, 1)`: per update,
+            or with `sticky=True` for the whole fit. Defaults to `0.05`.
         correction: `"holm"`, `"benjamini_hochberg"` or `"none"`, across
             the classes of one update. Defaults to `"holm"`.
         margin: how far below the reference a class must fall, in accuracy
             units, `>= 0`. Defaults to `0.0`.
-        warmup_epochs: epochs before the first update, `>= 0`. Defaults
-            to `0`.
+        warmup_epochs: epochs before the first update, `>= 0`, or `None`
+            for half of the fit's epochs: early in training the distilled
+            student and the reference differ for real on classes where the
+            final students agree, and a sticky mask would keep those
+            (docs/study.md). Defaults to `None`.
         update_every: epochs between updates, `>= 1`. Defaults to `1`.
-        sticky: whether a masked class stays masked. Defaults to `False`.
+        sticky: whether a masked class stays masked; without it a masked
+            class recovers, looks fine, is unmasked and falls again.
+            Defaults to `True`.
         min_samples: fewest held-out examples a class needs to be judged,
             `>= 1`. Defaults to `1`.
         log_path: if set, one JSON line per update is appended there.
             Defaults to `None`.
         epoch_matched: whether to compare with the reference at the same
-            epoch (its last recorded epoch once the student trains longer).
-            Defaults to `False`.
+            epoch (its last recorded epoch once the student trains longer);
+            `None` does so whenever the reference has per-epoch results
+            (a `ReferencePredictions` of several epochs, a reference file
+            with them, an array `(epochs, num_classes)`). Defaults to `None`.
         smoothing: weight of the past in the moving averages, in `[0, 1)`.
             Defaults to `0.0`.
         patience: consecutive updates a class must be behind, `>= 1`.
@@ -125,18 +136,18 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         significance=0.05,
         correction="holm",
         margin=0.0,
-        warmup_epochs=0,
+        warmup_epochs=None,
         update_every=1,
-        sticky=False,
+        sticky=True,
         min_samples=1,
         log_path=None,
-        epoch_matched=False,
+        epoch_matched=None,
         smoothing=0.0,
         patience=1,
         margin_standard_errors=0.0,
     ):
         super().__init__()
-        if warmup_epochs < 0:
+        if warmup_epochs is not None and warmup_epochs < 0:
             raise ValueError(
                 f"Expected warmup_epochs >= 0. Received: warmup_epochs={warmup_epochs}")
         if update_every < 1:
@@ -149,10 +160,13 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             min_samples=int(min_samples))
         self.validation_data = metrics_lib.as_dataset(validation_data)
         self.reference = reference
-        self.warmup_epochs = int(warmup_epochs)
+        self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = int(update_every)
         self.log_path = log_path
-        self.epoch_matched = bool(epoch_matched)
+        self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
+        self._matched = bool(epoch_matched)
+        self._warmup = self.warmup_epochs or 0
+        self._looks = 1
         self.effective_rule = rule
         self.reference_accuracy = None
         self.student_accuracy = None
@@ -167,8 +181,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         """Sets the reference's per-class accuracy rows and, if any, its per-image results."""
         reference = self.reference
         predictions = None
+        self._matched = self._wants_matched(num_classes)
         if isinstance(reference, keras.Model):
-            if self.epoch_matched:
+            if self._matched:
                 raise ValueError(
                     "epoch_matched=True needs the reference's per-epoch results: "
                     "pass a reference file written by the reference stage, a "
@@ -180,7 +195,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         elif isinstance(reference, predictions_lib.ReferencePredictions):
             predictions = reference
         elif isinstance(reference, (str, os.PathLike)):
-            values = (reference_lib.load_reference_history(reference) if self.epoch_matched
+            values = (reference_lib.load_reference_history(reference) if self._matched
                       else reference_lib.load_reference(reference))
             sibling = predictions_lib.predictions_path(reference)
             if self.options.rule == "paired" and os.path.exists(sibling):
@@ -199,7 +214,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             rows = [metrics_lib.accuracy_from_counts(*metrics_lib.counts_from_correctness(
                 row, predictions.labels, num_classes)) for row in predictions.correct]
             self._reference_history = np.stack(rows)
-            if not self.epoch_matched:
+            if not self._matched:
                 self._reference_history = self._reference_history[-1:]
         self.effective_rule = "paired" if self._reference_predictions is not None else "unpaired"
         if self.options.rule == "paired" and self.effective_rule == "unpaired":
@@ -210,13 +225,32 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 "reference file with its %s beside it, for the paired test.",
                 predictions_lib.PREDICTIONS_FILE)
 
+    def _wants_matched(self, num_classes):
+        """`epoch_matched`, or with `None` whether the reference has per-epoch results."""
+        if self.epoch_matched is not None:
+            return self.epoch_matched
+        reference = self.reference
+        if isinstance(reference, predictions_lib.ReferencePredictions):
+            return len(reference.correct) > 1
+        if isinstance(reference, (str, os.PathLike)):
+            sibling = predictions_lib.predictions_path(reference)
+            if self.options.rule == "paired" and os.path.exists(sibling):
+                return len(predictions_lib.load_predictions(sibling).correct) > 1
+            try:
+                return len(reference_lib.load_reference_history(reference)) > 1
+            except reference_lib.MissingHistoryError:
+                return False
+        if isinstance(reference, keras.Model):
+            return False
+        return np.ndim(reference) == 2
+
     def _set_accuracy_rows(self, values, num_classes):
-        expected_rank = 2 if self.epoch_matched else 1
+        expected_rank = 2 if self._matched else 1
         if values.ndim != expected_rank:
             raise ValueError(
                 f"Expected a reference of rank {expected_rank} "
-                f"({'(epochs, num_classes)' if self.epoch_matched else '(num_classes,)'}) "
-                f"with epoch_matched={self.epoch_matched}. Received shape {values.shape}.")
+                f"({'(epochs, num_classes)' if self._matched else '(num_classes,)'}) "
+                f"with epoch_matched={self._matched}. Received shape {values.shape}.")
         if values.shape[-1] != num_classes or values.size == 0:
             raise ValueError(
                 f"The reference has {values.shape[-1]} per-class accuracies but the "
@@ -235,6 +269,15 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._reference_predictions = None
         self._reference_source = "the reference"
         self._resolve_reference(num_classes)
+        epochs = (self.params or {}).get("epochs") or 0
+        self._warmup = self.warmup_epochs if self.warmup_epochs is not None else epochs // 2
+        # A sticky mask acts on the first significant look, so the level is
+        # spent over the fit's planned updates (Bonferroni over time): the
+        # chance that a class KD does not hurt is ever masked stays below
+        # `significance`. Counted over the whole fit, so a resumed fit agrees.
+        self._looks = 1
+        if self.options.sticky:
+            self._looks = max(1, sum(self._is_update_epoch(e) for e in range(epochs)))
         self.reference_accuracy = self._reference_history[-1]
         self.student_accuracy = None
         self.p_values = None
@@ -245,13 +288,13 @@ class UndistillableClassCallback(keras.callbacks.Callback):
 
     def _is_update_epoch(self, epoch):
         epoch_number = epoch + 1
-        return (epoch_number > self.warmup_epochs
-                and (epoch_number - self.warmup_epochs) % self.update_every == 0)
+        return (epoch_number > self._warmup
+                and (epoch_number - self._warmup) % self.update_every == 0)
 
     def _evidence(self, epoch, correct, labels, num_classes):
         hits, total = metrics_lib.counts_from_correctness(correct, labels, num_classes)
         self.student_accuracy = metrics_lib.accuracy_from_counts(hits, total)
-        row = min(epoch, len(self._reference_history) - 1) if self.epoch_matched else -1
+        row = min(epoch, len(self._reference_history) - 1) if self._matched else -1
         self.reference_accuracy = self._reference_history[row]
         if self.effective_rule == "unpaired":
             return identification.Evidence(total, self.student_accuracy, self.reference_accuracy)
@@ -259,7 +302,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if not self._labels_checked:
             predictions.check_labels(labels, self._reference_source)
             self._labels_checked = True
-        reference_correct = (predictions.at_epoch(epoch) if self.epoch_matched
+        reference_correct = (predictions.at_epoch(epoch) if self._matched
                              else predictions.final)
         behind, ahead = identification.discordant_counts(
             correct, reference_correct, labels, num_classes)
@@ -271,10 +314,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             num_classes = self.model.num_classes
             correct, labels = self._correctness(self.validation_data)
             evidence = self._evidence(epoch, correct, labels, num_classes)
-            options = self.options
-            if options.rule != self.effective_rule:
-                options = identification.RuleOptions(
-                    **{**vars(options), "rule": self.effective_rule})
+            options = dataclasses.replace(
+                self.options, rule=self.effective_rule,
+                significance=self.options.significance / self._looks)
             state = identification.IdentificationState.from_array(
                 keras.ops.convert_to_numpy(self.model.identification_state))
             state, masked, self.p_values = identification.update(state, evidence, options)

@@ -76,11 +76,12 @@ class RunConfig:
     significance: float = 0.05
     correction: str = "holm"
     margin: float = 0.0
-    warmup_epochs: int = 0
+    # None: half of --epochs (docs/study.md chose it).
+    warmup_epochs: Optional[int] = None
     update_every: int = 1
-    sticky: bool = False
+    sticky: bool = True
     min_samples: int = 1
-    epoch_matched: bool = False
+    epoch_matched: bool = True
     smoothing: float = 0.0
     patience: int = 1
     margin_standard_errors: float = 0.0
@@ -141,7 +142,7 @@ class RunConfig:
         require(0.0 <= self.teacher_label_smoothing < 1.0,
                 f"teacher_label_smoothing must be in [0, 1). Received: {self.teacher_label_smoothing}")
         require(self.margin >= 0, f"margin must be >= 0. Received: {self.margin}")
-        require(self.warmup_epochs >= 0,
+        require(self.warmup_epochs is None or self.warmup_epochs >= 0,
                 f"warmup_epochs must be >= 0. Received: {self.warmup_epochs}")
         require(self.update_every >= 1,
                 f"update_every must be >= 1. Received: {self.update_every}")

@@ -43,6 +43,9 @@ ARMS = {
     # (10 of the study's 20 epochs), then a masked class stays masked.
     "paired_sticky_half_warmup": {"method": ("tllm",), "rule": "paired",
                                   "epoch_matched": False, "sticky": True, "warmup_epochs": 10},
+    "paired_matched_sticky_half_warmup": {"method": ("tllm",), "rule": "paired",
+                                          "epoch_matched": True, "sticky": True,
+                                          "warmup_epochs": 10},
     "paired_matched": {"method": ("tllm",), "rule": "paired", "epoch_matched": True,
                        "sticky": False, "warmup_epochs": 0},
     "paired_matched_sticky": {"method": ("tllm",), "rule": "paired", "epoch_matched": True,

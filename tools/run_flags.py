@@ -78,13 +78,15 @@ flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired 
 flags.DEFINE_enum("correction", _DEFAULTS.correction, list(config_lib.CORRECTIONS),
                   "Multiple-testing correction of the paired test across classes.")
 flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
-flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask update.")
+flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask "
+                     "update. Default: half of --epochs.")
 flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
-flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked.")
+flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked (--nosticky: "
+                  "it is judged again at every update). Default: on.")
 flags.DEFINE_integer("min_samples", _DEFAULTS.min_samples, "Fewest held-out samples to judge a class.")
 flags.DEFINE_bool("epoch_matched", _DEFAULTS.epoch_matched, "Compare epoch e with the "
                   "reference's epoch e (the reference stage records every epoch), not with "
-                  "the finished reference. Default: off.")
+                  "the finished reference. Default: on.")
 flags.DEFINE_float("smoothing", _DEFAULTS.smoothing, "Weight of the past in a moving average "
                    "of the accuracies over updates, in [0, 1). Default: 0 (none).")
 flags.DEFINE_integer("patience", _DEFAULTS.patience, "Consecutive updates a class must be "

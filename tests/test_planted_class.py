@@ -1,0 +1,77 @@
+"""A planted undistillable pair: the teacher learnt two classes with their labels mostly swapped.
+
+Its knowledge of exactly those classes is wrong, so KD drags the student down on them. TLLM with the
+library's default rule must find the two classes (and at most one other) and bring them back.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tllm_tf
+from tllm_tf.data import load_digits
+
+PLANTED = (3, 8)
+EPOCHS = 20
+
+
+def _arrays(split):
+    images, labels = zip(*split.as_numpy_iterator())
+    return np.stack(images) / 16.0, np.array(labels)
+
+
+def _mlp(width, seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Dense(width, activation="relu")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10)(hidden))
+
+
+def _label_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.mark.slow
+def test_tllm_finds_and_recovers_two_planted_classes():
+    data = load_digits(holdout_fraction=0.3, seed=0)
+    (x_train, y_train), held_out, test = (
+        _arrays(data.train), _arrays(data.held_out), _arrays(data.test))
+    swapped = y_train.copy()
+    rng = np.random.default_rng(0)
+    for source, target in (PLANTED, PLANTED[::-1]):
+        members = np.flatnonzero(y_train == source)
+        swapped[members[rng.random(members.size) < 0.8]] = target
+
+    teacher = _mlp(64, seed=1)
+    teacher.compile(keras.optimizers.Adam(3e-3), _label_loss())
+    teacher.fit(x_train, swapped, batch_size=32, epochs=30, verbose=0)
+
+    reference = _mlp(16, seed=2)
+    reference.compile(keras.optimizers.Adam(3e-3), _label_loss())
+    recorder = tllm_tf.PredictionRecorder(held_out, num_classes=10)
+    reference.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0,
+                  callbacks=[recorder])
+    predictions = tllm_tf.ReferencePredictions(
+        labels=recorder.labels, correct=np.stack([recorder.rows[e] for e in range(EPOCHS)]))
+
+    def distil(callbacks):
+        distiller = tllm_tf.Distiller(_mlp(16, seed=2), teacher)
+        distiller.compile(keras.optimizers.Adam(3e-3))
+        distiller.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0,
+                      callbacks=callbacks)
+        return distiller
+
+    kd = distil([])
+    tllm = distil([tllm_tf.UndistillableClassCallback(
+        held_out, reference=predictions)])
+
+    masked = set(tllm.undistillable_classes)
+    assert set(PLANTED) <= masked and len(masked - set(PLANTED)) <= 1, masked
+
+    def planted_accuracy(model):
+        return np.mean(tllm_tf.per_class_accuracy(model, test, 10)[list(PLANTED)])
+
+    labels_accuracy, kd_accuracy = planted_accuracy(reference), planted_accuracy(kd)
+    assert kd_accuracy < labels_accuracy - 0.3  # the planted harm is real
+    # TLLM wins back at least half of what KD lost on the planted classes.
+    assert planted_accuracy(tllm) > kd_accuracy + 0.5 * (labels_accuracy - kd_accuracy)
