@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 
+import tllm_tf
+from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
 from tllm_tf import config as config_lib
 from tllm_tf import console
 from tllm_tf import stage_progress
@@ -191,6 +193,30 @@ def test_report_tool_on_a_workdir_imports_no_tensorflow(tmp_path):
     assert f"Report: {tmp_path / 'report' / 'report.md'}" in result.stdout
     assert sorted(os.listdir(tmp_path / "report")) == [
         "mask_history.png", "per_class_change.png", "report.json", "report.md"]
+
+
+def test_the_package_loads_its_names_on_first_use_and_files_still_load(tmp_path):
+    keras.utils.set_random_seed(0)
+    distiller = tllm_tf.Distiller(make_mlp("student"), make_mlp("teacher"))
+    distiller.compile(optimizer="sgd", distillation_loss_fn=tllm_tf.KDLoss(temperature=2.0))
+    images = np.random.default_rng(0).normal(size=(16, *IMAGE_SHAPE)).astype(np.float32)
+    distiller.fit(images, np.arange(16) % NUM_CLASSES, epochs=1, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    assert tllm_tf.losses.KDLoss is tllm_tf.KDLoss and "Distiller" in dir(tllm_tf)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        tllm_tf.no_such_name  # noqa: B018
+    # A new process: `import tllm_tf` loads neither TensorFlow nor the classes a file names.
+    script = ("import sys\n"
+              "import tllm_tf\n"
+              "assert 'tensorflow' not in sys.modules\n"
+              "from tllm_tf import model_io\n"
+              f"loaded = model_io.load_keras_model({str(tmp_path / 'distiller.keras')!r}, "
+              "compile=True)\n"
+              "print(type(loaded).__name__, loaded.distillation_loss_fn.temperature)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "Distiller 2.0"
 
 
 def _imported_modules(module):

@@ -120,8 +120,11 @@ def load_keras_model(path, *, role="model", compile=False):
     holders = _code_holders(_read_config(path, role))
     if holders:
         raise _unsafe(role, path, holders)
-    # Registers the zoo's custom layers (ShuffleNet's), which a saved zoo
-    # model names; imported here so that core modules do not import the zoo.
+    # Registers what a saved file may name: the Distiller and the distillation
+    # losses (`import tllm_tf` no longer imports them), the zoo's custom layers
+    # (ShuffleNet's); imported here so that core modules do not import the zoo.
+    import tllm_tf.distiller  # noqa: F401
+    import tllm_tf.losses  # noqa: F401
     import tllm_tf.models  # noqa: F401
     try:
         return keras.models.load_model(path, compile=compile, safe_mode=True)
