@@ -231,7 +231,7 @@ def test_reporting_imports_plots_and_not_the_other_way_round():
 
 
 DEMO = ["tools/train.py", "--flagfile=configs/demo.flags", "--epochs=2", "--teacher_epochs=1",
-        "--num_train=200", "--steps_per_execution=8"]
+        "--num_train=200", "--warmup_epochs=1", "--steps_per_execution=8"]
 
 
 @pytest.mark.slow
@@ -256,7 +256,7 @@ def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(tmp_path):
     bars = [line for line in lines if line.startswith("  [")]
     assert len(bars) == 4 and all("loss: " in bar for bar in bars)
     assert "num_undistillable_classes: " in bars[3] and "num_undistillable" not in bars[2]
-    assert "| class | reference | student_kd | student_tllm | KD<ref |" in lines
+    assert "| class | reference | student_kd | student_tllm | KD<ref | masked |" in lines
     assert lines[-2] == ("SavedModels for serving: "
                          f"{tmp_path / 'demo' / 'student_kd' / 'saved_model'}, "
                          f"{tmp_path / 'demo' / 'student_tllm' / 'saved_model'}")
