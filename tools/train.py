@@ -68,7 +68,8 @@ def main(argv):
     written = reporting.write_report(
         results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
     print()
-    print(reporting.markdown_table(results))
+    if results["models"]:  # Not after --stage=teacher alone: no student to compare.
+        print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
     saved_models = [os.path.join(config.workdir, workdir_files.student_stage(method),
                                  workdir_files.SAVED_MODEL_DIR) for method in config.method]
