@@ -12,14 +12,15 @@ and arm) run by the same stages as tools/train.py. A re-run skips what is done.
 Writes study.md, study.json and plots to --root (or --results_dir).
 """
 
-import os
 import sys
 
-# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from tllm_tf import console
+
+# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf import study  # noqa: E402
