@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tllm_tf
-from conftest import NUM_CLASSES, make_mlp
+from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
 
 
 def _clone(model):
@@ -273,3 +273,203 @@ def test_rejects_out_of_range_labels_in_datasets_at_the_first_step(student, teac
     dataset = tf.data.Dataset.from_tensor_slices((x, y - 1)).batch(8)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids in \[0, num_classes=4\)"):
         distiller.fit(dataset, epochs=1, verbose=0)
+
+
+# -- reliability (issue 11) ----------------------------------------------------
+
+def test_integer_one_hot_labels_train_as_class_ids(student, teacher, tiny_data):
+    # A batch as large as the number of classes once hid the misreading: the
+    # (4, 4) labels were taken as class ids and the mask gated the wrong samples.
+    x, y = tiny_data
+    twin = _clone(student)
+    mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    sparse = _distiller(student, teacher, metrics=["accuracy"])
+    one_hot = _distiller(twin, teacher, metrics=["accuracy"])
+    for distiller in (sparse, one_hot):
+        distiller.set_class_mask(mask)
+    expected = sparse.fit(x, y, batch_size=NUM_CLASSES, epochs=1, shuffle=False,
+                          verbose=0).history
+    labels = np.eye(NUM_CLASSES, dtype=np.int64)[y]
+    history = one_hot.fit(x, labels, batch_size=NUM_CLASSES, epochs=1, shuffle=False,
+                          verbose=0).history
+    _assert_same_weights(student, twin)
+    for name in ("loss", "student_loss", "distillation_loss", "accuracy"):
+        assert history[name][0] == pytest.approx(expected[name][0], rel=1e-5), name
+
+
+@pytest.mark.parametrize("labels_shape", [(32, 3), (32, 4, 1)])
+def test_labels_of_another_shape_say_what_to_pass(student, teacher, tiny_data, labels_shape):
+    x, _ = tiny_data
+    distiller = _distiller(student, teacher)
+    with pytest.raises(ValueError, match=(
+            r"class ids of shape \(batch,\) or label vectors of shape "
+            r"\(batch, num_classes=4\) \(one-hot or soft\). Received shape")):
+        distiller.fit(x, np.zeros(labels_shape, np.int32), verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(labels_shape, np.int32))).batch(8)
+    with pytest.raises(ValueError, match=r"label vectors of shape \(batch, num_classes=4\)"):
+        distiller.fit(dataset, verbose=0)
+
+
+def test_compile_with_a_temperature_names_kd_loss(student, teacher):
+    distiller = tllm_tf.Distiller(student, teacher)
+    with pytest.raises(ValueError, match=(
+            r"has no `temperature`.*distillation_loss_fn=tllm_tf.KDLoss\(temperature=10\)")):
+        distiller.compile(optimizer="adam", temperature=10)
+
+
+def test_compile_refuses_keras_kl_divergence_on_logits(student, teacher):
+    distiller = tllm_tf.Distiller(student, teacher)
+    with pytest.raises(ValueError, match=r"KLDivergence cannot be a distillation loss.*KDLoss"):
+        distiller.compile(optimizer="adam", distillation_loss_fn=keras.losses.KLDivergence())
+
+
+def test_compile_refuses_alpha_and_beta_both_zero(student, teacher):
+    distiller = tllm_tf.Distiller(student, teacher)
+    with pytest.raises(ValueError, match=r"alpha \+ beta > 0.*Received: alpha=0, beta=0"):
+        distiller.compile(optimizer="sgd", alpha=0, beta=0)
+
+
+def test_a_file_path_as_a_model_says_to_load_it(teacher):
+    with pytest.raises(ValueError, match=(
+            r"Expected the student to be a keras.Model.*student='student.keras' \(a str\)"
+            r".*load_keras_model")):
+        tllm_tf.Distiller("student.keras", teacher)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(NUM_CLASSES)
+
+    def call(self, inputs):
+        return self.dense(keras.ops.reshape(inputs, (-1, 8 * 8 * 3)))
+
+
+def test_built_subclassed_models_need_num_classes_and_then_train(tiny_data):
+    x, y = tiny_data
+    student, teacher = _Subclassed(name="sub_student"), _Subclassed(name="sub_teacher")
+    student(x[:1])
+    teacher(x[:1])
+    with pytest.raises(ValueError, match=(
+            r"neither the student 'sub_student' nor the teacher 'sub_teacher' has a "
+            r"symbolic output \(subclassed models have none, built or not.*num_classes=")):
+        tllm_tf.Distiller(student, teacher)
+    distiller = tllm_tf.Distiller(student, teacher, num_classes=NUM_CLASSES)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+def test_a_dict_output_student_is_refused_at_construction(teacher):
+    inputs = keras.Input(IMAGE_SHAPE)
+    logits = keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(inputs))
+    student = keras.Model(inputs, {"logits": logits}, name="dict_student")
+    with pytest.raises(ValueError, match=(
+            r"student 'dict_student' returns a dict with keys \['logits'\].*one logits "
+            r"tensor")):
+        tllm_tf.Distiller(student, teacher)
+
+
+def test_a_softmax_applied_as_an_op_is_detected(student):
+    inputs = keras.Input(IMAGE_SHAPE)
+    teacher = keras.Model(inputs, keras.ops.softmax(make_mlp("inner")(inputs)),
+                          name="op_teacher")
+    with pytest.raises(ValueError, match=r"teacher 'op_teacher' ends in a softmax.*logits"):
+        tllm_tf.Distiller(student, teacher)
+
+
+@keras.saving.register_keras_serializable(package="tllm_tf_tests")
+def _half_cross_entropy(labels, logits):
+    return 0.5 * keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def test_a_registered_student_loss_function_survives_keras_save_and_load(
+        student, teacher, tiny_data, tmp_path):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher, student_loss_fn=_half_cross_entropy)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.student_loss_fn is _half_cross_entropy
+    expected = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True)["student_loss"] == pytest.approx(
+        expected["student_loss"], rel=1e-6)
+
+
+def test_an_unregistered_student_loss_function_is_refused_at_save(
+        student, teacher, tmp_path):
+    def unregistered(labels, logits):
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+    for index, loss_fn in enumerate(
+            (unregistered, lambda labels, logits: unregistered(labels, logits))):
+        distiller = _distiller(student, teacher, student_loss_fn=loss_fn)
+        path = str(tmp_path / f"distiller_{index}.keras")
+        with pytest.raises(ValueError, match=(
+                r"Cannot save student_loss_fn=.*register_keras_serializable")):
+            distiller.save(path)
+        assert not os.path.exists(path)
+        with pytest.raises(ValueError, match=r"Cannot save student_loss_fn="):
+            keras.saving.save_model(distiller, path)
+
+
+def test_evaluate_logs_the_training_objective_with_regularisation(teacher, tiny_data):
+    # As in Keras, val_loss is the loss of fit on other data: the same terms,
+    # the same keys, the regularisation included.
+    x, y = tiny_data
+    keras.utils.set_random_seed(1)
+    student = make_mlp("student", weight_decay=0.01)
+    mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    distiller = _distiller(student, teacher, alpha=0.3, beta=0.7, metrics=["accuracy"])
+    distiller.set_class_mask(mask)
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                            validation_data=(x, y)).history
+    assert set(history) == {
+        name for key in ("loss", "student_loss", "distillation_loss",
+                         "num_undistillable_classes", "accuracy")
+        for name in (key, f"val_{key}")}
+    logits, teacher_logits = student(x), teacher(x)
+    student_loss = _ce(y, logits)
+    kd = tllm_tf.kd_loss(teacher_logits, logits, temperature=4.0)
+    gated = np.where(mask[y] > 0, kd, student_loss)
+    expected = np.mean(0.3 * student_loss + 0.7 * gated) + float(tf.add_n(student.losses))
+    evaluation = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    assert evaluation["loss"] == pytest.approx(expected, rel=1e-5)
+    assert evaluation["student_loss"] == pytest.approx(float(np.mean(student_loss)), rel=1e-5)
+    assert evaluation["distillation_loss"] == pytest.approx(float(np.mean(kd)), rel=1e-5)
+    assert evaluation["num_undistillable_classes"] == 2
+    assert history["val_loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_num_undistillable_classes_is_the_mask_the_epoch_trained_with(
+        student, teacher, tiny_data):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher)
+    distiller.set_class_mask([0, 1, 1, 1])
+    history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0).history
+    assert history["num_undistillable_classes"] == [1, 1]
+
+
+def _huge_logit_teacher(x):
+    """A teacher whose weights fit in float16 but whose largest logits do not."""
+    teacher = make_mlp("huge_teacher", width=16)
+    kernel, bias = teacher.layers[-1].get_weights()
+    scale = 2 * 65504 / np.abs(teacher.predict(x, verbose=0)).max()
+    assert np.abs(kernel).max() * scale < 65504
+    teacher.layers[-1].set_weights([kernel * scale, bias * scale])
+    return teacher
+
+
+def test_a_float16_teacher_overflow_keeps_the_loss_finite_and_warns(
+        student, tiny_data, caplog):
+    x, y = tiny_data
+    teacher = _huge_logit_teacher(x)
+    distiller = tllm_tf.Distiller(student, teacher, teacher_dtype="float16")
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+    with caplog.at_level("WARNING"):
+        history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and history["teacher_logit_overflows"][0] > 0
+    assert "teacher logits overflowed float16" in caplog.text
+    assert "teacher_dtype='bfloat16'" in caplog.text
+    assert all(np.isfinite(w).all() for w in student.get_weights())

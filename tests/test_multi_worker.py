@@ -296,3 +296,9 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_pat
     for a, b in zip(chief_weights, worker_weights, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not os.path.exists(worker_dir)
+
+
+def test_one_mirrored_strategy_serves_every_run_of_a_process():
+    # A second MirroredStrategy numbers its collectives from the same keys as
+    # the first and clashes with it (the study runs many configs in one process).
+    assert multi_worker.make_strategy("mirrored") is multi_worker.make_strategy("mirrored")

@@ -6,6 +6,8 @@ NeurIPS 2022): the distillation term of each sample is gated by
 `tllm_tf.UndistillableClassCallback`) are taught by their labels alone.
 """
 
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -13,50 +15,9 @@ from keras import ops
 
 from tllm_tf import identification
 from tllm_tf import losses as losses_lib
+from tllm_tf import model_checks
 from tllm_tf import policies
 from tllm_tf import teacher_precision
-
-
-def _output_size(model):
-    """Returns the size of a model's single logits output, or None if unknown."""
-    outputs = getattr(model, "outputs", None)
-    if not outputs:
-        return None
-    if len(outputs) != 1:
-        raise ValueError(
-            f"Expected a model with one logits output; {model.name!r} has "
-            f"{len(outputs)} outputs."
-        )
-    return outputs[0].shape[-1]
-
-
-def _output_layer(model):
-    layers = getattr(model, "layers", None)
-    if not layers:
-        return None
-    last = layers[-1]
-    return _output_layer(last) if isinstance(last, keras.Model) else last
-
-
-def _ends_in_softmax(model):
-    layer = _output_layer(model)
-    if layer is None:
-        return False
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
-
-
-def _check_outputs_logits(model, role):
-    if _ends_in_softmax(model):
-        raise ValueError(
-            f"The {role} {model.name!r} ends in a softmax layer "
-            f"({_output_layer(model).name!r}), so it outputs probabilities. "
-            "Distiller expects logits: rebuild the last layer with "
-            "`activation=None` (or drop the Softmax layer); the weights can "
-            "be copied over unchanged."
-        )
 
 
 @keras.saving.register_keras_serializable(package="tllm_tf")
@@ -69,12 +30,29 @@ class Distiller(keras.Model):
     - `"hard_label"`: `alpha * CE + beta * (m[y] * KD + (1 - m[y]) * CE)`;
     - `"drop"`: `alpha * CE + beta * m[y] * KD`;
 
-    averaged over the global batch (also under a `tf.distribute` strategy).
-    Labels are class ids, or soft label vectors (from MixUp/CutMix), for
-    which `m[y]` is the label-weighted mask.
+    averaged over the global batch. Labels are class ids, or label vectors
+    of shape `(batch, num_classes)`: one-hot (integer or float) or soft (from
+    MixUp/CutMix), for which `m[y]` is the label-weighted mask.
 
-    Create it inside `strategy.scope()` when training distributed. Calling it
-    runs the student, so `evaluate` and `predict` report the student.
+    Create it inside `strategy.scope()` when training distributed. Each
+    replica sums its samples' losses and divides by the global batch size,
+    so the update on N replicas equals the single-device update, also for a
+    batch that splits unevenly (or leaves a replica empty).
+
+    Calling it runs the student, so `predict` and the compiled `metrics`
+    are the student's. Logs, the same in `fit` and `evaluate` (as in Keras,
+    `val_loss` is the training objective on the validation data):
+
+    - `loss`: the objective above plus the student's regularisation losses;
+    - `student_loss`: the label term `CE` alone, `distillation_loss`: `KD`
+      alone (ungated), both averaged over the samples;
+    - `num_undistillable_classes`: the classes the mask stops distilling at
+      the end of the epoch, i.e. those the epoch trained with when only
+      callbacks change the mask. `UndistillableClassCallback` updates the
+      mask at epoch end and then logs the count the *next* epoch trains with;
+    - with `teacher_dtype="float16"`, `teacher_logit_overflows`: teacher
+      logits beyond float16's range (they are clipped to +-65504, and `fit`
+      logs a warning).
 
     Args:
         student: `keras.Model` returning logits; trained.
@@ -91,8 +69,10 @@ class Distiller(keras.Model):
         **kwargs: passed to `keras.Model`.
 
     Raises:
-        ValueError: if the output sizes disagree, a model outputs
-            probabilities, or `teacher_dtype` is unknown.
+        ValueError: if a model is not a Keras model (a file path, say),
+            returns a dict or list, outputs probabilities (a softmax layer,
+            activation or op), the output sizes disagree, or
+            `teacher_dtype` is unknown.
 
     Example:
 
@@ -104,8 +84,10 @@ class Distiller(keras.Model):
 
     def __init__(self, student, teacher, num_classes=None, teacher_dtype=None, **kwargs):
         super().__init__(**kwargs)
-        student_classes = _output_size(student)
-        teacher_classes = _output_size(teacher)
+        model_checks.check_model(teacher, "teacher")
+        model_checks.check_model(student, "student")
+        student_classes = model_checks.output_size(student)
+        teacher_classes = model_checks.output_size(teacher)
         if (student_classes and teacher_classes
                 and student_classes != teacher_classes):
             raise ValueError(
@@ -117,8 +99,10 @@ class Distiller(keras.Model):
             num_classes = student_classes or teacher_classes
         if num_classes is None:
             raise ValueError(
-                "Could not infer num_classes from the models (they are not "
-                "built). Pass `num_classes=` explicitly."
+                f"Could not infer num_classes: neither the student {student.name!r} nor "
+                f"the teacher {teacher.name!r} has a symbolic output (subclassed models "
+                "have none, built or not; an unbuilt Sequential neither). Pass "
+                "`num_classes=` explicitly."
             )
         for size, role in ((student_classes, "student"), (teacher_classes, "teacher")):
             if size is not None and size != num_classes:
@@ -127,8 +111,6 @@ class Distiller(keras.Model):
                     f"which outputs {size} logits. Pass num_classes={size} "
                     "or leave it unset."
                 )
-        _check_outputs_logits(teacher, "teacher")
-        _check_outputs_logits(student, "student")
 
         self.student = student
         self.teacher_dtype = teacher_dtype
@@ -158,11 +140,18 @@ class Distiller(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.masked_class_count = _MaskedClassCount(lambda: self.class_mask)
         self._own_trackers = (
             self.loss_tracker,
             self.student_loss_tracker,
             self.distillation_loss_tracker,
+            self.masked_class_count,
         )
+        if teacher_dtype == "float16":
+            # Logits beyond float16's range come out infinite; they are
+            # clipped, counted here, and warned about (see `fit`).
+            self.teacher_overflow_tracker = keras.metrics.Sum(name="teacher_logit_overflows")
+            self._own_trackers += (self.teacher_overflow_tracker,)
         self.alpha = 0.1
         self.beta = 0.9
         self.masked_class_policy = "hard_label"
@@ -194,8 +183,11 @@ class Distiller(keras.Model):
                 `["accuracy"]`. Defaults to `None`.
             student_loss_fn: `keras.losses.Loss` (its `call` gives the
                 per-sample value) or a callable `(labels, logits) ->
-                per-sample loss`. Defaults to cross-entropy from logits
-                (sparse for class ids, categorical for soft labels).
+                per-sample loss`. A `.keras` file saves it only if it can
+                load it back: a Keras built-in, or registered with
+                `keras.saving.register_keras_serializable` (else `save`
+                raises). Defaults to cross-entropy from logits (sparse for
+                class ids, categorical for label vectors).
             distillation_loss_fn: `keras.losses.Loss` whose
                 `call(teacher_logits, student_logits)` is per-sample, or a
                 registry name of `tllm_tf.losses`. Defaults to
@@ -211,21 +203,35 @@ class Distiller(keras.Model):
                 iteration count, so a resumed run continues it exactly),
                 `>= 0`. Defaults to `0` (no warm-up).
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, ...). `loss` is not accepted.
+                `steps_per_execution`, ...). `loss` and `temperature` (the
+                distillation loss's, e.g. `KDLoss(temperature=4.0)`) are
+                not accepted.
 
         Raises:
-            ValueError: on a negative weight, an unknown policy or a `loss=`.
+            ValueError: on a negative weight, `alpha = beta = 0`, an unknown
+                policy, a `loss=` or a `temperature=`.
         """
         if "loss" in kwargs:
             raise ValueError(
                 "Distiller.compile() takes `student_loss_fn` and "
                 "`distillation_loss_fn`, not `loss`."
             )
+        if "temperature" in kwargs:
+            # keras-io's "Knowledge Distillation" example passes it here.
+            raise ValueError(
+                "Distiller.compile() has no `temperature`: it belongs to the "
+                "distillation loss. Pass distillation_loss_fn=tllm_tf.KDLoss("
+                f"temperature={kwargs['temperature']!r}) for Hinton KD. Received: "
+                f"temperature={kwargs['temperature']!r}")
         for weight_name, weight in (("alpha", alpha), ("beta", beta)):
             if not weight >= 0:
                 raise ValueError(
                     f"Expected {weight_name} >= 0. Received: {weight_name}={weight}"
                 )
+        if alpha + beta <= 0:
+            raise ValueError(
+                "Expected alpha + beta > 0: with both 0 the loss is 0 and the student "
+                f"does not train. Received: alpha={alpha}, beta={beta}")
         policies.get_policy(masked_class_policy)
         if not distillation_warmup_steps >= 0:
             raise ValueError(
@@ -252,11 +258,15 @@ class Distiller(keras.Model):
                 self.distillation_loss_fn
             ),
         )
-        if isinstance(self.student_loss_fn, keras.losses.Loss):
-            config["student_loss_fn"] = keras.saving.serialize_keras_object(
-                self.student_loss_fn
-            )
+        if self.student_loss_fn is not None:
+            config["student_loss_fn"] = _serialize_student_loss(self.student_loss_fn)
         return config
+
+    def save(self, filepath, *args, **kwargs):
+        # Refused before Keras opens the file, rather than half-way through.
+        if self.student_loss_fn is not None:
+            _serialize_student_loss(self.student_loss_fn)
+        return super().save(filepath, *args, **kwargs)
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -334,20 +344,26 @@ class Distiller(keras.Model):
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
 
-    def fit(self, x=None, y=None, *args, **kwargs):
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         # Arrays are checked whole before any step runs; datasets are checked
         # batch by batch inside the step (see `_labels`).
         if y is not None and not isinstance(y, tf.data.Dataset):
-            _check_label_array(y, self.num_classes)
-        return super().fit(x, y, *args, **kwargs)
+            model_checks.check_label_array(y, self.num_classes)
+        callbacks = list(callbacks or [])
+        if self.teacher_dtype == "float16":
+            callbacks.append(_WarnOnTeacherOverflow())
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def _labels(self, y):
-        """Returns `(labels, is_soft)`: int32 class ids, or float soft labels."""
+        """Returns `(labels, is_soft)`: int32 class ids, or float label vectors."""
         y = tf.convert_to_tensor(y)
-        if y.dtype.is_floating and y.shape.rank == 2 and y.shape[-1] == self.num_classes:
+        if y.shape.rank == 2 and y.shape[-1] == self.num_classes:
+            # Soft labels, or one-hot ones (of any dtype): the same vectors.
             return tf.cast(y, "float32"), True
         if y.shape.rank == 2 and y.shape[-1] == 1:
             y = tf.squeeze(y, axis=-1)
+        if y.shape.rank != 1:
+            raise ValueError(model_checks.label_shape_message(y.shape, self.num_classes))
         labels = tf.cast(y, "int32")
         message = (
             f"Labels must be class ids in [0, num_classes={self.num_classes}). "
@@ -369,6 +385,15 @@ class Distiller(keras.Model):
         if isinstance(self.student_loss_fn, keras.losses.Loss):
             return self.student_loss_fn.call(labels, student_logits)
         return self.student_loss_fn(labels, student_logits)
+
+    def _teacher_logits(self, x):
+        teacher_logits = self.teacher(x, training=False)
+        if self.teacher_dtype != "float16":
+            return teacher_logits
+        self.teacher_overflow_tracker.update_state(ops.sum(ops.cast(
+            ops.logical_not(ops.isfinite(teacher_logits)), "float32")))
+        # An overflowed logit was beyond float16's range: its sign survives.
+        return ops.clip(ops.cast(teacher_logits, "float32"), -_FLOAT16_MAX, _FLOAT16_MAX)
 
     def _loss_terms(self, labels, is_soft, student_logits, teacher_logits):
         """Per-sample `(total, student_loss, distillation_loss)`."""
@@ -397,72 +422,117 @@ class Distiller(keras.Model):
         step = ops.cast(self.optimizer.iterations + 1, "float32")
         return self.beta * ops.minimum(1.0, step / float(self.distillation_warmup_steps))
 
-    def _num_undistillable_classes(self):
-        return ops.sum(ops.cast(self.class_mask <= 0.0, "int32"))
+    def _objective(self, x, y, sample_weight, training):
+        """This replica's share of the objective, and the student's logits.
+
+        Per-sample losses are summed on each replica and divided by the
+        *global* batch size, and the regularisation by the number of
+        replicas: the replicas' shares (and their gradients, which the
+        optimizer sums) add up to the single-device mean, also when a batch
+        splits unevenly or a replica gets no sample at all.
+        """
+        labels, is_soft = self._labels(y)
+        teacher_logits = self._teacher_logits(x)
+        student_logits = self.student(x, training=training)
+        total, student_loss, distillation_loss = self._loss_terms(
+            labels, is_soft, student_logits, teacher_logits)
+        local_size = ops.cast(ops.shape(student_logits)[0], "float32")
+        global_size = _global_batch_size(local_size)
+        sums = [_weighted_sum(values, sample_weight)
+                for values in (total, student_loss, distillation_loss)]
+        regularization = (ops.sum(ops.stack(self.student.losses))
+                          if self.student.losses else 0.0)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        share = sums[0] / ops.maximum(global_size, 1.0) + regularization / replicas
+        # Mean trackers weighted by this replica's samples sum, over replicas
+        # and batches, to the means of the epoch.
+        for tracker, value in zip(self._own_trackers[:3], sums):
+            tracker.update_state(
+                tf.math.divide_no_nan(value, local_size)
+                + (regularization if tracker is self.loss_tracker else 0.0),
+                sample_weight=local_size)
+        self.compute_metrics(x, y, student_logits, sample_weight)
+        return share, student_logits
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labels, is_soft = self._labels(y)
-        teacher_logits = self.teacher(x, training=False)
         with tf.GradientTape() as tape:
-            student_logits = self.student(x, training=True)
-            total, student_loss, distillation_loss = self._loss_terms(
-                labels, is_soft, student_logits, teacher_logits
-            )
-            loss = _mean(total, sample_weight)
-            if self.student.losses:
-                loss = loss + ops.sum(ops.stack(self.student.losses))
-            # Gradients are summed over replicas: scale for the global batch.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+            share, _ = self._objective(x, y, sample_weight, training=True)
+            scaled_loss = self.optimizer.scale_loss(share)
         variables = self.student.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-
-        batch_size = ops.shape(student_logits)[0]
-        self.loss_tracker.update_state(loss, sample_weight=batch_size)
-        self.student_loss_tracker.update_state(
-            _mean(student_loss, sample_weight), sample_weight=batch_size)
-        self.distillation_loss_tracker.update_state(
-            _mean(distillation_loss, sample_weight), sample_weight=batch_size)
-        self.compute_metrics(x, y, student_logits, sample_weight)
-        logs = self.get_metrics_result()
-        logs["num_undistillable_classes"] = self._num_undistillable_classes()
-        return logs
+        return self.get_metrics_result()
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labels, is_soft = self._labels(y)
-        student_logits = self.student(x, training=False)
-        student_loss = self._student_loss(
-            labels, is_soft, ops.cast(student_logits, "float32"))
-        self.loss_tracker.update_state(
-            _mean(student_loss, sample_weight),
-            sample_weight=ops.shape(student_logits)[0],
-        )
-        self.compute_metrics(x, y, student_logits, sample_weight)
-        logs = self.get_metrics_result()
-        logs.pop("student_loss", None)
-        logs.pop("distillation_loss", None)
-        return logs
+        self._objective(x, y, sample_weight, training=False)
+        return self.get_metrics_result()
 
 
-def _mean(per_sample, sample_weight):
+_FLOAT16_MAX = 65504.0
+
+
+class _MaskedClassCount(keras.metrics.Metric):
+    """`num_undistillable_classes`: the classes the mask stops distilling now.
+
+    It reads the mask rather than accumulating, so it needs no update and is
+    the same on every replica.
+    """
+
+    def __init__(self, read_mask, name="num_undistillable_classes"):
+        super().__init__(name=name, dtype="int32")
+        self._read_mask = read_mask
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def result(self):
+        return ops.sum(ops.cast(self._read_mask() <= 0.0, "int32"))
+
+
+class _WarnOnTeacherOverflow(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        overflows = (logs or {}).get("teacher_logit_overflows", 0)
+        if overflows:
+            logging.warning(
+                "Epoch %d: %d teacher logits overflowed float16 (|logit| > 65504) and "
+                "were clipped to +-65504, so the distillation targets are approximate. "
+                "Use teacher_dtype='bfloat16' (float32's range) or 'float32'.",
+                epoch + 1, int(overflows))
+
+
+def _serialize_student_loss(loss_fn):
+    """`loss_fn`'s config, if loading the `.keras` file (safe mode) gives it back."""
+    restored = config = None
+    if getattr(loss_fn, "__name__", None) != "<lambda>":
+        config = keras.saving.serialize_keras_object(loss_fn)
+        try:
+            restored = keras.saving.deserialize_keras_object(config)
+        except Exception:  # Keras raises TypeError, ValueError, ...: all mean "lost".
+            pass
+    if isinstance(loss_fn, keras.losses.Loss):
+        ok = type(restored) is type(loss_fn)
+    else:
+        ok = restored is loss_fn
+    if not ok:
+        raise ValueError(
+            f"Cannot save student_loss_fn={loss_fn!r:.80}: a .keras file could not load "
+            "it back (a lambda, or an unregistered function or class), and the Distiller "
+            "would silently fall back to cross-entropy. Decorate it with "
+            "@keras.saving.register_keras_serializable(), pass a keras.losses.Loss, "
+            "or save the weights only (save_weights).")
+    return config
+
+
+def _global_batch_size(local_size):
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return local_size
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, local_size)
+
+
+def _weighted_sum(per_sample, sample_weight):
     if sample_weight is not None:
         per_sample = per_sample * ops.cast(ops.reshape(sample_weight, (-1,)), per_sample.dtype)
-    return ops.mean(per_sample)
-
-
-def _check_label_array(y, num_classes):
-    labels = np.asarray(y)
-    if labels.dtype.kind == "f" and labels.ndim == 2 and labels.shape[-1] == num_classes:
-        return
-    if labels.size == 0:
-        return
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.size:
-        raise ValueError(
-            f"Labels must be class ids in [0, num_classes={num_classes}). "
-            f"Found {bad.size} outside, e.g. {np.unique(bad)[:5].tolist()}. "
-            "Fix the data set's labels (or num_classes)."
-        )
+    return ops.sum(per_sample)

@@ -41,12 +41,21 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.nest.map_structure(reduce_one, value)
 
 
+_STRATEGIES = {}
+
+
 def make_strategy(name):
     """Returns the `tf.distribute` strategy for `--strategy`.
 
     `"multi_worker"` reads the cluster and this process's place in it from
     the `TF_CONFIG` environment variable. Create it before any other
     TensorFlow operation runs: collectives can only be configured at start-up.
+
+    One `"mirrored"` strategy serves every call in a process (the study's
+    runs, say): TensorFlow's MirroredStrategy objects all number their
+    collectives from the same key, so a second one whose steps trace other
+    collectives than the first's clashes with it ("Shape mismatch in the
+    collective instance").
 
     Args:
         name: `"default"`, `"mirrored"` or `"multi_worker"`.
@@ -55,7 +64,9 @@ def make_strategy(name):
         A `tf.distribute.Strategy`.
     """
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        if "mirrored" not in _STRATEGIES:
+            _STRATEGIES["mirrored"] = tf.distribute.MirroredStrategy()
+        return _STRATEGIES["mirrored"]
     if name == "multi_worker":
         return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()

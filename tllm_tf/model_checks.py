@@ -1,0 +1,156 @@
+"""Checks of what a `Distiller` is given: models that return logits, labels it can read.
+
+Each check fails before any step runs, with a message that names what was
+received and what to pass instead; without them the same mistakes surface as
+an `AttributeError` or a shape error from inside a compiled step.
+"""
+
+import keras
+import numpy as np
+
+
+def check_model(model, role):
+    """Refuses anything but a Keras model that returns one logits tensor.
+
+    Args:
+        model: the student or the teacher.
+        role: `"student"` or `"teacher"`, for the message.
+
+    Raises:
+        ValueError: for a non-Keras object (a file path, say), a model that
+            returns a dict or list of outputs, or one that ends in a softmax
+            (a `Softmax` layer, a `softmax` activation, or `keras.ops.softmax`
+            applied to its output).
+    """
+    if not isinstance(model, keras.layers.Layer):
+        hint = (" Load the file first: tllm_tf.model_io.load_keras_model(path) or "
+                "keras.models.load_model(path)." if isinstance(model, str) else "")
+        raise ValueError(
+            f"Expected the {role} to be a keras.Model returning logits. Received: "
+            f"{role}={model!r:.80} (a {type(model).__name__}).{hint}")
+    structure = _output_structure(model)
+    if isinstance(structure, (dict, list, tuple)):
+        names = (f" with keys {sorted(structure)}" if isinstance(structure, dict)
+                 else f" of {len(structure)}")
+        raise ValueError(
+            f"The {role} {model.name!r} returns a {type(structure).__name__}{names} of "
+            "outputs; the Distiller needs a model that returns one logits tensor. Wrap "
+            "it, e.g. keras.Model(model.inputs, model.output['logits']).")
+    softmax = _final_softmax(model)
+    if softmax is not None:
+        raise ValueError(
+            f"The {role} {model.name!r} ends in a softmax ({softmax}), so it outputs "
+            "probabilities. Distiller expects logits: rebuild the last layer with "
+            "`activation=None` (or drop the softmax); the weights can be copied over "
+            "unchanged.")
+
+
+def output_size(model):
+    """The size of a model's single logits output, or None if it has no symbolic output."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs:
+        return None
+    if len(outputs) != 1:
+        raise ValueError(
+            f"Expected a model with one logits output; {model.name!r} has "
+            f"{len(outputs)} outputs."
+        )
+    return outputs[0].shape[-1]
+
+
+def _output_structure(model):
+    try:
+        return model.output
+    except (AttributeError, ValueError):  # Subclassed or never called.
+        return None
+
+
+def _final_operation(model):
+    """The operation that produces a model's output, looking into nested models."""
+    outputs = getattr(model, "outputs", None)
+    if outputs and len(outputs) == 1:
+        history = getattr(outputs[0], "_keras_history", None)
+        operation = getattr(history, "operation", None)
+    else:
+        layers = getattr(model, "layers", None)
+        operation = layers[-1] if layers else None
+    if isinstance(operation, keras.Model) and operation is not model:
+        return _final_operation(operation)
+    return operation
+
+
+def _final_softmax(model):
+    """Describes the softmax a model's output comes out of, or None."""
+    operation = _final_operation(model)
+    if operation is None:
+        return None
+    name = getattr(operation, "name", type(operation).__name__)
+    if type(operation).__name__ == "Softmax":  # The layer, or keras.ops.softmax.
+        return f"{name!r}"
+    activation = getattr(operation, "activation", None)
+    if getattr(activation, "__name__", None) == "softmax":
+        return f"{name!r} has activation='softmax'"
+    return None
+
+
+def check_label_array(y, num_classes):
+    """Refuses label arrays the Distiller would misread, before any step runs.
+
+    Accepted: class ids of shape `(n,)` or `(n, 1)` in `[0, num_classes)`,
+    and label vectors of shape `(n, num_classes)` (one-hot, integer or
+    float, or soft).
+
+    Raises:
+        ValueError: on another shape, or class ids out of range.
+    """
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[-1] == num_classes:
+        return
+    if labels.ndim > 2 or (labels.ndim == 2 and labels.shape[-1] != 1):
+        raise ValueError(label_shape_message(labels.shape, num_classes))
+    if labels.size == 0:
+        return
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            f"Labels must be class ids in [0, num_classes={num_classes}). "
+            f"Found {bad.size} outside, e.g. {np.unique(bad)[:5].tolist()}. "
+            "Fix the data set's labels (or num_classes)."
+        )
+
+
+def label_shape_message(shape, num_classes):
+    return (
+        f"Labels must be class ids of shape (batch,) or label vectors of shape "
+        f"(batch, num_classes={num_classes}) (one-hot or soft). Received shape "
+        f"{tuple(shape)}.")
+
+
+def check_held_out_data(dataset, model):
+    """Refuses a held-out data set that cannot judge any class.
+
+    Args:
+        dataset: the `tf.data.Dataset` of `(x, y)` a callback measures on.
+        model: the model it measures (a `Distiller`: its student's input).
+
+    Raises:
+        ValueError: if the data set is not batched (its images have the rank
+            of one image) or is empty: TLLM would then train as plain KD,
+            or fail deep inside a compiled pass.
+    """
+    spec = dataset.element_spec
+    images = spec[0] if isinstance(spec, (tuple, list)) else spec
+    inputs = getattr(getattr(model, "student", model), "inputs", None)
+    if inputs and getattr(images, "shape", None) is not None and images.shape.rank is not None:
+        if images.shape.rank == len(inputs[0].shape) - 1:
+            raise ValueError(
+                f"The held-out data set is not batched: its images have shape "
+                f"{tuple(images.shape)} and the model takes batches of "
+                f"{tuple(inputs[0].shape)}. Batch it, e.g. held_out.batch(256).")
+    cardinality = int(dataset.cardinality())
+    empty = cardinality == 0 or (cardinality < 0 and not any(True for _ in dataset.take(1)))
+    if empty:
+        raise ValueError(
+            "The held-out data set is empty, so no class can be judged and TLLM would "
+            "train as plain KD. Pass a held-out split of the training data (the "
+            "pipeline's --holdout_fraction, e.g. 0.2).")
