@@ -442,3 +442,26 @@ def test_the_docs_example_of_adding_a_loss_works(monkeypatch):
     assert (type(clone).__name__, clone.temperature, clone.scale) == ("LogitMSELoss", 2.0, 3.0)
     with pytest.raises(ValueError, match="Expected scale >= 0. Received: scale=-1"):
         namespace["LogitMSELoss"](scale=-1)
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "nkd"])
+def test_a_minus_infinity_teacher_logit_gives_the_limit_not_nan(name):
+    # A class the teacher rules out entirely (logit -inf, probability 0)
+    # adds nothing to KL(p || q): the value is the limit of a very negative
+    # logit, and finite, as are the student's gradients.
+    rng = np.random.default_rng(3)
+    teacher = rng.normal(size=(4, 5)).astype(np.float32)
+    student = tf.constant(rng.normal(size=(4, 5)).astype(np.float32))
+    labels = np.array([0, 1, 2, 3])
+    ruled_out, very_negative = teacher.copy(), teacher.copy()
+    ruled_out[:, 4] = -np.inf
+    very_negative[:, 4] = -1e4
+    loss = losses.DISTILLATION_LOSSES[name]()
+    with tf.GradientTape() as tape:
+        tape.watch(student)
+        value = loss.call(tf.constant(ruled_out), student, labels)
+    gradient = tape.gradient(value, student)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(gradient))
+    np.testing.assert_allclose(np.asarray(value),
+                               np.asarray(loss.call(very_negative, student, labels)),
+                               rtol=1e-5, atol=1e-6)

@@ -59,8 +59,14 @@ def _soft_targets(labels, num_classes):
 
 
 def _kl(log_p, log_q):
-    """Per-row `KL(p || q)` from log-probabilities."""
-    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+    """Per-row `KL(p || q)` from log-probabilities.
+
+    A class with `p = 0` (a teacher logit of `-inf`) adds 0, its limit,
+    rather than `0 * -inf = NaN`.
+    """
+    p = ops.exp(log_p)
+    gap = ops.where(p > 0.0, log_p - log_q, 0.0)
+    return ops.sum(p * gap, axis=-1)
 
 
 def _split(logits, targets, temperature):
