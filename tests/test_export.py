@@ -174,3 +174,13 @@ def test_a_model_built_under_mirrored_strategy_exports(model, raw_images, tmp_pa
     loaded = tf.saved_model.load(path)
     np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(),
                                model.predict(raw_images, verbose=0), atol=1e-5)
+
+
+def test_a_distiller_is_refused_naming_its_student(model, tmp_path):
+    import tllm_tf
+
+    distiller = tllm_tf.Distiller(model, keras.models.clone_model(model))
+    with pytest.raises(ValueError, match=r"pass `distiller.student`"):
+        export_lib.export_saved_model(distiller, str(tmp_path / "saved_model"))
+    assert not os.listdir(tmp_path)
+    export_lib.export_saved_model(distiller.student, str(tmp_path / "saved_model"))

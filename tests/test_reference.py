@@ -133,3 +133,62 @@ def test_reference_history_log_is_read_back_with_gaps_and_torn_lines_skipped(tin
     np.testing.assert_array_equal(history[1:3], callback.per_epoch_accuracy[1:])
     assert np.isnan(history[0]).all() and np.isnan(history[3]).all()
     assert np.isnan(reference.read_history_log(str(tmp_path / "none"), 2, 4)).all()
+
+
+# -- what a reference was made from (issue 11, item 8) -------------------------
+
+PROVENANCE = {"dataset": "digits", "seed": 0, "holdout_fraction": 0.2, "num_train": None,
+              "image_size": None, "student_model": "mlp_8"}
+
+
+def test_provenance_round_trips_and_the_same_origin_passes(tmp_path, caplog):
+    path = str(tmp_path / "reference.json")
+    reference.save_reference(path, [0.5, 1.0], num_samples=[4, 6], provenance=PROVENANCE)
+    with open(path) as handle:
+        assert json.load(handle)["provenance"] == PROVENANCE
+    with caplog.at_level("WARNING"):
+        reference.check_provenance(path, PROVENANCE, num_samples=[4, 6])
+    assert not caplog.text
+
+
+def test_a_reference_of_another_split_or_student_is_refused_naming_each_field(tmp_path):
+    path = str(tmp_path / "reference.json")
+    reference.save_reference(path, [0.5, 1.0], num_samples=[4, 6], provenance=PROVENANCE)
+    now = dict(PROVENANCE, seed=1, holdout_fraction=0.5, student_model="mlp_32")
+    with pytest.raises(ValueError) as raised:
+        reference.check_provenance(path, now, num_samples=[10, 15])
+    message = str(raised.value)
+    assert "reference.json' was made from another split, data set or student" in message
+    for line in ("seed: 0 in the reference, 1 now",
+                 "holdout_fraction: 0.2 in the reference, 0.5 now",
+                 "student_model: 'mlp_8' in the reference, 'mlp_32' now",
+                 "num_samples (held-out images per class): [4, 6] in the reference, [10, 15] now"):
+        assert line in message
+    assert "dataset:" not in message and "num_train:" not in message
+
+
+def test_an_older_file_without_provenance_is_checked_by_its_counts_and_warned_about(
+        tmp_path, caplog):
+    path = str(tmp_path / "reference.json")
+    reference.save_reference(path, [0.5, 1.0], num_samples=[4, 6])
+    with caplog.at_level("WARNING"):
+        reference.check_provenance(path, PROVENANCE, num_samples=[4, 6])
+    assert "does not record what it was made from" in caplog.text
+    assert "held-out counts, which agree" in caplog.text
+    with pytest.raises(ValueError, match=r"num_samples .*\[4, 6\] in the reference, \[5, 5\] now"):
+        reference.check_provenance(path, PROVENANCE, num_samples=[5, 5])
+
+
+@pytest.mark.parametrize("provenance", [["seed", 0], {"seed": {"nested": 1}},
+                                        {"seed": float("inf")}, {"name": "x" * 2000}])
+def test_a_provenance_that_is_not_named_scalars_is_refused_naming_the_file(
+        tmp_path, provenance):
+    path = str(tmp_path / "reference.json")
+    with pytest.raises(ValueError, match="provenance must be a dict"):
+        reference.save_reference(path, [0.5, 1.0], provenance=provenance)
+    with open(path, "w") as handle:
+        handle.write(json.dumps({"format": reference.FORMAT, "version": 1, "num_classes": 2,
+                                 "per_class_accuracy": [0.5, 1.0],
+                                 "provenance": provenance}).replace("Infinity", "1e999"))
+    with pytest.raises(ValueError, match=r"reference.json'.*provenance must be a dict"):
+        reference.load_reference(path)

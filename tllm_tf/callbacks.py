@@ -25,6 +25,7 @@ import numpy as np
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
+from tllm_tf import model_checks
 from tllm_tf import reference as reference_lib
 
 
@@ -265,6 +266,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             raise ValueError(
                 "UndistillableClassCallback needs a tllm_tf.Distiller (a model "
                 f"with a `class_mask`). Received: {type(self.model).__name__}")
+        model_checks.check_held_out_data(self.validation_data, self.model)
         num_classes = self.model.num_classes
         self._reference_predictions = None
         self._reference_source = "the reference"

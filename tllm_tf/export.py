@@ -78,9 +78,10 @@ def export_saved_model(model, path, *, accept_uint8=True):
         `path`.
 
     Raises:
-        ValueError: if `path` is empty, a file, or a non-empty directory that
-            is not a SavedModel, or if the model's input shape is not one
-            fully known image shape.
+        ValueError: if `model` is a `Distiller` (export its `student`), if
+            `path` is empty, a file, or a non-empty directory that is not a
+            SavedModel, or if the model's input shape is not one fully known
+            image shape.
 
     Example:
 
@@ -88,6 +89,11 @@ def export_saved_model(model, path, *, accept_uint8=True):
     export_saved_model(student, "runs/demo/student_tllm/saved_model")
     ```
     """
+    if hasattr(model, "student") and hasattr(model, "class_mask"):
+        raise ValueError(
+            "Expected the classifier to serve, not the Distiller that trained it: pass "
+            "`distiller.student`. Received: a tllm_tf.Distiller, which also holds the "
+            "teacher and the class mask.")
     path = os.fspath(path)
     _check_destination(path)
     shape = _input_shape(model)

@@ -12,6 +12,7 @@ flags almost every class early in training.
 """
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -28,6 +29,9 @@ VERSION = 1
 # one than the cap is refused before it is parsed.
 MAX_FILE_BYTES = 64 * 2**20
 MAX_CLASSES = 1_000_000
+# What a file may say it was made from: a few named scalars.
+MAX_PROVENANCE_FIELDS = 64
+MAX_PROVENANCE_TEXT = 1000
 
 
 class MissingHistoryError(ValueError):
@@ -42,7 +46,8 @@ def _from_json_list(values):
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accuracy=None):
+def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accuracy=None,
+                   provenance=None):
     """Writes a reference file atomically (temp file + rename).
 
     Args:
@@ -53,9 +58,15 @@ def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accurac
             Defaults to `None`.
         per_epoch_accuracy: optional array `(epochs, num_classes)`: row `i`
             is the accuracy after epoch `i + 1`. Defaults to `None`.
+        provenance: optional dict of what the reference was made from, names
+            to JSON scalars (the pipeline records `dataset`, `seed`,
+            `holdout_fraction`, `num_train`, `image_size`, `student_model`);
+            `check_provenance` compares it with a later run's. Defaults to
+            `None`.
 
     Raises:
-        ValueError: if `per_epoch_accuracy` has the wrong number of classes.
+        ValueError: if `per_epoch_accuracy` has the wrong number of classes,
+            or `provenance` is not such a dict.
     """
     accuracy = np.asarray(per_class_accuracy, dtype=np.float64)
     record = {
@@ -74,6 +85,9 @@ def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accurac
                 f"Received shape {history.shape}."
             )
         record["per_epoch_accuracy"] = [_to_json_list(row) for row in history]
+    if provenance is not None:
+        _check_provenance_field(path, provenance)
+        record["provenance"] = dict(provenance)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile(
@@ -167,6 +181,8 @@ def _read_record(path):
                 raise ValueError(
                     f"Reference file {path!r}: num_samples[{index}] must be a "
                     f"non-negative integer count. Received: {count!r:.40}.")
+    if record.get("provenance") is not None:
+        _check_provenance_field(path, record["provenance"])
     rows = record.get("per_epoch_accuracy")
     if rows is not None:
         if not isinstance(rows, list):
@@ -176,6 +192,74 @@ def _read_record(path):
         for epoch, row in enumerate(rows):
             _check_accuracies(path, f"per_epoch_accuracy[{epoch}]", row, num_classes)
     return record
+
+
+def _check_provenance_field(path, provenance):
+    """`provenance` is a small dict of names to JSON scalars."""
+    def scalar(value):
+        return (value is None or isinstance(value, (bool, int))
+                or (isinstance(value, float) and math.isfinite(value))
+                or (isinstance(value, str) and len(value) <= MAX_PROVENANCE_TEXT))
+
+    if not (isinstance(provenance, dict) and len(provenance) <= MAX_PROVENANCE_FIELDS
+            and all(isinstance(key, str) and len(key) <= MAX_PROVENANCE_TEXT
+                    and scalar(value) for key, value in provenance.items())):
+        raise ValueError(
+            f"Reference file {path!r}: provenance must be a dict of at most "
+            f"{MAX_PROVENANCE_FIELDS} names to numbers, strings, booleans or null. "
+            f"Received: {provenance!r:.80}.")
+
+
+def check_provenance(path, provenance, num_samples=None):
+    """Refuses a reference file made from another split, data set or model.
+
+    The reference's per-class accuracies describe *its* held-out images and
+    *its* student: compared with another split or another student, the
+    differences are not the distillation's, and TLLM masks classes for them.
+
+    Args:
+        path: the reference file.
+        provenance: what this run's reference should have been made from,
+            as `save_reference` records it. A field the file does not record
+            is not compared.
+        num_samples: this run's held-out count per class, compared with the
+            file's `num_samples` (which files of every version have).
+            Defaults to `None` (not compared).
+
+    Raises:
+        ValueError: naming every field that differs, with both values; or
+            if the file is not a valid reference file.
+
+    A file without a provenance (written before it was recorded) is
+    accepted, with a warning, once its counts agree.
+    """
+    record = _read_record(path)
+    recorded = record.get("provenance")
+    differences = []
+    if recorded is not None:
+        differences = [f"{name}: {recorded[name]!r} in the reference, {value!r} now"
+                       for name, value in provenance.items()
+                       if name in recorded and recorded[name] != value]
+    counts = record.get("num_samples")
+    if num_samples is not None and counts is not None:
+        now = [int(n) for n in num_samples]
+        if counts != now:
+            differences.append(
+                f"num_samples (held-out images per class): {counts} in the reference, "
+                f"{now} now")
+    if differences:
+        raise ValueError(
+            f"The reference {path!r} was made from another split, data set or student "
+            "than this run's, so its per-class accuracies do not describe this run's "
+            "held-out images:\n  " + "\n  ".join(differences) + "\nUse a reference made "
+            "with this run's settings (the reference stage of a run with the same flags).")
+    if recorded is None:
+        logging.warning(
+            "The reference %r does not record what it was made from (it predates "
+            "that), so it cannot be checked against this run%s. Re-run the reference "
+            "stage to record it.", path,
+            "" if counts is None or num_samples is None
+            else " beyond its held-out counts, which agree")
 
 
 def load_reference(path):

@@ -42,6 +42,7 @@ from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_io
 from tllm_tf import models as models_lib
 from tllm_tf import multi_worker
+from tllm_tf import preflight
 from tllm_tf import reference as reference_lib
 from tllm_tf import stage_progress
 from tllm_tf import summaries
@@ -378,7 +379,8 @@ def run_reference(config, data, strategy, stage_dir):
         reference_lib.save_reference(
             reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
             per_epoch_accuracy=reference_lib.read_history_log(
-                history_log, config.epochs, data.num_classes))
+                history_log, config.epochs, data.num_classes),
+            provenance=preflight.reference_provenance(config))
     return reference_path
 
 
@@ -570,7 +572,7 @@ def run(config, strategy=None):
     """
     if strategy is None:
         strategy = make_strategy(config.strategy)
-    data = load_data(config)
+    data = preflight.check(config, strategy, load_data)
     multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config))
     chief = is_chief(strategy)
     teacher_path = config.teacher_path or os.path.join(

@@ -1,0 +1,172 @@
+"""Checks of a run before anything trains, each naming the flag to change.
+
+Some configurations are valid flag by flag and still train nothing, or train
+something other than asked, and every stage then reports success: a batch
+larger than the training split (every batch is incomplete and dropped), a
+warm-up as long as the run (the mask never changes: TLLM is plain KD),
+`--alpha=0 --beta=0` (the loss is 0), a reference or a teacher made from
+another held-out split. `check` refuses them, the workdir first and before
+the data set loads (a minute, for some), the rest as soon as the data set
+tells the split sizes.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from tllm_tf import multi_worker
+from tllm_tf import reference as reference_lib
+
+# A workdir's config.json is a few kilobytes; anything larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+# The fields of a run that decide its held-out split: a teacher trained with
+# other values has trained on this run's held-out images.
+SPLIT_FIELDS = ("dataset", "seed", "holdout_fraction")
+
+
+def check(config, strategy, load_data):
+    """Checks `config`, loads its data set, checks the rest; returns the data set.
+
+    Args:
+        config: the run's `RunConfig`.
+        strategy: its `tf.distribute` strategy; files are checked on the
+            chief only (the other workers write nothing).
+        load_data: `config -> DataSplits`, called once.
+
+    Returns:
+        The `DataSplits`.
+
+    Raises:
+        ValueError: on a configuration that would train nothing or the
+            wrong thing (see the module docstring), naming the flags.
+    """
+    check_schedule(config)
+    multi_worker.run_on_chief(strategy, lambda: check_workdir(config.workdir))
+    if config.teacher_path and "student" in config.stages:
+        multi_worker.run_on_chief(strategy, lambda: check_teacher_origin(config))
+    data = load_data(config)
+    check_batch_size(config, data)
+    if config.reference_path and "student" in config.stages and "tllm" in config.method:
+        multi_worker.run_on_chief(strategy, lambda: check_reference_origin(config, data))
+    return data
+
+
+def check_schedule(config):
+    """Refuses weights and schedules that train nothing, or nothing but KD."""
+    if config.alpha + config.beta <= 0:
+        raise ValueError(
+            f"--alpha={config.alpha} and --beta={config.beta}: with both 0 the loss is 0 "
+            "and the students do not train. Give one of them a positive weight.")
+    if "tllm" not in config.method or "student" not in config.stages:
+        return
+    warmup = config.warmup_epochs if config.warmup_epochs is not None else config.epochs // 2
+    first_update = warmup + config.update_every
+    if first_update > config.epochs:
+        raise ValueError(
+            f"--warmup_epochs={warmup} and --update_every={config.update_every} put the "
+            f"first mask update after epoch {first_update}, but --epochs={config.epochs}: "
+            "the mask would never change and TLLM would train as plain KD. Lower "
+            "--warmup_epochs below --epochs (or use --method=kd).")
+
+
+def check_workdir(workdir):
+    """Refuses a workdir that cannot be created or written, before anything runs.
+
+    Raises:
+        ValueError: naming the path and the system's reason (a file in the
+            way, no permission, a read-only or virtual file system).
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir!r} is a file, not a directory. Choose "
+                         "another --workdir.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        # Writing a file is the only sure test: root may create directories
+        # where files cannot be written, and /proc refuses either way.
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write to --workdir={workdir!r}: {error.strerror or error} "
+            f"({type(error).__name__}). Choose a directory you can write to.") from None
+
+
+def check_batch_size(config, data):
+    """Refuses a batch size larger than the training split."""
+    if data.num_train is not None and config.batch_size > data.num_train:
+        raise ValueError(
+            f"--batch_size={config.batch_size} is larger than the training split of "
+            f"{data.name!r} ({data.num_train} images once the held-out split is taken"
+            f"{' and --num_train applied' if config.num_train else ''}): the only batch "
+            "would be incomplete and is dropped, so nothing would train. Use "
+            f"--batch_size <= {data.num_train}.")
+
+
+def reference_provenance(config):
+    """What the reference stage of `config` is made from, for its reference file."""
+    return {
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "holdout_fraction": config.holdout_fraction,
+        "num_train": config.num_train,
+        "image_size": config.image_size,
+        "student_model": config.student_model,
+    }
+
+
+def held_out_counts(data):
+    """The number of held-out images of each class."""
+    counts = np.zeros(data.num_classes, np.int64)
+    for labels in data.held_out.map(lambda image, label: label).batch(4096):
+        counts += np.bincount(np.asarray(labels).reshape(-1), minlength=data.num_classes)
+    return counts
+
+
+def check_reference_origin(config, data):
+    """Refuses a `--reference_path` made from another split, data set or student."""
+    if os.path.exists(config.reference_path):
+        reference_lib.check_provenance(config.reference_path, reference_provenance(config),
+                                       num_samples=held_out_counts(data))
+
+
+def _workdir_config(teacher_path):
+    """The config.json of the workdir a teacher file was trained in, or None."""
+    stage_dir = os.path.dirname(os.path.abspath(teacher_path))
+    for directory in (os.path.dirname(stage_dir), stage_dir):
+        path = os.path.join(directory, "config.json")
+        if os.path.isfile(path) and os.path.getsize(path) <= MAX_CONFIG_BYTES:
+            try:
+                with open(path) as handle:
+                    values = json.load(handle)
+            except (OSError, ValueError, RecursionError):
+                return None, path
+            # Only a run's config.json, not any file of that name.
+            is_run_config = isinstance(values, dict) and {"workdir", *SPLIT_FIELDS} <= set(values)
+            return (values if is_run_config else None), path
+    return None, None
+
+
+def check_teacher_origin(config):
+    """Refuses a `--teacher_path` trained on another split of the data.
+
+    A teacher trained with another `--seed` or `--holdout_fraction` has
+    trained on images of this run's held-out split, where TLLM compares the
+    students class by class. Its workdir's config.json (next to its stage
+    directory) says what it was trained with; a teacher without one is not
+    checked.
+    """
+    values, path = _workdir_config(config.teacher_path)
+    if values is None:
+        return
+    differences = [f"--{name}: {values[name]!r} for the teacher, {getattr(config, name)!r} now"
+                   for name in SPLIT_FIELDS
+                   if name in values and values[name] != getattr(config, name)]
+    if differences:
+        raise ValueError(
+            f"The teacher {config.teacher_path!r} was trained on another split of the "
+            f"data (its workdir's {path}):\n  " + "\n  ".join(differences)
+            + "\nIt has trained on images of this run's held-out split, so the "
+            "comparison of students there would be biased. Use a teacher trained "
+            "with this run's --dataset, --seed and --holdout_fraction.")
