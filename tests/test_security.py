@@ -162,7 +162,7 @@ def test_resume_refuses_a_teacher_planted_in_the_workdir(planted, tmp_path):
     os.makedirs(workdir / "teacher")
     os.replace(path, workdir / "teacher" / stages.MODEL_FILE)
     config = RunConfig(workdir=str(workdir), stage="student", method=("kd",),
-                       num_train=64, epochs=1, verbose=0)
+                       num_train=64, batch_size=32, epochs=1, verbose=0)
     with pytest.raises(model_io.UnsafeModelError) as refusal:
         stages.run(config)
     _assert_refused_naming(str(refusal.value), str(workdir / "teacher" / stages.MODEL_FILE))
