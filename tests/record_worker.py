@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))  # train.py imports run_flags.py beside it
 
 import tllm_tf  # noqa: E402
 
