@@ -77,3 +77,19 @@ def prepared_tfds(tmp_path, name, splits=("train", "test"), num_examples=200):
         data_dir=str(tmp_path),
     ):
         yield
+
+
+class Killed(Exception):
+    """Raised by `KillAtEpochEnd`: a run stopped as if killed, after its callbacks so far."""
+
+
+class KillAtEpochEnd(keras.callbacks.Callback):
+    """Stops a fit at the end of 0-based `epoch`, for resume tests."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Killed()

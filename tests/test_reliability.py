@@ -15,23 +15,11 @@ from tllm_tf import checkpointing
 from tllm_tf import preflight
 from tllm_tf import reference as reference_lib
 from tllm_tf import stages
+from conftest import KillAtEpochEnd as _KillAtEpochEnd
+from conftest import Killed as _Killed
 from tllm_tf.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAtEpochEnd(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Killed()
 
 
 def _not_loaded(config):

@@ -12,21 +12,9 @@ import tllm_tf
 from tllm_tf import checkpointing
 from tllm_tf import stages
 from tllm_tf import teacher_precision
+from conftest import KillAtEpochEnd as _KillAtEpochEnd
+from conftest import Killed as _Killed
 from tllm_tf.config import RunConfig
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAtEpochEnd(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Killed()
 
 
 def _log_epochs(path):
