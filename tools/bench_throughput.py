@@ -171,11 +171,24 @@ def _masked_distiller(size, held_out, teacher_dtype):
     return distiller, tllm_tf.UndistillableClassCallback(held_out, reference=reference)
 
 
+def _cpu_16_bit_units():
+    """The CPU's bfloat16/float16 instruction sets that /proc/cpuinfo lists, e.g. "avx512_bf16"."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags_line = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return "unknown"
+    units = sorted(set(flags_line.split()) & {"avx512_bf16", "avx512_fp16", "amx_bf16",
+                                              "amx_fp16"})
+    return ",".join(units) or "none"
+
+
 def _report(figures, best):
+    # Without 16-bit units (e.g. AMD Zen 3), a bfloat16 teacher is emulated and slower.
     lines = [f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
              f"steps_per_execution={_steps_per_execution()} "
              f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype} "
-             f"clock={FLAGS.clock}",
+             f"clock={FLAGS.clock} cpu_16_bit_units={_cpu_16_bit_units()}",
              f"medians over {figures['pairs']} round groups (passes) of figures computed "
              "inside each group; [interquartile range]"]
     rates = ["student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller"]
