@@ -20,6 +20,7 @@ _EXPORTS = {
     "PredictionRecorder": "tllm_tf.held_out_predictions",
     "ReferenceHistory": "tllm_tf.reference",
     "ReferencePredictions": "tllm_tf.held_out_predictions",
+    "SoftLabelStore": "tllm_tf.data.soft_label_store",
     "UndistillableClassCallback": "tllm_tf.callbacks",
     "export_saved_model": "tllm_tf.export",
     "kd_loss": "tllm_tf.losses",

@@ -39,6 +39,12 @@ class Distiller(keras.Model):
     so the update on N replicas equals the single-device update, also for a
     batch that splits unevenly (or leaves a replica empty).
 
+    The teacher's logits come from the teacher, run on each batch, or, when
+    the batch carries them, from the batch: `x` is then a dict
+    `{"images": images, "teacher_logits": logits}` (float, `(batch,
+    num_classes)`), as `tllm_tf.SoftLabelStore` gives, and the teacher is not
+    run; the losses are the same code either way.
+
     Calling it runs the student, so `predict` and the compiled `metrics`
     are the student's. Logs, the same in `fit` and `evaluate` (as in Keras,
     `val_loss` is the training objective on the validation data):
@@ -342,7 +348,7 @@ class Distiller(keras.Model):
         return own + rest
 
     def call(self, inputs, training=False):
-        return self.student(inputs, training=training)
+        return self.student(_images(inputs), training=training)
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         # Arrays are checked whole before any step runs; datasets are checked
@@ -432,8 +438,11 @@ class Distiller(keras.Model):
         splits unevenly or a replica gets no sample at all.
         """
         labels, is_soft = self._labels(y)
-        teacher_logits = self._teacher_logits(x)
-        student_logits = self.student(x, training=training)
+        if _carries_teacher_logits(x):
+            teacher_logits = ops.cast(x["teacher_logits"], "float32")
+        else:
+            teacher_logits = self._teacher_logits(x)
+        student_logits = self.student(_images(x), training=training)
         total, student_loss, distillation_loss = self._loss_terms(
             labels, is_soft, student_logits, teacher_logits)
         local_size = ops.cast(ops.shape(student_logits)[0], "float32")
@@ -471,6 +480,22 @@ class Distiller(keras.Model):
 
 
 _FLOAT16_MAX = 65504.0
+
+
+def _carries_teacher_logits(x):
+    return isinstance(x, dict) and "teacher_logits" in x
+
+
+def _images(x):
+    """The student's input: `x`, or `x["images"]` when `x` carries teacher logits."""
+    if not _carries_teacher_logits(x):
+        return x
+    if set(x) != {"images", "teacher_logits"}:
+        raise ValueError(
+            "A batch that carries teacher logits is a dict with exactly the keys "
+            "'images' and 'teacher_logits' (as tllm_tf.SoftLabelStore gives). "
+            f"Received keys: {sorted(x)}")
+    return x["images"]
 
 
 class _MaskedClassCount(keras.metrics.Metric):

@@ -1,10 +1,12 @@
-"""Data sets (embedded digits, Fashion-MNIST, tfds, image folders) and tf.data pipelines."""
+"""Data sets (embedded digits, Fashion-MNIST, tfds, image folders), tf.data pipelines, and
+the teacher soft-label store."""
 
 from tllm_tf.data.digits import load_digits
 from tllm_tf.data.folder_source import load_image_folder
 from tllm_tf.data.idx_source import IDXFormatError
 from tllm_tf.data.idx_source import load_fashion_mnist
 from tllm_tf.data.pipeline import make_pipeline
+from tllm_tf.data.soft_label_store import SoftLabelStore
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.tfds_source import DataNotFoundError
 from tllm_tf.data.tfds_source import load_tfds
@@ -87,6 +89,7 @@ __all__ = [
     "DataNotFoundError",
     "DataSplits",
     "IDXFormatError",
+    "SoftLabelStore",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",

@@ -1,0 +1,278 @@
+"""tllm_tf.data.soft_label_store and tllm_tf.data.top_k_logits, and the Distiller
+training from stored teacher logits."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tllm_tf
+from tllm_tf.data import top_k_logits
+from tllm_tf.data.pipeline import make_pipeline
+from tllm_tf.data.soft_label_store import SoftLabelStore
+
+from conftest import IMAGE_SHAPE, NUM_CLASSES, Killed, make_mlp
+
+BATCH_SIZE = 8
+NUM_EXAMPLES = 32
+VIEWS = {"dataset": "synthetic", "num_examples": NUM_EXAMPLES, "seed": 0,
+         "augmentation": "cifar", "mixup": 0.0, "batch_size": BATCH_SIZE}
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (NUM_EXAMPLES,) + IMAGE_SHAPE).astype(np.float32)
+    labels = (np.arange(NUM_EXAMPLES) % NUM_CLASSES).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def _epoch_views(seed=0, mixup=0.0, stop_after=None):
+    """Epoch `e`'s training batches, seeded by `(seed, e)` as the pipeline does."""
+    examples = _images()
+
+    def views(epoch):
+        batches = make_pipeline(
+            examples, batch_size=BATCH_SIZE, training=True, augmentation="cifar",
+            num_classes=NUM_CLASSES, mixup=mixup, seed=seed * 100_003 + epoch,
+            drop_remainder=True)
+        if stop_after is not None and epoch == stop_after[0]:
+            return _KilledAfter(batches, stop_after[1])
+        return batches
+    return views
+
+
+class _KilledAfter:
+    """A batch iterable that stops the build, as a kill would, after `count` batches."""
+
+    def __init__(self, batches, count):
+        self.batches, self.count = batches, count
+
+    def skip(self, count):
+        return _KilledAfter(self.batches.skip(count), self.count)
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batches):
+            if index == self.count:
+                raise Killed()
+            yield batch
+
+
+def _teacher(seed=0):
+    keras.utils.set_random_seed(seed)
+    return make_mlp("teacher", width=16)
+
+
+def _store(directory, teacher, views=None, **kwargs):
+    kwargs.setdefault("views_fingerprint", VIEWS)
+    return SoftLabelStore(directory, teacher, views or _epoch_views(),
+                          num_classes=NUM_CLASSES, **kwargs)
+
+
+# -- the compression ------------------------------------------------------------
+
+def _softmax(logits, temperature=1.0):
+    scaled = logits / temperature
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_top_k_plus_rest_keeps_the_top_probabilities_and_the_rest_mass():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0.0, 3.0, (5, 7)).astype(np.float32)
+    top_logits, top_classes, rest = (np.asarray(v) for v in top_k_logits.compress(logits, 3))
+    order = np.argsort(-logits, axis=1)[:, :3]
+    np.testing.assert_array_equal(top_classes, order)
+    np.testing.assert_array_equal(top_logits, np.take_along_axis(logits, order, axis=1))
+    others = np.ones_like(logits, bool)
+    np.put_along_axis(others, order, False, axis=1)
+    expected_rest = np.log(np.where(others, np.exp(logits.astype(np.float64)), 0).sum(axis=1))
+    np.testing.assert_allclose(rest, expected_rest, rtol=1e-6)
+
+    rebuilt = top_k_logits.reconstruct(top_logits, top_classes, rest, 7)
+    # Temperature 1: the top classes' probabilities and the rest's total are exact.
+    true, approx = _softmax(logits.astype(np.float64)), _softmax(rebuilt.astype(np.float64))
+    np.testing.assert_allclose(np.take_along_axis(approx, order, axis=1),
+                               np.take_along_axis(true, order, axis=1), rtol=1e-5)
+    np.testing.assert_allclose((approx * others).sum(1), (true * others).sum(1), rtol=1e-5)
+    # The rest is spread evenly: each of the 4 other classes gets r - log 4.
+    np.testing.assert_allclose(rebuilt[others].reshape(5, 4), (rest - np.log(4))[:, None]
+                               .repeat(4, axis=1), rtol=1e-6)
+    # T = 4: ratios among the top classes exact, the rest's mass an upper bound.
+    true, approx = _softmax(logits.astype(np.float64), 4.0), _softmax(rebuilt, 4.0)
+    top_true = np.take_along_axis(true, order, axis=1)
+    top_approx = np.take_along_axis(approx, order, axis=1)
+    np.testing.assert_allclose(top_approx / top_approx[:, :1], top_true / top_true[:, :1],
+                               rtol=1e-5)
+    assert np.all((approx * others).sum(1) >= (true * others).sum(1) - 1e-6)
+
+
+def test_all_classes_kept_reconstructs_the_logits_exactly():
+    logits = np.random.default_rng(2).normal(0.0, 5.0, (4, 6)).astype(np.float32)
+    top_logits, top_classes, rest = (np.asarray(v) for v in top_k_logits.compress(logits, 6))
+    assert np.all(np.isneginf(rest))
+    np.testing.assert_array_equal(
+        top_k_logits.reconstruct(top_logits, top_classes, rest, 6), logits)
+
+
+def test_float16_storage_clips_to_its_finite_range():
+    stored = top_k_logits.to_storage([1e6, -1e6, 1.5, -np.inf], "float16")
+    assert stored.dtype == np.float16
+    np.testing.assert_array_equal(stored, [65504.0, -65504.0, 1.5, -np.inf])
+
+
+# -- the store --------------------------------------------------------------------
+
+def test_stored_logits_are_the_teachers_on_the_same_mixup_views(tmp_path):
+    teacher = _teacher()
+    views = _epoch_views(mixup=0.4)
+    store = _store(tmp_path, teacher, views, top_k=NUM_CLASSES, dtype="float32")
+    assert store.build(epochs=2) == 2 * NUM_EXAMPLES // BATCH_SIZE
+    batches = list(store.dataset(epochs=2))
+    fresh = list(views(0)) + list(views(1))
+    assert len(batches) == len(fresh) == 8
+    for (x, labels), (images, fresh_labels) in zip(batches, fresh):
+        np.testing.assert_array_equal(x["images"], images)
+        np.testing.assert_array_equal(labels, fresh_labels)
+        np.testing.assert_array_equal(x["teacher_logits"], teacher(images, training=False))
+    assert batches[0][1].shape == (BATCH_SIZE, NUM_CLASSES)  # mixed: soft labels
+    # Epoch 0 and epoch 1 are different views.
+    assert not np.array_equal(batches[0][0]["images"], batches[4][0]["images"])
+
+
+def test_batches_of_other_views_are_refused_when_read(tmp_path):
+    store = _store(tmp_path, _teacher())
+    store.build(epochs=2)
+    wrong_epoch = store.attach(_epoch_views()(1), start_epoch=0, epochs=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not the views"):
+        list(wrong_epoch)
+    # The same seeds under another global seed are other views too.
+    keras.utils.set_random_seed(1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same global seed"):
+        list(store.dataset(epochs=1))
+    with pytest.raises(ValueError, match=r"holds epochs 0-1.*build\(epochs=3\)"):
+        store.dataset(epochs=3)
+
+
+def _arrays(directory):
+    arrays = {}
+    for path in sorted(glob.glob(os.path.join(directory, "epoch_*.npz"))):
+        with np.load(path) as loaded:
+            arrays[os.path.basename(path)] = {key: loaded[key] for key in loaded}
+    return arrays
+
+
+def test_a_killed_build_resumes_from_its_shards_and_equals_a_one_shot_build(tmp_path):
+    teacher = _teacher()
+    one_shot = _store(tmp_path / "one_shot", teacher, batches_per_shard=1)
+    assert one_shot.build(epochs=3) == 12
+    killed = _store(tmp_path / "killed", teacher, _epoch_views(stop_after=(1, 2)),
+                    batches_per_shard=1)
+    with pytest.raises(Killed):
+        killed.build(epochs=3)
+    assert killed.built_epochs == 1
+    assert len(glob.glob(str(tmp_path / "killed" / "epoch_00001_part_*.npz"))) == 2
+    assert not glob.glob(str(tmp_path / "killed" / ".*.tmp"))
+    # A new process: the layout comes from store.json, the teacher runs on
+    # the 2 + 4 batches that were missing only.
+    resumed = _store(tmp_path / "killed", teacher)
+    assert resumed.batches_per_shard == 1
+    assert resumed.build(epochs=3) == 6
+    assert resumed.build(epochs=3) == 0
+    expected, actual = _arrays(tmp_path / "one_shot"), _arrays(tmp_path / "killed")
+    assert sorted(actual) == sorted(expected) and len(actual) == 12
+    for name, arrays in expected.items():
+        assert sorted(actual[name]) == sorted(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(actual[name][key], value, err_msg=f"{name} {key}")
+
+
+def test_a_store_of_another_teacher_or_other_views_is_refused(tmp_path):
+    _store(tmp_path, _teacher(0)).build(epochs=1)
+    with pytest.raises(ValueError) as error:
+        _store(tmp_path, _teacher(1), views_fingerprint=dict(VIEWS, seed=1, mixup=0.2))
+    message = str(error.value)
+    for field in ("teacher_sha256", "seed: stored 0, now 1", "mixup: stored 0.0, now 0.2"):
+        assert field in message
+    assert "delete this one to rebuild it" in message and "batch_size" not in message
+    with pytest.raises(ValueError, match="dtype: stored 'float16', now 'float32'; "
+                                         "top_k: stored 4, now 2"):
+        _store(tmp_path, _teacher(0), top_k=2, dtype="float32")
+    reopened = _store(tmp_path, _teacher(0))  # k and dtype as stored
+    assert (reopened.top_k, reopened.dtype, reopened.built_epochs) == (4, "float16", 1)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="Expected dtype in"):
+        _store(tmp_path, _teacher(), dtype="bfloat16")
+    with pytest.raises(ValueError, match="may not set \\['top_k'\\]"):
+        _store(tmp_path, _teacher(), views_fingerprint={"top_k": 3})
+    with pytest.raises(ValueError, match="views are empty"):
+        _store(tmp_path, _teacher(), lambda epoch: _images().batch(8).take(0)).build(1)
+
+
+def test_top_k_store_is_smaller_and_its_kd_loss_close(tmp_path):
+    teacher = _teacher()
+    exact = _store(tmp_path / "exact", teacher, top_k=NUM_CLASSES, dtype="float32")
+    small = _store(tmp_path / "small", teacher, top_k=2)
+    exact.build(1), small.build(1)
+    def bytes_per_view(directory):
+        arrays = _arrays(directory)["epoch_00000_part_00000.npz"]
+        return sum(arrays[key].nbytes for key in arrays
+                   if key not in ("batch_sizes", "image_sums")) / NUM_EXAMPLES
+
+    # float32 logits: 4 x 4 bytes; float16 top 2, uint8 classes, float16 rest: 4 + 2 + 2.
+    assert bytes_per_view(tmp_path / "exact") == 16 and bytes_per_view(tmp_path / "small") == 8
+    assert small.size_on_disk() > 0
+    student_logits = tf.zeros((BATCH_SIZE, NUM_CLASSES))
+    for (x_exact, _), (x_small, _) in zip(exact.dataset(), small.dataset()):
+        true = tllm_tf.kd_loss(x_exact["teacher_logits"], student_logits, temperature=1.0)
+        approx = tllm_tf.kd_loss(x_small["teacher_logits"], student_logits, temperature=1.0)
+        # With a uniform student at T = 1, KD differs only by the teacher's
+        # entropy inside the rest, at most log 2 nats times the rest's mass.
+        assert np.all(np.abs(np.asarray(true) - np.asarray(approx)) <= np.log(2) + 1e-3)
+
+
+# -- the Distiller ------------------------------------------------------------------
+
+def _distiller(teacher):
+    keras.utils.set_random_seed(7)
+    distiller = tllm_tf.Distiller(make_mlp("student", width=6), teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      distillation_loss_fn=tllm_tf.KDLoss(temperature=4.0))
+    return distiller
+
+
+def test_a_student_trained_from_the_exact_store_equals_one_trained_live(tmp_path):
+    teacher = _teacher()
+    live, stored = _distiller(teacher), _distiller(teacher)
+    # After the last set_random_seed: tf.data's seeds combine with the global one.
+    views = _epoch_views()
+    store = _store(tmp_path, teacher, views, top_k=NUM_CLASSES, dtype="float32")
+    store.build(epochs=3)
+    for a, b in zip(live.student.weights, stored.student.weights):
+        np.testing.assert_array_equal(a, b)
+    live_batches = views(0).concatenate(views(1)).concatenate(views(2))
+    live_history = live.fit(live_batches, epochs=1, verbose=0).history
+    stored_history = stored.fit(store.dataset(epochs=3), epochs=1, verbose=0).history
+    for a, b in zip(live.student.weights, stored.student.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for key in ("loss", "student_loss", "distillation_loss"):
+        assert stored_history[key] == pytest.approx(live_history[key], rel=1e-6)
+    # The stored path does not run the teacher: a teacher whose weights are
+    # now wrong changes nothing.
+    for weight in teacher.weights:
+        weight.assign(weight * 0.0)
+    x, _ = next(iter(store.dataset(epochs=1)))
+    assert np.abs(np.asarray(x["teacher_logits"])).max() > 0
+    np.testing.assert_array_equal(stored.predict(x, verbose=0),
+                                  stored.student.predict(x["images"], verbose=0))
+
+
+def test_a_batch_dict_needs_exactly_images_and_teacher_logits():
+    distiller = _distiller(_teacher())
+    batch = {"pixels": tf.zeros((2,) + IMAGE_SHAPE), "teacher_logits": tf.zeros((2, 4))}
+    with pytest.raises(ValueError, match="exactly the keys 'images' and 'teacher_logits'"):
+        distiller.train_on_batch(batch, np.zeros(2, np.int32))

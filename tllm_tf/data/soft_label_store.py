@@ -1,0 +1,352 @@
+"""A teacher's logits on every training view, computed once, read by every student.
+
+Distilling N students from one teacher costs N teacher passes per epoch; a
+store costs one, after which a distillation epoch costs about what a
+label-only epoch does. The idea is FKD's (Shen and Xing, "A Fast Knowledge
+Distillation Framework for Visual Recognition", ECCV 2022), which stores the
+teacher's soft labels of each training view, as does ReLabel (Yun et al.,
+CVPR 2021) for one view per image.
+
+The training pipeline is seeded per epoch, so epoch `e`'s batches (crops,
+flips, MixUp/CutMix mixes) are the same on every run: the store runs the
+teacher on exactly those batches and keeps, per view, its top-k logits and
+the log-sum-exp of the others (`tllm_tf.data.top_k_logits`). Files, in one
+directory:
+
+* `store.json`: the fingerprint (teacher weights' SHA-256, the views'
+  description, `top_k`, `dtype`, `num_classes`) and `batches_per_shard`;
+* `epoch_EEEEE_part_PPPPP.npz`: `batches_per_shard` consecutive batches of
+  epoch `E` (the whole epoch by default): the compressed logits, each
+  batch's size and the float64 sum of its images (checked when read, so a
+  store never pairs logits with other images);
+* `epoch_EEEEE.json`: written last; the epoch is complete.
+
+Every file is written atomically, so a killed build leaves whole shards, and
+the next `build` continues after them. This module runs the teacher as it is
+given; it imports no model or pipeline code. See docs/soft_label_store.md.
+"""
+
+import functools
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tllm_tf import atomic
+from tllm_tf.data import top_k_logits
+
+STORE_FILE = "store.json"
+# Chosen by the measurement in docs/soft_label_store.md.
+DEFAULT_TOP_K = 10
+DEFAULT_DTYPE = "float16"
+DTYPES = ("float16", "float32")
+_OWN_KEYS = ("teacher_sha256", "num_classes", "top_k", "dtype")
+
+
+def teacher_sha256(teacher):
+    """SHA-256 of a Keras model's weights (shapes, dtypes and values, in order).
+
+    Args:
+        teacher: a Keras model or layer.
+
+    Returns:
+        A hex string.
+    """
+    digest = hashlib.sha256()
+    for weight in teacher.weights:
+        value = np.asarray(weight.numpy())
+        digest.update(f"{value.shape}{value.dtype}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+class SoftLabelStore:
+    """The teacher's logits on each epoch's training views, in sharded files.
+
+    Opening a directory that holds a store checks its fingerprint; `build`
+    computes the epochs not stored yet; `dataset` and `attach` give batches
+    `({"images": images, "teacher_logits": logits}, labels)`, which
+    `tllm_tf.Distiller` trains from without running its teacher.
+
+    Args:
+        directory: where the store lives; created by `build`.
+        teacher: Keras model returning logits; run with `training=False`.
+        epoch_views: `epoch -> tf.data.Dataset` of `(images, labels)`
+            batches: the training views of that (0-based) epoch, the same on
+            every call, e.g. `lambda e: stages.train_batches(data, config, e,
+            e + 1)`. tf.data's seeds combine with the global seed: make the
+            views under the same `keras.utils.set_random_seed` when building
+            and when reading (a mismatch is detected when read).
+        num_classes: size of the teacher's logit vectors.
+        views_fingerprint: dict of JSON values that determine the views
+            (data set name, size and seed, augmentation, MixUp/CutMix,
+            batch size, ...); a store built with other values is refused.
+        top_k: classes kept per view, `1 <= top_k <= num_classes` (the
+            larger values are taken as `num_classes`). `top_k=num_classes`
+            with `dtype="float32"` stores the logits exactly. Defaults to
+            `None`: the stored value, or `min(DEFAULT_TOP_K, num_classes)`
+            for a new store.
+        dtype: `"float16"` or `"float32"`, the dtype of the stored logits.
+            Defaults to `None`: the stored value, or `"float16"`.
+        batches_per_shard: batches per file, `>= 1`; a killed build loses
+            at most one file's work. Defaults to `None`: the stored value,
+            or one file per epoch.
+
+    Raises:
+        ValueError: on a bad argument, or if `directory` holds a store whose
+            fingerprint differs (each differing field is named).
+
+    Example:
+
+    >>> store = SoftLabelStore("runs/store", teacher, epoch_views,
+    ...                        num_classes=10, views_fingerprint={"seed": 0})
+    >>> store.build(epochs=30)
+    >>> distiller.fit(store.dataset(epochs=30), epochs=30)
+    """
+
+    def __init__(self, directory, teacher, epoch_views, *, num_classes, views_fingerprint,
+                 top_k=None, dtype=None, batches_per_shard=None):
+        self.directory = str(directory)
+        self.teacher = teacher
+        self.epoch_views = epoch_views
+        self.num_classes = int(num_classes)
+        stored = self._read_store_file()
+        top_k = top_k or stored.get("fingerprint", {}).get("top_k") or DEFAULT_TOP_K
+        self.top_k = min(int(top_k), self.num_classes)
+        self.dtype = dtype or stored.get("fingerprint", {}).get("dtype") or DEFAULT_DTYPE
+        self.batches_per_shard = batches_per_shard or stored.get("batches_per_shard")
+        _check_arguments(self.top_k, self.dtype, self.batches_per_shard, views_fingerprint)
+        # Through JSON, as stored: tuples become lists, keys strings.
+        views_fingerprint = json.loads(json.dumps(views_fingerprint))
+        self.fingerprint = dict(views_fingerprint, teacher_sha256=teacher_sha256(teacher),
+                                num_classes=self.num_classes, top_k=self.top_k, dtype=self.dtype)
+        if stored:
+            _check_fingerprint(self.directory, stored["fingerprint"], self.fingerprint)
+        self._teacher_pass = None
+
+    # -- building -------------------------------------------------------------
+
+    @property
+    def built_epochs(self):
+        """Number of complete epochs from epoch 0 on."""
+        epoch = 0
+        while os.path.exists(self._index_path(epoch)):
+            epoch += 1
+        return epoch
+
+    def build(self, epochs):
+        """Stores the teacher's logits of epochs `0 .. epochs - 1` that are missing.
+
+        Continues a killed build after its last complete file.
+
+        Args:
+            epochs: number of epochs the store must hold.
+
+        Returns:
+            The number of batches the teacher ran on (0 if nothing was missing).
+
+        Raises:
+            ValueError: if an epoch's views are empty.
+        """
+        if not os.path.exists(os.path.join(self.directory, STORE_FILE)):
+            atomic.write_json(os.path.join(self.directory, STORE_FILE), {
+                "fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
+        return sum(self._build_epoch(epoch) for epoch in range(epochs)
+                   if not os.path.exists(self._index_path(epoch)))
+
+    def _build_epoch(self, epoch):
+        done = self._part_paths(epoch)
+        per_shard = self.batches_per_shard or np.inf
+        views = self.epoch_views(epoch)
+        if done:
+            views = views.skip(len(done) * self.batches_per_shard)
+        parts, pending, computed = len(done), [], 0
+        for images, _ in views:
+            pending.append(self._compress(images))
+            computed += 1
+            if len(pending) >= per_shard:
+                self._write_part(epoch, parts, pending)
+                parts, pending = parts + 1, []
+        if pending:
+            self._write_part(epoch, parts, pending)
+            parts += 1
+        if not parts:
+            raise ValueError(
+                f"Epoch {epoch}'s training views are empty: epoch_views({epoch}) gave no "
+                "batch. Pass an epoch_views function that returns that epoch's batches.")
+        atomic.write_json(self._index_path(epoch), {"parts": parts})
+        return computed
+
+    def _compress(self, images):
+        if self._teacher_pass is None:
+            top_k = self.top_k
+            whole = top_k == self.num_classes
+
+            @tf.function(reduce_retracing=True)
+            def teacher_pass(images):
+                logits = tf.cast(self.teacher(images, training=False), tf.float32)
+                checksum = tf.reduce_sum(tf.cast(images, tf.float64))
+                if whole:
+                    # The logits as they are, in class order: nothing to spread.
+                    return logits, tf.zeros((0,), tf.int32), tf.zeros((0,)), checksum
+                return (*top_k_logits.compress(logits, top_k), checksum)
+
+            self._teacher_pass = teacher_pass
+        return [np.asarray(value) for value in self._teacher_pass(images)]
+
+    def _write_part(self, epoch, part, batches):
+        top_logits, top_classes, rest, checksums = zip(*batches)
+        arrays = dict(
+            top_logits=top_k_logits.to_storage(np.concatenate(top_logits), self.dtype),
+            batch_sizes=np.array([len(values) for values in top_logits], np.int64),
+            image_sums=np.array(checksums, np.float64))
+        if self.top_k < self.num_classes:
+            arrays.update(
+                top_classes=np.concatenate(top_classes).astype(
+                    top_k_logits.class_dtype(self.num_classes)),
+                rest_logsumexp=top_k_logits.to_storage(np.concatenate(rest), self.dtype))
+        with atomic.atomic_open(self._part_path(epoch, part), "wb") as stream:
+            np.savez(stream, **arrays)
+
+    # -- reading --------------------------------------------------------------
+
+    def dataset(self, start_epoch=0, epochs=None):
+        """`epoch_views` of epochs `start_epoch .. epochs - 1` with their stored logits.
+
+        Args:
+            start_epoch: first epoch (a resumed run's). Defaults to `0`.
+            epochs: end epoch, exclusive. Defaults to `None`: every built epoch.
+
+        Returns:
+            See `attach`.
+        """
+        epochs = self.built_epochs if epochs is None else epochs
+        views = [self.epoch_views(epoch) for epoch in range(start_epoch, epochs)]
+        return self.attach(functools.reduce(lambda a, b: a.concatenate(b), views),
+                           start_epoch, epochs)
+
+    def attach(self, batches, start_epoch=0, epochs=None):
+        """Pairs training batches with the stored logits of the same views.
+
+        Args:
+            batches: `tf.data.Dataset` of `(images, labels)`: the training
+                views of epochs `start_epoch .. epochs - 1`, back to back.
+            start_epoch: epoch of the first batch. Defaults to `0`.
+            epochs: end epoch, exclusive. Defaults to `None`: every built epoch.
+
+        Returns:
+            A `tf.data.Dataset` of `({"images": images, "teacher_logits":
+            logits}, labels)`, `logits` float32 `(batch, num_classes)`. A
+            batch whose images are not the stored views' (their sum differs)
+            stops iteration with an `InvalidArgumentError`.
+
+        Raises:
+            ValueError: if the store lacks an epoch of the range.
+        """
+        epochs = self.built_epochs if epochs is None else epochs
+        if self.built_epochs < epochs or start_epoch >= epochs:
+            raise ValueError(
+                f"The soft-label store in {self.directory} holds epochs 0-"
+                f"{self.built_epochs - 1}; epochs {start_epoch}-{epochs - 1} were asked for. "
+                f"Call build(epochs={epochs}) first (it keeps the epochs it has).")
+        paths = [path for epoch in range(start_epoch, epochs)
+                 for path in self._part_paths(epoch)]
+        stored = tf.data.Dataset.from_tensor_slices(paths).flat_map(self._read_part)
+        paired = tf.data.Dataset.zip(batches, stored).map(
+            _pair, num_parallel_calls=tf.data.AUTOTUNE)
+        if int(batches.cardinality()) >= 0:
+            # flat_map hides the length, which Keras's fit uses to size its epoch.
+            paired = paired.apply(tf.data.experimental.assert_cardinality(batches.cardinality()))
+        return paired.prefetch(tf.data.AUTOTUNE)
+
+    def _read_part(self, path):
+        logits, batch_sizes, image_sums = tf.numpy_function(
+            self._load_part, [path], (tf.float32, tf.int64, tf.float64), stateful=False)
+        logits = tf.ensure_shape(logits, (None, self.num_classes))
+        batch_sizes = tf.ensure_shape(batch_sizes, (None,))
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.RaggedTensor.from_row_lengths(logits, batch_sizes), image_sums))
+
+    def _load_part(self, path):
+        with np.load(path.decode() if isinstance(path, bytes) else path) as arrays:
+            top_logits = arrays["top_logits"].astype(np.float32)
+            if "top_classes" in arrays:
+                logits = top_k_logits.reconstruct(
+                    top_logits, arrays["top_classes"], arrays["rest_logsumexp"],
+                    self.num_classes)
+            else:
+                logits = top_logits
+            return logits, arrays["batch_sizes"], arrays["image_sums"]
+
+    # -- files ----------------------------------------------------------------
+
+    def size_on_disk(self):
+        """Bytes of the store's files."""
+        return sum(os.path.getsize(path)
+                   for path in glob.glob(os.path.join(self.directory, "*")))
+
+    def _read_store_file(self):
+        path = os.path.join(self.directory, STORE_FILE)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as stream:
+            return json.load(stream)
+
+    def _index_path(self, epoch):
+        return os.path.join(self.directory, f"epoch_{epoch:05d}.json")
+
+    def _part_path(self, epoch, part):
+        return os.path.join(self.directory, f"epoch_{epoch:05d}_part_{part:05d}.npz")
+
+    def _part_paths(self, epoch):
+        """The epoch's consecutive complete parts from part 0."""
+        paths = []
+        while os.path.exists(self._part_path(epoch, len(paths))):
+            paths.append(self._part_path(epoch, len(paths)))
+        return paths
+
+
+def _pair(batch, stored):
+    images, labels = batch
+    logits, image_sum = stored
+    message = ("The batch's images are not the views the soft-label store was built "
+               "from (image sums differ): pass the training batches of the same epochs, "
+               "made under the same global seed (keras.utils.set_random_seed) as when the "
+               "store was built, since tf.data's seeds combine with it")
+    with tf.control_dependencies([
+        tf.debugging.assert_equal(tf.shape(images)[0], tf.shape(logits)[0], message=message),
+        tf.debugging.assert_near(tf.reduce_sum(tf.cast(images, tf.float64)), image_sum,
+                                 rtol=tf.constant(1e-6, tf.float64), message=message),
+    ]):
+        return {"images": tf.identity(images), "teacher_logits": logits}, labels
+
+
+def _check_arguments(top_k, dtype, batches_per_shard, views_fingerprint):
+    if top_k < 1:
+        raise ValueError(f"Expected top_k >= 1. Received: top_k={top_k}")
+    if dtype not in DTYPES:
+        raise ValueError(f"Expected dtype in {DTYPES}. Received: dtype={dtype!r}")
+    if batches_per_shard is not None and batches_per_shard < 1:
+        raise ValueError(
+            f"Expected batches_per_shard >= 1. Received: batches_per_shard={batches_per_shard}")
+    clashes = sorted(set(views_fingerprint) & set(_OWN_KEYS))
+    if clashes:
+        raise ValueError(
+            f"views_fingerprint may not set {clashes}: the store fills them in. "
+            f"Received: views_fingerprint={views_fingerprint!r}")
+
+
+def _check_fingerprint(directory, stored, current):
+    differences = [
+        f"{key}: stored {stored.get(key)!r}, now {current.get(key)!r}"
+        for key in sorted(set(stored) | set(current)) if stored.get(key) != current.get(key)]
+    if differences:
+        raise ValueError(
+            f"The soft-label store in {directory} was built for another teacher, other "
+            "training views or another compression, so its logits are not this run's; "
+            f"its fingerprint differs: {'; '.join(differences)}. "
+            "Pass another directory to build a store for this run, delete this one to "
+            "rebuild it, or use the teacher and data it was built from.")
