@@ -156,14 +156,17 @@ def test_tool_writes_all_figures_consistently(tmp_path):
         [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
          "--size=tiny", "--steps=3", "--repeats=1", "--batch_size=16",
          "--steps_per_execution=2", "--passes=2", "--clock=cpu", "--teacher_dtype=bfloat16",
-         f"--json={path}"],
+         "--store", f"--json={path}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     figures = json.loads(path.read_text())
     extra = ("teacher_infer_bfloat16", "tllm_distiller_bfloat16", "keras_distiller_bfloat16",
              "limit_bfloat16", "tllm_bfloat16_over_limit_bfloat16", "tllm_bfloat16_over_keras",
-             "tllm_bfloat16_over_keras_bfloat16")
-    ratios = [key for key in KEYS + extra if "_over_" in key]
+             "tllm_bfloat16_over_keras_bfloat16", "store_build", "store_distiller",
+             "store_over_student_train", "store_over_keras", "store_build_teacher_passes",
+             "store_bytes_per_1000_images_epoch")
+    ratios = [key for key in KEYS + extra
+              if "_over_" in key or key == "store_build_teacher_passes"]
     assert set(figures) == set(KEYS + extra) | {f"{key}_iqr" for key in ratios} | {"pairs"}
     assert figures["pairs"] == 2
     for key in ratios:
@@ -173,3 +176,23 @@ def test_tool_writes_all_figures_consistently(tmp_path):
     assert 0 < figures["callback_share"] < 1
     assert "tllm_distiller:" in completed.stdout
     assert "tllm_distiller_bfloat16:" in completed.stdout
+    assert "store_over_student_train:" in completed.stdout
+
+
+def test_store_figures_are_added_when_the_store_variants_ran():
+    rates = dict(student_train=100.0, teacher_infer=300.0, keras_distiller=60.0,
+                 tllm_distiller=72.0, store_distiller=95.0, store_build=250.0)
+    figures = benchmark.distillation_figures(rates, callback_share=0.01)
+    assert figures["store_over_student_train"] == pytest.approx(0.95)
+    assert figures["store_over_keras"] == pytest.approx(95.0 / 60.0)
+    assert figures["store_build_teacher_passes"] == pytest.approx(1.2)  # 1/250 s over 1/300 s
+    assert set(figures) - set(rates) - set(KEYS) == {
+        "store_over_student_train", "store_over_keras", "store_build_teacher_passes"}
+
+
+def test_call_timer_times_each_call_after_the_warmup():
+    calls = []
+    timer = benchmark.CallTimer(lambda: calls.append(time.sleep(0.01)), images=10)
+    result = timer(warmup=1, repeats=2)
+    assert len(calls) == 3 and len(result.seconds) == 2 and result.images == 10
+    assert min(result.seconds) >= 0.01

@@ -48,8 +48,13 @@ def synthetic_dataset(num_examples, image_shape, num_classes, batch_size, seed=0
 
 
 def num_images(dataset):
-    """Number of images in one pass over a finite batched data set."""
-    return int(dataset.reduce(0, lambda count, batch: count + tf.shape(batch[0])[0]))
+    """Number of images in one pass over a finite batched data set.
+
+    A batch's `x` may be a dict (e.g. `{"images", "teacher_logits"}`): every
+    entry has the batch dimension first.
+    """
+    return int(dataset.reduce(
+        0, lambda count, batch: count + tf.shape(tf.nest.flatten(batch[0])[0])[0]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +219,32 @@ class ForwardTimer:
         return Throughput(self.images, tuple(seconds))
 
 
+class CallTimer:
+    """Times a call of `function`, once per round (e.g. building a soft-label store).
+
+    Args:
+        function: called with no argument; the work of one round.
+        images: images one call processes.
+        clock: `"wall"` or `"cpu"` (`CLOCKS`). Defaults to `"wall"`.
+    """
+
+    def __init__(self, function, images, clock="wall"):
+        self.clock = _clock(clock)
+        self.function = function
+        self.images = int(images)
+
+    def __call__(self, warmup=1, repeats=3):
+        """Returns the `Throughput` of `repeats` calls after `warmup` calls."""
+        _check_rounds(warmup, repeats)
+        seconds = []
+        for round_index in range(warmup + repeats):
+            start = self.clock()
+            self.function()
+            if round_index >= warmup:
+                seconds.append(self.clock() - start)
+        return Throughput(self.images, tuple(seconds))
+
+
 def interleave(timers, passes=2, warmup=1, repeats=3):
     """Runs the timers in turn, `passes` times, the order rotated each pass.
 
@@ -308,7 +339,11 @@ def distillation_figures(rates, callback_share, teacher_dtype=None):
 
     Returns:
         `rates` with `limit`, `tllm_over_limit`, `tllm_over_keras` and
-        `callback_share` added; with `teacher_dtype`, also `limit_<dtype>`
+        `callback_share` added; with `store_distiller` and `store_build` (a
+        distillation epoch from a `SoftLabelStore`, and building one epoch of
+        it) in `rates`, also `store_over_student_train`, `store_over_keras`
+        and `store_build_teacher_passes` (the build's time in teacher
+        passes over the same images); with `teacher_dtype`, also `limit_<dtype>`
         (from the 16-bit teacher's pass), `tllm_<dtype>_over_limit_<dtype>`,
         `tllm_<dtype>_over_keras` (against Keras's Distiller as it ships,
         with the float32 teacher) and `tllm_<dtype>_over_keras_<dtype>` (both
@@ -319,6 +354,12 @@ def distillation_figures(rates, callback_share, teacher_dtype=None):
     figures["tllm_over_limit"] = figures["tllm_distiller"] / figures["limit"]
     figures["tllm_over_keras"] = figures["tllm_distiller"] / figures["keras_distiller"]
     figures["callback_share"] = callback_share
+    if "store_distiller" in figures:
+        figures["store_over_student_train"] = (
+            figures["store_distiller"] / figures["student_train"])
+        figures["store_over_keras"] = figures["store_distiller"] / figures["keras_distiller"]
+        # The build's time over a teacher pass's, on the same images.
+        figures["store_build_teacher_passes"] = figures["teacher_infer"] / figures["store_build"]
     if teacher_dtype:
         tllm, limit = f"tllm_distiller_{teacher_dtype}", f"limit_{teacher_dtype}"
         figures[limit] = combined_limit(
@@ -346,7 +387,7 @@ def paired_distillation_figures(groups, teacher_dtype=None):
     Returns:
         `paired_summary` of the groups' figures: the keys of
         `distillation_figures` (medians over groups), `<ratio>_iqr` for every
-        `*_over_*` ratio, and `pairs`.
+        `*_over_*` ratio and `store_build_teacher_passes`, and `pairs`.
     """
     per_group = [
         distillation_figures(
@@ -354,4 +395,5 @@ def paired_distillation_figures(groups, teacher_dtype=None):
             group["tllm_distiller"].callback_share, teacher_dtype)
         for group in groups
     ]
-    return paired_summary(per_group, [key for key in per_group[0] if "_over_" in key])
+    return paired_summary(per_group, [key for key in per_group[0]
+                                      if "_over_" in key or key == "store_build_teacher_passes"])

@@ -24,12 +24,20 @@ load changes far less than the time (docs/benchmarks.md, Noise). With
 as a 16-bit copy: teacher_infer_<dtype>, tllm_distiller_<dtype>
 (`Distiller(teacher_dtype=...)`) and keras_distiller_<dtype> (the copy wrapped
 with a float32 cast, which Keras's Distiller needs), with limit_<dtype> and
-their ratios; the other figures keep a float32 teacher. Results:
-docs/benchmarks.md.
+their ratios; the other figures keep a float32 teacher. With `--store`, a
+`tllm_tf.SoftLabelStore` of the training data's one epoch is built (default
+top-k and dtype) and two more variants run: store_build (building that epoch
+again, into a fresh directory) and store_distiller (tllm_distiller's set-up,
+mask and callback, reading the teacher's logits from the store), with
+store_over_student_train, store_over_keras, store_build_teacher_passes (the
+build's time in teacher passes) and the store's bytes per 1,000 images and
+epoch. Results: docs/benchmarks.md.
 """
 
 import json
 import os
+import shutil
+import tempfile
 
 # Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,6 +60,7 @@ SIZES = {
                   num_classes=100, steps=4, passes=2, repeats=2, steps_per_execution=1),
 }
 TARGETS = {"tllm_over_limit": 0.95, "tllm_over_keras": 1.2}  # at least
+STORE_TARGETS = {"store_over_student_train": 0.9, "store_over_keras": 1.8}  # the second: paper
 MAX_CALLBACK_SHARE = 0.03
 TEMPERATURE, ALPHA = 4.0, 0.1  # ALPHA: label weight; the distillation weight is 1 - ALPHA
 
@@ -71,6 +80,8 @@ flags.DEFINE_enum("teacher_dtype", None, ["bfloat16", "float16"],
                   "as a copy in this dtype (Distiller(teacher_dtype=...)).")
 flags.DEFINE_enum("clock", "wall", list(benchmark.CLOCKS),
                   "Time rounds by the wall clock, or by this process's CPU time (shared machines).")
+flags.DEFINE_bool("store", False, "Also measure distillation from a soft-label store, and "
+                  "its build.")
 flags.DEFINE_integer("seed", 0, "Seed of the data and of the models' initialisation.")
 FLAGS = flags.FLAGS
 
@@ -125,10 +136,16 @@ def measure(size):
     for name, (distiller, callback) in distillers.items():
         timers[name] = benchmark.FitTimer(
             distiller, train, timed_callback=callback, clock=clock)
-
-    groups = benchmark.interleave(
-        timers, passes=FLAGS.passes or size["passes"], warmup=FLAGS.warmup,
-        repeats=FLAGS.repeats or size["repeats"])
+    directory = tempfile.mkdtemp(prefix="bench_soft_label_store_") if FLAGS.store else None
+    try:
+        if FLAGS.store:
+            store_bytes = _store_timers(timers, size, train, held_out, directory)
+        groups = benchmark.interleave(
+            timers, passes=FLAGS.passes or size["passes"], warmup=FLAGS.warmup,
+            repeats=FLAGS.repeats or size["repeats"])
+    finally:
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
     if not all(distiller.undistillable_classes for distiller, _ in distillers.values()):
         raise RuntimeError("The class mask was meant to be active; no class is masked.")
     pooled = benchmark.pool(groups)
@@ -136,7 +153,36 @@ def measure(size):
         rates = sorted(result.images / seconds for seconds in result.seconds)
         logging.info("%s: images/s of each round: %s", name, ", ".join(f"{r:.0f}" for r in rates))
     best = {name: result.best_images_per_second for name, result in pooled.items()}
-    return benchmark.paired_distillation_figures(groups, FLAGS.teacher_dtype), best
+    figures = benchmark.paired_distillation_figures(groups, FLAGS.teacher_dtype)
+    if FLAGS.store:
+        figures["store_bytes_per_1000_images_epoch"] = store_bytes
+    return figures, best
+
+
+def _store_timers(timers, size, train, held_out, directory):
+    """Adds store_build and store_distiller; returns the store's bytes per 1,000 images."""
+    teacher, _ = _models(size)
+
+    def store(name):
+        return tllm_tf.SoftLabelStore(
+            os.path.join(directory, name), teacher, lambda epoch: train,
+            num_classes=size["num_classes"],
+            views_fingerprint={"synthetic_seed": FLAGS.seed, "batch_size": FLAGS.batch_size})
+
+    built, rebuilt = store("store"), store("rebuilt")
+    built.build(epochs=1)
+
+    def rebuild():
+        # The same store object, so its compiled teacher pass is reused.
+        shutil.rmtree(rebuilt.directory, ignore_errors=True)
+        rebuilt.build(epochs=1)
+
+    images = timers["student_train"].images
+    timers["store_build"] = benchmark.CallTimer(rebuild, images, clock=FLAGS.clock)
+    distiller, callback = _masked_distiller(size, held_out, teacher_dtype=None)
+    timers["store_distiller"] = benchmark.FitTimer(
+        distiller, built.attach(train, 0, 1), timed_callback=callback, clock=FLAGS.clock)
+    return built.size_on_disk() / images * 1000
 
 
 def _keras_distiller(size, teacher_dtype):
@@ -199,7 +245,8 @@ def _report(figures, best):
                   f"tllm_distiller_{dtype}"]
         targets.update({f"tllm_{dtype}_over_limit_{dtype}": TARGETS["tllm_over_limit"],
                         f"tllm_{dtype}_over_keras": TARGETS["tllm_over_keras"]})
-    width = max(map(len, rates + list(targets) + [f"tllm_{dtype}_over_keras_{dtype}"]))
+    width = max(map(len, rates + list(targets) + [f"tllm_{dtype}_over_keras_{dtype}"]
+                    + (["store_build_teacher_passes"] if FLAGS.store else [])))
     unit = "images/s" if FLAGS.clock == "wall" else "images per CPU-second"
     for name in rates:
         best_round = f"  (best round {best[name]:.1f})" if name in best else ""
@@ -215,11 +262,32 @@ def _report(figures, best):
         lower, upper = figures[f"{name}_iqr"]
         lines.append(f"{name:>{width}}: {figures[name]:9.3f}  [{lower:.3f}, {upper:.3f}]  "
                      "(both with the 16-bit teacher)")
+    if FLAGS.store:
+        lines += _store_report(figures, best, width, unit)
     share = figures["callback_share"]
     verdict = "met" if share <= MAX_CALLBACK_SHARE else "missed"
     lines.append(f"{'callback_share':>{width}}: {share:9.2%}  "
                  f"(target <= {MAX_CALLBACK_SHARE:.0%}: {verdict})")
     return "\n".join(lines)
+
+
+def _store_report(figures, best, width, unit):
+    lines = [f"{name:>{width}}: {figures[name]:9.1f}  {unit}  (best round {best[name]:.1f})"
+             for name in ("store_build", "store_distiller")]
+    for name, target in STORE_TARGETS.items():
+        lower, upper = figures[f"{name}_iqr"]
+        verdict = ("met beyond the spread" if lower >= target else
+                   "missed beyond the spread" if upper < target else "within the spread")
+        lines.append(f"{name:>{width}}: {figures[name]:9.3f}  [{lower:.3f}, {upper:.3f}]  "
+                     f"(target >= {target}: {verdict})")
+    lower, upper = figures["store_build_teacher_passes_iqr"]
+    lines.append(f"{'store_build_teacher_passes':>{width}}: "
+                 f"{figures['store_build_teacher_passes']:9.3f}  [{lower:.3f}, {upper:.3f}]  "
+                 "(an epoch's build, in teacher passes over it)")
+    lines.append(f"{'store_bytes_per_1000':>{width}}: "
+                 f"{figures['store_bytes_per_1000_images_epoch']:9.0f}  bytes per 1,000 images "
+                 "and epoch")
+    return lines
 
 
 def main(argv):
