@@ -66,10 +66,10 @@ def test_quiet_start_up_hides_the_chatter_and_restores_standard_error():
 
 
 def test_config_summary_lists_only_what_differs_from_the_defaults():
-    config = config_lib.RunConfig(workdir="runs/a", method=("kd", "tllm"), epochs=60,
+    config = config_lib.RunConfig(workdir="runs/a", students=("distilled", "tllm"), epochs=60,
                                   lr_decay_epochs=(30, 45), cache=True, mixup=0.4)
     assert console.config_summary(config) == (
-        "--method=kd,tllm --mixup=0.4 --cache --epochs=60 --lr_decay_epochs=30,45")
+        "--students=distilled,tllm --mixup=0.4 --cache --epochs=60 --lr_decay_epochs=30,45")
     assert console.config_summary(config_lib.RunConfig(workdir="runs/a")) == "the defaults"
     assert console.config_summary(
         config_lib.RunConfig(workdir="runs/a", randaugment=True, download=False,
@@ -246,7 +246,7 @@ def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(tmp_path):
     assert not LEAKS.search(output), LEAKS.search(output).group(0) + "\n" + output
     lines = result.stdout.splitlines()
     assert len(lines) <= 40, output
-    assert lines[0].startswith("Flags that differ from the defaults: --method=kd,tllm ")
+    assert lines[0].startswith("Flags that differ from the defaults: --students=distilled,tllm ")
     assert "--epochs=2 --teacher_epochs=1" in lines[0]
     assert "--steps_per_execution=8: using 6" in output  # 200 images, 6 batches of 32.
     stage_lines = [line for line in lines if re.match(r"(teacher|reference|student_\w+): ", line)]

@@ -1,4 +1,5 @@
 import inspect
+import json
 
 import pytest
 
@@ -7,7 +8,7 @@ from tllm_tf.config import RunConfig
 
 
 def test_json_round_trip():
-    config = RunConfig(workdir="/tmp/x", method=("kd", "tllm"), lr_decay_epochs=(150, 180))
+    config = RunConfig(workdir="/tmp/x", students=("distilled", "tllm"), lr_decay_epochs=(150, 180))
     assert RunConfig.from_json(config.to_json()) == config
     assert RunConfig(workdir="w", stage="all").stages == ("teacher", "reference", "student")
 
@@ -18,7 +19,7 @@ def test_json_round_trip():
     ("holdout_fraction", 1.0, "holdout_fraction must be in"),
     ("alpha", -1.0, "alpha and beta"),
     ("stage", "distil", "stage must be one of"),
-    ("method", ("kd", "dkd"), "method must be"),
+    ("students", ("distilled", "dkd"), "students must be"),
     ("masked_class_policy", "zero", "masked_class_policy"),
     ("update_every", 0, "update_every"),
     ("lr_decay_epochs", (180, 150), "increasing"),
@@ -44,3 +45,15 @@ def test_identification_defaults_are_the_callbacks():
     # The callback's None means "when the reference has per-epoch results",
     # which the pipeline's reference stage always records.
     assert parameters["epoch_matched"].default is None and config.epoch_matched
+
+
+def test_a_workdir_config_of_the_method_era_loads_as_students():
+    old = json.loads(RunConfig(workdir="w").to_json())
+    old.pop("students")
+    old["method"] = ["kd", "tllm"]
+    assert RunConfig.from_json(json.dumps(old)).students == ("distilled", "tllm")
+
+
+def test_old_method_value_kd_is_explained():
+    with pytest.raises(ValueError, match='"kd" is now "distilled"'):
+        RunConfig(workdir="w", students=("kd",))

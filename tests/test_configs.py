@@ -77,7 +77,7 @@ def test_identification_flags_reach_the_callback(train_tool, tmp_path, monkeypat
     monkeypatch.setattr(tllm_tf, "UndistillableClassCallback", RecordingCallback)
     workdir = tmp_path / "run"
     config = _config(
-        train_tool, "--flagfile=configs/demo.flags", f"--workdir={workdir}", "--method=tllm",
+        train_tool, "--flagfile=configs/demo.flags", f"--workdir={workdir}", "--students=tllm",
         "--teacher_model=cnn_tiny", "--num_train=200", "--epochs=3", "--teacher_epochs=1",
         "--warmup_epochs=0", "--verbose=0", "--epoch_matched", "--smoothing=0.5",
         "--patience=2", "--margin_standard_errors=1.5", "--rule=unpaired")
@@ -119,3 +119,21 @@ def test_cifar_recipe_runs_end_to_end_on_mocked_tfds(train_tool, tmp_path):
     assert 90 <= sum(records[0]["num_samples"]) <= 110  # ~10% of 1000, stratified
     assert os.path.exists(tmp_path / "run" / "student_tllm" / "saved_model" / "saved_model.pb")
     assert os.listdir(tmp_path / "run" / "student_tllm" / "tensorboard")
+
+
+def test_old_method_flag_still_reads_as_students(train_tool, tmp_path):
+    old_file = tmp_path / "old.flags"
+    old_file.write_text("--workdir=runs/old\n--method=kd,tllm\n")
+    config = _config(train_tool, f"--flagfile={old_file}")
+    assert config.students == ("distilled", "tllm")
+
+
+def test_method_and_students_together_are_refused(train_tool):
+    with pytest.raises(ValueError, match="Give --students only"):
+        _config(train_tool, "--flagfile=configs/demo.flags", "--method=kd",
+                "--students=distilled")
+
+
+def test_a_model_name_given_to_students_names_the_model_flags(train_tool):
+    with pytest.raises(ValueError, match="--student_models"):
+        _config(train_tool, "--flagfile=configs/demo.flags", "--students=mlp_16")

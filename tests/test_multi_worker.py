@@ -29,7 +29,7 @@ from tllm_tf import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--flagfile=configs/demo.flags", "--teacher_model=cnn_tiny", "--teacher_epochs=1",
-         "--epochs=3", "--method=tllm", "--warmup_epochs=0", "--batch_size=32",
+         "--epochs=3", "--students=tllm", "--warmup_epochs=0", "--batch_size=32",
          "--deterministic", "--verbose=0", "--strategy=multi_worker"]
 TIMEOUT_S = 300
 

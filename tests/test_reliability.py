@@ -45,7 +45,7 @@ def _student_config(workdir, teacher_and_reference, **rule):
     teacher_path, reference_path = teacher_and_reference
     # The unpaired rule without a margin masks classes early in a short run,
     # so patience and smoothing have streaks and averages to carry over.
-    return RunConfig(workdir=workdir, stage="student", method=("tllm",),
+    return RunConfig(workdir=workdir, stage="student", students=("tllm",),
                      teacher_path=teacher_path, reference_path=reference_path,
                      rule="unpaired", margin=0.0, warmup_epochs=0, update_every=1,
                      sticky=False, epoch_matched=False, **BASE, **rule)
@@ -154,7 +154,7 @@ def test_runs_that_would_train_nothing_or_plain_kd_are_refused_first(
 
 
 def test_a_warmup_as_long_as_the_run_is_fine_for_kd_alone(tmp_path, monkeypatch):
-    preflight.check_schedule(RunConfig(workdir=str(tmp_path), method=("kd",), epochs=5,
+    preflight.check_schedule(RunConfig(workdir=str(tmp_path), students=("distilled",), epochs=5,
                                        warmup_epochs=5))
 
 

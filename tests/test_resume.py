@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _command(workdir):
     return [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
-            f"--workdir={workdir}", "--method=tllm", "--teacher_model=cnn_tiny",
+            f"--workdir={workdir}", "--students=tllm", "--teacher_model=cnn_tiny",
             "--teacher_epochs=2", "--epochs=12", "--warmup_epochs=1", "--sticky",
             "--deterministic", "--verbose=0"]
 

@@ -161,7 +161,7 @@ def test_resume_refuses_a_teacher_planted_in_the_workdir(planted, tmp_path):
     workdir = tmp_path / "run"
     os.makedirs(workdir / "teacher")
     os.replace(path, workdir / "teacher" / stages.MODEL_FILE)
-    config = RunConfig(workdir=str(workdir), stage="student", method=("kd",),
+    config = RunConfig(workdir=str(workdir), stage="student", students=("distilled",),
                        num_train=64, batch_size=32, epochs=1, verbose=0)
     with pytest.raises(model_io.UnsafeModelError) as refusal:
         stages.run(config)

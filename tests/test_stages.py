@@ -55,7 +55,7 @@ def test_resumed_reference_stage_keeps_every_epochs_accuracy(tmp_path, monkeypat
 def test_epoch_matched_refuses_a_reference_without_history_before_training(tmp_path):
     reference_path = str(tmp_path / "old_reference.json")
     tllm_tf.save_reference(reference_path, np.full(10, 0.9))
-    config = RunConfig(workdir=str(tmp_path / "run"), method=("tllm",), num_train=200,
+    config = RunConfig(workdir=str(tmp_path / "run"), students=("tllm",), num_train=200,
                        teacher_model="cnn_tiny", epochs=1, verbose=0,
                        reference_path=reference_path, epoch_matched=True)
     with pytest.raises(ValueError, match=(
@@ -74,7 +74,7 @@ def test_teacher_dtype_reaches_the_distiller_and_is_not_a_resumable_change(tmp_p
         return real_copy(teacher, dtype)
 
     monkeypatch.setattr(teacher_precision, "inference_copy", recording_copy)
-    config = RunConfig(workdir=str(tmp_path / "run"), method=("kd",), num_train=200,
+    config = RunConfig(workdir=str(tmp_path / "run"), students=("distilled",), num_train=200,
                        teacher_model="cnn_tiny", epochs=1, verbose=0, teacher_dtype="bfloat16")
     stages.run(config)
     assert copied_to == ["bfloat16"]

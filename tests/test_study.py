@@ -24,8 +24,8 @@ def _base(**overrides):
 
 
 def test_plan_orders_teachers_and_references_before_their_students(tmp_path):
-    runs = study.plan(_base(), root=str(tmp_path), seeds=[0, 1], students=["mlp_4"],
-                      teachers=["cnn_tiny", "cnn_small"], arms=["kd", "tllm"])
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0, 1], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny", "cnn_small"], arms=["kd", "tllm"])
     assert len(runs) == 2 * (2 + 1 + 2 * 2)
     seen = set()
     for run in runs:
@@ -42,13 +42,13 @@ def test_plan_orders_teachers_and_references_before_their_students(tmp_path):
             assert os.path.dirname(os.path.dirname(config.teacher_path)) in seen
             assert os.path.dirname(os.path.dirname(config.reference_path)) in seen
     kd = [r for r in runs if r.arm == "kd"][0]
-    assert kd.config.method == ("kd",)
+    assert kd.config.students == ("distilled",)
 
 
 def test_plan_refuses_unknown_arms(tmp_path):
     with pytest.raises(ValueError, match="Unknown arms.*'tllm'"):
-        study.plan(_base(), root=str(tmp_path), seeds=[0], students=["mlp_4"],
-                   teachers=["cnn_tiny"], arms=["kd", "tlm"])
+        study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                   teacher_models=["cnn_tiny"], arms=["kd", "tlm"])
 
 
 def test_paired_difference_matches_a_hand_computation():
@@ -94,11 +94,32 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     assert "| tllm |" in study_report.markdown([setting])
 
 
+
+def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_classes_named():
+    records = []
+    for seed in range(5):
+        wobble = 0.001 * seed
+        records += [
+            _record(seed, "labels", 0.80, [0.80 + wobble, 0.80]),
+            _record(seed, "kd", 0.82, [0.90 + wobble, 0.74 - wobble]),
+            _record(seed, "dkd", 0.83, [0.70 + wobble, 0.90 - wobble]),
+            _record(seed, "dkd_tllm", 0.86 + wobble, [0.80, 0.90], masks=[[0.0, 1.0]] * 4),
+        ]
+    (setting,) = study_report.summarise(records)
+    dkd, dkd_tllm = setting["arms"]["dkd"], setting["arms"]["dkd_tllm"]
+    assert dkd["hurt_classes"] == ["a"] and dkd["baseline"] == "kd"
+    assert dkd_tllm["baseline"] == "dkd"
+    assert dkd_tllm["minus_baseline"]["mean"] == pytest.approx(0.032)
+    assert dkd_tllm["minus_kd"]["mean"] == pytest.approx(0.042)
+    text = study_report.markdown([setting])
+    assert "- dkd_tllm minus dkd: +3.20" in text
+    assert "- dkd minus labels: +3.00" in text and "hurts beyond noise: a" in text
+
 @pytest.mark.slow
 def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(tmp_path):
     root = tmp_path / "study"
     command = [sys.executable, "tools/study.py", "--flagfile=configs/demo.flags",
-               f"--root={root}", "--seeds=0", "--students=mlp_4", "--teachers=cnn_tiny",
+               f"--root={root}", "--seeds=0", "--student_models=mlp_4", "--teacher_models=cnn_tiny",
                "--arms=kd,tllm", "--num_train=120", "--epochs=2", "--teacher_epochs=1",
                "--teacher_num_train=0", "--verbose=0", "--warmup_epochs=0"]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -16,7 +16,11 @@ from tllm_tf.policies import POLICIES
 from tllm_tf.teacher_precision import TEACHER_DTYPES
 
 STAGES = ("teacher", "reference", "student", "all")
-METHODS = ("kd", "tllm")
+# The distilled students the student stage trains: "distilled" (the distillation
+# loss on every class) and "tllm" (the same, gated by UndistillableClassCallback).
+STUDENTS = ("distilled", "tllm")
+# The values of the --method flag that --students replaced, and what they became.
+LEGACY_METHODS = {"kd": "distilled", "tllm": "tllm"}
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -27,7 +31,7 @@ class RunConfig:
 
     workdir: str
     stage: str = "all"
-    method: Tuple[str, ...] = ("tllm",)
+    students: Tuple[str, ...] = ("tllm",)
     # Data.
     dataset: str = "digits"
     data_dir: Optional[str] = None
@@ -101,8 +105,9 @@ class RunConfig:
 
         require(self.stage in STAGES,
                 f"stage must be one of {STAGES}. Received: stage={self.stage!r}")
-        require(self.method and all(m in METHODS for m in self.method),
-                f"method must be a non-empty list of {METHODS}. Received: {self.method}")
+        require(self.students and all(s in STUDENTS for s in self.students),
+                f"students must be a non-empty list of {STUDENTS}. Received: "
+                f"students={self.students}" + _model_name_hint(self.students))
         require(self.optimizer in OPTIMIZERS,
                 f"optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}")
         require(self.strategy in STRATEGIES,
@@ -185,6 +190,30 @@ class RunConfig:
     @classmethod
     def from_json(cls, text):
         values = json.loads(text)
-        for key in ("method", "lr_decay_epochs"):
+        if "method" in values:  # A workdir written before --students replaced --method.
+            values["students"] = students_from_methods(values.pop("method"))
+        for key in ("students", "lr_decay_epochs"):
             values[key] = tuple(values[key])
         return cls(**values)
+
+
+def students_from_methods(methods):
+    """The `students` of the old `--method` values: `("kd", "tllm")` -> `("distilled", "tllm")`.
+
+    Raises:
+        ValueError: for a value that `--method` never took.
+    """
+    unknown = [m for m in methods if m not in LEGACY_METHODS]
+    if unknown:
+        raise ValueError(f"Bad configuration: --method={','.join(methods)} has unknown values "
+                         f"{unknown}; --method is now --students={','.join(STUDENTS)}.")
+    return tuple(LEGACY_METHODS[m] for m in methods)
+
+
+def _model_name_hint(students):
+    if any(s not in STUDENTS and s not in LEGACY_METHODS for s in students):
+        return (" (--students names the kinds of distilled student; the student's "
+                "architecture is --student_model, and tools/study.py's is --student_models)")
+    if any(s in LEGACY_METHODS and s not in STUDENTS for s in students):
+        return " (\"kd\" is now \"distilled\": the student distilled on every class)"
+    return ""

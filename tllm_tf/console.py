@@ -105,7 +105,7 @@ def config_summary(config):
             default (the workdir) are left out.
 
     Returns:
-        One line, e.g. `"--method=kd,tllm --mixup=0.4 --epochs=60"`, or
+        One line, e.g. `"--students=distilled,tllm --mixup=0.4 --epochs=60"`, or
         `"the defaults"`.
 
     Example:

@@ -48,7 +48,7 @@ def check(config, strategy, load_data):
         multi_worker.run_on_chief(strategy, lambda: check_teacher_origin(config))
     data = load_data(config)
     check_batch_size(config, data)
-    if config.reference_path and "student" in config.stages and "tllm" in config.method:
+    if config.reference_path and "student" in config.stages and "tllm" in config.students:
         multi_worker.run_on_chief(strategy, lambda: check_reference_origin(config, data))
     return data
 
@@ -59,7 +59,7 @@ def check_schedule(config):
         raise ValueError(
             f"--alpha={config.alpha} and --beta={config.beta}: with both 0 the loss is 0 "
             "and the students do not train. Give one of them a positive weight.")
-    if "tllm" not in config.method or "student" not in config.stages:
+    if "tllm" not in config.students or "student" not in config.stages:
         return
     warmup = config.warmup_epochs if config.warmup_epochs is not None else config.epochs // 2
     first_update = warmup + config.update_every
@@ -68,7 +68,7 @@ def check_schedule(config):
             f"--warmup_epochs={warmup} and --update_every={config.update_every} put the "
             f"first mask update after epoch {first_update}, but --epochs={config.epochs}: "
             "the mask would never change and TLLM would train as plain KD. Lower "
-            "--warmup_epochs below --epochs (or use --method=kd).")
+            "--warmup_epochs below --epochs (or use --students=distilled).")
 
 
 def check_workdir(workdir):

@@ -27,7 +27,7 @@ import numpy as np
 from tllm_tf import atomic
 from tllm_tf import workdir_files
 
-COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("kd"),
+COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
            workdir_files.student_stage("tllm"))
 REPORT_FILES = ("report.md", "report.json", "per_class_change.png", "mask_history.png")
 

@@ -14,7 +14,7 @@ Workdir layout (the names: `workdir_files`):
         after every epoch), held_out_predictions.npz (which held-out images it
         got right after every epoch, for the paired rule),
         per_epoch_accuracy.jsonl, held_out_predictions/ (one row per epoch), ...
-    student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
+    student_kd/, student_tllm/ (--students=distilled,tllm): model.keras, saved_model/, history.csv, test_per_class.json,
         mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
 
@@ -486,8 +486,8 @@ def _reference_on_every_worker(strategy, reference_path, num_classes, config):
     return np.array(values, dtype=np.float64)
 
 
-def run_student(config, data, strategy, stage_dir, method, teacher_path, reference_path):
-    """Distils the student with `method` ("kd" or "tllm"); exports it."""
+def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference_path):
+    """Distils the student of `kind` ("distilled" or "tllm", `config.STUDENTS`); exports it."""
     model_path = os.path.join(stage_dir, MODEL_FILE)
     if _done(strategy, model_path, stage_dir, config):
         return model_path
@@ -514,7 +514,7 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
                 steps_per_epoch(data, config), config.steps_per_execution),
         )
     callbacks = []
-    if method == "tllm":
+    if kind == "tllm":
         mask_log = os.path.join(stage_dir, MASK_LOG_FILE)
         if chief:
             workdir_lib.truncate_jsonl(
@@ -545,12 +545,12 @@ def run_student(config, data, strategy, stage_dir, method, teacher_path, referen
                 identification, os.path.join(stage_dir, TENSORBOARD_DIR, "per_class"),
                 class_names=list(data.class_names)))
     teacher_name = config.teacher_path or config.teacher_model
-    masking = ", TLLM masking" if method == "tllm" else ""
+    masking = ", TLLM masking" if kind == "tllm" else ""
     _fit(distiller, data, config, stage_dir, chief, config.epochs, extra_callbacks=callbacks,
          title=f"{os.path.basename(stage_dir)}: {config.student_model} distilled from "
                f"{teacher_name} ({config.distillation_loss} loss{masking})",
          shown_metrics=("loss", "accuracy") + (
-             ("num_undistillable_classes",) if method == "tllm" else ()))
+             ("num_undistillable_classes",) if kind == "tllm" else ()))
     if chief:
         _save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
@@ -585,7 +585,7 @@ def run(config, strategy=None):
         _say(config, chief, f"--steps_per_execution={config.steps_per_execution}: using "
              f"{executed}, the largest divisor of the {steps} steps of an epoch (a whole "
              "execution would run into the next epoch's batches).")
-    if config.epoch_matched and "student" in config.stages and "tllm" in config.method:
+    if config.epoch_matched and "student" in config.stages and "tllm" in config.students:
         # A reference that exists already must have its per-epoch accuracy:
         # refuse it now rather than after the teacher has trained.
         def check_reference():
@@ -606,8 +606,8 @@ def run(config, strategy=None):
         elif stage == REFERENCE_STAGE:
             reference_path = run_reference(config, data, strategy, stage_dir)
         elif stage == "student":
-            for method in config.method:
+            for kind in config.students:
                 run_student(config, data, strategy,
-                            os.path.join(config.workdir, student_stage(method)),
-                            method, teacher_path, reference_path)
+                            os.path.join(config.workdir, student_stage(kind)),
+                            kind, teacher_path, reference_path)
     return config.workdir if chief else None

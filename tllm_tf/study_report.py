@@ -20,6 +20,8 @@ from tllm_tf import study_stats
 
 LABELS_ARM = "labels"
 KD_ARM = "kd"
+# `<loss>_tllm`: TLLM on top of the distillation loss `<loss>` (tllm_tf.study.ARMS).
+TLLM_SUFFIX = "_tllm"
 
 
 def _by_setting(records):
@@ -31,6 +33,13 @@ def _by_setting(records):
         settings[(record["student"], record["teacher"])][record["arm"]][record["seed"]] = record
     teachers = {(r["seed"], r["teacher"]): r["accuracy"] for r in records if r["arm"] == "teacher"}
     return labels, settings, teachers
+
+
+def _baseline(arm, arms):
+    """The distilled student an arm is compared with: `<loss>` for `<loss>_tllm`, else KD."""
+    loss = arm[:-len(TLLM_SUFFIX)] if arm.endswith(TLLM_SUFFIX) else None
+    complete = lambda name: set(arms[KD_ARM]) <= set(arms.get(name, {}))  # noqa: E731
+    return loss if loss and complete(loss) else KD_ARM
 
 
 def _summary(values):
@@ -95,8 +104,12 @@ def summarise(records):
                               np.zeros(len(class_names)) for m in masks])
             masked_rate = np.array([m.mean(axis=0) if len(m) else np.zeros(len(class_names))
                                     for m in masks])
+            baseline = _baseline(arm, arms)
+            base_acc = np.array([arms[baseline][seed]["accuracy"] for seed in seeds])
             entry = {
                 "accuracy": _summary(arm_acc),
+                "baseline": baseline,
+                "minus_baseline": _difference(arm_acc, base_acc),
                 "minus_kd": _difference(arm_acc, kd_acc),
                 "minus_labels": _difference(arm_acc, labels_acc),
                 "masked_at_end_per_class": final.mean(axis=0).tolist(),
@@ -115,6 +128,10 @@ def summarise(records):
                 entry["hurt_classes_minus_kd"] = _difference(
                     np.array([a[h].mean() for a, h in zip(arm_pc, seed_hurt)]),
                     np.array([k[h].mean() for k, h in zip(kd_pc, seed_hurt)]))
+            if f"{arm}{TLLM_SUFFIX}" in arms:  # Another loss, distilled on every class.
+                loss_hurt, _ = study_stats.significantly_hurt(arm_pc, labels_pc)
+                entry["minus_labels_per_class"] = _difference(arm_pc, labels_pc)
+                entry["hurt_classes"] = [class_names[c] for c in np.flatnonzero(loss_hurt)]
             setting["arms"][arm] = entry
         summaries.append(setting)
     return summaries
@@ -149,7 +166,15 @@ def markdown(summaries):
             "seed) | on the classes KD hurt (that seed): minus KD |",
             "|---|---|---|---|---|---|---|---|",
         ]
+        other_losses = []
         for arm, entry in setting["arms"].items():
+            if entry["baseline"] != KD_ARM:
+                other_losses.append(
+                    f"- {arm} minus {entry['baseline']}: {_points(entry['minus_baseline'])}")
+            if "hurt_classes" in entry:
+                other_losses.append(f"- {arm} minus labels: {_points(entry['minus_labels'])}; "
+                                    "classes it hurts beyond noise: "
+                                    + (", ".join(entry["hurt_classes"]) or "none"))
             hurt = entry.get("hurt_classes_minus_kd")
             lines.append(
                 f"| {arm} | {_accuracy(entry['accuracy'])} | {_points(entry['minus_kd'])} | "
@@ -157,6 +182,9 @@ def markdown(summaries):
                 f"{entry['flips_per_100_updates']:.1f} | "
                 f"{100 * entry['not_hurt_masked_update_rate']:.1f}% | "
                 f"{_points(hurt) if hurt else '-'} |")
+        if other_losses:
+            lines += ["", "Other distillation losses (each TLLM arm against the same loss "
+                      "without masking):", *other_losses]
         per_class = setting["kd_minus_labels_per_class"]
         lines += ["", "| class | KD minus labels (points) | " + " | ".join(
             f"{arm}: masked at end" for arm in setting["arms"]) + " |",

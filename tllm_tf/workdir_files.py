@@ -7,7 +7,7 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
     reference/model.keras, reference.json, held_out_predictions.npz,
         per_epoch_accuracy.jsonl, history.csv, test_per_class.json, tensorboard/
-    student_<method>/model.keras, saved_model/, history.csv, test_per_class.json,
+    student_kd/, student_tllm/ (the "distilled" and "tllm" students): model.keras, saved_model/, history.csv, test_per_class.json,
         mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
     report/ (tools/train.py and tools/report.py)
@@ -30,6 +30,11 @@ TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 
 
-def student_stage(method):
-    """The folder of the student distilled with `method`: `"tllm"` -> `"student_tllm"`."""
-    return f"student_{method}"
+# The "distilled" student's folder keeps the name it had when --students was
+# --method=kd,tllm, so that workdirs of earlier versions still resume.
+_STUDENT_STAGES = {"distilled": "student_kd", "tllm": "student_tllm"}
+
+
+def student_stage(student):
+    """The folder of a distilled student: `"distilled"` -> `"student_kd"`, `"tllm"` -> `"student_tllm"`."""
+    return _STUDENT_STAGES[student]

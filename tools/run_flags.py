@@ -7,6 +7,7 @@ tools/study.py); choices come from the library's registries.
 import dataclasses
 
 from absl import flags
+from absl import logging
 
 from tllm_tf import config as config_lib
 
@@ -14,8 +15,11 @@ _DEFAULTS = config_lib.RunConfig(workdir="")
 
 flags.DEFINE_string("workdir", None, "Where every stage writes its results.")
 flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES, "Stage(s) to run.")
-flags.DEFINE_list("method", list(_DEFAULTS.method),
-                  "Distillation methods of the student stage: kd, tllm.")
+flags.DEFINE_list("students", list(_DEFAULTS.students),
+                  "Distilled students of the student stage: distilled (the distillation loss "
+                  "on every class), tllm (gated by the undistillable-class mask).")
+flags.DEFINE_list("method", None, "Deprecated: the old name of --students (kd -> distilled, "
+                  "tllm -> tllm). Still read, with a warning.")
 # Data.
 flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), fashion_mnist (Debian dataset-fashion-mnist or prepared tfds), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
 flags.DEFINE_string("data_dir", None, "tfds data directory.")
@@ -115,7 +119,13 @@ def config_from_flags(**overrides):
     """Builds the RunConfig from the parsed flags (one flag per field), then `overrides`."""
     values = {field.name: FLAGS[field.name].value
               for field in dataclasses.fields(config_lib.RunConfig)}
-    values["method"] = tuple(values["method"])
+    values["students"] = tuple(values["students"])
+    if FLAGS.method is not None:
+        if FLAGS["students"].present:
+            raise ValueError("Give --students only: --method is its old name.")
+        values["students"] = config_lib.students_from_methods(FLAGS.method)
+        logging.warning("--method is deprecated: write --students=%s instead.",
+                        ",".join(values["students"]))
     values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
     values.update(overrides)
     return config_lib.RunConfig(**values)

@@ -2,8 +2,8 @@
 
     # Fashion-MNIST, 10 seeds, 2 students, 3 teachers (docs/study.md; about an hour a setting).
     python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study \
-        --seeds=0,1,2,3,4,5,6,7,8,9 --students=mlp_16,lenet_2 \
-        --teachers=mlp_64,mlp_256,mlp_1024 --arms=kd,tllm,unpaired
+        --seeds=0,1,2,3,4,5,6,7,8,9 --student_models=mlp_16,lenet_2 \
+        --teacher_models=mlp_64,mlp_256,mlp_1024 --arms=kd,tllm,unpaired
     # The tables, plots and JSON again from what runs/study holds, without training:
     python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study --report_only
 
@@ -30,8 +30,8 @@ flags.DEFINE_string("root", "runs/study", "Where the study's runs and results go
 flags.DEFINE_string("results_dir", None, "Where study.md, study.json and the plots go "
                     "(default: --root).")
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds.")
-flags.DEFINE_list("students", ["mlp_16"], "Student architectures (model zoo names).")
-flags.DEFINE_list("teachers", ["mlp_256"], "Teacher architectures, small to large.")
+flags.DEFINE_list("student_models", ["mlp_16"], "Student architectures (model zoo names).")
+flags.DEFINE_list("teacher_models", ["mlp_256"], "Teacher architectures, small to large.")
 flags.DEFINE_list("arms", ["kd", "tllm", "unpaired"],
                   f"Distilled students, names of tllm_tf.study.ARMS: {sorted(study.ARMS)}.")
 flags.DEFINE_integer("teacher_num_train", 20000,
@@ -48,7 +48,7 @@ def main(argv):
         base = run_flags.config_from_flags(workdir=FLAGS.root)
         runs = study.plan(
             study.base_kwargs(base), root=FLAGS.root, seeds=[int(s) for s in FLAGS.seeds],
-            students=FLAGS.students, teachers=FLAGS.teachers, arms=FLAGS.arms,
+            student_models=FLAGS.student_models, teacher_models=FLAGS.teacher_models, arms=FLAGS.arms,
             teacher_overrides={"num_train": FLAGS.teacher_num_train or None})
     except ValueError as error:
         raise app.UsageError(str(error))

@@ -71,8 +71,8 @@ def main(argv):
     if results["models"]:  # Not after --stage=teacher alone: no student to compare.
         print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
-    saved_models = [os.path.join(config.workdir, workdir_files.student_stage(method),
-                                 workdir_files.SAVED_MODEL_DIR) for method in config.method]
+    saved_models = [os.path.join(config.workdir, workdir_files.student_stage(student),
+                                 workdir_files.SAVED_MODEL_DIR) for student in config.students]
     saved_models = [path for path in saved_models if os.path.exists(path)]
     if saved_models:
         print(f"SavedModel{'s' if len(saved_models) > 1 else ''} for serving: "
