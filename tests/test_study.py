@@ -90,6 +90,7 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     assert tllm["masked_at_end_per_class"] == [0.0, 1.0]
     assert tllm["flips_per_100_updates"] == pytest.approx(12.5)
     assert tllm["not_hurt_masked_update_rate"] == 0.0
+    assert tllm["helped_masked_update_rate"] == 0.0  # "a", which KD helps, is never masked.
     assert tllm["hurt_classes_minus_kd"]["mean"] > 0.07
     assert "| tllm |" in study_report.markdown([setting])
 
