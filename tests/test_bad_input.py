@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import tllm_tf
-from tllm_tf import stages
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline import stages
+from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.data import load_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

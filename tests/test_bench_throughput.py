@@ -1,4 +1,4 @@
-"""tools/bench_throughput.py and its measuring module, tllm_tf.benchmark.
+"""tools/bench_throughput.py and its measuring module, tllm_tf.analysis.benchmark.
 
 The tool's run checks the figures' keys and their consistency, not speed:
 speed depends on the machine.
@@ -13,7 +13,7 @@ import time
 import keras
 import pytest
 
-from tllm_tf import benchmark
+from tllm_tf.analysis import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller",

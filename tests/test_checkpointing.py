@@ -7,8 +7,8 @@ import pytest
 
 import tllm_tf
 from conftest import make_mlp
-from tllm_tf import checkpointing
-from tllm_tf import training_guards
+from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import training_guards
 
 
 def _distiller():

@@ -13,10 +13,10 @@ import pytest
 
 import tllm_tf
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
-from tllm_tf import config as config_lib
-from tllm_tf import console
-from tllm_tf import stage_progress
-from tllm_tf import stages
+from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import console
+from tllm_tf.pipeline import stage_progress
+from tllm_tf.pipeline import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +53,7 @@ def test_start_up_chatter_is_recognised_and_real_errors_are_not():
 
 def test_quiet_start_up_hides_the_chatter_and_restores_standard_error():
     script = ("import os, sys\n"
-              "from tllm_tf import console\n"
+              "from tllm_tf.pipeline import console\n"
               "console.quiet_tensorflow_start_up()\n"
               "assert 'tensorflow' in sys.modules\n"
               "os.write(2, b'a real error after the import\\n')\n")
@@ -209,7 +209,7 @@ def test_the_package_loads_its_names_on_first_use_and_files_still_load(tmp_path)
     script = ("import sys\n"
               "import tllm_tf\n"
               "assert 'tensorflow' not in sys.modules\n"
-              "from tllm_tf import model_io\n"
+              "from tllm_tf.pipeline import model_io\n"
               f"loaded = model_io.load_keras_model({str(tmp_path / 'distiller.keras')!r}, "
               "compile=True)\n"
               "print(type(loaded).__name__, loaded.distillation_loss_fn.temperature)\n")
@@ -220,8 +220,9 @@ def test_the_package_loads_its_names_on_first_use_and_files_still_load(tmp_path)
 
 
 def _imported_modules(module):
-    with open(os.path.join(ROOT, "tllm_tf", f"{module}.py")) as handle:
-        return set(re.findall(r"^\s*from tllm_tf import (\w+)", handle.read(), re.MULTILINE))
+    with open(os.path.join(ROOT, "tllm_tf", "analysis", f"{module}.py")) as handle:
+        return set(re.findall(r"^\s*from tllm_tf(?:\.\w+)* import (\w+)", handle.read(),
+                              re.MULTILINE))
 
 
 def test_reporting_imports_plots_and_not_the_other_way_round():

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tllm_tf import UndistillableClassCallback
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline.config import RunConfig
 
 
 def test_json_round_trip():

@@ -13,9 +13,9 @@ import pytest
 import tllm_tf
 from conftest import prepared_tfds
 from tllm_tf import models
-from tllm_tf import reporting
-from tllm_tf import stages
-from tllm_tf.config import RunConfig
+from tllm_tf.analysis import reporting
+from tllm_tf.pipeline import stages
+from tllm_tf.pipeline.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

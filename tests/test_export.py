@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tllm_tf import export as export_lib
+from tllm_tf.pipeline import export as export_lib
 
 MEAN, VARIANCE = [4.0, 8.0, 2.0], [4.0, 9.0, 1.0]
 

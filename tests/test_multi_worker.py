@@ -21,11 +21,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_mlp
-from tllm_tf import checkpointing
-from tllm_tf import config as config_lib
-from tllm_tf import multi_worker
-from tllm_tf import stages
-from tllm_tf import workdir as workdir_lib
+from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--flagfile=configs/demo.flags", "--teacher_model=cnn_tiny", "--teacher_epochs=1",

@@ -1,5 +1,5 @@
 """Issue 11 at the level a user meets it: exact resume of every rule, and runs
-refused before they train nothing or the wrong thing (`tllm_tf.preflight`)."""
+refused before they train nothing or the wrong thing (`tllm_tf.pipeline.preflight`)."""
 
 import dataclasses
 import json
@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 
-from tllm_tf import checkpointing
-from tllm_tf import preflight
+from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import preflight
 from tllm_tf import reference as reference_lib
-from tllm_tf import stages
+from tllm_tf.pipeline import stages
 from conftest import KillAtEpochEnd as _KillAtEpochEnd
 from conftest import Killed as _Killed
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from tllm_tf import reporting
+from tllm_tf.analysis import reporting
 
 CLASS_NAMES = ["cat", "dog", "bird", "fish"]
 PER_CLASS = {

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tllm_tf import stages
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline import stages
+from tllm_tf.pipeline.config import RunConfig
 
 EPOCHS = 3
 RESUME_AT = 2

@@ -13,11 +13,11 @@ from keras.src.saving import serialization_lib
 
 import tllm_tf
 from conftest import make_mlp
-from tllm_tf import checkpointing
-from tllm_tf import model_io
+from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import model_io
 from tllm_tf import reference
-from tllm_tf import stages
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline import stages
+from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.data import load_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +92,7 @@ def test_helper_loads_a_zoo_model_with_custom_layers_in_a_fresh_process(tmp_path
 
     path = str(tmp_path / "shufflenet.keras")
     models.build_model("shufflenetv1", 4, (32, 32, 3)).save(path)
-    script = ("from tllm_tf import model_io; "
+    script = ("from tllm_tf.pipeline import model_io; "
               f"print(model_io.load_keras_model({path!r}).name)")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

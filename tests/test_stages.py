@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import tllm_tf
-from tllm_tf import checkpointing
-from tllm_tf import stages
+from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import stages
 from tllm_tf import teacher_precision
 from conftest import KillAtEpochEnd as _KillAtEpochEnd
 from conftest import Killed as _Killed
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline.config import RunConfig
 
 
 def _log_epochs(path):

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from tllm_tf import study
-from tllm_tf import study_report
-from tllm_tf import study_stats
-from tllm_tf.config import RunConfig
+from tllm_tf.analysis import study
+from tllm_tf.analysis import study_report
+from tllm_tf.analysis import study_stats
+from tllm_tf.pipeline.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +96,8 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
 
 
 
-def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_classes_named():
+def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_classes_named(
+        tmp_path):
     records = []
     for seed in range(5):
         wobble = 0.001 * seed
@@ -115,6 +116,8 @@ def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_clas
     text = study_report.markdown([setting])
     assert "- dkd_tllm minus dkd: +3.20" in text
     assert "- dkd minus labels: +3.00" in text and "hurts beyond noise: a" in text
+    study_report.write(records, str(tmp_path), command="test")
+    assert (tmp_path / "study_kd_minus_labels.png").stat().st_size > 0
 
 @pytest.mark.slow
 def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(tmp_path):

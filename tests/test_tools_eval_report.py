@@ -1,4 +1,4 @@
-"""tools/evaluate.py and tools/report.py on a tiny digits workdir, and tllm_tf.evaluation."""
+"""tools/evaluate.py and tools/report.py on a tiny digits workdir, and tllm_tf.analysis.evaluation."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 
 import tllm_tf
 from tllm_tf import data as data_lib
-from tllm_tf import evaluation
-from tllm_tf import export as export_lib
+from tllm_tf.analysis import evaluation
+from tllm_tf.pipeline import export as export_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("reference", "student_kd", "student_tllm")

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from tllm_tf import workdir
-from tllm_tf.config import RunConfig
+from tllm_tf.pipeline import workdir
+from tllm_tf.pipeline.config import RunConfig
 
 
 def test_claim_writes_then_accepts_the_same_run_and_resumable_changes(tmp_path):

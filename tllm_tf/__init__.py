@@ -4,7 +4,7 @@ Implements Teach Less, Learn More (Zhu et al., NeurIPS 2022) for Keras 3 on
 TensorFlow.
 
 The names below load on first use (PEP 562), so that importing a module of
-the package that needs no TensorFlow (`tllm_tf.reporting`, read by
+the package that needs no TensorFlow (`tllm_tf.analysis.reporting`, read by
 tools/report.py) does not load it.
 """
 
@@ -22,7 +22,7 @@ _EXPORTS = {
     "ReferencePredictions": "tllm_tf.held_out_predictions",
     "SoftLabelStore": "tllm_tf.data.soft_label_store",
     "UndistillableClassCallback": "tllm_tf.callbacks",
-    "export_saved_model": "tllm_tf.export",
+    "export_saved_model": "tllm_tf.pipeline.export",
     "kd_loss": "tllm_tf.losses",
     "load_reference": "tllm_tf.reference",
     "load_predictions": "tllm_tf.held_out_predictions",

@@ -23,7 +23,7 @@ def check_model(model, role):
             applied to its output).
     """
     if not isinstance(model, keras.layers.Layer):
-        hint = (" Load the file first: tllm_tf.model_io.load_keras_model(path) or "
+        hint = (" Load the file first: tllm_tf.pipeline.model_io.load_keras_model(path) or "
                 "keras.models.load_model(path)." if isinstance(model, str) else "")
         raise ValueError(
             f"Expected the {role} to be a keras.Model returning logits. Received: "

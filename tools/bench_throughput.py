@@ -49,7 +49,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tllm_tf  # noqa: E402
-from tllm_tf import benchmark  # noqa: E402
+from tllm_tf.analysis import benchmark  # noqa: E402
 from tllm_tf import teacher_precision  # noqa: E402
 from tllm_tf.models import build_model  # noqa: E402
 

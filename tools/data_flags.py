@@ -6,7 +6,7 @@ flags (or its flag file) select the same splits and evaluation transform.
 
 from absl import flags
 
-from tllm_tf import config as config_lib
+from tllm_tf.pipeline import config as config_lib
 from tllm_tf import data as data_lib
 
 _DEFAULTS = config_lib.RunConfig(workdir="")

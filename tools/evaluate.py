@@ -16,14 +16,14 @@ import json
 from absl import app
 from absl import flags
 
-from tllm_tf import console
+from tllm_tf.pipeline import console
 
 # Before TensorFlow's first import: no start-up chatter.
 console.quiet_tensorflow_start_up()
 
 import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --split, ...)
-from tllm_tf import evaluation  # noqa: E402
-from tllm_tf import reporting  # noqa: E402
+from tllm_tf.analysis import evaluation  # noqa: E402
+from tllm_tf.analysis import reporting  # noqa: E402
 
 flags.DEFINE_string("model_path", None, "A .keras file or a SavedModel directory.", required=True)
 flags.DEFINE_string("json", None, "Also write the result to this JSON file.")

@@ -4,13 +4,13 @@
         --export_dir=runs/demo/student_tllm/saved_model
 
 The SavedModel takes raw images (preprocessing included) and returns logits
-and probabilities; see tllm_tf/export.py and docs/report.md.
+and probabilities; see tllm_tf/pipeline/export.py and docs/report.md.
 """
 
 from absl import app
 from absl import flags
 
-from tllm_tf import console
+from tllm_tf.pipeline import console
 
 flags.DEFINE_string("model_path", None, "The .keras model to export.", required=True)
 flags.DEFINE_string("export_dir", None, "The SavedModel directory to write (replaced if "
@@ -25,8 +25,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     console.plain_log_lines()
     console.quiet_tensorflow_start_up()  # Before TensorFlow's first import.
-    from tllm_tf import export as export_lib
-    from tllm_tf import model_io
+    from tllm_tf.pipeline import export as export_lib
+    from tllm_tf.pipeline import model_io
 
     try:
         # Safe mode: a file that stores Python code is refused, before anything is written.

@@ -18,9 +18,9 @@ import os
 from absl import app
 from absl import flags
 
-from tllm_tf import console
-from tllm_tf import reporting
-from tllm_tf import workdir_files
+from tllm_tf.pipeline import console
+from tllm_tf.analysis import reporting
+from tllm_tf.pipeline import workdir_files
 
 flags.DEFINE_string("workdir", None, "A tools/train.py workdir to report on.")
 flags.DEFINE_list("model_paths", [], "Instead of --workdir: two or more .keras files or "
@@ -50,7 +50,7 @@ def _parse_flags(argv):
 
 def _results_from_models():
     import data_flags
-    from tllm_tf import evaluation
+    from tllm_tf.analysis import evaluation
 
     if len(FLAGS.model_paths) < 2:
         raise app.UsageError(

@@ -1,4 +1,4 @@
-"""The flags of a run: one per field of `tllm_tf.config.RunConfig`, same name.
+"""The flags of a run: one per field of `tllm_tf.pipeline.config.RunConfig`, same name.
 
 Defined once, here, for every tool that builds a `RunConfig` (tools/train.py,
 tools/study.py); choices come from the library's registries.
@@ -9,7 +9,7 @@ import dataclasses
 from absl import flags
 from absl import logging
 
-from tllm_tf import config as config_lib
+from tllm_tf.pipeline import config as config_lib
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
 

@@ -17,14 +17,14 @@ import sys
 from absl import app
 from absl import flags
 
-from tllm_tf import console
+from tllm_tf.pipeline import console
 
 # Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
-from tllm_tf import study  # noqa: E402
-from tllm_tf import study_report  # noqa: E402
+from tllm_tf.analysis import study  # noqa: E402
+from tllm_tf.analysis import study_report  # noqa: E402
 
 flags.DEFINE_string("root", "runs/study", "Where the study's runs and results go.")
 flags.DEFINE_string("results_dir", None, "Where study.md, study.json and the plots go "
@@ -33,7 +33,7 @@ flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds.")
 flags.DEFINE_list("student_models", ["mlp_16"], "Student architectures (model zoo names).")
 flags.DEFINE_list("teacher_models", ["mlp_256"], "Teacher architectures, small to large.")
 flags.DEFINE_list("arms", ["kd", "tllm", "unpaired"],
-                  f"Distilled students, names of tllm_tf.study.ARMS: {sorted(study.ARMS)}.")
+                  f"Distilled students, names of tllm_tf.analysis.study.ARMS: {sorted(study.ARMS)}.")
 flags.DEFINE_integer("teacher_num_train", 20000,
                      "Training images of the teachers (0: the whole training split).")
 flags.DEFINE_bool("report_only", False, "Write the report from the finished runs; train nothing.")

@@ -3,7 +3,7 @@
     python tools/train.py --flagfile=configs/demo.flags
 
 Flags come from flag files (see configs/) and the command line; later ones
-win. The run is written to --workdir; see tllm_tf/stages.py for its layout.
+win. The run is written to --workdir; see tllm_tf/pipeline/stages.py for its layout.
 It prints the flags that differ from the defaults (config.json in the workdir
 has them all), a line and a progress bar per stage (--verbose=2: a line per
 epoch; 0: neither), then the per-class table, the accuracies and where the
@@ -16,15 +16,15 @@ import sys
 from absl import app
 from absl import flags
 
-from tllm_tf import console
+from tllm_tf.pipeline import console
 
 # Before TensorFlow's first import (run_flags loads it): no start-up chatter.
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
-from tllm_tf import reporting  # noqa: E402
-from tllm_tf import stages  # noqa: E402
-from tllm_tf import workdir_files  # noqa: E402
+from tllm_tf.analysis import reporting  # noqa: E402
+from tllm_tf.pipeline import stages  # noqa: E402
+from tllm_tf.pipeline import workdir_files  # noqa: E402
 
 FLAGS = flags.FLAGS
 

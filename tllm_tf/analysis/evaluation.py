@@ -7,7 +7,7 @@ the same way.
 
 import os
 
-from tllm_tf import export as export_lib
+from tllm_tf.pipeline import export as export_lib
 from tllm_tf import metrics as metrics_lib
 
 

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from tllm_tf import atomic
-from tllm_tf import workdir_files
+from tllm_tf.pipeline import workdir_files
 
 COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
            workdir_files.student_stage("tllm"))
@@ -253,7 +253,7 @@ def write_report(results, output_dir, title="TLLM per-class report"):
     Returns:
         A dict file name -> path of the files written.
     """
-    from tllm_tf import plots  # Imported here: only the report needs matplotlib.
+    from tllm_tf.analysis import plots  # Imported here: only the report needs matplotlib.
 
     os.makedirs(output_dir, exist_ok=True)
     written = {}

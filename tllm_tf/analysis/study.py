@@ -2,7 +2,7 @@
 
 Checks the claims of Teach Less, Learn More (Zhu et al., NeurIPS 2022) with
 the code users run: every model of the study is trained by
-`tllm_tf.stages.run` from a `RunConfig`, exactly as `tools/train.py` would
+`tllm_tf.pipeline.stages.run` from a `RunConfig`, exactly as `tools/train.py` would
 train it. For each seed, each student architecture and each teacher:
 
     <root>/seed<s>/teacher_<teacher>/        the teacher (stage "teacher")
@@ -22,8 +22,8 @@ import json
 import os
 import time
 
-from tllm_tf import config as config_lib
-from tllm_tf import stages
+from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import stages
 
 RESULTS_FILE = "results.jsonl"
 LABELS_ARM = "labels"

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tllm_tf import model_io
+from tllm_tf.pipeline import model_io
 
 SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_SUFFIX = model_io.KERAS_SUFFIX

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from tllm_tf import multi_worker
+from tllm_tf.pipeline import multi_worker
 from tllm_tf import reference as reference_lib
 
 # A workdir's config.json is a few kilobytes; anything larger is not one.

@@ -12,7 +12,7 @@ import time
 
 import keras
 
-from tllm_tf import console
+from tllm_tf.pipeline import console
 
 class StageProgress(keras.callbacks.Callback):
     """Shows the progress of `fit` over its epochs.

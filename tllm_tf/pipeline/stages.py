@@ -33,36 +33,36 @@ import numpy as np
 import tensorflow as tf
 
 import tllm_tf
-from tllm_tf import checkpointing
+from tllm_tf.pipeline import checkpointing
 from tllm_tf import data as data_lib
-from tllm_tf import export as export_lib
+from tllm_tf.pipeline import export as export_lib
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import losses as losses_lib
 from tllm_tf import metrics as metrics_lib
-from tllm_tf import model_io
+from tllm_tf.pipeline import model_io
 from tllm_tf import models as models_lib
-from tllm_tf import multi_worker
-from tllm_tf import preflight
+from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import preflight
 from tllm_tf import reference as reference_lib
-from tllm_tf import stage_progress
-from tllm_tf import summaries
-from tllm_tf import training_guards
-from tllm_tf import workdir as workdir_lib
-from tllm_tf.multi_worker import is_chief
-from tllm_tf.multi_worker import make_strategy
-from tllm_tf.workdir_files import CHECKPOINT_DIR
-from tllm_tf.workdir_files import HISTORY_FILE
-from tllm_tf.workdir_files import MASK_LOG_FILE
-from tllm_tf.workdir_files import MODEL_FILE
-from tllm_tf.workdir_files import PER_CLASS_FILE
-from tllm_tf.workdir_files import PREDICTIONS_LOG_DIR
-from tllm_tf.workdir_files import REFERENCE_FILE
-from tllm_tf.workdir_files import REFERENCE_LOG_FILE
-from tllm_tf.workdir_files import REFERENCE_STAGE
-from tllm_tf.workdir_files import SAVED_MODEL_DIR
-from tllm_tf.workdir_files import TEACHER_STAGE
-from tllm_tf.workdir_files import TENSORBOARD_DIR
-from tllm_tf.workdir_files import student_stage
+from tllm_tf.pipeline import stage_progress
+from tllm_tf.pipeline import summaries
+from tllm_tf.pipeline import training_guards
+from tllm_tf.pipeline import workdir as workdir_lib
+from tllm_tf.pipeline.multi_worker import is_chief
+from tllm_tf.pipeline.multi_worker import make_strategy
+from tllm_tf.pipeline.workdir_files import CHECKPOINT_DIR
+from tllm_tf.pipeline.workdir_files import HISTORY_FILE
+from tllm_tf.pipeline.workdir_files import MASK_LOG_FILE
+from tllm_tf.pipeline.workdir_files import MODEL_FILE
+from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
+from tllm_tf.pipeline.workdir_files import PREDICTIONS_LOG_DIR
+from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
+from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
+from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
+from tllm_tf.pipeline.workdir_files import SAVED_MODEL_DIR
+from tllm_tf.pipeline.workdir_files import TEACHER_STAGE
+from tllm_tf.pipeline.workdir_files import TENSORBOARD_DIR
+from tllm_tf.pipeline.workdir_files import student_stage
 
 
 def load_data(config):

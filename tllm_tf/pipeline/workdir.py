@@ -9,7 +9,7 @@ import csv
 import json
 import os
 
-from tllm_tf import config as config_lib
+from tllm_tf.pipeline import config as config_lib
 
 CONFIG_FILE = "config.json"
 # Fields that may change between runs of one workdir: they choose what to run

@@ -1,0 +1,1 @@
+"""The analysis layer: reports, plots, evaluation of saved models, the study and throughput benchmarks."""

@@ -1,0 +1,1 @@
+"""The pipeline layer: a RunConfig through the stages (teacher, reference, students) into a workdir."""
