@@ -54,7 +54,7 @@ def test_resizes_to_image_size(tmp_path):
 
 def test_splits_are_disjoint_stratified_and_seeded(tmp_path):
     root = _write_folder(tmp_path / "pets")
-    kwargs = dict(image_size=(6, 5), holdout_per_class=2, test_fraction=0.3)
+    kwargs = dict(image_size=(6, 5), holdout_fraction=0.3, test_fraction=0.3)
     splits = load_image_folder(root, seed=1, **kwargs)
     train, held_out, test = (
         _labels_by_image(s) for s in (splits.train, splits.held_out, splits.test)

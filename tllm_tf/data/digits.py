@@ -20,8 +20,7 @@ def load_digits_arrays():
     return images, digits.target.astype(np.int32)
 
 
-def load_digits(test_fraction=0.2, holdout_fraction=0.2, holdout_per_class=None,
-                num_train=None, seed=0):
+def load_digits(test_fraction=0.2, holdout_fraction=0.2, num_train=None, seed=0):
     """Splits the digits into train / held-out / test, stratified and seeded.
 
     Args:
@@ -29,8 +28,6 @@ def load_digits(test_fraction=0.2, holdout_fraction=0.2, holdout_per_class=None,
             to `0.2`.
         holdout_fraction: share of each class of the remaining *training*
             data held out to find undistillable classes. Defaults to `0.2`.
-        holdout_per_class: alternatively, a fixed held-out count per class.
-            Defaults to `None`.
         num_train: if set, keep only this many training examples (stratified),
             for low-label settings and quick runs. Defaults to `None`.
         seed: seed of the splits. The test split depends only on it, so runs
@@ -42,12 +39,8 @@ def load_digits(test_fraction=0.2, holdout_fraction=0.2, holdout_per_class=None,
     """
     images, labels = load_digits_arrays()
     rest, test = splits.stratified_split(labels, fraction=test_fraction, seed=seed)
-    if holdout_per_class is not None:
-        train, held_out = splits.stratified_split(
-            labels[rest], count_per_class=holdout_per_class, seed=seed + 1)
-    else:
-        train, held_out = splits.stratified_split(
-            labels[rest], fraction=holdout_fraction, seed=seed + 1)
+    train, held_out = splits.stratified_split(
+        labels[rest], fraction=holdout_fraction, seed=seed + 1)
     train, held_out = rest[train], rest[held_out]
     if num_train is not None and num_train < len(train):
         _, kept = splits.stratified_split(

@@ -100,7 +100,6 @@ def load_image_folder(
     *,
     image_size,
     holdout_fraction=None,
-    holdout_per_class=None,
     seed=0,
     test_fraction=0.2,
     num_channels=3,
@@ -111,7 +110,7 @@ def load_image_folder(
     antialiasing), in raw 0-255 scale. Without `test_dir`, a stratified,
     seeded `test_fraction` of `train_dir` becomes the test split. The
     held-out split is then a stratified, seeded part of what remains for
-    training; without `holdout_fraction` and `holdout_per_class` it is empty.
+    training; without `holdout_fraction` it is empty.
 
     Args:
         train_dir: folder with one sub-folder of images per class; the
@@ -120,8 +119,6 @@ def load_image_folder(
             Defaults to `None`.
         image_size: int or `(height, width)` every image is resized to.
         holdout_fraction: share of each class held out, in `(0, 1)`.
-            Defaults to `None`.
-        holdout_per_class: number of examples of each class held out.
             Defaults to `None`.
         seed: seed of the test and held-out splits. Defaults to `0`.
         test_fraction: share of each class of `train_dir` used as the test
@@ -151,12 +148,10 @@ def load_image_folder(
     else:
         test_paths, test_labels = list_image_files(test_dir, class_names)
 
-    if holdout_fraction is None and holdout_per_class is None:
+    if holdout_fraction is None:
         held_paths, held_labels = [], np.zeros([0], np.int32)
     else:
-        kept_idx, held_idx = stratified_split(
-            labels, fraction=holdout_fraction, count_per_class=holdout_per_class, seed=seed
-        )
+        kept_idx, held_idx = stratified_split(labels, fraction=holdout_fraction, seed=seed)
         held_paths, held_labels = _take(paths, held_idx), labels[held_idx]
         paths, labels = _take(paths, kept_idx), labels[kept_idx]
 

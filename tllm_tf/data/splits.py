@@ -8,50 +8,33 @@ leak the test set into training.
 import numpy as np
 
 
-def stratified_split(labels, fraction=None, count_per_class=None, seed=0):
+def stratified_split(labels, fraction, seed=0):
     """Splits example indices into (kept, held_out), stratified by class.
-
-    Exactly one of `fraction` and `count_per_class` is given.
 
     Args:
         labels: 1-D integer array of class ids.
         fraction: share of each class that goes to the held-out part, in
-            `(0, 1)`. Defaults to `None`.
-        count_per_class: number of examples of each class that go to the
-            held-out part. A class with fewer examples than that keeps at
-            least one example on the kept side. Defaults to `None`.
+            `(0, 1)`, rounded; every class keeps at least one example on the
+            kept side.
         seed: seed of the shuffle. Defaults to `0`.
 
     Returns:
         `(kept_indices, held_out_indices)`, two sorted int64 arrays.
 
     Raises:
-        ValueError: on a bad fraction or count, or labels that are not 1-D.
+        ValueError: on a bad fraction, or labels that are not 1-D.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"Expected 1-D labels. Received shape {labels.shape}.")
-    if (fraction is None) == (count_per_class is None):
-        raise ValueError(
-            "Give exactly one of `fraction` and `count_per_class`. Received: "
-            f"fraction={fraction}, count_per_class={count_per_class}"
-        )
-    if fraction is not None and not 0.0 < fraction < 1.0:
+    if fraction is None or not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected 0 < fraction < 1. Received: fraction={fraction}")
-    if count_per_class is not None and count_per_class < 1:
-        raise ValueError(
-            f"Expected count_per_class >= 1. Received: count_per_class={count_per_class}"
-        )
     rng = np.random.default_rng(seed)
     held_out = []
     for class_id in np.unique(labels):
         members = np.flatnonzero(labels == class_id)
         rng.shuffle(members)
-        if fraction is not None:
-            n_held = int(round(fraction * len(members)))
-        else:
-            n_held = count_per_class
-        n_held = min(n_held, len(members) - 1)
+        n_held = min(int(round(fraction * len(members))), len(members) - 1)
         held_out.append(members[:n_held])
     held_out = np.sort(np.concatenate(held_out)).astype(np.int64)
     kept = np.setdiff1d(np.arange(len(labels), dtype=np.int64), held_out)

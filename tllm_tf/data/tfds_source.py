@@ -214,7 +214,6 @@ def load_tfds(
     data_dir=None,
     manual_dir=None,
     holdout_fraction=None,
-    holdout_per_class=None,
     seed=0,
     download=False,
     image_size=None,
@@ -223,7 +222,7 @@ def load_tfds(
 
     The held-out split is a stratified, seeded part of the train split,
     chosen from a labels-only pass and selected lazily by example id. Without
-    `holdout_fraction` and `holdout_per_class` it is empty and `train` is
+    `holdout_fraction` it is empty and `train` is
     the whole train split (e.g. to train a teacher).
 
     Images of varying size (ImageNet), or any set when `image_size` is given,
@@ -240,8 +239,6 @@ def load_tfds(
             that is not prepared is built from them, without network access.
             Defaults to `None`.
         holdout_fraction: share of each class held out, in `(0, 1)`.
-            Defaults to `None`.
-        holdout_per_class: number of examples of each class held out.
             Defaults to `None`.
         seed: seed of the held-out split. Defaults to `0`.
         download: whether to download and prepare a data set that is not
@@ -264,14 +261,12 @@ def load_tfds(
     test_split = _test_split_name(builder, name)
 
     undecoded_train = _read_undecoded(builder, "train")
-    if holdout_fraction is None and holdout_per_class is None:
+    if holdout_fraction is None:
         kept, held_out = undecoded_train, undecoded_train.take(0)
         num_train = builder.info.splits["train"].num_examples
     else:
         ids, labels = _ids_and_labels(undecoded_train)
-        kept_idx, held_idx = stratified_split(
-            labels, fraction=holdout_fraction, count_per_class=holdout_per_class, seed=seed
-        )
+        kept_idx, held_idx = stratified_split(labels, fraction=holdout_fraction, seed=seed)
         kept, held_out = _split_off_held_out(undecoded_train, ids[held_idx])
         # Filtering hides the sizes; restoring them lets Keras size epochs.
         kept = kept.apply(tf.data.experimental.assert_cardinality(len(kept_idx)))
