@@ -14,6 +14,7 @@ import keras
 import pytest
 
 from tllm_tf.analysis import benchmark
+from tllm_tf.analysis import benchmark_figures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller",
@@ -22,7 +23,7 @@ KEYS = ("student_train", "teacher_infer", "limit", "keras_distiller", "tllm_dist
 
 def test_combined_limit_adds_the_costs_per_image():
     # 1/100 s + 1/300 s per image = 1/75 s per image.
-    assert benchmark.combined_limit(100.0, 300.0) == pytest.approx(75.0)
+    assert benchmark_figures.combined_limit(100.0, 300.0) == pytest.approx(75.0)
 
 
 def test_throughput_pools_rounds_and_takes_the_median():
@@ -76,7 +77,7 @@ def _groups(group_slowdowns, variant_slowdowns=None):
 
 
 def test_a_slowdown_of_a_whole_group_cancels_out_of_its_ratios():
-    figures = benchmark.paired_distillation_figures(_groups([1.0, 2.0, 1.0, 3.0, 1.5]))
+    figures = benchmark_figures.paired_distillation_figures(_groups([1.0, 2.0, 1.0, 3.0, 1.5]))
     assert figures["pairs"] == 5
     assert figures["tllm_over_limit"] == pytest.approx(187.5 / 200.0)
     assert figures["tllm_over_keras"] == pytest.approx(1.25)
@@ -87,12 +88,12 @@ def test_a_slowdown_of_a_whole_group_cancels_out_of_its_ratios():
 
 def test_a_slowdown_of_one_variant_shows_in_its_ratios_and_spread():
     slow_tllm = {"tllm_distiller": {0: 2.0, 1: 2.0, 2: 2.0, 3: 2.0}}
-    figures = benchmark.paired_distillation_figures(
+    figures = benchmark_figures.paired_distillation_figures(
         _groups([1.0, 2.0, 1.0, 3.0, 1.0], slow_tllm))
     assert figures["tllm_over_keras"] == pytest.approx(0.625)  # four groups of five slowed
     assert figures["tllm_over_keras_iqr"] == pytest.approx([0.625, 0.625])
     slow_teacher = {"teacher_infer": {0: 3.0, 1: 3.0}}
-    figures = benchmark.paired_distillation_figures(_groups([1.0] * 4, slow_teacher))
+    figures = benchmark_figures.paired_distillation_figures(_groups([1.0] * 4, slow_teacher))
     # Groups 0 and 1: limit 1 / (1/300 + 1/200) = 120, tllm / limit 1.5625.
     assert figures["limit"] == pytest.approx((120.0 + 200.0) / 2)
     assert figures["tllm_over_limit_iqr"][0] == pytest.approx(0.9375)
@@ -101,7 +102,7 @@ def test_a_slowdown_of_one_variant_shows_in_its_ratios_and_spread():
 
 
 def test_paired_summary_takes_medians_and_quartiles():
-    summary = benchmark.paired_summary(
+    summary = benchmark_figures.paired_summary(
         [{"rate": float(r), "a_over_b": r / 10} for r in (1, 2, 3, 4, 5)], ["a_over_b"])
     assert set(summary) == {"rate", "a_over_b", "a_over_b_iqr", "pairs"}
     assert summary["rate"] == 3.0 and summary["pairs"] == 5
@@ -133,14 +134,14 @@ def test_the_cpu_clock_leaves_out_time_spent_waiting():
 def test_distillation_figures_with_and_without_a_16_bit_teacher():
     rates = dict(student_train=100.0, teacher_infer=300.0, keras_distiller=60.0,
                  tllm_distiller=72.0)
-    figures = benchmark.distillation_figures(rates, callback_share=0.01)
+    figures = benchmark_figures.distillation_figures(rates, callback_share=0.01)
     assert set(figures) == set(KEYS)
     assert figures["tllm_over_limit"] == pytest.approx(72.0 / 75.0)
     assert figures["tllm_over_keras"] == pytest.approx(1.2)
 
     rates.update(teacher_infer_bfloat16=900.0, tllm_distiller_bfloat16=81.0,
                  keras_distiller_bfloat16=90.0)
-    figures = benchmark.distillation_figures(rates, 0.01, teacher_dtype="bfloat16")
+    figures = benchmark_figures.distillation_figures(rates, 0.01, teacher_dtype="bfloat16")
     assert figures["limit"] == pytest.approx(75.0)  # still the float32 teacher's
     assert figures["limit_bfloat16"] == pytest.approx(90.0)
     assert figures["tllm_bfloat16_over_limit_bfloat16"] == pytest.approx(0.9)
@@ -182,7 +183,7 @@ def test_tool_writes_all_figures_consistently(tmp_path):
 def test_store_figures_are_added_when_the_store_variants_ran():
     rates = dict(student_train=100.0, teacher_infer=300.0, keras_distiller=60.0,
                  tllm_distiller=72.0, store_distiller=95.0, store_build=250.0)
-    figures = benchmark.distillation_figures(rates, callback_share=0.01)
+    figures = benchmark_figures.distillation_figures(rates, callback_share=0.01)
     assert figures["store_over_student_train"] == pytest.approx(0.95)
     assert figures["store_over_keras"] == pytest.approx(95.0 / 60.0)
     assert figures["store_build_teacher_passes"] == pytest.approx(1.2)  # 1/250 s over 1/300 s

@@ -7,7 +7,7 @@ timed back to back, are a *round group*. On a shared machine the load moves
 a variant's speed by 2x within minutes, but mostly alike for variants timed
 within seconds of each other, so every ratio is computed inside a group and
 the figure is the median of those paired ratios, with its interquartile
-range (`paired_summary`, docs/benchmarks.md). Where even a pass is too
+range (`benchmark_figures.paired_summary`, docs/benchmarks.md). Where even a pass is too
 long for the load to stay put, the timers can use the process's CPU time
 instead of the wall clock (`CLOCKS`): the work done, which the neighbours'
 load changes far less than the time it takes. Used by
@@ -283,117 +283,8 @@ def pool(groups):
     return pooled
 
 
-def quartiles(values):
-    """`(lower quartile, median, upper quartile)` of `values`, linearly interpolated."""
-    return tuple(float(q) for q in np.percentile(np.asarray(values, np.float64), (25, 50, 75)))
-
-
-def paired_summary(per_group, ratio_keys):
-    """Medians over round groups of figures computed inside each group.
-
-    Args:
-        per_group: list of dicts of figures, one per round group, with the
-            same keys.
-        ratio_keys: the keys that are ratios; they also get `<key>_iqr`.
-
-    Returns:
-        A dict from every key to its median over the groups, plus
-        `<key>_iqr` = `[lower quartile, upper quartile]` for each ratio key
-        and `pairs`, the number of groups.
-    """
-    summary = {}
-    for key in per_group[0]:
-        lower, median, upper = quartiles([figures[key] for figures in per_group])
-        summary[key] = median
-        if key in ratio_keys:
-            summary[f"{key}_iqr"] = [lower, upper]
-    summary["pairs"] = len(per_group)
-    return summary
-
-
 def _check_rounds(warmup, repeats):
     if warmup < 1 or repeats < 1:
         raise ValueError(
             "Expected warmup >= 1 and repeats >= 1. "
             f"Received: warmup={warmup}, repeats={repeats}")
-
-
-def combined_limit(student_train, teacher_infer):
-    """Images/s of a step doing nothing but one student update and one teacher pass.
-
-    The two costs per image add up: `1 / (1 / student_train + 1 / teacher_infer)`.
-    """
-    return 1.0 / (1.0 / student_train + 1.0 / teacher_infer)
-
-
-def distillation_figures(rates, callback_share, teacher_dtype=None):
-    """The distillation benchmark's figures from the variants' images/s.
-
-    Args:
-        rates: dict with the images/s of `student_train`, `teacher_infer`,
-            `keras_distiller` and `tllm_distiller`, and, with `teacher_dtype`,
-            of `teacher_infer_<dtype>`, `keras_distiller_<dtype>` and
-            `tllm_distiller_<dtype>` (the teacher as a copy in that dtype).
-        callback_share: share of an epoch spent in the class-finding callback.
-        teacher_dtype: e.g. `"bfloat16"`, or `None` (no 16-bit variants).
-
-    Returns:
-        `rates` with `limit`, `tllm_over_limit`, `tllm_over_keras` and
-        `callback_share` added; with `store_distiller` and `store_build` (a
-        distillation epoch from a `SoftLabelStore`, and building one epoch of
-        it) in `rates`, also `store_over_student_train`, `store_over_keras`
-        and `store_build_teacher_passes` (the build's time in teacher
-        passes over the same images); with `teacher_dtype`, also `limit_<dtype>`
-        (from the 16-bit teacher's pass), `tllm_<dtype>_over_limit_<dtype>`,
-        `tllm_<dtype>_over_keras` (against Keras's Distiller as it ships,
-        with the float32 teacher) and `tllm_<dtype>_over_keras_<dtype>` (both
-        with the 16-bit teacher).
-    """
-    figures = dict(rates)
-    figures["limit"] = combined_limit(figures["student_train"], figures["teacher_infer"])
-    figures["tllm_over_limit"] = figures["tllm_distiller"] / figures["limit"]
-    figures["tllm_over_keras"] = figures["tllm_distiller"] / figures["keras_distiller"]
-    figures["callback_share"] = callback_share
-    if "store_distiller" in figures:
-        figures["store_over_student_train"] = (
-            figures["store_distiller"] / figures["student_train"])
-        figures["store_over_keras"] = figures["store_distiller"] / figures["keras_distiller"]
-        # The build's time over a teacher pass's, on the same images.
-        figures["store_build_teacher_passes"] = figures["teacher_infer"] / figures["store_build"]
-    if teacher_dtype:
-        tllm, limit = f"tllm_distiller_{teacher_dtype}", f"limit_{teacher_dtype}"
-        figures[limit] = combined_limit(
-            figures["student_train"], figures[f"teacher_infer_{teacher_dtype}"])
-        figures[f"tllm_{teacher_dtype}_over_{limit}"] = figures[tllm] / figures[limit]
-        figures[f"tllm_{teacher_dtype}_over_keras"] = figures[tllm] / figures["keras_distiller"]
-        figures[f"tllm_{teacher_dtype}_over_keras_{teacher_dtype}"] = (
-            figures[tllm] / figures[f"keras_distiller_{teacher_dtype}"])
-    return figures
-
-
-def paired_distillation_figures(groups, teacher_dtype=None):
-    """`distillation_figures` per round group, then their medians and spreads.
-
-    Each group's rates are images over the median round of its pass; its
-    limit comes from its own `student_train` and `teacher_infer`, so a
-    change of load between groups cancels out of every ratio.
-
-    Args:
-        groups: round groups from `interleave`, with the variants that
-            `distillation_figures` needs; `tllm_distiller` has timed its
-            callback.
-        teacher_dtype: e.g. `"bfloat16"`, or `None`. Defaults to `None`.
-
-    Returns:
-        `paired_summary` of the groups' figures: the keys of
-        `distillation_figures` (medians over groups), `<ratio>_iqr` for every
-        `*_over_*` ratio and `store_build_teacher_passes`, and `pairs`.
-    """
-    per_group = [
-        distillation_figures(
-            {name: result.images_per_second for name, result in group.items()},
-            group["tllm_distiller"].callback_share, teacher_dtype)
-        for group in groups
-    ]
-    return paired_summary(per_group, [key for key in per_group[0]
-                                      if "_over_" in key or key == "store_build_teacher_passes"])
