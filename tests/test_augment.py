@@ -1,4 +1,4 @@
-"""Tests of tllm_tf.data.augment."""
+"""Tests of tllm_tf.data.augment and tllm_tf.data.batch_augment."""
 
 import numpy as np
 import pytest
@@ -6,13 +6,13 @@ import tensorflow as tf
 
 from tllm_tf.data.augment import (
     AUGMENTATIONS,
-    BatchAugmentation,
     build_augmentation,
     cifar_augmentation,
     pad_and_random_crop,
     random_resized_crop,
     resize_and_center_crop,
 )
+from tllm_tf.data.batch_augment import BatchAugmentation
 
 
 def _seed(i):

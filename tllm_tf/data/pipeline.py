@@ -7,7 +7,8 @@ mixed) images. Images stay in raw pixel scale; the model normalises them.
 
 import tensorflow as tf
 
-from tllm_tf.data.augment import BatchAugmentation, build_augmentation
+from tllm_tf.data.augment import build_augmentation
+from tllm_tf.data.batch_augment import BatchAugmentation
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
 
