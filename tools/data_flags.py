@@ -1,33 +1,43 @@
-"""The data flags of tools/evaluate.py and tools/report.py, and the batches they name.
+"""The data flags, defined once: tools/train.py and tools/study.py (through run_flags.py), and
+tools/evaluate.py and tools/report.py, which name a run's splits by the run's own data flags.
 
-The flags have the names and defaults of tools/train.py's, so a run's data
-flags (or its flag file) select the same splits and evaluation transform.
+Defaults come from `RunConfig` and choices from the data registry, so a run's flags (or
+its flag file) select the same splits and evaluation transform in every tool.
 """
 
 from absl import flags
 
-from tllm_tf.pipeline import config as config_lib
 from tllm_tf import data as data_lib
+from tllm_tf.data.augment import AUGMENTATIONS
+from tllm_tf.pipeline import config as config_lib
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
 SPLITS = ("test", "held_out")
+# Evaluation keeps no gradients: bigger batches than training's are cheap.
+EVALUATION_BATCH_SIZE = 256
 
-flags.DEFINE_string("dataset", _DEFAULTS.dataset,
-                    "Data set: digits (embedded), image_folder, or a tfds name.")
-flags.DEFINE_enum("split", "test", SPLITS, "Which split to evaluate on.")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), fashion_mnist (Debian dataset-fashion-mnist or prepared tfds), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
 flags.DEFINE_string("data_dir", None, "tfds data directory.")
 flags.DEFINE_string("manual_dir", None, "tfds manual download directory (imagenet2012).")
+flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
+                   "Share of each class of the training split held out to find "
+                   "undistillable classes.")
 flags.DEFINE_string("image_folder", None, "--dataset=image_folder: a folder of class folders.")
 flags.DEFINE_string("test_image_folder", None, "--dataset=image_folder: its test folder.")
 flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders, ImageNet).")
-flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, ["none", "cifar", "imagenet"],
-                  "The run's recipe; its evaluation transform is applied.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "The run's --seed (it fixes the splits).")
-flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
-                   "The run's --holdout_fraction (it fixes the held-out split).")
-flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, sorted(AUGMENTATIONS),
+                  "Per-image augmentation recipe (teacher and student see the same images; "
+                  "evaluation applies its evaluation transform).")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of splits, initialisation and shuffling.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
 
 FLAGS = flags.FLAGS
+
+
+def define_evaluation_flags():
+    """--split, and a larger --batch_size default: tools/evaluate.py and tools/report.py."""
+    flags.DEFINE_enum("split", "test", SPLITS, "Which split to evaluate on.")
+    FLAGS.set_default("batch_size", EVALUATION_BATCH_SIZE)
 
 
 def load_batches():

@@ -21,10 +21,11 @@ from tllm_tf.pipeline import console
 # Before TensorFlow's first import: no start-up chatter.
 console.quiet_tensorflow_start_up()
 
-import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --split, ...)
+import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --seed, ...)
 from tllm_tf.analysis import evaluation  # noqa: E402
 from tllm_tf.analysis import reporting  # noqa: E402
 
+data_flags.define_evaluation_flags()
 flags.DEFINE_string("model_path", None, "A .keras file or a SavedModel directory.", required=True)
 flags.DEFINE_string("json", None, "Also write the result to this JSON file.")
 

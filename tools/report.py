@@ -44,7 +44,9 @@ def _parse_flags(argv):
         FLAGS(argv, known_only=True)
     if wants_help or FLAGS.model_paths:
         console.quiet_tensorflow_start_up()
-        import data_flags  # noqa: F401  (defines --dataset, --split, ...)
+        import data_flags
+
+        data_flags.define_evaluation_flags()
     return app.parse_flags_with_usage(argv)
 
 

@@ -1,6 +1,7 @@
 """The flags of a run: one per field of `tllm_tf.pipeline.config.RunConfig`, same name.
 
-Defined once, here, for every tool that builds a `RunConfig` (tools/train.py,
+Defined once, here and (the data flags, which the evaluation tools share) in
+data_flags.py, for every tool that builds a `RunConfig` (tools/train.py,
 tools/study.py); choices come from the library's registries.
 """
 
@@ -9,6 +10,7 @@ import dataclasses
 from absl import flags
 from absl import logging
 
+import data_flags  # noqa: F401  (the data flags: --dataset, --seed, --batch_size, ...)
 from tllm_tf.pipeline import config as config_lib
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
@@ -21,24 +23,12 @@ flags.DEFINE_list("students", list(_DEFAULTS.students),
 flags.DEFINE_list("method", None, "Deprecated: the old name of --students (kd -> distilled, "
                   "tllm -> tllm). Still read, with a warning.")
 # Data.
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Data set: digits (embedded), fashion_mnist (Debian dataset-fashion-mnist or prepared tfds), image_folder, or a tfds name (cifar100, imagenet2012, ...).")
-flags.DEFINE_string("data_dir", None, "tfds data directory.")
-flags.DEFINE_string("manual_dir", None, "tfds manual download directory (imagenet2012).")
 flags.DEFINE_bool("download", _DEFAULTS.download, "Let tfds download and prepare a missing data set.")
-flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
-                   "Share of each class of the training split held out to find "
-                   "undistillable classes.")
 flags.DEFINE_integer("num_train", None, "Keep only this many training examples (digits).")
-flags.DEFINE_string("image_folder", None, "--dataset=image_folder: a folder of class folders.")
-flags.DEFINE_string("test_image_folder", None, "--dataset=image_folder: its test folder.")
-flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders, ImageNet).")
-flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, ["none", "cifar", "imagenet"],
-                  "Per-image augmentation recipe (teacher and student see the same images).")
 flags.DEFINE_float("mixup", _DEFAULTS.mixup, "MixUp alpha; 0 turns it off.")
 flags.DEFINE_float("cutmix", _DEFAULTS.cutmix, "CutMix Beta parameter in [0, 1]; 0 turns it off.")
 flags.DEFINE_bool("randaugment", _DEFAULTS.randaugment, "Apply RandAugment to training batches.")
 flags.DEFINE_bool("cache", _DEFAULTS.cache, "Cache the decoded training images in memory.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of splits, initialisation and shuffling.")
 # Models.
 flags.DEFINE_string("teacher_model", _DEFAULTS.teacher_model, "Teacher architecture (model zoo name).")
 flags.DEFINE_string("student_model", _DEFAULTS.student_model, "Student architecture (model zoo name).")
@@ -47,7 +37,6 @@ flags.DEFINE_string("reference_path", None, "A reference JSON; skips the referen
 # Optimisation.
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of the student stages.")
 flags.DEFINE_integer("teacher_epochs", None, "Epochs of the teacher stage (default: --epochs).")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
 flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, config_lib.OPTIMIZERS, "Optimizer.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Initial learning rate.")
 flags.DEFINE_float("teacher_learning_rate", None,

@@ -1,17 +1,19 @@
 """The run configuration: one frozen dataclass, validated on construction.
 
-Flags (defined in `tools/train.py` only) -> `RunConfig` -> the stage runner,
-which passes keyword arguments to the library. Every field has a flag of the
-same name.
+Flags (defined in tools/run_flags.py and tools/data_flags.py) -> `RunConfig`
+-> the stages, which pass keyword arguments to the library. Every field has a
+flag of the same name; every name is checked against its registry here.
 """
 
 import dataclasses
 import json
 from typing import Optional, Tuple
 
+from tllm_tf.data.augment import AUGMENTATIONS
 from tllm_tf.losses import DISTILLATION_LOSSES
 from tllm_tf.identification import CORRECTIONS
 from tllm_tf.identification import RULES
+from tllm_tf.models import available_models
 from tllm_tf.policies import POLICIES
 from tllm_tf.teacher_precision import TEACHER_DTYPES
 
@@ -118,6 +120,15 @@ class RunConfig:
         require(self.distillation_loss in DISTILLATION_LOSSES,
                 f"distillation_loss must be one of {sorted(DISTILLATION_LOSSES)}. "
                 f"Received: {self.distillation_loss!r}")
+        require(self.augmentation in AUGMENTATIONS,
+                f"augmentation must be one of {sorted(AUGMENTATIONS)}. "
+                f"Received: {self.augmentation!r}")
+        # Before anything trains: a misspelled student would fail after the teacher.
+        for role, name in (("student_model", self.student_model),
+                           ("teacher_model", self.teacher_model)):
+            require(name in available_models(),
+                    f"{role} must be a model of the zoo ({', '.join(available_models())}). "
+                    f"Received: {role}={name!r}")
         require(self.distillation_warmup_epochs >= 0,
                 f"distillation_warmup_epochs must be >= 0. Received: {self.distillation_warmup_epochs}")
         require(self.dkd_alpha >= 0 and self.dkd_beta >= 0 and self.nkd_gamma >= 0,
