@@ -29,6 +29,11 @@ def test_json_round_trip():
     ("margin_standard_errors", -1.0, r"margin_standard_errors must be >= 0. Received: -1.0"),
     ("margin_standard_errors", float("nan"), "margin_standard_errors must be >= 0"),
     ("teacher_dtype", "int8", r"teacher_dtype must be one of \('float32', 'bfloat16', 'float16'\)"),
+    ("augmentation", "cifar10", r"augmentation must be one of \['cifar', 'imagenet', 'none'\]"),
+    # Refused here, not after the teacher has trained.
+    ("student_model", "resnet8x5", r"student_model must be a model of the zoo .*resnet8x4.*"
+                                   r"Received: student_model='resnet8x5'"),
+    ("teacher_model", "wrn_40_3", r"teacher_model must be a model of the zoo"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):
