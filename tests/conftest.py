@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, two logical CPUs, tiny seeded models."""
 
 import contextlib
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -93,3 +94,12 @@ class KillAtEpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
             raise Killed()
+
+
+def checkpointed_epoch(stage_dir):
+    """The epoch a running stage has checkpointed (0 before its first), read while it writes."""
+    try:
+        with open(os.path.join(stage_dir, "checkpoint", "checkpoint.json")) as handle:
+            return json.load(handle)["epoch"]
+    except (OSError, ValueError):
+        return 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tllm_tf
-from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.data import load_digits
 
@@ -63,17 +63,17 @@ def _tiny_teacher(tmp_path, num_classes, image_shape):
 def test_teacher_for_another_data_set_is_refused(tmp_path, num_classes, image_shape, message):
     path = _tiny_teacher(tmp_path, num_classes, image_shape)
     with pytest.raises(ValueError, match=message):
-        stages.load_teacher(path, load_digits())
+        stage_inputs.load_teacher(path, load_digits())
 
 
 def test_held_out_class_without_samples_is_reported(caplog):
     names = [f"class_{c}" for c in range(10)]
     with caplog.at_level(logging.WARNING):
-        stages.warn_about_empty_held_out_classes(np.array([5] * 8 + [0, 0]), names)
+        stage_inputs.warn_about_empty_held_out_classes(np.array([5] * 8 + [0, 0]), names)
     assert "class_8, class_9" in caplog.text and "--holdout_fraction" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        stages.warn_about_empty_held_out_classes(np.array([5] * 10), names)
+        stage_inputs.warn_about_empty_held_out_classes(np.array([5] * 10), names)
     assert not caplog.text
 
 

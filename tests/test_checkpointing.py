@@ -92,3 +92,26 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tiny_d
                                             checkpointing.EpochCheckpoint(directory)])
     with open(os.path.join(directory, "checkpoint.json")) as handle:
         assert json.load(handle)["epoch"] == 1
+
+
+# -- the logs a resumed stage cuts back to its checkpoint ---------------------------
+
+
+def test_truncate_jsonl_drops_later_epochs_and_torn_lines(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    with open(path, "w") as handle:
+        handle.write('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
+    checkpointing.truncate_jsonl(path, 2)
+    with open(path) as handle:
+        assert [json.loads(line)["epoch"] for line in handle] == [1, 2]
+
+
+def test_truncate_csv_history(tmp_path):
+    path = str(tmp_path / "history.csv")
+    with open(path, "w") as handle:
+        handle.write("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n3,0.")
+    checkpointing.truncate_csv_history(path, 2)
+    with open(path) as handle:
+        assert handle.read().split() == ["epoch,loss", "0,1.0", "1,0.5"]
+    checkpointing.truncate_csv_history(path, 0)
+    assert not os.path.exists(path)

@@ -16,7 +16,8 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import console
 from tllm_tf.pipeline import stage_progress
-from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import build
+from tllm_tf.pipeline import fitting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,11 +90,11 @@ def test_progress_line_shows_epochs_metrics_and_time():
 
 
 def test_stage_line_says_where_a_stage_resumes():
-    assert stages.stage_line("teacher: cnn_large on labels", 1, 0, "w/teacher") == (
+    assert fitting.stage_line("teacher: cnn_large on labels", 1, 0, "w/teacher") == (
         "teacher: cnn_large on labels, 1 epoch -> w/teacher")
-    assert stages.stage_line("student_tllm: x", 60, 36, "w/student_tllm") == (
+    assert fitting.stage_line("student_tllm: x", 60, 36, "w/student_tllm") == (
         "student_tllm: x, resuming at epoch 37 of 60 in w/student_tllm")
-    assert stages.stage_line("reference: x", 60, 60, "w/reference") == (
+    assert fitting.stage_line("reference: x", 60, 60, "w/reference") == (
         "reference: x, all 60 epochs done, finishing in w/reference")
 
 
@@ -147,9 +148,9 @@ def test_stage_progress_redraws_one_line_on_a_terminal():
 
 
 def test_steps_per_execution_keeps_each_epoch_on_its_own_batches():
-    assert [stages.steps_per_execution(steps, 8) for steps in (6, 35, 37, 64, 3)] == [
+    assert [build.steps_per_execution(steps, 8) for steps in (6, 35, 37, 64, 3)] == [
         6, 7, 1, 8, 3]
-    assert stages.steps_per_execution(10, 1) == 1
+    assert build.steps_per_execution(10, 1) == 1
 
     class Iterations(keras.callbacks.Callback):
         seen = []
@@ -158,7 +159,7 @@ def test_steps_per_execution_keeps_each_epoch_on_its_own_batches():
             self.seen.append(int(self.model.optimizer.iterations))
 
     # 6 steps per epoch: 8 per execution would train epoch 1 on 8 batches.
-    _tiny_fit(Iterations(), steps=6, steps_per_execution=stages.steps_per_execution(6, 8))
+    _tiny_fit(Iterations(), steps=6, steps_per_execution=build.steps_per_execution(6, 8))
     assert Iterations.seen == [6, 12, 18]
 
 
@@ -217,18 +218,6 @@ def test_the_package_loads_its_names_on_first_use_and_files_still_load(tmp_path)
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == "Distiller 2.0"
-
-
-def _imported_modules(module):
-    with open(os.path.join(ROOT, "tllm_tf", "analysis", f"{module}.py")) as handle:
-        return set(re.findall(r"^\s*from tllm_tf(?:\.\w+)* import (\w+)", handle.read(),
-                              re.MULTILINE))
-
-
-def test_reporting_imports_plots_and_not_the_other_way_round():
-    assert "plots" in _imported_modules("reporting")
-    assert not _imported_modules("reporting") & {"stages", "config", "workdir"}
-    assert "reporting" not in _imported_modules("plots")
 
 
 DEMO = ["tools/train.py", "--flagfile=configs/demo.flags", "--epochs=2", "--teacher_epochs=1",

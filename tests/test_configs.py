@@ -12,6 +12,7 @@ import pytest
 
 import tllm_tf
 from conftest import prepared_tfds
+from tllm_tf import callbacks as callbacks_lib
 from tllm_tf import models
 from tllm_tf.analysis import reporting
 from tllm_tf.pipeline import stages
@@ -74,7 +75,8 @@ def test_identification_flags_reach_the_callback(train_tool, tmp_path, monkeypat
             super().__init__(*args, **kwargs)
             created.append(self)
 
-    monkeypatch.setattr(tllm_tf, "UndistillableClassCallback", RecordingCallback)
+    # The stages build the callback through its module.
+    monkeypatch.setattr(callbacks_lib, "UndistillableClassCallback", RecordingCallback)
     workdir = tmp_path / "run"
     config = _config(
         train_tool, "--flagfile=configs/demo.flags", f"--workdir={workdir}", "--students=tllm",

@@ -17,7 +17,7 @@ MEAN, VARIANCE = [4.0, 8.0, 2.0], [4.0, 9.0, 1.0]
 
 @pytest.fixture
 def model(seeded):
-    """A tiny classifier that, like stages.build_classifier, takes raw images."""
+    """A tiny classifier that, like build.build_classifier, takes raw images."""
     return keras.Sequential([
         keras.Input((8, 8, 3)),
         keras.layers.Normalization(mean=MEAN, variance=VARIANCE),
@@ -141,8 +141,7 @@ def test_serving_model_reads_keras_files_and_saved_models_alike(model, raw_image
     from_keras = export_lib.ServingModel(keras_path)
     from_saved_model = export_lib.ServingModel(saved_model)
     assert from_keras.input_shape == from_saved_model.input_shape == (None, 8, 8, 3)
-    np.testing.assert_allclose(from_saved_model.predict(raw_images),
-                               from_keras.predict(raw_images), atol=1e-5)
+    np.testing.assert_allclose(from_saved_model(raw_images), from_keras(raw_images), atol=1e-5)
     with pytest.raises(ValueError, match="Expected a .keras file or a SavedModel"):
         export_lib.ServingModel(str(tmp_path))
 

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import checkpointed_epoch
 from conftest import make_mlp
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import multi_worker
-from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,12 +132,12 @@ class _FakeStrategy:
     ({"worker": ["b:1"], "evaluator": ["e:1"]}, "evaluator", 0, False),
 ])
 def test_is_chief(cluster, task_type, task_id, expected):
-    assert stages.is_chief(_FakeStrategy(cluster, task_type, task_id)) is expected
+    assert multi_worker.is_chief(_FakeStrategy(cluster, task_type, task_id)) is expected
 
 
 def test_single_process_strategies_are_the_chief_of_one_worker():
     for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0"])):
-        assert stages.is_chief(strategy)
+        assert multi_worker.is_chief(strategy)
         assert multi_worker.num_workers(strategy) == 1
     cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"], "evaluator": ["e:1"]}
     assert multi_worker.num_workers(_FakeStrategy(cluster, "worker", 1)) == 3
@@ -178,7 +178,7 @@ def test_restore_builds_the_optimizer_once_in_the_strategy_scope(tmp_path, tiny_
     trained.fit(*tiny_data, batch_size=16, epochs=1, verbose=0,
                 callbacks=[checkpointing.EpochCheckpoint(directory)])
     restored = compiled_model()
-    assert stages._restore(restored, directory) == 1
+    assert checkpointing.resume(restored, directory) == 1
     assert len(restored.optimizer.variables) == len(trained.optimizer.variables)
     for restored_variable, trained_variable in zip(
             restored.optimizer.variables, trained.optimizer.variables):
@@ -256,14 +256,6 @@ def test_a_chief_that_refuses_to_start_stops_every_worker(tmp_path):
     assert not os.path.exists(worker_dir)
 
 
-def _checkpointed_epoch(stage_dir):
-    try:
-        with open(os.path.join(stage_dir, "checkpoint", "checkpoint.json")) as handle:
-            return json.load(handle)["epoch"]
-    except (OSError, ValueError):
-        return 0
-
-
 @pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_path):
     uninterrupted_dir = str(uninterrupted[0] / "chief")
@@ -275,14 +267,14 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_pat
                                tmp_path / "logs_killed")
     try:
         deadline = time.time() + TIMEOUT_S
-        while _checkpointed_epoch(stage_dir) < 1 and time.time() < deadline:
+        while checkpointed_epoch(stage_dir) < 1 and time.time() < deadline:
             assert all(p.poll() is None for p in processes), "a worker ended before the kill"
             time.sleep(0.02)
     finally:
         for process in processes:
             process.send_signal(signal.SIGKILL)
         _wait(processes)
-    assert 1 <= _checkpointed_epoch(stage_dir) < 3
+    assert 1 <= checkpointed_epoch(stage_dir) < 3
     assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
 
     _run_workers([killed_dir, worker_dir], tmp_path / "records_resumed", tmp_path / "logs_resumed")

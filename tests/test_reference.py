@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tllm_tf import reference
+from tllm_tf import reference_history
 
 
 def test_round_trip_keeps_nan(tmp_path):
@@ -87,7 +88,7 @@ def test_reference_history_records_every_epoch_and_writes_the_file(tiny_data, tm
     x, y = tiny_data
     held_out = (x[:16], y[:16])
     path = str(tmp_path / "reference.json")
-    callback = reference.ReferenceHistory(held_out, path=path)
+    callback = reference_history.ReferenceHistory(held_out, path=path)
     model = _labelled_model(0)
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
     assert callback.per_epoch_accuracy.shape == (3, 4)
@@ -102,7 +103,7 @@ def test_reference_history_records_every_epoch_and_writes_the_file(tiny_data, tm
 
 def test_reference_history_starts_afresh_on_each_fit(tiny_data):
     x, y = tiny_data
-    callback = reference.ReferenceHistory((x, y), num_classes=4)
+    callback = reference_history.ReferenceHistory((x, y), num_classes=4)
     for epochs in (2, 1):
         _labelled_model(epochs).fit(x, y, epochs=epochs, verbose=0, callbacks=[callback])
         assert callback.per_epoch_accuracy.shape == (epochs, 4)
@@ -110,12 +111,12 @@ def test_reference_history_starts_afresh_on_each_fit(tiny_data):
 
 def test_reference_history_rejects_a_bad_num_classes(tiny_data):
     with pytest.raises(ValueError, match="num_classes >= 2. Received: num_classes=1"):
-        reference.ReferenceHistory(tiny_data, num_classes=1)
+        reference_history.ReferenceHistory(tiny_data, num_classes=1)
 
 
 def test_reference_history_of_a_resumed_fit_leaves_the_skipped_epochs_nan(tiny_data):
     x, y = tiny_data
-    callback = reference.ReferenceHistory((x, y), num_classes=4)
+    callback = reference_history.ReferenceHistory((x, y), num_classes=4)
     _labelled_model(0).fit(x, y, epochs=3, initial_epoch=1, verbose=0, callbacks=[callback])
     history = callback.per_epoch_accuracy
     assert history.shape == (3, 4)
@@ -125,14 +126,14 @@ def test_reference_history_of_a_resumed_fit_leaves_the_skipped_epochs_nan(tiny_d
 def test_reference_history_log_is_read_back_with_gaps_and_torn_lines_skipped(tiny_data, tmp_path):
     x, y = tiny_data
     log = str(tmp_path / "logs" / "per_epoch.jsonl")
-    callback = reference.ReferenceHistory((x, y), log_path=log)
+    callback = reference_history.ReferenceHistory((x, y), log_path=log)
     _labelled_model(0).fit(x, y, epochs=3, initial_epoch=1, verbose=0, callbacks=[callback])
     with open(log, "a") as handle:
         handle.write('{"epoch": 4, "per_class_acc')  # torn by a kill
-    history = reference.read_history_log(log, epochs=4, num_classes=4)
+    history = reference_history.read_history_log(log, epochs=4, num_classes=4)
     np.testing.assert_array_equal(history[1:3], callback.per_epoch_accuracy[1:])
     assert np.isnan(history[0]).all() and np.isnan(history[3]).all()
-    assert np.isnan(reference.read_history_log(str(tmp_path / "none"), 2, 4)).all()
+    assert np.isnan(reference_history.read_history_log(str(tmp_path / "none"), 2, 4)).all()
 
 
 # -- what a reference was made from (issue 11, item 8) -------------------------

@@ -14,6 +14,8 @@ import pytest
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import preflight
 from tllm_tf import reference as reference_lib
+from tllm_tf.pipeline import build
+from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import stages
 from conftest import KillAtEpochEnd as _KillAtEpochEnd
 from conftest import Killed as _Killed
@@ -69,8 +71,8 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_exactly(
     assert any(0.0 in mask for _, mask in expected_log), "the rule never masked a class"
 
     killed = dataclasses.replace(uninterrupted, workdir=str(tmp_path / "killed"))
-    original = stages._callbacks
-    monkeypatch.setattr(stages, "_callbacks", lambda *args: original(*args) + [
+    original = fitting.stage_callbacks
+    monkeypatch.setattr(fitting, "stage_callbacks", lambda *args: original(*args) + [
         _KillAtEpochEnd(0)])
     with pytest.raises(_Killed):
         stages.run(killed)
@@ -181,13 +183,13 @@ def test_a_reference_of_another_seed_and_split_is_refused_naming_the_fields(tmp_
     # The same settings pass.
     same = dataclasses.replace(made, workdir=str(tmp_path / "other"), stage="student",
                                reference_path=path)
-    preflight.check_reference_origin(same, stages.load_data(same))
+    preflight.check_reference_origin(same, build.load_data(same))
 
 
 def test_an_older_reference_file_is_accepted_with_a_warning(tmp_path, caplog):
     config = RunConfig(workdir=str(tmp_path / "run"), stage="student", num_train=100,
                        epochs=1, verbose=0, reference_path=str(tmp_path / "old.json"))
-    data = stages.load_data(config)
+    data = build.load_data(config)
     counts = preflight.held_out_counts(data)
     reference_lib.save_reference(config.reference_path, np.full(10, 0.9), counts)
     with caplog.at_level("WARNING"):

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import checkpointed_epoch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,14 +30,6 @@ def _run(workdir):
     return result
 
 
-def _checkpointed_epoch(stage_dir):
-    try:
-        with open(os.path.join(stage_dir, "checkpoint", "checkpoint.json")) as handle:
-            return json.load(handle)["epoch"]
-    except (OSError, ValueError):
-        return 0
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     killed_dir = str(tmp_path / "killed")
@@ -43,12 +37,12 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     process = subprocess.Popen(_command(killed_dir), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while _checkpointed_epoch(stage_dir) < 4 and time.time() < deadline:
+    while checkpointed_epoch(stage_dir) < 4 and time.time() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = _checkpointed_epoch(stage_dir)
+    killed_at = checkpointed_epoch(stage_dir)
     assert 4 <= killed_at < 12
     assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
 

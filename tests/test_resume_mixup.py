@@ -1,6 +1,6 @@
 """A run resumed at epoch `e` trains on the MixUp batches of an uninterrupted run.
 
-`stages.train_batches` builds one pipeline per epoch, seeded by `(seed, e)`.
+`build.train_batches` builds one pipeline per epoch, seeded by `(seed, e)`.
 Keras' `fit` under a distribution strategy first takes one batch from an
 iterator that it then drops (to build the model), and prefetching has
 computed more batches by then: the batches that follow must not depend on
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import build
 from tllm_tf.pipeline.config import RunConfig
 
 EPOCHS = 3
@@ -25,7 +25,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def data(config):
-    return stages.load_data(config)
+    return build.load_data(config)
 
 
 def _fit_like_batches(dataset, strategy, count):
@@ -51,11 +51,11 @@ def test_resumed_epoch_has_the_uninterrupted_batches(config, data, distributed):
         devices = [device.name for device in tf.config.list_logical_devices("CPU")[:2]]
         strategy = tf.distribute.MirroredStrategy(
             devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-    steps = stages.steps_per_epoch(data, config)
+    steps = build.steps_per_epoch(data, config)
     uninterrupted = _fit_like_batches(
-        stages.train_batches(data, config, 0, EPOCHS), strategy, EPOCHS * steps)
+        build.train_batches(data, config, 0, EPOCHS), strategy, EPOCHS * steps)
     resumed = _fit_like_batches(
-        stages.train_batches(data, config, RESUME_AT, EPOCHS), strategy, steps)
+        build.train_batches(data, config, RESUME_AT, EPOCHS), strategy, steps)
     assert len(resumed) == steps
     for (images, labels), (expected_images, expected_labels) in zip(
             resumed, uninterrupted[RESUME_AT * steps:], strict=True):

@@ -16,7 +16,10 @@ from conftest import make_mlp
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import model_io
 from tllm_tf import reference
+from tllm_tf import reference_history
+from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.data import load_digits
 
@@ -140,10 +143,10 @@ def test_evaluate_tool_refuses_it_and_writes_nothing(planted, tmp_path):
 
 
 def test_teacher_path_refuses_it(planted):
-    # Passes once `stages.load_teacher` loads through `model_io.load_keras_model`.
+    # Passes once `stage_inputs.load_teacher` loads through `model_io.load_keras_model`.
     path, marker = planted
     with pytest.raises(model_io.UnsafeModelError) as refusal:
-        stages.load_teacher(path, load_digits())
+        stage_inputs.load_teacher(path, load_digits())
     _assert_refused_naming(str(refusal.value), path)
     assert not os.path.exists(marker)
 
@@ -160,12 +163,12 @@ def test_resume_refuses_a_teacher_planted_in_the_workdir(planted, tmp_path):
     path, marker = planted
     workdir = tmp_path / "run"
     os.makedirs(workdir / "teacher")
-    os.replace(path, workdir / "teacher" / stages.MODEL_FILE)
+    os.replace(path, workdir / "teacher" / workdir_files.MODEL_FILE)
     config = RunConfig(workdir=str(workdir), stage="student", students=("distilled",),
                        num_train=64, batch_size=32, epochs=1, verbose=0)
     with pytest.raises(model_io.UnsafeModelError) as refusal:
         stages.run(config)
-    _assert_refused_naming(str(refusal.value), str(workdir / "teacher" / stages.MODEL_FILE))
+    _assert_refused_naming(str(refusal.value), str(workdir / "teacher" / workdir_files.MODEL_FILE))
     assert not os.path.exists(marker)
     student_dir = workdir / "student_kd"
     assert not os.path.exists(student_dir) or os.listdir(student_dir) == []
@@ -292,5 +295,5 @@ def test_history_log_skips_lines_with_a_hostile_epoch(tmp_path):
              {"epoch": 2, "per_class_accuracy": [0.3, 0.3]},
              {"epoch": 1, "per_class_accuracy": ["x", 0.4]}]
     _write(path, "\n".join(json.dumps(line) for line in lines) + "\n")
-    history = reference.read_history_log(str(path), 2, 2)
+    history = reference_history.read_history_log(str(path), 2, 2)
     np.testing.assert_array_equal(history, [[np.nan, np.nan], [0.3, 0.3]])

@@ -10,7 +10,9 @@ import pytest
 
 import tllm_tf
 from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import workdir_files
 from tllm_tf import teacher_precision
 from conftest import KillAtEpochEnd as _KillAtEpochEnd
 from conftest import Killed as _Killed
@@ -26,14 +28,14 @@ def test_resumed_reference_stage_keeps_every_epochs_accuracy(tmp_path, monkeypat
     config = RunConfig(workdir=str(tmp_path / "run"), stage="reference", num_train=200,
                        epochs=3, verbose=0)
     stage_dir = tmp_path / "run" / "reference"
-    log = str(stage_dir / stages.REFERENCE_LOG_FILE)
-    original = stages._callbacks
+    log = str(stage_dir / workdir_files.REFERENCE_LOG_FILE)
+    original = fitting.stage_callbacks
 
     def killed_before_the_checkpoint(stage_dir, chief, start_epoch):
         callbacks = original(stage_dir, chief, start_epoch)
         return callbacks[:-1] + [_KillAtEpochEnd(1), callbacks[-1]]
 
-    monkeypatch.setattr(stages, "_callbacks", killed_before_the_checkpoint)
+    monkeypatch.setattr(fitting, "stage_callbacks", killed_before_the_checkpoint)
     with pytest.raises(_Killed):
         stages.run(config)
     # Epoch 2 was logged but not checkpointed: the resumed run repeats it.
@@ -45,7 +47,7 @@ def test_resumed_reference_stage_keeps_every_epochs_accuracy(tmp_path, monkeypat
     monkeypatch.undo()
     stages.run(config)
     assert _log_epochs(log) == [1, 2, 3]
-    path = str(stage_dir / stages.REFERENCE_FILE)
+    path = str(stage_dir / workdir_files.REFERENCE_FILE)
     history = tllm_tf.load_reference_history(path)
     assert history.shape == (3, 10) and not np.isnan(history).any()
     np.testing.assert_array_equal(history[0], np.array(first_epoch, dtype=float))
@@ -78,7 +80,7 @@ def test_teacher_dtype_reaches_the_distiller_and_is_not_a_resumable_change(tmp_p
                        teacher_model="cnn_tiny", epochs=1, verbose=0, teacher_dtype="bfloat16")
     stages.run(config)
     assert copied_to == ["bfloat16"]
-    assert os.path.exists(tmp_path / "run" / "student_kd" / stages.MODEL_FILE)
+    assert os.path.exists(tmp_path / "run" / "student_kd" / workdir_files.MODEL_FILE)
 
     float32_teacher = dataclasses.replace(config, teacher_dtype=None)
     with pytest.raises(ValueError, match=r"--teacher_dtype: 'bfloat16' in the workdir, None now"):

@@ -1,5 +1,4 @@
 import json
-import os
 
 import pytest
 
@@ -28,23 +27,3 @@ def test_claim_refuses_a_corrupt_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable configuration"):
         workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path)))
-
-
-def test_truncate_jsonl_drops_later_epochs_and_torn_lines(tmp_path):
-    path = str(tmp_path / "log.jsonl")
-    with open(path, "w") as handle:
-        handle.write('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
-    workdir.truncate_jsonl(path, 2)
-    with open(path) as handle:
-        assert [json.loads(line)["epoch"] for line in handle] == [1, 2]
-
-
-def test_truncate_csv_history(tmp_path):
-    path = str(tmp_path / "history.csv")
-    with open(path, "w") as handle:
-        handle.write("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n3,0.")
-    workdir.truncate_csv_history(path, 2)
-    with open(path) as handle:
-        assert handle.read().split() == ["epoch,loss", "0,1.0", "1,0.5"]
-    workdir.truncate_csv_history(path, 0)
-    assert not os.path.exists(path)

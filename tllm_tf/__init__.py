@@ -18,7 +18,7 @@ _EXPORTS = {
     "KDLoss": "tllm_tf.losses",
     "NKDLoss": "tllm_tf.losses",
     "PredictionRecorder": "tllm_tf.held_out_predictions",
-    "ReferenceHistory": "tllm_tf.reference",
+    "ReferenceHistory": "tllm_tf.reference_history",
     "ReferencePredictions": "tllm_tf.held_out_predictions",
     "SoftLabelStore": "tllm_tf.data.soft_label_store",
     "UndistillableClassCallback": "tllm_tf.callbacks",

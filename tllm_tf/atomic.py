@@ -2,6 +2,7 @@
 
 The content goes to a temporary file in the same directory, is flushed and
 fsynced, then renamed over the destination (atomic on POSIX file systems).
+JSON is written strict: a NaN (a class with no examples) becomes `null`.
 """
 
 import contextlib
@@ -9,6 +10,8 @@ import json
 import math
 import os
 import tempfile
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -48,6 +51,25 @@ def to_json_value(value):
     if isinstance(value, (list, tuple)):
         return [to_json_value(item) for item in value]
     return value
+
+
+def json_floats(values, digits=None):
+    """The numbers of `values` (any array-like) as a list of floats, NaN as `None`.
+
+    Args:
+        values: numbers, e.g. a per-class accuracy array.
+        digits: if given, each float is rounded to this many decimals.
+            Defaults to `None`.
+    """
+    floats = [float(value) for value in np.asarray(values, dtype=float).ravel()]
+    if digits is not None:
+        floats = [round(value, digits) for value in floats]
+    return [value if math.isfinite(value) else None for value in floats]
+
+
+def floats_from_json(values):
+    """A float64 array of a JSON list written by `json_floats` (`None` back to NaN)."""
+    return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
 
 
 def write_json(path, value, indent=1):

@@ -1,5 +1,8 @@
 """`UndistillableClassCallback`: finds undistillable classes during training.
 
+(Over 300 lines: one Keras callback, a third of it its docstring; the rule itself is
+`tllm_tf.identification`.)
+
 Teach Less, Learn More (Zhu et al., NeurIPS 2022): a class is undistillable
 when the distilled student is less accurate on it than a student trained on
 labels alone. Every few epochs this callback measures the student on a

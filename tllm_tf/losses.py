@@ -1,5 +1,8 @@
 """Distillation losses: pure per-sample functions, Keras `Loss` wrappers, a registry.
 
+(Over 300 lines: one registry of five losses, each with its formula, its wrapper and their
+docstrings; split, a loss would be read away from its wrapper.)
+
 The per-sample form matters: `tllm_tf.Distiller` gates the distillation term
 sample by sample with its class mask (Teach Less, Learn More, Zhu et al.,
 NeurIPS 2022), which a loss reduced to one scalar per batch cannot do.

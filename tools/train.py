@@ -3,7 +3,7 @@
     python tools/train.py --flagfile=configs/demo.flags
 
 Flags come from flag files (see configs/) and the command line; later ones
-win. The run is written to --workdir; see tllm_tf/pipeline/stages.py for its layout.
+win. The run is written to --workdir; see tllm_tf/pipeline/workdir_files.py for its layout.
 It prints the flags that differ from the defaults (config.json in the workdir
 has them all), a line and a progress bar per stage (--verbose=2: a line per
 epoch; 0: neither), then the per-class table, the accuracies and where the
@@ -23,6 +23,7 @@ console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf.analysis import reporting  # noqa: E402
+from tllm_tf.pipeline import multi_worker  # noqa: E402
 from tllm_tf.pipeline import stages  # noqa: E402
 from tllm_tf.pipeline import workdir_files  # noqa: E402
 
@@ -41,8 +42,8 @@ def main(argv):
         raise app.UsageError(str(error))
     # First, before any TensorFlow op: a multi-worker strategy configures
     # collectives, which is only possible at start-up.
-    strategy = stages.make_strategy(config.strategy)
-    if not stages.is_chief(strategy):
+    strategy = multi_worker.make_strategy(config.strategy)
+    if not multi_worker.is_chief(strategy):
         print("A non-chief worker: the chief writes every result; this process writes nothing.")
     elif config.verbose > 0:
         print(f"Flags that differ from the defaults: {console.config_summary(config)}")

@@ -24,6 +24,7 @@ import time
 
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import workdir_files
 
 RESULTS_FILE = "results.jsonl"
 LABELS_ARM = "labels"
@@ -156,10 +157,10 @@ def collect(run):
     elif run.arm == LABELS_ARM:
         stage_dir = os.path.join(config.workdir, "reference")
     else:
-        stage_dir = os.path.join(config.workdir, stages.student_stage(config.students[0]))
-    per_class = _read_json(os.path.join(stage_dir, stages.PER_CLASS_FILE))
+        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(config.students[0]))
+    per_class = _read_json(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE))
     masks = [record["class_mask"] for record in
-             _read_jsonl(os.path.join(stage_dir, stages.MASK_LOG_FILE))]
+             _read_jsonl(os.path.join(stage_dir, workdir_files.MASK_LOG_FILE))]
     return {
         "seed": run.seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
         "accuracy": per_class["accuracy"],

@@ -1,5 +1,8 @@
 """A teacher's logits on every training view, computed once, read by every student.
 
+(Over 300 lines: one class, whose build, resume, fingerprint checks and batch-aligned reading
+share one file format.)
+
 Distilling N students from one teacher costs N teacher passes per epoch; a
 store costs one, after which a distillation epoch costs about what a
 label-only epoch does. The idea is FKD's (Shen and Xing, "A Fast Knowledge
@@ -76,8 +79,8 @@ class SoftLabelStore:
         teacher: Keras model returning logits; run with `training=False`.
         epoch_views: `epoch -> tf.data.Dataset` of `(images, labels)`
             batches: the training views of that (0-based) epoch, the same on
-            every call, e.g. `lambda e: stages.train_batches(data, config, e,
-            e + 1)`. tf.data's seeds combine with the global seed: make the
+            every call, e.g. `lambda e: train_batches(data, config, e, e + 1)`
+            (`tllm_tf.pipeline.build`). tf.data's seeds combine with the global seed: make the
             views under the same `keras.utils.set_random_seed` when building
             and when reading (a mismatch is detected when read).
         num_classes: size of the teacher's logit vectors.

@@ -11,12 +11,21 @@ kill at any moment leaves the state file pointing at a complete checkpoint.
 Unlike `keras.callbacks.BackupAndRestore`, the epoch is readable *before*
 `fit` starts, so the input pipeline can be rebuilt at the right epoch (the
 shuffle order of epoch `e` depends only on the seed and `e`).
+
+Resume in one place: `resume` loads the chief's checkpoint on every worker of
+a multi-worker run, and `truncate_jsonl` / `truncate_csv_history` cut a
+stage's append-only logs back to the checkpointed epoch, so that what a
+killed run wrote after its last checkpoint is written once, by the resumed run.
 """
 
+import csv
 import json
 import os
 
 import keras
+
+from tllm_tf import atomic
+from tllm_tf.pipeline import multi_worker
 
 STATE_FILE = "checkpoint.json"
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -113,6 +122,63 @@ def restore(model, directory):
     return state["epoch"]
 
 
+def resume(model, directory):
+    """Loads the chief's checkpoint on every worker; returns the epoch to resume from.
+
+    Args:
+        model: the compiled model, built in its distribution strategy's scope.
+        directory: the stage's checkpoint directory.
+    """
+    strategy = model.distribute_strategy
+    with strategy.scope():
+        # Every worker creates the optimizer's variables, in the same order.
+        model.optimizer.build(model.trainable_variables)
+    start_epoch = multi_worker.run_on_chief(strategy, lambda: restore(model, directory))
+    if start_epoch:
+        multi_worker.sync_variables(strategy, model.variables + model.optimizer.variables)
+    return start_epoch
+
+
+def truncate_jsonl(path, last_epoch):
+    """Keeps the complete JSON lines of `path` whose `epoch` <= `last_epoch`.
+
+    A resumed run appends from `last_epoch + 1`: what a killed run wrote
+    after its last checkpoint, and a line torn by the kill, would otherwise
+    leave duplicates or garbage in the history.
+    """
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("epoch", 0) <= last_epoch:
+                kept.append(json.dumps(record) + "\n")
+    with atomic.atomic_open(path) as handle:
+        handle.writelines(kept)
+
+
+def truncate_csv_history(path, start_epoch):
+    """Keeps the header and the rows of epochs before `start_epoch` (0-based)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body
+            if len(row) == len(header) and row[0].isdigit() and int(row[0]) < start_epoch]
+    if not kept:
+        os.remove(path)  # CSVLogger writes a new header.
+        return
+    with atomic.atomic_open(path) as handle:
+        csv.writer(handle).writerows([header] + kept)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves weights, optimizer state and the epoch at every epoch end.
 
@@ -133,13 +199,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         os.makedirs(self.directory, exist_ok=True)
         weights = _weights_file(epoch + 1)
         self.model.save_weights(os.path.join(self.directory, weights))
-        state_path = os.path.join(self.directory, STATE_FILE)
-        temporary = f"{state_path}.tmp"
-        with open(temporary, "w") as handle:
+        with atomic.atomic_open(os.path.join(self.directory, STATE_FILE)) as handle:
             json.dump({"epoch": epoch + 1, "weights": weights}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, state_path)
         for name in os.listdir(self.directory):
             if name.endswith(WEIGHTS_SUFFIX) and name != weights:
                 os.remove(os.path.join(self.directory, name))

@@ -16,7 +16,6 @@ import shutil
 import tempfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tllm_tf.pipeline import model_io
@@ -69,7 +68,7 @@ def export_saved_model(model, path, *, accept_uint8=True):
 
     Args:
         model: a `keras.Model` with one image input that returns logits and
-            includes its preprocessing (as `stages.build_classifier` builds).
+            includes its preprocessing (as `build.build_classifier` builds).
         path: the SavedModel directory to write.
         accept_uint8: whether to add the `serve_uint8` endpoint. Defaults to
             `True`.
@@ -205,7 +204,3 @@ class ServingModel:
             return self._keras_model(images, training=False)
         outputs = self._serve(tf.cast(images, tf.float32))
         return outputs["logits"] if isinstance(outputs, dict) else outputs
-
-    def predict(self, images):
-        """Logits of a numpy batch, as a numpy array."""
-        return np.asarray(self(tf.convert_to_tensor(images)))

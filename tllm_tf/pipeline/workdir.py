@@ -1,17 +1,17 @@
-"""Files of a run's workdir: atomic writes, resume bookkeeping, ownership.
+"""A run's workdir: its ownership (`config.json`) and its models, written atomically.
 
 A run may be killed at any moment and re-run with the same command, so every
-file is either written atomically (temp file + rename) or append-only with
-its tail repaired on resume.
+file is either written atomically (`tllm_tf.atomic`) or append-only with its
+tail repaired on resume (`checkpointing`). The file names: `workdir_files`.
 """
 
-import csv
 import json
 import os
 
+from tllm_tf import atomic
 from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 
-CONFIG_FILE = "config.json"
 # Fields that may change between runs of one workdir: they choose what to run
 # and how fast, not what is computed.
 RESUMABLE_CHANGES = frozenset({
@@ -21,63 +21,11 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
-def write_json(path, value):
-    """Writes `value` as JSON to `path` atomically."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-    os.replace(temporary, path)
-
-
 def save_model(model, path):
     """Saves a `.keras` file atomically."""
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f"tmp{os.getpid()}-{name}")
     model.save(temporary)
-    os.replace(temporary, path)
-
-
-def truncate_jsonl(path, last_epoch):
-    """Keeps the complete JSON lines of `path` whose `epoch` <= `last_epoch`.
-
-    A resumed run appends from `last_epoch + 1`: what a killed run wrote
-    after its last checkpoint, and a line torn by the kill, would otherwise
-    leave duplicates or garbage in the history.
-    """
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("epoch", 0) <= last_epoch:
-                kept.append(json.dumps(record) + "\n")
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.writelines(kept)
-    os.replace(temporary, path)
-
-
-def truncate_csv_history(path, start_epoch):
-    """Keeps the header and the rows of epochs before `start_epoch` (0-based)."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    kept = [row for row in body
-            if len(row) == len(header) and row[0].isdigit() and int(row[0]) < start_epoch]
-    if not kept:
-        os.remove(path)  # CSVLogger writes a new header.
-        return
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", newline="") as handle:
-        csv.writer(handle).writerows([header] + kept)
     os.replace(temporary, path)
 
 
@@ -110,4 +58,4 @@ def claim(workdir, config):
                 f"The workdir {workdir!r} belongs to a run with a different "
                 "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
                 + "\nUse a new --workdir, or the workdir's flags.")
-    write_json(path, json.loads(config.to_json()))
+    atomic.write_json(path, json.loads(config.to_json()))

@@ -7,8 +7,8 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
     reference/model.keras, reference.json, held_out_predictions.npz,
         per_epoch_accuracy.jsonl, history.csv, test_per_class.json, tensorboard/
-    student_kd/, student_tllm/ (the "distilled" and "tllm" students): model.keras, saved_model/, history.csv, test_per_class.json,
-        mask_log.jsonl (tllm), tensorboard/
+    student_kd/, student_tllm/ (the "distilled" and "tllm" students): model.keras,
+        saved_model/, history.csv, test_per_class.json, mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
     report/ (tools/train.py and tools/report.py)
 """

@@ -1,0 +1,131 @@
+"""What a stage builds from a `RunConfig`: the data, a classifier, the optimizer, the batches.
+
+Training batches are a function of `(config, epoch)` alone, so a stage
+resumed at epoch `e` sees the batches an uninterrupted run would have seen.
+"""
+
+import keras
+import tensorflow as tf
+
+from tllm_tf import data as data_lib
+from tllm_tf import models as models_lib
+
+
+def load_data(config):
+    """Returns the `DataSplits` named by `config.dataset`."""
+    return data_lib.load_dataset(
+        config.dataset,
+        holdout_fraction=config.holdout_fraction,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        download=config.download,
+        num_train=config.num_train,
+        image_folder=config.image_folder,
+        test_image_folder=config.test_image_folder,
+        image_size=config.image_size,
+    )
+
+
+def build_classifier(model_name, data, weight_decay=0.0):
+    """A zoo model with the data set's normalisation in front (raw images in)."""
+    network = models_lib.build_model(
+        model_name, data.num_classes, data.image_shape, weight_decay=weight_decay)
+    return keras.Sequential(
+        [
+            keras.Input(shape=data.image_shape),
+            keras.layers.Normalization(
+                mean=list(data.mean), variance=[s**2 for s in data.std]),
+            network,
+        ],
+        name=model_name,
+    )
+
+
+def make_optimizer(config, steps_per_epoch, initial_learning_rate=None):
+    """SGD or Adam with a step decay at `lr_decay_epochs`."""
+    initial_learning_rate = initial_learning_rate or config.learning_rate
+    learning_rate = initial_learning_rate
+    if config.lr_decay_epochs:
+        boundaries = [epoch * steps_per_epoch for epoch in config.lr_decay_epochs]
+        values = [
+            initial_learning_rate * config.lr_decay_rate**i
+            for i in range(len(boundaries) + 1)
+        ]
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, values)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=config.momentum)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    if config.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def steps_per_epoch(data, config):
+    """Training batches per epoch (the last, smaller batch is dropped)."""
+    if not data.num_train:
+        raise ValueError(f"The size of the {data.name!r} training split is unknown.")
+    return max(1, data.num_train // config.batch_size)
+
+
+def steps_per_execution(steps, requested):
+    """The largest divisor of an epoch's `steps` that is at most `requested`.
+
+    Keras's TensorFlow trainer runs whole executions of `steps_per_execution`
+    steps: with 8 per execution and 6 steps per epoch, epoch 1 trains on 8
+    batches (2 of epoch 2), every later epoch starts 2 batches late, and the
+    last runs out of data ("Your input ran out of data"). A divisor keeps
+    each epoch on its own batches.
+    """
+    requested = max(1, min(requested, steps))
+    return next(n for n in range(requested, 0, -1) if steps % n == 0)
+
+
+def train_batches(data, config, start_epoch, epochs, one_hot=False):
+    """Training batches of epochs `start_epoch .. epochs - 1`, back to back.
+
+    Epoch `e` is shuffled and augmented with a seed derived from `(seed, e)`
+    alone, so a run resumed at epoch `e` sees exactly the batches an
+    uninterrupted run would have seen.
+    """
+    train = data.train.cache() if config.cache else data.train
+    steps = steps_per_epoch(data, config)
+    # One pipeline per epoch, each seeded by its epoch (tf.data's own
+    # reshuffling depends on how many epochs this process has iterated).
+    per_epoch = [
+        data_lib.make_pipeline(
+            train,
+            batch_size=config.batch_size,
+            training=True,
+            augmentation=config.augmentation,
+            image_size=config.image_size,
+            num_classes=data.num_classes,
+            mixup=config.mixup,
+            cutmix=config.cutmix,
+            randaugment=config.randaugment,
+            seed=config.seed * 100_003 + epoch,
+            drop_remainder=True,
+        ).take(steps)
+        for epoch in range(start_epoch, epochs)
+    ]
+    order = tf.data.Dataset.range(len(per_epoch)).flat_map(
+        lambda index: tf.data.Dataset.from_tensors(index).repeat(steps))
+    batches = tf.data.Dataset.choose_from_datasets(per_epoch, order)
+    if one_hot and not (config.mixup or config.cutmix):
+        batches = batches.map(
+            lambda images, labels: (images, tf.one_hot(labels, data.num_classes)))
+    # Every worker of a multi-worker run builds the same global batches (same
+    # seeds) and keeps its share of each: no input files need sharding.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(split, config):
+    """Evaluation batches of one split (no shuffling, the recipe's eval transform)."""
+    return data_lib.make_pipeline(
+        split, batch_size=config.batch_size, training=False,
+        augmentation=config.augmentation, image_size=config.image_size)

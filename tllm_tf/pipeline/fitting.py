@@ -1,0 +1,149 @@
+"""How every stage trains: skip it if done, resume it, fit it, write its model.
+
+A stage's directory holds its checkpoint while it runs (resume:
+`checkpointing`), its CSV history and TensorBoard logs, then its final
+model, written atomically; the final file's presence marks the stage done.
+"""
+
+import os
+import shutil
+
+import keras
+
+from tllm_tf import atomic
+from tllm_tf import metrics as metrics_lib
+from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import stage_progress
+from tllm_tf.pipeline import training_guards
+from tllm_tf.pipeline import workdir as workdir_lib
+from tllm_tf.pipeline.build import eval_batches
+from tllm_tf.pipeline.build import make_optimizer
+from tllm_tf.pipeline.build import steps_per_epoch
+from tllm_tf.pipeline.build import steps_per_execution
+from tllm_tf.pipeline.build import train_batches
+from tllm_tf.pipeline.workdir_files import CHECKPOINT_DIR
+from tllm_tf.pipeline.workdir_files import HISTORY_FILE
+from tllm_tf.pipeline.workdir_files import MODEL_FILE
+from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
+from tllm_tf.pipeline.workdir_files import TENSORBOARD_DIR
+
+
+def done(strategy, final_file, stage_dir, config):
+    """Whether the chief has the stage's final file (it then says so).
+
+    If not, the chief makes the stage directory.
+    """
+
+    def check():
+        if os.path.exists(final_file):
+            say(config, True, f"{os.path.basename(stage_dir)}: done, skipped ({final_file})")
+            return True
+        os.makedirs(stage_dir, exist_ok=True)
+        return False
+
+    return multi_worker.run_on_chief(strategy, check)
+
+
+def say(config, chief, line):
+    """Prints a stage's line on the chief, unless `config.verbose` is 0."""
+    if chief and config.verbose > 0:
+        print(line, flush=True)
+
+
+def stage_line(title, epochs, start_epoch, stage_dir):
+    """A stage's opening line: what it trains, its epochs and folder, or where it resumes.
+
+    Example:
+        >>> stage_line("student_tllm: mlp_32 ...", 60, 36, "runs/demo/student_tllm")
+        'student_tllm: mlp_32 ..., resuming at epoch 37 of 60 in runs/demo/student_tllm'
+    """
+    if not start_epoch:
+        where = f"{epochs} epoch{'' if epochs == 1 else 's'} -> {stage_dir}"
+    elif start_epoch < epochs:
+        where = f"resuming at epoch {start_epoch + 1} of {epochs} in {stage_dir}"
+    else:
+        where = f"all {epochs} epochs done, finishing in {stage_dir}"
+    return f"{title}, {where}"
+
+
+def compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
+    # MixUp/CutMix batches carry soft label vectors, and label smoothing
+    # needs one-hot labels: both take the categorical form of the loss.
+    if label_smoothing > 0 or config.mixup or config.cutmix:
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch(data, config), learning_rate),
+        loss=loss,
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+        steps_per_execution=steps_per_execution(
+            steps_per_epoch(data, config), config.steps_per_execution),
+    )
+
+
+def stage_callbacks(stage_dir, chief, start_epoch):
+    """Checkpointing, NaN guard, CSV history and TensorBoard of a stage."""
+    callbacks = [training_guards.StopOnNonFiniteLoss()]
+    if chief:
+        history = os.path.join(stage_dir, HISTORY_FILE)
+        checkpointing.truncate_csv_history(history, start_epoch)
+        # Before the checkpoint: a run killed between the two then has an extra
+        # row, which the resumed run truncates, rather than a missing one.
+        callbacks += [
+            keras.callbacks.CSVLogger(history, append=True),
+            keras.callbacks.TensorBoard(os.path.join(stage_dir, TENSORBOARD_DIR)),
+        ]
+    callbacks.append(
+        checkpointing.EpochCheckpoint(os.path.join(stage_dir, CHECKPOINT_DIR), write=chief))
+    return callbacks
+
+
+def fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_hot=False,
+        title="", shown_metrics=("loss", "accuracy")):
+    """Fits `model`, resuming from the stage's checkpoint if there is one.
+
+    `title` (what the stage trains) opens the stage's line, which ends with
+    the epochs and the stage directory, or where it resumes; the progress bar
+    shows `shown_metrics`.
+    """
+    start_epoch = checkpointing.resume(model, os.path.join(stage_dir, CHECKPOINT_DIR))
+    say(config, chief, stage_line(title, epochs, start_epoch, stage_dir))
+    if start_epoch < epochs:
+        callbacks = list(extra_callbacks) + stage_callbacks(stage_dir, chief, start_epoch)
+        if chief and config.verbose > 0:
+            # Last: it shows the logs as the other callbacks leave them.
+            callbacks.append(stage_progress.StageProgress(
+                verbose=min(config.verbose, 2), metrics=shown_metrics))
+        model.fit(
+            train_batches(data, config, start_epoch, epochs, one_hot),
+            initial_epoch=start_epoch,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch(data, config),
+            callbacks=callbacks,
+            verbose=0,
+            # The batches are shuffled per epoch by train_batches, seeded for resume.
+            shuffle=False,
+        )
+
+
+def finish(model, stage_dir, chief):
+    """Writes the stage's final model atomically and drops its checkpoint."""
+    if chief:
+        workdir_lib.save_model(model, os.path.join(stage_dir, MODEL_FILE))
+        shutil.rmtree(os.path.join(stage_dir, CHECKPOINT_DIR), ignore_errors=True)
+
+
+def save_per_class(model, data, config, stage_dir):
+    counter = metrics_lib.PerClassCounter(model, data.num_classes)
+    correct, total = counter(eval_batches(data.test, config))
+    accuracy = metrics_lib.accuracy_from_counts(correct, total)
+    atomic.write_json(os.path.join(stage_dir, PER_CLASS_FILE), {
+        "class_names": list(data.class_names),
+        "per_class_accuracy": atomic.json_floats(accuracy),
+        "num_samples": [int(n) for n in total],
+        "accuracy": float(correct.sum() / max(total.sum(), 1)),
+    })

@@ -1,0 +1,118 @@
+"""What the distilled students read from earlier stages: the teacher and the reference.
+
+The chief reads each file (checked: classes, image shape, the reference's
+per-epoch rows) and every worker of a multi-worker run receives what it read.
+"""
+
+import logging
+import os
+
+import keras
+import numpy as np
+
+from tllm_tf import held_out_predictions as predictions_lib
+from tllm_tf import reference as reference_lib
+from tllm_tf.pipeline import model_io
+from tllm_tf.pipeline import multi_worker
+
+
+def load_teacher(teacher_path, data):
+    """Loads a teacher `.keras` file (safe mode) and checks its classes."""
+    if not os.path.exists(teacher_path):
+        raise ValueError(
+            f"Teacher not found: {teacher_path!r}. Run --stage=teacher first or "
+            "pass --teacher_path.")
+    # Frozen, so its optimizer state (if saved) is not loaded.
+    teacher = model_io.load_keras_model(teacher_path, role="teacher")
+    outputs = teacher.outputs[0].shape[-1]
+    if outputs != data.num_classes:
+        raise ValueError(
+            f"The teacher {teacher_path!r} outputs {outputs} classes but the data "
+            f"set {data.name!r} has {data.num_classes}. Use a teacher trained on "
+            "this data set.")
+    image_shape = tuple(teacher.inputs[0].shape[1:])
+    if image_shape != tuple(data.image_shape):
+        raise ValueError(
+            f"The teacher {teacher_path!r} takes images of shape {image_shape} but "
+            f"the data set {data.name!r} has {tuple(data.image_shape)}. Use a teacher "
+            "trained on this data set (or set --image_size to match).")
+    return teacher
+
+
+def warn_about_empty_held_out_classes(num_samples, class_names):
+    """Logs the classes that have no held-out example (they keep distilling)."""
+    empty = [str(class_names[c]) for c in np.flatnonzero(np.asarray(num_samples) == 0)]
+    if empty:
+        logging.warning(
+            "%d class(es) have no held-out example: %s. They cannot be judged and keep "
+            "being distilled. Raise --holdout_fraction to include them.",
+            len(empty), ", ".join(empty))
+
+
+def teacher_on_every_worker(strategy, teacher_path, data):
+    """The teacher, built in `strategy`'s scope on every worker from the chief's file.
+
+    The chief loads the file outside the scope (no collectives) and sends its
+    architecture; every worker builds that in the scope, and then receives
+    the chief's weights.
+    """
+    loaded = []
+
+    def read_architecture():
+        loaded.append(load_teacher(teacher_path, data))
+        return loaded[0].to_json()
+
+    architecture = multi_worker.run_on_chief(strategy, read_architecture)
+    with strategy.scope():
+        teacher = keras.models.model_from_json(architecture)
+    if loaded:
+        teacher.set_weights(loaded[0].get_weights())
+    multi_worker.sync_variables(strategy, teacher.variables)
+    return teacher
+
+
+def read_reference(reference_path, num_classes, epoch_matched):
+    """A reference file's final per-class accuracy, or with `epoch_matched` every epoch's."""
+    if epoch_matched:
+        try:
+            accuracy = reference_lib.load_reference_history(reference_path)
+        except reference_lib.MissingHistoryError:
+            raise ValueError(
+                f"--epoch_matched needs the reference's held-out accuracy after every "
+                f"epoch, and {reference_path!r} has only the final one (it was written "
+                "by an older tools/train.py, or without tllm_tf.ReferenceHistory). "
+                "Re-run the reference stage (in a new --workdir, without "
+                "--reference_path) to record it, or drop --epoch_matched.") from None
+    else:
+        accuracy = reference_lib.load_reference(reference_path)
+    if accuracy.shape[-1] != num_classes:
+        raise ValueError(
+            f"The reference {reference_path!r} has {accuracy.shape[-1]} classes but "
+            f"the data set has {num_classes}. Use the reference of this data set.")
+    return accuracy
+
+
+def reference_on_every_worker(strategy, reference_path, num_classes, config):
+    """The chief's reference, on every worker.
+
+    With the paired rule and a predictions file beside the reference file: a
+    `ReferencePredictions`; otherwise the per-class accuracies of
+    `read_reference` (the callback then judges with the unpaired rule and
+    says so).
+    """
+    sibling = predictions_lib.predictions_path(reference_path)
+
+    def read():
+        if config.rule == "paired" and os.path.exists(sibling):
+            read_reference(reference_path, num_classes, config.epoch_matched)
+            predictions = predictions_lib.load_predictions(sibling)
+            return {"labels": predictions.labels.tolist(),
+                    "correct": predictions.correct.astype(int).tolist()}
+        return read_reference(reference_path, num_classes, config.epoch_matched).tolist()
+
+    values = multi_worker.run_on_chief(strategy, read)
+    if isinstance(values, dict):
+        return predictions_lib.ReferencePredictions(
+            labels=np.array(values["labels"], dtype=np.int32),
+            correct=np.array(values["correct"], dtype=bool))
+    return np.array(values, dtype=np.float64)
