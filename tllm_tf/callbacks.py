@@ -25,15 +25,12 @@ import os
 import keras
 import numpy as np
 
+from tllm_tf import atomic
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
 from tllm_tf import reference as reference_lib
-
-
-def _json_list(values):
-    return [None if np.isnan(v) else round(float(v), 6) for v in np.asarray(values, float)]
 
 
 class UndistillableClassCallback(keras.callbacks.Callback):
@@ -337,8 +334,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         record = {
             "epoch": epoch + 1,
             "rule": self.effective_rule,
-            "student_accuracy": _json_list(evidence.student_accuracy),
-            "reference_accuracy": _json_list(evidence.reference_accuracy),
+            "student_accuracy": atomic.json_floats(evidence.student_accuracy, digits=6),
+            "reference_accuracy": atomic.json_floats(evidence.reference_accuracy, digits=6),
             "num_samples": [int(n) for n in evidence.num_samples],
             "class_mask": [float(m) for m in mask],
             "num_undistillable_classes": int(np.sum(mask <= 0.0)),
@@ -346,9 +343,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if evidence.behind_counts is not None:
             record["behind_counts"] = [int(n) for n in evidence.behind_counts]
             record["ahead_counts"] = [int(n) for n in evidence.ahead_counts]
-            record["p_values"] = _json_list(self.p_values)
+            record["p_values"] = atomic.json_floats(self.p_values, digits=6)
         if self.options.smoothing > 0:
-            record["smoothed"] = [_json_list(row) for row in state.smoothed]
+            record["smoothed"] = [atomic.json_floats(row, digits=6) for row in state.smoothed]
         directory = os.path.dirname(os.path.abspath(self.log_path))
         os.makedirs(directory, exist_ok=True)
         with open(self.log_path, "a") as handle:

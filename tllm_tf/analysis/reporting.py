@@ -201,10 +201,6 @@ def mask_changes(results):
     return changes
 
 
-def _json_list(values):
-    return [None if np.isnan(v) else float(v) for v in values]
-
-
 def to_json(results):
     """The report as a JSON-ready dict; NaN becomes `null`, accuracies are 0-1."""
     models, per_class = results["models"], results["per_class"]
@@ -214,8 +210,8 @@ def to_json(results):
         "models": list(models),
         "baseline": models[0] if models else None,
         "accuracy": {k: float(v) for k, v in results["accuracy"].items()},
-        "per_class_accuracy": {k: _json_list(v) for k, v in per_class.items()},
-        "per_class_change": {m: _json_list(per_class[m] - per_class[models[0]])
+        "per_class_accuracy": {k: atomic.json_floats(v) for k, v in per_class.items()},
+        "per_class_change": {m: atomic.json_floats(per_class[m] - per_class[models[0]])
                              for m in models[1:]},
         "num_samples": results["num_samples"],
         "undistillable_classes": {"names": names, "count": len(names), "source": source},
