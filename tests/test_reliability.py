@@ -117,7 +117,7 @@ def test_an_unwritable_workdir_is_refused_before_the_data_set_loads(
     else:
         workdir = {"under_a_file": str(blocker / "run"), "a_file": str(blocker),
                    "proc": "/proc/tllm_tf_run"}[where]
-    monkeypatch.setattr(stages, "load_data", _not_loaded)
+    monkeypatch.setattr(build, "load_data", _not_loaded)
     with pytest.raises(ValueError, match=(
             rf"(Cannot write to --workdir='{workdir}': .+\(\w+Error\). Choose a directory you "
             rf"can write to|--workdir='{workdir}' is a file)")):
@@ -149,7 +149,7 @@ def test_an_unwritable_workdir_is_one_line_from_the_tool(tmp_path):
 ])
 def test_runs_that_would_train_nothing_or_plain_kd_are_refused_first(
         tmp_path, monkeypatch, overrides, message):
-    monkeypatch.setattr(stages, "load_data", _not_loaded)
+    monkeypatch.setattr(build, "load_data", _not_loaded)
     with pytest.raises(ValueError, match=message):
         stages.run(RunConfig(workdir=str(tmp_path / "run"), verbose=0, **overrides))
     assert not os.path.exists(tmp_path / "run")
@@ -204,7 +204,7 @@ def test_a_teacher_trained_with_another_seed_is_refused(tmp_path, monkeypatch):
         RunConfig(workdir=str(teacher_workdir), seed=0).to_json())
     config = RunConfig(workdir=str(tmp_path / "run"), stage="student", seed=1,
                        teacher_path=str(teacher_workdir / "teacher" / "model.keras"))
-    monkeypatch.setattr(stages, "load_data", _not_loaded)
+    monkeypatch.setattr(build, "load_data", _not_loaded)
     with pytest.raises(ValueError, match=(
             r"teacher .*model.keras' was trained on another split of the data.*\n"
             r"  --seed: 0 for the teacher, 1 now\n.*held-out split")):
