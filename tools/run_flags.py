@@ -94,6 +94,12 @@ flags.DEFINE_enum("teacher_dtype", _DEFAULTS.teacher_dtype, list(config_lib.TEAC
                   "Precision of the distilling teacher's forward pass: bfloat16 (CPUs with "
                   "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs) speed it up. "
                   "Default: the teacher as trained.")
+flags.DEFINE_string("teacher_store", _DEFAULTS.teacher_store,
+                    "A directory for the teacher's logits on every training view "
+                    "(tllm_tf.SoftLabelStore, docs/soft_label_store.md): built once by the "
+                    "first distilled student, resumable, read by every later one, which then "
+                    "runs no teacher. Refused if it was built for another teacher or other "
+                    "views. Default: off.")
 flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
                   "Deterministic TensorFlow ops: a resumed run then equals an uninterrupted one.")
 flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES,

@@ -1,5 +1,7 @@
 """What a stage builds from a `RunConfig`: the data, a classifier, the optimizer, the batches.
 
+(And, with --teacher_store, the soft-label store of the teacher's logits on those batches.)
+
 Training batches are a function of `(config, epoch)` alone, so a stage
 resumed at epoch `e` sees the batches an uninterrupted run would have seen.
 """
@@ -9,6 +11,7 @@ import tensorflow as tf
 
 from tllm_tf import data as data_lib
 from tllm_tf import models as models_lib
+from tllm_tf.data.soft_label_store import SoftLabelStore
 
 
 def load_data(config):
@@ -116,12 +119,37 @@ def train_batches(data, config, start_epoch, epochs, one_hot=False):
     if one_hot and not (config.mixup or config.cutmix):
         batches = batches.map(
             lambda images, labels: (images, tf.one_hot(labels, data.num_classes)))
-    # Every worker of a multi-worker run builds the same global batches (same
-    # seeds) and keeps its share of each: no input files need sharding.
+    return shard_by_data(batches)
+
+
+def shard_by_data(batches):
+    """`batches`, prefetched, each worker of a multi-worker run keeping its share of each.
+
+    Every worker builds the same global batches (same seeds) and keeps its
+    share of each: no input files need sharding.
+    """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
     return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def soft_label_store(config, data, teacher):
+    """The `SoftLabelStore` at `config.teacher_store`: `teacher`'s logits on `train_batches`' views.
+
+    The fingerprint names everything that decides the views, so a store made
+    for other views is refused (`ValueError`, naming each field).
+    """
+    return SoftLabelStore(
+        config.teacher_store, teacher, lambda epoch: train_batches(data, config, epoch, epoch + 1),
+        num_classes=data.num_classes,
+        views_fingerprint={
+            "dataset": config.dataset, "num_train": config.num_train,
+            "train_size": data.num_train, "holdout_fraction": config.holdout_fraction,
+            "seed": config.seed, "augmentation": config.augmentation,
+            "image_size": config.image_size, "mixup": config.mixup, "cutmix": config.cutmix,
+            "randaugment": config.randaugment, "batch_size": config.batch_size,
+            "steps_per_epoch": steps_per_epoch(data, config)})
 
 
 def eval_batches(split, config):

@@ -96,6 +96,7 @@ class RunConfig:
     steps_per_execution: int = 1
     mixed_precision: bool = False
     teacher_dtype: Optional[str] = None
+    teacher_store: str = ""
     deterministic: bool = False
     strategy: str = "default"
     verbose: int = 1

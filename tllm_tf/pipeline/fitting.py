@@ -19,6 +19,7 @@ from tllm_tf.pipeline import training_guards
 from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline.build import eval_batches
 from tllm_tf.pipeline.build import make_optimizer
+from tllm_tf.pipeline.build import shard_by_data
 from tllm_tf.pipeline.build import steps_per_epoch
 from tllm_tf.pipeline.build import steps_per_execution
 from tllm_tf.pipeline.build import train_batches
@@ -103,12 +104,13 @@ def stage_callbacks(stage_dir, chief, start_epoch):
 
 
 def fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_hot=False,
-        title="", shown_metrics=("loss", "accuracy")):
+        title="", shown_metrics=("loss", "accuracy"), soft_label_store=None):
     """Fits `model`, resuming from the stage's checkpoint if there is one.
 
     `title` (what the stage trains) opens the stage's line, which ends with
     the epochs and the stage directory, or where it resumes; the progress bar
-    shows `shown_metrics`.
+    shows `shown_metrics`. With a built `soft_label_store`, each batch comes
+    with the teacher's stored logits, and a `Distiller` runs no teacher.
     """
     start_epoch = checkpointing.resume(model, os.path.join(stage_dir, CHECKPOINT_DIR))
     say(config, chief, stage_line(title, epochs, start_epoch, stage_dir))
@@ -118,8 +120,11 @@ def fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_h
             # Last: it shows the logs as the other callbacks leave them.
             callbacks.append(stage_progress.StageProgress(
                 verbose=min(config.verbose, 2), metrics=shown_metrics))
+        batches = train_batches(data, config, start_epoch, epochs, one_hot)
+        if soft_label_store is not None:
+            batches = shard_by_data(soft_label_store.attach(batches, start_epoch, epochs))
         model.fit(
-            train_batches(data, config, start_epoch, epochs, one_hot),
+            batches,
             initial_epoch=start_epoch,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch(data, config),

@@ -129,6 +129,16 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
     teacher = stage_inputs.teacher_on_every_worker(strategy, teacher_path, data)
     # Seeded after the teacher, so the student starts from the reference's weights.
     keras.utils.set_random_seed(config.seed)
+    store = None
+    if config.teacher_store:
+        # The float32 teacher (the Distiller makes the --teacher_dtype copy), on the
+        # views of train_batches under this seed; the chief builds, the others wait.
+        store = build.soft_label_store(config, data, teacher)
+        computed = multi_worker.run_on_chief(strategy, lambda: store.build(epochs=config.epochs))
+        fitting.say(config, chief, f"{os.path.basename(stage_dir)}: the teacher's logits from "
+                    f"--teacher_store={config.teacher_store} ({computed} batches computed now)")
+        # Seeded again: the student starts from the same weights with or without a store.
+        keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         student = build.build_classifier(config.student_model, data, config.weight_decay)
         distiller = distiller_lib.Distiller(student, teacher, num_classes=data.num_classes,
@@ -185,7 +195,8 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
                 title=f"{os.path.basename(stage_dir)}: {config.student_model} distilled "
                       f"from {teacher_name} ({config.distillation_loss} loss{masking})",
                 shown_metrics=("loss", "accuracy") + (
-                    ("num_undistillable_classes",) if kind == "tllm" else ()))
+                    ("num_undistillable_classes",) if kind == "tllm" else ()),
+                soft_label_store=store)
     if chief:
         fitting.save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
