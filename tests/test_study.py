@@ -45,6 +45,16 @@ def test_plan_orders_teachers_and_references_before_their_students(tmp_path):
     assert kd.config.students == ("distilled",)
 
 
+def test_a_store_arm_keeps_its_soft_label_store_in_its_own_run(tmp_path):
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0, 1], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["kd", "kd_store"])
+    stores = {(run.seed, run.arm): run.config.teacher_store for run in runs
+              if run.arm.startswith("kd")}
+    assert stores[(0, "kd")] == ""
+    assert stores[(1, "kd_store")] == os.path.join(
+        str(tmp_path), "seed1", "mlp_4", "cnn_tiny", "kd_store", "teacher_store")
+
+
 def test_plan_refuses_unknown_arms(tmp_path):
     with pytest.raises(ValueError, match="Unknown arms.*'tllm'"):
         study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],

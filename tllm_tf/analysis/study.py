@@ -68,6 +68,9 @@ _LOSS_OVERRIDES = {
             "dkd_alpha": 1.0, "dkd_beta": 8.0, "distillation_warmup_epochs": 2},
     "kd_ls": {"distillation_loss": "kd_ls", "temperature": 2.0, "alpha": 1.0, "beta": 9.0},
 }
+# KD trained from the teacher's soft-label store (float16 logits, docs/soft_label_store.md),
+# against `kd` from the live teacher: what the store's default precision costs in accuracy.
+ARMS["kd_store"] = {"students": ("distilled",), "teacher_store": "teacher_store"}
 for _loss, _overrides in _LOSS_OVERRIDES.items():
     ARMS[_loss] = dict(_overrides, students=("distilled",))
     ARMS[f"{_loss}_tllm"] = dict(_overrides, students=("tllm",))
@@ -126,9 +129,13 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
             for teacher in teacher_models:
                 for arm in arms:
                     overrides = dict(ARMS[arm])
+                    workdir = os.path.join(seed_dir, student, teacher, arm)
+                    if overrides.get("teacher_store"):  # An arm's store lives in its run.
+                        overrides["teacher_store"] = os.path.join(
+                            workdir, overrides["teacher_store"])
                     runs.append(StudyRun(seed, student, teacher, arm, config_lib.RunConfig(
                         **dict(common, **overrides),
-                        workdir=os.path.join(seed_dir, student, teacher, arm),
+                        workdir=workdir,
                         stage="student", student_model=student, teacher_model=teacher,
                         teacher_path=os.path.join(seed_dir, f"teacher_{teacher}", "teacher",
                                                   stages.MODEL_FILE),
