@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -138,6 +139,8 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(tmp_path):
                "--teacher_num_train=0", "--verbose=0", "--warmup_epochs=0"]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
+    # One line per run, and none of absl's info lines (saver, fingerprint) in between.
+    assert not re.search(r"^I\d{4} ", first.stdout + first.stderr, re.MULTILINE)
     with open(root / "results.jsonl") as handle:
         records = [json.loads(line) for line in handle]
     assert sorted(r["arm"] for r in records) == ["kd", "labels", "teacher", "tllm"]

@@ -44,6 +44,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    console.plain_log_lines()
     try:
         base = run_flags.config_from_flags(workdir=FLAGS.root)
         runs = study.plan(
