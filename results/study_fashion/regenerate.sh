@@ -1,0 +1,24 @@
+#!/bin/sh
+# Regenerates every table, JSON and plot under results/study_fashion/ from the finished runs of
+# the Fashion-MNIST study (docs/study.md), without training:
+#     sh results/study_fashion/regenerate.sh [ROOT]      (ROOT: where the study ran; runs/study)
+# A run that is missing is left out, and a setting reports the seeds it has.
+set -e
+cd "$(dirname "$0")/../.."
+ROOT="${1:-runs/study}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+RULES=kd,tllm,unpaired,paired,paired_matched,paired_matched_sticky,paired_matched_sticky_bh,paired_matched_sticky_soft_label,paired_sticky_half_warmup,paired_matched_sticky_half_warmup
+report() {  # report OUT_DIR SEEDS STUDENTS TEACHERS ARMS
+    "$PYTHON" tools/study.py --flagfile=configs/study_fashion.flags --root="$ROOT" \
+        --seeds="$2" --student_models="$3" --teacher_models="$4" --arms="$5" \
+        --report_only --results_dir="results/study_fashion/$1" > /dev/null
+    echo "results/study_fashion/$1/study.md"
+}
+ALL=0,1,2,3,4,5,6,7,8,9
+report selection 0,1,2,3,4 mlp_16 mlp_256 "$RULES"
+report confirmation 5,6,7,8,9 mlp_16 mlp_256 "$RULES"
+report all_seeds "$ALL" mlp_16 mlp_256 "$RULES"
+report capacity "$ALL" mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm,unpaired
+report cnn_student "$ALL" lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm,unpaired
+report losses "$ALL" mlp_16 mlp_256 kd,tllm,dkd,dkd_tllm,kd_ls,kd_ls_tllm
+report store "$ALL" mlp_16 mlp_256 kd,kd_store
