@@ -80,6 +80,11 @@ def summarise(records):
         labels_pc = np.array([r["per_class_accuracy"] for r in label_records], float)
         kd_pc = np.array([r["per_class_accuracy"] for r in kd_records], float)
         hurt, not_hurt = study_stats.significantly_hurt(kd_pc, labels_pc)
+        # Classes KD helps beyond noise over the seeds (paired CI above 0): not
+        # behind, whatever one seed's test split says. Masking them is a false alarm.
+        helped, _ = study_stats.significantly_hurt(labels_pc, kd_pc)
+        # Per seed, the classes the KD student is below the label-only student on.
+        seed_hurt = kd_pc < labels_pc
         setting = {
             "student": student, "teacher": teacher, "seeds": seeds, "class_names": class_names,
             "teacher_accuracy": _summary([teachers[(s, teacher)] for s in seeds
@@ -119,15 +124,11 @@ def summarise(records):
                 # Per seed, the classes the KD student is not below the label-only
                 # student on (test split): masking them is a false alarm.
                 "not_hurt_masked_update_rate": float(np.mean(
-                    [rate[~seed_hurt].mean() if (~seed_hurt).any() else 0.0
-                     for rate, seed_hurt in zip(masked_rate, kd_pc < labels_pc)])),
+                    [rate[~hurt_here].mean() if (~hurt_here).any() else 0.0
+                     for rate, hurt_here in zip(masked_rate, seed_hurt)])),
             }
-            # Classes KD helps beyond noise over the seeds (paired CI above 0): not
-            # behind, whatever one seed's test split says. Masking them is a false alarm.
-            helped, _ = study_stats.significantly_hurt(labels_pc, kd_pc)
             entry["helped_masked_update_rate"] = (
                 float(masked_rate[:, helped].mean()) if helped.any() else None)
-            seed_hurt = kd_pc < labels_pc
             if seed_hurt.any(axis=1).all():
                 # Per seed, the mean over the classes KD hurt in that seed.
                 entry["hurt_classes_minus_kd"] = _difference(
