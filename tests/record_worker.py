@@ -2,8 +2,9 @@
 
 For tests/test_multi_worker.py, which compares the workers of one run: a
 non-chief worker writes nothing, so this wrapper saves, after each
-`Distiller.fit` of this process, the student's weights and the class mask
-after every epoch to `$RECORD_DIR/task<i>_fit<n>.npz` (`i` from `TF_CONFIG`).
+`Distiller.fit` of this process, the student's weights, the class mask
+after every epoch and the cluster's heartbeat timeout to
+`$RECORD_DIR/task<i>_fit<n>.npz` (`i` from `TF_CONFIG`).
 It only reads variables, so it changes nothing in the run.
 
     RECORD_DIR=... TF_CONFIG=... python tests/record_worker.py --flagfile=...
@@ -18,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from tensorflow.python.eager import context as tf_context  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -45,7 +47,9 @@ def _recording_fit(self, *args, callbacks=None, **kwargs):
     _fits.append(None)
     path = os.path.join(os.environ["RECORD_DIR"], f"task{task}_fit{len(_fits)}.npz")
     weights = {f"weight{i}": w for i, w in enumerate(self.student.get_weights())}
-    np.savez(path, masks=np.array(history.masks), **weights)
+    coordination = tf_context.context().coordination_service
+    heartbeat_ms = coordination.heartbeat_timeout_in_ms if coordination else -1
+    np.savez(path, masks=np.array(history.masks), heartbeat_ms=heartbeat_ms, **weights)
     return result
 
 

@@ -100,8 +100,15 @@ def _run_workers(workdirs, record_dir, log_dir):
 def _record(record_dir, task):
     (path,) = glob.glob(os.path.join(record_dir, f"task{task}_fit*.npz"))
     with np.load(path) as record:
-        weights = [record[f"weight{i}"] for i in range(len(record.files) - 1)]
+        count = sum(name.startswith("weight") for name in record.files)
+        weights = [record[f"weight{i}"] for i in range(count)]
         return weights, record["masks"]
+
+
+def _heartbeat_ms(record_dir, task):
+    (path,) = glob.glob(os.path.join(record_dir, f"task{task}_fit*.npz"))
+    with np.load(path) as record:
+        return int(record["heartbeat_ms"])
 
 
 def _logged_masks(stage_dir):
@@ -208,6 +215,9 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(uninterrup
         np.testing.assert_array_equal(chief_weight, worker_weight)
     np.testing.assert_array_equal(chief_masks, worker_masks)
     assert len(chief_masks) == 3
+    # Not TensorFlow's 10 s, which killed healthy workers on a busy CI host.
+    for task in (0, 1):
+        assert _heartbeat_ms(run_dir / "records", task) == multi_worker.HEARTBEAT_TIMEOUT_S * 1000
     stage_dir = os.path.join(chief_dir, "student_tllm")
     assert _logged_masks(stage_dir) == chief_masks.tolist()
 

@@ -20,6 +20,14 @@ import json
 import keras
 import numpy as np
 import tensorflow as tf
+# TensorFlow has no public setting for the coordination service's heartbeat.
+from tensorflow.python.distribute import multi_worker_util
+from tensorflow.python.eager import context as tf_context
+
+# TensorFlow's default, 10 seconds, declares a healthy worker dead when its
+# host is oversubscribed (two workers on two busy cores stalled that long in
+# CI). A truly dead worker is still found, two minutes later.
+HEARTBEAT_TIMEOUT_S = 120
 
 
 class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -44,7 +52,29 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 _STRATEGIES = {}
 
 
-def make_strategy(name):
+def _configure_coordination(heartbeat_timeout_s):
+    """Starts the cluster's coordination service with our heartbeat timeout.
+
+    The same service `MultiWorkerMirroredStrategy` configures for itself when
+    none is configured yet; only the timeout differs.
+    """
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster_spec = resolver.cluster_spec()
+    if resolver.task_type not in ("chief", "worker") or not cluster_spec.as_dict():
+        return
+    if tf_context.context().coordination_service is not None:
+        return
+    coordinated_job = tf_context.coordination_config_pb2.CoordinatedJob
+    jobs = [coordinated_job(name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster_spec.jobs]
+    tf_context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=int(heartbeat_timeout_s * 1000))
+
+
+def make_strategy(name, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S):
     """Returns the `tf.distribute` strategy for `--strategy`.
 
     `"multi_worker"` reads the cluster and this process's place in it from
@@ -59,6 +89,8 @@ def make_strategy(name):
 
     Args:
         name: `"default"`, `"mirrored"` or `"multi_worker"`.
+        heartbeat_timeout_s: with `"multi_worker"`, how long a worker may
+            stay silent before the cluster declares it failed.
 
     Returns:
         A `tf.distribute.Strategy`.
@@ -68,6 +100,7 @@ def make_strategy(name):
             _STRATEGIES["mirrored"] = tf.distribute.MirroredStrategy()
         return _STRATEGIES["mirrored"]
     if name == "multi_worker":
+        _configure_coordination(heartbeat_timeout_s)
         return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
