@@ -19,6 +19,7 @@ def test_json_round_trip():
     ("holdout_fraction", 1.0, "holdout_fraction must be in"),
     ("alpha", -1.0, "alpha and beta"),
     ("stage", "distil", "stage must be one of"),
+    ("stage", "store", r"stage=store builds .*--teacher_store=DIR"),
     ("students", ("distilled", "dkd"), "students must be"),
     ("masked_class_policy", "zero", "masked_class_policy"),
     ("update_every", 0, "update_every"),

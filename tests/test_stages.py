@@ -102,9 +102,14 @@ def test_teacher_store_trains_like_the_live_teacher_resumes_and_refuses_other_vi
     stored = dataclasses.replace(
         live, workdir=str(tmp_path / "stored"), stage="student", teacher_store=str(store),
         teacher_path=str(tmp_path / "live" / "teacher" / workdir_files.MODEL_FILE))
-    stages.run(stored)
+    # --stage=store builds every epoch's logits and trains nothing; the student stage reads them.
+    stages.run(dataclasses.replace(stored, stage="store"))
     assert sorted(path.name for path in store.glob("epoch_*.json")) == [
         "epoch_00000.json", "epoch_00001.json"]
+    assert os.listdir(stored.workdir) == [workdir_files.CONFIG_FILE]
+    prebuilt = {path: path.stat().st_mtime_ns for path in store.iterdir()}
+    stages.run(stored)
+    assert {path: path.stat().st_mtime_ns for path in store.iterdir()} == prebuilt
     # float16 logits (the store's default) move the updates by their rounding only (measured:
     # at most 5e-7 on weights up to 0.65), and by that much: the stored logits were used.
     pairs = list(zip(_student_weights(stored.workdir), _student_weights(live.workdir)))

@@ -16,7 +16,9 @@ from tllm_tf.pipeline import config as config_lib
 _DEFAULTS = config_lib.RunConfig(workdir="")
 
 flags.DEFINE_string("workdir", None, "Where every stage writes its results.")
-flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES, "Stage(s) to run.")
+flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES,
+                  "Stage(s) to run. store: only build --teacher_store (from the trained "
+                  "teacher), for the students of later runs.")
 flags.DEFINE_list("students", list(_DEFAULTS.students),
                   "Distilled students of the student stage: distilled (the distillation loss "
                   "on every class), tllm (gated by the undistillable-class mask).")
@@ -97,7 +99,7 @@ flags.DEFINE_enum("teacher_dtype", _DEFAULTS.teacher_dtype, list(config_lib.TEAC
 flags.DEFINE_string("teacher_store", _DEFAULTS.teacher_store,
                     "A directory for the teacher's logits on every training view "
                     "(tllm_tf.SoftLabelStore, docs/soft_label_store.md): built once by the "
-                    "first distilled student, resumable, read by every later one, which then "
+                    "first distilled student (or by --stage=store), resumable, read by every later one, which then "
                     "runs no teacher. Refused if it was built for another teacher or other "
                     "views. Default: off.")
 flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,

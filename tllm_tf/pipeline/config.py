@@ -17,7 +17,7 @@ from tllm_tf.models import available_models
 from tllm_tf.policies import POLICIES
 from tllm_tf.teacher_precision import TEACHER_DTYPES
 
-STAGES = ("teacher", "reference", "student", "all")
+STAGES = ("teacher", "reference", "student", "store", "all")
 # The distilled students the student stage trains: "distilled" (the distillation
 # loss on every class) and "tllm" (the same, gated by UndistillableClassCallback).
 STUDENTS = ("distilled", "tllm")
@@ -108,6 +108,9 @@ class RunConfig:
 
         require(self.stage in STAGES,
                 f"stage must be one of {STAGES}. Received: stage={self.stage!r}")
+        require(self.stage != "store" or self.teacher_store,
+                "stage=store builds the teacher's soft-label store: name its directory with "
+                "teacher_store (--teacher_store=DIR)")
         require(self.students and all(s in STUDENTS for s in self.students),
                 f"students must be a non-empty list of {STUDENTS}. Received: "
                 f"students={self.students}" + _model_name_hint(self.students))

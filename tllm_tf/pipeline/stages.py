@@ -1,5 +1,7 @@
 """The three-stage TLLM pipeline: teacher, reference student, distilled students.
 
+(And `--stage=store`, which only builds the teacher's soft-label store.)
+
 This is the experiment layer: with its rooms below, the library code that
 reads a whole `RunConfig`, turning it into keyword arguments for the core
 (models, data, `Distiller`, `UndistillableClassCallback`). Each stage writes to
@@ -49,6 +51,7 @@ from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
 from tllm_tf.pipeline.workdir_files import SAVED_MODEL_DIR
+from tllm_tf.pipeline.workdir_files import STORE_STAGE
 from tllm_tf.pipeline.workdir_files import TEACHER_STAGE
 from tllm_tf.pipeline.workdir_files import TENSORBOARD_DIR
 from tllm_tf.pipeline.workdir_files import student_stage
@@ -131,12 +134,7 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
     keras.utils.set_random_seed(config.seed)
     store = None
     if config.teacher_store:
-        # The float32 teacher (the Distiller makes the --teacher_dtype copy), on the
-        # views of train_batches under this seed; the chief builds, the others wait.
-        store = build.soft_label_store(config, data, teacher)
-        computed = multi_worker.run_on_chief(strategy, lambda: store.build(epochs=config.epochs))
-        fitting.say(config, chief, f"{os.path.basename(stage_dir)}: the teacher's logits from "
-                    f"--teacher_store={config.teacher_store} ({computed} batches computed now)")
+        store = _complete_store(config, data, strategy, teacher, os.path.basename(stage_dir))
         # Seeded again: the student starts from the same weights with or without a store.
         keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -204,6 +202,33 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
     return model_path
 
 
+def _complete_store(config, data, strategy, teacher, label):
+    """The `--teacher_store`, with every epoch's logits; builds what is missing.
+
+    Call it right after seeding with `config.seed`: the store holds the
+    teacher's logits on the views `build.train_batches` makes under that seed.
+    """
+    # The float32 teacher (the Distiller makes the --teacher_dtype copy); the
+    # chief builds, the others wait.
+    store = build.soft_label_store(config, data, teacher)
+    computed = multi_worker.run_on_chief(strategy, lambda: store.build(epochs=config.epochs))
+    fitting.say(config, is_chief(strategy), f"{label}: the teacher's logits in --teacher_store="
+                f"{config.teacher_store} ({computed} batches computed now)")
+    return store
+
+
+def run_store(config, data, strategy, teacher_path):
+    """Builds the `--teacher_store` for every epoch of the student stage, and trains nothing.
+
+    The students of later runs with the same teacher and training views then
+    read it instead of running the teacher; a store that is complete costs
+    nothing here.
+    """
+    teacher = stage_inputs.teacher_on_every_worker(strategy, teacher_path, data)
+    keras.utils.set_random_seed(config.seed)  # As the student stage seeds before its build.
+    _complete_store(config, data, strategy, teacher, STORE_STAGE)
+
+
 def run(config, strategy=None):
     """Runs the stages of `config` in order.
 
@@ -251,6 +276,8 @@ def run(config, strategy=None):
                         f"{config.reference_path}, not trained here")
         elif stage == REFERENCE_STAGE:
             reference_path = run_reference(config, data, strategy, stage_dir)
+        elif stage == STORE_STAGE:
+            run_store(config, data, strategy, teacher_path)
         elif stage == "student":
             for kind in config.students:
                 run_student(config, data, strategy,

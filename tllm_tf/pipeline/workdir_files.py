@@ -16,6 +16,8 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
 CONFIG_FILE = "config.json"
 TEACHER_STAGE = "teacher"
 REFERENCE_STAGE = "reference"
+# Writes no folder of the workdir: the store lives in --teacher_store.
+STORE_STAGE = "store"
 
 MODEL_FILE = "model.keras"
 PER_CLASS_FILE = "test_per_class.json"
