@@ -36,6 +36,10 @@ flags.DEFINE_list("arms", ["kd", "tllm", "unpaired"],
                   f"Distilled students, names of tllm_tf.analysis.study.ARMS: {sorted(study.ARMS)}.")
 flags.DEFINE_integer("teacher_num_train", 20000,
                      "Training images of the teachers (0: the whole training split).")
+flags.DEFINE_bool("shared_teacher_store", False,
+                  "The distilled arms of one seed, student and teacher read one soft-label "
+                  "store of the teacher's logits (float16; docs/soft_label_store.md), built by "
+                  "the first of them, instead of each running the teacher.")
 flags.DEFINE_bool("report_only", False, "Write the report from the finished runs; train nothing.")
 
 FLAGS = flags.FLAGS
@@ -50,7 +54,8 @@ def main(argv):
         runs = study.plan(
             study.base_kwargs(base), root=FLAGS.root, seeds=[int(s) for s in FLAGS.seeds],
             student_models=FLAGS.student_models, teacher_models=FLAGS.teacher_models, arms=FLAGS.arms,
-            teacher_overrides={"num_train": FLAGS.teacher_num_train or None})
+            teacher_overrides={"num_train": FLAGS.teacher_num_train or None},
+            shared_teacher_store=FLAGS.shared_teacher_store)
     except ValueError as error:
         raise app.UsageError(str(error))
     if FLAGS.report_only:

@@ -14,7 +14,8 @@ with the library's defaults, TLLM with the old unpaired rule, and variants
 of the rule or the masked-class policy. Every student of one seed shares the
 data split, the initial weights and the batches. Finished runs are skipped
 when the study is run again (each stage resumes like `tools/train.py`), and
-each run's result is appended to `<root>/results.jsonl` as it finishes.
+each run's result (with its wall time, `seconds`) is appended to
+`<root>/results.jsonl` as it finishes.
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
 
 RESULTS_FILE = "results.jsonl"
+SHARED_STORE_DIR = "teacher_store"
 LABELS_ARM = "labels"
 
 # Arms: RunConfig overrides of the distilled students. "tllm" is the
@@ -87,7 +89,8 @@ class StudyRun:
     config: config_lib.RunConfig
 
 
-def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_overrides=None):
+def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_overrides=None,
+         shared_teacher_store=False):
     """The study's runs, in the order they are trained.
 
     Args:
@@ -101,6 +104,11 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
         teacher_overrides: `RunConfig` overrides of the teacher runs only
             (e.g. `{"num_train": None}`: teachers see the whole training
             split). Defaults to `None`.
+        shared_teacher_store: if True, the distilled arms of one seed, student
+            and teacher read one `SoftLabelStore` of the teacher's logits,
+            `<root>/seed<s>/<student>/<teacher>/teacher_store`, built by the
+            first of them: the teacher runs once instead of once per arm.
+            Defaults to False (every arm runs the live teacher).
 
     Returns:
         A list of `StudyRun`; teachers and references come before the
@@ -133,6 +141,9 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
                     if overrides.get("teacher_store"):  # An arm's store lives in its run.
                         overrides["teacher_store"] = os.path.join(
                             workdir, overrides["teacher_store"])
+                    elif shared_teacher_store:
+                        overrides["teacher_store"] = os.path.join(
+                            seed_dir, student, teacher, SHARED_STORE_DIR)
                     runs.append(StudyRun(seed, student, teacher, arm, config_lib.RunConfig(
                         **dict(common, **overrides),
                         workdir=workdir,
@@ -200,8 +211,9 @@ def run_study(runs, root, report=print):
     remaining = [run for run in runs
                  if (run.seed, run.student, run.teacher, run.arm) not in done]
     for index, run in enumerate(remaining):
+        run_start = time.time()
         stages.run(run.config)
-        record = collect(run)
+        record = dict(collect(run), seconds=time.time() - run_start)
         with open(results_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         done[_key(record)] = record

@@ -139,6 +139,12 @@ def summarise(records):
                 entry["minus_labels_per_class"] = _difference(arm_pc, labels_pc)
                 entry["hurt_classes"] = [class_names[c] for c in np.flatnonzero(loss_hurt)]
             setting["arms"][arm] = entry
+        # Wall time of the arms whose records carry it (studies before 2026-12-03 did not).
+        setting["minutes_per_run"] = {}
+        for arm, by_seed in sorted(arms.items()):
+            seconds = [by_seed[seed].get("seconds") for seed in seeds if seed in by_seed]
+            if len(seconds) == len(seeds) and None not in seconds:
+                setting["minutes_per_run"][arm] = float(np.mean(seconds)) / 60.0
         summaries.append(setting)
     return summaries
 
@@ -194,6 +200,10 @@ def markdown(summaries):
                 f"{100 * entry['not_hurt_masked_update_rate']:.1f}% | "
                 f"{_percent(entry['helped_masked_update_rate'])} | "
                 f"{_points(hurt) if hurt else '-'} |")
+        timed = setting.get("minutes_per_run")
+        if timed:
+            lines += ["", "Wall time per run, mean over the seeds (minutes): " + ", ".join(
+                f"{arm} {minutes:.2f}" for arm, minutes in timed.items()) + "."]
         if other_losses:
             lines += ["", "Other distillation losses (each TLLM arm against the same loss "
                       "without masking):", *other_losses]
