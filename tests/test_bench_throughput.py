@@ -101,6 +101,33 @@ def test_a_slowdown_of_one_variant_shows_in_its_ratios_and_spread():
     assert figures["tllm_over_keras_iqr"] == pytest.approx([1.25, 1.25])
 
 
+def test_the_best_round_of_a_group_ignores_rounds_slowed_by_the_machine():
+    # In every group one variant has two of its three rounds in the slow mode (2x): its fastest
+    # round still shows its speed, its median does not.
+    groups = _groups([1.0, 2.0, 1.0, 3.0])
+    for group, name in zip(groups, ["tllm_distiller", "keras_distiller", "student_train",
+                                    "teacher_infer"]):
+        result = group[name]
+        seconds = result.seconds[0]
+        group[name] = benchmark.Throughput(result.images, (seconds * 2, seconds, seconds * 2),
+                                           result.callback_seconds)
+    best = benchmark_figures.paired_distillation_figures(groups)
+    assert best["tllm_over_keras"] == pytest.approx(1.25)
+    assert best["tllm_over_keras_iqr"] == pytest.approx([1.25, 1.25])
+    assert best["tllm_over_limit_iqr"] == pytest.approx([0.9375, 0.9375])
+    median = benchmark_figures.paired_distillation_figures(groups, group_rate="median")
+    # Per group 0.625 (tllm slowed), 2.5 (keras slowed), 1.25, 1.25.
+    assert median["tllm_over_keras_iqr"] == pytest.approx([1.09375, 1.5625])
+    with pytest.raises(ValueError, match="group_rate"):
+        benchmark_figures.paired_distillation_figures(groups, group_rate="mean")
+
+
+def test_rounds_survive_the_json_round_trip():
+    groups = _groups([1.0, 2.0])
+    assert benchmark.groups_from_json(json.loads(json.dumps(
+        benchmark.groups_to_json(groups)))) == groups
+
+
 def test_paired_summary_takes_medians_and_quartiles():
     summary = benchmark_figures.paired_summary(
         [{"rate": float(r), "a_over_b": r / 10} for r in (1, 2, 3, 4, 5)], ["a_over_b"])
@@ -168,8 +195,26 @@ def test_tool_writes_all_figures_consistently(tmp_path):
              "store_bytes_per_1000_images_epoch")
     ratios = [key for key in KEYS + extra
               if "_over_" in key or key == "store_build_teacher_passes"]
-    assert set(figures) == set(KEYS + extra) | {f"{key}_iqr" for key in ratios} | {"pairs"}
-    assert figures["pairs"] == 2
+    assert set(figures) == (set(KEYS + extra) | {f"{key}_iqr" for key in ratios}
+                            | {"pairs", "group_rate", "header", "clock", "rounds"})
+    assert figures["pairs"] == 2 and figures["group_rate"] == "best"
+    # The rounds kept in the file give the same figures again, or those of the other group rate.
+    groups = benchmark.groups_from_json(figures["rounds"])
+    assert benchmark_figures.paired_distillation_figures(groups, "bfloat16")["tllm_over_keras"] == (
+        pytest.approx(figures["tllm_over_keras"]))
+    again = tmp_path / "median.json"
+    recomputed = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
+         f"--rounds_from={path}", "--group_rate=median", f"--json={again}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert recomputed.returncode == 0, recomputed.stderr[-3000:]
+    median = json.loads(again.read_text())
+    expected = benchmark_figures.paired_distillation_figures(groups, "bfloat16", "median")
+    assert median["group_rate"] == "median" and median["clock"] == "cpu"
+    for key in ratios:
+        assert median[key] == pytest.approx(expected[key]), key
+    assert median["store_bytes_per_1000_images_epoch"] == figures["store_bytes_per_1000_images_epoch"]
+    assert "recomputed from" in recomputed.stdout
     for key in ratios:
         lower, upper = figures[f"{key}_iqr"]
         assert lower <= figures[key] <= upper

@@ -14,9 +14,12 @@ compute Hinton's KD loss: Keras's is given `keras.losses.KLDivergence()`, the
 instance (its default string "kl_divergence" skips the softened softmax). Each
 is measured after warm-up, the variants in turn for `--passes` passes, the
 order rotated each pass. Every ratio (and `limit`) is computed inside one pass
-(a round group, timed back to back), and the figure is the median of those
-paired ratios, printed with its interquartile range and the number of pairs;
-a target is met beyond the spread when the lower quartile reaches it.
+(a round group, timed back to back; a variant's rate there over its fastest
+round, or with `--group_rate=median` its median round), and the figure is the
+median of those paired ratios, printed with its interquartile range and the
+number of pairs; a target is met beyond the spread when the lower quartile
+reaches it. `--json` keeps every round, and `--rounds_from` computes the
+figures again from them.
 `--clock=cpu` times with the process's CPU time instead of the wall clock: on
 a machine shared with other jobs it measures the work per image, which their
 load changes far less than the time (docs/benchmarks.md, Noise). With
@@ -78,6 +81,11 @@ flags.DEFINE_enum("clock", "wall", list(benchmark.CLOCKS),
 flags.DEFINE_bool("store", False, "Also measure distillation from a soft-label store, and "
                   "its build.")
 flags.DEFINE_integer("seed", 0, "Seed of the data and of the models' initialisation.")
+flags.DEFINE_enum("group_rate", "best", list(benchmark_figures.GROUP_RATES),
+                  "A variant's images/s in a round group: over its fastest round of the group "
+                  "(load only slows rounds down) or over its median round.")
+flags.DEFINE_string("rounds_from", None, "Measure nothing: compute the figures again from the "
+                    "rounds of a --json file this tool wrote (e.g. with another --group_rate).")
 FLAGS = flags.FLAGS
 
 
@@ -93,9 +101,51 @@ def _cpu_16_bit_units():
     return ",".join(units) or "none"
 
 
+def _report(figures, groups, header, store, teacher_dtype, clock):
+    """Prints the figures; with --json, writes them with the rounds they came from."""
+    pooled = benchmark.pool(groups)
+    for name, result in pooled.items():
+        rates = sorted(result.images / seconds for seconds in result.seconds)
+        logging.info("%s: images/s of each round: %s", name, ", ".join(f"{r:.0f}" for r in rates))
+    lines = [header, f"medians over {figures['pairs']} round groups (passes) of figures computed "
+             f"inside each group, a variant's rate in a group over its {FLAGS.group_rate} "
+             "round; [interquartile range]"]
+    lines += benchmark_figures.report_lines(
+        figures, {name: result.best_images_per_second for name, result in pooled.items()},
+        targets=TARGETS, store_targets=STORE_TARGETS, max_callback_share=MAX_CALLBACK_SHARE,
+        teacher_dtype=teacher_dtype, store=store, clock=clock)
+    print("\n".join(lines), flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as handle:
+            json.dump(dict(figures, group_rate=FLAGS.group_rate, header=header, clock=clock,
+                           rounds=benchmark.groups_to_json(groups)), handle, indent=2)
+
+
+def _recompute(path):
+    """--rounds_from: the figures of a finished run again, from its rounds."""
+    with open(path) as handle:
+        written = json.load(handle)
+    if "rounds" not in written:
+        raise app.UsageError(f"{path} holds no rounds: only --json files written since "
+                             "2026-12-03 by this tool keep them.")
+    groups = benchmark.groups_from_json(written["rounds"])
+    teacher_dtype = next((name[len("teacher_infer_"):] for name in groups[0]
+                          if name.startswith("teacher_infer_")), None)
+    figures = benchmark_figures.paired_distillation_figures(groups, teacher_dtype, FLAGS.group_rate)
+    for name in ("store_bytes_per_1000_images_epoch",):
+        if name in written:
+            figures[name] = written[name]
+    _report(figures, groups, written["header"] + f" (recomputed from {path})",
+            store="store_distiller" in groups[0], teacher_dtype=teacher_dtype,
+            clock=written["clock"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.rounds_from:
+        _recompute(FLAGS.rounds_from)
+        return
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     size = SIZES[FLAGS.size]
@@ -104,28 +154,16 @@ def main(argv):
         num_classes=size["num_classes"], batch_size=FLAGS.batch_size, seed=FLAGS.seed,
         jit_compile=FLAGS.jit_compile, clock=FLAGS.clock,
         steps_per_execution=FLAGS.steps_per_execution or size["steps_per_execution"])
-    figures, pooled = benchmark_variants.measure(
+    figures, groups = benchmark_variants.measure(
         setting, steps=FLAGS.steps or size["steps"], passes=FLAGS.passes or size["passes"],
         repeats=FLAGS.repeats or size["repeats"], warmup=FLAGS.warmup,
-        teacher_dtype=FLAGS.teacher_dtype, store=FLAGS.store)
-    for name, result in pooled.items():
-        rates = sorted(result.images / seconds for seconds in result.seconds)
-        logging.info("%s: images/s of each round: %s", name, ", ".join(f"{r:.0f}" for r in rates))
+        teacher_dtype=FLAGS.teacher_dtype, store=FLAGS.store, group_rate=FLAGS.group_rate)
     # Without 16-bit units (e.g. AMD Zen 3), a bfloat16 teacher is emulated and slower.
-    lines = [f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
-             f"steps_per_execution={setting.steps_per_execution} "
-             f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype} "
-             f"clock={FLAGS.clock} cpu_16_bit_units={_cpu_16_bit_units()}",
-             f"medians over {figures['pairs']} round groups (passes) of figures computed "
-             "inside each group; [interquartile range]"]
-    lines += benchmark_figures.report_lines(
-        figures, {name: result.best_images_per_second for name, result in pooled.items()},
-        targets=TARGETS, store_targets=STORE_TARGETS, max_callback_share=MAX_CALLBACK_SHARE,
-        teacher_dtype=FLAGS.teacher_dtype, store=FLAGS.store, clock=FLAGS.clock)
-    print("\n".join(lines), flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as handle:
-            json.dump(figures, handle, indent=2)
+    header = (f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
+              f"steps_per_execution={setting.steps_per_execution} "
+              f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype} "
+              f"clock={FLAGS.clock} cpu_16_bit_units={_cpu_16_bit_units()}")
+    _report(figures, groups, header, FLAGS.store, FLAGS.teacher_dtype, FLAGS.clock)
 
 
 if __name__ == "__main__":

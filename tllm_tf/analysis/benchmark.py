@@ -274,6 +274,20 @@ def interleave(timers, passes=2, warmup=1, repeats=3):
     return groups
 
 
+def groups_to_json(groups):
+    """The round groups as JSON-ready lists, so figures can be computed again later."""
+    return [{name: {"images": result.images, "seconds": list(result.seconds),
+                    "callback_seconds": list(result.callback_seconds)}
+             for name, result in group.items()} for group in groups]
+
+
+def groups_from_json(rounds):
+    """The round groups `groups_to_json` wrote."""
+    return [{name: Throughput(timed["images"], tuple(timed["seconds"]),
+                              tuple(timed["callback_seconds"]))
+             for name, timed in group.items()} for group in rounds]
+
+
 def pool(groups):
     """Pools the round groups' `Throughput`s per name (every round of a variant)."""
     pooled = dict(groups[0])

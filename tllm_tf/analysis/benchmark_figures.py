@@ -90,27 +90,44 @@ def distillation_figures(rates, callback_share, teacher_dtype=None):
     return figures
 
 
-def paired_distillation_figures(groups, teacher_dtype=None):
+# How a round group turns a variant's rounds into one images/s figure.
+GROUP_RATES = {
+    # Images over the fastest round: load only slows a round down, so a
+    # variant's undisturbed speed shows in one fast round of its pass.
+    "best": lambda result: result.best_images_per_second,
+    "median": lambda result: result.images_per_second,
+}
+
+
+def paired_distillation_figures(groups, teacher_dtype=None, group_rate="best"):
     """`distillation_figures` per round group, then their medians and spreads.
 
-    Each group's rates are images over the median round of its pass; its
-    limit comes from its own `student_train` and `teacher_infer`, so a
-    change of load between groups cancels out of every ratio.
+    Each group's rates come from its own rounds (`group_rate`); its limit
+    from its own `student_train` and `teacher_infer`, so a change of load
+    between groups cancels out of every ratio.
 
     Args:
         groups: round groups from `interleave`, with the variants that
             `distillation_figures` needs; `tllm_distiller` has timed its
             callback.
         teacher_dtype: e.g. `"bfloat16"`, or `None`. Defaults to `None`.
+        group_rate: `"best"` (images over a variant's fastest round of the
+            group) or `"median"` (over its median round); `GROUP_RATES`.
+            Defaults to `"best"` (docs/benchmarks.md: how the two compare
+            from run to run).
 
     Returns:
         `paired_summary` of the groups' figures: the keys of
         `distillation_figures` (medians over groups), `<ratio>_iqr` for every
         `*_over_*` ratio and `store_build_teacher_passes`, and `pairs`.
     """
+    if group_rate not in GROUP_RATES:
+        raise ValueError(f"Expected group_rate in {sorted(GROUP_RATES)}. "
+                         f"Received: group_rate={group_rate!r}")
+    rate = GROUP_RATES[group_rate]
     per_group = [
         distillation_figures(
-            {name: result.images_per_second for name, result in group.items()},
+            {name: rate(result) for name, result in group.items()},
             group["tllm_distiller"].callback_share, teacher_dtype)
         for group in groups
     ]

@@ -143,7 +143,8 @@ def _timers(setting, train, held_out, teacher_dtype):
     return timers, [distiller for distiller, _ in distillers.values()]
 
 
-def measure(setting, *, steps, passes, repeats, warmup=1, teacher_dtype=None, store=False):
+def measure(setting, *, steps, passes, repeats, warmup=1, teacher_dtype=None, store=False,
+            group_rate="best"):
     """Times every variant in round groups.
 
     Args:
@@ -156,11 +157,13 @@ def measure(setting, *, steps, passes, repeats, warmup=1, teacher_dtype=None, st
             (`"bfloat16"`, `"float16"`). Defaults to `None`.
         store: also time a `SoftLabelStore`'s build and distillation from
             it. Defaults to `False`.
+        group_rate: a group's images/s per variant,
+            `benchmark_figures.GROUP_RATES`. Defaults to `"best"`.
 
     Returns:
-        `(figures, pooled)`: `benchmark_figures.paired_distillation_figures`
-        (plus `store_bytes_per_1000_images_epoch` with `store`), and each
-        variant's `Throughput` over every round.
+        `(figures, groups)`: `benchmark_figures.paired_distillation_figures`
+        (plus `store_bytes_per_1000_images_epoch` with `store`), and the
+        round groups (`benchmark.interleave`).
     """
     num_train = steps * setting.batch_size
     data = dict(image_shape=setting.image_shape, num_classes=setting.num_classes,
@@ -180,7 +183,7 @@ def measure(setting, *, steps, passes, repeats, warmup=1, teacher_dtype=None, st
             shutil.rmtree(directory, ignore_errors=True)
     if not all(distiller.undistillable_classes for distiller in distillers):
         raise RuntimeError("The class mask was meant to be active; no class is masked.")
-    figures = benchmark_figures.paired_distillation_figures(groups, teacher_dtype)
+    figures = benchmark_figures.paired_distillation_figures(groups, teacher_dtype, group_rate)
     if store:
         figures["store_bytes_per_1000_images_epoch"] = store_bytes
-    return figures, benchmark.pool(groups)
+    return figures, groups
