@@ -3,8 +3,6 @@
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -15,13 +13,11 @@ from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.data import load_digits
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _train(*flags, timeout=120):
-    return subprocess.run(
-        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags", *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def train(train_tool_runs):
+    """`tools/train.py --flagfile=configs/demo.flags *flags`, in the session's train server."""
+    return lambda *flags: train_tool_runs("--flagfile=configs/demo.flags", *flags)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -32,16 +28,16 @@ def _train(*flags, timeout=120):
     (["--patience=0"], "patience must be >= 1. Received: 0"),
     (["--dataset=no_such_dataset_name"], "no_such_dataset_name"),
 ])
-def test_bad_flags_are_refused_before_anything_is_written(tmp_path, flags, message):
-    result = _train(f"--workdir={tmp_path / 'run'}", *flags)
+def test_bad_flags_are_refused_before_anything_is_written(train, tmp_path, flags, message):
+    result = train(f"--workdir={tmp_path / 'run'}", *flags)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run" / "teacher")
 
 
-def test_data_set_not_on_this_machine_says_how_to_provide_it(tmp_path):
-    result = _train(f"--workdir={tmp_path / 'run'}", "--dataset=cifar100",
+def test_data_set_not_on_this_machine_says_how_to_provide_it(train, tmp_path):
+    result = train(f"--workdir={tmp_path / 'run'}", "--dataset=cifar100",
                     f"--data_dir={tmp_path / 'empty'}")
     assert result.returncode != 0
     assert "--data_dir" in result.stderr and "tfds build" in result.stderr
@@ -77,22 +73,22 @@ def test_held_out_class_without_samples_is_reported(caplog):
     assert not caplog.text
 
 
-def test_workdir_of_another_configuration_is_refused_naming_the_flags(tmp_path):
+def test_workdir_of_another_configuration_is_refused_naming_the_flags(train, tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as handle:
         handle.write(RunConfig(workdir=workdir, temperature=2.0).to_json())
-    result = _train(f"--workdir={workdir}", "--temperature=4")
+    result = train(f"--workdir={workdir}", "--temperature=4")
     assert result.returncode != 0
     assert "--temperature: 2.0 in the workdir, 4.0 now" in result.stderr
     with open(os.path.join(workdir, "config.json")) as handle:
         assert json.load(handle)["temperature"] == 2.0
 
 
-def test_epoch_matched_with_a_reference_without_history_says_how_to_get_one(tmp_path):
+def test_epoch_matched_with_a_reference_without_history_says_how_to_get_one(train, tmp_path):
     reference_path = str(tmp_path / "old_reference.json")
     tllm_tf.save_reference(reference_path, np.full(10, 0.9))
-    result = _train(f"--workdir={tmp_path / 'run'}", f"--reference_path={reference_path}",
+    result = train(f"--workdir={tmp_path / 'run'}", f"--reference_path={reference_path}",
                     "--epoch_matched")
     assert result.returncode != 0
     assert "--epoch_matched needs the reference's held-out accuracy after every" in result.stderr

@@ -4,8 +4,6 @@ refused before they train nothing or the wrong thing (`tllm_tf.pipeline.prefligh
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -20,8 +18,6 @@ from tllm_tf.pipeline import stages
 from conftest import KillAtEpochEnd as _KillAtEpochEnd
 from conftest import Killed as _Killed
 from tllm_tf.pipeline.config import RunConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _not_loaded(config):
@@ -124,13 +120,10 @@ def test_an_unwritable_workdir_is_refused_before_the_data_set_loads(
         stages.run(RunConfig(workdir=workdir, verbose=0))
 
 
-def test_an_unwritable_workdir_is_one_line_from_the_tool(tmp_path):
+def test_an_unwritable_workdir_is_one_line_from_the_tool(train_tool_runs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = subprocess.run(
-        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
-         f"--workdir={blocker / 'run'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = train_tool_runs("--flagfile=configs/demo.flags", f"--workdir={blocker / 'run'}")
     assert result.returncode != 0
     assert f"Cannot write to --workdir='{blocker / 'run'}': Not a directory" in result.stderr
     assert "Traceback" not in result.stderr
