@@ -22,3 +22,5 @@ report capacity "$ALL" mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm,unpaired
 report cnn_student "$ALL" lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm,unpaired
 report losses "$ALL" mlp_16 mlp_256 kd,tllm,dkd,dkd_tllm,kd_ls,kd_ls_tllm
 report store "$ALL" mlp_16 mlp_256 kd,kd_store
+# Judged against the finished reference: run on the selection seeds only (not chosen).
+report final_reference 0,1,2,3,4 mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm,tllm_final_reference
