@@ -16,15 +16,15 @@ from conftest import checkpointed_epoch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _command(workdir):
+def _command(workdir, *flags):
     return [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
             f"--workdir={workdir}", "--students=tllm", "--teacher_model=cnn_tiny",
             "--teacher_epochs=2", "--epochs=12", "--warmup_epochs=1", "--sticky",
-            "--deterministic", "--verbose=0"]
+            "--deterministic", "--verbose=0", *flags]
 
 
-def _run(workdir):
-    result = subprocess.run(_command(workdir), cwd=ROOT, capture_output=True,
+def _run(workdir, *flags):
+    result = subprocess.run(_command(workdir, *flags), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -47,8 +47,11 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
 
     _run(killed_dir)
+    # The same student stage, never killed: from the same teacher and reference files,
+    # as the resumed run reads them (not trained again).
     uninterrupted_dir = str(tmp_path / "uninterrupted")
-    _run(uninterrupted_dir)
+    _run(uninterrupted_dir, f"--teacher_path={os.path.join(killed_dir, 'teacher', 'model.keras')}",
+         f"--reference_path={os.path.join(killed_dir, 'reference', 'reference.json')}")
 
     with open(os.path.join(stage_dir, "mask_log.jsonl")) as handle:
         epochs = [json.loads(line)["epoch"] for line in handle]
