@@ -30,7 +30,7 @@ from tllm_tf.pipeline import workdir as workdir_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--flagfile=configs/demo.flags", "--teacher_model=cnn_tiny", "--teacher_epochs=1",
          "--epochs=3", "--students=tllm", "--warmup_epochs=0", "--batch_size=32",
-         "--deterministic", "--verbose=0", "--strategy=multi_worker"]
+         "--num_train=300", "--deterministic", "--verbose=0", "--strategy=multi_worker"]
 TIMEOUT_S = 300
 
 
@@ -45,7 +45,7 @@ def _free_ports(count):
             sock.close()
 
 
-def _start_workers(workdirs, record_dir, log_dir):
+def _start_workers(workdirs, record_dir, log_dir, flags=()):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(workdirs))]}
     processes = []
     try:
@@ -58,7 +58,8 @@ def _start_workers(workdirs, record_dir, log_dir):
             with open(os.path.join(log_dir, f"worker{index}.out"), "w") as out, \
                     open(os.path.join(log_dir, f"worker{index}.err"), "w") as err:
                 processes.append(subprocess.Popen(
-                    [sys.executable, "tests/record_worker.py", *FLAGS, f"--workdir={workdir}"],
+                    [sys.executable, "tests/record_worker.py", *FLAGS, *flags,
+                     f"--workdir={workdir}"],
                     cwd=ROOT, env=env, stdout=out, stderr=err))
     except BaseException:
         for process in processes:
@@ -86,11 +87,11 @@ def _log(log_dir, index, stream):
         return handle.read()
 
 
-def _run_workers(workdirs, record_dir, log_dir):
+def _run_workers(workdirs, record_dir, log_dir, flags=()):
     """Runs one worker per workdir to the end; returns their stdout."""
     os.makedirs(record_dir, exist_ok=True)
     os.makedirs(log_dir, exist_ok=True)
-    processes = _start_workers(workdirs, record_dir, log_dir)
+    processes = _start_workers(workdirs, record_dir, log_dir, flags)
     _wait(processes)
     for index, process in enumerate(processes):
         assert process.returncode == 0, f"worker {index}:\n" + _log(log_dir, index, "err")[-3000:]
@@ -269,12 +270,15 @@ def test_a_chief_that_refuses_to_start_stops_every_worker(tmp_path):
 @pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_path):
     uninterrupted_dir = str(uninterrupted[0] / "chief")
+    # The uninterrupted run's student stage, from its teacher and reference files.
+    inputs = [f"--teacher_path={os.path.join(uninterrupted_dir, 'teacher', 'model.keras')}",
+              f"--reference_path={os.path.join(uninterrupted_dir, 'reference', 'reference.json')}"]
     killed_dir, worker_dir = str(tmp_path / "killed"), str(tmp_path / "killed1")
     stage_dir = os.path.join(killed_dir, "student_tllm")
     os.makedirs(tmp_path / "records_killed")
     os.makedirs(tmp_path / "logs_killed")
     processes = _start_workers([killed_dir, worker_dir], tmp_path / "records_killed",
-                               tmp_path / "logs_killed")
+                               tmp_path / "logs_killed", inputs)
     try:
         deadline = time.time() + TIMEOUT_S
         while checkpointed_epoch(stage_dir) < 1 and time.time() < deadline:
@@ -287,7 +291,8 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_pat
     assert 1 <= checkpointed_epoch(stage_dir) < 3
     assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
 
-    _run_workers([killed_dir, worker_dir], tmp_path / "records_resumed", tmp_path / "logs_resumed")
+    _run_workers([killed_dir, worker_dir], tmp_path / "records_resumed", tmp_path / "logs_resumed",
+                 inputs)
     assert _logged_masks(stage_dir) == _logged_masks(
         os.path.join(uninterrupted_dir, "student_tllm"))
     resumed = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)
