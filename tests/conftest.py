@@ -139,6 +139,34 @@ def checkpointed_epoch(stage_dir):
         return 0
 
 
+# The demo flag file at reduced size: 200 images (6 batches of 32), the teacher 1 epoch, the
+# students 3 (a warm-up epoch, then two mask updates).
+DEMO_COMMAND = ["tools/train.py", "--flagfile=configs/demo.flags", "--epochs=3",
+                "--teacher_epochs=1", "--num_train=200", "--warmup_epochs=1",
+                "--steps_per_execution=8"]
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory):
+    """`DEMO_COMMAND` run twice, each time in a process of its own as a user runs it: the
+    first run trains every stage, the second finds them done.
+
+    Returns `(workdir, first, second)`, the runs as `CompletedProcess`es. One pair of runs
+    for the tests of what a run writes (test_train_e2e.py) and prints (test_cli_output.py).
+    """
+    workdir = tmp_path_factory.mktemp("demo") / "demo"
+    command = [sys.executable, *DEMO_COMMAND, f"--workdir={workdir}"]
+    # The tool sets what it needs: no TF_CPP_MIN_LOG_LEVEL from the tests' environment.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def run():
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                              env=env)
+
+    first = run()
+    return workdir, first, run()
+
+
 class _TrainServer:
     """The client of tests/train_server.py: tools/train.py runs in one long-lived process."""
 

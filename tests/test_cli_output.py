@@ -220,40 +220,30 @@ def test_the_package_loads_its_names_on_first_use_and_files_still_load(tmp_path)
     assert result.stdout.splitlines()[-1] == "Distiller 2.0"
 
 
-DEMO = ["tools/train.py", "--flagfile=configs/demo.flags", "--epochs=2", "--teacher_epochs=1",
-        "--num_train=200", "--warmup_epochs=1", "--steps_per_execution=8"]
-
-
 @pytest.mark.slow
-def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(tmp_path):
-    command = [sys.executable, *DEMO, f"--workdir={tmp_path / 'demo'}"]
-    # The tool sets what it needs: no TF_CPP_MIN_LOG_LEVEL from the test's environment.
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env=env)
+def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(demo_runs):
+    workdir, result, again = demo_runs
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert not LEAKS.search(output), LEAKS.search(output).group(0) + "\n" + output
     lines = result.stdout.splitlines()
     assert len(lines) <= 40, output
     assert lines[0].startswith("Flags that differ from the defaults: --students=distilled,tllm ")
-    assert "--epochs=2 --teacher_epochs=1" in lines[0]
+    assert "--epochs=3 --teacher_epochs=1" in lines[0]
     assert "--steps_per_execution=8: using 6" in output  # 200 images, 6 batches of 32.
     stage_lines = [line for line in lines if re.match(r"(teacher|reference|student_\w+): ", line)]
     assert [line.split(":")[0] for line in stage_lines] == [
         "teacher", "reference", "student_kd", "student_tllm"]
-    assert stage_lines[0].endswith(f"1 epoch -> {tmp_path / 'demo' / 'teacher'}")
+    assert stage_lines[0].endswith(f"1 epoch -> {workdir / 'teacher'}")
     bars = [line for line in lines if line.startswith("  [")]
     assert len(bars) == 4 and all("loss: " in bar for bar in bars)
     assert "num_undistillable_classes: " in bars[3] and "num_undistillable" not in bars[2]
     assert "| class | reference | student_kd | student_tllm | KD<ref | masked |" in lines
     assert lines[-2] == ("SavedModels for serving: "
-                         f"{tmp_path / 'demo' / 'student_kd' / 'saved_model'}, "
-                         f"{tmp_path / 'demo' / 'student_tllm' / 'saved_model'}")
-    assert lines[-1] == f"Report: {tmp_path / 'demo' / 'report' / 'report.md'}"
+                         f"{workdir / 'student_kd' / 'saved_model'}, "
+                         f"{workdir / 'student_tllm' / 'saved_model'}")
+    assert lines[-1] == f"Report: {workdir / 'report' / 'report.md'}"
 
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                           env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not LEAKS.search(again.stdout + again.stderr)
     for stage in ("teacher", "reference", "student_kd", "student_tllm"):

@@ -1,25 +1,18 @@
 """One end-to-end run of the demo flag file at reduced size."""
 
+import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.mark.slow
-def test_demo_flagfile_runs_all_stages_and_exports_the_student(tmp_path):
-    workdir = str(tmp_path / "demo")
-    result = subprocess.run(
-        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
-         f"--workdir={workdir}", "--epochs=3", "--teacher_epochs=3",
-         "--teacher_model=cnn_small", "--warmup_epochs=1", "--verbose=0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_demo_flagfile_runs_all_stages_and_exports_the_student(demo_runs):
+    workdir, result, again = demo_runs
+    workdir = str(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| class | reference | student_kd | student_tllm | KD<ref | masked |" in result.stdout
     assert "student_tllm: test accuracy" in result.stdout
@@ -37,11 +30,6 @@ def test_demo_flagfile_runs_all_stages_and_exports_the_student(tmp_path):
                                keras_model.predict(images, verbose=0), atol=1e-5)
 
     # A second run of the same command finds every stage done and only reports.
-    again = subprocess.run(
-        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
-         f"--workdir={workdir}", "--epochs=3", "--teacher_epochs=3",
-         "--teacher_model=cnn_small", "--warmup_epochs=1", "--verbose=0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Epoch" not in again.stdout
     assert result.stdout.splitlines()[-4:] == again.stdout.splitlines()[-4:]
 
@@ -55,11 +43,10 @@ def test_bad_flag_value_is_refused_before_training(train_tool_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_mixup_runs_every_stage_on_soft_labels(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
-         f"--workdir={tmp_path}", "--epochs=1", "--teacher_epochs=1", "--mixup=0.4",
-         "--teacher_model=cnn_tiny", "--warmup_epochs=0", "--verbose=0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_mixup_runs_every_stage_on_soft_labels(demo_runs):
+    workdir, result, _ = demo_runs
+    # The demo flag file's MixUp: every stage of the demo run trains on mixed, soft labels.
+    with open(workdir / "config.json") as handle:
+        assert json.load(handle)["mixup"] == 0.4
     assert result.returncode == 0, result.stderr[-3000:]
     assert "student_tllm: test accuracy" in result.stdout
