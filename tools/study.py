@@ -4,6 +4,9 @@
     python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study \
         --seeds=0,1,2,3,4,5,6,7,8,9 --student_models=mlp_16,lenet_2 \
         --teacher_models=mlp_64,mlp_256,mlp_1024 --arms=kd,tllm,unpaired
+    # The distilled arms of a seed, student and teacher reading one teacher store:
+    python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study_store \
+        --seeds=0,1 --arms=kd,tllm,unpaired --shared_teacher_store
     # The tables, plots and JSON again from what runs/study holds, without training:
     python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study --report_only
 
