@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import selectors
 import subprocess
 import sys
 
@@ -167,56 +166,14 @@ def demo_runs(tmp_path_factory):
     return workdir, first, run()
 
 
-class _TrainServer:
-    """The client of tests/train_server.py: tools/train.py runs in one long-lived process."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.count = 0
-        self.log = open(os.path.join(directory, "server.err"), "w")
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.join("tests", "train_server.py")], cwd=ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
-
-    def __call__(self, *argv, timeout=120):
-        self.count += 1
-        paths = [os.path.join(self.directory, f"run{self.count}.{name}")
-                 for name in ("out", "err")]
-        self.process.stdin.write(json.dumps(
-            {"argv": list(argv), "stdout": paths[0], "stderr": paths[1]}) + "\n")
-        self.process.stdin.flush()
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(timeout)
-        reply = self.process.stdout.readline() if ready else ""
-        if not reply:
-            self.close()
-            with open(self.log.name) as handle:
-                raise AssertionError(f"tests/train_server.py gave no exit status within "
-                                     f"{timeout} s:\n{handle.read()[-3000:]}")
-        outputs = []
-        for path in paths:
-            with open(path) as handle:
-                outputs.append(handle.read())
-        return subprocess.CompletedProcess(
-            ["tools/train.py", *argv], int(reply), outputs[0], outputs[1])
-
-    def close(self):
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
-def train_tool_runs(tmp_path_factory):
-    """Runs `tools/train.py *argv` as `train_tool_runs(*argv)` -> `CompletedProcess`,
-    in one process for the whole session (tests/train_server.py): for runs refused
-    before they train, whose own process would spend its time importing TensorFlow."""
-    server = _TrainServer(str(tmp_path_factory.mktemp("train_server")))
+def zygote(tmp_path_factory):
+    """Starts processes forked from one that has imported TensorFlow (tests/zygote.py):
+    `zygote.run(args, timeout)` for `subprocess.run([python, *args], capture_output=True,
+    text=True)`, `zygote.popen(args, env=, stdout=PATH, stderr=PATH)` for `Popen`. For the
+    tests of what a process does after its start-up, which is the zygote's."""
+    from zygote import Zygote
+
+    server = Zygote(str(tmp_path_factory.mktemp("zygote")))
     yield server
     server.close()

@@ -15,9 +15,11 @@ from tllm_tf.data import load_digits
 
 
 @pytest.fixture
-def train(train_tool_runs):
-    """`tools/train.py --flagfile=configs/demo.flags *flags`, in the session's train server."""
-    return lambda *flags: train_tool_runs("--flagfile=configs/demo.flags", *flags)
+def train(zygote):
+    """Runs `tools/train.py --flagfile=configs/demo.flags *flags` in a process of its own,
+    forked from tests/zygote.py, which has imported TensorFlow: the cost of a refused run."""
+    return lambda *flags: zygote.run(
+        ["tools/train.py", "--flagfile=configs/demo.flags", *flags], timeout=120)
 
 
 @pytest.mark.parametrize("flags, message", [

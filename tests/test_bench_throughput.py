@@ -6,8 +6,6 @@ speed depends on the machine.
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import keras
@@ -177,15 +175,15 @@ def test_distillation_figures_with_and_without_a_16_bit_teacher():
 
 
 @pytest.mark.slow
-def test_tool_writes_all_figures_consistently(tmp_path):
+def test_tool_writes_all_figures_consistently(zygote, tmp_path):
     path = tmp_path / "figures.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    completed = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
+    completed = zygote.run(  # a process forked from tests/zygote.py
+        [os.path.join(ROOT, "tools", "bench_throughput.py"),
          "--size=tiny", "--steps=3", "--repeats=1", "--batch_size=16",
          "--steps_per_execution=2", "--passes=2", "--clock=cpu", "--teacher_dtype=bfloat16",
          "--store", f"--json={path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     figures = json.loads(path.read_text())
     extra = ("teacher_infer_bfloat16", "tllm_distiller_bfloat16", "keras_distiller_bfloat16",
@@ -203,10 +201,10 @@ def test_tool_writes_all_figures_consistently(tmp_path):
     assert benchmark_figures.paired_distillation_figures(groups, "bfloat16")["tllm_over_keras"] == (
         pytest.approx(figures["tllm_over_keras"]))
     again = tmp_path / "median.json"
-    recomputed = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "bench_throughput.py"),
+    recomputed = zygote.run(
+        [os.path.join(ROOT, "tools", "bench_throughput.py"),
          f"--rounds_from={path}", "--group_rate=median", f"--json={again}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        env=env, timeout=300)
     assert recomputed.returncode == 0, recomputed.stderr[-3000:]
     median = json.loads(again.read_text())
     expected = benchmark_figures.paired_distillation_figures(groups, "bfloat16", "median")

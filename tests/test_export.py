@@ -1,8 +1,6 @@
 """SavedModel export: raw images in, logits and probabilities out, written atomically."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -37,7 +35,8 @@ def _softmax(logits):
 
 
 @pytest.mark.slow
-def test_reloaded_in_a_fresh_process_gives_the_keras_outputs(model, raw_images, tmp_path):
+def test_reloaded_in_a_fresh_process_gives_the_keras_outputs(
+        zygote, model, raw_images, tmp_path):
     path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
     np.save(tmp_path / "images.npy", raw_images)
     script = textwrap.dedent("""
@@ -52,11 +51,10 @@ def test_reloaded_in_a_fresh_process_gives_the_keras_outputs(model, raw_images, 
                  probabilities=default["probabilities"].numpy(),
                  uint8_logits=as_uint8["logits"].numpy(), one=loaded.serve(images[:1])["logits"])
     """)
-    result = subprocess.run(
-        [sys.executable, "-c", script, path, str(tmp_path / "images.npy"),
-         str(tmp_path / "outputs.npz")],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    # Forked from tests/zygote.py: TensorFlow imported, no model in memory.
+    result = zygote.run(
+        ["-c", script, path, str(tmp_path / "images.npy"), str(tmp_path / "outputs.npz")],
+        timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = np.load(tmp_path / "outputs.npz")
     expected = model.predict(raw_images, verbose=0)

@@ -2,8 +2,9 @@
 
 The slow tests start two `tools/train.py` processes (through
 `tests/record_worker.py`, which saves each worker's final student and masks),
-each told its place by its own `TF_CONFIG`, each with its own `--workdir`;
-about 20 seconds per two-worker run on 2 CPU cores.
+each told its place by its own `TF_CONFIG`, each with its own `--workdir`,
+each forked from the session's zygote (tests/zygote.py, which has imported
+TensorFlow); about 10 seconds per two-worker run on 2 CPU cores.
 """
 
 import glob
@@ -11,8 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import keras
@@ -27,7 +26,6 @@ from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--flagfile=configs/demo.flags", "--teacher_model=cnn_tiny", "--teacher_epochs=1",
          "--epochs=3", "--students=tllm", "--warmup_epochs=0", "--batch_size=32",
          "--num_train=300", "--deterministic", "--verbose=0", "--strategy=multi_worker"]
@@ -45,7 +43,7 @@ def _free_ports(count):
             sock.close()
 
 
-def _start_workers(workdirs, record_dir, log_dir, flags=()):
+def _start_workers(zygote, workdirs, record_dir, log_dir, flags=()):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(workdirs))]}
     processes = []
     try:
@@ -54,13 +52,10 @@ def _start_workers(workdirs, record_dir, log_dir, flags=()):
                 os.environ, CUDA_VISIBLE_DEVICES="", RECORD_DIR=str(record_dir),
                 TF_CONFIG=json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            # Files, not pipes: a worker blocked on a full pipe would stall the other.
-            with open(os.path.join(log_dir, f"worker{index}.out"), "w") as out, \
-                    open(os.path.join(log_dir, f"worker{index}.err"), "w") as err:
-                processes.append(subprocess.Popen(
-                    [sys.executable, "tests/record_worker.py", *FLAGS, *flags,
-                     f"--workdir={workdir}"],
-                    cwd=ROOT, env=env, stdout=out, stderr=err))
+            processes.append(zygote.popen(
+                ["tests/record_worker.py", *FLAGS, *flags, f"--workdir={workdir}"], env=env,
+                stdout=os.path.join(log_dir, f"worker{index}.out"),
+                stderr=os.path.join(log_dir, f"worker{index}.err")))
     except BaseException:
         for process in processes:
             process.kill()
@@ -87,11 +82,11 @@ def _log(log_dir, index, stream):
         return handle.read()
 
 
-def _run_workers(workdirs, record_dir, log_dir, flags=()):
+def _run_workers(zygote, workdirs, record_dir, log_dir, flags=()):
     """Runs one worker per workdir to the end; returns their stdout."""
     os.makedirs(record_dir, exist_ok=True)
     os.makedirs(log_dir, exist_ok=True)
-    processes = _start_workers(workdirs, record_dir, log_dir, flags)
+    processes = _start_workers(zygote, workdirs, record_dir, log_dir, flags)
     _wait(processes)
     for index, process in enumerate(processes):
         assert process.returncode == 0, f"worker {index}:\n" + _log(log_dir, index, "err")[-3000:]
@@ -196,16 +191,17 @@ def test_restore_builds_the_optimizer_once_in_the_strategy_scope(tmp_path, tiny_
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, zygote):
     """One two-worker run: its directory and the workers' stdout."""
     directory = tmp_path_factory.mktemp("uninterrupted")
-    outputs = _run_workers([str(directory / "chief"), str(directory / "worker1")],
+    outputs = _run_workers(zygote, [str(directory / "chief"), str(directory / "worker1")],
                            directory / "records", directory / "logs")
     return directory, outputs
 
 
 @pytest.mark.slow
-def test_two_workers_train_the_same_student_and_only_the_chief_writes(uninterrupted, tmp_path):
+def test_two_workers_train_the_same_student_and_only_the_chief_writes(
+        zygote, uninterrupted, tmp_path):
     run_dir, (chief_out, worker_out) = uninterrupted
     chief_dir, worker_dir = str(run_dir / "chief"), str(run_dir / "worker1")
     chief_weights, chief_masks = _record(run_dir / "records", 0)
@@ -240,7 +236,7 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(uninterrup
     # Run again, the chief finds every stage done and tells the other worker.
     written = _modification_times(chief_dir)
     again_out, _ = _run_workers(
-        [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again")
+        zygote, [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again")
     assert not os.listdir(tmp_path / "records_again"), "a stage was trained again"
     assert chief_out.splitlines()[-4:] == again_out.splitlines()[-4:]
     rewritten = _modification_times(chief_dir)
@@ -253,11 +249,11 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(uninterrup
 
 
 @pytest.mark.slow
-def test_a_chief_that_refuses_to_start_stops_every_worker(tmp_path):
+def test_a_chief_that_refuses_to_start_stops_every_worker(zygote, tmp_path):
     chief_dir, worker_dir = str(tmp_path / "chief"), str(tmp_path / "worker1")
     workdir_lib.claim(chief_dir, config_lib.RunConfig(workdir=chief_dir, seed=7))
     os.makedirs(tmp_path / "logs")
-    processes = _start_workers([chief_dir, worker_dir], tmp_path, tmp_path / "logs")
+    processes = _start_workers(zygote, [chief_dir, worker_dir], tmp_path, tmp_path / "logs")
     _wait(processes)
     assert [process.returncode for process in processes] == [1, 1]
     refusal = "belongs to a run with a different configuration"
@@ -268,7 +264,7 @@ def test_a_chief_that_refuses_to_start_stops_every_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_path):
+def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted, tmp_path):
     uninterrupted_dir = str(uninterrupted[0] / "chief")
     # The uninterrupted run's student stage, from its teacher and reference files.
     inputs = [f"--teacher_path={os.path.join(uninterrupted_dir, 'teacher', 'model.keras')}",
@@ -277,7 +273,7 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_pat
     stage_dir = os.path.join(killed_dir, "student_tllm")
     os.makedirs(tmp_path / "records_killed")
     os.makedirs(tmp_path / "logs_killed")
-    processes = _start_workers([killed_dir, worker_dir], tmp_path / "records_killed",
+    processes = _start_workers(zygote, [killed_dir, worker_dir], tmp_path / "records_killed",
                                tmp_path / "logs_killed", inputs)
     try:
         deadline = time.time() + TIMEOUT_S
@@ -291,8 +287,8 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(uninterrupted, tmp_pat
     assert 1 <= checkpointed_epoch(stage_dir) < 3
     assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
 
-    _run_workers([killed_dir, worker_dir], tmp_path / "records_resumed", tmp_path / "logs_resumed",
-                 inputs)
+    _run_workers(zygote, [killed_dir, worker_dir], tmp_path / "records_resumed",
+                 tmp_path / "logs_resumed", inputs)
     assert _logged_masks(stage_dir) == _logged_masks(
         os.path.join(uninterrupted_dir, "student_tllm"))
     resumed = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)

@@ -120,10 +120,11 @@ def test_an_unwritable_workdir_is_refused_before_the_data_set_loads(
         stages.run(RunConfig(workdir=workdir, verbose=0))
 
 
-def test_an_unwritable_workdir_is_one_line_from_the_tool(train_tool_runs, tmp_path):
+def test_an_unwritable_workdir_is_one_line_from_the_tool(zygote, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = train_tool_runs("--flagfile=configs/demo.flags", f"--workdir={blocker / 'run'}")
+    result = zygote.run(["tools/train.py", "--flagfile=configs/demo.flags",
+                         f"--workdir={blocker / 'run'}"], timeout=120)
     assert result.returncode != 0
     assert f"Cannot write to --workdir='{blocker / 'run'}': Not a directory" in result.stderr
     assert "Traceback" not in result.stderr

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import keras
@@ -13,29 +11,26 @@ import pytest
 
 from conftest import checkpointed_epoch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _command(workdir, *flags):
-    return [sys.executable, "tools/train.py", "--flagfile=configs/demo.flags",
+    return ["tools/train.py", "--flagfile=configs/demo.flags",
             f"--workdir={workdir}", "--students=tllm", "--teacher_model=cnn_tiny",
             "--teacher_epochs=2", "--epochs=12", "--warmup_epochs=1", "--sticky",
             "--deterministic", "--verbose=0", *flags]
 
 
-def _run(workdir, *flags):
-    result = subprocess.run(_command(workdir, *flags), cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+def _run(zygote, workdir, *flags):
+    result = zygote.run(_command(workdir, *flags), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(zygote, tmp_path):
     killed_dir = str(tmp_path / "killed")
     stage_dir = os.path.join(killed_dir, "student_tllm")
-    process = subprocess.Popen(_command(killed_dir), cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A process of its own, forked from the zygote (tests/zygote.py), SIGKILLed by its pid.
+    process = zygote.popen(_command(killed_dir))
     deadline = time.time() + 300
     while checkpointed_epoch(stage_dir) < 4 and time.time() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
@@ -46,12 +41,14 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert 4 <= killed_at < 12
     assert not os.path.exists(os.path.join(stage_dir, "model.keras"))
 
-    _run(killed_dir)
+    _run(zygote, killed_dir)
     # The same student stage, never killed: from the same teacher and reference files,
     # as the resumed run reads them (not trained again).
     uninterrupted_dir = str(tmp_path / "uninterrupted")
-    _run(uninterrupted_dir, f"--teacher_path={os.path.join(killed_dir, 'teacher', 'model.keras')}",
-         f"--reference_path={os.path.join(killed_dir, 'reference', 'reference.json')}")
+    teacher_file = os.path.join(killed_dir, "teacher", "model.keras")
+    reference_file = os.path.join(killed_dir, "reference", "reference.json")
+    _run(zygote, uninterrupted_dir, f"--teacher_path={teacher_file}",
+         f"--reference_path={reference_file}")
 
     with open(os.path.join(stage_dir, "mask_log.jsonl")) as handle:
         epochs = [json.loads(line)["epoch"] for line in handle]

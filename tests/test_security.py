@@ -3,8 +3,6 @@ every entry point, and the JSON files a run reads back are parsed as data."""
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -22,8 +20,6 @@ from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.data import load_digits
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), 10
 
 
@@ -88,17 +84,19 @@ def test_helper_loads_models_without_code_and_tllm_custom_objects(tmp_path, seed
 
 
 @pytest.mark.slow
-def test_helper_loads_a_zoo_model_with_custom_layers_in_a_fresh_process(tmp_path):
+def test_helper_loads_a_zoo_model_with_custom_layers_in_a_fresh_process(zygote, tmp_path):
     # ShuffleNet's layers are registered when the zoo is imported, which
     # tools/evaluate.py and tools/export.py do not do themselves.
     from tllm_tf import models
 
     path = str(tmp_path / "shufflenet.keras")
     models.build_model("shufflenetv1", 4, (32, 32, 3)).save(path)
-    script = ("from tllm_tf.pipeline import model_io; "
+    script = ("import sys; assert 'tllm_tf.models' not in sys.modules; "
+              "from tllm_tf.pipeline import model_io; "
               f"print(model_io.load_keras_model({path!r}).name)")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    # Forked from tests/zygote.py, which has imported TensorFlow and Keras, not the zoo.
+    result = zygote.run(["-c", script], timeout=300,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -113,17 +111,15 @@ def test_helper_says_what_is_wrong_with_a_missing_or_foreign_file(tmp_path):
         model_io.load_keras_model(str(tmp_path / "text.keras"))
 
 
-def _tool(*args):
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+def _tool(zygote, *args):
+    return zygote.run(args, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 @pytest.mark.slow
-def test_export_tool_refuses_it_and_writes_nothing(planted, tmp_path):
+def test_export_tool_refuses_it_and_writes_nothing(zygote, planted, tmp_path):
     path, marker = planted
     export_dir = tmp_path / "exported"
-    result = _tool("tools/export.py", f"--model_path={path}", f"--export_dir={export_dir}")
+    result = _tool(zygote, "tools/export.py", f"--model_path={path}", f"--export_dir={export_dir}")
     assert result.returncode != 0
     _assert_refused_naming(result.stderr, path)
     assert "Traceback" not in result.stderr
@@ -132,9 +128,9 @@ def test_export_tool_refuses_it_and_writes_nothing(planted, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_tool_refuses_it_and_writes_nothing(planted, tmp_path):
+def test_evaluate_tool_refuses_it_and_writes_nothing(zygote, planted, tmp_path):
     path, marker = planted
-    result = _tool("tools/evaluate.py", f"--model_path={path}", "--dataset=digits",
+    result = _tool(zygote, "tools/evaluate.py", f"--model_path={path}", "--dataset=digits",
                    f"--json={tmp_path / 'eval.json'}")
     assert result.returncode != 0
     _assert_refused_naming(result.stderr, path)

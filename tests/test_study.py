@@ -131,13 +131,15 @@ def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_clas
     assert (tmp_path / "study_kd_minus_labels.png").stat().st_size > 0
 
 @pytest.mark.slow
-def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(tmp_path):
+def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_path):
     root = tmp_path / "study"
-    command = [sys.executable, "tools/study.py", "--flagfile=configs/demo.flags",
+    command = ["tools/study.py", "--flagfile=configs/demo.flags",
                f"--root={root}", "--seeds=0", "--student_models=mlp_4", "--teacher_models=cnn_tiny",
                "--arms=kd,tllm", "--num_train=120", "--epochs=2", "--teacher_epochs=1",
                "--teacher_num_train=0", "--verbose=0", "--warmup_epochs=0"]
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # A process of its own from start-up, TensorFlow's import included (its output checked).
+    first = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     # One line per run, and none of absl's info lines (saver, fingerprint) in between.
     assert not re.search(r"^I\d{4} ", first.stdout + first.stderr, re.MULTILINE)
@@ -152,6 +154,6 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(tmp_path):
     assert summary["settings"][0]["arms"]["tllm"]["accuracy"]["mean"] == pytest.approx(
         tllm["accuracy"])
     # A second run trains nothing and reports the same.
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = zygote.run(command, timeout=600)  # forked: tests/zygote.py
     assert again.returncode == 0 and "[1/" not in again.stdout
     assert json.loads((root / "study.json").read_text()) == summary

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,8 +11,6 @@ import tllm_tf
 from tllm_tf import data as data_lib
 from tllm_tf.analysis import evaluation
 from tllm_tf.pipeline import export as export_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("reference", "student_kd", "student_tllm")
 
 
@@ -53,10 +49,9 @@ def workdir(tmp_path_factory, digits):
     return root
 
 
-def _run(*args):
-    result = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+def _run(zygote, *args):
+    """`python *args` in a process forked from tests/zygote.py; returns its stdout."""
+    result = zygote.run(args, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -74,9 +69,9 @@ def _write_per_class(workdir, digits, stages):
 
 
 @pytest.mark.slow
-def test_evaluate_tool_prints_accuracy_and_writes_a_per_class_file(workdir, digits):
+def test_evaluate_tool_prints_accuracy_and_writes_a_per_class_file(zygote, workdir, digits):
     stage_dir = workdir / "student_tllm"
-    stdout = _run("tools/evaluate.py", f"--model_path={stage_dir / 'saved_model'}",
+    stdout = _run(zygote, "tools/evaluate.py", f"--model_path={stage_dir / 'saved_model'}",
                   "--dataset=digits", "--split=test", f"--json={stage_dir / 'test_per_class.json'}")
     keras_model = keras.models.load_model(stage_dir / "model.keras")
     expected = tllm_tf.per_class_accuracy(keras_model, digits.test.batch(128), 10)
@@ -90,9 +85,9 @@ def test_evaluate_tool_prints_accuracy_and_writes_a_per_class_file(workdir, digi
 
 
 @pytest.mark.slow
-def test_report_tool_from_a_workdir_writes_the_four_files(workdir, digits):
+def test_report_tool_from_a_workdir_writes_the_four_files(zygote, workdir, digits):
     _write_per_class(workdir, digits, STAGES)
-    stdout = _run("tools/report.py", f"--workdir={workdir}")
+    stdout = _run(zygote, "tools/report.py", f"--workdir={workdir}")
     report_dir = workdir / "report"
     assert sorted(os.listdir(report_dir)) == [
         "mask_history.png", "per_class_change.png", "report.json", "report.md"]
@@ -105,10 +100,10 @@ def test_report_tool_from_a_workdir_writes_the_four_files(workdir, digits):
 
 
 @pytest.mark.slow
-def test_report_tool_compares_saved_models_on_a_data_set(workdir, tmp_path):
+def test_report_tool_compares_saved_models_on_a_data_set(zygote, workdir, tmp_path):
     reference = workdir / "reference" / "model.keras"
     tllm = workdir / "student_tllm" / "saved_model"
-    _run("tools/report.py", f"--model_paths=ref={reference},{tllm}", "--dataset=digits",
+    _run(zygote, "tools/report.py", f"--model_paths=ref={reference},{tllm}", "--dataset=digits",
          f"--output_dir={tmp_path}")
     with open(tmp_path / "report.json") as handle:
         report = json.load(handle)

@@ -34,9 +34,9 @@ def test_demo_flagfile_runs_all_stages_and_exports_the_student(demo_runs):
     assert result.stdout.splitlines()[-4:] == again.stdout.splitlines()[-4:]
 
 
-def test_bad_flag_value_is_refused_before_training(train_tool_runs, tmp_path):
-    result = train_tool_runs("--flagfile=configs/demo.flags", f"--workdir={tmp_path}",
-                             "--temperature=0")
+def test_bad_flag_value_is_refused_before_training(zygote, tmp_path):
+    result = zygote.run(["tools/train.py", "--flagfile=configs/demo.flags",
+                         f"--workdir={tmp_path}", "--temperature=0"], timeout=120)
     assert result.returncode != 0
     assert "temperature must be > 0" in result.stderr
     assert not os.path.exists(os.path.join(tmp_path, "teacher"))
