@@ -146,24 +146,22 @@ DEMO_COMMAND = ["tools/train.py", "--flagfile=configs/demo.flags", "--epochs=3",
 
 
 @pytest.fixture(scope="session")
-def demo_runs(tmp_path_factory):
-    """`DEMO_COMMAND` run twice, each time in a process of its own as a user runs it: the
-    first run trains every stage, the second finds them done.
+def demo_runs(tmp_path_factory, zygote):
+    """`DEMO_COMMAND` run twice, each time in a process of its own: the first run trains
+    every stage, the second finds them done.
 
+    The first is started as a user starts it, TensorFlow's start-up included; the second,
+    whose start-up would be the first's, is forked from the zygote (tests/zygote.py).
     Returns `(workdir, first, second)`, the runs as `CompletedProcess`es. One pair of runs
     for the tests of what a run writes (test_train_e2e.py) and prints (test_cli_output.py).
     """
     workdir = tmp_path_factory.mktemp("demo") / "demo"
-    command = [sys.executable, *DEMO_COMMAND, f"--workdir={workdir}"]
+    command = [*DEMO_COMMAND, f"--workdir={workdir}"]
     # The tool sets what it needs: no TF_CPP_MIN_LOG_LEVEL from the tests' environment.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-
-    def run():
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                              env=env)
-
-    first = run()
-    return workdir, first, run()
+    first = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900, env=env)
+    return workdir, first, zygote.run(command, timeout=900, env=env)
 
 
 @pytest.fixture(scope="session")

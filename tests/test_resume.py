@@ -15,8 +15,8 @@ from conftest import checkpointed_epoch
 def _command(workdir, *flags):
     return ["tools/train.py", "--flagfile=configs/demo.flags",
             f"--workdir={workdir}", "--students=tllm", "--teacher_model=cnn_tiny",
-            "--teacher_epochs=2", "--epochs=12", "--warmup_epochs=1", "--sticky",
-            "--deterministic", "--verbose=0", *flags]
+            "--teacher_epochs=2", "--epochs=12", "--num_train=300", "--warmup_epochs=1",
+            "--sticky", "--deterministic", "--verbose=0", *flags]
 
 
 def _run(zygote, workdir, *flags):

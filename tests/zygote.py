@@ -119,20 +119,17 @@ class Process:
 
     def poll(self):
         with self.zygote.changed:
-            self.returncode = self.zygote.returncodes.get(self.pid)
-        return self.returncode
+            return self.returncode
 
     def wait(self, timeout=None):
         with self.zygote.changed:
             if not self.zygote.changed.wait_for(
-                    lambda: self.pid in self.zygote.returncodes or self.zygote.gone,
-                    timeout=timeout):
+                    lambda: self.returncode is not None or self.zygote.gone, timeout=timeout):
                 raise subprocess.TimeoutExpired(self.args, timeout)
-            if self.pid not in self.zygote.returncodes:
+            if self.returncode is None:
                 raise RuntimeError(f"The zygote ended before process {self.pid}:\n"
                                    + self.zygote.errors())
-            self.returncode = self.zygote.returncodes[self.pid]
-        return self.returncode
+            return self.returncode
 
     def send_signal(self, signal):
         if self.poll() is None:
@@ -143,32 +140,39 @@ class Process:
 
 
 class Zygote:
-    """The client: starts tests/zygote.py, and through it the tests' processes."""
+    """The client: starts tests/zygote.py, and through it the tests' processes.
+
+    One request at a time (`lock`): the zygote answers each with the child's pid, then
+    tells of each child's end, which the reader thread records on its `Process`.
+    """
 
     def __init__(self, directory):
         self.directory = directory
         self.count = 0
-        self.returncodes = {}
         self.gone = False
         self.changed = threading.Condition()
-        self.pids = []
+        self.started = []  # `Process`es in the order of the requests
+        self.running = {}  # pid -> `Process`
+        self.lock = threading.Lock()
         self.log = open(os.path.join(directory, "zygote.err"), "w")
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__)], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.pending_args = None
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.lock = threading.Lock()
 
     def _read(self):
         for line in self.process.stdout:
             message = json.loads(line)
             with self.changed:
                 if "pid" in message:
-                    self.pids.append(message["pid"])
+                    process = Process(self, message["pid"], self.pending_args)
+                    self.running[process.pid] = process
+                    self.started.append(process)
                 else:
-                    self.returncodes[message["exited"]] = message["returncode"]
+                    self.running.pop(message["exited"]).returncode = message["returncode"]
                 self.changed.notify_all()
         with self.changed:
             self.gone = True
@@ -189,20 +193,21 @@ class Zygote:
                        "env": dict(os.environ if env is None else env),
                        "stdout": stdout, "stderr": stderr}
             with self.changed:
-                known = len(self.pids)
+                known = len(self.started)
+                self.pending_args = list(args)
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
             with self.changed:
-                if not self.changed.wait_for(lambda: len(self.pids) > known or self.gone,
-                                             timeout=60) or len(self.pids) == known:
+                self.changed.wait_for(lambda: len(self.started) > known or self.gone,
+                                      timeout=120)
+                if len(self.started) == known:
                     raise RuntimeError("The zygote did not fork:\n" + self.errors())
-                pid = self.pids[known]
-        process = Process(self, pid, args)
+                process = self.started[known]
         process.stdout_path, process.stderr_path = stdout, stderr
         return process
 
     def run(self, args, timeout, cwd=ROOT, env=None):
-        """`subprocess.run(python *args, capture_output=True, text=True)`, forked."""
+        """`subprocess.run([python, *args], capture_output=True, text=True)`, forked."""
         process = self.popen(args, cwd=cwd, env=env)
         try:
             process.wait(timeout=timeout)
