@@ -12,15 +12,17 @@ code) as `__main__` and exits as the interpreter does (`sys.exit`'s code, 1
 with a traceback after an uncaught exception).
 
 What a child shares with its siblings is the zygote's state after the
-imports and nothing else: no tllm_tf module but `tllm_tf.pipeline.console`
-(so a child still registers the zoo's layers or a user's loss itself), no
-TensorFlow runtime (devices, threads, collectives are set up by the child, after
-its TF_CONFIG), no flags parsed. Not for the tests of what a fresh process does
-before its first import (start-up messages, what `import tllm_tf` loads).
+imports and nothing else: of tllm_tf only `tllm_tf.pipeline.console` and the
+lazy package `__init__`s above it (a child registers the zoo's layers or a
+user's loss itself), no TensorFlow runtime (devices, threads, collectives are
+set up by the child, after its TF_CONFIG), no flags defined or parsed. Not for
+the tests of what a process does before its first import (start-up messages,
+what `import tllm_tf` loads): those start `python` itself.
 
 The zygote forks while it has a single thread, so no lock can be held across
-the fork: OpenBLAS (numpy's) is told to start no threads of its own, for
-numpy's matrix products in a child too; TensorFlow's are the child's own.
+the fork: OpenBLAS (numpy's) is told to start no threads of its own, so a
+child's numpy matrix products use one core; TensorFlow's threads are the
+child's own.
 
     python tests/zygote.py
     # stdin, a JSON line per process: {"argv": [script or "-c", ...], "cwd": ...,
@@ -83,7 +85,7 @@ def serve():
     selector = selectors.DefaultSelector()
     selector.register(sys.stdin, selectors.EVENT_READ)
     while True:
-        for key, _ in selector.select(timeout=0.05):
+        for _ in selector.select(timeout=0.05):
             line = sys.stdin.readline()
             if not line:
                 return
