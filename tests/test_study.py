@@ -56,6 +56,17 @@ def test_a_store_arm_keeps_its_soft_label_store_in_its_own_run(tmp_path):
         str(tmp_path), "seed1", "mlp_4", "cnn_tiny", "kd_store", "teacher_store")
 
 
+def test_every_arm_plans_a_valid_run_with_its_overrides(tmp_path):
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=sorted(study.ARMS))
+    planned = {run.arm: run.config for run in runs}
+    for arm, overrides in study.ARMS.items():
+        for name, value in overrides.items():
+            if name != "teacher_store":  # A path made inside the run's folder.
+                assert getattr(planned[arm], name) == value, (arm, name)
+    assert planned["tllm_patience2"].patience == 2 and planned["tllm"].patience == 1
+
+
 def test_plan_refuses_unknown_arms(tmp_path):
     with pytest.raises(ValueError, match="Unknown arms.*'tllm'"):
         study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],

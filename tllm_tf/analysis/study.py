@@ -62,6 +62,10 @@ ARMS = {
     # The defaults, but judged against the finished reference rather than the reference of the
     # same epoch: fewer classes masked on a mid-training difference that is gone by the end.
     "tllm_final_reference": {"students": ("tllm",), "epoch_matched": False},
+    # The defaults, but a class must be behind at 2 (3) consecutive updates: a difference of
+    # the half-trained student that is gone one or two epochs later does not mask it.
+    "tllm_patience2": {"students": ("tllm",), "patience": 2},
+    "tllm_patience3": {"students": ("tllm",), "patience": 3},
 }
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
