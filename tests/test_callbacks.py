@@ -60,7 +60,7 @@ def test_update_schedule_follows_warmup_and_update_every(tiny_data, held_out, tm
     log_path = str(tmp_path / "log.jsonl")
     callback = tllm_tf.UndistillableClassCallback(
         held_out, reference=np.ones(NUM_CLASSES), warmup_epochs=1, update_every=2,
-        log_path=log_path)
+        log_path=log_path, patience=1)
     history = _distiller().fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[callback])
     with open(log_path) as handle:
         assert [json.loads(line)["epoch"] for line in handle] == [3, 5]
@@ -125,10 +125,22 @@ def test_fits_of_the_same_model_reuse_the_traced_per_class_pass(tiny_data, held_
 def test_accepts_a_batched_dataset(tiny_data, held_out):
     x, y = tiny_data
     dataset = tf.data.Dataset.from_tensor_slices(held_out).batch(5)
-    callback = tllm_tf.UndistillableClassCallback(dataset, reference=[1.0, 1.0, 0.0, 0.0])
+    callback = tllm_tf.UndistillableClassCallback(dataset, reference=[1.0, 1.0, 0.0, 0.0],
+                                                  patience=1)
     distiller = _distiller()
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
     assert distiller.undistillable_classes
+
+
+def test_by_default_a_class_is_masked_when_behind_at_two_updates_in_a_row(tiny_data, held_out):
+    x, y = tiny_data
+    # A perfect reference on classes 0 and 1: behind at every update the student misses them.
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=[1.0, 1.0, 0.0, 0.0],
+                                                  rule="unpaired", warmup_epochs=0)
+    distiller = _distiller()
+    history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+    counts = history.history["num_undistillable_classes"]
+    assert counts[0] == 0 and counts[1] > 0
 
 
 # -- bad input ---------------------------------------------------------------
@@ -176,7 +188,7 @@ def test_epoch_matched_compares_with_the_reference_of_the_same_epoch(
     history = np.array([[0.0] * 4, [1.0] * 4, [0.0] * 4])
     callback = tllm_tf.UndistillableClassCallback(
         held_out, reference=history, epoch_matched=True, log_path=log_path, warmup_epochs=0,
-        sticky=False)
+        sticky=False, patience=1)
     _distiller().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[callback])
     records = _log_records(log_path)
     assert [r["reference_accuracy"] for r in records] == [

@@ -64,7 +64,8 @@ def test_every_arm_plans_a_valid_run_with_its_overrides(tmp_path):
         for name, value in overrides.items():
             if name != "teacher_store":  # A path made inside the run's folder.
                 assert getattr(planned[arm], name) == value, (arm, name)
-    assert planned["tllm_patience2"].patience == 2 and planned["tllm"].patience == 1
+    assert planned["tllm_patience2"].patience == 2 == RunConfig(workdir="x").patience
+    assert planned["tllm"].patience == planned["dkd_tllm"].patience == 1  # Run before patience 2.
 
 
 def test_plan_refuses_unknown_arms(tmp_path):

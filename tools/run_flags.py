@@ -85,7 +85,7 @@ flags.DEFINE_bool("epoch_matched", _DEFAULTS.epoch_matched, "Compare epoch e wit
 flags.DEFINE_float("smoothing", _DEFAULTS.smoothing, "Weight of the past in a moving average "
                    "of the accuracies over updates, in [0, 1). Default: 0 (none).")
 flags.DEFINE_integer("patience", _DEFAULTS.patience, "Consecutive updates a class must be "
-                     "behind to be masked. Default: 1.")
+                     "behind to be masked. Default: 2 (docs/study.md).")
 flags.DEFINE_float("margin_standard_errors", _DEFAULTS.margin_standard_errors, "Extra margin "
                    "in standard errors of the accuracy difference. Default: 0.")
 # Speed and scale.

@@ -89,7 +89,7 @@ class RunConfig:
     min_samples: int = 1
     epoch_matched: bool = True
     smoothing: float = 0.0
-    patience: int = 1
+    patience: int = 2
     margin_standard_errors: float = 0.0
     # Speed and scale.
     jit_compile: bool = False
