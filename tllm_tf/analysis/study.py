@@ -34,8 +34,8 @@ LABELS_ARM = "labels"
 # Arms: RunConfig overrides of the distilled students, the alternatives the
 # defaults were chosen among (docs/study.md). "tllm_patience2" is the library's
 # default rule and policy; "tllm" was the default until patience 2 replaced
-# patience 1, and the arms run before that keep patience 1 (`_BEFORE_PATIENCE_2`)
-# so that they plan the runs they made.
+# patience 1, and the TLLM arms run before that keep patience 1 (set below) so
+# that they plan the runs they made.
 ARMS = {
     "kd": {"students": ("distilled",)},
     "tllm": {"students": ("tllm",)},
@@ -69,10 +69,6 @@ ARMS = {
     "tllm_patience2": {"students": ("tllm",), "patience": 2},
     "tllm_patience3": {"students": ("tllm",), "patience": 3},
 }
-_BEFORE_PATIENCE_2 = ("tllm", "paired", "paired_sticky_half_warmup",
-                      "paired_matched_sticky_half_warmup", "paired_matched",
-                      "paired_matched_sticky", "paired_matched_sticky_bh",
-                      "paired_matched_sticky_soft_label", "tllm_final_reference")
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
 # distilled on every class (`<loss>`) and with TLLM's defaults (`<loss>_tllm`), with the
@@ -89,8 +85,11 @@ ARMS["kd_store"] = {"students": ("distilled",), "teacher_store": "teacher_store"
 for _loss, _overrides in _LOSS_OVERRIDES.items():
     ARMS[_loss] = dict(_overrides, students=("distilled",))
     ARMS[f"{_loss}_tllm"] = dict(_overrides, students=("tllm",))
-    _BEFORE_PATIENCE_2 += (f"{_loss}_tllm",)
-for _arm in _BEFORE_PATIENCE_2:
+# The TLLM arms run before patience 2 became the default, with the patience they were run with.
+for _arm in ("tllm", "paired", "paired_sticky_half_warmup", "paired_matched_sticky_half_warmup",
+             "paired_matched", "paired_matched_sticky", "paired_matched_sticky_bh",
+             "paired_matched_sticky_soft_label", "tllm_final_reference",
+             *(f"{_loss}_tllm" for _loss in _LOSS_OVERRIDES)):
     ARMS[_arm].setdefault("patience", 1)
 
 
