@@ -115,7 +115,16 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     assert tllm["not_hurt_masked_update_rate"] == 0.0
     assert tllm["helped_masked_update_rate"] == 0.0  # "a", which KD helps, is never masked.
     assert tllm["hurt_classes_minus_kd"]["mean"] > 0.07
-    assert "| tllm |" in study_report.markdown([setting])
+    assert setting["hurt_class_accuracy"]["b"]["kd"] == pytest.approx(0.698)
+    recovery = tllm["hurt_class_recovery"]["b"]
+    assert recovery["accuracy"] == pytest.approx(0.78)
+    assert recovery["minus_kd"]["mean"] == pytest.approx(0.082)
+    assert recovery["minus_kd"]["ci_low"] > 0 and recovery["minus_kd"]["better"] == 5
+    assert recovery["minus_labels"]["mean"] == pytest.approx(-0.02)
+    assert "hurt_class_recovery" not in setting["arms"].get("kd", {})  # KD masks nothing.
+    text = study_report.markdown([setting])
+    assert "| tllm |" in text
+    assert "| b | 80.0 | 69.8 | tllm | 78.0 | +8.20 ± 0.16" in text
 
 
 

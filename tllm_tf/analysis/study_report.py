@@ -5,8 +5,9 @@ setting (student, teacher): every arm's test accuracy over seeds; each arm
 minus the label-only student and minus KD, paired by seed (mean, std, 95%
 confidence interval, seeds better/worse); per class, KD minus labels with
 its interval (the classes KD hurts beyond noise); and for each TLLM arm which
-classes it masked, how often, how often the mask flipped, and how often it
-masked a class that KD did not hurt.
+classes it masked, how often, how often the mask flipped, how often it
+masked a class that KD did not hurt, and what it did for each class KD hurts
+beyond noise (minus KD and minus labels on that class).
 """
 
 import collections
@@ -94,6 +95,9 @@ def summarise(records):
             "kd_minus_labels": _difference(kd_acc, labels_acc),
             "kd_minus_labels_per_class": _difference(kd_pc, labels_pc),
             "hurt_classes": [class_names[c] for c in np.flatnonzero(hurt)],
+            "hurt_class_accuracy": {class_names[c]: {"labels": float(labels_pc[:, c].mean()),
+                                                     "kd": float(kd_pc[:, c].mean())}
+                                    for c in np.flatnonzero(hurt)},
             "arms": {},
         }
         for arm, by_seed in sorted(arms.items()):
@@ -134,6 +138,12 @@ def summarise(records):
                 entry["hurt_classes_minus_kd"] = _difference(
                     np.array([a[h].mean() for a, h in zip(arm_pc, seed_hurt)]),
                     np.array([k[h].mean() for k, h in zip(kd_pc, seed_hurt)]))
+            if any(r["masks"] for r in arm_records):  # A masking arm: what it did for each
+                entry["hurt_class_recovery"] = {     # class KD hurts beyond noise.
+                    class_names[c]: {"accuracy": float(arm_pc[:, c].mean()),
+                                     "minus_kd": _difference(arm_pc[:, c], kd_pc[:, c]),
+                                     "minus_labels": _difference(arm_pc[:, c], labels_pc[:, c])}
+                    for c in np.flatnonzero(hurt)}
             if f"{arm}{TLLM_SUFFIX}" in arms:  # Another loss, distilled on every class.
                 loss_hurt, _ = study_stats.significantly_hurt(arm_pc, labels_pc)
                 entry["minus_labels_per_class"] = _difference(arm_pc, labels_pc)
@@ -217,8 +227,29 @@ def markdown(summaries):
             lines.append(f"| {name} | {_points(difference)} | " + " | ".join(
                 f"{entry['masked_at_end_per_class'][index]:.0%}"
                 for entry in setting["arms"].values()) + " |")
+        lines += _recovery_table(setting)
         lines.append("")
     return "\n".join(lines)
+
+
+def _recovery_table(setting):
+    """Lines of the table of what each masking arm did for the classes KD hurts."""
+    recovering = {arm: entry["hurt_class_recovery"] for arm, entry in setting["arms"].items()
+                  if entry.get("hurt_class_recovery")}
+    if not recovering:
+        return []
+    lines = ["", "The classes KD hurts beyond noise, arm by arm (accuracy on the class, %; "
+             "differences in points; recovered = minus KD above 0 beyond noise):", "",
+             "| class | labels | KD | arm | accuracy | minus KD | minus labels |",
+             "|---|---|---|---|---|---|---|"]
+    for name, accuracy in setting["hurt_class_accuracy"].items():
+        for arm, recovery in recovering.items():
+            entry = recovery[name]
+            lines.append(
+                f"| {name} | {100 * accuracy['labels']:.1f} | {100 * accuracy['kd']:.1f} | "
+                f"{arm} | {100 * entry['accuracy']:.1f} | {_points(entry['minus_kd'])} | "
+                f"{_points(entry['minus_labels'])} |")
+    return lines
 
 
 def _panels(summaries):
