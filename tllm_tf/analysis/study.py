@@ -68,6 +68,9 @@ ARMS = {
     # the half-trained student that is gone one or two epochs later does not mask it.
     "tllm_patience2": {"students": ("tllm",), "patience": 2},
     "tllm_patience3": {"students": ("tllm",), "patience": 3},
+    # The defaults, but the first update after a quarter of training (5 of the study's 20
+    # epochs) instead of half: does a class masked earlier recover more of what KD cost it?
+    "tllm_warmup5": {"students": ("tllm",), "warmup_epochs": 5},
 }
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
