@@ -335,8 +335,38 @@ def test_get_config_has_every_argument(held_out):
     assert callback.get_config() == {
         "rule": "paired", "significance": 0.05, "correction": "holm", "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
         "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
-        "patience": 2, "margin_standard_errors": 1.5,
+        "patience": 2, "margin_standard_errors": 1.5, "masked_classes": [],
     }
+    assert tllm_tf.UndistillableClassCallback(
+        held_out, reference=[0.5] * 4, masked_classes=[3, 1]).get_config()["masked_classes"] == [3, 1]
+
+
+def test_masked_classes_are_never_distilled_from_the_first_step(tiny_data, held_out, tmp_path):
+    """The same training as a mask set by hand before `fit`, and kept through the rule's updates."""
+    x, y = tiny_data
+    by_hand = _distiller()
+    by_hand.set_class_mask([1.0, 1.0, 0.0, 1.0])
+    by_hand.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    fixed = _distiller()
+    nothing_behind = tllm_tf.ReferencePredictions(
+        labels=held_out[1], correct=np.zeros((1, len(held_out[1])), bool))
+    log_path = str(tmp_path / "log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=nothing_behind, masked_classes=[2], warmup_epochs=0,
+        log_path=log_path)
+    fixed.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    assert fixed.undistillable_classes == [2]
+    assert [r["class_mask"] for r in _log_records(log_path)] == [[1.0, 1.0, 0.0, 1.0]] * 2
+    for a, b in zip(by_hand.student.get_weights(), fixed.student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_masked_classes_outside_the_model_are_refused_at_train_begin(tiny_data, held_out):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=[1.0] * 4,
+                                                  masked_classes=[4])
+    with pytest.raises(ValueError, match=r"classes \[4\].*4 classes, ids 0 to 3"):
+        _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -344,6 +374,8 @@ def test_get_config_has_every_argument(held_out):
     ({"smoothing": -0.1}, "0 <= smoothing < 1"),
     ({"patience": 0}, "patience >= 1"),
     ({"margin_standard_errors": -1.0}, "margin_standard_errors >= 0"),
+    ({"masked_classes": [1, 1]}, "distinct class ids >= 0"),
+    ({"masked_classes": [-1]}, "distinct class ids >= 0"),
 ])
 def test_rejects_bad_guard_arguments(held_out, kwargs, message):
     with pytest.raises(ValueError, match=message):

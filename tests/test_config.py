@@ -8,8 +8,12 @@ from tllm_tf.pipeline.config import RunConfig
 
 
 def test_json_round_trip():
-    config = RunConfig(workdir="/tmp/x", students=("distilled", "tllm"), lr_decay_epochs=(150, 180))
+    config = RunConfig(workdir="/tmp/x", students=("distilled", "tllm"), lr_decay_epochs=(150, 180),
+                       masked_classes=(2, 4))
     assert RunConfig.from_json(config.to_json()) == config
+    written_before_masked_classes = json.loads(RunConfig(workdir="w").to_json())
+    written_before_masked_classes.pop("masked_classes")
+    assert RunConfig.from_json(json.dumps(written_before_masked_classes)).masked_classes == ()
     assert RunConfig(workdir="w", stage="all").stages == ("teacher", "reference", "student")
 
 
@@ -35,10 +39,18 @@ def test_json_round_trip():
     ("student_model", "resnet8x5", r"student_model must be a model of the zoo .*resnet8x4.*"
                                    r"Received: student_model='resnet8x5'"),
     ("teacher_model", "wrn_40_3", r"teacher_model must be a model of the zoo"),
+    ("masked_classes", (2, 2), r"masked_classes must be distinct class ids >= 0"),
+    ("masked_classes", (-1,), r"masked_classes must be distinct class ids >= 0"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         RunConfig(workdir="w", **{field: value})
+
+
+def test_masked_classes_need_the_tllm_student():
+    with pytest.raises(ValueError, match="masked_classes applies to the tllm student.*"
+                                         "add tllm to --students"):
+        RunConfig(workdir="w", students=("distilled",), masked_classes=(2,))
 
 
 def test_identification_defaults_are_the_callbacks():
@@ -48,6 +60,7 @@ def test_identification_defaults_are_the_callbacks():
                  "update_every", "sticky", "min_samples", "smoothing", "patience",
                  "margin_standard_errors"):
         assert getattr(config, name) == parameters[name].default, name
+    assert config.masked_classes == tuple(parameters["masked_classes"].default) == ()
     # The callback's None means "when the reference has per-epoch results",
     # which the pipeline's reference stage always records.
     assert parameters["epoch_matched"].default is None and config.epoch_matched

@@ -54,6 +54,12 @@ def test_flag_file_parses_into_a_valid_config(train_tool, path):
     assert {config.teacher_model, config.student_model} <= set(models.available_models())
 
 
+def test_masked_classes_are_class_ids(train_tool):
+    assert _config(train_tool, "--workdir=w", "--masked_classes=2,4").masked_classes == (2, 4)
+    with pytest.raises(ValueError, match=r"--masked_classes takes class ids .*Received: Pullover"):
+        _config(train_tool, "--workdir=w", "--masked_classes=Pullover")
+
+
 def test_pair_files_inherit_the_recipe_and_command_line_flags_win(train_tool):
     config = _config(train_tool, "--flagfile=configs/cifar_vgg13_mobilenetv2.flags", "--epochs=3")
     assert (config.optimizer, config.batch_size, config.weight_decay) == ("sgd", 64, 5e-4)

@@ -87,6 +87,16 @@ def test_teacher_dtype_reaches_the_distiller_and_is_not_a_resumable_change(tmp_p
         stages.run(float32_teacher)
 
 
+def test_masked_classes_reach_the_tllm_student_and_stay_masked(tmp_path):
+    config = RunConfig(workdir=str(tmp_path / "run"), students=("tllm",), num_train=200,
+                       teacher_model="cnn_tiny", epochs=2, verbose=0, masked_classes=(3, 7))
+    stages.run(config)
+    with open(tmp_path / "run" / "student_tllm" / workdir_files.MASK_LOG_FILE) as handle:
+        (update,) = [json.loads(line) for line in handle]  # One update, after the warm-up.
+    assert update["epoch"] == 2
+    assert update["class_mask"][3] == update["class_mask"][7] == 0.0
+
+
 def _student_weights(workdir):
     model = keras.models.load_model(os.path.join(workdir, "student_kd", workdir_files.MODEL_FILE))
     return model.get_weights()

@@ -71,6 +71,11 @@ class UndistillableClassCallback(keras.callbacks.Callback):
     shape training, and the test accuracy would no longer measure
     generalisation.
 
+    Classes named in `masked_classes` are masked from the first step to the
+    last, whatever the rule finds (the rule may mask others beside them):
+    for classes already known to be undistillable, for example the final
+    mask of an earlier run of the same setting.
+
     Every epoch's logs get `num_undistillable_classes`: the number of
     classes the *next* epoch stops distilling.
 
@@ -118,9 +123,12 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             of those through (docs/study.md). Defaults to `2`.
         margin_standard_errors: unpaired rule: extra margin in standard
             errors of the accuracy difference, `>= 0`. Defaults to `0.0`.
+        masked_classes: class ids never distilled, masked from the first
+            step. Defaults to `()`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
+            class of `masked_classes` the model does not have, on a
             reference of the wrong shape, from another held-out split, or,
             with `epoch_matched=True`, one without per-epoch results.
 
@@ -148,8 +156,13 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         smoothing=0.0,
         patience=2,
         margin_standard_errors=0.0,
+        masked_classes=(),
     ):
         super().__init__()
+        masked_classes = tuple(int(c) for c in masked_classes)
+        if any(c < 0 for c in masked_classes) or len(set(masked_classes)) < len(masked_classes):
+            raise ValueError("Expected distinct class ids >= 0 in masked_classes. "
+                             f"Received: masked_classes={list(masked_classes)}")
         if warmup_epochs is not None and warmup_epochs < 0:
             raise ValueError(
                 f"Expected warmup_epochs >= 0. Received: warmup_epochs={warmup_epochs}")
@@ -165,6 +178,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.reference = reference
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = int(update_every)
+        self.masked_classes = masked_classes
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
         self._matched = bool(epoch_matched)
@@ -270,6 +284,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 f"with a `class_mask`). Received: {type(self.model).__name__}")
         model_checks.check_held_out_data(self.validation_data, self.model)
         num_classes = self.model.num_classes
+        self._mask_fixed_classes(num_classes)
         self._reference_predictions = None
         self._reference_source = "the reference"
         self._resolve_reference(num_classes)
@@ -289,6 +304,20 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = metrics_lib.PerImageCorrectness(self.model, num_classes)
         self._labels_checked = False
+
+    def _mask_fixed_classes(self, num_classes):
+        outside = [c for c in self.masked_classes if c >= num_classes]
+        if outside:
+            raise ValueError(
+                f"masked_classes names classes {outside} that the model does not have: it has "
+                f"{num_classes} classes, ids 0 to {num_classes - 1}. Pass ids of its classes.")
+        fixed = np.zeros(num_classes, bool)
+        fixed[list(self.masked_classes)] = True
+        self._fixed = fixed
+        if fixed.any():
+            mask = keras.ops.convert_to_numpy(self.model.class_mask).copy()
+            mask[fixed] = 0.0
+            self.model.set_class_mask(mask)
 
     def _is_update_epoch(self, epoch):
         epoch_number = epoch + 1
@@ -324,7 +353,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             state = identification.IdentificationState.from_array(
                 keras.ops.convert_to_numpy(self.model.identification_state))
             state, masked, self.p_values = identification.update(state, evidence, options)
-            mask = np.where(masked, 0.0, 1.0).astype(np.float32)
+            mask = np.where(masked | self._fixed, 0.0, 1.0).astype(np.float32)
             self.model.identification_state.assign(state.to_array())
             self.model.set_class_mask(mask)
             if self.log_path:
@@ -368,4 +397,5 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             "smoothing": self.options.smoothing,
             "patience": self.options.patience,
             "margin_standard_errors": self.options.margin_standard_errors,
+            "masked_classes": list(self.masked_classes),
         }

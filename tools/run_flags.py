@@ -88,6 +88,9 @@ flags.DEFINE_integer("patience", _DEFAULTS.patience, "Consecutive updates a clas
                      "behind to be masked. Default: 2 (docs/study.md).")
 flags.DEFINE_float("margin_standard_errors", _DEFAULTS.margin_standard_errors, "Extra margin "
                    "in standard errors of the accuracy difference. Default: 0.")
+flags.DEFINE_list("masked_classes", list(_DEFAULTS.masked_classes), "Class ids the tllm "
+                  "student never distils, masked from the first step whatever the rule finds "
+                  "(e.g. an earlier run's final mask). Default: none.")
 # Speed and scale.
 flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
 flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")
@@ -112,6 +115,14 @@ flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "0: only the results at the e
 FLAGS = flags.FLAGS
 
 
+def _class_ids(values):
+    try:
+        return tuple(int(value) for value in values)
+    except ValueError:
+        raise ValueError(f"--masked_classes takes class ids (0, 1, ...), not names. "
+                         f"Received: {','.join(values)}") from None
+
+
 def config_from_flags(**overrides):
     """Builds the RunConfig from the parsed flags (one flag per field), then `overrides`."""
     values = {field.name: FLAGS[field.name].value
@@ -124,5 +135,6 @@ def config_from_flags(**overrides):
         logging.warning("--method is deprecated: write --students=%s instead.",
                         ",".join(values["students"]))
     values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
+    values["masked_classes"] = _class_ids(values["masked_classes"])
     values.update(overrides)
     return config_lib.RunConfig(**values)

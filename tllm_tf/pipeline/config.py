@@ -91,6 +91,7 @@ class RunConfig:
     smoothing: float = 0.0
     patience: int = 2
     margin_standard_errors: float = 0.0
+    masked_classes: Tuple[int, ...] = ()
     # Speed and scale.
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -171,6 +172,12 @@ class RunConfig:
         require(0.0 <= self.smoothing < 1.0,
                 f"smoothing must be in [0, 1). Received: {self.smoothing}")
         require(self.patience >= 1, f"patience must be >= 1. Received: {self.patience}")
+        require(all(c >= 0 for c in self.masked_classes)
+                and len(set(self.masked_classes)) == len(self.masked_classes),
+                f"masked_classes must be distinct class ids >= 0. Received: {self.masked_classes}")
+        require(not self.masked_classes or "tllm" in self.students,
+                "masked_classes applies to the tllm student (the distilled student distils "
+                "every class): add tllm to --students, or leave --masked_classes empty.")
         require(self.margin_standard_errors >= 0,
                 f"margin_standard_errors must be >= 0. Received: {self.margin_standard_errors}")
         require(self.mixup >= 0, f"mixup must be >= 0. Received: {self.mixup}")
@@ -207,8 +214,9 @@ class RunConfig:
         values = json.loads(text)
         if "method" in values:  # A workdir written before --students replaced --method.
             values["students"] = students_from_methods(values.pop("method"))
-        for key in ("students", "lr_decay_epochs"):
-            values[key] = tuple(values[key])
+        for key in ("students", "lr_decay_epochs", "masked_classes"):
+            if key in values:  # masked_classes is missing from workdirs of before it.
+                values[key] = tuple(values[key])
         return cls(**values)
 
 

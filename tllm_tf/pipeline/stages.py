@@ -178,6 +178,7 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             smoothing=config.smoothing,
             patience=config.patience,
             margin_standard_errors=config.margin_standard_errors,
+            masked_classes=config.masked_classes,
         )
         callbacks.append(identification)
         if multi_worker.num_workers(strategy) > 1:
