@@ -28,3 +28,10 @@ report final_reference 0,1,2,3,4 mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm,tllm_fin
 # Patience: a class masked only when behind at 2 or 3 consecutive updates, chosen on seeds 0-4
 # of the three mlp_16 settings (patience 2), confirmed on seeds 5-9 (in capacity and all_seeds).
 report patience 0,1,2,3,4 mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm,tllm_patience2,tllm_patience3
+# Recovery of the classes KD hurts (2026-12-04): an earlier first update (tllm_warmup5, chosen or
+# not on seeds 0-4) and the hurt classes masked from the first step (the tllm_masked_* arms).
+# Run in a fresh root (RECOVERY_ROOT: the two halves of that study, runs/study_a and runs/study_b,
+# concatenated); its kd, labels and tllm_patience2 runs are those arms re-trained.
+RECOVERY_ROOT="${RECOVERY_ROOT:-runs/study_recovery}"
+ROOT="$RECOVERY_ROOT" report recovery_selection 0,1,2,3,4 mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm_patience2,tllm_warmup5
+ROOT="$RECOVERY_ROOT" report recovery "$ALL" mlp_16 mlp_64,mlp_256,mlp_1024 kd,tllm_patience2,tllm_warmup5,tllm_masked_pullover,tllm_masked_coat_sneaker
