@@ -81,6 +81,42 @@ def test_drop_policy_removes_the_distillation_term_of_masked_classes(student, te
     _assert_same_weights(student, expected)
 
 
+def test_isolate_policy_takes_masked_classes_out_of_every_target(student, teacher, tiny_data):
+    x, y = tiny_data
+    expected = _clone(student)
+    mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
+    distiller = _distiller(student, teacher, alpha=0.1, beta=0.9, masked_class_policy="isolate")
+    distiller.set_class_mask(mask)
+    _one_step(distiller, x, y)
+
+    def isolated_kd(labels, s, t):
+        # The teacher's probability at T=4 on class 1 moves to each sample's own label.
+        probabilities = tf.nn.softmax(t / 4.0)
+        moved = probabilities[:, 1:2]
+        changed = probabilities * mask + tf.one_hot(labels, NUM_CLASSES) * moved
+        assert np.allclose(changed.numpy().sum(axis=-1), 1.0, atol=1e-6)
+        changed_logits = 4.0 * tf.math.log(tf.maximum(changed, 1e-12))
+        return tllm_tf.kd_loss(changed_logits, s, temperature=4.0)
+
+    _manual_step(expected, teacher, x, y, lambda labels, s, t: (
+        0.1 * _ce(labels, s)
+        + 0.9 * (tf.gather(mask, labels) * isolated_kd(labels, s, t)
+                 + (1.0 - tf.gather(mask, labels)) * _ce(labels, s))))
+    _assert_same_weights(student, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["isolate", "soft_label", "drop"])
+def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
+    x, y = tiny_data
+    students = [student, _clone(student)]
+    for student, name in zip(students, ("hard_label", policy)):
+        distiller = _distiller(student, teacher, masked_class_policy=name)
+        for _ in range(3):
+            _one_step(distiller, x, y)
+    for a, b in zip(*(student.get_weights() for student in students)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_soft_labels_give_the_same_update_as_class_ids(student, teacher, tiny_data):
     x, y = tiny_data
     twin = _clone(student)

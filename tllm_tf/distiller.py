@@ -32,6 +32,8 @@ class Distiller(keras.Model):
 
     - `"hard_label"`: `alpha * CE + beta * (m[y] * KD + (1 - m[y]) * CE)`;
     - `"drop"`: `alpha * CE + beta * m[y] * KD`;
+    - `"soft_label"` and `"isolate"`: see `tllm_tf.policies` (`"isolate"`
+      also takes the masked classes out of every sample's teacher targets);
 
     averaged over the global batch. Labels are class ids, or label vectors
     of shape `(batch, num_classes)`: one-hot (integer or float) or soft (from
@@ -204,7 +206,7 @@ class Distiller(keras.Model):
             alpha: weight of the label term, `>= 0`. Defaults to `0.1`.
             beta: weight of the distillation term, `>= 0`. Defaults to `0.9`.
             masked_class_policy: a name of `tllm_tf.policies.POLICIES`
-                (`"hard_label"`, `"drop"`, `"soft_label"`), see the class
+                (`"hard_label"`, `"drop"`, `"soft_label"`, `"isolate"`), see the class
                 docstring. Defaults to `"hard_label"`.
             distillation_warmup_steps: the distillation weight rises
                 linearly from `beta / steps` to `beta` over this many
@@ -421,6 +423,9 @@ class Distiller(keras.Model):
             student_logits=student_logits,
             teacher_logits=teacher_logits,
             temperature=float(getattr(self.distillation_loss_fn, "temperature", 1.0)),
+            class_mask=self.class_mask,
+            distill=lambda changed_teacher_logits: losses_lib.per_sample_distillation_loss(
+                self.distillation_loss_fn, changed_teacher_logits, student_logits, labels),
         ))
         total = self.alpha * student_loss + self._beta_now() * gated
         return total, student_loss, distillation_loss

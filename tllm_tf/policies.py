@@ -31,6 +31,10 @@ class PolicyInputs:
         student_logits: `(batch, num_classes)`, float32.
         teacher_logits: `(batch, num_classes)`, float32.
         temperature: the distillation loss's temperature (1 if it has none).
+        class_mask: `(num_classes,)`, the class mask (1 = distil).
+        distill: callable `teacher_logits -> (batch,)`: the distillation loss
+            of these samples against other teacher logits (the policy
+            `isolate` uses it to distil from a changed teacher).
     """
 
     distil_weight: object
@@ -40,6 +44,8 @@ class PolicyInputs:
     student_logits: object
     teacher_logits: object
     temperature: float
+    class_mask: object = None
+    distill: object = None
 
 
 def hard_label(inputs):
@@ -76,10 +82,36 @@ def soft_label(inputs):
     return weight * inputs.distillation_loss + (1.0 - weight) * label_loss
 
 
+def isolate(inputs):
+    """The masked classes are taught by labels alone, in every sample.
+
+    A masked class's samples learn from their label (as in `hard_label`),
+    and every other sample is distilled from the teacher's distribution at
+    `T` with the masked classes' probability moved to the sample's label: the
+    teacher no longer says what a masked class resembles, nor what resembles
+    it. (`hard_label` keeps the second, e.g. the teacher's Pullover
+    probability on Coat and Shirt images.) With no class masked, the teacher's
+    logits are used unchanged, so the result equals `hard_label`'s bit for
+    bit. The loss sees the changed distribution through logits `T * log q`;
+    for a loss that standardises logits (`kd_ls`, `dkd_ls`) it is not the
+    same change.
+    """
+    temperature = inputs.temperature
+    keep = ops.cast(inputs.class_mask > 0.0, "float32")
+    probabilities = ops.softmax(inputs.teacher_logits / temperature, axis=-1)
+    moved = ops.sum(probabilities * (1.0 - keep), axis=-1, keepdims=True)
+    isolated = probabilities * keep + inputs.targets * moved
+    isolated_logits = temperature * ops.log(ops.maximum(isolated, 1e-12))
+    teacher_logits = ops.where(ops.all(keep > 0.0), inputs.teacher_logits, isolated_logits)
+    weight = inputs.distil_weight
+    return weight * inputs.distill(teacher_logits) + (1.0 - weight) * inputs.student_loss
+
+
 POLICIES = {
     "hard_label": hard_label,
     "drop": drop,
     "soft_label": soft_label,
+    "isolate": isolate,
 }
 
 

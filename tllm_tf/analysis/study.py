@@ -77,6 +77,14 @@ ARMS = {
     # meant for its own setting: the mask is chosen knowing the answer.
     "tllm_masked_pullover": {"students": ("tllm",), "masked_classes": (2,)},
     "tllm_masked_coat_sneaker": {"students": ("tllm",), "masked_classes": (4, 7)},
+    # The defaults with the policy that also takes a masked class out of the other classes'
+    # teacher targets (`isolate`), and the same from the first step: does what KD does to a
+    # class through its neighbours' soft targets come back once those targets lose it?
+    "tllm_isolate": {"students": ("tllm",), "masked_class_policy": "isolate"},
+    "tllm_isolate_masked_pullover": {"students": ("tllm",), "masked_class_policy": "isolate",
+                                     "masked_classes": (2,)},
+    "tllm_isolate_masked_coat_sneaker": {"students": ("tllm",), "masked_class_policy": "isolate",
+                                         "masked_classes": (4, 7)},
 }
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
