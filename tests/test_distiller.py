@@ -68,41 +68,44 @@ def test_no_mask_is_standard_kd(student, teacher, tiny_data):
     _assert_same_weights(student, expected)
 
 
-def test_drop_policy_removes_the_distillation_term_of_masked_classes(student, teacher, tiny_data):
+def _assert_masked_step(student, teacher, tiny_data, mask, policy, loss_fn, atol=1e-6, **weights):
+    """One Distiller step with `mask` and `policy` equals one SGD step on `loss_fn`."""
     x, y = tiny_data
     expected = _clone(student)
-    mask = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
-    distiller = _distiller(student, teacher, alpha=0.5, beta=0.5, masked_class_policy="drop")
+    distiller = _distiller(student, teacher, masked_class_policy=policy, **weights)
     distiller.set_class_mask(mask)
     _one_step(distiller, x, y)
-    _manual_step(expected, teacher, x, y, lambda labels, s, t: (
-        0.5 * _ce(labels, s)
-        + 0.5 * tf.gather(mask, labels) * tllm_tf.kd_loss(t, s, temperature=4.0)))
-    _assert_same_weights(student, expected)
+    _manual_step(expected, teacher, x, y, loss_fn)
+    _assert_same_weights(student, expected, atol=atol)
+
+
+def test_drop_policy_removes_the_distillation_term_of_masked_classes(student, teacher, tiny_data):
+    mask = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    _assert_masked_step(
+        student, teacher, tiny_data, mask, "drop", lambda labels, s, t: (
+            0.5 * _ce(labels, s)
+            + 0.5 * tf.gather(mask, labels) * tllm_tf.kd_loss(t, s, temperature=4.0)),
+        alpha=0.5, beta=0.5)
 
 
 def test_isolate_policy_takes_masked_classes_out_of_every_target(student, teacher, tiny_data):
-    x, y = tiny_data
-    expected = _clone(student)
     mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
-    distiller = _distiller(student, teacher, alpha=0.1, beta=0.9, masked_class_policy="isolate")
-    distiller.set_class_mask(mask)
-    _one_step(distiller, x, y)
 
     def isolated_kd(labels, s, t):
         # The teacher's probability at T=4 on class 1 moves to each sample's own label.
         probabilities = tf.nn.softmax(t / 4.0)
-        moved = probabilities[:, 1:2]
-        changed = probabilities * mask + tf.one_hot(labels, NUM_CLASSES) * moved
+        changed = probabilities * mask + tf.one_hot(labels, NUM_CLASSES) * probabilities[:, 1:2]
         assert np.allclose(changed.numpy().sum(axis=-1), 1.0, atol=1e-6)
         changed_logits = 4.0 * tf.math.log(tf.maximum(changed, 1e-12))
         return tllm_tf.kd_loss(changed_logits, s, temperature=4.0)
 
-    _manual_step(expected, teacher, x, y, lambda labels, s, t: (
-        0.1 * _ce(labels, s)
-        + 0.9 * (tf.gather(mask, labels) * isolated_kd(labels, s, t)
-                 + (1.0 - tf.gather(mask, labels)) * _ce(labels, s))))
-    _assert_same_weights(student, expected, atol=1e-5)
+    def expected_loss(labels, s, t):
+        distil = tf.gather(mask, labels)
+        return 0.1 * _ce(labels, s) + 0.9 * (
+            distil * isolated_kd(labels, s, t) + (1.0 - distil) * _ce(labels, s))
+
+    _assert_masked_step(student, teacher, tiny_data, mask, "isolate", expected_loss, atol=1e-5,
+                        alpha=0.1, beta=0.9)
 
 
 @pytest.mark.parametrize("policy", ["isolate", "soft_label", "drop"])
