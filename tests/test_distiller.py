@@ -108,7 +108,22 @@ def test_isolate_policy_takes_masked_classes_out_of_every_target(student, teache
                         alpha=0.1, beta=0.9)
 
 
-@pytest.mark.parametrize("policy", ["isolate", "soft_label", "drop"])
+def test_exclude_policy_distils_over_the_classes_still_distilled(student, teacher, tiny_data):
+    mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
+    kept = [0, 2, 3]
+
+    def expected_loss(labels, s, t):
+        distil = tf.gather(mask, labels)
+        # Class 1 left out: KD between the renormalised distributions of classes 0, 2 and 3.
+        kept_kd = tllm_tf.kd_loss(tf.gather(t, kept, axis=1), tf.gather(s, kept, axis=1),
+                                  temperature=4.0)
+        return 0.1 * _ce(labels, s) + 0.9 * (distil * kept_kd + (1.0 - distil) * _ce(labels, s))
+
+    _assert_masked_step(student, teacher, tiny_data, mask, "exclude", expected_loss, atol=1e-5,
+                        alpha=0.1, beta=0.9)
+
+
+@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "drop"])
 def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
     x, y = tiny_data
     students = [student, _clone(student)]

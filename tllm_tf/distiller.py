@@ -206,7 +206,8 @@ class Distiller(keras.Model):
             alpha: weight of the label term, `>= 0`. Defaults to `0.1`.
             beta: weight of the distillation term, `>= 0`. Defaults to `0.9`.
             masked_class_policy: a name of `tllm_tf.policies.POLICIES`
-                (`"hard_label"`, `"drop"`, `"soft_label"`, `"isolate"`), see the class
+                (`"hard_label"`, `"drop"`, `"soft_label"`, `"isolate"`,
+                `"exclude"`), see the class
                 docstring. Defaults to `"hard_label"`.
             distillation_warmup_steps: the distillation weight rises
                 linearly from `beta / steps` to `beta` over this many
@@ -424,8 +425,9 @@ class Distiller(keras.Model):
             teacher_logits=teacher_logits,
             temperature=float(getattr(self.distillation_loss_fn, "temperature", 1.0)),
             class_mask=self.class_mask,
-            distill=lambda changed_teacher_logits: losses_lib.per_sample_distillation_loss(
-                self.distillation_loss_fn, changed_teacher_logits, student_logits, labels),
+            distill=lambda changed_teacher, changed_student: (
+                losses_lib.per_sample_distillation_loss(
+                    self.distillation_loss_fn, changed_teacher, changed_student, labels)),
         ))
         total = self.alpha * student_loss + self._beta_now() * gated
         return total, student_loss, distillation_loss

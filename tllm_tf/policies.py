@@ -32,9 +32,9 @@ class PolicyInputs:
         teacher_logits: `(batch, num_classes)`, float32.
         temperature: the distillation loss's temperature (1 if it has none).
         class_mask: `(num_classes,)`, the class mask (1 = distil).
-        distill: callable `teacher_logits -> (batch,)`: the distillation loss
-            of these samples against other teacher logits (the policy
-            `isolate` uses it to distil from a changed teacher).
+        distill: callable `(teacher_logits, student_logits) -> (batch,)`:
+            the distillation loss of these samples on other logits (the
+            policies `isolate` and `exclude` change what is distilled).
     """
 
     distil_weight: object
@@ -104,7 +104,34 @@ def isolate(inputs):
     isolated_logits = temperature * ops.log(ops.maximum(isolated, 1e-12))
     teacher_logits = ops.where(ops.all(keep > 0.0), inputs.teacher_logits, isolated_logits)
     weight = inputs.distil_weight
-    return weight * inputs.distill(teacher_logits) + (1.0 - weight) * inputs.student_loss
+    return weight * inputs.distill(teacher_logits, inputs.student_logits) + (
+        (1.0 - weight) * inputs.student_loss)
+
+
+# Far below any logit / T, and finite, so that `0 * log(0)` terms stay 0.
+_EXCLUDED_LOGIT = -1e9
+
+
+def exclude(inputs):
+    """The masked classes are left out of the distillation term altogether.
+
+    A masked class's samples learn from their label (as in `hard_label`);
+    every other sample is distilled over the classes still distilled only:
+    the teacher's and the student's distributions renormalised without the
+    masked classes, so the term neither pulls a masked class's probability
+    towards the teacher's (as `hard_label` does) nor pushes it to zero (as
+    `isolate` does). Only the label terms train a masked class's logit. With
+    no class masked, the logits are used unchanged (`hard_label` bit for bit).
+    """
+    keep = inputs.class_mask > 0.0
+    everything_kept = ops.all(keep)
+    teacher_logits = ops.where(everything_kept, inputs.teacher_logits,
+                               ops.where(keep, inputs.teacher_logits, _EXCLUDED_LOGIT))
+    student_logits = ops.where(everything_kept, inputs.student_logits,
+                               ops.where(keep, inputs.student_logits, _EXCLUDED_LOGIT))
+    weight = inputs.distil_weight
+    return weight * inputs.distill(teacher_logits, student_logits) + (
+        (1.0 - weight) * inputs.student_loss)
 
 
 POLICIES = {
@@ -112,6 +139,7 @@ POLICIES = {
     "drop": drop,
     "soft_label": soft_label,
     "isolate": isolate,
+    "exclude": exclude,
 }
 
 

@@ -85,6 +85,13 @@ ARMS = {
                                      "masked_classes": (2,)},
     "tllm_isolate_masked_coat_sneaker": {"students": ("tllm",), "masked_class_policy": "isolate",
                                          "masked_classes": (4, 7)},
+    # Neither the teacher's probability on a masked class nor zero: the distillation term
+    # leaves the masked classes out (`exclude`), alone and from the first step.
+    "tllm_exclude": {"students": ("tllm",), "masked_class_policy": "exclude"},
+    "tllm_exclude_masked_pullover": {"students": ("tllm",), "masked_class_policy": "exclude",
+                                     "masked_classes": (2,)},
+    "tllm_exclude_masked_coat_sneaker": {"students": ("tllm",), "masked_class_policy": "exclude",
+                                         "masked_classes": (4, 7)},
 }
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
