@@ -38,6 +38,6 @@ ROOT="$RECOVERY_ROOT" report recovery "$ALL" mlp_16 mlp_64,mlp_256,mlp_1024 kd,t
 # The policies isolate and exclude (2026-12-04, their own fresh root, again two halves
 # concatenated).
 ISOLATE_ROOT="${ISOLATE_ROOT:-runs/study_isolate}"
-ISOLATE_ARMS=kd,tllm_patience2,tllm_isolate,tllm_isolate_masked_pullover,tllm_isolate_masked_coat_sneaker,tllm_exclude,tllm_exclude_masked_pullover,tllm_exclude_masked_coat_sneaker
+ISOLATE_ARMS=kd,tllm_patience2,tllm_isolate,tllm_isolate_masked_pullover,tllm_isolate_masked_coat_sneaker,tllm_exclude,tllm_exclude_masked_pullover,tllm_exclude_masked_coat_sneaker,tllm_exclude_patience3
 ROOT="$ISOLATE_ROOT" report isolate_selection 0,1,2,3,4 mlp_16 mlp_256,mlp_1024 "$ISOLATE_ARMS"
 ROOT="$ISOLATE_ROOT" report isolate "$ALL" mlp_16 mlp_256,mlp_1024 "$ISOLATE_ARMS"

@@ -92,6 +92,9 @@ ARMS = {
                                      "masked_classes": (2,)},
     "tllm_exclude_masked_coat_sneaker": {"students": ("tllm",), "masked_class_policy": "exclude",
                                          "masked_classes": (4, 7)},
+    # `exclude` with a stricter rule: does patience 3 bring its false alarms under the bound?
+    "tllm_exclude_patience3": {"students": ("tllm",), "masked_class_policy": "exclude",
+                               "patience": 3},
 }
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
