@@ -32,8 +32,9 @@ class Distiller(keras.Model):
 
     - `"hard_label"`: `alpha * CE + beta * (m[y] * KD + (1 - m[y]) * CE)`;
     - `"drop"`: `alpha * CE + beta * m[y] * KD`;
-    - `"soft_label"` and `"isolate"`: see `tllm_tf.policies` (`"isolate"`
-      also takes the masked classes out of every sample's teacher targets);
+    - `"soft_label"`, `"isolate"` and `"exclude"`: see `tllm_tf.policies`
+      (the last two also change what the other samples distil about a
+      masked class);
 
     averaged over the global batch. Labels are class ids, or label vectors
     of shape `(batch, num_classes)`: one-hot (integer or float) or soft (from

@@ -44,14 +44,24 @@ class PolicyInputs:
     student_logits: object
     teacher_logits: object
     temperature: float
-    class_mask: object = None
-    distill: object = None
+    class_mask: object
+    distill: object
+
+
+def _gate(inputs, distilled, masked):
+    """`m * distilled + (1 - m) * masked`, per sample."""
+    weight = inputs.distil_weight
+    return weight * distilled + (1.0 - weight) * masked
+
+
+def _logits_at(probabilities, temperature):
+    """Logits whose softmax at `temperature` is `probabilities` (0 -> about -28 T)."""
+    return temperature * ops.log(ops.maximum(probabilities, 1e-12))
 
 
 def hard_label(inputs):
     """The label takes the distillation term's weight: `m * D + (1 - m) * CE`."""
-    weight = inputs.distil_weight
-    return weight * inputs.distillation_loss + (1.0 - weight) * inputs.student_loss
+    return _gate(inputs, inputs.distillation_loss, inputs.student_loss)
 
 
 def drop(inputs):
@@ -74,12 +84,9 @@ def soft_label(inputs):
         ops.softmax(inputs.teacher_logits / temperature, axis=-1), axis=-1, keepdims=True)
     others = ops.cast(num_classes - 1, "float32")
     softened = confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others
-    # Log-probabilities times T are logits whose softmax at T is `softened`.
     label_loss = losses_lib.kd_loss(
-        temperature * ops.log(ops.maximum(softened, 1e-12)), inputs.student_logits,
-        temperature=temperature)
-    weight = inputs.distil_weight
-    return weight * inputs.distillation_loss + (1.0 - weight) * label_loss
+        _logits_at(softened, temperature), inputs.student_logits, temperature=temperature)
+    return _gate(inputs, inputs.distillation_loss, label_loss)
 
 
 def isolate(inputs):
@@ -96,16 +103,15 @@ def isolate(inputs):
     for a loss that standardises logits (`kd_ls`, `dkd_ls`) it is not the
     same change.
     """
-    temperature = inputs.temperature
-    keep = ops.cast(inputs.class_mask > 0.0, "float32")
-    probabilities = ops.softmax(inputs.teacher_logits / temperature, axis=-1)
+    kept = inputs.class_mask > 0.0
+    keep = ops.cast(kept, "float32")
+    probabilities = ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
     moved = ops.sum(probabilities * (1.0 - keep), axis=-1, keepdims=True)
-    isolated = probabilities * keep + inputs.targets * moved
-    isolated_logits = temperature * ops.log(ops.maximum(isolated, 1e-12))
-    teacher_logits = ops.where(ops.all(keep > 0.0), inputs.teacher_logits, isolated_logits)
-    weight = inputs.distil_weight
-    return weight * inputs.distill(teacher_logits, inputs.student_logits) + (
-        (1.0 - weight) * inputs.student_loss)
+    isolated = _logits_at(probabilities * keep + inputs.targets * moved, inputs.temperature)
+    # T * log(softmax(t / T)) is t shifted: equal at T, not bit for bit, so unmasked keeps t.
+    teacher_logits = ops.where(ops.all(kept), inputs.teacher_logits, isolated)
+    return _gate(inputs, inputs.distill(teacher_logits, inputs.student_logits),
+                 inputs.student_loss)
 
 
 # Far below any logit / T, and finite, so that `0 * log(0)` terms stay 0.
@@ -123,15 +129,10 @@ def exclude(inputs):
     `isolate` does). Only the label terms train a masked class's logit. With
     no class masked, the logits are used unchanged (`hard_label` bit for bit).
     """
-    keep = inputs.class_mask > 0.0
-    everything_kept = ops.all(keep)
-    teacher_logits = ops.where(everything_kept, inputs.teacher_logits,
-                               ops.where(keep, inputs.teacher_logits, _EXCLUDED_LOGIT))
-    student_logits = ops.where(everything_kept, inputs.student_logits,
-                               ops.where(keep, inputs.student_logits, _EXCLUDED_LOGIT))
-    weight = inputs.distil_weight
-    return weight * inputs.distill(teacher_logits, student_logits) + (
-        (1.0 - weight) * inputs.student_loss)
+    kept = inputs.class_mask > 0.0
+    return _gate(inputs, inputs.distill(ops.where(kept, inputs.teacher_logits, _EXCLUDED_LOGIT),
+                                        ops.where(kept, inputs.student_logits, _EXCLUDED_LOGIT)),
+                 inputs.student_loss)
 
 
 POLICIES = {

@@ -71,31 +71,25 @@ ARMS = {
     # The defaults, but the first update after a quarter of training (5 of the study's 20
     # epochs) instead of half: does a class masked earlier recover more of what KD cost it?
     "tllm_warmup5": {"students": ("tllm",), "warmup_epochs": 5},
-    # An upper bound on what masking can recover: the classes the earlier study found KD to hurt
-    # beyond noise in a setting (Pullover with the mlp_256 teacher; Coat and Sneaker with
-    # mlp_1024), masked from the first step, the defaults' rule on top. Diagnostic arms, each
-    # meant for its own setting: the mask is chosen knowing the answer.
-    "tllm_masked_pullover": {"students": ("tllm",), "masked_classes": (2,)},
-    "tllm_masked_coat_sneaker": {"students": ("tllm",), "masked_classes": (4, 7)},
-    # The defaults with the policy that also takes a masked class out of the other classes'
-    # teacher targets (`isolate`), and the same from the first step: does what KD does to a
-    # class through its neighbours' soft targets come back once those targets lose it?
+    # The policies that also change what the other classes' samples teach about a masked class:
+    # `isolate` (its teacher probability moved to their labels) and `exclude` (left out of their
+    # distillation term). And `exclude` with a stricter rule (its false alarms).
     "tllm_isolate": {"students": ("tllm",), "masked_class_policy": "isolate"},
-    "tllm_isolate_masked_pullover": {"students": ("tllm",), "masked_class_policy": "isolate",
-                                     "masked_classes": (2,)},
-    "tllm_isolate_masked_coat_sneaker": {"students": ("tllm",), "masked_class_policy": "isolate",
-                                         "masked_classes": (4, 7)},
-    # Neither the teacher's probability on a masked class nor zero: the distillation term
-    # leaves the masked classes out (`exclude`), alone and from the first step.
     "tllm_exclude": {"students": ("tllm",), "masked_class_policy": "exclude"},
-    "tllm_exclude_masked_pullover": {"students": ("tllm",), "masked_class_policy": "exclude",
-                                     "masked_classes": (2,)},
-    "tllm_exclude_masked_coat_sneaker": {"students": ("tllm",), "masked_class_policy": "exclude",
-                                         "masked_classes": (4, 7)},
-    # `exclude` with a stricter rule: does patience 3 bring its false alarms under the bound?
     "tllm_exclude_patience3": {"students": ("tllm",), "masked_class_policy": "exclude",
                                "patience": 3},
 }
+# An upper bound on what masking can recover: the classes the earlier study found KD to hurt
+# beyond noise in a setting (Pullover with the mlp_256 teacher; Coat and Sneaker with mlp_1024),
+# masked from the first step, the rule on top, under the default policy (`tllm_masked_<classes>`)
+# and the two above (`tllm_<policy>_masked_<classes>`). Diagnostic arms, each meant for its own
+# setting: the mask is chosen knowing the answer.
+_HURT_CLASSES = {"pullover": (2,), "coat_sneaker": (4, 7)}
+for _classes_name, _classes in _HURT_CLASSES.items():
+    ARMS[f"tllm_masked_{_classes_name}"] = {"students": ("tllm",), "masked_classes": _classes}
+    for _policy in ("isolate", "exclude"):
+        ARMS[f"tllm_{_policy}_masked_{_classes_name}"] = dict(
+            ARMS[f"tllm_{_policy}"], masked_classes=_classes)
 
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
 # distilled on every class (`<loss>`) and with TLLM's defaults (`<loss>_tllm`), with the
