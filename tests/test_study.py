@@ -178,3 +178,17 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
     again = zygote.run(command, timeout=600)  # forked: tests/zygote.py
     assert again.returncode == 0 and "[1/" not in again.stdout
     assert json.loads((root / "study.json").read_text()) == summary
+
+
+def test_a_report_of_no_finished_run_is_refused_and_overwrites_nothing(zygote, tmp_path):
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "study.md").write_text("an earlier study's tables")
+    done = zygote.run(["tools/study.py", "--flagfile=configs/demo.flags",
+                       f"--root={tmp_path / 'empty_root'}", "--seeds=0", "--arms=kd",
+                       "--student_models=mlp_4", "--teacher_models=cnn_tiny", "--report_only",
+                       f"--results_dir={results_dir}"], timeout=300)
+    assert done.returncode != 0
+    assert "No run of this plan has finished under --root=" in done.stderr
+    assert (results_dir / "study.md").read_text() == "an earlier study's tables"
+    assert sorted(os.listdir(results_dir)) == ["study.md"]

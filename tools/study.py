@@ -61,11 +61,17 @@ def main(argv):
             shared_teacher_store=FLAGS.shared_teacher_store)
     except ValueError as error:
         raise app.UsageError(str(error))
+    results_dir = FLAGS.results_dir or FLAGS.root
     if FLAGS.report_only:
         records = study.finished_records(runs, FLAGS.root)
+        if not records:  # An empty report would overwrite the tables of a study run elsewhere.
+            raise app.UsageError(
+                f"No run of this plan has finished under --root={FLAGS.root} (its "
+                f"{study.RESULTS_FILE}), so there is nothing to report and {results_dir} is left "
+                "as it is. Pass the --root the study ran in, or the --seeds, --student_models, "
+                "--teacher_models and --arms it ran.")
     else:
         records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True))
-    results_dir = FLAGS.results_dir or FLAGS.root
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     print(study_report.write(records, results_dir, command=command))
 

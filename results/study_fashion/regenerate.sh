@@ -2,17 +2,21 @@
 # Regenerates every table, JSON and plot under results/study_fashion/ from the finished runs of
 # the Fashion-MNIST study (docs/study.md), without training:
 #     sh results/study_fashion/regenerate.sh [ROOT]      (ROOT: where the study ran; runs/study)
-# A run that is missing is left out, and a setting reports the seeds it has.
+# A run that is missing is left out, and a setting reports the seeds it has; a table none of
+# whose runs is found is left as it is (tools/study.py refuses to report nothing).
 set -e
 cd "$(dirname "$0")/../.."
 ROOT="${1:-runs/study}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 RULES=kd,tllm,unpaired,paired,paired_matched,paired_matched_sticky,paired_matched_sticky_bh,paired_matched_sticky_soft_label,paired_sticky_half_warmup,paired_matched_sticky_half_warmup
 report() {  # report OUT_DIR SEEDS STUDENTS TEACHERS ARMS
-    "$PYTHON" tools/study.py --flagfile=configs/study_fashion.flags --root="$ROOT" \
+    if "$PYTHON" tools/study.py --flagfile=configs/study_fashion.flags --root="$ROOT" \
         --seeds="$2" --student_models="$3" --teacher_models="$4" --arms="$5" \
-        --report_only --results_dir="results/study_fashion/$1" > /dev/null
-    echo "results/study_fashion/$1/study.md"
+        --report_only --results_dir="results/study_fashion/$1" > /dev/null; then
+        echo "results/study_fashion/$1/study.md"
+    else
+        echo "results/study_fashion/$1: left as it is (no finished run under $ROOT)"
+    fi
 }
 ALL=0,1,2,3,4,5,6,7,8,9
 # tllm_patience2 is the default since the night of 2026-12-03; tllm, the default before it.
