@@ -62,10 +62,32 @@ def test_every_arm_plans_a_valid_run_with_its_overrides(tmp_path):
     planned = {run.arm: run.config for run in runs}
     for arm, overrides in study.ARMS.items():
         for name, value in overrides.items():
-            if name != "teacher_store":  # A path made inside the run's folder.
+            if name not in ("teacher_store", study.MASKED_CLASSES_FROM):  # Set at run time.
                 assert getattr(planned[arm], name) == value, (arm, name)
     assert planned["tllm_patience2"].patience == 2 == RunConfig(workdir="x").patience
     assert planned["tllm"].patience == planned["dkd_tllm"].patience == 1  # Run before patience 2.
+
+
+def test_a_second_pass_masks_the_first_pass_final_classes_and_makes_no_update(tmp_path):
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0, 1], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["tllm_patience2", "tllm_two_pass_soft_label"])
+    second = [run for run in runs if run.arm == "tllm_two_pass_soft_label"]
+    assert [run.masked_classes_from for run in second] == ["tllm_patience2"] * 2
+    assert all(run.config.warmup_epochs == run.config.epochs for run in second)  # No update.
+    assert all(run.config.masked_class_policy == "soft_label" for run in second)
+    first_pass = {"masks": [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]}
+    assert study.final_masked_classes(first_pass) == (2,)  # The last update's, not any earlier.
+    assert study.final_masked_classes({"masks": []}) == ()
+    done = {(1, "mlp_4", "cnn_tiny", "tllm_patience2"): first_pass}
+    config = study._with_first_pass_mask(second[1], done)
+    assert config.masked_classes == (2,) and second[1].config.masked_classes == ()
+    assert study._with_first_pass_mask(runs[0], done) is runs[0].config
+
+
+def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
+    with pytest.raises(ValueError, match="tllm_patience2 must run first"):
+        study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                   teacher_models=["cnn_tiny"], arms=["tllm_two_pass", "tllm_patience2"])
 
 
 def test_plan_refuses_unknown_arms(tmp_path):

@@ -23,6 +23,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
@@ -30,6 +32,9 @@ from tllm_tf.pipeline import workdir_files
 RESULTS_FILE = "results.jsonl"
 SHARED_STORE_DIR = "teacher_store"
 LABELS_ARM = "labels"
+# An arm's key (not a `RunConfig` field): mask from the first step the classes that the named
+# arm's run of the same seed, student and teacher masked at its end (a second pass).
+MASKED_CLASSES_FROM = "masked_classes_from"
 
 # Arms: RunConfig overrides of the distilled students, the alternatives the
 # defaults were chosen among (docs/study.md). "tllm_patience2" is the library's
@@ -95,6 +100,14 @@ for _classes_name, _classes in _HURT_CLASSES.items():
         ARMS[f"tllm_{_policy}_masked_{_classes_name}"] = dict(
             ARMS[f"tllm_{_policy}"], masked_classes=_classes)
 
+# Two passes: the classes the default (`tllm_patience2`) masked at the end of its run of the same
+# seed, student and teacher, masked from the first step of a second run, under the default policy
+# and under `soft_label`. The second run makes no update of its own: the first pass judged the
+# classes under `hard_label`, and its mask is kept as it is (no cascade from the second policy).
+for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_label", "soft_label")):
+    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
+                  MASKED_CLASSES_FROM: "tllm_patience2"}
+
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
 # distilled on every class (`<loss>`) and with TLLM's defaults (`<loss>_tllm`), with the
 # hyper-parameters of the losses' reference code, DKD's warm-up scaled from 20 of 240 epochs to
@@ -127,6 +140,9 @@ class StudyRun:
     teacher: str
     arm: str
     config: config_lib.RunConfig
+    # The arm whose final mask this run masks from its first step ("": none); run_study sets
+    # `config.masked_classes` from it once that run has finished.
+    masked_classes_from: str = ""
 
 
 def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_overrides=None,
@@ -160,6 +176,12 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
     unknown = [arm for arm in arms if arm not in ARMS]
     if unknown:
         raise ValueError(f"Unknown arms {unknown}. Expected some of {sorted(ARMS)}.")
+    for index, arm in enumerate(arms):
+        source = ARMS[arm].get(MASKED_CLASSES_FROM)
+        if source and source not in arms[:index]:
+            raise ValueError(
+                f"The arm {arm} masks the classes that the arm {source} masked at its end, so "
+                f"{source} must run first: add it to the arms before {arm}.")
     runs = []
     for seed in seeds:
         seed_dir = os.path.join(root, f"seed{seed}")
@@ -177,6 +199,9 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
             for teacher in teacher_models:
                 for arm in arms:
                     overrides = dict(ARMS[arm])
+                    masked_classes_from = overrides.pop(MASKED_CLASSES_FROM, "")
+                    if masked_classes_from:  # No update: the first pass's mask, as it is.
+                        overrides["warmup_epochs"] = common["epochs"]
                     workdir = os.path.join(seed_dir, student, teacher, arm)
                     if overrides.get("teacher_store"):  # An arm's store lives in its run.
                         overrides["teacher_store"] = os.path.join(
@@ -191,7 +216,8 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
                         teacher_path=os.path.join(seed_dir, f"teacher_{teacher}", "teacher",
                                                   stages.MODEL_FILE),
                         reference_path=os.path.join(reference_workdir, "reference",
-                                                    stages.REFERENCE_FILE))))
+                                                    stages.REFERENCE_FILE)),
+                        masked_classes_from=masked_classes_from))
     return runs
 
 
@@ -252,7 +278,7 @@ def run_study(runs, root, report=print):
                  if (run.seed, run.student, run.teacher, run.arm) not in done]
     for index, run in enumerate(remaining):
         run_start = time.time()
-        stages.run(run.config)
+        stages.run(_with_first_pass_mask(run, done))
         record = dict(collect(run), seconds=time.time() - run_start)
         with open(results_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -264,6 +290,21 @@ def run_study(runs, root, report=print):
                f"{run.teacher or '-'} {run.arm}: test accuracy {record['accuracy']:.4f}; "
                f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left")
     return [done[(run.seed, run.student, run.teacher, run.arm)] for run in runs]
+
+
+def final_masked_classes(record):
+    """The classes a finished run's record shows masked at its last update (none: `()`)."""
+    if not record["masks"]:
+        return ()
+    return tuple(int(c) for c in np.flatnonzero(np.asarray(record["masks"][-1]) < 1.0))
+
+
+def _with_first_pass_mask(run, done):
+    """`run.config`, with the final mask of its first pass when it has one."""
+    if not run.masked_classes_from:
+        return run.config
+    first_pass = done[(run.seed, run.student, run.teacher, run.masked_classes_from)]
+    return dataclasses.replace(run.config, masked_classes=final_masked_classes(first_pass))
 
 
 # Fields the study sets run by run; the rest come from the base configuration.
