@@ -154,6 +154,11 @@ def test_a_warmup_as_long_as_the_run_is_fine_for_kd_alone(tmp_path, monkeypatch)
                                        warmup_epochs=5))
 
 
+def test_a_fixed_mask_with_no_update_is_not_plain_kd(tmp_path):
+    preflight.check_schedule(RunConfig(workdir=str(tmp_path), epochs=5, warmup_epochs=5,
+                                       masked_classes=(2,)))
+
+
 # -- item 8: a reference or a teacher made from another split ------------------
 
 def test_a_reference_of_another_seed_and_split_is_refused_naming_the_fields(tmp_path):

@@ -82,6 +82,8 @@ def test_a_second_pass_masks_the_first_pass_final_classes_and_makes_no_update(tm
     config = study._with_first_pass_mask(second[1], done)
     assert config.masked_classes == (2,) and second[1].config.masked_classes == ()
     assert study._with_first_pass_mask(runs[0], done) is runs[0].config
+    nothing_masked = {(1, "mlp_4", "cnn_tiny", "tllm_patience2"): {"masks": [[1.0, 1.0, 1.0]]}}
+    assert study._with_first_pass_mask(second[1], nothing_masked).students == ("distilled",)
 
 
 def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):

@@ -278,7 +278,8 @@ def run_study(runs, root, report=print):
                  if (run.seed, run.student, run.teacher, run.arm) not in done]
     for index, run in enumerate(remaining):
         run_start = time.time()
-        stages.run(_with_first_pass_mask(run, done))
+        run = dataclasses.replace(run, config=_with_first_pass_mask(run, done))
+        stages.run(run.config)
         record = dict(collect(run), seconds=time.time() - run_start)
         with open(results_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -304,7 +305,10 @@ def _with_first_pass_mask(run, done):
     if not run.masked_classes_from:
         return run.config
     first_pass = done[(run.seed, run.student, run.teacher, run.masked_classes_from)]
-    return dataclasses.replace(run.config, masked_classes=final_masked_classes(first_pass))
+    classes = final_masked_classes(first_pass)
+    if not classes:  # TLLM with no class masked is KD bit for bit: train it as KD.
+        return dataclasses.replace(run.config, students=("distilled",))
+    return dataclasses.replace(run.config, masked_classes=classes)
 
 
 # Fields the study sets run by run; the rest come from the base configuration.

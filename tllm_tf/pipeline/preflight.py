@@ -61,6 +61,8 @@ def check_schedule(config):
             "and the students do not train. Give one of them a positive weight.")
     if "tllm" not in config.students or "student" not in config.stages:
         return
+    if config.masked_classes:  # A fixed mask is not KD, with or without updates.
+        return
     warmup = config.warmup_epochs if config.warmup_epochs is not None else config.epochs // 2
     first_update = warmup + config.update_every
     if first_update > config.epochs:
@@ -68,7 +70,8 @@ def check_schedule(config):
             f"--warmup_epochs={warmup} and --update_every={config.update_every} put the "
             f"first mask update after epoch {first_update}, but --epochs={config.epochs}: "
             "the mask would never change and TLLM would train as plain KD. Lower "
-            "--warmup_epochs below --epochs (or use --students=distilled).")
+            "--warmup_epochs below --epochs (or use --students=distilled, or name the classes "
+            "to mask with --masked_classes).")
 
 
 def check_workdir(workdir):
