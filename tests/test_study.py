@@ -1,5 +1,6 @@
 """The accuracy study: its plan, one tiny run through the stages, and its statistics."""
 
+import dataclasses
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import pytest
 from tllm_tf.analysis import study
 from tllm_tf.analysis import study_report
 from tllm_tf.analysis import study_stats
+from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +86,20 @@ def test_a_second_pass_masks_the_first_pass_final_classes_and_makes_no_update(tm
     assert study._with_first_pass_mask(runs[0], done) is runs[0].config
     nothing_masked = {(1, "mlp_4", "cnn_tiny", "tllm_patience2"): {"masks": [[1.0, 1.0, 1.0]]}}
     assert study._with_first_pass_mask(second[1], nothing_masked).students == ("distilled",)
+
+
+def test_a_run_with_a_fixed_mask_and_no_update_is_recorded_with_that_mask(tmp_path):
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["tllm_patience2", "tllm_two_pass"])
+    second = [run for run in runs if run.arm == "tllm_two_pass"][0]
+    second = dataclasses.replace(
+        second, config=dataclasses.replace(second.config, masked_classes=(0, 2)))
+    stage_dir = os.path.join(second.config.workdir, workdir_files.student_stage("tllm"))
+    os.makedirs(stage_dir)
+    with open(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE), "w") as handle:
+        json.dump({"accuracy": 0.5, "per_class_accuracy": [0.4, 0.5, 0.6],
+                   "class_names": ["a", "b", "c"]}, handle)
+    assert study.collect(second)["masks"] == [[0.0, 1.0, 0.0]]
 
 
 def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
