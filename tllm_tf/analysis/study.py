@@ -245,10 +245,10 @@ def collect(run):
     per_class = _read_json(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE))
     masks = [record["class_mask"] for record in
              _read_jsonl(os.path.join(stage_dir, workdir_files.MASK_LOG_FILE))]
-    if not masks and config.masked_classes:  # No update: the fixed mask it trained with.
+    if not masks and config.masked_classes:  # No update: its fixed mask, at every epoch.
         mask = np.ones(len(per_class["class_names"]))
         mask[list(config.masked_classes)] = 0.0
-        masks = [mask.tolist()]
+        masks = [mask.tolist()] * config.epochs
     return {
         "seed": run.seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
         "accuracy": per_class["accuracy"],
