@@ -45,3 +45,12 @@ ISOLATE_ROOT="${ISOLATE_ROOT:-runs/study_isolate}"
 ISOLATE_ARMS=kd,tllm_patience2,tllm_isolate,tllm_isolate_masked_pullover,tllm_isolate_masked_coat_sneaker,tllm_exclude,tllm_exclude_masked_pullover,tllm_exclude_masked_coat_sneaker,tllm_exclude_patience3
 ROOT="$ISOLATE_ROOT" report isolate_selection 0,1,2,3,4 mlp_16 mlp_256,mlp_1024 "$ISOLATE_ARMS"
 ROOT="$ISOLATE_ROOT" report isolate "$ALL" mlp_16 mlp_256,mlp_1024 "$ISOLATE_ARMS"
+# The policy behind the recovery (2026-12-04, evening): the hurt classes masked from the first step
+# under soft_label, soft_label with the rule, and two passes (the default's final mask, masked from
+# the first step of a second run). The CNN setting's kd, labels and tllm_patience2 runs were
+# re-trained in this root; the mlp_16 ones are the isolate root's (the same two halves).
+POLICY_ROOT="${POLICY_ROOT:-runs/study_policy}"
+POLICY_ARMS=kd,tllm_patience2,tllm_soft_label,tllm_two_pass,tllm_two_pass_soft_label
+ROOT="$POLICY_ROOT" report policy_selection 0,1,2,3,4 mlp_16,lenet_2 mlp_256,mlp_1024 "$POLICY_ARMS"
+ROOT="$POLICY_ROOT" report policy_mlp "$ALL" mlp_16 mlp_256,mlp_1024 "$POLICY_ARMS,tllm_soft_label_masked_pullover,tllm_soft_label_masked_coat_sneaker"
+ROOT="$POLICY_ROOT" report policy_cnn "$ALL" lenet_2 mlp_256 "$POLICY_ARMS,tllm_warmup5,tllm_masked_pullover_sneaker,tllm_soft_label_masked_pullover_sneaker"
