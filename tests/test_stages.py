@@ -97,6 +97,24 @@ def test_masked_classes_reach_the_tllm_student_and_stay_masked(tmp_path):
     assert update["class_mask"][3] == update["class_mask"][7] == 0.0
 
 
+def test_a_second_run_trains_with_the_first_runs_mask_and_makes_no_update(tmp_path):
+    """The two-run recipe (docs/study.md): the first run's teacher, reference and final mask."""
+    first = RunConfig(workdir=str(tmp_path / "first"), students=("tllm",), num_train=200,
+                      teacher_model="cnn_tiny", epochs=2, verbose=0, warmup_epochs=0)
+    stages.run(first)
+    second = dataclasses.replace(
+        first, workdir=str(tmp_path / "second"), masked_classes=(3,),
+        masked_class_policy="soft_label", warmup_epochs=first.epochs,
+        teacher_path=str(tmp_path / "first" / "teacher" / workdir_files.MODEL_FILE),
+        reference_path=str(tmp_path / "first" / "reference" / workdir_files.REFERENCE_FILE))
+    stages.run(second)
+    stage_dir = tmp_path / "second" / "student_tllm"
+    assert os.path.exists(stage_dir / workdir_files.MODEL_FILE)
+    assert not os.path.exists(tmp_path / "second" / "teacher")  # Reused, not trained again.
+    log = stage_dir / workdir_files.MASK_LOG_FILE
+    assert not os.path.exists(log) or not log.read_text().strip()  # No update of its own.
+
+
 def _student_weights(workdir):
     model = keras.models.load_model(os.path.join(workdir, "student_kd", workdir_files.MODEL_FILE))
     return model.get_weights()
