@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from tllm_tf.analysis import study_stats
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
@@ -299,9 +300,8 @@ def run_study(runs, root, report=print):
 
 def final_masked_classes(record):
     """The classes a finished run's record shows masked at its last update (none: `()`)."""
-    if not record["masks"]:
-        return ()
-    return tuple(int(c) for c in np.flatnonzero(np.asarray(record["masks"][-1]) < 1.0))
+    masked = study_stats.mask_matrix(record["masks"])
+    return tuple(int(c) for c in np.flatnonzero(masked[-1])) if len(masked) else ()
 
 
 def _with_first_pass_mask(run, done):
