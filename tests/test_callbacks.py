@@ -68,6 +68,38 @@ def test_update_schedule_follows_warmup_and_update_every(tiny_data, held_out, tm
     assert counts[:2] == [0, 0] and counts[2] > 0
 
 
+def test_max_updates_closes_the_window_and_keeps_the_mask(tiny_data, held_out, tmp_path):
+    """Two updates (epochs 2 and 3), then the mask of epoch 3 to the end, even if the rule would
+    now unmask a class: a class judged behind by a perfect reference stays behind."""
+    x, y = tiny_data
+    log_path = str(tmp_path / "log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=np.ones(NUM_CLASSES), rule="unpaired", warmup_epochs=1,
+        max_updates=2, sticky=False, patience=1, log_path=log_path)
+    distiller = _distiller()
+    history = distiller.fit(x, y, batch_size=8, epochs=6, verbose=0, callbacks=[callback])
+    with open(log_path) as handle:
+        records = [json.loads(line) for line in handle]
+    assert [r["epoch"] for r in records] == [2, 3]
+    counts = history.history["num_undistillable_classes"]
+    assert counts[0] == 0 and counts[2:] == [counts[2]] * 4 and counts[2] > 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(distiller.class_mask),
+                                  records[-1]["class_mask"])
+
+
+def test_max_updates_spends_the_level_over_its_own_updates(tiny_data, held_out):
+    """A sticky mask divides the level by the updates the fit will make: fewer with a window."""
+    x, y = tiny_data
+    looks = {}
+    for max_updates in (None, 2):
+        callback = tllm_tf.UndistillableClassCallback(
+            held_out, reference=np.ones(NUM_CLASSES), rule="unpaired", warmup_epochs=0,
+            max_updates=max_updates)
+        _distiller().fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[callback])
+        looks[max_updates] = callback._looks
+    assert looks == {None: 5, 2: 2}
+
+
 def test_reference_from_a_model_is_evaluated_once_at_train_begin(tiny_data, held_out):
     x, y = tiny_data
     keras.utils.set_random_seed(5)
@@ -156,6 +188,7 @@ def test_rejects_reference_of_the_wrong_length(tiny_data, held_out):
     ({"margin": -0.1}, "margin >= 0"),
     ({"warmup_epochs": -1}, "warmup_epochs >= 0"),
     ({"update_every": 0}, "update_every >= 1"),
+    ({"max_updates": 0}, r"max_updates >= 1 or None. Received: max_updates=0"),
     ({"min_samples": 0}, "min_samples >= 1"),
 ])
 def test_rejects_bad_arguments(held_out, kwargs, message):
@@ -336,9 +369,12 @@ def test_get_config_has_every_argument(held_out):
         "rule": "paired", "significance": 0.05, "correction": "holm", "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
         "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
         "patience": 2, "margin_standard_errors": 1.5, "masked_classes": [],
+        "max_updates": None,
     }
     assert tllm_tf.UndistillableClassCallback(
         held_out, reference=[0.5] * 4, masked_classes=[3, 1]).get_config()["masked_classes"] == [3, 1]
+    assert tllm_tf.UndistillableClassCallback(
+        held_out, reference=[0.5] * 4, max_updates=3).get_config()["max_updates"] == 3
 
 
 def test_masked_classes_are_never_distilled_from_the_first_step(tiny_data, held_out, tmp_path):

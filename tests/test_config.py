@@ -27,6 +27,7 @@ def test_json_round_trip():
     ("students", ("distilled", "dkd"), "students must be"),
     ("masked_class_policy", "zero", "masked_class_policy"),
     ("update_every", 0, "update_every"),
+    ("max_updates", 0, r"max_updates must be >= 1 \(or unset: no limit\). Received: 0"),
     ("lr_decay_epochs", (180, 150), "increasing"),
     ("patience", 0, r"patience must be >= 1. Received: 0"),
     ("smoothing", 1.0, r"smoothing must be in \[0, 1\). Received: 1.0"),
@@ -51,14 +52,16 @@ def test_masked_classes_need_the_tllm_student():
     with pytest.raises(ValueError, match="masked_classes applies to the tllm student.*"
                                          "add tllm to --students"):
         RunConfig(workdir="w", students=("distilled",), masked_classes=(2,))
+    with pytest.raises(ValueError, match="masked_classes_from applies to the tllm student"):
+        RunConfig(workdir="w", students=("distilled",), masked_classes_from="runs/first")
 
 
 def test_identification_defaults_are_the_callbacks():
     config = RunConfig(workdir="w")
     parameters = inspect.signature(UndistillableClassCallback).parameters
     for name in ("rule", "significance", "correction", "margin", "warmup_epochs",
-                 "update_every", "sticky", "min_samples", "smoothing", "patience",
-                 "margin_standard_errors"):
+                 "update_every", "max_updates", "sticky", "min_samples", "smoothing",
+                 "patience", "margin_standard_errors"):
         assert getattr(config, name) == parameters[name].default, name
     assert config.masked_classes == tuple(parameters["masked_classes"].default) == ()
     # The callback's None means "when the reference has per-epoch results",

@@ -11,6 +11,7 @@ import pytest
 import tllm_tf
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import fitting
+from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
 from tllm_tf import teacher_precision
@@ -97,22 +98,75 @@ def test_masked_classes_reach_the_tllm_student_and_stay_masked(tmp_path):
     assert update["class_mask"][3] == update["class_mask"][7] == 0.0
 
 
-def test_a_second_run_trains_with_the_first_runs_mask_and_makes_no_update(tmp_path):
+def test_a_second_run_trains_with_the_first_runs_mask_and_makes_no_update(tmp_path, capsys):
     """The two-run recipe (docs/study.md): the first run's teacher, reference and final mask."""
     first = RunConfig(workdir=str(tmp_path / "first"), students=("tllm",), num_train=200,
                       teacher_model="cnn_tiny", epochs=2, verbose=0, warmup_epochs=0)
     stages.run(first)
+    # What the first run masked at its end, as its mask log says (maybe none on this tiny run).
+    with open(tmp_path / "first" / "student_tllm" / workdir_files.MASK_LOG_FILE) as handle:
+        last_mask = [json.loads(line) for line in handle][-1]["class_mask"]
+    first_masked = {c for c, m in enumerate(last_mask) if m == 0.0}
     second = dataclasses.replace(
         first, workdir=str(tmp_path / "second"), masked_classes=(3,),
+        masked_classes_from=first.workdir, verbose=1,
         masked_class_policy="soft_label", warmup_epochs=first.epochs,
         teacher_path=str(tmp_path / "first" / "teacher" / workdir_files.MODEL_FILE),
         reference_path=str(tmp_path / "first" / "reference" / workdir_files.REFERENCE_FILE))
     stages.run(second)
+    assert f"--masked_classes_from={first.workdir}: it masked" in capsys.readouterr().out
+    with open(tmp_path / "second" / workdir_files.CONFIG_FILE) as handle:
+        recorded = json.load(handle)
+    assert recorded["masked_classes"] == sorted(first_masked | {3})
     stage_dir = tmp_path / "second" / "student_tllm"
     assert os.path.exists(stage_dir / workdir_files.MODEL_FILE)
     assert not os.path.exists(tmp_path / "second" / "teacher")  # Reused, not trained again.
     log = stage_dir / workdir_files.MASK_LOG_FILE
     assert not os.path.exists(log) or not log.read_text().strip()  # No update of its own.
+    stages.run(second)  # Run again: resolved the same way, so the workdir takes it as its own.
+
+
+def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):
+    """The files `read_final_mask` reads, as a finished tllm run leaves them."""
+    stage_dir = workdir / "student_tllm"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / workdir_files.PER_CLASS_FILE).write_text("{}")
+    (stage_dir / workdir_files.MASK_LOG_FILE).write_text(
+        "".join(json.dumps({"class_mask": mask}) + "\n" for mask in mask_log_lines))
+    (workdir / workdir_files.CONFIG_FILE).write_text(RunConfig(
+        workdir=str(workdir), students=("tllm",), masked_classes=masked_classes).to_json())
+    return str(workdir)
+
+
+def test_read_final_mask_reads_the_last_update_or_the_fixed_mask(tmp_path):
+    updated = _finished_tllm_run(tmp_path / "updated", [[0, 1, 1, 1], [1, 0, 1, 0]])
+    assert stage_inputs.read_final_mask(updated, 4) == (1, 3)  # The last update's, not any.
+    none = _finished_tllm_run(tmp_path / "none", [[1, 1, 1, 1]])
+    assert stage_inputs.read_final_mask(none, 4) == ()
+    fixed = _finished_tllm_run(tmp_path / "fixed", [], masked_classes=(2, 0))
+    assert stage_inputs.read_final_mask(fixed, 4) == (0, 2)  # No update: its --masked_classes.
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: str(root / "empty"), r"--masked_classes_from='.*empty' has no finished tllm "
+                                       r"student \(.*test_per_class.json is missing\)"),
+    (lambda root: _finished_tllm_run(root / "other", [[1, 0, 1]]),
+     r"was trained on another data set: its mask does not fit this one's 4 classes"),
+    (lambda root: _finished_tllm_run(root / "other_fixed", [], masked_classes=(7,)),
+     r"was trained on another data set"),
+])
+def test_read_final_mask_refuses_what_is_not_a_finished_run_of_this_data(tmp_path, make, message):
+    with pytest.raises(ValueError, match=message):
+        stage_inputs.read_final_mask(make(tmp_path), 4)
+
+
+def test_masked_classes_from_an_unfinished_run_is_refused_before_anything_trains(tmp_path):
+    config = RunConfig(workdir=str(tmp_path / "second"), students=("tllm",), num_train=200,
+                       teacher_model="cnn_tiny", epochs=2, verbose=0,
+                       masked_classes_from=str(tmp_path / "first"))
+    with pytest.raises(ValueError, match="has no finished tllm student"):
+        stages.run(config)
+    assert not os.path.exists(tmp_path / "second" / "teacher")
 
 
 def _student_weights(workdir):

@@ -56,6 +56,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
       per-class accuracies is judged this way, with a warning when the
       paired rule was asked for.
 
+    With `max_updates`, only that many updates are made; the mask then
+    stays fixed to the end of the fit.
+
     A class behind on `patience` consecutive updates is masked (mask 0);
     with `sticky=True` (the default) it stays masked, and each update tests
     at `significance` divided by the fit's number of updates, so that over
@@ -125,6 +128,12 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             errors of the accuracy difference, `>= 0`. Defaults to `0.0`.
         masked_classes: class ids never distilled, masked from the first
             step. Defaults to `()`.
+        max_updates: how many updates to make, `>= 1`, after which the mask
+            stays as it is to the end of the fit; `None` updates to the end.
+            A short window of updates decides the mask while the students
+            are compared as trained, before a masked class's changed
+            training can push its neighbours behind the reference in turn
+            (docs/study.md). Defaults to `None`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
@@ -157,6 +166,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         patience=2,
         margin_standard_errors=0.0,
         masked_classes=(),
+        max_updates=None,
     ):
         super().__init__()
         masked_classes = tuple(int(c) for c in masked_classes)
@@ -169,6 +179,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if update_every < 1:
             raise ValueError(
                 f"Expected update_every >= 1. Received: update_every={update_every}")
+        if max_updates is not None and max_updates < 1:
+            raise ValueError(
+                f"Expected max_updates >= 1 or None. Received: max_updates={max_updates}")
         self.options = identification.RuleOptions(
             rule=rule, significance=float(significance), correction=correction,
             margin=float(margin), margin_standard_errors=float(margin_standard_errors),
@@ -178,6 +191,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.reference = reference
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = int(update_every)
+        self.max_updates = None if max_updates is None else int(max_updates)
         self.masked_classes = masked_classes
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
@@ -320,9 +334,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             self.model.set_class_mask(mask)
 
     def _is_update_epoch(self, epoch):
-        epoch_number = epoch + 1
-        return (epoch_number > self._warmup
-                and (epoch_number - self._warmup) % self.update_every == 0)
+        since_warmup = epoch + 1 - self._warmup
+        if since_warmup <= 0 or since_warmup % self.update_every:
+            return False
+        return self.max_updates is None or since_warmup // self.update_every <= self.max_updates
 
     def _evidence(self, epoch, correct, labels, num_classes):
         hits, total = metrics_lib.counts_from_correctness(correct, labels, num_classes)
@@ -398,4 +413,5 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             "patience": self.options.patience,
             "margin_standard_errors": self.options.margin_standard_errors,
             "masked_classes": list(self.masked_classes),
+            "max_updates": self.max_updates,
         }

@@ -76,6 +76,8 @@ flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the refere
 flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask "
                      "update. Default: half of --epochs.")
 flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
+flags.DEFINE_integer("max_updates", _DEFAULTS.max_updates, "Mask updates to make; then the "
+                     "mask stays as it is to the end. Default: update to the end.")
 flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked (--nosticky: "
                   "it is judged again at every update). Default: on.")
 flags.DEFINE_integer("min_samples", _DEFAULTS.min_samples, "Fewest held-out samples to judge a class.")
@@ -91,6 +93,10 @@ flags.DEFINE_float("margin_standard_errors", _DEFAULTS.margin_standard_errors, "
 flags.DEFINE_list("masked_classes", list(_DEFAULTS.masked_classes), "Class ids the tllm "
                   "student never distils, masked from the first step whatever the rule finds "
                   "(e.g. an earlier run's final mask). Default: none.")
+flags.DEFINE_string("masked_classes_from", _DEFAULTS.masked_classes_from, "The --workdir of an "
+                    "earlier run of the same setting: the classes its tllm student had masked "
+                    "when it finished are masked from the first step, as with --masked_classes "
+                    "(the second run of the two-run recipe, docs/study.md). Default: none.")
 # Speed and scale.
 flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step.")
 flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Steps per compiled call.")

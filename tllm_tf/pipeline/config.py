@@ -85,6 +85,8 @@ class RunConfig:
     # None: half of --epochs (docs/study.md chose it).
     warmup_epochs: Optional[int] = None
     update_every: int = 1
+    # None: update to the end of training.
+    max_updates: Optional[int] = None
     sticky: bool = True
     min_samples: int = 1
     epoch_matched: bool = True
@@ -92,6 +94,8 @@ class RunConfig:
     patience: int = 2
     margin_standard_errors: float = 0.0
     masked_classes: Tuple[int, ...] = ()
+    # An earlier run's workdir: its tllm student's final mask is added to masked_classes.
+    masked_classes_from: str = ""
     # Speed and scale.
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -167,6 +171,8 @@ class RunConfig:
                 f"warmup_epochs must be >= 0. Received: {self.warmup_epochs}")
         require(self.update_every >= 1,
                 f"update_every must be >= 1. Received: {self.update_every}")
+        require(self.max_updates is None or self.max_updates >= 1,
+                f"max_updates must be >= 1 (or unset: no limit). Received: {self.max_updates}")
         require(self.min_samples >= 1,
                 f"min_samples must be >= 1. Received: {self.min_samples}")
         require(0.0 <= self.smoothing < 1.0,
@@ -178,6 +184,9 @@ class RunConfig:
         require(not self.masked_classes or "tllm" in self.students,
                 "masked_classes applies to the tllm student (the distilled student distils "
                 "every class): add tllm to --students, or leave --masked_classes empty.")
+        require(not self.masked_classes_from or "tllm" in self.students,
+                "masked_classes_from applies to the tllm student (the distilled student distils "
+                "every class): add tllm to --students, or leave --masked_classes_from empty.")
         require(self.margin_standard_errors >= 0,
                 f"margin_standard_errors must be >= 0. Received: {self.margin_standard_errors}")
         require(self.mixup >= 0, f"mixup must be >= 0. Received: {self.mixup}")

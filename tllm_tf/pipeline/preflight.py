@@ -61,7 +61,7 @@ def check_schedule(config):
             "and the students do not train. Give one of them a positive weight.")
     if "tllm" not in config.students or "student" not in config.stages:
         return
-    if config.masked_classes:  # A fixed mask is not KD, with or without updates.
+    if config.masked_classes or config.masked_classes_from:  # A fixed mask is not KD.
         return
     warmup = config.warmup_epochs if config.warmup_epochs is not None else config.epochs // 2
     first_update = warmup + config.update_every

@@ -1,9 +1,11 @@
-"""What the distilled students read from earlier stages: the teacher and the reference.
+"""What the distilled students read from earlier stages: the teacher, the reference and an
+earlier run's final mask.
 
 The chief reads each file (checked: classes, image shape, the reference's
 per-epoch rows) and every worker of a multi-worker run receives what it read.
 """
 
+import json
 import logging
 import os
 
@@ -12,8 +14,10 @@ import numpy as np
 
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import reference as reference_lib
+from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import workdir_files
 
 
 def load_teacher(teacher_path, data):
@@ -116,3 +120,44 @@ def reference_on_every_worker(strategy, reference_path, num_classes, config):
             labels=np.array(values["labels"], dtype=np.int32),
             correct=np.array(values["correct"], dtype=bool))
     return np.array(values, dtype=np.float64)
+
+
+def read_final_mask(workdir, num_classes):
+    """The classes an earlier run's tllm student had masked when it finished.
+
+    Args:
+        workdir: the earlier run's `--workdir`.
+        num_classes: the classes of this run's data set.
+
+    Returns:
+        A sorted tuple of class ids: those masked by its last mask update
+        (`student_tllm/mask_log.jsonl`), or, if it made no update, its own
+        `--masked_classes`.
+
+    Raises:
+        ValueError: if the earlier run has no finished tllm student, or its
+            mask has another number of classes.
+    """
+    stage_dir = os.path.join(workdir, workdir_files.student_stage("tllm"))
+    if not os.path.exists(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE)):
+        raise ValueError(
+            f"--masked_classes_from={workdir!r} has no finished tllm student "
+            f"({os.path.join(stage_dir, workdir_files.PER_CLASS_FILE)} is missing). Name the "
+            "--workdir of a run with --students=tllm that has trained to the end.")
+    log_path = os.path.join(stage_dir, workdir_files.MASK_LOG_FILE)
+    updates = []
+    if os.path.exists(log_path):
+        with open(log_path) as handle:
+            updates = [json.loads(line) for line in handle if line.strip()]
+    if updates:
+        mask = np.asarray(updates[-1]["class_mask"], dtype=np.float64)
+        classes, fits = np.flatnonzero(mask <= 0.0), mask.size == num_classes
+    else:  # No update: it masked its own --masked_classes throughout.
+        with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
+            classes = sorted(config_lib.RunConfig.from_json(handle.read()).masked_classes)
+        fits = all(c < num_classes for c in classes)
+    if not fits:
+        raise ValueError(
+            f"--masked_classes_from={workdir!r} was trained on another data set: its mask does "
+            f"not fit this one's {num_classes} classes. Name a run on the same data set.")
+    return tuple(int(c) for c in classes)

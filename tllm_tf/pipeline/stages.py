@@ -20,6 +20,7 @@ trains, for how many epochs, where it writes; or that it is done, or where it
 resumes) and its progress (`stage_progress.StageProgress`); 0 prints nothing.
 """
 
+import dataclasses
 import os
 import shutil
 
@@ -171,6 +172,7 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             margin=config.margin,
             warmup_epochs=config.warmup_epochs,
             update_every=config.update_every,
+            max_updates=config.max_updates,
             sticky=config.sticky,
             min_samples=config.min_samples,
             log_path=mask_log if chief else None,
@@ -230,6 +232,23 @@ def run_store(config, data, strategy, teacher_path):
     _complete_store(config, data, strategy, teacher, STORE_STAGE)
 
 
+def _with_earlier_mask(config, strategy, num_classes):
+    """`config` with the final mask of `--masked_classes_from` added to its `masked_classes`.
+
+    The classes land in the config the workdir records, so a resumed run masks the same ones.
+    """
+    earlier = multi_worker.run_on_chief(strategy, lambda: list(
+        stage_inputs.read_final_mask(config.masked_classes_from, num_classes)))
+    if earlier:
+        line = (f"--masked_classes_from={config.masked_classes_from}: it masked classes "
+                f"{earlier} at its end; this run masks them from the first step")
+    else:
+        line = f"--masked_classes_from={config.masked_classes_from}: it masked no class"
+    fitting.say(config, is_chief(strategy), line)
+    return dataclasses.replace(
+        config, masked_classes=tuple(sorted(set(config.masked_classes) | set(earlier))))
+
+
 def run(config, strategy=None):
     """Runs the stages of `config` in order.
 
@@ -245,6 +264,8 @@ def run(config, strategy=None):
     if strategy is None:
         strategy = make_strategy(config.strategy)
     data = preflight.check(config, strategy, build.load_data)
+    if config.masked_classes_from and "student" in config.stages:
+        config = _with_earlier_mask(config, strategy, data.num_classes)
     multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config))
     chief = is_chief(strategy)
     teacher_path = config.teacher_path or os.path.join(
