@@ -54,3 +54,11 @@ POLICY_ARMS=kd,tllm_patience2,tllm_soft_label,tllm_two_pass,tllm_two_pass_soft_l
 ROOT="$POLICY_ROOT" report policy_selection 0,1,2,3,4 mlp_16,lenet_2 mlp_256,mlp_1024 "$POLICY_ARMS"
 ROOT="$POLICY_ROOT" report policy_mlp "$ALL" mlp_16 mlp_256,mlp_1024 "$POLICY_ARMS,tllm_soft_label_masked_pullover,tllm_soft_label_masked_coat_sneaker"
 ROOT="$POLICY_ROOT" report policy_cnn "$ALL" lenet_2 mlp_256 "$POLICY_ARMS,tllm_warmup5,tllm_masked_pullover_sneaker,tllm_soft_label_masked_pullover_sneaker"
+# The mask decided in a window of three updates (--max_updates=3), and two passes whose first only
+# judges the finished students (2026-12-04, night): the policy root's two halves again, with these
+# arms added (WINDOW_ROOT: runs/study_a and runs/study_b concatenated once they had finished).
+WINDOW_ROOT="${WINDOW_ROOT:-runs/study_window}"
+WINDOW_ARMS=kd,tllm_patience2,tllm_soft_label,tllm_updates3,tllm_soft_label_updates3,tllm_two_pass_soft_label,tllm_judge_at_end,tllm_two_pass_at_end_soft_label
+ROOT="$WINDOW_ROOT" report window_selection 0,1,2,3,4 mlp_16,lenet_2 mlp_256,mlp_1024 "$WINDOW_ARMS"
+ROOT="$WINDOW_ROOT" report window_confirmation 5,6,7,8,9 mlp_16,lenet_2 mlp_256,mlp_1024 "$WINDOW_ARMS"
+ROOT="$WINDOW_ROOT" report window "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 "$WINDOW_ARMS"

@@ -109,6 +109,23 @@ for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_labe
     ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
                   MASKED_CLASSES_FROM: "tllm_patience2"}
 
+# Two passes whose first only judges: KD to the end, then one look at the finished students (the
+# study's 20 epochs: the update after epoch 20, patience 1, the level spent on that one look).
+# Nothing it masks changes its training, so its student is KD's; it names the classes where the
+# finished distilled student is behind the finished reference, the very definition of an
+# undistillable class, with ten times the level per look of the default's ten updates.
+ARMS["tllm_judge_at_end"] = {"students": ("tllm",), "warmup_epochs": 19, "patience": 1}
+ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
+                                           "masked_class_policy": "soft_label",
+                                           MASKED_CLASSES_FROM: "tllm_judge_at_end"}
+
+# One run with a short window of updates: the mask is decided by the first three updates after
+# the warm-up (epochs 11-13 of 20), then kept to the end. In `tllm_soft_label` most classes the
+# default masks are masked by its second update, and the neighbours that fall behind once a class
+# trains on soft labels are masked from the fourth on: a window closes before that cascade.
+for _arm, _policy in (("tllm_updates3", "hard_label"), ("tllm_soft_label_updates3", "soft_label")):
+    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy, "max_updates": 3}
+
 # Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
 # distilled on every class (`<loss>`) and with TLLM's defaults (`<loss>_tllm`), with the
 # hyper-parameters of the losses' reference code, DKD's warm-up scaled from 20 of 240 epochs to
