@@ -96,3 +96,14 @@ def test_epoch_matched_with_a_reference_without_history_says_how_to_get_one(trai
     assert "--epoch_matched needs the reference's held-out accuracy after every" in result.stderr
     assert "drop --epoch_matched" in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run" / "teacher")
+
+
+def test_masked_classes_from_a_run_that_has_not_finished_is_refused_before_training(
+        train, tmp_path):
+    first = tmp_path / "first"
+    (first / "student_tllm").mkdir(parents=True)  # Started, but its tllm student never finished.
+    result = train(f"--workdir={tmp_path / 'second'}", f"--masked_classes_from={first}")
+    assert result.returncode != 0
+    assert f"--masked_classes_from='{first}' has no finished tllm student" in result.stderr
+    assert "that has trained to the end" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "second" / "teacher")
