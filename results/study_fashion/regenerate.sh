@@ -62,3 +62,11 @@ WINDOW_ARMS=kd,tllm_patience2,tllm_soft_label,tllm_updates3,tllm_soft_label_upda
 ROOT="$WINDOW_ROOT" report window_selection 0,1,2,3,4 mlp_16,lenet_2 mlp_256,mlp_1024 "$WINDOW_ARMS"
 ROOT="$WINDOW_ROOT" report window_confirmation 5,6,7,8,9 mlp_16,lenet_2 mlp_256,mlp_1024 "$WINDOW_ARMS"
 ROOT="$WINDOW_ROOT" report window "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 "$WINDOW_ARMS"
+# Ten fresh seeds (10-19) of the default and the two-run recipe, and all twenty (2026-12-04,
+# night): the same two halves, seeds 10-19 added (SEEDS20_ROOT: runs/study_a and runs/study_b
+# concatenated once they had finished).
+SEEDS20_ROOT="${SEEDS20_ROOT:-runs/study_seeds20}"
+SEEDS20_ARMS=kd,tllm_patience2,tllm_two_pass_soft_label
+FRESH=10,11,12,13,14,15,16,17,18,19
+ROOT="$SEEDS20_ROOT" report recipe_fresh "$FRESH" mlp_16,lenet_2 mlp_256,mlp_1024 "$SEEDS20_ARMS"
+ROOT="$SEEDS20_ROOT" report recipe_20_seeds "$ALL,$FRESH" mlp_16,lenet_2 mlp_256,mlp_1024 "$SEEDS20_ARMS"
