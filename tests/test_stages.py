@@ -132,7 +132,8 @@ def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):
     stage_dir.mkdir(parents=True)
     (stage_dir / workdir_files.PER_CLASS_FILE).write_text("{}")
     (stage_dir / workdir_files.MASK_LOG_FILE).write_text(
-        "".join(json.dumps({"class_mask": mask}) + "\n" for mask in mask_log_lines))
+        "".join(json.dumps({"epoch": epoch, "class_mask": mask}) + "\n"
+                for epoch, mask in enumerate(mask_log_lines, start=1)))
     (workdir / workdir_files.CONFIG_FILE).write_text(RunConfig(
         workdir=str(workdir), students=("tllm",), masked_classes=masked_classes).to_json())
     return str(workdir)

@@ -18,6 +18,7 @@ import os
 from absl import app
 from absl import flags
 
+from tllm_tf import mask_log
 from tllm_tf.pipeline import console
 from tllm_tf.analysis import reporting
 from tllm_tf.pipeline import workdir_files
@@ -61,7 +62,7 @@ def _results_from_models():
     results = evaluation.evaluate_models(
         evaluation.model_names(FLAGS.model_paths), batches, class_names=class_names)
     if FLAGS.mask_log:
-        history = reporting.load_mask_history(FLAGS.mask_log)
+        history = mask_log.load_mask_history(FLAGS.mask_log)
         results["mask_history"] = history
         results["final_mask"] = history[-1]["class_mask"] if history else None
     return results

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf.mask_log import load_mask_history
 from tllm_tf.pipeline import workdir_files
 
 COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
@@ -35,27 +36,6 @@ REPORT_FILES = ("report.md", "report.json", "per_class_change.png", "mask_histor
 def _read_json(path):
     with open(path) as handle:
         return json.load(handle)
-
-
-def load_mask_history(path):
-    """Reads the mask updates of a TLLM run, one dict per line of `path`.
-
-    Args:
-        path: a `mask_log.jsonl` written by `UndistillableClassCallback`.
-
-    Returns:
-        A list of dicts with `epoch` (1-based), `class_mask` (float array,
-        0 = masked) and `num_undistillable_classes`, in file order.
-    """
-    history = []
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                mask = np.asarray(record["class_mask"], dtype=np.float64)
-                history.append({"epoch": int(record["epoch"]), "class_mask": mask,
-                                "num_undistillable_classes": int(np.sum(mask <= 0))})
-    return history
 
 
 def load_results(workdir):

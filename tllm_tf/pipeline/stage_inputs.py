@@ -5,7 +5,6 @@ The chief reads each file (checked: classes, image shape, the reference's
 per-epoch rows) and every worker of a multi-worker run receives what it read.
 """
 
-import json
 import logging
 import os
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 
 from tllm_tf import held_out_predictions as predictions_lib
+from tllm_tf import mask_log
 from tllm_tf import reference as reference_lib
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
@@ -145,12 +145,9 @@ def read_final_mask(workdir, num_classes):
             f"({os.path.join(stage_dir, workdir_files.PER_CLASS_FILE)} is missing). Name the "
             "--workdir of a run with --students=tllm that has trained to the end.")
     log_path = os.path.join(stage_dir, workdir_files.MASK_LOG_FILE)
-    updates = []
-    if os.path.exists(log_path):
-        with open(log_path) as handle:
-            updates = [json.loads(line) for line in handle if line.strip()]
+    updates = mask_log.load_mask_history(log_path) if os.path.exists(log_path) else []
     if updates:
-        mask = np.asarray(updates[-1]["class_mask"], dtype=np.float64)
+        mask = updates[-1]["class_mask"]
         classes, fits = np.flatnonzero(mask <= 0.0), mask.size == num_classes
     else:  # No update: it masked its own --masked_classes throughout.
         with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
