@@ -28,6 +28,9 @@ def train(zygote):
     (["--holdout_fraction=1.5"], "holdout_fraction must be in (0, 1)"),
     (["--epochs=0"], "epochs must be > 0"),
     (["--patience=0"], "patience must be >= 1. Received: 0"),
+    (["--students=tllm_refit"], "tllm_refit trains with the mask the tllm student ends with: "
+                                "list tllm before it (--students=tllm,tllm_refit)"),
+    (["--refit_policy=zero"], "value should be one of"),
     (["--dataset=no_such_dataset_name"], "no_such_dataset_name"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(train, tmp_path, flags, message):

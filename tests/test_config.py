@@ -26,6 +26,7 @@ def test_json_round_trip():
     ("stage", "store", r"stage=store builds .*--teacher_store=DIR"),
     ("students", ("distilled", "dkd"), "students must be"),
     ("masked_class_policy", "zero", "masked_class_policy"),
+    ("refit_policy", "zero", r"refit_policy must be one of \['drop', "),
     ("update_every", 0, "update_every"),
     ("max_updates", 0, r"max_updates must be >= 1 \(or unset: no limit\). Received: 0"),
     ("lr_decay_epochs", (180, 150), "increasing"),
@@ -54,6 +55,14 @@ def test_masked_classes_need_the_tllm_student():
         RunConfig(workdir="w", students=("distilled",), masked_classes=(2,))
     with pytest.raises(ValueError, match="masked_classes_from applies to the tllm student"):
         RunConfig(workdir="w", students=("distilled",), masked_classes_from="runs/first")
+
+
+@pytest.mark.parametrize("students", [
+    ("tllm_refit",), ("distilled", "tllm_refit"), ("tllm_refit", "tllm")])
+def test_the_refit_needs_the_tllm_student_before_it(students):
+    with pytest.raises(ValueError, match=r"tllm_refit trains with the mask the tllm student ends "
+                                         r"with: list tllm before it \(--students=tllm,tllm_refit\)"):
+        RunConfig(workdir="w", students=students)
 
 
 def test_identification_defaults_are_the_callbacks():

@@ -126,6 +126,65 @@ def test_a_second_run_trains_with_the_first_runs_mask_and_makes_no_update(tmp_pa
     stages.run(second)  # Run again: resolved the same way, so the workdir takes it as its own.
 
 
+def test_the_refit_student_is_the_two_run_recipes_second_run_in_one_run(tmp_path, capsys):
+    """--students=tllm,tllm_refit trains, bit for bit, the student the second command of the
+    two-run recipe trains (the study measured that recipe: docs/study.md)."""
+    one = RunConfig(workdir=str(tmp_path / "one"), students=("tllm", "tllm_refit"),
+                    num_train=200, teacher_model="cnn_tiny", epochs=2, warmup_epochs=0,
+                    masked_classes=(3,))
+    stages.run(one)
+    final = stage_inputs.read_final_mask(one.workdir, 10)
+    assert 3 in final  # Masked from the first step, so in the final mask too.
+    assert (f"student_tllm_refit: the tllm student ended with {len(final)} classes masked "
+            f"({', '.join(str(c) for c in final)}); masked here from the first step under "
+            "soft_label") in capsys.readouterr().out
+    refit_dir = tmp_path / "one" / "student_tllm_refit"
+    log = refit_dir / workdir_files.MASK_LOG_FILE
+    assert not os.path.exists(log) or not log.read_text().strip()  # No update of its own.
+    assert os.path.isdir(refit_dir / workdir_files.SAVED_MODEL_DIR)
+    second = dataclasses.replace(
+        one, workdir=str(tmp_path / "second"), stage="student", students=("tllm",),
+        masked_classes=(), masked_classes_from=one.workdir, masked_class_policy="soft_label",
+        warmup_epochs=one.epochs, verbose=0,
+        teacher_path=str(tmp_path / "one" / "teacher" / workdir_files.MODEL_FILE),
+        reference_path=str(tmp_path / "one" / "reference" / workdir_files.REFERENCE_FILE))
+    stages.run(second)
+    refit, recipe = (keras.models.load_model(os.path.join(stage_dir, workdir_files.MODEL_FILE))
+                     for stage_dir in (refit_dir, tmp_path / "second" / "student_tllm"))
+    for from_refit, from_recipe in zip(refit.get_weights(), recipe.get_weights(), strict=True):
+        np.testing.assert_array_equal(from_refit, from_recipe)
+    tllm = keras.models.load_model(tmp_path / "one" / "student_tllm" / workdir_files.MODEL_FILE)
+    assert any(not np.array_equal(a, b) for a, b in zip(refit.get_weights(), tllm.get_weights()))
+
+
+def test_a_killed_refit_resumes_with_the_same_mask(tmp_path, monkeypatch):
+    uninterrupted = RunConfig(workdir=str(tmp_path / "whole"), num_train=200,
+                              teacher_model="cnn_tiny", epochs=2, warmup_epochs=0,
+                              masked_classes=(3,), verbose=0)
+    assert uninterrupted.students == ("tllm", "tllm_refit")  # The default.
+    stages.run(uninterrupted)
+    killed = dataclasses.replace(
+        uninterrupted, workdir=str(tmp_path / "killed"), stage="student",
+        teacher_path=str(tmp_path / "whole" / "teacher" / workdir_files.MODEL_FILE),
+        reference_path=str(tmp_path / "whole" / "reference" / workdir_files.REFERENCE_FILE))
+    original = fitting.stage_callbacks
+
+    def killed_in_the_refit(stage_dir, chief, start_epoch):
+        callbacks = original(stage_dir, chief, start_epoch)
+        return callbacks + ([_KillAtEpochEnd(0)] if stage_dir.endswith("refit") else [])
+
+    monkeypatch.setattr(fitting, "stage_callbacks", killed_in_the_refit)
+    with pytest.raises(_Killed):
+        stages.run(killed)
+    monkeypatch.undo()
+    stages.run(killed)
+    resumed, whole = (keras.models.load_model(os.path.join(
+        workdir, "student_tllm_refit", workdir_files.MODEL_FILE)).get_weights()
+        for workdir in (killed.workdir, uninterrupted.workdir))
+    for from_resumed, from_whole in zip(resumed, whole, strict=True):
+        np.testing.assert_allclose(from_resumed, from_whole, atol=1e-6)
+
+
 def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):
     """The files `read_final_mask` reads, as a finished tllm run leaves them."""
     stage_dir = workdir / "student_tllm"

@@ -13,6 +13,10 @@ def test_claim_writes_then_accepts_the_same_run_and_resumable_changes(tmp_path):
         assert json.load(handle)["epochs"] == 5
     workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=5,
                                            stage="student", verbose=0))
+    # A student added to a finished run trains beside those already there (a run of the
+    # one-student default of earlier versions gets its refit).
+    workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=5,
+                                           students=("distilled", "tllm", "tllm_refit")))
 
 
 def test_claim_refuses_a_workdir_of_another_configuration(tmp_path):

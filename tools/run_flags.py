@@ -21,7 +21,9 @@ flags.DEFINE_enum("stage", _DEFAULTS.stage, config_lib.STAGES,
                   "teacher), for the students of later runs.")
 flags.DEFINE_list("students", list(_DEFAULTS.students),
                   "Distilled students of the student stage: distilled (the distillation loss "
-                  "on every class), tllm (gated by the undistillable-class mask).")
+                  "on every class), tllm (gated by the undistillable-class mask), tllm_refit "
+                  "(after tllm: a fresh student with tllm's final mask from its first step, "
+                  "under --refit_policy; docs/study.md). Default: tllm,tllm_refit.")
 flags.DEFINE_list("method", None, "Deprecated: the old name of --students (kd -> distilled, "
                   "tllm -> tllm). Still read, with a warning.")
 # Data.
@@ -65,6 +67,9 @@ flags.DEFINE_integer("distillation_warmup_epochs", _DEFAULTS.distillation_warmup
 flags.DEFINE_enum("masked_class_policy", _DEFAULTS.masked_class_policy,
                   sorted(config_lib.POLICIES),
                   "What an undistillable class's samples learn from (tllm_tf.policies).")
+flags.DEFINE_enum("refit_policy", _DEFAULTS.refit_policy, sorted(config_lib.POLICIES),
+                  "The policy of the tllm_refit student's masked classes. Default: soft_label "
+                  "(docs/study.md).")
 # Identification.
 flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "paired: McNemar's exact test per class on the held-out images, "

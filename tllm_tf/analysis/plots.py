@@ -20,7 +20,8 @@ OTHER_COLOR = "#4c72b0"
 DISTILLED_COLOR = "#f2f2f2"
 WARMUP_COLOR = "#dddddd"
 DISPLAY_NAMES = {"reference": "label-only reference", "student_kd": "KD student",
-                 "student_tllm": "TLLM student", "teacher": "teacher"}
+                 "student_tllm": "TLLM student", "student_tllm_refit": "TLLM refit student",
+                 "teacher": "teacher"}
 
 
 def display_name(model):

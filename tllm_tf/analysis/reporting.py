@@ -3,8 +3,9 @@
 TLLM (Zhu et al., NeurIPS 2022) calls a class *undistillable* when a student
 distilled from the teacher does worse on it than the same student trained on
 labels alone, and stops distilling it. This module gathers, per class, the
-test accuracy of the label-only reference and of the KD and TLLM students,
-the classes TLLM masked and its mask over the epochs, from a
+test accuracy of the label-only reference and of the KD and TLLM students
+(and the TLLM refit, trained with TLLM's final mask), the classes TLLM masked
+and its mask over the epochs, from a
 `tools/train.py` workdir (or from `evaluation.evaluate_models`), and writes
 them as markdown, JSON and PNG plots (`plots.py`).
 
@@ -29,7 +30,7 @@ from tllm_tf.mask_log import load_mask_history
 from tllm_tf.pipeline import workdir_files
 
 COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
-           workdir_files.student_stage("tllm"))
+           workdir_files.student_stage("tllm"), workdir_files.student_stage("tllm_refit"))
 REPORT_FILES = ("report.md", "report.json", "per_class_change.png", "mask_history.png")
 
 
@@ -149,7 +150,8 @@ def markdown_table(results):
 
 def summary_lines(results):
     """One line per stage with its overall test accuracy, then the masked classes."""
-    lines = [f"{name:>13}: test accuracy {100 * value:.2f}%"
+    width = max([13] + [len(name) for name in results["accuracy"]])
+    lines = [f"{name:>{width}}: test accuracy {100 * value:.2f}%"
              for name, value in results["accuracy"].items()]
     names, source = undistillable_classes(results)
     if source == "tllm_mask":

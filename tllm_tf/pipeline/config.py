@@ -19,8 +19,12 @@ from tllm_tf.teacher_precision import TEACHER_DTYPES
 
 STAGES = ("teacher", "reference", "student", "store", "all")
 # The distilled students the student stage trains: "distilled" (the distillation
-# loss on every class) and "tllm" (the same, gated by UndistillableClassCallback).
-STUDENTS = ("distilled", "tllm")
+# loss on every class), "tllm" (the same, gated by UndistillableClassCallback) and
+# "tllm_refit" (a fresh student with the tllm student's final mask from its first
+# step, under --refit_policy; it trains after tllm).
+STUDENTS = ("distilled", "tllm", "tllm_refit")
+# The students trained with a class mask (and UndistillableClassCallback).
+MASKED_STUDENTS = ("tllm", "tllm_refit")
 # The values of the --method flag that --students replaced, and what they became.
 LEGACY_METHODS = {"kd": "distilled", "tllm": "tllm"}
 OPTIMIZERS = ("sgd", "adam")
@@ -33,7 +37,8 @@ class RunConfig:
 
     workdir: str
     stage: str = "all"
-    students: Tuple[str, ...] = ("tllm",)
+    # The refit as well: docs/study.md, "One command for the two runs".
+    students: Tuple[str, ...] = ("tllm", "tllm_refit")
     # Data.
     dataset: str = "digits"
     data_dir: Optional[str] = None
@@ -77,6 +82,8 @@ class RunConfig:
     nkd_gamma: float = 1.5
     distillation_warmup_epochs: int = 0
     masked_class_policy: str = "hard_label"
+    # The tllm_refit student's policy for the classes it masks.
+    refit_policy: str = "soft_label"
     # Undistillable-class identification.
     rule: str = "paired"
     significance: float = 0.05
@@ -126,6 +133,9 @@ class RunConfig:
         require(self.masked_class_policy in POLICIES,
                 f"masked_class_policy must be one of {sorted(POLICIES)}. "
                 f"Received: {self.masked_class_policy!r}")
+        require(self.refit_policy in POLICIES,
+                f"refit_policy must be one of {sorted(POLICIES)}. "
+                f"Received: {self.refit_policy!r}")
         require(self.distillation_loss in DISTILLATION_LOSSES,
                 f"distillation_loss must be one of {sorted(DISTILLATION_LOSSES)}. "
                 f"Received: {self.distillation_loss!r}")
@@ -187,6 +197,11 @@ class RunConfig:
         require(not self.masked_classes_from or "tllm" in self.students,
                 "masked_classes_from applies to the tllm student (the distilled student distils "
                 "every class): add tllm to --students, or leave --masked_classes_from empty.")
+        require("tllm_refit" not in self.students or (
+                    "tllm" in self.students
+                    and self.students.index("tllm") < self.students.index("tllm_refit")),
+                "tllm_refit trains with the mask the tllm student ends with: list tllm before "
+                f"it (--students=tllm,tllm_refit). Received: students={self.students}")
         require(self.margin_standard_errors >= 0,
                 f"margin_standard_errors must be >= 0. Received: {self.margin_standard_errors}")
         require(self.mixup >= 0, f"mixup must be >= 0. Received: {self.mixup}")

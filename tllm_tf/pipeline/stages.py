@@ -35,6 +35,7 @@ from tllm_tf import reference as reference_lib
 from tllm_tf import reference_history
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import export as export_lib
 from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import multi_worker
@@ -125,11 +126,17 @@ def run_reference(config, data, strategy, stage_dir):
 
 
 def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference_path):
-    """Distils the student of `kind` ("distilled" or "tllm", `config.STUDENTS`); exports it."""
+    """Distils the student of `kind` (`config.STUDENTS`); exports it.
+
+    "tllm_refit" trains as "tllm" does, with `_refit_config(config)`: the
+    tllm student's final mask from the first step, under `--refit_policy`.
+    """
     model_path = os.path.join(stage_dir, MODEL_FILE)
     if fitting.done(strategy, model_path, stage_dir, config):
         return model_path
     chief = is_chief(strategy)
+    if kind == "tllm_refit":
+        config = _refit_config(config, strategy, data, os.path.basename(stage_dir))
     teacher = stage_inputs.teacher_on_every_worker(strategy, teacher_path, data)
     # Seeded after the teacher, so the student starts from the reference's weights.
     keras.utils.set_random_seed(config.seed)
@@ -156,8 +163,9 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             steps_per_execution=build.steps_per_execution(
                 build.steps_per_epoch(data, config), config.steps_per_execution),
         )
+    masking = kind in config_lib.MASKED_STUDENTS
     callbacks = []
-    if kind == "tllm":
+    if masking:
         mask_log = os.path.join(stage_dir, MASK_LOG_FILE)
         if chief:
             checkpointing.truncate_jsonl(
@@ -190,13 +198,14 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
                 identification, os.path.join(stage_dir, TENSORBOARD_DIR, "per_class"),
                 class_names=list(data.class_names)))
     teacher_name = config.teacher_path or config.teacher_model
-    masking = ", TLLM masking" if kind == "tllm" else ""
+    how = {"tllm": ", TLLM masking",
+           "tllm_refit": f", the tllm student's final mask under {config.masked_class_policy}"}
     fitting.fit(distiller, data, config, stage_dir, chief, config.epochs,
                 extra_callbacks=callbacks,
                 title=f"{os.path.basename(stage_dir)}: {config.student_model} distilled "
-                      f"from {teacher_name} ({config.distillation_loss} loss{masking})",
+                      f"from {teacher_name} ({config.distillation_loss} loss{how.get(kind, '')})",
                 shown_metrics=("loss", "accuracy") + (
-                    ("num_undistillable_classes",) if kind == "tllm" else ()),
+                    ("num_undistillable_classes",) if masking else ()),
                 soft_label_store=store)
     if chief:
         fitting.save_per_class(student, data, config, stage_dir)
@@ -247,6 +256,27 @@ def _with_earlier_mask(config, strategy, num_classes):
     fitting.say(config, is_chief(strategy), line)
     return dataclasses.replace(
         config, masked_classes=tuple(sorted(set(config.masked_classes) | set(earlier))))
+
+
+def _refit_config(config, strategy, data, label):
+    """`config` for the tllm_refit student: the second of the two runs, in this run.
+
+    The classes the tllm student (trained before it, in this workdir) had
+    masked when it finished are masked from the first step under
+    `--refit_policy`, and the mask is kept as it is: the warm-up lasts the
+    whole run, so no update judges the classes again under the new policy.
+    Read from the finished tllm student each time, so a resumed refit masks
+    the same classes.
+    """
+    final = multi_worker.run_on_chief(strategy, lambda: list(
+        stage_inputs.read_final_mask(config.workdir, data.num_classes)))
+    names = ", ".join(data.class_names[c] for c in final) or "none"
+    fitting.say(config, is_chief(strategy),
+                f"{label}: the tllm student ended with {len(final)} classes masked ({names}); "
+                f"masked here from the first step under {config.refit_policy}")
+    return dataclasses.replace(
+        config, masked_classes=tuple(sorted(set(config.masked_classes) | set(final))),
+        masked_class_policy=config.refit_policy, warmup_epochs=config.epochs)
 
 
 def run(config, strategy=None):

@@ -13,9 +13,10 @@ from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 
 # Fields that may change between runs of one workdir: they choose what to run
-# and how fast, not what is computed.
+# and how fast, not what is computed (a student added to --students trains; those
+# already trained stay as they are).
 RESUMABLE_CHANGES = frozenset({
-    "stage", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
+    "stage", "students", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
     "deterministic",
 })

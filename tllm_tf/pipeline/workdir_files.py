@@ -7,8 +7,9 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
     reference/model.keras, reference.json, held_out_predictions.npz,
         per_epoch_accuracy.jsonl, history.csv, test_per_class.json, tensorboard/
-    student_kd/, student_tllm/ (the "distilled" and "tllm" students): model.keras,
-        saved_model/, history.csv, test_per_class.json, mask_log.jsonl (tllm), tensorboard/
+    student_kd/, student_tllm/, student_tllm_refit/ (the "distilled", "tllm" and
+        "tllm_refit" students): model.keras, saved_model/, history.csv,
+        test_per_class.json, mask_log.jsonl (tllm), tensorboard/
     <stage>/checkpoint/ (while the stage runs)
     report/ (tools/train.py and tools/report.py)
 """
@@ -34,7 +35,8 @@ REPORT_DIR = "report"
 
 # The "distilled" student's folder keeps the name it had when --students was
 # --method=kd,tllm, so that workdirs of earlier versions still resume.
-_STUDENT_STAGES = {"distilled": "student_kd", "tllm": "student_tllm"}
+_STUDENT_STAGES = {"distilled": "student_kd", "tllm": "student_tllm",
+                   "tllm_refit": "student_tllm_refit"}
 
 
 def student_stage(student):
