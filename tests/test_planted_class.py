@@ -1,7 +1,9 @@
 """A planted undistillable pair: the teacher learnt two classes with their labels mostly swapped.
 
 Its knowledge of exactly those classes is wrong, so KD drags the student down on them. TLLM with the
-library's default rule must find the two classes (and at most one other) and bring them back.
+library's default rule must find the two classes (and at most one other) and bring them back, and
+so must the refit (`--students=tllm,tllm_refit`): a fresh student with that final mask from its
+first step, under `soft_label`.
 """
 
 import keras
@@ -54,9 +56,9 @@ def test_tllm_finds_and_recovers_two_planted_classes():
     predictions = tllm_tf.ReferencePredictions(
         labels=recorder.labels, correct=np.stack([recorder.rows[e] for e in range(EPOCHS)]))
 
-    def distil(callbacks):
+    def distil(callbacks, policy="hard_label"):
         distiller = tllm_tf.Distiller(_mlp(16, seed=2), teacher)
-        distiller.compile(keras.optimizers.Adam(3e-3))
+        distiller.compile(keras.optimizers.Adam(3e-3), masked_class_policy=policy)
         distiller.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0,
                       callbacks=callbacks)
         return distiller
@@ -75,3 +77,8 @@ def test_tllm_finds_and_recovers_two_planted_classes():
     assert kd_accuracy < labels_accuracy - 0.3  # the planted harm is real
     # TLLM wins back at least half of what KD lost on the planted classes.
     assert planted_accuracy(tllm) > kd_accuracy + 0.5 * (labels_accuracy - kd_accuracy)
+    refit = distil([tllm_tf.UndistillableClassCallback(
+        held_out, reference=predictions, masked_classes=tllm.undistillable_classes,
+        warmup_epochs=EPOCHS)], policy="soft_label")
+    assert set(refit.undistillable_classes) == masked  # Kept as it was: no update of its own.
+    assert planted_accuracy(refit) > kd_accuracy + 0.5 * (labels_accuracy - kd_accuracy)
