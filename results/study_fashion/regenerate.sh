@@ -70,3 +70,7 @@ SEEDS20_ARMS=kd,tllm_patience2,tllm_two_pass_soft_label
 FRESH=10,11,12,13,14,15,16,17,18,19
 ROOT="$SEEDS20_ROOT" report recipe_fresh "$FRESH" mlp_16,lenet_2 mlp_256,mlp_1024 "$SEEDS20_ARMS"
 ROOT="$SEEDS20_ROOT" report recipe_20_seeds "$ALL,$FRESH" mlp_16,lenet_2 mlp_256,mlp_1024 "$SEEDS20_ARMS"
+# The refit student as the default (2026-12-04, late): its confirmation on ten more fresh seeds
+# (20-29), run once after the choice (CONFIRM_ROOT: runs/study_c and runs/study_d concatenated).
+CONFIRM_ROOT="${CONFIRM_ROOT:-runs/study_seeds30}"
+ROOT="$CONFIRM_ROOT" report refit_confirmation 20,21,22,23,24,25,26,27,28,29 mlp_16,lenet_2 mlp_256,mlp_1024 "$SEEDS20_ARMS"
