@@ -119,6 +119,20 @@ def test_without_a_tllm_run_kd_below_reference_is_undistillable(workdir):
         assert "mask_history" not in handle.read()
 
 
+def test_the_refit_student_gets_its_column_and_an_aligned_summary(workdir):
+    _write_stage(workdir, "student_tllm_refit", [0.85, 0.9, 0.4, 0.7])
+    results = reporting.load_results(str(workdir))
+    assert results["models"] == ["reference", "student_kd", "student_tllm", "student_tllm_refit"]
+    header = reporting.markdown_table(results).splitlines()[0]
+    assert header == ("| class | reference | student_kd | student_tllm | student_tllm_refit "
+                      "| KD<ref | masked |")
+    lines = reporting.summary_lines(results)
+    assert len({line.index(":") for line in lines[:-1]}) == 1  # The colons line up.
+    assert lines[-2] == "student_tllm_refit: test accuracy 70.00%"
+    assert set(reporting.to_json(results)["per_class_change"]) == {
+        "student_kd", "student_tllm", "student_tllm_refit"}
+
+
 def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):
     _write_stage(tmp_path, "reference", PER_CLASS["reference"])
     results = reporting.load_results(str(tmp_path))
