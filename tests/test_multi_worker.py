@@ -93,8 +93,9 @@ def _run_workers(zygote, workdirs, record_dir, log_dir, flags=()):
     return [_log(log_dir, index, "out") for index in range(len(processes))]
 
 
-def _record(record_dir, task):
-    (path,) = glob.glob(os.path.join(record_dir, f"task{task}_fit*.npz"))
+def _record(record_dir, task, fit=None):
+    """The worker's weights and masks after its only `fit`, or after its `fit`-th."""
+    (path,) = glob.glob(os.path.join(record_dir, f"task{task}_fit{fit or '*'}.npz"))
     with np.load(path) as record:
         count = sum(name.startswith("weight") for name in record.files)
         weights = [record[f"weight{i}"] for i in range(count)]
@@ -245,6 +246,31 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(
     changed = {path for path in written if rewritten[path] != written[path]}
     assert {path for path in changed if not path.startswith("report/")} == {"config.json"}
     assert rewritten.keys() == written.keys()
+    assert not os.path.exists(worker_dir)
+
+
+@pytest.mark.slow
+def test_every_worker_refits_with_the_chiefs_final_mask(zygote, uninterrupted, tmp_path):
+    uninterrupted_dir = str(uninterrupted[0] / "chief")
+    inputs = [f"--teacher_path={os.path.join(uninterrupted_dir, 'teacher', 'model.keras')}",
+              f"--reference_path={os.path.join(uninterrupted_dir, 'reference', 'reference.json')}",
+              "--students=tllm,tllm_refit", "--masked_classes=4"]
+    chief_dir, worker_dir = str(tmp_path / "chief"), str(tmp_path / "worker1")
+    chief_out, _ = _run_workers(zygote, [chief_dir, worker_dir], tmp_path / "records",
+                                tmp_path / "logs", inputs)
+    final_mask = _logged_masks(os.path.join(chief_dir, "student_tllm"))[-1]
+    assert final_mask[4] == 0.0
+    chief_weights, chief_masks = _record(tmp_path / "records", 0, fit=2)  # fit 2: the refit.
+    worker_weights, worker_masks = _record(tmp_path / "records", 1, fit=2)
+    for chief_weight, worker_weight in zip(chief_weights, worker_weights, strict=True):
+        np.testing.assert_array_equal(chief_weight, worker_weight)
+    # Every epoch of either worker, the tllm student's final mask, and no update of its own.
+    assert chief_masks.tolist() == worker_masks.tolist() == [final_mask] * 3
+    saved = keras.models.load_model(
+        os.path.join(chief_dir, "student_tllm_refit", "model.keras"), compile=False)
+    for saved_weight, recorded in zip(saved.get_weights(), chief_weights, strict=True):
+        np.testing.assert_array_equal(saved_weight, recorded)
+    assert "student_tllm_refit: test accuracy" in chief_out
     assert not os.path.exists(worker_dir)
 
 
