@@ -191,6 +191,35 @@ def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_clas
     study_report.write(records, str(tmp_path), command="test")
     assert (tmp_path / "study_kd_minus_labels.png").stat().st_size > 0
 
+def test_a_second_pass_is_also_compared_with_its_first_pass_seed_by_seed():
+    assert study.paired_baselines()["tllm_two_pass_soft_label"] == "tllm_patience2"
+    records = []
+    for seed in range(5):
+        wobble = 0.001 * seed
+        records += [
+            _record(seed, "labels", 0.80, [0.80 + wobble, 0.80]),
+            _record(seed, "kd", 0.82, [0.90 + wobble, 0.70 - wobble]),
+            _record(seed, "tllm_patience2", 0.83, [0.90, 0.74], masks=[[1.0, 0.0]] * 2),
+            _record(seed, "tllm_two_pass_soft_label", 0.83 - wobble, [0.86, 0.80 + wobble],
+                    masks=[[1.0, 0.0]]),
+        ]
+    (setting,) = study_report.summarise(records, baselines=study.paired_baselines())
+    second = setting["arms"]["tllm_two_pass_soft_label"]
+    assert second["baseline"] == "tllm_patience2"
+    assert second["minus_baseline"]["mean"] == pytest.approx(-0.002)
+    assert second["minus_kd"]["mean"] == pytest.approx(0.008)
+    # "b" is the class KD hurt in every seed: 0.80 + wobble against the first pass's 0.74.
+    assert second["hurt_classes_minus_baseline"]["mean"] == pytest.approx(0.062)
+    assert second["hurt_classes_minus_baseline"]["better"] == 5
+    assert setting["arms"]["tllm_patience2"]["baseline"] == "kd"
+    text = study_report.markdown([setting])
+    assert ("- tllm_two_pass_soft_label minus tllm_patience2: -0.20 ± 0.16 [-0.40, -0.00] 0/4; "
+            "on the classes KD hurt (that seed): +6.20") in text
+    # Without the pairing, only KD: the report of a study that did not ask for it.
+    (unpaired,) = study_report.summarise(records)
+    assert unpaired["arms"]["tllm_two_pass_soft_label"]["baseline"] == "kd"
+
+
 @pytest.mark.slow
 def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_path):
     root = tmp_path / "study"

@@ -73,7 +73,8 @@ def main(argv):
     else:
         records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True))
     command = "python tools/study.py " + " ".join(sys.argv[1:])
-    print(study_report.write(records, results_dir, command=command))
+    print(study_report.write(records, results_dir, command=command,
+                             baselines=study.paired_baselines()))
 
 
 if __name__ == "__main__":

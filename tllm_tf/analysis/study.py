@@ -337,6 +337,12 @@ _PER_RUN_FIELDS = ("workdir", "stage", "seed", "student_model", "teacher_model",
                    "teacher_path", "reference_path")
 
 
+def paired_baselines():
+    """Each second-pass arm's first pass, for the report's paired comparison of the two."""
+    return {arm: spec[MASKED_CLASSES_FROM] for arm, spec in ARMS.items()
+            if MASKED_CLASSES_FROM in spec}
+
+
 def base_kwargs(config):
     """The `RunConfig` fields of `config` that every run of a study shares."""
     values = dataclasses.asdict(config)

@@ -11,6 +11,7 @@ beyond noise (minus KD and minus labels on that class).
 """
 
 import collections
+import functools
 import json
 import os
 
@@ -36,11 +37,18 @@ def _by_setting(records):
     return labels, settings, teachers
 
 
-def _baseline(arm, arms):
-    """The distilled student an arm is compared with: `<loss>` for `<loss>_tllm`, else KD."""
+def _baseline(arm, arms, baselines):
+    """The student an arm is compared with, if it ran on every seed of KD.
+
+    `baselines[arm]` when given (a second pass: its first), `<loss>` for
+    `<loss>_tllm`, else KD.
+    """
     loss = arm[:-len(TLLM_SUFFIX)] if arm.endswith(TLLM_SUFFIX) else None
     complete = lambda name: set(arms[KD_ARM]) <= set(arms.get(name, {}))  # noqa: E731
-    return loss if loss and complete(loss) else KD_ARM
+    for candidate in (baselines.get(arm), loss):
+        if candidate and complete(candidate):
+            return candidate
+    return KD_ARM
 
 
 def _summary(values):
@@ -56,11 +64,19 @@ def _difference(a, b):
             for key, value in stats.items()}
 
 
-def summarise(records):
+def _mean_on_hurt_classes(per_class, seed_hurt):
+    """Per seed, the mean accuracy over the classes KD hurt in that seed."""
+    return np.array([accuracy[hurt].mean() for accuracy, hurt in zip(per_class, seed_hurt)])
+
+
+def summarise(records, baselines=None):
     """Summaries of every setting; see the module docstring.
 
     Args:
         records: result records of `run_study` (dicts).
+        baselines: dict from an arm to the arm it is also compared with, paired by
+            seed (`study.paired_baselines()`: a second pass and its first). Defaults
+            to none: `<loss>_tllm` against `<loss>`, every other arm against KD only.
 
     Returns:
         A list of per-setting dicts, JSON-ready.
@@ -113,8 +129,10 @@ def summarise(records):
                               np.zeros(len(class_names)) for m in masks])
             masked_rate = np.array([m.mean(axis=0) if len(m) else np.zeros(len(class_names))
                                     for m in masks])
-            baseline = _baseline(arm, arms)
+            baseline = _baseline(arm, arms, baselines or {})
             base_acc = np.array([arms[baseline][seed]["accuracy"] for seed in seeds])
+            base_pc = np.array([arms[baseline][seed]["per_class_accuracy"] for seed in seeds],
+                               float)
             entry = {
                 "accuracy": _summary(arm_acc),
                 "baseline": baseline,
@@ -134,10 +152,10 @@ def summarise(records):
             entry["helped_masked_update_rate"] = (
                 float(masked_rate[:, helped].mean()) if helped.any() else None)
             if seed_hurt.any(axis=1).all():
-                # Per seed, the mean over the classes KD hurt in that seed.
-                entry["hurt_classes_minus_kd"] = _difference(
-                    np.array([a[h].mean() for a, h in zip(arm_pc, seed_hurt)]),
-                    np.array([k[h].mean() for k, h in zip(kd_pc, seed_hurt)]))
+                on_hurt = functools.partial(_mean_on_hurt_classes, seed_hurt=seed_hurt)
+                entry["hurt_classes_minus_kd"] = _difference(on_hurt(arm_pc), on_hurt(kd_pc))
+                entry["hurt_classes_minus_baseline"] = _difference(
+                    on_hurt(arm_pc), on_hurt(base_pc))
             if any(r["masks"] for r in arm_records):  # A masking arm: what it did for each
                 entry["hurt_class_recovery"] = {     # class KD hurts beyond noise.
                     class_names[c]: {"accuracy": float(arm_pc[:, c].mean()),
@@ -193,13 +211,16 @@ def markdown(summaries):
             "(that seed): minus KD |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        other_losses = []
+        paired = []
         for arm, entry in setting["arms"].items():
             if entry["baseline"] != KD_ARM:
-                other_losses.append(
-                    f"- {arm} minus {entry['baseline']}: {_points(entry['minus_baseline'])}")
+                on_hurt = entry.get("hurt_classes_minus_baseline")
+                paired.append(
+                    f"- {arm} minus {entry['baseline']}: {_points(entry['minus_baseline'])}"
+                    + (f"; on the classes KD hurt (that seed): {_points(on_hurt)}"
+                       if on_hurt else ""))
             if "hurt_classes" in entry:
-                other_losses.append(f"- {arm} minus labels: {_points(entry['minus_labels'])}; "
+                paired.append(f"- {arm} minus labels: {_points(entry['minus_labels'])}; "
                                     "classes it hurts beyond noise: "
                                     + (", ".join(entry["hurt_classes"]) or "none"))
             hurt = entry.get("hurt_classes_minus_kd")
@@ -214,9 +235,10 @@ def markdown(summaries):
         if timed:
             lines += ["", "Wall time per run, mean over the seeds (minutes): " + ", ".join(
                 f"{arm} {minutes:.2f}" for arm, minutes in timed.items()) + "."]
-        if other_losses:
-            lines += ["", "Other distillation losses (each TLLM arm against the same loss "
-                      "without masking):", *other_losses]
+        if paired:
+            lines += ["", "Arms against their own baseline, paired by seed (a TLLM arm of "
+                      "another loss against that loss without masking; a second pass against "
+                      "its first):", *paired]
         per_class = setting["kd_minus_labels_per_class"]
         lines += ["", "| class | KD minus labels (points) | " + " | ".join(
             f"{arm}: masked at end" for arm in setting["arms"]) + " |",
@@ -291,9 +313,12 @@ def plot(summaries, path):
     pyplot.close(figure)
 
 
-def write(records, results_dir, command):
-    """Writes study.md, study.json and the per-class plot of every loss; returns the Markdown."""
-    summaries = summarise(records)
+def write(records, results_dir, command, baselines=None):
+    """Writes study.md, study.json and the per-class plot of every loss; returns the Markdown.
+
+    `baselines`: as `summarise`'s.
+    """
+    summaries = summarise(records, baselines)
     text = (f"# Accuracy study\n\nGenerated by `{command}` from {len(records)} runs.\n\n"
             + markdown(summaries))
     if summaries:
