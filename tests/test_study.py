@@ -136,16 +136,19 @@ def _record(seed, arm, accuracy, per_class, teacher="t", masks=()):
             "class_names": ["a", "b"], "masks": list(masks)}
 
 
+def _labels_and_kd(seed):
+    """A seed's label-only and KD records: KD hurts class "b" in every seed."""
+    wobble = 0.001 * seed
+    return [_record(seed, "labels", 0.80, [0.80 + wobble, 0.80]),
+            _record(seed, "kd", 0.82, [0.90 + wobble, 0.70 - wobble])]
+
+
 def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     records = []
     for seed in range(5):
         wobble = 0.001 * seed
-        records += [
-            _record(seed, "labels", 0.80, [0.80 + wobble, 0.80]),
-            _record(seed, "kd", 0.82, [0.90 + wobble, 0.70 - wobble]),
-            _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78],
-                    masks=[[1.0, 0.0]] * 4),
-        ]
+        records += _labels_and_kd(seed) + [
+            _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78], masks=[[1.0, 0.0]] * 4)]
     (setting,) = study_report.summarise(records)
     assert setting["hurt_classes"] == ["b"]
     tllm = setting["arms"]["tllm"]
@@ -196,13 +199,10 @@ def test_a_second_pass_is_also_compared_with_its_first_pass_seed_by_seed():
     records = []
     for seed in range(5):
         wobble = 0.001 * seed
-        records += [
-            _record(seed, "labels", 0.80, [0.80 + wobble, 0.80]),
-            _record(seed, "kd", 0.82, [0.90 + wobble, 0.70 - wobble]),
+        records += _labels_and_kd(seed) + [
             _record(seed, "tllm_patience2", 0.83, [0.90, 0.74], masks=[[1.0, 0.0]] * 2),
             _record(seed, "tllm_two_pass_soft_label", 0.83 - wobble, [0.86, 0.80 + wobble],
-                    masks=[[1.0, 0.0]]),
-        ]
+                    masks=[[1.0, 0.0]])]
     (setting,) = study_report.summarise(records, baselines=study.paired_baselines())
     second = setting["arms"]["tllm_two_pass_soft_label"]
     assert second["baseline"] == "tllm_patience2"
