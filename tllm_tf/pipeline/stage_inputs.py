@@ -158,3 +158,9 @@ def read_final_mask(workdir, num_classes):
             f"--masked_classes_from={workdir!r} was trained on another data set: its mask does "
             f"not fit this one's {num_classes} classes. Name a run on the same data set.")
     return tuple(int(c) for c in classes)
+
+
+def final_mask_on_every_worker(strategy, workdir, num_classes):
+    """`read_final_mask(workdir, num_classes)`, read by the chief, on every worker."""
+    return tuple(multi_worker.run_on_chief(
+        strategy, lambda: list(read_final_mask(workdir, num_classes))))

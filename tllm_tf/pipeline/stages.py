@@ -246,16 +246,15 @@ def _with_earlier_mask(config, strategy, num_classes):
 
     The classes land in the config the workdir records, so a resumed run masks the same ones.
     """
-    earlier = multi_worker.run_on_chief(strategy, lambda: list(
-        stage_inputs.read_final_mask(config.masked_classes_from, num_classes)))
+    earlier = stage_inputs.final_mask_on_every_worker(
+        strategy, config.masked_classes_from, num_classes)
     if earlier:
         line = (f"--masked_classes_from={config.masked_classes_from}: it masked classes "
-                f"{earlier} at its end; this run masks them from the first step")
+                f"{list(earlier)} at its end; this run masks them from the first step")
     else:
         line = f"--masked_classes_from={config.masked_classes_from}: it masked no class"
     fitting.say(config, is_chief(strategy), line)
-    return dataclasses.replace(
-        config, masked_classes=tuple(sorted(set(config.masked_classes) | set(earlier))))
+    return _masking_also(config, earlier)
 
 
 def _refit_config(config, strategy, data, label):
@@ -268,15 +267,20 @@ def _refit_config(config, strategy, data, label):
     Read from the finished tllm student each time, so a resumed refit masks
     the same classes.
     """
-    final = multi_worker.run_on_chief(strategy, lambda: list(
-        stage_inputs.read_final_mask(config.workdir, data.num_classes)))
+    final = stage_inputs.final_mask_on_every_worker(strategy, config.workdir, data.num_classes)
     names = ", ".join(data.class_names[c] for c in final) or "none"
     fitting.say(config, is_chief(strategy),
                 f"{label}: the tllm student ended with {len(final)} classes masked ({names}); "
                 f"masked here from the first step under {config.refit_policy}")
+    return _masking_also(config, final, masked_class_policy=config.refit_policy,
+                         warmup_epochs=config.epochs)
+
+
+def _masking_also(config, classes, **changes):
+    """`config` with `classes` added to its `masked_classes`, and `changes`."""
     return dataclasses.replace(
-        config, masked_classes=tuple(sorted(set(config.masked_classes) | set(final))),
-        masked_class_policy=config.refit_policy, warmup_epochs=config.epochs)
+        config, masked_classes=tuple(sorted(set(config.masked_classes) | set(classes))),
+        **changes)
 
 
 def run(config, strategy=None):
