@@ -266,6 +266,12 @@ def test_every_worker_refits_with_the_chiefs_final_mask(zygote, uninterrupted, t
         np.testing.assert_array_equal(chief_weight, worker_weight)
     # Every epoch of either worker, the tllm student's final mask, and no update of its own.
     assert chief_masks.tolist() == worker_masks.tolist() == [final_mask] * 3
+    # The chief judges the refit against the tllm student and saves the one it keeps.
+    with open(os.path.join(chief_dir, "student_tllm_refit", "refit_check.json")) as handle:
+        kept = json.load(handle)["kept"]
+    if kept == "tllm":
+        chief_weights = keras.models.load_model(
+            os.path.join(chief_dir, "student_tllm", "model.keras"), compile=False).get_weights()
     saved = keras.models.load_model(
         os.path.join(chief_dir, "student_tllm_refit", "model.keras"), compile=False)
     for saved_weight, recorded in zip(saved.get_weights(), chief_weights, strict=True):

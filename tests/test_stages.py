@@ -11,6 +11,7 @@ import pytest
 import tllm_tf
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import fitting
+from tllm_tf.pipeline import refit_check
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
@@ -131,7 +132,7 @@ def test_the_refit_student_is_the_two_run_recipes_second_run_in_one_run(tmp_path
     two-run recipe trains (the study measured that recipe: docs/study.md)."""
     one = RunConfig(workdir=str(tmp_path / "one"), students=("tllm", "tllm_refit"),
                     num_train=200, teacher_model="cnn_tiny", epochs=2, warmup_epochs=0,
-                    masked_classes=(3,))
+                    masked_classes=(3,), refit_fallback=False)
     stages.run(one)
     final = stage_inputs.read_final_mask(one.workdir, 10)
     assert 3 in final  # Masked from the first step, so in the final mask too.
@@ -183,6 +184,62 @@ def test_a_killed_refit_resumes_with_the_same_mask(tmp_path, monkeypatch):
         for workdir in (killed.workdir, uninterrupted.workdir))
     for from_resumed, from_whole in zip(resumed, whole, strict=True):
         np.testing.assert_allclose(from_resumed, from_whole, atol=1e-6)
+
+
+def _refit_run(tmp_path, **changes):
+    return RunConfig(workdir=str(tmp_path / "run"), num_train=200, teacher_model="cnn_tiny",
+                     epochs=2, warmup_epochs=0, masked_classes=(3,), **changes)
+
+
+def _stage_weights(workdir, student):
+    return keras.models.load_model(
+        os.path.join(workdir, workdir_files.student_stage(student), workdir_files.MODEL_FILE),
+        compile=False).get_weights()
+
+
+def test_the_refit_is_judged_against_the_tllm_student_on_held_out_images(tmp_path, capsys):
+    config = _refit_run(tmp_path)
+    assert config.refit_fallback  # The default.
+    stages.run(config)
+    with open(tmp_path / "run" / "student_tllm_refit" / workdir_files.REFIT_CHECK_FILE) as handle:
+        check = json.load(handle)
+    assert check["behind"] + check["ahead"] <= 20  # 10% of 200 images are held out.
+    assert check["significance"] == config.significance
+    assert check["kept"] == ("tllm" if check["p_value"] < check["significance"] else "refit")
+    assert (f"student_tllm_refit: held-out accuracy {check['refit_accuracy']:.2%} against the "
+            f"tllm student's {check['tllm_accuracy']:.2%}") in capsys.readouterr().out
+    refit, tllm = _stage_weights(config.workdir, "tllm_refit"), _stage_weights(config.workdir, "tllm")
+    same = all(np.array_equal(a, b) for a, b in zip(refit, tllm, strict=True))
+    assert same == (check["kept"] == "tllm")
+
+
+def test_a_refit_behind_the_tllm_student_keeps_the_tllm_students_weights(tmp_path, monkeypatch):
+    behind = refit_check.RefitCheck(refit_accuracy=0.5, tllm_accuracy=0.9, behind=8, ahead=0,
+                                    p_value=0.5 ** 8, significance=0.05)
+    monkeypatch.setattr(refit_check, "check", lambda *args: behind)
+    config = _refit_run(tmp_path, verbose=0)
+    stages.run(config)
+    for from_refit, from_tllm in zip(_stage_weights(config.workdir, "tllm_refit"),
+                                     _stage_weights(config.workdir, "tllm"), strict=True):
+        np.testing.assert_array_equal(from_refit, from_tllm)
+    stage_dir = tmp_path / "run" / "student_tllm_refit"
+    with open(stage_dir / workdir_files.REFIT_CHECK_FILE) as handle:
+        assert json.load(handle)["kept"] == "tllm"
+    # What is reported and exported is the student kept.
+    with open(stage_dir / workdir_files.PER_CLASS_FILE) as refit_file, open(
+            tmp_path / "run" / "student_tllm" / workdir_files.PER_CLASS_FILE) as tllm_file:
+        assert json.load(refit_file) == json.load(tllm_file)
+
+
+def test_without_the_fallback_the_refit_is_neither_judged_nor_replaced(tmp_path, monkeypatch):
+    def judged(*args):
+        raise AssertionError("the refit was judged with --norefit_fallback")
+
+    monkeypatch.setattr(refit_check, "check", judged)
+    config = _refit_run(tmp_path, refit_fallback=False, verbose=0)
+    stages.run(config)
+    assert not os.path.exists(
+        tmp_path / "run" / "student_tllm_refit" / workdir_files.REFIT_CHECK_FILE)
 
 
 def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):

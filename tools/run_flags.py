@@ -70,6 +70,10 @@ flags.DEFINE_enum("masked_class_policy", _DEFAULTS.masked_class_policy,
 flags.DEFINE_enum("refit_policy", _DEFAULTS.refit_policy, sorted(config_lib.POLICIES),
                   "The policy of the tllm_refit student's masked classes. Default: soft_label "
                   "(docs/study.md).")
+flags.DEFINE_bool("refit_fallback", _DEFAULTS.refit_fallback, "The tllm_refit student keeps "
+                  "the tllm student's weights when it is behind them on the held-out split "
+                  "(a one-sided exact paired test at --significance). Default: on "
+                  "(docs/study.md).")
 # Identification.
 flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "paired: McNemar's exact test per class on the held-out images, "

@@ -84,6 +84,9 @@ class RunConfig:
     masked_class_policy: str = "hard_label"
     # The tllm_refit student's policy for the classes it masks.
     refit_policy: str = "soft_label"
+    # The refit keeps the tllm student's weights when it is behind them on the held-out split
+    # beyond noise (pipeline/refit_check.py; docs/study.md).
+    refit_fallback: bool = True
     # Undistillable-class identification.
     rule: str = "paired"
     significance: float = 0.05

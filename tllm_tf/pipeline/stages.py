@@ -26,6 +26,7 @@ import shutil
 
 import keras
 
+from tllm_tf import atomic
 from tllm_tf import distiller as distiller_lib
 from tllm_tf import callbacks as callbacks_lib
 from tllm_tf import held_out_predictions as predictions_lib
@@ -38,8 +39,10 @@ from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import export as export_lib
 from tllm_tf.pipeline import fitting
+from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import preflight
+from tllm_tf.pipeline import refit_check
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import summaries
 from tllm_tf.pipeline import workdir as workdir_lib
@@ -52,6 +55,7 @@ from tllm_tf.pipeline.workdir_files import PREDICTIONS_LOG_DIR
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
+from tllm_tf.pipeline.workdir_files import REFIT_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import SAVED_MODEL_DIR
 from tllm_tf.pipeline.workdir_files import STORE_STAGE
 from tllm_tf.pipeline.workdir_files import TEACHER_STAGE
@@ -208,6 +212,8 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
                     ("num_undistillable_classes",) if masking else ()),
                 soft_label_store=store)
     if chief:
+        if kind == "tllm_refit" and config.refit_fallback:
+            _keep_tllm_if_refit_behind(student, data, config, stage_dir)
         fitting.save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
         fitting.finish(student, stage_dir, chief)
@@ -274,6 +280,21 @@ def _refit_config(config, strategy, data, label):
                 f"masked here from the first step under {config.refit_policy}")
     return _masking_also(config, final, masked_class_policy=config.refit_policy,
                          warmup_epochs=config.epochs)
+
+
+def _keep_tllm_if_refit_behind(student, data, config, stage_dir):
+    """Gives the trained refit the tllm student's weights if it is behind them (`refit_check`).
+
+    Writes the comparison to `refit_check.json` in the refit's stage folder.
+    """
+    tllm = model_io.load_keras_model(
+        os.path.join(config.workdir, student_stage("tllm"), MODEL_FILE), role="tllm student")
+    result = refit_check.check(student, tllm, build.eval_batches(data.held_out, config),
+                               data.num_classes, config.significance)
+    atomic.write_json(os.path.join(stage_dir, REFIT_CHECK_FILE), result.to_json())
+    fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}")
+    if result.refit_behind:
+        student.set_weights(tllm.get_weights())
 
 
 def _masking_also(config, classes, **changes):

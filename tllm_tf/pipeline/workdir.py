@@ -18,7 +18,7 @@ from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 RESUMABLE_CHANGES = frozenset({
     "stage", "students", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
-    "deterministic",
+    "deterministic", "refit_fallback",
 })
 
 
