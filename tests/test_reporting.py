@@ -133,6 +133,21 @@ def test_the_refit_student_gets_its_column_and_an_aligned_summary(workdir):
         "student_kd", "student_tllm", "student_tllm_refit"}
 
 
+@pytest.mark.parametrize("kept, verdict", [
+    ("refit", "not behind the tllm student: kept"),
+    ("tllm", "behind the tllm student beyond noise: kept its weights")])
+def test_the_summary_says_whether_the_refit_kept_its_weights(workdir, kept, verdict):
+    _write_stage(workdir, "student_tllm_refit", [0.85, 0.9, 0.4, 0.7])
+    check = {"refit_accuracy": 0.71, "tllm_accuracy": 0.745, "behind": 30, "ahead": 9,
+             "p_value": 0.000576, "significance": 0.05, "kept": kept}
+    with open(workdir / "student_tllm_refit" / "refit_check.json", "w") as handle:
+        json.dump(check, handle)
+    results = reporting.load_results(str(workdir))
+    assert reporting.summary_lines(results)[-1] == (
+        f"TLLM refit on the held-out split: 71.00% against 74.50% (p = 0.000576), {verdict}")
+    assert reporting.to_json(results)["refit_check"] == check
+
+
 def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):
     _write_stage(tmp_path, "reference", PER_CLASS["reference"])
     results = reporting.load_results(str(tmp_path))

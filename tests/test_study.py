@@ -102,6 +102,36 @@ def test_a_run_with_a_fixed_mask_and_no_update_is_recorded_with_that_mask(tmp_pa
     assert study.collect(second)["masks"] == [[0.0, 1.0, 0.0]] * second.config.epochs
 
 
+def _write_student(workdir, student, accuracy, masks=(), check=None):
+    stage_dir = os.path.join(workdir, workdir_files.student_stage(student))
+    os.makedirs(stage_dir)
+    with open(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE), "w") as handle:
+        json.dump({"accuracy": accuracy, "per_class_accuracy": [accuracy] * 3,
+                   "class_names": ["a", "b", "c"]}, handle)
+    with open(os.path.join(stage_dir, workdir_files.MASK_LOG_FILE), "w") as handle:
+        handle.writelines(json.dumps({"epoch": epoch, "class_mask": mask}) + "\n"
+                          for epoch, mask in enumerate(masks, start=1))
+    if check is not None:
+        with open(os.path.join(stage_dir, workdir_files.REFIT_CHECK_FILE), "w") as handle:
+            json.dump({"kept": check}, handle)
+
+
+@pytest.mark.parametrize("kept", ["refit", "tllm"])
+def test_the_refit_arm_records_the_refit_with_the_mask_it_trained_with(tmp_path, kept):
+    run = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                     teacher_models=["cnn_tiny"], arms=["tllm_refit"])[-1]
+    assert run.config.students == ("tllm", "tllm_refit")
+    tllm_masks = [[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]
+    _write_student(run.config.workdir, "tllm", 0.6, masks=tllm_masks)
+    _write_student(run.config.workdir, "tllm_refit", 0.7 if kept == "refit" else 0.6, check=kept)
+    record = study.collect(run)
+    if kept == "refit":  # The tllm student's final mask, fixed from the first step.
+        assert record["accuracy"] == 0.7
+        assert record["masks"] == [[1.0, 0.0, 1.0]] * run.config.epochs
+    else:  # The tllm student's weights, so its masks.
+        assert record["masks"] == tllm_masks
+
+
 def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
     with pytest.raises(ValueError, match="tllm_patience2 must run first"):
         study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],

@@ -12,8 +12,8 @@ them as markdown, JSON and PNG plots (`plots.py`).
 A results dict has `class_names`, `models` (compared columns; the first is
 the baseline), `per_class` (name -> array, NaN where a class has no test
 example), `accuracy` (name -> overall test accuracy), `num_samples`,
-`final_mask` (array or None) and `mask_history` (records of
-`mask_log.jsonl`).
+`final_mask` (array or None), `mask_history` (records of
+`mask_log.jsonl`) and `refit_check` (the refit's `refit_check.json`, or None).
 
 It imports no TensorFlow (tools/report.py reads a workdir without it), and
 matplotlib only to write the plots.
@@ -70,11 +70,14 @@ def load_results(workdir):
     mask_log = os.path.join(workdir, workdir_files.student_stage("tllm"),
                             workdir_files.MASK_LOG_FILE)
     history = load_mask_history(mask_log) if os.path.exists(mask_log) else []
+    check_path = os.path.join(workdir, workdir_files.student_stage("tllm_refit"),
+                              workdir_files.REFIT_CHECK_FILE)
     return {"class_names": class_names,
             "models": [stage for stage in COLUMNS if stage in per_class],
             "per_class": per_class, "accuracy": accuracy, "num_samples": num_samples,
             "final_mask": history[-1]["class_mask"] if history else None,
-            "mask_history": history}
+            "mask_history": history,
+            "refit_check": _read_json(check_path) if os.path.exists(check_path) else None}
 
 
 def _names(results, flags):
@@ -158,6 +161,13 @@ def summary_lines(results):
         lines.append(f"TLLM undistillable classes at the end: {names or 'none'}")
     elif source:
         lines.append(f"Undistillable classes ({source}): {names or 'none'}")
+    check = results.get("refit_check")
+    if check:
+        verdict = ("behind the tllm student beyond noise: kept its weights"
+                   if check["kept"] == "tllm" else "not behind the tllm student: kept")
+        lines.append(f"TLLM refit on the held-out split: {100 * check['refit_accuracy']:.2f}% "
+                     f"against {100 * check['tllm_accuracy']:.2f}% (p = {check['p_value']:.3g}), "
+                     f"{verdict}")
     return lines
 
 
@@ -199,6 +209,7 @@ def to_json(results):
         "undistillable_classes": {"names": names, "count": len(names), "source": source},
         "below_baseline": below_baseline(results),
         "mask_history": mask_changes(results),
+        "refit_check": results.get("refit_check"),
     }
 
 

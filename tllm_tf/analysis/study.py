@@ -27,6 +27,7 @@ import numpy as np
 
 from tllm_tf.analysis import study_stats
 from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
 
@@ -118,6 +119,13 @@ ARMS["tllm_judge_at_end"] = {"students": ("tllm",), "warmup_epochs": 19, "patien
 ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
                                            "masked_class_policy": "soft_label",
                                            MASKED_CLASSES_FROM: "tllm_judge_at_end"}
+
+# The library's default since 2026-12-04 (late), in one run: the tllm student, then the refit
+# (its final mask from the first step under soft_label, no update of its own), which keeps the
+# tllm student's weights when it is behind them on the held-out split (since 2026-12-04, night;
+# pipeline/refit_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
+# bit for bit.
+ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit")}
 
 # One run with a short window of updates: the mask is decided by the first three updates after
 # the warm-up (epochs 11-13 of 20), then kept to the end. In `tllm_soft_label` most classes the
@@ -252,20 +260,27 @@ def _read_jsonl(path):
 
 
 def collect(run):
-    """The result record of a finished run (test accuracy, per class, masks)."""
+    """The result record of a finished run (test accuracy, per class, masks).
+
+    The record is the last student's of the run (the refit's, when it has one).
+    """
     config = run.config
     if run.arm == "teacher":
         stage_dir = os.path.join(config.workdir, "teacher")
     elif run.arm == LABELS_ARM:
         stage_dir = os.path.join(config.workdir, "reference")
     else:
-        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(config.students[0]))
+        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(config.students[-1]))
     per_class = _read_json(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE))
+    masked_classes = config.masked_classes
+    if config.students[-1] == "tllm_refit":
+        stage_dir, masked_classes = _refit_masks_source(
+            config, stage_dir, len(per_class["class_names"]))
     masks = [record["class_mask"] for record in
              _read_jsonl(os.path.join(stage_dir, workdir_files.MASK_LOG_FILE))]
-    if not masks and config.masked_classes:  # No update: its fixed mask, at every epoch.
+    if not masks and masked_classes:  # No update: its fixed mask, at every epoch.
         mask = np.ones(len(per_class["class_names"]))
-        mask[list(config.masked_classes)] = 0.0
+        mask[list(masked_classes)] = 0.0
         masks = [mask.tolist()] * config.epochs
     return {
         "seed": run.seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
@@ -274,6 +289,20 @@ def collect(run):
         "class_names": per_class["class_names"],
         "masks": masks,
     }
+
+
+def _refit_masks_source(config, refit_dir, num_classes):
+    """Where a refit's masks come from: `(stage folder, fixed masked classes)`.
+
+    A refit that kept the tllm student's weights (`refit_check.json`) is that
+    student, masks and all; otherwise it trained with the tllm student's final
+    mask at every epoch.
+    """
+    tllm_dir = os.path.join(config.workdir, workdir_files.student_stage("tllm"))
+    check_path = os.path.join(refit_dir, workdir_files.REFIT_CHECK_FILE)
+    if os.path.exists(check_path) and _read_json(check_path)["kept"] == "tllm":
+        return tllm_dir, config.masked_classes
+    return refit_dir, stage_inputs.read_final_mask(config.workdir, num_classes)
 
 
 def _key(record):
