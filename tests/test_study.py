@@ -226,6 +226,7 @@ def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_clas
 
 def test_a_second_pass_is_also_compared_with_its_first_pass_seed_by_seed():
     assert study.paired_baselines()["tllm_two_pass_soft_label"] == "tllm_patience2"
+    assert study.paired_baselines()["tllm_refit"] == "tllm_patience2"  # Its own first student.
     records = []
     for seed in range(5):
         wobble = 0.001 * seed

@@ -74,3 +74,9 @@ ROOT="$SEEDS20_ROOT" report recipe_20_seeds "$ALL,$FRESH" mlp_16,lenet_2 mlp_256
 # (20-29), run once after the choice (CONFIRM_ROOT: runs/study_c and runs/study_d concatenated).
 CONFIRM_ROOT="${CONFIRM_ROOT:-runs/study_seeds30}"
 ROOT="$CONFIRM_ROOT" report refit_confirmation 20,21,22,23,24,25,26,27,28,29 mlp_16,lenet_2 mlp_256,mlp_1024 "$SEEDS20_ARMS"
+# The refit's safeguard (2026-12-04, night): seeds 0-29 re-judged without training by
+# refit_safeguard/rejudge.py (REJUDGED_ROOT: its --out; the tllm_refit arm there is the stored
+# refit, or the stored tllm student where the refit is behind it on the held-out split).
+REJUDGED_ROOT="${REJUDGED_ROOT:-runs/study_rejudged}"
+REFIT_ARMS=kd,tllm_patience2,tllm_two_pass_soft_label,tllm_refit
+ROOT="$REJUDGED_ROOT" report refit_safeguard/thirty_seeds "$(seq -s, 0 29)" mlp_16,lenet_2 mlp_256,mlp_1024 "$REFIT_ARMS"

@@ -367,9 +367,12 @@ _PER_RUN_FIELDS = ("workdir", "stage", "seed", "student_model", "teacher_model",
 
 
 def paired_baselines():
-    """Each second-pass arm's first pass, for the report's paired comparison of the two."""
-    return {arm: spec[MASKED_CLASSES_FROM] for arm, spec in ARMS.items()
-            if MASKED_CLASSES_FROM in spec}
+    """Each second-pass arm's first pass, for the report's paired comparison of the two.
+
+    The refit's first pass is its own tllm student, which `tllm_patience2` trains alike.
+    """
+    return dict({arm: spec[MASKED_CLASSES_FROM] for arm, spec in ARMS.items()
+                 if MASKED_CLASSES_FROM in spec}, tllm_refit="tllm_patience2")
 
 
 def base_kwargs(config):
