@@ -132,6 +132,20 @@ def test_the_refit_arm_records_the_refit_with_the_mask_it_trained_with(tmp_path,
         assert record["masks"] == tllm_masks
 
 
+def test_teachers_and_references_are_recorded_whatever_students_the_base_names(tmp_path):
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["kd"])
+    for run in runs[:2]:  # The teacher and the reference, with the default students.
+        assert run.config.students[-1] == "tllm_refit"
+        stage_dir = os.path.join(run.config.workdir, "teacher" if run.arm == "teacher"
+                                 else "reference")
+        os.makedirs(stage_dir)
+        with open(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE), "w") as handle:
+            json.dump({"accuracy": 0.5, "per_class_accuracy": [0.5] * 3,
+                       "class_names": ["a", "b", "c"]}, handle)
+        assert study.collect(run)["masks"] == []
+
+
 def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
     with pytest.raises(ValueError, match="tllm_patience2 must run first"):
         study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],

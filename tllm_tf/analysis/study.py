@@ -265,15 +265,16 @@ def collect(run):
     The record is the last student's of the run (the refit's, when it has one).
     """
     config = run.config
+    student = config.students[-1] if run.arm not in ("teacher", LABELS_ARM) else None
     if run.arm == "teacher":
         stage_dir = os.path.join(config.workdir, "teacher")
     elif run.arm == LABELS_ARM:
         stage_dir = os.path.join(config.workdir, "reference")
     else:
-        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(config.students[-1]))
+        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(student))
     per_class = _read_json(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE))
     masked_classes = config.masked_classes
-    if config.students[-1] == "tllm_refit":
+    if student == "tllm_refit":
         stage_dir, masked_classes = _refit_masks_source(
             config, stage_dir, len(per_class["class_names"]))
     masks = [record["class_mask"] for record in
