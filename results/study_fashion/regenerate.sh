@@ -80,3 +80,7 @@ ROOT="$CONFIRM_ROOT" report refit_confirmation 20,21,22,23,24,25,26,27,28,29 mlp
 REJUDGED_ROOT="${REJUDGED_ROOT:-runs/study_rejudged}"
 REFIT_ARMS=kd,tllm_patience2,tllm_two_pass_soft_label,tllm_refit
 ROOT="$REJUDGED_ROOT" report refit_safeguard/thirty_seeds "$(seq -s, 0 29)" mlp_16,lenet_2 mlp_256,mlp_1024 "$REFIT_ARMS"
+# ... and ten fresh seeds (30-39) run through the stages with the arm tllm_refit
+# (FRESH40_ROOT: runs/study_e and runs/study_f concatenated once they had finished).
+FRESH40_ROOT="${FRESH40_ROOT:-runs/study_fresh40}"
+ROOT="$FRESH40_ROOT" report refit_safeguard/fresh_seeds "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_256,mlp_1024 "$REFIT_ARMS"
