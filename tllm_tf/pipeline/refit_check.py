@@ -22,6 +22,7 @@ import numpy as np
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 
+
 @dataclasses.dataclass(frozen=True)
 class RefitCheck:
     """The held-out comparison of the refit with the tllm student.
