@@ -84,3 +84,7 @@ ROOT="$REJUDGED_ROOT" report refit_safeguard/thirty_seeds "$(seq -s, 0 29)" mlp_
 # (FRESH40_ROOT: runs/study_e and runs/study_f concatenated once they had finished).
 FRESH40_ROOT="${FRESH40_ROOT:-runs/study_fresh40}"
 ROOT="$FRESH40_ROOT" report refit_safeguard/fresh_seeds "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_256,mlp_1024 "$REFIT_ARMS"
+# ... and the forty seeds together (ALL40_ROOT: the results.jsonl of REJUDGED_ROOT and
+# FRESH40_ROOT concatenated).
+ALL40_ROOT="${ALL40_ROOT:-runs/study_all40}"
+ROOT="$ALL40_ROOT" report refit_safeguard/forty_seeds "$(seq -s, 0 39)" mlp_16,lenet_2 mlp_256,mlp_1024 "$REFIT_ARMS"

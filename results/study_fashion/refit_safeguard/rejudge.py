@@ -12,6 +12,11 @@ behind. Records go to `<out>/results.jsonl` (the input records and these),
 the decisions to `<out>/decisions.jsonl`; `tools/study.py --report_only
 --root=<out>` reports them.
 
+`--per_class` asks a stricter question instead (not the library's safeguard):
+is the refit behind the tllm student on any one class, by the same test per
+class with Holm's correction at the same level? It prints how many refits
+that would revert.
+
     .venv/bin/python results/study_fashion/refit_safeguard/rejudge.py \
         --results=runs/study_all30/results.jsonl --out=runs/study_rejudged \
         runs/study_a runs/study_b runs/study_c runs/study_d
@@ -21,6 +26,10 @@ import argparse
 import json
 import os
 
+import numpy as np
+
+from tllm_tf import identification
+from tllm_tf import metrics as metrics_lib
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
@@ -39,10 +48,24 @@ def _model_path(arm_dir):
     raise FileNotFoundError(f"No finished student under {arm_dir}")
 
 
+def _classes_behind(refit, tllm, data, config):
+    """The classes on which the refit is behind the tllm student (per-class test, Holm)."""
+    held_out = build.eval_batches(data.held_out, config)
+    refit_correct, labels = metrics_lib.PerImageCorrectness(refit, data.num_classes)(held_out)
+    tllm_correct, _ = metrics_lib.PerImageCorrectness(tllm, data.num_classes)(held_out)
+    behind = np.bincount(labels[tllm_correct & ~refit_correct], minlength=data.num_classes)
+    ahead = np.bincount(labels[refit_correct & ~tllm_correct], minlength=data.num_classes)
+    rejected = identification.reject(identification.binomial_upper_tail(behind, behind + ahead),
+                                     config.significance, "holm")
+    return [data.class_names[c] for c in np.flatnonzero(rejected)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", required=True, help="results.jsonl of the stored runs")
     parser.add_argument("--out", required=True, help="where the re-judged results go")
+    parser.add_argument("--per_class", action="store_true",
+                        help="count the refits behind on any one class instead (Holm)")
     parser.add_argument("roots", nargs="+", help="study roots holding the seed<s>/ folders")
     args = parser.parse_args()
     with open(args.results) as handle:
@@ -63,12 +86,22 @@ def main():
         data = data_of_seed[seed]
         refit, tllm = (model_io.load_keras_model(_model_path(os.path.join(base, name)))
                        for name in (SECOND, FIRST))
+        if args.per_class:
+            behind_classes = _classes_behind(refit, tllm, data, config)
+            judged.append((None, {"seed": seed, "student": student, "teacher": teacher,
+                                  "classes_behind": behind_classes}))
+            print(seed, student, teacher, behind_classes, flush=True)
+            continue
         check = refit_check.check(refit, tllm, build.eval_batches(data.held_out, config),
                                   data.num_classes, config.significance)
         kept = by_key[(seed, student, teacher, FIRST)] if check.refit_behind else second
         judged.append((dict(kept, arm=GUARDED),
                        dict(check.to_json(), seed=seed, student=student, teacher=teacher)))
         print(seed, student, teacher, check.line(), flush=True)
+    if args.per_class:
+        reverted = sum(bool(decision["classes_behind"]) for _, decision in judged)
+        print(f"behind on at least one class: {reverted} of {len(judged)} refits")
+        return
     with open(os.path.join(args.out, "results.jsonl"), "w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records if r["arm"] != GUARDED)
         handle.writelines(json.dumps(record) + "\n" for record, _ in judged)
