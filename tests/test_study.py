@@ -64,7 +64,8 @@ def test_every_arm_plans_a_valid_run_with_its_overrides(tmp_path):
     planned = {run.arm: run.config for run in runs}
     for arm, overrides in study.ARMS.items():
         for name, value in overrides.items():
-            if name not in ("teacher_store", study.MASKED_CLASSES_FROM):  # Set at run time.
+            # Set at run time, or the report's (PAIRED_WITH), not the run's.
+            if name not in ("teacher_store", study.MASKED_CLASSES_FROM, study.PAIRED_WITH):
                 assert getattr(planned[arm], name) == value, (arm, name)
     assert planned["tllm_patience2"].patience == 2 == RunConfig(workdir="x").patience
     assert planned["tllm"].patience == planned["dkd_tllm"].patience == 1  # Run before patience 2.

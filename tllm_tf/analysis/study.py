@@ -37,6 +37,9 @@ LABELS_ARM = "labels"
 # An arm's key (not a `RunConfig` field): mask from the first step the classes that the named
 # arm's run of the same seed, student and teacher masked at its end (a second pass).
 MASKED_CLASSES_FROM = "masked_classes_from"
+# An arm's key (not a `RunConfig` field): the arm it is also compared with in the report, seed by
+# seed. A second pass (`MASKED_CLASSES_FROM`) is compared with its first pass without it.
+PAIRED_WITH = "paired_with"
 
 # Arms: RunConfig overrides of the distilled students, the alternatives the
 # defaults were chosen among (docs/study.md). "tllm_patience2" is the library's
@@ -124,8 +127,8 @@ ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
 # (its final mask from the first step under soft_label, no update of its own), which keeps the
 # tllm student's weights when it is behind them on the held-out split (since 2026-12-04, night;
 # pipeline/refit_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
-# bit for bit.
-ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit")}
+# bit for bit. Its first pass is its own tllm student, which tllm_patience2 trains alike.
+ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit"), PAIRED_WITH: "tllm_patience2"}
 
 # One run with a short window of updates: the mask is decided by the first three updates after
 # the warm-up (epochs 11-13 of 20), then kept to the end. In `tllm_soft_label` most classes the
@@ -226,6 +229,7 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
                 for arm in arms:
                     overrides = dict(ARMS[arm])
                     masked_classes_from = overrides.pop(MASKED_CLASSES_FROM, "")
+                    overrides.pop(PAIRED_WITH, None)  # The report's, not the run's.
                     if masked_classes_from:  # No update: the first pass's mask, as it is.
                         overrides["warmup_epochs"] = common["epochs"]
                     workdir = os.path.join(seed_dir, student, teacher, arm)
@@ -368,12 +372,9 @@ _PER_RUN_FIELDS = ("workdir", "stage", "seed", "student_model", "teacher_model",
 
 
 def paired_baselines():
-    """Each second-pass arm's first pass, for the report's paired comparison of the two.
-
-    The refit's first pass is its own tllm student, which `tllm_patience2` trains alike.
-    """
-    return dict({arm: spec[MASKED_CLASSES_FROM] for arm, spec in ARMS.items()
-                 if MASKED_CLASSES_FROM in spec}, tllm_refit="tllm_patience2")
+    """Each arm's `PAIRED_WITH` (a second pass: its first), for the report's paired comparison."""
+    return {arm: spec.get(PAIRED_WITH) or spec[MASKED_CLASSES_FROM] for arm, spec in ARMS.items()
+            if PAIRED_WITH in spec or MASKED_CLASSES_FROM in spec}
 
 
 def base_kwargs(config):

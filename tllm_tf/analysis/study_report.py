@@ -221,8 +221,8 @@ def markdown(summaries):
                        if on_hurt else ""))
             if "hurt_classes" in entry:
                 paired.append(f"- {arm} minus labels: {_points(entry['minus_labels'])}; "
-                                    "classes it hurts beyond noise: "
-                                    + (", ".join(entry["hurt_classes"]) or "none"))
+                              "classes it hurts beyond noise: "
+                              + (", ".join(entry["hurt_classes"]) or "none"))
             hurt = entry.get("hurt_classes_minus_kd")
             lines.append(
                 f"| {arm} | {_accuracy(entry['accuracy'])} | {_points(entry['minus_kd'])} | "

@@ -53,8 +53,8 @@ def _classes_behind(refit, tllm, data, config):
     held_out = build.eval_batches(data.held_out, config)
     refit_correct, labels = metrics_lib.PerImageCorrectness(refit, data.num_classes)(held_out)
     tllm_correct, _ = metrics_lib.PerImageCorrectness(tllm, data.num_classes)(held_out)
-    behind = np.bincount(labels[tllm_correct & ~refit_correct], minlength=data.num_classes)
-    ahead = np.bincount(labels[refit_correct & ~tllm_correct], minlength=data.num_classes)
+    behind, ahead = identification.discordant_counts(
+        refit_correct, tllm_correct, labels, data.num_classes)
     rejected = identification.reject(identification.binomial_upper_tail(behind, behind + ahead),
                                      config.significance, "holm")
     return [data.class_names[c] for c in np.flatnonzero(rejected)]
