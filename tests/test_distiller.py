@@ -127,7 +127,44 @@ def test_exclude_policy_distils_over_the_classes_still_distilled(student, teache
                         alpha=0.1, beta=0.9)
 
 
-@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "drop"])
+def test_class_mean_policy_distils_masked_classes_towards_the_teachers_class_average(
+        student, teacher, tiny_data):
+    mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+
+    def class_average_kd(labels, s, t):
+        # Each sample's target: the mean of the teacher's distributions at T=4 over the batch's
+        # samples of its class, computed here class by class.
+        probabilities = tf.nn.softmax(t / 4.0).numpy()
+        labels = np.asarray(labels)
+        averaged = np.stack([probabilities[labels == label].mean(axis=0) for label in labels])
+        return tllm_tf.kd_loss(4.0 * np.log(averaged), s, temperature=4.0)
+
+    def loss_fn(labels, s, t):
+        distil = tf.gather(mask, labels)
+        return 0.1 * _ce(labels, s) + 0.9 * (
+            distil * tllm_tf.kd_loss(t, s, temperature=4.0)
+            + (1.0 - distil) * class_average_kd(labels, s, t))
+
+    _assert_masked_step(student, teacher, tiny_data, mask, "class_mean", loss_fn, atol=1e-5,
+                        alpha=0.1, beta=0.9)
+
+
+def test_class_mean_policy_on_a_class_alone_in_its_batch_is_kd():
+    teacher_logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, 1.0, 0.0]], np.float32)
+    student_logits = np.array([[0.3, 0.1, 0.0], [0.0, 0.2, 0.1], [0.5, -0.5, 0.0]], np.float32)
+    targets = np.eye(3, dtype=np.float32)[[0, 2, 0]]
+    kd = tllm_tf.kd_loss(teacher_logits, student_logits, temperature=2.0)
+    inputs = tllm_tf.policies.PolicyInputs(
+        distil_weight=np.zeros(3, np.float32), distillation_loss=kd, student_loss=None,
+        targets=targets, student_logits=student_logits, teacher_logits=teacher_logits,
+        temperature=2.0, class_mask=np.zeros(3, np.float32), distill=None)
+    per_sample = np.asarray(tllm_tf.policies.class_mean(inputs))
+    # Sample 1 is its class's only one: its own distribution. Samples 0 and 2 share a mean.
+    np.testing.assert_allclose(per_sample[1], np.asarray(kd)[1], rtol=1e-5)
+    assert per_sample[0] != pytest.approx(float(np.asarray(kd)[0]), rel=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean", "drop"])
 def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
     x, y = tiny_data
     twin = _clone(student)

@@ -32,7 +32,8 @@ class Distiller(keras.Model):
 
     - `"hard_label"`: `alpha * CE + beta * (m[y] * KD + (1 - m[y]) * CE)`;
     - `"drop"`: `alpha * CE + beta * m[y] * KD`;
-    - `"soft_label"`, `"isolate"` and `"exclude"`: see `tllm_tf.policies`
+    - `"soft_label"`, `"class_mean"`, `"isolate"` and `"exclude"`: see
+      `tllm_tf.policies`
       (the last two also change what the other samples distil about a
       masked class);
 
@@ -207,8 +208,8 @@ class Distiller(keras.Model):
             alpha: weight of the label term, `>= 0`. Defaults to `0.1`.
             beta: weight of the distillation term, `>= 0`. Defaults to `0.9`.
             masked_class_policy: a name of `tllm_tf.policies.POLICIES`
-                (`"hard_label"`, `"drop"`, `"soft_label"`, `"isolate"`,
-                `"exclude"`), see the class
+                (`"hard_label"`, `"drop"`, `"soft_label"`, `"class_mean"`,
+                `"isolate"`, `"exclude"`), see the class
                 docstring. Defaults to `"hard_label"`.
             distillation_warmup_steps: the distillation weight rises
                 linearly from `beta / steps` to `beta` over this many

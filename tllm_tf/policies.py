@@ -89,6 +89,31 @@ def soft_label(inputs):
     return _gate(inputs, inputs.distillation_loss, label_loss)
 
 
+def class_mean(inputs):
+    """The teacher's average over the class, distilled at `T`.
+
+    A masked sample is still distilled at temperature `T`, towards the mean
+    of the teacher's distributions at `T` over the samples of its class in
+    the batch (label-weighted for soft labels). The target keeps what the
+    teacher says of the class as a whole, including which classes it
+    resembles, and drops what it says of the single image, where its errors
+    on an undistillable class lie. Unlike `soft_label`'s evenly spread
+    remainder, it keeps the masked class's confusion with its neighbours as
+    the neighbours' own targets keep theirs with it. The mean is over the
+    (per-replica) batch: a class with one sample there is distilled as KD
+    would distil it.
+    """
+    temperature = inputs.temperature
+    probabilities = ops.softmax(inputs.teacher_logits / temperature, axis=-1)
+    counts = ops.sum(inputs.targets, axis=0)
+    class_means = ops.matmul(ops.transpose(inputs.targets), probabilities) / ops.maximum(
+        ops.expand_dims(counts, -1), 1e-12)
+    averaged = ops.matmul(inputs.targets, class_means)
+    label_loss = losses_lib.kd_loss(
+        _logits_at(averaged, temperature), inputs.student_logits, temperature=temperature)
+    return _gate(inputs, inputs.distillation_loss, label_loss)
+
+
 def isolate(inputs):
     """The masked classes are taught by labels alone, in every sample.
 
@@ -139,6 +164,7 @@ POLICIES = {
     "hard_label": hard_label,
     "drop": drop,
     "soft_label": soft_label,
+    "class_mean": class_mean,
     "isolate": isolate,
     "exclude": exclude,
 }

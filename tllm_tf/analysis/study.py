@@ -95,21 +95,30 @@ ARMS = {
 # An upper bound on what masking can recover: the classes the earlier study found KD to hurt
 # beyond noise in a setting (the mlp_16 student: Pullover with the mlp_256 teacher, Coat and
 # Sneaker with mlp_1024; the lenet_2 student with mlp_256: Pullover and Sneaker), masked from the
-# first step, the rule on top, under the default policy (`tllm_masked_<classes>`) and the three
-# above (`tllm_<policy>_masked_<classes>`). Diagnostic arms, each meant for its own setting: the
+# first step, the rule on top, under the default policy (`tllm_masked_<classes>`) and the others
+# (`tllm_<policy>_masked_<classes>`). Diagnostic arms, each meant for its own setting: the
 # mask is chosen knowing the answer.
 _HURT_CLASSES = {"pullover": (2,), "coat_sneaker": (4, 7), "pullover_sneaker": (2, 7)}
 for _classes_name, _classes in _HURT_CLASSES.items():
     ARMS[f"tllm_masked_{_classes_name}"] = {"students": ("tllm",), "masked_classes": _classes}
-    for _policy in ("isolate", "exclude", "soft_label"):
-        ARMS[f"tllm_{_policy}_masked_{_classes_name}"] = dict(
-            ARMS[f"tllm_{_policy}"], masked_classes=_classes)
+    for _policy in ("isolate", "exclude", "soft_label", "class_mean"):
+        ARMS[f"tllm_{_policy}_masked_{_classes_name}"] = {
+            "students": ("tllm",), "masked_class_policy": _policy, "masked_classes": _classes}
+
+# Diagnostics of the refit's trade (docs/study.md, "What the refit's gain is made of"): the
+# top-wear cluster (T-shirt/top, Pullover, Dress, Coat, Shirt), or every class, masked from the
+# first step under soft_label with no update (the warm-up lasts the study's 20 epochs): how much
+# of the hurt classes' recovery is soft labels on a whole cluster, not taken from its neighbours?
+for _arm, _classes in (("soft_label_topwear", (0, 2, 3, 4, 6)), ("soft_label_all", tuple(range(10)))):
+    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": "soft_label",
+                  "masked_classes": _classes, "warmup_epochs": 20}
 
 # Two passes: the classes the default (`tllm_patience2`) masked at the end of its run of the same
 # seed, student and teacher, masked from the first step of a second run, under the default policy
 # and under `soft_label`. The second run makes no update of its own: the first pass judged the
 # classes under `hard_label`, and its mask is kept as it is (no cascade from the second policy).
-for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_label", "soft_label")):
+for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_label", "soft_label"),
+                      ("tllm_two_pass_class_mean", "class_mean")):
     ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
                   MASKED_CLASSES_FROM: "tllm_patience2"}
 
@@ -129,6 +138,10 @@ ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
 # pipeline/refit_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
 # bit for bit. Its first pass is its own tllm student, which tllm_patience2 trains alike.
 ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit"), PAIRED_WITH: "tllm_patience2"}
+# The same with the refit under `class_mean` (each masked sample distilled towards the teacher's
+# average over its class): unguarded, it is tllm_two_pass_class_mean bit for bit.
+ARMS["tllm_refit_class_mean"] = {"students": ("tllm", "tllm_refit"), "refit_policy": "class_mean",
+                                 PAIRED_WITH: "tllm_patience2"}
 
 # One run with a short window of updates: the mask is decided by the first three updates after
 # the warm-up (epochs 11-13 of 20), then kept to the end. In `tllm_soft_label` most classes the

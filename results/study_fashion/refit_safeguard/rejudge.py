@@ -8,7 +8,8 @@ safeguard, bit for bit). For each seed, student and teacher that has both,
 this script loads the two stored students, calls the same
 `refit_check.check` the stage calls, on the same held-out split, and writes a
 `tllm_refit` record: the refit's, or the tllm student's when the refit is
-behind. Records go to `<out>/results.jsonl` (the input records and these),
+behind. `--second=tllm_two_pass_class_mean --guarded=tllm_refit_class_mean`
+does the same for the refit under the policy `class_mean`. Records go to `<out>/results.jsonl` (the input records and these),
 the decisions to `<out>/decisions.jsonl`; `tools/study.py --report_only
 --root=<out>` reports them.
 
@@ -36,7 +37,7 @@ from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import refit_check
 from tllm_tf.pipeline import workdir_files
 
-FIRST, SECOND, GUARDED = "tllm_patience2", "tllm_two_pass_soft_label", "tllm_refit"
+FIRST = "tllm_patience2"
 
 
 def _model_path(arm_dir):
@@ -66,6 +67,10 @@ def main():
     parser.add_argument("--out", required=True, help="where the re-judged results go")
     parser.add_argument("--per_class", action="store_true",
                         help="count the refits behind on any one class instead (Holm)")
+    parser.add_argument("--second", default="tllm_two_pass_soft_label",
+                        help="the stored second pass (the unguarded refit)")
+    parser.add_argument("--guarded", default="tllm_refit",
+                        help="the arm the re-judged records are written as")
     parser.add_argument("roots", nargs="+", help="study roots holding the seed<s>/ folders")
     args = parser.parse_args()
     with open(args.results) as handle:
@@ -76,7 +81,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     judged, data_of_seed = [], {}
     for (seed, student, teacher, arm), second in sorted(by_key.items()):
-        if arm != SECOND or (seed, student, teacher, FIRST) not in by_key:
+        if arm != args.second or (seed, student, teacher, FIRST) not in by_key:
             continue
         base = os.path.join(seed_dirs[seed], student, teacher)
         with open(os.path.join(base, FIRST, workdir_files.CONFIG_FILE)) as handle:
@@ -85,7 +90,7 @@ def main():
             data_of_seed = {seed: build.load_data(config)}
         data = data_of_seed[seed]
         refit, tllm = (model_io.load_keras_model(_model_path(os.path.join(base, name)))
-                       for name in (SECOND, FIRST))
+                       for name in (args.second, FIRST))
         if args.per_class:
             behind_classes = _classes_behind(refit, tllm, data, config)
             judged.append((None, {"seed": seed, "student": student, "teacher": teacher,
@@ -95,7 +100,7 @@ def main():
         check = refit_check.check(refit, tllm, build.eval_batches(data.held_out, config),
                                   data.num_classes, config.significance)
         kept = by_key[(seed, student, teacher, FIRST)] if check.refit_behind else second
-        judged.append((dict(kept, arm=GUARDED),
+        judged.append((dict(kept, arm=args.guarded),
                        dict(check.to_json(), seed=seed, student=student, teacher=teacher)))
         print(seed, student, teacher, check.line(), flush=True)
     if args.per_class:
@@ -103,7 +108,7 @@ def main():
         print(f"behind on at least one class: {reverted} of {len(judged)} refits")
         return
     with open(os.path.join(args.out, "results.jsonl"), "w") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in records if r["arm"] != GUARDED)
+        handle.writelines(json.dumps(r) + "\n" for r in records if r["arm"] != args.guarded)
         handle.writelines(json.dumps(record) + "\n" for record, _ in judged)
     with open(os.path.join(args.out, "decisions.jsonl"), "w") as handle:
         handle.writelines(json.dumps(decision) + "\n" for _, decision in judged)
