@@ -215,6 +215,28 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     assert "| b | 80.0 | 69.8 | tllm | 78.0 | +8.20 ± 0.16" in text
 
 
+def test_the_gain_over_kd_is_split_between_the_masked_classes_and_the_others():
+    records = []
+    for seed in range(5):
+        wobble = 0.001 * seed
+        masked_b = [[1.0, 0.0]] * 3
+        # Seeds 0-2 mask "b" and take 2 points from "a" to give "b" 10; seeds 3-4 mask nothing.
+        per_class, masks = (([0.88 + wobble, 0.80 - wobble], masked_b) if seed < 3 else
+                            ([0.90 + wobble, 0.70 - wobble], [[1.0, 1.0]] * 3))
+        records += _labels_and_kd(seed) + [_record(seed, "tllm", 0.84, per_class, masks=masks)]
+    (setting,) = study_report.summarise(records)
+    gain = setting["arms"]["tllm"]["gain_by_mask"]
+    # Per seed, the mean over the two classes of the part: +0.05 and -0.01 where "b" is masked.
+    assert gain["masked"]["mean"] == pytest.approx(3 * 0.05 / 5)
+    assert gain["not_masked"]["mean"] == pytest.approx(3 * -0.01 / 5)
+    assert gain["masked"]["better"] == 3 and gain["not_masked"]["worse"] == 3
+    # Labels minus KD on "b" where it is masked: 0.80 - (0.70 - wobble), halved.
+    assert gain["labels_on_masked"]["mean"] == pytest.approx(
+        np.mean([(0.10 + 0.001 * seed) / 2 if seed < 3 else 0.0 for seed in range(5)]))
+    text = study_report.markdown([setting])
+    assert "- tllm: masked +3.00 ± " in text and "; others -0.60 ± " in text
+
+
 
 def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_classes_named(
         tmp_path):
