@@ -233,8 +233,15 @@ def test_the_gain_over_kd_is_split_between_the_masked_classes_and_the_others():
     # Labels minus KD on "b" where it is masked: 0.80 - (0.70 - wobble), halved.
     assert gain["labels_on_masked"]["mean"] == pytest.approx(
         np.mean([(0.10 + 0.001 * seed) / 2 if seed < 3 else 0.0 for seed in range(5)]))
+    # KD is 10 points and more below labels on "b" in every seed, and "b" is masked in 3 of
+    # them; KD is ahead on "a", never masked.
+    worst, *_, best = setting["arms"]["tllm"]["masked_by_harm"]
+    assert (worst["low"], worst["high"], worst["pairs"]) == (-1.0, -0.10, 5)
+    assert worst["masked"] == pytest.approx(0.6)
+    assert best == {"low": 0.02, "high": 1.0, "pairs": 5, "masked": 0.0}
     text = study_report.markdown([setting])
     assert "- tllm: masked +3.00 ± " in text and "; others -0.60 ± " in text
+    assert "| tllm | 60.0% | - | - | - | 0.0% |" in text
 
 
 

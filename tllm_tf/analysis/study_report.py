@@ -88,6 +88,20 @@ def _gain_by_mask(arm_pc, kd_pc, labels_pc, masked):
             "labels_on_masked": _difference(part(labels_pc, masked), part(kd_pc, masked))}
 
 
+# Bands of KD minus labels on one class in one seed (test split, accuracy), worst first.
+HARM_BANDS = ((-1.0, -0.10), (-0.10, -0.05), (-0.05, -0.02), (-0.02, 0.02), (0.02, 1.0))
+
+
+def _masked_by_harm(kd_minus_labels, masked):
+    """How often an arm ends with a class masked, by how much KD hurt it in that seed."""
+    bands = []
+    for low, high in HARM_BANDS:
+        inside = (kd_minus_labels > low) & (kd_minus_labels <= high)
+        bands.append({"low": low, "high": high, "pairs": int(inside.sum()),
+                      "masked": float(masked[inside].mean()) if inside.any() else None})
+    return bands
+
+
 def summarise(records, baselines=None):
     """Summaries of every setting; see the module docstring.
 
@@ -176,8 +190,9 @@ def summarise(records, baselines=None):
                 entry["hurt_classes_minus_baseline"] = _difference(
                     on_hurt(arm_pc), on_hurt(base_pc))
             if any(r["masks"] for r in arm_records):  # A masking arm: where its gain comes
-                entry["gain_by_mask"] = _gain_by_mask(  # from, and what it did for each class
-                    arm_pc, kd_pc, labels_pc, final)    # KD hurts beyond noise.
+                entry["gain_by_mask"] = _gain_by_mask(  # from, which classes it names, and
+                    arm_pc, kd_pc, labels_pc, final)    # what it did for each class KD hurts
+                entry["masked_by_harm"] = _masked_by_harm(kd_pc - labels_pc, final)  # (noise).
                 entry["hurt_class_recovery"] = {
                     class_names[c]: {"accuracy": float(arm_pc[:, c].mean()),
                                      "minus_kd": _difference(arm_pc[:, c], kd_pc[:, c]),
@@ -270,10 +285,27 @@ def markdown(summaries):
             lines.append(f"| {name} | {_points(difference)} | " + " | ".join(
                 f"{entry['masked_at_end_per_class'][index]:.0%}"
                 for entry in setting["arms"].values()) + " |")
+        lines += _masked_by_harm_lines(setting)
         lines += _gain_by_mask_lines(setting)
         lines += _recovery_table(setting)
         lines.append("")
     return "\n".join(lines)
+
+
+def _masked_by_harm_lines(setting):
+    """Lines saying how often each masking arm names a class, by KD's harm to it that seed."""
+    named = {arm: entry["masked_by_harm"] for arm, entry in setting["arms"].items()
+             if entry.get("masked_by_harm")}
+    if not named:
+        return []
+    bands = next(iter(named.values()))
+    return ["", "Classes masked at the end, by KD minus labels on that class in that seed (test "
+            "split, points; (seed, class) pairs in brackets):", "",
+            "| arm | " + " | ".join(f"({100 * band['low']:+.0f}, {100 * band['high']:+.0f}] "
+                                    f"({band['pairs']})" for band in bands) + " |",
+            "|---|" + "---|" * len(bands), *(
+                f"| {arm} | " + " | ".join(_percent(band["masked"]) for band in arm_bands) + " |"
+                for arm, arm_bands in named.items())]
 
 
 def _gain_by_mask_lines(setting):
