@@ -242,6 +242,12 @@ def test_the_gain_over_kd_is_split_between_the_masked_classes_and_the_others():
     text = study_report.markdown([setting])
     assert "- tllm: masked +3.00 ± " in text and "; others -0.60 ± " in text
     assert "| tllm | 60.0% | - | - | - | 0.0% |" in text
+    # "b": +10 points in the 3 seeds that mask it, 0 in the 2 others; "a" never masked.
+    assert gain["per_class_when_masked"][0] is None
+    assert gain["per_class_when_masked"][1] == pytest.approx(0.10)
+    assert gain["per_class_when_not_masked"][1] == pytest.approx(0.0)
+    assert gain["seeds_masked_per_class"] == [0, 3]
+    assert "| tllm | - / -1.2 (0/5) | +10.0 / +0.0 (3/5) |" in text
 
 
 

@@ -83,9 +83,17 @@ def _gain_by_mask(arm_pc, kd_pc, labels_pc, masked):
     def part(per_class, where):
         return (per_class * where).sum(axis=1) / num_classes
 
+    def class_means(where):  # Per class, minus KD averaged over the seeds in `where`.
+        counts = where.sum(axis=0)
+        sums = ((arm_pc - kd_pc) * where).sum(axis=0)
+        return [float(total / count) if count else None for total, count in zip(sums, counts)]
+
     return {"masked": _difference(part(arm_pc, masked), part(kd_pc, masked)),
             "not_masked": _difference(part(arm_pc, ~masked), part(kd_pc, ~masked)),
-            "labels_on_masked": _difference(part(labels_pc, masked), part(kd_pc, masked))}
+            "labels_on_masked": _difference(part(labels_pc, masked), part(kd_pc, masked)),
+            "per_class_when_masked": class_means(masked),
+            "per_class_when_not_masked": class_means(~masked),
+            "seeds_masked_per_class": masked.sum(axis=0).tolist()}
 
 
 # Bands of KD minus labels on one class in one seed (test split, accuracy), worst first.
@@ -314,12 +322,26 @@ def _gain_by_mask_lines(setting):
              if entry.get("gain_by_mask")}
     if not split:
         return []
+    def cell(when_masked, when_not, seeds_masked, seeds):
+        return " / ".join("-" if value is None else f"{100 * value:+.1f}"
+                          for value in (when_masked, when_not)) + f" ({seeds_masked}/{seeds})"
+
+    seeds = len(setting["seeds"])
     return ["", "Where each masking arm's gain over KD comes from (points of overall accuracy, "
             "paired by seed: from the classes it masked at its end, from the others; and the "
             "label-only student minus KD on those masked classes):", *(
                 f"- {arm}: masked {_points(gain['masked'])}; others "
                 f"{_points(gain['not_masked'])}; labels on the masked "
-                f"{_points(gain['labels_on_masked'])}" for arm, gain in split.items())]
+                f"{_points(gain['labels_on_masked'])}" for arm, gain in split.items()),
+            "", "Per class, minus KD (points) in the seeds where the arm masked it at its end / "
+            "in the others (seeds masked/all):", "",
+            "| arm | " + " | ".join(setting["class_names"]) + " |",
+            "|---|" + "---|" * len(setting["class_names"]), *(
+                f"| {arm} | " + " | ".join(
+                    cell(*values, seeds) for values in zip(
+                        gain["per_class_when_masked"], gain["per_class_when_not_masked"],
+                        gain["seeds_masked_per_class"])) + " |"
+                for arm, gain in split.items())]
 
 
 def _recovery_table(setting):
