@@ -127,6 +127,56 @@ def test_exclude_policy_distils_over_the_classes_still_distilled(student, teache
                         alpha=0.1, beta=0.9)
 
 
+def _softened_label_kd(labels, s, confidence):
+    """KD at T=4 towards `confidence` on the label and the rest spread evenly."""
+    one_hot = tf.one_hot(labels, NUM_CLASSES)
+    softened = confidence * one_hot + (1.0 - confidence) * (1.0 - one_hot) / (NUM_CLASSES - 1)
+    return tllm_tf.kd_loss(4.0 * tf.math.log(softened), s, temperature=4.0)
+
+
+def _teacher_confidence(t):
+    return tf.reduce_max(tf.nn.softmax(t / 4.0), axis=-1, keepdims=True)
+
+
+def _soft_label_for_masked_classes(mask, distilled_fn, confidence_fn):
+    """`0.1 * CE + 0.9 * (m[y] * distilled_fn + (1 - m[y]) * softened label KD)`."""
+    def loss_fn(labels, s, t):
+        distil = tf.gather(mask, labels)
+        return 0.1 * _ce(labels, s) + 0.9 * (
+            distil * distilled_fn(labels, s, t)
+            + (1.0 - distil) * _softened_label_kd(labels, s, confidence_fn(t)))
+    return loss_fn
+
+
+def _plain_kd(labels, s, t):
+    return tllm_tf.kd_loss(t, s, temperature=4.0)
+
+
+@pytest.mark.parametrize("policy, confidence_fn", [
+    ("soft_label", _teacher_confidence),  # The teacher's confidence on each sample.
+    ("batch_soft_label", lambda t: tf.reduce_mean(_teacher_confidence(t))),  # Its batch mean.
+])
+def test_soft_label_policies_distil_masked_classes_towards_their_softened_label(
+        student, teacher, tiny_data, policy, confidence_fn):
+    mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    _assert_masked_step(student, teacher, tiny_data, mask, policy,
+                        _soft_label_for_masked_classes(mask, _plain_kd, confidence_fn),
+                        atol=1e-5, alpha=0.1, beta=0.9)
+
+
+def test_soft_label_exclude_policy_softens_masked_labels_and_distils_the_others_over_kept(
+        student, teacher, tiny_data):
+    mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
+
+    def kept_kd(labels, s, t):
+        return tllm_tf.kd_loss(tf.gather(t, [0, 2, 3], axis=1), tf.gather(s, [0, 2, 3], axis=1),
+                               temperature=4.0)
+
+    _assert_masked_step(student, teacher, tiny_data, mask, "soft_label_exclude",
+                        _soft_label_for_masked_classes(mask, kept_kd, _teacher_confidence),
+                        atol=1e-5, alpha=0.1, beta=0.9)
+
+
 def test_class_mean_policy_distils_masked_classes_towards_the_teachers_class_average(
         student, teacher, tiny_data):
     mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
@@ -164,7 +214,8 @@ def test_class_mean_policy_on_a_class_alone_in_its_batch_is_kd():
     assert per_sample[0] != pytest.approx(float(np.asarray(kd)[0]), rel=1e-3)
 
 
-@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean", "drop"])
+@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean", "batch_soft_label",
+                                    "soft_label_exclude", "drop"])
 def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
     x, y = tiny_data
     twin = _clone(student)

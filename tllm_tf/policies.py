@@ -69,6 +69,22 @@ def drop(inputs):
     return inputs.distil_weight * inputs.distillation_loss
 
 
+def _softened_label_loss(inputs, confidence):
+    """Distillation at `T` towards the label softened to `confidence`: `c` on the label, the
+    rest spread evenly over the other classes."""
+    temperature = inputs.temperature
+    others = ops.cast(ops.shape(inputs.targets)[-1] - 1, "float32")
+    softened = confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others
+    return losses_lib.kd_loss(
+        _logits_at(softened, temperature), inputs.student_logits, temperature=temperature)
+
+
+def _teacher_confidence(inputs):
+    """`(batch, 1)`: the teacher's largest probability at `T` on each sample."""
+    return ops.max(ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1), axis=-1,
+                   keepdims=True)
+
+
 def soft_label(inputs):
     """The label, softened to the teacher's confidence, distilled at `T`.
 
@@ -78,15 +94,20 @@ def soft_label(inputs):
     softness (so the class's logits stay on its neighbours' scale) and drops
     its distribution over the wrong classes.
     """
-    temperature = inputs.temperature
-    num_classes = ops.shape(inputs.targets)[-1]
-    confidence = ops.max(
-        ops.softmax(inputs.teacher_logits / temperature, axis=-1), axis=-1, keepdims=True)
-    others = ops.cast(num_classes - 1, "float32")
-    softened = confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others
-    label_loss = losses_lib.kd_loss(
-        _logits_at(softened, temperature), inputs.student_logits, temperature=temperature)
-    return _gate(inputs, inputs.distillation_loss, label_loss)
+    return _gate(inputs, inputs.distillation_loss,
+                 _softened_label_loss(inputs, _teacher_confidence(inputs)))
+
+
+def batch_soft_label(inputs):
+    """As `soft_label`, with one confidence for the whole batch.
+
+    `c` is the teacher's largest probability at `T` averaged over the
+    (per-replica) batch, so a class whose images the teacher is unsure of
+    (Fashion-MNIST's Shirt) gets as sharp a target as the others instead of
+    a nearly even one.
+    """
+    confidence = ops.mean(_teacher_confidence(inputs))
+    return _gate(inputs, inputs.distillation_loss, _softened_label_loss(inputs, confidence))
 
 
 def class_mean(inputs):
@@ -143,6 +164,14 @@ def isolate(inputs):
 _EXCLUDED_LOGIT = -1e9
 
 
+def _distilled_over_kept_classes(inputs):
+    """The distillation loss over the classes still distilled, both distributions
+    renormalised without the masked ones (the logits unchanged when none is masked)."""
+    kept = inputs.class_mask > 0.0
+    return inputs.distill(ops.where(kept, inputs.teacher_logits, _EXCLUDED_LOGIT),
+                          ops.where(kept, inputs.student_logits, _EXCLUDED_LOGIT))
+
+
 def exclude(inputs):
     """The masked classes are left out of the distillation term altogether.
 
@@ -154,19 +183,31 @@ def exclude(inputs):
     `isolate` does). Only the label terms train a masked class's logit. With
     no class masked, the logits are used unchanged (`hard_label` bit for bit).
     """
-    kept = inputs.class_mask > 0.0
-    return _gate(inputs, inputs.distill(ops.where(kept, inputs.teacher_logits, _EXCLUDED_LOGIT),
-                                        ops.where(kept, inputs.student_logits, _EXCLUDED_LOGIT)),
-                 inputs.student_loss)
+    return _gate(inputs, _distilled_over_kept_classes(inputs), inputs.student_loss)
+
+
+def soft_label_exclude(inputs):
+    """`soft_label` for the masked classes' samples, `exclude` for the others.
+
+    The other classes' samples no longer pull a masked class's probability up
+    towards the teacher's (on Shirt images, the teacher's Pullover share),
+    which `soft_label` leaves in place while the masked class's own samples
+    learn sharper targets: the pair is meant to keep the masked class from
+    taking its neighbours' images.
+    """
+    return _gate(inputs, _distilled_over_kept_classes(inputs),
+                 _softened_label_loss(inputs, _teacher_confidence(inputs)))
 
 
 POLICIES = {
     "hard_label": hard_label,
     "drop": drop,
     "soft_label": soft_label,
+    "batch_soft_label": batch_soft_label,
     "class_mean": class_mean,
     "isolate": isolate,
     "exclude": exclude,
+    "soft_label_exclude": soft_label_exclude,
 }
 
 

@@ -118,7 +118,9 @@ for _arm, _classes in (("soft_label_topwear", (0, 2, 3, 4, 6)), ("soft_label_all
 # and under `soft_label`. The second run makes no update of its own: the first pass judged the
 # classes under `hard_label`, and its mask is kept as it is (no cascade from the second policy).
 for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_label", "soft_label"),
-                      ("tllm_two_pass_class_mean", "class_mean")):
+                      ("tllm_two_pass_class_mean", "class_mean"),
+                      ("tllm_two_pass_batch_soft_label", "batch_soft_label"),
+                      ("tllm_two_pass_soft_label_exclude", "soft_label_exclude")):
     ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
                   MASKED_CLASSES_FROM: "tllm_patience2"}
 
