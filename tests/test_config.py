@@ -26,7 +26,7 @@ def test_json_round_trip():
     ("stage", "store", r"stage=store builds .*--teacher_store=DIR"),
     ("students", ("distilled", "dkd"), "students must be"),
     ("masked_class_policy", "zero", "masked_class_policy"),
-    ("refit_policy", "zero", r"refit_policy must be one of \['class_mean', 'drop', "),
+    ("refit_policy", "zero", r"refit_policy must be one of \['batch_soft_label', 'class_mean', "),
     ("update_every", 0, "update_every"),
     ("max_updates", 0, r"max_updates must be >= 1 \(or unset: no limit\). Received: 0"),
     ("lr_decay_epochs", (180, 150), "increasing"),
