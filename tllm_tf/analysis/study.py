@@ -105,12 +105,17 @@ for _classes_name, _classes in _HURT_CLASSES.items():
         ARMS[f"tllm_{_policy}_masked_{_classes_name}"] = {
             "students": ("tllm",), "masked_class_policy": _policy, "masked_classes": _classes}
 
-# Diagnostics of the refit's trade (docs/study.md, "What the refit's gain is made of"): the
+# Diagnostics of the refit's trade (docs/study.md, "Where the gain comes from"): the
 # top-wear cluster (T-shirt/top, Pullover, Dress, Coat, Shirt), or every class, masked from the
 # first step under soft_label with no update (the warm-up lasts the study's 20 epochs): how much
 # of the hurt classes' recovery is soft labels on a whole cluster, not taken from its neighbours?
-for _arm, _classes in (("soft_label_topwear", (0, 2, 3, 4, 6)), ("soft_label_all", tuple(range(10)))):
-    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": "soft_label",
+# The cluster under hard_label as well: a hard-labelled class among distilled neighbours loses
+# its boundaries to them; here its neighbours are hard-labelled too.
+for _arm, _policy, _classes in (
+        ("soft_label_topwear", "soft_label", (0, 2, 3, 4, 6)),
+        ("soft_label_all", "soft_label", tuple(range(10))),
+        ("hard_label_topwear", "hard_label", (0, 2, 3, 4, 6))):
+    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
                   "masked_classes": _classes, "warmup_epochs": 20}
 
 # Two passes: the classes the default (`tllm_patience2`) masked at the end of its run of the same
