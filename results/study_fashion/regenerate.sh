@@ -88,3 +88,15 @@ ROOT="$FRESH40_ROOT" report refit_safeguard/fresh_seeds "$(seq -s, 30 39)" mlp_1
 # FRESH40_ROOT concatenated).
 ALL40_ROOT="${ALL40_ROOT:-runs/study_all40}"
 ROOT="$ALL40_ROOT" report refit_safeguard/forty_seeds "$(seq -s, 0 39)" mlp_16,lenet_2 mlp_256,mlp_1024 "$REFIT_ARMS"
+# Where the gain comes from (2026-12-05): the refit's policies, as second runs of the default's
+# first run, and the top-wear cluster masked from the first step, on seeds 0-9 (TRADE_ROOT: the
+# results.jsonl of runs/study_a and runs/study_b once they had finished, with the tllm_refit
+# records of REJUDGED_ROOT and the tllm_refit_class_mean records that
+# `refit_safeguard/rejudge.py --second=tllm_two_pass_class_mean --guarded=tllm_refit_class_mean`
+# wrote).
+TRADE_ROOT="${TRADE_ROOT:-runs/study_trade}"
+ROOT="$TRADE_ROOT" report trade "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_two_pass_soft_label,tllm_two_pass_class_mean,tllm_two_pass_batch_soft_label,tllm_two_pass_soft_label_exclude,soft_label_topwear,hard_label_topwear,soft_label_all
+ROOT="$TRADE_ROOT" report class_mean "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_refit,tllm_refit_class_mean,tllm_soft_label_masked_pullover,tllm_class_mean_masked_pullover,tllm_soft_label_masked_coat_sneaker,tllm_class_mean_masked_coat_sneaker,tllm_soft_label_masked_pullover_sneaker,tllm_class_mean_masked_pullover_sneaker
+# ... and the cluster on the fresh seeds 30-39 (FRESH40_ROOT, concatenated again once these runs
+# had finished).
+ROOT="$FRESH40_ROOT" report trade_fresh "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_refit,soft_label_topwear,hard_label_topwear
