@@ -300,6 +300,12 @@ def markdown(summaries):
     return "\n".join(lines)
 
 
+def _markdown_table(header, rows):
+    """Lines of a Markdown table: the header, its rule, one line per row of cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def _masked_by_harm_lines(setting):
     """Lines saying how often each masking arm names a class, by KD's harm to it that seed."""
     named = {arm: entry["masked_by_harm"] for arm, entry in setting["arms"].items()
@@ -309,11 +315,11 @@ def _masked_by_harm_lines(setting):
     bands = next(iter(named.values()))
     return ["", "Classes masked at the end, by KD minus labels on that class in that seed (test "
             "split, points; (seed, class) pairs in brackets):", "",
-            "| arm | " + " | ".join(f"({100 * band['low']:+.0f}, {100 * band['high']:+.0f}] "
-                                    f"({band['pairs']})" for band in bands) + " |",
-            "|---|" + "---|" * len(bands), *(
-                f"| {arm} | " + " | ".join(_percent(band["masked"]) for band in arm_bands) + " |"
-                for arm, arm_bands in named.items())]
+            *_markdown_table(
+                ["arm", *(f"({100 * band['low']:+.0f}, {100 * band['high']:+.0f}] "
+                          f"({band['pairs']})" for band in bands)],
+                [[arm, *(_percent(band["masked"]) for band in arm_bands)]
+                 for arm, arm_bands in named.items()])]
 
 
 def _gain_by_mask_lines(setting):
@@ -322,6 +328,7 @@ def _gain_by_mask_lines(setting):
              if entry.get("gain_by_mask")}
     if not split:
         return []
+
     def cell(when_masked, when_not, seeds_masked, seeds):
         return " / ".join("-" if value is None else f"{100 * value:+.1f}"
                           for value in (when_masked, when_not)) + f" ({seeds_masked}/{seeds})"
@@ -335,13 +342,11 @@ def _gain_by_mask_lines(setting):
                 f"{_points(gain['labels_on_masked'])}" for arm, gain in split.items()),
             "", "Per class, minus KD (points) in the seeds where the arm masked it at its end / "
             "in the others (seeds masked/all):", "",
-            "| arm | " + " | ".join(setting["class_names"]) + " |",
-            "|---|" + "---|" * len(setting["class_names"]), *(
-                f"| {arm} | " + " | ".join(
-                    cell(*values, seeds) for values in zip(
-                        gain["per_class_when_masked"], gain["per_class_when_not_masked"],
-                        gain["seeds_masked_per_class"])) + " |"
-                for arm, gain in split.items())]
+            *_markdown_table(
+                ["arm", *setting["class_names"]],
+                [[arm, *(cell(*values, seeds) for values in zip(
+                    gain["per_class_when_masked"], gain["per_class_when_not_masked"],
+                    gain["seeds_masked_per_class"]))] for arm, gain in split.items()])]
 
 
 def _recovery_table(setting):
