@@ -32,10 +32,11 @@ class Distiller(keras.Model):
 
     - `"hard_label"`: `alpha * CE + beta * (m[y] * KD + (1 - m[y]) * CE)`;
     - `"drop"`: `alpha * CE + beta * m[y] * KD`;
-    - `"soft_label"`, `"class_mean"`, `"isolate"` and `"exclude"`: see
-      `tllm_tf.policies`
-      (the last two also change what the other samples distil about a
-      masked class);
+    - the other names of `tllm_tf.policies.POLICIES` (`"soft_label"`,
+      `"class_mean"`, `"batch_soft_label"`, `"isolate"`, `"exclude"`,
+      `"soft_label_exclude"`): see `tllm_tf.policies` (`isolate`, `exclude`
+      and `soft_label_exclude` also change what the other samples distil
+      about a masked class);
 
     averaged over the global batch. Labels are class ids, or label vectors
     of shape `(batch, num_classes)`: one-hot (integer or float) or soft (from
@@ -207,10 +208,8 @@ class Distiller(keras.Model):
                 `KDLoss(temperature=4.0)`.
             alpha: weight of the label term, `>= 0`. Defaults to `0.1`.
             beta: weight of the distillation term, `>= 0`. Defaults to `0.9`.
-            masked_class_policy: a name of `tllm_tf.policies.POLICIES`
-                (`"hard_label"`, `"drop"`, `"soft_label"`, `"class_mean"`,
-                `"isolate"`, `"exclude"`), see the class
-                docstring. Defaults to `"hard_label"`.
+            masked_class_policy: a name of `tllm_tf.policies.POLICIES`, see
+                the class docstring. Defaults to `"hard_label"`.
             distillation_warmup_steps: the distillation weight rises
                 linearly from `beta / steps` to `beta` over this many
                 optimizer steps (DKD's warm-up; it follows the optimizer's

@@ -70,8 +70,7 @@ def drop(inputs):
 
 
 def _softened_label_loss(inputs, confidence):
-    """Distillation at `T` towards the label softened to `confidence`: `c` on the label, the
-    rest spread evenly over the other classes."""
+    """Distillation at `T` towards `confidence` on the label, the rest spread evenly."""
     temperature = inputs.temperature
     others = ops.cast(ops.shape(inputs.targets)[-1] - 1, "float32")
     softened = confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others
@@ -104,7 +103,9 @@ def batch_soft_label(inputs):
     `c` is the teacher's largest probability at `T` averaged over the
     (per-replica) batch, so a class whose images the teacher is unsure of
     (Fashion-MNIST's Shirt) gets as sharp a target as the others instead of
-    a nearly even one.
+    a nearly even one. Measured as the refit's policy (docs/study.md, "Where
+    the gain comes from"): the masked classes gain more than under
+    `soft_label` and their neighbours lose as much more.
     """
     confidence = ops.mean(_teacher_confidence(inputs))
     return _gate(inputs, inputs.distillation_loss, _softened_label_loss(inputs, confidence))
@@ -122,7 +123,9 @@ def class_mean(inputs):
     remainder, it keeps the masked class's confusion with its neighbours as
     the neighbours' own targets keep theirs with it. The mean is over the
     (per-replica) batch: a class with one sample there is distilled as KD
-    would distil it.
+    would distil it. Measured as the refit's policy (docs/study.md): it
+    takes less from the neighbours and gives the masked classes less, and is
+    below `soft_label` overall.
     """
     temperature = inputs.temperature
     probabilities = ops.softmax(inputs.teacher_logits / temperature, axis=-1)
@@ -165,8 +168,10 @@ _EXCLUDED_LOGIT = -1e9
 
 
 def _distilled_over_kept_classes(inputs):
-    """The distillation loss over the classes still distilled, both distributions
-    renormalised without the masked ones (the logits unchanged when none is masked)."""
+    """The distillation loss over the classes still distilled (both sides renormalised).
+
+    With no class masked the logits are used unchanged.
+    """
     kept = inputs.class_mask > 0.0
     return inputs.distill(ops.where(kept, inputs.teacher_logits, _EXCLUDED_LOGIT),
                           ops.where(kept, inputs.student_logits, _EXCLUDED_LOGIT))
@@ -192,8 +197,9 @@ def soft_label_exclude(inputs):
     The other classes' samples no longer pull a masked class's probability up
     towards the teacher's (on Shirt images, the teacher's Pullover share),
     which `soft_label` leaves in place while the masked class's own samples
-    learn sharper targets: the pair is meant to keep the masked class from
-    taking its neighbours' images.
+    learn sharper targets. Meant to keep the masked class from taking its
+    neighbours' images; measured as the refit's policy (docs/study.md), it
+    does the opposite: the neighbours lose more than under any other policy.
     """
     return _gate(inputs, _distilled_over_kept_classes(inputs),
                  _softened_label_loss(inputs, _teacher_confidence(inputs)))

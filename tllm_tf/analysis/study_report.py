@@ -197,10 +197,11 @@ def summarise(records, baselines=None):
                 entry["hurt_classes_minus_kd"] = _difference(on_hurt(arm_pc), on_hurt(kd_pc))
                 entry["hurt_classes_minus_baseline"] = _difference(
                     on_hurt(arm_pc), on_hurt(base_pc))
-            if any(r["masks"] for r in arm_records):  # A masking arm: where its gain comes
-                entry["gain_by_mask"] = _gain_by_mask(  # from, which classes it names, and
-                    arm_pc, kd_pc, labels_pc, final)    # what it did for each class KD hurts
-                entry["masked_by_harm"] = _masked_by_harm(kd_pc - labels_pc, final)  # (noise).
+            if any(r["masks"] for r in arm_records):
+                # A masking arm: where its gain comes from, which classes it names, and what it
+                # did for each class KD hurts beyond noise.
+                entry["gain_by_mask"] = _gain_by_mask(arm_pc, kd_pc, labels_pc, final)
+                entry["masked_by_harm"] = _masked_by_harm(kd_pc - labels_pc, final)
                 entry["hurt_class_recovery"] = {
                     class_names[c]: {"accuracy": float(arm_pc[:, c].mean()),
                                      "minus_kd": _difference(arm_pc[:, c], kd_pc[:, c]),
