@@ -69,13 +69,17 @@ def drop(inputs):
     return inputs.distil_weight * inputs.distillation_loss
 
 
+def _distilled_towards(inputs, probabilities):
+    """Distillation at `T` of the student towards `probabilities` (per sample)."""
+    return losses_lib.kd_loss(_logits_at(probabilities, inputs.temperature),
+                              inputs.student_logits, temperature=inputs.temperature)
+
+
 def _softened_label_loss(inputs, confidence):
     """Distillation at `T` towards `confidence` on the label, the rest spread evenly."""
-    temperature = inputs.temperature
     others = ops.cast(ops.shape(inputs.targets)[-1] - 1, "float32")
-    softened = confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others
-    return losses_lib.kd_loss(
-        _logits_at(softened, temperature), inputs.student_logits, temperature=temperature)
+    return _distilled_towards(
+        inputs, confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others)
 
 
 def _teacher_confidence(inputs):
@@ -127,15 +131,12 @@ def class_mean(inputs):
     takes less from the neighbours and gives the masked classes less, and is
     below `soft_label` overall.
     """
-    temperature = inputs.temperature
-    probabilities = ops.softmax(inputs.teacher_logits / temperature, axis=-1)
+    probabilities = ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
     counts = ops.sum(inputs.targets, axis=0)
     class_means = ops.matmul(ops.transpose(inputs.targets), probabilities) / ops.maximum(
         ops.expand_dims(counts, -1), 1e-12)
-    averaged = ops.matmul(inputs.targets, class_means)
-    label_loss = losses_lib.kd_loss(
-        _logits_at(averaged, temperature), inputs.student_logits, temperature=temperature)
-    return _gate(inputs, inputs.distillation_loss, label_loss)
+    return _gate(inputs, inputs.distillation_loss,
+                 _distilled_towards(inputs, ops.matmul(inputs.targets, class_means)))
 
 
 def isolate(inputs):
