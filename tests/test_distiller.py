@@ -158,6 +158,15 @@ def _kept_kd(labels, s, t):
                            temperature=4.0)
 
 
+def _evened_kd(labels, s, t):
+    """KD at T=4 with classes 1 and 3 at each sample's even share (1 - c) / 3, renormalised."""
+    probabilities = tf.nn.softmax(t / 4.0).numpy()
+    even = (1.0 - probabilities.max(axis=-1)) / (NUM_CLASSES - 1)
+    probabilities[:, [1, 3]] = even[:, None]
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    return tllm_tf.kd_loss(4.0 * np.log(probabilities), s, temperature=4.0)
+
+
 @pytest.mark.parametrize("policy, mask, distilled_fn, confidence_fn", [
     # The teacher's confidence on each sample; the others distilled as KD.
     ("soft_label", [1.0, 0.0, 1.0, 0.0], _plain_kd, _teacher_confidence),
@@ -166,6 +175,8 @@ def _kept_kd(labels, s, t):
      lambda t: tf.reduce_mean(_teacher_confidence(t))),
     # The others distilled without the masked class.
     ("soft_label_exclude", [1.0, 0.0, 1.0, 1.0], _kept_kd, _teacher_confidence),
+    # The others distilled with the masked classes at their even share.
+    ("soft_label_symmetric", [1.0, 0.0, 1.0, 0.0], _evened_kd, _teacher_confidence),
 ])
 def test_soft_label_policies_distil_masked_classes_towards_their_softened_label(
         student, teacher, tiny_data, policy, mask, distilled_fn, confidence_fn):
@@ -213,7 +224,7 @@ def test_class_mean_policy_on_a_class_alone_in_its_batch_is_kd():
 
 
 @pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean", "batch_soft_label",
-                                    "soft_label_exclude", "drop"])
+                                    "soft_label_exclude", "soft_label_symmetric", "drop"])
 def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
     x, y = tiny_data
     twin = _clone(student)

@@ -32,11 +32,9 @@ class Distiller(keras.Model):
 
     - `"hard_label"`: `alpha * CE + beta * (m[y] * KD + (1 - m[y]) * CE)`;
     - `"drop"`: `alpha * CE + beta * m[y] * KD`;
-    - the other names of `tllm_tf.policies.POLICIES` (`"soft_label"`,
-      `"class_mean"`, `"batch_soft_label"`, `"isolate"`, `"exclude"`,
-      `"soft_label_exclude"`): see `tllm_tf.policies` (`isolate`, `exclude`
-      and `soft_label_exclude` also change what the other samples distil
-      about a masked class);
+    - the other names of `tllm_tf.policies.POLICIES`: see their docstrings
+      there (some, such as `isolate`, also change what the other samples
+      distil about a masked class);
 
     averaged over the global batch. Labels are class ids, or label vectors
     of shape `(batch, num_classes)`: one-hot (integer or float) or soft (from

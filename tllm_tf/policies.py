@@ -206,6 +206,34 @@ def soft_label_exclude(inputs):
                  _softened_label_loss(inputs, _teacher_confidence(inputs)))
 
 
+def soft_label_symmetric(inputs):
+    """`soft_label` both ways: a masked class is an even wrong class in every target.
+
+    A masked class's samples learn as under `soft_label` (the label at the
+    teacher's confidence `c`, the rest spread evenly, so every other class is
+    to them an even wrong class). Every other sample is distilled from the
+    teacher's distribution at `T` with each masked class's probability set to
+    that sample's even share `(1 - c) / (K - 1)`, then renormalised: the
+    other images no longer say that they resemble the masked class more (or
+    less) than an even wrong class, as its own images no longer say it of
+    them. Between `soft_label` (the other images keep the teacher's share,
+    and the masked class takes its neighbours' images) and `isolate` (the
+    share set to zero, and the masked class collapses). With no class
+    masked, the teacher's logits are used unchanged (`hard_label` bit for bit).
+    """
+    kept = inputs.class_mask > 0.0
+    keep = ops.cast(kept, "float32")
+    probabilities = ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
+    confidence = ops.max(probabilities, axis=-1, keepdims=True)
+    others = ops.cast(ops.shape(probabilities)[-1] - 1, "float32")
+    evened = probabilities * keep + (1.0 - confidence) / others * (1.0 - keep)
+    evened = evened / ops.sum(evened, axis=-1, keepdims=True)
+    teacher_logits = ops.where(ops.all(kept), inputs.teacher_logits,
+                               _logits_at(evened, inputs.temperature))
+    return _gate(inputs, inputs.distill(teacher_logits, inputs.student_logits),
+                 _softened_label_loss(inputs, confidence))
+
+
 POLICIES = {
     "hard_label": hard_label,
     "drop": drop,
@@ -215,6 +243,7 @@ POLICIES = {
     "isolate": isolate,
     "exclude": exclude,
     "soft_label_exclude": soft_label_exclude,
+    "soft_label_symmetric": soft_label_symmetric,
 }
 
 

@@ -95,7 +95,7 @@ ROOT="$ALL40_ROOT" report refit_safeguard/forty_seeds "$(seq -s, 0 39)" mlp_16,l
 # `refit_safeguard/rejudge.py --second=tllm_two_pass_class_mean --guarded=tllm_refit_class_mean`
 # wrote).
 TRADE_ROOT="${TRADE_ROOT:-runs/study_trade}"
-ROOT="$TRADE_ROOT" report trade "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_two_pass_soft_label,tllm_two_pass_class_mean,tllm_two_pass_batch_soft_label,tllm_two_pass_soft_label_exclude,soft_label_topwear,hard_label_topwear,soft_label_all
+ROOT="$TRADE_ROOT" report trade "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_two_pass_soft_label,tllm_two_pass_class_mean,tllm_two_pass_batch_soft_label,tllm_two_pass_soft_label_exclude,tllm_two_pass_soft_label_symmetric,soft_label_topwear,hard_label_topwear,soft_label_all
 ROOT="$TRADE_ROOT" report class_mean "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_refit,tllm_refit_class_mean,tllm_soft_label_masked_pullover,tllm_class_mean_masked_pullover,tllm_soft_label_masked_coat_sneaker,tllm_class_mean_masked_coat_sneaker,tllm_soft_label_masked_pullover_sneaker,tllm_class_mean_masked_pullover_sneaker
 # ... and the cluster on the fresh seeds 30-39 (FRESH40_ROOT, concatenated again once these runs
 # had finished).

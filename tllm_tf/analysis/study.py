@@ -125,7 +125,8 @@ for _arm, _policy, _classes in (
 for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_label", "soft_label"),
                       ("tllm_two_pass_class_mean", "class_mean"),
                       ("tllm_two_pass_batch_soft_label", "batch_soft_label"),
-                      ("tllm_two_pass_soft_label_exclude", "soft_label_exclude")):
+                      ("tllm_two_pass_soft_label_exclude", "soft_label_exclude"),
+                      ("tllm_two_pass_soft_label_symmetric", "soft_label_symmetric")):
     ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
                   MASKED_CLASSES_FROM: "tllm_patience2"}
 
