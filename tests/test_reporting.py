@@ -19,12 +19,12 @@ PER_CLASS = {
 MASKS = [(2, [1, 0, 0, 1]), (3, [1, 0, 1, 1]), (4, [1, 0, 1, 0])]
 
 
-def _write_stage(workdir, stage, accuracy):
+def _write_stage(workdir, stage, accuracy, num_samples=(10, 10, 10, 10)):
     os.makedirs(workdir / stage, exist_ok=True)
     with open(workdir / stage / "test_per_class.json", "w") as handle:
         json.dump({"class_names": CLASS_NAMES, "per_class_accuracy": accuracy,
-                   "num_samples": [10, 10, 10, 10], "accuracy": 0.7 if accuracy[0] < 1 else 0.97},
-                  handle)
+                   "num_samples": list(num_samples),
+                   "accuracy": 0.7 if accuracy[0] < 1 else 0.97}, handle)
 
 
 @pytest.fixture
@@ -126,9 +126,9 @@ def test_the_refit_student_gets_its_column_and_an_aligned_summary(workdir):
     header = reporting.markdown_table(results).splitlines()[0]
     assert header == ("| class | reference | student_kd | student_tllm | student_tllm_refit "
                       "| KD<ref | masked |")
-    lines = reporting.summary_lines(results)
-    assert len({line.index(":") for line in lines[:-1]}) == 1  # The colons line up.
-    assert lines[-2] == "student_tllm_refit: test accuracy 70.00%"
+    lines = reporting.summary_lines(results)[:5]  # The stages' accuracies.
+    assert len({line.index(":") for line in lines}) == 1  # The colons line up.
+    assert lines[-1] == "student_tllm_refit: test accuracy 70.00%"
     assert set(reporting.to_json(results)["per_class_change"]) == {
         "student_kd", "student_tllm", "student_tllm_refit"}
 
@@ -143,9 +143,38 @@ def test_the_summary_says_whether_the_refit_kept_its_weights(workdir, kept, verd
     with open(workdir / "student_tllm_refit" / "refit_check.json", "w") as handle:
         json.dump(check, handle)
     results = reporting.load_results(str(workdir))
-    assert reporting.summary_lines(results)[-1] == (
-        f"TLLM refit on the held-out split: 71.00% against 74.50% (p = 0.000576), {verdict}")
+    assert (f"TLLM refit on the held-out split: 71.00% against 74.50% (p = 0.000576), {verdict}"
+            in reporting.summary_lines(results))
     assert reporting.to_json(results)["refit_check"] == check
+
+
+def test_each_tllm_students_gain_over_kd_is_split_by_the_final_mask(workdir):
+    # Classes weighted by their test images; dog and fish are masked at the end.
+    counts = (10, 30, 20, 40)
+    _write_stage(workdir, "student_kd", [0.9, 0.6, 0.5, 0.8], counts)
+    _write_stage(workdir, "student_tllm", [0.8, 0.9, 0.5, 0.7], counts)
+    _write_stage(workdir, "student_tllm_refit", [0.9, 0.6, 0.5, 0.8], counts)
+    results = reporting.load_results(str(workdir))
+    gains = reporting.gain_by_mask(results)
+    # Masked: dog +0.3 on 30% of the images, fish -0.1 on 40%; the others: cat -0.1 on 10%.
+    assert gains["student_tllm"] == pytest.approx(
+        {"masked": 0.05, "not_masked": -0.01, "num_masked": 2})
+    assert gains["student_tllm_refit"] == pytest.approx(
+        {"masked": 0.0, "not_masked": 0.0, "num_masked": 2})
+    assert ("student_tllm minus KD: +4.00 points, +5.00 from the 2 masked classes and -1.00 "
+            "from the other 2") in reporting.summary_lines(results)
+    assert reporting.to_json(results)["gain_by_mask"] == gains
+
+
+def test_without_a_masked_class_the_gain_is_not_split(workdir):
+    with open(workdir / "student_tllm" / "mask_log.jsonl", "a") as handle:
+        handle.write(json.dumps({
+            "epoch": 5, "student_accuracy": [0.5] * 4, "reference_accuracy": [0.6] * 4,
+            "num_samples": [5] * 4, "class_mask": [1.0] * 4, "num_undistillable_classes": 0})
+            + "\n")
+    results = reporting.load_results(str(workdir))
+    assert reporting.gain_by_mask(results) == {}
+    assert not any("minus KD" in line for line in reporting.summary_lines(results))
 
 
 def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):

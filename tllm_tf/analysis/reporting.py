@@ -14,6 +14,8 @@ the baseline), `per_class` (name -> array, NaN where a class has no test
 example), `accuracy` (name -> overall test accuracy), `num_samples`,
 `final_mask` (array or None), `mask_history` (records of
 `mask_log.jsonl`) and `refit_check` (the refit's `refit_check.json`, or None).
+`gain_by_mask` splits each TLLM student's gain over KD between the classes
+it masked and the others.
 
 It imports no TensorFlow (tools/report.py reads a workdir without it), and
 matplotlib only to write the plots.
@@ -111,6 +113,55 @@ def undistillable_classes(results):
     return below_baseline(results)[models[1]], f"{models[1]} below {models[0]}"
 
 
+def class_share(per_class, num_samples, classes):
+    """The part of overall accuracy that some classes contribute.
+
+    Args:
+        per_class: `(..., num_classes)` per-class accuracy (NaN, for a class
+            with no example, counts as 0).
+        num_samples: `(num_classes,)` examples of each class.
+        classes: `(..., num_classes)` booleans, the classes counted.
+
+    Returns:
+        `(...)`: the counted classes' accuracy weighted by their share of
+        the examples. The parts of complementary sets of classes add up to
+        the overall accuracy.
+    """
+    weights = np.asarray(num_samples, np.float64)
+    return (np.nan_to_num(per_class) * weights * classes).sum(axis=-1) / weights.sum()
+
+
+def gain_by_mask(results):
+    """Each TLLM student's gain over the KD student, split by TLLM's final mask.
+
+    Masking a class can give it back what KD cost it, and can also take
+    accuracy from the classes it is confused with (docs/study.md, "Where the
+    gain comes from"). The two parts show which happened.
+
+    Returns:
+        `{stage: {"masked": ..., "not_masked": ..., "num_masked": n}}`, the
+        parts of the student minus KD in overall test accuracy (0-1) from
+        the classes masked at the end and from the others; empty without a
+        KD student, a masked class or per-class counts.
+    """
+    kd = workdir_files.student_stage("distilled")
+    final_mask, counts = results["final_mask"], results["num_samples"]
+    if kd not in results["per_class"] or final_mask is None or counts is None:
+        return {}
+    masked = np.asarray(final_mask) <= 0
+    if not masked.any():
+        return {}
+    per_class = results["per_class"]
+    gains = {}
+    for stage in COLUMNS[2:]:
+        if stage in per_class:
+            difference = per_class[stage] - per_class[kd]
+            gains[stage] = {"masked": float(class_share(difference, counts, masked)),
+                            "not_masked": float(class_share(difference, counts, ~masked)),
+                            "num_masked": int(masked.sum())}
+    return gains
+
+
 def _percent(value):
     return "n/a" if np.isnan(value) else f"{100 * value:.1f}"
 
@@ -168,6 +219,12 @@ def summary_lines(results):
         lines.append(f"TLLM refit on the held-out split: {100 * check['refit_accuracy']:.2f}% "
                      f"against {100 * check['tllm_accuracy']:.2f}% (p = {check['p_value']:.3g}), "
                      f"{verdict}")
+    num_classes = len(results["class_names"])
+    for stage, gain in gain_by_mask(results).items():
+        lines.append(
+            f"{stage} minus KD: {100 * (gain['masked'] + gain['not_masked']):+.2f} points, "
+            f"{100 * gain['masked']:+.2f} from the {gain['num_masked']} masked classes and "
+            f"{100 * gain['not_masked']:+.2f} from the other {num_classes - gain['num_masked']}")
     return lines
 
 
@@ -210,6 +267,7 @@ def to_json(results):
         "below_baseline": below_baseline(results),
         "mask_history": mask_changes(results),
         "refit_check": results.get("refit_check"),
+        "gain_by_mask": gain_by_mask(results),
     }
 
 

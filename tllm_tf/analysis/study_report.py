@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from tllm_tf import atomic
-from tllm_tf.analysis import study_stats
+from tllm_tf.analysis import reporting, study_stats
 
 LABELS_ARM = "labels"
 KD_ARM = "kd"
@@ -78,10 +78,8 @@ def _gain_by_mask(arm_pc, kd_pc, labels_pc, masked):
     as many images of each class (Fashion-MNIST's). The label-only student minus KD on the same
     masked classes is what masking them could give back if nothing else changed.
     """
-    num_classes = masked.shape[1]
-
-    def part(per_class, where):
-        return (per_class * where).sum(axis=1) / num_classes
+    def part(per_class, where):  # As many test images of each class.
+        return reporting.class_share(per_class, np.ones(masked.shape[1]), where)
 
     def class_means(where):  # Per class, minus KD averaged over the seeds in `where`.
         counts = where.sum(axis=0)
