@@ -334,6 +334,23 @@ def test_per_class_reference_falls_back_to_unpaired_with_a_warning(tiny_data, he
     assert "unpaired rule" in caplog.text
 
 
+@pytest.mark.parametrize("reference, warned", [
+    ([0.9, 0.1, 0.8, 0.25], "classes [1, 3] right on no more than chance (25%) of their "
+                            "held-out images (10%, 25%)"),
+    ([0.9, 0.3, 0.8, 0.6], None)])
+def test_a_reference_that_has_not_learned_a_class_is_warned_about(
+        tiny_data, held_out, caplog, reference, warned):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference)
+    with caplog.at_level("WARNING"):
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    if warned:
+        assert warned in caplog.text
+        assert "never masked" in caplog.text
+    else:
+        assert "has not learned" not in caplog.text
+
+
 def test_reference_predictions_of_another_split_are_refused(tiny_data, held_out, tmp_path):
     x, y = tiny_data
     reference_path = str(tmp_path / "reference.json")

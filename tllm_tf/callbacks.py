@@ -312,12 +312,30 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if self.options.sticky:
             self._looks = max(1, sum(self._is_update_epoch(e) for e in range(epochs)))
         self.reference_accuracy = self._reference_history[-1]
+        self._warn_about_unlearned_classes(num_classes)
         self.student_accuracy = None
         self.p_values = None
         if self._correctness is None or self._correctness.model is not self.model:
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = metrics_lib.PerImageCorrectness(self.model, num_classes)
         self._labels_checked = False
+
+    def _warn_about_unlearned_classes(self, num_classes):
+        """Warns of classes the finished reference gets right no more often than chance.
+
+        The student is never behind such a reference on them, so they are
+        never masked: a failed reference (a class it never learned) silently
+        turns TLLM into KD there.
+        """
+        unlearned = np.flatnonzero(self.reference_accuracy <= 1.0 / num_classes)
+        if unlearned.size:
+            logging.warning(
+                "UndistillableClassCallback: the reference gets classes %s right on no more "
+                "than chance (%.0f%%) of their held-out images (%s): it has not learned them, "
+                "so the student is never behind it there and they are never masked. Train the "
+                "reference again (another seed, or a lower learning rate) to judge them.",
+                unlearned.tolist(), 100.0 / num_classes,
+                ", ".join(f"{100 * a:.0f}%" for a in self.reference_accuracy[unlearned]))
 
     def _mask_fixed_classes(self, num_classes):
         outside = [c for c in self.masked_classes if c >= num_classes]
