@@ -219,9 +219,10 @@ def soft_label_symmetric(inputs):
     them. Between `soft_label` (the other images keep the teacher's share,
     and the masked class takes its neighbours' images) and `isolate` (the
     share set to zero, and the masked class collapses). Measured as the
-    refit's policy (docs/study.md, "Where the gain comes from"): the
-    neighbours pay less than under `soft_label` and the masked classes gain
-    as much less; with the CNN student a masked Pullover collapses. With no
+    refit's policy (docs/study.md, "Where the gain comes from"): with the
+    MLP student the neighbours pay a seventh of what they pay under
+    `soft_label` and the masked classes gain a third; with the CNN student a
+    masked Pullover collapses. With no
     class masked, the teacher's logits are used unchanged (`hard_label` bit
     for bit).
     """
