@@ -223,8 +223,9 @@ def test_class_mean_policy_on_a_class_alone_in_its_batch_is_kd():
     assert per_sample[0] != pytest.approx(float(np.asarray(kd)[0]), rel=1e-3)
 
 
-@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean", "batch_soft_label",
-                                    "soft_label_exclude", "soft_label_symmetric", "drop"])
+@pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean",
+                                    "batch_soft_label", "soft_label_exclude",
+                                    "soft_label_symmetric", "drop"])
 def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
     x, y = tiny_data
     twin = _clone(student)

@@ -33,8 +33,8 @@ class PolicyInputs:
         temperature: the distillation loss's temperature (1 if it has none).
         class_mask: `(num_classes,)`, the class mask (1 = distil).
         distill: callable `(teacher_logits, student_logits) -> (batch,)`:
-            the distillation loss of these samples on other logits (the
-            policies `isolate` and `exclude` change what is distilled).
+            the distillation loss of these samples on other logits (for the
+            policies that change what the other samples distil).
     """
 
     distil_weight: object
@@ -82,10 +82,26 @@ def _softened_label_loss(inputs, confidence):
         inputs, confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others)
 
 
+def _teacher_probabilities(inputs):
+    """`(batch, num_classes)`: the teacher's distribution at `T` on each sample."""
+    return ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
+
+
 def _teacher_confidence(inputs):
     """`(batch, 1)`: the teacher's largest probability at `T` on each sample."""
-    return ops.max(ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1), axis=-1,
-                   keepdims=True)
+    return ops.max(_teacher_probabilities(inputs), axis=-1, keepdims=True)
+
+
+def _distilled_from_changed_teacher(inputs, probabilities):
+    """The distillation loss against the teacher's distribution changed to `probabilities`.
+
+    The loss sees the change through logits `T * log q`. With no class masked
+    the teacher's logits are used unchanged: `T * log(softmax(t / T))` is `t`
+    shifted, equal at `T` but not bit for bit.
+    """
+    teacher_logits = ops.where(ops.all(inputs.class_mask > 0.0), inputs.teacher_logits,
+                               _logits_at(probabilities, inputs.temperature))
+    return inputs.distill(teacher_logits, inputs.student_logits)
 
 
 def soft_label(inputs):
@@ -131,7 +147,7 @@ def class_mean(inputs):
     takes less from the neighbours and gives the masked classes less, and is
     below `soft_label` overall.
     """
-    probabilities = ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
+    probabilities = _teacher_probabilities(inputs)
     counts = ops.sum(inputs.targets, axis=0)
     class_means = ops.matmul(ops.transpose(inputs.targets), probabilities) / ops.maximum(
         ops.expand_dims(counts, -1), 1e-12)
@@ -153,15 +169,11 @@ def isolate(inputs):
     for a loss that standardises logits (`kd_ls`, `dkd_ls`) it is not the
     same change.
     """
-    kept = inputs.class_mask > 0.0
-    keep = ops.cast(kept, "float32")
-    probabilities = ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
+    keep = ops.cast(inputs.class_mask > 0.0, "float32")
+    probabilities = _teacher_probabilities(inputs)
     moved = ops.sum(probabilities * (1.0 - keep), axis=-1, keepdims=True)
-    isolated = _logits_at(probabilities * keep + inputs.targets * moved, inputs.temperature)
-    # T * log(softmax(t / T)) is t shifted: equal at T, not bit for bit, so unmasked keeps t.
-    teacher_logits = ops.where(ops.all(kept), inputs.teacher_logits, isolated)
-    return _gate(inputs, inputs.distill(teacher_logits, inputs.student_logits),
-                 inputs.student_loss)
+    return _gate(inputs, _distilled_from_changed_teacher(
+        inputs, probabilities * keep + inputs.targets * moved), inputs.student_loss)
 
 
 # Far below any logit / T, and finite, so that `0 * log(0)` terms stay 0.
@@ -222,20 +234,16 @@ def soft_label_symmetric(inputs):
     refit's policy (docs/study.md, "Where the gain comes from"): with the
     MLP student the neighbours pay a seventh of what they pay under
     `soft_label` and the masked classes gain a third; with the CNN student a
-    masked Pullover collapses. With no
-    class masked, the teacher's logits are used unchanged (`hard_label` bit
-    for bit).
+    masked Pullover collapses. With no class masked, the teacher's logits
+    are used unchanged (`hard_label` bit for bit).
     """
-    kept = inputs.class_mask > 0.0
-    keep = ops.cast(kept, "float32")
-    probabilities = ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
+    keep = ops.cast(inputs.class_mask > 0.0, "float32")
+    probabilities = _teacher_probabilities(inputs)
     confidence = ops.max(probabilities, axis=-1, keepdims=True)
     others = ops.cast(ops.shape(probabilities)[-1] - 1, "float32")
     evened = probabilities * keep + (1.0 - confidence) / others * (1.0 - keep)
     evened = evened / ops.sum(evened, axis=-1, keepdims=True)
-    teacher_logits = ops.where(ops.all(kept), inputs.teacher_logits,
-                               _logits_at(evened, inputs.temperature))
-    return _gate(inputs, inputs.distill(teacher_logits, inputs.student_logits),
+    return _gate(inputs, _distilled_from_changed_teacher(inputs, evened),
                  _softened_label_loss(inputs, confidence))
 
 
