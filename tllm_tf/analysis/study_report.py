@@ -248,13 +248,8 @@ def markdown(summaries):
             "points).", "",
             "Classes KD hurts beyond noise (paired 95% CI below 0): "
             + (", ".join(setting["hurt_classes"]) or "none") + ".", "",
-            "| arm | test accuracy | minus KD | minus labels | classes masked at end | mask "
-            "changes / class / 100 updates | updates masking a class KD did not hurt (that "
-            "seed) | updates masking a class KD helps beyond noise | on the classes KD hurt "
-            "(that seed): minus KD |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
-        paired = []
+        paired, rows = [], []
         for arm, entry in setting["arms"].items():
             if entry["baseline"] != KD_ARM:
                 on_hurt = entry.get("hurt_classes_minus_baseline")
@@ -267,13 +262,18 @@ def markdown(summaries):
                               "classes it hurts beyond noise: "
                               + (", ".join(entry["hurt_classes"]) or "none"))
             hurt = entry.get("hurt_classes_minus_kd")
-            lines.append(
-                f"| {arm} | {_accuracy(entry['accuracy'])} | {_points(entry['minus_kd'])} | "
-                f"{_points(entry['minus_labels'])} | {entry['masked_at_end']:.1f} | "
-                f"{entry['flips_per_100_updates']:.1f} | "
-                f"{100 * entry['not_hurt_masked_update_rate']:.1f}% | "
-                f"{_percent(entry['helped_masked_update_rate'])} | "
-                f"{_points(hurt) if hurt else '-'} |")
+            rows.append([arm, _accuracy(entry["accuracy"]), _points(entry["minus_kd"]),
+                         _points(entry["minus_labels"]), f"{entry['masked_at_end']:.1f}",
+                         f"{entry['flips_per_100_updates']:.1f}",
+                         f"{100 * entry['not_hurt_masked_update_rate']:.1f}%",
+                         _percent(entry["helped_masked_update_rate"]),
+                         _points(hurt) if hurt else "-"])
+        lines += _markdown_table(
+            ["arm", "test accuracy", "minus KD", "minus labels", "classes masked at end",
+             "mask changes / class / 100 updates",
+             "updates masking a class KD did not hurt (that seed)",
+             "updates masking a class KD helps beyond noise",
+             "on the classes KD hurt (that seed): minus KD"], rows)
         timed = setting.get("minutes_per_run")
         if timed:
             lines += ["", "Wall time per run, mean over the seeds (minutes): " + ", ".join(
@@ -283,15 +283,16 @@ def markdown(summaries):
                       "another loss against that loss without masking; a second pass against "
                       "its first):", *paired]
         per_class = setting["kd_minus_labels_per_class"]
-        lines += ["", "| class | KD minus labels (points) | " + " | ".join(
-            f"{arm}: masked at end" for arm in setting["arms"]) + " |",
-            "|---|---|" + "---|" * len(setting["arms"])]
+        rows = []
         for index, name in enumerate(setting["class_names"]):
             difference = {key: (value[index] if isinstance(value, list) else value)
                           for key, value in per_class.items()}
-            lines.append(f"| {name} | {_points(difference)} | " + " | ".join(
+            rows.append([name, _points(difference), *(
                 f"{entry['masked_at_end_per_class'][index]:.0%}"
-                for entry in setting["arms"].values()) + " |")
+                for entry in setting["arms"].values())])
+        lines += ["", *_markdown_table(
+            ["class", "KD minus labels (points)",
+             *(f"{arm}: masked at end" for arm in setting["arms"])], rows)]
         lines += _masked_by_harm_lines(setting)
         lines += _gain_by_mask_lines(setting)
         lines += _recovery_table(setting)
@@ -354,18 +355,15 @@ def _recovery_table(setting):
                   if entry.get("hurt_class_recovery")}
     if not recovering:
         return []
-    lines = ["", "The classes KD hurts beyond noise, arm by arm (accuracy on the class, %; "
-             "differences in points; recovered = minus KD above 0 beyond noise):", "",
-             "| class | labels | KD | arm | accuracy | minus KD | minus labels |",
-             "|---|---|---|---|---|---|---|"]
-    for name, accuracy in setting["hurt_class_accuracy"].items():
-        for arm, recovery in recovering.items():
-            entry = recovery[name]
-            lines.append(
-                f"| {name} | {100 * accuracy['labels']:.1f} | {100 * accuracy['kd']:.1f} | "
-                f"{arm} | {100 * entry['accuracy']:.1f} | {_points(entry['minus_kd'])} | "
-                f"{_points(entry['minus_labels'])} |")
-    return lines
+    rows = [[name, f"{100 * accuracy['labels']:.1f}", f"{100 * accuracy['kd']:.1f}", arm,
+             f"{100 * recovery[name]['accuracy']:.1f}", _points(recovery[name]["minus_kd"]),
+             _points(recovery[name]["minus_labels"])]
+            for name, accuracy in setting["hurt_class_accuracy"].items()
+            for arm, recovery in recovering.items()]
+    return ["", "The classes KD hurts beyond noise, arm by arm (accuracy on the class, %; "
+            "differences in points; recovered = minus KD above 0 beyond noise):", "",
+            *_markdown_table(
+                ["class", "labels", "KD", "arm", "accuracy", "minus KD", "minus labels"], rows)]
 
 
 def _panels(summaries):
