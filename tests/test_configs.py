@@ -68,6 +68,15 @@ def test_pair_files_inherit_the_recipe_and_command_line_flags_win(train_tool):
     assert config.epochs == 3 and config.teacher_epochs == 240
 
 
+def test_the_few_labels_study_differs_from_the_base_study_only_in_its_data_and_schedule(train_tool):
+    base = dataclasses.asdict(_config(train_tool, "--flagfile=configs/study_fashion.flags"))
+    few = dataclasses.asdict(_config(train_tool, "--flagfile=configs/study_fashion_few_labels.flags"))
+    changed = {key: few[key] for key in base if few[key] != base[key]}
+    assert changed == {"workdir": "runs/fashion_few_labels", "num_train": 1000, "epochs": 60,
+                       "lr_decay_epochs": (36, 48)}
+    assert few["teacher_epochs"] == 10  # the teachers are the base study's
+
+
 def test_every_config_field_has_a_flag_of_the_same_name(train_tool):
     missing = {field.name for field in dataclasses.fields(RunConfig)} - set(train_tool.FLAGS)
     assert not missing
