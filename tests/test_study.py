@@ -13,6 +13,7 @@ import pytest
 from tllm_tf.analysis import study
 from tllm_tf.analysis import study_report
 from tllm_tf.analysis import study_stats
+from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.config import RunConfig
 
@@ -151,6 +152,30 @@ def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
     with pytest.raises(ValueError, match="tllm_patience2 must run first"):
         study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
                    teacher_models=["cnn_tiny"], arms=["tllm_two_pass", "tllm_patience2"])
+
+
+def test_a_root_whose_finished_runs_had_another_recipe_is_refused(tmp_path):
+    def planned(**overrides):
+        return study.plan(_base(**overrides), root=str(tmp_path), seeds=[0],
+                          student_models=["mlp_4"], teacher_models=["cnn_tiny"], arms=["kd"])
+
+    teacher, labels, _ = planned()
+    for run in (teacher, labels):  # finished: recorded, and its workdir claimed
+        workdir_lib.claim(run.config.workdir, run.config)
+        with open(tmp_path / study.RESULTS_FILE, "a") as handle:
+            handle.write(json.dumps({"seed": 0, "student": run.student, "teacher": run.teacher,
+                                     "arm": run.arm}) + "\n")
+    study.check_finished_runs(planned(), str(tmp_path))
+    study.check_finished_runs(planned(verbose=2), str(tmp_path))  # changes nothing computed
+    with pytest.raises(ValueError) as error:
+        study.check_finished_runs(planned(num_train=60, temperature=2.0), str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"2 finished run(s) under --root={tmp_path} were trained with")
+    assert "--num_train: 120 in the workdir, 60 now" in message
+    assert "--temperature: 4.0 in the workdir, 2.0 now" in message
+    assert "Use a new --root" in message
+    with pytest.raises(ValueError, match="were trained with another configuration"):
+        study.run_study(planned(num_train=60), str(tmp_path))  # before training anything
 
 
 def test_plan_refuses_unknown_arms(tmp_path):
@@ -327,6 +352,11 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
     # A second run trains nothing and reports the same.
     again = zygote.run(command, timeout=600)  # forked: tests/zygote.py
     assert again.returncode == 0 and "[1/" not in again.stdout
+    assert json.loads((root / "study.json").read_text()) == summary
+    # The same root with another recipe is refused before anything trains.
+    other = zygote.run([*command, "--num_train=100"], timeout=600)
+    assert other.returncode != 0 and "[1/" not in other.stdout
+    assert "--num_train: 120 in the workdir, 100 now" in other.stderr
     assert json.loads((root / "study.json").read_text()) == summary
 
 

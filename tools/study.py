@@ -59,6 +59,8 @@ def main(argv):
             student_models=FLAGS.student_models, teacher_models=FLAGS.teacher_models, arms=FLAGS.arms,
             teacher_overrides={"num_train": FLAGS.teacher_num_train or None},
             shared_teacher_store=FLAGS.shared_teacher_store)
+        if not FLAGS.report_only:
+            study.check_finished_runs(runs, FLAGS.root)
     except ValueError as error:
         raise app.UsageError(str(error))
     results_dir = FLAGS.results_dir or FLAGS.root

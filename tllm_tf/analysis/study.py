@@ -29,6 +29,7 @@ from tllm_tf.analysis import study_stats
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import workdir_files
 
 RESULTS_FILE = "results.jsonl"
@@ -346,10 +347,17 @@ def run_study(runs, root, report=print):
 
     Returns:
         The result records of every run, in `runs` order.
+
+    Raises:
+        ValueError: if a run `root` has finished was trained with another
+            configuration than this plan's (another flag file, or a flag that
+            changes what is computed): one table would mix two studies.
+            Nothing is trained.
     """
     os.makedirs(root, exist_ok=True)
     results_path = os.path.join(root, RESULTS_FILE)
     done = {_key(record): record for record in _read_jsonl(results_path)}
+    check_finished_runs(runs, root, done)
     start, trained = time.time(), 0
     remaining = [run for run in runs
                  if (run.seed, run.student, run.teacher, run.arm) not in done]
@@ -368,6 +376,38 @@ def run_study(runs, root, report=print):
                f"{run.teacher or '-'} {run.arm}: test accuracy {record['accuracy']:.4f}; "
                f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left")
     return [done[(run.seed, run.student, run.teacher, run.arm)] for run in runs]
+
+
+def check_finished_runs(runs, root, done=None, shown=3):
+    """Checks that the runs of `runs` finished under `root` were trained as planned.
+
+    Args:
+        runs: the `StudyRun`s of `plan`.
+        root: the study's output folder.
+        done: its result records by run, if already read. Defaults to `None`
+            (read from `root`).
+        shown: how many mismatched runs the error names.
+
+    Raises:
+        ValueError: naming the finished runs whose workdir's configuration
+            differs from the plan's, and the flags that differ.
+    """
+    if done is None:
+        done = {_key(record): record for record in _read_jsonl(os.path.join(root, RESULTS_FILE))}
+    mismatched = []
+    for run in runs:
+        if (run.seed, run.student, run.teacher, run.arm) in done:
+            config = _with_first_pass_mask(run, done)
+            differences = workdir_lib.config_differences(config.workdir, config)
+            if differences:
+                mismatched.append(f"{config.workdir}:\n    " + "\n    ".join(differences))
+    if mismatched:
+        more = len(mismatched) - shown
+        raise ValueError(
+            f"{len(mismatched)} finished run(s) under --root={root} were trained with another "
+            "configuration than this command's, and a report would mix the two:\n  "
+            + "\n  ".join(mismatched[:shown]) + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\nUse a new --root for this configuration, or the flags the root was run with.")
 
 
 def final_masked_classes(record):

@@ -30,6 +30,40 @@ def save_model(model, path):
     os.replace(temporary, path)
 
 
+def config_differences(workdir, config):
+    """The flags that a finished or started run in `workdir` had set otherwise than `config`.
+
+    Args:
+        workdir: a run's workdir.
+        config: the `RunConfig` it would be run with now.
+
+    Returns:
+        One line per differing flag (`--name: old in the workdir, new now`), the
+        `RESUMABLE_CHANGES` and the workdir itself left out; empty when they agree
+        or the workdir holds no run.
+
+    Raises:
+        ValueError: if the workdir's `config.json` cannot be read.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as handle:
+            previous = config_lib.RunConfig.from_json(handle.read())
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"{path!r} is not a readable configuration ({error}). Use a new "
+            "--workdir, or delete that file if the workdir is yours to reuse."
+        ) from None
+    return [
+        f"--{name}: {getattr(previous, name)!r} in the workdir, {getattr(config, name)!r} now"
+        for name in config_lib.RunConfig.__dataclass_fields__
+        if name not in RESUMABLE_CHANGES and name != "workdir"
+        and getattr(previous, name) != getattr(config, name)
+    ]
+
+
 def claim(workdir, config):
     """Writes `config.json`, or checks that the workdir belongs to `config`.
 
@@ -38,25 +72,10 @@ def claim(workdir, config):
             naming the flags that differ; nothing is overwritten.
     """
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        try:
-            with open(path) as handle:
-                previous = config_lib.RunConfig.from_json(handle.read())
-        except (ValueError, TypeError, KeyError) as error:
-            raise ValueError(
-                f"{path!r} is not a readable configuration ({error}). Use a new "
-                "--workdir, or delete that file if the workdir is yours to reuse."
-            ) from None
-        differences = [
-            f"--{name}: {getattr(previous, name)!r} in the workdir, {getattr(config, name)!r} now"
-            for name in config_lib.RunConfig.__dataclass_fields__
-            if name not in RESUMABLE_CHANGES and name != "workdir"
-            and getattr(previous, name) != getattr(config, name)
-        ]
-        if differences:
-            raise ValueError(
-                f"The workdir {workdir!r} belongs to a run with a different "
-                "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
-                + "\nUse a new --workdir, or the workdir's flags.")
-    atomic.write_json(path, json.loads(config.to_json()))
+    differences = config_differences(workdir, config)
+    if differences:
+        raise ValueError(
+            f"The workdir {workdir!r} belongs to a run with a different "
+            "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
+            + "\nUse a new --workdir, or the workdir's flags.")
+    atomic.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
