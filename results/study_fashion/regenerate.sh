@@ -9,8 +9,9 @@ cd "$(dirname "$0")/../.."
 ROOT="${1:-runs/study}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 RULES=kd,tllm,unpaired,paired,paired_matched,paired_matched_sticky,paired_matched_sticky_bh,paired_matched_sticky_soft_label,paired_sticky_half_warmup,paired_matched_sticky_half_warmup
+FLAGFILE=configs/study_fashion.flags
 report() {  # report OUT_DIR SEEDS STUDENTS TEACHERS ARMS
-    if "$PYTHON" tools/study.py --flagfile=configs/study_fashion.flags --root="$ROOT" \
+    if "$PYTHON" tools/study.py --flagfile="$FLAGFILE" --root="$ROOT" \
         --seeds="$2" --student_models="$3" --teacher_models="$4" --arms="$5" \
         --report_only --results_dir="results/study_fashion/$1" > /dev/null; then
         echo "results/study_fashion/$1/study.md"
@@ -100,3 +101,11 @@ ROOT="$TRADE_ROOT" report class_mean "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,t
 # ... and the cluster on the fresh seeds 30-39 (FRESH40_ROOT, concatenated again once these runs
 # had finished).
 ROOT="$FRESH40_ROOT" report trade_fresh "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_patience2,tllm_refit,soft_label_topwear,hard_label_topwear
+# Where KD helps (2026-12-05): the second recipe, 1,000 labelled images for 60 epochs
+# (configs/study_fashion_few_labels.flags), seeds 0-9, the default against KD and labels
+# (FEW_ROOT: the results.jsonl of runs/study_few_a and runs/study_few_b concatenated).
+FEW_ROOT="${FEW_ROOT:-runs/study_few}"
+FLAGFILE=configs/study_fashion_few_labels.flags
+ROOT="$FEW_ROOT" report few_labels "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+# ... without seed 0, the one-seed pilot that chose the recipe.
+ROOT="$FEW_ROOT" report few_labels_after_pilot 1,2,3,4,5,6,7,8,9 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
