@@ -106,6 +106,6 @@ ROOT="$FRESH40_ROOT" report trade_fresh "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_25
 # (FEW_ROOT: the results.jsonl of runs/study_few_a and runs/study_few_b concatenated).
 FEW_ROOT="${FEW_ROOT:-runs/study_few}"
 FLAGFILE=configs/study_fashion_few_labels.flags
-ROOT="$FEW_ROOT" report few_labels "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+ROOT="$FEW_ROOT" report few_labels "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit,unpaired
 # ... without seed 0, the one-seed pilot that chose the recipe.
-ROOT="$FEW_ROOT" report few_labels_after_pilot 1,2,3,4,5,6,7,8,9 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+ROOT="$FEW_ROOT" report few_labels_after_pilot 1,2,3,4,5,6,7,8,9 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit,unpaired
