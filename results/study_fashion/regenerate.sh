@@ -10,8 +10,9 @@ ROOT="${1:-runs/study}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 RULES=kd,tllm,unpaired,paired,paired_matched,paired_matched_sticky,paired_matched_sticky_bh,paired_matched_sticky_soft_label,paired_sticky_half_warmup,paired_matched_sticky_half_warmup
 FLAGFILE=configs/study_fashion.flags
+EXTRA_FLAGS=""  # flags of a study run beside its flag file
 report() {  # report OUT_DIR SEEDS STUDENTS TEACHERS ARMS
-    if "$PYTHON" tools/study.py --flagfile="$FLAGFILE" --root="$ROOT" \
+    if "$PYTHON" tools/study.py --flagfile="$FLAGFILE" $EXTRA_FLAGS --root="$ROOT" \
         --seeds="$2" --student_models="$3" --teacher_models="$4" --arms="$5" \
         --report_only --results_dir="results/study_fashion/$1" > /dev/null; then
         echo "results/study_fashion/$1/study.md"
@@ -109,3 +110,7 @@ FLAGFILE=configs/study_fashion_few_labels.flags
 ROOT="$FEW_ROOT" report few_labels "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit,unpaired
 # ... without seed 0, the one-seed pilot that chose the recipe.
 ROOT="$FEW_ROOT" report few_labels_after_pilot 1,2,3,4,5,6,7,8,9 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit,unpaired
+# ... and with a held-out split of 1,000 images (100 a class) instead of 6,000, the mlp_256 teacher
+# (SMALL_HOLDOUT_ROOT: runs/study_few_small_holdout_a and _b concatenated).
+SMALL_HOLDOUT_ROOT="${SMALL_HOLDOUT_ROOT:-runs/study_few_small_holdout}"
+EXTRA_FLAGS=--holdout_fraction=0.016667 ROOT="$SMALL_HOLDOUT_ROOT" report few_labels_small_holdout "$ALL" mlp_16 mlp_256 kd,tllm_refit
