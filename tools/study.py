@@ -59,8 +59,6 @@ def main(argv):
             student_models=FLAGS.student_models, teacher_models=FLAGS.teacher_models, arms=FLAGS.arms,
             teacher_overrides={"num_train": FLAGS.teacher_num_train or None},
             shared_teacher_store=FLAGS.shared_teacher_store)
-        if not FLAGS.report_only:
-            study.check_finished_runs(runs, FLAGS.root)
     except ValueError as error:
         raise app.UsageError(str(error))
     results_dir = FLAGS.results_dir or FLAGS.root
@@ -73,7 +71,11 @@ def main(argv):
                 "as it is. Pass the --root the study ran in, or the --seeds, --student_models, "
                 "--teacher_models and --arms it ran.")
     else:
-        records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True))
+        try:  # Refused before anything trains.
+            records = study.run_study(runs, FLAGS.root,
+                                      report=lambda line: print(line, flush=True))
+        except study.MixedStudyError as error:
+            raise app.UsageError(str(error))
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     print(study_report.write(records, results_dir, command=command,
                              baselines=study.paired_baselines()))

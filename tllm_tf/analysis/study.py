@@ -42,6 +42,11 @@ MASKED_CLASSES_FROM = "masked_classes_from"
 # seed. A second pass (`MASKED_CLASSES_FROM`) is compared with its first pass without it.
 PAIRED_WITH = "paired_with"
 
+
+class MixedStudyError(ValueError):
+    """A study root holds finished runs of another configuration than the plan's."""
+
+
 # Arms: RunConfig overrides of the distilled students, the alternatives the
 # defaults were chosen among (docs/study.md). "tllm_patience2" is the library's
 # default rule and policy; "tllm" was the default until patience 2 replaced
@@ -336,6 +341,15 @@ def _key(record):
     return (record["seed"], record["student"], record["teacher"], record["arm"])
 
 
+def _run_key(run):
+    return (run.seed, run.student, run.teacher, run.arm)
+
+
+def _finished(root):
+    """The result records of `root/results.jsonl`, by run."""
+    return {_key(record): record for record in _read_jsonl(os.path.join(root, RESULTS_FILE))}
+
+
 def run_study(runs, root, report=print):
     """Trains every run not yet finished; appends each result to `root/results.jsonl`.
 
@@ -349,18 +363,17 @@ def run_study(runs, root, report=print):
         The result records of every run, in `runs` order.
 
     Raises:
-        ValueError: if a run `root` has finished was trained with another
+        MixedStudyError: if a run `root` has finished was trained with another
             configuration than this plan's (another flag file, or a flag that
             changes what is computed): one table would mix two studies.
             Nothing is trained.
     """
     os.makedirs(root, exist_ok=True)
     results_path = os.path.join(root, RESULTS_FILE)
-    done = {_key(record): record for record in _read_jsonl(results_path)}
+    done = _finished(root)
     check_finished_runs(runs, root, done)
     start, trained = time.time(), 0
-    remaining = [run for run in runs
-                 if (run.seed, run.student, run.teacher, run.arm) not in done]
+    remaining = [run for run in runs if _run_key(run) not in done]
     for index, run in enumerate(remaining):
         run_start = time.time()
         run = dataclasses.replace(run, config=_with_first_pass_mask(run, done))
@@ -375,7 +388,7 @@ def run_study(runs, root, report=print):
         report(f"[{index + 1}/{len(remaining)}] seed {run.seed} {run.student or '-'} "
                f"{run.teacher or '-'} {run.arm}: test accuracy {record['accuracy']:.4f}; "
                f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left")
-    return [done[(run.seed, run.student, run.teacher, run.arm)] for run in runs]
+    return [done[_run_key(run)] for run in runs]
 
 
 def check_finished_runs(runs, root, done=None, shown=3):
@@ -389,21 +402,21 @@ def check_finished_runs(runs, root, done=None, shown=3):
         shown: how many mismatched runs the error names.
 
     Raises:
-        ValueError: naming the finished runs whose workdir's configuration
-            differs from the plan's, and the flags that differ.
+        MixedStudyError: naming the finished runs whose workdir's
+            configuration differs from the plan's, and the flags that differ.
     """
     if done is None:
-        done = {_key(record): record for record in _read_jsonl(os.path.join(root, RESULTS_FILE))}
+        done = _finished(root)
     mismatched = []
     for run in runs:
-        if (run.seed, run.student, run.teacher, run.arm) in done:
+        if _run_key(run) in done:
             config = _with_first_pass_mask(run, done)
             differences = workdir_lib.config_differences(config.workdir, config)
             if differences:
                 mismatched.append(f"{config.workdir}:\n    " + "\n    ".join(differences))
     if mismatched:
         more = len(mismatched) - shown
-        raise ValueError(
+        raise MixedStudyError(
             f"{len(mismatched)} finished run(s) under --root={root} were trained with another "
             "configuration than this command's, and a report would mix the two:\n  "
             + "\n  ".join(mismatched[:shown]) + (f"\n  ... and {more} more" if more > 0 else "")
@@ -448,6 +461,5 @@ def base_kwargs(config):
 
 def finished_records(runs, root):
     """The result records of the runs of `runs` that `root/results.jsonl` holds."""
-    done = {_key(record): record for record in _read_jsonl(os.path.join(root, RESULTS_FILE))}
-    return [done[key] for key in ((r.seed, r.student, r.teacher, r.arm) for r in runs)
-            if key in done]
+    done = _finished(root)
+    return [done[_run_key(run)] for run in runs if _run_key(run) in done]
