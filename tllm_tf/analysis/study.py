@@ -152,6 +152,11 @@ ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
 # pipeline/refit_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
 # bit for bit. Its first pass is its own tllm student, which tllm_patience2 trains alike.
 ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit"), PAIRED_WITH: "tllm_patience2"}
+# The default with the rule looking every third epoch after the warm-up instead of every epoch:
+# in the 60-epoch recipe, ten looks as in the 20-epoch base setting, so that patience 2 and the
+# level per look cover the same part of training (docs/study.md, "Ten looks").
+ARMS["tllm_refit_every3"] = {"students": ("tllm", "tllm_refit"), "update_every": 3,
+                             PAIRED_WITH: "tllm_refit"}
 # The same with the refit under `class_mean` (each masked sample distilled towards the teacher's
 # average over its class): unguarded, it is tllm_two_pass_class_mean bit for bit.
 ARMS["tllm_refit_class_mean"] = {"students": ("tllm", "tllm_refit"), "refit_policy": "class_mean",
