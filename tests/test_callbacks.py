@@ -68,6 +68,32 @@ def test_update_schedule_follows_warmup_and_update_every(tiny_data, held_out, tm
     assert counts[:2] == [0, 0] and counts[2] > 0
 
 
+@pytest.mark.parametrize("epochs, warmup_epochs, update_every, expected", [
+    (20, None, None, (10, 1)),   # The base study: one look an epoch, as the defaults were chosen.
+    (60, None, None, (30, 3)),   # Three times the epochs: still ten looks, every third epoch.
+    (240, 30, None, (30, 21)),
+    (25, None, None, (12, 1)),   # Fewer than ten epochs a look apart: every epoch.
+    (60, None, 1, (30, 1)),      # Given: kept.
+    (0, None, None, (0, 1)),     # No fit yet.
+])
+def test_update_schedule_spreads_ten_looks_unless_given(
+        epochs, warmup_epochs, update_every, expected):
+    schedule = tllm_tf.callbacks.update_schedule(epochs, warmup_epochs, update_every)
+    assert schedule == expected
+
+
+def test_default_update_schedule_takes_ten_looks_after_the_warmup(tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    log_path = str(tmp_path / "log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=np.ones(NUM_CLASSES), warmup_epochs=2, log_path=log_path)
+    assert callback.get_config()["update_every"] is None
+    _distiller().fit(x, y, batch_size=8, epochs=22, verbose=0, callbacks=[callback])
+    with open(log_path) as handle:
+        assert [json.loads(line)["epoch"] for line in handle] == [4, 6, 8, 10, 12, 14, 16, 18,
+                                                                  20, 22]
+
+
 def test_max_updates_closes_the_window_and_keeps_the_mask(tiny_data, held_out, tmp_path):
     """Two updates (epochs 2 and 3), then the mask of epoch 3 to the end, even if the rule would
     now unmask a class: a class judged behind by a perfect reference stays behind."""

@@ -32,6 +32,33 @@ from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
 from tllm_tf import reference as reference_lib
 
+# Looks the rule takes after the warm-up when `update_every` is not given: the
+# number the defaults were chosen with (20 epochs, warm-up 10, one look an
+# epoch), kept whatever the schedule so that `patience` and the level per look
+# cover the same part of training (docs/study.md, "Ten looks").
+DEFAULT_LOOKS = 10
+
+
+def update_schedule(epochs, warmup_epochs=None, update_every=None):
+    """The epochs before the first update and between updates of a fit.
+
+    Args:
+        epochs: the fit's number of epochs.
+        warmup_epochs: epochs before the first update, or `None` for half of
+            `epochs`.
+        update_every: epochs between updates, or `None` to spread
+            `DEFAULT_LOOKS` updates over the epochs after the warm-up (one
+            every `(epochs - warmup) // DEFAULT_LOOKS` epochs, at least every
+            epoch).
+
+    Returns:
+        `(warmup_epochs, update_every)`, both resolved to integers.
+    """
+    warmup = epochs // 2 if warmup_epochs is None else int(warmup_epochs)
+    if update_every is None:
+        update_every = max(1, (epochs - warmup) // DEFAULT_LOOKS)
+    return warmup, int(update_every)
+
 
 class UndistillableClassCallback(keras.callbacks.Callback):
     """Updates a `Distiller`'s class mask from held-out results.
@@ -105,7 +132,12 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             student and the reference differ for real on classes where the
             final students agree, and a sticky mask would keep those
             (docs/study.md). Defaults to `None`.
-        update_every: epochs between updates, `>= 1`. Defaults to `1`.
+        update_every: epochs between updates, `>= 1`, or `None` to spread
+            ten updates over the epochs after the warm-up (every
+            `(epochs - warmup) // 10` epochs, at least every epoch): a class
+            must then be behind for the same part of training to be masked,
+            whatever the number of epochs (docs/study.md, "Ten looks").
+            Defaults to `None`.
         sticky: whether a masked class stays masked; without it a masked
             class recovers, looks fine, is unmasked and falls again.
             Defaults to `True`.
@@ -157,7 +189,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         correction="holm",
         margin=0.0,
         warmup_epochs=None,
-        update_every=1,
+        update_every=None,
         sticky=True,
         min_samples=1,
         log_path=None,
@@ -176,7 +208,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if warmup_epochs is not None and warmup_epochs < 0:
             raise ValueError(
                 f"Expected warmup_epochs >= 0. Received: warmup_epochs={warmup_epochs}")
-        if update_every < 1:
+        if update_every is not None and update_every < 1:
             raise ValueError(
                 f"Expected update_every >= 1. Received: update_every={update_every}")
         if max_updates is not None and max_updates < 1:
@@ -190,13 +222,14 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.validation_data = metrics_lib.as_dataset(validation_data)
         self.reference = reference
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
-        self.update_every = int(update_every)
+        self.update_every = None if update_every is None else int(update_every)
         self.max_updates = None if max_updates is None else int(max_updates)
         self.masked_classes = masked_classes
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
         self._matched = bool(epoch_matched)
-        self._warmup = self.warmup_epochs or 0
+        self._warmup, self._update_every = update_schedule(
+            0, self.warmup_epochs or 0, self.update_every)
         self._looks = 1
         self.effective_rule = rule
         self.reference_accuracy = None
@@ -303,7 +336,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._reference_source = "the reference"
         self._resolve_reference(num_classes)
         epochs = (self.params or {}).get("epochs") or 0
-        self._warmup = self.warmup_epochs if self.warmup_epochs is not None else epochs // 2
+        self._warmup, self._update_every = update_schedule(
+            epochs, self.warmup_epochs, self.update_every)
         # A sticky mask acts on the first significant look, so the level is
         # spent over the fit's planned updates (Bonferroni over time): the
         # chance that a class KD does not hurt is ever masked stays below
@@ -353,9 +387,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
 
     def _is_update_epoch(self, epoch):
         since_warmup = epoch + 1 - self._warmup
-        if since_warmup <= 0 or since_warmup % self.update_every:
+        if since_warmup <= 0 or since_warmup % self._update_every:
             return False
-        return self.max_updates is None or since_warmup // self.update_every <= self.max_updates
+        return self.max_updates is None or since_warmup // self._update_every <= self.max_updates
 
     def _evidence(self, epoch, correct, labels, num_classes):
         hits, total = metrics_lib.counts_from_correctness(correct, labels, num_classes)

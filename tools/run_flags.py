@@ -84,7 +84,8 @@ flags.DEFINE_enum("correction", _DEFAULTS.correction, list(config_lib.CORRECTION
 flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
 flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask "
                      "update. Default: half of --epochs.")
-flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates.")
+flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates. "
+                     "Default: ten updates spread over the epochs after the warm-up.")
 flags.DEFINE_integer("max_updates", _DEFAULTS.max_updates, "Mask updates to make; then the "
                      "mask stays as it is to the end. Default: update to the end.")
 flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked (--nosticky: "

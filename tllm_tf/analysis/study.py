@@ -190,6 +190,11 @@ for _arm in ("tllm", "paired", "paired_sticky_half_warmup", "paired_matched_stic
              "paired_matched_sticky_soft_label", "tllm_final_reference",
              *(f"{_loss}_tllm" for _loss in _LOSS_OVERRIDES)):
     ARMS[_arm].setdefault("patience", 1)
+# The TLLM arms run before ten looks became the default (2026-12-05), with the look an epoch
+# they were run with; in the base setting (warm-up 10 of 20 epochs) that is the default too.
+for _spec in ARMS.values():
+    if "tllm" in _spec["students"]:
+        _spec.setdefault("update_every", 1)
 
 
 @dataclasses.dataclass(frozen=True)

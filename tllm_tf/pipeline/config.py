@@ -94,7 +94,7 @@ class RunConfig:
     margin: float = 0.0
     # None: half of --epochs (docs/study.md chose it).
     warmup_epochs: Optional[int] = None
-    update_every: int = 1
+    update_every: Optional[int] = None
     # None: update to the end of training.
     max_updates: Optional[int] = None
     sticky: bool = True
@@ -182,7 +182,7 @@ class RunConfig:
         require(self.margin >= 0, f"margin must be >= 0. Received: {self.margin}")
         require(self.warmup_epochs is None or self.warmup_epochs >= 0,
                 f"warmup_epochs must be >= 0. Received: {self.warmup_epochs}")
-        require(self.update_every >= 1,
+        require(self.update_every is None or self.update_every >= 1,
                 f"update_every must be >= 1. Received: {self.update_every}")
         require(self.max_updates is None or self.max_updates >= 1,
                 f"max_updates must be >= 1 (or unset: no limit). Received: {self.max_updates}")

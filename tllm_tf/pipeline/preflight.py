@@ -16,8 +16,9 @@ import tempfile
 
 import numpy as np
 
-from tllm_tf.pipeline import multi_worker
+from tllm_tf import callbacks
 from tllm_tf import reference as reference_lib
+from tllm_tf.pipeline import multi_worker
 
 # A workdir's config.json is a few kilobytes; anything larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -63,11 +64,12 @@ def check_schedule(config):
         return
     if config.masked_classes or config.masked_classes_from:  # A fixed mask is not KD.
         return
-    warmup = config.warmup_epochs if config.warmup_epochs is not None else config.epochs // 2
-    first_update = warmup + config.update_every
+    warmup, update_every = callbacks.update_schedule(
+        config.epochs, config.warmup_epochs, config.update_every)
+    first_update = warmup + update_every
     if first_update > config.epochs:
         raise ValueError(
-            f"--warmup_epochs={warmup} and --update_every={config.update_every} put the "
+            f"--warmup_epochs={warmup} and --update_every={update_every} put the "
             f"first mask update after epoch {first_update}, but --epochs={config.epochs}: "
             "the mask would never change and TLLM would train as plain KD. Lower "
             "--warmup_epochs below --epochs (or use --students=distilled, or name the classes "
