@@ -114,3 +114,12 @@ ROOT="$FEW_ROOT" report few_labels_after_pilot 1,2,3,4,5,6,7,8,9 mlp_16,lenet_2 
 # (SMALL_HOLDOUT_ROOT: runs/study_few_small_holdout_a and _b concatenated).
 SMALL_HOLDOUT_ROOT="${SMALL_HOLDOUT_ROOT:-runs/study_few_small_holdout}"
 EXTRA_FLAGS=--holdout_fraction=0.016667 ROOT="$SMALL_HOLDOUT_ROOT" report few_labels_small_holdout "$ALL" mlp_16 mlp_256 kd,tllm_refit
+# Ten looks (2026-12-05, late morning): the default looking every third epoch of the 60 (ten
+# updates, as in the base setting) against every epoch (thirty), a second execution of the same
+# seeds on a fresh machine (LOOKS_ROOT: runs/few_looks_a and runs/few_looks_b concatenated); the
+# choice on seeds 0-4, its confirmation on 5-9, and the ten.
+LOOKS_ROOT="${LOOKS_ROOT:-runs/few_looks}"
+LOOKS_ARMS=kd,tllm_refit,tllm_refit_every3
+ROOT="$LOOKS_ROOT" report ten_looks_selection 0,1,2,3,4 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
+ROOT="$LOOKS_ROOT" report ten_looks_confirmation 5,6,7,8,9 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
+ROOT="$LOOKS_ROOT" report ten_looks "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
