@@ -94,6 +94,7 @@ class RunConfig:
     margin: float = 0.0
     # None: half of --epochs (docs/study.md chose it).
     warmup_epochs: Optional[int] = None
+    # None: ten updates spread over the epochs after the warm-up (docs/study.md, "Ten looks").
     update_every: Optional[int] = None
     # None: update to the end of training.
     max_updates: Optional[int] = None
