@@ -70,6 +70,10 @@ def test_every_arm_plans_a_valid_run_with_its_overrides(tmp_path):
                 assert getattr(planned[arm], name) == value, (arm, name)
     assert planned["tllm_patience2"].patience == 2 == RunConfig(workdir="x").patience
     assert planned["tllm"].patience == planned["dkd_tllm"].patience == 1  # Run before patience 2.
+    # Run before ten looks: a look an epoch; the default spreads ten looks over any schedule.
+    assert planned["tllm_refit"].update_every == planned["unpaired"].update_every == 1
+    assert planned["tllm_refit_every3"].update_every == 3
+    assert planned["kd"].update_every is None is RunConfig(workdir="x").update_every
 
 
 def test_a_second_pass_masks_the_first_pass_final_classes_and_makes_no_update(tmp_path):
