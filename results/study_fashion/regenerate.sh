@@ -123,3 +123,9 @@ LOOKS_ARMS=kd,tllm_refit,tllm_refit_every3
 ROOT="$LOOKS_ROOT" report ten_looks_selection 0,1,2,3,4 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
 ROOT="$LOOKS_ROOT" report ten_looks_confirmation 5,6,7,8,9 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
 ROOT="$LOOKS_ROOT" report ten_looks "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
+# ... five fresh seeds run after the choice (LOOKS_FRESH_ROOT: runs/few_fresh_a and _b
+# concatenated), and the fifteen seeds (LOOKS15_ROOT: LOOKS_ROOT and LOOKS_FRESH_ROOT concatenated).
+LOOKS_FRESH_ROOT="${LOOKS_FRESH_ROOT:-runs/few_fresh}"
+ROOT="$LOOKS_FRESH_ROOT" report ten_looks_fresh 10,11,12,13,14 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
+LOOKS15_ROOT="${LOOKS15_ROOT:-runs/few_15}"
+ROOT="$LOOKS15_ROOT" report ten_looks_15_seeds "$(seq -s, 0 14)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
