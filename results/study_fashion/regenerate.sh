@@ -129,3 +129,8 @@ LOOKS_FRESH_ROOT="${LOOKS_FRESH_ROOT:-runs/few_fresh}"
 ROOT="$LOOKS_FRESH_ROOT" report ten_looks_fresh 10,11,12,13,14 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
 LOOKS15_ROOT="${LOOKS15_ROOT:-runs/few_15}"
 ROOT="$LOOKS15_ROOT" report ten_looks_15_seeds "$(seq -s, 0 14)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
+# The base setting with T = 2 and label and distillation weights 0.5 and 0.5 (the other candidate
+# of the second recipe's pilot), the default against KD, seeds 0-9 (T2_ROOT: runs/t2_a and
+# runs/t2_b concatenated).
+T2_ROOT="${T2_ROOT:-runs/t2}"
+FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_ROOT" report t2 "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
