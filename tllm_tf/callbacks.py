@@ -228,8 +228,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
         self._matched = bool(epoch_matched)
-        self._warmup, self._update_every = update_schedule(
-            0, self.warmup_epochs or 0, self.update_every)
+        self._warmup, self._update_every = update_schedule(0, self.warmup_epochs, self.update_every)
         self._looks = 1
         self.effective_rule = rule
         self.reference_accuracy = None
