@@ -244,6 +244,29 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     assert "| b | 80.0 | 69.8 | tllm | 78.0 | +8.20 ± 0.16" in text
 
 
+def test_false_alarms_are_reported_per_seed_with_an_interval_and_the_seeds_above_the_bound():
+    records = []
+    for seed in range(4):
+        wobble = 0.001 * seed
+        # KD is ahead on "a" in every seed; seeds 0 and 1 mask it at 1 and 3 of their 10 updates.
+        masks = [[1.0, 0.0]] * 10
+        for update in range({0: 1, 1: 3}.get(seed, 0)):
+            masks[update] = [0.0, 0.0]
+        records += _labels_and_kd(seed) + [
+            _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78], masks=masks)]
+    (setting,) = study_report.summarise(records)
+    tllm = setting["arms"]["tllm"]
+    per_seed = np.array([0.1, 0.3, 0.0, 0.0])
+    assert tllm["not_hurt_masked_update_rate"] == pytest.approx(per_seed.mean())
+    half_width = study_stats.t_quantile_975(3) * per_seed.std(ddof=1) / 2
+    low, high = tllm["not_hurt_masked_update_rate_ci"]
+    assert low == 0.0  # The interval's lower end, below 0, is clipped.
+    assert high == pytest.approx(per_seed.mean() + half_width)
+    assert tllm["seeds_above_false_alarm_bound"] == 2
+    text = study_report.markdown([setting])
+    assert f"| 10.0% [0.0, {100 * high:.1f}]; 2 seeds > 5% |" in text
+
+
 def test_the_gain_over_kd_is_split_between_the_masked_classes_and_the_others():
     records = []
     for seed in range(5):

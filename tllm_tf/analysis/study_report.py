@@ -94,8 +94,26 @@ def _gain_by_mask(arm_pc, kd_pc, labels_pc, masked):
             "seeds_masked_per_class": masked.sum(axis=0).tolist()}
 
 
+# The issue's bound on false alarms: a class that is not behind masked on at most 5% of updates.
+FALSE_ALARM_BOUND = 0.05
 # Bands of KD minus labels on one class in one seed (test split, accuracy), worst first.
 HARM_BANDS = ((-1.0, -0.10), (-0.10, -0.05), (-0.05, -0.02), (-0.02, 0.02), (0.02, 1.0))
+
+
+def _false_alarms(masked_rate, seed_hurt):
+    """How often an arm masks a class the KD student is not below labels on, in that seed.
+
+    Per seed, the share of updates masking such a class (test split: masking it is a false
+    alarm), then its mean over the seeds with a 95% interval (Student's t, clipped at 0) and
+    the seeds above the issue's bound: ten seeds' mean alone cannot say whether the bound holds.
+    """
+    per_seed = np.array([rate[~hurt_here].mean() if (~hurt_here).any() else 0.0
+                         for rate, hurt_here in zip(masked_rate, seed_hurt)])
+    spread = study_stats.paired_difference(per_seed, np.zeros_like(per_seed))
+    return {"not_hurt_masked_update_rate": float(per_seed.mean()),
+            "not_hurt_masked_update_rate_ci": [max(0.0, float(spread["ci_low"])),
+                                               float(spread["ci_high"])],
+            "seeds_above_false_alarm_bound": int((per_seed > FALSE_ALARM_BOUND).sum())}
 
 
 def _masked_by_harm(kd_minus_labels, masked):
@@ -182,12 +200,8 @@ def summarise(records, baselines=None):
                 "masked_at_end": float(final.sum(axis=1).mean()),
                 "flips_per_100_updates": float(flips.mean()),
                 "masked_update_rate_per_class": masked_rate.mean(axis=0).tolist(),
-                # Per seed, the classes the KD student is not below the label-only
-                # student on (test split): masking them is a false alarm.
-                "not_hurt_masked_update_rate": float(np.mean(
-                    [rate[~hurt_here].mean() if (~hurt_here).any() else 0.0
-                     for rate, hurt_here in zip(masked_rate, seed_hurt)])),
             }
+            entry.update(_false_alarms(masked_rate, seed_hurt))
             entry["helped_masked_update_rate"] = (
                 float(masked_rate[:, helped].mean()) if helped.any() else None)
             if seed_hurt.any(axis=1).all():
@@ -230,6 +244,17 @@ def _accuracy(summary, scale=100.0):
     return f"{scale * summary['mean']:.2f} ± {scale * summary['std']:.2f}"
 
 
+def _false_alarm_cell(entry):
+    cell = f"{100 * entry['not_hurt_masked_update_rate']:.1f}%"
+    if "not_hurt_masked_update_rate_ci" not in entry:  # A summary written before the interval.
+        return cell
+    low, high = entry["not_hurt_masked_update_rate_ci"]
+    if not np.isfinite(high):  # One seed: no interval.
+        return cell
+    return (f"{cell} [{100 * low:.1f}, {100 * high:.1f}]; "
+            f"{entry['seeds_above_false_alarm_bound']} seeds > {100 * FALSE_ALARM_BOUND:.0f}%")
+
+
 def _percent(rate):
     return "-" if rate is None else f"{100 * rate:.1f}%"
 
@@ -265,13 +290,14 @@ def markdown(summaries):
             rows.append([arm, _accuracy(entry["accuracy"]), _points(entry["minus_kd"]),
                          _points(entry["minus_labels"]), f"{entry['masked_at_end']:.1f}",
                          f"{entry['flips_per_100_updates']:.1f}",
-                         f"{100 * entry['not_hurt_masked_update_rate']:.1f}%",
+                         _false_alarm_cell(entry),
                          _percent(entry["helped_masked_update_rate"]),
                          _points(hurt) if hurt else "-"])
         lines += _markdown_table(
             ["arm", "test accuracy", "minus KD", "minus labels", "classes masked at end",
              "mask changes / class / 100 updates",
-             "updates masking a class KD did not hurt (that seed)",
+             "updates masking a class KD did not hurt (that seed): mean [95% CI]; seeds above "
+             f"{100 * FALSE_ALARM_BOUND:.0f}%",
              "updates masking a class KD helps beyond noise",
              "on the classes KD hurt (that seed): minus KD"], rows)
         timed = setting.get("minutes_per_run")
