@@ -246,8 +246,6 @@ def _accuracy(summary, scale=100.0):
 
 def _false_alarm_cell(entry):
     cell = f"{100 * entry['not_hurt_masked_update_rate']:.1f}%"
-    if "not_hurt_masked_update_rate_ci" not in entry:  # A summary written before the interval.
-        return cell
     low, high = entry["not_hurt_masked_update_rate_ci"]
     if not np.isfinite(high):  # One seed: no interval.
         return cell
