@@ -44,7 +44,8 @@ def test_bad_flags_are_refused_before_anything_is_written(train, tmp_path, flags
 def test_data_set_not_on_this_machine_says_how_to_provide_it(train, tmp_path):
     result = train(f"--workdir={tmp_path / 'run'}", "--dataset=cifar100",
                     f"--data_dir={tmp_path / 'empty'}")
-    assert result.returncode != 0
+    assert result.returncode == 1
+    assert "Error: " in result.stderr and "flags:" not in result.stderr  # Not the help.
     assert "--data_dir" in result.stderr and "tfds build" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -385,7 +385,8 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
     assert json.loads((root / "study.json").read_text()) == summary
     # The same root with another recipe is refused before anything trains.
     other = zygote.run([*command, "--num_train=100"], timeout=600)
-    assert other.returncode != 0 and "[1/" not in other.stdout
+    assert other.returncode == 1 and "[1/" not in other.stdout
+    assert other.stderr.startswith("Error: ") and "--arms:" not in other.stderr
     assert "--num_train: 120 in the workdir, 100 now" in other.stderr
     assert json.loads((root / "study.json").read_text()) == summary
 
@@ -398,7 +399,9 @@ def test_a_report_of_no_finished_run_is_refused_and_overwrites_nothing(zygote, t
                        f"--root={tmp_path / 'empty_root'}", "--seeds=0", "--arms=kd",
                        "--student_models=mlp_4", "--teacher_models=cnn_tiny", "--report_only",
                        f"--results_dir={results_dir}"], timeout=300)
-    assert done.returncode != 0
-    assert "No run of this plan has finished under --root=" in done.stderr
+    assert done.returncode == 1
+    # The message alone, not the tool's help before it.
+    assert done.stderr.startswith("Error: No run of this plan has finished under --root=")
+    assert "--arms:" not in done.stderr
     assert (results_dir / "study.md").read_text() == "an earlier study's tables"
     assert sorted(os.listdir(results_dir)) == ["study.md"]

@@ -65,7 +65,7 @@ def main(argv):
     if FLAGS.report_only:
         records = study.finished_records(runs, FLAGS.root)
         if not records:  # An empty report would overwrite the tables of a study run elsewhere.
-            raise app.UsageError(
+            console.exit_with_error(
                 f"No run of this plan has finished under --root={FLAGS.root} (its "
                 f"{study.RESULTS_FILE}), so there is nothing to report and {results_dir} is left "
                 "as it is. Pass the --root the study ran in, or the --seeds, --student_models, "
@@ -75,7 +75,7 @@ def main(argv):
             records = study.run_study(runs, FLAGS.root,
                                       report=lambda line: print(line, flush=True))
         except study.MixedStudyError as error:
-            raise app.UsageError(str(error))
+            console.exit_with_error(error)
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     print(study_report.write(records, results_dir, command=command,
                              baselines=study.paired_baselines()))

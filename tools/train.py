@@ -11,7 +11,6 @@ SavedModels and the report are.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -61,8 +60,7 @@ def main(argv):
         # Bad input (data not found, a workdir of another configuration, a
         # corrupt checkpoint, ...): the message says what to do; a traceback
         # would only hide it. Nothing already written has been changed.
-        print(f"Error: {error}", file=sys.stderr)
-        sys.exit(1)
+        console.exit_with_error(error)
     if finished is None:
         return
     results = reporting.load_results(config.workdir)

@@ -89,6 +89,17 @@ def plain_log_lines():
         logging.Formatter("%(levelname)s: %(message)s"))
 
 
+def exit_with_error(error):
+    """Ends a tool on bad input that is not a flag's: `Error: <message>` and exit status 1.
+
+    For a refusal the message explains (data not found, a workdir or study root of another
+    configuration, nothing to report). absl's `UsageError` would print the tool's whole help
+    first and bury the message; it stays for flags that do not parse.
+    """
+    print(f"Error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
 def _flag(name, value):
     if isinstance(value, bool):
         return f"--{name}" if value else f"--no{name}"
