@@ -213,6 +213,13 @@ def test_tool_writes_all_figures_consistently(zygote, tmp_path):
         assert median[key] == pytest.approx(expected[key]), key
     assert median["store_bytes_per_1000_images_epoch"] == figures["store_bytes_per_1000_images_epoch"]
     assert "recomputed from" in recomputed.stdout
+    # A file without rounds is refused with the reason alone.
+    (tmp_path / "old.json").write_text(json.dumps({"tllm_over_keras": 1.0}))
+    refused = zygote.run(
+        [os.path.join(ROOT, "tools", "bench_throughput.py"),
+         f"--rounds_from={tmp_path / 'old.json'}"], env=env, timeout=300)
+    assert refused.returncode == 1 and "flags:" not in refused.stderr
+    assert "holds no rounds" in refused.stderr
     for key in ratios:
         lower, upper = figures[f"{key}_iqr"]
         assert lower <= figures[key] <= upper

@@ -99,6 +99,15 @@ def test_report_tool_from_a_workdir_writes_the_four_files(zygote, workdir, digit
     assert "TLLM undistillable classes at the end: ['8']" in stdout
 
 
+def test_report_tool_on_a_missing_workdir_prints_the_error_alone(zygote, tmp_path):
+    result = zygote.run(("tools/report.py", f"--workdir={tmp_path / 'no_such_run'}"),
+                        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 1
+    assert "Error: Expected a workdir with" in result.stderr
+    assert "flags:" not in result.stderr  # Not the tool's help before it.
+    assert not os.path.exists(tmp_path / "no_such_run")
+
+
 @pytest.mark.slow
 def test_report_tool_compares_saved_models_on_a_data_set(zygote, workdir, tmp_path):
     reference = workdir / "reference" / "model.keras"

@@ -51,6 +51,7 @@ import keras  # noqa: E402
 from tllm_tf.analysis import benchmark  # noqa: E402
 from tllm_tf.analysis import benchmark_figures  # noqa: E402
 from tllm_tf.analysis import benchmark_variants  # noqa: E402
+from tllm_tf.pipeline import console  # noqa: E402
 
 SIZES = {
     "tiny": dict(teacher="cnn_medium", student="cnn_tiny", image_shape=(32, 32, 3),
@@ -126,8 +127,8 @@ def _recompute(path):
     with open(path) as handle:
         written = json.load(handle)
     if "rounds" not in written:
-        raise app.UsageError(f"{path} holds no rounds: only --json files written since "
-                             "2026-12-03 by this tool keep them.")
+        console.exit_with_error(f"{path} holds no rounds: only --json files written since "
+                                "2026-12-03 by this tool keep them.")
     groups = benchmark.groups_from_json(written["rounds"])
     teacher_dtype = next((name[len("teacher_infer_"):] for name in groups[0]
                           if name.startswith("teacher_infer_")), None)

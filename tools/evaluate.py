@@ -41,7 +41,7 @@ def main(argv):
         models = evaluation.model_names([FLAGS.model_path])
         results = evaluation.evaluate_models(models, batches, class_names=class_names)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        console.exit_with_error(error)
     (name,) = models
     print(f"{FLAGS.model_path} on {FLAGS.dataset} {FLAGS.split} "
           f"({sum(results['num_samples'])} examples):")

@@ -33,7 +33,7 @@ def main(argv):
         model = model_io.load_keras_model(FLAGS.model_path, role="model")
         export_lib.export_saved_model(model, FLAGS.export_dir, accept_uint8=FLAGS.accept_uint8)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        console.exit_with_error(error)
     endpoints = "serve (= serving_default)" + (", serve_uint8" if FLAGS.accept_uint8 else "")
     print(f"Wrote {FLAGS.export_dir}: raw images {model.input_shape} -> "
           f"{{logits, probabilities}}; endpoints: {endpoints}.")

@@ -81,7 +81,7 @@ def main(argv):
         results = (reporting.load_results(FLAGS.workdir) if FLAGS.workdir
                    else _results_from_models())
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error))
+        console.exit_with_error(error)
     written = reporting.write_report(results, output_dir, title=FLAGS.title)
     print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
