@@ -264,7 +264,7 @@ def test_false_alarms_are_reported_per_seed_with_an_interval_and_the_seeds_above
     assert high == pytest.approx(per_seed.mean() + half_width)
     assert tllm["seeds_above_false_alarm_bound"] == 2
     text = study_report.markdown([setting])
-    assert f"| 10.0% [0.0, {100 * high:.1f}]; 2 seeds > 5% |" in text
+    assert f"| 10.0% [0.0, {100 * high:.1f}]; 2/4 seeds > 5% |" in text
     # One seed has no interval: the cell gives the rate alone.
     (one_seed,) = study_report.summarise([r for r in records if r["seed"] == 1])
     assert "| 30.0% |" in study_report.markdown([one_seed])

@@ -244,13 +244,14 @@ def _accuracy(summary, scale=100.0):
     return f"{scale * summary['mean']:.2f} ± {scale * summary['std']:.2f}"
 
 
-def _false_alarm_cell(entry):
+def _false_alarm_cell(entry, seeds):
     cell = f"{100 * entry['not_hurt_masked_update_rate']:.1f}%"
     low, high = entry["not_hurt_masked_update_rate_ci"]
     if not np.isfinite(high):  # One seed: no interval.
         return cell
     return (f"{cell} [{100 * low:.1f}, {100 * high:.1f}]; "
-            f"{entry['seeds_above_false_alarm_bound']} seeds > {100 * FALSE_ALARM_BOUND:.0f}%")
+            f"{entry['seeds_above_false_alarm_bound']}/{seeds} seeds > "
+            f"{100 * FALSE_ALARM_BOUND:.0f}%")
 
 
 def _percent(rate):
@@ -288,7 +289,7 @@ def markdown(summaries):
             rows.append([arm, _accuracy(entry["accuracy"]), _points(entry["minus_kd"]),
                          _points(entry["minus_labels"]), f"{entry['masked_at_end']:.1f}",
                          f"{entry['flips_per_100_updates']:.1f}",
-                         _false_alarm_cell(entry),
+                         _false_alarm_cell(entry, len(seeds)),
                          _percent(entry["helped_masked_update_rate"]),
                          _points(hurt) if hurt else "-"])
         lines += _markdown_table(
