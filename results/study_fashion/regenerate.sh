@@ -134,3 +134,10 @@ ROOT="$LOOKS15_ROOT" report ten_looks_15_seeds "$(seq -s, 0 14)" mlp_16,lenet_2 
 # runs/t2_b concatenated).
 T2_ROOT="${T2_ROOT:-runs/t2}"
 FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_ROOT" report t2 "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+# ... ten fresh seeds 10-19 of the two settings with the most false alarms, the CNN and the
+# mlp_1024 teacher (T2_FRESH_ROOT: runs/t2f_a and runs/t2f_b concatenated), and their twenty seeds
+# (T2_20_ROOT: T2_ROOT and T2_FRESH_ROOT concatenated).
+T2_FRESH_ROOT="${T2_FRESH_ROOT:-runs/t2f}"
+T2_20_ROOT="${T2_20_ROOT:-runs/t2_20}"
+FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_FRESH_ROOT" report t2_fresh "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_20_ROOT" report t2_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
