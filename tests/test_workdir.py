@@ -27,6 +27,27 @@ def test_claim_refuses_a_workdir_of_another_configuration(tmp_path):
         assert json.load(handle)["epochs"] == 5
 
 
+def test_the_schedule_is_compared_as_it_resolves_not_as_it_is_written(tmp_path):
+    # Twenty epochs, warm-up 10: the default's ten looks are one an epoch, as --update_every=1.
+    workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=20, update_every=1))
+    assert workdir.config_differences(str(tmp_path), RunConfig(
+        workdir=str(tmp_path), epochs=20, update_every=None, warmup_epochs=10)) == []
+    # Sixty epochs: the default looks every third epoch, so a run made every epoch differs.
+    sixty = tmp_path / "sixty"
+    workdir.claim(str(sixty), RunConfig(workdir=str(sixty), epochs=60, update_every=1))
+    assert workdir.config_differences(str(sixty), RunConfig(workdir=str(sixty), epochs=60)) == [
+        "--update_every: 1 in the workdir, None now"]
+    assert workdir.config_differences(str(sixty), RunConfig(
+        workdir=str(sixty), epochs=60, update_every=3)) == [
+        "--update_every: 1 in the workdir, 3 now"]
+    # A warm-up written out as the default's half of training is the same warm-up.
+    assert workdir.config_differences(str(sixty), RunConfig(
+        workdir=str(sixty), epochs=60, update_every=1, warmup_epochs=30)) == []
+    # Other epochs: the epochs are named, not the schedule flags written alike.
+    assert workdir.config_differences(str(sixty), RunConfig(
+        workdir=str(sixty), epochs=40, update_every=1)) == ["--epochs: 60 in the workdir, 40 now"]
+
+
 def test_claim_refuses_a_corrupt_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable configuration"):

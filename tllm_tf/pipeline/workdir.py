@@ -9,6 +9,7 @@ import json
 import os
 
 from tllm_tf import atomic
+from tllm_tf import callbacks
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 
@@ -20,6 +21,10 @@ RESUMABLE_CHANGES = frozenset({
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
     "deterministic", "refit_fallback",
 })
+# Fields compared by the schedule they resolve to, not as written: a run made with
+# --update_every=1 and one left to the default that looks every epoch of the same fit
+# train alike (callbacks.update_schedule).
+SCHEDULE_FIELDS = ("warmup_epochs", "update_every")  # In update_schedule's order.
 
 
 def save_model(model, path):
@@ -39,8 +44,9 @@ def config_differences(workdir, config):
 
     Returns:
         One line per differing flag (`--name: old in the workdir, new now`), the
-        `RESUMABLE_CHANGES` and the workdir itself left out; empty when they agree
-        or the workdir holds no run.
+        `RESUMABLE_CHANGES` and the workdir itself left out, and `SCHEDULE_FIELDS`
+        named only when the schedule they resolve to differs; empty when they
+        agree or the workdir holds no run.
 
     Raises:
         ValueError: if the workdir's `config.json` cannot be read.
@@ -60,8 +66,21 @@ def config_differences(workdir, config):
         f"--{name}: {getattr(previous, name)!r} in the workdir, {getattr(config, name)!r} now"
         for name in config_lib.RunConfig.__dataclass_fields__
         if name not in RESUMABLE_CHANGES and name != "workdir"
-        and getattr(previous, name) != getattr(config, name)
+        and _differs(previous, config, name)
     ]
+
+
+def _differs(previous, config, name):
+    written_otherwise = getattr(previous, name) != getattr(config, name)
+    if name in SCHEDULE_FIELDS and written_otherwise:
+        # Written alike but resolving otherwise can only come from --epochs, named itself.
+        index = SCHEDULE_FIELDS.index(name)
+        return _schedule(previous)[index] != _schedule(config)[index]
+    return written_otherwise
+
+
+def _schedule(config):
+    return callbacks.update_schedule(config.epochs, config.warmup_epochs, config.update_every)
 
 
 def claim(workdir, config):
