@@ -142,7 +142,7 @@ T2_20_ROOT="${T2_20_ROOT:-runs/t2_20}"
 FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_FRESH_ROOT" report t2_fresh "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
 FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_20_ROOT" report t2_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
 # A second execution of the base setting's default on a fresh machine (2026-12-05, midday): seeds
-# 0-9, the mlp_16 student with mlp_256 and mlp_1024, the CNN with mlp_256 (BASE2_ROOT: runs/base_a
+# 0-9, the mlp_16 student with the three MLP teachers, the CNN with mlp_256 (BASE2_ROOT: runs/base_a
 # and runs/base_b concatenated).
 BASE2_ROOT="${BASE2_ROOT:-runs/base}"
-ROOT="$BASE2_ROOT" report base_second_execution "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+ROOT="$BASE2_ROOT" report base_second_execution "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
