@@ -94,7 +94,7 @@ def exit_with_error(error):
 
     For a refusal the message explains (data not found, a workdir or study root of another
     configuration, nothing to report). absl's `UsageError` would print the tool's whole help
-    first and bury the message; it stays for flags that do not parse.
+    first and bury the message; it stays for bad flags (unknown, unparsable or out of range).
     """
     print(f"Error: {error}", file=sys.stderr)
     sys.exit(1)
