@@ -22,6 +22,7 @@ _EXPORTS = {
     "ReferencePredictions": "tllm_tf.held_out_predictions",
     "SoftLabelStore": "tllm_tf.data.soft_label_store",
     "UndistillableClassCallback": "tllm_tf.callbacks",
+    "apply_prior_offsets": "tllm_tf.prior_offsets",
     "export_saved_model": "tllm_tf.pipeline.export",
     "kd_loss": "tllm_tf.losses",
     "load_reference": "tllm_tf.reference",

@@ -74,6 +74,10 @@ flags.DEFINE_bool("refit_fallback", _DEFAULTS.refit_fallback, "The tllm_refit st
                   "the tllm student's weights when it is behind them on the held-out split "
                   "(a one-sided exact paired test at --significance). Default: on "
                   "(docs/study.md).")
+flags.DEFINE_bool("prior_offsets", _DEFAULTS.prior_offsets, "After each student (and the "
+                  "label-only reference) trains, add per-class offsets to its logits, fitted so "
+                  "that its mean predicted probabilities on the held-out split match the class "
+                  "frequencies there (tllm_tf.prior_offsets; docs/study.md). Default: off.")
 # Identification.
 flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "paired: McNemar's exact test per class on the held-out images, "

@@ -87,6 +87,9 @@ class RunConfig:
     # The refit keeps the tllm student's weights when it is behind them on the held-out split
     # beyond noise (pipeline/refit_check.py; docs/study.md).
     refit_fallback: bool = True
+    # Per-class logit offsets fitted on the held-out split after each student trains
+    # (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their boundaries").
+    prior_offsets: bool = False
     # Undistillable-class identification.
     rule: str = "paired"
     significance: float = 0.05

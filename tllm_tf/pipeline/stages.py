@@ -32,6 +32,7 @@ from tllm_tf import callbacks as callbacks_lib
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import losses as losses_lib
 from tllm_tf import metrics as metrics_lib
+from tllm_tf import prior_offsets as prior_offsets_lib
 from tllm_tf import reference as reference_lib
 from tllm_tf import reference_history
 from tllm_tf.pipeline import build
@@ -52,6 +53,7 @@ from tllm_tf.pipeline.workdir_files import CHECKPOINT_DIR
 from tllm_tf.pipeline.workdir_files import MASK_LOG_FILE
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
 from tllm_tf.pipeline.workdir_files import PREDICTIONS_LOG_DIR
+from tllm_tf.pipeline.workdir_files import PRIOR_OFFSETS_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
@@ -113,6 +115,9 @@ def run_reference(config, data, strategy, stage_dir):
         counter = metrics_lib.PerClassCounter(student, data.num_classes)
         correct, total = counter(build.eval_batches(data.held_out, config))
         stage_inputs.warn_about_empty_held_out_classes(total, data.class_names)
+        if config.prior_offsets:
+            # After the held-out counts: what the rule reads stays the trained network's.
+            _apply_prior_offsets(student, data, config, stage_dir)
         fitting.save_per_class(student, data, config, stage_dir)
         fitting.finish(student, stage_dir, chief)
         rows = predictions_lib.read_rows(predictions_log, config.epochs)
@@ -212,6 +217,9 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
                     ("num_undistillable_classes",) if masking else ()),
                 soft_label_store=store)
     if chief:
+        if config.prior_offsets:
+            # Before the safeguard, which then compares it with the tllm student's offset weights.
+            _apply_prior_offsets(student, data, config, stage_dir)
         if kind == "tllm_refit" and config.refit_fallback:
             _keep_tllm_if_refit_behind(student, data, config, stage_dir)
         fitting.save_per_class(student, data, config, stage_dir)
@@ -295,6 +303,17 @@ def _keep_tllm_if_refit_behind(student, data, config, stage_dir):
     fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}")
     if result.refit_behind:
         student.set_weights(tllm.get_weights())
+
+
+def _apply_prior_offsets(model, data, config, stage_dir):
+    """Adds the held-out split's prior offsets to the model's logits; writes `prior_offsets.json`."""
+    result = prior_offsets_lib.apply_prior_offsets(
+        model, build.eval_batches(data.held_out, config), data.num_classes)
+    atomic.write_json(os.path.join(stage_dir, PRIOR_OFFSETS_FILE),
+                      dict(result, class_names=list(data.class_names)))
+    fitting.say(config, True, f"{os.path.basename(stage_dir)}: prior offsets on the held-out "
+                f"split: accuracy {result['held_out_accuracy_before']:.2%} -> "
+                f"{result['held_out_accuracy_after']:.2%}")
 
 
 def _masking_also(config, classes, **changes):

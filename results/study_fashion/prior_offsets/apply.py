@@ -1,0 +1,90 @@
+"""Adds prior offsets to a study's stored students, without training (docs/study.md).
+
+`--prior_offsets` adds to each student's logits, after it trains, the per-class
+offsets that match its mean predicted probabilities on the held-out split to
+the class frequencies there (`tllm_tf.prior_offsets`). For every stored
+label-only, `kd` and `tllm_refit` student of the given study roots, this script
+calls the same `apply_prior_offsets` the stage calls, on the same held-out
+split, and measures the test split as the stage does. It writes the records
+with the same arm names to `<out>/results.jsonl` (teachers and masks as they
+were), so that `tools/study.py --report_only --root=<out>` reports the study as
+if every student had been trained with `--prior_offsets`. One difference from
+such a run: the refit's safeguard chose between the refit and the tllm
+student without offsets (the stored model is the one it kept).
+
+    .venv/bin/python results/study_fashion/prior_offsets/apply.py \
+        --results=runs/base/results.jsonl --out=runs/base_offsets runs/base_a runs/base_b
+"""
+
+import argparse
+import json
+import os
+
+from tllm_tf import metrics as metrics_lib
+from tllm_tf import prior_offsets
+from tllm_tf.pipeline import build
+from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import model_io
+from tllm_tf.pipeline import workdir_files
+
+# The stage folder of each arm's final student, under the arm's workdir.
+STAGES = {"labels": workdir_files.REFERENCE_STAGE, "kd": workdir_files.student_stage("distilled"),
+          "tllm_refit": workdir_files.student_stage("tllm_refit")}
+
+
+def _workdir(seed_dir, record):
+    if record["arm"] == "labels":
+        return os.path.join(seed_dir, record["student"], "reference")
+    return os.path.join(seed_dir, record["student"], record["teacher"], record["arm"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", required=True, help="results.jsonl of the stored runs")
+    parser.add_argument("--out", required=True, help="where the records with offsets go")
+    parser.add_argument("roots", nargs="+", help="study roots holding the seed<s>/ folders")
+    args = parser.parse_args()
+    with open(args.results) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    seed_dirs = {int(name[len("seed"):]): os.path.join(root, name)
+                 for root in args.roots for name in os.listdir(root) if name.startswith("seed")}
+    os.makedirs(args.out, exist_ok=True)
+    out_path = os.path.join(args.out, "results.jsonl")
+    done = set()
+    if os.path.exists(out_path):  # Resumes: the records written are kept.
+        with open(out_path) as handle:
+            done = {tuple(json.loads(line)[k] for k in ("seed", "student", "teacher", "arm"))
+                    for line in handle if line.strip()}
+    data_of = {}
+    with open(out_path, "a") as out:
+        for record in records:
+            key = tuple(record[k] for k in ("seed", "student", "teacher", "arm"))
+            if key in done:
+                continue
+            if record["arm"] not in STAGES:  # Teachers: as they are.
+                out.write(json.dumps(record) + "\n")
+                continue
+            workdir = _workdir(seed_dirs[record["seed"]], record)
+            with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
+                config = config_lib.RunConfig.from_json(handle.read())
+            if record["seed"] not in data_of:
+                data_of = {record["seed"]: build.load_data(config)}
+            data = data_of[record["seed"]]
+            model = model_io.load_keras_model(
+                os.path.join(workdir, STAGES[record["arm"]], workdir_files.MODEL_FILE))
+            fitted = prior_offsets.apply_prior_offsets(
+                model, build.eval_batches(data.held_out, config), data.num_classes)
+            correct, total = metrics_lib.PerClassCounter(model, data.num_classes)(
+                build.eval_batches(data.test, config))
+            per_class = metrics_lib.accuracy_from_counts(correct, total)
+            out.write(json.dumps(dict(
+                record, accuracy=float(correct.sum() / total.sum()),
+                per_class_accuracy=[float(a) for a in per_class],
+                prior_offsets=fitted["offsets"])) + "\n")
+            out.flush()
+            print(*key, f"{record['accuracy']:.4f} -> {correct.sum() / total.sum():.4f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Per-class logit offsets fitted on held-out images: where a student puts its class boundaries.
+
+Between confused classes (Pullover, Coat and Shirt on Fashion-MNIST) a small
+student's per-class accuracy depends much on where its boundaries fall, and
+they fall differently from seed to seed and between a distilled student and
+one trained on labels. One offset per class, added to the logits, moves them:
+`fit_offsets` chooses the offsets under which the model's mean predicted
+probability of every class on the held-out images equals that class's share of
+those images (the class-prior adjustment of Saerens, Latinne and Decaestecker,
+2002, with the held-out frequencies as the prior). docs/study.md measures what
+it does to labels-only, KD and TLLM students ("Where the students put their
+boundaries").
+
+`add_to_output_bias` folds the offsets into the bias of the model's last,
+linear layer, so the saved model and its export carry them; `apply_prior_offsets`
+does the three steps, as `--prior_offsets` does after each student trains.
+
+Example:
+
+```python
+distiller.fit(train_batches, epochs=20, callbacks=[identification])
+offsets = tllm_tf.apply_prior_offsets(student, held_out_batches, num_classes=10)
+```
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tllm_tf import metrics as metrics_lib
+
+
+def logits_and_labels(model, dataset):
+    """The model's logits and the labels of `dataset`, in order.
+
+    Args:
+        model: a `keras.Model` returning logits.
+        dataset: `(images, labels)` batches, or a pair of arrays; one-hot or
+            soft labels are reduced to their arg-max.
+
+    Returns:
+        `(logits, labels)`: float64 `(num_images, num_classes)` and int64
+        `(num_images,)` arrays.
+    """
+    logits, labels = [], []
+    for batch in metrics_lib.as_dataset(dataset):
+        logits.append(model(batch[0], training=False).numpy())
+        batch_labels = batch[1].numpy()
+        labels.append(batch_labels.argmax(-1) if batch_labels.ndim > 1 else batch_labels)
+    if not logits:
+        raise ValueError("Prior offsets need held-out images; the data set given is empty.")
+    return np.concatenate(logits).astype(np.float64), np.concatenate(labels).astype(np.int64)
+
+
+def _softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_offsets(logits, labels, num_classes, *, max_iterations=1000, tolerance=1e-7):
+    """Offsets that make the mean predicted probabilities match the class frequencies.
+
+    A class with no image in `labels` keeps the share of the predictions the
+    model gives it without offsets (its target frequency is that share).
+
+    Args:
+        logits: `(num_images, num_classes)` array of a model's logits.
+        labels: `(num_images,)` integer class ids of the same images.
+        num_classes: number of classes.
+        max_iterations: most fixed-point iterations. Defaults to `1000`.
+        tolerance: stop when every class's mean probability is within this
+            factor (in log) of its target. Defaults to `1e-7`.
+
+    Returns:
+        A float64 `(num_classes,)` array with mean 0 (a shift common to every
+        logit changes no prediction).
+
+    Raises:
+        ValueError: if the shapes disagree or a label is out of range.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or logits.shape[1] != num_classes or len(labels) != len(logits):
+        raise ValueError(
+            f"Expected logits of shape (num_images, {num_classes}) and as many labels. "
+            f"Received: logits {logits.shape}, labels {labels.shape}.")
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"Expected labels in [0, {num_classes}). Received: "
+                         f"{'none' if len(labels) == 0 else (labels.min(), labels.max())}.")
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    target = counts / counts.sum()
+    # Absent classes keep their share; the present ones split the rest by their counts.
+    kept = np.where(present, 0.0, _softmax(logits).mean(axis=0))
+    target = np.where(present, target * (1.0 - kept.sum()), kept)
+    offsets = np.zeros(num_classes)
+    for _ in range(max_iterations):
+        step = np.log(target / _softmax(logits + offsets).mean(axis=0))
+        offsets += step
+        if np.max(np.abs(step)) < tolerance:
+            break
+    return offsets - offsets.mean()
+
+
+def output_layer(model):
+    """The last layer of `model`, looking inside nested models: the one that makes the logits."""
+    layer = model
+    while getattr(layer, "layers", None):
+        layer = layer.layers[-1]
+    return layer
+
+
+def add_to_output_bias(model, offsets):
+    """Adds `offsets` to the bias of the model's last layer (a linear `Dense` layer).
+
+    Args:
+        model: a `keras.Model` whose last layer (inside nested models too) is a
+            `Dense` layer with a bias and no activation, as every model of the
+            zoo has.
+        offsets: one number per class.
+
+    Raises:
+        ValueError: if the last layer is not a linear `Dense` layer with a bias
+            of `len(offsets)` units.
+    """
+    layer = output_layer(model)
+    linear = getattr(getattr(layer, "activation", None), "__name__", "") == "linear"
+    bias = getattr(layer, "bias", None)
+    if not linear or bias is None or bias.shape[-1] != len(offsets):
+        raise ValueError(
+            "Prior offsets are added to the bias of the model's last layer, which must be a "
+            f"linear Dense layer with a bias of {len(offsets)} units. Received: "
+            f"{type(layer).__name__} {layer.name!r}. Train without --prior_offsets, or give "
+            "the model such a head.")
+    bias.assign(bias + tf.constant(offsets, dtype=bias.dtype))
+
+
+def apply_prior_offsets(model, held_out, num_classes):
+    """Fits the offsets on `held_out` and adds them to the model's output bias.
+
+    Args:
+        model: the trained `keras.Model` (logits out, a linear `Dense` head).
+        held_out: `(images, labels)` batches or arrays the model did not train
+            on: the held-out split of the training data, never the test split.
+        num_classes: number of classes.
+
+    Returns:
+        A dict: `offsets` (the list added), `held_out_accuracy_before` and
+        `held_out_accuracy_after`.
+
+    Raises:
+        ValueError: as `fit_offsets` and `add_to_output_bias`.
+    """
+    logits, labels = logits_and_labels(model, held_out)
+    offsets = fit_offsets(logits, labels, num_classes)
+    add_to_output_bias(model, offsets)
+    return {
+        "offsets": [float(o) for o in offsets],
+        "held_out_accuracy_before": float(np.mean(logits.argmax(axis=1) == labels)),
+        "held_out_accuracy_after": float(np.mean((logits + offsets).argmax(axis=1) == labels)),
+    }
