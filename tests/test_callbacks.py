@@ -412,8 +412,10 @@ def test_get_config_has_every_argument(held_out):
         "rule": "paired", "significance": 0.05, "correction": "holm", "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
         "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
         "patience": 2, "margin_standard_errors": 1.5, "masked_classes": [],
-        "max_updates": None,
+        "max_updates": None, "prior_offsets": False,
     }
+    assert tllm_tf.UndistillableClassCallback(
+        held_out, reference=[0.5] * 4, prior_offsets=True).get_config()["prior_offsets"] is True
     assert tllm_tf.UndistillableClassCallback(
         held_out, reference=[0.5] * 4, masked_classes=[3, 1]).get_config()["masked_classes"] == [3, 1]
     assert tllm_tf.UndistillableClassCallback(

@@ -170,3 +170,36 @@ def test_a_student_killed_before_its_offsets_resumes_to_the_uninterrupted_result
     for a, b in zip(_weights(killed.workdir, "student_tllm"), _weights(whole.workdir, "student_tllm"),
                     strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_correctness_with_offsets_judges_the_offset_predictions_and_leaves_the_model():
+    keras.utils.set_random_seed(2)
+    model = _wrapped_model()
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(300, 3)).astype("float32")
+    labels = rng.integers(0, 4, size=300)
+    before = model(images).numpy()
+    correct, judged_labels = prior_offsets.per_image_correctness(
+        model, 4, with_offsets=True)((images, labels))
+    offsets = prior_offsets.fit_offsets(before, labels, 4)
+    np.testing.assert_array_equal(correct, (before + offsets).argmax(axis=1) == labels)
+    np.testing.assert_array_equal(judged_labels, labels)
+    np.testing.assert_array_equal(model(images).numpy(), before)
+    assert isinstance(prior_offsets.per_image_correctness(model, 4), tllm_tf.metrics.PerImageCorrectness)
+
+
+def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path):
+    config = _run(tmp_path, "rule", rule_prior_offsets=True, students=("tllm",))
+    stages.run(config)
+    reference_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
+    recorded = tllm_tf.load_predictions(tllm_tf.predictions_path(
+        os.path.join(reference_dir, workdir_files.REFERENCE_FILE)))
+    data = stages.build.load_data(config)
+    held_out = stages.build.eval_batches(data.held_out, config)
+    reference = keras.models.load_model(os.path.join(reference_dir, workdir_files.MODEL_FILE))
+    correct, _ = prior_offsets.per_image_correctness(reference, 10, with_offsets=True)(held_out)
+    np.testing.assert_array_equal(recorded.final, correct)  # The last epoch, with its offsets.
+    raw, _ = prior_offsets.per_image_correctness(reference, 10)(held_out)
+    assert not np.array_equal(raw, correct)  # So the offsets are what was recorded.
+    with open(os.path.join(config.workdir, "student_tllm", workdir_files.MASK_LOG_FILE)) as log:
+        assert [json.loads(line)["epoch"] for line in log] == [1, 2]

@@ -30,6 +30,7 @@ from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
+from tllm_tf import prior_offsets as prior_offsets_lib
 from tllm_tf import reference as reference_lib
 
 # Looks the rule takes after the warm-up when `update_every` is not given: the
@@ -166,6 +167,12 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             push its neighbours behind the reference in turn, but on
             Fashion-MNIST three updates did no better than updating to the
             end (docs/study.md). Defaults to `None`.
+        prior_offsets: paired rule: judge the student, and a reference given
+            as a model, after the prior offsets fitted on the held-out images
+            at each look (`tllm_tf.prior_offsets`), so that where a model puts
+            its class boundaries does not count as a class behind. A reference
+            file must then come from a `PredictionRecorder(prior_offsets=True)`
+            (`--rule_prior_offsets` does both). Defaults to `False`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
@@ -199,6 +206,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         margin_standard_errors=0.0,
         masked_classes=(),
         max_updates=None,
+        prior_offsets=False,
     ):
         super().__init__()
         masked_classes = tuple(int(c) for c in masked_classes)
@@ -224,6 +232,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = None if update_every is None else int(update_every)
         self.max_updates = None if max_updates is None else int(max_updates)
+        self.prior_offsets = bool(prior_offsets)
         self.masked_classes = masked_classes
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
@@ -251,8 +260,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                     "epoch_matched=True needs the reference's per-epoch results: "
                     "pass a reference file written by the reference stage, a "
                     "ReferencePredictions or an (epochs, num_classes) array, not a model.")
-            correct, labels = metrics_lib.PerImageCorrectness(reference, num_classes)(
-                self.validation_data)
+            correct, labels = prior_offsets_lib.per_image_correctness(
+                reference, num_classes, with_offsets=self.prior_offsets)(self.validation_data)
             predictions = predictions_lib.ReferencePredictions(
                 labels=labels, correct=correct[np.newaxis])
         elif isinstance(reference, predictions_lib.ReferencePredictions):
@@ -350,7 +359,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.p_values = None
         if self._correctness is None or self._correctness.model is not self.model:
             # Kept across `fit` calls on the same model: its traced pass is reused.
-            self._correctness = metrics_lib.PerImageCorrectness(self.model, num_classes)
+            self._correctness = prior_offsets_lib.per_image_correctness(
+                self.model, num_classes, with_offsets=self.prior_offsets)
         self._labels_checked = False
 
     def _warn_about_unlearned_classes(self, num_classes):
@@ -465,4 +475,5 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             "margin_standard_errors": self.options.margin_standard_errors,
             "masked_classes": list(self.masked_classes),
             "max_updates": self.max_updates,
+            "prior_offsets": self.prior_offsets,
         }

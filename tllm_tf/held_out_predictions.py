@@ -17,6 +17,7 @@ import numpy as np
 
 from tllm_tf import atomic
 from tllm_tf import metrics as metrics_lib
+from tllm_tf import prior_offsets as prior_offsets_lib
 
 PREDICTIONS_FILE = "held_out_predictions.npz"
 # A held-out split of ImageNet's size times a few hundred epochs stays far below this.
@@ -134,14 +135,19 @@ class PredictionRecorder(keras.callbacks.Callback):
         path: where to write the predictions file at train end. Defaults to
             `None`.
         log_dir: where to write one row per epoch. Defaults to `None`.
+        prior_offsets: record the images the model gets right after its prior
+            offsets, fitted on these images each epoch (`tllm_tf.prior_offsets`),
+            for a callback judging with `prior_offsets=True`. Defaults to `False`.
 
     Attributes:
         labels: the held-out labels, after the first epoch.
         rows: `{epoch: bool array}` of the epochs this fit measured.
     """
 
-    def __init__(self, validation_data, num_classes, path=None, log_dir=None):
+    def __init__(self, validation_data, num_classes, path=None, log_dir=None,
+                 prior_offsets=False):
         super().__init__()
+        self.prior_offsets = bool(prior_offsets)
         self.validation_data = metrics_lib.as_dataset(validation_data)
         self.num_classes = int(num_classes)
         self.path = path
@@ -151,7 +157,8 @@ class PredictionRecorder(keras.callbacks.Callback):
         self._correctness = None
 
     def on_train_begin(self, logs=None):
-        self._correctness = metrics_lib.PerImageCorrectness(self.model, self.num_classes)
+        self._correctness = prior_offsets_lib.per_image_correctness(
+            self.model, self.num_classes, with_offsets=self.prior_offsets)
         self.rows = {}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -175,7 +182,8 @@ class PredictionRecorder(keras.callbacks.Callback):
                              np.stack([self.rows[e] for e in range(epochs)]))
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "path": self.path, "log_dir": self.log_dir}
+        return {"num_classes": self.num_classes, "path": self.path, "log_dir": self.log_dir,
+                "prior_offsets": self.prior_offsets}
 
 
 def read_rows(log_dir, epochs):

@@ -135,6 +135,38 @@ def add_to_output_bias(model, offsets):
     bias.assign(bias + tf.constant(offsets, dtype=bias.dtype))
 
 
+class PerImageCorrectnessWithOffsets:
+    """Which images a model gets right once its prior offsets, fitted on the same images, are added.
+
+    The drop-in for `metrics.PerImageCorrectness` that `UndistillableClassCallback`
+    and `PredictionRecorder` use with `prior_offsets=True`: the identification
+    rule then compares the student and the reference after each has had its
+    boundaries moved to the held-out class frequencies, so a class is judged
+    behind for what the boundaries do not explain. The model is left as it is.
+
+    Args:
+        model: a `keras.Model` returning logits.
+        num_classes: number of classes.
+    """
+
+    def __init__(self, model, num_classes):
+        self.model = model
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data):
+        """Returns `(correct, labels)`: a bool and an int64 array `(num_images,)`."""
+        logits, labels = logits_and_labels(self.model, data)
+        offsets = fit_offsets(logits, labels, self.num_classes)
+        return (logits + offsets).argmax(axis=1) == labels, labels
+
+
+def per_image_correctness(model, num_classes, with_offsets=False):
+    """The per-image judge of `model`: `metrics.PerImageCorrectness`, or with its prior offsets."""
+    if with_offsets:
+        return PerImageCorrectnessWithOffsets(model, num_classes)
+    return metrics_lib.PerImageCorrectness(model, num_classes)
+
+
 def apply_prior_offsets(model, held_out, num_classes):
     """Fits the offsets on `held_out` and adds them to the model's output bias.
 

@@ -90,6 +90,8 @@ class RunConfig:
     # Per-class logit offsets fitted on the held-out split after each student trains
     # (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their boundaries").
     prior_offsets: bool = False
+    # The paired rule judges the student and the reference after their prior offsets.
+    rule_prior_offsets: bool = False
     # Undistillable-class identification.
     rule: str = "paired"
     significance: float = 0.05

@@ -108,7 +108,8 @@ def run_reference(config, data, strategy, stage_dir):
             held_out, data.num_classes, log_path=history_log))
         # Which held-out images it gets right, every epoch: the paired rule's input.
         callbacks.append(predictions_lib.PredictionRecorder(
-            held_out, data.num_classes, log_dir=predictions_log))
+            held_out, data.num_classes, log_dir=predictions_log,
+            prior_offsets=config.rule_prior_offsets))
     fitting.fit(student, data, config, stage_dir, chief, config.epochs,
                 extra_callbacks=callbacks, title=f"{REFERENCE_STAGE}: {config.student_model} on labels")
     if chief:
@@ -198,6 +199,7 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             patience=config.patience,
             margin_standard_errors=config.margin_standard_errors,
             masked_classes=config.masked_classes,
+            prior_offsets=config.rule_prior_offsets,
         )
         callbacks.append(identification)
         if multi_worker.num_workers(strategy) > 1:
