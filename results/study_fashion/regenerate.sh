@@ -146,3 +146,34 @@ FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --
 # and runs/base_b concatenated).
 BASE2_ROOT="${BASE2_ROOT:-runs/base}"
 ROOT="$BASE2_ROOT" report base_second_execution "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+# ... ten fresh seeds 10-19 of the same (2026-12-05, afternoon; BASE_FRESH_ROOT: runs/basef_a and
+# runs/basef_b concatenated), and the twenty (BASE20_ROOT: BASE2_ROOT and BASE_FRESH_ROOT
+# concatenated).
+BASE_FRESH_ROOT="${BASE_FRESH_ROOT:-runs/basef}"
+BASE20_ROOT="${BASE20_ROOT:-runs/base20}"
+ROOT="$BASE_FRESH_ROOT" report base_fresh "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+ROOT="$BASE20_ROOT" report base_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+# Prior offsets (2026-12-05, afternoon): the stored students of those roots with --prior_offsets'
+# offsets added by prior_offsets/apply.py (OFFSETS_ROOT: runs/base_offsets from runs/base_a and _b;
+# OFFSETS_FRESH_ROOT: runs/basef_offsets from runs/basef_a and _b; OFFSETS20_ROOT: the two
+# concatenated); the study's report of them, and each against itself without offsets
+# (prior_offsets/compare.py). prior_offsets/choice.md is choose.py's (about 10 minutes).
+OFFSETS_ROOT="${OFFSETS_ROOT:-runs/base_offsets}"
+OFFSETS_FRESH_ROOT="${OFFSETS_FRESH_ROOT:-runs/basef_offsets}"
+OFFSETS20_ROOT="${OFFSETS20_ROOT:-runs/base20_offsets}"
+EXTRA_FLAGS=--prior_offsets ROOT="$OFFSETS_ROOT" report prior_offsets/selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS=--prior_offsets ROOT="$OFFSETS_FRESH_ROOT" report prior_offsets/confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS=--prior_offsets ROOT="$OFFSETS20_ROOT" report prior_offsets/twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT
+    if [ -f "$2/results.jsonl" ] && [ -f "$3/results.jsonl" ]; then
+        "$PYTHON" results/study_fashion/prior_offsets/compare.py --plain="$2/results.jsonl" \
+            --offsets="$3/results.jsonl" --classes=T-shirt/top,Pullover,Dress,Coat,Shirt \
+            > "results/study_fashion/prior_offsets/$1.md"
+        echo "results/study_fashion/prior_offsets/$1.md"
+    else
+        echo "results/study_fashion/prior_offsets/$1.md: left as it is (no $2 or $3)"
+    fi
+}
+compare compare_seeds_0_9 "$BASE2_ROOT" "$OFFSETS_ROOT"
+compare compare_seeds_10_19 "$BASE_FRESH_ROOT" "$OFFSETS_FRESH_ROOT"
+compare compare_20_seeds "$BASE20_ROOT" "$OFFSETS20_ROOT"
