@@ -97,12 +97,16 @@ def test_a_head_that_is_not_linear_is_refused_by_name():
         prior_offsets.add_to_output_bias(_wrapped_model("softmax"), np.zeros(4))
 
 
+def _model_and_images(seed, num_images):
+    """A wrapped model and random images with labels of 4 classes."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    return (_wrapped_model(), rng.normal(size=(num_images, 3)).astype("float32"),
+            rng.integers(0, 4, size=num_images))
+
+
 def test_apply_prior_offsets_reports_the_held_out_accuracy_it_made():
-    keras.utils.set_random_seed(1)
-    model = _wrapped_model()
-    rng = np.random.default_rng(1)
-    images = rng.normal(size=(400, 3)).astype("float32")
-    labels = rng.integers(0, 4, size=400)
+    model, images, labels = _model_and_images(1, 400)
     result = tllm_tf.apply_prior_offsets(model, (images, labels), num_classes=4)
     predicted = model(images).numpy().argmax(axis=1)
     assert result["held_out_accuracy_after"] == pytest.approx(np.mean(predicted == labels))
@@ -173,11 +177,7 @@ def test_a_student_killed_before_its_offsets_resumes_to_the_uninterrupted_result
 
 
 def test_correctness_with_offsets_judges_the_offset_predictions_and_leaves_the_model():
-    keras.utils.set_random_seed(2)
-    model = _wrapped_model()
-    rng = np.random.default_rng(2)
-    images = rng.normal(size=(300, 3)).astype("float32")
-    labels = rng.integers(0, 4, size=300)
+    model, images, labels = _model_and_images(2, 300)
     before = model(images).numpy()
     correct, judged_labels = prior_offsets.per_image_correctness(
         model, 4, with_offsets=True)((images, labels))

@@ -32,10 +32,38 @@ STAGES = {"labels": workdir_files.REFERENCE_STAGE, "kd": workdir_files.student_s
           "tllm_refit": workdir_files.student_stage("tllm_refit")}
 
 
-def _workdir(seed_dir, record):
-    if record["arm"] == "labels":
-        return os.path.join(seed_dir, record["student"], "reference")
-    return os.path.join(seed_dir, record["student"], record["teacher"], record["arm"])
+def read_records(path):
+    """The records of a study's `results.jsonl`."""
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def seed_folders(roots):
+    """`{seed: folder}` of the `seed<s>/` folders under the study roots."""
+    return {int(name[len("seed"):]): os.path.join(root, name)
+            for root in roots for name in os.listdir(root) if name.startswith("seed")}
+
+
+class StoredStudents:
+    """Loads the stored student of a record, with its run's config and data (one seed's cached)."""
+
+    def __init__(self, roots):
+        self.seed_dirs = seed_folders(roots)
+        self._data = {}
+
+    def load(self, record, arm=None):
+        """Returns `(model, data, config)` of the record's student (of `arm`, if given)."""
+        arm = arm or record["arm"]
+        seed_dir = self.seed_dirs[record["seed"]]
+        workdir = (os.path.join(seed_dir, record["student"], "reference") if arm == "labels"
+                   else os.path.join(seed_dir, record["student"], record["teacher"], arm))
+        with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
+            config = config_lib.RunConfig.from_json(handle.read())
+        if record["seed"] not in self._data:
+            self._data = {record["seed"]: build.load_data(config)}
+        model = model_io.load_keras_model(
+            os.path.join(workdir, STAGES[arm], workdir_files.MODEL_FILE))
+        return model, self._data[record["seed"]], config
 
 
 def main():
@@ -44,34 +72,23 @@ def main():
     parser.add_argument("--out", required=True, help="where the records with offsets go")
     parser.add_argument("roots", nargs="+", help="study roots holding the seed<s>/ folders")
     args = parser.parse_args()
-    with open(args.results) as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    seed_dirs = {int(name[len("seed"):]): os.path.join(root, name)
-                 for root in args.roots for name in os.listdir(root) if name.startswith("seed")}
+    records = read_records(args.results)
+    students = StoredStudents(args.roots)
     os.makedirs(args.out, exist_ok=True)
     out_path = os.path.join(args.out, "results.jsonl")
+    keys = ("seed", "student", "teacher", "arm")
     done = set()
     if os.path.exists(out_path):  # Resumes: the records written are kept.
-        with open(out_path) as handle:
-            done = {tuple(json.loads(line)[k] for k in ("seed", "student", "teacher", "arm"))
-                    for line in handle if line.strip()}
-    data_of = {}
+        done = {tuple(r[k] for k in keys) for r in read_records(out_path)}
     with open(out_path, "a") as out:
         for record in records:
-            key = tuple(record[k] for k in ("seed", "student", "teacher", "arm"))
+            key = tuple(record[k] for k in keys)
             if key in done:
                 continue
             if record["arm"] not in STAGES:  # Teachers: as they are.
                 out.write(json.dumps(record) + "\n")
                 continue
-            workdir = _workdir(seed_dirs[record["seed"]], record)
-            with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
-                config = config_lib.RunConfig.from_json(handle.read())
-            if record["seed"] not in data_of:
-                data_of = {record["seed"]: build.load_data(config)}
-            data = data_of[record["seed"]]
-            model = model_io.load_keras_model(
-                os.path.join(workdir, STAGES[record["arm"]], workdir_files.MODEL_FILE))
+            model, data, config = students.load(record)
             fitted = prior_offsets.apply_prior_offsets(
                 model, build.eval_batches(data.held_out, config), data.num_classes)
             correct, total = metrics_lib.PerClassCounter(model, data.num_classes)(

@@ -17,20 +17,13 @@ with offsets minus without (points, mean [95% CI] seeds better/worse).
 
 import argparse
 import collections
-import json
-import os
 
 import numpy as np
 
+import apply  # results/study_fashion/prior_offsets/apply.py: the stored students.
 from tllm_tf import prior_offsets
 from tllm_tf.analysis import study_stats
 from tllm_tf.pipeline import build
-from tllm_tf.pipeline import config as config_lib
-from tllm_tf.pipeline import model_io
-from tllm_tf.pipeline import workdir_files
-
-STAGES = {"labels": workdir_files.REFERENCE_STAGE, "kd": workdir_files.student_stage("distilled"),
-          "tllm_refit": workdir_files.student_stage("tllm_refit")}
 
 
 def _fit_count(logits, labels, num_classes, iterations=300, rate=0.05):
@@ -63,30 +56,18 @@ def main():
     parser.add_argument("--results", required=True, help="results.jsonl of the stored runs")
     parser.add_argument("roots", nargs="+", help="study roots holding the seed<s>/ folders")
     args = parser.parse_args()
-    with open(args.results) as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    seed_dirs = {int(name[len("seed"):]): os.path.join(root, name)
-                 for root in args.roots for name in os.listdir(root) if name.startswith("seed")}
+    records = apply.read_records(args.results)
+    students = apply.StoredStudents(args.roots)
     # (student, teacher, arm, fit) -> {seed: with minus without, points}
     gains = collections.defaultdict(dict)
-    labels_runs = {(r["seed"], r["student"]): r for r in records if r["arm"] == "labels"}
-    data_of = {}
     for record in records:
         if record["arm"] not in ("kd", "tllm_refit"):
             continue
         seed, student, teacher = record["seed"], record["student"], record["teacher"]
-        for arm, source in ((record["arm"], record), ("labels", labels_runs[(seed, student)])):
-            if arm == "labels" and record["arm"] != "kd":
-                continue  # Once per (seed, student, teacher).
-            workdir = (os.path.join(seed_dirs[seed], student, "reference") if arm == "labels"
-                       else os.path.join(seed_dirs[seed], student, teacher, arm))
-            with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
-                config = config_lib.RunConfig.from_json(handle.read())
-            if seed not in data_of:
-                data_of = {seed: build.load_data(config)}
-            data = data_of[seed]
-            model = model_io.load_keras_model(
-                os.path.join(workdir, STAGES[arm], workdir_files.MODEL_FILE))
+        # The label-only student once per (seed, student), with the first teacher's kd record.
+        arms = [record["arm"]] + (["labels"] if record["arm"] == "kd" else [])
+        for arm in arms:
+            model, data, config = students.load(record, arm)
             held_out = prior_offsets.logits_and_labels(
                 model, build.eval_batches(data.held_out, config))
             test_logits, test_labels = prior_offsets.logits_and_labels(
@@ -96,7 +77,7 @@ def main():
                 offsets = fit(*held_out, data.num_classes)
                 with_offsets = np.mean((test_logits + offsets).argmax(axis=1) == test_labels)
                 gains[(student, teacher, arm, name)][seed] = 100 * (with_offsets - plain)
-        print(seed, student, teacher, flush=True)
+        print(seed, student, teacher, record["arm"], flush=True)
     settings = sorted({key[:2] for key in gains})
     print("\n| student, teacher | arm | " + " | ".join(FITS) + " |")
     print("|---|---|" + "---|" * len(FITS))
