@@ -9,7 +9,7 @@ probability of every class on the held-out images equals that class's share of
 those images (the class-prior adjustment of Saerens, Latinne and Decaestecker,
 2002, with the held-out frequencies as the prior). docs/study.md measures what
 it does to labels-only, KD and TLLM students ("Where the students put their
-boundaries").
+class boundaries").
 
 `add_to_output_bias` folds the offsets into the bias of the model's last,
 linear layer, so the saved model and its export carry them; `apply_prior_offsets`

@@ -88,7 +88,7 @@ class RunConfig:
     # beyond noise (pipeline/refit_check.py; docs/study.md).
     refit_fallback: bool = True
     # Per-class logit offsets fitted on the held-out split after each student trains
-    # (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their boundaries").
+    # (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their class boundaries").
     prior_offsets: bool = False
     # The paired rule judges the student and the reference after their prior offsets.
     rule_prior_offsets: bool = False
