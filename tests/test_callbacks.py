@@ -471,3 +471,39 @@ def test_defaults_wait_half_the_fit_match_epochs_and_spend_the_level(tiny_data, 
     _distiller().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[callback])
     assert [r["epoch"] for r in _log_records(log_path)] == [3, 4]  # warm-up: half of 4
     assert callback._matched and callback._looks == 2
+
+
+@pytest.mark.parametrize("recorded_with, judged_with, message", [
+    (False, True, "recorded without prior offsets, and this callback judges with them"),
+    (True, False, "recorded with prior offsets, and this callback judges without them"),
+])
+def test_a_reference_recorded_otherwise_than_the_callback_judges_is_refused(
+        tiny_data, held_out, recorded_with, judged_with, message):
+    x, y = tiny_data
+    recorded = tllm_tf.ReferencePredictions(
+        labels=held_out[1], correct=np.ones((1, len(held_out[1])), bool),
+        prior_offsets=recorded_with)
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=recorded,
+                                                  prior_offsets=judged_with)
+    with pytest.raises(ValueError, match=message):
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_prior_offsets_need_the_paired_rules_predictions(tiny_data, held_out):
+    x, y = tiny_data
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=[0.5] * 4,
+                                                  prior_offsets=True)
+    with pytest.raises(ValueError, match="needs the reference's held-out predictions"):
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_the_predictions_file_keeps_whether_offsets_judged_it(tmp_path):
+    path = str(tmp_path / "predictions.npz")
+    tllm_tf.save_predictions(path, [0, 1], [[True, False]], prior_offsets=True)
+    assert tllm_tf.load_predictions(path).prior_offsets
+    tllm_tf.save_predictions(path, [0, 1], [[True, False]])
+    assert not tllm_tf.load_predictions(path).prior_offsets
+    # A file of an earlier version has no such entry: judged without offsets.
+    np.savez(str(tmp_path / "old.npz"), labels=np.array([0, 1], np.int32),
+             correct=np.array([[True, False]]))
+    assert not tllm_tf.load_predictions(str(tmp_path / "old.npz")).prior_offsets

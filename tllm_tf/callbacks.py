@@ -263,7 +263,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             correct, labels = prior_offsets_lib.per_image_correctness(
                 reference, num_classes, with_offsets=self.prior_offsets)(self.validation_data)
             predictions = predictions_lib.ReferencePredictions(
-                labels=labels, correct=correct[np.newaxis])
+                labels=labels, correct=correct[np.newaxis], prior_offsets=self.prior_offsets)
         elif isinstance(reference, predictions_lib.ReferencePredictions):
             predictions = reference
         elif isinstance(reference, (str, os.PathLike)):
@@ -277,6 +277,20 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 self._set_accuracy_rows(values, num_classes)
         else:
             self._set_accuracy_rows(np.asarray(reference, dtype=np.float64), num_classes)
+        if self.prior_offsets and predictions is None:
+            raise ValueError(
+                "prior_offsets=True judges image by image, so it needs the reference's "
+                "held-out predictions (the paired rule): pass a reference file with its "
+                f"{predictions_lib.PREDICTIONS_FILE} beside it, a ReferencePredictions or "
+                "the reference model, or set prior_offsets=False.")
+        if predictions is not None and predictions.prior_offsets != self.prior_offsets:
+            raise ValueError(
+                f"The reference's predictions were recorded "
+                f"{'with' if predictions.prior_offsets else 'without'} prior offsets, and "
+                f"this callback judges {'with' if self.prior_offsets else 'without'} them "
+                f"(prior_offsets={self.prior_offsets}). Record the reference with "
+                f"PredictionRecorder(prior_offsets={self.prior_offsets}) (--rule_prior_offsets "
+                "on both stages), or judge as it was recorded.")
         if predictions is not None:
             if predictions.labels.size and predictions.labels.max() >= num_classes:
                 raise ValueError(

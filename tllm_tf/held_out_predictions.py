@@ -38,10 +38,13 @@ class ReferencePredictions:
             the held-out data set yields them.
         correct: bool `(epochs, num_images)`: row `i` after epoch `i + 1`;
             the last row is the finished reference.
+        prior_offsets: whether `correct` was judged after the reference's
+            prior offsets (`PredictionRecorder(prior_offsets=True)`).
     """
 
     labels: np.ndarray
     correct: np.ndarray
+    prior_offsets: bool = False
 
     def at_epoch(self, epoch):
         """The row of 0-based `epoch` (the last one once the student trains longer)."""
@@ -63,13 +66,15 @@ class ReferencePredictions:
                 "(re-run the reference stage), or compare per class with rule='unpaired'.")
 
 
-def save_predictions(path, labels, correct):
+def save_predictions(path, labels, correct, prior_offsets=False):
     """Writes a predictions file atomically.
 
     Args:
         path: destination `.npz` path.
         labels: int array `(num_images,)`.
         correct: bool array `(epochs, num_images)`.
+        prior_offsets: whether `correct` was judged after prior offsets.
+            Defaults to `False`.
 
     Raises:
         ValueError: if the shapes disagree.
@@ -81,7 +86,8 @@ def save_predictions(path, labels, correct):
             f"Expected correct of shape (epochs, {labels.shape[0]}). "
             f"Received shape {correct.shape}.")
     with atomic.atomic_open(path, "wb") as stream:
-        np.savez_compressed(stream, labels=labels, correct=correct)
+        np.savez_compressed(stream, labels=labels, correct=correct,
+                            prior_offsets=np.array(bool(prior_offsets)))
 
 
 def load_predictions(path):
@@ -106,6 +112,9 @@ def load_predictions(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             labels, correct = archive["labels"], archive["correct"]
+            # Files written before the flag existed were judged without offsets.
+            prior_offsets = ("prior_offsets" in archive.files
+                             and bool(archive["prior_offsets"]))
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(
             f"{path!r} is not a tllm_tf predictions file ({error}). Re-run the "
@@ -117,7 +126,8 @@ def load_predictions(path):
             f"Reference predictions {path!r} are inconsistent: labels {labels.dtype} "
             f"{labels.shape}, correct {correct.dtype} {correct.shape}. Re-run the "
             "reference stage to rewrite it.")
-    return ReferencePredictions(labels=labels.astype(np.int32), correct=correct)
+    return ReferencePredictions(labels=labels.astype(np.int32), correct=correct,
+                                prior_offsets=prior_offsets)
 
 
 class PredictionRecorder(keras.callbacks.Callback):
@@ -179,7 +189,8 @@ class PredictionRecorder(keras.callbacks.Callback):
                     f"Epochs {missing} were not recorded; write them with log_dir and "
                     "gather them with read_rows.")
             save_predictions(self.path, self.labels,
-                             np.stack([self.rows[e] for e in range(epochs)]))
+                             np.stack([self.rows[e] for e in range(epochs)]),
+                             prior_offsets=self.prior_offsets)
 
     def get_config(self):
         return {"num_classes": self.num_classes, "path": self.path, "log_dir": self.log_dir,

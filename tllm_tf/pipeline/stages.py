@@ -124,7 +124,8 @@ def run_reference(config, data, strategy, stage_dir):
         rows = predictions_lib.read_rows(predictions_log, config.epochs)
         if rows is not None:
             predictions_lib.save_predictions(
-                predictions_lib.predictions_path(reference_path), *rows)
+                predictions_lib.predictions_path(reference_path), *rows,
+                prior_offsets=config.rule_prior_offsets)
             shutil.rmtree(predictions_log, ignore_errors=True)
         # Written last: its presence marks the stage as done.
         reference_lib.save_reference(
