@@ -111,14 +111,16 @@ def reference_on_every_worker(strategy, reference_path, num_classes, config):
             read_reference(reference_path, num_classes, config.epoch_matched)
             predictions = predictions_lib.load_predictions(sibling)
             return {"labels": predictions.labels.tolist(),
-                    "correct": predictions.correct.astype(int).tolist()}
+                    "correct": predictions.correct.astype(int).tolist(),
+                    "prior_offsets": predictions.prior_offsets}
         return read_reference(reference_path, num_classes, config.epoch_matched).tolist()
 
     values = multi_worker.run_on_chief(strategy, read)
     if isinstance(values, dict):
         return predictions_lib.ReferencePredictions(
             labels=np.array(values["labels"], dtype=np.int32),
-            correct=np.array(values["correct"], dtype=bool))
+            correct=np.array(values["correct"], dtype=bool),
+            prior_offsets=bool(values["prior_offsets"]))
     return np.array(values, dtype=np.float64)
 
 
