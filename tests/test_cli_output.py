@@ -232,6 +232,12 @@ def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(demo_runs):
     assert "--epochs=3 --teacher_epochs=1" in lines[0]
     assert "--steps_per_execution=8: using 6" in output  # 200 images, 6 batches of 32.
     stage_lines = [line for line in lines if re.match(r"(teacher|reference|student_\w+): ", line)]
+    # After each student trains, the line of its prior offsets (the default).
+    offset_lines = [line for line in stage_lines
+                    if ": prior offsets on the held-out split: accuracy " in line]
+    assert [line.split(":")[0] for line in offset_lines] == [
+        "reference", "student_kd", "student_tllm"]
+    stage_lines = [line for line in stage_lines if line not in offset_lines]
     assert [line.split(":")[0] for line in stage_lines] == [
         "teacher", "reference", "student_kd", "student_tllm"]
     assert stage_lines[0].endswith(f"1 epoch -> {workdir / 'teacher'}")

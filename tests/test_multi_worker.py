@@ -231,8 +231,12 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(
     assert "non-chief" in worker_out and "test accuracy" not in worker_out
 
     exported = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)
-    for saved, recorded in zip(exported.get_weights(), chief_weights, strict=True):
+    for saved, recorded in zip(exported.get_weights()[:-1], chief_weights[:-1], strict=True):
         np.testing.assert_array_equal(saved, recorded)
+    # The last bias carries the prior offsets the chief fitted after training (the default).
+    with open(os.path.join(stage_dir, "prior_offsets.json")) as handle:
+        offsets = np.array(json.load(handle)["offsets"], np.float32)
+    np.testing.assert_allclose(exported.get_weights()[-1], chief_weights[-1] + offsets, atol=1e-6)
 
     # Run again, the chief finds every stage done and tells the other worker.
     written = _modification_times(chief_dir)

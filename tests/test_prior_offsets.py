@@ -116,8 +116,10 @@ def test_apply_prior_offsets_reports_the_held_out_accuracy_it_made():
 
 
 def _run(tmp_path, name, **changes):
+    # The rule judges without offsets here, so both runs mask alike whatever the final offsets.
     return RunConfig(workdir=str(tmp_path / name), num_train=200, teacher_model="cnn_tiny",
-                     epochs=2, warmup_epochs=0, masked_classes=(3,), verbose=0, **changes)
+                     epochs=2, warmup_epochs=0, masked_classes=(3,), verbose=0,
+                     **dict(dict(rule_prior_offsets=False), **changes))
 
 
 def _weights(workdir, stage):
@@ -131,7 +133,10 @@ def _offsets(workdir, stage):
 
 
 def test_the_stages_add_offsets_to_the_final_students_and_change_nothing_else(tmp_path):
-    plain, offset = _run(tmp_path, "plain"), _run(tmp_path, "offset", prior_offsets=True)
+    defaults = RunConfig(workdir=str(tmp_path / "defaults"))
+    assert defaults.prior_offsets and defaults.rule_prior_offsets  # The defaults since 2026-12-05.
+    plain = _run(tmp_path, "plain", prior_offsets=False)
+    offset = _run(tmp_path, "offset", prior_offsets=True)
     stages.run(plain)
     stages.run(offset)
     # What the rule reads is the same: the reference's held-out record and the mask log.
@@ -189,7 +194,9 @@ def test_correctness_with_offsets_judges_the_offset_predictions_and_leaves_the_m
 
 
 def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path):
-    config = _run(tmp_path, "rule", rule_prior_offsets=True, students=("tllm",))
+    # Without offsets on the final models, so the saved reference is the one it recorded.
+    config = _run(tmp_path, "rule", rule_prior_offsets=True, prior_offsets=False,
+                  students=("tllm",))
     stages.run(config)
     reference_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
     recorded = tllm_tf.load_predictions(tllm_tf.predictions_path(

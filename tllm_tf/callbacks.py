@@ -282,15 +282,16 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 "prior_offsets=True judges image by image, so it needs the reference's "
                 "held-out predictions (the paired rule): pass a reference file with its "
                 f"{predictions_lib.PREDICTIONS_FILE} beside it, a ReferencePredictions or "
-                "the reference model, or set prior_offsets=False.")
+                "the reference model, or set prior_offsets=False (--norule_prior_offsets).")
         if predictions is not None and predictions.prior_offsets != self.prior_offsets:
             raise ValueError(
                 f"The reference's predictions were recorded "
                 f"{'with' if predictions.prior_offsets else 'without'} prior offsets, and "
                 f"this callback judges {'with' if self.prior_offsets else 'without'} them "
                 f"(prior_offsets={self.prior_offsets}). Record the reference with "
-                f"PredictionRecorder(prior_offsets={self.prior_offsets}) (--rule_prior_offsets "
-                "on both stages), or judge as it was recorded.")
+                f"PredictionRecorder(prior_offsets={self.prior_offsets}) (the same "
+                "--rule_prior_offsets for the reference and the students), or judge as it was "
+                "recorded.")
         if predictions is not None:
             if predictions.labels.size and predictions.labels.max() >= num_classes:
                 raise ValueError(

@@ -77,12 +77,12 @@ flags.DEFINE_bool("refit_fallback", _DEFAULTS.refit_fallback, "The tllm_refit st
 flags.DEFINE_bool("prior_offsets", _DEFAULTS.prior_offsets, "After each student (and the "
                   "label-only reference) trains, add per-class offsets to its logits, fitted so "
                   "that its mean predicted probabilities on the held-out split match the class "
-                  "frequencies there (tllm_tf.prior_offsets; docs/study.md). Default: off.")
+                  "frequencies there (tllm_tf.prior_offsets; docs/study.md). Default: on.")
 # Identification.
 flags.DEFINE_bool("rule_prior_offsets", _DEFAULTS.rule_prior_offsets, "The paired rule compares "
                   "the student and the reference after the prior offsets fitted on the held-out "
-                  "split at each look (the reference stage records its predictions so). "
-                  "Default: off (docs/study.md).")
+                  "split at each look (the reference stage records its predictions so; the "
+                  "paired rule only). Default: on (docs/study.md).")
 flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "paired: McNemar's exact test per class on the held-out images, "
                   "corrected across classes; unpaired: per-class accuracy difference.")

@@ -10,7 +10,10 @@ ROOT="${1:-runs/study}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 RULES=kd,tllm,unpaired,paired,paired_matched,paired_matched_sticky,paired_matched_sticky_bh,paired_matched_sticky_soft_label,paired_sticky_half_warmup,paired_matched_sticky_half_warmup
 FLAGFILE=configs/study_fashion.flags
-EXTRA_FLAGS=""  # flags of a study run beside its flag file
+# Flags of a study run beside its flag file. Every run before 2026-12-05 (afternoon) had the
+# defaults of then, without prior offsets: the reports say so in the command they print.
+BEFORE="--noprior_offsets --norule_prior_offsets"
+EXTRA_FLAGS="$BEFORE"
 report() {  # report OUT_DIR SEEDS STUDENTS TEACHERS ARMS
     if "$PYTHON" tools/study.py --flagfile="$FLAGFILE" $EXTRA_FLAGS --root="$ROOT" \
         --seeds="$2" --student_models="$3" --teacher_models="$4" --arms="$5" \
@@ -113,7 +116,7 @@ ROOT="$FEW_ROOT" report few_labels_after_pilot 1,2,3,4,5,6,7,8,9 mlp_16,lenet_2 
 # ... and with a held-out split of 1,000 images (100 a class) instead of 6,000, the mlp_256 teacher
 # (SMALL_HOLDOUT_ROOT: runs/study_few_small_holdout_a and _b concatenated).
 SMALL_HOLDOUT_ROOT="${SMALL_HOLDOUT_ROOT:-runs/study_few_small_holdout}"
-EXTRA_FLAGS=--holdout_fraction=0.016667 ROOT="$SMALL_HOLDOUT_ROOT" report few_labels_small_holdout "$ALL" mlp_16 mlp_256 kd,tllm_refit
+EXTRA_FLAGS="$BEFORE --holdout_fraction=0.016667" ROOT="$SMALL_HOLDOUT_ROOT" report few_labels_small_holdout "$ALL" mlp_16 mlp_256 kd,tllm_refit
 # Ten looks (2026-12-05, late morning): the default looking every third epoch of the 60 (ten
 # updates, as in the base setting) against every epoch (thirty), a second execution of the same
 # seeds on a fresh machine (LOOKS_ROOT: runs/few_looks_a and runs/few_looks_b concatenated); the
@@ -133,14 +136,14 @@ ROOT="$LOOKS15_ROOT" report ten_looks_15_seeds "$(seq -s, 0 14)" mlp_16,lenet_2 
 # of the second recipe's pilot), the default against KD, seeds 0-9 (T2_ROOT: runs/t2_a and
 # runs/t2_b concatenated).
 T2_ROOT="${T2_ROOT:-runs/t2}"
-FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_ROOT" report t2 "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="$BEFORE --temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_ROOT" report t2 "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
 # ... ten fresh seeds 10-19 of the two settings with the most false alarms, the CNN and the
 # mlp_1024 teacher (T2_FRESH_ROOT: runs/t2f_a and runs/t2f_b concatenated), and their twenty seeds
 # (T2_20_ROOT: T2_ROOT and T2_FRESH_ROOT concatenated).
 T2_FRESH_ROOT="${T2_FRESH_ROOT:-runs/t2f}"
 T2_20_ROOT="${T2_20_ROOT:-runs/t2_20}"
-FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_FRESH_ROOT" report t2_fresh "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
-FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="--temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_20_ROOT" report t2_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="$BEFORE --temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_FRESH_ROOT" report t2_fresh "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+FLAGFILE=configs/study_fashion.flags EXTRA_FLAGS="$BEFORE --temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2_20_ROOT" report t2_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
 # A second execution of the base setting's default on a fresh machine (2026-12-05, midday): seeds
 # 0-9, the mlp_16 student with the three MLP teachers, the CNN with mlp_256 (BASE2_ROOT: runs/base_a
 # and runs/base_b concatenated).
@@ -161,9 +164,9 @@ ROOT="$BASE20_ROOT" report base_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64
 OFFSETS_ROOT="${OFFSETS_ROOT:-runs/base_offsets}"
 OFFSETS_FRESH_ROOT="${OFFSETS_FRESH_ROOT:-runs/basef_offsets}"
 OFFSETS20_ROOT="${OFFSETS20_ROOT:-runs/base20_offsets}"
-EXTRA_FLAGS=--prior_offsets ROOT="$OFFSETS_ROOT" report prior_offsets/selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-EXTRA_FLAGS=--prior_offsets ROOT="$OFFSETS_FRESH_ROOT" report prior_offsets/confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-EXTRA_FLAGS=--prior_offsets ROOT="$OFFSETS20_ROOT" report prior_offsets/twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS_ROOT" report prior_offsets/selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS_FRESH_ROOT" report prior_offsets/confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS20_ROOT" report prior_offsets/twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
 compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT
     if [ -f "$2/results.jsonl" ] && [ -f "$3/results.jsonl" ]; then
         "$PYTHON" results/study_fashion/prior_offsets/compare.py --plain="$2/results.jsonl" \
@@ -177,3 +180,18 @@ compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT
 compare compare_seeds_0_9 "$BASE2_ROOT" "$OFFSETS_ROOT"
 compare compare_seeds_10_19 "$BASE_FRESH_ROOT" "$OFFSETS_FRESH_ROOT"
 compare compare_20_seeds "$BASE20_ROOT" "$OFFSETS20_ROOT"
+# The rule judged after offsets, the default since 2026-12-05 (afternoon): trained through the
+# pipeline with --prior_offsets --rule_prior_offsets, seeds 0-9 (RULE_ROOT: runs/ro_a and runs/ro_b
+# concatenated), the fresh seeds 10-19 (RULE_FRESH_ROOT: runs/rof_a and _b) and the twenty
+# (RULE20_ROOT: the two concatenated); each paired with the default of before on the same seeds
+# (compare.py's rows "default: with offsets minus without" then compare the two defaults).
+RULE_ROOT="${RULE_ROOT:-runs/ro}"
+RULE_FRESH_ROOT="${RULE_FRESH_ROOT:-runs/rof}"
+RULE20_ROOT="${RULE20_ROOT:-runs/ro20}"
+RULE_FLAGS="--prior_offsets --rule_prior_offsets"
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE_ROOT" report prior_offsets/rule_selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE_FRESH_ROOT" report prior_offsets/rule_confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE20_ROOT" report prior_offsets/rule_twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+compare rule_compare_seeds_0_9 "$BASE2_ROOT" "$RULE_ROOT"
+compare rule_compare_seeds_10_19 "$BASE_FRESH_ROOT" "$RULE_FRESH_ROOT"
+compare rule_compare_20_seeds "$BASE20_ROOT" "$RULE20_ROOT"

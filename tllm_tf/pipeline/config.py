@@ -87,11 +87,12 @@ class RunConfig:
     # The refit keeps the tllm student's weights when it is behind them on the held-out split
     # beyond noise (pipeline/refit_check.py; docs/study.md).
     refit_fallback: bool = True
-    # Per-class logit offsets fitted on the held-out split after each student trains
-    # (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their class boundaries").
-    prior_offsets: bool = False
-    # The paired rule judges the student and the reference after their prior offsets.
-    rule_prior_offsets: bool = False
+    # Per-class logit offsets fitted on the held-out split after each student trains, and the
+    # paired rule judging the student and the reference after theirs: the defaults since
+    # 2026-12-05 (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their class
+    # boundaries").
+    prior_offsets: bool = True
+    rule_prior_offsets: bool = True
     # Undistillable-class identification.
     rule: str = "paired"
     significance: float = 0.05

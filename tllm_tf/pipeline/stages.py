@@ -200,7 +200,8 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             patience=config.patience,
             margin_standard_errors=config.margin_standard_errors,
             masked_classes=config.masked_classes,
-            prior_offsets=config.rule_prior_offsets,
+            # The unpaired rule compares per-class accuracies, which offsets do not judge.
+            prior_offsets=config.rule_prior_offsets and config.rule == "paired",
         )
         callbacks.append(identification)
         if multi_worker.num_workers(strategy) > 1:
