@@ -412,7 +412,7 @@ def test_get_config_has_every_argument(held_out):
         "rule": "paired", "significance": 0.05, "correction": "holm", "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
         "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
         "patience": 2, "margin_standard_errors": 1.5, "masked_classes": [],
-        "max_updates": None, "prior_offsets": False,
+        "max_updates": None, "prior_offsets": None,
     }
     assert tllm_tf.UndistillableClassCallback(
         held_out, reference=[0.5] * 4, prior_offsets=True).get_config()["prior_offsets"] is True
@@ -507,3 +507,14 @@ def test_the_predictions_file_keeps_whether_offsets_judged_it(tmp_path):
     np.savez(str(tmp_path / "old.npz"), labels=np.array([0, 1], np.int32),
              correct=np.array([[True, False]]))
     assert not tllm_tf.load_predictions(str(tmp_path / "old.npz")).prior_offsets
+
+
+def test_by_default_the_callback_judges_as_the_reference_was_recorded(tiny_data, held_out):
+    x, y = tiny_data
+    for recorded_with in (True, False):
+        callback = tllm_tf.UndistillableClassCallback(held_out, reference=tllm_tf.ReferencePredictions(
+            labels=held_out[1], correct=np.ones((1, len(held_out[1])), bool),
+            prior_offsets=recorded_with))
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+        assert isinstance(callback._correctness, tllm_tf.prior_offsets.PerImageCorrectnessWithOffsets) \
+            == recorded_with

@@ -172,7 +172,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             at each look (`tllm_tf.prior_offsets`), so that where a model puts
             its class boundaries does not count as a class behind. A reference
             file must then come from a `PredictionRecorder(prior_offsets=True)`
-            (`--rule_prior_offsets` does both). Defaults to `False`.
+            (`--rule_prior_offsets` does both, the default of the stages). `None`
+            judges as the reference's predictions were recorded (their file says),
+            and without offsets for a reference given as a model. Defaults to
+            `None`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
@@ -206,7 +209,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         margin_standard_errors=0.0,
         masked_classes=(),
         max_updates=None,
-        prior_offsets=False,
+        prior_offsets=None,
     ):
         super().__init__()
         masked_classes = tuple(int(c) for c in masked_classes)
@@ -232,7 +235,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = None if update_every is None else int(update_every)
         self.max_updates = None if max_updates is None else int(max_updates)
-        self.prior_offsets = bool(prior_offsets)
+        self.prior_offsets = None if prior_offsets is None else bool(prior_offsets)
+        self._with_offsets = bool(prior_offsets)
         self.masked_classes = masked_classes
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
@@ -260,10 +264,11 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                     "epoch_matched=True needs the reference's per-epoch results: "
                     "pass a reference file written by the reference stage, a "
                     "ReferencePredictions or an (epochs, num_classes) array, not a model.")
+            with_offsets = bool(self.prior_offsets)
             correct, labels = prior_offsets_lib.per_image_correctness(
-                reference, num_classes, with_offsets=self.prior_offsets)(self.validation_data)
+                reference, num_classes, with_offsets=with_offsets)(self.validation_data)
             predictions = predictions_lib.ReferencePredictions(
-                labels=labels, correct=correct[np.newaxis], prior_offsets=self.prior_offsets)
+                labels=labels, correct=correct[np.newaxis], prior_offsets=with_offsets)
         elif isinstance(reference, predictions_lib.ReferencePredictions):
             predictions = reference
         elif isinstance(reference, (str, os.PathLike)):
@@ -283,7 +288,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 "held-out predictions (the paired rule): pass a reference file with its "
                 f"{predictions_lib.PREDICTIONS_FILE} beside it, a ReferencePredictions or "
                 "the reference model, or set prior_offsets=False (--norule_prior_offsets).")
-        if predictions is not None and predictions.prior_offsets != self.prior_offsets:
+        if (predictions is not None and self.prior_offsets is not None
+                and predictions.prior_offsets != self.prior_offsets):
             raise ValueError(
                 f"The reference's predictions were recorded "
                 f"{'with' if predictions.prior_offsets else 'without'} prior offsets, and "
@@ -292,6 +298,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 f"PredictionRecorder(prior_offsets={self.prior_offsets}) (the same "
                 "--rule_prior_offsets for the reference and the students), or judge as it was "
                 "recorded.")
+        # Judged as the reference was recorded, unless asked otherwise (refused above).
+        self._with_offsets = predictions is not None and predictions.prior_offsets
         if predictions is not None:
             if predictions.labels.size and predictions.labels.max() >= num_classes:
                 raise ValueError(
@@ -372,10 +380,11 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._warn_about_unlearned_classes(num_classes)
         self.student_accuracy = None
         self.p_values = None
-        if self._correctness is None or self._correctness.model is not self.model:
+        judge = (prior_offsets_lib.PerImageCorrectnessWithOffsets if self._with_offsets
+                 else metrics_lib.PerImageCorrectness)
+        if type(self._correctness) is not judge or self._correctness.model is not self.model:
             # Kept across `fit` calls on the same model: its traced pass is reused.
-            self._correctness = prior_offsets_lib.per_image_correctness(
-                self.model, num_classes, with_offsets=self.prior_offsets)
+            self._correctness = judge(self.model, num_classes)
         self._labels_checked = False
 
     def _warn_about_unlearned_classes(self, num_classes):
