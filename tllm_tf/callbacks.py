@@ -380,8 +380,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._warn_about_unlearned_classes(num_classes)
         self.student_accuracy = None
         self.p_values = None
-        judge = (prior_offsets_lib.PerImageCorrectnessWithOffsets if self._with_offsets
-                 else metrics_lib.PerImageCorrectness)
+        judge = prior_offsets_lib.judge_class(self._with_offsets)
         if type(self._correctness) is not judge or self._correctness.model is not self.model:
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = judge(self.model, num_classes)

@@ -41,9 +41,13 @@ def logits_and_labels(model, dataset):
         `(logits, labels)`: float64 `(num_images, num_classes)` and int64
         `(num_images,)` arrays.
     """
+    return _logits_and_labels(lambda images: model(images, training=False), dataset)
+
+
+def _logits_and_labels(forward, dataset):
     logits, labels = [], []
     for batch in metrics_lib.as_dataset(dataset):
-        logits.append(model(batch[0], training=False).numpy())
+        logits.append(forward(batch[0]).numpy())
         batch_labels = batch[1].numpy()
         labels.append(batch_labels.argmax(-1) if batch_labels.ndim > 1 else batch_labels)
     if not logits:
@@ -152,19 +156,25 @@ class PerImageCorrectnessWithOffsets:
     def __init__(self, model, num_classes):
         self.model = model
         self.num_classes = int(num_classes)
+        # Compiled once: it runs at every look and, for the reference, after every epoch.
+        self._forward = tf.function(lambda images: model(images, training=False),
+                                    reduce_retracing=True)
 
     def __call__(self, data):
         """Returns `(correct, labels)`: a bool and an int64 array `(num_images,)`."""
-        logits, labels = logits_and_labels(self.model, data)
+        logits, labels = _logits_and_labels(self._forward, data)
         offsets = fit_offsets(logits, labels, self.num_classes)
         return (logits + offsets).argmax(axis=1) == labels, labels
 
 
+def judge_class(with_offsets):
+    """The per-image judge: `metrics.PerImageCorrectness`, or with prior offsets."""
+    return PerImageCorrectnessWithOffsets if with_offsets else metrics_lib.PerImageCorrectness
+
+
 def per_image_correctness(model, num_classes, with_offsets=False):
-    """The per-image judge of `model`: `metrics.PerImageCorrectness`, or with its prior offsets."""
-    if with_offsets:
-        return PerImageCorrectnessWithOffsets(model, num_classes)
-    return metrics_lib.PerImageCorrectness(model, num_classes)
+    """The per-image judge of `model` (`judge_class`), ready to call on a data set."""
+    return judge_class(with_offsets)(model, num_classes)
 
 
 def apply_prior_offsets(model, held_out, num_classes):
