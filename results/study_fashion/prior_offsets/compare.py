@@ -12,10 +12,10 @@ same for the classes named with `--classes`.
 
 import argparse
 import collections
-import json
 
 import numpy as np
 
+import apply  # results/study_fashion/prior_offsets/apply.py: reads the records.
 from tllm_tf.analysis import study_stats
 
 # (row label, (arm, with offsets), (arm, with offsets)): the first minus the second.
@@ -30,12 +30,9 @@ ROWS = (
 
 
 def _read(path, with_offsets, into):
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                into[(record["student"], record["teacher"] if record["arm"] != "labels"
-                      else None, record["arm"], with_offsets)][record["seed"]] = record
+    for record in apply.read_records(path):
+        into[(record["student"], record["teacher"] if record["arm"] != "labels"
+              else None, record["arm"], with_offsets)][record["seed"]] = record
 
 
 def _cell(a, b):
