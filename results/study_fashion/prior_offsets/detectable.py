@@ -1,0 +1,142 @@
+"""What the paired rule could see of KD's per-class harm on the held-out split (docs/study.md).
+
+For every seed and setting of a study run with the default (`--prior_offsets`),
+this script judges the stored KD student against the stored label-only
+reference on the held-out split, as the rule judges at a look (per image, with
+offsets fitted on those images: `prior_offsets.per_image_correctness`; the
+paired exact test with Holm's correction at 0.05, `identification`), and on
+the test split as reported. It prints, for each class KD hurts beyond noise on the test
+split over the seeds:
+- KD minus labels on held-out and test (points, mean over seeds);
+- the discordant images a class on held-out (`b + w`, mean);
+- the seeds in which the test would find the class behind on held-out;
+- the smallest harm that test finds (points): the first `b - w` it rejects
+  at the class's mean discordant count, with the threshold Holm applies to
+  the first of ten classes, and with 3 and 10 times the held-out images.
+
+    .venv/bin/python results/study_fashion/prior_offsets/detectable.py \
+        --results=runs/ro20/results.jsonl --out=runs/detectable.jsonl \
+        runs/ro_a runs/ro_b runs/rof_a runs/rof_b > detectable.md
+
+With `--out`, each seed's counts are written as they come, a second call reads
+them back instead of judging again, and the table comes from them.
+"""
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import apply  # noqa: E402  (the study scripts' shared loading)
+
+from tllm_tf import identification  # noqa: E402
+from tllm_tf import prior_offsets  # noqa: E402
+from tllm_tf.analysis import study_stats  # noqa: E402
+from tllm_tf.pipeline import build  # noqa: E402
+
+SIGNIFICANCE = 0.05
+NUM_TESTS = 10  # Holm's first threshold is significance / classes tested.
+
+
+def judged(model, data, config, split):
+    """Per-image correctness and labels of `model` on `split`.
+
+    On held-out as the rule judges (offsets fitted on those images); on test as
+    reported (the stored model, whose offsets were fitted on held-out).
+    """
+    judge = prior_offsets.per_image_correctness(model, data.num_classes,
+                                                with_offsets=split == "held_out")
+    return judge(build.eval_batches(getattr(data, split), config))
+
+
+def smallest_rejected_gap(trials, level):
+    """The smallest `b - w` the one-sided exact test rejects at `level`, with `b + w = trials`."""
+    for behind in range((trials + 1) // 2, trials + 1):
+        if identification.binomial_upper_tail(np.array(behind), np.array(trials)) <= level:
+            return 2 * behind - trials
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", required=True, help="results.jsonl of the stored runs")
+    parser.add_argument("--out", help="where the per-seed rows go (JSON lines); resumes")
+    parser.add_argument("roots", nargs="+", help="study roots holding the seed<s>/ folders")
+    args = parser.parse_args()
+    students = apply.StoredStudents(args.roots)
+    rows = []
+    done = set()
+    if args.out and os.path.exists(args.out):
+        rows = apply.read_records(args.out)
+        done = {(r["seed"], r["student"], r["teacher"]) for r in rows}
+    out = open(args.out, "a") if args.out else None
+    for record in apply.read_records(args.results):
+        key = (record["seed"], record["student"], record["teacher"])
+        if record["arm"] != "kd" or key in done:
+            continue
+        row = dict(zip(("seed", "student", "teacher"), key))
+        reference, data, config = students.load(record, arm="labels")
+        student, _, _ = students.load(record)
+        for split in ("held_out", "test"):
+            kd_correct, labels = judged(student, data, config, split)
+            labels_correct, _ = judged(reference, data, config, split)
+            behind, ahead = identification.discordant_counts(
+                kd_correct, labels_correct, labels, data.num_classes)
+            row[split] = {"behind": behind.tolist(), "ahead": ahead.tolist(),
+                          "images": np.bincount(labels, minlength=data.num_classes).tolist()}
+        p_values = identification.binomial_upper_tail(
+            np.array(row["held_out"]["behind"]),
+            np.array(row["held_out"]["behind"]) + np.array(row["held_out"]["ahead"]))
+        row["rejected"] = identification.reject(p_values, SIGNIFICANCE, "holm").tolist()
+        rows.append(row)
+        if out:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+        print(*key, "rejected:", [i for i, r in enumerate(row["rejected"]) if r],
+              file=sys.stderr, flush=True)
+    report(rows, record.get("class_names") or [str(c) for c in range(10)])
+
+
+def harm(split_counts):
+    """KD minus labels per class, in points: (w - b) / images."""
+    counts = {k: np.asarray(v, dtype=np.float64) for k, v in split_counts.items()}
+    return 100.0 * (counts["ahead"] - counts["behind"]) / counts["images"]
+
+
+def report(rows, class_names):
+    by_setting = collections.defaultdict(list)
+    for row in rows:
+        by_setting[(row["student"], row["teacher"])].append(row)
+    print("| student, teacher | class | KD minus labels, test | held-out | discordant "
+          "held-out images | seeds found behind | smallest harm found: x1 / x3 / x10 held-out |")
+    print("|---|---|---|---|---|---|---|")
+    for (student, teacher), runs in sorted(by_setting.items()):
+        test = np.array([harm(r["test"]) for r in runs])
+        held_out = np.array([harm(r["held_out"]) for r in runs])
+        rejected = np.array([r["rejected"] for r in runs])
+        discordant = np.array([np.add(r["held_out"]["behind"], r["held_out"]["ahead"])
+                               for r in runs], dtype=np.float64)
+        images = np.array([r["held_out"]["images"] for r in runs], dtype=np.float64)
+        for c, name in enumerate(class_names):
+            diff = study_stats.paired_difference(test[:, c], np.zeros(len(runs)))
+            if diff["ci_high"] >= 0:
+                continue  # Not hurt beyond noise on the test split.
+            smallest = []
+            for scale in (1, 3, 10):
+                gap = smallest_rejected_gap(int(round(scale * discordant[:, c].mean())),
+                                            SIGNIFICANCE / NUM_TESTS)
+                smallest.append("-" if gap is None
+                                else f"{100.0 * gap / (scale * images[:, c].mean()):.1f}")
+            print(f"| `{student}`, `{teacher}` | {name} | {test[:, c].mean():+.2f} "
+                  f"[{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}] | "
+                  f"{held_out[:, c].mean():+.2f} | {discordant[:, c].mean():.0f} | "
+                  f"{int(rejected[:, c].sum())}/{len(runs)} | {' / '.join(smallest)} |")
+
+
+if __name__ == "__main__":
+    main()
