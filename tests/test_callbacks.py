@@ -351,6 +351,23 @@ def test_paired_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
     assert len(record["p_values"]) == NUM_CLASSES
 
 
+@pytest.mark.parametrize("sticky, looks", [(True, 3), (False, 1)])
+def test_the_log_records_the_level_of_each_look(tiny_data, held_out, tmp_path, sticky, looks):
+    # A sticky mask spends the significance over the planned looks; the report reads it back.
+    x, y = tiny_data
+    keras.utils.set_random_seed(5)
+    log_path = str(tmp_path / "log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=make_mlp("reference"), log_path=log_path, warmup_epochs=0,
+        significance=0.06, correction="benjamini_hochberg", sticky=sticky)
+    _distiller().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    records = _log_records(log_path)
+    assert len(records) == 3
+    for record in records:
+        assert record["significance_per_look"] == pytest.approx(0.06 / looks)
+        assert record["correction"] == "benjamini_hochberg"
+
+
 def test_per_class_reference_falls_back_to_unpaired_with_a_warning(tiny_data, held_out, caplog):
     x, y = tiny_data
     callback = tllm_tf.UndistillableClassCallback(held_out, reference=[0.5] * 4)

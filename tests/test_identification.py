@@ -32,6 +32,20 @@ def test_reject_corrections(correction, expected):
     np.testing.assert_array_equal(rule_lib.reject(p_values, 0.05, correction), expected)
 
 
+@pytest.mark.parametrize("level", [0.05, 0.005, 0.0005])
+def test_smallest_detectable_gap_is_the_first_gap_the_test_rejects(level):
+    trials = np.array([0, 3, 4, 9, 10, 11, 60, 141])
+    gaps = rule_lib.smallest_detectable_gap(trials, level)
+    for n, gap in zip(trials, gaps):
+        rejected = [2 * b - n for b in range(n + 1)
+                    if rule_lib.binomial_upper_tail(np.array([b]), np.array([n]))[0] <= level]
+        if rejected:
+            assert gap == min(rejected)
+        else:  # Even b = n is not enough: 2 ** -n > level.
+            assert np.isnan(gap) and 0.5 ** n > level
+    assert rule_lib.smallest_detectable_gap(np.array([[60, 141]]), 0.0005).shape == (1, 2)
+
+
 def test_discordant_counts():
     student = np.array([1, 0, 0, 1, 1, 0], bool)
     reference = np.array([1, 1, 1, 0, 1, 0], bool)

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from tllm_tf import identification as rule_lib
 from tllm_tf.analysis import reporting
 
 CLASS_NAMES = ["cat", "dog", "bird", "fish"]
@@ -175,6 +176,47 @@ def test_without_a_masked_class_the_gain_is_not_split(workdir):
     results = reporting.load_results(str(workdir))
     assert reporting.gain_by_mask(results) == {}
     assert not any("minus KD" in line for line in reporting.summary_lines(results))
+
+
+def _append_paired_look(workdir, **level):
+    with open(workdir / "student_tllm" / "mask_log.jsonl", "a") as handle:
+        handle.write(json.dumps({
+            "epoch": 5, "rule": "paired", "student_accuracy": [0.5] * 4,
+            "reference_accuracy": [0.6] * 4, "num_samples": [600, 600, 600, 0],
+            "class_mask": [1.0, 0.0, 1.0, 1.0], "num_undistillable_classes": 1,
+            "behind_counts": [40, 90, 5, 0], "ahead_counts": [40, 30, 2, 0],
+            "p_values": [0.5, 0.0, 0.2, 1.0], **level}) + "\n")
+
+
+def test_detection_limit_says_how_large_a_gap_the_last_look_could_find(workdir):
+    _append_paired_look(workdir, significance_per_look=0.015, correction="holm")
+    results = reporting.load_results(str(workdir))
+    limit = reporting.detection_limit(results)
+    assert (limit["epoch"], limit["correction"]) == (5, "holm")
+    assert limit["level"] == pytest.approx(0.005)  # Over the three classes with images.
+    rows = {row["name"]: row for row in limit["classes"]}
+    gap = rule_lib.smallest_detectable_gap(np.array([80, 120]), 0.005)
+    assert rows["cat"]["smallest_harm"] == pytest.approx(gap[0] / 600)
+    assert rows["dog"]["smallest_harm"] == pytest.approx(gap[1] / 600)
+    assert rows["dog"]["student_minus_reference"] == pytest.approx(-60 / 600)
+    assert rows["bird"]["smallest_harm"] is None  # 7 discordant images: 2 ** -7 > 0.005.
+    assert rows["fish"] == {"name": "fish", "held_out_images": 0, "discordant": 0,
+                            "student_minus_reference": None, "smallest_harm": None}
+    assert reporting.to_json(results)["detection_limit"] == limit
+    markdown = reporting.markdown_report(results)
+    assert "## What the rule could see at its last look (epoch 5)" in markdown
+    assert f"| dog | 600 | 120 | -10.0 | {100 * gap[1] / 600:.1f} |" in markdown
+    assert "| bird | 600 | 7 | -0.5 | none |" in markdown
+    assert "| fish | 0 | 0 | n/a | n/a |" in markdown
+
+
+def test_without_the_looks_level_there_is_no_detection_limit(workdir):
+    # The unpaired rule's logs, and paired logs written before the level was recorded.
+    assert reporting.detection_limit(reporting.load_results(str(workdir))) is None
+    _append_paired_look(workdir)
+    results = reporting.load_results(str(workdir))
+    assert reporting.detection_limit(results) is None
+    assert "What the rule could see" not in reporting.markdown_report(results)
 
 
 def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):

@@ -474,6 +474,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             record["behind_counts"] = [int(n) for n in evidence.behind_counts]
             record["ahead_counts"] = [int(n) for n in evidence.ahead_counts]
             record["p_values"] = atomic.json_floats(self.p_values, digits=6)
+            # What the report needs to say how large a gap this look could find.
+            record["significance_per_look"] = self.options.significance / self._looks
+            record["correction"] = self.options.correction
         if self.options.smoothing > 0:
             record["smoothed"] = [atomic.json_floats(row, digits=6) for row in state.smoothed]
         directory = os.path.dirname(os.path.abspath(self.log_path))

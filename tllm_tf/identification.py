@@ -59,6 +59,37 @@ def binomial_upper_tail(successes, trials):
     return p_values
 
 
+def smallest_detectable_gap(trials, level):
+    """The smallest `b - w` the one-sided exact test rejects, given `b + w`.
+
+    What the paired rule can see: with `trials` discordant images in a class,
+    the student must be behind the reference on at least this many more of
+    them than it is ahead before `binomial_upper_tail(b, trials) <= level`.
+
+    Args:
+        trials: array of non-negative integers, `b + w` per class.
+        level: the p-value a class must reach, in `(0, 1)` (for one class
+            under Holm's correction: the significance over the classes tested).
+
+    Returns:
+        A float64 array of the same shape; NaN where even `b = trials` is not
+        enough (fewer than `log2(1 / level)` discordant images).
+    """
+    trials = np.asarray(trials, dtype=np.int64)
+    gaps = np.full(trials.shape, np.nan)
+    for index in np.ndindex(trials.shape):
+        n = int(trials[index])
+        j = np.arange(n + 1)
+        log_pmf = (math.lgamma(n + 1) - np.vectorize(math.lgamma)(j + 1.0)
+                   - np.vectorize(math.lgamma)(n - j + 1.0) - n * math.log(2.0))
+        # log P(X >= j), from the top down.
+        log_tail = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
+        rejected = np.flatnonzero(log_tail <= math.log(level))
+        if rejected.size:
+            gaps[index] = 2 * rejected[0] - n
+    return gaps
+
+
 def reject(p_values, significance, correction="holm"):
     """Which null hypotheses are rejected after a multiple-testing correction.
 

@@ -15,7 +15,8 @@ example), `accuracy` (name -> overall test accuracy), `num_samples`,
 `final_mask` (array or None), `mask_history` (records of
 `mask_log.jsonl`) and `refit_check` (the refit's `refit_check.json`, or None).
 `gain_by_mask` splits each TLLM student's gain over KD between the classes
-it masked and the others.
+it masked and the others; `detection_limit` says how large a per-class gap
+the paired rule's test could find at its last look.
 
 It imports no TensorFlow (tools/report.py reads a workdir without it), and
 matplotlib only to write the plots.
@@ -28,6 +29,7 @@ import os
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import identification
 from tllm_tf.mask_log import load_mask_history
 from tllm_tf.pipeline import workdir_files
 
@@ -162,6 +164,71 @@ def gain_by_mask(results):
     return gains
 
 
+def detection_limit(results):
+    """What the paired rule could see at its last look, per class.
+
+    A class is found behind when the student is behind the reference on at
+    least `smallest_gap` more of its discordant held-out images than it is
+    ahead (`identification.smallest_detectable_gap`, at the level one class
+    alone must reach: the look's significance over the classes tested under
+    Holm's or Benjamini-Hochberg's correction). A per-class harm smaller than
+    that, in points of the class's held-out images, is below what the rule
+    can tell from noise; a larger held-out split lowers it.
+
+    Returns:
+        None when no look of the paired rule recorded its level (the unpaired
+        rule, or a mask log from before 2026-12-05). Otherwise a dict:
+        `epoch`, `significance_per_look`, `correction`, `level` (what one
+        class's p-value must reach), and `classes`: one
+        dict per class with `name`, `held_out_images`, `discordant`,
+        `student_minus_reference` and `smallest_harm` (fractions of the
+        class's held-out images; `smallest_harm` None where no gap suffices).
+    """
+    looks = [r for r in results["mask_history"] if "significance_per_look" in r.get("test", {})]
+    if not looks:
+        return None
+    epoch, test = looks[-1]["epoch"], looks[-1]["test"]
+    images = test["num_samples"]
+    discordant = test["behind_counts"] + test["ahead_counts"]
+    level = test["significance_per_look"]
+    if test["correction"] != "none":
+        level /= max(1, int(np.sum(images > 0)))
+    smallest_gap = identification.smallest_detectable_gap(discordant, level)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smallest_harm = smallest_gap / images
+        gap = (test["ahead_counts"] - test["behind_counts"]) / images
+    names = results["class_names"] or [str(c) for c in range(len(images))]
+    return {"epoch": epoch, "significance_per_look": test["significance_per_look"],
+            "correction": test["correction"], "level": level,
+            "classes": [{"name": name, "held_out_images": int(images[c]),
+                         "discordant": int(discordant[c]),
+                         "student_minus_reference": atomic.json_floats([gap[c]])[0],
+                         "smallest_harm": atomic.json_floats([smallest_harm[c]])[0]}
+                        for c, name in enumerate(names)]}
+
+
+def detection_limit_lines(limit):
+    """`detection_limit` as a markdown section (a heading, a sentence, a table)."""
+    lines = [f"## What the rule could see at its last look (epoch {limit['epoch']})", "",
+             "Per class on the held-out split: the images, those only one of the TLLM student "
+             "and the reference got right, the student minus the reference, and the smallest "
+             "harm the rule's test finds with that many discordant images (points; "
+             f"{limit['significance_per_look']:.3g} a look, {limit['correction']} correction: "
+             f"p <= {limit['level']:.3g} for one class). "
+             "A harm below it is not told from noise; a larger held-out split lowers it.", "",
+             "| class | held-out images | discordant | student minus reference | "
+             "smallest harm found |", "|---|---|---|---|---|"]
+    for row in limit["classes"]:
+        gap, harm = row["student_minus_reference"], row["smallest_harm"]
+        if not row["held_out_images"]:
+            found = "n/a"
+        else:
+            found = "none" if harm is None else f"{100 * harm:.1f}"
+        lines.append(f"| {row['name']} | {row['held_out_images']} | {row['discordant']} | "
+                     f"{'n/a' if gap is None else f'{100 * gap:+.1f}'} | {found} |")
+    return lines + [""]
+
+
 def _percent(value):
     return "n/a" if np.isnan(value) else f"{100 * value:.1f}"
 
@@ -268,6 +335,7 @@ def to_json(results):
         "mask_history": mask_changes(results),
         "refit_check": results.get("refit_check"),
         "gain_by_mask": gain_by_mask(results),
+        "detection_limit": detection_limit(results),
     }
 
 
@@ -288,6 +356,9 @@ def markdown_report(results, title="TLLM per-class report", images=()):
         lines += [f"| {c['epoch']} | {c['num_undistillable_classes']} | "
                   f"{', '.join(c['added'])} | {', '.join(c['removed'])} |" for c in changes]
         lines.append("")
+    limit = detection_limit(results)
+    if limit:
+        lines += detection_limit_lines(limit)
     return "\n".join(lines)
 
 
