@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 
 import tllm_tf
+from tllm_tf import mask_log
+from tllm_tf.analysis import reporting
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
 
 
@@ -366,6 +368,12 @@ def test_the_log_records_the_level_of_each_look(tiny_data, held_out, tmp_path, s
     for record in records:
         assert record["significance_per_look"] == pytest.approx(0.06 / looks)
         assert record["correction"] == "benjamini_hochberg"
+    # What the report makes of it: the last look, judged at its own level.
+    limit = reporting.detection_limit(
+        {"mask_history": mask_log.load_mask_history(log_path), "class_names": None})
+    assert limit["epoch"] == 3 and limit["level"] == pytest.approx(0.06 / looks / NUM_CLASSES)
+    discordant = np.add(records[-1]["behind_counts"], records[-1]["ahead_counts"])
+    assert [row["discordant"] for row in limit["classes"]] == discordant.tolist()
 
 
 def test_per_class_reference_falls_back_to_unpaired_with_a_warning(tiny_data, held_out, caplog):
