@@ -195,3 +195,9 @@ EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE20_ROOT" report prior_offsets/rule_twenty_s
 compare rule_compare_seeds_0_9 "$BASE2_ROOT" "$RULE_ROOT"
 compare rule_compare_seeds_10_19 "$BASE_FRESH_ROOT" "$RULE_FRESH_ROOT"
 compare rule_compare_20_seeds "$BASE20_ROOT" "$RULE20_ROOT"
+# The default of now at T = 2 (2026-12-05, evening): seeds 0-9 through the pipeline with the
+# third setting's flags (T2O_ROOT: runs/t2o_a and runs/t2o_b concatenated), and paired with the
+# default of before on the same seeds (T2_ROOT).
+T2O_ROOT="${T2O_ROOT:-runs/t2o}"
+EXTRA_FLAGS="$RULE_FLAGS --temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2O_ROOT" report prior_offsets/t2_default "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+compare t2_default/compare "$T2_ROOT" "$T2O_ROOT"
