@@ -201,3 +201,7 @@ compare rule_compare_20_seeds "$BASE20_ROOT" "$RULE20_ROOT"
 T2O_ROOT="${T2O_ROOT:-runs/t2o}"
 EXTRA_FLAGS="$RULE_FLAGS --temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2O_ROOT" report prior_offsets/t2_default "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
 compare t2_default/compare "$T2_ROOT" "$T2O_ROOT"
+# A held-out split three times as large (1,800 images a class), the default of now, seeds 0-9
+# (HOLD30_ROOT: runs/hold30).
+HOLD30_ROOT="${HOLD30_ROOT:-runs/hold30}"
+EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_ROOT" report prior_offsets/holdout_30 "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
