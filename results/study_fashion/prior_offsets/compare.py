@@ -18,14 +18,15 @@ import numpy as np
 import apply  # results/study_fashion/prior_offsets/apply.py: reads the records.
 from tllm_tf.analysis import study_stats
 
-# (row label, (arm, with offsets), (arm, with offsets)): the first minus the second.
+# (row label, (arm, with offsets), (arm, with offsets)): the first minus the second; "default"
+# is the arm of the recipe's default (--default_arm).
 ROWS = (
     ("labels: with offsets minus without", ("labels", True), ("labels", False)),
     ("KD: with offsets minus without", ("kd", True), ("kd", False)),
-    ("default: with offsets minus without", ("tllm_refit", True), ("tllm_refit", False)),
-    ("default minus KD, without offsets", ("tllm_refit", False), ("kd", False)),
-    ("default minus KD, both with offsets", ("tllm_refit", True), ("kd", True)),
-    ("default with offsets minus KD without", ("tllm_refit", True), ("kd", False)),
+    ("default: with offsets minus without", ("default", True), ("default", False)),
+    ("default minus KD, without offsets", ("default", False), ("kd", False)),
+    ("default minus KD, both with offsets", ("default", True), ("kd", True)),
+    ("default with offsets minus KD without", ("default", True), ("kd", False)),
 )
 
 
@@ -46,7 +47,11 @@ def main():
     parser.add_argument("--plain", required=True, help="results.jsonl without offsets")
     parser.add_argument("--offsets", required=True, help="results.jsonl apply.py wrote")
     parser.add_argument("--classes", default="", help="comma-separated class names, per class")
+    parser.add_argument("--default_arm", default="tllm_refit",
+                        help="the default's arm (tllm_refit_every3 in the second recipe)")
     args = parser.parse_args()
+    rows = [(label, *((args.default_arm if arm == "default" else arm, o) for arm, o in pair))
+            for label, *pair in ROWS]
     records = collections.defaultdict(dict)
     _read(args.plain, False, records)
     _read(args.offsets, True, records)
@@ -54,7 +59,7 @@ def main():
     for student, teacher in settings:
         seeds = sorted(set.intersection(*(
             set(records[(student, None if arm == "labels" else teacher, arm, o)])
-            for _, (arm, o), _ in ROWS for o in (True, False))))
+            for _, (arm, o), _ in rows for o in (True, False))))
         if not seeds:
             continue
         print(f"\n#### {student}, {teacher} (seeds {seeds[0]}-{seeds[-1]}, {len(seeds)})\n")
@@ -67,7 +72,7 @@ def main():
         wanted = [c for c in args.classes.split(",") if c]
         print("| | overall | " + " | ".join(wanted) + " |")
         print("|---|---|" + "---|" * len(wanted))
-        for label, first, second in ROWS:
+        for label, first, second in rows:
             cells = [_cell(column(*first, lambda r: r["accuracy"]),
                            column(*second, lambda r: r["accuracy"]))]
             for name in wanted:
