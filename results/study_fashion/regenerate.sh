@@ -205,3 +205,13 @@ compare t2_default/compare "$T2_ROOT" "$T2O_ROOT"
 # (HOLD30_ROOT: runs/hold30).
 HOLD30_ROOT="${HOLD30_ROOT:-runs/hold30}"
 EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_ROOT" report prior_offsets/holdout_30 "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+# The default of now in the second recipe (2026-12-05, evening): seeds 0-9 (FEWO_ROOT: runs/fewo_a
+# and runs/fewo_b concatenated), paired with the default of before on the same seeds (LOOKS_ROOT).
+FEWO_ROOT="${FEWO_ROOT:-runs/fewo}"
+FLAGFILE=configs/study_fashion_few_labels.flags EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FEWO_ROOT" report prior_offsets/few_labels_default "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit_every3
+if [ -f "$LOOKS_ROOT/results.jsonl" ] && [ -f "$FEWO_ROOT/results.jsonl" ]; then
+    "$PYTHON" results/study_fashion/prior_offsets/compare.py --plain="$LOOKS_ROOT/results.jsonl" \
+        --offsets="$FEWO_ROOT/results.jsonl" --classes=T-shirt/top,Pullover,Dress,Coat,Shirt \
+        --default_arm=tllm_refit_every3 > results/study_fashion/prior_offsets/few_labels_default/compare.md
+    echo "results/study_fashion/prior_offsets/few_labels_default/compare.md"
+fi
