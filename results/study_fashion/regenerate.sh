@@ -132,6 +132,8 @@ LOOKS_FRESH_ROOT="${LOOKS_FRESH_ROOT:-runs/few_fresh}"
 ROOT="$LOOKS_FRESH_ROOT" report ten_looks_fresh 10,11,12,13,14 mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
 LOOKS15_ROOT="${LOOKS15_ROOT:-runs/few_15}"
 ROOT="$LOOKS15_ROOT" report ten_looks_15_seeds "$(seq -s, 0 14)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 "$LOOKS_ARMS"
+# The base setting's flag file again, for every table below.
+FLAGFILE=configs/study_fashion.flags
 # The base setting with T = 2 and label and distillation weights 0.5 and 0.5 (the other candidate
 # of the second recipe's pilot), the default against KD, seeds 0-9 (T2_ROOT: runs/t2_a and
 # runs/t2_b concatenated).
@@ -167,11 +169,11 @@ OFFSETS20_ROOT="${OFFSETS20_ROOT:-runs/base20_offsets}"
 EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS_ROOT" report prior_offsets/selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
 EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS_FRESH_ROOT" report prior_offsets/confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
 EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS20_ROOT" report prior_offsets/twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT
+compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT [DEFAULT_ARM]
     if [ -f "$2/results.jsonl" ] && [ -f "$3/results.jsonl" ]; then
         "$PYTHON" results/study_fashion/prior_offsets/compare.py --plain="$2/results.jsonl" \
             --offsets="$3/results.jsonl" --classes=T-shirt/top,Pullover,Dress,Coat,Shirt \
-            > "results/study_fashion/prior_offsets/$1.md"
+            --default_arm="${4:-tllm_refit}" > "results/study_fashion/prior_offsets/$1.md"
         echo "results/study_fashion/prior_offsets/$1.md"
     else
         echo "results/study_fashion/prior_offsets/$1.md: left as it is (no $2 or $3)"
@@ -209,9 +211,4 @@ EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_ROOT" report prio
 # and runs/fewo_b concatenated), paired with the default of before on the same seeds (LOOKS_ROOT).
 FEWO_ROOT="${FEWO_ROOT:-runs/fewo}"
 FLAGFILE=configs/study_fashion_few_labels.flags EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FEWO_ROOT" report prior_offsets/few_labels_default "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit_every3
-if [ -f "$LOOKS_ROOT/results.jsonl" ] && [ -f "$FEWO_ROOT/results.jsonl" ]; then
-    "$PYTHON" results/study_fashion/prior_offsets/compare.py --plain="$LOOKS_ROOT/results.jsonl" \
-        --offsets="$FEWO_ROOT/results.jsonl" --classes=T-shirt/top,Pullover,Dress,Coat,Shirt \
-        --default_arm=tllm_refit_every3 > results/study_fashion/prior_offsets/few_labels_default/compare.md
-    echo "results/study_fashion/prior_offsets/few_labels_default/compare.md"
-fi
+compare few_labels_default/compare "$LOOKS_ROOT" "$FEWO_ROOT" tllm_refit_every3
