@@ -19,7 +19,7 @@ def load_mask_history(path):
     Returns:
         A list of dicts with `epoch` (1-based), `class_mask` (float array,
         0 = masked) and `num_undistillable_classes`, in file order. A paired
-        look's record also has its `test`: `behind_counts`, `ahead_counts` and
+        look's record also has `paired_test`: `behind_counts`, `ahead_counts` and
         `num_samples` (int arrays), and, when the log was written since
         2026-12-05, `significance_per_look` and `correction`.
     """
@@ -32,7 +32,7 @@ def load_mask_history(path):
                 entry = {"epoch": int(record["epoch"]), "class_mask": mask,
                          "num_undistillable_classes": int(np.sum(mask <= 0))}
                 if "behind_counts" in record:
-                    entry["test"] = {
+                    entry["paired_test"] = {
                         **{key: np.asarray(record[key], dtype=np.int64)
                            for key in ("behind_counts", "ahead_counts", "num_samples")},
                         **{key: record[key] for key in ("significance_per_look", "correction")

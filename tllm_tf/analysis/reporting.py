@@ -184,10 +184,11 @@ def detection_limit(results):
         `student_minus_reference` and `smallest_harm` (fractions of the
         class's held-out images; `smallest_harm` None where no gap suffices).
     """
-    looks = [r for r in results["mask_history"] if "significance_per_look" in r.get("test", {})]
+    looks = [r for r in results["mask_history"]
+             if "significance_per_look" in r.get("paired_test", {})]
     if not looks:
         return None
-    epoch, test = looks[-1]["epoch"], looks[-1]["test"]
+    epoch, test = looks[-1]["epoch"], looks[-1]["paired_test"]
     images = test["num_samples"]
     discordant = test["behind_counts"] + test["ahead_counts"]
     level = test["significance_per_look"]
