@@ -32,6 +32,17 @@ RULES = ("paired", "unpaired")
 CORRECTIONS = ("holm", "benjamini_hochberg", "none")
 
 
+def _log_upper_tails(trials):
+    """`log P(X >= j)` for `X ~ Binomial(trials, 1/2)`, `j = 0..trials`, exactly.
+
+    Summed in log space from the top down: `trials` can be thousands of
+    held-out images.
+    """
+    log_factorial = np.array([math.lgamma(k + 1.0) for k in range(trials + 1)])
+    log_pmf = log_factorial[trials] - log_factorial - log_factorial[::-1] - trials * math.log(2.0)
+    return np.logaddexp.accumulate(log_pmf[::-1])[::-1]
+
+
 def binomial_upper_tail(successes, trials):
     """`P(X >= successes)` for `X ~ Binomial(trials, 1/2)`, exactly.
 
@@ -48,14 +59,7 @@ def binomial_upper_tail(successes, trials):
     for index in np.ndindex(successes.shape):
         k, n = int(successes[index]), int(trials[index])
         if n > 0 and k > 0:
-            # Summed in log space: n can be thousands of held-out images.
-            log_terms = [
-                math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
-                for j in range(k, n + 1)
-            ]
-            top = max(log_terms)
-            log_tail = top + math.log(sum(math.exp(t - top) for t in log_terms))
-            p_values[index] = min(1.0, math.exp(log_tail - n * math.log(2.0)))
+            p_values[index] = min(1.0, math.exp(_log_upper_tails(n)[k]))
     return p_values
 
 
@@ -79,12 +83,7 @@ def smallest_detectable_gap(trials, level):
     gaps = np.full(trials.shape, np.nan)
     for index in np.ndindex(trials.shape):
         n = int(trials[index])
-        j = np.arange(n + 1)
-        log_pmf = (math.lgamma(n + 1) - np.vectorize(math.lgamma)(j + 1.0)
-                   - np.vectorize(math.lgamma)(n - j + 1.0) - n * math.log(2.0))
-        # log P(X >= j), from the top down.
-        log_tail = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
-        rejected = np.flatnonzero(log_tail <= math.log(level))
+        rejected = np.flatnonzero(_log_upper_tails(n) <= math.log(level))
         if rejected.size:
             gaps[index] = 2 * rejected[0] - n
     return gaps
