@@ -178,14 +178,15 @@ def test_without_a_masked_class_the_gain_is_not_split(workdir):
     assert not any("minus KD" in line for line in reporting.summary_lines(results))
 
 
-def _append_paired_look(workdir, **level):
+def _append_paired_look(workdir, p_values=(0.5, 0.0, 0.2, None), **level):
+    # By default "fish" has no held-out image, so the look did not test it.
     with open(workdir / "student_tllm" / "mask_log.jsonl", "a") as handle:
         handle.write(json.dumps({
             "epoch": 5, "rule": "paired", "student_accuracy": [0.5] * 4,
             "reference_accuracy": [0.6] * 4, "num_samples": [600, 600, 600, 0],
             "class_mask": [1.0, 0.0, 1.0, 1.0], "num_undistillable_classes": 1,
             "behind_counts": [40, 90, 5, 0], "ahead_counts": [40, 30, 2, 0],
-            "p_values": [0.5, 0.0, 0.2, 1.0], **level}) + "\n")
+            "p_values": list(p_values), **level}) + "\n")
 
 
 def test_detection_limit_says_how_large_a_gap_the_last_look_could_find(workdir):
@@ -193,7 +194,7 @@ def test_detection_limit_says_how_large_a_gap_the_last_look_could_find(workdir):
     results = reporting.load_results(str(workdir))
     limit = reporting.detection_limit(results)
     assert (limit["epoch"], limit["correction"]) == (5, "holm")
-    assert limit["level"] == pytest.approx(0.005)  # Over the three classes with images.
+    assert limit["level"] == pytest.approx(0.005)  # Over the three classes tested.
     rows = {row["name"]: row for row in limit["classes"]}
     gap = rule_lib.smallest_detectable_gap(np.array([80, 120]), 0.005)
     assert rows["cat"]["smallest_harm"] == pytest.approx(gap[0] / 600)
@@ -208,6 +209,14 @@ def test_detection_limit_says_how_large_a_gap_the_last_look_could_find(workdir):
     assert f"| dog | 600 | 120 | -10.0 | {100 * gap[1] / 600:.1f} |" in markdown
     assert "| bird | 600 | 7 | -0.5 | none |" in markdown
     assert "| fish | 0 | 0 | n/a | n/a |" in markdown
+
+
+def test_the_level_is_spread_over_the_classes_the_look_tested(workdir):
+    # "bird" has images but too few for min_samples: untested, so Holm divides by two.
+    _append_paired_look(workdir, p_values=(0.5, 0.0, None, None),
+                        significance_per_look=0.015, correction="holm")
+    limit = reporting.detection_limit(reporting.load_results(str(workdir)))
+    assert limit["level"] == pytest.approx(0.0075)
 
 
 def test_without_the_looks_level_there_is_no_detection_limit(workdir):

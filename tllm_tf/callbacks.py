@@ -456,11 +456,11 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             self.model.identification_state.assign(state.to_array())
             self.model.set_class_mask(mask)
             if self.log_path:
-                self._append_log(epoch, evidence, state, mask)
+                self._append_log(epoch, evidence, state, mask, options)
         if logs is not None:
             logs["num_undistillable_classes"] = len(self.model.undistillable_classes)
 
-    def _append_log(self, epoch, evidence, state, mask):
+    def _append_log(self, epoch, evidence, state, mask, options):
         record = {
             "epoch": epoch + 1,
             "rule": self.effective_rule,
@@ -474,9 +474,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             record["behind_counts"] = [int(n) for n in evidence.behind_counts]
             record["ahead_counts"] = [int(n) for n in evidence.ahead_counts]
             record["p_values"] = atomic.json_floats(self.p_values, digits=6)
-            # What the report needs to say how large a gap this look could find.
-            record["significance_per_look"] = self.options.significance / self._looks
-            record["correction"] = self.options.correction
+            # The level this look tested at: the report says how large a gap it could find.
+            record["significance_per_look"] = options.significance
+            record["correction"] = options.correction
         if self.options.smoothing > 0:
             record["smoothed"] = [atomic.json_floats(row, digits=6) for row in state.smoothed]
         directory = os.path.dirname(os.path.abspath(self.log_path))

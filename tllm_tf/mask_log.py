@@ -20,8 +20,9 @@ def load_mask_history(path):
         A list of dicts with `epoch` (1-based), `class_mask` (float array,
         0 = masked) and `num_undistillable_classes`, in file order. A paired
         look's record also has `paired_test`: `behind_counts`, `ahead_counts` and
-        `num_samples` (int arrays), and, when the log was written since
-        2026-12-05, `significance_per_look` and `correction`.
+        `num_samples` (int arrays), `p_values` (float array, NaN for a class
+        not tested), and, when the log was written since 2026-12-05,
+        `significance_per_look` and `correction`.
     """
     history = []
     with open(path) as handle:
@@ -35,6 +36,8 @@ def load_mask_history(path):
                     entry["paired_test"] = {
                         **{key: np.asarray(record[key], dtype=np.int64)
                            for key in ("behind_counts", "ahead_counts", "num_samples")},
+                        "p_values": np.array([np.nan if p is None else p
+                                              for p in record["p_values"]], dtype=np.float64),
                         **{key: record[key] for key in ("significance_per_look", "correction")
                            if key in record}}
                 history.append(entry)

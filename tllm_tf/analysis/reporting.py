@@ -170,8 +170,8 @@ def detection_limit(results):
     A class is found behind when the student is behind the reference on at
     least `smallest_gap` more of its discordant held-out images than it is
     ahead (`identification.smallest_detectable_gap`, at the level one class
-    alone must reach: the look's significance over the classes tested under
-    Holm's or Benjamini-Hochberg's correction). A per-class harm smaller than
+    alone must reach: the look's significance over the classes it tested,
+    under Holm's or Benjamini-Hochberg's correction). A per-class harm smaller than
     that, in points of the class's held-out images, is below what the rule
     can tell from noise; a larger held-out split lowers it.
 
@@ -193,7 +193,8 @@ def detection_limit(results):
     discordant = test["behind_counts"] + test["ahead_counts"]
     level = test["significance_per_look"]
     if test["correction"] != "none":
-        level /= max(1, int(np.sum(images > 0)))
+        # The classes the look tested (the rule leaves a p-value out for the others).
+        level /= max(1, int(np.sum(~np.isnan(test["p_values"]))))
     smallest_gap = identification.smallest_detectable_gap(discordant, level)
     with np.errstate(invalid="ignore", divide="ignore"):
         smallest_harm = smallest_gap / images
