@@ -166,9 +166,6 @@ ROOT="$BASE20_ROOT" report base_20_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64
 OFFSETS_ROOT="${OFFSETS_ROOT:-runs/base_offsets}"
 OFFSETS_FRESH_ROOT="${OFFSETS_FRESH_ROOT:-runs/basef_offsets}"
 OFFSETS20_ROOT="${OFFSETS20_ROOT:-runs/base20_offsets}"
-EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS_ROOT" report prior_offsets/selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS_FRESH_ROOT" report prior_offsets/confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-EXTRA_FLAGS="--prior_offsets --norule_prior_offsets" ROOT="$OFFSETS20_ROOT" report prior_offsets/twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
 compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT [DEFAULT_ARM]
     if [ -f "$2/results.jsonl" ] && [ -f "$3/results.jsonl" ]; then
         "$PYTHON" results/study_fashion/prior_offsets/compare.py --plain="$2/results.jsonl" \
@@ -179,9 +176,18 @@ compare() {  # compare OUT_NAME PLAIN_ROOT OFFSETS_ROOT [DEFAULT_ARM]
         echo "results/study_fashion/prior_offsets/$1.md: left as it is (no $2 or $3)"
     fi
 }
-compare compare_seeds_0_9 "$BASE2_ROOT" "$OFFSETS_ROOT"
-compare compare_seeds_10_19 "$BASE_FRESH_ROOT" "$OFFSETS_FRESH_ROOT"
-compare compare_20_seeds "$BASE20_ROOT" "$OFFSETS20_ROOT"
+# The four base settings with offsets, seeds 0-9, 10-19 and the twenty, each reported and paired
+# with the base setting without them on the same seeds.
+with_offsets() {  # with_offsets PREFIX FLAGS ROOT_0_9 ROOT_10_19 ROOT_20
+    SETTINGS="mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit"
+    EXTRA_FLAGS="$2" ROOT="$3" report "prior_offsets/${1}selection" "$ALL" $SETTINGS
+    EXTRA_FLAGS="$2" ROOT="$4" report "prior_offsets/${1}confirmation" "$(seq -s, 10 19)" $SETTINGS
+    EXTRA_FLAGS="$2" ROOT="$5" report "prior_offsets/${1}twenty_seeds" "$(seq -s, 0 19)" $SETTINGS
+    compare "${1}compare_seeds_0_9" "$BASE2_ROOT" "$3"
+    compare "${1}compare_seeds_10_19" "$BASE_FRESH_ROOT" "$4"
+    compare "${1}compare_20_seeds" "$BASE20_ROOT" "$5"
+}
+with_offsets "" "--prior_offsets --norule_prior_offsets" "$OFFSETS_ROOT" "$OFFSETS_FRESH_ROOT" "$OFFSETS20_ROOT"
 # The rule judged after offsets, the default since 2026-12-05 (afternoon): trained through the
 # pipeline with --prior_offsets --rule_prior_offsets, seeds 0-9 (RULE_ROOT: runs/ro_a and runs/ro_b
 # concatenated), the fresh seeds 10-19 (RULE_FRESH_ROOT: runs/rof_a and _b) and the twenty
@@ -191,12 +197,7 @@ RULE_ROOT="${RULE_ROOT:-runs/ro}"
 RULE_FRESH_ROOT="${RULE_FRESH_ROOT:-runs/rof}"
 RULE20_ROOT="${RULE20_ROOT:-runs/ro20}"
 RULE_FLAGS="--prior_offsets --rule_prior_offsets"
-EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE_ROOT" report prior_offsets/rule_selection "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE_FRESH_ROOT" report prior_offsets/rule_confirmation "$(seq -s, 10 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-EXTRA_FLAGS="$RULE_FLAGS" ROOT="$RULE20_ROOT" report prior_offsets/rule_twenty_seeds "$(seq -s, 0 19)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-compare rule_compare_seeds_0_9 "$BASE2_ROOT" "$RULE_ROOT"
-compare rule_compare_seeds_10_19 "$BASE_FRESH_ROOT" "$RULE_FRESH_ROOT"
-compare rule_compare_20_seeds "$BASE20_ROOT" "$RULE20_ROOT"
+with_offsets rule_ "$RULE_FLAGS" "$RULE_ROOT" "$RULE_FRESH_ROOT" "$RULE20_ROOT"
 # The default of now at T = 2 (2026-12-05, evening): seeds 0-9 through the pipeline with the
 # third setting's flags (T2O_ROOT: runs/t2o_a and runs/t2o_b concatenated), and paired with the
 # default of before on the same seeds (T2_ROOT).

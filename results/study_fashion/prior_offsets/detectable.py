@@ -70,7 +70,8 @@ def main():
         rows = apply.read_records(args.out)
         done = {(r["seed"], r["student"], r["teacher"]) for r in rows}
     out = open(args.out, "a") if args.out else None
-    for record in apply.read_records(args.results):
+    records = apply.read_records(args.results)
+    for record in records:
         key = (record["seed"], record["student"], record["teacher"])
         if record["arm"] != "kd" or key in done:
             continue
@@ -90,7 +91,7 @@ def main():
             out.flush()
         print(*key, "found behind:", np.flatnonzero(found_behind(row)).tolist(),
               file=sys.stderr, flush=True)
-    report(rows, record.get("class_names") or [str(c) for c in range(10)])
+    report(rows, records[0]["class_names"])
 
 
 def found_behind(row):
