@@ -204,10 +204,18 @@ with_offsets rule_ "$RULE_FLAGS" "$RULE_ROOT" "$RULE_FRESH_ROOT" "$RULE20_ROOT"
 T2O_ROOT="${T2O_ROOT:-runs/t2o}"
 EXTRA_FLAGS="$RULE_FLAGS --temperature=2 --alpha=0.5 --beta=0.5" ROOT="$T2O_ROOT" report prior_offsets/t2_default "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
 compare t2_default/compare "$T2_ROOT" "$T2O_ROOT"
-# A held-out split three times as large (1,800 images a class), the default of now, seeds 0-9
-# (HOLD30_ROOT: runs/hold30).
-HOLD30_ROOT="${HOLD30_ROOT:-runs/hold30}"
-EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_ROOT" report prior_offsets/holdout_30 "$ALL" mlp_16,lenet_2 mlp_256,mlp_1024 kd,tllm_refit
+# A held-out split three times as large (1,800 images a class), the default of now, the mlp_16
+# student with the three teachers and the CNN with mlp_256: seeds 0-9 (HOLD30_ROOT: runs/hold30,
+# the mlp_1024 teacher and the CNN, and runs/hold30m_a and runs/hold30m_b, the other two teachers,
+# concatenated), fresh seeds 10-19 (HOLD30_FRESH_ROOT: runs/hold30f_a, runs/hold30f_b,
+# runs/hold30mf_a and runs/hold30mf_b concatenated) and the twenty (HOLD30_20_ROOT: the two).
+HOLD30_ROOT="${HOLD30_ROOT:-runs/hold30_0_9}"
+HOLD30_FRESH_ROOT="${HOLD30_FRESH_ROOT:-runs/hold30_10_19}"
+HOLD30_20_ROOT="${HOLD30_20_ROOT:-runs/hold30_20}"
+HOLD30_SETTINGS="mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit"
+EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_ROOT" report prior_offsets/holdout_30 "$ALL" $HOLD30_SETTINGS
+EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_FRESH_ROOT" report prior_offsets/holdout_30_fresh "$(seq -s, 10 19)" $HOLD30_SETTINGS
+EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_20_ROOT" report prior_offsets/holdout_30_twenty_seeds "$(seq -s, 0 19)" $HOLD30_SETTINGS
 # The default of now in the second recipe (2026-12-05, evening): seeds 0-9 (FEWO_ROOT: runs/fewo_a
 # and runs/fewo_b concatenated), paired with the default of before on the same seeds (LOOKS_ROOT).
 FEWO_ROOT="${FEWO_ROOT:-runs/fewo}"
