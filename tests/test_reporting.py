@@ -149,6 +149,32 @@ def test_the_summary_says_whether_the_refit_kept_its_weights(workdir, kept, verd
     assert reporting.to_json(results)["refit_check"] == check
 
 
+def test_the_summary_says_which_students_took_the_references_weights(workdir):
+    _write_stage(workdir, "student_tllm", [0.85, 0.9, 0.4, 0.7])
+    checks = {"student_kd": {"student_accuracy": 0.70, "reference_accuracy": 0.74,
+                             "behind": 30, "ahead": 9, "p_value": 0.000576,
+                             "significance": 0.05, "kept": "reference"},
+              "student_tllm": {"student_accuracy": 0.75, "reference_accuracy": 0.74,
+                               "behind": 9, "ahead": 12, "p_value": 0.81,
+                               "significance": 0.05, "kept": "student"}}
+    for stage, check in checks.items():
+        with open(workdir / stage / "reference_check.json", "w") as handle:
+            json.dump(check, handle)
+    results = reporting.load_results(str(workdir))
+    lines = reporting.summary_lines(results)
+    assert ("student_kd on the held-out split: 70.00% against the reference's 74.00% "
+            "(p = 0.000576), behind the reference beyond noise: took its weights") in lines
+    assert ("student_tllm on the held-out split: 75.00% against the reference's 74.00% "
+            "(p = 0.81), not behind the reference: kept") in lines
+    assert reporting.to_json(results)["reference_checks"] == checks
+
+
+def test_a_workdir_without_the_reference_fallback_reports_no_reference_check(workdir):
+    results = reporting.load_results(str(workdir))
+    assert results["reference_checks"] == {}
+    assert not any("against the reference's" in line for line in reporting.summary_lines(results))
+
+
 def test_each_tllm_students_gain_over_kd_is_split_by_the_final_mask(workdir):
     # Classes weighted by their test images; dog and fish are masked at the end.
     counts = (10, 30, 20, 40)

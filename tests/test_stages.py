@@ -11,7 +11,7 @@ import pytest
 import tllm_tf
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import fitting
-from tllm_tf.pipeline import refit_check
+from tllm_tf.pipeline import held_out_check
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
@@ -207,16 +207,17 @@ def test_the_refit_is_judged_against_the_tllm_student_on_held_out_images(tmp_pat
     assert check["significance"] == config.significance
     assert check["kept"] == ("tllm" if check["p_value"] < check["significance"] else "refit")
     assert (f"student_tllm_refit: held-out accuracy {check['refit_accuracy']:.2%} against the "
-            f"tllm student's {check['tllm_accuracy']:.2%}") in capsys.readouterr().out
+            f"tllm's {check['tllm_accuracy']:.2%}") in capsys.readouterr().out
     refit, tllm = _stage_weights(config.workdir, "tllm_refit"), _stage_weights(config.workdir, "tllm")
     same = all(np.array_equal(a, b) for a, b in zip(refit, tllm, strict=True))
     assert same == (check["kept"] == "tllm")
 
 
 def test_a_refit_behind_the_tllm_student_keeps_the_tllm_students_weights(tmp_path, monkeypatch):
-    behind = refit_check.RefitCheck(refit_accuracy=0.5, tllm_accuracy=0.9, behind=8, ahead=0,
-                                    p_value=0.5 ** 8, significance=0.05)
-    monkeypatch.setattr(refit_check, "check", lambda *args: behind)
+    behind = held_out_check.HeldOutCheck(
+        candidate="refit", baseline="tllm", candidate_accuracy=0.5, baseline_accuracy=0.9,
+        behind=8, ahead=0, p_value=0.5 ** 8, significance=0.05)
+    monkeypatch.setattr(held_out_check, "check", lambda *args: behind)
     config = _refit_run(tmp_path, verbose=0)
     stages.run(config)
     for from_refit, from_tllm in zip(_stage_weights(config.workdir, "tllm_refit"),
@@ -235,11 +236,90 @@ def test_without_the_fallback_the_refit_is_neither_judged_nor_replaced(tmp_path,
     def judged(*args):
         raise AssertionError("the refit was judged with --norefit_fallback")
 
-    monkeypatch.setattr(refit_check, "check", judged)
+    monkeypatch.setattr(held_out_check, "check", judged)
     config = _refit_run(tmp_path, refit_fallback=False, verbose=0)
     stages.run(config)
     assert not os.path.exists(
         tmp_path / "run" / "student_tllm_refit" / workdir_files.REFIT_CHECK_FILE)
+
+
+def _reference_weights(workdir):
+    return keras.models.load_model(
+        os.path.join(workdir, workdir_files.REFERENCE_STAGE, workdir_files.MODEL_FILE),
+        compile=False).get_weights()
+
+
+def test_with_the_reference_fallback_every_student_is_judged_against_the_reference(tmp_path):
+    config = _refit_run(tmp_path, students=("distilled", "tllm"), reference_fallback=True,
+                        verbose=0)
+    stages.run(config)
+    reference = _reference_weights(config.workdir)
+    for student in config.students:
+        with open(tmp_path / "run" / workdir_files.student_stage(student)
+                  / workdir_files.REFERENCE_CHECK_FILE) as handle:
+            check = json.load(handle)
+        assert check["behind"] + check["ahead"] <= 20  # 10% of 200 images are held out.
+        assert check["kept"] == (
+            "reference" if check["p_value"] < check["significance"] else "student")
+        same = all(np.array_equal(a, b) for a, b in zip(
+            _stage_weights(config.workdir, student), reference, strict=True))
+        assert same == (check["kept"] == "reference")
+
+
+def test_a_student_behind_the_reference_takes_its_weights(tmp_path, monkeypatch):
+    def behind(candidate, baseline, held_out, num_classes, significance, names):
+        return held_out_check.HeldOutCheck(
+            candidate=names[0], baseline=names[1], candidate_accuracy=0.5,
+            baseline_accuracy=0.9, behind=8, ahead=0, p_value=0.5 ** 8, significance=significance)
+
+    monkeypatch.setattr(held_out_check, "check", behind)
+    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"),
+                        reference_fallback=True, verbose=0)
+    stages.run(config)
+    reference = _reference_weights(config.workdir)
+    with open(tmp_path / "run" / workdir_files.REFERENCE_STAGE
+              / workdir_files.PER_CLASS_FILE) as handle:
+        reference_per_class = json.load(handle)
+    for student in config.students:
+        stage_dir = tmp_path / "run" / workdir_files.student_stage(student)
+        for from_student, from_reference in zip(
+                _stage_weights(config.workdir, student), reference, strict=True):
+            np.testing.assert_array_equal(from_student, from_reference)
+        with open(stage_dir / workdir_files.REFERENCE_CHECK_FILE) as handle:
+            assert json.load(handle)["kept"] == "reference"
+        # What is reported and exported is the model kept.
+        with open(stage_dir / workdir_files.PER_CLASS_FILE) as handle:
+            assert json.load(handle) == reference_per_class
+
+
+def test_without_the_reference_fallback_no_student_is_judged_against_the_reference(
+        tmp_path, monkeypatch):
+    judged = held_out_check.check
+
+    def only_the_refit(candidate, baseline, held_out, num_classes, significance, names):
+        assert names != ("student", "reference"), "judged against the reference by default"
+        return judged(candidate, baseline, held_out, num_classes, significance, names)
+
+    monkeypatch.setattr(held_out_check, "check", only_the_refit)
+    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"), verbose=0)
+    assert not config.reference_fallback  # The default.
+    stages.run(config)
+    for student in config.students:
+        assert not os.path.exists(tmp_path / "run" / workdir_files.student_stage(student)
+                                  / workdir_files.REFERENCE_CHECK_FILE)
+
+
+def test_the_reference_fallback_without_the_references_model_is_refused_before_training(
+        tmp_path):
+    reference_file = tmp_path / "elsewhere" / workdir_files.REFERENCE_FILE
+    reference_file.parent.mkdir()
+    reference_file.write_text("{}")  # A reference.json alone: no model.keras beside it.
+    config = RunConfig(workdir=str(tmp_path / "run"), num_train=200, teacher_model="cnn_tiny",
+                       epochs=2, students=("distilled",), reference_fallback=True,
+                       reference_path=str(reference_file), verbose=0)
+    with pytest.raises(FileNotFoundError, match="--noreference_fallback"):
+        stages.run(config)
+    assert not os.path.exists(tmp_path / "run" / workdir_files.TEACHER_STAGE)
 
 
 def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):

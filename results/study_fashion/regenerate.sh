@@ -221,3 +221,38 @@ EXTRA_FLAGS="$RULE_FLAGS --holdout_fraction=0.3" ROOT="$HOLD30_20_ROOT" report p
 FEWO_ROOT="${FEWO_ROOT:-runs/fewo}"
 FLAGFILE=configs/study_fashion_few_labels.flags EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FEWO_ROOT" report prior_offsets/few_labels_default "$ALL" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit_every3
 compare few_labels_default/compare "$LOOKS_ROOT" "$FEWO_ROOT" tllm_refit_every3
+# The price of a larger held-out split where every model learns from all the training images
+# outside it (2026-12-06): --num_train=60000 --teacher_num_train=0, the mlp_16 student and the
+# mlp_1024 teacher, seeds 0-19 at --holdout_fraction=0.1 (FULL_H10_ROOT: runs/full_h10) and at 0.3
+# (FULL_H30_ROOT: runs/full_h30); each reported, and the two paired by seed (holdout_price.py).
+FULL_H10_ROOT="${FULL_H10_ROOT:-runs/full_h10}"
+FULL_H30_ROOT="${FULL_H30_ROOT:-runs/full_h30}"
+FULL_FLAGS="$RULE_FLAGS --num_train=60000 --teacher_num_train=0"
+EXTRA_FLAGS="$FULL_FLAGS --holdout_fraction=0.1" ROOT="$FULL_H10_ROOT" report prior_offsets/all_images_holdout_10 "$(seq -s, 0 19)" mlp_16 mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="$FULL_FLAGS --holdout_fraction=0.3" ROOT="$FULL_H30_ROOT" report prior_offsets/all_images_holdout_30 "$(seq -s, 0 19)" mlp_16 mlp_1024 kd,tllm_refit
+PRICE_MD=results/study_fashion/prior_offsets/holdout_price.md
+if [ -f "$FULL_H10_ROOT/results.jsonl" ] && [ -f "$FULL_H30_ROOT/results.jsonl" ]; then
+    "$PYTHON" results/study_fashion/prior_offsets/holdout_price.py \
+        --first="$FULL_H10_ROOT/results.jsonl" --second="$FULL_H30_ROOT/results.jsonl" \
+        --first_name=0.1 --second_name=0.3 --seed_sets=0-9,10-19,0-19 \
+        --classes=T-shirt/top,Pullover,Dress,Coat,Shirt > "$PRICE_MD"
+    echo "$PRICE_MD"
+else
+    echo "$PRICE_MD: left as it is (no $FULL_H10_ROOT or $FULL_H30_ROOT)"
+fi
+# The label-only reference as a fallback (2026-12-06): every stored kd and default student of the
+# default-of-now studies judged against its reference on the held-out split, as
+# --reference_fallback judges in the stages (prior_offsets/reference_fallback.py; its per-seed
+# rows, about 20 minutes from the roots named in it, are committed beside the tables).
+FALLBACK=results/study_fashion/prior_offsets/reference_fallback
+fallback() {  # fallback NAME SEED_SETS [DEFAULT_ARM]
+    "$PYTHON" results/study_fashion/prior_offsets/reference_fallback.py --rows="$FALLBACK/$1.jsonl" \
+        --seed_sets="$2" --default_arm="${3:-tllm_refit}" > "$FALLBACK/$1.md"
+    echo "$FALLBACK/$1.md"
+}
+fallback base 0-9,10-19,0-19
+fallback holdout_30 0-9,10-19,0-19
+fallback t2 0-9
+fallback few_labels 0-9 tllm_refit_every3
+fallback all_images_holdout_10 0-9,10-14,0-14
+fallback all_images_holdout_30 0-9,10-14,0-14

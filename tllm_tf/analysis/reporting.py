@@ -13,7 +13,9 @@ A results dict has `class_names`, `models` (compared columns; the first is
 the baseline), `per_class` (name -> array, NaN where a class has no test
 example), `accuracy` (name -> overall test accuracy), `num_samples`,
 `final_mask` (array or None), `mask_history` (records of
-`mask_log.jsonl`) and `refit_check` (the refit's `refit_check.json`, or None).
+`mask_log.jsonl`), `refit_check` (the refit's `refit_check.json`, or None)
+and `reference_checks` (stage -> its `reference_check.json`, for the students
+judged with `--reference_fallback`).
 `gain_by_mask` splits each TLLM student's gain over KD between the classes
 it masked and the others; `detection_limit` says how large a per-class gap
 the paired rule's test could find at its last look.
@@ -81,7 +83,11 @@ def load_results(workdir):
             "per_class": per_class, "accuracy": accuracy, "num_samples": num_samples,
             "final_mask": history[-1]["class_mask"] if history else None,
             "mask_history": history,
-            "refit_check": _read_json(check_path) if os.path.exists(check_path) else None}
+            "refit_check": _read_json(check_path) if os.path.exists(check_path) else None,
+            "reference_checks": {
+                stage: _read_json(path) for stage in COLUMNS for path in [os.path.join(
+                    workdir, stage, workdir_files.REFERENCE_CHECK_FILE)]
+                if os.path.exists(path)}}
 
 
 def _names(results, flags):
@@ -288,6 +294,12 @@ def summary_lines(results):
         lines.append(f"TLLM refit on the held-out split: {100 * check['refit_accuracy']:.2f}% "
                      f"against {100 * check['tllm_accuracy']:.2f}% (p = {check['p_value']:.3g}), "
                      f"{verdict}")
+    for stage, check in results.get("reference_checks", {}).items():
+        verdict = ("behind the reference beyond noise: took its weights"
+                   if check["kept"] == "reference" else "not behind the reference: kept")
+        lines.append(f"{stage} on the held-out split: {100 * check['student_accuracy']:.2f}% "
+                     f"against the reference's {100 * check['reference_accuracy']:.2f}% "
+                     f"(p = {check['p_value']:.3g}), {verdict}")
     num_classes = len(results["class_names"])
     for stage, gain in gain_by_mask(results).items():
         lines.append(
@@ -336,6 +348,7 @@ def to_json(results):
         "below_baseline": below_baseline(results),
         "mask_history": mask_changes(results),
         "refit_check": results.get("refit_check"),
+        "reference_checks": results.get("reference_checks", {}),
         "gain_by_mask": gain_by_mask(results),
         "detection_limit": detection_limit(results),
     }

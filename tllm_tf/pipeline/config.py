@@ -85,8 +85,12 @@ class RunConfig:
     # The tllm_refit student's policy for the classes it masks.
     refit_policy: str = "soft_label"
     # The refit keeps the tllm student's weights when it is behind them on the held-out split
-    # beyond noise (pipeline/refit_check.py; docs/study.md).
+    # beyond noise (pipeline/held_out_check.py; docs/study.md).
     refit_fallback: bool = True
+    # Every distilled student takes the label-only reference's weights when it is behind them on
+    # the held-out split beyond noise (pipeline/held_out_check.py; docs/study.md, "The reference
+    # as a fallback").
+    reference_fallback: bool = False
     # Per-class logit offsets fitted on the held-out split after each student trains, and the
     # paired rule judging the student and the reference after theirs: the defaults since
     # 2026-12-05 (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their class

@@ -124,6 +124,25 @@ def reference_on_every_worker(strategy, reference_path, num_classes, config):
     return np.array(values, dtype=np.float64)
 
 
+def reference_model_path(reference_path):
+    """The label-only reference's `model.keras`, beside its `reference.json`.
+
+    Raises:
+        FileNotFoundError: there is none (a `--reference_path` written without
+            its model); `--reference_fallback` needs the reference's weights.
+    """
+    path = os.path.join(os.path.dirname(reference_path), workdir_files.MODEL_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"--reference_fallback gives a student that is behind the label-only reference "
+            f"the reference's weights, and there is no {workdir_files.MODEL_FILE} beside "
+            f"{reference_path!r}. Train the reference in this workdir (--stage=all or "
+            f"--stage=reference, without --reference_path), point --reference_path at a "
+            f"reference stage's {workdir_files.REFERENCE_FILE} with its model, or pass "
+            f"--noreference_fallback.")
+    return path
+
+
 def read_final_mask(workdir, num_classes):
     """The classes an earlier run's tllm student had masked when it finished.
 

@@ -40,10 +40,10 @@ from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import export as export_lib
 from tllm_tf.pipeline import fitting
+from tllm_tf.pipeline import held_out_check
 from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import preflight
-from tllm_tf.pipeline import refit_check
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import summaries
 from tllm_tf.pipeline import workdir as workdir_lib
@@ -57,6 +57,7 @@ from tllm_tf.pipeline.workdir_files import PRIOR_OFFSETS_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
+from tllm_tf.pipeline.workdir_files import REFERENCE_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import REFIT_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import SAVED_MODEL_DIR
 from tllm_tf.pipeline.workdir_files import STORE_STAGE
@@ -225,7 +226,13 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             # Before the safeguard, which then compares it with the tllm student's offset weights.
             _apply_prior_offsets(student, data, config, stage_dir)
         if kind == "tllm_refit" and config.refit_fallback:
-            _keep_tllm_if_refit_behind(student, data, config, stage_dir)
+            _keep_baseline_if_behind(
+                student, os.path.join(config.workdir, student_stage("tllm"), MODEL_FILE),
+                ("refit", "tllm"), REFIT_CHECK_FILE, data, config, stage_dir)
+        if config.reference_fallback:
+            _keep_baseline_if_behind(
+                student, stage_inputs.reference_model_path(reference_path),
+                ("student", "reference"), REFERENCE_CHECK_FILE, data, config, stage_dir)
         fitting.save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
         fitting.finish(student, stage_dir, chief)
@@ -294,19 +301,23 @@ def _refit_config(config, strategy, data, label):
                          warmup_epochs=config.epochs)
 
 
-def _keep_tllm_if_refit_behind(student, data, config, stage_dir):
-    """Gives the trained refit the tllm student's weights if it is behind them (`refit_check`).
+def _keep_baseline_if_behind(student, baseline_path, names, check_file, data, config, stage_dir):
+    """Gives the trained student the baseline's weights if it is behind them (`held_out_check`).
 
-    Writes the comparison to `refit_check.json` in the refit's stage folder.
+    Args:
+        student: the trained student (its prior offsets added, if any).
+        baseline_path: the baseline's `model.keras` (the same architecture).
+        names: `(candidate, baseline)` names for the JSON and the log.
+        check_file: the comparison's file in the student's stage folder.
+        data, config, stage_dir: the stage's.
     """
-    tllm = model_io.load_keras_model(
-        os.path.join(config.workdir, student_stage("tllm"), MODEL_FILE), role="tllm student")
-    result = refit_check.check(student, tllm, build.eval_batches(data.held_out, config),
-                               data.num_classes, config.significance)
-    atomic.write_json(os.path.join(stage_dir, REFIT_CHECK_FILE), result.to_json())
+    baseline = model_io.load_keras_model(baseline_path, role=f"{names[1]} model")
+    result = held_out_check.check(student, baseline, build.eval_batches(data.held_out, config),
+                                  data.num_classes, config.significance, names)
+    atomic.write_json(os.path.join(stage_dir, check_file), result.to_json())
     fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}")
-    if result.refit_behind:
-        student.set_weights(tllm.get_weights())
+    if result.candidate_behind:
+        student.set_weights(baseline.get_weights())
 
 
 def _apply_prior_offsets(model, data, config, stage_dir):
@@ -364,6 +375,11 @@ def run(config, strategy=None):
                 stage_inputs.read_reference(reference_path, data.num_classes, epoch_matched=True)
 
         multi_worker.run_on_chief(strategy, check_reference)
+    if config.reference_fallback and "student" in config.stages and (
+            config.reference_path or REFERENCE_STAGE not in config.stages):
+        # Refused before anything trains, not once the first student has.
+        multi_worker.run_on_chief(
+            strategy, lambda: stage_inputs.reference_model_path(reference_path))
     for stage in config.stages:
         stage_dir = os.path.join(config.workdir, stage)
         if stage == TEACHER_STAGE and config.teacher_path:

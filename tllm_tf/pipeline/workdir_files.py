@@ -11,6 +11,8 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
         "tllm_refit" students): model.keras, saved_model/, history.csv,
         test_per_class.json, mask_log.jsonl (tllm), tensorboard/,
         refit_check.json (tllm_refit: its held-out comparison with the tllm student),
+        reference_check.json (with --reference_fallback: the student's held-out
+            comparison with the label-only reference),
         prior_offsets.json (with --prior_offsets; the reference's too)
     <stage>/checkpoint/ (while the stage runs)
     report/ (tools/train.py and tools/report.py)
@@ -30,6 +32,7 @@ REFERENCE_LOG_FILE = "per_epoch_accuracy.jsonl"
 PREDICTIONS_LOG_DIR = "held_out_predictions"
 MASK_LOG_FILE = "mask_log.jsonl"
 REFIT_CHECK_FILE = "refit_check.json"
+REFERENCE_CHECK_FILE = "reference_check.json"
 PRIOR_OFFSETS_FILE = "prior_offsets.json"
 SAVED_MODEL_DIR = "saved_model"
 CHECKPOINT_DIR = "checkpoint"

@@ -22,6 +22,7 @@ import os
 
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import prior_offsets
+from tllm_tf.analysis import study_stats
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
@@ -36,6 +37,13 @@ def read_records(path):
     """The records of a study's `results.jsonl`."""
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def paired_cell(a, b):
+    """`a - b` over paired seeds as a table cell: "mean [95% CI] better/worse"."""
+    summary = study_stats.paired_difference(a, b)
+    return (f"{summary['mean']:+.2f} [{summary['ci_low']:+.2f}, {summary['ci_high']:+.2f}] "
+            f"{int(summary['better'])}/{int(summary['worse'])}")
 
 
 def seed_folders(roots):

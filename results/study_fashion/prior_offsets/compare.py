@@ -16,7 +16,6 @@ import collections
 import numpy as np
 
 import apply  # results/study_fashion/prior_offsets/apply.py: reads the records.
-from tllm_tf.analysis import study_stats
 
 # (row label, (arm, with offsets), (arm, with offsets)): the first minus the second; "default"
 # is the arm of the recipe's default (--default_arm).
@@ -35,11 +34,6 @@ def _read(path, with_offsets, into):
         into[(record["student"], record["teacher"] if record["arm"] != "labels"
               else None, record["arm"], with_offsets)][record["seed"]] = record
 
-
-def _cell(a, b):
-    summary = study_stats.paired_difference(a, b)
-    return (f"{summary['mean']:+.2f} [{summary['ci_low']:+.2f}, {summary['ci_high']:+.2f}] "
-            f"{int(summary['better'])}/{int(summary['worse'])}")
 
 
 def main():
@@ -73,12 +67,13 @@ def main():
         print("| | overall | " + " | ".join(wanted) + " |")
         print("|---|---|" + "---|" * len(wanted))
         for label, first, second in rows:
-            cells = [_cell(column(*first, lambda r: r["accuracy"]),
-                           column(*second, lambda r: r["accuracy"]))]
+            cells = [apply.paired_cell(column(*first, lambda r: r["accuracy"]),
+                                       column(*second, lambda r: r["accuracy"]))]
             for name in wanted:
                 index = names.index(name)
-                cells.append(_cell(column(*first, lambda r: r["per_class_accuracy"][index]),
-                                   column(*second, lambda r: r["per_class_accuracy"][index])))
+                cells.append(apply.paired_cell(
+                    column(*first, lambda r: r["per_class_accuracy"][index]),
+                    column(*second, lambda r: r["per_class_accuracy"][index])))
             print(f"| {label} | " + " | ".join(cells) + " |")
 
 

@@ -1,12 +1,12 @@
 """Re-judges stored refits with the refit's safeguard, without training (docs/study.md).
 
 The `tllm_refit` student keeps the tllm student's weights when it is behind
-them on the held-out split (`tllm_tf.pipeline.refit_check`). Seeds 0-29 of the
+them on the held-out split (`tllm_tf.pipeline.held_out_check`). Seeds 0-29 of the
 study were trained before that safeguard, as the arms `tllm_patience2` (the
 tllm student) and `tllm_two_pass_soft_label` (the refit without the
 safeguard, bit for bit). For each seed, student and teacher that has both,
 this script loads the two stored students, calls the same
-`refit_check.check` the stage calls, on the same held-out split, and writes a
+`held_out_check.check` the stage calls, on the same held-out split, and writes a
 `tllm_refit` record: the refit's, or the tllm student's when the refit is
 behind. `--second=tllm_two_pass_class_mean --guarded=tllm_refit_class_mean`
 does the same for the refit under the policy `class_mean`. Records go to `<out>/results.jsonl` (the input records and these),
@@ -34,7 +34,7 @@ from tllm_tf import metrics as metrics_lib
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
-from tllm_tf.pipeline import refit_check
+from tllm_tf.pipeline import held_out_check
 from tllm_tf.pipeline import workdir_files
 
 FIRST = "tllm_patience2"
@@ -97,9 +97,9 @@ def main():
                                   "classes_behind": behind_classes}))
             print(seed, student, teacher, behind_classes, flush=True)
             continue
-        check = refit_check.check(refit, tllm, build.eval_batches(data.held_out, config),
-                                  data.num_classes, config.significance)
-        kept = by_key[(seed, student, teacher, FIRST)] if check.refit_behind else second
+        check = held_out_check.check(refit, tllm, build.eval_batches(data.held_out, config),
+                                     data.num_classes, config.significance, ("refit", "tllm"))
+        kept = by_key[(seed, student, teacher, FIRST)] if check.candidate_behind else second
         judged.append((dict(kept, arm=args.guarded),
                        dict(check.to_json(), seed=seed, student=student, teacher=teacher)))
         print(seed, student, teacher, check.line(), flush=True)

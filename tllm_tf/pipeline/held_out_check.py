@@ -1,0 +1,132 @@
+"""A trained student judged against another model on the held-out split: is it behind beyond noise?
+
+Two safeguards of the student stage ask this once a student has trained:
+- the refit's (`--refit_fallback`, on by default): the tllm_refit student
+  against the tllm student. On the classes KD hurts the refit gains about
+  twice what the tllm student gains, but on a very small student it can hand
+  a confused class's images to a neighbour (docs/study.md: the `lenet_2`
+  student's Coat, 0% in two seeds of thirty);
+- the reference's (`--reference_fallback`): every distilled student against
+  the label-only reference. Where distillation hurts every class a little,
+  the per-class rule sees none of the harms (a few points of one class's
+  held-out images are noise), while the whole split sees their sum.
+
+Both models are judged on the held-out split (training images, never the
+test split), image by image: `behind` counts the images the baseline
+classifies correctly and the candidate does not, `ahead` the reverse. The
+candidate is behind when a one-sided exact binomial test of `behind` among the
+`behind + ahead` discordant images (McNemar's test, as the identification rule
+uses per class) rejects "the candidate is no worse" at `--significance`; the
+stage then gives the candidate the baseline's weights, so that it is never
+behind the baseline beyond noise.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tllm_tf import identification
+from tllm_tf import metrics as metrics_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutCheck:
+    """The held-out comparison of a candidate with a baseline.
+
+    Attributes:
+        candidate: the candidate's name in the JSON and the log ("refit", "student").
+        baseline: the baseline's name ("tllm", "reference").
+        candidate_accuracy: the candidate's held-out accuracy.
+        baseline_accuracy: the baseline's held-out accuracy.
+        behind: images the baseline gets right and the candidate wrong.
+        ahead: images the candidate gets right and the baseline wrong.
+        p_value: one-sided exact p-value of "the candidate is no worse".
+        significance: the level the p-value is judged at.
+    """
+
+    candidate: str
+    baseline: str
+    candidate_accuracy: float
+    baseline_accuracy: float
+    behind: int
+    ahead: int
+    p_value: float
+    significance: float
+
+    @property
+    def candidate_behind(self):
+        """Whether the candidate is behind beyond noise (it then takes the baseline's weights)."""
+        return self.p_value < self.significance
+
+    @property
+    def kept(self):
+        """The name of the model whose weights the stage keeps."""
+        return self.baseline if self.candidate_behind else self.candidate
+
+    def to_json(self):
+        """The JSON record: `<candidate>_accuracy`, `<baseline>_accuracy`, the counts, `kept`."""
+        return {f"{self.candidate}_accuracy": self.candidate_accuracy,
+                f"{self.baseline}_accuracy": self.baseline_accuracy,
+                "behind": self.behind, "ahead": self.ahead, "p_value": self.p_value,
+                "significance": self.significance, "kept": self.kept}
+
+    def line(self):
+        verdict = (f"behind it beyond noise: the {self.candidate} takes the {self.baseline}'s "
+                   "weights" if self.candidate_behind
+                   else f"not behind it: the {self.candidate} is kept")
+        return (f"held-out accuracy {self.candidate_accuracy:.2%} against the {self.baseline}'s "
+                f"{self.baseline_accuracy:.2%} ({self.behind} images only the {self.baseline} "
+                f"gets right, {self.ahead} only the {self.candidate}; p = {self.p_value:.3g} at "
+                f"{self.significance:g}): {verdict}")
+
+
+def compare(candidate_correct, baseline_correct, significance, names=("candidate", "baseline")):
+    """Judges a candidate against a baseline on the same images.
+
+    Args:
+        candidate_correct: bool array `(num_images,)`, the candidate's correct images.
+        baseline_correct: bool array of the same images, the baseline's.
+        significance: the test's level, in (0, 1).
+        names: `(candidate, baseline)`, the names the result carries.
+
+    Returns:
+        A `HeldOutCheck`.
+    """
+    candidate_correct = np.asarray(candidate_correct, bool)
+    baseline_correct = np.asarray(baseline_correct, bool)
+    if candidate_correct.shape != baseline_correct.shape:
+        raise ValueError(
+            "The two models must be judged on the same held-out images. Received: "
+            f"{candidate_correct.shape[0]} and {baseline_correct.shape[0]} images")
+    behind = int(np.sum(baseline_correct & ~candidate_correct))
+    ahead = int(np.sum(candidate_correct & ~baseline_correct))
+    p_value = identification.binomial_upper_tail(np.array([behind]), np.array([behind + ahead]))
+    return HeldOutCheck(
+        candidate=names[0], baseline=names[1],
+        candidate_accuracy=float(candidate_correct.mean()) if candidate_correct.size else 0.0,
+        baseline_accuracy=float(baseline_correct.mean()) if baseline_correct.size else 0.0,
+        behind=behind, ahead=ahead, p_value=float(p_value[0]), significance=float(significance))
+
+
+def check(candidate, baseline, held_out, num_classes, significance,
+          names=("candidate", "baseline")):
+    """Compares two models on the held-out batches (`compare` on their correct images).
+
+    Args:
+        candidate: the trained student judged.
+        baseline: the model it must not be behind.
+        held_out: evaluation batches of the held-out split (unshuffled).
+        num_classes: the data set's classes.
+        significance: the test's level.
+        names: `(candidate, baseline)`, as in `compare`.
+
+    Returns:
+        A `HeldOutCheck`.
+    """
+    candidate_correct, labels = metrics_lib.PerImageCorrectness(candidate, num_classes)(held_out)
+    baseline_correct, baseline_labels = metrics_lib.PerImageCorrectness(
+        baseline, num_classes)(held_out)
+    if not np.array_equal(labels, baseline_labels):  # A shuffled split would pair wrong images.
+        raise ValueError("The held-out batches came in another order for the second model; "
+                         "evaluate on unshuffled batches (build.eval_batches).")
+    return compare(candidate_correct, baseline_correct, significance, names)
