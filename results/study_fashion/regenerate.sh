@@ -223,18 +223,18 @@ FLAGFILE=configs/study_fashion_few_labels.flags EXTRA_FLAGS="$RULE_FLAGS" ROOT="
 compare few_labels_default/compare "$LOOKS_ROOT" "$FEWO_ROOT" tllm_refit_every3
 # The price of a larger held-out split where every model learns from all the training images
 # outside it (2026-12-06): --num_train=60000 --teacher_num_train=0, the mlp_16 student and the
-# mlp_1024 teacher, seeds 0-19 at --holdout_fraction=0.1 (FULL_H10_ROOT: runs/full_h10) and at 0.3
+# mlp_1024 teacher, seeds 0-14 at --holdout_fraction=0.1 (FULL_H10_ROOT: runs/full_h10) and at 0.3
 # (FULL_H30_ROOT: runs/full_h30); each reported, and the two paired by seed (holdout_price.py).
 FULL_H10_ROOT="${FULL_H10_ROOT:-runs/full_h10}"
 FULL_H30_ROOT="${FULL_H30_ROOT:-runs/full_h30}"
 FULL_FLAGS="$RULE_FLAGS --num_train=60000 --teacher_num_train=0"
-EXTRA_FLAGS="$FULL_FLAGS --holdout_fraction=0.1" ROOT="$FULL_H10_ROOT" report prior_offsets/all_images_holdout_10 "$(seq -s, 0 19)" mlp_16 mlp_1024 kd,tllm_refit
-EXTRA_FLAGS="$FULL_FLAGS --holdout_fraction=0.3" ROOT="$FULL_H30_ROOT" report prior_offsets/all_images_holdout_30 "$(seq -s, 0 19)" mlp_16 mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="$FULL_FLAGS --holdout_fraction=0.1" ROOT="$FULL_H10_ROOT" report prior_offsets/all_images_holdout_10 "$(seq -s, 0 14)" mlp_16 mlp_1024 kd,tllm_refit
+EXTRA_FLAGS="$FULL_FLAGS --holdout_fraction=0.3" ROOT="$FULL_H30_ROOT" report prior_offsets/all_images_holdout_30 "$(seq -s, 0 14)" mlp_16 mlp_1024 kd,tllm_refit
 PRICE_MD=results/study_fashion/prior_offsets/holdout_price.md
 if [ -f "$FULL_H10_ROOT/results.jsonl" ] && [ -f "$FULL_H30_ROOT/results.jsonl" ]; then
     "$PYTHON" results/study_fashion/prior_offsets/holdout_price.py \
         --first="$FULL_H10_ROOT/results.jsonl" --second="$FULL_H30_ROOT/results.jsonl" \
-        --first_name=0.1 --second_name=0.3 --seed_sets=0-9,10-19,0-19 \
+        --first_name=0.1 --second_name=0.3 --seed_sets=0-9,10-14,0-14 \
         --classes=T-shirt/top,Pullover,Dress,Coat,Shirt > "$PRICE_MD"
     echo "$PRICE_MD"
 else
