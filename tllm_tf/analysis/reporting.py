@@ -84,10 +84,17 @@ def load_results(workdir):
             "final_mask": history[-1]["class_mask"] if history else None,
             "mask_history": history,
             "refit_check": _read_json(check_path) if os.path.exists(check_path) else None,
-            "reference_checks": {
-                stage: _read_json(path) for stage in COLUMNS for path in [os.path.join(
-                    workdir, stage, workdir_files.REFERENCE_CHECK_FILE)]
-                if os.path.exists(path)}}
+            "reference_checks": _reference_checks(workdir)}
+
+
+def _reference_checks(workdir):
+    """Stage -> its `reference_check.json`, for the students judged with --reference_fallback."""
+    checks = {}
+    for stage in COLUMNS:
+        path = os.path.join(workdir, stage, workdir_files.REFERENCE_CHECK_FILE)
+        if os.path.exists(path):
+            checks[stage] = _read_json(path)
+    return checks
 
 
 def _names(results, flags):
