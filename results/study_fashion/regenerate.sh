@@ -251,6 +251,11 @@ fallback() {  # fallback NAME SEED_SETS [DEFAULT_ARM]
     echo "$FALLBACK/$1.md"
 }
 fallback base 0-9,10-19,0-19
+# ... and ten more fresh seeds of the base recipe (20-29), trained through the stages without the
+# fallback for this (FRESH20_ROOT: runs/fresh20_a and runs/fresh20_b concatenated), then judged.
+FRESH20_ROOT="${FRESH20_ROOT:-runs/fresh20}"
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH20_ROOT" report prior_offsets/rule_seeds_20_29 "$(seq -s, 20 29)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+fallback base_seeds_20_29 20-24,25-29,20-29
 fallback holdout_30 0-9,10-19,0-19
 fallback t2 0-9
 fallback few_labels 0-9 tllm_refit_every3
