@@ -317,7 +317,7 @@ def test_the_reference_fallback_without_the_references_model_is_refused_before_t
     config = RunConfig(workdir=str(tmp_path / "run"), num_train=200, teacher_model="cnn_tiny",
                        epochs=2, students=("distilled",), reference_fallback=True,
                        reference_path=str(reference_file), verbose=0)
-    with pytest.raises(FileNotFoundError, match="--noreference_fallback"):
+    with pytest.raises(ValueError, match="--noreference_fallback"):
         stages.run(config)
     assert not os.path.exists(tmp_path / "run" / workdir_files.TEACHER_STAGE)
 

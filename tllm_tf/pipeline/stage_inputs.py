@@ -128,12 +128,12 @@ def reference_model_path(reference_path):
     """The label-only reference's `model.keras`, beside its `reference.json`.
 
     Raises:
-        FileNotFoundError: there is none (a `--reference_path` written without
-            its model); `--reference_fallback` needs the reference's weights.
+        ValueError: there is none (a `--reference_path` written without its
+            model); `--reference_fallback` needs the reference's weights.
     """
     path = os.path.join(os.path.dirname(reference_path), workdir_files.MODEL_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise ValueError(
             f"--reference_fallback gives a student that is behind the label-only reference "
             f"the reference's weights, and there is no {workdir_files.MODEL_FILE} beside "
             f"{reference_path!r}. Train the reference in this workdir (--stage=all or "
