@@ -88,8 +88,8 @@ class RunConfig:
     # beyond noise (pipeline/held_out_check.py; docs/study.md).
     refit_fallback: bool = True
     # Every distilled student takes the label-only reference's weights when it is behind them on
-    # the held-out split beyond noise (pipeline/held_out_check.py; docs/study.md, "The reference
-    # as a fallback").
+    # the held-out split beyond noise (pipeline/held_out_check.py; docs/study.md, "The label-only
+    # reference as a fallback").
     reference_fallback: bool = False
     # Per-class logit offsets fitted on the held-out split after each student trains, and the
     # paired rule judging the student and the reference after theirs: the defaults since

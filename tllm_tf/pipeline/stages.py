@@ -54,10 +54,10 @@ from tllm_tf.pipeline.workdir_files import MASK_LOG_FILE
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
 from tllm_tf.pipeline.workdir_files import PREDICTIONS_LOG_DIR
 from tllm_tf.pipeline.workdir_files import PRIOR_OFFSETS_FILE
+from tllm_tf.pipeline.workdir_files import REFERENCE_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
-from tllm_tf.pipeline.workdir_files import REFERENCE_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import REFIT_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import SAVED_MODEL_DIR
 from tllm_tf.pipeline.workdir_files import STORE_STAGE

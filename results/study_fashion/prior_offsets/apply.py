@@ -39,6 +39,12 @@ def read_records(path):
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def seed_range(text):
+    """The seeds of a range "10-19" (or a single seed "7")."""
+    low, _, high = text.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
 def paired_cell(a, b):
     """`a - b` over paired seeds as a table cell: "mean [95% CI] better/worse"."""
     summary = study_stats.paired_difference(a, b)

@@ -38,12 +38,6 @@ def _rows(first, second, default_arm):
     return rows
 
 
-def _seed_set(text):
-    low, _, high = text.partition("-")
-    return list(range(int(low), int(high or low) + 1))
-
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first", required=True, help="results.jsonl at the smaller fraction")
@@ -64,7 +58,7 @@ def main():
     names = next(iter(runs[("kd", args.first_name)].values()))["class_names"]
     wanted = [c for c in args.classes.split(",") if c]
     for seed_set in args.seed_sets.split(","):
-        seeds = [s for s in _seed_set(seed_set) if all(s in runs[run] for run in needed)]
+        seeds = [s for s in apply.seed_range(seed_set) if all(s in runs[run] for run in needed)]
         if len(seeds) < 2:
             print(f"\n#### Seeds {seed_set}: fewer than two finished in both roots\n")
             continue

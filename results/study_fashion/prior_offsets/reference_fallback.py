@@ -111,9 +111,8 @@ def main():
     if args.results:
         rows += list(_judge_new(args, rows))
     for seed_set in args.seed_sets.split(","):
-        low, _, high = seed_set.partition("-")
         print(f"\n#### Seeds {seed_set}\n")
-        print("\n".join(table(rows, args.default_arm, set(range(int(low), int(high or low) + 1)))))
+        print("\n".join(table(rows, args.default_arm, set(apply.seed_range(seed_set)))))
 
 
 def _judge_new(args, rows):
