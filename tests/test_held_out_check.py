@@ -1,4 +1,4 @@
-"""A student judged against a baseline on the held-out split (`pipeline.held_out_check`)."""
+"""A student judged against a baseline on the held-out split (`tllm_tf.held_out_check`)."""
 
 import math
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tllm_tf.pipeline import held_out_check
+import tllm_tf
+from tllm_tf import held_out_check
 
 
 def test_discordant_images_decide_not_the_images_both_get_right_or_wrong():
@@ -65,3 +66,40 @@ def test_check_compares_two_models_image_by_image():
     assert not check.candidate_behind and check.kept == "student"
     assert set(check.to_json()) == {"student_accuracy", "reference_accuracy", "behind", "ahead",
                                     "p_value", "significance", "kept"}
+
+
+def _held_out(labels):
+    labels = np.array(labels)
+    return tf.data.Dataset.from_tensor_slices(
+        (np.zeros((len(labels), 2), np.float32), labels)).batch(4)
+
+
+def test_a_student_behind_the_reference_takes_its_weights():
+    student, reference = _fixed_classifier(1), _fixed_classifier(0)
+    check = tllm_tf.keep_baseline_if_behind(student, reference, _held_out([0] * 8 + [1]),
+                                            num_classes=3)
+    assert (check.behind, check.ahead, check.kept) == (8, 1, "reference")
+    for weight, expected in zip(student.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(weight, expected)
+
+
+def test_a_student_not_behind_the_reference_keeps_its_own_weights():
+    student, reference = _fixed_classifier(1), _fixed_classifier(0)
+    before = student.get_weights()
+    check = tllm_tf.keep_baseline_if_behind(student, reference, _held_out([0] * 3 + [1] * 3),
+                                            num_classes=3)
+    assert check.kept == "student" and isinstance(check, tllm_tf.HeldOutCheck)
+    for weight, expected in zip(student.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+
+
+def test_a_reference_of_another_architecture_is_refused_before_anything_changes():
+    student = _fixed_classifier(1)
+    before = student.get_weights()
+    inputs = keras.Input((2,))
+    hidden = keras.layers.Dense(4)(inputs)
+    wider = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    with pytest.raises(ValueError, match="same architecture"):
+        tllm_tf.keep_baseline_if_behind(student, wider, _held_out([0] * 8), num_classes=3)
+    for weight, expected in zip(student.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(weight, expected)

@@ -149,7 +149,7 @@ ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
 # The library's default since 2026-12-04 (late), in one run: the tllm student, then the refit
 # (its final mask from the first step under soft_label, no update of its own), which keeps the
 # tllm student's weights when it is behind them on the held-out split (since 2026-12-04, night;
-# pipeline/held_out_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
+# tllm_tf/held_out_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
 # bit for bit. Its first pass is its own tllm student, which tllm_patience2 trains alike.
 ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit"), PAIRED_WITH: "tllm_patience2"}
 # The default with the rule looking every third epoch after the warm-up instead of every epoch:

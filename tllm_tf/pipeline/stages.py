@@ -29,6 +29,7 @@ import keras
 from tllm_tf import atomic
 from tllm_tf import distiller as distiller_lib
 from tllm_tf import callbacks as callbacks_lib
+from tllm_tf import held_out_check
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import losses as losses_lib
 from tllm_tf import metrics as metrics_lib
@@ -40,7 +41,6 @@ from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import export as export_lib
 from tllm_tf.pipeline import fitting
-from tllm_tf.pipeline import held_out_check
 from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import preflight
@@ -312,12 +312,11 @@ def _keep_baseline_if_behind(student, baseline_path, names, check_file, data, co
         data, config, stage_dir: the stage's.
     """
     baseline = model_io.load_keras_model(baseline_path, role=f"{names[1]} model")
-    result = held_out_check.check(student, baseline, build.eval_batches(data.held_out, config),
-                                  data.num_classes, config.significance, names)
+    result = held_out_check.keep_baseline_if_behind(
+        student, baseline, build.eval_batches(data.held_out, config), data.num_classes,
+        config.significance, names)
     atomic.write_json(os.path.join(stage_dir, check_file), result.to_json())
     fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}")
-    if result.candidate_behind:
-        student.set_weights(baseline.get_weights())
 
 
 def _apply_prior_offsets(model, data, config, stage_dir):

@@ -7,7 +7,7 @@ all the held-out images at once, a paired test sees much smaller ones. This
 script judges the stored final students of a study, without training, as the
 refit's safeguard judges the refit: each student against the reference on
 the held-out split, image by image, the one-sided exact test at
-`--significance` (`tllm_tf.pipeline.held_out_check.compare`, which the stage's
+`--significance` (`tllm_tf.held_out_check.compare`, which the stage's
 `--reference_fallback` calls too). Where the student
 is behind beyond noise the "fallback" keeps the reference, and its test
 accuracy is the reference's; elsewhere the student's. Done for the default's
@@ -36,7 +36,7 @@ import numpy as np
 import apply  # results/study_fashion/prior_offsets/apply.py: reads the records and the students.
 from tllm_tf import metrics as metrics_lib
 from tllm_tf.pipeline import build
-from tllm_tf.pipeline import held_out_check
+from tllm_tf import held_out_check
 
 
 def _held_out_correct(students, record, arm):

@@ -1,7 +1,7 @@
 """Re-judges stored refits with the refit's safeguard, without training (docs/study.md).
 
 The `tllm_refit` student keeps the tllm student's weights when it is behind
-them on the held-out split (`tllm_tf.pipeline.held_out_check`). Seeds 0-29 of the
+them on the held-out split (`tllm_tf.held_out_check`). Seeds 0-29 of the
 study were trained before that safeguard, as the arms `tllm_patience2` (the
 tllm student) and `tllm_two_pass_soft_label` (the refit without the
 safeguard, bit for bit). For each seed, student and teacher that has both,
@@ -34,7 +34,7 @@ from tllm_tf import metrics as metrics_lib
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
-from tllm_tf.pipeline import held_out_check
+from tllm_tf import held_out_check
 from tllm_tf.pipeline import workdir_files
 
 FIRST = "tllm_patience2"

@@ -1,24 +1,27 @@
 """A trained student judged against another model on the held-out split: is it behind beyond noise?
 
-Two safeguards of the student stage ask this once a student has trained:
-- the refit's (`--refit_fallback`, on by default): the tllm_refit student
-  against the tllm student. On the classes KD hurts the refit gains about
-  twice what the tllm student gains, but on a very small student it can hand
-  a confused class's images to a neighbour (docs/study.md: the `lenet_2`
+`keep_baseline_if_behind(student, baseline, held_out_ds, num_classes)` gives
+the student the baseline's weights when it is. The student stage of the
+tools asks this twice once a student has trained:
+- the refit's safeguard (`--refit_fallback`, on by default): the tllm_refit
+  student against the tllm student. On the classes KD hurts the refit gains
+  about twice what the tllm student gains, but on a very small student it can
+  hand a confused class's images to a neighbour (docs/study.md: the `lenet_2`
   student's Coat, 0% in two seeds of thirty);
-- the reference's (`--reference_fallback`): every distilled student against
-  the label-only reference. Where distillation hurts every class a little,
-  the per-class rule sees none of the harms (a few points of one class's
-  held-out images are noise), while the whole split sees their sum.
+- the reference's fallback (`--reference_fallback`, on by default): every
+  distilled student against the label-only reference. Where distillation hurts
+  every class a little, the per-class rule sees none of the harms (a few
+  points of one class's held-out images are noise), while the whole split
+  sees their sum.
 
 Both models are judged on the held-out split (training images, never the
 test split), image by image: `behind` counts the images the baseline
 classifies correctly and the candidate does not, `ahead` the reverse. The
 candidate is behind when a one-sided exact binomial test of `behind` among the
 `behind + ahead` discordant images (McNemar's test, as the identification rule
-uses per class) rejects "the candidate is no worse" at `--significance`; the
-stage then gives the candidate the baseline's weights, so that it is never
-behind the baseline beyond noise.
+uses per class) rejects "the candidate is no worse" at `significance`; it then
+takes the baseline's weights, so that it is never behind the baseline beyond
+noise.
 """
 
 import dataclasses
@@ -75,9 +78,13 @@ class HeldOutCheck:
                    "weights" if self.candidate_behind
                    else f"not behind it: the {self.candidate} is kept")
         return (f"held-out accuracy {self.candidate_accuracy:.2%} against the {self.baseline}'s "
-                f"{self.baseline_accuracy:.2%} ({self.behind} images only the {self.baseline} "
+                f"{self.baseline_accuracy:.2%} ({_images(self.behind)} only the {self.baseline} "
                 f"gets right, {self.ahead} only the {self.candidate}; p = {self.p_value:.3g} at "
                 f"{self.significance:g}): {verdict}")
+
+
+def _images(count):
+    return f"{count} image" if count == 1 else f"{count} images"
 
 
 def compare(candidate_correct, baseline_correct, significance, names=("candidate", "baseline")):
@@ -128,5 +135,43 @@ def check(candidate, baseline, held_out, num_classes, significance,
         baseline, num_classes)(held_out)
     if not np.array_equal(labels, baseline_labels):  # A shuffled split would pair wrong images.
         raise ValueError("The held-out batches came in another order for the second model; "
-                         "evaluate on unshuffled batches (build.eval_batches).")
+                         "pass a held-out data set that is not shuffled.")
     return compare(candidate_correct, baseline_correct, significance, names)
+
+
+def keep_baseline_if_behind(candidate, baseline, held_out, num_classes, significance=0.05,
+                            names=("student", "reference")):
+    """Gives `candidate` the baseline's weights if it is behind them on the held-out split.
+
+    With the label-only reference as the baseline this is the tools' default
+    fallback: a distilled student that is behind labels alone beyond noise
+    becomes the label-only student.
+
+    Args:
+        candidate: the trained student; its weights are replaced when it is behind.
+        baseline: a model of the same architecture (the label-only reference).
+        held_out: the held-out split of the training data, in unshuffled batches.
+        num_classes: the data set's classes.
+        significance: the test's level. Defaults to 0.05.
+        names: `(candidate, baseline)`, the names the result carries.
+
+    Returns:
+        The `HeldOutCheck`; its `kept` names the model whose weights the
+        candidate has now.
+
+    Raises:
+        ValueError: if the baseline's weights do not fit the candidate (another
+            architecture), before anything is judged or changed.
+    """
+    shapes = [tuple(weight.shape) for weight in candidate.weights]
+    baseline_shapes = [tuple(weight.shape) for weight in baseline.weights]
+    if shapes != baseline_shapes:
+        raise ValueError(
+            f"The {names[1]}'s weights do not fit the {names[0]}: {len(baseline_shapes)} "
+            f"weights against {len(shapes)}, or of other shapes. The fallback gives the "
+            f"{names[0]} the {names[1]}'s weights, so both must be the same architecture "
+            f"(the label-only reference is the student trained on labels alone).")
+    result = check(candidate, baseline, held_out, num_classes, significance, names)
+    if result.candidate_behind:
+        candidate.set_weights(baseline.get_weights())
+    return result
