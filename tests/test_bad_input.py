@@ -102,13 +102,13 @@ def test_epoch_matched_with_a_reference_without_history_says_how_to_get_one(trai
     assert not os.path.exists(tmp_path / "run" / "teacher")
 
 
-def test_reference_fallback_with_a_reference_without_its_model_is_refused_before_training(
-        train, tmp_path):
+def test_a_reference_without_its_model_is_refused_before_training_by_default(train, tmp_path):
     reference_path = str(tmp_path / "accuracies_only" / "reference.json")
     os.makedirs(os.path.dirname(reference_path))
     tllm_tf.save_reference(reference_path, np.full(10, 0.9))
+    # The reference's fallback (the default) needs the reference's weights.
     result = train(f"--workdir={tmp_path / 'run'}", f"--reference_path={reference_path}",
-                   "--noepoch_matched", "--reference_fallback")
+                   "--noepoch_matched")
     assert result.returncode != 0
     assert "there is no model.keras beside" in result.stderr
     assert "--noreference_fallback" in result.stderr and "Traceback" not in result.stderr

@@ -237,7 +237,11 @@ def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(demo_runs):
                     if ": prior offsets on the held-out split: accuracy " in line]
     assert [line.split(":")[0] for line in offset_lines] == [
         "reference", "student_kd", "student_tllm"]
-    stage_lines = [line for line in stage_lines if line not in offset_lines]
+    # ... and of its check against the label-only reference (the default).
+    check_lines = [line for line in stage_lines if "against the reference's" in line]
+    assert [line.split(":")[0] for line in check_lines] == ["student_kd", "student_tllm"]
+    stage_lines = [line for line in stage_lines
+                   if line not in offset_lines and line not in check_lines]
     assert [line.split(":")[0] for line in stage_lines] == [
         "teacher", "reference", "student_kd", "student_tllm"]
     assert stage_lines[0].endswith(f"1 epoch -> {workdir / 'teacher'}")

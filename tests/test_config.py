@@ -17,6 +17,15 @@ def test_json_round_trip():
     assert RunConfig(workdir="w", stage="all").stages == ("teacher", "reference", "student")
 
 
+@pytest.mark.parametrize("field", ["prior_offsets", "rule_prior_offsets", "reference_fallback"])
+def test_a_workdir_written_before_a_field_that_is_now_on_reads_as_a_run_without_it(field):
+    assert getattr(RunConfig(workdir="w"), field)  # On by default now...
+    written_before = json.loads(RunConfig(workdir="w").to_json())
+    written_before.pop(field)
+    # ... but a run written before the field existed ran without it.
+    assert not getattr(RunConfig.from_json(json.dumps(written_before)), field)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("temperature", 0.0, "temperature must be > 0"),
     ("epochs", 0, "epochs must be > 0"),

@@ -195,8 +195,10 @@ def test_restore_builds_the_optimizer_once_in_the_strategy_scope(tmp_path, tiny_
 def uninterrupted(tmp_path_factory, zygote):
     """One two-worker run: its directory and the workers' stdout."""
     directory = tmp_path_factory.mktemp("uninterrupted")
+    # Without the reference's fallback, so that the chief saves the student both workers
+    # trained (test_every_worker_refits_with_the_chiefs_final_mask runs with it).
     outputs = _run_workers(zygote, [str(directory / "chief"), str(directory / "worker1")],
-                           directory / "records", directory / "logs")
+                           directory / "records", directory / "logs", ["--noreference_fallback"])
     return directory, outputs
 
 
@@ -241,7 +243,8 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(
     # Run again, the chief finds every stage done and tells the other worker.
     written = _modification_times(chief_dir)
     again_out, _ = _run_workers(
-        zygote, [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again")
+        zygote, [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again",
+        ["--noreference_fallback"])
     assert not os.listdir(tmp_path / "records_again"), "a stage was trained again"
     assert chief_out.splitlines()[-4:] == again_out.splitlines()[-4:]
     rewritten = _modification_times(chief_dir)
@@ -276,6 +279,12 @@ def test_every_worker_refits_with_the_chiefs_final_mask(zygote, uninterrupted, t
     if kept == "tllm":
         chief_weights = keras.models.load_model(
             os.path.join(chief_dir, "student_tllm", "model.keras"), compile=False).get_weights()
+    # ... and then against the label-only reference (the default), on the chief only.
+    with open(os.path.join(chief_dir, "student_tllm_refit", "reference_check.json")) as handle:
+        if json.load(handle)["kept"] == "reference":
+            chief_weights = keras.models.load_model(
+                os.path.join(uninterrupted_dir, "reference", "model.keras"),
+                compile=False).get_weights()
     saved = keras.models.load_model(
         os.path.join(chief_dir, "student_tllm_refit", "model.keras"), compile=False)
     for saved_weight, recorded in zip(saved.get_weights(), chief_weights, strict=True):
@@ -304,7 +313,8 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted,
     uninterrupted_dir = str(uninterrupted[0] / "chief")
     # The uninterrupted run's student stage, from its teacher and reference files.
     inputs = [f"--teacher_path={os.path.join(uninterrupted_dir, 'teacher', 'model.keras')}",
-              f"--reference_path={os.path.join(uninterrupted_dir, 'reference', 'reference.json')}"]
+              f"--reference_path={os.path.join(uninterrupted_dir, 'reference', 'reference.json')}",
+              "--noreference_fallback"]
     killed_dir, worker_dir = str(tmp_path / "killed"), str(tmp_path / "killed1")
     stage_dir = os.path.join(killed_dir, "student_tllm")
     os.makedirs(tmp_path / "records_killed")

@@ -161,7 +161,8 @@ def test_resume_refuses_a_teacher_planted_in_the_workdir(planted, tmp_path):
     os.makedirs(workdir / "teacher")
     os.replace(path, workdir / "teacher" / workdir_files.MODEL_FILE)
     config = RunConfig(workdir=str(workdir), stage="student", students=("distilled",),
-                       num_train=64, batch_size=32, epochs=1, verbose=0)
+                       num_train=64, batch_size=32, epochs=1, reference_fallback=False,
+                       verbose=0)  # No reference: this run is KD alone.
     with pytest.raises(model_io.UnsafeModelError) as refusal:
         stages.run(config)
     _assert_refused_naming(str(refusal.value), str(workdir / "teacher" / workdir_files.MODEL_FILE))

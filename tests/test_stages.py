@@ -198,7 +198,7 @@ def _stage_weights(workdir, student):
 
 
 def test_the_refit_is_judged_against_the_tllm_student_on_held_out_images(tmp_path, capsys):
-    config = _refit_run(tmp_path)
+    config = _refit_run(tmp_path, reference_fallback=False)
     assert config.refit_fallback  # The default.
     stages.run(config)
     with open(tmp_path / "run" / "student_tllm_refit" / workdir_files.REFIT_CHECK_FILE) as handle:
@@ -218,7 +218,7 @@ def test_a_refit_behind_the_tllm_student_keeps_the_tllm_students_weights(tmp_pat
         candidate="refit", baseline="tllm", candidate_accuracy=0.5, baseline_accuracy=0.9,
         behind=8, ahead=0, p_value=0.5 ** 8, significance=0.05)
     monkeypatch.setattr(held_out_check, "check", lambda *args: behind)
-    config = _refit_run(tmp_path, verbose=0)
+    config = _refit_run(tmp_path, reference_fallback=False, verbose=0)
     stages.run(config)
     for from_refit, from_tllm in zip(_stage_weights(config.workdir, "tllm_refit"),
                                      _stage_weights(config.workdir, "tllm"), strict=True):
@@ -237,7 +237,7 @@ def test_without_the_fallback_the_refit_is_neither_judged_nor_replaced(tmp_path,
         raise AssertionError("the refit was judged with --norefit_fallback")
 
     monkeypatch.setattr(held_out_check, "check", judged)
-    config = _refit_run(tmp_path, refit_fallback=False, verbose=0)
+    config = _refit_run(tmp_path, refit_fallback=False, reference_fallback=False, verbose=0)
     stages.run(config)
     assert not os.path.exists(
         tmp_path / "run" / "student_tllm_refit" / workdir_files.REFIT_CHECK_FILE)
@@ -249,9 +249,9 @@ def _reference_weights(workdir):
         compile=False).get_weights()
 
 
-def test_with_the_reference_fallback_every_student_is_judged_against_the_reference(tmp_path):
-    config = _refit_run(tmp_path, students=("distilled", "tllm"), reference_fallback=True,
-                        verbose=0)
+def test_by_default_every_student_is_judged_against_the_reference(tmp_path):
+    config = _refit_run(tmp_path, students=("distilled", "tllm"), verbose=0)
+    assert config.reference_fallback  # The default.
     stages.run(config)
     reference = _reference_weights(config.workdir)
     for student in config.students:
@@ -273,8 +273,7 @@ def test_a_student_behind_the_reference_takes_its_weights(tmp_path, monkeypatch)
             baseline_accuracy=0.9, behind=8, ahead=0, p_value=0.5 ** 8, significance=significance)
 
     monkeypatch.setattr(held_out_check, "check", behind)
-    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"),
-                        reference_fallback=True, verbose=0)
+    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"), verbose=0)
     stages.run(config)
     reference = _reference_weights(config.workdir)
     with open(tmp_path / "run" / workdir_files.REFERENCE_STAGE
@@ -292,17 +291,17 @@ def test_a_student_behind_the_reference_takes_its_weights(tmp_path, monkeypatch)
             assert json.load(handle) == reference_per_class
 
 
-def test_without_the_reference_fallback_no_student_is_judged_against_the_reference(
+def test_with_noreference_fallback_no_student_is_judged_against_the_reference(
         tmp_path, monkeypatch):
     judged = held_out_check.check
 
     def only_the_refit(candidate, baseline, held_out, num_classes, significance, names):
-        assert names != ("student", "reference"), "judged against the reference by default"
+        assert names != ("student", "reference"), "judged against the reference"
         return judged(candidate, baseline, held_out, num_classes, significance, names)
 
     monkeypatch.setattr(held_out_check, "check", only_the_refit)
-    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"), verbose=0)
-    assert not config.reference_fallback  # The default.
+    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"),
+                        reference_fallback=False, verbose=0)
     stages.run(config)
     for student in config.students:
         assert not os.path.exists(tmp_path / "run" / workdir_files.student_stage(student)
@@ -315,11 +314,24 @@ def test_the_reference_fallback_without_the_references_model_is_refused_before_t
     reference_file.parent.mkdir()
     reference_file.write_text("{}")  # A reference.json alone: no model.keras beside it.
     config = RunConfig(workdir=str(tmp_path / "run"), num_train=200, teacher_model="cnn_tiny",
-                       epochs=2, students=("distilled",), reference_fallback=True,
-                       reference_path=str(reference_file), verbose=0)
+                       epochs=2, students=("distilled",), reference_path=str(reference_file),
+                       verbose=0)  # The reference's fallback is on by default.
     with pytest.raises(ValueError, match="--noreference_fallback"):
         stages.run(config)
     assert not os.path.exists(tmp_path / "run" / workdir_files.TEACHER_STAGE)
+
+
+def test_a_reference_of_per_class_accuracies_only_trains_with_noreference_fallback(tmp_path):
+    reference_file = tmp_path / "accuracies_only" / workdir_files.REFERENCE_FILE
+    reference_file.parent.mkdir()
+    tllm_tf.save_reference(str(reference_file), np.full(10, 0.9))
+    config = RunConfig(workdir=str(tmp_path / "run"), num_train=200, teacher_model="cnn_tiny",
+                       epochs=1, students=("tllm",), rule="unpaired", epoch_matched=False,
+                       reference_path=str(reference_file), reference_fallback=False, verbose=0)
+    stages.run(config)
+    stage_dir = tmp_path / "run" / workdir_files.student_stage("tllm")
+    assert (stage_dir / workdir_files.MODEL_FILE).exists()
+    assert not (stage_dir / workdir_files.REFERENCE_CHECK_FILE).exists()
 
 
 def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):
@@ -373,9 +385,10 @@ def _student_weights(workdir):
 
 def test_teacher_store_trains_like_the_live_teacher_resumes_and_refuses_other_views(
         tmp_path, monkeypatch):
+    # No reference's fallback: it could hand both students the reference's weights.
     live = RunConfig(workdir=str(tmp_path / "live"), students=("distilled",), num_train=200,
                      teacher_model="cnn_tiny", student_model="mlp_4", epochs=2,
-                     teacher_epochs=1, verbose=0)
+                     teacher_epochs=1, reference_fallback=False, verbose=0)
     stages.run(live)
     store = tmp_path / "store"
     stored = dataclasses.replace(

@@ -17,6 +17,9 @@ def test_claim_writes_then_accepts_the_same_run_and_resumable_changes(tmp_path):
     # one-student default of earlier versions gets its refit).
     workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=5,
                                            students=("distilled", "tllm", "tllm_refit")))
+    # The fallbacks judge a student once it has trained: a change applies to those still to train.
+    workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path), epochs=5,
+                                           reference_fallback=False, refit_fallback=False))
 
 
 def test_claim_refuses_a_workdir_of_another_configuration(tmp_path):

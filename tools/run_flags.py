@@ -77,8 +77,9 @@ flags.DEFINE_bool("refit_fallback", _DEFAULTS.refit_fallback, "The tllm_refit st
 flags.DEFINE_bool("reference_fallback", _DEFAULTS.reference_fallback, "Every distilled "
                   "student (kd, tllm, tllm_refit) takes the label-only reference's weights when "
                   "it is behind them on the held-out split (a one-sided exact paired test at "
-                  "--significance); reference_check.json records the test. Default: off "
-                  "(docs/study.md, \"The label-only reference as a fallback\").")
+                  "--significance); reference_check.json records the test. It needs the reference's "
+                  "model.keras. Default: on (docs/study.md, \"The label-only reference as a "
+                  "fallback\").")
 flags.DEFINE_bool("prior_offsets", _DEFAULTS.prior_offsets, "After each student (and the "
                   "label-only reference) trains, add per-class offsets to its logits, fitted so "
                   "that its mean predicted probabilities on the held-out split match the class "

@@ -15,11 +15,12 @@ from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 
 # Fields that may change between runs of one workdir: they choose what to run
 # and how fast, not what is computed (a student added to --students trains; those
-# already trained stay as they are).
+# already trained stay as they are). The two fallbacks judge a student once it has
+# trained, so a change to them applies to the students still to train.
 RESUMABLE_CHANGES = frozenset({
     "stage", "students", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
-    "deterministic", "refit_fallback",
+    "deterministic", "refit_fallback", "reference_fallback",
 })
 # Fields compared by the schedule they resolve to, not as written: a run made with
 # --update_every=1 and one left to the default that looks every epoch of the same fit
