@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import tllm_tf
+from tllm_tf import held_out_check
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import fitting
-from tllm_tf import held_out_check
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files

@@ -34,9 +34,9 @@ import os
 import numpy as np
 
 import apply  # results/study_fashion/prior_offsets/apply.py: reads the records and the students.
+from tllm_tf import held_out_check
 from tllm_tf import metrics as metrics_lib
 from tllm_tf.pipeline import build
-from tllm_tf import held_out_check
 
 
 def _held_out_correct(students, record, arm):

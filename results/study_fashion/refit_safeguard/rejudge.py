@@ -29,12 +29,12 @@ import os
 
 import numpy as np
 
+from tllm_tf import held_out_check
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
-from tllm_tf import held_out_check
 from tllm_tf.pipeline import workdir_files
 
 FIRST = "tllm_patience2"
