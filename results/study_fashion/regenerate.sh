@@ -261,3 +261,25 @@ fallback t2 0-9
 fallback few_labels 0-9 tllm_refit_every3
 fallback all_images_holdout_10 0-9,10-14,0-14
 fallback all_images_holdout_30 0-9,10-14,0-14
+# The classes KD hurts, with the fallback (the default since 2026-12-06): each seed's default
+# student given the label-only student's per-class accuracies where it fell back (the rows above)
+# and the study's records; the classes chosen on the table's own seeds, or on earlier seeds
+# (HURT_SEEDS), which the label-only student's luck on the test split cannot favour.
+per_class() {  # per_class NAME ROWS RESULTS SEED_SETS [DEFAULT_ARM] [HURT_SEEDS]
+    OUT="$FALLBACK/per_class_$1.md"
+    for results in $(echo "$3" | tr , ' '); do
+        if [ ! -f "$results" ]; then echo "$OUT: left as it is (no $results)"; return; fi
+    done
+    "$PYTHON" results/study_fashion/prior_offsets/fallback_per_class.py --rows="$2" \
+        --results="$3" --seed_sets="$4" --default_arm="${5:-tllm_refit}" \
+        ${6:+--hurt_seeds="$6"} > "$OUT"
+    echo "$OUT"
+}
+per_class base "$FALLBACK/base.jsonl" "$RULE20_ROOT/results.jsonl" 0-19
+per_class seeds_20_29 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl" \
+    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl" 20-29 tllm_refit 0-19
+per_class holdout_30 "$FALLBACK/holdout_30.jsonl" "$HOLD30_20_ROOT/results.jsonl" 0-19
+per_class t2 "$FALLBACK/t2.jsonl" "$T2O_ROOT/results.jsonl" 0-9
+per_class few_labels "$FALLBACK/few_labels.jsonl" "$FEWO_ROOT/results.jsonl" 0-9 tllm_refit_every3
+per_class all_images_holdout_10 "$FALLBACK/all_images_holdout_10.jsonl" "$FULL_H10_ROOT/results.jsonl" 0-14
+per_class all_images_holdout_30 "$FALLBACK/all_images_holdout_30.jsonl" "$FULL_H30_ROOT/results.jsonl" 0-14
