@@ -283,3 +283,12 @@ per_class t2 "$FALLBACK/t2.jsonl" "$T2O_ROOT/results.jsonl" 0-9
 per_class few_labels "$FALLBACK/few_labels.jsonl" "$FEWO_ROOT/results.jsonl" 0-9 tllm_refit_every3
 per_class all_images_holdout_10 "$FALLBACK/all_images_holdout_10.jsonl" "$FULL_H10_ROOT/results.jsonl" 0-14
 per_class all_images_holdout_30 "$FALLBACK/all_images_holdout_30.jsonl" "$FULL_H30_ROOT/results.jsonl" 0-14
+# Ten more fresh seeds of the base recipe (30-39), trained after the fallback became the default,
+# without it (the study's flag file), the prediction written before they ran
+# (reference_fallback/prediction_seeds_30_39.md); FRESH30_ROOT: runs/fresh30_a and runs/fresh30_b
+# concatenated. The classes KD hurts chosen on seeds 0-29.
+FRESH30_ROOT="${FRESH30_ROOT:-runs/fresh30}"
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH30_ROOT" report prior_offsets/rule_seeds_30_39 "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+fallback base_seeds_30_39 30-34,35-39,30-39
+per_class seeds_30_39 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl" \
+    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl" 30-39 tllm_refit 0-29
