@@ -40,6 +40,8 @@ def test_a_workdir_written_before_a_field_that_is_now_on_reads_as_a_run_without_
     ("max_updates", 0, r"max_updates must be >= 1 \(or unset: no limit\). Received: 0"),
     ("lr_decay_epochs", (180, 150), "increasing"),
     ("patience", 0, r"patience must be >= 1. Received: 0"),
+    ("reference_fallback_significance", 1.0,
+     r"reference_fallback_significance must be in \(0, 1\). Received: 1.0"),
     ("smoothing", 1.0, r"smoothing must be in \[0, 1\). Received: 1.0"),
     ("smoothing", -0.1, r"smoothing must be in \[0, 1\)"),
     ("margin_standard_errors", -1.0, r"margin_standard_errors must be >= 0. Received: -1.0"),

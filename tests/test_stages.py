@@ -266,6 +266,20 @@ def test_by_default_every_student_is_judged_against_the_reference(tmp_path):
         assert same == (check["kept"] == "reference")
 
 
+def test_the_reference_fallback_judges_at_its_own_level(tmp_path):
+    config = _refit_run(tmp_path, students=("distilled", "tllm", "tllm_refit"),
+                        reference_fallback_significance=0.3, verbose=0)
+    stages.run(config)
+    run = tmp_path / "run"
+    for student in config.students:
+        with open(run / workdir_files.student_stage(student)
+                  / workdir_files.REFERENCE_CHECK_FILE) as handle:
+            assert json.load(handle)["significance"] == 0.3
+    # The refit's safeguard keeps the rule's level.
+    with open(run / "student_tllm_refit" / workdir_files.REFIT_CHECK_FILE) as handle:
+        assert json.load(handle)["significance"] == config.significance == 0.05
+
+
 def test_a_student_behind_the_reference_takes_its_weights(tmp_path, monkeypatch):
     def behind(candidate, baseline, held_out, num_classes, significance, names):
         return held_out_check.HeldOutCheck(

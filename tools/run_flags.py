@@ -77,9 +77,13 @@ flags.DEFINE_bool("refit_fallback", _DEFAULTS.refit_fallback, "The tllm_refit st
 flags.DEFINE_bool("reference_fallback", _DEFAULTS.reference_fallback, "Every distilled "
                   "student (kd, tllm, tllm_refit) takes the label-only reference's weights when "
                   "it is behind them on the held-out split (a one-sided exact paired test at "
-                  "--significance); reference_check.json records the test. It needs the reference's "
-                  "model.keras. Default: on (docs/study.md, \"The label-only reference as a "
-                  "fallback\").")
+                  "--reference_fallback_significance); reference_check.json records the test. It "
+                  "needs the reference's model.keras. Default: on (docs/study.md, \"The "
+                  "label-only reference as a fallback\").")
+flags.DEFINE_float("reference_fallback_significance", _DEFAULTS.reference_fallback_significance,
+                   "The level of --reference_fallback's test, in (0, 1): the larger, the more "
+                   "often a student behind the reference takes its weights (docs/study.md, "
+                   "\"The fallback's level\").")
 flags.DEFINE_bool("prior_offsets", _DEFAULTS.prior_offsets, "After each student (and the "
                   "label-only reference) trains, add per-class offsets to its logits, fitted so "
                   "that its mean predicted probabilities on the held-out split match the class "

@@ -245,10 +245,11 @@ fi
 # --reference_fallback judges in the stages (prior_offsets/reference_fallback.py; its per-seed
 # rows, about 20 minutes from the roots named in it, are committed beside the tables).
 FALLBACK=results/study_fashion/prior_offsets/reference_fallback
-fallback() {  # fallback NAME SEED_SETS [DEFAULT_ARM]
+fallback() {  # fallback NAME SEED_SETS [DEFAULT_ARM]; LEVEL: the level to judge at (0.05)
     "$PYTHON" results/study_fashion/prior_offsets/reference_fallback.py --rows="$FALLBACK/$1.jsonl" \
-        --seed_sets="$2" --default_arm="${3:-tllm_refit}" > "$FALLBACK/$1.md"
-    echo "$FALLBACK/$1.md"
+        --seed_sets="$2" --default_arm="${3:-tllm_refit}" --significance="${LEVEL:-0.05}" \
+        > "$FALLBACK/$1${LEVEL:+_at_$LEVEL}.md"
+    echo "$FALLBACK/$1${LEVEL:+_at_$LEVEL}.md"
 }
 fallback base 0-9,10-19,0-19
 # ... and ten more fresh seeds of the base recipe (20-29), trained through the stages without the
@@ -266,13 +267,13 @@ fallback all_images_holdout_30 0-9,10-14,0-14
 # and the study's records; the classes chosen on the table's own seeds, or on earlier seeds
 # (HURT_SEEDS), which the label-only student's luck on the test split cannot favour.
 per_class() {  # per_class NAME ROWS RESULTS SEED_SETS [DEFAULT_ARM] [HURT_SEEDS]
-    OUT="$FALLBACK/per_class_$1.md"
+    OUT="$FALLBACK/per_class_$1${LEVEL:+_at_$LEVEL}.md"
     for results in $(echo "$3" | tr , ' '); do
         if [ ! -f "$results" ]; then echo "$OUT: left as it is (no $results)"; return; fi
     done
     "$PYTHON" results/study_fashion/prior_offsets/fallback_per_class.py --rows="$2" \
         --results="$3" --seed_sets="$4" --default_arm="${5:-tllm_refit}" \
-        ${6:+--hurt_seeds="$6"} > "$OUT"
+        --significance="${LEVEL:-0.05}" ${6:+--hurt_seeds="$6"} > "$OUT"
     echo "$OUT"
 }
 per_class base "$FALLBACK/base.jsonl" "$RULE20_ROOT/results.jsonl" 0-19

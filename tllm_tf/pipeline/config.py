@@ -97,6 +97,9 @@ class RunConfig:
     # and on ten fresh seeds by +0.20 to +1.96 points, no seed lower (docs/study.md, "The
     # label-only reference as a fallback").
     reference_fallback: bool = True
+    # The fallback's own level: one test a student, where the rule spends --significance over
+    # its looks and classes (docs/study.md, "The fallback's level").
+    reference_fallback_significance: float = 0.05
     # Per-class logit offsets fitted on the held-out split after each student trains, and the
     # paired rule judging the student and the reference after theirs: the defaults since
     # 2026-12-05 (tllm_tf/prior_offsets.py; docs/study.md, "Where the students put their class
@@ -178,6 +181,9 @@ class RunConfig:
                 f"correction must be one of {CORRECTIONS}. Received: {self.correction!r}")
         require(0.0 < self.significance < 1.0,
                 f"significance must be in (0, 1). Received: {self.significance}")
+        require(0.0 < self.reference_fallback_significance < 1.0,
+                "reference_fallback_significance must be in (0, 1). Received: "
+                f"{self.reference_fallback_significance}")
         require(0.0 < self.holdout_fraction < 1.0,
                 f"holdout_fraction must be in (0, 1). Received: {self.holdout_fraction}")
         require(self.epochs > 0, f"epochs must be > 0. Received: {self.epochs}")

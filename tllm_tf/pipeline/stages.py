@@ -228,11 +228,13 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
         if kind == "tllm_refit" and config.refit_fallback:
             _keep_baseline_if_behind(
                 student, os.path.join(config.workdir, student_stage("tllm"), MODEL_FILE),
-                ("refit", "tllm"), REFIT_CHECK_FILE, data, config, stage_dir)
+                ("refit", "tllm"), REFIT_CHECK_FILE, config.significance, data, config,
+                stage_dir)
         if config.reference_fallback:
             _keep_baseline_if_behind(
                 student, stage_inputs.reference_model_path(reference_path),
-                ("student", "reference"), REFERENCE_CHECK_FILE, data, config, stage_dir)
+                ("student", "reference"), REFERENCE_CHECK_FILE,
+                config.reference_fallback_significance, data, config, stage_dir)
         fitting.save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
         fitting.finish(student, stage_dir, chief)
@@ -301,7 +303,8 @@ def _refit_config(config, strategy, data, label):
                          warmup_epochs=config.epochs)
 
 
-def _keep_baseline_if_behind(student, baseline_path, names, check_file, data, config, stage_dir):
+def _keep_baseline_if_behind(student, baseline_path, names, check_file, significance, data,
+                             config, stage_dir):
     """Gives the trained student the baseline's weights if it is behind them (`held_out_check`).
 
     Args:
@@ -309,12 +312,13 @@ def _keep_baseline_if_behind(student, baseline_path, names, check_file, data, co
         baseline_path: the baseline's `model.keras` (the same architecture).
         names: `(candidate, baseline)` names for the JSON and the log.
         check_file: the comparison's file in the student's stage folder.
+        significance: the test's level.
         data, config, stage_dir: the stage's.
     """
     baseline = model_io.load_keras_model(baseline_path, role=f"{names[1]} model")
     result = held_out_check.keep_baseline_if_behind(
         student, baseline, build.eval_batches(data.held_out, config), data.num_classes,
-        config.significance, names)
+        significance, names)
     atomic.write_json(os.path.join(stage_dir, check_file), result.to_json())
     fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}")
 

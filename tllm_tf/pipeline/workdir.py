@@ -20,7 +20,7 @@ from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 RESUMABLE_CHANGES = frozenset({
     "stage", "students", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
-    "deterministic", "refit_fallback", "reference_fallback",
+    "deterministic", "refit_fallback", "reference_fallback", "reference_fallback_significance",
 })
 # Fields compared by the schedule they resolve to, not as written: a run made with
 # --update_every=1 and one left to the default that looks every epoch of the same fit

@@ -52,6 +52,15 @@ def paired_cell(a, b):
             f"{int(summary['better'])}/{int(summary['worse'])}")
 
 
+def falls_back(row, name, significance):
+    """Whether a fallback row's `name` student takes the reference's weights at `significance`.
+
+    Judged again from the row's stored p-value, so that a table can show another level than
+    the one the row was judged at.
+    """
+    return row[f"{name}_check"]["p_value"] < significance
+
+
 def seed_folders(roots):
     """`{seed: folder}` of the `seed<s>/` folders under the study roots."""
     return {int(name[len("seed"):]): os.path.join(root, name)

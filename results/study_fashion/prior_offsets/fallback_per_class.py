@@ -31,7 +31,7 @@ import apply  # results/study_fashion/prior_offsets/apply.py: reads the records.
 from tllm_tf.analysis import study_stats
 
 
-def per_class(rows, records, default_arm, seeds):
+def per_class(rows, records, default_arm, seeds, significance):
     """`{(student, teacher): {name: array (seeds, classes)}}` of the settings with every seed.
 
     The names: "labels", "kd", "default" and "default with fallback".
@@ -49,7 +49,7 @@ def per_class(rows, records, default_arm, seeds):
         columns["kd"].append(runs[(seed, student, teacher, "kd")]["per_class_accuracy"])
         columns["default"].append(default)
         columns["default with fallback"].append(
-            labels if row[f"{default_arm}_check"]["falls_back"] else default)
+            labels if apply.falls_back(row, default_arm, significance) else default)
         columns["class_names"] = runs[(seed, student, teacher, "kd")]["class_names"]
     return {setting: {name: (np.array(values, float) if name != "class_names" else values)
                       for name, values in columns.items()}
@@ -99,6 +99,8 @@ def main():
                         help="comma-separated results.jsonl of the stored runs")
     parser.add_argument("--default_arm", default="tllm_refit", help="the default's arm")
     parser.add_argument("--seed_sets", default="0-19", help="comma-separated ranges, a table each")
+    parser.add_argument("--significance", type=float, default=0.05,
+                        help="the fallback's level, judged from the rows' stored p-values")
     parser.add_argument("--hurt_seeds", help="the range that chooses the classes KD hurts "
                         "(default: each table's own seeds)")
     args = parser.parse_args()
@@ -106,9 +108,10 @@ def main():
     records = [r for path in args.results.split(",") for r in apply.read_records(path)]
     for seed_set in args.seed_sets.split(","):
         print(f"\n#### Seeds {seed_set}\n")
-        settings = per_class(rows, records, args.default_arm, set(apply.seed_range(seed_set)))
+        settings = per_class(rows, records, args.default_arm, set(apply.seed_range(seed_set)),
+                             args.significance)
         hurt_settings = (per_class(rows, records, args.default_arm,
-                                   set(apply.seed_range(args.hurt_seeds)))
+                                   set(apply.seed_range(args.hurt_seeds)), args.significance)
                          if args.hurt_seeds else settings)
         if args.hurt_seeds:
             print(f"The classes KD hurts chosen on seeds {args.hurt_seeds}.\n")

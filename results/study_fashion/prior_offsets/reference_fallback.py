@@ -72,8 +72,8 @@ def _points_cell(a, b):
     return apply.paired_cell(np.asarray(a) * 100, np.asarray(b) * 100)
 
 
-def table(rows, default_arm, seeds):
-    """Markdown lines: per setting, the fallback against the students and the reference."""
+def table(rows, default_arm, seeds, significance):
+    """Markdown lines: per setting, the fallback (at `significance`) against the students."""
     settings = collections.defaultdict(list)
     for row in rows:
         if row["seed"] in seeds:
@@ -83,10 +83,11 @@ def table(rows, default_arm, seeds):
              "fallback minus KD with fallback |", "|---|---|---|---|---|---|---|---|"]
     for (student, teacher), runs in sorted(settings.items()):
         def fallback(name):
-            return [r["labels"] if r[f"{name}_check"]["falls_back"] else r[name] for r in runs]
+            return [r["labels"] if apply.falls_back(r, name, significance) else r[name]
+                    for r in runs]
 
         column = {name: [r[name] for r in runs] for name in ("labels", "kd", default_arm)}
-        falls = {name: sum(r[f"{name}_check"]["falls_back"] for r in runs)
+        falls = {name: sum(apply.falls_back(r, name, significance) for r in runs)
                  for name in ("kd", default_arm)}
         lines.append(
             f"| `{student}`, `{teacher}` | {len(runs)} | {falls['kd']} / {falls[default_arm]} | "
@@ -103,7 +104,8 @@ def main():
     parser.add_argument("--results", help="results.jsonl of the stored runs to judge")
     parser.add_argument("--rows", required=True, help="JSON-lines file of the per-seed rows")
     parser.add_argument("--default_arm", default="tllm_refit", help="the default's arm")
-    parser.add_argument("--significance", type=float, default=0.05, help="the test's level")
+    parser.add_argument("--significance", type=float, default=0.05,
+                        help="the test's level; the tables judge the stored p-values at it")
     parser.add_argument("--seed_sets", default="0-19", help="comma-separated ranges, a table each")
     parser.add_argument("roots", nargs="*", help="study roots holding the seed<s>/ folders")
     args = parser.parse_args()
@@ -112,7 +114,8 @@ def main():
         rows += list(_judge_new(args, rows))
     for seed_set in args.seed_sets.split(","):
         print(f"\n#### Seeds {seed_set}\n")
-        print("\n".join(table(rows, args.default_arm, set(apply.seed_range(seed_set)))))
+        print("\n".join(table(rows, args.default_arm, set(apply.seed_range(seed_set)),
+                              args.significance)))
 
 
 def _judge_new(args, rows):
