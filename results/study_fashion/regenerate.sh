@@ -293,3 +293,35 @@ EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH30_ROOT" report prior_offsets/rule_seeds_3
 fallback base_seeds_30_39 30-34,35-39,30-39
 per_class seeds_30_39 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl" \
     "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl" 30-39 tllm_refit 0-29
+# The fallback's level (2026-12-05, night): the rows of every recipe judged again at 0.2 from
+# their stored p-values, and ten more fresh seeds of the base recipe (40-49; FRESH40_ROOT:
+# runs/fresh40_a and runs/fresh40_b concatenated), the prediction written before they ran
+# (reference_fallback/prediction_seeds_40_49.md), the classes KD hurts chosen on seeds 0-39.
+FRESH40_ROOT="${FRESH40_ROOT:-runs/fresh40}"
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH40_ROOT" report prior_offsets/rule_seeds_40_49 "$(seq -s, 40 49)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
+ROWS_0_49="$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl,$FALLBACK/base_seeds_40_49.jsonl"
+RESULTS_0_49="$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl,$FRESH40_ROOT/results.jsonl"
+for LEVEL in "" 0.2; do
+    fallback base_seeds_40_49 40-49
+    per_class seeds_40_49 "$ROWS_0_49" "$RESULTS_0_49" 40-49 tllm_refit 0-39
+done
+LEVEL=0.2
+fallback base 0-9,10-19,0-19
+fallback base_seeds_20_29 20-24,25-29,20-29
+fallback base_seeds_30_39 30-34,35-39,30-39
+fallback holdout_30 0-9,10-19,0-19
+fallback t2 0-9
+fallback few_labels 0-9 tllm_refit_every3
+fallback all_images_holdout_10 0-9,10-14,0-14
+fallback all_images_holdout_30 0-9,10-14,0-14
+per_class base "$FALLBACK/base.jsonl" "$RULE20_ROOT/results.jsonl" 0-19
+per_class seeds_20_29 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl" \
+    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl" 20-29 tllm_refit 0-19
+per_class seeds_30_39 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl" \
+    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl" 30-39 tllm_refit 0-29
+per_class holdout_30 "$FALLBACK/holdout_30.jsonl" "$HOLD30_20_ROOT/results.jsonl" 0-19
+per_class t2 "$FALLBACK/t2.jsonl" "$T2O_ROOT/results.jsonl" 0-9
+per_class few_labels "$FALLBACK/few_labels.jsonl" "$FEWO_ROOT/results.jsonl" 0-9 tllm_refit_every3
+per_class all_images_holdout_10 "$FALLBACK/all_images_holdout_10.jsonl" "$FULL_H10_ROOT/results.jsonl" 0-14
+per_class all_images_holdout_30 "$FALLBACK/all_images_holdout_30.jsonl" "$FULL_H30_ROOT/results.jsonl" 0-14
+LEVEL=
