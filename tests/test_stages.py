@@ -259,6 +259,7 @@ def test_by_default_every_student_is_judged_against_the_reference(tmp_path):
                   / workdir_files.REFERENCE_CHECK_FILE) as handle:
             check = json.load(handle)
         assert check["behind"] + check["ahead"] <= 20  # 10% of 200 images are held out.
+        assert check["significance"] == 0.2  # The fallback's own level, by default.
         assert check["kept"] == (
             "reference" if check["p_value"] < check["significance"] else "student")
         same = all(np.array_equal(a, b) for a, b in zip(

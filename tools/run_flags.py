@@ -82,8 +82,8 @@ flags.DEFINE_bool("reference_fallback", _DEFAULTS.reference_fallback, "Every dis
                   "label-only reference as a fallback\").")
 flags.DEFINE_float("reference_fallback_significance", _DEFAULTS.reference_fallback_significance,
                    "The level of --reference_fallback's test, in (0, 1): the larger, the more "
-                   "often a student behind the reference takes its weights (docs/study.md, "
-                   "\"The fallback's level\").")
+                   "often a student behind the reference takes its weights. Default: 0.2 "
+                   "(docs/study.md, \"The fallback's level\").")
 flags.DEFINE_bool("prior_offsets", _DEFAULTS.prior_offsets, "After each student (and the "
                   "label-only reference) trains, add per-class offsets to its logits, fitted so "
                   "that its mean predicted probabilities on the held-out split match the class "
