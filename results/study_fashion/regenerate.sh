@@ -251,17 +251,6 @@ fallback() {  # fallback NAME SEED_SETS [DEFAULT_ARM]; LEVEL: the level to judge
         > "$FALLBACK/$1${LEVEL:+_at_$LEVEL}.md"
     echo "$FALLBACK/$1${LEVEL:+_at_$LEVEL}.md"
 }
-fallback base 0-9,10-19,0-19
-# ... and ten more fresh seeds of the base recipe (20-29), trained through the stages without the
-# fallback for this (FRESH20_ROOT: runs/fresh20_a and runs/fresh20_b concatenated), then judged.
-FRESH20_ROOT="${FRESH20_ROOT:-runs/fresh20}"
-EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH20_ROOT" report prior_offsets/rule_seeds_20_29 "$(seq -s, 20 29)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-fallback base_seeds_20_29 20-24,25-29,20-29
-fallback holdout_30 0-9,10-19,0-19
-fallback t2 0-9
-fallback few_labels 0-9 tllm_refit_every3
-fallback all_images_holdout_10 0-9,10-14,0-14
-fallback all_images_holdout_30 0-9,10-14,0-14
 # The classes KD hurts, with the fallback (the default since 2026-12-06): each seed's default
 # student given the label-only student's per-class accuracies where it fell back (the rows above)
 # and the study's records; the classes chosen on the table's own seeds, or on earlier seeds
@@ -276,52 +265,43 @@ per_class() {  # per_class NAME ROWS RESULTS SEED_SETS [DEFAULT_ARM] [HURT_SEEDS
         --significance="${LEVEL:-0.05}" ${6:+--hurt_seeds="$6"} > "$OUT"
     echo "$OUT"
 }
-per_class base "$FALLBACK/base.jsonl" "$RULE20_ROOT/results.jsonl" 0-19
-per_class seeds_20_29 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl" \
-    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl" 20-29 tllm_refit 0-19
-per_class holdout_30 "$FALLBACK/holdout_30.jsonl" "$HOLD30_20_ROOT/results.jsonl" 0-19
-per_class t2 "$FALLBACK/t2.jsonl" "$T2O_ROOT/results.jsonl" 0-9
-per_class few_labels "$FALLBACK/few_labels.jsonl" "$FEWO_ROOT/results.jsonl" 0-9 tllm_refit_every3
-per_class all_images_holdout_10 "$FALLBACK/all_images_holdout_10.jsonl" "$FULL_H10_ROOT/results.jsonl" 0-14
-per_class all_images_holdout_30 "$FALLBACK/all_images_holdout_30.jsonl" "$FULL_H30_ROOT/results.jsonl" 0-14
-# Ten more fresh seeds of the base recipe (30-39), trained after the fallback became the default,
-# without it (the study's flag file), the prediction written before they ran
-# (reference_fallback/prediction_seeds_30_39.md); FRESH30_ROOT: runs/fresh30_a and runs/fresh30_b
-# concatenated. The classes KD hurts chosen on seeds 0-29.
-FRESH30_ROOT="${FRESH30_ROOT:-runs/fresh30}"
-EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH30_ROOT" report prior_offsets/rule_seeds_30_39 "$(seq -s, 30 39)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-fallback base_seeds_30_39 30-34,35-39,30-39
-per_class seeds_30_39 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl" \
-    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl" 30-39 tllm_refit 0-29
-# The fallback's level (2026-12-05, night): the rows of every recipe judged again at 0.2 from
-# their stored p-values, and ten more fresh seeds of the base recipe (40-49; FRESH40_ROOT:
-# runs/fresh40_a and runs/fresh40_b concatenated), the prediction written before they ran
-# (reference_fallback/prediction_seeds_40_49.md), the classes KD hurts chosen on seeds 0-39.
-FRESH40_ROOT="${FRESH40_ROOT:-runs/fresh40}"
-EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH40_ROOT" report prior_offsets/rule_seeds_40_49 "$(seq -s, 40 49)" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
-ROWS_0_49="$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl,$FALLBACK/base_seeds_40_49.jsonl"
-RESULTS_0_49="$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl,$FRESH40_ROOT/results.jsonl"
-for LEVEL in "" 0.2; do
-    fallback base_seeds_40_49 40-49
-    per_class seeds_40_49 "$ROWS_0_49" "$RESULTS_0_49" 40-49 tllm_refit 0-39
+# Thirty more fresh seeds of the base recipe, each ten trained through the stages without the
+# fallback (the study's flag file) and judged: 20-29 for the fallback, 30-39 once it was the
+# default and 40-49 for its level, the last two with the prediction written before they ran
+# (reference_fallback/prediction_seeds_*.md); each root, FRESH_RUNS/freshNN (FRESH_RUNS: runs),
+# is runs/freshNN_a and runs/freshNN_b concatenated. The classes KD hurts are chosen on the seeds
+# before each ten.
+FRESH_RUNS="${FRESH_RUNS:-runs}"
+for SEEDS in 20_29 30_39 40_49; do
+    FIRST="${SEEDS%_*}"
+    EXTRA_FLAGS="$RULE_FLAGS" ROOT="$FRESH_RUNS/fresh$FIRST" report "prior_offsets/rule_seeds_$SEEDS" \
+        "$(seq -s, "$FIRST" "${SEEDS#*_}")" mlp_16,lenet_2 mlp_64,mlp_256,mlp_1024 kd,tllm_refit
 done
-LEVEL=0.2
-fallback base 0-9,10-19,0-19
-fallback base_seeds_20_29 20-24,25-29,20-29
-fallback base_seeds_30_39 30-34,35-39,30-39
-fallback holdout_30 0-9,10-19,0-19
-fallback t2 0-9
-fallback few_labels 0-9 tllm_refit_every3
-fallback all_images_holdout_10 0-9,10-14,0-14
-fallback all_images_holdout_30 0-9,10-14,0-14
-per_class base "$FALLBACK/base.jsonl" "$RULE20_ROOT/results.jsonl" 0-19
-per_class seeds_20_29 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl" \
-    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl" 20-29 tllm_refit 0-19
-per_class seeds_30_39 "$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl" \
-    "$RULE20_ROOT/results.jsonl,$FRESH20_ROOT/results.jsonl,$FRESH30_ROOT/results.jsonl" 30-39 tllm_refit 0-29
-per_class holdout_30 "$FALLBACK/holdout_30.jsonl" "$HOLD30_20_ROOT/results.jsonl" 0-19
-per_class t2 "$FALLBACK/t2.jsonl" "$T2O_ROOT/results.jsonl" 0-9
-per_class few_labels "$FALLBACK/few_labels.jsonl" "$FEWO_ROOT/results.jsonl" 0-9 tllm_refit_every3
-per_class all_images_holdout_10 "$FALLBACK/all_images_holdout_10.jsonl" "$FULL_H10_ROOT/results.jsonl" 0-14
-per_class all_images_holdout_30 "$FALLBACK/all_images_holdout_30.jsonl" "$FULL_H30_ROOT/results.jsonl" 0-14
-LEVEL=
+ROWS="$FALLBACK/base.jsonl,$FALLBACK/base_seeds_20_29.jsonl,$FALLBACK/base_seeds_30_39.jsonl,$FALLBACK/base_seeds_40_49.jsonl"
+RESULTS="$RULE20_ROOT/results.jsonl,$FRESH_RUNS/fresh20/results.jsonl,$FRESH_RUNS/fresh30/results.jsonl,$FRESH_RUNS/fresh40/results.jsonl"
+fallback_tables() {  # Every fallback table, at LEVEL.
+    fallback base 0-9,10-19,0-19
+    fallback base_seeds_20_29 20-24,25-29,20-29
+    fallback base_seeds_30_39 30-34,35-39,30-39
+    fallback holdout_30 0-9,10-19,0-19
+    fallback t2 0-9
+    fallback few_labels 0-9 tllm_refit_every3
+    fallback all_images_holdout_10 0-9,10-14,0-14
+    fallback all_images_holdout_30 0-9,10-14,0-14
+    per_class base "$FALLBACK/base.jsonl" "$RULE20_ROOT/results.jsonl" 0-19
+    per_class seeds_20_29 "$ROWS" "$RESULTS" 20-29 tllm_refit 0-19
+    per_class seeds_30_39 "$ROWS" "$RESULTS" 30-39 tllm_refit 0-29
+    per_class holdout_30 "$FALLBACK/holdout_30.jsonl" "$HOLD30_20_ROOT/results.jsonl" 0-19
+    per_class t2 "$FALLBACK/t2.jsonl" "$T2O_ROOT/results.jsonl" 0-9
+    per_class few_labels "$FALLBACK/few_labels.jsonl" "$FEWO_ROOT/results.jsonl" 0-9 tllm_refit_every3
+    per_class all_images_holdout_10 "$FALLBACK/all_images_holdout_10.jsonl" "$FULL_H10_ROOT/results.jsonl" 0-14
+    per_class all_images_holdout_30 "$FALLBACK/all_images_holdout_30.jsonl" "$FULL_H30_ROOT/results.jsonl" 0-14
+}
+# The fallback judged at the rule's level, 0.05 (its first default), and again at 0.2 from the
+# rows' stored p-values (its own level since 2026-12-05, night: docs/study.md, "The fallback's
+# level"); seeds 40-49 were judged at both only.
+for LEVEL in "" 0.2; do
+    fallback_tables
+    fallback base_seeds_40_49 40-49
+    per_class seeds_40_49 "$ROWS" "$RESULTS" 40-49 tllm_refit 0-39
+done
