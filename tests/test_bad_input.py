@@ -91,15 +91,22 @@ def test_workdir_of_another_configuration_is_refused_naming_the_flags(train, tmp
         assert json.load(handle)["temperature"] == 2.0
 
 
+def _refused_before_training(result, workdir):
+    """Asserts that the run failed without a traceback and trained nothing; returns its stderr."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(workdir / "teacher")
+    return result.stderr
+
+
 def test_epoch_matched_with_a_reference_without_history_says_how_to_get_one(train, tmp_path):
     reference_path = str(tmp_path / "old_reference.json")
     tllm_tf.save_reference(reference_path, np.full(10, 0.9))
     result = train(f"--workdir={tmp_path / 'run'}", f"--reference_path={reference_path}",
                     "--epoch_matched")
-    assert result.returncode != 0
-    assert "--epoch_matched needs the reference's held-out accuracy after every" in result.stderr
-    assert "drop --epoch_matched" in result.stderr and "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "run" / "teacher")
+    message = _refused_before_training(result, tmp_path / "run")
+    assert "--epoch_matched needs the reference's held-out accuracy after every" in message
+    assert "drop --epoch_matched" in message
 
 
 def test_a_reference_without_its_model_is_refused_before_training_by_default(train, tmp_path):
@@ -109,10 +116,8 @@ def test_a_reference_without_its_model_is_refused_before_training_by_default(tra
     # The reference's fallback (the default) needs the reference's weights.
     result = train(f"--workdir={tmp_path / 'run'}", f"--reference_path={reference_path}",
                    "--noepoch_matched")
-    assert result.returncode != 0
-    assert "there is no model.keras beside" in result.stderr
-    assert "--noreference_fallback" in result.stderr and "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "run" / "teacher")
+    message = _refused_before_training(result, tmp_path / "run")
+    assert "there is no model.keras beside" in message and "--noreference_fallback" in message
 
 
 def test_masked_classes_from_a_run_that_has_not_finished_is_refused_before_training(
@@ -120,7 +125,6 @@ def test_masked_classes_from_a_run_that_has_not_finished_is_refused_before_train
     first = tmp_path / "first"
     (first / "student_tllm").mkdir(parents=True)  # Started, but its tllm student never finished.
     result = train(f"--workdir={tmp_path / 'second'}", f"--masked_classes_from={first}")
-    assert result.returncode != 0
-    assert f"--masked_classes_from='{first}' has no finished tllm student" in result.stderr
-    assert "that has trained to the end" in result.stderr and "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "second" / "teacher")
+    message = _refused_before_training(result, tmp_path / "second")
+    assert f"--masked_classes_from='{first}' has no finished tllm student" in message
+    assert "that has trained to the end" in message

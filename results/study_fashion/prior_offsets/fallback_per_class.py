@@ -3,11 +3,11 @@
 The issue's per-class clause asks that, where KD hurts a class beyond noise
 (the label-only student above KD on it, paired over the seeds, 95% CI), the
 default recovers it: above KD on that class beyond noise. This script reads
-which students the fallback replaced (the per-seed rows `reference_fallback.py`
-wrote, `falls_back`) and the per-class test accuracies of the stored runs
-(the study's `results.jsonl`), and gives each seed's default student the
-label-only student's per-class accuracies where it fell back, as the stage
-does. Nothing is trained or evaluated.
+which students the fallback replaced (the p-values of the per-seed rows
+`reference_fallback.py` wrote, judged at `--significance`) and the per-class
+test accuracies of the stored runs (the study's `results.jsonl`), and gives
+each seed's default student the label-only student's per-class accuracies
+where it fell back, as the stage does. Nothing is trained or evaluated.
 
 The classes KD hurts are chosen on the test split of the same seeds by
 default, as the study's tables choose them. The label-only student's test
