@@ -305,3 +305,21 @@ for LEVEL in "" 0.2; do
     fallback base_seeds_40_49 40-49
     per_class seeds_40_49 "$ROWS" "$RESULTS" 40-49 tllm_refit 0-39
 done
+# The refit's safeguard judged at other levels than the rule's 0.05 (2026-12-06), from the p-values
+# and test accuracies the default's two students stored in the halves of the roots above (their
+# students' folders, under HALVES: runs); nothing trained.
+HALVES="${HALVES:-runs}"
+REFIT_LEVEL_MD=results/study_fashion/prior_offsets/refit_level.md
+h() { echo "$@" | sed "s#[^,]*#$HALVES/&#g"; }
+if [ -d "$HALVES/ro_a" ] && [ -d "$HALVES/fresh40_b" ] && [ -d "$HALVES/full_h30" ]; then
+    "$PYTHON" results/study_fashion/prior_offsets/refit_level.py --levels=0.05,0.2,0.5 \
+        "base, 600 a class (0-49)=$(h ro_a,ro_b,rof_a,rof_b,fresh20_a,fresh20_b,fresh30_a,fresh30_b,fresh40_a,fresh40_b)" \
+        "base, 1,800 a class (0-19)=$(h hold30,hold30m_a,hold30m_b,hold30f_a,hold30f_b,hold30mf_a,hold30mf_b)" \
+        "T = 2 (0-9)=$(h t2o_a,t2o_b)" \
+        "1,000 labels (0-9)=tllm_refit_every3:$(h fewo_a,fewo_b)" \
+        "every image, 0.1 held out (0-14)=$(h full_h10)" \
+        "every image, 0.3 held out (0-14)=$(h full_h30)" > "$REFIT_LEVEL_MD"
+    echo "$REFIT_LEVEL_MD"
+else
+    echo "$REFIT_LEVEL_MD: left as it is (the halves of the roots are not under $HALVES)"
+fi
