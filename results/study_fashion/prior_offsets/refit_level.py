@@ -28,8 +28,7 @@ import os
 import numpy as np
 
 import apply  # results/study_fashion/prior_offsets/apply.py: the seeds' folders, the cells.
-
-REFIT_STUDENT = os.path.join("student_tllm_refit", "refit_check.json")
+from tllm_tf.pipeline import workdir_files
 
 
 def stored_refits(roots, arm):
@@ -53,12 +52,12 @@ def _read_seed(settings, seed, folder, arm):
             continue
         for teacher in sorted(os.listdir(os.path.join(folder, student))):
             workdir = os.path.join(folder, student, teacher, arm)
-            check = os.path.join(workdir, REFIT_STUDENT)
+            tllm, refit = (os.path.join(workdir, workdir_files.student_stage(kind))
+                           for kind in ("tllm", "tllm_refit"))
+            check = os.path.join(refit, workdir_files.REFIT_CHECK_FILE)
             if os.path.exists(check) and seed not in settings[(student, teacher)]:
                 settings[(student, teacher)][seed] = (
-                    _read(check)["p_value"],
-                    _test_accuracy(os.path.join(workdir, "student_tllm")),
-                    _test_accuracy(os.path.join(workdir, "student_tllm_refit")))
+                    _read(check)["p_value"], _test_accuracy(tllm), _test_accuracy(refit))
 
 
 def _read(path):
@@ -67,7 +66,7 @@ def _read(path):
 
 
 def _test_accuracy(stage_dir):
-    return _read(os.path.join(stage_dir, "test_per_class.json"))["accuracy"]
+    return _read(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE))["accuracy"]
 
 
 def table(recipes, levels):
