@@ -23,7 +23,12 @@ def test_discordant_images_decide_not_the_images_both_get_right_or_wrong():
     # The JSON names the two models: refit_check.json keeps the keys it has always had.
     assert check.to_json()["tllm_accuracy"] == pytest.approx(52 / 95)
     assert check.to_json()["refit_accuracy"] == pytest.approx(43 / 95)
-    assert "the refit takes the tllm's weights" in check.line()
+    # The verdict names the p-value and the level it was judged at, not "beyond noise".
+    assert check.verdict() == "behind it (p = 0.0176 < 0.05)"
+    assert check.line() == (
+        "held-out accuracy 45.26% against the tllm's 54.74% (12 images only the tllm gets "
+        "right, 3 only the refit), behind it (p = 0.0176 < 0.05): the refit takes the tllm's "
+        "weights")
 
 
 @pytest.mark.parametrize("behind, ahead", [(0, 0), (5, 5), (3, 12), (6, 3)])
@@ -33,7 +38,8 @@ def test_a_candidate_no_worse_beyond_noise_is_kept(behind, ahead):
     check = held_out_check.compare(refit, tllm, significance=0.05, names=("refit", "tllm"))
     assert not check.candidate_behind
     assert check.to_json()["kept"] == "refit"
-    assert "the refit is kept" in check.line()
+    assert check.line().endswith(
+        f"), not behind it (p = {check.p_value:.3g} >= 0.05): the refit is kept")
 
 
 def test_the_level_is_the_one_given():
@@ -103,3 +109,31 @@ def test_a_reference_of_another_architecture_is_refused_before_anything_changes(
         tllm_tf.keep_baseline_if_behind(student, wider, _held_out([0] * 8), num_classes=3)
     for weight, expected in zip(student.get_weights(), before, strict=True):
         np.testing.assert_array_equal(weight, expected)
+
+
+def _judged_weights(judged):
+    """A `before_replacing` that records the weights of each candidate it is given."""
+    return lambda candidate: judged.append(candidate.get_weights())
+
+
+def test_before_replacing_sees_the_candidate_with_its_own_weights_once():
+    student, reference = _fixed_classifier(1), _fixed_classifier(0)
+    own = student.get_weights()
+    judged = []
+    check = tllm_tf.keep_baseline_if_behind(
+        student, reference, _held_out([0] * 8 + [1]), num_classes=3,
+        before_replacing=_judged_weights(judged))
+    assert check.kept == "reference" and len(judged) == 1
+    for weight, expected in zip(judged[0], own, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+    # And the candidate took the reference's weights after it.
+    for weight, expected in zip(student.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(weight, expected)
+
+
+def test_before_replacing_is_not_called_for_a_candidate_that_is_kept():
+    judged = []
+    check = tllm_tf.keep_baseline_if_behind(
+        _fixed_classifier(1), _fixed_classifier(0), _held_out([0] * 3 + [1] * 3), num_classes=3,
+        before_replacing=_judged_weights(judged))
+    assert check.kept == "student" and judged == []

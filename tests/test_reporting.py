@@ -135,8 +135,8 @@ def test_the_refit_student_gets_its_column_and_an_aligned_summary(workdir):
 
 
 @pytest.mark.parametrize("kept, verdict", [
-    ("refit", "not behind the tllm student: kept"),
-    ("tllm", "behind the tllm student beyond noise: kept its weights")])
+    ("refit", "not behind it (p = 0.000576 >= 0.05): kept"),
+    ("tllm", "behind it (p = 0.000576 < 0.05): took the tllm student's weights")])
 def test_the_summary_says_whether_the_refit_kept_its_weights(workdir, kept, verdict):
     _write_stage(workdir, "student_tllm_refit", [0.85, 0.9, 0.4, 0.7])
     check = {"refit_accuracy": 0.71, "tllm_accuracy": 0.745, "behind": 30, "ahead": 9,
@@ -144,29 +144,67 @@ def test_the_summary_says_whether_the_refit_kept_its_weights(workdir, kept, verd
     with open(workdir / "student_tllm_refit" / "refit_check.json", "w") as handle:
         json.dump(check, handle)
     results = reporting.load_results(str(workdir))
-    assert (f"TLLM refit on the held-out split: 71.00% against 74.50% (p = 0.000576), {verdict}"
-            in reporting.summary_lines(results))
+    assert (f"TLLM refit on the held-out split: 71.00% against the tllm student's 74.50%, "
+            f"{verdict}") in reporting.summary_lines(results)
     assert reporting.to_json(results)["refit_check"] == check
+
+
+def _write_reference_checks(workdir, checks):
+    for stage, check in checks.items():
+        with open(workdir / stage / "reference_check.json", "w") as handle:
+            json.dump(check, handle)
 
 
 def test_the_summary_says_which_students_took_the_references_weights(workdir):
     _write_stage(workdir, "student_tllm", [0.85, 0.9, 0.4, 0.7])
     checks = {"student_kd": {"student_accuracy": 0.70, "reference_accuracy": 0.74,
                              "behind": 30, "ahead": 9, "p_value": 0.000576,
-                             "significance": 0.05, "kept": "reference"},
+                             "significance": 0.2, "kept": "reference",
+                             "own_model_file": "model_before_reference_check.keras",
+                             "own_test_accuracy": 0.8123,
+                             "own_per_class_accuracy": [0.9, 0.7, 0.8, None]},
               "student_tllm": {"student_accuracy": 0.75, "reference_accuracy": 0.74,
                                "behind": 9, "ahead": 12, "p_value": 0.81,
-                               "significance": 0.05, "kept": "student"}}
-    for stage, check in checks.items():
-        with open(workdir / stage / "reference_check.json", "w") as handle:
-            json.dump(check, handle)
+                               "significance": 0.2, "kept": "student"}}
+    _write_reference_checks(workdir, checks)
     results = reporting.load_results(str(workdir))
     lines = reporting.summary_lines(results)
-    assert ("student_kd on the held-out split: 70.00% against the reference's 74.00% "
-            "(p = 0.000576), behind the reference beyond noise: took its weights") in lines
-    assert ("student_tllm on the held-out split: 75.00% against the reference's 74.00% "
-            "(p = 0.81), not behind the reference: kept") in lines
+    assert ("student_kd on the held-out split: 70.00% against the reference's 74.00%, "
+            "behind it (p = 0.000576 < 0.2): took the reference's weights (its own test "
+            "accuracy was 81.23%, kept in model_before_reference_check.keras)") in lines
+    assert ("student_tllm on the held-out split: 75.00% against the reference's 74.00%, "
+            "not behind it (p = 0.81 >= 0.2): kept") in lines
     assert reporting.to_json(results)["reference_checks"] == checks
+
+
+def test_a_check_written_before_the_level_and_the_own_model_were_recorded_still_reports(
+        workdir):
+    _write_stage(workdir, "student_tllm", [0.85, 0.9, 0.4, 0.7])
+    _write_reference_checks(workdir, {
+        "student_kd": {"student_accuracy": 0.70, "reference_accuracy": 0.74, "behind": 30,
+                       "ahead": 9, "p_value": 0.000576, "kept": "reference"},
+        "student_tllm": {"student_accuracy": 0.75, "reference_accuracy": 0.74, "behind": 9,
+                         "ahead": 12, "p_value": 0.81, "kept": "student"}})
+    lines = reporting.summary_lines(reporting.load_results(str(workdir)))
+    assert ("student_kd on the held-out split: 70.00% against the reference's 74.00%, "
+            "behind it (p = 0.000576): took the reference's weights") in lines
+    assert ("student_tllm on the held-out split: 75.00% against the reference's 74.00%, "
+            "not behind it (p = 0.81): kept") in lines
+
+
+def test_the_summary_words_the_verdict_as_the_stages_log_does(workdir):
+    # The report reads only JSON, so it words the verdict itself: it must match the log's.
+    from tllm_tf import held_out_check  # Loads TensorFlow, which reporting must not.
+
+    names = ("student", "reference")
+    checks = {"student_kd": held_out_check.compare([False] * 6, [True] * 6, 0.2, names),
+              "student_tllm": held_out_check.compare([True] * 6, [False] * 6, 0.2, names)}
+    _write_reference_checks(workdir, {stage: check.to_json() for stage, check in checks.items()})
+    lines = reporting.summary_lines(reporting.load_results(str(workdir)))
+    for stage, check in checks.items():
+        verdict = check.verdict()
+        assert verdict.startswith("behind it" if stage == "student_kd" else "not behind it")
+        assert any(line.startswith(stage) and f", {verdict}: " in line for line in lines)
 
 
 def test_a_workdir_without_the_reference_fallback_reports_no_reference_check(workdir):

@@ -284,6 +284,41 @@ def markdown_table(results):
     return "\n".join(rows)
 
 
+def _check_line(title, check, names, baseline):
+    """One held-out check of the summary: both accuracies, the verdict, what was kept.
+
+    The verdict is worded as the stage's log words it
+    (`held_out_check.HeldOutCheck.verdict`, which this module cannot import: it
+    loads TensorFlow): `"not behind it (p = 0.41 >= 0.2): kept"`. An older
+    record without `significance` gives the p-value alone. The line of a
+    student that took the baseline's weights ends with its own test accuracy
+    and the file that keeps its own model, when the record has them.
+
+    Args:
+        title: what was judged: `"TLLM refit"`, a student's stage.
+        check: its `refit_check.json` or `reference_check.json` record.
+        names: `(candidate, baseline)`, the names in the record's keys and `kept`.
+        baseline: the baseline in words, e.g. `"the reference"`.
+
+    Returns:
+        The line.
+    """
+    candidate_name, baseline_name = names
+    replaced = check["kept"] == baseline_name
+    test = f"p = {check['p_value']:.3g}"
+    if check.get("significance") is not None:
+        test += f" {'<' if replaced else '>='} {check['significance']:g}"
+    line = (f"{title} on the held-out split: {100 * check[f'{candidate_name}_accuracy']:.2f}% "
+            f"against {baseline}'s {100 * check[f'{baseline_name}_accuracy']:.2f}%, ")
+    if not replaced:
+        return line + f"not behind it ({test}): kept"
+    line += f"behind it ({test}): took {baseline}'s weights"
+    if "own_test_accuracy" in check:
+        line += (f" (its own test accuracy was {100 * check['own_test_accuracy']:.2f}%, "
+                 f"kept in {check['own_model_file']})")
+    return line
+
+
 def summary_lines(results):
     """One line per stage with its overall test accuracy, then the masked classes."""
     width = max([13] + [len(name) for name in results["accuracy"]])
@@ -294,19 +329,11 @@ def summary_lines(results):
         lines.append(f"TLLM undistillable classes at the end: {names or 'none'}")
     elif source:
         lines.append(f"Undistillable classes ({source}): {names or 'none'}")
-    check = results.get("refit_check")
-    if check:
-        verdict = ("behind the tllm student beyond noise: kept its weights"
-                   if check["kept"] == "tllm" else "not behind the tllm student: kept")
-        lines.append(f"TLLM refit on the held-out split: {100 * check['refit_accuracy']:.2f}% "
-                     f"against {100 * check['tllm_accuracy']:.2f}% (p = {check['p_value']:.3g}), "
-                     f"{verdict}")
+    if results.get("refit_check"):
+        lines.append(_check_line("TLLM refit", results["refit_check"], ("refit", "tllm"),
+                                 "the tllm student"))
     for stage, check in results.get("reference_checks", {}).items():
-        verdict = ("behind the reference beyond noise: took its weights"
-                   if check["kept"] == "reference" else "not behind the reference: kept")
-        lines.append(f"{stage} on the held-out split: {100 * check['student_accuracy']:.2f}% "
-                     f"against the reference's {100 * check['reference_accuracy']:.2f}% "
-                     f"(p = {check['p_value']:.3g}), {verdict}")
+        lines.append(_check_line(stage, check, ("student", "reference"), "the reference"))
     num_classes = len(results["class_names"])
     for stage, gain in gain_by_mask(results).items():
         lines.append(

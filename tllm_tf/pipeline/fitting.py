@@ -142,13 +142,25 @@ def finish(model, stage_dir, chief):
         shutil.rmtree(os.path.join(stage_dir, CHECKPOINT_DIR), ignore_errors=True)
 
 
-def save_per_class(model, data, config, stage_dir):
+def per_class_on_test(model, data, config):
+    """The model's test accuracy, overall and per class: the record of `test_per_class.json`.
+
+    Returns:
+        A dict: `class_names`, `per_class_accuracy` (`None` for a class with
+        no test image), `num_samples` and `accuracy`.
+    """
     counter = metrics_lib.PerClassCounter(model, data.num_classes)
     correct, total = counter(eval_batches(data.test, config))
     accuracy = metrics_lib.accuracy_from_counts(correct, total)
-    atomic.write_json(os.path.join(stage_dir, PER_CLASS_FILE), {
+    return {
         "class_names": list(data.class_names),
         "per_class_accuracy": atomic.json_floats(accuracy),
         "num_samples": [int(n) for n in total],
         "accuracy": float(correct.sum() / max(total.sum(), 1)),
-    })
+    }
+
+
+def save_per_class(model, data, config, stage_dir):
+    """Writes the model's `per_class_on_test` record to the stage's `test_per_class.json`."""
+    atomic.write_json(os.path.join(stage_dir, PER_CLASS_FILE),
+                      per_class_on_test(model, data, config))

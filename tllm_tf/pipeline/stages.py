@@ -11,8 +11,9 @@ when re-run; a stage whose final model exists is not run again.
 The workdir's layout and file names: `workdir_files`.
 
 The rooms: `build` (data, models, optimizer, batches), `fitting` (skip,
-resume, fit and finish a stage), `stage_inputs` (the teacher and reference
-files a student reads), `checkpointing` (resume), `preflight` (checks before
+resume, fit and finish a stage), `after_training` (prior offsets and the
+held-out safeguards), `stage_inputs` (the teacher and reference files a
+student reads), `checkpointing` (resume), `preflight` (checks before
 anything trains), `multi_worker`.
 
 With `config.verbose` >= 1 the chief prints one line per stage (what it
@@ -26,22 +27,19 @@ import shutil
 
 import keras
 
-from tllm_tf import atomic
 from tllm_tf import distiller as distiller_lib
 from tllm_tf import callbacks as callbacks_lib
-from tllm_tf import held_out_check
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import losses as losses_lib
 from tllm_tf import metrics as metrics_lib
-from tllm_tf import prior_offsets as prior_offsets_lib
 from tllm_tf import reference as reference_lib
 from tllm_tf import reference_history
+from tllm_tf.pipeline import after_training
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import export as export_lib
 from tllm_tf.pipeline import fitting
-from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import preflight
 from tllm_tf.pipeline import stage_inputs
@@ -53,12 +51,9 @@ from tllm_tf.pipeline.workdir_files import CHECKPOINT_DIR
 from tllm_tf.pipeline.workdir_files import MASK_LOG_FILE
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
 from tllm_tf.pipeline.workdir_files import PREDICTIONS_LOG_DIR
-from tllm_tf.pipeline.workdir_files import PRIOR_OFFSETS_FILE
-from tllm_tf.pipeline.workdir_files import REFERENCE_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_LOG_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
-from tllm_tf.pipeline.workdir_files import REFIT_CHECK_FILE
 from tllm_tf.pipeline.workdir_files import SAVED_MODEL_DIR
 from tllm_tf.pipeline.workdir_files import STORE_STAGE
 from tllm_tf.pipeline.workdir_files import TEACHER_STAGE
@@ -119,7 +114,7 @@ def run_reference(config, data, strategy, stage_dir):
         stage_inputs.warn_about_empty_held_out_classes(total, data.class_names)
         if config.prior_offsets:
             # After the held-out counts: what the rule reads stays the trained network's.
-            _apply_prior_offsets(student, data, config, stage_dir)
+            after_training.apply_prior_offsets(student, data, config, stage_dir)
         fitting.save_per_class(student, data, config, stage_dir)
         fitting.finish(student, stage_dir, chief)
         rows = predictions_lib.read_rows(predictions_log, config.epochs)
@@ -223,18 +218,9 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
                 soft_label_store=store)
     if chief:
         if config.prior_offsets:
-            # Before the safeguard, which then compares it with the tllm student's offset weights.
-            _apply_prior_offsets(student, data, config, stage_dir)
-        if kind == "tllm_refit" and config.refit_fallback:
-            _keep_baseline_if_behind(
-                student, os.path.join(config.workdir, student_stage("tllm"), MODEL_FILE),
-                ("refit", "tllm"), REFIT_CHECK_FILE, config.significance, data, config,
-                stage_dir)
-        if config.reference_fallback:
-            _keep_baseline_if_behind(
-                student, stage_inputs.reference_model_path(reference_path),
-                ("student", "reference"), REFERENCE_CHECK_FILE,
-                config.reference_fallback_significance, data, config, stage_dir)
+            # Before the safeguards, which then compare it with other offset weights.
+            after_training.apply_prior_offsets(student, data, config, stage_dir)
+        after_training.safeguards(student, kind, data, config, stage_dir, reference_path)
         fitting.save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
         fitting.finish(student, stage_dir, chief)
@@ -301,37 +287,6 @@ def _refit_config(config, strategy, data, label):
                 f"masked here from the first step under {config.refit_policy}")
     return _masking_also(config, final, masked_class_policy=config.refit_policy,
                          warmup_epochs=config.epochs)
-
-
-def _keep_baseline_if_behind(student, baseline_path, names, check_file, significance, data,
-                             config, stage_dir):
-    """Gives the trained student the baseline's weights if it is behind them (`held_out_check`).
-
-    Args:
-        student: the trained student (its prior offsets added, if any).
-        baseline_path: the baseline's `model.keras` (the same architecture).
-        names: `(candidate, baseline)` names for the JSON and the log.
-        check_file: the comparison's file in the student's stage folder.
-        significance: the test's level.
-        data, config, stage_dir: the stage's.
-    """
-    baseline = model_io.load_keras_model(baseline_path, role=f"{names[1]} model")
-    result = held_out_check.keep_baseline_if_behind(
-        student, baseline, build.eval_batches(data.held_out, config), data.num_classes,
-        significance, names)
-    atomic.write_json(os.path.join(stage_dir, check_file), result.to_json())
-    fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}")
-
-
-def _apply_prior_offsets(model, data, config, stage_dir):
-    """Adds the held-out split's prior offsets to the model's logits; writes `prior_offsets.json`."""
-    result = prior_offsets_lib.apply_prior_offsets(
-        model, build.eval_batches(data.held_out, config), data.num_classes)
-    atomic.write_json(os.path.join(stage_dir, PRIOR_OFFSETS_FILE),
-                      dict(result, class_names=list(data.class_names)))
-    fitting.say(config, True, f"{os.path.basename(stage_dir)}: prior offsets on the held-out "
-                f"split: accuracy {result['held_out_accuracy_before']:.2%} -> "
-                f"{result['held_out_accuracy_after']:.2%}")
 
 
 def _masking_also(config, classes, **changes):

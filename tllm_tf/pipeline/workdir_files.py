@@ -13,6 +13,9 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
         refit_check.json (tllm_refit: its held-out comparison with the tllm student),
         reference_check.json (with --reference_fallback: the student's held-out
             comparison with the label-only reference),
+        model_before_refit_check.keras, model_before_reference_check.keras (only
+            when that check replaced the student's weights: the model it judged,
+            whose test accuracy the check's JSON records),
         prior_offsets.json (with --prior_offsets; the reference's too)
     <stage>/checkpoint/ (while the stage runs)
     report/ (tools/train.py and tools/report.py)
@@ -33,6 +36,9 @@ PREDICTIONS_LOG_DIR = "held_out_predictions"
 MASK_LOG_FILE = "mask_log.jsonl"
 REFIT_CHECK_FILE = "refit_check.json"
 REFERENCE_CHECK_FILE = "reference_check.json"
+# The student each check judged, saved when the check gives it the baseline's weights.
+MODEL_BEFORE_REFIT_CHECK_FILE = "model_before_refit_check.keras"
+MODEL_BEFORE_REFERENCE_CHECK_FILE = "model_before_reference_check.keras"
 PRIOR_OFFSETS_FILE = "prior_offsets.json"
 SAVED_MODEL_DIR = "saved_model"
 CHECKPOINT_DIR = "checkpoint"
