@@ -323,3 +323,13 @@ if [ -d "$HALVES/ro_a" ] && [ -d "$HALVES/fresh40_b" ] && [ -d "$HALVES/full_h30
 else
     echo "$REFIT_LEVEL_MD: left as it is (the halves of the roots are not under $HALVES)"
 fi
+# A stronger teacher (2026-12-06): a CNN teacher, lenet_32 (89.6%), with both students, seeds 0-9
+# (STRONG_ROOT: runs/strong_a and runs/strong_b concatenated), the prediction committed before the
+# runs (strong_teacher/prediction.md); the fallback judged from the stored students as above, at
+# the rule's level and at the fallback's.
+STRONG_ROOT="${STRONG_ROOT:-runs/strong}"
+EXTRA_FLAGS="$RULE_FLAGS" ROOT="$STRONG_ROOT" report strong_teacher "$ALL" mlp_16,lenet_2 lenet_32 kd,tllm_refit
+for LEVEL in "" 0.2; do
+    fallback strong_teacher 0-9
+    per_class strong_teacher "$FALLBACK/strong_teacher.jsonl" "$STRONG_ROOT/results.jsonl" 0-9
+done
