@@ -202,6 +202,12 @@ def _stage_weights(workdir, student):
         compile=False).get_weights()
 
 
+def _read(path):
+    """A JSON file of the workdir."""
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def _test_accuracy(model, config):
     """Overall and per-class accuracy of `model` on the test split, counted here image by image."""
     data = stages.build.load_data(config)
@@ -220,8 +226,7 @@ def _own_model(config, stage_dir, check_file, own_model_file):
     The check's JSON names the saved model, whose test accuracy (evaluated here
     on its own) must be the one recorded.
     """
-    with open(stage_dir / check_file) as handle:
-        check = json.load(handle)
+    check = _read(stage_dir / check_file)
     own = keras.models.load_model(stage_dir / own_model_file, compile=False)
     accuracy, per_class = _test_accuracy(own, config)
     assert check["own_model_file"] == own_model_file
@@ -234,8 +239,7 @@ def _own_model(config, stage_dir, check_file, own_model_file):
 def _no_own_model(stage_dir, check_file, own_model_file):
     """A check that kept the student saved no model and recorded none."""
     assert not os.path.exists(stage_dir / own_model_file)
-    with open(stage_dir / check_file) as handle:
-        assert not [key for key in json.load(handle) if key.startswith("own_")]
+    assert not [key for key in _read(stage_dir / check_file) if key.startswith("own_")]
 
 
 def test_the_refit_is_judged_against_the_tllm_student_on_held_out_images(tmp_path, capsys):
@@ -348,11 +352,6 @@ def _judged_with(p_value):
             baseline_accuracy=0.9, behind=8, ahead=0, p_value=p_value, significance=significance)
 
     return judged
-
-
-def _read(path):
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def test_a_student_behind_the_reference_takes_its_weights(tmp_path, monkeypatch):
