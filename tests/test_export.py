@@ -1,6 +1,7 @@
 """SavedModel export: raw images in, logits and probabilities out, written atomically."""
 
 import os
+import stat
 import textwrap
 
 import keras
@@ -87,6 +88,15 @@ def test_export_replaces_a_saved_model_and_leaves_no_temporary_directory(
     assert os.listdir(tmp_path) == ["saved_model"]
     loaded = tf.saved_model.load(path)
     np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(), model.predict(raw_images, verbose=0), atol=1e-5)
+
+
+def test_the_export_is_readable_as_a_directory_made_by_mkdir_would_be(model, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
 
 
 def test_a_failed_write_keeps_the_old_export(model, raw_images, tmp_path, monkeypatch):

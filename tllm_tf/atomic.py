@@ -1,7 +1,9 @@
 """One way to write a file so that a kill at any moment leaves the old or the new one.
 
 The content goes to a temporary file in the same directory, is flushed and
-fsynced, then renamed over the destination (atomic on POSIX file systems).
+fsynced, then renamed over the destination (atomic on POSIX file systems). The
+file gets the permissions `open()` would give it (0666 less the umask), not the
+temporary file's owner-only 0600.
 JSON is written strict: a NaN (a class with no examples) becomes `null`.
 """
 
@@ -31,6 +33,7 @@ def atomic_open(path, mode="w"):
     handle, temporary = tempfile.mkstemp(
         dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
@@ -40,6 +43,19 @@ def atomic_open(path, mode="w"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+
+
+def current_umask():
+    """The process's umask, read without changing it where the system allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    # Elsewhere the only way to read it is to set it and set it back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def to_json_value(value):

@@ -18,6 +18,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from tllm_tf import atomic
 from tllm_tf.pipeline import model_io
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -116,6 +117,9 @@ def export_saved_model(model, path, *, accept_uint8=True):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    # mkdtemp's directory is owner-only; a model server running as another
+    # user must be able to read the export, as with a directory made by mkdir.
+    os.chmod(temporary, 0o777 & ~atomic.current_umask())
     try:
         with _tensorflow_logs_at_warning():
             archive.write_out(temporary, verbose=False)

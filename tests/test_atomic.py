@@ -1,0 +1,55 @@
+"""The one atomic write: old or new content after a failure, strict JSON, and
+the permissions a plain `open()` would give."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from tllm_tf import atomic
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_new_file_gets_the_umask_not_owner_only(tmp_path, umask_027):
+    path = tmp_path / "config.json"
+    atomic.write_json(str(path), {"a": 1})
+    assert _mode(path) == 0o640
+    with open(tmp_path / "plain.txt", "w") as stream:
+        stream.write("x")
+    assert _mode(path) == _mode(tmp_path / "plain.txt")
+
+
+def test_a_failure_inside_the_block_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "state.json"
+    atomic.write_json(str(path), {"epoch": 3})
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic.atomic_open(str(path)) as stream:
+            stream.write('{"epoch": ')
+            raise RuntimeError("killed while writing")
+    assert json.loads(path.read_text()) == {"epoch": 3}
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def test_json_is_strict_nan_becomes_null_and_reads_back_as_nan(tmp_path):
+    path = tmp_path / "per_class.json"
+    atomic.write_json(str(path), {"accuracy": atomic.json_floats([0.5, float("nan")])})
+    text = path.read_text()
+    assert "NaN" not in text
+    values = atomic.floats_from_json(json.loads(text)["accuracy"])
+    assert values[0] == 0.5 and values[1] != values[1]
+
+
+def test_umask_is_read_without_changing_it(umask_027):
+    assert atomic.current_umask() == 0o027
+    assert atomic.current_umask() == 0o027
