@@ -38,7 +38,7 @@ def test_bad_flags_are_refused_before_anything_is_written(train, tmp_path, flags
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "run" / "teacher")
+    assert not os.path.exists(tmp_path / "run")  # Not even an empty workdir is left.
 
 
 def test_data_set_not_on_this_machine_says_how_to_provide_it(train, tmp_path):
@@ -92,10 +92,10 @@ def test_workdir_of_another_configuration_is_refused_naming_the_flags(train, tmp
 
 
 def _refused_before_training(result, workdir):
-    """Asserts that the run failed without a traceback and trained nothing; returns its stderr."""
+    """Asserts that the run failed without a traceback and left no workdir; returns its stderr."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert not os.path.exists(workdir / "teacher")
+    assert not os.path.exists(workdir)  # Nor the config.json of a run that never trained.
     return result.stderr
 
 

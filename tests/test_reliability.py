@@ -94,7 +94,7 @@ def test_a_batch_larger_than_the_training_split_is_refused_before_training(tmp_p
             r"--batch_size=4096 is larger than the training split of 'digits' \(100 "
             r"images.*nothing would train. Use --batch_size <= 100")):
         stages.run(config)
-    assert not os.path.exists(tmp_path / "run" / "teacher")
+    assert not os.path.exists(tmp_path / "run")
 
 
 # -- item 6: a workdir that cannot be written ----------------------------------

@@ -454,7 +454,7 @@ def test_the_reference_fallback_without_the_references_model_is_refused_before_t
                        verbose=0)  # The reference's fallback is on by default.
     with pytest.raises(ValueError, match="--noreference_fallback"):
         stages.run(config)
-    assert not os.path.exists(tmp_path / "run" / workdir_files.TEACHER_STAGE)
+    assert not os.path.exists(tmp_path / "run")  # Refused after the claim: config.json too.
 
 
 def test_a_reference_of_per_class_accuracies_only_trains_with_noreference_fallback(tmp_path):

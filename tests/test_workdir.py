@@ -55,3 +55,37 @@ def test_claim_refuses_a_corrupt_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable configuration"):
         workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path)))
+
+
+def _refused(path, remove=True, make=()):
+    with pytest.raises(ValueError, match="refused"):
+        with workdir.removed_if_refused(str(path), remove=remove):
+            path.mkdir(exist_ok=True)
+            for name in make:
+                (path / name).write_text("{}")
+            raise ValueError("refused")
+
+
+def test_a_refused_run_leaves_no_workdir_it_created(tmp_path):
+    _refused(tmp_path / "run", make=["config.json"])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("existed, make, remove", [
+    (True, ["config.json"], True),     # A workdir that was there before: never touched.
+    (False, ["config.json", "teacher"], True),  # Holds more than a config: kept.
+    (False, ["config.json"], False),   # Not this process's to remove (a non-chief worker).
+])
+def test_a_refused_run_keeps_every_workdir_it_may_not_remove(tmp_path, existed, make, remove):
+    path = tmp_path / "run"
+    if existed:
+        path.mkdir()
+    _refused(path, remove=remove, make=make)
+    assert sorted(p.name for p in path.iterdir()) == sorted(make)
+
+
+def test_a_run_that_is_not_refused_keeps_its_workdir(tmp_path):
+    path = tmp_path / "run"
+    with workdir.removed_if_refused(str(path)):
+        workdir.claim(str(path), RunConfig(workdir=str(path)))
+    assert (path / "config.json").exists()

@@ -310,34 +310,9 @@ def run(config, strategy=None):
     """
     if strategy is None:
         strategy = make_strategy(config.strategy)
-    data = preflight.check(config, strategy, build.load_data)
-    if config.masked_classes_from and "student" in config.stages:
-        config = _with_earlier_mask(config, strategy, data.num_classes)
-    multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config))
+    with workdir_lib.removed_if_refused(config.workdir, remove=is_chief(strategy)):
+        config, data, teacher_path, reference_path = _prepare(config, strategy)
     chief = is_chief(strategy)
-    teacher_path = config.teacher_path or os.path.join(
-        config.workdir, TEACHER_STAGE, MODEL_FILE)
-    reference_path = config.reference_path or os.path.join(
-        config.workdir, REFERENCE_STAGE, REFERENCE_FILE)
-    steps = build.steps_per_epoch(data, config)
-    executed = build.steps_per_execution(steps, config.steps_per_execution)
-    if executed != config.steps_per_execution:
-        fitting.say(config, chief, f"--steps_per_execution={config.steps_per_execution}: using "
-                    f"{executed}, the largest divisor of the {steps} steps of an epoch (a "
-                    "whole execution would run into the next epoch's batches).")
-    if config.epoch_matched and "student" in config.stages and "tllm" in config.students:
-        # A reference that exists already must have its per-epoch accuracy:
-        # refuse it now rather than after the teacher has trained.
-        def check_reference():
-            if os.path.exists(reference_path):
-                stage_inputs.read_reference(reference_path, data.num_classes, epoch_matched=True)
-
-        multi_worker.run_on_chief(strategy, check_reference)
-    if config.reference_fallback and "student" in config.stages and (
-            config.reference_path or REFERENCE_STAGE not in config.stages):
-        # Refused before anything trains, not once the first student has.
-        multi_worker.run_on_chief(
-            strategy, lambda: stage_inputs.reference_model_path(reference_path))
     for stage in config.stages:
         stage_dir = os.path.join(config.workdir, stage)
         if stage == TEACHER_STAGE and config.teacher_path:
@@ -358,3 +333,45 @@ def run(config, strategy=None):
                             os.path.join(config.workdir, student_stage(kind)),
                             kind, teacher_path, reference_path)
     return config.workdir if chief else None
+
+
+def _prepare(config, strategy):
+    """Checks `config`, loads its data and claims the workdir, before anything trains.
+
+    Returns:
+        `(config, data, teacher_path, reference_path)`: the config with an
+        earlier run's mask applied (`masked_classes_from`), the `DataSplits`,
+        and the teacher and reference files the students read.
+
+    Raises:
+        ValueError: on a run refused before it trains (see `preflight`).
+    """
+    data = preflight.check(config, strategy, build.load_data)
+    if config.masked_classes_from and "student" in config.stages:
+        config = _with_earlier_mask(config, strategy, data.num_classes)
+    multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config))
+    teacher_path = config.teacher_path or os.path.join(
+        config.workdir, TEACHER_STAGE, MODEL_FILE)
+    reference_path = config.reference_path or os.path.join(
+        config.workdir, REFERENCE_STAGE, REFERENCE_FILE)
+    steps = build.steps_per_epoch(data, config)
+    executed = build.steps_per_execution(steps, config.steps_per_execution)
+    if executed != config.steps_per_execution:
+        fitting.say(config, is_chief(strategy),
+                    f"--steps_per_execution={config.steps_per_execution}: using {executed}, "
+                    f"the largest divisor of the {steps} steps of an epoch (a whole "
+                    "execution would run into the next epoch's batches).")
+    if config.epoch_matched and "student" in config.stages and "tllm" in config.students:
+        # A reference that exists already must have its per-epoch accuracy:
+        # refuse it now rather than after the teacher has trained.
+        def check_reference():
+            if os.path.exists(reference_path):
+                stage_inputs.read_reference(reference_path, data.num_classes, epoch_matched=True)
+
+        multi_worker.run_on_chief(strategy, check_reference)
+    if config.reference_fallback and "student" in config.stages and (
+            config.reference_path or REFERENCE_STAGE not in config.stages):
+        # Refused before anything trains, not once the first student has.
+        multi_worker.run_on_chief(
+            strategy, lambda: stage_inputs.reference_model_path(reference_path))
+    return config, data, teacher_path, reference_path

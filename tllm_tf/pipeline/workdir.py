@@ -5,6 +5,7 @@ file is either written atomically (`tllm_tf.atomic`) or append-only with its
 tail repaired on resume (`checkpointing`). The file names: `workdir_files`.
 """
 
+import contextlib
 import json
 import os
 
@@ -82,6 +83,38 @@ def _differs(previous, config, name):
 
 def _schedule(config):
     return callbacks.update_schedule(config.epochs, config.warmup_epochs, config.update_every)
+
+
+@contextlib.contextmanager
+def removed_if_refused(workdir, remove=True):
+    """Removes a workdir the block created when the block refuses the run.
+
+    A run refused by its checks (a flag out of range for the data, an unknown
+    data set, a missing reference) should leave no trace: otherwise an empty
+    workdir, or one holding only the `config.json` of a run that never
+    trained, is left behind, and claims the next run of other flags.
+
+    Args:
+        workdir: the run's workdir.
+        remove: whether this process removes it (the chief, in a multi-worker
+            run). Defaults to `True`.
+
+    Yields:
+        Nothing. On a `ValueError` inside the block, a workdir that did not
+        exist before it and holds nothing but its `config.json` is removed,
+        then the error propagates. A workdir that existed is never touched.
+    """
+    existed = os.path.exists(workdir)
+    try:
+        yield
+    except ValueError:
+        if remove and not existed:
+            with contextlib.suppress(OSError):
+                if set(os.listdir(workdir)) <= {CONFIG_FILE}:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(workdir, CONFIG_FILE))
+                    os.rmdir(workdir)
+        raise
 
 
 def claim(workdir, config):
