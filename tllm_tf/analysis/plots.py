@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from tllm_tf import atomic
 
@@ -159,6 +160,7 @@ def plot_mask_history(results, path):
         legend = [Patch(color=UNDISTILLABLE_COLOR, label="masked (not distilled)"),
                   Patch(facecolor=DISTILLED_COLOR, edgecolor="grey", label="distilled")] + legend
     axes[0].legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # Epochs, not 12.5.
     axes[-1].set_xlabel("epoch (a mask set at the end of an epoch applies to the next ones)")
     figure.tight_layout()
     _save(figure, path)
