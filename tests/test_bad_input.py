@@ -128,3 +128,41 @@ def test_masked_classes_from_a_run_that_has_not_finished_is_refused_before_train
     message = _refused_before_training(result, tmp_path / "second")
     assert f"--masked_classes_from='{first}' has no finished tllm student" in message
     assert "that has trained to the end" in message
+
+
+# Each of these failed only once a stage had trained, and then the workdir's config.json held
+# the bad flag, so the corrected command was refused as another configuration.
+@pytest.mark.parametrize("flags, message", [
+    (["--masked_classes=10"], "--masked_classes=10 names classes [10] that the data set "
+                              "'digits' does not have: its classes are 0 to 9"),
+    (["--image_size=16"], "--image_size=16 with --augmentation=none: Augmentation 'none' keeps "
+                          "the input size"),
+    (["--reference_path=/nonexistent/reference.json", "--noreference_fallback"],
+     "--reference_path='/nonexistent/reference.json' does not exist"),
+])
+def test_flags_that_failed_after_training_are_refused_before_it(train, tmp_path, flags, message):
+    result = train(f"--workdir={tmp_path / 'run'}", *flags)
+    assert message in _refused_before_training(result, tmp_path / "run")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"not a zip archive", "it is not a Keras model file"),
+])
+def test_a_teacher_path_that_cannot_be_loaded_is_refused_before_the_reference_trains(
+        train, tmp_path, content, message):
+    teacher = tmp_path / "teacher.keras"
+    if content is not None:
+        teacher.write_bytes(content)
+    result = train(f"--workdir={tmp_path / 'run'}", f"--teacher_path={teacher}")
+    stderr = _refused_before_training(result, tmp_path / "run")
+    assert message in stderr and str(teacher) in stderr
+
+
+def test_a_predictions_file_cut_short_says_to_delete_the_reference_stage(tmp_path):
+    path = tmp_path / "held_out_predictions.npz"
+    tllm_tf.save_predictions(str(path), np.array([0, 1, 1]), np.ones((2, 3), bool))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"is not a tllm_tf predictions file .*cut short. "
+                                         r"Delete the reference stage's directory"):
+        tllm_tf.load_predictions(str(path))

@@ -54,6 +54,20 @@ def test_a_workdir_written_before_a_field_that_is_now_on_reads_as_a_run_without_
     ("teacher_model", "wrn_40_3", r"teacher_model must be a model of the zoo"),
     ("masked_classes", (2, 2), r"masked_classes must be distinct class ids >= 0"),
     ("masked_classes", (-1,), r"masked_classes must be distinct class ids >= 0"),
+    # Each of these trained to the end before, with a learning rate that was not a number, or
+    # that grew or turned negative at a decay epoch.
+    ("learning_rate", float("inf"), r"learning_rate must be > 0 and finite. Received: inf"),
+    ("teacher_learning_rate", float("inf"), r"teacher_learning_rate must be > 0 and finite"),
+    ("momentum", float("nan"), r"momentum must be in \[0, 1\). Received: nan"),
+    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+    ("momentum", -0.5, r"momentum must be in \[0, 1\)"),
+    ("lr_decay_rate", -1.0, r"lr_decay_rate \(the factor .*\) must be in \(0, 1\]. Received: -1.0"),
+    ("lr_decay_rate", 0.0, r"lr_decay_rate \(the factor"),
+    ("lr_decay_epochs", (-5,), r"lr_decay_epochs must be epochs >= 1. Received: \(-5,\)"),
+    ("temperature", float("inf"), r"temperature must be > 0 and finite"),
+    ("beta", float("inf"), r"alpha and beta must be >= 0 and finite"),
+    ("weight_decay", float("inf"), r"weight_decay must be >= 0 and finite"),
+    ("margin", float("inf"), r"margin must be >= 0 and finite"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -89,3 +89,49 @@ def test_a_run_that_is_not_refused_keeps_its_workdir(tmp_path):
     with workdir.removed_if_refused(str(path)):
         workdir.claim(str(path), RunConfig(workdir=str(path)))
     assert (path / "config.json").exists()
+
+
+@pytest.fixture
+def two_teachers(tmp_path):
+    first, second = tmp_path / "first.keras", tmp_path / "second.keras"
+    first.write_bytes(b"the first teacher")
+    second.write_bytes(b"another teacher")
+    run = tmp_path / "run"
+    workdir.claim(str(run), RunConfig(workdir=str(run), teacher_path=str(first)))
+    return run, first, second
+
+
+def test_a_teacher_swapped_under_begun_students_is_refused(two_teachers):
+    run, first, second = two_teachers
+    (run / "student_kd").mkdir()
+    with pytest.raises(ValueError, match=r"--teacher_path: '.*first.keras' in the workdir "
+                                         r"\(still there, and another file"):
+        workdir.claim(str(run), RunConfig(workdir=str(run), teacher_path=str(second)))
+    # Leaving the flag out would train a teacher here: another teacher too.
+    with pytest.raises(ValueError, match="--teacher_path"):
+        workdir.claim(str(run), RunConfig(workdir=str(run)))
+
+
+def test_a_moved_or_copied_teacher_and_a_workdir_without_students_resume(two_teachers):
+    run, first, second = two_teachers
+    # No student has begun: the teacher may still change.
+    workdir.claim(str(run), RunConfig(workdir=str(run), teacher_path=str(second)))
+    workdir.claim(str(run), RunConfig(workdir=str(run), teacher_path=str(first)))
+    (run / "student_tllm").mkdir()
+    second.write_bytes(first.read_bytes())  # A byte-for-byte copy elsewhere.
+    workdir.claim(str(run), RunConfig(workdir=str(run), teacher_path=str(second)))
+    moved = second.rename(second.with_name("moved.keras"))  # The file it began with is gone.
+    first.write_bytes(b"yet another teacher")
+    workdir.claim(str(run), RunConfig(workdir=str(run), teacher_path=str(moved)))
+
+
+def test_a_reference_swapped_under_begun_students_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "reference").mkdir(parents=True)
+    (run / "reference" / "reference.json").write_text('{"trained": "here"}')
+    other = tmp_path / "other_reference.json"
+    other.write_text('{"trained": "elsewhere"}')
+    workdir.claim(str(run), RunConfig(workdir=str(run)))
+    (run / "student_kd").mkdir()
+    with pytest.raises(ValueError, match=r"--reference_path: None in the workdir \(still there"):
+        workdir.claim(str(run), RunConfig(workdir=str(run), reference_path=str(other)))

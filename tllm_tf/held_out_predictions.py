@@ -11,6 +11,7 @@ next to the reference's JSON file.
 
 import dataclasses
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -22,6 +23,10 @@ from tllm_tf import prior_offsets as prior_offsets_lib
 PREDICTIONS_FILE = "held_out_predictions.npz"
 # A held-out split of ImageNet's size times a few hundred epochs stays far below this.
 MAX_FILE_BYTES = 1 << 30
+# The reference stage counts as done while its reference.json exists, so
+# re-running it alone would not rewrite a damaged predictions file.
+_REWRITE = ("Delete the reference stage's directory (the one holding this file and "
+            "reference.json) and re-run that stage to rewrite both.")
 
 
 def predictions_path(reference_path):
@@ -115,17 +120,16 @@ def load_predictions(path):
             # Files written before the flag existed were judged without offsets.
             prior_offsets = ("prior_offsets" in archive.files
                              and bool(archive["prior_offsets"]))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(
-            f"{path!r} is not a tllm_tf predictions file ({error}). Re-run the "
-            "reference stage to rewrite it.") from None
+            f"{path!r} is not a tllm_tf predictions file ({error}); it may be cut short. "
+            f"{_REWRITE}") from None
     if (labels.ndim != 1 or labels.dtype.kind not in "iu" or correct.ndim != 2
             or correct.dtype != bool or correct.shape[1] != labels.shape[0]
             or correct.shape[0] < 1 or (labels.size and labels.min() < 0)):
         raise ValueError(
             f"Reference predictions {path!r} are inconsistent: labels {labels.dtype} "
-            f"{labels.shape}, correct {correct.dtype} {correct.shape}. Re-run the "
-            "reference stage to rewrite it.")
+            f"{labels.shape}, correct {correct.dtype} {correct.shape}. {_REWRITE}")
     return ReferencePredictions(labels=labels.astype(np.int32), correct=correct,
                                 prior_offsets=prior_offsets)
 

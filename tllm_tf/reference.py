@@ -104,7 +104,8 @@ def _read_json(path, max_bytes, missing_message):
     except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, huge ints.
         raise ValueError(
             f"Reference file {path!r} is not valid JSON ({error}); it may be "
-            "truncated. Re-run the `reference` stage to rewrite it."
+            "truncated. Delete it (a stage whose file exists counts as done) and re-run "
+            "the `reference` stage to rewrite it."
         ) from None
 
 

@@ -7,6 +7,7 @@ flag of the same name; every name is checked against its registry here.
 
 import dataclasses
 import json
+import math
 from typing import Optional, Tuple
 
 from tllm_tf.data.augment import AUGMENTATIONS
@@ -194,19 +195,29 @@ class RunConfig:
         require(self.teacher_epochs is None or self.teacher_epochs > 0,
                 f"teacher_epochs must be > 0. Received: {self.teacher_epochs}")
         require(self.batch_size > 0, f"batch_size must be > 0. Received: {self.batch_size}")
-        require(self.learning_rate > 0,
-                f"learning_rate must be > 0. Received: {self.learning_rate}")
-        require(self.teacher_learning_rate is None or self.teacher_learning_rate > 0,
-                f"teacher_learning_rate must be > 0. Received: {self.teacher_learning_rate}")
-        require(self.temperature > 0,
-                f"temperature must be > 0. Received: {self.temperature}")
-        require(self.alpha >= 0 and self.beta >= 0,
-                f"alpha and beta must be >= 0. Received: alpha={self.alpha}, beta={self.beta}")
-        require(self.weight_decay >= 0,
-                f"weight_decay must be >= 0. Received: {self.weight_decay}")
+        require(0 < self.learning_rate < math.inf,
+                f"learning_rate must be > 0 and finite. Received: {self.learning_rate}")
+        require(self.teacher_learning_rate is None or 0 < self.teacher_learning_rate < math.inf,
+                f"teacher_learning_rate must be > 0 and finite. Received: "
+                f"{self.teacher_learning_rate}")
+        require(0 <= self.momentum < 1,
+                f"momentum must be in [0, 1). Received: {self.momentum}")
+        require(0 < self.lr_decay_rate <= 1,
+                f"lr_decay_rate (the factor the learning rate is multiplied by at each of "
+                f"lr_decay_epochs) must be in (0, 1]. Received: {self.lr_decay_rate}")
+        require(all(epoch >= 1 for epoch in self.lr_decay_epochs),
+                f"lr_decay_epochs must be epochs >= 1. Received: {self.lr_decay_epochs}")
+        require(0 < self.temperature < math.inf,
+                f"temperature must be > 0 and finite. Received: {self.temperature}")
+        require(0 <= self.alpha < math.inf and 0 <= self.beta < math.inf,
+                f"alpha and beta must be >= 0 and finite. Received: alpha={self.alpha}, "
+                f"beta={self.beta}")
+        require(0 <= self.weight_decay < math.inf,
+                f"weight_decay must be >= 0 and finite. Received: {self.weight_decay}")
         require(0.0 <= self.teacher_label_smoothing < 1.0,
                 f"teacher_label_smoothing must be in [0, 1). Received: {self.teacher_label_smoothing}")
-        require(self.margin >= 0, f"margin must be >= 0. Received: {self.margin}")
+        require(0 <= self.margin < math.inf,
+                f"margin must be >= 0 and finite. Received: {self.margin}")
         require(self.warmup_epochs is None or self.warmup_epochs >= 0,
                 f"warmup_epochs must be >= 0. Received: {self.warmup_epochs}")
         require(self.update_every is None or self.update_every >= 1,

@@ -45,7 +45,9 @@ def _read_config(path, role):
     except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as error:
         raise ValueError(
             f"Could not load the {role} {path!r}: it is not a Keras model file "
-            f"({error}). Expected a .keras file written by `keras.Model.save`."
+            f"({error}). Expected a .keras file written by `keras.Model.save`; a file "
+            "cut short (a full disk, a copy that stopped) reads so too: save or copy it "
+            "again, or, in a workdir, delete its stage directory and re-run that stage."
         ) from None
 
 

@@ -5,9 +5,12 @@ something other than asked, and every stage then reports success: a batch
 larger than the training split (every batch is incomplete and dropped), a
 warm-up as long as the run (the mask never changes: TLLM is plain KD),
 `--alpha=0 --beta=0` (the loss is 0), a reference or a teacher made from
-another held-out split. `check` refuses them, the workdir first and before
-the data set loads (a minute, for some), the rest as soon as the data set
-tells the split sizes.
+another held-out split. Others would fail once the first stage has trained:
+an `--image_size` the augmentation cannot take, `--masked_classes` the data
+set does not have, a `--teacher_path` that cannot be loaded or has other
+classes, a `--reference_path` that does not exist. `check` refuses them, the
+workdir first and before the data set loads (a minute, for some), the rest as
+soon as the data set tells the split sizes and classes.
 """
 
 import json
@@ -18,7 +21,9 @@ import numpy as np
 
 from tllm_tf import callbacks
 from tllm_tf import reference as reference_lib
+from tllm_tf.data import augment
 from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import stage_inputs
 
 # A workdir's config.json is a few kilobytes; anything larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -44,11 +49,18 @@ def check(config, strategy, load_data):
             wrong thing (see the module docstring), naming the flags.
     """
     check_schedule(config)
+    check_augmentation(config)
     multi_worker.run_on_chief(strategy, lambda: check_workdir(config.workdir))
     if config.teacher_path and "student" in config.stages:
         multi_worker.run_on_chief(strategy, lambda: check_teacher_origin(config))
     data = load_data(config)
     check_batch_size(config, data)
+    check_masked_classes(config, data)
+    if config.teacher_path and ("student" in config.stages or "store" in config.stages):
+        multi_worker.run_on_chief(strategy, lambda: check_teacher_file(config, data))
+    if config.reference_path and "student" in config.stages and (
+            "tllm" in config.students or config.reference_fallback):
+        multi_worker.run_on_chief(strategy, lambda: check_reference_exists(config))
     if config.reference_path and "student" in config.stages and "tllm" in config.students:
         multi_worker.run_on_chief(strategy, lambda: check_reference_origin(config, data))
     return data
@@ -74,6 +86,45 @@ def check_schedule(config):
             "the mask would never change and TLLM would train as plain KD. Lower "
             "--warmup_epochs below --epochs (or use --students=distilled, or name the classes "
             "to mask with --masked_classes).")
+
+
+def check_augmentation(config):
+    """Refuses an `--image_size` the augmentation cannot take (only 'imagenet' resizes)."""
+    try:
+        augment.build_augmentation(config.augmentation, image_size=config.image_size)
+    except ValueError as error:
+        raise ValueError(
+            f"--image_size={config.image_size} with --augmentation={config.augmentation}: "
+            f"{error}. Drop --image_size, or use --augmentation=imagenet.") from None
+
+
+def check_masked_classes(config, data):
+    """Refuses `--masked_classes` that the data set does not have."""
+    outside = sorted(c for c in config.masked_classes if c >= data.num_classes)
+    if outside:
+        raise ValueError(
+            f"--masked_classes={','.join(map(str, config.masked_classes))} names classes "
+            f"{outside} that the data set {data.name!r} does not have: its classes are 0 to "
+            f"{data.num_classes - 1}. Give class ids in that range.")
+
+
+def check_teacher_file(config, data):
+    """Loads `--teacher_path` once, so a bad file is refused before the reference trains."""
+    if not os.path.isfile(config.teacher_path):
+        raise ValueError(
+            f"--teacher_path={config.teacher_path!r} does not exist. Give the model.keras "
+            "a teacher stage wrote (WORKDIR/teacher/model.keras), or leave --teacher_path "
+            "out to train the teacher in this run.")
+    stage_inputs.load_teacher(config.teacher_path, data)
+
+
+def check_reference_exists(config):
+    """Refuses a `--reference_path` that is not there, before anything trains."""
+    if not os.path.isfile(config.reference_path):
+        raise ValueError(
+            f"--reference_path={config.reference_path!r} does not exist. Give the "
+            "reference.json a reference stage wrote (WORKDIR/reference/reference.json), or "
+            "leave --reference_path out to train the reference in this run.")
 
 
 def check_workdir(workdir):

@@ -6,18 +6,22 @@ tail repaired on resume (`checkpointing`). The file names: `workdir_files`.
 """
 
 import contextlib
+import filecmp
 import json
 import os
 
 from tllm_tf import atomic
 from tllm_tf import callbacks
 from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 
 # Fields that may change between runs of one workdir: they choose what to run
 # and how fast, not what is computed (a student added to --students trains; those
 # already trained stay as they are). The two fallbacks judge a student once it has
-# trained, so a change to them applies to the students still to train.
+# trained, so a change to them applies to the students still to train. A changed
+# --teacher_path or --reference_path is a moved file, unless the students began
+# with another one that is still there (`_input_file_changes`).
 RESUMABLE_CHANGES = frozenset({
     "stage", "students", "method", "verbose", "strategy", "jit_compile", "steps_per_execution",
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
@@ -69,7 +73,34 @@ def config_differences(workdir, config):
         for name in config_lib.RunConfig.__dataclass_fields__
         if name not in RESUMABLE_CHANGES and name != "workdir"
         and _differs(previous, config, name)
-    ]
+    ] + _input_file_changes(workdir, previous, config)
+
+
+def _input_file_changes(workdir, previous, config):
+    """The teacher or reference file swapped under students that began with another.
+
+    A path may change because the files moved (a study root renamed, a copy
+    from a cluster): that is resumable. But when a student stage has begun
+    and the file it began with is still there and differs from the new one,
+    the students of one workdir would learn from two teachers, or be judged
+    against two references, and the report would compare them as one run.
+    """
+    if not any(os.path.isdir(os.path.join(workdir, workdir_files.student_stage(student)))
+               for student in config_lib.STUDENTS):
+        return []
+    changes = []
+    for name, stage, file_name in (
+            ("teacher_path", workdir_files.TEACHER_STAGE, workdir_files.MODEL_FILE),
+            ("reference_path", workdir_files.REFERENCE_STAGE, workdir_files.REFERENCE_FILE)):
+        before = getattr(previous, name) or os.path.join(workdir, stage, file_name)
+        now = getattr(config, name) or os.path.join(workdir, stage, file_name)
+        if (os.path.isfile(before) and os.path.abspath(before) != os.path.abspath(now)
+                and not (os.path.isfile(now) and filecmp.cmp(before, now, shallow=False))):
+            changes.append(
+                f"--{name}: {getattr(previous, name)!r} in the workdir (still there, and "
+                f"another file than {getattr(config, name)!r} now): the students already "
+                "trained here began with the first")
+    return changes
 
 
 def _differs(previous, config, name):
