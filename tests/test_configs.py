@@ -14,7 +14,7 @@ import tllm_tf
 from conftest import written_tfds
 from tllm_tf import callbacks as callbacks_lib
 from tllm_tf import models
-from tllm_tf.analysis import reporting
+from tllm_tf.analysis import workdir_results
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline.config import RunConfig
 
@@ -129,7 +129,7 @@ def test_cifar_recipe_runs_end_to_end_on_random_tfds_files(train_tool, tmp_path)
         "--warmup_epochs=0", "--update_every=1", "--min_samples=1", "--verbose=0")
     written_tfds(tmp_path / "data", "cifar100", num_examples=1000)
     stages.run(config)
-    results = reporting.load_results(str(tmp_path / "run"))
+    results = workdir_results.load_results(str(tmp_path / "run"))
     assert set(results["accuracy"]) >= {"teacher", "reference", "student_kd", "student_tllm"}
     with open(tmp_path / "run" / "student_tllm" / "mask_log.jsonl") as handle:
         records = [json.loads(line) for line in handle]

@@ -9,6 +9,7 @@ import pytest
 
 from tllm_tf import identification as rule_lib
 from tllm_tf.analysis import reporting
+from tllm_tf.analysis import workdir_results
 
 CLASS_NAMES = ["cat", "dog", "bird", "fish"]
 PER_CLASS = {
@@ -50,7 +51,7 @@ def _png_size(path):
 
 
 def test_load_results_reads_stages_and_mask_history(workdir):
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert results["models"] == ["reference", "student_kd", "student_tllm"]
     assert results["class_names"] == CLASS_NAMES
     assert np.isnan(results["per_class"]["student_tllm"][3])
@@ -59,7 +60,7 @@ def test_load_results_reads_stages_and_mask_history(workdir):
 
 
 def test_markdown_table_marks_kd_losses_and_masked_classes(workdir):
-    table = reporting.markdown_table(reporting.load_results(str(workdir))).splitlines()
+    table = reporting.markdown_table(workdir_results.load_results(str(workdir))).splitlines()
     assert table[0] == "| class | reference | student_kd | student_tllm | KD<ref | masked |"
     assert table[2] == "| cat | 80.0 | 90.0 | 90.0 |  |  |"
     assert table[3] == "| dog | 90.0 | 60.0 | 80.0 | x | x |"
@@ -68,7 +69,7 @@ def test_markdown_table_marks_kd_losses_and_masked_classes(workdir):
 
 
 def test_json_names_the_undistillable_classes_and_the_mask_history(workdir):
-    report = reporting.to_json(reporting.load_results(str(workdir)))
+    report = reporting.to_json(workdir_results.load_results(str(workdir)))
     assert report["undistillable_classes"] == {
         "names": ["dog", "fish"], "count": 2, "source": "tllm_mask"}
     assert report["below_baseline"] == {"student_kd": ["dog"], "student_tllm": ["dog"]}
@@ -87,7 +88,7 @@ def test_json_names_the_undistillable_classes_and_the_mask_history(workdir):
 
 def test_write_report_writes_markdown_json_and_valid_pngs(workdir):
     output_dir = str(workdir / "report")
-    written = reporting.write_report(reporting.load_results(str(workdir)), output_dir)
+    written = reporting.write_report(workdir_results.load_results(str(workdir)), output_dir)
     assert sorted(written) == sorted(reporting.REPORT_FILES)
     with open(written["report.json"]) as handle:
         assert json.load(handle)["undistillable_classes"]["count"] == 2
@@ -106,7 +107,7 @@ def test_write_report_writes_markdown_json_and_valid_pngs(workdir):
 
 def test_without_a_tllm_run_kd_below_reference_is_undistillable(workdir):
     os.remove(workdir / "student_tllm" / "mask_log.jsonl")
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert reporting.undistillable_classes(results) == (["dog"], "student_kd below reference")
     assert "masked" not in reporting.markdown_table(results).splitlines()[0]
     output_dir = str(workdir / "report")
@@ -122,7 +123,7 @@ def test_without_a_tllm_run_kd_below_reference_is_undistillable(workdir):
 
 def test_the_refit_student_gets_its_column_and_an_aligned_summary(workdir):
     _write_stage(workdir, "student_tllm_refit", [0.85, 0.9, 0.4, 0.7])
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert results["models"] == ["reference", "student_kd", "student_tllm", "student_tllm_refit"]
     header = reporting.markdown_table(results).splitlines()[0]
     assert header == ("| class | reference | student_kd | student_tllm | student_tllm_refit "
@@ -143,7 +144,7 @@ def test_the_summary_says_whether_the_refit_kept_its_weights(workdir, kept, verd
              "p_value": 0.000576, "significance": 0.05, "kept": kept}
     with open(workdir / "student_tllm_refit" / "refit_check.json", "w") as handle:
         json.dump(check, handle)
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert (f"TLLM refit on the held-out split: 71.00% against the tllm student's 74.50%, "
             f"{verdict}") in reporting.summary_lines(results)
     assert reporting.to_json(results)["refit_check"] == check
@@ -167,7 +168,7 @@ def test_the_summary_says_which_students_took_the_references_weights(workdir):
                                "behind": 9, "ahead": 12, "p_value": 0.81,
                                "significance": 0.2, "kept": "student"}}
     _write_reference_checks(workdir, checks)
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     lines = reporting.summary_lines(results)
     assert ("student_kd on the held-out split: 70.00% against the reference's 74.00%, "
             "behind it (p = 0.000576 < 0.2): took the reference's weights (its own test "
@@ -185,7 +186,7 @@ def test_a_check_written_before_the_level_and_the_own_model_were_recorded_still_
                        "ahead": 9, "p_value": 0.000576, "kept": "reference"},
         "student_tllm": {"student_accuracy": 0.75, "reference_accuracy": 0.74, "behind": 9,
                          "ahead": 12, "p_value": 0.81, "kept": "student"}})
-    lines = reporting.summary_lines(reporting.load_results(str(workdir)))
+    lines = reporting.summary_lines(workdir_results.load_results(str(workdir)))
     assert ("student_kd on the held-out split: 70.00% against the reference's 74.00%, "
             "behind it (p = 0.000576): took the reference's weights") in lines
     assert ("student_tllm on the held-out split: 75.00% against the reference's 74.00%, "
@@ -200,7 +201,7 @@ def test_the_summary_words_the_verdict_as_the_stages_log_does(workdir):
     checks = {"student_kd": held_out_check.compare([False] * 6, [True] * 6, 0.2, names),
               "student_tllm": held_out_check.compare([True] * 6, [False] * 6, 0.2, names)}
     _write_reference_checks(workdir, {stage: check.to_json() for stage, check in checks.items()})
-    lines = reporting.summary_lines(reporting.load_results(str(workdir)))
+    lines = reporting.summary_lines(workdir_results.load_results(str(workdir)))
     for stage, check in checks.items():
         verdict = check.verdict()
         assert verdict.startswith("behind it" if stage == "student_kd" else "not behind it")
@@ -208,7 +209,7 @@ def test_the_summary_words_the_verdict_as_the_stages_log_does(workdir):
 
 
 def test_a_workdir_without_the_reference_fallback_reports_no_reference_check(workdir):
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert results["reference_checks"] == {}
     assert not any("against the reference's" in line for line in reporting.summary_lines(results))
 
@@ -219,7 +220,7 @@ def test_each_tllm_students_gain_over_kd_is_split_by_the_final_mask(workdir):
     _write_stage(workdir, "student_kd", [0.9, 0.6, 0.5, 0.8], counts)
     _write_stage(workdir, "student_tllm", [0.8, 0.9, 0.5, 0.7], counts)
     _write_stage(workdir, "student_tllm_refit", [0.9, 0.6, 0.5, 0.8], counts)
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     gains = reporting.gain_by_mask(results)
     # Masked: dog +0.3 on 30% of the images, fish -0.1 on 40%; the others: cat -0.1 on 10%.
     assert gains["student_tllm"] == pytest.approx(
@@ -237,7 +238,7 @@ def test_without_a_masked_class_the_gain_is_not_split(workdir):
             "epoch": 5, "student_accuracy": [0.5] * 4, "reference_accuracy": [0.6] * 4,
             "num_samples": [5] * 4, "class_mask": [1.0] * 4, "num_undistillable_classes": 0})
             + "\n")
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert reporting.gain_by_mask(results) == {}
     assert not any("minus KD" in line for line in reporting.summary_lines(results))
 
@@ -255,7 +256,7 @@ def _append_paired_look(workdir, p_values=(0.5, 0.0, 0.2, None), **level):
 
 def test_detection_limit_says_how_large_a_gap_the_last_look_could_find(workdir):
     _append_paired_look(workdir, significance_per_look=0.015, correction="holm")
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     limit = reporting.detection_limit(results)
     assert (limit["epoch"], limit["correction"]) == (5, "holm")
     assert limit["level"] == pytest.approx(0.005)  # Over the three classes tested.
@@ -279,22 +280,22 @@ def test_the_level_is_spread_over_the_classes_the_look_tested(workdir):
     # "bird" has images but too few for min_samples: untested, so Holm divides by two.
     _append_paired_look(workdir, p_values=(0.5, 0.0, None, None),
                         significance_per_look=0.015, correction="holm")
-    limit = reporting.detection_limit(reporting.load_results(str(workdir)))
+    limit = reporting.detection_limit(workdir_results.load_results(str(workdir)))
     assert limit["level"] == pytest.approx(0.0075)
 
 
 def test_without_the_looks_level_there_is_no_detection_limit(workdir):
     # The unpaired rule's logs, and paired logs written before the level was recorded.
-    assert reporting.detection_limit(reporting.load_results(str(workdir))) is None
+    assert reporting.detection_limit(workdir_results.load_results(str(workdir))) is None
     _append_paired_look(workdir)
-    results = reporting.load_results(str(workdir))
+    results = workdir_results.load_results(str(workdir))
     assert reporting.detection_limit(results) is None
     assert "What the rule could see" not in reporting.markdown_report(results)
 
 
 def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):
     _write_stage(tmp_path, "reference", PER_CLASS["reference"])
-    results = reporting.load_results(str(tmp_path))
+    results = workdir_results.load_results(str(tmp_path))
     assert reporting.markdown_table(results).splitlines()[0] == "| class | reference |"
     assert reporting.undistillable_classes(results) == ([], None)
     written = reporting.write_report(results, str(tmp_path / "report"))
@@ -303,4 +304,4 @@ def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):
 
 def test_an_empty_workdir_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="test_per_class.json"):
-        reporting.load_results(str(tmp_path))
+        workdir_results.load_results(str(tmp_path))

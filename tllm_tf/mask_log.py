@@ -10,11 +10,15 @@ import json
 import numpy as np
 
 
-def load_mask_history(path):
+def load_mask_history(path, skip_torn_last_line=False):
     """Reads the mask updates of a TLLM run, one dict per line of `path`.
 
     Args:
         path: a `mask_log.jsonl` written by `UndistillableClassCallback`.
+        skip_torn_last_line: whether a last line cut short (no line end, not
+            complete JSON) is left out: what a run killed while writing it
+            leaves, and a resumed run repairs. Defaults to `False`: it is
+            refused, as any damaged line is (a finished run's log has none).
 
     Returns:
         A list of dicts with `epoch` (1-based), `class_mask` (float array,
@@ -23,22 +27,47 @@ def load_mask_history(path):
         `num_samples` (int arrays), `p_values` (float array, NaN for a class
         not tested), and, when the log was written since 2026-12-05,
         `significance_per_look` and `correction`.
+
+    Raises:
+        ValueError: naming the file and the line, for a line that is not a
+            mask update.
     """
+    with open(path, errors="replace") as handle:  # Bytes that are not text: a damaged line.
+        lines = handle.readlines()
     history = []
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                mask = np.asarray(record["class_mask"], dtype=np.float64)
-                entry = {"epoch": int(record["epoch"]), "class_mask": mask,
-                         "num_undistillable_classes": int(np.sum(mask <= 0))}
-                if "behind_counts" in record:
-                    entry["paired_test"] = {
-                        **{key: np.asarray(record[key], dtype=np.int64)
-                           for key in ("behind_counts", "ahead_counts", "num_samples")},
-                        "p_values": np.array([np.nan if p is None else p
-                                              for p in record["p_values"]], dtype=np.float64),
-                        **{key: record[key] for key in ("significance_per_look", "correction")
-                           if key in record}}
-                history.append(entry)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            history.append(_mask_update(json.loads(line)))
+        except json.JSONDecodeError as error:
+            if skip_torn_last_line and number == len(lines) and not line.endswith("\n"):
+                continue
+            raise _damaged(path, number, f"{error.msg}: column {error.colno}") from None
+        except (KeyError, TypeError, ValueError) as error:
+            problem = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise _damaged(path, number, problem) from None
     return history
+
+
+def _damaged(path, number, problem):
+    return ValueError(
+        f"{path}, line {number}, is not a mask update ({problem}): the log is damaged. "
+        "Delete that line to read the other updates, or train the tllm student again "
+        "(delete its folder and re-run tools/train.py with the same flags).")
+
+
+def _mask_update(record):
+    """One line's record as `load_mask_history` returns it."""
+    mask = np.asarray(record["class_mask"], dtype=np.float64)
+    entry = {"epoch": int(record["epoch"]), "class_mask": mask,
+             "num_undistillable_classes": int(np.sum(mask <= 0))}
+    if "behind_counts" in record:
+        entry["paired_test"] = {
+            **{key: np.asarray(record[key], dtype=np.int64)
+               for key in ("behind_counts", "ahead_counts", "num_samples")},
+            "p_values": np.array([np.nan if p is None else p
+                                  for p in record["p_values"]], dtype=np.float64),
+            **{key: record[key] for key in ("significance_per_look", "correction")
+               if key in record}}
+    return entry

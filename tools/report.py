@@ -18,9 +18,9 @@ import os
 from absl import app
 from absl import flags
 
-from tllm_tf import mask_log
 from tllm_tf.pipeline import console
 from tllm_tf.analysis import reporting
+from tllm_tf.analysis import workdir_results
 from tllm_tf.pipeline import workdir_files
 
 flags.DEFINE_string("workdir", None, "A tools/train.py workdir to report on.")
@@ -62,7 +62,7 @@ def _results_from_models():
     results = evaluation.evaluate_models(
         evaluation.model_names(FLAGS.model_paths), batches, class_names=class_names)
     if FLAGS.mask_log:
-        history = mask_log.load_mask_history(FLAGS.mask_log)
+        history = workdir_results.read_mask_history(FLAGS.mask_log, len(class_names))
         results["mask_history"] = history
         results["final_mask"] = history[-1]["class_mask"] if history else None
     return results
@@ -78,7 +78,7 @@ def main(argv):
     console.plain_log_lines()
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, workdir_files.REPORT_DIR)
     try:
-        results = (reporting.load_results(FLAGS.workdir) if FLAGS.workdir
+        results = (workdir_results.load_results(FLAGS.workdir) if FLAGS.workdir
                    else _results_from_models())
     except (ValueError, FileNotFoundError) as error:
         console.exit_with_error(error)

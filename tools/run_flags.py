@@ -157,6 +157,30 @@ def _class_ids(values):
                          f"Received: {','.join(values)}") from None
 
 
+def integers(flag, values, example):
+    """The integers of a list flag, or an error that names the flag and the bad value.
+
+    Args:
+        flag: the flag's name, e.g. `"lr_decay_epochs"`.
+        values: its strings, as `flags.DEFINE_list` parses them.
+        example: a valid value for the message, e.g. `"epochs as 30,45"`.
+
+    Returns:
+        A tuple of ints.
+
+    Raises:
+        ValueError: e.g. `--lr_decay_epochs: 'a' is not an integer (give epochs as 30,45)`.
+    """
+    numbers = []
+    for value in values:
+        try:
+            numbers.append(int(value))
+        except ValueError:
+            raise ValueError(f"--{flag}: {value!r} is not an integer (give {example}). "
+                             f"Received: --{flag}={','.join(values)}") from None
+    return tuple(numbers)
+
+
 def config_from_flags(**overrides):
     """Builds the RunConfig from the parsed flags (one flag per field), then `overrides`."""
     values = {field.name: FLAGS[field.name].value
@@ -168,7 +192,8 @@ def config_from_flags(**overrides):
         values["students"] = config_lib.students_from_methods(FLAGS.method)
         logging.warning("--method is deprecated: write --students=%s instead.",
                         ",".join(values["students"]))
-    values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
+    values["lr_decay_epochs"] = integers("lr_decay_epochs", values["lr_decay_epochs"],
+                                         "epochs as 30,45")
     values["masked_classes"] = _class_ids(values["masked_classes"])
     values.update(overrides)
     return config_lib.RunConfig(**values)

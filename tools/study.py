@@ -46,16 +46,28 @@ flags.DEFINE_bool("shared_teacher_store", False,
 flags.DEFINE_bool("report_only", False, "Write the report from the finished runs; train nothing.")
 
 FLAGS = flags.FLAGS
+_LIST_FLAGS = ("seeds", "student_models", "teacher_models", "arms")
+
+
+def _check_lists_are_not_empty():
+    """Refuses an empty list flag: the study would train only some of its runs, or none."""
+    for name in _LIST_FLAGS:
+        if not FLAGS[name].value:
+            raise app.UsageError(
+                f"--{name} is empty: give at least one, e.g. "
+                f"--{name}={','.join(FLAGS[name].default)} (the default).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _check_lists_are_not_empty()
     console.plain_log_lines()
     try:
         base = run_flags.config_from_flags(workdir=FLAGS.root)
+        seeds = run_flags.integers("seeds", FLAGS.seeds, "seeds as 0,1,2")
         runs = study.plan(
-            study.base_kwargs(base), root=FLAGS.root, seeds=[int(s) for s in FLAGS.seeds],
+            study.base_kwargs(base), root=FLAGS.root, seeds=seeds,
             student_models=FLAGS.student_models, teacher_models=FLAGS.teacher_models, arms=FLAGS.arms,
             teacher_overrides={"num_train": FLAGS.teacher_num_train or None},
             shared_teacher_store=FLAGS.shared_teacher_store)

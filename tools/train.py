@@ -11,6 +11,7 @@ SavedModels and the report are.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -22,11 +23,15 @@ console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf.analysis import reporting  # noqa: E402
+from tllm_tf.analysis import workdir_results  # noqa: E402
 from tllm_tf.pipeline import multi_worker  # noqa: E402
 from tllm_tf.pipeline import stages  # noqa: E402
 from tllm_tf.pipeline import workdir_files  # noqa: E402
+from tllm_tf.pipeline.training_guards import NonFiniteLossError  # noqa: E402
 
 FLAGS = flags.FLAGS
+# What a shell reports for a command ended by Ctrl-C: 128 + SIGINT.
+INTERRUPTED_EXIT_STATUS = 130
 
 
 def main(argv):
@@ -39,6 +44,23 @@ def main(argv):
         config = run_flags.config_from_flags()
     except ValueError as error:
         raise app.UsageError(str(error))
+    try:
+        _train_and_report(config)
+    except KeyboardInterrupt:
+        _exit_interrupted(config.workdir)
+
+
+def _exit_interrupted(workdir):
+    """Ends a run stopped by Ctrl-C with one line instead of a traceback, and exit status 130."""
+    if sys.stdout.isatty():
+        print(flush=True)  # Ends the line of a progress bar.
+    print(f"Interrupted. What finished is kept in {workdir}: run the same command again "
+          "to resume from the last checkpoint.", file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_STATUS)
+
+
+def _train_and_report(config):
+    """Runs the stages `config` asks for, then prints and writes the report."""
     # First, before any TensorFlow op: a multi-worker strategy configures
     # collectives, which is only possible at start-up.
     strategy = multi_worker.make_strategy(config.strategy)
@@ -55,15 +77,15 @@ def main(argv):
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
     try:
-        finished = stages.run(config, strategy)
-    except ValueError as error:
+        if stages.run(config, strategy) is None:
+            return
+        results = workdir_results.load_results(config.workdir)
+    except (ValueError, NonFiniteLossError) as error:
         # Bad input (data not found, a workdir of another configuration, a
-        # corrupt checkpoint, ...): the message says what to do; a traceback
-        # would only hide it. Nothing already written has been changed.
+        # corrupt checkpoint or result file, ...) or a loss that became NaN:
+        # the message says what to do; a traceback would only hide it. What
+        # was written is kept.
         console.exit_with_error(error)
-    if finished is None:
-        return
-    results = reporting.load_results(config.workdir)
     written = reporting.write_report(
         results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
     print()

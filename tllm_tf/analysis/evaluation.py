@@ -1,7 +1,7 @@
 """Test and per-class accuracy of saved models on a data set.
 
 Feeds `tools/evaluate.py` and the saved-model mode of `tools/report.py`; the
-result has the layout of `reporting.load_results`, so both print and plot
+result has the layout of `workdir_results.load_results`, so both print and plot
 the same way.
 """
 
@@ -54,17 +54,19 @@ def evaluate_models(models, batches, *, class_names):
         class_names: one name per class.
 
     Returns:
-        A results dict as `reporting.load_results` returns, without a mask.
+        A results dict as `workdir_results.load_results` returns, without a mask.
 
     Raises:
-        ValueError: if `models` is empty, or a path is not a saved model or
-            takes images of another shape (`model_io.UnsafeModelError` for a
+        ValueError: if `models` is empty, or a path is not a saved model, or a
+            model takes images of another shape or outputs another number of
+            classes than the data set has (`model_io.UnsafeModelError` for a
             `.keras` file that stores Python code).
     """
     if not models:
         raise ValueError("Expected at least one model to evaluate. Received: models={}")
     num_classes = len(class_names)
     image_shape = tuple(batches.element_spec[0].shape[1:])
+    image = _first_image(batches)
     per_class, accuracy, num_samples = {}, {}, None
     for name, model in models.items():
         if isinstance(model, (str, os.PathLike)):
@@ -73,6 +75,8 @@ def evaluate_models(models, batches, *, class_names):
                 raise ValueError(
                     f"Model {name!r} takes images of shape {model.input_shape[1:]}, the "
                     f"data set has {image_shape}. Received: path={model.path!r}")
+        if image is not None:
+            _check_output_size(name, model, image, num_classes)
         correct, total = metrics_lib.PerClassCounter(model, num_classes)(batches)
         per_class[name] = metrics_lib.accuracy_from_counts(correct, total)
         accuracy[name] = float(correct.sum() / max(total.sum(), 1))
@@ -86,3 +90,25 @@ def evaluate_models(models, batches, *, class_names):
         "final_mask": None,
         "mask_history": [],
     }
+
+
+def _first_image(batches):
+    """A batch of one image of `batches`, or None when it has none."""
+    for batch in batches.take(1):
+        return batch[0][:1]
+    return None
+
+
+def _check_output_size(name, model, image, num_classes):
+    """Refuses a model with another number of outputs than the data set has classes.
+
+    Its arg-max would still be read as a class id: a model of another data set
+    would get an accuracy, and undistillable classes, that mean nothing.
+    """
+    outputs = model(image, training=False).shape[-1]
+    if outputs != num_classes:
+        path = f" ({model.path})" if isinstance(model, export_lib.ServingModel) else ""
+        raise ValueError(
+            f"Model {name!r}{path} outputs {outputs} classes but the data set has "
+            f"{num_classes}. Evaluate a model trained on this data set, or pass the data "
+            "flags (--dataset, ...) of the run that trained it.")

@@ -9,13 +9,8 @@ and its mask over the epochs, from a
 `tools/train.py` workdir (or from `evaluation.evaluate_models`), and writes
 them as markdown, JSON and PNG plots (`plots.py`).
 
-A results dict has `class_names`, `models` (compared columns; the first is
-the baseline), `per_class` (name -> array, NaN where a class has no test
-example), `accuracy` (name -> overall test accuracy), `num_samples`,
-`final_mask` (array or None), `mask_history` (records of
-`mask_log.jsonl`), `refit_check` (the refit's `refit_check.json`, or None)
-and `reference_checks` (stage -> its `reference_check.json`, for the students
-judged with `--reference_fallback`).
+The results dict (its keys: `workdir_results`, which reads it from a
+workdir) is what every function here takes.
 `gain_by_mask` splits each TLLM student's gain over KD between the classes
 it masked and the others; `detection_limit` says how large a per-class gap
 the paired rule's test could find at its last look.
@@ -32,69 +27,10 @@ import numpy as np
 
 from tllm_tf import atomic
 from tllm_tf import identification
-from tllm_tf.mask_log import load_mask_history
+from tllm_tf.analysis.workdir_results import COLUMNS
 from tllm_tf.pipeline import workdir_files
 
-COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
-           workdir_files.student_stage("tllm"), workdir_files.student_stage("tllm_refit"))
 REPORT_FILES = ("report.md", "report.json", "per_class_change.png", "mask_history.png")
-
-
-def _read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def load_results(workdir):
-    """Reads each stage's test per-class accuracy and TLLM's mask history.
-
-    Args:
-        workdir: a `tools/train.py` workdir.
-
-    Returns:
-        A results dict (see the module docstring); `per_class` and
-        `accuracy` also hold the teacher's when it was trained there.
-
-    Raises:
-        FileNotFoundError: if no stage has a `test_per_class.json`.
-    """
-    per_class, accuracy, class_names, num_samples = {}, {}, None, None
-    for stage in (workdir_files.TEACHER_STAGE,) + COLUMNS:
-        path = os.path.join(workdir, stage, workdir_files.PER_CLASS_FILE)
-        if not os.path.exists(path):
-            continue
-        record = _read_json(path)
-        class_names = record["class_names"]
-        per_class[stage] = np.array(
-            [np.nan if a is None else a for a in record["per_class_accuracy"]], dtype=np.float64)
-        accuracy[stage] = record["accuracy"]
-        num_samples = record.get("num_samples")
-    if not per_class:
-        raise FileNotFoundError(
-            f"Expected a workdir with <stage>/{workdir_files.PER_CLASS_FILE} files. "
-            f"Received: {workdir!r}")
-    mask_log = os.path.join(workdir, workdir_files.student_stage("tllm"),
-                            workdir_files.MASK_LOG_FILE)
-    history = load_mask_history(mask_log) if os.path.exists(mask_log) else []
-    check_path = os.path.join(workdir, workdir_files.student_stage("tllm_refit"),
-                              workdir_files.REFIT_CHECK_FILE)
-    return {"class_names": class_names,
-            "models": [stage for stage in COLUMNS if stage in per_class],
-            "per_class": per_class, "accuracy": accuracy, "num_samples": num_samples,
-            "final_mask": history[-1]["class_mask"] if history else None,
-            "mask_history": history,
-            "refit_check": _read_json(check_path) if os.path.exists(check_path) else None,
-            "reference_checks": _reference_checks(workdir)}
-
-
-def _reference_checks(workdir):
-    """Stage -> its `reference_check.json`, for the students judged with --reference_fallback."""
-    checks = {}
-    for stage in COLUMNS:
-        path = os.path.join(workdir, stage, workdir_files.REFERENCE_CHECK_FILE)
-        if os.path.exists(path):
-            checks[stage] = _read_json(path)
-    return checks
 
 
 def _names(results, flags):
@@ -329,6 +265,11 @@ def summary_lines(results):
         lines.append(f"TLLM undistillable classes at the end: {names or 'none'}")
     elif source:
         lines.append(f"Undistillable classes ({source}): {names or 'none'}")
+    if results.get("mask_in_progress"):
+        last = results["mask_history"][-1]
+        lines.append(f"TLLM student not finished (no {workdir_files.PER_CLASS_FILE} yet): "
+                     f"undistillable classes so far, after epoch {last['epoch']}: "
+                     f"{_names(results, last['class_mask'] <= 0) or 'none'}")
     if results.get("refit_check"):
         lines.append(_check_line("TLLM refit", results["refit_check"], ("refit", "tllm"),
                                  "the tllm student"))
@@ -381,6 +322,7 @@ def to_json(results):
         "undistillable_classes": {"names": names, "count": len(names), "source": source},
         "below_baseline": below_baseline(results),
         "mask_history": mask_changes(results),
+        "mask_in_progress": bool(results.get("mask_in_progress")),
         "refit_check": results.get("refit_check"),
         "reference_checks": results.get("reference_checks", {}),
         "gain_by_mask": gain_by_mask(results),

@@ -1,0 +1,266 @@
+"""Bad input to the tools, each met as a user meets it: one `Error:` line that names the
+problem and the fix, never a traceback (tools/train.py, study.py, evaluate.py, report.py)."""
+
+import json
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import checkpointed_epoch
+from tllm_tf.analysis import evaluation
+from tllm_tf.analysis import reporting
+from tllm_tf.analysis import workdir_results
+
+CLASS_NAMES = ["cat", "dog", "bird", "fish"]
+# A tiny run: the teacher 1 epoch, the students 3 (a warm-up epoch, then two mask updates).
+TINY_RUN = ["--epochs=3", "--teacher_epochs=1", "--num_train=200", "--warmup_epochs=1",
+            "--lr_decay_epochs=2"]
+# tools/train.py as `python tools/train.py` runs it, with Python's own Ctrl-C handler even
+# where the tests' process was started with SIGINT ignored (a background job of a shell).
+TRAIN_WITH_CTRL_C = (
+    "import os, runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = ['tools/train.py', *sys.argv[1:]]; sys.path[0] = os.path.abspath('tools'); "
+    "runpy.run_path('tools/train.py', run_name='__main__')")
+
+
+@pytest.fixture
+def tool(zygote):
+    """Runs `python *args` in a process forked from tests/zygote.py."""
+    return lambda *args: zygote.run(list(args), timeout=300)
+
+
+def _one_error_line(result):
+    """Asserts that the tool failed with one `Error:` line and no traceback; returns it."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: "), result.stderr[-3000:]
+    assert len([line for line in lines if line.startswith("Error: ")]) == 1
+    return lines[-1]
+
+
+# tools/train.py: a loss that became NaN, and Ctrl-C.
+
+def test_a_loss_that_becomes_nan_is_one_error_line(tool, tmp_path):
+    result = tool("tools/train.py", "--flagfile=configs/demo.flags", *TINY_RUN,
+                  f"--workdir={tmp_path / 'run'}", "--learning_rate=1e30")
+    line = _one_error_line(result)
+    assert line.startswith("Error: The training loss became nan at epoch 1")
+    assert "Lower --learning_rate" in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_run_with_one_line_and_exit_status_130(zygote, tmp_path):
+    workdir = tmp_path / "run"
+    stderr = tmp_path / "stderr"
+    process = zygote.popen(
+        ["-c", TRAIN_WITH_CTRL_C, "--flagfile=configs/demo.flags", *TINY_RUN,
+         "--teacher_model=cnn_tiny", "--teacher_epochs=100", f"--workdir={workdir}"],
+        stderr=stderr)
+    deadline = time.time() + 120
+    while checkpointed_epoch(workdir / "teacher") < 1 and time.time() < deadline:
+        assert process.poll() is None, stderr.read_text()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    text = stderr.read_text()
+    assert "Traceback" not in text
+    assert text.strip().splitlines()[-1] == (
+        f"Interrupted. What finished is kept in {workdir}: run the same command again to "
+        "resume from the last checkpoint.")
+    assert checkpointed_epoch(workdir / "teacher") >= 1  # What it resumes from.
+
+
+# Integer lists that are not integers.
+
+def test_a_learning_rate_decay_epoch_that_is_not_an_integer_is_named(tool, tmp_path):
+    result = tool("tools/train.py", "--flagfile=configs/demo.flags",
+                  f"--workdir={tmp_path / 'run'}", "--lr_decay_epochs=30,a")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--lr_decay_epochs: 'a' is not an integer (give epochs as 30,45)" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_study_seed_that_is_not_an_integer_is_named(tool, tmp_path):
+    result = tool("tools/study.py", "--flagfile=configs/demo.flags",
+                  f"--root={tmp_path / 'study'}", "--seeds=0,a")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--seeds: 'a' is not an integer (give seeds as 0,1,2)" in result.stderr
+    assert not os.path.exists(tmp_path / "study")
+
+
+# A model of another data set's classes.
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two digits-shaped `.keras` files: one with the data set's 10 outputs, one with 7."""
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for outputs in (10, 7):
+        inputs = keras.Input((8, 8, 1))
+        model = keras.Model(inputs, keras.layers.Dense(outputs)(keras.layers.Flatten()(inputs)))
+        paths[outputs] = str(root / f"outputs{outputs}.keras")
+        model.save(paths[outputs])
+    return paths
+
+
+def test_evaluate_refuses_a_model_with_another_number_of_classes(tool, models):
+    line = _one_error_line(tool("tools/evaluate.py", f"--model_path={models[7]}",
+                                "--dataset=digits"))
+    assert line == (f"Error: Model 'outputs7' ({models[7]}) outputs 7 classes but the data set "
+                    "has 10. Evaluate a model trained on this data set, or pass the data flags "
+                    "(--dataset, ...) of the run that trained it.")
+
+
+def test_report_refuses_a_model_with_another_number_of_classes(tool, models, tmp_path):
+    result = tool("tools/report.py", f"--model_paths={models[10]},{models[7]}",
+                  "--dataset=digits", f"--output_dir={tmp_path / 'report'}")
+    assert f"({models[7]}) outputs 7 classes but the data set has 10" in _one_error_line(result)
+    assert not os.path.exists(tmp_path / "report")
+
+
+def test_evaluate_models_refuses_a_keras_model_with_another_number_of_classes():
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs)))
+    batches = _digits_like_batches()
+    with pytest.raises(ValueError, match="Model 'seven' outputs 7 classes but the data set has 10"):
+        evaluation.evaluate_models({"seven": model}, batches,
+                                   class_names=[str(c) for c in range(10)])
+
+
+def _digits_like_batches():
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    return tf.data.Dataset.from_tensor_slices((images, np.arange(4))).batch(2)
+
+
+# tools/study.py with an empty list.
+
+@pytest.mark.parametrize("flag", ["--teacher_models=", "--student_models=", "--arms=",
+                                  "--seeds="])
+def test_a_study_with_an_empty_list_is_refused_before_anything_trains(tool, tmp_path, flag):
+    result = tool("tools/study.py", "--flagfile=configs/demo.flags", "--seeds=0", "--epochs=1",
+                  "--lr_decay_epochs=", "--num_train=100", "--teacher_num_train=100",
+                  f"--root={tmp_path / 'study'}", flag)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    name = flag.rstrip("=")
+    assert f"{name} is empty: give at least one, e.g. {name}=" in result.stderr
+    assert not os.path.exists(tmp_path / "study")
+
+
+# tools/report.py on a damaged or half-finished workdir.
+
+def _write_json(path, record):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+
+
+def _mask_line(epoch, masked):
+    mask = [0.0 if name in masked else 1.0 for name in CLASS_NAMES]
+    return json.dumps({"epoch": epoch, "class_mask": mask}) + "\n"
+
+
+def _workdir(root, tllm_finished=True):
+    """A hand-written workdir: the reference, KD and TLLM students of 4 classes, and the
+    TLLM student's mask log (two updates; "dog" masked at the end)."""
+    stages = {"reference": [0.8, 0.9, 0.5, 0.7], "student_kd": [0.9, 0.6, 0.5, 0.8],
+              "student_tllm": [0.9, 0.8, 0.6, 0.7]}
+    if not tllm_finished:
+        del stages["student_tllm"]  # Still training: no test_per_class.json yet.
+    for stage, per_class in stages.items():
+        _write_json(os.path.join(root, stage, "test_per_class.json"),
+                    {"class_names": CLASS_NAMES, "per_class_accuracy": per_class,
+                     "num_samples": [10] * 4, "accuracy": float(np.mean(per_class))})
+    os.makedirs(root / "student_tllm", exist_ok=True)
+    with open(root / "student_tllm" / "mask_log.jsonl", "w") as handle:
+        handle.write(_mask_line(2, ["bird"]) + _mask_line(3, ["dog"]))
+    return root
+
+
+def _truncate(path, size=50):
+    with open(path) as handle:
+        text = handle.read()
+    with open(path, "w") as handle:
+        handle.write(text[:size])
+
+
+def _edit_json(path, edit):
+    with open(path) as handle:
+        record = json.load(handle)
+    edit(record)
+    _write_json(path, record)
+
+
+def _tear_last_line(path):
+    with open(path, "a") as handle:
+        handle.write(_mask_line(4, ["dog", "fish"])[:25])  # As a kill mid-write leaves it.
+
+
+@pytest.mark.parametrize("damage, file, problem, remedy", [
+    (lambda w: _truncate(w / "student_kd" / "test_per_class.json"),
+     "student_kd/test_per_class.json", "is damaged: it is not valid JSON (",
+     "Delete it to report without student_kd, or delete"),
+    (lambda w: _edit_json(w / "student_kd" / "test_per_class.json",
+                          lambda r: r.pop("accuracy")),
+     "student_kd/test_per_class.json", "is damaged: it has no accuracy.",
+     "re-run tools/train.py with the run's flags to train and evaluate student_kd again"),
+    (lambda w: _edit_json(w / "student_kd" / "test_per_class.json",
+                          lambda r: r.update(per_class_accuracy=[0.5] * 3)),
+     "student_kd/test_per_class.json",
+     "is damaged: it has 3 per-class accuracies and 4 num_samples for 4 classes.",
+     "Delete it to report without student_kd"),
+    (lambda w: _edit_json(w / "reference" / "test_per_class.json",
+                          lambda r: r.update(class_names=["a", "b", "c"],
+                                             per_class_accuracy=[0.5] * 3, num_samples=[1] * 3)),
+     "student_kd/test_per_class.json", "names other classes (4) than ",
+     "one of them is of another run, or damaged. Delete that one to report without its stage"),
+    # A finished student's log has no torn line: there it is damage, not a kill.
+    (lambda w: _tear_last_line(w / "student_tllm" / "mask_log.jsonl"),
+     "student_tllm/mask_log.jsonl", ", line 3, is not a mask update (",
+     "Delete that line to read the other updates, or train the tllm student again"),
+    (lambda w: _write_json(w / "student_tllm" / "reference_check.json", {"kept": "student"}),
+     "student_tllm/reference_check.json",
+     "is damaged: it has no p_value, student_accuracy, reference_accuracy.",
+     "Delete it to report without that check."),
+])
+def test_a_damaged_workdir_file_is_named_with_what_to_do(tool, tmp_path, damage, file,
+                                                         problem, remedy):
+    workdir = _workdir(tmp_path / "run")
+    damage(workdir)
+    line = _one_error_line(tool("tools/report.py", f"--workdir={workdir}"))
+    assert line.startswith(f"Error: {workdir / file}")
+    assert problem in line and remedy in line
+    assert not os.path.exists(workdir / "report")
+
+
+def test_a_tllm_student_that_has_not_finished_is_not_reported_as_final(tool, tmp_path):
+    workdir = _workdir(tmp_path / "run", tllm_finished=False)
+    result = tool("tools/report.py", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "at the end" not in result.stdout
+    assert ("TLLM student not finished (no test_per_class.json yet): undistillable classes "
+            "so far, after epoch 3: ['dog']") in result.stdout
+    with open(workdir / "report" / "report.json") as handle:
+        report = json.load(handle)
+    assert report["mask_in_progress"] is True
+    assert report["undistillable_classes"]["source"] == "student_kd below reference"
+    assert [update["epoch"] for update in report["mask_history"]] == [2, 3]
+
+
+def test_a_torn_last_mask_update_of_a_student_still_training_is_left_out(tmp_path):
+    workdir = _workdir(tmp_path / "run", tllm_finished=False)
+    _tear_last_line(workdir / "student_tllm" / "mask_log.jsonl")  # Killed while writing it.
+    results = workdir_results.load_results(str(workdir))
+    assert [update["epoch"] for update in results["mask_history"]] == [2, 3]
+    assert results["mask_in_progress"] and results["final_mask"] is None
+
+
+def test_the_mask_of_a_finished_tllm_student_is_its_last_update(tmp_path):
+    results = workdir_results.load_results(str(_workdir(tmp_path / "run")))
+    assert not results["mask_in_progress"]
+    assert reporting.undistillable_classes(results) == (["dog"], "tllm_mask")

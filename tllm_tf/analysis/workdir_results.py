@@ -1,0 +1,191 @@
+"""A `tools/train.py` workdir's results, read and checked for the report.
+
+`load_results` gathers each stage's test per-class accuracy
+(`test_per_class.json`), the tllm student's mask history (`mask_log.jsonl`)
+and the held-out checks' records into one results dict, the input of
+`reporting`. A damaged file is an error naming the file and what to do, so
+that the report never draws a run that is not there.
+
+A results dict has `class_names`, `models` (compared columns; the first is
+the baseline), `per_class` (name -> array, NaN where a class has no test
+example), `accuracy` (name -> overall test accuracy), `num_samples`,
+`final_mask` (array or None), `mask_history` (records of
+`mask_log.jsonl`), `mask_in_progress` (True when that history is of a tllm
+student that has not finished: `final_mask` is then None), `refit_check`
+(the refit's `refit_check.json`, or None) and `reference_checks` (stage ->
+its `reference_check.json`, for the students judged with
+`--reference_fallback`). `evaluation.evaluate_models` returns the same
+layout, without a mask.
+
+It imports no TensorFlow (tools/report.py reads a workdir without it).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from tllm_tf.mask_log import load_mask_history
+from tllm_tf.pipeline import workdir_files
+
+# The compared columns of a workdir, in order; the first is the baseline.
+COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
+           workdir_files.student_stage("tllm"), workdir_files.student_stage("tllm_refit"))
+
+
+def _read_json(path, remedy):
+    """A JSON file of the workdir; a damaged one is an error naming it and `remedy`."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except ValueError as error:  # Not JSON, or not text.
+        raise ValueError(f"{path} is damaged: it is not valid JSON ({error}). {remedy}") from None
+
+
+def _require(path, record, keys, remedy):
+    missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise ValueError(f"{path} is damaged: it has no {', '.join(missing)}. {remedy}")
+
+
+def _read_per_class(workdir, stage):
+    """A stage's `test_per_class.json`, checked: its keys, and one value per class.
+
+    Args:
+        workdir: the workdir.
+        stage: the stage's folder name.
+
+    Returns:
+        `(class_names, per-class accuracy array, accuracy, num_samples or None)`.
+
+    Raises:
+        ValueError: naming the file and what to do, if it is damaged.
+    """
+    path = os.path.join(workdir, stage, workdir_files.PER_CLASS_FILE)
+    remedy = (f"Delete it to report without {stage}, or delete {os.path.join(workdir, stage)} "
+              f"and re-run tools/train.py with the run's flags to train and evaluate {stage} "
+              "again.")
+    record = _read_json(path, remedy)
+    _require(path, record, ("class_names", "per_class_accuracy", "accuracy"), remedy)
+    try:
+        per_class = np.array([np.nan if a is None else a for a in record["per_class_accuracy"]],
+                             dtype=np.float64)
+        accuracy = float(record["accuracy"])
+        names = list(record["class_names"])
+        num_samples = record.get("num_samples")
+        sizes = {len(per_class), len(names), len(num_samples or names)}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} is damaged: {error}. {remedy}") from None
+    if len(sizes) > 1 or per_class.ndim != 1:
+        counts = "" if num_samples is None else f" and {len(num_samples)} num_samples"
+        raise ValueError(f"{path} is damaged: it has {len(per_class)} per-class accuracies"
+                         f"{counts} for {len(names)} classes. {remedy}")
+    return names, per_class, accuracy, num_samples
+
+
+def _check_same_classes(class_names):
+    """Refuses `test_per_class.json` files (path -> their class names) of different classes."""
+    (first, names), *others = class_names.items()
+    for path, other in others:
+        if other != names:
+            raise ValueError(
+                f"{path} names other classes ({len(other)}) than {first} ({len(names)}): one "
+                "of them is of another run, or damaged. Delete that one to report without its "
+                "stage, or delete the stage's folder and re-run tools/train.py with the run's "
+                "flags to train and evaluate it again.")
+
+
+def load_results(workdir):
+    """Reads each stage's test per-class accuracy and TLLM's mask history.
+
+    The tllm student's mask is final only once the student has finished (its
+    `test_per_class.json` exists); before that its history is read to the
+    last complete update, `final_mask` is None and `mask_in_progress` True.
+
+    Args:
+        workdir: a `tools/train.py` workdir.
+
+    Returns:
+        A results dict (see the module docstring); `per_class` and
+        `accuracy` also hold the teacher's when it was trained there.
+
+    Raises:
+        FileNotFoundError: if no stage has a `test_per_class.json`.
+        ValueError: naming the file and what to do, if a file it reads is damaged.
+    """
+    per_class, accuracy, class_names, num_samples = {}, {}, {}, None
+    for stage in (workdir_files.TEACHER_STAGE,) + COLUMNS:
+        path = os.path.join(workdir, stage, workdir_files.PER_CLASS_FILE)
+        if os.path.exists(path):
+            class_names[path], per_class[stage], accuracy[stage], num_samples = (
+                _read_per_class(workdir, stage))
+    if not per_class:
+        raise FileNotFoundError(
+            f"Expected a workdir with <stage>/{workdir_files.PER_CLASS_FILE} files. "
+            f"Received: {workdir!r}")
+    _check_same_classes(class_names)
+    class_names = next(iter(class_names.values()))
+    tllm_finished = workdir_files.student_stage("tllm") in per_class
+    history = _mask_history(workdir, len(class_names), tllm_finished)
+    check_path = os.path.join(workdir, workdir_files.student_stage("tllm_refit"),
+                              workdir_files.REFIT_CHECK_FILE)
+    return {"class_names": class_names,
+            "models": [stage for stage in COLUMNS if stage in per_class],
+            "per_class": per_class, "accuracy": accuracy, "num_samples": num_samples,
+            "final_mask": history[-1]["class_mask"] if history and tllm_finished else None,
+            "mask_history": history,
+            "mask_in_progress": bool(history) and not tllm_finished,
+            "refit_check": (_read_check(check_path, ("refit", "tllm"))
+                            if os.path.exists(check_path) else None),
+            "reference_checks": _reference_checks(workdir)}
+
+
+def read_mask_history(path, num_classes, skip_torn_last_line=False):
+    """`mask_log.load_mask_history`, refused unless every mask has `num_classes` classes.
+
+    Args:
+        path: a tllm student's `mask_log.jsonl`.
+        num_classes: the classes of the report.
+        skip_torn_last_line: leave out a last line cut short by a kill (a
+            student still training). Defaults to `False`.
+
+    Returns:
+        The records of `load_mask_history`.
+
+    Raises:
+        ValueError: naming the file, for a damaged line or a mask of another size.
+    """
+    history = load_mask_history(path, skip_torn_last_line=skip_torn_last_line)
+    sizes = sorted({record["class_mask"].size for record in history} - {num_classes})
+    if sizes:
+        raise ValueError(
+            f"{path} has masks of {', '.join(map(str, sizes))} classes, but the report has "
+            f"{num_classes}: it is of another data set, or damaged. Report without it "
+            "(move it away).")
+    return history
+
+
+def _mask_history(workdir, num_classes, finished):
+    """The tllm student's mask updates; a torn last line is left out while it has not finished."""
+    path = os.path.join(workdir, workdir_files.student_stage("tllm"), workdir_files.MASK_LOG_FILE)
+    if not os.path.exists(path):
+        return []
+    return read_mask_history(path, num_classes, skip_torn_last_line=not finished)
+
+
+def _read_check(path, names):
+    """A held-out check's JSON, with the keys `_check_line` reads for `names`."""
+    remedy = "Delete it to report without that check."
+    check = _read_json(path, remedy)
+    _require(path, check, ["kept", "p_value"] + [f"{name}_accuracy" for name in names], remedy)
+    return check
+
+
+def _reference_checks(workdir):
+    """Stage -> its `reference_check.json`, for the students judged with --reference_fallback."""
+    checks = {}
+    for stage in COLUMNS:
+        path = os.path.join(workdir, stage, workdir_files.REFERENCE_CHECK_FILE)
+        if os.path.exists(path):
+            checks[stage] = _read_check(path, ("student", "reference"))
+    return checks
