@@ -132,7 +132,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             for half of the fit's epochs: early in training the distilled
             student and the reference differ for real on classes where the
             final students agree, and a sticky mask would keep those
-            (docs/study.md). Defaults to `None`.
+            (docs/study.md). Equal to the fit's epochs, the mask stays as it
+            is; a warm-up that puts the first update after the fit's last
+            epoch otherwise is warned about at train begin. Defaults to `None`.
         update_every: epochs between updates, `>= 1`, or `None` to spread
             ten updates over the epochs after the warm-up (every
             `(epochs - warmup) // 10` epochs, at least every epoch): a class
@@ -179,8 +181,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
-            class of `masked_classes` the model does not have, on a
-            reference of the wrong shape, from another held-out split, or,
+            class of `masked_classes` the model does not have, a held-out
+            label outside `[0, num_classes)`, on a reference of the wrong
+            shape, with accuracies outside `[0, 1]` or NaN for a class the
+            held-out split has images of, from another held-out split, or,
             with `epoch_matched=True`, one without per-epoch results.
 
     Example:
@@ -253,7 +257,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
 
     # -- the reference ---------------------------------------------------------
 
-    def _resolve_reference(self, num_classes):
+    def _resolve_reference(self, num_classes, held_out_counts):
         """Sets the reference's per-class accuracy rows and, if any, its per-image results."""
         reference = self.reference
         predictions = None
@@ -281,7 +285,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             else:
                 self._set_accuracy_rows(values, num_classes)
         else:
-            self._set_accuracy_rows(np.asarray(reference, dtype=np.float64), num_classes)
+            self._set_accuracy_rows(np.asarray(reference, dtype=np.float64), num_classes,
+                                    held_out_counts)
         if self.prior_offsets and predictions is None:
             raise ValueError(
                 "prior_offsets=True judges image by image, so it needs the reference's "
@@ -339,7 +344,13 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             return False
         return np.ndim(reference) == 2
 
-    def _set_accuracy_rows(self, values, num_classes):
+    def _set_accuracy_rows(self, values, num_classes, held_out_counts=None):
+        """Sets the reference's accuracy rows from an array, checked.
+
+        `held_out_counts` (per-class held-out images) refuses a NaN where the
+        split has images; `None` for a reference file, whose null marks a
+        class its own split had none of.
+        """
         expected_rank = 2 if self._matched else 1
         if values.ndim != expected_rank:
             raise ValueError(
@@ -351,7 +362,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 f"The reference has {values.shape[-1]} per-class accuracies but the "
                 f"model has num_classes={num_classes}. Pass the reference of a student "
                 "trained on the same classes.")
-        self._reference_history = values.reshape(-1, num_classes)
+        rows = values.reshape(-1, num_classes)
+        reference_lib.check_accuracy_rows(rows, held_out_counts)
+        self._reference_history = rows
 
     # -- Keras hooks -------------------------------------------------------------
 
@@ -362,13 +375,18 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 f"with a `class_mask`). Received: {type(self.model).__name__}")
         model_checks.check_held_out_data(self.validation_data, self.model)
         num_classes = self.model.num_classes
+        held_out_counts = np.bincount(
+            model_checks.held_out_class_ids(self.validation_data, num_classes),
+            minlength=num_classes)
         self._mask_fixed_classes(num_classes)
         self._reference_predictions = None
         self._reference_source = "the reference"
-        self._resolve_reference(num_classes)
+        self._resolve_reference(num_classes, held_out_counts)
         epochs = (self.params or {}).get("epochs") or 0
         self._warmup, self._update_every = update_schedule(
             epochs, self.warmup_epochs, self.update_every)
+        if epochs:
+            self._warn_if_no_update(epochs)
         # A sticky mask acts on the first significant look, so the level is
         # spent over the fit's planned updates (Bonferroni over time): the
         # chance that a class KD does not hurt is ever masked stays below
@@ -385,6 +403,25 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = judge(self.model, num_classes)
         self._labels_checked = False
+
+    def _warn_if_no_update(self, epochs):
+        """Warns when the warm-up puts the first update after this fit's last epoch.
+
+        A warning, not an error as on the command line: a fit may be one of
+        several, e.g. `fit(epochs=1)` called in a loop (each counts its epochs
+        from its `initial_epoch`). Not for a fixed mask (`masked_classes`), nor
+        for a warm-up of exactly the fit's epochs: both say "keep the mask as
+        it is" (the pipeline's tllm_refit student passes `warmup_epochs=epochs`).
+        """
+        first_update = self._warmup + self._update_every
+        if first_update <= epochs or self.masked_classes or self._warmup == epochs:
+            return
+        logging.warning(
+            "UndistillableClassCallback: warmup_epochs=%d and update_every=%d put the first "
+            "mask update after epoch %d, but this fit has epochs=%d: the mask will never "
+            "change in this fit, and TLLM trains as plain KD. Lower warmup_epochs below the "
+            "fit's epochs (or pass initial_epoch to continue an earlier fit's count).",
+            self._warmup, self._update_every, first_update, epochs)
 
     def _warn_about_unlearned_classes(self, num_classes):
         """Warns of classes the finished reference gets right no more often than chance.
@@ -503,3 +540,4 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             "max_updates": self.max_updates,
             "prior_offsets": self.prior_offsets,
         }
+

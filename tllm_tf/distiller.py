@@ -10,6 +10,7 @@ NeurIPS 2022): the distillation term of each sample is gated by
 """
 
 import logging
+import math
 
 import keras
 import numpy as np
@@ -56,6 +57,8 @@ class Distiller(keras.Model):
     `val_loss` is the training objective on the validation data):
 
     - `loss`: the objective above plus the student's regularisation losses;
+      in `fit`, NaN from the step that leaves a student weight non-finite,
+      even where the loss itself stayed finite;
     - `student_loss`: the label term `CE` alone, `distillation_loss`: `KD`
       alone (ungated), both averaged over the samples;
     - `num_undistillable_classes`: the classes the mask stops distilling at
@@ -83,8 +86,8 @@ class Distiller(keras.Model):
     Raises:
         ValueError: if a model is not a Keras model (a file path, say),
             returns a dict or list, outputs probabilities (a softmax layer,
-            activation or op), the output sizes disagree, or
-            `teacher_dtype` is unknown.
+            activation or op), the input shapes or output sizes disagree,
+            or `teacher_dtype` is unknown.
 
     Example:
 
@@ -98,6 +101,7 @@ class Distiller(keras.Model):
         super().__init__(**kwargs)
         model_checks.check_model(teacher, "teacher")
         model_checks.check_model(student, "student")
+        model_checks.check_same_inputs(student, teacher)
         student_classes = model_checks.output_size(student)
         teacher_classes = model_checks.output_size(teacher)
         if (student_classes and teacher_classes
@@ -204,8 +208,9 @@ class Distiller(keras.Model):
                 `call(teacher_logits, student_logits)` is per-sample, or a
                 registry name of `tllm_tf.losses`. Defaults to
                 `KDLoss(temperature=4.0)`.
-            alpha: weight of the label term, `>= 0`. Defaults to `0.1`.
-            beta: weight of the distillation term, `>= 0`. Defaults to `0.9`.
+            alpha: weight of the label term, finite and `>= 0`. Defaults to `0.1`.
+            beta: weight of the distillation term, finite and `>= 0`.
+                Defaults to `0.9`.
             masked_class_policy: a name of `tllm_tf.policies.POLICIES`, see
                 the class docstring. Defaults to `"hard_label"`.
             distillation_warmup_steps: the distillation weight rises
@@ -219,7 +224,7 @@ class Distiller(keras.Model):
                 not accepted.
 
         Raises:
-            ValueError: on a negative weight, `alpha = beta = 0`, an unknown
+            ValueError: on a negative or non-finite weight, `alpha = beta = 0`, an unknown
                 policy, a `loss=` or a `temperature=`.
         """
         if "loss" in kwargs:
@@ -235,9 +240,9 @@ class Distiller(keras.Model):
                 f"temperature={kwargs['temperature']!r}) for Hinton KD. Received: "
                 f"temperature={kwargs['temperature']!r}")
         for weight_name, weight in (("alpha", alpha), ("beta", beta)):
-            if not weight >= 0:
+            if not (weight >= 0 and math.isfinite(weight)):
                 raise ValueError(
-                    f"Expected {weight_name} >= 0. Received: {weight_name}={weight}"
+                    f"Expected {weight_name} >= 0 and finite. Received: {weight_name}={weight}"
                 )
         if alpha + beta <= 0:
             raise ValueError(
@@ -480,6 +485,11 @@ class Distiller(keras.Model):
         variables = self.student.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        # A NaN in an image can leave the logits and the loss finite (oneDNN's
+        # fused matmul or convolution + ReLU maps NaN to 0) while its gradient
+        # makes weights NaN: the logged loss turns NaN then (NaN * 0 is NaN;
+        # 0 * 0 changes nothing), so that a stop on a non-finite loss fires.
+        self.loss_tracker.update_state(_nan_unless_finite(variables), sample_weight=0.0)
         return self.get_metrics_result()
 
     def test_step(self, data):
@@ -564,6 +574,14 @@ def _global_batch_size(local_size):
     if context is None or context.num_replicas_in_sync == 1:
         return local_size
     return context.all_reduce(tf.distribute.ReduceOp.SUM, local_size)
+
+
+def _nan_unless_finite(variables):
+    """0.0 when every value of `variables` is finite, else NaN."""
+    if not variables:
+        return 0.0
+    finite = ops.all(ops.stack([ops.all(ops.isfinite(variable)) for variable in variables]))
+    return ops.where(finite, 0.0, float("nan"))
 
 
 def _weighted_sum(per_sample, sample_weight):

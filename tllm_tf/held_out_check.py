@@ -32,6 +32,7 @@ import numpy as np
 
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
+from tllm_tf import model_checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,7 @@ def compare(candidate_correct, baseline_correct, significance, names=("candidate
     Returns:
         A `HeldOutCheck`.
     """
+    _check_significance(significance)
     candidate_correct = np.asarray(candidate_correct, bool)
     baseline_correct = np.asarray(baseline_correct, bool)
     if candidate_correct.shape != baseline_correct.shape:
@@ -127,6 +129,12 @@ def compare(candidate_correct, baseline_correct, significance, names=("candidate
         behind=behind, ahead=ahead, p_value=float(p_value[0]), significance=float(significance))
 
 
+def _check_significance(significance):
+    if not 0.0 < significance < 1.0:  # Also false for NaN.
+        raise ValueError(
+            f"Expected 0 < significance < 1. Received: significance={significance}")
+
+
 def check(candidate, baseline, held_out, num_classes, significance,
           names=("candidate", "baseline")):
     """Compares two models on the held-out batches (`compare` on their correct images).
@@ -141,8 +149,14 @@ def check(candidate, baseline, held_out, num_classes, significance,
 
     Returns:
         A `HeldOutCheck`.
+
+    Raises:
+        ValueError: on a held-out label outside `[0, num_classes)` (it would
+            count as an image neither model gets right), or batches that come
+            in another order for the second model.
     """
     candidate_correct, labels = metrics_lib.PerImageCorrectness(candidate, num_classes)(held_out)
+    model_checks.check_label_array(labels, num_classes, name="Held-out labels")
     baseline_correct, baseline_labels = metrics_lib.PerImageCorrectness(
         baseline, num_classes)(held_out)
     if not np.array_equal(labels, baseline_labels):  # A shuffled split would pair wrong images.
@@ -177,20 +191,47 @@ def keep_baseline_if_behind(candidate, baseline, held_out, num_classes, signific
         candidate has now.
 
     Raises:
-        ValueError: if the baseline's weights do not fit the candidate (another
-            architecture), before anything is judged or changed.
+        ValueError: before anything is judged or changed, if `significance`
+            is not in (0, 1), a model does not output `num_classes` logits,
+            the baseline's weights do not fit the candidate (another
+            architecture), or the held-out split is empty or not batched; and
+            before any weight changes, on a held-out label outside
+            `[0, num_classes)`.
     """
-    shapes = [tuple(weight.shape) for weight in candidate.weights]
-    baseline_shapes = [tuple(weight.shape) for weight in baseline.weights]
-    if shapes != baseline_shapes:
-        raise ValueError(
-            f"The {names[1]}'s weights do not fit the {names[0]}: {len(baseline_shapes)} "
-            f"weights against {len(shapes)}, or of other shapes. The fallback gives the "
-            f"{names[0]} the {names[1]}'s weights, so both must be the same architecture "
-            f"(the label-only reference is the student trained on labels alone).")
+    _check_significance(significance)
+    for model, name in ((candidate, names[0]), (baseline, names[1])):
+        size = model_checks.output_size(model)
+        if size is not None and size != num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} disagrees with the {name}, which outputs {size} "
+                "logits. Pass the number of classes both models output (the data set's).")
+    _check_same_architecture(candidate, baseline, names)
+    held_out = metrics_lib.as_dataset(held_out)
+    model_checks.check_held_out_data(
+        held_out, candidate, consequence=f"the {names[0]} cannot be judged against the {names[1]}")
     result = check(candidate, baseline, held_out, num_classes, significance, names)
     if result.candidate_behind:
         if before_replacing is not None:
             before_replacing(candidate)
         candidate.set_weights(baseline.get_weights())
     return result
+
+
+def _check_same_architecture(candidate, baseline, names):
+    """Refuses a baseline whose weights do not fit the candidate, naming the first that differs."""
+    weights, baseline_weights = candidate.weights, baseline.weights
+    for index, (weight, other) in enumerate(zip(weights, baseline_weights)):
+        if tuple(weight.shape) != tuple(other.shape):
+            difference = (f"weight {index} of the {names[0]} ({weight.path!r}) has shape "
+                          f"{tuple(weight.shape)} and the {names[1]}'s ({other.path!r}) "
+                          f"{tuple(other.shape)}")
+            break
+    else:
+        if len(weights) == len(baseline_weights):
+            return
+        difference = (f"the {names[0]} has {len(weights)} weights and the {names[1]} "
+                      f"{len(baseline_weights)}")
+    raise ValueError(
+        f"The {names[1]}'s weights do not fit the {names[0]}: {difference}. The fallback "
+        f"gives the {names[0]} the {names[1]}'s weights, so both must be the same "
+        f"architecture (the label-only reference is the student trained on labels alone).")

@@ -58,6 +58,40 @@ def output_size(model):
     return outputs[0].shape[-1]
 
 
+def input_shape(model):
+    """A model's single input shape without the batch axis, or None if it has no symbolic one."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape[1:])
+
+
+def check_same_inputs(student, teacher):
+    """Refuses a teacher that takes inputs of another shape than the student.
+
+    The `Distiller` gives both models the same batch, so a teacher of other
+    inputs would fail inside the first step. Unknown sizes (`None`) match any.
+
+    Raises:
+        ValueError: if both input shapes are known and differ.
+    """
+    student_shape, teacher_shape = input_shape(student), input_shape(teacher)
+    if student_shape is None or teacher_shape is None or _same_shape(student_shape, teacher_shape):
+        return
+    raise ValueError(
+        "Teacher and student must take inputs of the same shape: the Distiller gives both "
+        f"the same batch. Received: teacher {teacher.name!r} takes {(None,) + teacher_shape}, "
+        f"student {student.name!r} takes {(None,) + student_shape}. Use a teacher trained on "
+        "the student's images (or resize the images inside one of the models).")
+
+
+def _same_shape(shape, other):
+    """Whether two shapes agree, a `None` size matching any."""
+    return len(shape) == len(other) and all(
+        size is None or other_size is None or size == other_size
+        for size, other_size in zip(shape, other))
+
+
 def _output_structure(model):
     try:
         return model.output
@@ -93,12 +127,17 @@ def _final_softmax(model):
     return None
 
 
-def check_label_array(y, num_classes):
+def check_label_array(y, num_classes, name="Labels"):
     """Refuses label arrays the Distiller would misread, before any step runs.
 
     Accepted: class ids of shape `(n,)` or `(n, 1)` in `[0, num_classes)`,
     and label vectors of shape `(n, num_classes)` (one-hot, integer or
     float, or soft).
+
+    Args:
+        y: the labels.
+        num_classes: the model's classes.
+        name: what the labels are, to open the message. Defaults to `"Labels"`.
 
     Raises:
         ValueError: on another shape, or class ids out of range.
@@ -113,7 +152,7 @@ def check_label_array(y, num_classes):
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
         raise ValueError(
-            f"Labels must be class ids in [0, num_classes={num_classes}). "
+            f"{name} must be class ids in [0, num_classes={num_classes}). "
             f"Found {bad.size} outside, e.g. {np.unique(bad)[:5].tolist()}. "
             "Fix the data set's labels (or num_classes)."
         )
@@ -126,17 +165,22 @@ def label_shape_message(shape, num_classes):
         f"{tuple(shape)}.")
 
 
-def check_held_out_data(dataset, model):
+def check_held_out_data(dataset, model,
+                        consequence="no class can be judged and TLLM would train as plain KD"):
     """Refuses a held-out data set that cannot judge any class.
 
     Args:
         dataset: the `tf.data.Dataset` of `(x, y)` a callback measures on.
         model: the model it measures (a `Distiller`: its student's input).
+        consequence: what an empty data set would mean, for the message.
+            Defaults to `"no class can be judged and TLLM would train as
+            plain KD"`.
 
     Raises:
         ValueError: if the data set is not batched (its images have the rank
-            of one image) or is empty: TLLM would then train as plain KD,
-            or fail deep inside a compiled pass.
+            of one image), has images of another shape than the model takes,
+            or is empty: TLLM would then train as plain KD, or fail deep
+            inside a compiled pass.
     """
     spec = dataset.element_spec
     images = spec[0] if isinstance(spec, (tuple, list)) else spec
@@ -147,10 +191,42 @@ def check_held_out_data(dataset, model):
                 f"The held-out data set is not batched: its images have shape "
                 f"{tuple(images.shape)} and the model takes batches of "
                 f"{tuple(inputs[0].shape)}. Batch it, e.g. held_out.batch(256).")
+        if not _same_shape(tuple(images.shape[1:]), tuple(inputs[0].shape[1:])):
+            raise ValueError(
+                f"The held-out images have shape {tuple(images.shape[1:])} but the model "
+                f"takes {tuple(inputs[0].shape[1:])}. Pass the held-out split of the data "
+                "set the model was trained on.")
     cardinality = int(dataset.cardinality())
     empty = cardinality == 0 or (cardinality < 0 and not any(True for _ in dataset.take(1)))
     if empty:
         raise ValueError(
-            "The held-out data set is empty, so no class can be judged and TLLM would "
-            "train as plain KD. Pass a held-out split of the training data (the "
-            "pipeline's --holdout_fraction, e.g. 0.2).")
+            f"The held-out data set is empty, so {consequence}. Pass a held-out split of "
+            "the training data (the pipeline's --holdout_fraction, e.g. 0.2).")
+
+
+def held_out_class_ids(dataset, num_classes):
+    """The class ids of a held-out data set's labels, in order, checked to be in range.
+
+    One pass over the labels alone. Float label vectors `(batch,
+    num_classes)` count as their arg-max, as the per-image pass reads them.
+
+    Args:
+        dataset: a batched `tf.data.Dataset` of `(x, y)`.
+        num_classes: the model's classes.
+
+    Returns:
+        An int64 array `(num_images,)`.
+
+    Raises:
+        ValueError: on a class id outside `[0, num_classes)`, which would
+            otherwise count as an image no model gets right.
+    """
+    batches = []
+    for labels in dataset.map(lambda *batch: batch[1]):
+        labels = labels.numpy()
+        if labels.ndim == 2 and labels.shape[-1] == num_classes and labels.dtype.kind == "f":
+            labels = labels.argmax(axis=-1)
+        batches.append(labels.reshape(-1))
+    class_ids = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+    check_label_array(class_ids, num_classes, name="Held-out labels")
+    return class_ids.astype(np.int64)

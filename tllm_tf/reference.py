@@ -131,6 +131,41 @@ def _check_accuracies(path, field, values, num_classes):
             f"[0, 1] or null. Received: {value!r:.40}.")
 
 
+def check_accuracy_rows(rows, held_out_counts=None):
+    """Refuses per-class reference accuracies a student could not be judged against.
+
+    Args:
+        rows: float array `(num_rows, num_classes)`: one row, or one per
+            epoch, of accuracies in [0, 1]; NaN marks a class without
+            held-out images.
+        held_out_counts: held-out images per class, or `None` (a reference
+            file, whose null marks a class its own split had none of).
+
+    Raises:
+        ValueError: on a value outside [0, 1], or a NaN for a class that
+            `held_out_counts` says has images (the student could never be
+            judged behind it there, so it would never be masked).
+    """
+    with np.errstate(invalid="ignore"):
+        outside = (rows < 0.0) | (rows > 1.0)
+    if outside.any():
+        classes = np.flatnonzero(outside.any(axis=0))
+        raise ValueError(
+            f"The reference's per-class accuracies must lie in [0, 1]. Received values "
+            f"outside at classes {classes.tolist()}: {rows[outside][:5].tolist()}. Pass "
+            "fractions (0.9, not 90).")
+    if held_out_counts is None:
+        return
+    nan_classes = np.flatnonzero(np.isnan(rows).any(axis=0) & (np.asarray(held_out_counts) > 0))
+    if nan_classes.size:
+        raise ValueError(
+            f"The reference's per-class accuracy is NaN for classes {nan_classes.tolist()}, "
+            "which have held-out images: the student could never be judged behind it there. "
+            "NaN stands for a class with no held-out images; pass the reference's accuracy "
+            "on this held-out split (tllm_tf.per_class_accuracy(reference_model, held_out, "
+            "num_classes)).")
+
+
 def _read_record(path):
     """A reference file's record, every field checked before it is used."""
     record = _read_json(path, MAX_FILE_BYTES, (
