@@ -195,3 +195,18 @@ def test_a_step_that_makes_a_weight_nan_logs_a_nan_loss(data):
     assert np.isnan(history.history["loss"][0])
     # The other logs are the step's own: the loss terms were finite.
     assert np.isfinite(history.history["student_loss"][0])
+
+
+def test_a_plain_keras_model_whose_weights_turn_nan_under_a_finite_loss_is_stopped(data):
+    # The teacher and reference stages train plain Keras models: the guard checks their
+    # weights at each epoch's end, before the checkpoint callback could keep them.
+    x, y = data
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, _NaNGradient()(keras.layers.Dense(NUM_CLASSES)(inputs)))
+    model.compile(optimizer="sgd",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(training_guards.NonFiniteLossError,
+                       match=r"weights became NaN or infinite in epoch (\d) \(.*\), though "
+                             r"the loss stayed finite.*end of epoch \d\) is kept"):
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0,
+                  callbacks=[training_guards.StopOnNonFiniteLoss()])

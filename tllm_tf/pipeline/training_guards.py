@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -15,6 +16,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     Unlike `keras.callbacks.TerminateOnNaN`, which ends `fit` quietly, this
     stops the run with an error before the epoch's end, so the epoch
     checkpoint keeps the last good state and nothing later overwrites it.
+    At the epoch's end it also checks the weights: a NaN in an image can leave
+    a plain Keras model's loss finite (oneDNN's fused matmul or convolution +
+    ReLU maps NaN to 0) while the gradient turns the weights NaN. Put it
+    before the checkpoint callback.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -29,3 +34,14 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"epoch {self._epoch}) is kept. Lower --learning_rate, check the "
                 "data for NaN/inf values, or turn off --mixed_precision."
             )
+
+    def on_epoch_end(self, epoch, logs=None):
+        broken = [weight.path for weight in self.model.trainable_weights
+                  if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
+        if broken:
+            raise NonFiniteLossError(
+                f"The weights became NaN or infinite in epoch {epoch + 1} ({broken[0]}"
+                f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}), though the "
+                f"loss stayed finite. Training stopped; the last checkpoint (end of epoch "
+                f"{epoch}) is kept. Check the data for NaN/inf values (a NaN pixel does "
+                "this), or lower --learning_rate.")
