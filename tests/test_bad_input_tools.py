@@ -78,20 +78,19 @@ def test_ctrl_c_ends_a_run_with_one_line_and_exit_status_130(zygote, tmp_path):
 
 # Integer lists that are not integers.
 
-def test_a_learning_rate_decay_epoch_that_is_not_an_integer_is_named(tool, tmp_path):
-    result = tool("tools/train.py", "--flagfile=configs/demo.flags",
-                  f"--workdir={tmp_path / 'run'}", "--lr_decay_epochs=30,a")
+@pytest.mark.parametrize("script, output_flag, bad_flag, message", [
+    ("tools/train.py", "--workdir", "--lr_decay_epochs=30,a",
+     "--lr_decay_epochs: 'a' is not an integer (give epochs as 30,45)"),
+    ("tools/study.py", "--root", "--seeds=0,a",
+     "--seeds: 'a' is not an integer (give seeds as 0,1,2)"),
+])
+def test_a_list_value_that_is_not_an_integer_is_named(
+        tool, tmp_path, script, output_flag, bad_flag, message):
+    result = tool(script, "--flagfile=configs/demo.flags", f"{output_flag}={tmp_path / 'out'}",
+                  bad_flag)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "--lr_decay_epochs: 'a' is not an integer (give epochs as 30,45)" in result.stderr
-    assert not os.path.exists(tmp_path / "run")
-
-
-def test_a_study_seed_that_is_not_an_integer_is_named(tool, tmp_path):
-    result = tool("tools/study.py", "--flagfile=configs/demo.flags",
-                  f"--root={tmp_path / 'study'}", "--seeds=0,a")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "--seeds: 'a' is not an integer (give seeds as 0,1,2)" in result.stderr
-    assert not os.path.exists(tmp_path / "study")
+    assert message in result.stderr
+    assert not os.path.exists(tmp_path / "out")
 
 
 # A model of another data set's classes.
