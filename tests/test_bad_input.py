@@ -166,3 +166,15 @@ def test_a_predictions_file_cut_short_says_to_delete_the_reference_stage(tmp_pat
     with pytest.raises(ValueError, match=r"is not a tllm_tf predictions file .*cut short. "
                                          r"Delete the reference stage's directory"):
         tllm_tf.load_predictions(str(path))
+
+
+def test_a_damaged_reference_model_is_refused_before_the_students_train(train, tmp_path):
+    workdir = tmp_path / "run"
+    tiny = ("--epochs=2", "--lr_decay_epochs=1", "--warmup_epochs=0", "--teacher_epochs=1")
+    assert train(f"--workdir={workdir}", "--stage=reference", *tiny).returncode == 0
+    model = workdir / "reference" / "model.keras"
+    model.write_bytes(model.read_bytes()[:300])  # Cut short, as by a full disk.
+    result = train(f"--workdir={workdir}", *tiny)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"Could not load the reference '{model}'" in result.stderr
+    assert not (workdir / "student_kd").exists()

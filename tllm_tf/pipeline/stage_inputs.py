@@ -143,6 +143,16 @@ def reference_model_path(reference_path):
     return path
 
 
+def check_reference_model(reference_path):
+    """Loads the reference's `model.keras` once, so a damaged one is refused before training.
+
+    Raises:
+        ValueError: there is none (see `reference_model_path`), or it cannot
+            be loaded.
+    """
+    model_io.load_keras_model(reference_model_path(reference_path), role="reference")
+
+
 def read_final_mask(workdir, num_classes):
     """The classes an earlier run's tllm student had masked when it finished.
 

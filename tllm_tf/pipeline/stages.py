@@ -370,8 +370,9 @@ def _prepare(config, strategy):
 
         multi_worker.run_on_chief(strategy, check_reference)
     if config.reference_fallback and "student" in config.stages and (
-            config.reference_path or REFERENCE_STAGE not in config.stages):
+            config.reference_path or REFERENCE_STAGE not in config.stages
+            or os.path.exists(reference_path)):
         # Refused before anything trains, not once the first student has.
         multi_worker.run_on_chief(
-            strategy, lambda: stage_inputs.reference_model_path(reference_path))
+            strategy, lambda: stage_inputs.check_reference_model(reference_path))
     return config, data, teacher_path, reference_path
