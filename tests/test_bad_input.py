@@ -178,3 +178,9 @@ def test_a_damaged_reference_model_is_refused_before_the_students_train(train, t
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"Could not load the reference '{model}'" in result.stderr
     assert not (workdir / "student_kd").exists()
+
+
+def test_an_empty_held_out_split_is_refused_before_the_teacher_trains(train, tmp_path):
+    result = train(f"--workdir={tmp_path / 'run'}", "--holdout_fraction=0.0001")
+    message = _refused_before_training(result, tmp_path / "run")
+    assert "--holdout_fraction=0.0001 holds out no image of 'digits'" in message

@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import preflight
@@ -244,3 +245,24 @@ def test_a_held_out_split_that_cannot_judge_is_refused_at_train_begin(tiny_data,
         distiller.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
     for old, new in zip(before, student.get_weights()):
         np.testing.assert_array_equal(old, new)
+
+
+# -- an image folder at --image_size with the default augmentation -------------
+
+def test_an_image_folder_trains_at_image_size_with_the_default_augmentation(tmp_path):
+    # The folder's loader resizes to --image_size; the augmentation 'none' must not be
+    # given it again (it refused it, so README's image-folder command failed).
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog", "owl"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for index in range(12):
+            image = rng.integers(0, 255, size=(9, 7, 3), dtype=np.uint8)
+            (tmp_path / "images" / name / f"{index}.png").write_bytes(
+                tf.io.encode_png(image).numpy())
+    config = RunConfig(workdir=str(tmp_path / "run"), dataset="image_folder",
+                       image_folder=str(tmp_path / "images"), image_size=8, stage="teacher",
+                       teacher_model="cnn_tiny", teacher_epochs=1, batch_size=4,
+                       holdout_fraction=0.25, verbose=0)
+    stages.run(config)
+    teacher = keras.models.load_model(str(tmp_path / "run" / "teacher" / "model.keras"))
+    assert tuple(teacher.inputs[0].shape[1:]) == (8, 8, 3)

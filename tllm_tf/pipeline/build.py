@@ -103,7 +103,7 @@ def train_batches(data, config, start_epoch, epochs, one_hot=False):
             batch_size=config.batch_size,
             training=True,
             augmentation=config.augmentation,
-            image_size=config.image_size,
+            image_size=augmentation_image_size(config),
             num_classes=data.num_classes,
             mixup=config.mixup,
             cutmix=config.cutmix,
@@ -156,4 +156,16 @@ def eval_batches(split, config):
     """Evaluation batches of one split (no shuffling, the recipe's eval transform)."""
     return data_lib.make_pipeline(
         split, batch_size=config.batch_size, training=False,
-        augmentation=config.augmentation, image_size=config.image_size)
+        augmentation=config.augmentation, image_size=augmentation_image_size(config))
+
+
+def augmentation_image_size(config):
+    """The side the augmentation resizes to, or None when it keeps the images' size.
+
+    `--image_size` sizes what the model sees: an image folder's loader
+    resizes every image to it, so there only 'imagenet' (random-resized crops)
+    takes it again; elsewhere the augmentation is what resizes.
+    """
+    if config.dataset == data_lib.IMAGE_FOLDER and config.augmentation != "imagenet":
+        return None
+    return config.image_size

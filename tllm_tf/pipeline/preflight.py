@@ -22,6 +22,7 @@ import numpy as np
 from tllm_tf import callbacks
 from tllm_tf import reference as reference_lib
 from tllm_tf.data import augment
+from tllm_tf.pipeline import build
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import stage_inputs
 
@@ -55,6 +56,7 @@ def check(config, strategy, load_data):
         multi_worker.run_on_chief(strategy, lambda: check_teacher_origin(config))
     data = load_data(config)
     check_batch_size(config, data)
+    check_held_out(config, data)
     check_masked_classes(config, data)
     if config.teacher_path and ("student" in config.stages or "store" in config.stages):
         multi_worker.run_on_chief(strategy, lambda: check_teacher_file(config, data))
@@ -89,13 +91,28 @@ def check_schedule(config):
 
 
 def check_augmentation(config):
-    """Refuses an `--image_size` the augmentation cannot take (only 'imagenet' resizes)."""
+    """Refuses an `--image_size` the augmentation cannot take (only 'imagenet' resizes).
+
+    An image folder's loader resizes its images itself (`build.augmentation_image_size`).
+    """
     try:
-        augment.build_augmentation(config.augmentation, image_size=config.image_size)
+        augment.build_augmentation(config.augmentation,
+                                   image_size=build.augmentation_image_size(config))
     except ValueError as error:
         raise ValueError(
             f"--image_size={config.image_size} with --augmentation={config.augmentation}: "
             f"{error}. Drop --image_size, or use --augmentation=imagenet.") from None
+
+
+def check_held_out(config, data):
+    """Refuses an empty held-out split where a stage needs it (the reference, the students)."""
+    if not {"reference", "student"} & set(config.stages):
+        return
+    if not any(True for _ in data.held_out.take(1)):
+        raise ValueError(
+            f"--holdout_fraction={config.holdout_fraction} holds out no image of "
+            f"{data.name!r}: the students are judged, and their prior offsets fitted, on the "
+            "held-out split. Raise --holdout_fraction (0.1 holds out a tenth of each class).")
 
 
 def check_masked_classes(config, data):
