@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 
 from conftest import prepared_tfds
+from conftest import written_tfds
 from tllm_tf.data import idx_source
 from tllm_tf.data import load_dataset
 from tllm_tf.data.idx_source import DataNotFoundError
 from tllm_tf.data.idx_source import IDXFormatError
 from tllm_tf.data.idx_source import load_fashion_mnist
 from tllm_tf.data.idx_source import read_idx
+from tllm_tf.data.splits import stratified_split
+from tllm_tf.data.splits import stratified_subset
+from tllm_tf.data.tfds_source import DamagedDataError
 
 NUM_TRAIN_IMAGES = 40
 NUM_TEST_IMAGES = 20
@@ -203,3 +207,96 @@ def test_falls_back_to_prepared_tfds(tmp_path):
     assert len(train_labels) + len(held_labels) == 50 and len(test_labels) == 50
     assert splits.num_train == len(train_labels)
     assert splits.class_names == idx_source.CLASS_NAMES
+
+
+def test_labels_out_of_range_name_the_file_values_and_count(tmp_path):
+    _, train_labels, _, _ = _write_fashion_mnist(tmp_path / "idx")
+    bad = train_labels.copy()
+    bad[[0, 5, 7]] = [10, 12, 10]
+    _write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte.gz", bad, True)
+    with pytest.raises(IDXFormatError, match=(
+            r"train-labels-idx1-ubyte.gz: expected labels in 0-9 .* "
+            r"Received 3 labels out of range, of values \[10, 12\]")):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"))
+
+
+def test_file_without_images_is_refused_by_name(tmp_path):
+    _write_fashion_mnist(tmp_path / "idx")
+    _write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28)), True)
+    _write_idx(tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz", np.zeros(0), True)
+    with pytest.raises(IDXFormatError, match=r"t10k-images-idx3-ubyte.gz holds no images"):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"))
+
+
+def test_given_folder_with_some_files_names_the_missing_ones(tmp_path, monkeypatch):
+    _write_fashion_mnist(tmp_path / "debian_with_data")
+    monkeypatch.setattr(idx_source, "DEBIAN_DIR", str(tmp_path / "debian_with_data"))
+    _write_fashion_mnist(tmp_path / "idx")
+    (tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError, match=(
+            r"idx lacks t10k-labels-idx1-ubyte\[.gz\] \(it holds 3 of the 4 files\)")):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"))
+
+
+def test_given_folder_without_files_is_not_passed_over(tmp_path, monkeypatch):
+    _write_fashion_mnist(tmp_path / "debian_with_data")
+    monkeypatch.setattr(idx_source, "DEBIAN_DIR", str(tmp_path / "debian_with_data"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError, match=r"empty lacks train-images-idx3-ubyte"):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "empty"))
+
+
+def test_debian_folder_with_some_files_names_the_missing_ones(tmp_path, empty_debian_dir):
+    _write_fashion_mnist(empty_debian_dir)
+    (empty_debian_dir / "train-images-idx3-ubyte.gz").unlink()
+    (empty_debian_dir / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError, match=(
+            r"lacks train-images-idx3-ubyte\[.gz\], train-labels-idx1-ubyte\[.gz\] .*"
+            r"apt-get install --reinstall dataset-fashion-mnist")):
+        load_fashion_mnist(holdout_fraction=0.25)
+
+
+@pytest.mark.parametrize("num_train", [10, 15, 25, 29])
+def test_num_train_is_honoured_exactly(tmp_path, num_train):
+    _write_fashion_mnist(tmp_path / "idx")
+    splits = load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"),
+                                num_train=num_train)
+    _, labels = _as_numpy(splits.train)
+    assert splits.num_train == len(labels) == num_train
+    per_class = collections.Counter(labels.tolist())
+    assert set(per_class) == set(range(10))
+    assert max(per_class.values()) - min(per_class.values()) <= 1
+
+
+def test_num_train_below_the_number_of_classes_is_refused(tmp_path):
+    _write_fashion_mnist(tmp_path / "idx")
+    with pytest.raises(ValueError, match=r"num_train >= 10.* Received: num_train=9"):
+        load_fashion_mnist(holdout_fraction=0.25, idx_dir=str(tmp_path / "idx"), num_train=9)
+
+
+def test_stratified_subset_keeps_the_splits_that_divide_evenly():
+    # Fashion-MNIST's shape: 6,000 images a class, 10% held out, num_train=5000.
+    labels = np.arange(60_000) % 10
+    for seed in (0, 1):
+        train, _ = stratified_split(labels, fraction=0.1, seed=seed)
+        _, before = stratified_split(labels[train], fraction=5000 / len(train), seed=seed + 1)
+        after = stratified_subset(labels[train], 5000, seed=seed + 1)
+        np.testing.assert_array_equal(after, before)
+
+
+def test_huge_header_gives_the_exact_byte_count(tmp_path):
+    path = tmp_path / "huge"
+    path.write_bytes(struct.pack(">BBBB3I", 0, 0, 0x08, 3, 2**31, 2**31, 2**31))
+    with pytest.raises(IDXFormatError, match=f"truncated: .* {16 + 2**93} bytes"):
+        read_idx(path)
+
+
+def test_damaged_prepared_tfds_is_named_not_reported_missing(tmp_path):
+    written_tfds(tmp_path / "tfds", "fashion_mnist", num_examples=30)
+    folder = tmp_path / "tfds" / "fashion_mnist"
+    shard, = folder.glob("*/fashion_mnist-test.tfrecord*")
+    shard.unlink()
+    with pytest.raises(DamagedDataError, match=r"incomplete or damaged") as error:
+        load_fashion_mnist(holdout_fraction=0.2, data_dir=str(tmp_path / "tfds"))
+    assert f"Delete {shard.parent} and prepare it again" in str(error.value)
+    assert f"tfds build fashion_mnist --data_dir={tmp_path / 'tfds'}" in str(error.value)

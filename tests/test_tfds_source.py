@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import prepared_tfds as _prepared
+from conftest import written_tfds
 from tllm_tf.data.tfds_source import DataNotFoundError, channel_statistics, load_tfds
 
 NUM_EXAMPLES = 200
@@ -147,3 +148,19 @@ def test_rejects_a_set_that_is_not_image_classification(tmp_path):
     with _prepared(tmp_path, "imdb_reviews"):
         with pytest.raises(ValueError, match="not an image classification"):
             load_tfds("imdb_reviews")
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_prepared_set_names_the_folder_and_how_to_rebuild(tmp_path, damage):
+    written_tfds(tmp_path, "fashion_mnist", num_examples=40)
+    shard, = (tmp_path / "fashion_mnist").glob("*/fashion_mnist-train.tfrecord*")
+    if damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(DataNotFoundError, match="incomplete or damaged") as error:
+        load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.1)
+    message = str(error.value)
+    assert f"Delete {shard.parent} and prepare it again" in message
+    assert f"tfds build fashion_mnist --data_dir={tmp_path}" in message
+    assert isinstance(error.value.__cause__, tf.errors.OpError)

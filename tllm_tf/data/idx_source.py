@@ -15,14 +15,18 @@ stratified part of the training images, the test split is the official
 """
 
 import gzip
+import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from tllm_tf.data.splits import stratified_split
+from tllm_tf.data.splits import stratified_subset
+from tllm_tf.data.tfds_source import DamagedDataError
 from tllm_tf.data.tfds_source import DataNotFoundError
 from tllm_tf.data.tfds_source import load_tfds
+from tllm_tf.data.tfds_source import reading_prepared
 from tllm_tf.data.types import DataSplits
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -83,7 +87,8 @@ def read_idx(path):
     if num_dims == 0 or len(raw) < header_size:
         raise IDXFormatError(f"{path}: truncated IDX header ({len(raw)} bytes).")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=num_dims, offset=4))
-    expected = header_size + int(np.prod(shape))
+    # Python ints: a huge header must not overflow into a negative count.
+    expected = header_size + math.prod(shape)
     if len(raw) != expected:
         state = "truncated" if len(raw) < expected else "longer than its header says"
         raise IDXFormatError(
@@ -92,36 +97,74 @@ def read_idx(path):
     return np.frombuffer(raw, np.uint8, offset=header_size).reshape(shape)
 
 
-def _find_idx_files(directory):
-    """Maps each of `IDX_FILES`' keys to its path in `directory`, or None if one is missing."""
-    paths = {}
+def _find_idx_files(directory, given):
+    """Maps each of `IDX_FILES`' keys to its path in `directory`.
+
+    Returns `None` when `directory` holds none of the four files and was not
+    `given` by the caller, so the next source is looked in.
+
+    Raises:
+        DataNotFoundError: if `directory` holds some of the files but not all,
+            or was given by the caller and holds none.
+    """
+    paths, missing = {}, []
     for key, stem in IDX_FILES.items():
         found = [os.path.join(directory, stem + suffix) for suffix in (".gz", "")]
         found = [path for path in found if os.path.isfile(path)]
-        if not found:
-            return None
-        paths[key] = found[0]
-    return paths
+        if found:
+            paths[key] = found[0]
+        else:
+            missing.append(stem + "[.gz]")
+    if not missing:
+        return paths
+    if not paths and not given:
+        return None
+    fix = ("reinstall it (`apt-get install --reinstall dataset-fashion-mnist`)"
+           if directory == DEBIAN_DIR and not given
+           else "put the missing files there, or pass the folder that holds all four")
+    raise DataNotFoundError(
+        f"The Fashion-MNIST IDX folder {directory} lacks {', '.join(missing)} "
+        f"(it holds {len(paths)} of the 4 files). To fix, {fix}.")
+
+
+def _check_split(paths, split):
+    images_path, labels_path = paths[f"{split}_images"], paths[f"{split}_labels"]
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[:2] or labels.ndim != 1:
+        raise IDXFormatError(
+            f"{images_path}: expected images of shape (n, 28, 28) and "
+            f"labels of shape (n,). Received: {images.shape} and {labels.shape}")
+    if len(images) == 0:
+        raise IDXFormatError(
+            f"{images_path} holds no images (its header gives shape {images.shape}). "
+            "Replace it with the full Fashion-MNIST file.")
+    if len(images) != len(labels):
+        raise IDXFormatError(
+            f"{images_path} holds {len(images)} images but "
+            f"{labels_path} holds {len(labels)} labels.")
+    num_classes = len(CLASS_NAMES)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        values = np.unique(labels[bad]).tolist()
+        raise IDXFormatError(
+            f"{labels_path}: expected labels in 0-{num_classes - 1} (Fashion-MNIST has "
+            f"{num_classes} classes). Received {int(bad.sum())} labels out of range, of "
+            f"values {values[:10]}{' ...' if len(values) > 10 else ''}. "
+            "Replace it with the Fashion-MNIST label file.")
+    return images, labels
 
 
 def _read_idx_arrays(paths):
-    arrays = {key: read_idx(path) for key, path in paths.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[:2] or labels.ndim != 1:
-            raise IDXFormatError(
-                f"{paths[f'{split}_images']}: expected images of shape (n, 28, 28) and "
-                f"labels of shape (n,). Received: {images.shape} and {labels.shape}")
-        if len(images) != len(labels):
-            raise IDXFormatError(
-                f"{paths[f'{split}_images']} holds {len(images)} images but "
-                f"{paths[f'{split}_labels']} holds {len(labels)} labels.")
-    return tuple(arrays[key] for key in IDX_FILES)
+    return _check_split(paths, "train") + _check_split(paths, "test")
 
 
 def _read_tfds_arrays(data_dir):
     data = load_tfds(TFDS_NAME, data_dir=data_dir)
+    with reading_prepared(TFDS_NAME, data_dir):
+        return _tfds_to_arrays(data)
 
+
+def _tfds_to_arrays(data):
     def to_arrays(dataset):
         batches = list(dataset.batch(10_000).as_numpy_iterator())
         images = np.concatenate([images for images, _ in batches]).astype(np.uint8)
@@ -153,24 +196,30 @@ def load_fashion_mnist_arrays(*, data_dir=None, idx_dir=None):
         data_dir: folder of prepared tfds data sets. Defaults to `None`
             (`~/tensorflow_datasets`).
         idx_dir: a folder holding the four IDX files, looked in before
-            `DEBIAN_DIR`. Defaults to `None`.
+            `DEBIAN_DIR`; when given, no other source is used. Defaults to
+            `None`.
 
     Returns:
         `(train_images, train_labels, test_images, test_labels)`: uint8
         `(n, 28, 28)` images and integer labels, in the source's order.
 
     Raises:
-        DataNotFoundError: if neither source has the data; the message says
-            how to provide it.
-        IDXFormatError: on a malformed IDX file.
+        DataNotFoundError: if neither source has the data, if `idx_dir` or
+            `DEBIAN_DIR` holds some of the four files but not all, if `idx_dir`
+            holds none, or if the prepared tfds files are missing or damaged;
+            the message says how to provide it.
+        IDXFormatError: on a malformed IDX file, one that holds no images, or
+            labels outside `0-9`.
     """
     directories = [d for d in (idx_dir, DEBIAN_DIR) if d]
     for directory in dict.fromkeys(directories):
-        paths = _find_idx_files(directory)
+        paths = _find_idx_files(directory, given=directory == idx_dir)
         if paths is not None:
             return _read_idx_arrays(paths)
     try:
         return _read_tfds_arrays(data_dir)
+    except DamagedDataError:
+        raise  # It is there, but must be prepared again: its message says how.
     except DataNotFoundError as err:
         raise _not_found(directories, data_dir) from err
 
@@ -185,11 +234,13 @@ def load_fashion_mnist(*, holdout_fraction, seed=0, data_dir=None, num_train=Non
         seed: seed of the splits. Defaults to `0`.
         data_dir: folder of prepared tfds data sets, the second source.
             Defaults to `None` (`~/tensorflow_datasets`).
-        num_train: if set, keep only this many training examples, a
-            stratified subset taken after the held-out split, so the
-            held-out and test splits do not depend on it. Defaults to `None`.
+        num_train: if set, keep exactly this many training examples, at
+            least as many as classes: a stratified subset taken after the held-out
+            split, so the held-out and test splits do not depend on it.
+            Defaults to `None`.
         idx_dir: a folder holding the four IDX files, looked in before
-            `/usr/share/datasets/fashion-mnist`. Defaults to `None`.
+            `/usr/share/datasets/fashion-mnist`; when given, no other source
+            is used. Defaults to `None`.
 
     Returns:
         A `DataSplits` of float32 `(28, 28, 1)` images in 0-255 and int32
@@ -200,8 +251,11 @@ def load_fashion_mnist(*, holdout_fraction, seed=0, data_dir=None, num_train=Non
         DataNotFoundError: if neither source has the data.
         IDXFormatError: on a malformed IDX file.
     """
-    if num_train is not None and num_train < 1:
-        raise ValueError(f"Expected num_train >= 1. Received: num_train={num_train}")
+    num_classes = len(CLASS_NAMES)
+    if num_train is not None and num_train < num_classes:
+        raise ValueError(
+            f"Expected num_train >= {num_classes}, one image per class of Fashion-MNIST. "
+            f"Received: num_train={num_train}")
     train_images, train_labels, test_images, test_labels = load_fashion_mnist_arrays(
         data_dir=data_dir, idx_dir=idx_dir)
     train_labels = train_labels.astype(np.int32)
@@ -210,9 +264,7 @@ def load_fashion_mnist(*, holdout_fraction, seed=0, data_dir=None, num_train=Non
     else:
         train, held_out = stratified_split(train_labels, fraction=holdout_fraction, seed=seed)
     if num_train is not None and num_train < len(train):
-        _, kept = stratified_split(
-            train_labels[train], fraction=num_train / len(train), seed=seed + 1)
-        train = train[kept]
+        train = train[stratified_subset(train_labels[train], num_train, seed=seed + 1)]
 
     def dataset(images, labels):
         # uint8 in the dataset and a cast per element: a quarter of the memory.
@@ -231,7 +283,7 @@ def load_fashion_mnist(*, holdout_fraction, seed=0, data_dir=None, num_train=Non
         train=dataset(kept_images, train_labels[train]),
         held_out=dataset(train_images[held_out], train_labels[held_out]),
         test=dataset(test_images, test_labels),
-        num_classes=len(CLASS_NAMES),
+        num_classes=num_classes,
         class_names=CLASS_NAMES,
         image_shape=IMAGE_SHAPE,
         mean=(float(mean),),

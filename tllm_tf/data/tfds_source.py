@@ -7,7 +7,9 @@ selection is a stratified, seeded part of the *train* split; the test split
 (`test`, else `validation`) is left whole.
 """
 
+import contextlib
 import difflib
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -29,10 +31,20 @@ PUBLISHED_STATISTICS = {
 }
 
 _IMAGENET_TARS = "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"
+# What TensorFlow raises on a prepared set's missing, truncated or damaged record files.
+_READ_ERRORS = (
+    tf.errors.NotFoundError,
+    tf.errors.DataLossError,
+    tf.errors.FailedPreconditionError,
+)
 
 
 class DataNotFoundError(ValueError):
     """A data set that is not on this machine and could not be prepared."""
+
+
+class DamagedDataError(DataNotFoundError):
+    """A prepared tfds data set whose record files are missing or damaged."""
 
 
 def channel_statistics(dataset, max_images=STATISTICS_IMAGES):
@@ -126,6 +138,37 @@ def _prepare(builder, name, manual_dir, download):
         raise DataNotFoundError(
             f"Could not prepare the tfds data set {name!r}: {err}\n"
             f"Provide it in one of these ways:\n{_how_to_provide(builder, name)}"
+        ) from err
+
+
+@contextlib.contextmanager
+def reading_prepared(name, data_dir=None):
+    """Reports missing or damaged record files of a prepared tfds data set.
+
+    Wraps code that reads the prepared set `name` in `data_dir`: TensorFlow's
+    `NotFoundError`, `DataLossError` and `FailedPreconditionError` become a
+    `DamagedDataError` (a `DataNotFoundError`) that names the prepared folder
+    and how to rebuild it.
+
+    Args:
+        name: tfds name, e.g. `"fashion_mnist"`.
+        data_dir: folder of prepared tfds data sets. Defaults to `None`
+            (`~/tensorflow_datasets`).
+
+    Raises:
+        DamagedDataError: if the wrapped code fails to read the record files.
+    """
+    try:
+        yield
+    except _READ_ERRORS as err:
+        builder = tfds.builder(name, data_dir=data_dir)
+        # Without TensorFlow's function-node tag and op name around the reason.
+        reason = re.sub(r"\s*\[Op:.*$", "", err.message.split("}}")[-1], flags=re.S).strip()
+        raise DamagedDataError(
+            f"The prepared tfds data set {name!r} in {builder.data_dir} is incomplete or "
+            f"damaged: {reason}\nDelete {builder.data_dir} and prepare it again: "
+            f"`tfds build {name} --data_dir={builder.data_dir_root}` (or copy it again "
+            "from a machine where it is whole)."
         ) from err
 
 
@@ -253,8 +296,19 @@ def load_tfds(
     Raises:
         ValueError: on an unknown name, a set that is not image
             classification, or bad held-out arguments.
-        DataNotFoundError: if the data set is not prepared and cannot be.
+        DataNotFoundError: if the data set is not prepared and cannot be, or
+            if its prepared record files are missing or damaged (found where
+            the loader reads them: the labels, or the images' statistics).
     """
+    with reading_prepared(name, data_dir):
+        return _load_prepared(
+            name, data_dir=data_dir, manual_dir=manual_dir,
+            holdout_fraction=holdout_fraction, seed=seed, download=download,
+            image_size=image_size)
+
+
+def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, download,
+                   image_size):
     builder = _builder(name, data_dir)
     _prepare(builder, name, manual_dir=manual_dir, download=download)
     image_feature, label_feature = _check_features(builder, name)
