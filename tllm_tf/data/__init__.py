@@ -8,6 +8,7 @@ from tllm_tf.data.idx_source import load_fashion_mnist
 from tllm_tf.data.pipeline import make_pipeline
 from tllm_tf.data.soft_label_store import SoftLabelStore
 from tllm_tf.data.splits import stratified_split
+from tllm_tf.data.tfds_source import DamagedDataError
 from tllm_tf.data.tfds_source import DataNotFoundError
 from tllm_tf.data.tfds_source import load_tfds
 from tllm_tf.data.types import DataSplits
@@ -70,7 +71,9 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
 
     Raises:
         ValueError: on an unknown name or arguments that do not fit it.
-        DataNotFoundError: if the data is not on this machine.
+        DataNotFoundError: if the data is not on this machine
+            (`DamagedDataError`, a subclass: if its prepared files are
+            incomplete or damaged).
     """
     if num_train is not None and name not in NUM_TRAIN_LOADERS:
         raise ValueError(
@@ -86,6 +89,7 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
 
 
 __all__ = [
+    "DamagedDataError",
     "DataNotFoundError",
     "DataSplits",
     "IDXFormatError",
