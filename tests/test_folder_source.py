@@ -1,6 +1,9 @@
 """Tests of tllm_tf.data.folder_source on tiny PNG files."""
 
 import collections
+import io
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -80,11 +83,11 @@ def test_separate_test_folder(tmp_path):
 
 
 def test_statistics_are_computed_in_raw_scale(tmp_path):
-    root = _write_folder(tmp_path / "pets", classes=("a",), per_class=2)
+    root = _write_folder(tmp_path / "pets", classes=("a", "b"), per_class=2)
     splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.5)
-    # The training image has 29 pixels of 0 or 1 and one of 255.
-    value = next(iter(splits.train))[0][1, 1, 0].numpy()
-    pixels = np.array([255.0] + [value] * 29)
+    # Each training image has 29 pixels of its identifying value and one of 255.
+    values = [image[1, 1, 0] for image, _ in splits.train.as_numpy_iterator()]
+    pixels = np.array([255.0] * len(values) + [v for v in values for _ in range(29)])
     np.testing.assert_allclose(splits.mean, [pixels.mean()] * 3, rtol=1e-6)
     np.testing.assert_allclose(splits.std, [pixels.std()] * 3, rtol=1e-6)
 
@@ -101,3 +104,78 @@ def test_errors(tmp_path):
     _write_folder(tmp_path / "odd_test", classes=("cat", "owl"), per_class=1)
     with pytest.raises(ValueError, match="owl"):
         load_image_folder(root, tmp_path / "odd_test", image_size=4)
+
+
+def test_bad_image_files_are_refused_up_front(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    (root / "cat" / "empty.png").write_bytes(b"")
+    (root / "dog" / "text.jpg").write_text("not an image at all")
+    for index in range(5):
+        (root / "emu" / f"junk{index}.gif").write_bytes(b"GIF7" * 4)
+    expected = "7 file.*empty.png.*text.jpg.* and 2 more.*Delete or replace"
+    with pytest.raises(ValueError, match=expected):
+        load_image_folder(root, image_size=4)
+
+
+def test_symlink_loop_is_not_followed(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    os.symlink("..", root / "cat" / "up")
+    (root / "dog" / "sub").mkdir()
+    os.symlink(root / "dog" / "00.png", root / "dog" / "sub" / "again.png")
+    splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.3)
+    labels = np.concatenate([[label for _, label in s] for s in (splits.train, splits.test)])
+    assert collections.Counter(labels.tolist()) == {0: PER_CLASS, 1: PER_CLASS, 2: PER_CLASS}
+
+
+def test_hidden_folders_and_files_are_skipped(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    for hidden in (root / ".ipynb_checkpoints", root / "cat" / ".cache"):
+        _write_folder(hidden, classes=("x",), per_class=2)
+    (root / "dog" / "._00.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.3)
+    assert splits.class_names == CLASSES
+    assert splits.num_train + len(list(splits.test)) == len(CLASSES) * PER_CLASS
+
+
+def test_class_folder_without_images_is_refused(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    (root / "owl").mkdir()
+    (root / "owl" / "readme.txt").write_text("todo")
+    with pytest.raises(ValueError, match=r"\['owl'\].*no images.*Add images to them or remove"):
+        load_image_folder(root, image_size=4)
+
+
+def test_warns_about_classes_without_test_images(tmp_path, caplog):
+    train_dir = _write_folder(tmp_path / "train")
+    test_dir = _write_folder(tmp_path / "test", classes=("cat", "emu"), per_class=2)
+    (test_dir / "dog").mkdir()
+    with caplog.at_level(logging.WARNING):
+        load_image_folder(train_dir, test_dir, image_size=4)
+    assert "['dog']" in caplog.text and "n/a" in caplog.text
+    caplog.clear()
+    _write_folder(tmp_path / "few", classes=("cat",), per_class=4)
+    _write_folder(tmp_path / "few", classes=("dog",), per_class=1)
+    with caplog.at_level(logging.WARNING):
+        load_image_folder(tmp_path / "few", image_size=4, test_fraction=0.5)
+    assert "['dog']" in caplog.text and "test_fraction=0.5" in caplog.text
+
+
+def test_single_class_folder_is_refused(tmp_path):
+    root = _write_folder(tmp_path / "pets", classes=("cat",))
+    with pytest.raises(ValueError, match="single class folder, 'cat'.*at least 2"):
+        load_image_folder(root, image_size=4)
+
+
+def test_reads_webp(tmp_path):
+    image_module = pytest.importorskip("PIL.Image")
+    root = _write_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=2)
+    pixels = np.full((6, 5, 3), 77, np.uint8)
+    for index in range(2):
+        encoded = io.BytesIO()
+        image_module.fromarray(pixels).save(encoded, format="WEBP", lossless=True)
+        (root / "emu" / f"{index}.webp").parent.mkdir(exist_ok=True)
+        (root / "emu" / f"{index}.webp").write_bytes(encoded.getvalue())
+    splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.5)
+    assert splits.class_names == ("cat", "dog", "emu")
+    images = [image for image, label in splits.train.as_numpy_iterator() if label == 2]
+    assert len(images) == 1 and np.all(images[0] == 77.0)

@@ -8,6 +8,7 @@ held-out and test splits are stratified by class and chosen before any image
 is read.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -17,7 +18,12 @@ from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.tfds_source import DataNotFoundError, channel_statistics
 from tllm_tf.data.types import DataSplits
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+_MAX_LISTED_PATHS = 5
+
+
+def _is_hidden(name):
+    return name.startswith(".")
 
 
 def _class_folders(directory):
@@ -26,11 +32,96 @@ def _class_folders(directory):
             f"Image folder {directory!r} does not exist. Pass a folder with "
             "one sub-folder of images per class."
         )
-    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+    return sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not _is_hidden(entry.name)
+    )
+
+
+def _looks_like_image(header):
+    """Whether a file's first 12 bytes start one of the accepted formats."""
+    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
+        return True
+    return header.startswith((b"\x89PNG", b"\xff\xd8", b"GIF8", b"BM"))
+
+
+def _is_image_file(path):
+    try:
+        with open(path, "rb") as file:
+            return _looks_like_image(file.read(12))
+    except OSError:
+        return False
+
+
+def _check_image_files(directory, paths):
+    # Cheap here; otherwise TensorFlow fails at decode time, maybe hours in.
+    bad = [path for path in paths if not _is_image_file(path)]
+    if bad:
+        more = len(bad) - _MAX_LISTED_PATHS
+        listed = f"{bad[:_MAX_LISTED_PATHS]}" + (f" and {more} more" if more > 0 else "")
+        raise ValueError(
+            f"{len(bad)} file(s) in {directory!r} are empty, unreadable or not "
+            f"PNG, JPEG, GIF, BMP or WebP images: {listed}. Delete or replace them."
+        )
+
+
+def _folder_key(path):
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _folders_not_to_enter(directory, class_dirs):
+    """Keys of the top folder, its ancestors and every class folder.
+
+    A link to one of them from inside a class folder would label the images
+    of other classes as that class, or loop.
+    """
+    keys = {_folder_key(path) for path in class_dirs if os.path.isdir(path)}
+    path = os.path.realpath(directory)
+    while True:
+        keys.add(_folder_key(path))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return keys
+        path = parent
+
+
+def _first_visit(path, visited):
+    try:
+        key = _folder_key(path)
+    except OSError:
+        return False
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
+
+
+def _walk_images(class_dir, visited):
+    """Yields the image files under `class_dir`, in sorted order.
+
+    `visited` holds the `(st_dev, st_ino)` of the folders not to enter; every
+    folder entered is added to it.
+    """
+    for root, dirs, files in os.walk(class_dir, followlinks=True):
+        dirs[:] = [
+            name
+            for name in sorted(dirs)
+            if not _is_hidden(name) and _first_visit(os.path.join(root, name), visited)
+        ]
+        for name in sorted(files):
+            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
+                yield os.path.join(root, name)
 
 
 def list_image_files(directory, class_names):
     """Lists the images of each class folder, in a fixed order.
+
+    Hidden files and folders (names starting with `.`) are skipped. Linked
+    folders are followed, but none twice, and none that is the top folder,
+    one of its parents or a class folder; a file reached twice is listed
+    once. Every listed file must start like a PNG, JPEG, GIF, BMP or WebP.
 
     Args:
         directory: folder with one sub-folder per class.
@@ -42,7 +133,7 @@ def list_image_files(directory, class_names):
 
     Raises:
         ValueError: if `directory` has a class folder not in `class_names`,
-            or no images.
+            no images, or image files that are empty or not images.
     """
     unknown = sorted(set(_class_folders(directory)) - set(class_names))
     if unknown:
@@ -50,21 +141,55 @@ def list_image_files(directory, class_names):
             f"{directory!r} has class folders that the training folder lacks: "
             f"{unknown}. Give every split the same class folders."
         )
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        class_dir = os.path.join(directory, class_name)
-        for root, dirs, files in os.walk(class_dir, followlinks=True):
-            dirs.sort()
-            for file_name in sorted(files):
-                if file_name.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(root, file_name))
-                    labels.append(label)
+    class_dirs = [os.path.join(directory, class_name) for class_name in class_names]
+    visited = _folders_not_to_enter(directory, class_dirs)
+    paths, labels, real_paths = [], [], set()
+    for label, class_dir in enumerate(class_dirs):
+        for path in _walk_images(class_dir, visited):
+            real_path = os.path.realpath(path)
+            if real_path not in real_paths:
+                real_paths.add(real_path)
+                paths.append(path)
+                labels.append(label)
     if not paths:
         raise ValueError(
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in the class "
             f"folders of {directory!r}."
         )
+    _check_image_files(directory, paths)
     return paths, np.asarray(labels, np.int32)
+
+
+def _classes_without(labels, class_names):
+    counts = np.bincount(labels, minlength=len(class_names))
+    return [name for name, count in zip(class_names, counts) if count == 0]
+
+
+def _check_training_classes(train_dir, class_names, labels):
+    empty = _classes_without(labels, class_names)
+    if empty:
+        raise ValueError(
+            f"Class folder(s) {empty} of {train_dir!r} have no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}), so the model would have classes "
+            "it never sees. Add images to them or remove them."
+        )
+    if len(class_names) < 2:
+        raise ValueError(
+            f"{train_dir!r} has a single class folder, {class_names[0]!r}: "
+            "distillation needs at least 2 classes. Add a sub-folder of images "
+            "for each other class."
+        )
+
+
+def _warn_untested_classes(test_source, class_names, test_labels):
+    missing = _classes_without(test_labels, class_names)
+    if missing:
+        logging.warning(
+            "The test split (%s) has no images of class(es) %s: their test "
+            "accuracy will be n/a. Add test images of them.",
+            test_source,
+            missing,
+        )
 
 
 def _image_dataset(paths, labels, image_size, num_channels):
@@ -132,7 +257,9 @@ def load_image_folder(
     Raises:
         DataNotFoundError: if a folder does not exist.
         ValueError: on a bad `image_size` or split arguments, a folder
-            without images, or test class folders the training folder lacks.
+            without images, a class folder without images, a single class
+            folder, files that are empty or not images, or test class
+            folders the training folder lacks.
     """
     image_size = _as_size(image_size)
     if num_channels not in (1, 3, 4):
@@ -141,12 +268,16 @@ def load_image_folder(
         )
     class_names = tuple(_class_folders(train_dir))
     paths, labels = list_image_files(train_dir, class_names)
+    _check_training_classes(train_dir, class_names, labels)
     if test_dir is None:
         train_idx, test_idx = stratified_split(labels, fraction=test_fraction, seed=seed)
         test_paths, test_labels = _take(paths, test_idx), labels[test_idx]
         paths, labels = _take(paths, train_idx), labels[train_idx]
+        test_source = f"test_fraction={test_fraction} of {train_dir!r}"
     else:
         test_paths, test_labels = list_image_files(test_dir, class_names)
+        test_source = repr(test_dir)
+    _warn_untested_classes(test_source, class_names, test_labels)
 
     if holdout_fraction is None:
         held_paths, held_labels = [], np.zeros([0], np.int32)
