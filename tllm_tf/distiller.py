@@ -120,13 +120,8 @@ class Distiller(keras.Model):
                 "have none, built or not; an unbuilt Sequential neither). Pass "
                 "`num_classes=` explicitly."
             )
-        for size, role in ((student_classes, "student"), (teacher_classes, "teacher")):
-            if size is not None and size != num_classes:
-                raise ValueError(
-                    f"num_classes={num_classes} disagrees with the {role}, "
-                    f"which outputs {size} logits. Pass num_classes={size} "
-                    "or leave it unset."
-                )
+        model_checks.check_num_classes(num_classes, {"student": student, "teacher": teacher},
+                                       "Pass num_classes={size} or leave it unset.")
 
         self.student = student
         self.teacher_dtype = teacher_dtype

@@ -199,12 +199,9 @@ def keep_baseline_if_behind(candidate, baseline, held_out, num_classes, signific
             `[0, num_classes)`.
     """
     _check_significance(significance)
-    for model, name in ((candidate, names[0]), (baseline, names[1])):
-        size = model_checks.output_size(model)
-        if size is not None and size != num_classes:
-            raise ValueError(
-                f"num_classes={num_classes} disagrees with the {name}, which outputs {size} "
-                "logits. Pass the number of classes both models output (the data set's).")
+    model_checks.check_num_classes(
+        num_classes, {names[0]: candidate, names[1]: baseline},
+        "Pass the number of classes both models output (the data set's).")
     _check_same_architecture(candidate, baseline, names)
     held_out = metrics_lib.as_dataset(held_out)
     model_checks.check_held_out_data(

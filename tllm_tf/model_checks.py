@@ -58,6 +58,27 @@ def output_size(model):
     return outputs[0].shape[-1]
 
 
+def check_num_classes(num_classes, models, fix):
+    """Refuses `num_classes` where a model's symbolic output has another size.
+
+    Args:
+        num_classes: the number of classes given.
+        models: role -> model, e.g. `{"student": student}`; a model without a
+            symbolic output is not checked.
+        fix: the message's last sentence; `{size}` in it becomes the model's
+            output size.
+
+    Raises:
+        ValueError: `num_classes=N disagrees with the <role>, which outputs
+            M logits. <fix>`.
+    """
+    for role, model in models.items():
+        size = output_size(model)
+        if size is not None and size != num_classes:
+            raise ValueError(f"num_classes={num_classes} disagrees with the {role}, which "
+                             f"outputs {size} logits. {fix.format(size=size)}")
+
+
 def input_shape(model):
     """A model's single input shape without the batch axis, or None if it has no symbolic one."""
     inputs = getattr(model, "inputs", None)

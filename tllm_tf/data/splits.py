@@ -29,14 +29,8 @@ def stratified_split(labels, fraction, seed=0):
         raise ValueError(f"Expected 1-D labels. Received shape {labels.shape}.")
     if fraction is None or not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected 0 < fraction < 1. Received: fraction={fraction}")
-    rng = np.random.default_rng(seed)
-    held_out = []
-    for class_id in np.unique(labels):
-        members = np.flatnonzero(labels == class_id)
-        rng.shuffle(members)
-        n_held = min(int(round(fraction * len(members))), len(members) - 1)
-        held_out.append(members[:n_held])
-    held_out = np.sort(np.concatenate(held_out)).astype(np.int64)
+    held_out = _pick_per_class(
+        labels, seed, lambda counts: [min(int(round(fraction * n)), n - 1) for n in counts])
     kept = np.setdiff1d(np.arange(len(labels), dtype=np.int64), held_out)
     return kept, held_out
 
@@ -83,11 +77,25 @@ def stratified_subset(labels, size, seed=0):
     if not 1 <= size <= len(labels):
         raise ValueError(
             f"Expected 1 <= size <= {len(labels)} (the number of labels). Received: size={size}")
+    # The same shuffle as `stratified_split`'s, so the two agree where the shares do.
+    return _pick_per_class(labels, seed, lambda counts: _largest_remainder(counts, size))
+
+
+def _pick_per_class(labels, seed, shares):
+    """The first `shares(counts)[c]` members of each class `c`, shuffled by `seed`.
+
+    Args:
+        labels: 1-D integer array of class ids.
+        seed: seed of the shuffle, applied class by class in class-id order.
+        shares: class sizes (in class-id order) -> how many to pick of each.
+
+    Returns:
+        A sorted int64 array of the picked indices.
+    """
     rng = np.random.default_rng(seed)
     class_ids, counts = np.unique(labels, return_counts=True)
     picked = []
-    # Shuffled in the order `stratified_split` shuffles, so the two agree.
-    for class_id, share in zip(class_ids, _largest_remainder(counts, size)):
+    for class_id, share in zip(class_ids, shares([int(n) for n in counts])):
         members = np.flatnonzero(labels == class_id)
         rng.shuffle(members)
         picked.append(members[:share])
