@@ -179,3 +179,25 @@ def test_reads_webp(tmp_path):
     assert splits.class_names == ("cat", "dog", "emu")
     images = [image for image, label in splits.train.as_numpy_iterator() if label == 2]
     assert len(images) == 1 and np.all(images[0] == 77.0)
+
+
+def test_links_into_another_class_keep_that_class_label(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    (root / "dog" / "sub").mkdir()
+    for index in range(3):
+        (root / "dog" / f"{index:02d}.png").rename(root / "dog" / "sub" / f"{index:02d}.png")
+    # "cat" comes first: its links would have labelled dog and emu images as cats.
+    os.symlink(root / "dog" / "sub", root / "cat" / "borrowed")
+    os.symlink(root / "emu" / "04.png", root / "cat" / "bird.png")
+    outside = _write_folder(tmp_path / "elsewhere", classes=("more_cats",), per_class=2)
+    os.symlink(outside / "more_cats", root / "cat" / "extra")
+    splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.3)
+    labels = np.concatenate([[label for _, label in s] for s in (splits.train, splits.test)])
+    assert collections.Counter(labels.tolist()) == {0: PER_CLASS + 2, 1: PER_CLASS, 2: PER_CLASS}
+
+
+def test_two_class_folders_that_are_one_are_refused(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    os.symlink(root / "cat", root / "kitten")
+    with pytest.raises(ValueError, match="'kitten'.* same folder.*Remove the link"):
+        load_image_folder(root, image_size=4)

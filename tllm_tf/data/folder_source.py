@@ -98,21 +98,66 @@ def _first_visit(path, visited):
     return True
 
 
-def _walk_images(class_dir, visited):
-    """Yields the image files under `class_dir`, in sorted order.
+def _class_owning(real_path, class_by_real_path):
+    """The class whose folder holds `real_path` (the deepest such folder), or None."""
+    path = real_path
+    while path not in class_by_real_path:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return class_by_real_path[path]
 
-    `visited` holds the `(st_dev, st_ino)` of the folders not to enter; every
-    folder entered is added to it.
+
+def _walk_images(label, class_dirs, class_by_real_path, visited):
+    """Yields `(path, real_path)` of the image files of class `label`, in sorted order.
+
+    A linked file or folder that lies in another class's folder is left to
+    that class: followed from here, it would label that class's images as
+    this one. `visited` holds the `(st_dev, st_ino)` of the folders not to
+    enter; every folder entered is added to it.
     """
-    for root, dirs, files in os.walk(class_dir, followlinks=True):
+
+    def belongs_here(real_path):
+        owner = _class_owning(real_path, class_by_real_path)
+        return owner is None or owner == label
+
+    for root, dirs, files in os.walk(class_dirs[label], followlinks=True):
         dirs[:] = [
             name
             for name in sorted(dirs)
-            if not _is_hidden(name) and _first_visit(os.path.join(root, name), visited)
+            if not _is_hidden(name)
+            and belongs_here(os.path.realpath(os.path.join(root, name)))
+            and _first_visit(os.path.join(root, name), visited)
         ]
         for name in sorted(files):
-            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
-                yield os.path.join(root, name)
+            if _is_hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = os.path.join(root, name)
+            real_path = os.path.realpath(path)
+            if belongs_here(real_path):
+                yield path, real_path
+
+
+def _class_by_real_path(directory, class_dirs):
+    """Maps each class folder's real path to its class index.
+
+    Raises:
+        ValueError: if two class folders are one folder (through a link).
+    """
+    class_by_real_path = {}
+    for label, class_dir in enumerate(class_dirs):
+        real_path = os.path.realpath(class_dir)
+        if real_path in class_by_real_path and os.path.isdir(real_path):
+            first = os.path.basename(class_dirs[class_by_real_path[real_path]])
+            raise ValueError(
+                f"Class folders {first!r} and {os.path.basename(class_dir)!r} of "
+                f"{os.fspath(directory)!r} are the same "
+                f"folder ({real_path!r}, through a link): their images would have two "
+                "labels. Remove the link or give each class its own folder."
+            )
+        class_by_real_path.setdefault(real_path, label)
+    return class_by_real_path
 
 
 def list_image_files(directory, class_names):
@@ -120,7 +165,8 @@ def list_image_files(directory, class_names):
 
     Hidden files and folders (names starting with `.`) are skipped. Linked
     folders are followed, but none twice, and none that is the top folder,
-    one of its parents or a class folder; a file reached twice is listed
+    one of its parents or a class folder; a linked file or folder inside
+    another class's folder is that class's; a file reached twice is listed
     once. Every listed file must start like a PNG, JPEG, GIF, BMP or WebP.
 
     Args:
@@ -133,7 +179,8 @@ def list_image_files(directory, class_names):
 
     Raises:
         ValueError: if `directory` has a class folder not in `class_names`,
-            no images, or image files that are empty or not images.
+            two class folders that are one (a link), no images, or image
+            files that are empty or not images.
     """
     unknown = sorted(set(_class_folders(directory)) - set(class_names))
     if unknown:
@@ -142,11 +189,11 @@ def list_image_files(directory, class_names):
             f"{unknown}. Give every split the same class folders."
         )
     class_dirs = [os.path.join(directory, class_name) for class_name in class_names]
+    class_by_real_path = _class_by_real_path(directory, class_dirs)
     visited = _folders_not_to_enter(directory, class_dirs)
     paths, labels, real_paths = [], [], set()
-    for label, class_dir in enumerate(class_dirs):
-        for path in _walk_images(class_dir, visited):
-            real_path = os.path.realpath(path)
+    for label in range(len(class_dirs)):
+        for path, real_path in _walk_images(label, class_dirs, class_by_real_path, visited):
             if real_path not in real_paths:
                 real_paths.add(real_path)
                 paths.append(path)
