@@ -150,14 +150,17 @@ def test_rejects_a_set_that_is_not_image_classification(tmp_path):
             load_tfds("imdb_reviews")
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate"])
-def test_damaged_prepared_set_names_the_folder_and_how_to_rebuild(tmp_path, damage):
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("damage", ["delete", "halve", "cut_3_bytes"])
+def test_damaged_prepared_set_is_refused_at_load(tmp_path, damage, split):
     written_tfds(tmp_path, "fashion_mnist", num_examples=40)
-    shard, = (tmp_path / "fashion_mnist").glob("*/fashion_mnist-train.tfrecord*")
+    shard, = (tmp_path / "fashion_mnist").glob(f"*/fashion_mnist-{split}.tfrecord*")
     if damage == "delete":
         shard.unlink()
     else:
-        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        size = shard.stat().st_size
+        shard.write_bytes(shard.read_bytes()[: size // 2 if damage == "halve" else size - 3])
+    # Also the test split, which training reads only at its end.
     with pytest.raises(DataNotFoundError, match="incomplete or damaged") as error:
         load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.1)
     message = str(error.value)

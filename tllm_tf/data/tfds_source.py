@@ -161,9 +161,9 @@ def reading_prepared(name, data_dir=None):
     try:
         yield
     except _READ_ERRORS as err:
-        builder = tfds.builder(name, data_dir=data_dir)
         # Without TensorFlow's function-node tag and op name around the reason.
         reason = re.sub(r"\s*\[Op:.*$", "", err.message.split("}}")[-1], flags=re.S).strip()
+        builder = tfds.builder(name, data_dir=data_dir)
         raise DamagedDataError(
             f"The prepared tfds data set {name!r} in {builder.data_dir} is incomplete or "
             f"damaged: {reason}\nDelete {builder.data_dir} and prepare it again: "
@@ -297,8 +297,10 @@ def load_tfds(
         ValueError: on an unknown name, a set that is not image
             classification, or bad held-out arguments.
         DataNotFoundError: if the data set is not prepared and cannot be, or
-            if its prepared record files are missing or damaged (found where
-            the loader reads them: the labels, or the images' statistics).
+            if its prepared record files are missing or damaged (found here:
+            the loader reads every record of the test split, and of the
+            train split when `holdout_fraction` is given; without it, a
+            damaged train record is found when training reads it).
     """
     with reading_prepared(name, data_dir):
         return _load_prepared(
@@ -313,6 +315,9 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
     _prepare(builder, name, manual_dir=manual_dir, download=download)
     image_feature, label_feature = _check_features(builder, name)
     test_split = _test_split_name(builder, name)
+    undecoded_test = _read_undecoded(builder, test_split)
+    # Read once here, labels only: a damaged test record would otherwise be found after training.
+    _ids_and_labels(undecoded_test)
 
     undecoded_train = _read_undecoded(builder, "train")
     if holdout_fraction is None:
@@ -346,7 +351,7 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
         name=name,
         train=train,
         held_out=_decode(held_out, image_feature),
-        test=_decode(_read_undecoded(builder, test_split), image_feature),
+        test=_decode(undecoded_test, image_feature),
         num_classes=label_feature.num_classes,
         class_names=tuple(label_feature.names),
         image_shape=image_shape,
