@@ -204,6 +204,16 @@ def test_a_store_of_another_teacher_or_other_views_is_refused(tmp_path):
     assert (reopened.top_k, reopened.dtype, reopened.built_epochs) == (4, "float16", 1)
 
 
+@pytest.mark.parametrize("argument", [dict(top_k=0), dict(top_k=2.5), dict(top_k=-1),
+                                      dict(batches_per_shard=0), dict(batches_per_shard=1.5)])
+def test_bad_sizes_are_refused(tmp_path, argument):
+    # 0 once read as "the default", silently.
+    (name, value), = argument.items()
+    with pytest.raises(ValueError, match=f"Expected an integer {name} >= 1. Received: "
+                                         f"{name}={value}"):
+        _store(tmp_path, _teacher(), **argument)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="Expected dtype in"):
         _store(tmp_path, _teacher(), dtype="bfloat16")

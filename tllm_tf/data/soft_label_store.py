@@ -33,6 +33,7 @@ import functools
 import glob
 import hashlib
 import json
+import numbers
 import os
 
 import numpy as np
@@ -118,11 +119,15 @@ class SoftLabelStore:
         self.epoch_views = epoch_views
         self.num_classes = int(num_classes)
         stored = self._read_store_file()
-        top_k = top_k or stored.get("fingerprint", {}).get("top_k") or num_classes
+        stored_fingerprint = stored.get("fingerprint", {})
+        # `is None`, not falsiness: a 0 is a bad argument, not "the default".
+        if top_k is None:
+            top_k = stored_fingerprint.get("top_k", self.num_classes)
+        self.dtype = dtype if dtype is not None else stored_fingerprint.get("dtype", DEFAULT_DTYPE)
+        self.batches_per_shard = (batches_per_shard if batches_per_shard is not None
+                                  else stored.get("batches_per_shard"))
+        _check_arguments(top_k, self.dtype, self.batches_per_shard, views_fingerprint)
         self.top_k = min(int(top_k), self.num_classes)
-        self.dtype = dtype or stored.get("fingerprint", {}).get("dtype") or DEFAULT_DTYPE
-        self.batches_per_shard = batches_per_shard or stored.get("batches_per_shard")
-        _check_arguments(self.top_k, self.dtype, self.batches_per_shard, views_fingerprint)
         # Through JSON, as stored: tuples become lists, keys strings.
         views_fingerprint = json.loads(json.dumps(views_fingerprint))
         self.fingerprint = dict(views_fingerprint, teacher_sha256=teacher_sha256(teacher),
@@ -328,14 +333,19 @@ def _pair(batch, stored):
         return {"images": tf.identity(images), "teacher_logits": logits}, labels
 
 
+def _is_count(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def _check_arguments(top_k, dtype, batches_per_shard, views_fingerprint):
-    if top_k < 1:
-        raise ValueError(f"Expected top_k >= 1. Received: top_k={top_k}")
+    if not _is_count(top_k):
+        raise ValueError(f"Expected an integer top_k >= 1. Received: top_k={top_k!r}")
     if dtype not in DTYPES:
         raise ValueError(f"Expected dtype in {DTYPES}. Received: dtype={dtype!r}")
-    if batches_per_shard is not None and batches_per_shard < 1:
+    if batches_per_shard is not None and not _is_count(batches_per_shard):
         raise ValueError(
-            f"Expected batches_per_shard >= 1. Received: batches_per_shard={batches_per_shard}")
+            "Expected an integer batches_per_shard >= 1. Received: "
+            f"batches_per_shard={batches_per_shard!r}")
     clashes = sorted(set(views_fingerprint) & set(_OWN_KEYS))
     if clashes:
         raise ValueError(
