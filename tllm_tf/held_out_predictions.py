@@ -30,7 +30,14 @@ _REWRITE = ("Delete the reference stage's directory (the one holding this file a
 
 
 def predictions_path(reference_path):
-    """Where the predictions of the reference file `reference_path` live."""
+    """Where the predictions of the reference file `reference_path` live.
+
+    Args:
+        reference_path: path of a reference's accuracy file (`reference.json`).
+
+    Returns:
+        The path of `PREDICTIONS_FILE` in the same folder.
+    """
     return os.path.join(os.path.dirname(os.path.abspath(reference_path)), PREDICTIONS_FILE)
 
 
@@ -52,15 +59,33 @@ class ReferencePredictions:
     prior_offsets: bool = False
 
     def at_epoch(self, epoch):
-        """The row of 0-based `epoch` (the last one once the student trains longer)."""
+        """The reference's per-image correctness after 0-based `epoch`.
+
+        Args:
+            epoch: the student's epoch; past the reference's last recorded
+                epoch, the last one is used.
+
+        Returns:
+            A bool array `(num_images,)`.
+        """
         return self.correct[min(epoch, len(self.correct) - 1)]
 
     @property
     def final(self):
+        """The finished reference's per-image correctness, a bool array `(num_images,)`."""
         return self.correct[-1]
 
     def check_labels(self, labels, source):
-        """Raises a ValueError unless `labels` are the held-out labels recorded here."""
+        """Refuses predictions recorded on another held-out split.
+
+        Args:
+            labels: the held-out labels of this run, class ids.
+            source: where the predictions came from, for the message.
+
+        Raises:
+            ValueError: unless `labels` are the held-out labels recorded here,
+                in the same order.
+        """
         labels = np.asarray(labels)
         if labels.shape != self.labels.shape or not np.array_equal(labels, self.labels):
             raise ValueError(

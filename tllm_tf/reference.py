@@ -312,7 +312,8 @@ def load_reference_history(path):
         `i + 1`.
 
     Raises:
-        MissingHistoryError: if the file holds no per-epoch accuracy.
+        MissingHistoryError: (`tllm_tf.reference.MissingHistoryError`, a
+            `ValueError`) if the file holds no per-epoch accuracy.
         ValueError: if the file is not a valid reference file (as for
             `load_reference`).
     """
