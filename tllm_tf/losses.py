@@ -370,7 +370,9 @@ class KDLSLoss(LogitDistillationLoss):
 class DKDLoss(LogitDistillationLoss):
     """Decoupled knowledge distillation as a Keras loss (see `dkd_loss`).
 
-    Needs labels: `loss.call(teacher_logits, student_logits, labels)`.
+    Needs labels: `loss.call(teacher_logits, student_logits, labels)`. On
+    the command line `--temperature`, `--dkd_alpha` and `--dkd_beta` set
+    `temperature`, `alpha` and `beta` (through `config_fields`).
 
     Args:
         temperature: softening temperature, `> 0`. Defaults to `4.0`.
@@ -399,6 +401,10 @@ class DKDLoss(LogitDistillationLoss):
 class DKDLSLoss(LogitDistillationLoss):
     """DKD on standardised logits as a Keras loss (see `dkd_ls_loss`).
 
+    On the command line `--temperature`, `--dkd_alpha` and `--dkd_beta` set
+    `temperature`, `alpha` and `beta` (through `config_fields`);
+    `--temperature` defaults to `4.0` there, not this class's `2.0`.
+
     Args:
         temperature: base temperature, `> 0`. Defaults to `2.0`.
         alpha: weight of TCKD, `>= 0`. Defaults to `1.0`.
@@ -420,6 +426,10 @@ class DKDLSLoss(LogitDistillationLoss):
 @keras.saving.register_keras_serializable(package="tllm_tf")
 class NKDLoss(LogitDistillationLoss):
     """Normalized knowledge distillation as a Keras loss (see `nkd_loss`).
+
+    On the command line `--temperature` and `--nkd_gamma` set `temperature`
+    and `gamma` (through `config_fields`); `--temperature` defaults to
+    `4.0` there, not this class's `1.0`.
 
     Args:
         temperature: temperature of the non-target term, `> 0`. Defaults to

@@ -28,7 +28,8 @@ flags.DEFINE_list("method", None, "Deprecated: the old name of --students (kd ->
                   "tllm -> tllm). Still read, with a warning.")
 # Data.
 flags.DEFINE_bool("download", _DEFAULTS.download, "Let tfds download and prepare a missing data set.")
-flags.DEFINE_integer("num_train", None, "Keep only this many training examples (digits).")
+flags.DEFINE_integer("num_train", None, "Keep only this many training examples (digits and "
+                     "fashion_mnist only).")
 flags.DEFINE_float("mixup", _DEFAULTS.mixup, "MixUp alpha; 0 turns it off.")
 flags.DEFINE_float("cutmix", _DEFAULTS.cutmix, "CutMix Beta parameter in [0, 1]; 0 turns it off.")
 flags.DEFINE_bool("randaugment", _DEFAULTS.randaugment, "Apply RandAugment to training batches.")
@@ -75,15 +76,15 @@ flags.DEFINE_bool("refit_fallback", _DEFAULTS.refit_fallback, "The tllm_refit st
                   "(a one-sided exact paired test at --significance). Default: on "
                   "(docs/study.md).")
 flags.DEFINE_bool("reference_fallback", _DEFAULTS.reference_fallback, "Every distilled "
-                  "student (kd, tllm, tllm_refit) takes the label-only reference's weights when "
-                  "it is behind them on the held-out split (a one-sided exact paired test at "
-                  "--reference_fallback_significance); reference_check.json records the test. It "
-                  "needs the reference's model.keras. Default: on (docs/study.md, \"The "
-                  "label-only reference as a fallback\").")
+                  "student (--students: distilled, tllm, tllm_refit) takes the label-only "
+                  "reference's weights when it is behind them on the held-out split (a one-sided "
+                  "exact paired test at --reference_fallback_significance); reference_check.json "
+                  "records the test. It needs the reference's model.keras. Default: on "
+                  "(docs/study.md, \"The label-only reference as a fallback\").")
 flags.DEFINE_float("reference_fallback_significance", _DEFAULTS.reference_fallback_significance,
                    "The level of --reference_fallback's test, in (0, 1): the larger, the more "
                    "often a student behind the reference takes its weights. Default: 0.2 "
-                   "(docs/study.md, \"The fallback's level\").")
+                   "(docs/study.md, \"The label-only reference as a fallback\").")
 flags.DEFINE_bool("prior_offsets", _DEFAULTS.prior_offsets, "After each student (and the "
                   "label-only reference) trains, add per-class offsets to its logits, fitted so "
                   "that its mean predicted probabilities on the held-out split match the class "
@@ -96,7 +97,10 @@ flags.DEFINE_bool("rule_prior_offsets", _DEFAULTS.rule_prior_offsets, "The paire
 flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "paired: McNemar's exact test per class on the held-out images, "
                   "corrected across classes; unpaired: per-class accuracy difference.")
-flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test.")
+flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test. "
+                   "With --sticky each look tests at this level divided by the fit's "
+                   "number of looks (0.005 with the default ten). Also the level of "
+                   "--refit_fallback's test, at its full value.")
 flags.DEFINE_enum("correction", _DEFAULTS.correction, list(config_lib.CORRECTIONS),
                   "Multiple-testing correction of the paired test across classes.")
 flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
