@@ -1,4 +1,5 @@
 import json
+import logging
 
 import keras
 import numpy as np
@@ -432,12 +433,12 @@ def test_get_config_has_every_argument(held_out):
     callback = tllm_tf.UndistillableClassCallback(
         held_out, reference=[0.5] * 4, margin=0.02, warmup_epochs=3, update_every=2,
         sticky=True, min_samples=5, epoch_matched=True, smoothing=0.3, patience=2,
-        margin_standard_errors=1.5)
+        margin_standard_errors=1.5, epochs=12)
     assert callback.get_config() == {
         "rule": "paired", "significance": 0.05, "correction": "holm", "margin": 0.02, "warmup_epochs": 3, "update_every": 2, "sticky": True,
         "min_samples": 5, "log_path": None, "epoch_matched": True, "smoothing": 0.3,
         "patience": 2, "margin_standard_errors": 1.5, "masked_classes": [],
-        "max_updates": None, "prior_offsets": None,
+        "max_updates": None, "prior_offsets": None, "epochs": 12,
     }
     assert tllm_tf.UndistillableClassCallback(
         held_out, reference=[0.5] * 4, prior_offsets=True).get_config()["prior_offsets"] is True
@@ -543,3 +544,64 @@ def test_by_default_the_callback_judges_as_the_reference_was_recorded(tiny_data,
         _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
         assert isinstance(callback._correctness, tllm_tf.prior_offsets.PerImageCorrectnessWithOffsets) \
             == recorded_with
+
+
+def _loop_kwargs():
+    return dict(reference=[0.6, 0.5, 0.4, 0.3], rule="unpaired", patience=1)
+
+
+def test_a_training_split_over_fits_with_epochs_plans_as_one_fit(tiny_data, held_out):
+    x, y = tiny_data
+    whole = _distiller()
+    whole.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
+              callbacks=[tllm_tf.UndistillableClassCallback(held_out, **_loop_kwargs())])
+    looped = _distiller()
+    callback = tllm_tf.UndistillableClassCallback(held_out, epochs=4, **_loop_kwargs())
+    for epoch in range(4):
+        looped.fit(x, y, batch_size=8, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                   verbose=0, callbacks=[callback])
+    assert whole.undistillable_classes  # something to compare
+    np.testing.assert_array_equal(looped.class_mask.numpy(), whole.class_mask.numpy())
+    np.testing.assert_array_equal(looped.identification_state.numpy(),
+                                  whole.identification_state.numpy())
+    with pytest.raises(ValueError, match="runs to epoch 5, past the callback's epochs=4"):
+        looped.fit(x, y, batch_size=8, epochs=5, initial_epoch=4, verbose=0,
+                   callbacks=[callback])
+
+
+def test_a_loop_of_fits_without_epochs_is_warned_about(tiny_data, held_out, caplog):
+    x, y = tiny_data
+    distiller = _distiller()
+    callback = tllm_tf.UndistillableClassCallback(held_out, **_loop_kwargs())
+    with caplog.at_level(logging.WARNING):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+        assert "epochs=TOTAL" not in caplog.text  # the same plan twice is two trainings
+        distiller.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0,
+                      callbacks=[callback])
+    assert "this fit has epochs=2, the last one had 1" in caplog.text
+    assert "epochs=TOTAL" in caplog.text
+
+
+def test_a_held_out_set_that_reshuffles_is_refused_before_training(tiny_data, held_out):
+    x, y = tiny_data
+    distiller = _distiller()
+    shuffled = tf.data.Dataset.from_tensor_slices(held_out).shuffle(
+        16, seed=1, reshuffle_each_iteration=True).batch(4)
+    reference = make_mlp("reference")
+    with pytest.raises(ValueError, match="in another order.*no .shuffle"):
+        distiller.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[
+            tllm_tf.UndistillableClassCallback(shuffled, reference=reference)])
+    assert int(distiller.optimizer.iterations) == 0
+
+
+def test_validation_logs_count_the_same_mask(tiny_data, held_out):
+    x, y = tiny_data
+    distiller = _distiller()
+    history = distiller.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, validation_data=held_out,
+        callbacks=[tllm_tf.UndistillableClassCallback(held_out, warmup_epochs=0,
+                                                      **_loop_kwargs())])
+    assert history.history["num_undistillable_classes"][-1] > 0
+    assert (history.history["val_num_undistillable_classes"]
+            == history.history["num_undistillable_classes"])

@@ -629,3 +629,54 @@ def test_a_float16_teacher_overflow_keeps_the_loss_finite_and_warns(
     assert "teacher logits overflowed float16" in caplog.text
     assert "teacher_dtype='bfloat16'" in caplog.text
     assert all(np.isfinite(w).all() for w in student.get_weights())
+
+
+def test_callbacks_can_be_given_by_position(student, teacher, tiny_data):
+    # keras.Model.fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+    x, y = tiny_data
+    distiller = _distiller(student, teacher)
+    seen = []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    distiller.fit(x, y, 8, 2, 0, [recorder])
+    assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("loss, message", [
+    ("sparse_categorical_crossentropy", "not a name.*from_logits=True"),
+    (keras.losses.SparseCategoricalCrossentropy(), "from_logits=False.*probabilities"),
+    (keras.losses.CategoricalCrossentropy(), "CategoricalCrossentropy\\(from_logits=True\\)"),
+])
+def test_a_student_loss_on_probabilities_is_refused(student, teacher, loss, message):
+    with pytest.raises(ValueError, match=message):
+        _distiller(student, teacher, student_loss_fn=loss)
+
+
+def test_a_student_loss_from_logits_is_taken(tiny_data):
+    x, y = tiny_data
+    keras.utils.set_random_seed(0)
+    distiller = _distiller(make_mlp("student"), make_mlp("teacher"), student_loss_fn=(
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)))
+    keras.utils.set_random_seed(0)
+    default = _distiller(make_mlp("student"), make_mlp("teacher"))
+    _one_step(distiller, x, y)
+    _one_step(default, x, y)
+    for a, b in zip(distiller.student.get_weights(), default.student.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_export_serves_the_student(student, teacher, tiny_data, tmp_path):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "exported")
+    distiller.export(path)
+    loaded = tf.saved_model.load(path)
+    served = loaded.serve(tf.constant(x))
+    np.testing.assert_allclose(served.numpy(), student.predict(x, verbose=0), atol=1e-6)
+
+
+def test_legacy_h5_save_is_refused_with_the_formats_that_work(student, teacher, tmp_path):
+    distiller = _distiller(student, teacher)
+    with pytest.raises(ValueError, match="legacy .h5.*Save it as .keras.*save_weights"):
+        distiller.save(str(tmp_path / "distiller.h5"))
+    assert not (tmp_path / "distiller.h5").exists()

@@ -108,7 +108,14 @@ class UndistillableClassCallback(keras.callbacks.Callback):
     mask of an earlier run of the same setting.
 
     Every epoch's logs get `num_undistillable_classes`: the number of
-    classes the *next* epoch stops distilling.
+    classes the *next* epoch stops distilling (and so does
+    `val_num_undistillable_classes`, where validation ran).
+
+    `Distiller.fit` runs this callback before the others at each epoch end,
+    so that `BackupAndRestore` and `ModelCheckpoint` save the updated mask.
+    Monitor `val_student_loss` or `val_accuracy`, not `val_loss`, in
+    `EarlyStopping`, `ModelCheckpoint` or `ReduceLROnPlateau`: the objective
+    jumps when a class is masked (a warning says so).
 
     Args:
         validation_data: batched `tf.data.Dataset` of `(x, y)`, or a tuple
@@ -178,6 +185,12 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             judges as the reference's predictions were recorded (their file says),
             and without offsets for a reference given as a model. Defaults to
             `None`.
+        epochs: the whole training's epochs, when it is split over several
+            `fit` calls (`fit(epochs=e + 1, initial_epoch=e)` in a loop): the
+            warm-up, the looks and each look's level are planned over them.
+            `None` plans over each fit's `epochs` (as Keras counts them: the
+            last epoch, `initial_epoch` included), and warns when a later fit
+            has another. Defaults to `None`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a
@@ -193,6 +206,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
     ...     UndistillableClassCallback(held_out_ds, "runs/x/reference/reference.json",
     ...                                epoch_matched=True, sticky=True)])
     """
+
+    # `Distiller.fit` runs mask updaters first at each epoch end (`tllm_tf.fit_callbacks`).
+    updates_class_mask = True
 
     def __init__(
         self,
@@ -214,6 +230,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         masked_classes=(),
         max_updates=None,
         prior_offsets=None,
+        epochs=None,
     ):
         super().__init__()
         masked_classes = tuple(int(c) for c in masked_classes)
@@ -226,6 +243,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if update_every is not None and update_every < 1:
             raise ValueError(
                 f"Expected update_every >= 1. Received: update_every={update_every}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"Expected epochs >= 1 or None. Received: epochs={epochs}")
         if max_updates is not None and max_updates < 1:
             raise ValueError(
                 f"Expected max_updates >= 1 or None. Received: max_updates={max_updates}")
@@ -239,6 +258,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = None if update_every is None else int(update_every)
         self.max_updates = None if max_updates is None else int(max_updates)
+        self.epochs = None if epochs is None else int(epochs)
+        self._last_fit_epochs = None
         self.prior_offsets = None if prior_offsets is None else bool(prior_offsets)
         self._with_offsets = bool(prior_offsets)
         self.masked_classes = masked_classes
@@ -375,14 +396,17 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                 f"with a `class_mask`). Received: {type(self.model).__name__}")
         model_checks.check_held_out_data(self.validation_data, self.model)
         num_classes = self.model.num_classes
-        held_out_counts = np.bincount(
-            model_checks.held_out_class_ids(self.validation_data, num_classes),
-            minlength=num_classes)
+        held_out_ids = model_checks.held_out_class_ids(self.validation_data, num_classes)
+        held_out_counts = np.bincount(held_out_ids, minlength=num_classes)
         self._mask_fixed_classes(num_classes)
         self._reference_predictions = None
         self._reference_source = "the reference"
         self._resolve_reference(num_classes, held_out_counts)
-        epochs = (self.params or {}).get("epochs") or 0
+        if self._reference_predictions is not None:
+            # The pass above read the held-out labels: a split that reshuffles
+            # is refused now, not after the warm-up.
+            self._reference_predictions.check_labels(held_out_ids, self._reference_source)
+        epochs = self._planned_epochs()
         self._warmup, self._update_every = update_schedule(
             epochs, self.warmup_epochs, self.update_every)
         if epochs:
@@ -403,6 +427,27 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = judge(self.model, num_classes)
         self._labels_checked = False
+
+    def _planned_epochs(self):
+        """The epochs of the whole training: `epochs`, else this fit's."""
+        fit_epochs = (self.params or {}).get("epochs") or 0
+        if self.epochs is not None:
+            if fit_epochs > self.epochs:
+                raise ValueError(
+                    f"This fit runs to epoch {fit_epochs}, past the callback's "
+                    f"epochs={self.epochs} (the whole training's): pass the whole "
+                    "training's number of epochs to both.")
+            return self.epochs
+        if self._last_fit_epochs not in (None, fit_epochs):
+            logging.warning(
+                "UndistillableClassCallback: this fit has epochs=%d, the last one had %d. "
+                "The warm-up, the looks and each look's level follow the fit's epochs: for "
+                "one training split over several fits (fit(epochs=e + 1, initial_epoch=e) "
+                "in a loop), pass the whole training's epochs to the callback "
+                "(UndistillableClassCallback(..., epochs=TOTAL)).",
+                fit_epochs, self._last_fit_epochs)
+        self._last_fit_epochs = fit_epochs
+        return fit_epochs
 
     def _warn_if_no_update(self, epochs):
         """Warns when the warm-up puts the first update after this fit's last epoch.
@@ -495,7 +540,11 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             if self.log_path:
                 self._append_log(epoch, evidence, state, mask, options)
         if logs is not None:
-            logs["num_undistillable_classes"] = len(self.model.undistillable_classes)
+            count = len(self.model.undistillable_classes)
+            logs["num_undistillable_classes"] = count
+            if "val_num_undistillable_classes" in logs:
+                # Measured before this update; one count per epoch's line.
+                logs["val_num_undistillable_classes"] = count
 
     def _append_log(self, epoch, evidence, state, mask, options):
         record = {
@@ -539,5 +588,6 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             "masked_classes": list(self.masked_classes),
             "max_updates": self.max_updates,
             "prior_offsets": self.prior_offsets,
+            "epochs": self.epochs,
         }
 

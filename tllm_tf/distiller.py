@@ -9,7 +9,7 @@ NeurIPS 2022): the distillation term of each sample is gated by
 `tllm_tf.UndistillableClassCallback`) are taught by their labels alone.
 """
 
-import logging
+import inspect
 import math
 
 import keras
@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tllm_tf import fit_callbacks
 from tllm_tf import identification
 from tllm_tf import losses as losses_lib
 from tllm_tf import model_checks
@@ -220,7 +221,8 @@ class Distiller(keras.Model):
 
         Raises:
             ValueError: on a negative or non-finite weight, `alpha = beta = 0`, an unknown
-                policy, a `loss=` or a `temperature=`.
+                policy, a `loss=` or a `temperature=`, or a `student_loss_fn` given
+                as a name or built with `from_logits=False`.
         """
         if "loss" in kwargs:
             raise ValueError(
@@ -244,6 +246,8 @@ class Distiller(keras.Model):
                 "Expected alpha + beta > 0: with both 0 the loss is 0 and the student "
                 f"does not train. Received: alpha={alpha}, beta={beta}")
         policies.get_policy(masked_class_policy)
+        if student_loss_fn is not None:
+            model_checks.check_student_loss(student_loss_fn)
         if not distillation_warmup_steps >= 0:
             raise ValueError(
                 "Expected distillation_warmup_steps >= 0. Received: "
@@ -275,9 +279,28 @@ class Distiller(keras.Model):
 
     def save(self, filepath, *args, **kwargs):
         # Refused before Keras opens the file, rather than half-way through.
+        if str(filepath).endswith(".h5"):
+            raise ValueError(
+                "A Distiller cannot be saved in the legacy .h5 format (it holds two models, "
+                "the class mask and the rule's state). Save it as .keras, or its weights "
+                f"with save_weights('....weights.h5'). Received: filepath={filepath!r}")
         if self.student_loss_fn is not None:
             _serialize_student_loss(self.student_loss_fn)
         return super().save(filepath, *args, **kwargs)
+
+    def export(self, filepath, *args, **kwargs):
+        """Exports the student for inference: `self.student.export(...)`.
+
+        Serving needs the student alone (the teacher and the mask only
+        train it). `tllm_tf.export_saved_model` adds the normalisation and
+        a uint8 endpoint.
+
+        Args:
+            filepath: the export folder.
+            *args: passed to `keras.Model.export`.
+            **kwargs: passed to `keras.Model.export`.
+        """
+        return self.student.export(filepath, *args, **kwargs)
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -355,15 +378,22 @@ class Distiller(keras.Model):
     def call(self, inputs, training=False):
         return self.student(_images(inputs), training=training)
 
-    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+    def fit(self, *args, **kwargs):
+        """Trains the student; `keras.Model.fit`'s arguments.
+
+        Callbacks that update the class mask (`UndistillableClassCallback`)
+        run first at each epoch end, before the callbacks that save or
+        read the model (`tllm_tf.fit_callbacks`).
+        """
+        arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        y = arguments.get("y")
         # Arrays are checked whole before any step runs; datasets are checked
         # batch by batch inside the step (see `_labels`).
         if y is not None and not isinstance(y, tf.data.Dataset):
             model_checks.check_label_array(y, self.num_classes)
-        callbacks = list(callbacks or [])
-        if self.teacher_dtype == "float16":
-            callbacks.append(_WarnOnTeacherOverflow())
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        arguments["callbacks"] = fit_callbacks.arrange(
+            arguments.get("callbacks"), self.teacher_dtype)
+        return super().fit(**arguments)
 
     def _labels(self, y):
         """Returns `(labels, is_soft)`: int32 class ids, or float label vectors."""
@@ -528,17 +558,6 @@ class _MaskedClassCount(keras.metrics.Metric):
 
     def result(self):
         return ops.sum(ops.cast(self._read_mask() <= 0.0, "int32"))
-
-
-class _WarnOnTeacherOverflow(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        overflows = (logs or {}).get("teacher_logit_overflows", 0)
-        if overflows:
-            logging.warning(
-                "Epoch %d: %d teacher logits overflowed float16 (|logit| > 65504) and "
-                "were clipped to +-65504, so the distillation targets are approximate. "
-                "Use teacher_dtype='bfloat16' (float32's range) or 'float32'.",
-                epoch + 1, int(overflows))
 
 
 def _serialize_student_loss(loss_fn):

@@ -88,12 +88,15 @@ class ReferencePredictions:
         """
         labels = np.asarray(labels)
         if labels.shape != self.labels.shape or not np.array_equal(labels, self.labels):
+            how = ("" if labels.shape != self.labels.shape
+                   else " with other labels, or in another order")
             raise ValueError(
                 f"The reference predictions {source!r} were recorded on another held-out "
-                f"split ({self.labels.size} images; this run's has {labels.size}"
-                f"{'' if labels.shape != self.labels.shape else ' with other labels'}). "
+                f"split ({self.labels.size} images; this run's has {labels.size}{how}). "
                 "Use the reference of this data set, seed and --holdout_fraction "
-                "(re-run the reference stage), or compare per class with rule='unpaired'.")
+                "(re-run the reference stage), or compare per class with rule='unpaired'. "
+                "A held-out set must give its images in the same order on every pass "
+                "(no .shuffle()).")
 
 
 def save_predictions(path, labels, correct, prior_offsets=False):

@@ -148,6 +148,31 @@ def _final_softmax(model):
     return None
 
 
+def check_student_loss(loss_fn):
+    """Refuses a label loss the Distiller cannot call on the student's logits.
+
+    Args:
+        loss_fn: the `student_loss_fn` given to `Distiller.compile`.
+
+    Raises:
+        ValueError: for a string (Keras resolves loss names to losses on
+            probabilities), or a Keras loss built with `from_logits=False`:
+            given logits, it trains on a meaningless target, silently.
+    """
+    if isinstance(loss_fn, str):
+        raise ValueError(
+            f"student_loss_fn takes a loss object or function, not a name: "
+            f"Received: student_loss_fn={loss_fn!r}. The student returns logits: pass "
+            "keras.losses.SparseCategoricalCrossentropy(from_logits=True) (class ids), "
+            "keras.losses.CategoricalCrossentropy(from_logits=True) (label vectors), or "
+            "leave it unset for that cross-entropy.")
+    if getattr(loss_fn, "from_logits", None) is False:
+        raise ValueError(
+            f"student_loss_fn={type(loss_fn).__name__}(from_logits=False) reads the "
+            "student's output as probabilities, but the student returns logits. Pass "
+            f"{type(loss_fn).__name__}(from_logits=True).")
+
+
 def check_label_array(y, num_classes, name="Labels"):
     """Refuses label arrays the Distiller would misread, before any step runs.
 
