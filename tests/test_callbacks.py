@@ -496,7 +496,7 @@ def test_defaults_wait_half_the_fit_match_epochs_and_spend_the_level(tiny_data, 
     callback = tllm_tf.UndistillableClassCallback(held_out, reference=history, log_path=log_path)
     _distiller().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[callback])
     assert [r["epoch"] for r in _log_records(log_path)] == [3, 4]  # warm-up: half of 4
-    assert callback._matched and callback._looks == 2
+    assert callback._resolved.matched and callback._looks == 2
 
 
 @pytest.mark.parametrize("recorded_with, judged_with, message", [

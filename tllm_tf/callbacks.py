@@ -1,7 +1,8 @@
 """`UndistillableClassCallback`: finds undistillable classes during training.
 
-(Over 300 lines: one Keras callback, a third of it its docstring; the rule itself is
-`tllm_tf.identification`.)
+(Over 300 lines: one Keras callback, more than a third of it its docstring; the rule
+itself is `tllm_tf.identification`, the reference's resolution
+`tllm_tf.reference_resolution`.)
 
 Teach Less, Learn More (Zhu et al., NeurIPS 2022): a class is undistillable
 when the distilled student is less accurate on it than a student trained on
@@ -26,12 +27,11 @@ import keras
 import numpy as np
 
 from tllm_tf import atomic
-from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
 from tllm_tf import prior_offsets as prior_offsets_lib
-from tllm_tf import reference as reference_lib
+from tllm_tf import reference_resolution
 
 # Looks the rule takes after the warm-up when `update_every` is not given: the
 # number the defaults were chosen with (20 epochs, warm-up 10, one look an
@@ -261,131 +261,17 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.epochs = None if epochs is None else int(epochs)
         self._last_fit_epochs = None
         self.prior_offsets = None if prior_offsets is None else bool(prior_offsets)
-        self._with_offsets = bool(prior_offsets)
         self.masked_classes = masked_classes
         self.log_path = log_path
         self.epoch_matched = None if epoch_matched is None else bool(epoch_matched)
-        self._matched = bool(epoch_matched)
         self._warmup, self._update_every = update_schedule(0, self.warmup_epochs, self.update_every)
         self._looks = 1
         self.effective_rule = rule
         self.reference_accuracy = None
         self.student_accuracy = None
         self.p_values = None
-        self._reference_history = None
-        self._reference_predictions = None
+        self._resolved = None
         self._correctness = None
-
-    # -- the reference ---------------------------------------------------------
-
-    def _resolve_reference(self, num_classes, held_out_counts):
-        """Sets the reference's per-class accuracy rows and, if any, its per-image results."""
-        reference = self.reference
-        predictions = None
-        self._matched = self._wants_matched(num_classes)
-        if isinstance(reference, keras.Model):
-            if self._matched:
-                raise ValueError(
-                    "epoch_matched=True needs the reference's per-epoch results: "
-                    "pass a reference file written by the reference stage, a "
-                    "ReferencePredictions or an (epochs, num_classes) array, not a model.")
-            with_offsets = bool(self.prior_offsets)
-            correct, labels = prior_offsets_lib.per_image_correctness(
-                reference, num_classes, with_offsets=with_offsets)(self.validation_data)
-            predictions = predictions_lib.ReferencePredictions(
-                labels=labels, correct=correct[np.newaxis], prior_offsets=with_offsets)
-        elif isinstance(reference, predictions_lib.ReferencePredictions):
-            predictions = reference
-        elif isinstance(reference, (str, os.PathLike)):
-            values = (reference_lib.load_reference_history(reference) if self._matched
-                      else reference_lib.load_reference(reference))
-            sibling = predictions_lib.predictions_path(reference)
-            if self.options.rule == "paired" and os.path.exists(sibling):
-                predictions = predictions_lib.load_predictions(sibling)
-                self._reference_source = sibling
-            else:
-                self._set_accuracy_rows(values, num_classes)
-        else:
-            self._set_accuracy_rows(np.asarray(reference, dtype=np.float64), num_classes,
-                                    held_out_counts)
-        if self.prior_offsets and predictions is None:
-            raise ValueError(
-                "prior_offsets=True judges image by image, so it needs the reference's "
-                "held-out predictions (the paired rule): pass a reference file with its "
-                f"{predictions_lib.PREDICTIONS_FILE} beside it, a ReferencePredictions or "
-                "the reference model, or set prior_offsets=False (--norule_prior_offsets).")
-        if (predictions is not None and self.prior_offsets is not None
-                and predictions.prior_offsets != self.prior_offsets):
-            raise ValueError(
-                f"The reference's predictions were recorded "
-                f"{'with' if predictions.prior_offsets else 'without'} prior offsets, and "
-                f"this callback judges {'with' if self.prior_offsets else 'without'} them "
-                f"(prior_offsets={self.prior_offsets}). Record the reference with "
-                f"PredictionRecorder(prior_offsets={self.prior_offsets}) (the same "
-                "--rule_prior_offsets for the reference and the students), or judge as it was "
-                "recorded.")
-        # Judged as the reference was recorded, unless asked otherwise (refused above).
-        self._with_offsets = predictions is not None and predictions.prior_offsets
-        if predictions is not None:
-            if predictions.labels.size and predictions.labels.max() >= num_classes:
-                raise ValueError(
-                    f"The reference's predictions have labels up to "
-                    f"{predictions.labels.max()} but the model has num_classes={num_classes}.")
-            self._reference_predictions = predictions
-            rows = [metrics_lib.accuracy_from_counts(*metrics_lib.counts_from_correctness(
-                row, predictions.labels, num_classes)) for row in predictions.correct]
-            self._reference_history = np.stack(rows)
-            if not self._matched:
-                self._reference_history = self._reference_history[-1:]
-        self.effective_rule = "paired" if self._reference_predictions is not None else "unpaired"
-        if self.options.rule == "paired" and self.effective_rule == "unpaired":
-            logging.warning(
-                "UndistillableClassCallback: the reference has per-class accuracies only, "
-                "so classes are compared with the unpaired rule (noisier: it masks "
-                "classes on chance differences). Pass the reference model, or a "
-                "reference file with its %s beside it, for the paired test.",
-                predictions_lib.PREDICTIONS_FILE)
-
-    def _wants_matched(self, num_classes):
-        """`epoch_matched`, or with `None` whether the reference has per-epoch results."""
-        if self.epoch_matched is not None:
-            return self.epoch_matched
-        reference = self.reference
-        if isinstance(reference, predictions_lib.ReferencePredictions):
-            return len(reference.correct) > 1
-        if isinstance(reference, (str, os.PathLike)):
-            sibling = predictions_lib.predictions_path(reference)
-            if self.options.rule == "paired" and os.path.exists(sibling):
-                return len(predictions_lib.load_predictions(sibling).correct) > 1
-            try:
-                return len(reference_lib.load_reference_history(reference)) > 1
-            except reference_lib.MissingHistoryError:
-                return False
-        if isinstance(reference, keras.Model):
-            return False
-        return np.ndim(reference) == 2
-
-    def _set_accuracy_rows(self, values, num_classes, held_out_counts=None):
-        """Sets the reference's accuracy rows from an array, checked.
-
-        `held_out_counts` (per-class held-out images) refuses a NaN where the
-        split has images; `None` for a reference file, whose null marks a
-        class its own split had none of.
-        """
-        expected_rank = 2 if self._matched else 1
-        if values.ndim != expected_rank:
-            raise ValueError(
-                f"Expected a reference of rank {expected_rank} "
-                f"({'(epochs, num_classes)' if self._matched else '(num_classes,)'}) "
-                f"with epoch_matched={self._matched}. Received shape {values.shape}.")
-        if values.shape[-1] != num_classes or values.size == 0:
-            raise ValueError(
-                f"The reference has {values.shape[-1]} per-class accuracies but the "
-                f"model has num_classes={num_classes}. Pass the reference of a student "
-                "trained on the same classes.")
-        rows = values.reshape(-1, num_classes)
-        reference_lib.check_accuracy_rows(rows, held_out_counts)
-        self._reference_history = rows
 
     # -- Keras hooks -------------------------------------------------------------
 
@@ -399,13 +285,15 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         held_out_ids = model_checks.held_out_class_ids(self.validation_data, num_classes)
         held_out_counts = np.bincount(held_out_ids, minlength=num_classes)
         self._mask_fixed_classes(num_classes)
-        self._reference_predictions = None
-        self._reference_source = "the reference"
-        self._resolve_reference(num_classes, held_out_counts)
-        if self._reference_predictions is not None:
-            # The pass above read the held-out labels: a split that reshuffles
+        self._resolved = reference_resolution.resolve_reference(
+            self.reference, self.validation_data, num_classes, held_out_counts,
+            rule=self.options.rule, epoch_matched=self.epoch_matched,
+            prior_offsets=self.prior_offsets)
+        self.effective_rule = self._resolved.rule
+        if self._resolved.predictions is not None:
+            # The passes above read the held-out labels: a split that reshuffles
             # is refused now, not after the warm-up.
-            self._reference_predictions.check_labels(held_out_ids, self._reference_source)
+            self._resolved.predictions.check_labels(held_out_ids, self._resolved.source)
         epochs = self._planned_epochs()
         self._warmup, self._update_every = update_schedule(
             epochs, self.warmup_epochs, self.update_every)
@@ -418,11 +306,11 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._looks = 1
         if self.options.sticky:
             self._looks = max(1, sum(self._is_update_epoch(e) for e in range(epochs)))
-        self.reference_accuracy = self._reference_history[-1]
+        self.reference_accuracy = self._resolved.history[-1]
         self._warn_about_unlearned_classes(num_classes)
         self.student_accuracy = None
         self.p_values = None
-        judge = prior_offsets_lib.judge_class(self._with_offsets)
+        judge = prior_offsets_lib.judge_class(self._resolved.with_offsets)
         if type(self._correctness) is not judge or self._correctness.model is not self.model:
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = judge(self.model, num_classes)
@@ -508,15 +396,16 @@ class UndistillableClassCallback(keras.callbacks.Callback):
     def _evidence(self, epoch, correct, labels, num_classes):
         hits, total = metrics_lib.counts_from_correctness(correct, labels, num_classes)
         self.student_accuracy = metrics_lib.accuracy_from_counts(hits, total)
-        row = min(epoch, len(self._reference_history) - 1) if self._matched else -1
-        self.reference_accuracy = self._reference_history[row]
+        matched = self._resolved.matched
+        row = min(epoch, len(self._resolved.history) - 1) if matched else -1
+        self.reference_accuracy = self._resolved.history[row]
         if self.effective_rule == "unpaired":
             return identification.Evidence(total, self.student_accuracy, self.reference_accuracy)
-        predictions = self._reference_predictions
+        predictions = self._resolved.predictions
         if not self._labels_checked:
-            predictions.check_labels(labels, self._reference_source)
+            predictions.check_labels(labels, self._resolved.source)
             self._labels_checked = True
-        reference_correct = (predictions.at_epoch(epoch) if self._matched
+        reference_correct = (predictions.at_epoch(epoch) if matched
                              else predictions.final)
         behind, ahead = identification.discordant_counts(
             correct, reference_correct, labels, num_classes)
