@@ -43,9 +43,10 @@ def _free_ports(count):
             sock.close()
 
 
-def _start_workers(zygote, workdirs, record_dir, log_dir, flags=()):
+def _start_workers(zygote, workdirs, record_dir, log_dir, flags=(), worker_flags=None):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(workdirs))]}
     processes = []
+    worker_flags = worker_flags or [()] * len(workdirs)
     try:
         for index, workdir in enumerate(workdirs):
             env = dict(
@@ -53,7 +54,8 @@ def _start_workers(zygote, workdirs, record_dir, log_dir, flags=()):
                 TF_CONFIG=json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             processes.append(zygote.popen(
-                ["tests/record_worker.py", *FLAGS, *flags, f"--workdir={workdir}"], env=env,
+                ["tests/record_worker.py", *FLAGS, *flags, *worker_flags[index],
+                 f"--workdir={workdir}"], env=env,
                 stdout=os.path.join(log_dir, f"worker{index}.out"),
                 stderr=os.path.join(log_dir, f"worker{index}.err")))
     except BaseException:
@@ -306,6 +308,38 @@ def test_a_chief_that_refuses_to_start_stops_every_worker(zygote, tmp_path):
     worker_error = _log(tmp_path / "logs", 1, "err")
     assert "ChiefFailedError" in worker_error and refusal in worker_error
     assert not os.path.exists(worker_dir)
+
+
+@pytest.mark.slow
+def test_workers_started_with_other_flags_are_all_refused_before_training(zygote, tmp_path):
+    chief_dir, worker_dir = str(tmp_path / "chief"), str(tmp_path / "worker1")
+    os.makedirs(tmp_path / "logs")
+    processes = _start_workers(zygote, [chief_dir, worker_dir], tmp_path, tmp_path / "logs",
+                               worker_flags=[(), ("--seed=1", "--verbose=1")])
+    _wait(processes)
+    assert [process.returncode for process in processes] == [1, 1]
+    assert "--seed: 1 here, 0 on the chief" in _log(tmp_path / "logs", 1, "err")
+    assert "--verbose:" not in _log(tmp_path / "logs", 1, "err")  # may differ
+    assert "Another worker was started with other flags" in _log(tmp_path / "logs", 0, "err")
+    assert not os.path.exists(os.path.join(chief_dir, "teacher"))
+
+
+def test_multi_worker_without_a_cluster_is_refused(monkeypatch):
+    for tf_config in (None, '{"cluster": {}, "task": {"type": "worker", "index": 0}}',
+                      '{"clustr": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}'):
+        if tf_config is None:
+            monkeypatch.delenv("TF_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("TF_CONFIG", tf_config)
+        with pytest.raises(ValueError, match="needs the environment variable TF_CONFIG"):
+            multi_worker.make_strategy("multi_worker")
+
+
+def test_the_joining_line_names_the_task_and_the_cluster(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps(
+        {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+         "task": {"type": "worker", "index": 1}}))
+    assert multi_worker.joining_line().startswith("worker 1 of a cluster of 3 (TF_CONFIG)")
 
 
 @pytest.mark.slow

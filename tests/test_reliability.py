@@ -98,6 +98,22 @@ def test_a_batch_larger_than_the_training_split_is_refused_before_training(tmp_p
     assert not os.path.exists(tmp_path / "run")
 
 
+class _TwoReplicas:
+    """What the checks before training read of a strategy with two replicas."""
+
+    num_replicas_in_sync = 2
+
+
+def test_a_batch_the_replicas_cannot_split_is_refused_before_training(tmp_path):
+    config = RunConfig(workdir=str(tmp_path / "run"), num_train=100, batch_size=33,
+                       strategy="mirrored", verbose=0)
+    with pytest.raises(ValueError, match=(
+            r"--batch_size=33 \(the global batch\) does not split evenly over the 2 "
+            r"replicas of --strategy=mirrored.*Use a multiple of 2")):
+        stages.run(config, _TwoReplicas())
+    assert not os.path.exists(tmp_path / "run")
+
+
 # -- item 6: a workdir that cannot be written ----------------------------------
 
 @pytest.mark.parametrize("where", ["under_a_file", "a_file", "proc", "read_only"])

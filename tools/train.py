@@ -63,7 +63,12 @@ def _train_and_report(config):
     """Runs the stages `config` asks for, then prints and writes the report."""
     # First, before any TensorFlow op: a multi-worker strategy configures
     # collectives, which is only possible at start-up.
-    strategy = multi_worker.make_strategy(config.strategy)
+    try:
+        if config.strategy == "multi_worker":
+            print(multi_worker.joining_line(), flush=True)
+        strategy = multi_worker.make_strategy(config.strategy)
+    except ValueError as error:
+        console.exit_with_error(error)
     if not multi_worker.is_chief(strategy):
         print("A non-chief worker: the chief writes every result; this process writes nothing.")
     elif config.verbose > 0:

@@ -16,6 +16,7 @@ in the same order; the stage runner keeps to that.
 """
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -51,6 +52,51 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
 _STRATEGIES = {}
 
+# Fields of a `RunConfig` that may differ between workers: where each writes
+# (only the chief does) or reads its own copy of the same files, and how
+# much it prints. Whether a path is given must still agree.
+_PER_WORKER_FIELDS = ("workdir", "data_dir", "manual_dir", "image_folder", "test_image_folder",
+                      "teacher_path", "reference_path", "teacher_store")
+_UNCHECKED_FIELDS = ("verbose",)
+
+
+def cluster_resolver():
+    """The cluster and this process's task, from the `TF_CONFIG` environment variable.
+
+    Returns:
+        A `TFConfigClusterResolver` with a cluster and a task of type
+        `"chief"` or `"worker"`.
+
+    Raises:
+        ValueError: if `TF_CONFIG` is unset, names no cluster, or gives a
+            task of another type: `--strategy=multi_worker` would otherwise
+            train alone, silently.
+    """
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if not resolver.cluster_spec().as_dict() or resolver.task_type not in ("chief", "worker"):
+        raise ValueError(
+            "--strategy=multi_worker needs the environment variable TF_CONFIG to name the "
+            "cluster and this worker's task, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
+            "[\"host-a:12345\", \"host-b:12345\"]}, \"task\": {\"type\": \"worker\", "
+            "\"index\": 0}}' (docs/multi_worker.md). Received: "
+            f"TF_CONFIG={os.environ.get('TF_CONFIG')!r}. For one process, use "
+            "--strategy=default or mirrored.")
+    return resolver
+
+
+def joining_line():
+    """What a worker prints before it waits for the cluster (`TF_CONFIG`).
+
+    Raises:
+        ValueError: as `cluster_resolver`.
+    """
+    resolver = cluster_resolver()
+    cluster = resolver.cluster_spec()
+    size = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
+    return (f"{resolver.task_type} {resolver.task_id} of a cluster of {size} (TF_CONFIG): "
+            "waiting until every worker has started. A worker that never starts leaves the "
+            "others waiting, deaf to Ctrl-C; stop them with kill -9 (docs/multi_worker.md).")
+
 
 def _configure_coordination(heartbeat_timeout_s):
     """Starts the cluster's coordination service with our heartbeat timeout.
@@ -58,10 +104,8 @@ def _configure_coordination(heartbeat_timeout_s):
     The same service `MultiWorkerMirroredStrategy` configures for itself when
     none is configured yet; only the timeout differs.
     """
-    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    resolver = cluster_resolver()
     cluster_spec = resolver.cluster_spec()
-    if resolver.task_type not in ("chief", "worker") or not cluster_spec.as_dict():
-        return
     if tf_context.context().coordination_service is not None:
         return
     coordinated_job = tf_context.coordination_config_pb2.CoordinatedJob
@@ -94,6 +138,9 @@ def make_strategy(name, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S):
 
     Returns:
         A `tf.distribute.Strategy`.
+
+    Raises:
+        ValueError: for `"multi_worker"` without a cluster in `TF_CONFIG`.
     """
     if name == "mirrored":
         if "mirrored" not in _STRATEGIES:
@@ -220,6 +267,66 @@ def run_on_chief(strategy, function):
             f"The chief failed, so this worker stops too. The chief's error: "
             f"{record['error']}")
     return record["result"]
+
+
+def _replica_sum(value):
+    # Computed on the replica's device: the function's input itself has none, and the
+    # all-reduce then finds no destination.
+    local = tf.identity(value)
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, [local])
+
+
+def _sum_over_workers(strategy, value):
+    """The sum over every replica of `value` (a flag: > 0 when any worker set it)."""
+    key = (strategy, "sum")
+    if key not in _BROADCASTS:
+        _BROADCASTS[key] = tf.function(lambda tensor: strategy.run(_replica_sum, args=(tensor,)))
+    (total,) = _BROADCASTS[key](tf.constant(value, tf.float32))
+    return float(strategy.experimental_local_results(total)[0])
+
+
+def _comparable(config_fields):
+    fields = {key: bool(value) if key in _PER_WORKER_FIELDS else value
+              for key, value in config_fields.items() if key not in _UNCHECKED_FIELDS}
+    return json.loads(json.dumps(fields))
+
+
+def check_same_config(strategy, config_fields):
+    """Refuses, on every worker, a cluster whose workers were started with other flags.
+
+    Each worker builds its own configuration from its own command line; one
+    started with another seed, policy or learning rate would train on other
+    batches or take other steps, and the all-reduced updates would match no
+    run (or fail later at a collective, naming no flag). Paths may differ
+    (each worker reads its own copy; only the chief writes), as may
+    `verbose`.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+        config_fields: this worker's configuration as a dict of JSON values
+            (`dataclasses.asdict(config)`).
+
+    Raises:
+        ValueError: on every worker if any worker's configuration differs
+            from the chief's; the differing worker's message names the
+            fields.
+    """
+    if num_workers(strategy) == 1:
+        return
+    own = _comparable(config_fields)
+    chiefs = run_on_chief(strategy, lambda: own)
+    differences = [f"--{key}: {own[key]!r} here, {chiefs.get(key)!r} on the chief"
+                   for key in sorted(own) if own[key] != chiefs.get(key)]
+    if differences:
+        _sum_over_workers(strategy, 1.0)
+        raise ValueError(
+            "This worker was started with other flags than the chief: "
+            f"{'; '.join(differences)}. Start every worker with the same flags (only "
+            "paths and --verbose may differ).")
+    if _sum_over_workers(strategy, 0.0):
+        raise ValueError(
+            "Another worker was started with other flags than this one's (its own error "
+            "names them): start every worker with the same flags.")
 
 
 def sync_variables(strategy, variables):

@@ -55,7 +55,7 @@ def check(config, strategy, load_data):
     if config.teacher_path and "student" in config.stages:
         multi_worker.run_on_chief(strategy, lambda: check_teacher_origin(config))
     data = load_data(config)
-    check_batch_size(config, data)
+    check_batch_size(config, data, strategy.num_replicas_in_sync)
     check_held_out(config, data)
     check_masked_classes(config, data)
     if config.teacher_path and ("student" in config.stages or "store" in config.stages):
@@ -166,8 +166,14 @@ def check_workdir(workdir):
             f"({type(error).__name__}). Choose a directory you can write to.") from None
 
 
-def check_batch_size(config, data):
-    """Refuses a batch size larger than the training split."""
+def check_batch_size(config, data, num_replicas=1):
+    """Refuses a batch size larger than the training split, or one the replicas cannot split."""
+    if config.batch_size % num_replicas:
+        raise ValueError(
+            f"--batch_size={config.batch_size} (the global batch) does not split evenly over "
+            f"the {num_replicas} replicas of --strategy={config.strategy}: the replicas' "
+            "first batches would differ in shape, which the collectives refuse. Use a "
+            f"multiple of {num_replicas}.")
     if data.num_train is not None and config.batch_size > data.num_train:
         raise ValueError(
             f"--batch_size={config.batch_size} is larger than the training split of "

@@ -346,6 +346,7 @@ def _prepare(config, strategy):
     Raises:
         ValueError: on a run refused before it trains (see `preflight`).
     """
+    multi_worker.check_same_config(strategy, dataclasses.asdict(config))
     data = preflight.check(config, strategy, build.load_data)
     if config.masked_classes_from and "student" in config.stages:
         config = _with_earlier_mask(config, strategy, data.num_classes)
