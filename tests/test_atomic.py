@@ -53,3 +53,15 @@ def test_json_is_strict_nan_becomes_null_and_reads_back_as_nan(tmp_path):
 def test_umask_is_read_without_changing_it(umask_027):
     assert atomic.current_umask() == 0o027
     assert atomic.current_umask() == 0o027
+
+
+def test_check_writable_refuses_what_atomic_open_could_not_write(tmp_path):
+    atomic.check_writable(tmp_path / "new" / "result.json")  # a missing folder is made
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="is a directory: name a file"):
+        atomic.check_writable(tmp_path / "folder")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="Cannot write .*a_file"):
+        atomic.check_writable(tmp_path / "a_file" / "result.json")
+    with pytest.raises(ValueError, match="Cannot write '/proc/result.json'"):
+        atomic.check_writable("/proc/result.json")

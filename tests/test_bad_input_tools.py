@@ -116,6 +116,20 @@ def test_evaluate_refuses_a_model_with_another_number_of_classes(tool, models):
                     "(--dataset, ...) of the run that trained it.")
 
 
+def test_evaluate_refuses_a_json_path_it_cannot_write_before_evaluating(tool, models, tmp_path):
+    (tmp_path / "a_folder.json").mkdir()
+    line = _one_error_line(tool("tools/evaluate.py", f"--model_path={models[10]}",
+                                "--dataset=digits", f"--json={tmp_path / 'a_folder.json'}"))
+    assert line == f"Error: {str(tmp_path / 'a_folder.json')!r} is a directory: name a file to write."
+
+
+def test_export_under_a_file_is_one_error_line(tool, models, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    line = _one_error_line(tool("tools/export.py", f"--model_path={models[10]}",
+                                f"--export_dir={tmp_path / 'a_file' / 'saved_model'}"))
+    assert "a_file" in line
+
+
 def test_report_refuses_a_model_with_another_number_of_classes(tool, models, tmp_path):
     result = tool("tools/report.py", f"--model_paths={models[10]},{models[7]}",
                   "--dataset=digits", f"--output_dir={tmp_path / 'report'}")

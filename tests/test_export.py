@@ -66,6 +66,28 @@ def test_reloaded_in_a_fresh_process_gives_the_keras_outputs(
     np.testing.assert_allclose(outputs["uint8_logits"], uint8_expected, atol=1e-5)
 
 
+def test_every_endpoint_refuses_images_of_another_size(model, tmp_path):
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    loaded = tf.saved_model.load(path)
+    # The Dense model would flatten a (4, 16, 3) image to the same 192 values.
+    other_shape = np.zeros((2, 4, 16, 3), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected"):
+        loaded.signatures["serving_default"](images=tf.constant(other_shape))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected"):
+        loaded.signatures["serve_uint8"](images=tf.constant(other_shape.astype(np.uint8)))
+
+
+def test_serving_model_names_a_saved_model_without_logits(model, raw_images, tmp_path):
+    module = tf.Module()
+    module.model = model
+    module.serve = tf.function(lambda images: {"scores": module.model(images)},
+                               input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "scores_only"))
+    serving = export_lib.ServingModel(str(tmp_path / "scores_only"))
+    with pytest.raises(ValueError, match=r"returns \['scores'\], not `logits`"):
+        serving(raw_images)
+
+
 def test_normalisation_is_inside_the_saved_model(model, raw_images, tmp_path):
     path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
     loaded = tf.saved_model.load(path)  # Held: its functions need its variables.

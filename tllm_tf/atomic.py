@@ -45,6 +45,28 @@ def atomic_open(path, mode="w"):
         raise
 
 
+def check_writable(path):
+    """Refuses, before a long computation, a `path` that `atomic_open` could not write.
+
+    Args:
+        path: the destination file.
+
+    Raises:
+        ValueError: if `path` is a directory, or no temporary file can be
+            made beside it (a missing, read-only or special folder), naming
+            the reason.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory: name a file to write.")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ValueError(f"Cannot write {path!r}: {error.strerror or error}.") from error
+
+
 def current_umask():
     """The process's umask, read without changing it where the system allows."""
     with contextlib.suppress(OSError, ValueError):

@@ -292,8 +292,10 @@ class Distiller(keras.Model):
         """Exports the student for inference: `self.student.export(...)`.
 
         Serving needs the student alone (the teacher and the mask only
-        train it). `tllm_tf.export_saved_model` adds the normalisation and
-        a uint8 endpoint.
+        train it); the student's normalisation layer is part of it, so the
+        export takes raw images. `tllm_tf.export_saved_model` exports the
+        same network with named `logits` and `probabilities` outputs and a
+        uint8 endpoint.
 
         Args:
             filepath: the export folder.

@@ -11,11 +11,10 @@ SavedModels from a trusted source (docs/security.md). The data flags
 the run's, e.g. --seed and --holdout_fraction, to get the splits it used.
 """
 
-import json
-
 from absl import app
 from absl import flags
 
+from tllm_tf import atomic
 from tllm_tf.pipeline import console
 
 # Before TensorFlow's first import: no start-up chatter.
@@ -37,11 +36,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     console.plain_log_lines()
     try:
+        if FLAGS.json:
+            atomic.check_writable(FLAGS.json)  # Before the evaluation, not after it.
         batches, class_names = data_flags.load_batches()
         models = evaluation.model_names([FLAGS.model_path])
         results = evaluation.evaluate_models(models, batches, class_names=class_names)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         console.exit_with_error(error)
+    except KeyboardInterrupt:
+        console.exit_interrupted("Nothing was written.")
     (name,) = models
     print(f"{FLAGS.model_path} on {FLAGS.dataset} {FLAGS.split} "
           f"({sum(results['num_samples'])} examples):")
@@ -53,8 +56,7 @@ def main(argv):
                   "class_names": results["class_names"],
                   "per_class_accuracy": reporting.to_json(results)["per_class_accuracy"][name],
                   "num_samples": results["num_samples"]}
-        with open(FLAGS.json, "w") as handle:
-            json.dump(record, handle, indent=1)
+        atomic.write_json(FLAGS.json, record)
         print(f"Wrote {FLAGS.json}")
 
 

@@ -32,8 +32,11 @@ def main(argv):
         # Safe mode: a file that stores Python code is refused, before anything is written.
         model = model_io.load_keras_model(FLAGS.model_path, role="model")
         export_lib.export_saved_model(model, FLAGS.export_dir, accept_uint8=FLAGS.accept_uint8)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # OSError: an --export_dir it cannot write.
         console.exit_with_error(error)
+    except KeyboardInterrupt:
+        console.exit_interrupted(f"Nothing was written to {FLAGS.export_dir} (an export "
+                                 "already there is kept).")
     endpoints = "serve (= serving_default)" + (", serve_uint8" if FLAGS.accept_uint8 else "")
     print(f"Wrote {FLAGS.export_dir}: raw images {model.input_shape} -> "
           f"{{logits, probabilities}}; endpoints: {endpoints}.")

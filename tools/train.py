@@ -11,7 +11,6 @@ SavedModels and the report are.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -31,7 +30,6 @@ from tllm_tf.pipeline.training_guards import NonFiniteLossError  # noqa: E402
 
 FLAGS = flags.FLAGS
 # What a shell reports for a command ended by Ctrl-C: 128 + SIGINT.
-INTERRUPTED_EXIT_STATUS = 130
 
 
 def main(argv):
@@ -47,16 +45,9 @@ def main(argv):
     try:
         _train_and_report(config)
     except KeyboardInterrupt:
-        _exit_interrupted(config.workdir)
-
-
-def _exit_interrupted(workdir):
-    """Ends a run stopped by Ctrl-C with one line instead of a traceback, and exit status 130."""
-    if sys.stdout.isatty():
-        print(flush=True)  # Ends the line of a progress bar.
-    print(f"Interrupted. What finished is kept in {workdir}: run the same command again "
-          "to resume from the last checkpoint.", file=sys.stderr)
-    sys.exit(INTERRUPTED_EXIT_STATUS)
+        console.exit_interrupted(
+            f"What finished is kept in {config.workdir}: run the same command again to "
+            "resume from the last checkpoint.")
 
 
 def _train_and_report(config):

@@ -89,6 +89,17 @@ def plain_log_lines():
         logging.Formatter("%(levelname)s: %(message)s"))
 
 
+INTERRUPTED_EXIT_STATUS = 130
+
+
+def exit_interrupted(what_is_kept):
+    """Ends a tool stopped by Ctrl-C: one line saying `what_is_kept`, exit status 130."""
+    if sys.stdout.isatty():
+        print(flush=True)  # Ends the line of a progress bar.
+    print(f"Interrupted. {what_is_kept}", file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_STATUS)
+
+
 def exit_with_error(error):
     """Ends a tool on bad input that is not a flag's: `Error: <message>` and exit status 1.
 

@@ -99,6 +99,9 @@ def export_saved_model(model, path, *, accept_uint8=True):
     shape = _input_shape(model)
 
     def serve(images):
+        # `serving_default` checks only the dtype: a model that flattens or pools would
+        # answer images of another size, wrongly.
+        images = tf.ensure_shape(images, shape)
         logits = tf.cast(model(images, training=False), tf.float32)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
@@ -207,4 +210,11 @@ class ServingModel:
         if self._keras_model is not None:
             return self._keras_model(images, training=False)
         outputs = self._serve(tf.cast(images, tf.float32))
-        return outputs["logits"] if isinstance(outputs, dict) else outputs
+        if not isinstance(outputs, dict):
+            return outputs
+        if "logits" not in outputs:
+            raise ValueError(
+                f"The SavedModel {self.path!r} returns {sorted(outputs)}, not `logits`: "
+                "export it with tllm_tf.export_saved_model (tools/export.py), or give its "
+                "`serve` endpoint a `logits` output.")
+        return outputs["logits"]
