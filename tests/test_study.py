@@ -158,6 +158,41 @@ def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
                    teacher_models=["cnn_tiny"], arms=["tllm_two_pass", "tllm_patience2"])
 
 
+def _minimal_record(seed, run):
+    return {"seed": seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
+            "accuracy": 0.5, "per_class_accuracy": [0.5], "class_names": ["a"], "masks": []}
+
+
+def test_new_runs_of_another_recipe_are_checked_against_the_roots_other_runs(tmp_path):
+    def plan_kwargs(seeds, **overrides):
+        return dict(base=_base(**overrides), root=str(tmp_path), seeds=seeds,
+                    student_models=["mlp_4"], teacher_models=["cnn_tiny"], arms=["kd"])
+
+    for run in study.plan(**plan_kwargs([0])):  # seed 0 finished with num_train=120
+        workdir_lib.claim(run.config.workdir, run.config)
+        with open(tmp_path / study.RESULTS_FILE, "a") as handle:
+            handle.write(json.dumps(_minimal_record(0, run)) + "\n")
+    # Seed 1 alone with another recipe: its plan has no finished run, the widened one has.
+    study.check_finished_runs(study.plan(**plan_kwargs([1], num_train=60)), str(tmp_path))
+    widened = study.widened_plan(plan_kwargs([1], num_train=60), str(tmp_path))
+    assert {run.seed for run in widened} == {0, 1}
+    with pytest.raises(ValueError, match="--num_train: 120 in the workdir, 60 now"):
+        study.check_finished_runs(widened, str(tmp_path))
+    study.check_finished_runs(study.widened_plan(plan_kwargs([1]), str(tmp_path)), str(tmp_path))
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"seed": 0, "student": "mlp_4"', "is damaged at line 1 .*delete that line"),
+    ('{"seed": 0, "arm": "kd"}', r"Record 1 of .* lacks \['student', 'teacher'"),
+])
+def test_a_damaged_results_file_is_named_with_the_fix(tmp_path, content, message):
+    (tmp_path / study.RESULTS_FILE).write_text(content + "\n")
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["kd"])
+    with pytest.raises(ValueError, match=message):
+        study.finished_records(runs, str(tmp_path))
+
+
 def test_a_root_whose_finished_runs_had_another_recipe_is_refused(tmp_path):
     def planned(**overrides):
         return study.plan(_base(**overrides), root=str(tmp_path), seeds=[0],
@@ -167,8 +202,7 @@ def test_a_root_whose_finished_runs_had_another_recipe_is_refused(tmp_path):
     for run in (teacher, labels):  # finished: recorded, and its workdir claimed
         workdir_lib.claim(run.config.workdir, run.config)
         with open(tmp_path / study.RESULTS_FILE, "a") as handle:
-            handle.write(json.dumps({"seed": 0, "student": run.student, "teacher": run.teacher,
-                                     "arm": run.arm}) + "\n")
+            handle.write(json.dumps(_minimal_record(0, run)) + "\n")
     study.check_finished_runs(planned(), str(tmp_path))
     study.check_finished_runs(planned(verbose=2), str(tmp_path))  # changes nothing computed
     with pytest.raises(ValueError) as error:
@@ -197,6 +231,18 @@ def test_paired_difference_matches_a_hand_computation():
     assert stats["mean"] == pytest.approx(difference.mean())
     assert stats["ci_low"] == pytest.approx(difference.mean() - half)
     assert (stats["better"], stats["worse"], stats["seeds"]) == (3, 1, 4)
+
+
+@pytest.mark.parametrize("degrees_of_freedom, expected", [
+    (1, 12.706), (30, 2.042), (31, 2.0395), (39, 2.0227), (49, 2.0096), (120, 1.9799)])
+def test_t_quantile_is_students_beyond_the_table_too(degrees_of_freedom, expected):
+    # Exact values from tables of Student's t (beyond 30: 1.96 made intervals 2-3% too narrow).
+    assert study_stats.t_quantile_975(degrees_of_freedom) == pytest.approx(expected, abs=2e-4)
+
+
+def test_paired_difference_refuses_values_of_other_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        study_stats.paired_difference([0.8, 0.7], [0.8])
 
 
 def test_flips_count_every_change_of_a_class_mask():

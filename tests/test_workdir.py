@@ -135,3 +135,28 @@ def test_a_reference_swapped_under_begun_students_is_refused(tmp_path):
     (run / "student_kd").mkdir()
     with pytest.raises(ValueError, match=r"--reference_path: None in the workdir \(still there"):
         workdir.claim(str(run), RunConfig(workdir=str(run), reference_path=str(other)))
+
+
+def test_a_workdir_in_use_by_another_process_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with workdir.locked(run):
+        run.mkdir()
+        with pytest.raises(ValueError, match="run is in use by another process .*another "
+                                             "--workdir"):
+            with workdir.locked(run):
+                pass
+        with workdir.locked(tmp_path / "other"):  # another workdir: its own lock
+            pass
+    with workdir.locked(run):  # released at the block's end
+        pass
+    assert (tmp_path / ".run.lock").exists()  # beside a workdir that exists
+    assert not (tmp_path / ".other.lock").exists()  # none was made: no trace
+
+
+def test_a_stage_run_refuses_a_workdir_another_process_holds(tmp_path):
+    from tllm_tf.pipeline import stages
+    config = RunConfig(workdir=str(tmp_path / "run"), num_train=100, verbose=0)
+    with workdir.locked(config.workdir):
+        with pytest.raises(ValueError, match="in use by another process"):
+            stages.run(config)
+    assert not (tmp_path / "run").exists()

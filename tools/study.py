@@ -58,23 +58,45 @@ def _check_lists_are_not_empty():
                 f"--{name}={','.join(FLAGS[name].default)} (the default).")
 
 
+def _check_lists_have_no_repeats():
+    for name in _LIST_FLAGS:
+        values = FLAGS[name].value
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise app.UsageError(f"--{name} lists {', '.join(repeated)} more than once.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_lists_are_not_empty()
+    _check_lists_have_no_repeats()
     console.plain_log_lines()
     try:
         base = run_flags.config_from_flags(workdir=FLAGS.root)
         seeds = run_flags.integers("seeds", FLAGS.seeds, "seeds as 0,1,2")
-        runs = study.plan(
-            study.base_kwargs(base), root=FLAGS.root, seeds=seeds,
+        plan_kwargs = dict(
+            base=study.base_kwargs(base), root=FLAGS.root, seeds=seeds,
             student_models=FLAGS.student_models, teacher_models=FLAGS.teacher_models, arms=FLAGS.arms,
             teacher_overrides={"num_train": FLAGS.teacher_num_train or None},
             shared_teacher_store=FLAGS.shared_teacher_store)
+        runs = study.plan(**plan_kwargs)
     except ValueError as error:
         raise app.UsageError(str(error))
+    try:
+        _run_and_report(runs, plan_kwargs)
+    except ValueError as error:  # A mixed or damaged root, a workdir in use: nothing trained.
+        console.exit_with_error(error)
+    except KeyboardInterrupt:
+        console.exit_interrupted(f"Every finished run is kept in {FLAGS.root}: run the same "
+                                 "command again to go on.")
+
+
+def _run_and_report(runs, plan_kwargs):
     results_dir = FLAGS.results_dir or FLAGS.root
     if FLAGS.report_only:
+        # The runs reported must be those this command describes (its flags head the report).
+        study.check_finished_runs(runs, FLAGS.root)
         records = study.finished_records(runs, FLAGS.root)
         if not records:  # An empty report would overwrite the tables of a study run elsewhere.
             console.exit_with_error(
@@ -83,11 +105,9 @@ def main(argv):
                 "as it is. Pass the --root the study ran in, or the --seeds, --student_models, "
                 "--teacher_models and --arms it ran.")
     else:
-        try:  # Refused before anything trains.
-            records = study.run_study(runs, FLAGS.root,
-                                      report=lambda line: print(line, flush=True))
-        except study.MixedStudyError as error:
-            console.exit_with_error(error)
+        # Refused before anything trains: new runs of another recipe would join the root's tables.
+        study.check_finished_runs(study.widened_plan(plan_kwargs, FLAGS.root), FLAGS.root)
+        records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True))
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     print(study_report.write(records, results_dir, command=command,
                              baselines=study.paired_baselines()))

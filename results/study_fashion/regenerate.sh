@@ -3,7 +3,8 @@
 # the Fashion-MNIST study (docs/study.md), without training:
 #     sh results/study_fashion/regenerate.sh [ROOT]      (ROOT: where the study ran; runs/study)
 # A run that is missing is left out, and a setting reports the seeds it has; a table none of
-# whose runs is found is left as it is (tools/study.py refuses to report nothing).
+# whose runs is found, or whose runs were trained with other flags than its line gives, is left
+# as it is (tools/study.py refuses to report nothing, or a mix).
 set -e
 cd "$(dirname "$0")/../.."
 ROOT="${1:-runs/study}"
@@ -20,7 +21,7 @@ report() {  # report OUT_DIR SEEDS STUDENTS TEACHERS ARMS
         --report_only --results_dir="results/study_fashion/$1" > /dev/null; then
         echo "results/study_fashion/$1/study.md"
     else
-        echo "results/study_fashion/$1: left as it is (no finished run under $ROOT)"
+        echo "results/study_fashion/$1: left as it is (no finished run under $ROOT, or runs of other flags: tools/study.py's error above)"
     fi
 }
 ALL=0,1,2,3,4,5,6,7,8,9

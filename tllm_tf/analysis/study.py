@@ -296,8 +296,20 @@ def _read_json(path):
 def _read_jsonl(path):
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path} is damaged at line {number} ({error.msg}; a process killed while "
+                    "writing it leaves a cut line): delete that line. A study's results.jsonl "
+                    "is rebuilt from the runs' workdirs, without training, for the runs it "
+                    "lacks.") from None
+    return records
 
 
 def collect(run):
@@ -355,9 +367,23 @@ def _run_key(run):
     return (run.seed, run.student, run.teacher, run.arm)
 
 
+_RECORD_FIELDS = ("seed", "student", "teacher", "arm", "accuracy", "per_class_accuracy",
+                  "class_names", "masks")
+
+
 def _finished(root):
     """The result records of `root/results.jsonl`, by run."""
-    return {_key(record): record for record in _read_jsonl(os.path.join(root, RESULTS_FILE))}
+    path = os.path.join(root, RESULTS_FILE)
+    records = _read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        missing = [field for field in _RECORD_FIELDS
+                   if not isinstance(record, dict) or field not in record]
+        if missing:
+            raise ValueError(
+                f"Record {number} of {path} lacks {missing}: it was not written by "
+                "tools/study.py. Delete it; the runs it lacks are rebuilt from their "
+                "workdirs, without training.")
+    return {_key(record): record for record in records}
 
 
 def run_study(runs, root, report=print):
@@ -385,6 +411,10 @@ def run_study(runs, root, report=print):
     start, trained = time.time(), 0
     remaining = [run for run in runs if _run_key(run) not in done]
     for index, run in enumerate(remaining):
+        # Another process on the same root (other seeds) may have finished it since.
+        done.update(_finished(root))
+        if _run_key(run) in done:
+            continue
         run_start = time.time()
         run = dataclasses.replace(run, config=_with_first_pass_mask(run, done))
         stages.run(run.config)
@@ -431,6 +461,40 @@ def check_finished_runs(runs, root, done=None, shown=3):
             "configuration than this command's, and a report would mix the two:\n  "
             + "\n  ".join(mismatched[:shown]) + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nUse a new --root for this configuration, or the flags the root was run with.")
+
+
+def widened_plan(plan_kwargs, root):
+    """`plan(**plan_kwargs)` widened to every run `root` has finished, for `check_finished_runs`.
+
+    A root's finished runs outside this command's seeds, models or arms were
+    trained by an earlier command; checking them too refuses a command of
+    another recipe that would add its runs to the same tables.
+
+    Args:
+        plan_kwargs: the keyword arguments of `plan`.
+        root: the study's output folder.
+
+    Returns:
+        A list of `StudyRun`s; the plan itself where widening it fails (an
+        arm of an older version, say).
+    """
+    done = list(_finished(root).values())
+    if not done:
+        return plan(**plan_kwargs)
+
+    def union(requested, field):  # A teacher's run has no student ("") and the reverse.
+        return list(dict.fromkeys([*requested, *(r[field] for r in done if r[field])]))
+
+    finished_arms = {record["arm"] for record in done} | set(plan_kwargs["arms"])
+    seeds = sorted(set(plan_kwargs["seeds"]) | {record["seed"] for record in done})
+    widened = dict(plan_kwargs, seeds=seeds,
+                   student_models=union(plan_kwargs["student_models"], "student"),
+                   teacher_models=union(plan_kwargs["teacher_models"], "teacher"),
+                   arms=[arm for arm in ARMS if arm in finished_arms])
+    try:
+        return plan(**widened)
+    except ValueError:
+        return plan(**plan_kwargs)
 
 
 def final_masked_classes(record):

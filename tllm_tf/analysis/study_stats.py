@@ -16,13 +16,27 @@ _T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
           2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+_Z_975 = 1.959963984540054
+
+
 def t_quantile_975(degrees_of_freedom):
-    """The 97.5% quantile of Student's t (1.96 beyond 30 degrees of freedom)."""
+    """The 97.5% quantile of Student's t.
+
+    From the table up to 30 degrees of freedom; beyond, the Cornish-Fisher
+    expansion in `1 / degrees_of_freedom` (Abramowitz and Stegun 26.7.5),
+    within 1e-4 of the exact value there (1.96 would make a 40-seed interval
+    3% too narrow).
+    """
     if degrees_of_freedom < 1:
         return math.nan
     if degrees_of_freedom <= len(_T_975):
         return _T_975[degrees_of_freedom - 1]
-    return 1.96
+    z, nu = _Z_975, float(degrees_of_freedom)
+    terms = ((z ** 3 + z) / 4,
+             (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+             (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
+             (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
+    return z + sum(term / nu ** (power + 1) for power, term in enumerate(terms))
 
 
 def paired_difference(a, b):
@@ -37,6 +51,9 @@ def paired_difference(a, b):
         `ci_high` (95%, Student's t), `better` and `worse` (seeds where
         `a > b` and `a < b`), `seeds`.
     """
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"Expected paired values of one shape. Received shapes "
+                         f"{np.shape(a)} and {np.shape(b)}.")
     difference = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     seeds = difference.shape[0]
     mean = difference.mean(axis=0)

@@ -310,8 +310,15 @@ def run(config, strategy=None):
     """
     if strategy is None:
         strategy = make_strategy(config.strategy)
-    with workdir_lib.removed_if_refused(config.workdir, remove=is_chief(strategy)):
-        config, data, teacher_path, reference_path = _prepare(config, strategy)
+    chief = is_chief(strategy)
+    with workdir_lib.locked(config.workdir, lock=chief):
+        with workdir_lib.removed_if_refused(config.workdir, remove=chief):
+            config, data, teacher_path, reference_path = _prepare(config, strategy)
+        _run_stages(config, data, strategy, teacher_path, reference_path)
+    return config.workdir if chief else None
+
+
+def _run_stages(config, data, strategy, teacher_path, reference_path):
     chief = is_chief(strategy)
     for stage in config.stages:
         stage_dir = os.path.join(config.workdir, stage)
@@ -332,7 +339,6 @@ def run(config, strategy=None):
                 run_student(config, data, strategy,
                             os.path.join(config.workdir, student_stage(kind)),
                             kind, teacher_path, reference_path)
-    return config.workdir if chief else None
 
 
 def _prepare(config, strategy):

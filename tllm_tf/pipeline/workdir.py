@@ -6,6 +6,7 @@ tail repaired on resume (`checkpointing`). The file names: `workdir_files`.
 """
 
 import contextlib
+import fcntl
 import filecmp
 import json
 import os
@@ -114,6 +115,56 @@ def _differs(previous, config, name):
 
 def _schedule(config):
     return callbacks.update_schedule(config.epochs, config.warmup_epochs, config.update_every)
+
+
+@contextlib.contextmanager
+def locked(workdir, lock=True):
+    """Holds an exclusive lock on `workdir` for the block; refuses it if another process holds one.
+
+    Two processes on one workdir (two study processes given the same seeds, or
+    the same command started twice) would append to the same logs and
+    results and interleave their checkpoints. The lock is `fcntl.flock` on a
+    hidden file beside the workdir, `.<name>.lock`, released when the block
+    ends or the process dies; it is removed when the workdir does not exist
+    after the block (a run refused before training).
+
+    Args:
+        workdir: the run's workdir.
+        lock: whether this process locks (the chief of a multi-worker run;
+            the other workers write nothing). Defaults to `True`.
+
+    Yields:
+        Nothing. A lock file that cannot be made (a parent that is a file,
+        say) is skipped: the checks before training name what is wrong.
+
+    Raises:
+        ValueError: if another process holds the lock.
+    """
+    path = os.path.abspath(workdir)
+    lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+    handle = None
+    if lock:
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handle = open(lock_path, "a")
+    if handle is None:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{workdir} is in use by another process (it holds {lock_path}): two "
+                "processes on one workdir would interleave their files. Wait for it to end, "
+                "or use another --workdir (a study: give each process other --seeds)."
+            ) from None
+        try:
+            yield
+        finally:
+            if not os.path.exists(path):
+                with contextlib.suppress(OSError):
+                    os.remove(lock_path)
 
 
 @contextlib.contextmanager
