@@ -93,6 +93,14 @@ def test_a_list_value_that_is_not_an_integer_is_named(
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_a_study_list_that_repeats_a_value_is_refused(tool, tmp_path):
+    result = tool("tools/study.py", "--flagfile=configs/demo.flags", f"--root={tmp_path / 'root'}",
+                  "--seeds=0,1,0", "--arms=kd")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--seeds lists 0 more than once." in result.stderr
+    assert not os.path.exists(tmp_path / "root")
+
+
 # A model of another data set's classes.
 
 @pytest.fixture(scope="module")
