@@ -3,6 +3,7 @@ problem and the fix, never a traceback (tools/train.py, study.py, evaluate.py, r
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -122,6 +123,19 @@ def test_evaluate_refuses_a_model_with_another_number_of_classes(tool, models):
     assert line == (f"Error: Model 'outputs7' ({models[7]}) outputs 7 classes but the data set "
                     "has 10. Evaluate a model trained on this data set, or pass the data flags "
                     "(--dataset, ...) of the run that trained it.")
+
+
+def test_evaluate_refuses_other_splits_than_the_runs(tool, models, tmp_path):
+    from tllm_tf.pipeline.config import RunConfig
+    stage_dir = tmp_path / "run" / "student_kd"
+    stage_dir.mkdir(parents=True)
+    shutil.copy(models[10], stage_dir / "model.keras")
+    (tmp_path / "run" / "config.json").write_text(
+        RunConfig(workdir=str(tmp_path / "run"), dataset="digits", seed=0).to_json())
+    line = _one_error_line(tool("tools/evaluate.py", f"--model_path={stage_dir / 'model.keras'}",
+                                "--dataset=digits", "--seed=1"))
+    assert "on other splits than these flags give" in line
+    assert line.endswith("Pass that run's data flags: --seed=0.")
 
 
 def test_evaluate_refuses_a_json_path_it_cannot_write_before_evaluating(tool, models, tmp_path):
@@ -285,3 +299,18 @@ def test_the_mask_of_a_finished_tllm_student_is_its_last_update(tmp_path):
     results = workdir_results.load_results(str(_workdir(tmp_path / "run")))
     assert not results["mask_in_progress"]
     assert reporting.undistillable_classes(results) == (["dog"], "tllm_mask")
+
+
+def test_evaluation_splits_of_the_run_or_of_no_run_are_taken(tmp_path):
+    from tllm_tf.pipeline import preflight
+    from tllm_tf.pipeline.config import RunConfig
+    (tmp_path / "run" / "student_kd").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text(
+        RunConfig(workdir=str(tmp_path / "run"), dataset="digits", seed=3).to_json())
+    preflight.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
+                                      dataset="digits", seed=3, holdout_fraction=0.2)
+    preflight.check_evaluation_splits(str(tmp_path / "exported"), dataset="digits", seed=1,
+                                      holdout_fraction=0.5)  # no run's config beside it
+    with pytest.raises(ValueError, match="--holdout_fraction=0.2"):
+        preflight.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
+                                          dataset="digits", seed=3, holdout_fraction=0.3)

@@ -10,6 +10,7 @@ from absl import flags
 from tllm_tf import data as data_lib
 from tllm_tf.data.augment import AUGMENTATIONS
 from tllm_tf.pipeline import config as config_lib
+from tllm_tf.pipeline import preflight
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
 SPLITS = ("test", "held_out")
@@ -40,8 +41,15 @@ def define_evaluation_flags():
     FLAGS.set_default("batch_size", EVALUATION_BATCH_SIZE)
 
 
-def load_batches():
-    """Returns `(batches, class_names)` of the split the flags name."""
+def load_batches(model_paths=()):
+    """Returns `(batches, class_names)` of the split the flags name.
+
+    Models trained in a workdir are checked against its data flags first
+    (`preflight.check_evaluation_splits`).
+    """
+    for path in model_paths:
+        preflight.check_evaluation_splits(path, dataset=FLAGS.dataset, seed=FLAGS.seed,
+                                          holdout_fraction=FLAGS.holdout_fraction)
     data = data_lib.load_dataset(
         FLAGS.dataset, holdout_fraction=FLAGS.holdout_fraction, seed=FLAGS.seed,
         data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, image_folder=FLAGS.image_folder,

@@ -8,7 +8,8 @@ loaded in safe mode: one that stores Python code (a Lambda layer) is refused.
 A SavedModel is a TensorFlow graph that runs with your rights: evaluate only
 SavedModels from a trusted source (docs/security.md). The data flags
 (tools/data_flags.py) have the names and defaults of tools/train.py's: pass
-the run's, e.g. --seed and --holdout_fraction, to get the splits it used.
+the run's, e.g. --seed and --holdout_fraction, to get the splits it used (a
+model in a workdir is checked against its config.json).
 """
 
 from absl import app
@@ -38,7 +39,7 @@ def main(argv):
     try:
         if FLAGS.json:
             atomic.check_writable(FLAGS.json)  # Before the evaluation, not after it.
-        batches, class_names = data_flags.load_batches()
+        batches, class_names = data_flags.load_batches([FLAGS.model_path])
         models = evaluation.model_names([FLAGS.model_path])
         results = evaluation.evaluate_models(models, batches, class_names=class_names)
     except (ValueError, OSError) as error:

@@ -58,7 +58,8 @@ def _results_from_models():
     if len(FLAGS.model_paths) < 2:
         raise app.UsageError(
             f"--model_paths needs two or more models. Received: {FLAGS.model_paths}")
-    batches, class_names = data_flags.load_batches()
+    batches, class_names = data_flags.load_batches(
+        evaluation.model_names(FLAGS.model_paths).values())
     results = evaluation.evaluate_models(
         evaluation.model_names(FLAGS.model_paths), batches, class_names=class_names)
     if FLAGS.mask_log:

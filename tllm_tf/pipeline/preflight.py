@@ -210,9 +210,12 @@ def check_reference_origin(config, data):
                                        num_samples=held_out_counts(data))
 
 
-def _workdir_config(teacher_path):
-    """The config.json of the workdir a teacher file was trained in, or None."""
-    stage_dir = os.path.dirname(os.path.abspath(teacher_path))
+def _workdir_config(model_path):
+    """`(values, path)` of the config.json of the workdir a model file was trained in.
+
+    `values` is None when there is none, or the file is not a run's config.
+    """
+    stage_dir = os.path.dirname(os.path.abspath(model_path))
     for directory in (os.path.dirname(stage_dir), stage_dir):
         path = os.path.join(directory, "config.json")
         if os.path.isfile(path) and os.path.getsize(path) <= MAX_CONFIG_BYTES:
@@ -225,6 +228,34 @@ def _workdir_config(teacher_path):
             is_run_config = isinstance(values, dict) and {"workdir", *SPLIT_FIELDS} <= set(values)
             return (values if is_run_config else None), path
     return None, None
+
+
+def check_evaluation_splits(model_path, **split_values):
+    """Refuses to evaluate a model on splits other than those of the run that trained it.
+
+    Another `seed` or `holdout_fraction` puts images the model trained on into
+    the held-out and test splits (for the digits, every split is drawn by the
+    seed), so the accuracy comes out too high. A model without its workdir's
+    config.json is not checked.
+
+    Args:
+        model_path: the `.keras` file or SavedModel folder, in its stage folder.
+        **split_values: the evaluation's `dataset`, `seed` and
+            `holdout_fraction`.
+
+    Raises:
+        ValueError: naming each differing flag and its value in the run.
+    """
+    values, path = _workdir_config(model_path)
+    if values is None:
+        return
+    differences = [f"--{name}={values[name]!r}" for name in SPLIT_FIELDS
+                   if name in split_values and values.get(name) != split_values[name]]
+    if differences:
+        raise ValueError(
+            f"{model_path!r} was trained by the run of {path}, on other splits than these "
+            f"flags give: evaluated so, images it trained on would count. Pass that run's "
+            f"data flags: {' '.join(differences)}.")
 
 
 def check_teacher_origin(config):
