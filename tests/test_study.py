@@ -451,3 +451,12 @@ def test_a_report_of_no_finished_run_is_refused_and_overwrites_nothing(zygote, t
     assert "--arms:" not in done.stderr
     assert (results_dir / "study.md").read_text() == "an earlier study's tables"
     assert sorted(os.listdir(results_dir)) == ["study.md"]
+
+
+def test_one_seed_has_no_spread_and_a_rate_interval_stays_below_one():
+    single = study_stats.paired_difference([0.8], [0.7])
+    assert np.isnan(single["std"]) and np.isnan(single["ci_high"])
+    rates = [np.array([1.0, 0.0]), np.array([0.7, 0.0])]  # class 0 not hurt in either seed
+    hurt = [np.array([False, True])] * 2
+    low, high = study_report._false_alarms(rates, hurt)["not_hurt_masked_update_rate_ci"]
+    assert 0.0 <= low and high == 1.0  # t's interval would reach 2.76

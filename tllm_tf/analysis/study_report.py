@@ -106,13 +106,14 @@ def _false_alarms(masked_rate, seed_hurt):
     Per seed, the share of updates masking such a class (test split: masking it is a false
     alarm), then its mean over the seeds with a 95% interval (Student's t, clipped at 0) and
     the seeds above the issue's bound: ten seeds' mean alone cannot say whether the bound holds.
+    The interval is clipped to [0, 1], the range of a rate.
     """
     per_seed = np.array([rate[~hurt_here].mean() if (~hurt_here).any() else 0.0
                          for rate, hurt_here in zip(masked_rate, seed_hurt)])
     spread = study_stats.paired_difference(per_seed, np.zeros_like(per_seed))
     return {"not_hurt_masked_update_rate": float(per_seed.mean()),
             "not_hurt_masked_update_rate_ci": [max(0.0, float(spread["ci_low"])),
-                                               float(spread["ci_high"])],
+                                               float(np.minimum(1.0, spread["ci_high"]))],
             "seeds_above_false_alarm_bound": int((per_seed > FALSE_ALARM_BOUND).sum())}
 
 

@@ -57,7 +57,8 @@ def paired_difference(a, b):
     difference = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     seeds = difference.shape[0]
     mean = difference.mean(axis=0)
-    std = difference.std(axis=0, ddof=1) if seeds > 1 else np.zeros_like(mean)
+    # One seed has no spread to speak of: NaN, not 0 (which would read as "no variation").
+    std = difference.std(axis=0, ddof=1) if seeds > 1 else np.full_like(mean, np.nan)
     half_width = t_quantile_975(seeds - 1) * std / math.sqrt(seeds) if seeds > 1 else np.nan
     return {
         "mean": mean,
