@@ -387,3 +387,14 @@ def test_one_mirrored_strategy_serves_every_run_of_a_process():
     # A second MirroredStrategy numbers its collectives from the same keys as
     # the first and clashes with it (the study runs many configs in one process).
     assert multi_worker.make_strategy("mirrored") is multi_worker.make_strategy("mirrored")
+
+
+def test_workers_compare_whether_a_path_is_given_not_where_nor_verbose():
+    chief = multi_worker._comparable({"seed": 0, "workdir": "/a", "teacher_path": "/t/m.keras",
+                                      "masked_classes_from": "", "verbose": 2})
+    worker = multi_worker._comparable({"seed": 0, "workdir": "/b", "teacher_path": "/u/m.keras",
+                                       "masked_classes_from": "", "verbose": 0})
+    assert chief == worker == {"seed": 0, "workdir": True, "teacher_path": True,
+                               "masked_classes_from": False}
+    assert multi_worker._comparable({"seed": 0, "workdir": "/a", "teacher_path": None,
+                                     "masked_classes_from": ""}) != chief

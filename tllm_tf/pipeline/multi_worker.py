@@ -56,7 +56,7 @@ _STRATEGIES = {}
 # (only the chief does) or reads its own copy of the same files, and how
 # much it prints. Whether a path is given must still agree.
 _PER_WORKER_FIELDS = ("workdir", "data_dir", "manual_dir", "image_folder", "test_image_folder",
-                      "teacher_path", "reference_path", "teacher_store")
+                      "teacher_path", "reference_path", "teacher_store", "masked_classes_from")
 _UNCHECKED_FIELDS = ("verbose",)
 
 
