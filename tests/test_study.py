@@ -460,3 +460,18 @@ def test_one_seed_has_no_spread_and_a_rate_interval_stays_below_one():
     hurt = [np.array([False, True])] * 2
     low, high = study_report._false_alarms(rates, hurt)["not_hurt_masked_update_rate_ci"]
     assert 0.0 <= low and high == 1.0  # t's interval would reach 2.76
+
+
+def test_arms_no_table_shows_are_named_with_the_reason():
+    records = []
+    for seed in range(3):
+        records += _labels_and_kd(seed) + [_record(seed, "tllm", 0.84, [0.9, 0.78])]
+    records.append(_record(0, "tllm_refit", 0.85, [0.9, 0.8]))  # one seed of three
+    records.append(_record(0, "tllm", 0.84, [0.9, 0.78], teacher="other"))  # no kd there
+    summaries = study_report.summarise(records)
+    assert study_report.left_out(records, summaries) == [
+        "- s student, other teacher: no table (tllm finished): it needs the kd arm and the "
+        "label-only runs of a seed.",
+        "- s student, t teacher: tllm_refit left out: not finished on every seed the table "
+        "compares."]
+    assert study_report.left_out(records[:9], study_report.summarise(records[:9])) == []
