@@ -178,6 +178,9 @@ def test_new_runs_of_another_recipe_are_checked_against_the_roots_other_runs(tmp
     assert {run.seed for run in widened} == {0, 1}
     with pytest.raises(ValueError, match="--num_train: 120 in the workdir, 60 now"):
         study.check_finished_runs(widened, str(tmp_path))
+    with pytest.raises(ValueError, match="--num_train: 120 in the workdir, 60 now"):
+        study.run_study(study.plan(**plan_kwargs([1], num_train=60)), str(tmp_path),
+                        checked_runs=widened)  # before training anything
     study.check_finished_runs(study.widened_plan(plan_kwargs([1]), str(tmp_path)), str(tmp_path))
 
 

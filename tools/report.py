@@ -58,10 +58,9 @@ def _results_from_models():
     if len(FLAGS.model_paths) < 2:
         raise app.UsageError(
             f"--model_paths needs two or more models. Received: {FLAGS.model_paths}")
-    batches, class_names = data_flags.load_batches(
-        evaluation.model_names(FLAGS.model_paths).values())
-    results = evaluation.evaluate_models(
-        evaluation.model_names(FLAGS.model_paths), batches, class_names=class_names)
+    models = evaluation.model_names(FLAGS.model_paths)
+    batches, class_names = data_flags.load_batches(models.values())
+    results = evaluation.evaluate_models(models, batches, class_names=class_names)
     if FLAGS.mask_log:
         history = workdir_results.read_mask_history(FLAGS.mask_log, len(class_names))
         results["mask_history"] = history

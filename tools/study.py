@@ -106,8 +106,8 @@ def _run_and_report(runs, plan_kwargs):
                 "--teacher_models and --arms it ran.")
     else:
         # Refused before anything trains: new runs of another recipe would join the root's tables.
-        study.check_finished_runs(study.widened_plan(plan_kwargs, FLAGS.root), FLAGS.root)
-        records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True))
+        records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True),
+                                  checked_runs=study.widened_plan(plan_kwargs, FLAGS.root))
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     print(study_report.write(records, results_dir, command=command,
                              baselines=study.paired_baselines()))

@@ -386,7 +386,7 @@ def _finished(root):
     return {_key(record): record for record in records}
 
 
-def run_study(runs, root, report=print):
+def run_study(runs, root, report=print, checked_runs=None):
     """Trains every run not yet finished; appends each result to `root/results.jsonl`.
 
     Args:
@@ -394,6 +394,9 @@ def run_study(runs, root, report=print):
         root: the study's output folder.
         report: called with one line after each run (progress and the time
             left). Defaults to `print`.
+        checked_runs: the runs whose finished ones are checked against their
+            workdirs before anything trains (`widened_plan`: every run of the
+            root). Defaults to `None`: `runs`.
 
     Returns:
         The result records of every run, in `runs` order.
@@ -407,7 +410,7 @@ def run_study(runs, root, report=print):
     os.makedirs(root, exist_ok=True)
     results_path = os.path.join(root, RESULTS_FILE)
     done = _finished(root)
-    check_finished_runs(runs, root, done)
+    check_finished_runs(runs if checked_runs is None else checked_runs, root, done)
     start, trained = time.time(), 0
     remaining = [run for run in runs if _run_key(run) not in done]
     for index, run in enumerate(remaining):

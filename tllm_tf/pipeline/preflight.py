@@ -230,6 +230,14 @@ def _workdir_config(model_path):
     return None, None
 
 
+def _split_fields_differing(values, current):
+    """The `SPLIT_FIELDS` a run's config.json `values` (or None) and `current` both set, unequal."""
+    if values is None:
+        return []
+    return [name for name in SPLIT_FIELDS
+            if name in values and name in current and values[name] != current[name]]
+
+
 def check_evaluation_splits(model_path, **split_values):
     """Refuses to evaluate a model on splits other than those of the run that trained it.
 
@@ -247,10 +255,8 @@ def check_evaluation_splits(model_path, **split_values):
         ValueError: naming each differing flag and its value in the run.
     """
     values, path = _workdir_config(model_path)
-    if values is None:
-        return
-    differences = [f"--{name}={values[name]!r}" for name in SPLIT_FIELDS
-                   if name in split_values and values.get(name) != split_values[name]]
+    differences = [f"--{name}={values[name]!r}"
+                   for name in _split_fields_differing(values, split_values)]
     if differences:
         raise ValueError(
             f"{model_path!r} was trained by the run of {path}, on other splits than these "
@@ -268,11 +274,9 @@ def check_teacher_origin(config):
     checked.
     """
     values, path = _workdir_config(config.teacher_path)
-    if values is None:
-        return
-    differences = [f"--{name}: {values[name]!r} for the teacher, {getattr(config, name)!r} now"
-                   for name in SPLIT_FIELDS
-                   if name in values and values[name] != getattr(config, name)]
+    current = {name: getattr(config, name) for name in SPLIT_FIELDS}
+    differences = [f"--{name}: {values[name]!r} for the teacher, {current[name]!r} now"
+                   for name in _split_fields_differing(values, current)]
     if differences:
         raise ValueError(
             f"The teacher {config.teacher_path!r} was trained on another split of the "
