@@ -314,3 +314,22 @@ def test_evaluation_splits_of_the_run_or_of_no_run_are_taken(tmp_path):
     with pytest.raises(ValueError, match="--holdout_fraction=0.2"):
         preflight.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
                                           dataset="digits", seed=3, holdout_fraction=0.3)
+
+
+def test_a_stage_that_began_and_did_not_finish_is_named_as_unfinished(tool, tmp_path):
+    workdir = _workdir(tmp_path / "run")
+    (workdir / "student_tllm_refit").mkdir()  # Killed before its test_per_class.json.
+    result = tool("tools/report.py", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("Not finished (no test_per_class.json yet), so not in the table: "
+            "student_tllm_refit; the same tools/train.py command resumes them") in result.stdout
+    with open(workdir / "report" / "report.json") as handle:
+        report = json.load(handle)
+    assert report["unfinished"] == ["student_tllm_refit"]
+    assert "student_tllm_refit" not in report["models"]
+
+
+def test_a_tllm_student_still_training_is_named_once(tmp_path):
+    results = workdir_results.load_results(str(_workdir(tmp_path / "run", tllm_finished=False)))
+    assert results["mask_in_progress"] and results["unfinished"] == []
+    assert not workdir_results.load_results(str(_workdir(tmp_path / "done")))["unfinished"]

@@ -270,6 +270,10 @@ def summary_lines(results):
         lines.append(f"TLLM student not finished (no {workdir_files.PER_CLASS_FILE} yet): "
                      f"undistillable classes so far, after epoch {last['epoch']}: "
                      f"{_names(results, last['class_mask'] <= 0) or 'none'}")
+    if results.get("unfinished"):
+        lines.append(f"Not finished (no {workdir_files.PER_CLASS_FILE} yet), so not in the "
+                     f"table: {', '.join(results['unfinished'])}; the same tools/train.py "
+                     "command resumes them")
     if results.get("refit_check"):
         lines.append(_check_line("TLLM refit", results["refit_check"], ("refit", "tllm"),
                                  "the tllm student"))
@@ -323,6 +327,7 @@ def to_json(results):
         "below_baseline": below_baseline(results),
         "mask_history": mask_changes(results),
         "mask_in_progress": bool(results.get("mask_in_progress")),
+        "unfinished": list(results.get("unfinished", [])),
         "refit_check": results.get("refit_check"),
         "reference_checks": results.get("reference_checks", {}),
         "gain_by_mask": gain_by_mask(results),

@@ -14,8 +14,10 @@ example), `accuracy` (name -> overall test accuracy), `num_samples`,
 student that has not finished: `final_mask` is then None), `refit_check`
 (the refit's `refit_check.json`, or None) and `reference_checks` (stage ->
 its `reference_check.json`, for the students judged with
-`--reference_fallback`). `evaluation.evaluate_models` returns the same
-layout, without a mask.
+`--reference_fallback`) and `unfinished` (the stages that have begun but
+have no `test_per_class.json`: killed, or still training; the tllm student
+is left out of it while `mask_in_progress` says so).
+`evaluation.evaluate_models` returns the same layout, without a mask.
 
 It imports no TensorFlow (tools/report.py reads a workdir without it).
 """
@@ -127,6 +129,10 @@ def load_results(workdir):
     class_names = next(iter(class_names.values()))
     tllm_finished = workdir_files.student_stage("tllm") in per_class
     history = _mask_history(workdir, len(class_names), tllm_finished)
+    mask_in_progress = bool(history) and not tllm_finished
+    unfinished = [stage for stage in COLUMNS
+                  if stage not in per_class and os.path.isdir(os.path.join(workdir, stage))
+                  and not (mask_in_progress and stage == workdir_files.student_stage("tllm"))]
     check_path = os.path.join(workdir, workdir_files.student_stage("tllm_refit"),
                               workdir_files.REFIT_CHECK_FILE)
     return {"class_names": class_names,
@@ -134,7 +140,8 @@ def load_results(workdir):
             "per_class": per_class, "accuracy": accuracy, "num_samples": num_samples,
             "final_mask": history[-1]["class_mask"] if history and tllm_finished else None,
             "mask_history": history,
-            "mask_in_progress": bool(history) and not tllm_finished,
+            "mask_in_progress": mask_in_progress,
+            "unfinished": unfinished,
             "refit_check": (_read_check(check_path, ("refit", "tllm"))
                             if os.path.exists(check_path) else None),
             "reference_checks": _reference_checks(workdir)}
