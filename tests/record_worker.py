@@ -8,6 +8,9 @@ after every epoch and the cluster's heartbeat timeout to
 It only reads variables, so it changes nothing in the run.
 
     RECORD_DIR=... TF_CONFIG=... python tests/record_worker.py --flagfile=...
+
+With `FAIL_TASK=<i>`, worker `i` raises a `ValueError` at the end of its
+first distilled epoch (a worker that stops on an error of its own).
 """
 
 import json
@@ -39,11 +42,21 @@ class _MaskHistory(keras.callbacks.Callback):
         self.masks.append(keras.ops.convert_to_numpy(self.model.class_mask))
 
 
+class _Failure(keras.callbacks.Callback):
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise ValueError(f"injected failure of task {self.task} at epoch {epoch + 1}")
+
+
 def _recording_fit(self, *args, callbacks=None, **kwargs):
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     # Last, so it sees the mask the identification callbacks settled on.
     history = _MaskHistory()
-    result = _fit(self, *args, callbacks=list(callbacks or []) + [history], **kwargs)
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    extra = [_Failure(task)] if os.environ.get("FAIL_TASK") == str(task) else []
+    result = _fit(self, *args, callbacks=list(callbacks or []) + [history] + extra, **kwargs)
     _fits.append(None)
     path = os.path.join(os.environ["RECORD_DIR"], f"task{task}_fit{len(_fits)}.npz")
     weights = {f"weight{i}": w for i, w in enumerate(self.student.get_weights())}

@@ -25,6 +25,7 @@ from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import workdir as workdir_lib
+from tllm_tf.pipeline import worker_failures
 
 FLAGS = ["--flagfile=configs/demo.flags", "--teacher_model=cnn_tiny", "--teacher_epochs=1",
          "--epochs=3", "--students=tllm", "--warmup_epochs=0", "--batch_size=32",
@@ -43,14 +44,16 @@ def _free_ports(count):
             sock.close()
 
 
-def _start_workers(zygote, workdirs, record_dir, log_dir, flags=(), worker_flags=None):
+def _start_workers(zygote, workdirs, record_dir, log_dir, flags=(), worker_flags=None,
+                   extra_env=None):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(workdirs))]}
     processes = []
     worker_flags = worker_flags or [()] * len(workdirs)
     try:
         for index, workdir in enumerate(workdirs):
             env = dict(
-                os.environ, CUDA_VISIBLE_DEVICES="", RECORD_DIR=str(record_dir),
+                os.environ, **(extra_env or {}), CUDA_VISIBLE_DEVICES="",
+                RECORD_DIR=str(record_dir),
                 TF_CONFIG=json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             processes.append(zygote.popen(
@@ -306,7 +309,8 @@ def test_a_chief_that_refuses_to_start_stops_every_worker(zygote, tmp_path):
     refusal = "belongs to a run with a different configuration"
     assert refusal in _log(tmp_path / "logs", 0, "err")
     worker_error = _log(tmp_path / "logs", 1, "err")
-    assert "ChiefFailedError" in worker_error and refusal in worker_error
+    assert "The chief failed, so this worker stops too" in worker_error
+    assert refusal in worker_error and "Traceback" not in worker_error
     assert not os.path.exists(worker_dir)
 
 
@@ -322,6 +326,47 @@ def test_workers_started_with_other_flags_are_all_refused_before_training(zygote
     assert "--verbose:" not in _log(tmp_path / "logs", 1, "err")  # may differ
     assert "Another worker was started with other flags" in _log(tmp_path / "logs", 0, "err")
     assert not os.path.exists(os.path.join(chief_dir, "teacher"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [1, 0])
+def test_a_worker_that_stops_on_an_error_stops_the_others_quoting_it(zygote, tmp_path, failing):
+    workdirs = [str(tmp_path / "chief"), str(tmp_path / "worker1")]
+    os.makedirs(tmp_path / "logs")
+    processes = _start_workers(zygote, workdirs, tmp_path, tmp_path / "logs",
+                               extra_env={"FAIL_TASK": str(failing)})
+    _wait(processes)
+    assert [process.returncode for process in processes] == [1, 1]
+    injected = f"injected failure of task {failing} at epoch 1"
+    assert f"Error: {injected}" in _log(tmp_path / "logs", failing, "err")
+    other = _log(tmp_path / "logs", 1 - failing, "err")
+    # Without the report it waited for the heartbeat timeout and did not quote the error.
+    assert (f"Error: worker {failing} stopped the run: ValueError: {injected}. Fix that "
+            "worker's problem, then run the same command on every worker") in other
+    assert "Traceback" not in other
+
+
+def test_another_workers_reported_error_is_recognised_and_nothing_else():
+    reported = tf.errors.AbortedError(
+        None, None, "Collective ops is aborted by: Error reported from /job:chief/task:0: "
+        "chief 0 stopped the run: OSError: disk full [type.googleapis.com/tensorflow."
+        "CoordinationServiceError='x']\nThe error could be from a previous operation.")
+    assert (worker_failures.reported_failure(reported)
+            == "chief 0 stopped the run: OSError: disk full")
+    # Through a peer's aborted collective, without the service's prefix.
+    assert worker_failures.reported_failure(tf.errors.AbortedError(
+        None, None, "Collective ops is aborted by: Collective ops is aborted by: worker 0 "
+        "stopped the run: interrupted (Ctrl-C)\nThe error could be from a previous operation.")
+    ) == "worker 0 stopped the run: interrupted (Ctrl-C)"
+    assert worker_failures.reported_failure(tf.errors.UnavailableError(
+        None, None, "Socket closed")) is None
+    assert worker_failures.reported_failure(ValueError("worker 1 stopped the run: y")) is None
+
+
+def test_one_worker_shares_nothing_and_raises_as_it_was():
+    with pytest.raises(ValueError, match="its own"):
+        with worker_failures.shared(tf.distribute.get_strategy()):
+            raise ValueError("its own")
 
 
 def test_multi_worker_without_a_cluster_is_refused(monkeypatch):

@@ -26,6 +26,7 @@ from tllm_tf.analysis import workdir_results  # noqa: E402
 from tllm_tf.pipeline import multi_worker  # noqa: E402
 from tllm_tf.pipeline import stages  # noqa: E402
 from tllm_tf.pipeline import workdir_files  # noqa: E402
+from tllm_tf.pipeline import worker_failures  # noqa: E402
 from tllm_tf.pipeline.training_guards import NonFiniteLossError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -73,14 +74,16 @@ def _train_and_report(config):
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
     try:
-        if stages.run(config, strategy) is None:
-            return
-        results = workdir_results.load_results(config.workdir)
-    except (ValueError, NonFiniteLossError) as error:
+        with worker_failures.shared(strategy):
+            if stages.run(config, strategy) is None:
+                return
+            results = workdir_results.load_results(config.workdir)
+    except (ValueError, NonFiniteLossError, multi_worker.ChiefFailedError,
+            worker_failures.WorkerFailedError) as error:
         # Bad input (data not found, a workdir of another configuration, a
-        # corrupt checkpoint or result file, ...) or a loss that became NaN:
-        # the message says what to do; a traceback would only hide it. What
-        # was written is kept.
+        # corrupt checkpoint or result file, ...), a loss that became NaN, or
+        # another worker that stopped on one of those: the message says what
+        # to do; a traceback would only hide it. What was written is kept.
         console.exit_with_error(error)
     written = reporting.write_report(
         results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
