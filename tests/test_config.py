@@ -113,3 +113,14 @@ def test_a_workdir_config_of_the_method_era_loads_as_students():
 def test_old_method_value_kd_is_explained():
     with pytest.raises(ValueError, match='"kd" is now "distilled"'):
         RunConfig(workdir="w", students=("kd",))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_learning_rate_decays_from_the_first_step_of_each_decay_epoch(optimizer):
+    from tllm_tf.pipeline import build
+    config = RunConfig(workdir="/tmp/x", optimizer=optimizer, learning_rate=0.1,
+                       lr_decay_epochs=(2, 3), lr_decay_rate=0.5)
+    schedule = build.make_optimizer(config, steps_per_epoch=4)._learning_rate
+    # fit's epoch e (from 0) takes steps 4e .. 4e + 3; the optimizer reads the steps already taken.
+    rates = [float(schedule(step)) for step in range(16)]
+    assert rates == pytest.approx([0.1] * 8 + [0.05] * 4 + [0.025] * 4)
