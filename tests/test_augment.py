@@ -186,3 +186,47 @@ def test_a_batch_seed_makes_the_output_a_function_of_the_batch():
 def test_batch_augmentation_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BatchAugmentation(**kwargs)
+
+
+def _torchvision_window(height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop.get_params, written out in numpy."""
+    for _ in range(10):
+        area = height * width * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        w, h = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return h, w
+    if width / height < ratio[0]:
+        return round(width / ratio[0]), width
+    if width / height > ratio[1]:
+        return height, round(height * ratio[1])
+    return height, width
+
+
+def test_random_resized_crop_windows_are_drawn_as_torchvision_draws_them():
+    from tllm_tf.data.augment import _crop_window
+    rng = np.random.default_rng(0)
+    for shape in [(300, 400), (120, 500)]:
+        seeds = tf.stack([tf.range(1500, dtype=tf.int64), tf.fill([1500], np.int64(7))], axis=1)
+        windows = tf.function(lambda seeds, shape=shape: tf.map_fn(
+            lambda seed: tf.stack(_crop_window(
+                tf.constant(shape + (3,)), seed, (0.08, 1.0), (3 / 4, 4 / 3))),
+            seeds, fn_output_signature=tf.int32))
+        ours = windows(seeds).numpy().astype(float)
+        theirs = np.array([_torchvision_window(*shape, rng) for _ in range(1500)], float)
+        our_area = ours[:, 2] * ours[:, 3] / np.prod(shape)
+        their_area = theirs[:, 0] * theirs[:, 1] / np.prod(shape)
+        # Mean area share: 0.43 for both (TensorFlow's own sampler gave 0.37).
+        assert abs(our_area.mean() - their_area.mean()) < 0.025
+        assert abs(np.mean(our_area > 0.5) - np.mean(their_area > 0.5)) < 0.05
+        top, left, height, width = ours.T
+        assert (top >= 0).all() and (left >= 0).all()
+        assert (top + height <= shape[0]).all() and (left + width <= shape[1]).all()
+
+
+def test_a_crop_window_that_never_fits_is_the_central_crop_clamped_to_the_ratio():
+    from tllm_tf.data.augment import _crop_window
+    # A 10x200 strip cannot hold a crop of ratio <= 4/3 and area >= 90% of it.
+    top, left, height, width = (int(v) for v in _crop_window(
+        tf.constant([10, 200, 3]), _seed(3), (0.9, 1.0), (3 / 4, 4 / 3)))
+    assert (height, width) == (10, 13) and top == 0 and left == (200 - 13) // 2

@@ -20,6 +20,7 @@ References: He et al. 2016 (the CIFAR recipe), Szegedy et al. 2015
 """
 
 import dataclasses
+import math
 from typing import Callable
 
 import tensorflow as tf
@@ -66,10 +67,49 @@ def pad_and_random_crop(image, seed, padding=4, padding_mode="constant"):
     return tf.ensure_shape(cropped, image.shape)
 
 
+def _crop_window(shape, seed, area_range, aspect_ratio_range, attempts=10):
+    """`(top, left, height, width)` of a random-resized crop, as torchvision samples it.
+
+    Up to `attempts` draws of an area share (uniform) and an aspect ratio
+    (uniform in log); the first that fits the image is placed uniformly at
+    random; if none fits, the central crop of the whole image clamped to the
+    aspect ratio range. TensorFlow's `sample_distorted_bounding_box` draws
+    otherwise and gives smaller crops (a mean area of 0.37 of the image
+    against torchvision's 0.43 with the defaults).
+    """
+    height, width = tf.unstack(tf.cast(shape[:2], tf.float32))
+    area_seed, ratio_seed, offset_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
+    area = height * width * tf.random.stateless_uniform(
+        [attempts], area_seed, area_range[0], area_range[1])
+    low_ratio, high_ratio = aspect_ratio_range
+    ratio = tf.exp(tf.random.stateless_uniform(
+        [attempts], ratio_seed, math.log(low_ratio), math.log(high_ratio)))
+    crop_width, crop_height = tf.round(tf.sqrt(area * ratio)), tf.round(tf.sqrt(area / ratio))
+    fits = ((crop_width > 0) & (crop_width <= width)
+            & (crop_height > 0) & (crop_height <= height))
+    first = tf.argmax(tf.cast(fits, tf.int32))  # 0 when none fits: the fallback's then.
+    image_ratio = width / height
+    fallback_width = tf.where(image_ratio > high_ratio, tf.round(height * high_ratio), width)
+    fallback_height = tf.where(image_ratio < low_ratio, tf.round(width / low_ratio), height)
+    any_fits = tf.reduce_any(fits)
+    crop_height = tf.where(any_fits, crop_height[first], fallback_height)
+    crop_width = tf.where(any_fits, crop_width[first], fallback_width)
+    uniform = tf.random.stateless_uniform([2], offset_seed)
+    top = tf.where(any_fits, tf.floor(uniform[0] * (height - crop_height + 1)),
+                   tf.floor((height - crop_height) / 2))
+    left = tf.where(any_fits, tf.floor(uniform[1] * (width - crop_width + 1)),
+                    tf.floor((width - crop_width) / 2))
+    return tuple(tf.cast(v, tf.int32) for v in (top, left, crop_height, crop_width))
+
+
 def random_resized_crop(
     image, seed, size, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)
 ):
     """Crops a random area and aspect ratio of an image, resized to a square.
+
+    The window is drawn as torchvision's `RandomResizedCrop` draws it (the
+    field's ImageNet recipe), with TensorFlow's stateless random numbers.
 
     Args:
         image: float tensor `(height, width, channels)`, any height and width.
@@ -83,18 +123,9 @@ def random_resized_crop(
     Returns:
         A float32 tensor `(size, size, channels)`.
     """
-    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=whole_image,
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=aspect_ratio_range,
-        area_range=area_range,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(image, begin, crop_size)
+    top, left, height, width = _crop_window(
+        tf.shape(image), seed, area_range, aspect_ratio_range)
+    crop = image[top:top + height, left:left + width]
     resized = tf.image.resize(crop, (size, size), antialias=True)
     return tf.ensure_shape(resized, (size, size, image.shape[-1]))
 
