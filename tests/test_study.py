@@ -253,6 +253,21 @@ def test_flips_count_every_change_of_a_class_mask():
     np.testing.assert_allclose(study_stats.flips_per_100_updates(masks), [75.0, 25.0])
 
 
+def test_flips_count_from_the_mask_a_run_started_with():
+    masks = np.array([[1, 0], [1, 0], [1, 1]], bool)
+    np.testing.assert_allclose(study_stats.flips_per_100_updates(masks, [0]),
+                               [0.0, 100 / 3])
+
+
+def test_a_fixed_mask_is_no_flip_in_the_summary():
+    records = []
+    for seed in range(3):
+        fixed = _record(seed, "tllm_masked_b", 0.81, [0.9, 0.75], masks=[[1.0, 0.0]] * 4)
+        records += _labels_and_kd(seed) + [dict(fixed, masked_from_start=[1])]
+    (setting,) = study_report.summarise(records)
+    assert setting["arms"]["tllm_masked_b"]["flips_per_100_updates"] == 0.0
+
+
 def _record(seed, arm, accuracy, per_class, teacher="t", masks=()):
     return {"seed": seed, "student": "s", "teacher": "" if arm == "labels" else teacher,
             "arm": arm, "accuracy": accuracy, "per_class_accuracy": per_class,

@@ -342,6 +342,8 @@ def collect(run):
         "per_class_accuracy": per_class["per_class_accuracy"],
         "class_names": per_class["class_names"],
         "masks": masks,
+        # Masked before the first update: what a mask change is counted from.
+        "masked_from_start": sorted(int(c) for c in masked_classes),
     }
 
 

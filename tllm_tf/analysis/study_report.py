@@ -183,8 +183,10 @@ def summarise(records, baselines=None):
             masks = [study_stats.mask_matrix(r["masks"]) for r in arm_records]
             final = np.array([m[-1] if len(m) else np.zeros(len(class_names), bool)
                               for m in masks])
-            flips = np.array([study_stats.flips_per_100_updates(m) if len(m) else
-                              np.zeros(len(class_names)) for m in masks])
+            # Records written before "masked_from_start" existed count from all distilled.
+            flips = np.array([
+                study_stats.flips_per_100_updates(m, r.get("masked_from_start", ())) if len(m)
+                else np.zeros(len(class_names)) for m, r in zip(masks, arm_records)])
             masked_rate = np.array([m.mean(axis=0) if len(m) else np.zeros(len(class_names))
                                     for m in masks])
             baseline = _baseline(arm, arms, baselines or {})

@@ -83,16 +83,19 @@ def mask_matrix(class_masks):
     return np.array(class_masks, dtype=np.float64) <= 0
 
 
-def flips_per_100_updates(masks):
+def flips_per_100_updates(masks, masked_from_start=()):
     """Per class, how often its mask changed, per 100 updates.
 
     Args:
-        masks: bool array `(updates, num_classes)`; the mask before the first
-            update is all distilled.
+        masks: bool array `(updates, num_classes)`.
+        masked_from_start: the classes masked before the first update (a
+            fixed mask); the others start distilled. Defaults to none.
     """
     if masks.shape[0] == 0:
         return np.zeros(masks.shape[1:])
-    padded = np.concatenate([np.zeros((1, masks.shape[1]), bool), masks])
+    start = np.zeros((1, masks.shape[1]), bool)
+    start[0, list(masked_from_start)] = True
+    padded = np.concatenate([start, masks])
     changes = (padded[1:] != padded[:-1]).sum(axis=0)
     return 100.0 * changes / masks.shape[0]
 
