@@ -15,7 +15,19 @@ import tensorflow_datasets as tfds
 
 from conftest import prepared_tfds as _prepared
 from conftest import written_tfds
-from tllm_tf.data.tfds_source import DataNotFoundError, channel_statistics, load_tfds
+from tllm_tf.data import tfds_source
+from tllm_tf.data.pipeline import (
+    DEFAULT_SHUFFLE_BUFFER,
+    VARYING_SIZE_SHUFFLE_BUFFER,
+    make_pipeline,
+    shuffle_buffer_size,
+)
+from tllm_tf.data.tfds_source import (
+    DataNotFoundError,
+    UnlabelledDataError,
+    channel_statistics,
+    load_tfds,
+)
 
 NUM_EXAMPLES = 200
 
@@ -167,3 +179,111 @@ def test_damaged_prepared_set_is_refused_at_load(tmp_path, damage, split):
     assert f"Delete {shard.parent} and prepare it again" in message
     assert f"tfds build fashion_mnist --data_dir={tmp_path}" in message
     assert isinstance(error.value.__cause__, tf.errors.OpError)
+
+
+def _written_with_labels(data_dir, labels, name="mnist", num_examples=40):
+    """Prepares `name` in `data_dir` through tfds' builder and writer.
+
+    `labels` maps each split to the label of all its examples, or to `None`
+    for random labels; -1 is tfds' label of an unlabelled example.
+    """
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    image_shape = builder.info.features["image"].shape
+    num_classes = builder.info.features["label"].num_classes
+
+    def examples(split):
+        rng = np.random.default_rng(len(split))
+        for index in range(num_examples):
+            label = labels[split]
+            yield f"{split}_{index}", {
+                "image": rng.integers(0, 256, image_shape, dtype=np.uint8),
+                "label": int(rng.integers(num_classes)) if label is None else label,
+            }
+
+    builder._split_generators = lambda dl_manager: {split: examples(split) for split in labels}
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+def test_unlabelled_test_split_falls_back_to_validation(tmp_path, caplog):
+    # As tfds' imagenet2012 with ILSVRC2012_img_test.tar: a test split of -1 labels.
+    _written_with_labels(tmp_path, {"train": None, "test": -1, "validation": 3})
+    with caplog.at_level("WARNING"):
+        splits = load_tfds("mnist", data_dir=str(tmp_path), holdout_fraction=0.25)
+    test_labels = [int(label) for _, label in splits.test.as_numpy_iterator()]
+    assert test_labels == [3] * 40
+    assert "its test split has no labels (label -1), so the 'validation' split" in caplog.text
+
+
+def test_no_labelled_test_split_is_refused(tmp_path):
+    _written_with_labels(tmp_path, {"train": None, "test": -1})
+    with pytest.raises(UnlabelledDataError, match="no labelled test split") as error:
+        load_tfds("mnist", data_dir=str(tmp_path), holdout_fraction=0.25)
+    assert "'test' has 40 of 40 labels -1" in str(error.value)
+    assert "labelled 'validation' split" in str(error.value)
+    assert isinstance(error.value, DataNotFoundError)
+
+
+def test_unlabelled_train_examples_are_refused(tmp_path):
+    _written_with_labels(tmp_path, {"train": -1, "test": None})
+    with pytest.raises(UnlabelledDataError, match="train split .* 40 of 40 examples without"):
+        load_tfds("mnist", data_dir=str(tmp_path), holdout_fraction=0.25)
+    # Without a held-out split the labels are checked as read: here by the image
+    # statistics at load, for ImageNet or CIFAR by training.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="without a label"):
+        next(iter(load_tfds("mnist", data_dir=str(tmp_path)).train))
+
+
+def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
+    written_tfds(tmp_path, "fashion_mnist", num_examples=100)
+    train_reads = tf.Variable(0, dtype=tf.int64)
+    read_undecoded = tfds_source._read_undecoded
+
+    def counted(builder, split):
+        def count(example):
+            train_reads.assign_add(1)
+            return example
+
+        undecoded = read_undecoded(builder, split)
+        return undecoded.map(count) if split == "train" else undecoded
+
+    monkeypatch.setattr(tfds_source, "_read_undecoded", counted)
+    splits = load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.2)
+    reads, passes = [], []
+    for _ in range(3):
+        before = int(train_reads.numpy())
+        passes.append(list(splits.held_out.as_numpy_iterator()))
+        reads.append(int(train_reads.numpy()) - before)
+    assert reads == [100, 0, 0]
+    # In the train split's order, as the filter without a cache gives them.
+    whole = [(image, label) for image, label in
+             load_tfds("fashion_mnist", data_dir=str(tmp_path)).train.as_numpy_iterator()]
+    held_hashes = {hashlib.sha1(image.tobytes()).hexdigest() for image, _ in passes[0]}
+    in_train_order = [(image, label) for image, label in whole
+                      if hashlib.sha1(image.tobytes()).hexdigest() in held_hashes]
+    assert 0 < len(passes[0]) == int(splits.held_out.cardinality())
+    for held_out_pass in passes:
+        for (image, label), (expected_image, expected_label) in zip(
+                held_out_pass, in_train_order, strict=True):
+            np.testing.assert_array_equal(image, expected_image)
+            assert label == expected_label
+
+
+def test_shuffle_buffer_of_images_of_varying_size_is_bounded():
+    # ImageNet's decoded images: 10,000 of them in a shuffle buffer took 17-22 GB.
+    num_images = 3 * VARYING_SIZE_SHUFFLE_BUFFER
+    images = tf.data.Dataset.range(num_images).map(
+        lambda index: (tf.fill(tf.stack([2 + index % 2, 3, 3]), 1.0), tf.cast(index, tf.int32)))
+    assert not images.element_spec[0].shape.is_fully_defined()
+    batches = make_pipeline(images, batch_size=num_images, training=True,
+                            augmentation="imagenet", image_size=4)
+    _, indices = next(iter(batches))
+    # The k-th image out of a buffer of B images is one of the first B + k in.
+    assert np.all(indices.numpy() < VARYING_SIZE_SHUFFLE_BUFFER + np.arange(num_images))
+    assert sorted(indices.numpy()) == list(range(num_images))
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1), (8, 8, 1)])
+def test_small_images_keep_the_default_shuffle_buffer(shape):
+    # CIFAR, Fashion-MNIST and the digits: their batches stay as they were.
+    assert shuffle_buffer_size(tf.TensorSpec(shape, tf.float32)) == DEFAULT_SHUFFLE_BUFFER

@@ -11,6 +11,12 @@ from tllm_tf.data.augment import build_augmentation
 from tllm_tf.data.batch_augment import BatchAugmentation
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
+# The most the shuffle buffer of decoded float32 images may take. CIFAR,
+# Fashion-MNIST and the digits stay far below it, with the default buffer.
+SHUFFLE_BUFFER_BYTES = 2 * 1024**3
+# For images of varying size (ImageNet: about 2.2 MB each once decoded, so
+# about 2.2 GB); tfds writes its shards pre-shuffled.
+VARYING_SIZE_SHUFFLE_BUFFER = 1_000
 
 
 def _seeds(seed):
@@ -24,6 +30,23 @@ def _seeds(seed):
 def _batch_seeds(seed):
     # A stream apart from the per-image one, from the same seed.
     return _seeds(seed).map(lambda pair: tf.random.fold_in(pair, -1))
+
+
+def shuffle_buffer_size(image_spec):
+    """The shuffle buffer for images of `image_spec`: `10_000`, or fewer where they are large.
+
+    Args:
+        image_spec: `tf.TensorSpec` of one image, e.g. `dataset.element_spec[0]`.
+
+    Returns:
+        `DEFAULT_SHUFFLE_BUFFER` where that many images fit in
+        `SHUFFLE_BUFFER_BYTES` (2 GiB), else as many as fit (about 3,500 of
+        224x224x3); `VARYING_SIZE_SHUFFLE_BUFFER` for images of varying size.
+    """
+    if not image_spec.shape.is_fully_defined():
+        return VARYING_SIZE_SHUFFLE_BUFFER
+    image_bytes = max(1, image_spec.shape.num_elements() * image_spec.dtype.size)
+    return max(1, min(DEFAULT_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // image_bytes))
 
 
 def _check_batchable(dataset, augmentation):
@@ -47,7 +70,7 @@ def make_pipeline(
     num_classes=None,
     seed=0,
     cache=False,
-    shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+    shuffle_buffer=None,
     mixup=0.0,
     cutmix=0.0,
     randaugment=False,
@@ -77,9 +100,10 @@ def make_pipeline(
         seed: seed of the shuffle and of every augmentation. Defaults to `0`.
         cache: whether to cache the images in memory before augmentation.
             Defaults to `False`.
-        shuffle_buffer: shuffle buffer size, in examples. Decoded ImageNet
-            images take a few MB each: use 1-2 thousand there (tfds writes
-            its shards pre-shuffled). Defaults to `10_000`.
+        shuffle_buffer: shuffle buffer size, in examples. Defaults to
+            `None`: `shuffle_buffer_size(...)` of the images, `10_000` for
+            CIFAR, Fashion-MNIST and the digits, `1_000` for images of
+            varying size (decoded ImageNet images take about 2 MB each).
         mixup: MixUp's `alpha`; `0` turns it off. Defaults to `0.0`.
         cutmix: CutMix's Beta parameter in `[0, 1]`; `0` turns it off.
             Defaults to `0.0`.
@@ -100,6 +124,8 @@ def make_pipeline(
     """
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+    if shuffle_buffer is None:
+        shuffle_buffer = shuffle_buffer_size(dataset.element_spec[0])
     if training and shuffle_buffer < 1:
         raise ValueError(
             f"Expected shuffle_buffer >= 1. Received: shuffle_buffer={shuffle_buffer}"

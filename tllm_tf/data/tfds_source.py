@@ -4,11 +4,13 @@ Works for CIFAR-10, CIFAR-100, ImageNet (`imagenet2012`, built from the
 manually downloaded tar files) and any tfds data set with an `image` feature
 and a `label` `ClassLabel`. The held-out split that drives TLLM's class
 selection is a stratified, seeded part of the *train* split; the test split
-(`test`, else `validation`) is left whole.
+(`test`, else `validation`) is left whole. A split without labels (tfds'
+`imagenet2012` `test`, all -1) is never used as the test split.
 """
 
 import contextlib
 import difflib
+import logging
 import re
 
 import numpy as np
@@ -45,6 +47,10 @@ class DataNotFoundError(ValueError):
 
 class DamagedDataError(DataNotFoundError):
     """A prepared tfds data set whose record files are missing or damaged."""
+
+
+class UnlabelledDataError(DataNotFoundError):
+    """A tfds data set whose train split, or every test candidate, lacks labels (label -1)."""
 
 
 def channel_statistics(dataset, max_images=STATISTICS_IMAGES):
@@ -186,17 +192,67 @@ def _check_features(builder, name):
     return image, label
 
 
-def _test_split_name(builder, name):
+def _test_candidates(builder, name):
     splits = builder.info.splits
     if "train" not in splits:
         raise ValueError(f"tfds data set {name!r} has no train split. Splits: {list(splits)}")
-    for candidate in ("test", "validation"):
-        if candidate in splits:
-            return candidate
-    raise ValueError(
-        f"tfds data set {name!r} has neither a test nor a validation split. "
-        f"Splits: {list(splits)}"
+    candidates = [split for split in ("test", "validation") if split in splits]
+    if not candidates:
+        raise ValueError(
+            f"tfds data set {name!r} has neither a test nor a validation split. "
+            f"Splits: {list(splits)}"
+        )
+    return candidates
+
+
+def _count_unlabelled(labels):
+    # tfds writes -1 for an example without a label (ImageNet's test images).
+    return int(np.count_nonzero(labels < 0))
+
+
+def _labelled_test_split(builder, name):
+    """The first of `test`, `validation` whose every example has a label.
+
+    Reads each candidate's labels once, which also finds damaged record files
+    before training rather than after it.
+
+    Returns:
+        `(split name, undecoded split)`.
+
+    Raises:
+        UnlabelledDataError: if no candidate has labels throughout.
+    """
+    unlabelled = {}
+    for split in _test_candidates(builder, name):
+        undecoded = _read_undecoded(builder, split)
+        _, labels = _ids_and_labels(undecoded)
+        count = _count_unlabelled(labels)
+        if not count:
+            if unlabelled:
+                logging.warning(
+                    "tfds data set %r: its %s split has no labels (label -1), so the %r "
+                    "split is the test split.", name, " and ".join(unlabelled), split)
+            return split, undecoded
+        unlabelled[split] = f"{count} of {len(labels)}"
+    raise UnlabelledDataError(
+        f"tfds data set {name!r} has no labelled test split: "
+        + ", ".join(f"{split!r} has {share} labels -1" for split, share in unlabelled.items())
+        + ". Its accuracy would be computed on no images. Prepare the data set with a "
+        "labelled 'validation' split"
+        + (" (put ILSVRC2012_img_val.tar in manual_dir and build it again)"
+           if builder.name == "imagenet2012" else "")
+        + "."
     )
+
+
+def _check_train_labels(labels, name):
+    count = _count_unlabelled(labels)
+    if count:
+        raise UnlabelledDataError(
+            f"The train split of tfds data set {name!r} has {count} of {len(labels)} "
+            "examples without a label (label -1); training needs a label for every "
+            "example. Prepare the data set again from labelled files."
+        )
 
 
 def _read_undecoded(builder, split):
@@ -240,7 +296,23 @@ def _split_off_held_out(undecoded, held_out_ids):
         return tf.equal(table.lookup(example["tfds_id"]), 1)
 
     kept = undecoded.filter(lambda example: tf.logical_not(is_held_out(example)))
-    return kept, undecoded.filter(is_held_out)
+    # Cached encoded, in memory: only the first held-out pass reads the whole train
+    # split (140 GB for ImageNet) to find its images. ImageNet's JPEGs take about
+    # 110 KB each: about 1.1 GB for 10,000 held-out images. A pass that stops early
+    # leaves the cache empty, and the next reads the train split again.
+    return kept, undecoded.filter(is_held_out).cache()
+
+
+def _refusing_unlabelled(undecoded, name):
+    # Without a held-out split the train labels are not read at load: checked as read.
+    def check(example):
+        with tf.control_dependencies([tf.debugging.assert_non_negative(
+                example["label"],
+                message=(f"The train split of tfds data set {name!r} has an example without "
+                         "a label (label -1); training needs a label for every example."))]):
+            return dict(example, label=tf.identity(example["label"]))
+
+    return undecoded.map(check)
 
 
 def _decode(undecoded, image_feature):
@@ -264,9 +336,14 @@ def load_tfds(
     """Loads a tfds image-classification data set as `DataSplits`.
 
     The held-out split is a stratified, seeded part of the train split,
-    chosen from a labels-only pass and selected lazily by example id. Without
-    `holdout_fraction` it is empty and `train` is
+    chosen from a labels-only pass and selected by example id; its encoded
+    records are cached in memory by its first whole pass (about 1.1 GB for
+    ImageNet's 10,000 held-out images), so later passes do not read the train
+    split again. Without `holdout_fraction` it is empty and `train` is
     the whole train split (e.g. to train a teacher).
+
+    The test split is `test`, or `validation` where `test` has no labels
+    (label -1, as tfds' `imagenet2012` `test` split), which a log line says.
 
     Images of varying size (ImageNet), or any set when `image_size` is given,
     are returned as decoded, at their own size: the `"imagenet"`
@@ -301,6 +378,11 @@ def load_tfds(
             the loader reads every record of the test split, and of the
             train split when `holdout_fraction` is given; without it, a
             damaged train record is found when training reads it).
+        UnlabelledDataError: (a `DataNotFoundError`) if neither `test` nor
+            `validation` has a label for every example, or, when
+            `holdout_fraction` is given, the train split has an example
+            without a label (without it, training raises
+            `InvalidArgumentError` at that example).
     """
     with reading_prepared(name, data_dir):
         return _load_prepared(
@@ -314,17 +396,15 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
     builder = _builder(name, data_dir)
     _prepare(builder, name, manual_dir=manual_dir, download=download)
     image_feature, label_feature = _check_features(builder, name)
-    test_split = _test_split_name(builder, name)
-    undecoded_test = _read_undecoded(builder, test_split)
-    # Read once here, labels only: a damaged test record would otherwise be found after training.
-    _ids_and_labels(undecoded_test)
+    _, undecoded_test = _labelled_test_split(builder, name)
 
     undecoded_train = _read_undecoded(builder, "train")
     if holdout_fraction is None:
-        kept, held_out = undecoded_train, undecoded_train.take(0)
+        kept, held_out = _refusing_unlabelled(undecoded_train, name), undecoded_train.take(0)
         num_train = builder.info.splits["train"].num_examples
     else:
         ids, labels = _ids_and_labels(undecoded_train)
+        _check_train_labels(labels, name)
         kept_idx, held_idx = stratified_split(labels, fraction=holdout_fraction, seed=seed)
         kept, held_out = _split_off_held_out(undecoded_train, ids[held_idx])
         # Filtering hides the sizes; restoring them lets Keras size epochs.
