@@ -10,6 +10,7 @@ from tllm_tf.data.soft_label_store import SoftLabelStore
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.tfds_source import DamagedDataError
 from tllm_tf.data.tfds_source import DataNotFoundError
+from tllm_tf.data.tfds_source import UnlabelledDataError
 from tllm_tf.data.tfds_source import load_tfds
 from tllm_tf.data.types import DataSplits
 
@@ -73,7 +74,8 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
         ValueError: on an unknown name or arguments that do not fit it.
         DataNotFoundError: if the data is not on this machine
             (`DamagedDataError`, a subclass: if its prepared files are
-            incomplete or damaged).
+            incomplete or damaged; `UnlabelledDataError`, another: if a tfds
+            set has no labelled test split or unlabelled train examples).
     """
     if num_train is not None and name not in NUM_TRAIN_LOADERS:
         raise ValueError(
@@ -94,6 +96,7 @@ __all__ = [
     "DataSplits",
     "IDXFormatError",
     "SoftLabelStore",
+    "UnlabelledDataError",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
