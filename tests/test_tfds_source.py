@@ -283,7 +283,22 @@ def test_shuffle_buffer_of_images_of_varying_size_is_bounded():
     assert sorted(indices.numpy()) == list(range(num_images))
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1), (8, 8, 1)])
-def test_small_images_keep_the_default_shuffle_buffer(shape):
-    # CIFAR, Fashion-MNIST and the digits: their batches stay as they were.
-    assert shuffle_buffer_size(tf.TensorSpec(shape, tf.float32)) == DEFAULT_SHUFFLE_BUFFER
+@pytest.mark.parametrize("shape, num_examples", [((32, 32, 3), 45_000), ((28, 28, 1), 60_000),
+                                                  ((8, 8, 1), 1_150)])
+def test_small_images_are_shuffled_whole(shape, num_examples):
+    # CIFAR, Fashion-MNIST and the digits: a permutation each epoch, as the reference code's.
+    spec = tf.TensorSpec(shape, tf.float32)
+    assert shuffle_buffer_size(spec, num_examples) == num_examples
+    assert shuffle_buffer_size(spec) == DEFAULT_SHUFFLE_BUFFER  # Size unknown.
+    assert shuffle_buffer_size(tf.TensorSpec((224, 224, 3), tf.float32), 1_000_000) == 3_566
+
+
+def test_a_data_set_of_known_size_is_shuffled_beyond_a_window():
+    num_images = 12_000
+    images = tf.data.Dataset.range(num_images).map(
+        lambda index: (tf.zeros([1, 1, 1]), tf.cast(index, tf.int32)))
+    batches = make_pipeline(images, batch_size=num_images, training=True)
+    _, indices = next(iter(batches))
+    # With a window of 10,000 the first 100 out would all be among the first 10,100 in.
+    assert np.any(indices.numpy()[:100] >= DEFAULT_SHUFFLE_BUFFER + 100)
+    assert sorted(indices.numpy()) == list(range(num_images))

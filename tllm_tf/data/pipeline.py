@@ -10,14 +10,15 @@ import tensorflow as tf
 from tllm_tf.data.augment import build_augmentation
 from tllm_tf.data.batch_augment import BatchAugmentation
 
+# The shuffle buffer of a data set whose size is unknown.
 DEFAULT_SHUFFLE_BUFFER = 10_000
-# The most the shuffle buffer of decoded float32 images may take. CIFAR,
-# Fashion-MNIST and the digits stay far below it, with the default buffer.
+# The most the shuffle buffer of decoded images may take. Within it a data set
+# of known size is shuffled whole, as a random permutation each epoch (the
+# reference code's sampler): CIFAR's 45,000 images take 0.55 GB as float32.
 SHUFFLE_BUFFER_BYTES = 2 * 1024**3
 # For images of varying size (ImageNet: about 2.2 MB each once decoded, so
 # about 2.2 GB); tfds writes its shards pre-shuffled.
 VARYING_SIZE_SHUFFLE_BUFFER = 1_000
-
 
 def _seeds(seed):
     # A stream of shape-(2,) seeds, new on every pass over the dataset and the
@@ -32,22 +33,29 @@ def _batch_seeds(seed):
     return _seeds(seed).map(lambda pair: tf.random.fold_in(pair, -1))
 
 
-def shuffle_buffer_size(image_spec):
-    """The shuffle buffer for images of `image_spec`: `10_000`, or fewer where they are large.
+def shuffle_buffer_size(image_spec, num_examples=None):
+    """The shuffle buffer for `num_examples` images of `image_spec`.
+
+    A buffer as large as the data set shuffles it whole each epoch; a smaller
+    one only within a window, so that an image's place in an epoch follows
+    its place in the data set (a correlation of 0.79 was measured on CIFAR's
+    45,000 images with a buffer of 10,000).
 
     Args:
         image_spec: `tf.TensorSpec` of one image, e.g. `dataset.element_spec[0]`.
+        num_examples: the data set's size, or `None` if unknown.
 
     Returns:
-        `DEFAULT_SHUFFLE_BUFFER` where that many images fit in
-        `SHUFFLE_BUFFER_BYTES` (2 GiB), else as many as fit (about 3,500 of
-        224x224x3); `VARYING_SIZE_SHUFFLE_BUFFER` for images of varying size.
+        As many images as fit in `SHUFFLE_BUFFER_BYTES` (2 GiB; about 3,500
+        of 224x224x3 float32), and at most `num_examples`, or, when that is
+        unknown, `DEFAULT_SHUFFLE_BUFFER`; `VARYING_SIZE_SHUFFLE_BUFFER` for
+        images of varying size.
     """
     if not image_spec.shape.is_fully_defined():
         return VARYING_SIZE_SHUFFLE_BUFFER
     image_bytes = max(1, image_spec.shape.num_elements() * image_spec.dtype.size)
-    return max(1, min(DEFAULT_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // image_bytes))
-
+    wanted = DEFAULT_SHUFFLE_BUFFER if num_examples is None else num_examples
+    return max(1, min(wanted, SHUFFLE_BUFFER_BYTES // image_bytes))
 
 def _check_batchable(dataset, augmentation):
     image_shape = dataset.element_spec[0].shape
@@ -101,9 +109,10 @@ def make_pipeline(
         cache: whether to cache the images in memory before augmentation.
             Defaults to `False`.
         shuffle_buffer: shuffle buffer size, in examples. Defaults to
-            `None`: `shuffle_buffer_size(...)` of the images, `10_000` for
-            CIFAR, Fashion-MNIST and the digits, `1_000` for images of
-            varying size (decoded ImageNet images take about 2 MB each).
+            `None`: `shuffle_buffer_size(...)` of the images and the data
+            set's size: the whole data set for CIFAR, Fashion-MNIST and the
+            digits, `1_000` for images of varying size (decoded ImageNet
+            images take about 2 MB each).
         mixup: MixUp's `alpha`; `0` turns it off. Defaults to `0.0`.
         cutmix: CutMix's Beta parameter in `[0, 1]`; `0` turns it off.
             Defaults to `0.0`.
@@ -125,7 +134,8 @@ def make_pipeline(
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
     if shuffle_buffer is None:
-        shuffle_buffer = shuffle_buffer_size(dataset.element_spec[0])
+        size = int(dataset.cardinality())
+        shuffle_buffer = shuffle_buffer_size(dataset.element_spec[0], size if size >= 0 else None)
     if training and shuffle_buffer < 1:
         raise ValueError(
             f"Expected shuffle_buffer >= 1. Received: shuffle_buffer={shuffle_buffer}"
