@@ -333,3 +333,31 @@ def test_a_tllm_student_still_training_is_named_once(tmp_path):
     results = workdir_results.load_results(str(_workdir(tmp_path / "run", tllm_finished=False)))
     assert results["mask_in_progress"] and results["unfinished"] == []
     assert not workdir_results.load_results(str(_workdir(tmp_path / "done")))["unfinished"]
+
+
+def test_a_store_built_alone_ends_without_a_report_and_other_views_are_refused_first(
+        tool, tmp_path):
+    teacher = tmp_path / "teacher_run"
+    result = tool("tools/train.py", "--flagfile=configs/demo.flags", *TINY_RUN,
+                  "--teacher_model=cnn_tiny", "--stage=teacher", f"--workdir={teacher}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = tmp_path / "store"
+    common = ["--flagfile=configs/demo.flags", *TINY_RUN, "--teacher_model=cnn_tiny",
+              f"--teacher_path={teacher / 'teacher' / 'model.keras'}", f"--teacher_store={store}"]
+    # --stage=store with --teacher_path: no stage here tested a model, and there was a
+    # traceback after the store was built.
+    result = tool("tools/train.py", *common, "--stage=store", f"--workdir={tmp_path / 'store_run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Soft-label store complete: {store}" in result.stdout
+    # Other views (MixUp 0.2 for the store's 0.4): refused before the reference trains.
+    line = _one_error_line(tool("tools/train.py", *common, "--mixup=0.2",
+                                f"--workdir={tmp_path / 'other_views'}"))
+    assert "mixup" in line and "was built for" in line
+    assert not os.path.exists(tmp_path / "other_views")
+    # A file where the store's directory should be: one line, before anything trains.
+    (tmp_path / "a_file").write_text("")
+    line = _one_error_line(tool("tools/train.py", *common[:-1],
+                                f"--teacher_store={tmp_path / 'a_file'}",
+                                f"--workdir={tmp_path / 'file_store'}"))
+    assert line == (f"Error: --teacher_store={str(tmp_path / 'a_file')!r} is a file, not a "
+                    "directory. Choose another --teacher_store.")

@@ -156,3 +156,12 @@ def test_method_and_students_together_are_refused(train_tool):
 def test_a_model_name_given_to_students_names_the_model_flags(train_tool):
     with pytest.raises(ValueError, match="--student_models"):
         _config(train_tool, "--flagfile=configs/demo.flags", "--students=mlp_16")
+
+
+def test_a_leading_tilde_of_a_path_is_the_home_directory(train_tool):
+    # A shell expands it on its own command line, never after "=" nor in a flag file.
+    config = _config(train_tool, "--workdir=~/w", "--teacher_store=~/store",
+                     "--data_dir=data")
+    assert config.workdir == os.path.expanduser("~/w") != "~/w"
+    assert config.teacher_store == os.path.expanduser("~/store")
+    assert config.data_dir == "data"

@@ -617,6 +617,30 @@ def _huge_logit_teacher(x):
     return teacher
 
 
+def test_a_float16_teacher_that_overflows_inside_stops_training_naming_it(
+        student, tiny_data):
+    from tllm_tf.pipeline import training_guards
+    x, y = tiny_data
+    # Hidden activations beyond float16's range, logits within it: in float16 the hidden
+    # units are inf and the logits NaN (inf - inf), which clipping cannot mend.
+    teacher = make_mlp("overflowing_teacher", width=16)
+    hidden = keras.Model(teacher.inputs, teacher.layers[-2].output)
+    scale = 4 * 65504 / np.abs(hidden.predict(x, verbose=0)).max()
+    (kernel, bias), (last_kernel, last_bias) = (teacher.layers[-2].get_weights(),
+                                                teacher.layers[-1].get_weights())
+    assert np.abs(kernel).max() * scale < 65504
+    teacher.layers[-2].set_weights([kernel * scale, bias * scale])
+    teacher.layers[-1].set_weights([last_kernel / scale, last_bias])
+    assert np.isfinite(teacher.predict(x, verbose=0)).all()  # In float32.
+    distiller = tllm_tf.Distiller(student, teacher, teacher_dtype="float16")
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+    with pytest.raises(training_guards.NonFiniteLossError,
+                       match=r"The float16 teacher overflowed \(\d+ logits not finite this "
+                             r"epoch\): use --teacher_dtype=bfloat16"):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                      callbacks=[training_guards.StopOnNonFiniteLoss()])
+
+
 def test_a_float16_teacher_overflow_keeps_the_loss_finite_and_warns(
         student, tiny_data, caplog):
     x, y = tiny_data

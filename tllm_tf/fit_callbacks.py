@@ -68,6 +68,8 @@ class WarnOnTeacherOverflow(keras.callbacks.Callback):
         if overflows:
             logging.warning(
                 "Epoch %d: %d teacher logits overflowed float16 (|logit| > 65504) and "
-                "were clipped to +-65504, so the distillation targets are approximate. "
-                "Use teacher_dtype='bfloat16' (float32's range) or 'float32'.",
+                "were clipped to +-65504, so the distillation targets are approximate (a "
+                "logit that is NaN because the teacher overflowed inside cannot be clipped: "
+                "the loss is then NaN). Use teacher_dtype='bfloat16' (float32's range) or "
+                "'float32'.",
                 epoch + 1, int(overflows))

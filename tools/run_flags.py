@@ -6,6 +6,7 @@ tools/study.py); choices come from the library's registries.
 """
 
 import dataclasses
+import os
 
 from absl import flags
 from absl import logging
@@ -199,5 +200,9 @@ def config_from_flags(**overrides):
     values["lr_decay_epochs"] = integers("lr_decay_epochs", values["lr_decay_epochs"],
                                          "epochs as 30,45")
     values["masked_classes"] = _class_ids(values["masked_classes"])
+    # A shell expands `~` on its command line, never in a flag file nor after `=`.
+    for name in config_lib.PATH_FIELDS:
+        if values[name]:
+            values[name] = os.path.expanduser(values[name])
     values.update(overrides)
     return config_lib.RunConfig(**values)

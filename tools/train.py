@@ -77,6 +77,9 @@ def _train_and_report(config):
         with worker_failures.shared(strategy):
             if stages.run(config, strategy) is None:
                 return
+            if config.stage == "store":  # It trains nothing: no model to report.
+                print(f"Soft-label store complete: {config.teacher_store}")
+                return
             results = workdir_results.load_results(config.workdir)
     except (ValueError, NonFiniteLossError, multi_worker.ChiefFailedError,
             worker_failures.WorkerFailedError) as error:

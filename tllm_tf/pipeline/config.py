@@ -30,6 +30,9 @@ MASKED_STUDENTS = ("tllm", "tllm_refit")
 LEGACY_METHODS = {"kd": "distilled", "tllm": "tllm"}
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# The fields that name files or directories (a leading `~` is the user's home).
+PATH_FIELDS = ("workdir", "data_dir", "manual_dir", "image_folder", "test_image_folder",
+               "teacher_path", "reference_path", "teacher_store", "masked_classes_from")
 # Fields added off and turned on later: a workdir's config.json written before the field
 # existed ran without it, and reads so.
 _BEFORE_THE_FIELD = {"prior_offsets": False, "rule_prior_offsets": False,

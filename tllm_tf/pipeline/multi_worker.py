@@ -25,6 +25,8 @@ import tensorflow as tf
 from tensorflow.python.distribute import multi_worker_util
 from tensorflow.python.eager import context as tf_context
 
+from tllm_tf.pipeline import config as config_lib
+
 # TensorFlow's default, 10 seconds, declares a healthy worker dead when its
 # host is oversubscribed (two workers on two busy cores stalled that long in
 # CI). A truly dead worker is still found, two minutes later.
@@ -55,8 +57,7 @@ _STRATEGIES = {}
 # Fields of a `RunConfig` that may differ between workers: where each writes
 # (only the chief does) or reads its own copy of the same files, and how
 # much it prints. Whether a path is given must still agree.
-_PER_WORKER_FIELDS = ("workdir", "data_dir", "manual_dir", "image_folder", "test_image_folder",
-                      "teacher_path", "reference_path", "teacher_store", "masked_classes_from")
+_PER_WORKER_FIELDS = config_lib.PATH_FIELDS
 _UNCHECKED_FIELDS = ("verbose",)
 
 

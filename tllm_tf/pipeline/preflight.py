@@ -8,7 +8,8 @@ warm-up as long as the run (the mask never changes: TLLM is plain KD),
 another held-out split. Others would fail once the first stage has trained:
 an `--image_size` the augmentation cannot take, `--masked_classes` the data
 set does not have, a `--teacher_path` that cannot be loaded or has other
-classes, a `--reference_path` that does not exist. `check` refuses them, the
+classes, a `--reference_path` that does not exist, a `--teacher_store` that cannot be
+written or was built for another teacher or other views. `check` refuses them, the
 workdir first and before the data set loads (a minute, for some), the rest as
 soon as the data set tells the split sizes and classes.
 """
@@ -22,9 +23,11 @@ import numpy as np
 from tllm_tf import callbacks
 from tllm_tf import reference as reference_lib
 from tllm_tf.data import augment
+from tllm_tf.data import soft_label_store
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import stage_inputs
+from tllm_tf.pipeline import workdir_files
 
 # A workdir's config.json is a few kilobytes; anything larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -60,6 +63,8 @@ def check(config, strategy, load_data):
     check_masked_classes(config, data)
     if config.teacher_path and ("student" in config.stages or "store" in config.stages):
         multi_worker.run_on_chief(strategy, lambda: check_teacher_file(config, data))
+    if config.teacher_store and ("student" in config.stages or "store" in config.stages):
+        multi_worker.run_on_chief(strategy, lambda: check_teacher_store(config, data))
     if config.reference_path and "student" in config.stages and (
             "tllm" in config.students or config.reference_fallback):
         multi_worker.run_on_chief(strategy, lambda: check_reference_exists(config))
@@ -151,19 +156,41 @@ def check_workdir(workdir):
         ValueError: naming the path and the system's reason (a file in the
             way, no permission, a read-only or virtual file system).
     """
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir={workdir!r} is a file, not a directory. Choose "
-                         "another --workdir.")
+    _check_writable_directory("workdir", workdir)
+
+
+def _check_writable_directory(flag, path):
+    """Creates `path` if missing; refuses one that is a file or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--{flag}={path!r} is a file, not a directory. Choose "
+                         f"another --{flag}.")
     try:
-        os.makedirs(workdir, exist_ok=True)
+        os.makedirs(path, exist_ok=True)
         # Writing a file is the only sure test: root may create directories
         # where files cannot be written, and /proc refuses either way.
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as error:
         raise ValueError(
-            f"Cannot write to --workdir={workdir!r}: {error.strerror or error} "
+            f"Cannot write to --{flag}={path!r}: {error.strerror or error} "
             f"({type(error).__name__}). Choose a directory you can write to.") from None
+
+
+def check_teacher_store(config, data):
+    """Refuses a `--teacher_store` the run could not use, before anything trains.
+
+    A directory that cannot be written is refused; so is a store built for
+    another teacher or other views when the teacher is already known
+    (`--teacher_path`, or this workdir's finished teacher stage): the
+    store's own check, which would otherwise come after the reference has
+    trained.
+    """
+    _check_writable_directory("teacher_store", config.teacher_store)
+    teacher_file = config.teacher_path or os.path.join(
+        config.workdir, workdir_files.TEACHER_STAGE, workdir_files.MODEL_FILE)
+    has_store = os.path.exists(os.path.join(config.teacher_store, soft_label_store.STORE_FILE))
+    if has_store and os.path.isfile(teacher_file):
+        build.soft_label_store(config, data, stage_inputs.load_teacher(teacher_file, data))
 
 
 def check_batch_size(config, data, num_replicas=1):

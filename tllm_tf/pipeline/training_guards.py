@@ -27,13 +27,21 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is None or math.isfinite(float(loss)):
+            return
+        stopped = (f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
+                   f"step {batch + 1}. Training stopped; the last checkpoint (end of "
+                   f"epoch {self._epoch}) is kept.")
+        overflows = int((logs or {}).get("teacher_logit_overflows", 0))
+        if overflows:
+            # Clipping saves a logit beyond float16's range, not one that is NaN because
+            # a hidden activation overflowed inside the teacher.
             raise NonFiniteLossError(
-                f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
-                f"step {batch + 1}. Training stopped; the last checkpoint (end of "
-                f"epoch {self._epoch}) is kept. Lower --learning_rate, check the "
-                "data for NaN/inf values, or turn off --mixed_precision."
-            )
+                f"{stopped} The float16 teacher overflowed ({overflows} logits not finite "
+                "this epoch): use --teacher_dtype=bfloat16 (float32's range) or float32.")
+        raise NonFiniteLossError(
+            f"{stopped} Lower --learning_rate, check the data for NaN/inf values, or turn "
+            "off --mixed_precision.")
 
     def on_epoch_end(self, epoch, logs=None):
         broken = [weight.path for weight in self.model.trainable_weights
