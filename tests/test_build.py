@@ -28,3 +28,17 @@ def test_past_epochs_pipelines_are_closed():
     assert len(counts) == EPOCHS
     # Each epoch's pipeline started threads that outlived it: about 2 more per epoch.
     assert max(counts) - counts[0] <= 2, f"threads at each epoch's end: {counts}"
+
+
+def test_the_store_takes_the_runs_top_k_dtype_and_files_of_bounded_size(tmp_path, monkeypatch):
+    from conftest import make_mlp
+    config = RunConfig(workdir="unused", batch_size=64, teacher_store=str(tmp_path / "store"),
+                       teacher_store_top_k=3, teacher_store_dtype="float32")
+    data = build.load_data(config)
+    teacher = make_mlp("teacher", input_shape=data.image_shape, num_classes=data.num_classes)
+    store = build.soft_label_store(config, data, teacher)
+    assert (store.top_k, store.dtype, store.batches_per_shard) == (3, "float32", None)
+    # An epoch whose float32 logits exceed the bound is split into files of as many batches
+    # as fit (ImageNet's epoch was one file of 5 GB, held in memory while built).
+    monkeypatch.setattr(build, "STORE_FILE_BYTES", 64 * data.num_classes * 4 * 5)
+    assert build.soft_label_store(config, data, teacher).batches_per_shard == 5

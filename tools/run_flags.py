@@ -144,6 +144,14 @@ flags.DEFINE_string("teacher_store", _DEFAULTS.teacher_store,
                     "first distilled student (or by --stage=store), resumable, read by every later one, which then "
                     "runs no teacher. Refused if it was built for another teacher or other "
                     "views. Default: off.")
+flags.DEFINE_integer("teacher_store_top_k", _DEFAULTS.teacher_store_top_k,
+                     "The --teacher_store keeps each view's k largest logits and the rest's "
+                     "total (docs/soft_label_store.md): about 100 for ImageNet's 1,000 classes "
+                     "saves most of the disk. 0: every class, exact.", lower_bound=0)
+flags.DEFINE_enum("teacher_store_dtype", _DEFAULTS.teacher_store_dtype,
+                  list(config_lib.STORE_DTYPES),
+                  "The dtype of the --teacher_store's logits: float16 (half the disk; moves a "
+                  "run's weights by its rounding) or float32 (the teacher's logits exactly).")
 flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
                   "Deterministic TensorFlow ops: a resumed run then equals an uninterrupted one.")
 flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES,

@@ -45,6 +45,11 @@ def build_classifier(model_name, data, weight_decay=0.0):
     )
 
 
+# The most float32 logits one file of a --teacher_store holds (ImageNet at batch 256: about 260
+# batches a file, where one file an epoch held 5 GB).
+STORE_FILE_BYTES = 256 * 1024**2
+
+
 def make_optimizer(config, steps_per_epoch, initial_learning_rate=None):
     """SGD or Adam with a step decay at `lr_decay_epochs`.
 
@@ -149,11 +154,17 @@ def soft_label_store(config, data, teacher):
     """The `SoftLabelStore` at `config.teacher_store`: `teacher`'s logits on `train_batches`' views.
 
     The fingerprint names everything that decides the views, so a store made
-    for other views is refused (`ValueError`, naming each field).
+    for other views is refused (`ValueError`, naming each field). An epoch is
+    one file when its float32 logits take at most `STORE_FILE_BYTES` (the
+    build holds one file's in memory), else files of as many batches as fit.
     """
+    batch_bytes = config.batch_size * data.num_classes * 4
+    per_file = max(1, STORE_FILE_BYTES // batch_bytes)
     return SoftLabelStore(
         config.teacher_store, teacher, lambda epoch: train_batches(data, config, epoch, epoch + 1),
-        num_classes=data.num_classes,
+        num_classes=data.num_classes, top_k=config.teacher_store_top_k or None,
+        dtype=config.teacher_store_dtype,
+        batches_per_shard=None if per_file >= steps_per_epoch(data, config) else per_file,
         views_fingerprint={
             "dataset": config.dataset, "num_train": config.num_train,
             "train_size": data.num_train, "holdout_fraction": config.holdout_fraction,

@@ -16,6 +16,7 @@ from tllm_tf.identification import CORRECTIONS
 from tllm_tf.identification import RULES
 from tllm_tf.models import available_models
 from tllm_tf.policies import POLICIES
+from tllm_tf.data.soft_label_store import DTYPES as STORE_DTYPES
 from tllm_tf.teacher_precision import TEACHER_DTYPES
 
 STAGES = ("teacher", "reference", "student", "store", "all")
@@ -140,6 +141,9 @@ class RunConfig:
     mixed_precision: bool = False
     teacher_dtype: Optional[str] = None
     teacher_store: str = ""
+    # What the store keeps of each view: the top-k logits (0: every class), and in which dtype.
+    teacher_store_top_k: int = 0
+    teacher_store_dtype: str = "float16"
     deterministic: bool = False
     strategy: str = "default"
     verbose: int = 1
@@ -256,6 +260,12 @@ class RunConfig:
                 f"num_train must be > 0. Received: {self.num_train}")
         require(self.steps_per_execution >= 1,
                 f"steps_per_execution must be >= 1. Received: {self.steps_per_execution}")
+        require(isinstance(self.teacher_store_top_k, int) and self.teacher_store_top_k >= 0,
+                "teacher_store_top_k must be an integer >= 0 (0: every class). Received: "
+                f"{self.teacher_store_top_k!r}")
+        require(self.teacher_store_dtype in STORE_DTYPES,
+                f"teacher_store_dtype must be one of {STORE_DTYPES}. Received: "
+                f"{self.teacher_store_dtype!r}")
         require(self.teacher_dtype is None or self.teacher_dtype in TEACHER_DTYPES,
                 f"teacher_dtype must be one of {TEACHER_DTYPES}. Received: {self.teacher_dtype!r}")
         require(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
