@@ -136,7 +136,8 @@ flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "Step
 flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs).")
 flags.DEFINE_enum("teacher_dtype", _DEFAULTS.teacher_dtype, list(config_lib.TEACHER_DTYPES),
                   "Precision of the distilling teacher's forward pass: bfloat16 (CPUs with "
-                  "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs) speed it up. "
+                  "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs) speed it up. No effect "
+                  "with --teacher_store (it holds the float32 teacher's logits). "
                   "Default: the teacher as trained.")
 flags.DEFINE_string("teacher_store", _DEFAULTS.teacher_store,
                     "A directory for the teacher's logits on every training view "
