@@ -156,6 +156,15 @@ def test_the_stages_add_offsets_to_the_final_students_and_change_nothing_else(tm
                                    atol=1e-6)
     assert os.path.exists(os.path.join(offset.workdir, "student_tllm_refit",
                                        workdir_files.PRIOR_OFFSETS_FILE))
+    # The test accuracy without the offsets is the run's without them, kept beside them.
+    for stage in ("student_tllm", workdir_files.REFERENCE_STAGE):
+        with open(os.path.join(offset.workdir, stage, workdir_files.PRIOR_OFFSETS_FILE)) as f:
+            record = json.load(f)
+        with open(os.path.join(plain.workdir, stage, workdir_files.PER_CLASS_FILE)) as f:
+            plain_record = json.load(f)
+        assert record["test_accuracy_without_offsets"] == plain_record["accuracy"]
+        assert (record["test_per_class_accuracy_without_offsets"]
+                == plain_record["per_class_accuracy"])
 
 
 def test_a_student_killed_before_its_offsets_resumes_to_the_uninterrupted_result(
