@@ -2,7 +2,11 @@
 training from stored teacher logits."""
 
 import glob
+import json
+import logging
 import os
+import re
+import time
 
 import keras
 import numpy as np
@@ -67,8 +71,8 @@ def _teacher(seed=0):
 
 def _store(directory, teacher, views=None, **kwargs):
     kwargs.setdefault("views_fingerprint", VIEWS)
-    return SoftLabelStore(directory, teacher, views or _epoch_views(),
-                          num_classes=NUM_CLASSES, **kwargs)
+    kwargs.setdefault("num_classes", NUM_CLASSES)
+    return SoftLabelStore(directory, teacher, views or _epoch_views(), **kwargs)
 
 
 # -- the compression ------------------------------------------------------------
@@ -205,9 +209,11 @@ def test_a_store_of_another_teacher_or_other_views_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("argument", [dict(top_k=0), dict(top_k=2.5), dict(top_k=-1),
-                                      dict(batches_per_shard=0), dict(batches_per_shard=1.5)])
+                                      dict(batches_per_shard=0), dict(batches_per_shard=1.5),
+                                      dict(num_classes=0), dict(num_classes=2.5)])
 def test_bad_sizes_are_refused(tmp_path, argument):
-    # 0 once read as "the default", silently.
+    # 0 once read as "the default", silently; num_classes=0 was named top_k=0,
+    # 2.5 truncated to 2.
     (name, value), = argument.items()
     with pytest.raises(ValueError, match=f"Expected an integer {name} >= 1. Received: "
                                          f"{name}={value}"):
@@ -222,6 +228,152 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="views are empty"):
         _store(tmp_path, _teacher(), lambda epoch: _images().batch(8).take(0)).build(1)
 
+
+def test_bad_build_and_reading_arguments_are_named(tmp_path):
+    for views_fingerprint in (None, {"seed": object()}):
+        with pytest.raises(ValueError, match="Expected views_fingerprint to be a dict"):
+            _store(tmp_path, _teacher(), views_fingerprint=views_fingerprint)
+    store = _store(tmp_path, _teacher())
+    for epochs in (2.5, -1, True):
+        with pytest.raises(ValueError, match=re.escape(
+                f"Expected an integer epochs >= 0. Received: epochs={epochs!r}")):
+            store.build(epochs)
+    # Once a TypeError from functools.reduce.
+    with pytest.raises(ValueError, match="holds no epoch yet: call build"):
+        store.dataset()
+    store.build(epochs=1)
+    with pytest.raises(ValueError, match="Expected 0 <= start_epoch < epochs"):
+        store.dataset(start_epoch=1, epochs=1)
+
+
+@pytest.mark.parametrize("num_classes", [3, 5])
+def test_num_classes_other_than_the_teachers_is_refused_at_build(tmp_path, num_classes):
+    # Once built without a word, and refused (or worse, not) only when read.
+    store = _store(tmp_path, _teacher(), num_classes=num_classes)
+    with pytest.raises(ValueError, match=f"teacher gives {NUM_CLASSES} logits per image, but "
+                                         f"the soft-label store was given "
+                                         f"num_classes={num_classes}"):
+        store.build(epochs=1)
+    assert not glob.glob(str(tmp_path / "epoch_*"))
+
+
+def test_another_batches_per_shard_is_refused_and_an_older_store_reads_as_one_per_epoch(
+        tmp_path):
+    teacher = _teacher()
+    _store(tmp_path, teacher, batches_per_shard=1).build(epochs=1)
+    # Once accepted: the build skipped the wrong number of batches.
+    with pytest.raises(ValueError, match="batches_per_shard: stored 1, now 2"):
+        _store(tmp_path, teacher, batches_per_shard=2)
+    older = tmp_path / "older"
+    _store(older, teacher).build(epochs=1)
+    record = json.loads((older / "store.json").read_text())
+    del record["batches_per_shard"]
+    (older / "store.json").write_text(json.dumps(record))
+    assert _store(older, teacher).batches_per_shard is None
+    with pytest.raises(ValueError, match="batches_per_shard: stored None, now 1"):
+        _store(older, teacher, batches_per_shard=1)
+
+
+@pytest.mark.parametrize("content", ['{"fingerprint": {', "{}", "[]", '{"fingerprint": 3}'])
+def test_a_store_file_that_is_not_a_stores_record_is_refused(tmp_path, content):
+    # `{}` once turned the fingerprint check off: any teacher reused the store.
+    (tmp_path / "store.json").write_text(content)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'store.json'} is not a soft-label store's record") +
+            ".*" + re.escape(f"Delete the directory {tmp_path}")):
+        _store(tmp_path, _teacher())
+
+
+def _cut_short(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_a_build_killed_before_an_epochs_index_completes_that_epoch(tmp_path):
+    # One file per epoch, the default: the resumed build once failed with
+    # `int * None`, on every run.
+    teacher = _teacher()
+    _store(tmp_path, teacher).build(epochs=2)
+    expected = _arrays(tmp_path)
+    os.remove(tmp_path / "epoch_00001.json")
+    resumed = _store(tmp_path, teacher)
+    assert resumed.build(epochs=2) == 0
+    assert resumed.built_epochs == 2
+    # Killed with the part itself unreadable: the epoch is computed again.
+    os.remove(tmp_path / "epoch_00001.json")
+    _cut_short(tmp_path / "epoch_00001_part_00000.npz")
+    assert resumed.build(epochs=2) == NUM_EXAMPLES // BATCH_SIZE
+    actual = _arrays(tmp_path)
+    assert sorted(actual) == sorted(expected)
+    for name, arrays in expected.items():
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(actual[name][key], value, err_msg=f"{name} {key}")
+    assert len(list(resumed.dataset(epochs=2))) == 8
+
+
+def _damage(directory, how):
+    part = directory / "epoch_00001_part_00000.npz"
+    if how == "part cut short":
+        _cut_short(part)
+    elif how == "part missing":
+        os.remove(part)
+    elif how == "part not a zip":
+        part.write_bytes(b"not a zip file")
+    elif how == "part lacks an array":
+        np.savez(part, top_logits=np.zeros((8, NUM_CLASSES), np.float16))
+    else:
+        (directory / "epoch_00001.json").write_text('{"parts": ')
+
+
+@pytest.mark.parametrize("how", ["part cut short", "part missing", "part not a zip",
+                                 "part lacks an array", "index not JSON"])
+def test_build_rebuilds_an_epoch_whose_files_are_missing_or_damaged(tmp_path, caplog, how):
+    # Once found only when training reached that epoch, in a traceback that
+    # named no file; build skipped the epoch.
+    teacher = _teacher()
+    _store(tmp_path, teacher, batches_per_shard=2).build(epochs=3)
+    expected = _arrays(tmp_path)
+    _damage(tmp_path, how)
+    with caplog.at_level(logging.WARNING):
+        assert _store(tmp_path, teacher).build(epochs=3) == NUM_EXAMPLES // BATCH_SIZE
+    assert f"{tmp_path}: epoch 1 is damaged" in caplog.text
+    actual = _arrays(tmp_path)
+    assert sorted(actual) == sorted(expected)
+    for name, arrays in expected.items():
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(actual[name][key], value, err_msg=f"{name} {key}")
+
+
+def test_a_damaged_or_missing_part_met_when_reading_is_named(tmp_path):
+    store = _store(tmp_path, _teacher(), batches_per_shard=2)
+    store.build(epochs=2)
+    part = tmp_path / "epoch_00001_part_00000.npz"
+    _cut_short(part)
+    with pytest.raises(tf.errors.OpError, match=re.escape(
+            f"The soft-label store's file {part} is damaged") + ".*" +
+            re.escape("Delete it and run the same command again")):
+        list(store.dataset(epochs=2))
+    os.remove(part)
+    # Once "Input dataset was expected to contain 8 elements but contained only 6".
+    with pytest.raises(ValueError, match=re.escape(
+            f"The soft-label store's file {part} is missing. Call build")):
+        store.dataset(epochs=2)
+
+
+def test_build_removes_the_temporary_files_a_killed_write_left(tmp_path):
+    stale = [".store.json.ab12cd34.tmp", ".epoch_00000_part_00000.npz.x_y_z123.tmp",
+             ".epoch_00003.json.qwertyui.tmp"]
+    # Not the store's names, or young enough to be another build's write in progress.
+    kept = ["notes.tmp", ".other.json.abcdefgh.tmp", ".epoch_00002.npz.abcdefgh.tmp",
+            ".epoch_00001_part_00000.npz.inflight.tmp"]
+    long_ago = time.time() - 3600
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+        if name != kept[-1]:
+            os.utime(tmp_path / name, (long_ago, long_ago))
+    _store(tmp_path, _teacher()).build(epochs=1)
+    left = sorted(name for name in os.listdir(tmp_path) if name.endswith(".tmp"))
+    assert left == sorted(kept)
 
 def test_top_k_store_is_smaller_and_its_kd_loss_close(tmp_path):
     teacher = _teacher()

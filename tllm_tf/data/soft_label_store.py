@@ -1,7 +1,7 @@
 """A teacher's logits on every training view, computed once, read by every student.
 
-(Over 300 lines: one class, whose build, resume, fingerprint checks and batch-aligned reading
-share one file format.)
+(Over 300 lines: one class, whose build, resume, checks of its own files and batch-aligned
+reading share one file format.)
 
 Distilling N students from one teacher costs N teacher passes per epoch; a
 store costs one, after which a distillation epoch costs about what a
@@ -20,21 +20,30 @@ directory:
   description, `top_k`, `dtype`, `num_classes`) and `batches_per_shard`;
 * `epoch_EEEEE_part_PPPPP.npz`: `batches_per_shard` consecutive batches of
   epoch `E` (the whole epoch by default): the compressed logits, each
-  batch's size and the float64 sum of its images (checked when read, so a
-  store never pairs logits with other images);
+  batch's size and the float64 sum of its images (checked when read, which
+  catches another epoch's or another seed's batches, not images reordered
+  or mirrored within a batch);
 * `epoch_EEEEE.json`: written last; the epoch is complete.
 
 Every file is written atomically, so a killed build leaves whole shards, and
-the next `build` continues after them. This module runs the teacher as it is
-given; it imports no model or pipeline code. See docs/soft_label_store.md.
+the next `build` continues after them. `build` also checks, cheaply, the
+files it keeps (each index against its parts, each part's zip directory)
+and rebuilds an epoch whose files are missing or damaged. This module runs
+the teacher as it is given; it imports no model or pipeline code. See
+docs/soft_label_store.md.
 """
 
+import contextlib
 import functools
 import glob
 import hashlib
 import json
+import logging
 import numbers
 import os
+import re
+import time
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -47,7 +56,14 @@ STORE_FILE = "store.json"
 # top 10 of 100 classes moved the KD loss at T=4 by 34%, float16 by 3e-6.
 DEFAULT_DTYPE = "float16"
 DTYPES = ("float16", "float32")
-_OWN_KEYS = ("teacher_sha256", "num_classes", "top_k", "dtype")
+_OWN_KEYS = ("teacher_sha256", "num_classes", "top_k", "dtype", "batches_per_shard")
+# tllm_tf.atomic's temporary names (`.NAME.XXXXXXXX.tmp`) of this store's files only.
+_TEMPORARY = re.compile(r"\.(store\.json|epoch_\d+(_part_\d+\.npz|\.json))\.\w+\.tmp")
+# A younger temporary file may be another process's write in progress (two
+# runs sharing one store); a killed write's is removed by a later build.
+_STALE_AFTER_S = 60
+# What np.load raises on a file that is not a whole .npz.
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def teacher_sha256(teacher):
@@ -97,12 +113,14 @@ class SoftLabelStore:
         dtype: `"float16"` or `"float32"`, the dtype of the stored logits.
             Defaults to `None`: the stored value, or `"float16"`.
         batches_per_shard: batches per file, `>= 1`; a killed build loses
-            at most one file's work. Defaults to `None`: the stored value,
-            or one file per epoch.
+            at most one file's work. Recorded with the store: reopening it
+            with another value is refused. Defaults to `None`: the stored
+            value, or one file per epoch.
 
     Raises:
-        ValueError: on a bad argument, or if `directory` holds a store whose
-            fingerprint differs (each differing field is named).
+        ValueError: on a bad argument, if `directory` holds a store whose
+            fingerprint or `batches_per_shard` differs (each differing field
+            is named), or if its `store.json` is not a store's record.
 
     Example:
 
@@ -117,6 +135,7 @@ class SoftLabelStore:
         self.directory = str(directory)
         self.teacher = teacher
         self.epoch_views = epoch_views
+        _check_count("num_classes", num_classes)
         self.num_classes = int(num_classes)
         stored = self._read_store_file()
         stored_fingerprint = stored.get("fingerprint", {})
@@ -124,6 +143,7 @@ class SoftLabelStore:
         if top_k is None:
             top_k = stored_fingerprint.get("top_k", self.num_classes)
         self.dtype = dtype if dtype is not None else stored_fingerprint.get("dtype", DEFAULT_DTYPE)
+        # A store.json without the key predates it: one file per epoch.
         self.batches_per_shard = (batches_per_shard if batches_per_shard is not None
                                   else stored.get("batches_per_shard"))
         _check_arguments(top_k, self.dtype, self.batches_per_shard, views_fingerprint)
@@ -133,7 +153,10 @@ class SoftLabelStore:
         self.fingerprint = dict(views_fingerprint, teacher_sha256=teacher_sha256(teacher),
                                 num_classes=self.num_classes, top_k=self.top_k, dtype=self.dtype)
         if stored:
-            _check_fingerprint(self.directory, stored["fingerprint"], self.fingerprint)
+            _check_fingerprint(
+                self.directory,
+                dict(stored_fingerprint, batches_per_shard=stored.get("batches_per_shard")),
+                dict(self.fingerprint, batches_per_shard=self.batches_per_shard))
         self._teacher_pass = None
 
     # -- building -------------------------------------------------------------
@@ -149,25 +172,48 @@ class SoftLabelStore:
     def build(self, epochs):
         """Stores the teacher's logits of epochs `0 .. epochs - 1` that are missing.
 
-        Continues a killed build after its last complete file.
+        Continues a killed build after its last complete file. First removes
+        the store's temporary files that a killed write left (older than a
+        minute), and checks each complete epoch's files cheaply: its index
+        against the part files present, each part's zip directory and array
+        names (not the arrays' values). An epoch that fails is rebuilt, with
+        a logged warning.
 
         Args:
-            epochs: number of epochs the store must hold.
+            epochs: number of epochs the store must hold, `>= 0`.
 
         Returns:
             The number of batches the teacher ran on (0 if nothing was missing).
 
         Raises:
-            ValueError: if an epoch's views are empty.
+            ValueError: if `epochs` is not an integer `>= 0`, if an epoch's
+                views are empty, or if the teacher's logits are not
+                `num_classes` wide.
         """
+        _check_count("epochs", epochs, minimum=0)
+        self._remove_stale_temporaries()
         if not os.path.exists(os.path.join(self.directory, STORE_FILE)):
             atomic.write_json(os.path.join(self.directory, STORE_FILE), {
                 "fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
-        return sum(self._build_epoch(epoch) for epoch in range(epochs)
-                   if not os.path.exists(self._index_path(epoch)))
+        computed = 0
+        for epoch in range(epochs):
+            if os.path.exists(self._index_path(epoch)):
+                problem = self._epoch_problem(epoch)
+                if problem is None:
+                    continue
+                logging.warning("The soft-label store in %s: epoch %d is damaged (%s); "
+                                "rebuilding it.", self.directory, epoch, problem)
+                self._remove_epoch(epoch)
+            computed += self._build_epoch(epoch)
+        return computed
 
     def _build_epoch(self, epoch):
-        done = self._part_paths(epoch)
+        done = self._readable_parts(epoch)
+        if done and self.batches_per_shard is None:
+            # One file per epoch: a build killed before writing the index
+            # left a whole epoch.
+            atomic.write_json(self._index_path(epoch), {"parts": len(done)})
+            return 0
         per_shard = self.batches_per_shard or np.inf
         views = self.epoch_views(epoch)
         if done:
@@ -191,12 +237,18 @@ class SoftLabelStore:
 
     def _compress(self, images):
         if self._teacher_pass is None:
-            top_k = self.top_k
-            whole = top_k == self.num_classes
+            top_k, num_classes = self.top_k, self.num_classes
+            whole = top_k == num_classes
 
             @tf.function(reduce_retracing=True)
             def teacher_pass(images):
                 logits = tf.cast(self.teacher(images, training=False), tf.float32)
+                # Checked while tracing, before the first batch is stored.
+                if logits.shape[-1] != num_classes:
+                    raise ValueError(
+                        f"The teacher gives {logits.shape[-1]} logits per image, but the "
+                        f"soft-label store was given num_classes={num_classes}. Pass the "
+                        "teacher's number of classes.")
                 checksum = tf.reduce_sum(tf.cast(images, tf.float64))
                 if whole:
                     # The logits as they are, in class order: nothing to spread.
@@ -220,6 +272,65 @@ class SoftLabelStore:
         with atomic.atomic_open(self._part_path(epoch, part), "wb") as stream:
             np.savez(stream, **arrays)
 
+    # -- checking the files ---------------------------------------------------
+
+    def _remove_stale_temporaries(self):
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            # Suppressed: another build may have renamed it meanwhile.
+            with contextlib.suppress(FileNotFoundError):
+                if (_TEMPORARY.fullmatch(name)
+                        and time.time() - os.path.getmtime(path) > _STALE_AFTER_S):
+                    os.remove(path)
+
+    def _epoch_problem(self, epoch):
+        """Why a complete epoch's files cannot be read, or `None`."""
+        parts = self._index_parts(epoch)
+        if parts is None:
+            return f"its index {self._index_path(epoch)} is not readable"
+        paths = self._part_paths(epoch)
+        present = glob.glob(os.path.join(self.directory, f"epoch_{epoch:05d}_part_*.npz"))
+        if len(paths) != parts or len(present) != parts:
+            return f"its index lists {parts} part files, {len(present)} are present"
+        problems = (self._part_problem(path) for path in paths)
+        return next((problem for problem in problems if problem), None)
+
+    def _part_problem(self, path):
+        """Why a part file does not open as this store's `.npz`, or `None`.
+
+        np.load reads the zip's directory only, not the arrays.
+        """
+        names = {"top_logits", "batch_sizes", "image_sums"}
+        if self.top_k < self.num_classes:
+            names |= {"top_classes", "rest_logsumexp"}
+        try:
+            with np.load(path) as arrays:
+                missing = sorted(names - set(arrays.files))
+        except _DAMAGED as error:
+            return f"{path} does not open: {error}"
+        return f"{path} lacks the arrays {missing}" if missing else None
+
+    def _readable_parts(self, epoch):
+        """The parts a killed build left whole; removes the first damaged one and those after."""
+        paths = self._part_paths(epoch)
+        for count, path in enumerate(paths):
+            problem = self._part_problem(path)
+            if problem:
+                logging.warning("The soft-label store in %s: %s; computing it again.",
+                                self.directory, problem)
+                for later in paths[count:]:
+                    os.remove(later)
+                return paths[:count]
+        return paths
+
+    def _remove_epoch(self, epoch):
+        # The index first: a kill in between leaves an incomplete epoch, not a wrong one.
+        os.remove(self._index_path(epoch))
+        for path in glob.glob(os.path.join(self.directory, f"epoch_{epoch:05d}_part_*.npz")):
+            os.remove(path)
+
     # -- reading --------------------------------------------------------------
 
     def dataset(self, start_epoch=0, epochs=None):
@@ -231,8 +342,12 @@ class SoftLabelStore:
 
         Returns:
             See `attach`.
+
+        Raises:
+            ValueError: see `attach`.
         """
         epochs = self.built_epochs if epochs is None else epochs
+        self._check_range(start_epoch, epochs)
         views = [self.epoch_views(epoch) for epoch in range(start_epoch, epochs)]
         return self.attach(functools.reduce(lambda a, b: a.concatenate(b), views),
                            start_epoch, epochs)
@@ -250,19 +365,17 @@ class SoftLabelStore:
             A `tf.data.Dataset` of `({"images": images, "teacher_logits":
             logits}, labels)`, `logits` float32 `(batch, num_classes)`. A
             batch whose images are not the stored views' (their sum differs)
-            stops iteration with an `InvalidArgumentError`.
+            stops iteration with an `InvalidArgumentError`; so does a part
+            file damaged since `build` checked it, naming the file.
 
         Raises:
-            ValueError: if the store lacks an epoch of the range.
+            ValueError: if the store lacks an epoch of the range, or a file
+                an epoch's index lists (each named).
         """
         epochs = self.built_epochs if epochs is None else epochs
-        if self.built_epochs < epochs or start_epoch >= epochs:
-            raise ValueError(
-                f"The soft-label store in {self.directory} holds epochs 0-"
-                f"{self.built_epochs - 1}; epochs {start_epoch}-{epochs - 1} were asked for. "
-                f"Call build(epochs={epochs}) first (it keeps the epochs it has).")
+        self._check_range(start_epoch, epochs)
         paths = [path for epoch in range(start_epoch, epochs)
-                 for path in self._part_paths(epoch)]
+                 for path in self._listed_parts(epoch)]
         stored = tf.data.Dataset.from_tensor_slices(paths).flat_map(self._read_part)
         paired = tf.data.Dataset.zip(batches, stored).map(
             _pair, num_parallel_calls=tf.data.AUTOTUNE)
@@ -270,6 +383,32 @@ class SoftLabelStore:
             # flat_map hides the length, which Keras's fit uses to size its epoch.
             paired = paired.apply(tf.data.experimental.assert_cardinality(batches.cardinality()))
         return paired.prefetch(tf.data.AUTOTUNE)
+
+    def _check_range(self, start_epoch, epochs):
+        built = self.built_epochs
+        if not built:
+            raise ValueError(
+                f"The soft-label store in {self.directory} holds no epoch yet: call "
+                "build(epochs) first.")
+        if built < epochs:
+            raise ValueError(
+                f"The soft-label store in {self.directory} holds epochs 0-{built - 1}; epochs "
+                f"{start_epoch}-{epochs - 1} were asked for. Call build(epochs={epochs}) "
+                "first (it keeps the epochs it has).")
+        if not 0 <= start_epoch < epochs:
+            raise ValueError("Expected 0 <= start_epoch < epochs. Received: "
+                             f"start_epoch={start_epoch!r}, epochs={epochs!r}")
+
+    def _listed_parts(self, epoch):
+        parts = self._index_parts(epoch)
+        paths = [self._part_path(epoch, part) for part in range(parts or 0)]
+        missing = next((path for path in paths if not os.path.exists(path)), None)
+        if parts is None or missing:
+            raise ValueError(
+                f"The soft-label store's file {missing or self._index_path(epoch)} is "
+                f"{'missing' if missing else 'damaged'}. Call build (run the same command "
+                "again): it recomputes that epoch.")
+        return paths
 
     def _read_part(self, path):
         logits, batch_sizes, image_sums = tf.numpy_function(
@@ -280,15 +419,21 @@ class SoftLabelStore:
             (tf.RaggedTensor.from_row_lengths(logits, batch_sizes), image_sums))
 
     def _load_part(self, path):
-        with np.load(path.decode() if isinstance(path, bytes) else path) as arrays:
-            top_logits = arrays["top_logits"].astype(np.float32)
-            if "top_classes" in arrays:
-                logits = top_k_logits.reconstruct(
-                    top_logits, arrays["top_classes"], arrays["rest_logsumexp"],
-                    self.num_classes)
-            else:
-                logits = top_logits
-            return logits, arrays["batch_sizes"], arrays["image_sums"]
+        path = path.decode() if isinstance(path, bytes) else path
+        try:
+            with np.load(path) as arrays:
+                top_logits = arrays["top_logits"].astype(np.float32)
+                if "top_classes" in arrays:
+                    logits = top_k_logits.reconstruct(
+                        top_logits, arrays["top_classes"], arrays["rest_logsumexp"],
+                        self.num_classes)
+                else:
+                    logits = top_logits
+                return logits, arrays["batch_sizes"], arrays["image_sums"]
+        except _DAMAGED as error:
+            raise ValueError(
+                f"The soft-label store's file {path} is damaged ({error}). Delete it and "
+                "run the same command again: build recomputes its epoch.") from error
 
     # -- files ----------------------------------------------------------------
 
@@ -298,20 +443,45 @@ class SoftLabelStore:
                    for path in glob.glob(os.path.join(self.directory, "*")))
 
     def _read_store_file(self):
+        """`store.json`'s record, `{}` if there is none.
+
+        Raises:
+            ValueError: if the file is not JSON or lacks the fingerprint, which
+                would otherwise let any teacher reuse the store.
+        """
         path = os.path.join(self.directory, STORE_FILE)
         if not os.path.exists(path):
             return {}
-        with open(path) as stream:
-            return json.load(stream)
+        try:
+            with open(path) as stream:
+                record = json.load(stream)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            record = error
+        if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
+            raise ValueError(
+                f"{path} is not a soft-label store's record (not JSON, or no fingerprint), "
+                "so the store cannot be checked against this teacher and these views. "
+                f"Delete the directory {self.directory} and run the same command again to "
+                "rebuild the store.")
+        return record
 
     def _index_path(self, epoch):
         return os.path.join(self.directory, f"epoch_{epoch:05d}.json")
+
+    def _index_parts(self, epoch):
+        """The number of parts epoch `epoch`'s index lists; `None` if it is not readable."""
+        try:
+            with open(self._index_path(epoch)) as stream:
+                parts = json.load(stream).get("parts")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return None
+        return parts if _is_count(parts) else None
 
     def _part_path(self, epoch, part):
         return os.path.join(self.directory, f"epoch_{epoch:05d}_part_{part:05d}.npz")
 
     def _part_paths(self, epoch):
-        """The epoch's consecutive complete parts from part 0."""
+        """The epoch's consecutive parts from part 0."""
         paths = []
         while os.path.exists(self._part_path(epoch, len(paths))):
             paths.append(self._part_path(epoch, len(paths)))
@@ -333,19 +503,33 @@ def _pair(batch, stored):
         return {"images": tf.identity(images), "teacher_logits": logits}, labels
 
 
-def _is_count(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+def _is_count(value, minimum=1):
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= minimum)
+
+
+def _check_count(name, value, minimum=1):
+    if not _is_count(value, minimum):
+        raise ValueError(
+            f"Expected an integer {name} >= {minimum}. Received: {name}={value!r}")
 
 
 def _check_arguments(top_k, dtype, batches_per_shard, views_fingerprint):
-    if not _is_count(top_k):
-        raise ValueError(f"Expected an integer top_k >= 1. Received: top_k={top_k!r}")
+    _check_count("top_k", top_k)
     if dtype not in DTYPES:
         raise ValueError(f"Expected dtype in {DTYPES}. Received: dtype={dtype!r}")
-    if batches_per_shard is not None and not _is_count(batches_per_shard):
+    if batches_per_shard is not None:
+        _check_count("batches_per_shard", batches_per_shard)
+    try:
+        json.dumps(views_fingerprint)
+        is_json = True
+    except (TypeError, ValueError):
+        is_json = False
+    if not is_json or not isinstance(views_fingerprint, dict):
         raise ValueError(
-            "Expected an integer batches_per_shard >= 1. Received: "
-            f"batches_per_shard={batches_per_shard!r}")
+            "Expected views_fingerprint to be a dict of JSON values (data set, seed, "
+            "augmentation, batch size, ...) that determine the views. Received: "
+            f"views_fingerprint={views_fingerprint!r}")
     clashes = sorted(set(views_fingerprint) & set(_OWN_KEYS))
     if clashes:
         raise ValueError(
@@ -360,7 +544,7 @@ def _check_fingerprint(directory, stored, current):
     if differences:
         raise ValueError(
             f"The soft-label store in {directory} was built for another teacher, other "
-            "training views or another compression, so its logits are not this run's; "
-            f"its fingerprint differs: {'; '.join(differences)}. "
+            "training views, another compression or another batches_per_shard, so its "
+            f"files are not this run's; its fingerprint differs: {'; '.join(differences)}. "
             "Pass another directory to build a store for this run, delete this one to "
-            "rebuild it, or use the teacher and data it was built from.")
+            "rebuild it, or use the teacher, data and arguments it was built with.")
