@@ -65,3 +65,20 @@ def test_check_writable_refuses_what_atomic_open_could_not_write(tmp_path):
         atomic.check_writable(tmp_path / "a_file" / "result.json")
     with pytest.raises(ValueError, match="Cannot write '/proc/result.json'"):
         atomic.check_writable("/proc/result.json")
+
+
+def test_a_log_is_appended_where_it_is_never_through_a_link(tmp_path):
+    log = tmp_path / "run" / "mask_log.jsonl"
+    atomic.append_line(str(log), '{"epoch": 1}')
+    atomic.append_line(str(log), '{"epoch": 2}')
+    assert log.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    # A planted link, dangling or not, would make the run write outside its folder.
+    outside = tmp_path / "outside.txt"
+    for target_exists in (False, True):
+        if target_exists:
+            outside.write_text("precious\n")
+        link = tmp_path / "run" / f"linked_{target_exists}.jsonl"
+        link.symlink_to(outside)
+        with pytest.raises(ValueError, match="is a symbolic link .*Remove the link"):
+            atomic.append_line(str(link), "x")
+    assert outside.read_text() == "precious\n"

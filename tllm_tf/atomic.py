@@ -45,6 +45,30 @@ def atomic_open(path, mode="w"):
         raise
 
 
+def append_line(path, line):
+    """Appends `line` and a newline to the log `path`, creating it (and its folder) if missing.
+
+    A log is written in place, not replaced, so a kill can cut its last line
+    (its readers skip a torn last line). A symbolic link at `path` is refused
+    rather than followed: a planted link would otherwise make the run write
+    outside its folder.
+
+    Raises:
+        ValueError: if `path` is a symbolic link.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as error:
+        if os.path.islink(path):
+            raise ValueError(
+                f"{path} is a symbolic link (to {os.readlink(path)!r}): a log is written "
+                "where it is, never through a link. Remove the link.") from error
+        raise
+    with os.fdopen(handle, "a") as stream:
+        stream.write(line + "\n")
+
+
 def check_writable(path):
     """Refuses, before a long computation, a `path` that `atomic_open` could not write.
 

@@ -21,7 +21,6 @@ as an uninterrupted one would.
 import dataclasses
 import json
 import logging
-import os
 
 import keras
 import numpy as np
@@ -454,10 +453,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             record["correction"] = options.correction
         if self.options.smoothing > 0:
             record["smoothed"] = [atomic.json_floats(row, digits=6) for row in state.smoothed]
-        directory = os.path.dirname(os.path.abspath(self.log_path))
-        os.makedirs(directory, exist_ok=True)
-        with open(self.log_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        atomic.append_line(self.log_path, json.dumps(record))
 
     def get_config(self):
         return {

@@ -112,8 +112,7 @@ class ReferenceHistory(keras.callbacks.Callback):
             record = {"epoch": epoch + 1,
                       "per_class_accuracy": atomic.json_floats(self._rows[epoch]),
                       "num_samples": [int(n) for n in total]}
-            with open(self.log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            atomic.append_line(self.log_path, json.dumps(record))
 
     def on_train_end(self, logs=None):
         if not self._rows:

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from tllm_tf import atomic
 from tllm_tf.analysis import study_stats
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stage_inputs
@@ -424,8 +425,7 @@ def run_study(runs, root, report=print, checked_runs=None):
         run = dataclasses.replace(run, config=_with_first_pass_mask(run, done))
         stages.run(run.config)
         record = dict(collect(run), seconds=time.time() - run_start)
-        with open(results_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        atomic.append_line(results_path, json.dumps(record))
         done[_key(record)] = record
         trained += 1
         elapsed = time.time() - start
