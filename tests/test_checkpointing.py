@@ -7,6 +7,7 @@ import pytest
 
 import tllm_tf
 from conftest import make_mlp
+from tllm_tf import atomic
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import training_guards
 
@@ -115,3 +116,27 @@ def test_truncate_csv_history(tmp_path):
         assert handle.read().split() == ["epoch,loss", "0,1.0", "1,0.5"]
     checkpointing.truncate_csv_history(path, 0)
     assert not os.path.exists(path)
+
+
+def test_a_checkpoint_never_writes_or_deletes_through_a_link(tiny_data, tmp_path):
+    x, y = tiny_data
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.weights.h5").write_text("precious")
+    # A planted link at the name the first epoch saves to: replaced, not written through.
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    (directory / "epoch-1.weights.h5").symlink_to(elsewhere / "precious.weights.h5")
+    _distiller().fit(x, y, epochs=1, verbose=0,
+                     callbacks=[checkpointing.EpochCheckpoint(str(directory))])
+    assert (elsewhere / "precious.weights.h5").read_text() == "precious"
+    assert not os.path.islink(directory / "epoch-1.weights.h5")
+    mode = os.stat(directory / "epoch-1.weights.h5").st_mode & 0o777
+    assert mode == 0o666 & ~atomic.current_umask()
+    # A checkpoint folder that is a link would delete the other folder's weights files.
+    linked = tmp_path / "linked_checkpoint"
+    linked.symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="is a symbolic link .*Remove the link"):
+        _distiller().fit(x, y, epochs=1, verbose=0,
+                         callbacks=[checkpointing.EpochCheckpoint(str(linked))])
+    assert sorted(os.listdir(elsewhere)) == ["precious.weights.h5"]

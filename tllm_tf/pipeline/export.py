@@ -182,13 +182,21 @@ class ServingModel:
     only SavedModels from a trusted source (docs/security.md).
 
     Raises:
-        ValueError: if `path` is neither, or a `.keras` file that cannot be
-            loaded (`model_io.UnsafeModelError` if it stores Python code).
+        ValueError: if `path` is neither, a folder named `.keras`, or a
+            `.keras` file that cannot be loaded (`model_io.UnsafeModelError`
+            if it stores Python code).
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        if self.path.endswith(KERAS_SUFFIX) and not os.path.isdir(self.path):
+        if self.path.endswith(KERAS_SUFFIX) and os.path.isdir(self.path):
+            # A SavedModel runs its graph with the caller's rights: never under a name
+            # that reads as a .keras file, which is loaded in safe mode.
+            raise ValueError(
+                f"{self.path!r} is a folder, not a {KERAS_SUFFIX} file: a folder is read as "
+                "a SavedModel, whose graph runs with your rights. Rename it (without "
+                f"{KERAS_SUFFIX}) if it is a SavedModel you trust.")
+        if self.path.endswith(KERAS_SUFFIX):
             self._keras_model = model_io.load_keras_model(self.path, role="model")
             self._serve = None
             self.input_shape = self._keras_model.input_shape

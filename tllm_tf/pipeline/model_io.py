@@ -7,15 +7,24 @@ zoo's layers): code that is already installed. A `Lambda` layer is the
 exception: it stores its Python function in the file as bytecode, and
 loading the file would run it. Keras refuses that in safe mode, but
 `keras.config.enable_unsafe_deserialization()`, called anywhere in the
-process, overrides `safe_mode=True`; so `load_keras_model` also looks for
-stored code in the config itself and refuses the file before Keras reads it.
+process, overrides `safe_mode=True` (and with it Keras's other refusals: a
+`TFSMLayer` that runs an external SavedModel, vocabulary files read from
+paths). So `load_keras_model` looks for stored code in the config itself and
+refuses the file before Keras reads it, and loads in Keras's safe-mode scope,
+which holds whatever the process has set (restored afterwards).
 """
 
+import contextlib
 import json
 import os
 import zipfile
 
 import keras
+
+try:  # Private, and the one way to keep safe mode on whatever the process has set.
+    from keras.src.saving.serialization_lib import SafeModeScope as _SafeModeScope
+except ImportError:  # A Keras without it: the scan above is then the only guard.
+    _SafeModeScope = None
 
 KERAS_SUFFIX = ".keras"
 CONFIG_MEMBER = "config.json"
@@ -77,12 +86,21 @@ def _unsafe(role, path, holders):
     named = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
     return UnsafeModelError(
         f"Refusing to load the {role} {path!r}: it contains "
-        f"{named or 'a Lambda layer'} whose function is Python code "
+        f"{named} whose function is Python code "
         "stored in the file; loading it would run that code. Rebuild the model "
         "without Lambda layers (a layer class in your own code, registered with "
         "`keras.saving.register_keras_serializable`, does the same job), or, only "
         "if you trust the file's source, load it yourself with "
         "`keras.models.load_model(path, safe_mode=False)`.")
+
+
+def _refused_by_keras(role, path, reason):
+    """Keras's own safe-mode refusal (code or files the scan does not look for), with its reason."""
+    return UnsafeModelError(
+        f"Refusing to load the {role} {path!r}: Keras's safe mode refuses it ({reason}). "
+        "It would run code or read files the model file names. Only if you trust the "
+        "file's source, load it yourself with `keras.models.load_model(path, "
+        "safe_mode=False)`.")
 
 
 def load_keras_model(path, *, role="model", compile=False):
@@ -128,12 +146,14 @@ def load_keras_model(path, *, role="model", compile=False):
     import tllm_tf.distiller  # noqa: F401
     import tllm_tf.losses  # noqa: F401
     import tllm_tf.models  # noqa: F401
+    safe_scope = _SafeModeScope(True) if _SafeModeScope else contextlib.nullcontext()
     try:
-        return keras.models.load_model(path, compile=compile, safe_mode=True)
+        with safe_scope:
+            return keras.models.load_model(path, compile=compile, safe_mode=True)
     except (ValueError, TypeError, KeyError, OSError) as error:
         reason = str(error)
-        if "safe_mode" in reason:  # Keras's own refusal, should the scan miss a form.
-            raise _unsafe(role, path, []) from error
         if len(reason) > _MAX_REASON_CHARS:
             reason = reason[:_MAX_REASON_CHARS] + " ..."
+        if "safe_mode" in reason:  # Keras's own refusal, should the scan miss a form.
+            raise _refused_by_keras(role, path, reason) from error
         raise ValueError(f"Could not load the {role} {path!r}: {reason}") from error
