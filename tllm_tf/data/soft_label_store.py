@@ -1,7 +1,7 @@
 """A teacher's logits on every training view, computed once, read by every student.
 
-(Over 300 lines: one class, whose build, resume, checks of its own files and batch-aligned
-reading share one file format.)
+(Over 300 lines: one class, whose build, resume and batch-aligned reading share one file
+format; where each file lives and whether it is whole is `soft_label_files`.)
 
 Distilling N students from one teacher costs N teacher passes per epoch; a
 store costs one, after which a distillation epoch costs about what a
@@ -33,38 +33,26 @@ the teacher as it is given; it imports no model or pipeline code. See
 docs/soft_label_store.md.
 """
 
-import contextlib
 import functools
-import glob
 import hashlib
 import json
 import logging
-import numbers
 import os
-import re
-import time
-import zipfile
 
 import numpy as np
 import tensorflow as tf
 
 from tllm_tf import atomic
+from tllm_tf.data import soft_label_files
 from tllm_tf.data import top_k_logits
 
-STORE_FILE = "store.json"
+STORE_FILE = soft_label_files.STORE_FILE
+
 # Every class, in float16: measured in docs/soft_label_store.md, keeping the
 # top 10 of 100 classes moved the KD loss at T=4 by 34%, float16 by 3e-6.
 DEFAULT_DTYPE = "float16"
 DTYPES = ("float16", "float32")
 _OWN_KEYS = ("teacher_sha256", "num_classes", "top_k", "dtype", "batches_per_shard")
-# tllm_tf.atomic's temporary names (`.NAME.XXXXXXXX.tmp`) of this store's files only.
-_TEMPORARY = re.compile(r"\.(store\.json|epoch_\d+(_part_\d+\.npz|\.json))\.\w+\.tmp")
-# A younger temporary file may be another process's write in progress (two
-# runs sharing one store); a killed write's is removed by a later build.
-_STALE_AFTER_S = 60
-# What np.load raises on a file that is not a whole .npz.
-_DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
-
 
 def teacher_sha256(teacher):
     """SHA-256 of a Keras model's weights (shapes, dtypes and values, in order).
@@ -133,11 +121,12 @@ class SoftLabelStore:
     def __init__(self, directory, teacher, epoch_views, *, num_classes, views_fingerprint,
                  top_k=None, dtype=None, batches_per_shard=None):
         self.directory = str(directory)
+        self._files = soft_label_files.StoreFiles(self.directory)
         self.teacher = teacher
         self.epoch_views = epoch_views
         _check_count("num_classes", num_classes)
         self.num_classes = int(num_classes)
-        stored = self._read_store_file()
+        stored = self._files.read_record()
         stored_fingerprint = stored.get("fingerprint", {})
         # `is None`, not falsiness: a 0 is a bad argument, not "the default".
         if top_k is None:
@@ -165,7 +154,7 @@ class SoftLabelStore:
     def built_epochs(self):
         """Number of complete epochs from epoch 0 on."""
         epoch = 0
-        while os.path.exists(self._index_path(epoch)):
+        while os.path.exists(self._files.index_path(epoch)):
             epoch += 1
         return epoch
 
@@ -191,28 +180,28 @@ class SoftLabelStore:
                 `num_classes` wide.
         """
         _check_count("epochs", epochs, minimum=0)
-        self._remove_stale_temporaries()
-        if not os.path.exists(os.path.join(self.directory, STORE_FILE)):
-            atomic.write_json(os.path.join(self.directory, STORE_FILE), {
+        self._files.remove_stale_temporaries()
+        if not os.path.exists(self._files.store_file()):
+            atomic.write_json(self._files.store_file(), {
                 "fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
         computed = 0
         for epoch in range(epochs):
-            if os.path.exists(self._index_path(epoch)):
-                problem = self._epoch_problem(epoch)
+            if os.path.exists(self._files.index_path(epoch)):
+                problem = self._files.epoch_problem(epoch, self._array_names())
                 if problem is None:
                     continue
                 logging.warning("The soft-label store in %s: epoch %d is damaged (%s); "
                                 "rebuilding it.", self.directory, epoch, problem)
-                self._remove_epoch(epoch)
+                self._files.remove_epoch(epoch)
             computed += self._build_epoch(epoch)
         return computed
 
     def _build_epoch(self, epoch):
-        done = self._readable_parts(epoch)
+        done = self._files.readable_parts(epoch, self._array_names())
         if done and self.batches_per_shard is None:
             # One file per epoch: a build killed before writing the index
             # left a whole epoch.
-            atomic.write_json(self._index_path(epoch), {"parts": len(done)})
+            atomic.write_json(self._files.index_path(epoch), {"parts": len(done)})
             return 0
         per_shard = self.batches_per_shard or np.inf
         views = self.epoch_views(epoch)
@@ -232,7 +221,7 @@ class SoftLabelStore:
             raise ValueError(
                 f"Epoch {epoch}'s training views are empty: epoch_views({epoch}) gave no "
                 "batch. Pass an epoch_views function that returns that epoch's batches.")
-        atomic.write_json(self._index_path(epoch), {"parts": parts})
+        atomic.write_json(self._files.index_path(epoch), {"parts": parts})
         return computed
 
     def _compress(self, images):
@@ -269,67 +258,8 @@ class SoftLabelStore:
                 top_classes=np.concatenate(top_classes).astype(
                     top_k_logits.class_dtype(self.num_classes)),
                 rest_logsumexp=top_k_logits.to_storage(np.concatenate(rest), self.dtype))
-        with atomic.atomic_open(self._part_path(epoch, part), "wb") as stream:
+        with atomic.atomic_open(self._files.part_path(epoch, part), "wb") as stream:
             np.savez(stream, **arrays)
-
-    # -- checking the files ---------------------------------------------------
-
-    def _remove_stale_temporaries(self):
-        if not os.path.isdir(self.directory):
-            return
-        for name in os.listdir(self.directory):
-            path = os.path.join(self.directory, name)
-            # Suppressed: another build may have renamed it meanwhile.
-            with contextlib.suppress(FileNotFoundError):
-                if (_TEMPORARY.fullmatch(name)
-                        and time.time() - os.path.getmtime(path) > _STALE_AFTER_S):
-                    os.remove(path)
-
-    def _epoch_problem(self, epoch):
-        """Why a complete epoch's files cannot be read, or `None`."""
-        parts = self._index_parts(epoch)
-        if parts is None:
-            return f"its index {self._index_path(epoch)} is not readable"
-        paths = self._part_paths(epoch)
-        present = glob.glob(os.path.join(self.directory, f"epoch_{epoch:05d}_part_*.npz"))
-        if len(paths) != parts or len(present) != parts:
-            return f"its index lists {parts} part files, {len(present)} are present"
-        problems = (self._part_problem(path) for path in paths)
-        return next((problem for problem in problems if problem), None)
-
-    def _part_problem(self, path):
-        """Why a part file does not open as this store's `.npz`, or `None`.
-
-        np.load reads the zip's directory only, not the arrays.
-        """
-        names = {"top_logits", "batch_sizes", "image_sums"}
-        if self.top_k < self.num_classes:
-            names |= {"top_classes", "rest_logsumexp"}
-        try:
-            with np.load(path) as arrays:
-                missing = sorted(names - set(arrays.files))
-        except _DAMAGED as error:
-            return f"{path} does not open: {error}"
-        return f"{path} lacks the arrays {missing}" if missing else None
-
-    def _readable_parts(self, epoch):
-        """The parts a killed build left whole; removes the first damaged one and those after."""
-        paths = self._part_paths(epoch)
-        for count, path in enumerate(paths):
-            problem = self._part_problem(path)
-            if problem:
-                logging.warning("The soft-label store in %s: %s; computing it again.",
-                                self.directory, problem)
-                for later in paths[count:]:
-                    os.remove(later)
-                return paths[:count]
-        return paths
-
-    def _remove_epoch(self, epoch):
-        # The index first: a kill in between leaves an incomplete epoch, not a wrong one.
-        os.remove(self._index_path(epoch))
-        for path in glob.glob(os.path.join(self.directory, f"epoch_{epoch:05d}_part_*.npz")):
-            os.remove(path)
 
     # -- reading --------------------------------------------------------------
 
@@ -400,12 +330,12 @@ class SoftLabelStore:
                              f"start_epoch={start_epoch!r}, epochs={epochs!r}")
 
     def _listed_parts(self, epoch):
-        parts = self._index_parts(epoch)
-        paths = [self._part_path(epoch, part) for part in range(parts or 0)]
+        parts = self._files.index_parts(epoch)
+        paths = [self._files.part_path(epoch, part) for part in range(parts or 0)]
         missing = next((path for path in paths if not os.path.exists(path)), None)
         if parts is None or missing:
             raise ValueError(
-                f"The soft-label store's file {missing or self._index_path(epoch)} is "
+                f"The soft-label store's file {missing or self._files.index_path(epoch)} is "
                 f"{'missing' if missing else 'damaged'}. Call build (run the same command "
                 "again): it recomputes that epoch.")
         return paths
@@ -430,7 +360,7 @@ class SoftLabelStore:
                 else:
                     logits = top_logits
                 return logits, arrays["batch_sizes"], arrays["image_sums"]
-        except _DAMAGED as error:
+        except soft_label_files.DAMAGED as error:
             raise ValueError(
                 f"The soft-label store's file {path} is damaged ({error}). Delete it and "
                 "run the same command again: build recomputes its epoch.") from error
@@ -439,53 +369,14 @@ class SoftLabelStore:
 
     def size_on_disk(self):
         """Bytes of the store's files."""
-        return sum(os.path.getsize(path)
-                   for path in glob.glob(os.path.join(self.directory, "*")))
+        return self._files.size_on_disk()
 
-    def _read_store_file(self):
-        """`store.json`'s record, `{}` if there is none.
-
-        Raises:
-            ValueError: if the file is not JSON or lacks the fingerprint, which
-                would otherwise let any teacher reuse the store.
-        """
-        path = os.path.join(self.directory, STORE_FILE)
-        if not os.path.exists(path):
-            return {}
-        try:
-            with open(path) as stream:
-                record = json.load(stream)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            record = error
-        if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
-            raise ValueError(
-                f"{path} is not a soft-label store's record (not JSON, or no fingerprint), "
-                "so the store cannot be checked against this teacher and these views. "
-                f"Delete the directory {self.directory} and run the same command again to "
-                "rebuild the store.")
-        return record
-
-    def _index_path(self, epoch):
-        return os.path.join(self.directory, f"epoch_{epoch:05d}.json")
-
-    def _index_parts(self, epoch):
-        """The number of parts epoch `epoch`'s index lists; `None` if it is not readable."""
-        try:
-            with open(self._index_path(epoch)) as stream:
-                parts = json.load(stream).get("parts")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            return None
-        return parts if _is_count(parts) else None
-
-    def _part_path(self, epoch, part):
-        return os.path.join(self.directory, f"epoch_{epoch:05d}_part_{part:05d}.npz")
-
-    def _part_paths(self, epoch):
-        """The epoch's consecutive parts from part 0."""
-        paths = []
-        while os.path.exists(self._part_path(epoch, len(paths))):
-            paths.append(self._part_path(epoch, len(paths)))
-        return paths
+    def _array_names(self):
+        """The arrays each part file holds."""
+        names = {"top_logits", "batch_sizes", "image_sums"}
+        if self.top_k < self.num_classes:
+            names |= {"top_classes", "rest_logsumexp"}
+        return names
 
 
 def _pair(batch, stored):
@@ -503,13 +394,8 @@ def _pair(batch, stored):
         return {"images": tf.identity(images), "teacher_logits": logits}, labels
 
 
-def _is_count(value, minimum=1):
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and value >= minimum)
-
-
 def _check_count(name, value, minimum=1):
-    if not _is_count(value, minimum):
+    if not soft_label_files.is_count(value, minimum):
         raise ValueError(
             f"Expected an integer {name} >= {minimum}. Received: {name}={value!r}")
 
