@@ -361,3 +361,56 @@ def test_a_store_built_alone_ends_without_a_report_and_other_views_are_refused_f
                                 f"--workdir={tmp_path / 'file_store'}"))
     assert line == (f"Error: --teacher_store={str(tmp_path / 'a_file')!r} is a file, not a "
                     "directory. Choose another --teacher_store.")
+
+
+# Hostile values in a workdir's JSON: one `Error:` line naming the file, never a traceback.
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("content, problem", [
+    (DEEP_JSON, "is damaged: it is not valid JSON ("),
+    ("[0.5, 0.5]", "is damaged: it holds a JSON list, not an object."),
+    ({"accuracy": -5}, "accuracy must be an accuracy in [0, 1]. Received: -5"),
+    ({"accuracy": "0.5"}, "accuracy must be an accuracy in [0, 1]. Received: '0.5'"),
+    ({"per_class_accuracy": [0.5, 1e308, 0.5, 0.5]},
+     "per_class_accuracy[1] must be an accuracy in [0, 1] or null. Received: 1e+308"),
+    ({"per_class_accuracy": [0.5, True, 0.5, 0.5]}, "per_class_accuracy[1] must be an accuracy"),
+    ({"num_samples": [10, -1, 10, 10]},
+     "num_samples[1] must be a non-negative integer count. Received: -1"),
+    ({"num_samples": [10, 2.5, 10, 10]}, "num_samples[1] must be a non-negative integer"),
+])
+def test_a_test_per_class_file_out_of_range_is_one_error_line(tool, tmp_path, content, problem):
+    workdir = _workdir(tmp_path / "run")
+    path = workdir / "student_kd" / "test_per_class.json"
+    if isinstance(content, dict):
+        _edit_json(path, lambda record: record.update(content))
+    else:
+        path.write_text(content)
+    line = _one_error_line(tool("tools/report.py", f"--workdir={workdir}"))
+    assert line.startswith(f"Error: {path} is damaged: ")
+    assert problem in line and "Delete it to report without student_kd" in line
+    assert not os.path.exists(workdir / "report")
+
+
+def test_a_class_without_test_images_still_reports(tmp_path):
+    workdir = _workdir(tmp_path / "run")
+    _edit_json(workdir / "student_kd" / "test_per_class.json",
+               lambda record: record.update(per_class_accuracy=[0.5, None, 0.0, 1.0],
+                                            num_samples=[10, 0, 10, 10]))
+    results = workdir_results.load_results(str(workdir))
+    np.testing.assert_array_equal(results["per_class"]["student_kd"], [0.5, np.nan, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("content", ["[]", '"x"', "7", DEEP_JSON, "{]"])
+def test_a_workdir_config_that_is_not_a_configuration_is_one_error_line(tool, tmp_path, content):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(content)
+    line = _one_error_line(tool("tools/train.py", "--flagfile=configs/demo.flags", *TINY_RUN,
+                                f"--workdir={workdir}"))
+    assert line.startswith(f"Error: {str(workdir / 'config.json')!r} is not a readable "
+                           "configuration (")
+    assert line.endswith("Use a new --workdir, or delete that file if the workdir is yours to "
+                         "reuse.")
+    assert (workdir / "config.json").read_text() == content  # Nothing overwritten.

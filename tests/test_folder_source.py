@@ -4,11 +4,15 @@ import collections
 import io
 import logging
 import os
+import re
+import struct
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tllm_tf.data import folder_source
+from tllm_tf.data import image_headers
 from tllm_tf.data.folder_source import load_image_folder
 from tllm_tf.data.tfds_source import DataNotFoundError
 
@@ -200,4 +204,62 @@ def test_two_class_folders_that_are_one_are_refused(tmp_path):
     root = _write_folder(tmp_path / "pets")
     os.symlink(root / "cat", root / "kitten")
     with pytest.raises(ValueError, match="'kitten'.* same folder.*Remove the link"):
+        load_image_folder(root, image_size=4)
+
+
+def _encoded(image_module, shape, format_name, **options):
+    stream = io.BytesIO()
+    pixels = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    image_module.fromarray(pixels).save(stream, format=format_name, **options)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("format_name, channels, options, frames", [
+    ("PNG", 3, {}, 1),
+    ("JPEG", 3, {}, 1),
+    ("JPEG", 3, {"progressive": True, "comment": b"x" * 60_000}, 1),  # A long segment first.
+    ("BMP", 3, {}, 1),
+    ("WEBP", 3, {"lossless": True}, 1),   # VP8L
+    ("WEBP", 3, {"quality": 80}, 1),      # VP8
+    ("WEBP", 4, {"quality": 80}, 1),      # VP8X, for the alpha channel
+    ("GIF", 3, {}, 1),
+    ("GIF", 3, {"save_all": True, "append_images": "frames"}, 3),
+])
+def test_the_pixel_count_is_read_from_each_formats_header(tmp_path, format_name, channels,
+                                                          options, frames):
+    image_module = pytest.importorskip("PIL.Image")
+    shape = (37, 300, channels)  # Height and width told apart, one over 255.
+    if options.get("append_images") == "frames":
+        others = [image_module.fromarray(np.full(shape, 40 * i, np.uint8)) for i in (1, 2)]
+        options = {**options, "append_images": others}
+    path = tmp_path / f"image.{format_name.lower()}"
+    path.write_bytes(_encoded(image_module, shape, format_name, **options))
+    assert image_headers.pixel_count(str(path)) == 37 * 300 * frames
+    decoded = tf.io.decode_image(path.read_bytes(), expand_animations=True)
+    assert decoded.shape[-3:-1] == (37, 300)  # What TensorFlow reads agrees.
+
+
+def test_images_over_the_pixel_limit_are_refused_naming_them(tmp_path, monkeypatch):
+    root = _write_folder(tmp_path / "pets")  # 6x5 images: 30 pixels.
+    monkeypatch.setattr(folder_source, "MAX_IMAGE_PIXELS", 29)
+    with pytest.raises(ValueError) as refusal:
+        load_image_folder(root, image_size=4)
+    message = str(refusal.value)
+    assert message.startswith(f"30 image(s) in {str(root)!r} have more than "
+                              "MAX_IMAGE_PIXELS=29 pixels")
+    assert f"'{root / 'cat' / '00.png'} (30 pixels)'" in message and "and 25 more" in message
+    assert "Downscale them" in message
+    monkeypatch.setattr(folder_source, "MAX_IMAGE_PIXELS", 30)
+    assert load_image_folder(root, image_size=4).num_train == 24
+
+
+def test_a_small_png_claiming_huge_dimensions_is_refused_before_decoding(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    # The PNG signature and an IHDR chunk of 20000x20000: what a 389 KB bomb starts with.
+    (root / "dog" / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sIIBBBBB", 13, b"IHDR", 20_000, 20_000,
+                                            8, 2, 0, 0, 0) + bytes(4))
+    with pytest.raises(ValueError, match=(
+            rf"1 image\(s\) .* MAX_IMAGE_PIXELS=100000000 pixels .*"
+            rf"{re.escape(str(root / 'dog' / 'bomb.png'))} \(400000000 pixels\)")):
         load_image_folder(root, image_size=4)

@@ -7,6 +7,7 @@ directory at an empty folder and passes its own `idx_dir` or tfds mock.
 import collections
 import gzip
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -300,3 +301,58 @@ def test_damaged_prepared_tfds_is_named_not_reported_missing(tmp_path):
         load_fashion_mnist(holdout_fraction=0.2, data_dir=str(tmp_path / "tfds"))
     assert f"Delete {shard.parent} and prepare it again" in str(error.value)
     assert f"tfds build fashion_mnist --data_dir={tmp_path / 'tfds'}" in str(error.value)
+
+
+def _write_gzip_bomb(path, header, num_zeros):
+    """A gzip file of `header` then `num_zeros` zero bytes, compressed a MiB at a time."""
+    with gzip.open(path, "wb") as stream:
+        stream.write(header)
+        for _ in range(num_zeros >> 20):
+            stream.write(bytes(1 << 20))
+
+
+def test_gzip_is_decompressed_no_further_than_its_header_says(tmp_path):
+    # 32 MiB of zeros behind a header of 4 bytes: a 32 KiB file.
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    _write_gzip_bomb(path, struct.pack(">BBBBI", 0, 0, 0x08, 1, 4), 32 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IDXFormatError) as error:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(error.value) == (
+        f"{path}: longer than its header says: its header gives shape (4,), 12 bytes. "
+        "Received: at least 13 bytes.")
+    assert peak < 4 << 20
+
+
+def test_gzip_header_over_the_data_limit_is_refused_before_decompressing(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx_source, "MAX_DATA_BYTES", 28 * 28 * 2)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _write_idx(path, np.zeros((3, 28, 28), np.uint8), compress=True)
+    with pytest.raises(IDXFormatError, match=(
+            r"train-images-idx3-ubyte.gz: its header gives shape \(3, 28, 28\), 2352 bytes of "
+            r"data, more than the 1568-byte limit")):
+        read_idx(path)
+    monkeypatch.setattr(idx_source, "MAX_DATA_BYTES", 28 * 28 * 3)
+    assert read_idx(path).shape == (3, 28, 28)  # The limit itself is allowed.
+
+
+def test_gzip_shorter_than_its_header_gives_the_bytes_it_holds(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 0x08, 1, 10) + bytes(7)))
+    with pytest.raises(IDXFormatError, match=(
+            r"t10k-labels-idx1-ubyte.gz: truncated: its header gives shape \(10,\), 18 bytes. "
+            r"Received: 15 bytes.")):
+        read_idx(path)
+
+
+def test_damaged_deflate_data_names_the_file(tmp_path):
+    data = bytearray(gzip.compress(_idx_bytes(np.arange(200, dtype=np.uint8))))
+    data[12:20] = b"\xff" * 8  # Inside the deflate stream, past gzip's own header.
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(IDXFormatError, match="train-labels-idx1-ubyte.gz: not a readable gzip"):
+        read_idx(path)

@@ -1,8 +1,11 @@
 """What a run trusts (docs/security.md): model files with code are refused at
 every entry point, and the JSON files a run reads back are parsed as data."""
 
+import io
 import json
 import os
+import re
+import zipfile
 
 import keras
 import numpy as np
@@ -13,6 +16,7 @@ import tllm_tf
 from conftest import make_mlp
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import model_io
+from tllm_tf import held_out_predictions
 from tllm_tf import reference
 from tllm_tf import reference_history
 from tllm_tf.pipeline import stage_inputs
@@ -294,3 +298,62 @@ def test_history_log_skips_lines_with_a_hostile_epoch(tmp_path):
     _write(path, "\n".join(json.dumps(line) for line in lines) + "\n")
     history = reference_history.read_history_log(str(path), 2, 2)
     np.testing.assert_array_equal(history, [[np.nan, np.nan], [0.3, 0.3]])
+
+
+# Reference predictions: arrays are sized from their headers before they are decompressed.
+
+
+def _npy_header(dtype, shape):
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        stream, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                 "fortran_order": False, "shape": shape})
+    return stream.getvalue()
+
+
+def _write_npz(path, members):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return str(path)
+
+
+def test_predictions_whose_headers_claim_huge_arrays_are_refused_unread(tmp_path):
+    # Headers alone, no data: a 1 GiB int8 labels array and its (1, 2**30) correct.
+    path = _write_npz(tmp_path / "held_out_predictions.npz", {
+        "labels.npy": _npy_header(np.int8, (2**30,)),
+        "correct.npy": _npy_header(bool, (1, 2**30))})
+    with pytest.raises(ValueError) as refusal:
+        tllm_tf.load_predictions(path)
+    assert str(refusal.value).startswith(
+        f"Reference predictions {path!r} hold arrays of {2**31} bytes once decompressed "
+        f"(labels ({2**30},), correct (1, {2**30})), over the "
+        f"{held_out_predictions.MAX_ARRAY_BYTES}-byte limit")
+
+
+def test_predictions_over_the_array_limit_are_refused(tmp_path, monkeypatch):
+    path = str(tmp_path / "held_out_predictions.npz")
+    tllm_tf.save_predictions(path, np.arange(100) % 4, np.ones((10, 100), bool))
+    monkeypatch.setattr(held_out_predictions, "MAX_ARRAY_BYTES", 1400 - 1)
+    with pytest.raises(ValueError, match="hold arrays of 1401 bytes once decompressed"):
+        tllm_tf.load_predictions(path)
+    monkeypatch.setattr(held_out_predictions, "MAX_ARRAY_BYTES", 1401)
+    assert tllm_tf.load_predictions(path).correct.shape == (10, 100)
+
+
+def test_predictions_with_a_raw_member_in_place_of_an_array_are_refused(tmp_path):
+    # np.load would return the member "labels", which has no .npy header, as raw bytes.
+    stream = io.BytesIO()
+    np.save(stream, np.ones((1, 3), bool))
+    path = _write_npz(tmp_path / "held_out_predictions.npz", {
+        "labels": bytes(1 << 20), "correct.npy": stream.getvalue()})
+    with pytest.raises(ValueError, match=f"{re.escape(repr(path))} is not a tllm_tf predictions"):
+        tllm_tf.load_predictions(path)
+
+
+def test_predictions_of_the_wrong_kind_are_refused_from_their_headers(tmp_path):
+    path = _write_npz(tmp_path / "held_out_predictions.npz", {
+        "labels.npy": _npy_header(np.int32, (3,)),
+        "correct.npy": _npy_header(np.float64, (2**20, 3))})
+    with pytest.raises(ValueError, match=r"inconsistent: labels int32 \(3,\), correct float64"):
+        tllm_tf.load_predictions(path)

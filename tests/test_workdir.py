@@ -1,5 +1,7 @@
 import json
+import os
 
+import numpy as np
 import pytest
 
 from tllm_tf.pipeline import workdir
@@ -160,3 +162,21 @@ def test_a_stage_run_refuses_a_workdir_another_process_holds(tmp_path):
         with pytest.raises(ValueError, match="in use by another process"):
             stages.run(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_is_saved_to_a_new_file_and_never_through_a_link(tmp_path):
+    import keras
+    from tllm_tf import atomic
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    target = tmp_path / "stage" / "model.keras"
+    target.parent.mkdir()
+    target.symlink_to(precious)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    workdir.save_model(model, str(target))
+    assert precious.read_text() == "precious\n"
+    assert not os.path.islink(target)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~atomic.current_umask()
+    assert os.listdir(target.parent) == ["model.keras"]  # No temporary file left.
+    reloaded = keras.models.load_model(target)
+    np.testing.assert_array_equal(reloaded.get_weights()[0], model.get_weights()[0])

@@ -10,8 +10,10 @@ next to the reference's JSON file.
 """
 
 import dataclasses
+import math
 import os
 import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -23,6 +25,9 @@ from tllm_tf import prior_offsets as prior_offsets_lib
 PREDICTIONS_FILE = "held_out_predictions.npz"
 # A held-out split of ImageNet's size times a few hundred epochs stays far below this.
 MAX_FILE_BYTES = 1 << 30
+# The arrays' size once decompressed, read from their headers before they are: a
+# held-out split of 100,000 images over 1,000 epochs is 100 MB of `correct`.
+MAX_ARRAY_BYTES = 1 << 28
 # The reference stage counts as done while its reference.json exists, so
 # re-running it alone would not rewrite a damaged predictions file.
 _REWRITE = ("Delete the reference stage's directory (the one holding this file and "
@@ -133,7 +138,8 @@ def load_predictions(path):
         A `ReferencePredictions`.
 
     Raises:
-        ValueError: if the file is missing, too large, not such a file, or
+        ValueError: if the file is missing, too large (on disk, or its arrays
+            once decompressed: more than `MAX_ARRAY_BYTES`), not such a file, or
             inconsistent; the message names the file.
     """
     if not os.path.exists(path):
@@ -143,23 +149,73 @@ def load_predictions(path):
             f"Reference predictions {path!r} are {os.path.getsize(path)} bytes, over the "
             f"{MAX_FILE_BYTES}-byte limit; this is not a file tllm_tf wrote.")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            labels, correct = archive["labels"], archive["correct"]
-            # Files written before the flag existed were judged without offsets.
-            prior_offsets = ("prior_offsets" in archive.files
-                             and bool(archive["prior_offsets"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        with zipfile.ZipFile(path) as archive:
+            headers = _array_headers(archive)
+            problem = _header_problem(path, headers)
+            arrays = None if problem else {name: _read_array(archive, name)
+                                           for name in headers}
+    except (OSError, ValueError, KeyError, EOFError, RecursionError, zlib.error,
+            zipfile.BadZipFile) as error:
         raise ValueError(
             f"{path!r} is not a tllm_tf predictions file ({error}); it may be cut short. "
             f"{_REWRITE}") from None
-    if (labels.ndim != 1 or labels.dtype.kind not in "iu" or correct.ndim != 2
-            or correct.dtype != bool or correct.shape[1] != labels.shape[0]
-            or correct.shape[0] < 1 or (labels.size and labels.min() < 0)):
+    if problem:
+        raise ValueError(problem)
+    labels, correct = arrays["labels"], arrays["correct"]
+    # Files written before the flag existed were judged without offsets.
+    prior_offsets = bool(arrays.get("prior_offsets", False))
+    if labels.size and labels.min() < 0:
         raise ValueError(
-            f"Reference predictions {path!r} are inconsistent: labels {labels.dtype} "
-            f"{labels.shape}, correct {correct.dtype} {correct.shape}. {_REWRITE}")
+            f"Reference predictions {path!r} are inconsistent: labels hold negative class "
+            f"ids. {_REWRITE}")
     return ReferencePredictions(labels=labels.astype(np.int32), correct=correct,
                                 prior_offsets=prior_offsets)
+
+
+def _array_headers(archive):
+    """`{name: (shape, dtype)}` of the arrays `load_predictions` reads, from their headers.
+
+    Read from the zip members themselves (not through `np.load`, which would
+    return a member without a `.npy` header as raw bytes of any size).
+    """
+    names = ["labels", "correct"]
+    if "prior_offsets.npy" in archive.namelist():
+        names.append("prior_offsets")
+    headers = {}
+    for name in names:
+        with archive.open(f"{name}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{name}.npy has .npy format version {version}")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+        headers[name] = (shape, dtype)
+    return headers
+
+
+def _header_problem(path, headers):
+    """Why arrays of these headers must not be loaded (wrong kind, too large), or `None`."""
+    (labels_shape, labels_dtype), (correct_shape, correct_dtype) = (
+        headers["labels"], headers["correct"])
+    offsets_shape, offsets_dtype = headers.get("prior_offsets", ((), np.dtype(bool)))
+    if (len(labels_shape) != 1 or labels_dtype.kind not in "iu" or len(correct_shape) != 2
+            or correct_dtype != bool or correct_shape[1] != labels_shape[0]
+            or correct_shape[0] < 1 or offsets_shape != () or offsets_dtype != bool):
+        return (f"Reference predictions {path!r} are inconsistent: labels {labels_dtype} "
+                f"{labels_shape}, correct {correct_dtype} {correct_shape}. {_REWRITE}")
+    # Python ints: a huge shape must not overflow.
+    num_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in headers.values())
+    if num_bytes > MAX_ARRAY_BYTES:
+        return (f"Reference predictions {path!r} hold arrays of {num_bytes} bytes once "
+                f"decompressed (labels {labels_shape}, correct {correct_shape}), over the "
+                f"{MAX_ARRAY_BYTES}-byte limit; this is not a file tllm_tf wrote. {_REWRITE}")
+    return None
+
+
+def _read_array(archive, name):
+    with archive.open(f"{name}.npy") as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
 
 
 class PredictionRecorder(keras.callbacks.Callback):

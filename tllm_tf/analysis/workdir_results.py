@@ -23,6 +23,8 @@ It imports no TensorFlow (tools/report.py reads a workdir without it).
 """
 
 import json
+import math
+import numbers
 import os
 
 import numpy as np
@@ -39,9 +41,13 @@ def _read_json(path, remedy):
     """A JSON file of the workdir; a damaged one is an error naming it and `remedy`."""
     try:
         with open(path) as handle:
-            return json.load(handle)
-    except ValueError as error:  # Not JSON, or not text.
+            record = json.load(handle)
+    except (ValueError, RecursionError) as error:  # Not JSON, not text, or nested too deep.
         raise ValueError(f"{path} is damaged: it is not valid JSON ({error}). {remedy}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is damaged: it holds a JSON {type(record).__name__}, not an "
+                         f"object. {remedy}")
+    return record
 
 
 def _require(path, record, keys, remedy):
@@ -82,7 +88,37 @@ def _read_per_class(workdir, stage):
         counts = "" if num_samples is None else f" and {len(num_samples)} num_samples"
         raise ValueError(f"{path} is damaged: it has {len(per_class)} per-class accuracies"
                          f"{counts} for {len(names)} classes. {remedy}")
+    problem = _value_problem(record)
+    if problem:
+        raise ValueError(f"{path} is damaged: {problem}. {remedy}")
     return names, per_class, accuracy, num_samples
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _value_problem(record):
+    """What is out of range in a `test_per_class.json` of the right sizes, or `None`.
+
+    A class without test images has a null (or NaN) accuracy; the overall
+    accuracy and the counts are always there.
+    """
+    for index, value in enumerate(record["per_class_accuracy"]):
+        if not (value is None or (_is_number(value) and (math.isnan(value) or 0 <= value <= 1))):
+            return (f"per_class_accuracy[{index}] must be an accuracy in [0, 1] or null. "
+                    f"Received: {value!r:.40}")
+    accuracy = record["accuracy"]
+    if not (_is_number(accuracy) and 0 <= accuracy <= 1):
+        return f"accuracy must be an accuracy in [0, 1]. Received: {accuracy!r:.40}"
+    counts = record.get("num_samples")
+    if counts is not None and not isinstance(counts, list):
+        return f"num_samples must be a list of counts or null. Received: {counts!r:.40}"
+    for index, count in enumerate(counts or ()):
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+            return (f"num_samples[{index}] must be a non-negative integer count. "
+                    f"Received: {count!r:.40}")
+    return None
 
 
 def _check_same_classes(class_names):

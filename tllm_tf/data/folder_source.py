@@ -14,11 +14,14 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tllm_tf.data import image_headers
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.tfds_source import DataNotFoundError, channel_statistics
 from tllm_tf.data.types import DataSplits
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+# 100 megapixels: 300 MB once decoded as RGB, far above any image of a data set.
+MAX_IMAGE_PIXELS = 100_000_000
 _MAX_LISTED_PATHS = 5
 
 
@@ -39,30 +42,29 @@ def _class_folders(directory):
     )
 
 
-def _looks_like_image(header):
-    """Whether a file's first 12 bytes start one of the accepted formats."""
-    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
-        return True
-    return header.startswith((b"\x89PNG", b"\xff\xd8", b"GIF8", b"BM"))
-
-
-def _is_image_file(path):
-    try:
-        with open(path, "rb") as file:
-            return _looks_like_image(file.read(12))
-    except OSError:
-        return False
+def _listed(paths):
+    more = len(paths) - _MAX_LISTED_PATHS
+    return f"{paths[:_MAX_LISTED_PATHS]}" + (f" and {more} more" if more > 0 else "")
 
 
 def _check_image_files(directory, paths):
     # Cheap here; otherwise TensorFlow fails at decode time, maybe hours in.
-    bad = [path for path in paths if not _is_image_file(path)]
+    pixels = {path: image_headers.pixel_count(path) for path in paths}
+    bad = [path for path, count in pixels.items() if count is None]
     if bad:
-        more = len(bad) - _MAX_LISTED_PATHS
-        listed = f"{bad[:_MAX_LISTED_PATHS]}" + (f" and {more} more" if more > 0 else "")
         raise ValueError(
-            f"{len(bad)} file(s) in {directory!r} are empty, unreadable or not "
-            f"PNG, JPEG, GIF, BMP or WebP images: {listed}. Delete or replace them."
+            f"{len(bad)} file(s) in {os.fspath(directory)!r} are empty, unreadable or not "
+            f"PNG, JPEG, GIF, BMP or WebP images: {_listed(bad)}. Delete or replace them."
+        )
+    # Decoded whole before the resize, several at a time: a small file can take gigabytes.
+    large = [f"{path} ({pixels[path]} pixels)" for path in paths
+             if pixels[path] > MAX_IMAGE_PIXELS]
+    if large:
+        raise ValueError(
+            f"{len(large)} image(s) in {os.fspath(directory)!r} have more than MAX_IMAGE_PIXELS="
+            f"{MAX_IMAGE_PIXELS} pixels (an animated GIF: over all its frames): "
+            f"{_listed(large)}. Downscale them (each is resized to image_size when "
+            "read) or delete them."
         )
 
 
@@ -167,7 +169,8 @@ def list_image_files(directory, class_names):
     folders are followed, but none twice, and none that is the top folder,
     one of its parents or a class folder; a linked file or folder inside
     another class's folder is that class's; a file reached twice is listed
-    once. Every listed file must start like a PNG, JPEG, GIF, BMP or WebP.
+    once. Every listed file must start like a PNG, JPEG, GIF, BMP or WebP,
+    of at most `MAX_IMAGE_PIXELS` pixels where its header says its size.
 
     Args:
         directory: folder with one sub-folder per class.
@@ -179,8 +182,9 @@ def list_image_files(directory, class_names):
 
     Raises:
         ValueError: if `directory` has a class folder not in `class_names`,
-            two class folders that are one (a link), no images, or image
-            files that are empty or not images.
+            two class folders that are one (a link), no images, image files
+            that are empty or not images, or images of more than
+            `MAX_IMAGE_PIXELS` pixels.
     """
     unknown = sorted(set(_class_folders(directory)) - set(class_names))
     if unknown:
@@ -305,8 +309,9 @@ def load_image_folder(
         DataNotFoundError: if a folder does not exist.
         ValueError: on a bad `image_size` or split arguments, a folder
             without images, a class folder without images, a single class
-            folder, files that are empty or not images, or test class
-            folders the training folder lacks.
+            folder, files that are empty or not images, images of more than
+            `MAX_IMAGE_PIXELS` pixels, or test class folders the training
+            folder lacks.
     """
     image_size = _as_size(image_size)
     if num_channels not in (1, 3, 4):

@@ -290,6 +290,9 @@ class RunConfig:
     @classmethod
     def from_json(cls, text):
         values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"expected a JSON object of flags. Received: a JSON {type(values).__name__}")
         if "method" in values:  # A workdir written before --students replaced --method.
             values["students"] = students_from_methods(values.pop("method"))
         for field, value in _BEFORE_THE_FIELD.items():

@@ -14,9 +14,9 @@ import numpy as np
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import mask_log
 from tllm_tf import reference as reference_lib
-from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import model_io
 from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import workdir_files
 
 
@@ -181,8 +181,8 @@ def read_final_mask(workdir, num_classes):
         mask = updates[-1]["class_mask"]
         classes, fits = np.flatnonzero(mask <= 0.0), mask.size == num_classes
     else:  # No update: it masked its own --masked_classes throughout.
-        with open(os.path.join(workdir, workdir_files.CONFIG_FILE)) as handle:
-            classes = sorted(config_lib.RunConfig.from_json(handle.read()).masked_classes)
+        classes = sorted(workdir_lib.read_config(
+            os.path.join(workdir, workdir_files.CONFIG_FILE)).masked_classes)
         fits = all(c < num_classes for c in classes)
     if not fits:
         raise ValueError(

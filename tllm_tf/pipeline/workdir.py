@@ -10,6 +10,7 @@ import fcntl
 import filecmp
 import json
 import os
+import tempfile
 
 from tllm_tf import atomic
 from tllm_tf import callbacks
@@ -35,11 +36,23 @@ SCHEDULE_FIELDS = ("warmup_epochs", "update_every")  # In update_schedule's orde
 
 
 def save_model(model, path):
-    """Saves a `.keras` file atomically."""
+    """Saves a `.keras` file atomically: a new file beside it, then renamed over it.
+
+    A link planted at `path`, or at a name the save could guess, is replaced,
+    never written through.
+    """
     directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f"tmp{os.getpid()}-{name}")
-    model.save(temporary)
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.",
+                                         suffix=".keras")
+    os.fchmod(handle, 0o666 & ~atomic.current_umask())  # As open() would make it.
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
 
 
 def config_differences(workdir, config):
@@ -61,20 +74,29 @@ def config_differences(workdir, config):
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return []
-    try:
-        with open(path) as handle:
-            previous = config_lib.RunConfig.from_json(handle.read())
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(
-            f"{path!r} is not a readable configuration ({error}). Use a new "
-            "--workdir, or delete that file if the workdir is yours to reuse."
-        ) from None
+    previous = read_config(path)
     return [
         f"--{name}: {getattr(previous, name)!r} in the workdir, {getattr(config, name)!r} now"
         for name in config_lib.RunConfig.__dataclass_fields__
         if name not in RESUMABLE_CHANGES and name != "workdir"
         and _differs(previous, config, name)
     ] + _input_file_changes(workdir, previous, config)
+
+
+def read_config(path):
+    """The `RunConfig` of a workdir's `config.json`.
+
+    Raises:
+        ValueError: naming the file and the fix, if it cannot be read as one.
+    """
+    try:
+        with open(path) as handle:
+            return config_lib.RunConfig.from_json(handle.read())
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
+        raise ValueError(
+            f"{path!r} is not a readable configuration ({error}). Use a new "
+            "--workdir, or delete that file if the workdir is yours to reuse."
+        ) from None
 
 
 def _input_file_changes(workdir, previous, config):
