@@ -109,8 +109,38 @@ def _read_json(path, max_bytes, missing_message):
         ) from None
 
 
-def _is_number(value):
+def is_number(value):
+    """Whether a JSON value is a number (a bool is not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def accuracy_problem(field, values):
+    """The first of `values` that is not an accuracy in [0, 1] or null (NaN), as a phrase.
+
+    Args:
+        field: the values' name in messages, e.g. `"per_class_accuracy"`.
+        values: a list read from JSON.
+
+    Returns:
+        `"<field>[i] must be an accuracy in [0, 1] or null. Received: ..."`, or `None`.
+    """
+    for index, value in enumerate(values):
+        if not (value is None or (is_number(value) and (math.isnan(value) or 0 <= value <= 1))):
+            return (f"{field}[{index}] must be an accuracy in [0, 1] or null. "
+                    f"Received: {value!r:.40}")
+    return None
+
+
+def count_problem(field, counts):
+    """The first of `counts` that is not a non-negative integer, as a phrase, or `None`.
+
+    NaN, null or 2.5 where a count belongs is damage, not "unknown".
+    """
+    for index, count in enumerate(counts):
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+            return (f"{field}[{index}] must be a non-negative integer count. "
+                    f"Received: {count!r:.40}")
+    return None
 
 
 def _check_accuracies(path, field, values, num_classes):
@@ -123,12 +153,9 @@ def _check_accuracies(path, field, values, num_classes):
         raise ValueError(
             f"Reference file {path!r} is inconsistent: {field} has {len(values)} "
             f"entries, num_classes is {num_classes}.")
-    for index, value in enumerate(values):
-        if value is None or (_is_number(value) and (math.isnan(value) or 0 <= value <= 1)):
-            continue
-        raise ValueError(
-            f"Reference file {path!r}: {field}[{index}] must be an accuracy in "
-            f"[0, 1] or null. Received: {value!r:.40}.")
+    problem = accuracy_problem(field, values)
+    if problem:
+        raise ValueError(f"Reference file {path!r}: {problem}.")
 
 
 def check_accuracy_rows(rows, held_out_counts=None):
@@ -195,12 +222,9 @@ def _read_record(path):
             raise ValueError(
                 f"Reference file {path!r} is inconsistent: num_samples must be a list "
                 f"of num_classes={num_classes} counts.")
-        for index, count in enumerate(counts):
-            # NaN, null or 2.5 where a count belongs is damage, not "unknown".
-            if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
-                raise ValueError(
-                    f"Reference file {path!r}: num_samples[{index}] must be a "
-                    f"non-negative integer count. Received: {count!r:.40}.")
+        problem = count_problem("num_samples", counts)
+        if problem:
+            raise ValueError(f"Reference file {path!r}: {problem}.")
     if record.get("provenance") is not None:
         _check_provenance_field(path, record["provenance"])
     rows = record.get("per_epoch_accuracy")

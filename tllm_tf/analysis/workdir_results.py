@@ -23,12 +23,11 @@ It imports no TensorFlow (tools/report.py reads a workdir without it).
 """
 
 import json
-import math
-import numbers
 import os
 
 import numpy as np
 
+from tllm_tf import reference
 from tllm_tf.mask_log import load_mask_history
 from tllm_tf.pipeline import workdir_files
 
@@ -94,31 +93,22 @@ def _read_per_class(workdir, stage):
     return names, per_class, accuracy, num_samples
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _value_problem(record):
     """What is out of range in a `test_per_class.json` of the right sizes, or `None`.
 
     A class without test images has a null (or NaN) accuracy; the overall
     accuracy and the counts are always there.
     """
-    for index, value in enumerate(record["per_class_accuracy"]):
-        if not (value is None or (_is_number(value) and (math.isnan(value) or 0 <= value <= 1))):
-            return (f"per_class_accuracy[{index}] must be an accuracy in [0, 1] or null. "
-                    f"Received: {value!r:.40}")
+    problem = reference.accuracy_problem("per_class_accuracy", record["per_class_accuracy"])
+    if problem:
+        return problem
     accuracy = record["accuracy"]
-    if not (_is_number(accuracy) and 0 <= accuracy <= 1):
+    if not (reference.is_number(accuracy) and 0 <= accuracy <= 1):
         return f"accuracy must be an accuracy in [0, 1]. Received: {accuracy!r:.40}"
     counts = record.get("num_samples")
     if counts is not None and not isinstance(counts, list):
         return f"num_samples must be a list of counts or null. Received: {counts!r:.40}"
-    for index, count in enumerate(counts or ()):
-        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
-            return (f"num_samples[{index}] must be a non-negative integer count. "
-                    f"Received: {count!r:.40}")
-    return None
+    return reference.count_problem("num_samples", counts or ())
 
 
 def _check_same_classes(class_names):
