@@ -17,6 +17,40 @@ import numpy as np
 
 
 @contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """A new file's path beside `path`, renamed over `path` when the block exits cleanly.
+
+    For writers that take a path rather than a stream (Keras's `save`,
+    `save_weights`). A link at `path` is replaced, never written through.
+
+    Args:
+        path: the destination.
+        suffix: the temporary name's ending, for writers that check it
+            (`".keras"`, `".weights.h5"`). Defaults to `".tmp"`.
+
+    Yields:
+        The temporary file's path (an empty file with the permissions
+        `open()` would give `path`). On an exception inside the block it is
+        removed and `path` is left untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    try:
+        try:
+            os.fchmod(handle, 0o666 & ~current_umask())
+        finally:
+            os.close(handle)
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path, mode="w"):
     """Opens a temporary file that replaces `path` when the block exits cleanly.
 
@@ -28,21 +62,10 @@ def atomic_open(path, mode="w"):
         The open file object. On an exception inside the block the temporary
         file is removed and `path` is left untouched.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~current_umask())
-        with os.fdopen(handle, mode) as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+    with atomic_path(path) as temporary, open(temporary, mode) as stream:
+        yield stream
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def append_line(path, line):

@@ -18,11 +18,9 @@ stage's append-only logs back to the checkpointed epoch, so that what a
 killed run wrote after its last checkpoint is written once, by the resumed run.
 """
 
-import contextlib
 import csv
 import json
 import os
-import tempfile
 
 import keras
 
@@ -206,19 +204,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 "files deleted, where it is, never through a link. Remove the link.")
         os.makedirs(self.directory, exist_ok=True)
         weights = _weights_file(epoch + 1)
-        # A new file, then renamed: a link planted at the final name is replaced, not written
-        # through.
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{weights}.",
-                                             suffix=WEIGHTS_SUFFIX)
-        os.fchmod(handle, 0o666 & ~atomic.current_umask())  # As open() would make it.
-        os.close(handle)
-        try:
+        # A link planted at the final name is replaced, not written through.
+        with atomic.atomic_path(os.path.join(self.directory, weights),
+                                suffix=WEIGHTS_SUFFIX) as temporary:
             self.model.save_weights(temporary)
-            os.replace(temporary, os.path.join(self.directory, weights))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-            raise
         with atomic.atomic_open(os.path.join(self.directory, STATE_FILE)) as handle:
             json.dump({"epoch": epoch + 1, "weights": weights}, handle)
         for name in os.listdir(self.directory):

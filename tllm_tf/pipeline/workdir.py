@@ -10,7 +10,6 @@ import fcntl
 import filecmp
 import json
 import os
-import tempfile
 
 from tllm_tf import atomic
 from tllm_tf import callbacks
@@ -41,18 +40,8 @@ def save_model(model, path):
     A link planted at `path`, or at a name the save could guess, is replaced,
     never written through.
     """
-    directory, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.",
-                                         suffix=".keras")
-    os.fchmod(handle, 0o666 & ~atomic.current_umask())  # As open() would make it.
-    os.close(handle)
-    try:
+    with atomic.atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
 
 
 def config_differences(workdir, config):
