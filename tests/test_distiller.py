@@ -431,6 +431,30 @@ def test_rejects_out_of_range_labels_in_datasets_at_the_first_step(student, teac
         distiller.fit(dataset, epochs=1, verbose=0)
 
 
+def test_rejects_fractional_float_labels_instead_of_truncating(student, teacher, tiny_data):
+    x, y = tiny_data
+    distiller = _distiller(student, teacher)
+    fractional = y.astype(np.float32) + np.where(y == 2, 0.7, 0.0).astype(np.float32)
+    with pytest.raises(ValueError, match=r"whole numbers.*\[2.7"):
+        distiller.fit(x, fractional, verbose=0)
+    with pytest.raises(ValueError, match=r"whole numbers.*\[nan\]"):
+        distiller.fit(x, np.where(y == 1, np.nan, y).astype(np.float32), verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((x, fractional)).batch(8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole numbers"):
+        distiller.fit(dataset, epochs=1, verbose=0)
+
+
+def test_whole_float_labels_train_as_class_ids(student, teacher, tiny_data):
+    x, y = tiny_data
+    twin = _clone(student)
+    as_ints = _distiller(student, teacher).fit(
+        x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    as_floats = _distiller(twin, teacher).fit(
+        x, y.astype(np.float32), batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    _assert_same_weights(student, twin)
+    assert as_floats["loss"][0] == pytest.approx(as_ints["loss"][0], rel=1e-6)
+
+
 # -- reliability (issue 11) ----------------------------------------------------
 
 def test_integer_one_hot_labels_train_as_class_ids(student, teacher, tiny_data):

@@ -407,7 +407,16 @@ class Distiller(keras.Model):
             y = tf.squeeze(y, axis=-1)
         if y.shape.rank != 1:
             raise ValueError(model_checks.label_shape_message(y.shape, self.num_classes))
-        labels = tf.cast(y, "int32")
+        checks = []
+        if y.dtype.is_floating:
+            # A cast alone would turn 2.7 into class 2 without a word.
+            checks.append(tf.debugging.assert_equal(
+                y, tf.round(y), message=(
+                    "Labels must be class ids (whole numbers). Fix the data set's labels: "
+                    "class ids, or label vectors of shape (batch, "
+                    f"num_classes={self.num_classes}) for soft labels. Offending labels:")))
+        with tf.control_dependencies(checks):
+            labels = tf.cast(y, "int32")
         message = (
             f"Labels must be class ids in [0, num_classes={self.num_classes}). "
             "Fix the data set's labels (or num_classes). Offending labels:"

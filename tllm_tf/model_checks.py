@@ -186,7 +186,8 @@ def check_label_array(y, num_classes, name="Labels"):
         name: what the labels are, to open the message. Defaults to `"Labels"`.
 
     Raises:
-        ValueError: on another shape, or class ids out of range.
+        ValueError: on another shape, class ids out of range, or float class
+            ids that are not whole numbers.
     """
     labels = np.asarray(y)
     if labels.ndim == 2 and labels.shape[-1] == num_classes:
@@ -195,6 +196,14 @@ def check_label_array(y, num_classes, name="Labels"):
         raise ValueError(label_shape_message(labels.shape, num_classes))
     if labels.size == 0:
         return
+    if labels.dtype.kind == "f":
+        fractional = labels[~np.isfinite(labels) | (labels != np.round(labels))]
+        if fractional.size:
+            raise ValueError(
+                f"{name} must be class ids (whole numbers); found {fractional.size} that "
+                f"are not, e.g. {np.unique(fractional)[:5].tolist()} of dtype {labels.dtype}. "
+                "Fix the data set's labels: class ids, or label vectors of shape "
+                f"(n, num_classes={num_classes}) for soft labels.")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
         raise ValueError(
