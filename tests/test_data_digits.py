@@ -44,4 +44,13 @@ def test_digits_test_split_does_not_depend_on_other_settings():
     first = np.stack([image.numpy() for image, _ in a.test])
     second = np.stack([image.numpy() for image, _ in b.test])
     np.testing.assert_array_equal(first, second)
-    assert 195 <= a.num_train <= 205
+    assert a.num_train == 200
+
+
+def test_digits_num_train_is_exact_and_stratified():
+    for num_train in (7, 10, 333):
+        data = load_digits(num_train=num_train, seed=3)
+        labels = np.array([int(label) for _, label in data.train])
+        assert data.num_train == len(labels) == num_train
+        counts = np.bincount(labels, minlength=10)
+        assert counts.max() - counts.min() <= 1 + num_train // 100

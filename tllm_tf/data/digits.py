@@ -28,8 +28,9 @@ def load_digits(test_fraction=0.2, holdout_fraction=0.2, num_train=None, seed=0)
             to `0.2`.
         holdout_fraction: share of each class of the remaining *training*
             data held out to find undistillable classes. Defaults to `0.2`.
-        num_train: if set, keep only this many training examples (stratified),
-            for low-label settings and quick runs. Defaults to `None`.
+        num_train: if set, keep exactly this many training examples
+            (stratified), for low-label settings and quick runs. Defaults to
+            `None`.
         seed: seed of the splits. The test split depends only on it, so runs
             that differ in other settings share one test split. Defaults to
             `0`.
@@ -43,9 +44,7 @@ def load_digits(test_fraction=0.2, holdout_fraction=0.2, num_train=None, seed=0)
         labels[rest], fraction=holdout_fraction, seed=seed + 1)
     train, held_out = rest[train], rest[held_out]
     if num_train is not None and num_train < len(train):
-        _, kept = splits.stratified_split(
-            labels[train], fraction=num_train / len(train), seed=seed + 2)
-        train = train[kept]
+        train = train[splits.stratified_subset(labels[train], num_train, seed=seed + 2)]
 
     def dataset(indices):
         return tf.data.Dataset.from_tensor_slices((images[indices], labels[indices]))
