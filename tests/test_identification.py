@@ -62,6 +62,14 @@ def _paired(behind, ahead, num_samples=100):
                              behind_counts=behind, ahead_counts=ahead)
 
 
+def _options(**overrides):
+    """The rule's options, plain: one update decides, nothing sticks."""
+    options = dict(rule="paired", significance=0.05, correction="holm", margin=0.0,
+                   margin_standard_errors=0.0, smoothing=0.0, patience=1, sticky=False,
+                   min_samples=1)
+    return rule_lib.RuleOptions(**{**options, **overrides})
+
+
 def _run(options, evidences, num_classes=4):
     state = rule_lib.IdentificationState.initial(num_classes)
     masks = []
@@ -72,7 +80,7 @@ def _run(options, evidences, num_classes=4):
 
 
 def test_paired_rule_masks_a_real_gap_and_not_noise():
-    options = rule_lib.RuleOptions()
+    options = _options()
     # Class 0: 20 images lost, none won (p ~ 1e-6); class 1: 6 lost, 2 won
     # (p = 0.14, noise); class 2: 4 lost, 0 won (p = 0.06, not after Holm).
     masks, _ = _run(options, [_paired([20, 6, 4, 0], [0, 2, 0, 3])])
@@ -80,7 +88,7 @@ def test_paired_rule_masks_a_real_gap_and_not_noise():
 
 
 def test_paired_margin_needs_the_gap_too():
-    options = rule_lib.RuleOptions(margin=0.25)
+    options = _options(margin=0.25)
     masks, _ = _run(options, [_paired([20, 40, 0, 0], [0, 0, 0, 0])])
     assert masks == [[0, 1, 0, 0]]
 
@@ -89,11 +97,11 @@ def test_paired_rule_without_counts_says_what_to_pass():
     evidence = rule_lib.Evidence(np.full(4, 10), np.full(4, 0.5), np.full(4, 0.6))
     with pytest.raises(ValueError, match="per-image results"):
         rule_lib.update(rule_lib.IdentificationState.initial(4), evidence,
-                        rule_lib.RuleOptions())
+                        _options())
 
 
 def test_min_samples_leaves_small_classes_alone():
-    options = rule_lib.RuleOptions(min_samples=200)
+    options = _options(min_samples=200)
     masks, _ = _run(options, [_paired([20, 0, 0, 0], [0, 0, 0, 0])])
     assert masks == [[0, 0, 0, 0]]
 
@@ -104,7 +112,7 @@ def _unpaired(student, reference=(0.5, 0.5, 0.5, 0.5), num_samples=(10, 10, 10, 
 
 
 def test_unpaired_margin_min_samples_and_missing_reference():
-    options = rule_lib.RuleOptions(rule="unpaired", margin=0.05, min_samples=5)
+    options = _options(rule="unpaired", margin=0.05, min_samples=5)
     evidence = _unpaired([0.86, 0.84, 0.0, 0.1], [0.9, 0.9, np.nan, 0.9], (10, 10, 10, 4))
     masks, _ = _run(options, [evidence])
     # 0.86 is within the margin; 0.84 is not; class 2 has no reference;
@@ -114,14 +122,14 @@ def test_unpaired_margin_min_samples_and_missing_reference():
 
 @pytest.mark.parametrize("sticky, expected", [(True, [1, 0, 0, 0]), (False, [0, 0, 0, 0])])
 def test_sticky_keeps_a_masked_class_masked(sticky, expected):
-    options = rule_lib.RuleOptions(rule="unpaired", sticky=sticky)
+    options = _options(rule="unpaired", sticky=sticky)
     masks, _ = _run(options, [_unpaired([0.4, 0.6, 0.6, 0.6]), _unpaired([0.6] * 4)])
     assert masks == [[1, 0, 0, 0], expected]
 
 
 def test_smoothing_averages_over_updates():
-    plain = rule_lib.RuleOptions(rule="unpaired")
-    smooth = rule_lib.RuleOptions(rule="unpaired", smoothing=0.5)
+    plain = _options(rule="unpaired")
+    smooth = _options(rule="unpaired", smoothing=0.5)
     evidences = [_unpaired([0.8, 0.4, 0.6, 0.6]), _unpaired([0.3, 0.4, 0.6, 0.45])]
     assert _run(plain, evidences)[0] == [[0, 1, 0, 0], [1, 1, 0, 1]]
     # Moving averages: 0.55, 0.4, 0.6, 0.525; only class 1 stays below 0.5.
@@ -129,7 +137,7 @@ def test_smoothing_averages_over_updates():
 
 
 def test_patience_needs_consecutive_updates_behind():
-    options = rule_lib.RuleOptions(rule="unpaired", patience=2)
+    options = _options(rule="unpaired", patience=2)
     masks, _ = _run(options, [
         _unpaired([0.4, 0.4, 0.6, 0.6]), _unpaired([0.4, 0.6, 0.4, 0.6]),
         _unpaired([0.4, 0.4, 0.6, 0.6]), _unpaired([0.6, 0.4, 0.6, 0.6])])
@@ -140,15 +148,15 @@ def test_margin_in_standard_errors():
     # n = 50: for accuracies 0.86 / 0.9 the pooled p is (50 * 0.88 + 1) / 52,
     # se = sqrt(2 p (1 - p) / 50) = 0.0684; for 0.98 / 1.0 it is 0.0336.
     evidence = _unpaired([0.86, 0.80, 0.98, 0.94], [0.9, 0.9, 1.0, 1.0], (50,) * 4)
-    assert _run(rule_lib.RuleOptions(rule="unpaired"), [evidence])[0] == [[1, 1, 1, 1]]
-    guarded = rule_lib.RuleOptions(rule="unpaired", margin_standard_errors=1.0)
+    assert _run(_options(rule="unpaired"), [evidence])[0] == [[1, 1, 1, 1]]
+    guarded = _options(rule="unpaired", margin_standard_errors=1.0)
     assert _run(guarded, [evidence])[0] == [[0, 1, 0, 1]]
-    both = rule_lib.RuleOptions(rule="unpaired", margin_standard_errors=1.0, margin=0.03)
+    both = _options(rule="unpaired", margin_standard_errors=1.0, margin=0.03)
     assert _run(both, [evidence])[0] == [[0, 0, 0, 0]]
 
 
 def test_state_round_trips_through_one_array():
-    options = rule_lib.RuleOptions(rule="unpaired", smoothing=0.5, patience=3, sticky=True)
+    options = _options(rule="unpaired", smoothing=0.5, patience=3, sticky=True)
     _, state = _run(options, [_unpaired([0.4, 0.6, np.nan, 0.2])])
     restored = rule_lib.IdentificationState.from_array(state.to_array())
     np.testing.assert_array_equal(restored.streak, state.streak)
@@ -172,4 +180,10 @@ def test_state_round_trips_through_one_array():
 ])
 def test_options_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        rule_lib.RuleOptions(**kwargs)
+        _options(**kwargs)
+
+
+def test_options_have_no_defaults_of_their_own():
+    # The callback's signature is where the defaults users get live.
+    with pytest.raises(TypeError, match="missing"):
+        rule_lib.RuleOptions(rule="paired")

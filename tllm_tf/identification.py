@@ -165,17 +165,20 @@ class RuleOptions:
         patience: consecutive updates a class must be behind to be masked.
         sticky: whether a masked class stays masked.
         min_samples: fewest held-out images a class needs to be judged.
+
+    Every field is given: the defaults users get live in one place,
+    `UndistillableClassCallback`'s signature (which `RunConfig` mirrors).
     """
 
-    rule: str = "paired"
-    significance: float = 0.05
-    correction: str = "holm"
-    margin: float = 0.0
-    margin_standard_errors: float = 0.0
-    smoothing: float = 0.0
-    patience: int = 1
-    sticky: bool = False
-    min_samples: int = 1
+    rule: str
+    significance: float
+    correction: str
+    margin: float
+    margin_standard_errors: float
+    smoothing: float
+    patience: int
+    sticky: bool
+    min_samples: int
 
     def __post_init__(self):
         checks = (
