@@ -48,6 +48,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import keras  # noqa: E402
 
+from tllm_tf import atomic  # noqa: E402
 from tllm_tf.analysis import benchmark  # noqa: E402
 from tllm_tf.analysis import benchmark_figures  # noqa: E402
 from tllm_tf.analysis import benchmark_variants  # noqa: E402
@@ -117,9 +118,9 @@ def _report(figures, groups, header, store, teacher_dtype, clock):
         teacher_dtype=teacher_dtype, store=store, clock=clock)
     print("\n".join(lines), flush=True)
     if FLAGS.json:
-        with open(FLAGS.json, "w") as handle:
-            json.dump(dict(figures, group_rate=FLAGS.group_rate, header=header, clock=clock,
-                           rounds=benchmark.groups_to_json(groups)), handle, indent=2)
+        atomic.write_json(FLAGS.json, dict(
+            figures, group_rate=FLAGS.group_rate, header=header, clock=clock,
+            rounds=benchmark.groups_to_json(groups)), indent=2)
 
 
 def _recompute(path):
