@@ -124,3 +124,15 @@ def test_the_learning_rate_decays_from_the_first_step_of_each_decay_epoch(optimi
     # fit's epoch e (from 0) takes steps 4e .. 4e + 3; the optimizer reads the steps already taken.
     rates = [float(schedule(step)) for step in range(16)]
     assert rates == pytest.approx([0.1] * 8 + [0.05] * 4 + [0.025] * 4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(masked_class_policy="exclude", students=("tllm",)), "--masked_class_policy=exclude"),
+    (dict(refit_policy="soft_label_exclude"), "--refit_policy=soft_label_exclude"),
+])
+def test_a_policy_that_excludes_classes_is_refused_with_a_standardising_loss(flags, message):
+    with pytest.raises(ValueError, match=f"{message} with --distillation_loss=kd_ls: .*standardises"):
+        RunConfig(workdir="runs/a", distillation_loss="kd_ls", **flags)
+    # Only where a student uses it, and with a loss that does not standardise.
+    RunConfig(workdir="runs/a", distillation_loss="kd_ls", **{**flags, "students": ("distilled",)})
+    RunConfig(workdir="runs/a", distillation_loss="kd", **flags)

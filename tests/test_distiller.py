@@ -186,6 +186,50 @@ def test_soft_label_policies_distil_masked_classes_towards_their_softened_label(
                         atol=1e-5, alpha=0.1, beta=0.9)
 
 
+def _standardized(logits):
+    """Each row z-scored, Bessel's std, as logit standardisation does (written out here)."""
+    logits = np.asarray(logits, np.float64)
+    centred = logits - logits.mean(axis=-1, keepdims=True)
+    return (centred / (centred.std(axis=-1, ddof=1, keepdims=True) + 1e-7)).astype(np.float32)
+
+
+def test_soft_label_under_logit_standardisation_builds_its_target_on_that_scale(
+        student, teacher, tiny_data):
+    # With kd_ls the distilled classes learn softmax(z(t) / T); a masked class's softened
+    # label takes its confidence from the same distribution and is matched by softmax(z(s) / T).
+    # On the raw logits its target was far sharper than its neighbours'.
+    mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+
+    def loss_fn(labels, s, t):
+        distil = tf.gather(mask, labels)
+        confidence = tf.reduce_max(tf.nn.softmax(_standardized(t) / 4.0), axis=-1, keepdims=True)
+        one_hot = tf.one_hot(labels, NUM_CLASSES)
+        softened = confidence * one_hot + (1.0 - confidence) * (1.0 - one_hot) / (NUM_CLASSES - 1)
+        centred = s - tf.reduce_mean(s, axis=-1, keepdims=True)
+        std = tf.sqrt(tf.reduce_sum(tf.square(centred), axis=-1, keepdims=True) / (NUM_CLASSES - 1))
+        return 0.1 * _ce(labels, s) + 0.9 * (
+            distil * tllm_tf.losses.kd_ls_loss(t, s, temperature=4.0)
+            + (1.0 - distil) * tllm_tf.kd_loss(4.0 * tf.math.log(softened),
+                                               centred / (std + 1e-7), temperature=4.0))
+
+    _assert_masked_step(student, teacher, tiny_data, mask, "soft_label", loss_fn, atol=1e-5,
+                        alpha=0.1, beta=0.9,
+                        distillation_loss_fn=tllm_tf.losses.KDLSLoss(temperature=4.0))
+
+
+@pytest.mark.parametrize("policy", ["exclude", "soft_label_exclude"])
+@pytest.mark.parametrize("loss", ["kd_ls", "dkd_ls"])
+def test_policies_that_exclude_classes_refuse_a_standardising_loss(
+        student, teacher, policy, loss):
+    # Their -1e9 logits, z-scored, made every kept logit one number: no distillation at all.
+    distiller = tllm_tf.Distiller(student, teacher)
+    with pytest.raises(ValueError, match=f"policy '{policy}' cannot be used with a "
+                                         "distillation loss that standardises logits"):
+        distiller.compile(optimizer="sgd", masked_class_policy=policy,
+                          distillation_loss_fn=loss)
+    distiller.compile(optimizer="sgd", masked_class_policy=policy, distillation_loss_fn="kd")
+
+
 def test_class_mean_policy_distils_masked_classes_towards_the_teachers_class_average(
         student, teacher, tiny_data):
     mask = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
@@ -216,7 +260,8 @@ def test_class_mean_policy_on_a_class_alone_in_its_batch_is_kd():
     inputs = tllm_tf.policies.PolicyInputs(
         distil_weight=np.zeros(3, np.float32), distillation_loss=kd, student_loss=None,
         targets=targets, student_logits=student_logits, teacher_logits=teacher_logits,
-        temperature=2.0, class_mask=np.zeros(3, np.float32), distill=None)
+        temperature=2.0, class_mask=np.zeros(3, np.float32), distill=None,
+        compared_logits=lambda logits: logits)
     per_sample = np.asarray(tllm_tf.policies.class_mean(inputs))
     # Sample 1 is its class's only one: its own distribution. Samples 0 and 2 share a mean.
     np.testing.assert_allclose(per_sample[1], np.asarray(kd)[1], rtol=1e-5)
@@ -226,11 +271,16 @@ def test_class_mean_policy_on_a_class_alone_in_its_batch_is_kd():
 @pytest.mark.parametrize("policy", ["isolate", "exclude", "soft_label", "class_mean",
                                     "batch_soft_label", "soft_label_exclude",
                                     "soft_label_symmetric", "drop"])
-def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(student, teacher, tiny_data, policy):
+@pytest.mark.parametrize("loss", ["kd", "kd_ls"])
+def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(
+        student, teacher, tiny_data, policy, loss):
+    if loss == "kd_ls" and policy in ("exclude", "soft_label_exclude"):
+        pytest.skip("refused with a standardising loss")
     x, y = tiny_data
     twin = _clone(student)
     for model, name in ((student, "hard_label"), (twin, policy)):
-        distiller = _distiller(model, teacher, masked_class_policy=name)
+        distiller = _distiller(model, teacher, masked_class_policy=name,
+                               distillation_loss_fn=loss)
         for _ in range(3):
             _one_step(distiller, x, y)
     for a, b in zip(student.get_weights(), twin.get_weights()):

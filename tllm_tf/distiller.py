@@ -9,6 +9,7 @@ NeurIPS 2022): the distillation term of each sample is gated by
 `tllm_tf.UndistillableClassCallback`) are taught by their labels alone.
 """
 
+import functools
 import inspect
 import math
 
@@ -252,14 +253,16 @@ class Distiller(keras.Model):
             raise ValueError(
                 "Expected distillation_warmup_steps >= 0. Received: "
                 f"distillation_warmup_steps={distillation_warmup_steps}")
+        distillation_loss_fn = losses_lib.get_distillation_loss(
+            distillation_loss_fn if distillation_loss_fn is not None else "kd"
+        )
+        policies.check_with_loss(masked_class_policy, distillation_loss_fn)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.masked_class_policy = masked_class_policy
         self.distillation_warmup_steps = int(distillation_warmup_steps)
         self.student_loss_fn = student_loss_fn
-        self.distillation_loss_fn = losses_lib.get_distillation_loss(
-            distillation_loss_fn if distillation_loss_fn is not None else "kd"
-        )
+        self.distillation_loss_fn = distillation_loss_fn
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def get_compile_config(self):
@@ -463,6 +466,8 @@ class Distiller(keras.Model):
             targets=targets,
             student_logits=student_logits,
             teacher_logits=teacher_logits,
+            compared_logits=functools.partial(
+                losses_lib.compared_logits, self.distillation_loss_fn),
             temperature=float(getattr(self.distillation_loss_fn, "temperature", 1.0)),
             class_mask=self.class_mask,
             distill=lambda changed_teacher, changed_student: (

@@ -272,7 +272,10 @@ class LogitDistillationLoss(keras.losses.Loss):
     validates them (`temperature > 0`, the others `>= 0`), stores them as
     attributes and returns them from `get_config`. It may also set
     `needs_labels = False` (the loss ignores labels, so Keras's
-    `loss(teacher_logits, student_logits)` works) and `config_fields`:
+    `loss(teacher_logits, student_logits)` works), `standardizes_logits =
+    True` (the loss z-scores each row of logits before comparing them; the
+    masked-class policies then build their targets on the same scale), and
+    `config_fields`:
     constructor argument -> the flag and config field that sets it
     (`{"beta": "dkd_beta"}`), for the command line.
 
@@ -291,6 +294,7 @@ class LogitDistillationLoss(keras.losses.Loss):
 
     function = None
     needs_labels = True
+    standardizes_logits = False
     config_fields = {"temperature": "temperature"}
 
     def __init__(self, temperature, *, reduction="sum_over_batch_size", name=None, dtype=None,
@@ -360,6 +364,7 @@ class KDLSLoss(LogitDistillationLoss):
 
     function = staticmethod(kd_ls_loss)
     needs_labels = False
+    standardizes_logits = True
 
     def __init__(self, temperature=2.0, reduction="sum_over_batch_size",
                  name="kd_ls_loss", dtype=None):
@@ -415,6 +420,7 @@ class DKDLSLoss(LogitDistillationLoss):
     """
 
     function = staticmethod(dkd_ls_loss)
+    standardizes_logits = True
     config_fields = DKDLoss.config_fields
 
     def __init__(self, temperature=2.0, alpha=1.0, beta=8.0,
@@ -518,6 +524,22 @@ def get_distillation_loss(identifier, **kwargs):
             f"{sorted(DISTILLATION_LOSSES)} or a keras.losses.Loss instance."
         )
     return DISTILLATION_LOSSES[identifier](**kwargs)
+
+
+def compared_logits(loss_fn, logits):
+    """`logits` on the scale `loss_fn` compares them: z-scored by a loss that standardises.
+
+    Args:
+        loss_fn: a distillation loss (a `LogitDistillationLoss` or a function).
+        logits: `(batch, num_classes)`.
+
+    Returns:
+        `logits` z-scored per row when `loss_fn.standardizes_logits`, else
+        `logits` unchanged.
+    """
+    if getattr(loss_fn, "standardizes_logits", False):
+        return _standardize(logits)
+    return logits
 
 
 def _takes_labels(loss_fn):

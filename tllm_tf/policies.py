@@ -35,6 +35,11 @@ class PolicyInputs:
         distill: callable `(teacher_logits, student_logits) -> (batch,)`:
             the distillation loss of these samples on other logits (for the
             policies that change what the other samples distil).
+        compared_logits: callable `logits -> logits`: the logits on the
+            scale the distillation loss compares them (z-scored per row by
+            `kd_ls` and `dkd_ls`, unchanged by the others). The policies
+            build their own targets on that scale, so that a masked class's
+            target is as soft as its distilled neighbours'.
     """
 
     distil_weight: object
@@ -46,6 +51,7 @@ class PolicyInputs:
     temperature: float
     class_mask: object
     distill: object
+    compared_logits: object
 
 
 def _gate(inputs, distilled, masked):
@@ -72,7 +78,8 @@ def drop(inputs):
 def _distilled_towards(inputs, probabilities):
     """Distillation at `T` of the student towards `probabilities` (per sample)."""
     return losses_lib.kd_loss(_logits_at(probabilities, inputs.temperature),
-                              inputs.student_logits, temperature=inputs.temperature)
+                              inputs.compared_logits(inputs.student_logits),
+                              temperature=inputs.temperature)
 
 
 def _softened_label_loss(inputs, confidence):
@@ -84,7 +91,8 @@ def _softened_label_loss(inputs, confidence):
 
 def _teacher_probabilities(inputs):
     """`(batch, num_classes)`: the teacher's distribution at `T` on each sample."""
-    return ops.softmax(inputs.teacher_logits / inputs.temperature, axis=-1)
+    return ops.softmax(inputs.compared_logits(inputs.teacher_logits) / inputs.temperature,
+                       axis=-1)
 
 
 def _teacher_confidence(inputs):
@@ -258,6 +266,34 @@ POLICIES = {
     "soft_label_exclude": soft_label_exclude,
     "soft_label_symmetric": soft_label_symmetric,
 }
+
+
+# The policies that set the masked classes' logits to `_EXCLUDED_LOGIT` before the
+# loss: a loss that z-scores each row would then see every kept logit as one number
+# (the row's std about 3e8), and distil nothing on any sample.
+_EXCLUDING = frozenset({"exclude", "soft_label_exclude"})
+
+
+def check_with_loss(name, loss_fn):
+    """Refuses a policy that cannot work with the distillation loss `loss_fn`.
+
+    Args:
+        name: a policy's name.
+        loss_fn: the distillation loss (an instance or class; a function is
+            taken as not standardising its logits).
+
+    Raises:
+        ValueError: for `exclude` or `soft_label_exclude` with a loss that
+            standardises logits (`kd_ls`, `dkd_ls`).
+    """
+    if name in _EXCLUDING and getattr(loss_fn, "standardizes_logits", False):
+        loss_name = getattr(loss_fn, "name", None) or getattr(loss_fn, "__name__", "")
+        raise ValueError(
+            f"The masked-class policy {name!r} cannot be used with a distillation loss that "
+            f"standardises logits ({loss_name}): it leaves the masked classes out by giving "
+            "them a logit of -1e9, which z-scoring turns into a distillation term of 0 on "
+            "every sample. Use another policy (soft_label, hard_label) or a loss that does "
+            "not standardise (kd, dkd).")
 
 
 def get_policy(name):

@@ -15,6 +15,7 @@ from tllm_tf.losses import DISTILLATION_LOSSES
 from tllm_tf.identification import CORRECTIONS
 from tllm_tf.identification import RULES
 from tllm_tf.models import available_models
+from tllm_tf import policies
 from tllm_tf.policies import POLICIES
 from tllm_tf.data.soft_label_store import DTYPES as STORE_DTYPES
 from tllm_tf.teacher_precision import TEACHER_DTYPES
@@ -174,6 +175,17 @@ class RunConfig:
         require(self.distillation_loss in DISTILLATION_LOSSES,
                 f"distillation_loss must be one of {sorted(DISTILLATION_LOSSES)}. "
                 f"Received: {self.distillation_loss!r}")
+        policies_used = {}
+        if any(student in MASKED_STUDENTS for student in self.students):
+            policies_used["masked_class_policy"] = self.masked_class_policy
+        if "tllm_refit" in self.students:
+            policies_used["refit_policy"] = self.refit_policy
+        for flag, policy in policies_used.items():
+            try:
+                policies.check_with_loss(policy, DISTILLATION_LOSSES[self.distillation_loss])
+            except ValueError as error:
+                require(False, f"--{flag}={policy} with --distillation_loss="
+                               f"{self.distillation_loss}: {error}")
         require(self.augmentation in AUGMENTATIONS,
                 f"augmentation must be one of {sorted(AUGMENTATIONS)}. "
                 f"Received: {self.augmentation!r}")
