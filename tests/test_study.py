@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from tllm_tf.analysis import study
+from tllm_tf.analysis import study_arms
 from tllm_tf.analysis import study_report
 from tllm_tf.analysis import study_stats
+from tllm_tf.analysis import study_summary
 from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.config import RunConfig
@@ -264,7 +266,7 @@ def test_a_fixed_mask_is_no_flip_in_the_summary():
     for seed in range(3):
         fixed = _record(seed, "tllm_masked_b", 0.81, [0.9, 0.75], masks=[[1.0, 0.0]] * 4)
         records += _labels_and_kd(seed) + [dict(fixed, masked_from_start=[1])]
-    (setting,) = study_report.summarise(records)
+    (setting,) = study_summary.summarise(records)
     assert setting["arms"]["tllm_masked_b"]["flips_per_100_updates"] == 0.0
 
 
@@ -287,7 +289,7 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
         wobble = 0.001 * seed
         records += _labels_and_kd(seed) + [
             _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78], masks=[[1.0, 0.0]] * 4)]
-    (setting,) = study_report.summarise(records)
+    (setting,) = study_summary.summarise(records)
     assert setting["hurt_classes"] == ["b"]
     tllm = setting["arms"]["tllm"]
     assert tllm["minus_kd"]["mean"] == pytest.approx(0.02)
@@ -318,7 +320,7 @@ def test_false_alarms_are_reported_per_seed_with_an_interval_and_the_seeds_above
             masks[update] = [0.0, 0.0]
         records += _labels_and_kd(seed) + [
             _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78], masks=masks)]
-    (setting,) = study_report.summarise(records)
+    (setting,) = study_summary.summarise(records)
     tllm = setting["arms"]["tllm"]
     per_seed = np.array([0.1, 0.3, 0.0, 0.0])
     assert tllm["not_hurt_masked_update_rate"] == pytest.approx(per_seed.mean())
@@ -330,7 +332,7 @@ def test_false_alarms_are_reported_per_seed_with_an_interval_and_the_seeds_above
     text = study_report.markdown([setting])
     assert f"| 10.0% [0.0, {100 * high:.1f}]; 2/4 seeds > 5% |" in text
     # One seed has no interval: the cell gives the rate alone.
-    (one_seed,) = study_report.summarise([r for r in records if r["seed"] == 1])
+    (one_seed,) = study_summary.summarise([r for r in records if r["seed"] == 1])
     assert "| 30.0% |" in study_report.markdown([one_seed])
 
 
@@ -343,7 +345,7 @@ def test_the_gain_over_kd_is_split_between_the_masked_classes_and_the_others():
         per_class, masks = (([0.88 + wobble, 0.80 - wobble], masked_b) if seed < 3 else
                             ([0.90 + wobble, 0.70 - wobble], [[1.0, 1.0]] * 3))
         records += _labels_and_kd(seed) + [_record(seed, "tllm", 0.84, per_class, masks=masks)]
-    (setting,) = study_report.summarise(records)
+    (setting,) = study_summary.summarise(records)
     gain = setting["arms"]["tllm"]["gain_by_mask"]
     # Per seed, the mean over the two classes of the part: +0.05 and -0.01 where "b" is masked.
     assert gain["masked"]["mean"] == pytest.approx(3 * 0.05 / 5)
@@ -381,7 +383,7 @@ def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_clas
             _record(seed, "dkd", 0.83, [0.70 + wobble, 0.90 - wobble]),
             _record(seed, "dkd_tllm", 0.86 + wobble, [0.80, 0.90], masks=[[0.0, 1.0]] * 4),
         ]
-    (setting,) = study_report.summarise(records)
+    (setting,) = study_summary.summarise(records)
     dkd, dkd_tllm = setting["arms"]["dkd"], setting["arms"]["dkd_tllm"]
     assert dkd["hurt_classes"] == ["a"] and dkd["baseline"] == "kd"
     assert dkd_tllm["baseline"] == "dkd"
@@ -394,8 +396,8 @@ def test_a_tllm_arm_of_another_loss_is_compared_with_that_loss_and_its_hurt_clas
     assert (tmp_path / "study_kd_minus_labels.png").stat().st_size > 0
 
 def test_a_second_pass_is_also_compared_with_its_first_pass_seed_by_seed():
-    assert study.paired_baselines()["tllm_two_pass_soft_label"] == "tllm_patience2"
-    assert study.paired_baselines()["tllm_refit"] == "tllm_patience2"  # Its own first student.
+    assert study_arms.paired_baselines()["tllm_two_pass_soft_label"] == "tllm_patience2"
+    assert study_arms.paired_baselines()["tllm_refit"] == "tllm_patience2"  # Its own first student.
     records = []
     for seed in range(5):
         wobble = 0.001 * seed
@@ -403,7 +405,7 @@ def test_a_second_pass_is_also_compared_with_its_first_pass_seed_by_seed():
             _record(seed, "tllm_patience2", 0.83, [0.90, 0.74], masks=[[1.0, 0.0]] * 2),
             _record(seed, "tllm_two_pass_soft_label", 0.83 - wobble, [0.86, 0.80 + wobble],
                     masks=[[1.0, 0.0]])]
-    (setting,) = study_report.summarise(records, baselines=study.paired_baselines())
+    (setting,) = study_summary.summarise(records, baselines=study_arms.paired_baselines())
     second = setting["arms"]["tllm_two_pass_soft_label"]
     assert second["baseline"] == "tllm_patience2"
     assert second["minus_baseline"]["mean"] == pytest.approx(-0.002)
@@ -416,7 +418,7 @@ def test_a_second_pass_is_also_compared_with_its_first_pass_seed_by_seed():
     assert ("- tllm_two_pass_soft_label minus tllm_patience2: -0.20 ± 0.16 [-0.40, -0.00] 0/4; "
             "on the classes KD hurt (that seed): +6.20") in text
     # Without the pairing, only KD: the report of a study that did not ask for it.
-    (unpaired,) = study_report.summarise(records)
+    (unpaired,) = study_summary.summarise(records)
     assert unpaired["arms"]["tllm_two_pass_soft_label"]["baseline"] == "kd"
 
 
@@ -476,7 +478,7 @@ def test_one_seed_has_no_spread_and_a_rate_interval_stays_below_one():
     assert np.isnan(single["std"]) and np.isnan(single["ci_high"])
     rates = [np.array([1.0, 0.0]), np.array([0.7, 0.0])]  # class 0 not hurt in either seed
     hurt = [np.array([False, True])] * 2
-    low, high = study_report._false_alarms(rates, hurt)["not_hurt_masked_update_rate_ci"]
+    low, high = study_summary._false_alarms(rates, hurt)["not_hurt_masked_update_rate_ci"]
     assert 0.0 <= low and high == 1.0  # t's interval would reach 2.76
 
 
@@ -486,10 +488,10 @@ def test_arms_no_table_shows_are_named_with_the_reason():
         records += _labels_and_kd(seed) + [_record(seed, "tllm", 0.84, [0.9, 0.78])]
     records.append(_record(0, "tllm_refit", 0.85, [0.9, 0.8]))  # one seed of three
     records.append(_record(0, "tllm", 0.84, [0.9, 0.78], teacher="other"))  # no kd there
-    summaries = study_report.summarise(records)
+    summaries = study_summary.summarise(records)
     assert study_report.left_out(records, summaries) == [
         "- s student, other teacher: no table (tllm finished): it needs the kd arm and the "
         "label-only runs of a seed.",
         "- s student, t teacher: tllm_refit left out: not finished on every seed the table "
         "compares."]
-    assert study_report.left_out(records[:9], study_report.summarise(records[:9])) == []
+    assert study_report.left_out(records[:9], study_summary.summarise(records[:9])) == []

@@ -6,6 +6,7 @@ import numpy as np
 
 from tllm_tf.analysis import study
 from tllm_tf.analysis import study_report
+from tllm_tf.analysis import study_summary
 from tllm_tf.pipeline.config import RunConfig
 
 
@@ -70,14 +71,14 @@ def test_the_report_gives_each_arms_wall_time_when_the_records_have_it():
     records += [_record("labels", seed, 0.8) for seed in (0, 1)]
     records += [_record("kd", seed, 0.7, seconds=60.0 + 60 * seed) for seed in (0, 1)]
     records += [_record("tllm", seed, 0.75, seconds=30.0) for seed in (0, 1)]
-    (setting,) = study_report.summarise(records)
+    (setting,) = study_summary.summarise(records)
     assert setting["minutes_per_run"] == {"kd": 1.5, "tllm": 0.5}
     assert "Wall time per run, mean over the seeds (minutes): kd 1.50, tllm 0.50." in (
         study_report.markdown([setting]))
     # Records of a study that did not time its runs: no line, not a made-up figure.
     for record in records:
         record.pop("seconds", None)
-    (untimed,) = study_report.summarise(records)
+    (untimed,) = study_summary.summarise(records)
     assert untimed["minutes_per_run"] == {}
     assert "Wall time" not in study_report.markdown([untimed])
     assert np.isclose(untimed["arms"]["tllm"]["minus_kd"]["mean"], 0.05)

@@ -9,6 +9,8 @@ import json
 
 import numpy as np
 
+from tllm_tf import atomic
+
 
 def load_mask_history(path, skip_torn_last_line=False):
     """Reads the mask updates of a TLLM run, one dict per line of `path`.
@@ -66,8 +68,7 @@ def _mask_update(record):
         entry["paired_test"] = {
             **{key: np.asarray(record[key], dtype=np.int64)
                for key in ("behind_counts", "ahead_counts", "num_samples")},
-            "p_values": np.array([np.nan if p is None else p
-                                  for p in record["p_values"]], dtype=np.float64),
+            "p_values": atomic.floats_from_json(record["p_values"]),
             **{key: record[key] for key in ("significance_per_look", "correction")
                if key in record}}
     return entry

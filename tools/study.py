@@ -27,6 +27,7 @@ console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf.analysis import study  # noqa: E402
+from tllm_tf.analysis import study_arms  # noqa: E402
 from tllm_tf.analysis import study_report  # noqa: E402
 
 flags.DEFINE_string("root", "runs/study", "Where the study's runs and results go.")
@@ -36,7 +37,8 @@ flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds.")
 flags.DEFINE_list("student_models", ["mlp_16"], "Student architectures (model zoo names).")
 flags.DEFINE_list("teacher_models", ["mlp_256"], "Teacher architectures, small to large.")
 flags.DEFINE_list("arms", ["kd", "tllm", "unpaired"],
-                  f"Distilled students, names of tllm_tf.analysis.study.ARMS: {sorted(study.ARMS)}.")
+                  f"Distilled students, names of tllm_tf.analysis.study_arms.ARMS: "
+                  f"{sorted(study_arms.ARMS)}.")
 flags.DEFINE_integer("teacher_num_train", 20000,
                      "Training images of the teachers (0: the whole training split).")
 flags.DEFINE_bool("shared_teacher_store", False,
@@ -110,7 +112,7 @@ def _run_and_report(runs, plan_kwargs):
                                   checked_runs=study.widened_plan(plan_kwargs, FLAGS.root))
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     print(study_report.write(records, results_dir, command=command,
-                             baselines=study.paired_baselines()))
+                             baselines=study_arms.paired_baselines()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ train it. For each seed, each student architecture and each teacher:
     <root>/seed<s>/<student>/reference/      the label-only student ("reference")
     <root>/seed<s>/<student>/<teacher>/<arm>/   one distilled student per arm
 
-An *arm* is a named set of `RunConfig` overrides (`ARMS`): plain KD, TLLM
+An *arm* is a named set of `RunConfig` overrides (`study_arms.ARMS`): plain KD, TLLM
 with the library's defaults, TLLM with the old unpaired rule, and variants
 of the rule or the masked-class policy. Every student of one seed shares the
 data split, the initial weights and the batches. Finished runs are skipped
@@ -26,7 +26,14 @@ import time
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import mask_log
 from tllm_tf.analysis import study_stats
+from tllm_tf.analysis import workdir_results
+from tllm_tf.analysis.study_arms import ARMS
+from tllm_tf.analysis.study_arms import LABELS_ARM
+from tllm_tf.analysis.study_arms import MASKED_CLASSES_FROM
+from tllm_tf.analysis.study_arms import PAIRED_WITH
+from tllm_tf.analysis.study_arms import TEACHER_ARM
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
@@ -35,167 +42,10 @@ from tllm_tf.pipeline import workdir_files
 
 RESULTS_FILE = "results.jsonl"
 SHARED_STORE_DIR = "teacher_store"
-LABELS_ARM = "labels"
-# An arm's key (not a `RunConfig` field): mask from the first step the classes that the named
-# arm's run of the same seed, student and teacher masked at its end (a second pass).
-MASKED_CLASSES_FROM = "masked_classes_from"
-# An arm's key (not a `RunConfig` field): the arm it is also compared with in the report, seed by
-# seed. A second pass (`MASKED_CLASSES_FROM`) is compared with its first pass without it.
-PAIRED_WITH = "paired_with"
 
 
 class MixedStudyError(ValueError):
     """A study root holds finished runs of another configuration than the plan's."""
-
-
-# Arms: RunConfig overrides of the distilled students, the alternatives the
-# defaults were chosen among (docs/study.md). "tllm_patience2" is the library's
-# default rule and policy; "tllm" was the default until patience 2 replaced
-# patience 1, and the TLLM arms run before that keep patience 1 (set below) so
-# that they plan the runs they made.
-ARMS = {
-    "kd": {"students": ("distilled",)},
-    "tllm": {"students": ("tllm",)},
-    "unpaired": {"students": ("tllm",), "rule": "unpaired", "epoch_matched": False,
-                 "sticky": False, "warmup_epochs": 0, "margin": 0.0, "patience": 1,
-                 "smoothing": 0.0, "margin_standard_errors": 0.0},
-    "paired": {"students": ("tllm",), "rule": "paired", "epoch_matched": False,
-               "sticky": False, "warmup_epochs": 0},
-    # The prototype of docs/study.md: no update in the first half of training
-    # (10 of the study's 20 epochs), then a masked class stays masked.
-    "paired_sticky_half_warmup": {"students": ("tllm",), "rule": "paired",
-                                  "epoch_matched": False, "sticky": True, "warmup_epochs": 10},
-    "paired_matched_sticky_half_warmup": {"students": ("tllm",), "rule": "paired",
-                                          "epoch_matched": True, "sticky": True,
-                                          "warmup_epochs": 10},
-    "paired_matched": {"students": ("tllm",), "rule": "paired", "epoch_matched": True,
-                       "sticky": False, "warmup_epochs": 0},
-    "paired_matched_sticky": {"students": ("tllm",), "rule": "paired", "epoch_matched": True,
-                              "sticky": True, "warmup_epochs": 0},
-    "paired_matched_sticky_bh": {"students": ("tllm",), "rule": "paired", "epoch_matched": True,
-                                 "sticky": True, "warmup_epochs": 0,
-                                 "correction": "benjamini_hochberg"},
-    "paired_matched_sticky_soft_label": {"students": ("tllm",), "rule": "paired",
-                                         "epoch_matched": True, "sticky": True,
-                                         "warmup_epochs": 0, "masked_class_policy": "soft_label"},
-    # The defaults, but judged against the finished reference rather than the reference of the
-    # same epoch: fewer classes masked on a mid-training difference that is gone by the end.
-    "tllm_final_reference": {"students": ("tllm",), "epoch_matched": False},
-    # The defaults, but a class must be behind at 2 (3) consecutive updates: a difference of
-    # the half-trained student that is gone one or two epochs later does not mask it.
-    "tllm_patience2": {"students": ("tllm",), "patience": 2},
-    "tllm_patience3": {"students": ("tllm",), "patience": 3},
-    # The defaults, but the first update after a quarter of training (5 of the study's 20
-    # epochs) instead of half: does a class masked earlier recover more of what KD cost it?
-    "tllm_warmup5": {"students": ("tllm",), "warmup_epochs": 5},
-    # The policies that also change what the other classes' samples teach about a masked class:
-    # `isolate` (its teacher probability moved to their labels) and `exclude` (left out of their
-    # distillation term). And `exclude` with a stricter rule (its false alarms).
-    "tllm_isolate": {"students": ("tllm",), "masked_class_policy": "isolate"},
-    "tllm_exclude": {"students": ("tllm",), "masked_class_policy": "exclude"},
-    # The defaults with a masked class's targets kept as soft as its neighbours' (`soft_label`):
-    # is a hard-labelled class among distilled neighbours out of step with them?
-    "tllm_soft_label": {"students": ("tllm",), "masked_class_policy": "soft_label"},
-    "tllm_exclude_patience3": {"students": ("tllm",), "masked_class_policy": "exclude",
-                               "patience": 3},
-}
-# An upper bound on what masking can recover: the classes the earlier study found KD to hurt
-# beyond noise in a setting (the mlp_16 student: Pullover with the mlp_256 teacher, Coat and
-# Sneaker with mlp_1024; the lenet_2 student with mlp_256: Pullover and Sneaker), masked from the
-# first step, the rule on top, under the default policy (`tllm_masked_<classes>`) and the others
-# (`tllm_<policy>_masked_<classes>`). Diagnostic arms, each meant for its own setting: the
-# mask is chosen knowing the answer.
-_HURT_CLASSES = {"pullover": (2,), "coat_sneaker": (4, 7), "pullover_sneaker": (2, 7)}
-for _classes_name, _classes in _HURT_CLASSES.items():
-    ARMS[f"tllm_masked_{_classes_name}"] = {"students": ("tllm",), "masked_classes": _classes}
-    for _policy in ("isolate", "exclude", "soft_label", "class_mean"):
-        ARMS[f"tllm_{_policy}_masked_{_classes_name}"] = {
-            "students": ("tllm",), "masked_class_policy": _policy, "masked_classes": _classes}
-
-# Diagnostics of the refit's trade (docs/study.md, "Where the gain comes from"): the
-# top-wear cluster (T-shirt/top, Pullover, Dress, Coat, Shirt), or every class, masked from the
-# first step under soft_label with no update (the warm-up lasts the study's 20 epochs): how much
-# of the hurt classes' recovery is soft labels on a whole cluster, not taken from its neighbours?
-# The cluster under hard_label as well: a hard-labelled class among distilled neighbours loses
-# its boundaries to them; here its neighbours are hard-labelled too.
-for _arm, _policy, _classes in (
-        ("soft_label_topwear", "soft_label", (0, 2, 3, 4, 6)),
-        ("soft_label_all", "soft_label", tuple(range(10))),
-        ("hard_label_topwear", "hard_label", (0, 2, 3, 4, 6))):
-    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
-                  "masked_classes": _classes, "warmup_epochs": 20}
-
-# Two passes: the classes the default (`tllm_patience2`) masked at the end of its run of the same
-# seed, student and teacher, masked from the first step of a second run, under the default policy
-# and under `soft_label`. The second run makes no update of its own: the first pass judged the
-# classes under `hard_label`, and its mask is kept as it is (no cascade from the second policy).
-for _arm, _policy in (("tllm_two_pass", "hard_label"), ("tllm_two_pass_soft_label", "soft_label"),
-                      ("tllm_two_pass_class_mean", "class_mean"),
-                      ("tllm_two_pass_batch_soft_label", "batch_soft_label"),
-                      ("tllm_two_pass_soft_label_exclude", "soft_label_exclude"),
-                      ("tllm_two_pass_soft_label_symmetric", "soft_label_symmetric")):
-    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy,
-                  MASKED_CLASSES_FROM: "tllm_patience2"}
-
-# Two passes whose first only judges: KD to the end, then one look at the finished students (the
-# study's 20 epochs: the update after epoch 20, patience 1, the level spent on that one look).
-# Nothing it masks changes its training, so its student is KD's; it names the classes where the
-# finished distilled student is behind the finished reference, the very definition of an
-# undistillable class, with ten times the level per look of the default's ten updates.
-ARMS["tllm_judge_at_end"] = {"students": ("tllm",), "warmup_epochs": 19, "patience": 1}
-ARMS["tllm_two_pass_at_end_soft_label"] = {"students": ("tllm",),
-                                           "masked_class_policy": "soft_label",
-                                           MASKED_CLASSES_FROM: "tllm_judge_at_end"}
-
-# The library's default since 2026-12-04 (late), in one run: the tllm student, then the refit
-# (its final mask from the first step under soft_label, no update of its own), which keeps the
-# tllm student's weights when it is behind them on the held-out split (since 2026-12-04, night;
-# tllm_tf/held_out_check.py). Its record is the refit's. Unguarded, it is tllm_two_pass_soft_label
-# bit for bit. Its first pass is its own tllm student, which tllm_patience2 trains alike.
-ARMS["tllm_refit"] = {"students": ("tllm", "tllm_refit"), PAIRED_WITH: "tllm_patience2"}
-# The default with the rule looking every third epoch after the warm-up instead of every epoch:
-# in the 60-epoch recipe, ten looks as in the 20-epoch base setting, so that patience 2 and the
-# level per look cover the same part of training (docs/study.md, "Ten looks").
-ARMS["tllm_refit_every3"] = {"students": ("tllm", "tllm_refit"), "update_every": 3,
-                             PAIRED_WITH: "tllm_refit"}
-# The same with the refit under `class_mean` (each masked sample distilled towards the teacher's
-# average over its class): unguarded, it is tllm_two_pass_class_mean bit for bit.
-ARMS["tllm_refit_class_mean"] = {"students": ("tllm", "tllm_refit"), "refit_policy": "class_mean",
-                                 PAIRED_WITH: "tllm_patience2"}
-
-# One run with a short window of updates: the mask is decided by the first three updates after
-# the warm-up (epochs 11-13 of 20), then kept to the end. In `tllm_soft_label` most classes the
-# default masks are masked by its second update, and the neighbours that fall behind once a class
-# trains on soft labels are masked from the fourth on: a window closes before that cascade.
-for _arm, _policy in (("tllm_updates3", "hard_label"), ("tllm_soft_label_updates3", "soft_label")):
-    ARMS[_arm] = {"students": ("tllm",), "masked_class_policy": _policy, "max_updates": 3}
-
-# Other distillation losses (docs/study.md, "Undistillable classes under other losses"): each
-# distilled on every class (`<loss>`) and with TLLM's defaults (`<loss>_tllm`), with the
-# hyper-parameters of the losses' reference code, DKD's warm-up scaled from 20 of 240 epochs to
-# 2 of 20. The study_report compares `<loss>_tllm` with `<loss>`.
-_LOSS_OVERRIDES = {
-    "dkd": {"distillation_loss": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 1.0,
-            "dkd_alpha": 1.0, "dkd_beta": 8.0, "distillation_warmup_epochs": 2},
-    "kd_ls": {"distillation_loss": "kd_ls", "temperature": 2.0, "alpha": 1.0, "beta": 9.0},
-}
-# KD trained from the teacher's soft-label store (float16 logits, docs/soft_label_store.md),
-# against `kd` from the live teacher: what the store's default precision costs in accuracy.
-ARMS["kd_store"] = {"students": ("distilled",), "teacher_store": "teacher_store"}
-for _loss, _overrides in _LOSS_OVERRIDES.items():
-    ARMS[_loss] = dict(_overrides, students=("distilled",))
-    ARMS[f"{_loss}_tllm"] = dict(_overrides, students=("tllm",))
-# The TLLM arms run before patience 2 became the default, with the patience they were run with.
-for _arm in ("tllm", "paired", "paired_sticky_half_warmup", "paired_matched_sticky_half_warmup",
-             "paired_matched", "paired_matched_sticky", "paired_matched_sticky_bh",
-             "paired_matched_sticky_soft_label", "tllm_final_reference",
-             *(f"{_loss}_tllm" for _loss in _LOSS_OVERRIDES)):
-    ARMS[_arm].setdefault("patience", 1)
-# The TLLM arms run before ten looks became the default (2026-12-05), with the look an epoch
-# they were run with; in the base setting (warm-up 10 of 20 epochs) that is the default too.
-for _spec in ARMS.values():
-    if "tllm" in _spec["students"]:
-        _spec.setdefault("update_every", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +104,7 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
         seed_dir = os.path.join(root, f"seed{seed}")
         common = dict(base, seed=seed)
         for teacher in teacher_models:
-            runs.append(StudyRun(seed, "", teacher, "teacher", config_lib.RunConfig(
+            runs.append(StudyRun(seed, "", teacher, TEACHER_ARM, config_lib.RunConfig(
                 **dict(common, **(teacher_overrides or {})),
                 workdir=os.path.join(seed_dir, f"teacher_{teacher}"),
                 stage="teacher", teacher_model=teacher)))
@@ -295,6 +145,7 @@ def _read_json(path):
 
 
 def _read_jsonl(path):
+    """The records of the study's `results.jsonl` at `path` (none: `[]`)."""
     if not os.path.exists(path):
         return []
     records = []
@@ -319,33 +170,41 @@ def collect(run):
     The record is the last student's of the run (the refit's, when it has one).
     """
     config = run.config
-    student = config.students[-1] if run.arm not in ("teacher", LABELS_ARM) else None
-    if run.arm == "teacher":
-        stage_dir = os.path.join(config.workdir, "teacher")
+    student = config.students[-1] if run.arm not in (TEACHER_ARM, LABELS_ARM) else None
+    if run.arm == TEACHER_ARM:
+        stage_dir = os.path.join(config.workdir, workdir_files.TEACHER_STAGE)
     elif run.arm == LABELS_ARM:
-        stage_dir = os.path.join(config.workdir, "reference")
+        stage_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
     else:
         stage_dir = os.path.join(config.workdir, workdir_files.student_stage(student))
-    per_class = _read_json(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE))
+    class_names, per_class_accuracy, accuracy, _ = workdir_results.read_per_class(
+        stage_dir, remedy=f"Delete {stage_dir} and run the study again with the same flags "
+        "to train and evaluate it again.")
     masked_classes = config.masked_classes
     if student == "tllm_refit":
-        stage_dir, masked_classes = _refit_masks_source(
-            config, stage_dir, len(per_class["class_names"]))
-    masks = [record["class_mask"] for record in
-             _read_jsonl(os.path.join(stage_dir, workdir_files.MASK_LOG_FILE))]
+        stage_dir, masked_classes = _refit_masks_source(config, stage_dir, len(class_names))
+    masks = _masks(stage_dir)
     if not masks and masked_classes:  # No update: its fixed mask, at every epoch.
-        mask = np.ones(len(per_class["class_names"]))
+        mask = np.ones(len(class_names))
         mask[list(masked_classes)] = 0.0
         masks = [mask.tolist()] * config.epochs
     return {
         "seed": run.seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
-        "accuracy": per_class["accuracy"],
-        "per_class_accuracy": per_class["per_class_accuracy"],
-        "class_names": per_class["class_names"],
+        "accuracy": accuracy,
+        "per_class_accuracy": atomic.json_floats(per_class_accuracy),
+        "class_names": class_names,
         "masks": masks,
         # Masked before the first update: what a mask change is counted from.
         "masked_from_start": sorted(int(c) for c in masked_classes),
     }
+
+
+def _masks(stage_dir):
+    """The masks of a stage's mask log, one list per update (none: no log)."""
+    path = os.path.join(stage_dir, workdir_files.MASK_LOG_FILE)
+    if not os.path.exists(path):
+        return []
+    return [record["class_mask"].tolist() for record in mask_log.load_mask_history(path)]
 
 
 def _refit_masks_source(config, refit_dir, num_classes):
@@ -522,12 +381,6 @@ def _with_first_pass_mask(run, done):
 # Fields the study sets run by run; the rest come from the base configuration.
 _PER_RUN_FIELDS = ("workdir", "stage", "seed", "student_model", "teacher_model", "students",
                    "teacher_path", "reference_path")
-
-
-def paired_baselines():
-    """Each arm's `PAIRED_WITH` (a second pass: its first), for the report's paired comparison."""
-    return {arm: spec.get(PAIRED_WITH) or spec[MASKED_CLASSES_FROM] for arm, spec in ARMS.items()
-            if PAIRED_WITH in spec or MASKED_CLASSES_FROM in spec}
 
 
 def base_kwargs(config):

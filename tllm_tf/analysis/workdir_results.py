@@ -25,8 +25,7 @@ It imports no TensorFlow (tools/report.py reads a workdir without it).
 import json
 import os
 
-import numpy as np
-
+from tllm_tf import atomic
 from tllm_tf import reference
 from tllm_tf.mask_log import load_mask_history
 from tllm_tf.pipeline import workdir_files
@@ -55,28 +54,31 @@ def _require(path, record, keys, remedy):
         raise ValueError(f"{path} is damaged: it has no {', '.join(missing)}. {remedy}")
 
 
-def _read_per_class(workdir, stage):
+def read_per_class(stage_dir, remedy=None):
     """A stage's `test_per_class.json`, checked: its keys, and one value per class.
 
     Args:
-        workdir: the workdir.
-        stage: the stage's folder name.
+        stage_dir: the stage's folder (`<workdir>/<stage>`).
+        remedy: what the error for a damaged file tells the user to do.
+            Defaults to `None`: report without the stage, or train and
+            evaluate it again with tools/train.py.
 
     Returns:
-        `(class_names, per-class accuracy array, accuracy, num_samples or None)`.
+        `(class_names, per-class accuracy array, accuracy, num_samples or None)`;
+        the array has NaN for a class without test images.
 
     Raises:
         ValueError: naming the file and what to do, if it is damaged.
     """
-    path = os.path.join(workdir, stage, workdir_files.PER_CLASS_FILE)
-    remedy = (f"Delete it to report without {stage}, or delete {os.path.join(workdir, stage)} "
-              f"and re-run tools/train.py with the run's flags to train and evaluate {stage} "
-              "again.")
+    path = os.path.join(stage_dir, workdir_files.PER_CLASS_FILE)
+    if remedy is None:
+        stage = os.path.basename(stage_dir)
+        remedy = (f"Delete it to report without {stage}, or delete {stage_dir} and re-run "
+                  f"tools/train.py with the run's flags to train and evaluate {stage} again.")
     record = _read_json(path, remedy)
     _require(path, record, ("class_names", "per_class_accuracy", "accuracy"), remedy)
     try:
-        per_class = np.array([np.nan if a is None else a for a in record["per_class_accuracy"]],
-                             dtype=np.float64)
+        per_class = atomic.floats_from_json(record["per_class_accuracy"])
         accuracy = float(record["accuracy"])
         names = list(record["class_names"])
         num_samples = record.get("num_samples")
@@ -146,7 +148,7 @@ def load_results(workdir):
         path = os.path.join(workdir, stage, workdir_files.PER_CLASS_FILE)
         if os.path.exists(path):
             class_names[path], per_class[stage], accuracy[stage], num_samples = (
-                _read_per_class(workdir, stage))
+                read_per_class(os.path.join(workdir, stage)))
     if not per_class:
         raise FileNotFoundError(
             f"Expected a workdir with <stage>/{workdir_files.PER_CLASS_FILE} files. "
