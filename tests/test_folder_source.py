@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tllm_tf.data import folder_source
+from tllm_tf.data import image_files
 from tllm_tf.data import image_headers
+from tllm_tf.data.errors import DataNotFoundError
 from tllm_tf.data.folder_source import load_image_folder
-from tllm_tf.data.tfds_source import DataNotFoundError
 
 CLASSES = ("cat", "dog", "emu")
 PER_CLASS = 10
@@ -241,7 +241,7 @@ def test_the_pixel_count_is_read_from_each_formats_header(tmp_path, format_name,
 
 def test_images_over_the_pixel_limit_are_refused_naming_them(tmp_path, monkeypatch):
     root = _write_folder(tmp_path / "pets")  # 6x5 images: 30 pixels.
-    monkeypatch.setattr(folder_source, "MAX_IMAGE_PIXELS", 29)
+    monkeypatch.setattr(image_files, "MAX_IMAGE_PIXELS", 29)
     with pytest.raises(ValueError) as refusal:
         load_image_folder(root, image_size=4)
     message = str(refusal.value)
@@ -249,7 +249,7 @@ def test_images_over_the_pixel_limit_are_refused_naming_them(tmp_path, monkeypat
                               "MAX_IMAGE_PIXELS=29 pixels")
     assert f"'{root / 'cat' / '00.png'} (30 pixels)'" in message and "and 25 more" in message
     assert "Downscale them" in message
-    monkeypatch.setattr(folder_source, "MAX_IMAGE_PIXELS", 30)
+    monkeypatch.setattr(image_files, "MAX_IMAGE_PIXELS", 30)
     assert load_image_folder(root, image_size=4).num_train == 24
 
 

@@ -14,15 +14,16 @@ import pytest
 
 from conftest import prepared_tfds
 from conftest import written_tfds
+from tllm_tf.data import idx_format
 from tllm_tf.data import idx_source
 from tllm_tf.data import load_dataset
-from tllm_tf.data.idx_source import DataNotFoundError
-from tllm_tf.data.idx_source import IDXFormatError
+from tllm_tf.data.errors import DamagedDataError
+from tllm_tf.data.errors import DataNotFoundError
+from tllm_tf.data.idx_format import IDXFormatError
+from tllm_tf.data.idx_format import read_idx
 from tllm_tf.data.idx_source import load_fashion_mnist
-from tllm_tf.data.idx_source import read_idx
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.splits import stratified_subset
-from tllm_tf.data.tfds_source import DamagedDataError
 
 NUM_TRAIN_IMAGES = 40
 NUM_TEST_IMAGES = 20
@@ -329,14 +330,14 @@ def test_gzip_is_decompressed_no_further_than_its_header_says(tmp_path):
 
 
 def test_gzip_header_over_the_data_limit_is_refused_before_decompressing(tmp_path, monkeypatch):
-    monkeypatch.setattr(idx_source, "MAX_DATA_BYTES", 28 * 28 * 2)
+    monkeypatch.setattr(idx_format, "MAX_DATA_BYTES", 28 * 28 * 2)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     _write_idx(path, np.zeros((3, 28, 28), np.uint8), compress=True)
     with pytest.raises(IDXFormatError, match=(
             r"train-images-idx3-ubyte.gz: its header gives shape \(3, 28, 28\), 2352 bytes of "
             r"data, more than the 1568-byte limit")):
         read_idx(path)
-    monkeypatch.setattr(idx_source, "MAX_DATA_BYTES", 28 * 28 * 3)
+    monkeypatch.setattr(idx_format, "MAX_DATA_BYTES", 28 * 28 * 3)
     assert read_idx(path).shape == (3, 28, 28)  # The limit itself is allowed.
 
 
@@ -356,3 +357,16 @@ def test_damaged_deflate_data_names_the_file(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(IDXFormatError, match="train-labels-idx1-ubyte.gz: not a readable gzip"):
         read_idx(path)
+
+
+def test_the_idx_files_and_image_folders_load_without_importing_tfds(zygote):
+    # Importing tfds takes about a second: only a tfds set, through `load_tfds`, needs it.
+    script = ("import sys\n"
+              "import tllm_tf.data.idx_source, tllm_tf.data.folder_source\n"
+              "print('BEFORE', 'tensorflow_datasets' in sys.modules)\n"
+              "from tllm_tf.data import load_tfds\n"
+              "print('AFTER', 'tensorflow_datasets' in sys.modules, load_tfds.__module__)\n")
+    result = zygote.run(["-c", script], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "BEFORE False" in result.stdout, result.stdout
+    assert "AFTER True tllm_tf.data.tfds_source" in result.stdout, result.stdout

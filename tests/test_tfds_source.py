@@ -22,12 +22,10 @@ from tllm_tf.data.pipeline import (
     make_pipeline,
     shuffle_buffer_size,
 )
-from tllm_tf.data.tfds_source import (
-    DataNotFoundError,
-    UnlabelledDataError,
-    channel_statistics,
-    load_tfds,
-)
+from tllm_tf.data.errors import DataNotFoundError
+from tllm_tf.data.errors import UnlabelledDataError
+from tllm_tf.data.statistics import channel_statistics
+from tllm_tf.data.tfds_source import load_tfds
 
 NUM_EXAMPLES = 200
 

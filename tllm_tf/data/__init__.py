@@ -1,93 +1,48 @@
 """Data sets (embedded digits, Fashion-MNIST, tfds, image folders), tf.data pipelines, and
-the teacher soft-label store."""
+the teacher soft-label store.
+
+`load_tfds` loads on first use (PEP 562), so that loading the other data sets
+does not import tfds.
+"""
+
+import importlib
 
 from tllm_tf.data.digits import load_digits
+from tllm_tf.data.errors import DamagedDataError
+from tllm_tf.data.errors import DataNotFoundError
+from tllm_tf.data.errors import UnlabelledDataError
 from tllm_tf.data.folder_source import load_image_folder
-from tllm_tf.data.idx_source import IDXFormatError
+from tllm_tf.data.idx_format import IDXFormatError
 from tllm_tf.data.idx_source import load_fashion_mnist
 from tllm_tf.data.pipeline import make_pipeline
 from tllm_tf.data.soft_label_store import SoftLabelStore
+from tllm_tf.data.sources import IMAGE_FOLDER
+from tllm_tf.data.sources import LOADERS
+from tllm_tf.data.sources import NUM_TRAIN_LOADERS
+from tllm_tf.data.sources import load_dataset
 from tllm_tf.data.splits import stratified_split
-from tllm_tf.data.tfds_source import DamagedDataError
-from tllm_tf.data.tfds_source import DataNotFoundError
-from tllm_tf.data.tfds_source import UnlabelledDataError
-from tllm_tf.data.tfds_source import load_tfds
 from tllm_tf.data.types import DataSplits
 
-IMAGE_FOLDER = "image_folder"
+_LAZY_EXPORTS = {"load_tfds": "tllm_tf.data.tfds_source"}
 
 
-def _digits(*, holdout_fraction, seed, num_train, **_):
-    return load_digits(holdout_fraction=holdout_fraction, num_train=num_train, seed=seed)
+def __getattr__(name):
+    if name in _LAZY_EXPORTS:
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    else:
+        # `tllm_tf.data.tfds_source` after a bare `import tllm_tf.data`, as when it was eager.
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
 
-def _fashion_mnist(*, holdout_fraction, seed, num_train, data_dir, **_):
-    return load_fashion_mnist(
-        holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir, num_train=num_train)
-
-
-def _image_folder(*, holdout_fraction, seed, image_folder, test_image_folder, image_size, **_):
-    if not image_folder:
-        raise ValueError("dataset='image_folder' needs image_folder=<folder of class folders>.")
-    return load_image_folder(
-        image_folder, test_image_folder, image_size=image_size or 224,
-        holdout_fraction=holdout_fraction, seed=seed)
-
-
-# Data sets with a loader of their own; any other name is a tfds name.
-LOADERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, IMAGE_FOLDER: _image_folder}
-# The loaders that can keep a stratified subset of the training split.
-NUM_TRAIN_LOADERS = ("digits", "fashion_mnist")
-
-
-def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=None,
-                 download=False, num_train=None, image_folder=None, test_image_folder=None,
-                 image_size=None):
-    """Loads a data set by name as `DataSplits`.
-
-    Args:
-        name: `"digits"` (embedded, no download), `"fashion_mnist"` (from
-            Debian's `dataset-fashion-mnist` IDX files or a prepared tfds
-            directory, see `load_fashion_mnist`), `"image_folder"` (a folder
-            of one sub-folder per class, see `image_folder`), or any tfds
-            image-classification name (`"cifar100"`, `"imagenet2012"`, ...).
-        holdout_fraction: share of each training class held out to find
-            the undistillable classes.
-        seed: seed of the splits. Defaults to `0`.
-        data_dir: tfds data directory. Defaults to `None`.
-        manual_dir: tfds manual download directory. Defaults to `None`.
-        download: let tfds download and prepare a missing set. Defaults to
-            `False`.
-        num_train: keep only this many training examples (digits and
-            fashion_mnist only). Defaults to `None`.
-        image_folder: training image folder, for `"image_folder"`.
-            Defaults to `None`.
-        test_image_folder: test image folder, for `"image_folder"`; without
-            it a part of `image_folder` is the test split. Defaults to `None`.
-        image_size: side of the images the model sees (image folders,
-            ImageNet-size tfds sets). Defaults to `None`.
-
-    Returns:
-        A `DataSplits`.
-
-    Raises:
-        ValueError: on an unknown name or arguments that do not fit it.
-        DataNotFoundError: if the data is not on this machine
-            (`DamagedDataError`, a subclass: if its prepared files are
-            incomplete or damaged; `UnlabelledDataError`, another: if a tfds
-            set has no labelled test split or unlabelled train examples).
-    """
-    if num_train is not None and name not in NUM_TRAIN_LOADERS:
-        raise ValueError(
-            f"num_train is only supported for {', '.join(map(repr, NUM_TRAIN_LOADERS))}. "
-            f"Received: dataset={name!r}")
-    if name in LOADERS:
-        return LOADERS[name](
-            holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir,
-            num_train=num_train, image_folder=image_folder,
-            test_image_folder=test_image_folder, image_size=image_size)
-    return load_tfds(name, data_dir=data_dir, manual_dir=manual_dir, download=download,
-                     holdout_fraction=holdout_fraction, seed=seed, image_size=image_size)
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))
 
 
 __all__ = [
@@ -95,6 +50,9 @@ __all__ = [
     "DataNotFoundError",
     "DataSplits",
     "IDXFormatError",
+    "IMAGE_FOLDER",
+    "LOADERS",
+    "NUM_TRAIN_LOADERS",
     "SoftLabelStore",
     "UnlabelledDataError",
     "load_dataset",

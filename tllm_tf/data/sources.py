@@ -1,0 +1,87 @@
+"""The data sets by name: the loader registry and `load_dataset`.
+
+A name with a loader of its own (`LOADERS`) is loaded by it; any other name
+is a tfds name. tfds is imported only when a tfds set is loaded.
+"""
+
+from tllm_tf.data.digits import load_digits
+from tllm_tf.data.folder_source import load_image_folder
+from tllm_tf.data.idx_source import load_fashion_mnist
+
+IMAGE_FOLDER = "image_folder"
+
+
+def _digits(*, holdout_fraction, seed, num_train, **_):
+    return load_digits(holdout_fraction=holdout_fraction, num_train=num_train, seed=seed)
+
+
+def _fashion_mnist(*, holdout_fraction, seed, num_train, data_dir, **_):
+    return load_fashion_mnist(
+        holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir, num_train=num_train)
+
+
+def _image_folder(*, holdout_fraction, seed, image_folder, test_image_folder, image_size, **_):
+    if not image_folder:
+        raise ValueError("dataset='image_folder' needs image_folder=<folder of class folders>.")
+    return load_image_folder(
+        image_folder, test_image_folder, image_size=image_size or 224,
+        holdout_fraction=holdout_fraction, seed=seed)
+
+
+# Data sets with a loader of their own; any other name is a tfds name.
+LOADERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, IMAGE_FOLDER: _image_folder}
+# The loaders that can keep a stratified subset of the training split.
+NUM_TRAIN_LOADERS = ("digits", "fashion_mnist")
+
+
+def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=None,
+                 download=False, num_train=None, image_folder=None, test_image_folder=None,
+                 image_size=None):
+    """Loads a data set by name as `DataSplits`.
+
+    Args:
+        name: `"digits"` (embedded, no download), `"fashion_mnist"` (from
+            Debian's `dataset-fashion-mnist` IDX files or a prepared tfds
+            directory, see `load_fashion_mnist`), `"image_folder"` (a folder
+            of one sub-folder per class, see `image_folder`), or any tfds
+            image-classification name (`"cifar100"`, `"imagenet2012"`, ...).
+        holdout_fraction: share of each training class held out to find
+            the undistillable classes.
+        seed: seed of the splits. Defaults to `0`.
+        data_dir: tfds data directory. Defaults to `None`.
+        manual_dir: tfds manual download directory. Defaults to `None`.
+        download: let tfds download and prepare a missing set. Defaults to
+            `False`.
+        num_train: keep only this many training examples (digits and
+            fashion_mnist only). Defaults to `None`.
+        image_folder: training image folder, for `"image_folder"`.
+            Defaults to `None`.
+        test_image_folder: test image folder, for `"image_folder"`; without
+            it a part of `image_folder` is the test split. Defaults to `None`.
+        image_size: side of the images the model sees (image folders,
+            ImageNet-size tfds sets). Defaults to `None`.
+
+    Returns:
+        A `DataSplits`.
+
+    Raises:
+        ValueError: on an unknown name or arguments that do not fit it.
+        DataNotFoundError: if the data is not on this machine
+            (`DamagedDataError`, a subclass: if its prepared files are
+            incomplete or damaged; `UnlabelledDataError`, another: if a tfds
+            set has no labelled test split or unlabelled train examples).
+    """
+    if num_train is not None and name not in NUM_TRAIN_LOADERS:
+        raise ValueError(
+            f"num_train is only supported for {', '.join(map(repr, NUM_TRAIN_LOADERS))}. "
+            f"Received: dataset={name!r}")
+    if name in LOADERS:
+        return LOADERS[name](
+            holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir,
+            num_train=num_train, image_folder=image_folder,
+            test_image_folder=test_image_folder, image_size=image_size)
+    # Imported here: importing tfds takes about a second, which the other sources do not need.
+    from tllm_tf.data.tfds_source import load_tfds
+
+    return load_tfds(name, data_dir=data_dir, manual_dir=manual_dir, download=download,
+                     holdout_fraction=holdout_fraction, seed=seed, image_size=image_size)
