@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tllm_tf.data.pipeline import make_pipeline
+from tllm_tf.data.pipeline import training_batches
 
 NUM_EXAMPLES = 20
 NUM_CLASSES = 4
@@ -74,6 +75,27 @@ def test_mixing_is_deterministic_and_gives_soft_labels():
     labels = first[0][1]
     assert labels.shape == (8, NUM_CLASSES) and labels.dtype == np.float32
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.2, "cutmix": 1.0}, {"randaugment": True}])
+def test_epochs_back_to_back_are_each_epoch_alone(mixing):
+    # What makes resume exact: an epoch's batches depend on its seed alone, whether it is
+    # built with the epochs before it (augmentations traced once) or on its own.
+    dataset, _, _ = _dataset()
+    kwargs = dict(batch_size=6, augmentation="cifar", num_classes=NUM_CLASSES, **mixing)
+    together = _epoch(training_batches(dataset, epoch_seeds=[5, 6, 7], steps=3, **kwargs))
+    alone = [batch for seed in (5, 6, 7) for batch in _epoch(
+        make_pipeline(dataset, training=True, seed=seed, drop_remainder=True, **kwargs))]
+    assert len(alone) == 9  # 20 images: three batches of 6 an epoch, 2 images dropped
+    _assert_same_batches(together, alone)
+    _assert_same_batches(
+        _epoch(training_batches(dataset, epoch_seeds=[6, 7], steps=3, **kwargs)), alone[3:])
+
+
+def test_several_epochs_need_their_steps():
+    dataset, _, _ = _dataset()
+    with pytest.raises(ValueError, match="Expected steps >= 1 for 2 epochs"):
+        training_batches(dataset, batch_size=4, epoch_seeds=[0, 1])
 
 
 def test_randaugment_is_deterministic():

@@ -107,31 +107,19 @@ def train_batches(data, config, start_epoch, epochs, one_hot=False):
     """
     train = data.train.cache() if config.cache else data.train
     steps = steps_per_epoch(data, config)
-    # One pipeline per epoch, each seeded by its epoch (tf.data's own
-    # reshuffling depends on how many epochs this process has iterated).
-    per_epoch = [
-        data_lib.make_pipeline(
-            train,
-            batch_size=config.batch_size,
-            training=True,
-            augmentation=config.augmentation,
-            image_size=augmentation_image_size(config),
-            num_classes=data.num_classes,
-            mixup=config.mixup,
-            cutmix=config.cutmix,
-            randaugment=config.randaugment,
-            seed=config.seed * 100_003 + epoch,
-            drop_remainder=True,
-        ).take(steps)
-        for epoch in range(start_epoch, epochs)
-    ]
-    # One pick past each epoch's last batch: its pipeline then ends and is closed,
-    # with its threads. Without it every past epoch's pipeline stays open until `fit`
-    # ends (about 1.7 idle threads per epoch). The extra pick yields no batch.
-    order = tf.data.Dataset.range(len(per_epoch)).flat_map(
-        lambda index: tf.data.Dataset.from_tensors(index).repeat(steps + 1))
-    batches = tf.data.Dataset.choose_from_datasets(
-        per_epoch, order, stop_on_empty_dataset=False)
+    batches = data_lib.training_batches(
+        train,
+        batch_size=config.batch_size,
+        # tf.data's own reshuffling would depend on how many epochs this process iterated.
+        epoch_seeds=[config.seed * 100_003 + epoch for epoch in range(start_epoch, epochs)],
+        steps=steps,
+        augmentation=config.augmentation,
+        image_size=augmentation_image_size(config),
+        num_classes=data.num_classes,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+        randaugment=config.randaugment,
+    )
     if one_hot and not (config.mixup or config.cutmix):
         batches = batches.map(
             lambda images, labels: (images, tf.one_hot(labels, data.num_classes)))
