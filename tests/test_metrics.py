@@ -29,6 +29,14 @@ def test_per_class_accuracy_accepts_batched_datasets_with_one_hot_and_weights():
     np.testing.assert_allclose(accuracy, [1.0, 1.0, 0.5])
 
 
+def test_integer_one_hot_labels_count_as_their_class():
+    # As the Distiller reads them: label vectors of any dtype.
+    logits = np.eye(3, dtype=np.float32)[[0, 1, 1, 2]]
+    labels = np.eye(3, dtype=np.int64)[[0, 1, 2, 2]]
+    accuracy = metrics.per_class_accuracy(_identity_model(3), (logits, labels), 3)
+    np.testing.assert_allclose(accuracy, [1.0, 1.0, 0.5])
+
+
 def test_counter_traces_once_for_repeated_passes():
     counter = metrics.PerClassCounter(_identity_model(2), 2)
     dataset = tf.data.Dataset.from_tensor_slices(

@@ -61,6 +61,28 @@ def test_a_class_without_held_out_images_keeps_its_share():
     np.testing.assert_allclose(mean[[0, 1, 3]], [(1 - share) / 3] * 3, atol=1e-6)
 
 
+def test_a_class_every_image_gives_no_probability_gets_finite_offsets():
+    # Class 3's logit 800 below the others: its probability is 0.0 in float64 on every image.
+    logits, labels = _biased_logits()
+    logits[:, 3] -= 800.0
+    offsets = prior_offsets.fit_offsets(logits, labels, 4)
+    assert np.all(np.isfinite(offsets))
+    # Equal to the offsets of the same logits with nothing underflowing, shifted for class 3.
+    shifted = prior_offsets.fit_offsets(logits + np.array([0, 0, 0, 790.0]), labels, 4)
+    np.testing.assert_allclose(offsets, shifted + np.array([-197.5, -197.5, -197.5, 592.5]),
+                               atol=1e-6)
+
+
+def test_class_ids_of_shape_n_1_are_read_as_class_ids():
+    # keras.datasets' CIFAR layout: (n, 1) integer labels, not one-hot vectors.
+    model, images, labels = _model_and_images(1, 400)
+    flat = tllm_tf.apply_prior_offsets(model, (images, labels), num_classes=4)
+    model, images, labels = _model_and_images(1, 400)
+    column = tllm_tf.apply_prior_offsets(model, (images, labels[:, None]), num_classes=4)
+    np.testing.assert_allclose(column["offsets"], flat["offsets"], atol=1e-9)
+    assert column["held_out_accuracy_after"] == flat["held_out_accuracy_after"]
+
+
 @pytest.mark.parametrize("logits, labels, message", [
     (np.zeros((5, 3)), np.zeros(5, int), r"logits of shape \(num_images, 4\)"),
     (np.zeros((5, 4)), np.zeros(4, int), "as many labels"),

@@ -116,7 +116,8 @@ class PerImageCorrectness:
 
 
 def _class_ids(y, num_classes):
-    if y.shape.rank == 2 and y.shape[-1] == num_classes and y.dtype.is_floating:
+    # Label vectors of any dtype (one-hot integers too), as the Distiller reads them.
+    if y.shape.rank == 2 and y.shape[-1] == num_classes:
         return tf.argmax(y, axis=-1, output_type=tf.int32)
     return tf.reshape(tf.cast(y, tf.int32), (-1,))
 

@@ -262,8 +262,9 @@ def check_held_out_data(dataset, model,
 def held_out_class_ids(dataset, num_classes):
     """The class ids of a held-out data set's labels, in order, checked to be in range.
 
-    One pass over the labels alone. Float label vectors `(batch,
-    num_classes)` count as their arg-max, as the per-image pass reads them.
+    One pass over the labels alone. Label vectors `(batch, num_classes)`
+    (one-hot of any dtype, or soft) count as their arg-max, as the per-image
+    pass reads them.
 
     Args:
         dataset: a batched `tf.data.Dataset` of `(x, y)`.
@@ -279,7 +280,7 @@ def held_out_class_ids(dataset, num_classes):
     batches = []
     for labels in dataset.map(lambda *batch: batch[1]):
         labels = labels.numpy()
-        if labels.ndim == 2 and labels.shape[-1] == num_classes and labels.dtype.kind == "f":
+        if labels.ndim == 2 and labels.shape[-1] == num_classes:
             labels = labels.argmax(axis=-1)
         batches.append(labels.reshape(-1))
     class_ids = np.concatenate(batches) if batches else np.zeros(0, np.int64)

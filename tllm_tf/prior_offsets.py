@@ -47,18 +47,31 @@ def logits_and_labels(model, dataset):
 def _logits_and_labels(forward, dataset):
     logits, labels = [], []
     for batch in metrics_lib.as_dataset(dataset):
-        logits.append(forward(batch[0]).numpy())
+        batch_logits = forward(batch[0]).numpy()
+        logits.append(batch_logits)
         batch_labels = batch[1].numpy()
-        labels.append(batch_labels.argmax(-1) if batch_labels.ndim > 1 else batch_labels)
+        # Label vectors (one-hot or soft) count as their arg-max; class ids of shape
+        # (n, 1), keras.datasets' layout, as they are.
+        is_vector = batch_labels.ndim == 2 and batch_labels.shape[-1] == batch_logits.shape[-1]
+        labels.append(batch_labels.argmax(-1) if is_vector else batch_labels.reshape(-1))
     if not logits:
         raise ValueError("Prior offsets need held-out images; the data set given is empty.")
     return np.concatenate(logits).astype(np.float64), np.concatenate(labels).astype(np.int64)
 
 
-def _softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+def _log_mean_probabilities(logits):
+    """Per class, the log of the mean softmax probability over the images.
+
+    In logs throughout: a class whose probability underflows to 0 on every
+    image (a logit 745 below the others) still has a finite log mean.
+    """
+    log_probabilities = logits - _logsumexp(logits, axis=1)
+    return _logsumexp(log_probabilities, axis=0)[0] - np.log(len(logits))
+
+
+def _logsumexp(values, axis):
+    largest = values.max(axis=axis, keepdims=True)
+    return largest + np.log(np.exp(values - largest).sum(axis=axis, keepdims=True))
 
 
 def fit_offsets(logits, labels, num_classes, *, max_iterations=1000, tolerance=1e-7):
@@ -93,13 +106,15 @@ def fit_offsets(logits, labels, num_classes, *, max_iterations=1000, tolerance=1
                          f"{'none' if len(labels) == 0 else (labels.min(), labels.max())}.")
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     present = counts > 0
-    target = counts / counts.sum()
     # Absent classes keep their share; the present ones split the rest by their counts.
-    kept = np.where(present, 0.0, _softmax(logits).mean(axis=0))
-    target = np.where(present, target * (1.0 - kept.sum()), kept)
+    log_kept = _log_mean_probabilities(logits)
+    kept_share = np.exp(log_kept[~present]).sum()
+    with np.errstate(divide="ignore"):
+        log_target = np.where(present, np.log(counts / counts.sum()) + np.log1p(-kept_share),
+                              log_kept)
     offsets = np.zeros(num_classes)
     for _ in range(max_iterations):
-        step = np.log(target / _softmax(logits + offsets).mean(axis=0))
+        step = log_target - _log_mean_probabilities(logits + offsets)
         offsets += step
         if np.max(np.abs(step)) < tolerance:
             break
