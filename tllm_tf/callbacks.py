@@ -358,16 +358,17 @@ class UndistillableClassCallback(keras.callbacks.Callback):
     def _warn_about_unlearned_classes(self, num_classes):
         """Warns of classes the finished reference gets right no more often than chance.
 
-        The student is never behind such a reference on them, so they are
-        never masked: a failed reference (a class it never learned) silently
-        turns TLLM into KD there.
+        The student is behind such a reference on them only where it does
+        worse still, so in effect they are not judged: a failed reference (a
+        class it never learned) silently turns TLLM into KD there.
         """
         unlearned = np.flatnonzero(self.reference_accuracy <= 1.0 / num_classes)
         if unlearned.size:
             logging.warning(
                 "UndistillableClassCallback: the reference gets classes %s right on no more "
                 "than chance (%.0f%%) of their held-out images (%s): it has not learned them, "
-                "so the student is never behind it there and they are never masked. Train the "
+                "so the student is behind it there only where it does worse still, and they are "
+                "in effect not judged. Train the "
                 "reference again (another seed, or a lower learning rate) to judge them.",
                 unlearned.tolist(), 100.0 / num_classes,
                 ", ".join(f"{100 * a:.0f}%" for a in self.reference_accuracy[unlearned]))

@@ -54,7 +54,8 @@ def markdown(summaries):
             f"{_accuracy(setting['labels'])}; KD {_accuracy(setting['kd'])}; KD minus labels "
             f"{_points(setting['kd_minus_labels'])} (mean ± std [95% CI] seeds better/worse, "
             "points).", "",
-            "Classes KD hurts beyond noise (paired 95% CI below 0): "
+            "Classes KD hurts beyond noise (paired 95% CI below 0, each class on its own, no "
+            "correction across classes): "
             + (", ".join(setting["hurt_classes"]) or "none") + ".", "",
         ]
         paired, rows = [], []
