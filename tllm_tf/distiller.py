@@ -1,8 +1,5 @@
 """`Distiller`: knowledge distillation with a per-class distillation mask.
 
-(Over 300 lines: one Keras model whose train step, test step and saving share the mask, the
-policy and the teacher's precision, so it is kept whole.)
-
 Implements the training side of Teach Less, Learn More (TLLM, Zhu et al.,
 NeurIPS 2022): the distillation term of each sample is gated by
 `class_mask[label]`, so classes found undistillable (see
@@ -18,9 +15,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tllm_tf import batch_contents
 from tllm_tf import fit_callbacks
 from tllm_tf import identification
 from tllm_tf import losses as losses_lib
+from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
 from tllm_tf import policies
 from tllm_tf import teacher_precision
@@ -153,7 +152,7 @@ class Distiller(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self.masked_class_count = _MaskedClassCount(lambda: self.class_mask)
+        self.masked_class_count = metrics_lib.MaskedClassCount(lambda: self.class_mask)
         self._own_trackers = (
             self.loss_tracker,
             self.student_loss_tracker,
@@ -381,7 +380,7 @@ class Distiller(keras.Model):
         return own + rest
 
     def call(self, inputs, training=False):
-        return self.student(_images(inputs), training=training)
+        return self.student(batch_contents.images(inputs), training=training)
 
     def fit(self, *args, **kwargs):
         """Trains the student; `keras.Model.fit`'s arguments.
@@ -399,36 +398,6 @@ class Distiller(keras.Model):
         arguments["callbacks"] = fit_callbacks.arrange(
             arguments.get("callbacks"), self.teacher_dtype)
         return super().fit(**arguments)
-
-    def _labels(self, y):
-        """Returns `(labels, is_soft)`: int32 class ids, or float label vectors."""
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank == 2 and y.shape[-1] == self.num_classes:
-            # Soft labels, or one-hot ones (of any dtype): the same vectors.
-            return tf.cast(y, "float32"), True
-        if y.shape.rank == 2 and y.shape[-1] == 1:
-            y = tf.squeeze(y, axis=-1)
-        if y.shape.rank != 1:
-            raise ValueError(model_checks.label_shape_message(y.shape, self.num_classes))
-        checks = []
-        if y.dtype.is_floating:
-            # A cast alone would turn 2.7 into class 2 without a word.
-            checks.append(tf.debugging.assert_equal(
-                y, tf.round(y), message=(
-                    "Labels must be class ids (whole numbers). Fix the data set's labels: "
-                    "class ids, or label vectors of shape (batch, "
-                    f"num_classes={self.num_classes}) for soft labels. Offending labels:")))
-        with tf.control_dependencies(checks):
-            labels = tf.cast(y, "int32")
-        message = (
-            f"Labels must be class ids in [0, num_classes={self.num_classes}). "
-            "Fix the data set's labels (or num_classes). Offending labels:"
-        )
-        with tf.control_dependencies([
-            tf.debugging.assert_non_negative(labels, message=message),
-            tf.debugging.assert_less(labels, self.num_classes, message=message),
-        ]):
-            return tf.identity(labels), False
 
     def _student_loss(self, labels, is_soft, student_logits):
         if self.student_loss_fn is None:
@@ -492,12 +461,12 @@ class Distiller(keras.Model):
         optimizer sums) add up to the single-device mean, also when a batch
         splits unevenly or a replica gets no sample at all.
         """
-        labels, is_soft = self._labels(y)
-        if _carries_teacher_logits(x):
+        labels, is_soft = batch_contents.labels(y, self.num_classes)
+        if batch_contents.carries_teacher_logits(x):
             teacher_logits = ops.cast(x["teacher_logits"], "float32")
         else:
             teacher_logits = self._teacher_logits(x)
-        student_logits = self.student(_images(x), training=training)
+        student_logits = self.student(batch_contents.images(x), training=training)
         total, student_loss, distillation_loss = self._loss_terms(
             labels, is_soft, student_logits, teacher_logits)
         local_size = ops.cast(ops.shape(student_logits)[0], "float32")
@@ -540,40 +509,6 @@ class Distiller(keras.Model):
 
 
 _FLOAT16_MAX = 65504.0
-
-
-def _carries_teacher_logits(x):
-    return isinstance(x, dict) and "teacher_logits" in x
-
-
-def _images(x):
-    """The student's input: `x`, or `x["images"]` when `x` carries teacher logits."""
-    if not _carries_teacher_logits(x):
-        return x
-    if set(x) != {"images", "teacher_logits"}:
-        raise ValueError(
-            "A batch that carries teacher logits is a dict with exactly the keys "
-            "'images' and 'teacher_logits' (as tllm_tf.SoftLabelStore gives). "
-            f"Received keys: {sorted(x)}")
-    return x["images"]
-
-
-class _MaskedClassCount(keras.metrics.Metric):
-    """`num_undistillable_classes`: the classes the mask stops distilling now.
-
-    It reads the mask rather than accumulating, so it needs no update and is
-    the same on every replica.
-    """
-
-    def __init__(self, read_mask, name="num_undistillable_classes"):
-        super().__init__(name=name, dtype="int32")
-        self._read_mask = read_mask
-
-    def update_state(self, *args, **kwargs):
-        pass
-
-    def result(self):
-        return ops.sum(ops.cast(self._read_mask() <= 0.0, "int32"))
 
 
 def _serialize_student_loss(loss_fn):

@@ -1,7 +1,9 @@
-"""Per-class accuracy, computed in one compiled pass over a data set."""
+"""Per-class accuracy, computed in one compiled pass over a data set; the masked-class count."""
 
+import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 
 def as_dataset(data, batch_size=256):
@@ -153,3 +155,25 @@ def per_class_accuracy(model, dataset, num_classes):
     """
     correct, total = PerClassCounter(model, num_classes)(dataset)
     return accuracy_from_counts(correct, total)
+
+
+class MaskedClassCount(keras.metrics.Metric):
+    """`num_undistillable_classes`: the classes a class mask stops distilling now.
+
+    It reads the mask rather than accumulating, so it needs no update and is
+    the same on every replica.
+
+    Args:
+        read_mask: callable returning the class mask (1 = distil).
+        name: the metric's name. Defaults to `"num_undistillable_classes"`.
+    """
+
+    def __init__(self, read_mask, name="num_undistillable_classes"):
+        super().__init__(name=name, dtype="int32")
+        self._read_mask = read_mask
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def result(self):
+        return ops.sum(ops.cast(self._read_mask() <= 0.0, "int32"))
