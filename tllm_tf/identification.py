@@ -28,8 +28,6 @@ import math
 
 import numpy as np
 
-RULES = ("paired", "unpaired")
-CORRECTIONS = ("holm", "benjamini_hochberg", "none")
 
 
 def _log_upper_tails(trials):
@@ -89,6 +87,30 @@ def smallest_detectable_gap(trials, level):
     return gaps
 
 
+def _per_test(sorted_p, significance):
+    return int(np.count_nonzero(sorted_p <= significance))
+
+
+def _holm(sorted_p, significance):
+    # Step-down: stop at the first p-value above its threshold.
+    m = sorted_p.size
+    failed = np.flatnonzero(sorted_p > significance / (m - np.arange(m)))
+    return int(failed[0]) if failed.size else m
+
+
+def _benjamini_hochberg(sorted_p, significance):
+    # Step-up: everything up to the last p-value at or below its threshold.
+    m = sorted_p.size
+    passing = np.flatnonzero(sorted_p <= significance * (np.arange(m) + 1) / m)
+    return int(passing[-1]) + 1 if passing.size else 0
+
+
+# Each correction: `(p-values sorted ascending, significance) -> how many of the
+# smallest are rejected`.
+_CORRECTIONS = {"holm": _holm, "benjamini_hochberg": _benjamini_hochberg, "none": _per_test}
+CORRECTIONS = tuple(_CORRECTIONS)
+
+
 def reject(p_values, significance, correction="holm"):
     """Which null hypotheses are rejected after a multiple-testing correction.
 
@@ -102,12 +124,21 @@ def reject(p_values, significance, correction="holm"):
 
     Returns:
         A boolean array of the same shape.
+
+    Raises:
+        ValueError: on an unknown correction.
     """
+    if correction not in _CORRECTIONS:
+        raise ValueError(
+            f"Unknown correction: {correction!r}. Expected one of {CORRECTIONS}.")
     p_values = np.asarray(p_values, dtype=np.float64)
     rejected = np.zeros(p_values.shape, dtype=bool)
     tested = np.flatnonzero(~np.isnan(p_values))
     if tested.size == 0:
         return rejected
+    order = tested[np.argsort(p_values[tested], kind="stable")]
+    rejected[order[:_CORRECTIONS[correction](p_values[order], significance)]] = True
+    return rejected
     order = tested[np.argsort(p_values[tested], kind="stable")]
     sorted_p = p_values[order]
     m = order.size
@@ -301,6 +332,28 @@ def _unpaired_behind(evidence, smoothed, options):
     return behind & judged, None
 
 
+def _paired_counts(evidence):
+    if evidence.behind_counts is None:
+        raise ValueError(
+            "The paired rule needs the reference's per-image results on the "
+            "held-out split; only per-class accuracies were given. Pass the "
+            "reference model or its predictions file, or use rule='unpaired'.")
+    return np.stack([evidence.behind_counts, evidence.ahead_counts]).astype(np.float64)
+
+
+def _accuracies(evidence):
+    return np.stack([evidence.student_accuracy, evidence.reference_accuracy])
+
+
+# Each rule: the quantities it compares (smoothed over updates with --smoothing), and
+# which classes they put behind, with the paired test's p-values (or None).
+_RULES = {
+    "paired": (_paired_counts, _paired_behind),
+    "unpaired": (_accuracies, _unpaired_behind),
+}
+RULES = tuple(_RULES)
+
+
 def update(state, evidence, options):
     """One identification update: the new state and the classes to mask.
 
@@ -318,19 +371,9 @@ def update(state, evidence, options):
     Raises:
         ValueError: if the paired rule is given no discordant counts.
     """
-    if options.rule == "paired":
-        if evidence.behind_counts is None:
-            raise ValueError(
-                "The paired rule needs the reference's per-image results on the "
-                "held-out split; only per-class accuracies were given. Pass the "
-                "reference model or its predictions file, or use rule='unpaired'.")
-        current = np.stack([evidence.behind_counts, evidence.ahead_counts]).astype(np.float64)
-        smoothed = _smooth(state.smoothed, current, options.smoothing)
-        behind, p_values = _paired_behind(evidence, smoothed, options)
-    else:
-        current = np.stack([evidence.student_accuracy, evidence.reference_accuracy])
-        smoothed = _smooth(state.smoothed, current, options.smoothing)
-        behind, p_values = _unpaired_behind(evidence, smoothed, options)
+    compared, behind_given = _RULES[options.rule]
+    smoothed = _smooth(state.smoothed, compared(evidence), options.smoothing)
+    behind, p_values = behind_given(evidence, smoothed, options)
     streak = np.where(behind, state.streak + 1, 0)
     masked = streak >= options.patience
     if options.sticky:
