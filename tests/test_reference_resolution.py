@@ -1,5 +1,6 @@
 """Tests of tllm_tf.reference_resolution: each kind of reference, resolved for one fit."""
 
+import json
 import logging
 
 import numpy as np
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 import tllm_tf
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
+from tllm_tf import held_out_predictions
 from tllm_tf.reference_resolution import resolve_reference
 
 LABELS = np.arange(8, dtype=np.int32) % NUM_CLASSES
@@ -59,3 +61,24 @@ def test_a_model_is_evaluated_on_the_held_out_images():
 def test_a_reference_of_the_wrong_shape_is_refused(reference, epoch_matched, message):
     with pytest.raises(ValueError, match=message):
         _resolve(reference, epoch_matched=epoch_matched)
+
+
+def test_the_predictions_beside_a_reference_file_are_read_with_the_paired_rule_only(tmp_path):
+    reference_path = tmp_path / "reference.json"
+    reference_path.write_text("{}")
+    assert held_out_predictions.sibling_predictions(reference_path, "paired") is None
+    sibling = tmp_path / held_out_predictions.PREDICTIONS_FILE
+    sibling.write_bytes(b"")
+    assert held_out_predictions.sibling_predictions(reference_path, "paired") == str(sibling)
+    assert held_out_predictions.sibling_predictions(reference_path, "unpaired") is None
+
+
+def test_predictions_cross_to_other_workers_as_json_unchanged():
+    predictions = held_out_predictions.ReferencePredictions(
+        labels=np.array([0, 2, 1], np.int32),
+        correct=np.array([[True, False, True], [False, False, True]]), prior_offsets=True)
+    back = held_out_predictions.ReferencePredictions.from_dict(json.loads(json.dumps(predictions.to_dict())))
+    np.testing.assert_array_equal(back.labels, predictions.labels)
+    assert back.labels.dtype == np.int32 and back.correct.dtype == bool
+    np.testing.assert_array_equal(back.correct, predictions.correct)
+    assert back.prior_offsets is True

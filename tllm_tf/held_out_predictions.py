@@ -46,6 +46,22 @@ def predictions_path(reference_path):
     return os.path.join(os.path.dirname(os.path.abspath(reference_path)), PREDICTIONS_FILE)
 
 
+def sibling_predictions(reference_path, rule):
+    """The predictions file to read with a reference file: which form of the reference is used.
+
+    Args:
+        reference_path: path of a reference's accuracy file (`reference.json`).
+        rule: the identification rule, `"paired"` or `"unpaired"`.
+
+    Returns:
+        `predictions_path(reference_path)` with the paired rule where that
+        file exists; otherwise `None` (the reference file's per-class
+        accuracies are read instead).
+    """
+    path = predictions_path(reference_path)
+    return path if rule == "paired" and os.path.exists(path) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class ReferencePredictions:
     """Which held-out images the reference got right, after each epoch.
@@ -74,6 +90,30 @@ class ReferencePredictions:
             A bool array `(num_images,)`.
         """
         return self.correct[min(epoch, len(self.correct) - 1)]
+
+    def to_dict(self):
+        """The predictions as a JSON-ready dict, read back by `from_dict`.
+
+        Returns:
+            `{"labels": [...], "correct": [[0 or 1, ...], ...], "prior_offsets": bool}`.
+        """
+        return {"labels": self.labels.tolist(),
+                "correct": self.correct.astype(int).tolist(),
+                "prior_offsets": self.prior_offsets}
+
+    @classmethod
+    def from_dict(cls, values):
+        """The `ReferencePredictions` of a dict written by `to_dict` (after a JSON round trip).
+
+        Args:
+            values: the dict.
+
+        Returns:
+            A `ReferencePredictions`.
+        """
+        return cls(labels=np.array(values["labels"], dtype=np.int32),
+                   correct=np.array(values["correct"], dtype=bool),
+                   prior_offsets=bool(values["prior_offsets"]))
 
     @property
     def final(self):

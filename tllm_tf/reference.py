@@ -12,14 +12,13 @@ flags almost every class early in training. The callback that records it:
 `tllm_tf.reference_history`.
 """
 
-import json
 import logging
 import math
-import os
 
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import json_checks
 
 FORMAT = "tllm_tf.reference"
 VERSION = 1
@@ -82,67 +81,6 @@ def save_reference(path, per_class_accuracy, num_samples=None, per_epoch_accurac
     atomic.write_json(path, record)
 
 
-def _read_json(path, max_bytes, missing_message):
-    """Parses a JSON file of at most `max_bytes`, as plain data."""
-    try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise ValueError(
-                f"{path!r} is {size} bytes, more than the {max_bytes} a reference file "
-                "may have; it is not one this package wrote. Nothing was parsed.")
-        with open(path, "rb") as handle:
-            # Bounded again: a FIFO or a device reports no size.
-            text = handle.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ValueError(missing_message) from None
-    if len(text) > max_bytes:
-        raise ValueError(
-            f"{path!r} holds more than the {max_bytes} bytes a reference file may "
-            "have; it is not one this package wrote.")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, huge ints.
-        raise ValueError(
-            f"Reference file {path!r} is not valid JSON ({error}); it may be "
-            "truncated. Delete it (a stage whose file exists counts as done) and re-run "
-            "the `reference` stage to rewrite it."
-        ) from None
-
-
-def is_number(value):
-    """Whether a JSON value is a number (a bool is not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def accuracy_problem(field, values):
-    """The first of `values` that is not an accuracy in [0, 1] or null (NaN), as a phrase.
-
-    Args:
-        field: the values' name in messages, e.g. `"per_class_accuracy"`.
-        values: a list read from JSON.
-
-    Returns:
-        `"<field>[i] must be an accuracy in [0, 1] or null. Received: ..."`, or `None`.
-    """
-    for index, value in enumerate(values):
-        if not (value is None or (is_number(value) and (math.isnan(value) or 0 <= value <= 1))):
-            return (f"{field}[{index}] must be an accuracy in [0, 1] or null. "
-                    f"Received: {value!r:.40}")
-    return None
-
-
-def count_problem(field, counts):
-    """The first of `counts` that is not a non-negative integer, as a phrase, or `None`.
-
-    NaN, null or 2.5 where a count belongs is damage, not "unknown".
-    """
-    for index, count in enumerate(counts):
-        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
-            return (f"{field}[{index}] must be a non-negative integer count. "
-                    f"Received: {count!r:.40}")
-    return None
-
-
 def _check_accuracies(path, field, values, num_classes):
     """`values` is a list of `num_classes` accuracies in [0, 1], null (or NaN) for none."""
     if not isinstance(values, list):
@@ -153,7 +91,7 @@ def _check_accuracies(path, field, values, num_classes):
         raise ValueError(
             f"Reference file {path!r} is inconsistent: {field} has {len(values)} "
             f"entries, num_classes is {num_classes}.")
-    problem = accuracy_problem(field, values)
+    problem = json_checks.accuracy_problem(field, values)
     if problem:
         raise ValueError(f"Reference file {path!r}: {problem}.")
 
@@ -195,9 +133,12 @@ def check_accuracy_rows(rows, held_out_counts=None):
 
 def _read_record(path):
     """A reference file's record, every field checked before it is used."""
-    record = _read_json(path, MAX_FILE_BYTES, (
-        f"Reference file not found: {path!r}. Run the `reference` stage "
-        "first, or pass the reference accuracies or model directly."))
+    record = json_checks.read_json(
+        path, MAX_FILE_BYTES, kind="reference file",
+        missing_message=(f"Reference file not found: {path!r}. Run the `reference` stage "
+                         "first, or pass the reference accuracies or model directly."),
+        remedy=("Delete it (a stage whose file exists counts as done) and re-run the "
+                "`reference` stage to rewrite it."))
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(
             f"{path!r} is not a tllm_tf reference file (expected "
@@ -222,7 +163,7 @@ def _read_record(path):
             raise ValueError(
                 f"Reference file {path!r} is inconsistent: num_samples must be a list "
                 f"of num_classes={num_classes} counts.")
-        problem = count_problem("num_samples", counts)
+        problem = json_checks.count_problem("num_samples", counts)
         if problem:
             raise ValueError(f"Reference file {path!r}: {problem}.")
     if record.get("provenance") is not None:

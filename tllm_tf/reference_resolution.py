@@ -93,8 +93,8 @@ def resolve_reference(reference, validation_data, num_classes, held_out_counts, 
     elif isinstance(reference, (str, os.PathLike)):
         values = (reference_lib.load_reference_history(reference) if matched
                   else reference_lib.load_reference(reference))
-        sibling = predictions_lib.predictions_path(reference)
-        if rule == "paired" and os.path.exists(sibling):
+        sibling = predictions_lib.sibling_predictions(reference, rule)
+        if sibling is not None:
             predictions = predictions_lib.load_predictions(sibling)
             source = sibling
         else:
@@ -150,8 +150,8 @@ def _wants_matched(reference, rule, epoch_matched):
     if isinstance(reference, predictions_lib.ReferencePredictions):
         return len(reference.correct) > 1
     if isinstance(reference, (str, os.PathLike)):
-        sibling = predictions_lib.predictions_path(reference)
-        if rule == "paired" and os.path.exists(sibling):
+        sibling = predictions_lib.sibling_predictions(reference, rule)
+        if sibling is not None:
             return len(predictions_lib.load_predictions(sibling).correct) > 1
         try:
             return len(reference_lib.load_reference_history(reference)) > 1

@@ -47,7 +47,7 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
         results: a results dict of `reporting`.
         path: the PNG to write.
         undistillable: names of the classes to draw in red. Defaults to `()`.
-        source: where they come from (`reporting.undistillable_classes`), for
+        source: where they come from (`report_figures.undistillable_classes`), for
             the legend; `None` leaves them out of it. Defaults to `None`.
 
     Returns:

@@ -26,7 +26,7 @@ import json
 import os
 
 from tllm_tf import atomic
-from tllm_tf import reference
+from tllm_tf import json_checks
 from tllm_tf.mask_log import load_mask_history
 from tllm_tf.pipeline import workdir_files
 
@@ -37,6 +37,7 @@ COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled
 
 def _read_json(path, remedy):
     """A JSON file of the workdir; a damaged one is an error naming it and `remedy`."""
+    # Not json_checks.read_json: its errors name the stage's remedy, and it has no size cap.
     try:
         with open(path) as handle:
             record = json.load(handle)
@@ -101,16 +102,16 @@ def _value_problem(record):
     A class without test images has a null (or NaN) accuracy; the overall
     accuracy and the counts are always there.
     """
-    problem = reference.accuracy_problem("per_class_accuracy", record["per_class_accuracy"])
+    problem = json_checks.accuracy_problem("per_class_accuracy", record["per_class_accuracy"])
     if problem:
         return problem
     accuracy = record["accuracy"]
-    if not (reference.is_number(accuracy) and 0 <= accuracy <= 1):
+    if not (json_checks.is_number(accuracy) and 0 <= accuracy <= 1):
         return f"accuracy must be an accuracy in [0, 1]. Received: {accuracy!r:.40}"
     counts = record.get("num_samples")
     if counts is not None and not isinstance(counts, list):
         return f"num_samples must be a list of counts or null. Received: {counts!r:.40}"
-    return reference.count_problem("num_samples", counts or ())
+    return json_checks.count_problem("num_samples", counts or ())
 
 
 def _check_same_classes(class_names):

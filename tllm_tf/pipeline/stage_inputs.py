@@ -104,23 +104,16 @@ def reference_on_every_worker(strategy, reference_path, num_classes, config):
     `read_reference` (the callback then judges with the unpaired rule and
     says so).
     """
-    sibling = predictions_lib.predictions_path(reference_path)
-
     def read():
-        if config.rule == "paired" and os.path.exists(sibling):
-            read_reference(reference_path, num_classes, config.epoch_matched)
-            predictions = predictions_lib.load_predictions(sibling)
-            return {"labels": predictions.labels.tolist(),
-                    "correct": predictions.correct.astype(int).tolist(),
-                    "prior_offsets": predictions.prior_offsets}
-        return read_reference(reference_path, num_classes, config.epoch_matched).tolist()
+        sibling = predictions_lib.sibling_predictions(reference_path, config.rule)
+        accuracy = read_reference(reference_path, num_classes, config.epoch_matched)
+        if sibling is None:
+            return accuracy.tolist()
+        return predictions_lib.load_predictions(sibling).to_dict()
 
     values = multi_worker.run_on_chief(strategy, read)
     if isinstance(values, dict):
-        return predictions_lib.ReferencePredictions(
-            labels=np.array(values["labels"], dtype=np.int32),
-            correct=np.array(values["correct"], dtype=bool),
-            prior_offsets=bool(values["prior_offsets"]))
+        return predictions_lib.ReferencePredictions.from_dict(values)
     return np.array(values, dtype=np.float64)
 
 
