@@ -773,8 +773,9 @@ def test_export_serves_the_student(student, teacher, tiny_data, tmp_path):
     np.testing.assert_allclose(served.numpy(), student.predict(x, verbose=0), atol=1e-6)
 
 
-def test_legacy_h5_save_is_refused_with_the_formats_that_work(student, teacher, tmp_path):
+@pytest.mark.parametrize("name", ["distiller.h5", "distiller.hdf5"])
+def test_legacy_h5_save_is_refused_with_the_formats_that_work(student, teacher, tmp_path, name):
     distiller = _distiller(student, teacher)
     with pytest.raises(ValueError, match="legacy .h5.*Save it as .keras.*save_weights"):
-        distiller.save(str(tmp_path / "distiller.h5"))
-    assert not (tmp_path / "distiller.h5").exists()
+        distiller.save(str(tmp_path / name))
+    assert not (tmp_path / name).exists()

@@ -76,8 +76,13 @@ def append_line(path, line):
     rather than followed: a planted link would otherwise make the run write
     outside its folder.
 
+    Args:
+        path: the log file.
+        line: the text to append, without its line end.
+
     Raises:
         ValueError: if `path` is a symbolic link.
+        OSError: if the file cannot be opened for another reason.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
@@ -145,6 +150,10 @@ def json_floats(values, digits=None):
         values: numbers, e.g. a per-class accuracy array.
         digits: if given, each float is rounded to this many decimals.
             Defaults to `None`.
+
+    Returns:
+        A flat list (`values` raveled) of Python floats, with `None` for
+        each NaN or infinite value.
     """
     floats = [float(value) for value in np.asarray(values, dtype=float).ravel()]
     if digits is not None:
@@ -158,7 +167,20 @@ def floats_from_json(values):
 
 
 def write_json(path, value, indent=1):
-    """Writes `value` as strict JSON (NaN as `null`) to `path` atomically."""
+    """Writes `value` as strict JSON (NaN as `null`) to `path` atomically.
+
+    Keys are sorted, and NaN or infinite floats in dicts, lists and tuples
+    become `null` (see `to_json_value`).
+
+    Args:
+        path: the destination file.
+        value: a JSON-serialisable value.
+        indent: `json.dump`'s indent. Defaults to `1`.
+
+    Raises:
+        TypeError: if `value` holds something JSON cannot encode (a numpy
+            array or scalar other than `np.float64`, say).
+    """
     with atomic_open(path) as stream:
         json.dump(to_json_value(value), stream, indent=indent, sort_keys=True,
                   allow_nan=False)

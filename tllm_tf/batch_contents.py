@@ -21,6 +21,12 @@ def carries_teacher_logits(x):
 def images(x):
     """The student's input: `x`, or `x["images"]` when `x` carries teacher logits.
 
+    Args:
+        x: the batch's `x`.
+
+    Returns:
+        The images tensor (or whatever `x` is, when it carries no logits).
+
     Raises:
         ValueError: on a dict with other keys than `images` and
             `teacher_logits`.

@@ -45,11 +45,11 @@ def update_schedule(epochs, warmup_epochs=None, update_every=None):
     Args:
         epochs: the fit's number of epochs.
         warmup_epochs: epochs before the first update, or `None` for half of
-            `epochs`.
+            `epochs` (rounded down). Defaults to `None`.
         update_every: epochs between updates, or `None` to spread
             `DEFAULT_LOOKS` updates over the epochs after the warm-up (one
             every `(epochs - warmup) // DEFAULT_LOOKS` epochs, at least every
-            epoch).
+            epoch). Defaults to `None`.
 
     Returns:
         `(warmup_epochs, update_every)`, both resolved to integers.
@@ -192,12 +192,15 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             has another. Defaults to `None`.
 
     Raises:
-        ValueError: on an argument out of range; at train begin, on a
-            class of `masked_classes` the model does not have, a held-out
-            label outside `[0, num_classes)`, on a reference of the wrong
-            shape, with accuracies outside `[0, 1]` or NaN for a class the
-            held-out split has images of, from another held-out split, or,
-            with `epoch_matched=True`, one without per-epoch results.
+        ValueError: on an argument out of range; at train begin, on a model
+            that is not a `Distiller`, a held-out data set that is empty,
+            not batched or of other images than the model takes, a fit that
+            runs past `epochs`, a class of `masked_classes` the model does
+            not have, a held-out label outside `[0, num_classes)`, or a
+            reference of the wrong shape, with accuracies outside `[0, 1]`
+            or NaN for a class the held-out split has images of, from
+            another held-out split, or, with `epoch_matched=True`, one
+            without per-epoch results.
 
     Example:
 
@@ -258,6 +261,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.update_every = None if update_every is None else int(update_every)
         self.max_updates = None if max_updates is None else int(max_updates)
         self.epochs = None if epochs is None else int(epochs)
+        # Not reset in `on_train_begin`: it outlives each fit so that the next
+        # one can warn when its `epochs` differ (`_planned_epochs`).
         self._last_fit_epochs = None
         self.prior_offsets = None if prior_offsets is None else bool(prior_offsets)
         self.masked_classes = masked_classes
@@ -271,10 +276,14 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.p_values = None
         self._resolved = None
         self._correctness = None
+        # "Not yet": `on_train_begin` sets both, as `_fixed` needs the model's classes.
+        self._fixed = None
+        self._labels_checked = False
 
     # -- Keras hooks -------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        """Checks the model and held-out data, resolves the reference, plans the looks."""
         if not hasattr(self.model, "class_mask"):
             raise ValueError(
                 "UndistillableClassCallback needs a tllm_tf.Distiller (a model "
@@ -413,6 +422,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                                        behind_counts=behind, ahead_counts=ahead)
 
     def on_epoch_end(self, epoch, logs=None):
+        """Updates the class mask on a look's epoch; logs the masked-class count."""
         if self._is_update_epoch(epoch):
             num_classes = self.model.num_classes
             correct, labels = self._correctness(self.validation_data)
@@ -457,6 +467,12 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         atomic.append_line(self.log_path, json.dumps(record))
 
     def get_config(self):
+        """The hyper-parameters only.
+
+        `validation_data` and `reference` are left out, as Keras does not
+        serialise callbacks: `UndistillableClassCallback(validation_data,
+        reference, **config)` rebuilds it.
+        """
         return {
             "rule": self.options.rule,
             "significance": self.options.significance,

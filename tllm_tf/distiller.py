@@ -87,8 +87,10 @@ class Distiller(keras.Model):
     Raises:
         ValueError: if a model is not a Keras model (a file path, say),
             returns a dict or list, outputs probabilities (a softmax layer,
-            activation or op), the input shapes or output sizes disagree,
-            or `teacher_dtype` is unknown.
+            activation or op), the input shapes or output sizes disagree
+            (`num_classes` included), `num_classes` is not given and neither
+            model has a symbolic output, or `teacher_dtype` is unknown or
+            set for a subclassed teacher (see `teacher_precision`).
 
     Example:
 
@@ -221,8 +223,12 @@ class Distiller(keras.Model):
 
         Raises:
             ValueError: on a negative or non-finite weight, `alpha = beta = 0`, an unknown
-                policy, a `loss=` or a `temperature=`, or a `student_loss_fn` given
-                as a name or built with `from_logits=False`.
+                policy, a `loss=` or a `temperature=`, a `student_loss_fn` given
+                as a name or built with `from_logits=False`, a negative
+                `distillation_warmup_steps`, an unknown distillation loss or a
+                Keras loss on probabilities (`check_logit_loss`), or a policy
+                that cannot work with the distillation loss
+                (`policies.check_with_loss`).
         """
         if "loss" in kwargs:
             raise ValueError(
@@ -265,6 +271,7 @@ class Distiller(keras.Model):
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def get_compile_config(self):
+        """Keras's compile config plus the distillation's arguments to `compile`."""
         config = super().get_compile_config() or {}
         config.update(
             alpha=self.alpha,
@@ -280,8 +287,23 @@ class Distiller(keras.Model):
         return config
 
     def save(self, filepath, *args, **kwargs):
+        """Saves the Distiller as a `.keras` file (`keras.Model.save`).
+
+        Args:
+            filepath: the `.keras` file.
+            *args: passed to `keras.Model.save`.
+            **kwargs: passed to `keras.Model.save`.
+
+        Returns:
+            What `keras.Model.save` returns (`None` in Keras 3).
+
+        Raises:
+            ValueError: for a legacy `.h5`/`.hdf5` path, or a `student_loss_fn` the
+                file could not load back (a lambda, or an unregistered
+                function or class).
+        """
         # Refused before Keras opens the file, rather than half-way through.
-        if str(filepath).endswith(".h5"):
+        if str(filepath).endswith((".h5", ".hdf5")):
             raise ValueError(
                 "A Distiller cannot be saved in the legacy .h5 format (it holds two models, "
                 "the class mask and the rule's state). Save it as .keras, or its weights "
@@ -303,10 +325,14 @@ class Distiller(keras.Model):
             filepath: the export folder.
             *args: passed to `keras.Model.export`.
             **kwargs: passed to `keras.Model.export`.
+
+        Returns:
+            What the student's `export` returns (`None` in Keras 3).
         """
         return self.student.export(filepath, *args, **kwargs)
 
     def compile_from_config(self, config):
+        """Compiles as `get_compile_config()` says; builds the optimizer of a built model."""
         config = keras.saving.deserialize_keras_object(config)
         # Keras's own entries that Distiller.compile does not take.
         for key in ("loss", "loss_weights"):
@@ -316,6 +342,7 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
+        """The two models (serialised), `num_classes` and `teacher_dtype`."""
         config = super().get_config()
         config.update(
             student=keras.saving.serialize_keras_object(self.student),
@@ -327,6 +354,7 @@ class Distiller(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
+        """Builds a Distiller from `get_config()`'s output, loading both models."""
         config = dict(config)
         for key in ("student", "teacher"):
             config[key] = keras.saving.deserialize_keras_object(
@@ -370,6 +398,7 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
+        """The Distiller's own trackers first, then Keras's compiled metrics."""
         own = list(self._own_trackers)
         keras_loss_tracker = getattr(self, "_loss_tracker", None)
         rest = [
@@ -380,6 +409,7 @@ class Distiller(keras.Model):
         return own + rest
 
     def call(self, inputs, training=False):
+        """The student's logits on the batch's images."""
         return self.student(batch_contents.images(inputs), training=training)
 
     def fit(self, *args, **kwargs):
@@ -388,11 +418,22 @@ class Distiller(keras.Model):
         Callbacks that update the class mask (`UndistillableClassCallback`)
         run first at each epoch end, before the callbacks that save or
         read the model (`tllm_tf.fit_callbacks`).
+
+        Args:
+            *args: passed to `keras.Model.fit`.
+            **kwargs: passed to `keras.Model.fit`.
+
+        Returns:
+            The `keras.callbacks.History` of the fit.
+
+        Raises:
+            ValueError: on label arrays the Distiller would misread
+                (`model_checks.check_label_array`), before any step runs.
         """
         arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
         y = arguments.get("y")
         # Arrays are checked whole before any step runs; datasets are checked
-        # batch by batch inside the step (see `_labels`).
+        # batch by batch inside the step (see `batch_contents.labels`).
         if y is not None and not isinstance(y, tf.data.Dataset):
             model_checks.check_label_array(y, self.num_classes)
         arguments["callbacks"] = fit_callbacks.arrange(
@@ -488,6 +529,7 @@ class Distiller(keras.Model):
         return share, student_logits
 
     def train_step(self, data):
+        """One optimizer step on the student; returns the metrics' results."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             share, _ = self._objective(x, y, sample_weight, training=True)
@@ -503,6 +545,7 @@ class Distiller(keras.Model):
         return self.get_metrics_result()
 
     def test_step(self, data):
+        """Updates the losses and metrics on one batch; returns their results."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._objective(x, y, sample_weight, training=False)
         return self.get_metrics_result()

@@ -41,7 +41,8 @@ def arrange(callbacks, teacher_dtype=None):
     Args:
         callbacks: the callbacks given to `fit`, or `None`.
         teacher_dtype: the Distiller's `teacher_dtype`; with `"float16"` a
-            callback that warns of clipped teacher logits is added.
+            callback that warns of clipped teacher logits is added. Defaults
+            to `None`.
 
     Returns:
         A new list: the callbacks that update the class mask (an attribute

@@ -139,25 +139,6 @@ def reject(p_values, significance, correction="holm"):
     order = tested[np.argsort(p_values[tested], kind="stable")]
     rejected[order[:_CORRECTIONS[correction](p_values[order], significance)]] = True
     return rejected
-    order = tested[np.argsort(p_values[tested], kind="stable")]
-    sorted_p = p_values[order]
-    m = order.size
-    if correction == "none":
-        rejected[order] = sorted_p <= significance
-    elif correction == "holm":
-        thresholds = significance / (m - np.arange(m))
-        failed = np.flatnonzero(sorted_p > thresholds)
-        stop = failed[0] if failed.size else m
-        rejected[order[:stop]] = True
-    elif correction == "benjamini_hochberg":
-        thresholds = significance * (np.arange(m) + 1) / m
-        passing = np.flatnonzero(sorted_p <= thresholds)
-        if passing.size:
-            rejected[order[:passing[-1] + 1]] = True
-    else:
-        raise ValueError(
-            f"Unknown correction: {correction!r}. Expected one of {CORRECTIONS}.")
-    return rejected
 
 
 def discordant_counts(student_correct, reference_correct, labels, num_classes):
@@ -199,6 +180,12 @@ class RuleOptions:
 
     Every field is given: the defaults users get live in one place,
     `UndistillableClassCallback`'s signature (which `RunConfig` mirrors).
+
+    Raises:
+        ValueError: on an unknown rule or correction, or a value out of the
+            range given above (`significance` in `(0, 1)`, `margin` and
+            `margin_standard_errors` `>= 0`, `smoothing` in `[0, 1)`,
+            `patience` and `min_samples` `>= 1`).
     """
 
     rule: str
@@ -252,6 +239,15 @@ class IdentificationState:
 
     @classmethod
     def initial(cls, num_classes):
+        """The state before any update: no streaks, no averages, nothing masked.
+
+        Args:
+            num_classes: number of classes.
+
+        Returns:
+            An `IdentificationState` with zero streaks, NaN averages and no
+            class masked.
+        """
         return cls(streak=np.zeros(num_classes, np.int64),
                    smoothed=np.full((2, num_classes), np.nan),
                    masked=np.zeros(num_classes, bool))
@@ -266,6 +262,15 @@ class IdentificationState:
 
     @classmethod
     def from_array(cls, values):
+        """The state stored by `to_array` (streaks rounded, `masked` where > 0.5).
+
+        Args:
+            values: array-like `(4, num_classes)`, e.g. the `Distiller`'s
+                `identification_state` variable.
+
+        Returns:
+            An `IdentificationState`.
+        """
         values = np.asarray(values, dtype=np.float64)
         return cls(streak=np.rint(values[0]).astype(np.int64),
                    smoothed=values[1:3].copy(),
@@ -366,7 +371,8 @@ def update(state, evidence, options):
     Returns:
         `(new_state, masked, p_values)`: `masked` a boolean array of the
         classes to stop distilling; `p_values` the paired test's per-class
-        p-values before correction (`None` for the unpaired rule).
+        p-values before correction, NaN for a class with fewer than
+        `min_samples` images (`None` for the unpaired rule).
 
     Raises:
         ValueError: if the paired rule is given no discordant counts.

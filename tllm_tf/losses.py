@@ -289,7 +289,7 @@ class LogitDistillationLoss(keras.losses.Loss):
 
     Raises:
         ValueError: on a non-positive temperature or a negative
-            hyper-parameter.
+            hyper-parameter, or one that is not a number (a bool included).
     """
 
     function = None
@@ -307,6 +307,11 @@ class LogitDistillationLoss(keras.losses.Loss):
             setattr(self, key, value)
 
     def call(self, teacher_logits, student_logits, labels=None):
+        """The per-sample loss `(batch,)`: `function` with these hyper-parameters.
+
+        Raises:
+            ValueError: if `labels` is `None` and the loss needs labels.
+        """
         if labels is None and self.needs_labels:
             raise ValueError(
                 f"{type(self).__name__} needs the labels: call it as "
@@ -317,6 +322,7 @@ class LogitDistillationLoss(keras.losses.Loss):
                                    temperature=self.temperature, **self._hyperparameters)
 
     def get_config(self):
+        """Keras's loss config plus `temperature` and the other hyper-parameters."""
         config = super().get_config()
         config.update(temperature=self.temperature, **self._hyperparameters)
         return config

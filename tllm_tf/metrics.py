@@ -11,11 +11,14 @@ def as_dataset(data, batch_size=256):
 
     Args:
         data: a batched `tf.data.Dataset` yielding `(x, y)` or
-            `(x, y, sample_weight)`, or a tuple `(x, y)` of arrays.
+            `(x, y, sample_weight)`, or a tuple or list `(x, y)` (or
+            `(x, y, sample_weight)`) of arrays.
         batch_size: batch size used for arrays. Defaults to `256`.
 
     Returns:
-        A `tf.data.Dataset`.
+        A dataset given is returned as it is; arrays become a
+        `tf.data.Dataset` of `(x, y)` batches, in order (sample weights are
+        dropped).
 
     Raises:
         ValueError: if `data` is neither.
@@ -70,7 +73,11 @@ class PerClassCounter:
         return correct, total
 
     def __call__(self, data):
-        """Returns `(correct, total)`, two float arrays of shape `(num_classes,)`."""
+        """Returns `(correct, total)`, two float64 arrays of shape `(num_classes,)`.
+
+        Args:
+            data: what `as_dataset` takes.
+        """
         correct, total = self._count(as_dataset(data))
         return correct.numpy(), total.numpy()
 
@@ -112,7 +119,11 @@ class PerImageCorrectness:
         return hits.concat(), labels_out.concat()
 
     def __call__(self, data):
-        """Returns `(correct, labels)`: a bool and an int32 array `(num_images,)`."""
+        """Returns `(correct, labels)`: a bool and an int32 array `(num_images,)`.
+
+        Args:
+            data: what `as_dataset` takes, in a fixed order.
+        """
         correct, labels = self._run(as_dataset(data))
         return correct.numpy(), labels.numpy()
 
@@ -125,7 +136,18 @@ def _class_ids(y, num_classes):
 
 
 def counts_from_correctness(correct, labels, num_classes):
-    """Per-class `(correct, total)` float arrays from per-image results."""
+    """Per-class `(correct, total)` counts from per-image results.
+
+    Args:
+        correct: boolean array `(num_images,)`: whether each image is
+            classified correctly.
+        labels: int array `(num_images,)` of class ids, `>= 0`; ids at or
+            above `num_classes` are not counted.
+        num_classes: number of classes.
+
+    Returns:
+        `(correct, total)`: two float64 arrays of shape `(num_classes,)`.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     total = np.bincount(labels, minlength=num_classes)[:num_classes]
     hits = np.bincount(labels[np.asarray(correct, bool)], minlength=num_classes)[:num_classes]
@@ -133,7 +155,15 @@ def counts_from_correctness(correct, labels, num_classes):
 
 
 def accuracy_from_counts(correct, total):
-    """Per-class accuracy; NaN where a class has no examples."""
+    """Per-class accuracy from per-class counts.
+
+    Args:
+        correct: array-like of correct predictions per class.
+        total: array-like of examples per class, the same shape.
+
+    Returns:
+        A float64 array `correct / total`, NaN where `total` is 0.
+    """
     correct = np.asarray(correct, dtype=np.float64)
     total = np.asarray(total, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -173,7 +203,9 @@ class MaskedClassCount(keras.metrics.Metric):
         self._read_mask = read_mask
 
     def update_state(self, *args, **kwargs):
+        """Does nothing: the count is read from the mask, not accumulated."""
         pass
 
     def result(self):
+        """The number of classes whose mask is `<= 0`, as an int32 scalar."""
         return ops.sum(ops.cast(self._read_mask() <= 0.0, "int32"))

@@ -46,7 +46,19 @@ def check_model(model, role):
 
 
 def output_size(model):
-    """The size of a model's single logits output, or None if it has no symbolic output."""
+    """The size of a model's single logits output, or None if it has no symbolic output.
+
+    Args:
+        model: a Keras model (a subclassed or unbuilt one has no symbolic
+            output).
+
+    Returns:
+        The last axis of the output's shape (an int, or `None` where
+        unknown), or `None`.
+
+    Raises:
+        ValueError: if the model has more than one output.
+    """
     outputs = getattr(model, "outputs", None)
     if not outputs:
         return None
@@ -91,7 +103,12 @@ def check_same_inputs(student, teacher):
     """Refuses a teacher that takes inputs of another shape than the student.
 
     The `Distiller` gives both models the same batch, so a teacher of other
-    inputs would fail inside the first step. Unknown sizes (`None`) match any.
+    inputs would fail inside the first step. Unknown sizes (`None`) match any,
+    and a model without a single symbolic input is not checked.
+
+    Args:
+        student: the student `keras.Model`.
+        teacher: the teacher `keras.Model`.
 
     Raises:
         ValueError: if both input shapes are known and differ.
@@ -214,6 +231,15 @@ def check_label_array(y, num_classes, name="Labels"):
 
 
 def label_shape_message(shape, num_classes):
+    """The error message for labels of an unreadable shape.
+
+    Args:
+        shape: the labels' shape as received.
+        num_classes: the model's classes.
+
+    Returns:
+        A string naming the accepted shapes and `shape`.
+    """
     return (
         f"Labels must be class ids of shape (batch,) or label vectors of shape "
         f"(batch, num_classes={num_classes}) (one-hot or soft). Received shape "

@@ -66,12 +66,26 @@ def _logits_at(probabilities, temperature):
 
 
 def hard_label(inputs):
-    """The label takes the distillation term's weight: `m * D + (1 - m) * CE`."""
+    """The label takes the distillation term's weight: `m * D + (1 - m) * CE`.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
+    """
     return _gate(inputs, inputs.distillation_loss, inputs.student_loss)
 
 
 def drop(inputs):
-    """Only the label term remains: `m * D`."""
+    """A masked sample loses its distillation term and keeps `alpha * CE`: `m * D`.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
+    """
     return inputs.distil_weight * inputs.distillation_loss
 
 
@@ -120,6 +134,12 @@ def soft_label(inputs):
     probability at `T` on that sample: the target keeps the teacher's
     softness (so the class's logits stay on its neighbours' scale) and drops
     its distribution over the wrong classes.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     return _gate(inputs, inputs.distillation_loss,
                  _softened_label_loss(inputs, _teacher_confidence(inputs)))
@@ -134,6 +154,12 @@ def batch_soft_label(inputs):
     a nearly even one. Measured as the refit's policy (docs/study.md, "Where
     the gain comes from"): the masked classes gain more than under
     `soft_label` and their neighbours lose as much more.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     confidence = ops.mean(_teacher_confidence(inputs))
     return _gate(inputs, inputs.distillation_loss, _softened_label_loss(inputs, confidence))
@@ -154,6 +180,12 @@ def class_mean(inputs):
     would distil it. Measured as the refit's policy (docs/study.md): it
     takes less from the neighbours and gives the masked classes less, and is
     below `soft_label` overall.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     probabilities = _teacher_probabilities(inputs)
     counts = ops.sum(inputs.targets, axis=0)
@@ -176,6 +208,12 @@ def isolate(inputs):
     bit. The loss sees the changed distribution through logits `T * log q`;
     for a loss that standardises logits (`kd_ls`, `dkd_ls`) it is not the
     same change.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     keep = ops.cast(inputs.class_mask > 0.0, "float32")
     probabilities = _teacher_probabilities(inputs)
@@ -208,6 +246,12 @@ def exclude(inputs):
     towards the teacher's (as `hard_label` does) nor pushes it to zero (as
     `isolate` does). Only the label terms train a masked class's logit. With
     no class masked, the logits are used unchanged (`hard_label` bit for bit).
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     return _gate(inputs, _distilled_over_kept_classes(inputs), inputs.student_loss)
 
@@ -221,6 +265,12 @@ def soft_label_exclude(inputs):
     learn sharper targets. Meant to keep the masked class from taking its
     neighbours' images; measured as the refit's policy (docs/study.md), it
     does the opposite: the neighbours lose more than under any other policy.
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     return _gate(inputs, _distilled_over_kept_classes(inputs),
                  _softened_label_loss(inputs, _teacher_confidence(inputs)))
@@ -244,6 +294,12 @@ def soft_label_symmetric(inputs):
     `soft_label` and the masked classes gain a third; with the CNN student a
     masked Pullover collapses. With no class masked, the teacher's logits
     are used unchanged (`hard_label` bit for bit).
+
+    Args:
+        inputs: the batch's `PolicyInputs`.
+
+    Returns:
+        The per-sample term that the `Distiller` weights by `beta`, `(batch,)`.
     """
     keep = ops.cast(inputs.class_mask > 0.0, "float32")
     probabilities = _teacher_probabilities(inputs)
@@ -298,6 +354,12 @@ def check_with_loss(name, loss_fn):
 
 def get_policy(name):
     """Returns the policy function registered as `name`.
+
+    Args:
+        name: a key of `POLICIES`, e.g. `"hard_label"`.
+
+    Returns:
+        The policy: a function `PolicyInputs -> (batch,)` per-sample term.
 
     Raises:
         ValueError: if `name` is not registered.

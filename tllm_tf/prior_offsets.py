@@ -40,6 +40,10 @@ def logits_and_labels(model, dataset):
     Returns:
         `(logits, labels)`: float64 `(num_images, num_classes)` and int64
         `(num_images,)` arrays.
+
+    Raises:
+        ValueError: if `dataset` has no images, or is neither a dataset nor
+            a pair of arrays.
     """
     return _logits_and_labels(lambda images: model(images, training=False), dataset)
 
@@ -93,7 +97,8 @@ def fit_offsets(logits, labels, num_classes, *, max_iterations=1000, tolerance=1
         logit changes no prediction).
 
     Raises:
-        ValueError: if the shapes disagree or a label is out of range.
+        ValueError: if the shapes disagree, there are no labels, or a label
+            is out of range.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -176,19 +181,45 @@ class PerImageCorrectnessWithOffsets:
                                     reduce_retracing=True)
 
     def __call__(self, data):
-        """Returns `(correct, labels)`: a bool and an int64 array `(num_images,)`."""
+        """Returns `(correct, labels)`: a bool and an int64 array `(num_images,)`.
+
+        Args:
+            data: `(images, labels)` batches, or a pair of arrays.
+
+        Raises:
+            ValueError: as `fit_offsets`, or if `data` has no images.
+        """
         logits, labels = _logits_and_labels(self._forward, data)
         offsets = fit_offsets(logits, labels, self.num_classes)
         return (logits + offsets).argmax(axis=1) == labels, labels
 
 
 def judge_class(with_offsets):
-    """The per-image judge: `metrics.PerImageCorrectness`, or with prior offsets."""
+    """The per-image judge's class: `metrics.PerImageCorrectness`, or with prior offsets.
+
+    Args:
+        with_offsets: whether the judge fits and adds prior offsets first.
+
+    Returns:
+        `PerImageCorrectnessWithOffsets` or `metrics.PerImageCorrectness`,
+        both built as `judge(model, num_classes)`.
+    """
     return PerImageCorrectnessWithOffsets if with_offsets else metrics_lib.PerImageCorrectness
 
 
 def per_image_correctness(model, num_classes, with_offsets=False):
-    """The per-image judge of `model` (`judge_class`), ready to call on a data set."""
+    """The per-image judge of `model` (`judge_class`), ready to call on a data set.
+
+    Args:
+        model: a `keras.Model` returning logits.
+        num_classes: number of classes.
+        with_offsets: whether the judge fits and adds prior offsets on the
+            images it is called on. Defaults to `False`.
+
+    Returns:
+        A callable `data -> (correct, labels)`: a bool and an integer array
+        `(num_images,)` (int32 without offsets, int64 with).
+    """
     return judge_class(with_offsets)(model, num_classes)
 
 
@@ -206,7 +237,8 @@ def apply_prior_offsets(model, held_out, num_classes):
         `held_out_accuracy_after`.
 
     Raises:
-        ValueError: as `fit_offsets` and `add_to_output_bias`.
+        ValueError: as `logits_and_labels`, `fit_offsets` and
+            `add_to_output_bias`.
     """
     logits, labels = logits_and_labels(model, held_out)
     offsets = fit_offsets(logits, labels, num_classes)
