@@ -22,6 +22,7 @@ import tensorflow as tf
 from conftest import checkpointed_epoch
 from conftest import make_mlp
 from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import cluster_config
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import workdir as workdir_lib
@@ -435,11 +436,11 @@ def test_one_mirrored_strategy_serves_every_run_of_a_process():
 
 
 def test_workers_compare_whether_a_path_is_given_not_where_nor_verbose():
-    chief = multi_worker._comparable({"seed": 0, "workdir": "/a", "teacher_path": "/t/m.keras",
-                                      "masked_classes_from": "", "verbose": 2})
-    worker = multi_worker._comparable({"seed": 0, "workdir": "/b", "teacher_path": "/u/m.keras",
-                                       "masked_classes_from": "", "verbose": 0})
+    chief = cluster_config._comparable({"seed": 0, "workdir": "/a", "teacher_path": "/t/m.keras",
+                                        "masked_classes_from": "", "verbose": 2})
+    worker = cluster_config._comparable({"seed": 0, "workdir": "/b", "teacher_path": "/u/m.keras",
+                                         "masked_classes_from": "", "verbose": 0})
     assert chief == worker == {"seed": 0, "workdir": True, "teacher_path": True,
                                "masked_classes_from": False}
-    assert multi_worker._comparable({"seed": 0, "workdir": "/a", "teacher_path": None,
-                                     "masked_classes_from": ""}) != chief
+    assert cluster_config._comparable({"seed": 0, "workdir": "/a", "teacher_path": None,
+                                       "masked_classes_from": ""}) != chief

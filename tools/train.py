@@ -25,6 +25,7 @@ from tllm_tf.analysis import reporting  # noqa: E402
 from tllm_tf.analysis import workdir_results  # noqa: E402
 from tllm_tf.pipeline import multi_worker  # noqa: E402
 from tllm_tf.pipeline import stages  # noqa: E402
+from tllm_tf.pipeline import strategy as strategy_lib  # noqa: E402
 from tllm_tf.pipeline import workdir_files  # noqa: E402
 from tllm_tf.pipeline import worker_failures  # noqa: E402
 from tllm_tf.pipeline.training_guards import NonFiniteLossError  # noqa: E402
@@ -57,11 +58,11 @@ def _train_and_report(config):
     # collectives, which is only possible at start-up.
     try:
         if config.strategy == "multi_worker":
-            print(multi_worker.joining_line(), flush=True)
-        strategy = multi_worker.make_strategy(config.strategy)
+            print(strategy_lib.joining_line(), flush=True)
+        strategy = strategy_lib.make_strategy(config.strategy)
     except ValueError as error:
         console.exit_with_error(error)
-    if not multi_worker.is_chief(strategy):
+    if not strategy_lib.is_chief(strategy):
         print("A non-chief worker: the chief writes every result; this process writes nothing.")
     elif config.verbose > 0:
         print(f"Flags that differ from the defaults: {console.config_summary(config)}")

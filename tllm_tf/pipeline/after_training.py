@@ -46,8 +46,9 @@ def apply_prior_offsets(model, data, config, stage_dir):
         result, class_names=list(data.class_names),
         test_accuracy_without_offsets=without["accuracy"],
         test_per_class_accuracy_without_offsets=without["per_class_accuracy"]))
-    fitting.say(config, True, f"{os.path.basename(stage_dir)}: prior offsets on the held-out "
-                f"split: accuracy {result['held_out_accuracy_before']:.2%} -> "
+    fitting.say(config.verbose, True,
+                f"{os.path.basename(stage_dir)}: prior offsets on the held-out split: accuracy "
+                f"{result['held_out_accuracy_before']:.2%} -> "
                 f"{result['held_out_accuracy_after']:.2%}")
 
 
@@ -118,7 +119,7 @@ def _keep_baseline_if_behind(student, baseline_path, names, files, significance,
         _remove(stage_dir, own_model_file)
     atomic.write_json(os.path.join(stage_dir, check_file), dict(result.to_json(), **own))
     kept_in = f"; its own model is kept in {own_model_file}" if own else ""
-    fitting.say(config, True, f"{os.path.basename(stage_dir)}: {result.line()}{kept_in}")
+    fitting.say(config.verbose, True, f"{os.path.basename(stage_dir)}: {result.line()}{kept_in}")
 
 
 def _remove(stage_dir, *names):

@@ -1,6 +1,7 @@
 """What a stage builds from a `RunConfig`: the data, a classifier, the optimizer, the batches.
 
-(And, with --teacher_store, the soft-label store of the teacher's logits on those batches.)
+(And the compiled `Distiller` and its `UndistillableClassCallback`; with --teacher_store,
+the soft-label store of the teacher's logits on those batches.)
 
 Training batches are a function of `(config, epoch)` alone, so a stage
 resumed at epoch `e` sees the batches an uninterrupted run would have seen.
@@ -9,7 +10,10 @@ resumed at epoch `e` sees the batches an uninterrupted run would have seen.
 import keras
 import tensorflow as tf
 
+from tllm_tf import callbacks as callbacks_lib
 from tllm_tf import data as data_lib
+from tllm_tf import distiller as distiller_lib
+from tllm_tf import losses as losses_lib
 from tllm_tf import models as models_lib
 from tllm_tf.data.soft_label_store import SoftLabelStore
 
@@ -76,6 +80,94 @@ def make_optimizer(config, steps_per_epoch, initial_learning_rate=None):
     if config.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def compile_arguments(config, data, learning_rate=None):
+    """What every stage's `compile` takes from the run: the optimizer and how steps run.
+
+    Args:
+        config: the run's `RunConfig`.
+        data: its `DataSplits` (the learning-rate schedule counts in steps).
+        learning_rate: the initial learning rate. Defaults to `config.learning_rate`.
+
+    Returns:
+        A dict of `compile`'s keyword arguments `optimizer`, `jit_compile` and
+        `steps_per_execution`.
+    """
+    steps = steps_per_epoch(data, config)
+    return {
+        "optimizer": make_optimizer(config, steps, learning_rate),
+        "jit_compile": config.jit_compile,
+        "steps_per_execution": steps_per_execution(steps, config.steps_per_execution),
+    }
+
+
+def distiller(config, data, teacher):
+    """A fresh `config.student_model` in a `Distiller` with `teacher`, compiled for the run.
+
+    Build it in the strategy's scope.
+
+    Args:
+        config: the run's `RunConfig`.
+        data: its `DataSplits`.
+        teacher: the trained teacher (float32; the `Distiller` makes the
+            `config.teacher_dtype` copy).
+
+    Returns:
+        The compiled `Distiller`; its `student` is the model the stage saves.
+    """
+    student = build_classifier(config.student_model, data, config.weight_decay)
+    model = distiller_lib.Distiller(student, teacher, num_classes=data.num_classes,
+                                    teacher_dtype=config.teacher_dtype)
+    arguments = compile_arguments(config, data)
+    model.compile(
+        metrics=["accuracy"],
+        distillation_loss_fn=losses_lib.get_distillation_loss(
+            config.distillation_loss, **config.distillation_loss_kwargs()),
+        alpha=config.alpha,
+        beta=config.beta,
+        masked_class_policy=config.masked_class_policy,
+        distillation_warmup_steps=(
+            config.distillation_warmup_epochs * steps_per_epoch(data, config)),
+        **arguments,
+    )
+    return model
+
+
+def identification_callback(config, data, reference, log_path):
+    """The `UndistillableClassCallback` of `config`'s rule, on `data`'s held-out split.
+
+    Args:
+        config: the run's `RunConfig`.
+        data: its `DataSplits`.
+        reference: what the rule compares the student with
+            (`stage_inputs.reference_on_every_worker`).
+        log_path: the mask log to write, or `None` to write none.
+
+    Returns:
+        The `UndistillableClassCallback`.
+    """
+    return callbacks_lib.UndistillableClassCallback(
+        eval_batches(data.held_out, config),
+        reference=reference,
+        rule=config.rule,
+        significance=config.significance,
+        correction=config.correction,
+        margin=config.margin,
+        warmup_epochs=config.warmup_epochs,
+        update_every=config.update_every,
+        max_updates=config.max_updates,
+        sticky=config.sticky,
+        min_samples=config.min_samples,
+        log_path=log_path,
+        epoch_matched=config.epoch_matched,
+        smoothing=config.smoothing,
+        patience=config.patience,
+        margin_standard_errors=config.margin_standard_errors,
+        masked_classes=config.masked_classes,
+        # The unpaired rule compares per-class accuracies, which offsets do not judge.
+        prior_offsets=config.rule_prior_offsets and config.rule == "paired",
+    )
 
 
 def steps_per_epoch(data, config):

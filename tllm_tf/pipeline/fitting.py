@@ -17,12 +17,12 @@ from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import stage_progress
 from tllm_tf.pipeline import training_guards
 from tllm_tf.pipeline import workdir as workdir_lib
+from tllm_tf.pipeline.build import compile_arguments
 from tllm_tf.pipeline.build import eval_batches
-from tllm_tf.pipeline.build import make_optimizer
 from tllm_tf.pipeline.build import shard_by_data
 from tllm_tf.pipeline.build import steps_per_epoch
-from tllm_tf.pipeline.build import steps_per_execution
 from tllm_tf.pipeline.build import train_batches
+from tllm_tf.pipeline.epoch_tensorboard import EpochTensorBoard
 from tllm_tf.pipeline.workdir_files import CHECKPOINT_DIR
 from tllm_tf.pipeline.workdir_files import HISTORY_FILE
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
@@ -30,15 +30,15 @@ from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
 from tllm_tf.pipeline.workdir_files import TENSORBOARD_DIR
 
 
-def done(strategy, final_file, stage_dir, config):
-    """Whether the chief has the stage's final file (it then says so).
+def done(strategy, final_file, stage_dir, verbose):
+    """Whether the chief has the stage's final file (it then says so, unless `verbose` is 0).
 
     If not, the chief makes the stage directory.
     """
 
     def check():
         if os.path.exists(final_file):
-            say(config, True, f"{os.path.basename(stage_dir)}: done, skipped ({final_file})")
+            say(verbose, True, f"{os.path.basename(stage_dir)}: done, skipped ({final_file})")
             return True
         os.makedirs(stage_dir, exist_ok=True)
         return False
@@ -46,9 +46,9 @@ def done(strategy, final_file, stage_dir, config):
     return multi_worker.run_on_chief(strategy, check)
 
 
-def say(config, chief, line):
-    """Prints a stage's line on the chief, unless `config.verbose` is 0."""
-    if chief and config.verbose > 0:
+def say(verbose, chief, line):
+    """Prints a stage's line on the chief, unless `verbose` (`--verbose`) is 0."""
+    if chief and verbose > 0:
         print(line, flush=True)
 
 
@@ -69,6 +69,15 @@ def stage_line(title, epochs, start_epoch, stage_dir):
 
 
 def compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
+    """Compiles `model` to train on labels alone (the teacher and the reference).
+
+    Args:
+        model: the classifier, built in the strategy's scope.
+        data: the run's `DataSplits`.
+        config: the run's `RunConfig`.
+        label_smoothing: the cross-entropy's label smoothing.
+        learning_rate: the initial learning rate. Defaults to `config.learning_rate`.
+    """
     # MixUp/CutMix batches carry soft label vectors, and label smoothing
     # needs one-hot labels: both take the categorical form of the loss.
     if label_smoothing > 0 or config.mixup or config.cutmix:
@@ -76,14 +85,8 @@ def compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
             from_logits=True, label_smoothing=label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch(data, config), learning_rate),
-        loss=loss,
-        metrics=["accuracy"],
-        jit_compile=config.jit_compile,
-        steps_per_execution=steps_per_execution(
-            steps_per_epoch(data, config), config.steps_per_execution),
-    )
+    model.compile(loss=loss, metrics=["accuracy"],
+                  **compile_arguments(config, data, learning_rate))
 
 
 def stage_callbacks(stage_dir, chief, start_epoch):
@@ -96,7 +99,7 @@ def stage_callbacks(stage_dir, chief, start_epoch):
         # row, which the resumed run truncates, rather than a missing one.
         callbacks += [
             keras.callbacks.CSVLogger(history, append=True),
-            keras.callbacks.TensorBoard(os.path.join(stage_dir, TENSORBOARD_DIR)),
+            EpochTensorBoard(os.path.join(stage_dir, TENSORBOARD_DIR)),
         ]
     callbacks.append(
         checkpointing.EpochCheckpoint(os.path.join(stage_dir, CHECKPOINT_DIR), write=chief))
@@ -113,7 +116,7 @@ def fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_h
     with the teacher's stored logits, and a `Distiller` runs no teacher.
     """
     start_epoch = checkpointing.resume(model, os.path.join(stage_dir, CHECKPOINT_DIR))
-    say(config, chief, stage_line(title, epochs, start_epoch, stage_dir))
+    say(config.verbose, chief, stage_line(title, epochs, start_epoch, stage_dir))
     if start_epoch < epochs:
         callbacks = list(extra_callbacks) + stage_callbacks(stage_dir, chief, start_epoch)
         if chief and config.verbose > 0:

@@ -2,7 +2,7 @@
 
 Without this, the other workers of a multi-worker run wait at their next
 collective until the coordination service's heartbeat timeout
-(`multi_worker.HEARTBEAT_TIMEOUT_S`, two minutes) and then fail with a
+(`strategy.HEARTBEAT_TIMEOUT_S`, two minutes) and then fail with a
 message about a missed heartbeat that does not quote the error. TensorFlow's
 coordination service can carry an error to every task
 (`report_error_to_cluster`): the others' pending and next collectives then
@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 
 from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import strategy as strategy_lib
 
 # What a worker reports, and how it is found again in another worker's error: the
 # message arrives prefixed by the coordination service ("Error reported from
@@ -33,7 +34,7 @@ class WorkerFailedError(RuntimeError):
 
 def _describe(error):
     """`'worker 1 stopped the run: ValueError: ...'`, on one line."""
-    resolver = multi_worker.cluster_resolver()
+    resolver = strategy_lib.cluster_resolver()
     what = ("interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt)
             else f"{type(error).__name__}: {error}")
     return f"{resolver.task_type} {resolver.task_id} {_STOPPED}" + " ".join(what.split())
@@ -41,7 +42,7 @@ def _describe(error):
 
 def _report(strategy, error):
     """Sends `error` to every other worker; nothing with one worker."""
-    if multi_worker.num_workers(strategy) <= 1:
+    if strategy_lib.num_workers(strategy) <= 1:
         return
     try:
         tf_context.context().report_error_to_cluster(tf.errors.ABORTED, _describe(error))
