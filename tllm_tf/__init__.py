@@ -8,7 +8,7 @@ the package that needs no TensorFlow (`tllm_tf.analysis.reporting`, read by
 tools/report.py) does not load it.
 """
 
-import importlib
+from tllm_tf import lazy_names
 
 _EXPORTS = {
     "DKDLSLoss": "tllm_tf.losses",
@@ -39,20 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    else:
-        # `tllm_tf.losses` after a bare `import tllm_tf`, as before the names were lazy.
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names.module_attributes(__name__, _EXPORTS, globals())

@@ -5,7 +5,7 @@ the teacher soft-label store.
 does not import tfds.
 """
 
-import importlib
+from tllm_tf import lazy_names
 
 from tllm_tf.data.digits import load_digits
 from tllm_tf.data.errors import DamagedDataError
@@ -27,23 +27,7 @@ from tllm_tf.data.types import DataSplits
 _LAZY_EXPORTS = {"load_tfds": "tllm_tf.data.tfds_source"}
 
 
-def __getattr__(name):
-    if name in _LAZY_EXPORTS:
-        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-    else:
-        # `tllm_tf.data.tfds_source` after a bare `import tllm_tf.data`, as when it was eager.
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_EXPORTS))
+__getattr__, __dir__ = lazy_names.module_attributes(__name__, _LAZY_EXPORTS, globals())
 
 
 __all__ = [
