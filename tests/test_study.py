@@ -12,6 +12,7 @@ import pytest
 
 from tllm_tf.analysis import study
 from tllm_tf.analysis import study_arms
+from tllm_tf.analysis import study_records
 from tllm_tf.analysis import study_report
 from tllm_tf.analysis import study_stats
 from tllm_tf.analysis import study_summary
@@ -86,8 +87,8 @@ def test_a_second_pass_masks_the_first_pass_final_classes_and_makes_no_update(tm
     assert all(run.config.warmup_epochs == run.config.epochs for run in second)  # No update.
     assert all(run.config.masked_class_policy == "soft_label" for run in second)
     first_pass = {"masks": [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]}
-    assert study.final_masked_classes(first_pass) == (2,)  # The last update's, not any earlier.
-    assert study.final_masked_classes({"masks": []}) == ()
+    assert study_records.final_masked_classes(first_pass) == (2,)  # The last update's, not any earlier.
+    assert study_records.final_masked_classes({"masks": []}) == ()
     done = {(1, "mlp_4", "cnn_tiny", "tllm_patience2"): first_pass}
     config = study._with_first_pass_mask(second[1], done)
     assert config.masked_classes == (2,) and second[1].config.masked_classes == ()
@@ -107,7 +108,7 @@ def test_a_run_with_a_fixed_mask_and_no_update_is_recorded_with_that_mask(tmp_pa
     with open(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE), "w") as handle:
         json.dump({"accuracy": 0.5, "per_class_accuracy": [0.4, 0.5, 0.6],
                    "class_names": ["a", "b", "c"]}, handle)
-    assert study.collect(second)["masks"] == [[0.0, 1.0, 0.0]] * second.config.epochs
+    assert study_records.collect(second)["masks"] == [[0.0, 1.0, 0.0]] * second.config.epochs
 
 
 def _write_student(workdir, student, accuracy, masks=(), check=None):
@@ -132,7 +133,7 @@ def test_the_refit_arm_records_the_refit_with_the_mask_it_trained_with(tmp_path,
     tllm_masks = [[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]
     _write_student(run.config.workdir, "tllm", 0.6, masks=tllm_masks)
     _write_student(run.config.workdir, "tllm_refit", 0.7 if kept == "refit" else 0.6, check=kept)
-    record = study.collect(run)
+    record = study_records.collect(run)
     if kept == "refit":  # The tllm student's final mask, fixed from the first step.
         assert record["accuracy"] == 0.7
         assert record["masks"] == [[1.0, 0.0, 1.0]] * run.config.epochs
@@ -151,7 +152,7 @@ def test_teachers_and_references_are_recorded_whatever_students_the_base_names(t
         with open(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE), "w") as handle:
             json.dump({"accuracy": 0.5, "per_class_accuracy": [0.5] * 3,
                        "class_names": ["a", "b", "c"]}, handle)
-        assert study.collect(run)["masks"] == []
+        assert study_records.collect(run)["masks"] == []
 
 
 def test_a_second_pass_needs_its_first_pass_planned_before_it(tmp_path):
@@ -172,7 +173,7 @@ def test_new_runs_of_another_recipe_are_checked_against_the_roots_other_runs(tmp
 
     for run in study.plan(**plan_kwargs([0])):  # seed 0 finished with num_train=120
         workdir_lib.claim(run.config.workdir, run.config)
-        with open(tmp_path / study.RESULTS_FILE, "a") as handle:
+        with open(tmp_path / study_records.RESULTS_FILE, "a") as handle:
             handle.write(json.dumps(_minimal_record(0, run)) + "\n")
     # Seed 1 alone with another recipe: its plan has no finished run, the widened one has.
     study.check_finished_runs(study.plan(**plan_kwargs([1], num_train=60)), str(tmp_path))
@@ -191,11 +192,11 @@ def test_new_runs_of_another_recipe_are_checked_against_the_roots_other_runs(tmp
     ('{"seed": 0, "arm": "kd"}', r"Record 1 of .* lacks \['student', 'teacher'"),
 ])
 def test_a_damaged_results_file_is_named_with_the_fix(tmp_path, content, message):
-    (tmp_path / study.RESULTS_FILE).write_text(content + "\n")
+    (tmp_path / study_records.RESULTS_FILE).write_text(content + "\n")
     runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
                       teacher_models=["cnn_tiny"], arms=["kd"])
     with pytest.raises(ValueError, match=message):
-        study.finished_records(runs, str(tmp_path))
+        study_records.finished_records(runs, str(tmp_path))
 
 
 def test_a_root_whose_finished_runs_had_another_recipe_is_refused(tmp_path):
@@ -206,7 +207,7 @@ def test_a_root_whose_finished_runs_had_another_recipe_is_refused(tmp_path):
     teacher, labels, _ = planned()
     for run in (teacher, labels):  # finished: recorded, and its workdir claimed
         workdir_lib.claim(run.config.workdir, run.config)
-        with open(tmp_path / study.RESULTS_FILE, "a") as handle:
+        with open(tmp_path / study_records.RESULTS_FILE, "a") as handle:
             handle.write(json.dumps(_minimal_record(0, run)) + "\n")
     study.check_finished_runs(planned(), str(tmp_path))
     study.check_finished_runs(planned(verbose=2), str(tmp_path))  # changes nothing computed

@@ -28,6 +28,7 @@ console.quiet_tensorflow_start_up()
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
 from tllm_tf.analysis import study  # noqa: E402
 from tllm_tf.analysis import study_arms  # noqa: E402
+from tllm_tf.analysis import study_records  # noqa: E402
 from tllm_tf.analysis import study_report  # noqa: E402
 
 flags.DEFINE_string("root", "runs/study", "Where the study's runs and results go.")
@@ -99,11 +100,11 @@ def _run_and_report(runs, plan_kwargs):
     if FLAGS.report_only:
         # The runs reported must be those this command describes (its flags head the report).
         study.check_finished_runs(runs, FLAGS.root)
-        records = study.finished_records(runs, FLAGS.root)
+        records = study_records.finished_records(runs, FLAGS.root)
         if not records:  # An empty report would overwrite the tables of a study run elsewhere.
             console.exit_with_error(
                 f"No run of this plan has finished under --root={FLAGS.root} (its "
-                f"{study.RESULTS_FILE}), so there is nothing to report and {results_dir} is left "
+                f"{study_records.RESULTS_FILE}), so there is nothing to report and {results_dir} is left "
                 "as it is. Pass the --root the study ran in, or the --seeds, --student_models, "
                 "--teacher_models and --arms it ran.")
     else:

@@ -23,24 +23,17 @@ import json
 import os
 import time
 
-import numpy as np
-
 from tllm_tf import atomic
-from tllm_tf import mask_log
-from tllm_tf.analysis import study_stats
-from tllm_tf.analysis import workdir_results
+from tllm_tf.analysis import study_records
 from tllm_tf.analysis.study_arms import ARMS
 from tllm_tf.analysis.study_arms import LABELS_ARM
 from tllm_tf.analysis.study_arms import MASKED_CLASSES_FROM
 from tllm_tf.analysis.study_arms import PAIRED_WITH
 from tllm_tf.analysis.study_arms import TEACHER_ARM
 from tllm_tf.pipeline import config as config_lib
-from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir as workdir_lib
-from tllm_tf.pipeline import workdir_files
 
-RESULTS_FILE = "results.jsonl"
 SHARED_STORE_DIR = "teacher_store"
 
 
@@ -139,115 +132,6 @@ def plan(base, *, root, seeds, student_models, teacher_models, arms, teacher_ove
     return runs
 
 
-def _read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def _read_jsonl(path):
-    """The records of the study's `results.jsonl` at `path` (none: `[]`)."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path} is damaged at line {number} ({error.msg}; a process killed while "
-                    "writing it leaves a cut line): delete that line. A study's results.jsonl "
-                    "is rebuilt from the runs' workdirs, without training, for the runs it "
-                    "lacks.") from None
-    return records
-
-
-def collect(run):
-    """The result record of a finished run (test accuracy, per class, masks).
-
-    The record is the last student's of the run (the refit's, when it has one).
-    """
-    config = run.config
-    student = config.students[-1] if run.arm not in (TEACHER_ARM, LABELS_ARM) else None
-    if run.arm == TEACHER_ARM:
-        stage_dir = os.path.join(config.workdir, workdir_files.TEACHER_STAGE)
-    elif run.arm == LABELS_ARM:
-        stage_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
-    else:
-        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(student))
-    class_names, per_class_accuracy, accuracy, _ = workdir_results.read_per_class(
-        stage_dir, remedy=f"Delete {stage_dir} and run the study again with the same flags "
-        "to train and evaluate it again.")
-    masked_classes = config.masked_classes
-    if student == "tllm_refit":
-        stage_dir, masked_classes = _refit_masks_source(config, stage_dir, len(class_names))
-    masks = _masks(stage_dir)
-    if not masks and masked_classes:  # No update: its fixed mask, at every epoch.
-        mask = np.ones(len(class_names))
-        mask[list(masked_classes)] = 0.0
-        masks = [mask.tolist()] * config.epochs
-    return {
-        "seed": run.seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
-        "accuracy": accuracy,
-        "per_class_accuracy": atomic.json_floats(per_class_accuracy),
-        "class_names": class_names,
-        "masks": masks,
-        # Masked before the first update: what a mask change is counted from.
-        "masked_from_start": sorted(int(c) for c in masked_classes),
-    }
-
-
-def _masks(stage_dir):
-    """The masks of a stage's mask log, one list per update (none: no log)."""
-    path = os.path.join(stage_dir, workdir_files.MASK_LOG_FILE)
-    if not os.path.exists(path):
-        return []
-    return [record["class_mask"].tolist() for record in mask_log.load_mask_history(path)]
-
-
-def _refit_masks_source(config, refit_dir, num_classes):
-    """Where a refit's masks come from: `(stage folder, fixed masked classes)`.
-
-    A refit that kept the tllm student's weights (`refit_check.json`) is that
-    student, masks and all; otherwise it trained with the tllm student's final
-    mask at every epoch.
-    """
-    tllm_dir = os.path.join(config.workdir, workdir_files.student_stage("tllm"))
-    check_path = os.path.join(refit_dir, workdir_files.REFIT_CHECK_FILE)
-    if os.path.exists(check_path) and _read_json(check_path)["kept"] == "tllm":
-        return tllm_dir, config.masked_classes
-    return refit_dir, stage_inputs.read_final_mask(config.workdir, num_classes)
-
-
-def _key(record):
-    return (record["seed"], record["student"], record["teacher"], record["arm"])
-
-
-def _run_key(run):
-    return (run.seed, run.student, run.teacher, run.arm)
-
-
-_RECORD_FIELDS = ("seed", "student", "teacher", "arm", "accuracy", "per_class_accuracy",
-                  "class_names", "masks")
-
-
-def _finished(root):
-    """The result records of `root/results.jsonl`, by run."""
-    path = os.path.join(root, RESULTS_FILE)
-    records = _read_jsonl(path)
-    for number, record in enumerate(records, start=1):
-        missing = [field for field in _RECORD_FIELDS
-                   if not isinstance(record, dict) or field not in record]
-        if missing:
-            raise ValueError(
-                f"Record {number} of {path} lacks {missing}: it was not written by "
-                "tools/study.py. Delete it; the runs it lacks are rebuilt from their "
-                "workdirs, without training.")
-    return {_key(record): record for record in records}
-
-
 def run_study(runs, root, report=print, checked_runs=None):
     """Trains every run not yet finished; appends each result to `root/results.jsonl`.
 
@@ -270,29 +154,29 @@ def run_study(runs, root, report=print, checked_runs=None):
             Nothing is trained.
     """
     os.makedirs(root, exist_ok=True)
-    results_path = os.path.join(root, RESULTS_FILE)
-    done = _finished(root)
+    results_path = os.path.join(root, study_records.RESULTS_FILE)
+    done = study_records.finished(root)
     check_finished_runs(runs if checked_runs is None else checked_runs, root, done)
     start, trained = time.time(), 0
-    remaining = [run for run in runs if _run_key(run) not in done]
+    remaining = [run for run in runs if study_records.run_key(run) not in done]
     for index, run in enumerate(remaining):
         # Another process on the same root (other seeds) may have finished it since.
-        done.update(_finished(root))
-        if _run_key(run) in done:
+        done.update(study_records.finished(root))
+        if study_records.run_key(run) in done:
             continue
         run_start = time.time()
         run = dataclasses.replace(run, config=_with_first_pass_mask(run, done))
         stages.run(run.config)
-        record = dict(collect(run), seconds=time.time() - run_start)
+        record = dict(study_records.collect(run), seconds=time.time() - run_start)
         atomic.append_line(results_path, json.dumps(record))
-        done[_key(record)] = record
+        done[study_records.record_key(record)] = record
         trained += 1
         elapsed = time.time() - start
         left = elapsed / trained * (len(remaining) - index - 1)
         report(f"[{index + 1}/{len(remaining)}] seed {run.seed} {run.student or '-'} "
                f"{run.teacher or '-'} {run.arm}: test accuracy {record['accuracy']:.4f}; "
                f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left")
-    return [done[_run_key(run)] for run in runs]
+    return [done[study_records.run_key(run)] for run in runs]
 
 
 def check_finished_runs(runs, root, done=None, shown=3):
@@ -310,10 +194,10 @@ def check_finished_runs(runs, root, done=None, shown=3):
             configuration differs from the plan's, and the flags that differ.
     """
     if done is None:
-        done = _finished(root)
+        done = study_records.finished(root)
     mismatched = []
     for run in runs:
-        if _run_key(run) in done:
+        if study_records.run_key(run) in done:
             config = _with_first_pass_mask(run, done)
             differences = workdir_lib.config_differences(config.workdir, config)
             if differences:
@@ -342,7 +226,7 @@ def widened_plan(plan_kwargs, root):
         A list of `StudyRun`s; the plan itself where widening it fails (an
         arm of an older version, say).
     """
-    done = list(_finished(root).values())
+    done = list(study_records.finished(root).values())
     if not done:
         return plan(**plan_kwargs)
 
@@ -361,18 +245,12 @@ def widened_plan(plan_kwargs, root):
         return plan(**plan_kwargs)
 
 
-def final_masked_classes(record):
-    """The classes a finished run's record shows masked at its last update (none: `()`)."""
-    masked = study_stats.mask_matrix(record["masks"])
-    return tuple(int(c) for c in np.flatnonzero(masked[-1])) if len(masked) else ()
-
-
 def _with_first_pass_mask(run, done):
     """`run.config`, with the final mask of its first pass when it has one."""
     if not run.masked_classes_from:
         return run.config
     first_pass = done[(run.seed, run.student, run.teacher, run.masked_classes_from)]
-    classes = final_masked_classes(first_pass)
+    classes = study_records.final_masked_classes(first_pass)
     if not classes:  # TLLM with no class masked is KD bit for bit: train it as KD.
         return dataclasses.replace(run.config, students=("distilled",))
     return dataclasses.replace(run.config, masked_classes=classes)
@@ -389,9 +267,3 @@ def base_kwargs(config):
     for name in _PER_RUN_FIELDS:
         values.pop(name)
     return values
-
-
-def finished_records(runs, root):
-    """The result records of the runs of `runs` that `root/results.jsonl` holds."""
-    done = _finished(root)
-    return [done[_run_key(run)] for run in runs if _run_key(run) in done]

@@ -1,0 +1,146 @@
+"""The accuracy study's records: a finished run's result, and the study's `results.jsonl`.
+
+`collect` reads what a run's workdir holds (test accuracy overall and per
+class, the masks of its updates); `run_study` appends each record to
+`<root>/results.jsonl` as the run finishes, and `finished` reads them back,
+checked, so that a study run again skips what it has done.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from tllm_tf import atomic
+from tllm_tf import mask_log
+from tllm_tf.analysis import study_stats
+from tllm_tf.analysis import workdir_results
+from tllm_tf.analysis.study_arms import LABELS_ARM
+from tllm_tf.analysis.study_arms import TEACHER_ARM
+from tllm_tf.pipeline import stage_inputs
+from tllm_tf.pipeline import workdir_files
+
+RESULTS_FILE = "results.jsonl"
+
+
+def _read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _read_jsonl(path):
+    """The records of the study's `results.jsonl` at `path` (none: `[]`)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path} is damaged at line {number} ({error.msg}; a process killed while "
+                    "writing it leaves a cut line): delete that line. A study's results.jsonl "
+                    "is rebuilt from the runs' workdirs, without training, for the runs it "
+                    "lacks.") from None
+    return records
+
+
+def collect(run):
+    """The result record of a finished run (test accuracy, per class, masks).
+
+    The record is the last student's of the run (the refit's, when it has one).
+    """
+    config = run.config
+    student = config.students[-1] if run.arm not in (TEACHER_ARM, LABELS_ARM) else None
+    if run.arm == TEACHER_ARM:
+        stage_dir = os.path.join(config.workdir, workdir_files.TEACHER_STAGE)
+    elif run.arm == LABELS_ARM:
+        stage_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
+    else:
+        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(student))
+    class_names, per_class_accuracy, accuracy, _ = workdir_results.read_per_class(
+        stage_dir, remedy=f"Delete {stage_dir} and run the study again with the same flags "
+        "to train and evaluate it again.")
+    masked_classes = config.masked_classes
+    if student == "tllm_refit":
+        stage_dir, masked_classes = _refit_masks_source(config, stage_dir, len(class_names))
+    masks = _masks(stage_dir)
+    if not masks and masked_classes:  # No update: its fixed mask, at every epoch.
+        mask = np.ones(len(class_names))
+        mask[list(masked_classes)] = 0.0
+        masks = [mask.tolist()] * config.epochs
+    return {
+        "seed": run.seed, "student": run.student, "teacher": run.teacher, "arm": run.arm,
+        "accuracy": accuracy,
+        "per_class_accuracy": atomic.json_floats(per_class_accuracy),
+        "class_names": class_names,
+        "masks": masks,
+        # Masked before the first update: what a mask change is counted from.
+        "masked_from_start": sorted(int(c) for c in masked_classes),
+    }
+
+
+def _masks(stage_dir):
+    """The masks of a stage's mask log, one list per update (none: no log)."""
+    path = os.path.join(stage_dir, workdir_files.MASK_LOG_FILE)
+    if not os.path.exists(path):
+        return []
+    return [record["class_mask"].tolist() for record in mask_log.load_mask_history(path)]
+
+
+def _refit_masks_source(config, refit_dir, num_classes):
+    """Where a refit's masks come from: `(stage folder, fixed masked classes)`.
+
+    A refit that kept the tllm student's weights (`refit_check.json`) is that
+    student, masks and all; otherwise it trained with the tllm student's final
+    mask at every epoch.
+    """
+    tllm_dir = os.path.join(config.workdir, workdir_files.student_stage("tllm"))
+    check_path = os.path.join(refit_dir, workdir_files.REFIT_CHECK_FILE)
+    if os.path.exists(check_path) and _read_json(check_path)["kept"] == "tllm":
+        return tllm_dir, config.masked_classes
+    return refit_dir, stage_inputs.read_final_mask(config.workdir, num_classes)
+
+
+def record_key(record):
+    """A record's key among the records: `(seed, student, teacher, arm)`."""
+    return (record["seed"], record["student"], record["teacher"], record["arm"])
+
+
+def run_key(run):
+    """A `StudyRun`'s key among the records: `(seed, student, teacher, arm)`."""
+    return (run.seed, run.student, run.teacher, run.arm)
+
+
+_RECORD_FIELDS = ("seed", "student", "teacher", "arm", "accuracy", "per_class_accuracy",
+                  "class_names", "masks")
+
+
+def finished(root):
+    """The result records of `root/results.jsonl`, by run."""
+    path = os.path.join(root, RESULTS_FILE)
+    records = _read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        missing = [field for field in _RECORD_FIELDS
+                   if not isinstance(record, dict) or field not in record]
+        if missing:
+            raise ValueError(
+                f"Record {number} of {path} lacks {missing}: it was not written by "
+                "tools/study.py. Delete it; the runs it lacks are rebuilt from their "
+                "workdirs, without training.")
+    return {record_key(record): record for record in records}
+
+
+def final_masked_classes(record):
+    """The classes a finished run's record shows masked at its last update (none: `()`)."""
+    masked = study_stats.mask_matrix(record["masks"])
+    return tuple(int(c) for c in np.flatnonzero(masked[-1])) if len(masked) else ()
+
+
+def finished_records(runs, root):
+    """The result records of the runs of `runs` that `root/results.jsonl` holds."""
+    done = finished(root)
+    return [done[run_key(run)] for run in runs if run_key(run) in done]
