@@ -1,5 +1,8 @@
 """`Distiller`: knowledge distillation with a per-class distillation mask.
 
+(Over 300 lines: one Keras model whose train step, test step and saving share the mask, the
+policy and the teacher's precision; what a batch carries is read in `batch_contents.py`.)
+
 Implements the training side of Teach Less, Learn More (TLLM, Zhu et al.,
 NeurIPS 2022): the distillation term of each sample is gated by
 `class_mask[label]`, so classes found undistillable (see

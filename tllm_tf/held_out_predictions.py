@@ -1,5 +1,8 @@
 """The reference's per-image results on the held-out split, for the paired rule.
 
+(Over 300 lines: the file's format, its checked reader and the callback that records it
+belong together.)
+
 The paired identification rule (`tllm_tf.identification`) compares the
 distilled student with the label-only reference image by image, so it needs
 to know *which* held-out images the reference classified correctly, after

@@ -1,5 +1,8 @@
 """The identification rule: which classes is the distilled student behind on?
 
+(Over 300 lines: the rule's pure functions, its options and its state, one job, most of the
+length their docstrings.)
+
 Teach Less, Learn More (Zhu et al., NeurIPS 2022) stops distilling a class
 when the distilled student is less accurate on it than a student trained on
 labels alone (the *reference*), both measured on a held-out split of the

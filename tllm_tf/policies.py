@@ -1,5 +1,7 @@
 """Masked-class policies: what an undistillable class's samples learn from.
 
+(Over 300 lines: nine small policies whose docstrings keep what each was measured to do.)
+
 Teach Less, Learn More (Zhu et al., NeurIPS 2022) stops distilling the
 classes found undistillable. What takes the distillation term's place is a
 choice, and it matters: a class taught by hard labels gets sharper logits

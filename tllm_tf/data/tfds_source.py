@@ -1,5 +1,8 @@
 """tfds image-classification data sets as `DataSplits`.
 
+(Over 300 lines: finding, preparing and checking a tfds set, its test candidates and its
+labels, one source; the next seam would be the label checks.)
+
 Works for CIFAR-10, CIFAR-100, ImageNet (`imagenet2012`, built from the
 manually downloaded tar files) and any tfds data set with an `image` feature
 and a `label` `ClassLabel`. The held-out split that drives TLLM's class

@@ -1,5 +1,8 @@
 """The run configuration: one frozen dataclass, validated on construction.
 
+(Over 300 lines: one field per flag, each with its check; split, a field would be read away
+from its check.)
+
 Flags (defined in tools/run_flags.py and tools/data_flags.py) -> `RunConfig`
 -> the stages, which pass keyword arguments to the library. Every field has a
 flag of the same name; every name is checked against its registry here.
