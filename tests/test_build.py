@@ -16,6 +16,14 @@ def _native_threads():
         return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
 
 
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_training_batches_have_a_static_batch_size(mixup):
+    # tf.distribute splits a batch of known size between replicas with `rebatch`; XLA needs it.
+    config = RunConfig(workdir="unused", epochs=2, batch_size=32, seed=0, mixup=mixup)
+    batches = build.train_batches(build.load_data(config), config, 0, 2)
+    assert batches.element_spec[0].shape[0] == 32
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
 def test_past_epochs_pipelines_are_closed():
     config = RunConfig(workdir="unused", epochs=EPOCHS, batch_size=64, seed=0)

@@ -133,6 +133,14 @@ def test_the_learning_rate_decays_from_the_first_step_of_each_decay_epoch(optimi
 def test_a_policy_that_excludes_classes_is_refused_with_a_standardising_loss(flags, message):
     with pytest.raises(ValueError, match=f"{message} with --distillation_loss=kd_ls: .*standardises"):
         RunConfig(workdir="runs/a", distillation_loss="kd_ls", **flags)
-    # Only where a student uses it, and with a loss that does not standardise.
-    RunConfig(workdir="runs/a", distillation_loss="kd_ls", **{**flags, "students": ("distilled",)})
     RunConfig(workdir="runs/a", distillation_loss="kd", **flags)
+
+
+def test_the_policy_is_checked_for_a_distilled_student_too():
+    # Every distilled student is compiled with the policy: refused before anything trains.
+    with pytest.raises(ValueError, match="--masked_class_policy=exclude with --distillation"):
+        RunConfig(workdir="runs/a", distillation_loss="kd_ls", students=("distilled",),
+                  masked_class_policy="exclude")
+    # The refit's policy only where a refit trains.
+    RunConfig(workdir="runs/a", distillation_loss="kd_ls", students=("distilled", "tllm"),
+              refit_policy="exclude")

@@ -92,10 +92,25 @@ def test_epochs_back_to_back_are_each_epoch_alone(mixing):
         _epoch(training_batches(dataset, epoch_seeds=[6, 7], steps=3, **kwargs)), alone[3:])
 
 
-def test_several_epochs_need_their_steps():
+def test_several_epochs_need_their_steps_and_the_images_for_them():
     dataset, _, _ = _dataset()
     with pytest.raises(ValueError, match="Expected steps >= 1 for 2 epochs"):
         training_batches(dataset, batch_size=4, epoch_seeds=[0, 1])
+    # 20 images cannot make 3 batches of 8 an epoch: a batch would span two epochs.
+    with pytest.raises(ValueError, match=r"at least steps \* batch_size = 24 images"):
+        training_batches(dataset, batch_size=8, epoch_seeds=[0, 1], steps=3)
+
+
+def test_epochs_of_whole_batches_keep_a_static_batch_size():
+    dataset, _, _ = _dataset()
+    batches = training_batches(dataset, batch_size=4, epoch_seeds=[0, 1], steps=5,
+                               drop_remainder=True)
+    assert batches.element_spec[0].shape.as_list() == [4, 8, 8, 3]
+
+
+def test_an_unseeded_pipeline_still_works():
+    dataset, _, _ = _dataset()
+    assert len(_epoch(make_pipeline(dataset, batch_size=8, training=True, seed=None))) == 3
 
 
 def test_randaugment_is_deterministic():

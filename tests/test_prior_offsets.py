@@ -83,6 +83,15 @@ def test_class_ids_of_shape_n_1_are_read_as_class_ids():
     assert column["held_out_accuracy_after"] == flat["held_out_accuracy_after"]
 
 
+def test_fractional_class_ids_are_refused_before_the_offsets_reach_the_bias():
+    model, images, labels = _model_and_images(1, 40)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="whole numbers"):
+        tllm_tf.apply_prior_offsets(model, (images, labels + 0.7), num_classes=4)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
 @pytest.mark.parametrize("logits, labels, message", [
     (np.zeros((5, 3)), np.zeros(5, int), r"logits of shape \(num_images, 4\)"),
     (np.zeros((5, 4)), np.zeros(4, int), "as many labels"),

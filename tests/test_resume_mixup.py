@@ -1,6 +1,6 @@
 """A run resumed at epoch `e` trains on the MixUp batches of an uninterrupted run.
 
-`build.train_batches` builds one pipeline per epoch, seeded by `(seed, e)`.
+`build.train_batches` draws each epoch from its own seed, `(seed, e)`.
 Keras' `fit` under a distribution strategy first takes one batch from an
 iterator that it then drops (to build the model), and prefetching has
 computed more batches by then: the batches that follow must not depend on

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tllm_tf
 from tllm_tf import held_out_check
 from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import epoch_tensorboard
 from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import stages
@@ -616,3 +617,18 @@ def test_the_stage_tensorboard_still_writes_the_epoch_scalars_and_the_model(tmp_
         assert scalars[f"epoch_{name}"] == pytest.approx(dict(enumerate(history[name])))
     assert sorted(scalars["epoch_learning_rate"]) == [0, 1]
     assert not [tag for tag in scalars if tag.startswith("batch_")]
+
+
+def test_the_stage_tensorboard_keeps_keras_hooks_where_their_private_names_are_missing(
+        tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_begin",
+                        lambda self, batch, logs=None: calls.append(("begin", batch)))
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_end",
+                        lambda self, batch, logs=None: calls.append(("end", batch)))
+    callback = epoch_tensorboard.EpochTensorBoard(str(tmp_path))
+    assert callback._epoch_only  # This Keras has them: the epoch-only hooks.
+    callback._epoch_only = False  # As a Keras without them would leave it.
+    callback.on_train_batch_begin(3)
+    callback.on_train_batch_end(3, {"loss": 1.0})
+    assert calls == [("begin", 3), ("end", 3)]

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tllm_tf import metrics as metrics_lib
+from tllm_tf import model_checks
 
 
 def logits_and_labels(model, dataset):
@@ -60,7 +61,10 @@ def _logits_and_labels(forward, dataset):
         labels.append(batch_labels.argmax(-1) if is_vector else batch_labels.reshape(-1))
     if not logits:
         raise ValueError("Prior offsets need held-out images; the data set given is empty.")
-    return np.concatenate(logits).astype(np.float64), np.concatenate(labels).astype(np.int64)
+    labels = np.concatenate(labels)
+    # Before the cast, which would make a class id of 2.7 class 2.
+    model_checks.check_label_array(labels, logits[0].shape[-1], name="Held-out labels")
+    return np.concatenate(logits).astype(np.float64), labels.astype(np.int64)
 
 
 def _log_mean_probabilities(logits):

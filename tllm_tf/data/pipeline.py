@@ -175,7 +175,8 @@ def training_batches(
     Args:
         dataset: unbatched `(image float32, label int32)` dataset.
         batch_size: examples per batch.
-        epoch_seeds: one int seed per epoch.
+        epoch_seeds: one seed per epoch (an int; `None` draws an unseeded
+            epoch).
         steps: batches per epoch, the rest dropped; needed for more than one
             epoch. Defaults to `None`: every batch of the one epoch.
         augmentation, image_size, num_classes, shuffle_buffer, mixup,
@@ -186,15 +187,22 @@ def training_batches(
         that).
 
     Raises:
-        ValueError: as `make_pipeline`, or several epochs without `steps`.
+        ValueError: as `make_pipeline`, several epochs without `steps`, or a
+            data set of known size with fewer than `steps * batch_size`
+            images.
     """
     _check_batch_size(batch_size)
-    epoch_seeds = [int(seed) for seed in epoch_seeds]
+    epoch_seeds = list(epoch_seeds)
     if len(epoch_seeds) > 1 and not steps:
         raise ValueError(f"Expected steps >= 1 for {len(epoch_seeds)} epochs. Received: "
                          f"steps={steps}")
+    size = int(dataset.cardinality())
+    if steps and 0 <= size < steps * batch_size:
+        # Fewer images would let a batch span two epochs (and an epoch depend on the last).
+        raise ValueError(
+            f"Expected at least steps * batch_size = {steps * batch_size} images an epoch. "
+            f"Received: {size} images, steps={steps}, batch_size={batch_size}.")
     if shuffle_buffer is None:
-        size = int(dataset.cardinality())
         shuffle_buffer = shuffle_buffer_size(dataset.element_spec[0], size if size >= 0 else None)
     if shuffle_buffer < 1:
         raise ValueError(
@@ -213,7 +221,8 @@ def training_batches(
         lambda example, image_seed: (recipe.train(example[0], image_seed), example[1]),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # Each epoch brings a whole number of batches, so no batch spans two epochs.
+    # Each epoch brings a whole number of batches (its size checked above, where known),
+    # so no batch spans two epochs.
     batches = _batched(augmented, batch_size, drop_remainder, augmentation)
     if not (randaugment or mixup or cutmix):
         return batches

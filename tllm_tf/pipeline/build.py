@@ -211,6 +211,9 @@ def train_batches(data, config, start_epoch, epochs, one_hot=False):
         mixup=config.mixup,
         cutmix=config.cutmix,
         randaugment=config.randaugment,
+        # Changes no batch (an epoch is whole batches) but keeps the batch size static, which
+        # tf.distribute's rebatching and XLA use.
+        drop_remainder=True,
     )
     if one_hot and not (config.mixup or config.cutmix):
         batches = batches.map(

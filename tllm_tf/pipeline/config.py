@@ -178,9 +178,9 @@ class RunConfig:
         require(self.distillation_loss in DISTILLATION_LOSSES,
                 f"distillation_loss must be one of {sorted(DISTILLATION_LOSSES)}. "
                 f"Received: {self.distillation_loss!r}")
-        policies_used = {}
-        if any(student in MASKED_STUDENTS for student in self.students):
-            policies_used["masked_class_policy"] = self.masked_class_policy
+        # Every distilled student is compiled with --masked_class_policy, the refit with
+        # --refit_policy: refused here, not after the teacher and the reference trained.
+        policies_used = {"masked_class_policy": self.masked_class_policy}
         if "tllm_refit" in self.students:
             policies_used["refit_policy"] = self.refit_policy
         for flag, policy in policies_used.items():

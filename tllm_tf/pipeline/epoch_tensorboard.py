@@ -20,11 +20,19 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
     def __init__(self, log_dir):
         super().__init__(log_dir, update_freq="epoch")
+        # The hooks below use Keras's private names (Keras 3.15's); a Keras without them
+        # keeps its own batch hooks, slower but right.
+        self._epoch_only = hasattr(self, "_global_train_batch") and callable(
+            getattr(self, "_write_keras_model_train_graph", None))
 
     def on_train_batch_begin(self, batch, logs=None):
+        if not self._epoch_only:
+            return super().on_train_batch_begin(batch, logs)
         self._global_train_batch += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._should_write_train_graph:
+        if not self._epoch_only:
+            return super().on_train_batch_end(batch, logs)
+        if getattr(self, "_should_write_train_graph", False):
             self._write_keras_model_train_graph()
             self._should_write_train_graph = False
