@@ -303,12 +303,45 @@ def held_out_class_ids(dataset, num_classes):
         ValueError: on a class id outside `[0, num_classes)`, which would
             otherwise count as an image no model gets right.
     """
-    batches = []
-    for labels in dataset.map(lambda *batch: batch[1]):
-        labels = labels.numpy()
-        if labels.ndim == 2 and labels.shape[-1] == num_classes:
-            labels = labels.argmax(axis=-1)
-        batches.append(labels.reshape(-1))
+    return checked_class_ids(
+        [batch_class_ids(labels.numpy(), num_classes)
+         for labels in dataset.map(lambda *batch: batch[1])], num_classes)
+
+
+def batch_class_ids(labels, num_classes):
+    """A batch's labels as class ids, as the per-image passes read them.
+
+    Args:
+        labels: a batch's labels (an array).
+        num_classes: the model's classes.
+
+    Returns:
+        Label vectors `(batch, num_classes)` (one-hot of any dtype, or soft)
+        as their arg-max; class ids of shape `(batch,)` or `(batch, 1)`,
+        keras.datasets' layout, flattened, as they are (unchecked).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[-1] == num_classes:
+        return labels.argmax(axis=-1)
+    return labels.reshape(-1)
+
+
+def checked_class_ids(batches, num_classes, name="Held-out labels"):
+    """The class ids of `batches` (from `batch_class_ids`) in one int64 array, checked.
+
+    Args:
+        batches: a list of class-id arrays.
+        num_classes: the model's classes.
+        name: what the labels are, to open a message. Defaults to
+            `"Held-out labels"`.
+
+    Returns:
+        An int64 array `(num_images,)`.
+
+    Raises:
+        ValueError: as `check_label_array` (checked before the cast, which
+            would make a class id of 2.7 class 2).
+    """
     class_ids = np.concatenate(batches) if batches else np.zeros(0, np.int64)
-    check_label_array(class_ids, num_classes, name="Held-out labels")
+    check_label_array(class_ids, num_classes, name=name)
     return class_ids.astype(np.int64)

@@ -54,17 +54,11 @@ def _logits_and_labels(forward, dataset):
     for batch in metrics_lib.as_dataset(dataset):
         batch_logits = forward(batch[0]).numpy()
         logits.append(batch_logits)
-        batch_labels = batch[1].numpy()
-        # Label vectors (one-hot or soft) count as their arg-max; class ids of shape
-        # (n, 1), keras.datasets' layout, as they are.
-        is_vector = batch_labels.ndim == 2 and batch_labels.shape[-1] == batch_logits.shape[-1]
-        labels.append(batch_labels.argmax(-1) if is_vector else batch_labels.reshape(-1))
+        labels.append(model_checks.batch_class_ids(batch[1].numpy(), batch_logits.shape[-1]))
     if not logits:
         raise ValueError("Prior offsets need held-out images; the data set given is empty.")
-    labels = np.concatenate(labels)
-    # Before the cast, which would make a class id of 2.7 class 2.
-    model_checks.check_label_array(labels, logits[0].shape[-1], name="Held-out labels")
-    return np.concatenate(logits).astype(np.float64), labels.astype(np.int64)
+    return (np.concatenate(logits).astype(np.float64),
+            model_checks.checked_class_ids(labels, logits[0].shape[-1]))
 
 
 def _log_mean_probabilities(logits):
