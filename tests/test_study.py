@@ -246,6 +246,69 @@ def test_t_quantile_is_students_beyond_the_table_too(degrees_of_freedom, expecte
     assert study_stats.t_quantile_975(degrees_of_freedom) == pytest.approx(expected, abs=2e-4)
 
 
+@pytest.mark.parametrize("degrees_of_freedom", [1, 2, 3, 4, 9, 19, 30, 39, 120])
+def test_the_t_p_value_is_students(degrees_of_freedom):
+    t = np.array([0.0, 0.3, 1.0, 2.5, 7.0, -2.5])
+    p = study_stats.t_two_sided_p_value(t, degrees_of_freedom)
+    if degrees_of_freedom == 1:  # Cauchy, in closed form.
+        np.testing.assert_allclose(p, 1 - 2 * np.arctan(np.abs(t)) / np.pi, atol=1e-12)
+    if degrees_of_freedom == 2:
+        np.testing.assert_allclose(p, 1 - np.abs(t) / np.sqrt(2 + t ** 2), atol=1e-12)
+    assert p[0] == 1.0 and p[3] == p[5] and np.all(np.diff(p[:5]) < 0)
+    # At the 97.5% quantile, 5%: the tables' three decimals, the expansion's 1e-4 beyond 30.
+    quantile = study_stats.t_quantile_975(degrees_of_freedom)
+    assert study_stats.t_two_sided_p_value(quantile, degrees_of_freedom) == pytest.approx(
+        0.05, abs=2e-4)
+
+
+def test_the_t_p_value_of_extremes_and_bad_degrees_of_freedom():
+    np.testing.assert_array_equal(
+        study_stats.t_two_sided_p_value([np.inf, -np.inf, np.nan], 5), [0.0, 0.0, np.nan])
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="whole degrees of freedom"):
+            study_stats.t_two_sided_p_value(1.0, bad)
+
+
+def test_paired_p_values_need_only_the_summary():
+    # Differences 1, 2, 3: t = 2 / (1 / sqrt 3) on 2 degrees of freedom.
+    summary = study_stats.paired_difference(np.array([[1.0, 5.0, 0.0], [2.0, 5.0, 0.0],
+                                                      [3.0, 5.0, 0.0]]), np.zeros((3, 3)))
+    t = 2 * np.sqrt(3)
+    np.testing.assert_allclose(study_stats.paired_p_values(summary),
+                               [1 - t / np.sqrt(2 + t ** 2), 0.0, 1.0], atol=1e-12)
+    stored = json.loads(json.dumps({k: np.asarray(v).tolist() for k, v in summary.items()}))
+    np.testing.assert_allclose(study_stats.paired_p_values(stored),
+                               study_stats.paired_p_values(summary))
+    single = study_stats.paired_difference(np.ones((1, 2)), np.zeros((1, 2)))
+    assert np.isnan(study_stats.paired_p_values(single)).all()
+
+
+def test_pooled_difference_equals_the_difference_over_every_seed():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(23, 4)), rng.normal(size=(23, 4))
+    parts = [study_stats.paired_difference(a[i:j], b[i:j]) for i, j in ((0, 7), (7, 20), (20, 23))]
+    pooled = study_stats.pooled_difference(parts)
+    whole = study_stats.paired_difference(a, b)
+    for key in whole:
+        np.testing.assert_allclose(pooled[key], whole[key], rtol=1e-12)
+
+
+def test_holm_names_fewer_hurt_classes_than_each_class_on_its_own():
+    rng = np.random.default_rng(3)
+    labels = np.full((10, 10), 0.8)
+    kd = labels + rng.normal(0.0, 0.01, size=labels.shape)
+    kd[:, 2] = labels[:, 2] - 0.05 + rng.normal(0.0, 0.01, size=10)  # Far beyond noise.
+    # Below 0 on every seed but one, by a little: p about 0.02, each class on its own.
+    kd[:, 6] = labels[:, 6] + np.array([-0.02, -0.01, -0.015, 0.01, -0.005,
+                                        -0.012, -0.008, -0.02, -0.003, -0.01])
+    hurt, not_hurt = study_stats.significantly_hurt(kd, labels)
+    holm, _ = study_stats.significantly_hurt(kd, labels, correction="holm")
+    assert list(np.flatnonzero(hurt)) == [2, 6] and list(np.flatnonzero(not_hurt)) != [2, 6]
+    assert list(np.flatnonzero(holm)) == [2]
+    with pytest.raises(ValueError, match="Unknown correction"):
+        study_stats.significantly_hurt(kd, labels, correction="bonferroni")
+
+
 def test_paired_difference_refuses_values_of_other_shapes():
     with pytest.raises(ValueError, match="one shape"):
         study_stats.paired_difference([0.8, 0.7], [0.8])
@@ -291,7 +354,7 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
         records += _labels_and_kd(seed) + [
             _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78], masks=[[1.0, 0.0]] * 4)]
     (setting,) = study_summary.summarise(records)
-    assert setting["hurt_classes"] == ["b"]
+    assert setting["hurt_classes"] == setting["hurt_classes_holm"] == ["b"]
     tllm = setting["arms"]["tllm"]
     assert tllm["minus_kd"]["mean"] == pytest.approx(0.02)
     assert tllm["masked_at_end_per_class"] == [0.0, 1.0]
@@ -309,6 +372,8 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     text = study_report.markdown([setting])
     assert "| tllm |" in text
     assert "| b | 80.0 | 69.8 | tllm | 78.0 | +8.20 ± 0.16" in text
+    assert "after Holm's correction across the classes (paired t-test, 5% for the whole " \
+        "table): b." in text
 
 
 def test_false_alarms_are_reported_per_seed_with_an_interval_and_the_seeds_above_the_bound():

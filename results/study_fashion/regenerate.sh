@@ -334,3 +334,8 @@ for LEVEL in "" 0.2; do
     fallback strong_teacher 0-9
     per_class strong_teacher "$FALLBACK/strong_teacher.jsonl" "$STRONG_ROOT/results.jsonl" 0-9
 done
+# The classes KD hurts counted again with Holm's correction across the classes (2026-12-06,
+# evening): from the study.json summaries and the per-class tables at 0.2 above; nothing trained.
+HURT_RECOUNT_MD="$FALLBACK/hurt_recount.md"
+"$PYTHON" results/study_fashion/prior_offsets/hurt_recount.py > "$HURT_RECOUNT_MD"
+echo "$HURT_RECOUNT_MD"

@@ -42,6 +42,15 @@ def _percent(rate):
     return "-" if rate is None else f"{100 * rate:.1f}%"
 
 
+def _after_holm(setting):
+    """The hurt classes that survive Holm's correction across classes (summaries since
+    2026-12-06 carry them)."""
+    if "hurt_classes_holm" not in setting:
+        return ""
+    return ("; of them, after Holm's correction across the classes (paired t-test, 5% for the "
+            "whole table): " + (", ".join(setting["hurt_classes_holm"]) or "none"))
+
+
 def markdown(summaries):
     """The report's tables as Markdown text."""
     lines = []
@@ -56,7 +65,7 @@ def markdown(summaries):
             "points).", "",
             "Classes KD hurts beyond noise (paired 95% CI below 0, each class on its own, no "
             "correction across classes): "
-            + (", ".join(setting["hurt_classes"]) or "none") + ".", "",
+            + (", ".join(setting["hurt_classes"]) or "none") + _after_holm(setting) + ".", "",
         ]
         paired, rows = [], []
         for arm, entry in setting["arms"].items():

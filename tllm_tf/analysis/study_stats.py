@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from tllm_tf import identification
+
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
 _T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
           2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
@@ -100,17 +102,137 @@ def flips_per_100_updates(masks, masked_from_start=()):
     return 100.0 * changes / masks.shape[0]
 
 
-def significantly_hurt(kd_per_class, labels_per_class):
+def t_two_sided_p_value(t, degrees_of_freedom):
+    """The two-sided p-value of Student's t: `P(|T| >= |t|)`.
+
+    Exact for whole degrees of freedom, by the finite series of Abramowitz
+    and Stegun 26.7.3 and 26.7.4 (no SciPy on the report side).
+
+    Args:
+        t: a float or an array of them; NaN gives NaN, +-inf gives 0.
+        degrees_of_freedom: a whole number, at least 1.
+
+    Returns:
+        A float array of `t`'s shape, in `[0, 1]`.
+
+    Raises:
+        ValueError: when `degrees_of_freedom` is not a whole number >= 1.
+    """
+    if degrees_of_freedom != int(degrees_of_freedom) or degrees_of_freedom < 1:
+        raise ValueError(f"Expected whole degrees of freedom >= 1. Received "
+                         f"{degrees_of_freedom!r}.")
+    nu = int(degrees_of_freedom)
+    theta = np.arctan(np.abs(np.asarray(t, np.float64)) / math.sqrt(nu))
+    sin, cos = np.sin(theta), np.cos(theta)
+    # P(|T| < t): with an odd nu, (2/pi)(theta + sin * sum of a_k cos^(2k+1)), a_k = a_(k-1)
+    # 2k/(2k+1); with an even nu, sin * sum of b_k cos^(2k), b_k = b_(k-1) (2k-1)/(2k).
+    odd = nu % 2
+    coefficient, power = 1.0, cos if odd else np.ones_like(cos)
+    series = np.zeros_like(cos)
+    for k in range((nu - 1) // 2 if odd else nu // 2):
+        if k:
+            coefficient *= (2 * k) / (2 * k + 1) if odd else (2 * k - 1) / (2 * k)
+            power = power * cos * cos
+        series = series + coefficient * power
+    inside = (2 / math.pi) * (theta + sin * series) if odd else sin * series
+    return np.clip(1.0 - inside, 0.0, 1.0)
+
+
+def paired_p_values(difference):
+    """The paired t-test's two-sided p-values of a `paired_difference` summary.
+
+    Needs only the summary (mean, sample std, seeds), so a stored study's
+    JSON can be tested again without its per-seed values.
+
+    Args:
+        difference: a dict with `mean`, `std` (floats or arrays) and `seeds`.
+
+    Returns:
+        A float array of `mean`'s shape: NaN with fewer than two seeds; 1
+        where every seed's difference is 0, 0 where every seed's is one
+        number other than 0.
+    """
+    mean = np.asarray(difference["mean"], np.float64)
+    std = np.asarray(difference["std"], np.float64)
+    seeds = int(difference["seeds"])
+    if seeds < 2:
+        return np.full(mean.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(std > 0, mean * math.sqrt(seeds) / std, np.where(mean == 0, 0.0, np.inf))
+    return t_two_sided_p_value(t, seeds - 1)
+
+
+def pooled_difference(parts):
+    """One `paired_difference` summary of disjoint groups of seeds, from theirs.
+
+    Exact: the pooled mean and sample variance follow from each group's mean,
+    sample std and size. The CI is recomputed for the pooled seeds; `better`
+    and `worse` are summed.
+
+    Args:
+        parts: `paired_difference` summaries (dicts of floats or lists).
+
+    Returns:
+        A summary of the same form, arrays where the parts hold lists.
+    """
+    seeds = np.array([part["seeds"] for part in parts], np.float64)
+    means = np.array([part["mean"] for part in parts], np.float64)
+    stds = np.nan_to_num(np.array([part["std"] for part in parts], np.float64))
+    total = seeds.sum()
+    shape = (-1,) + (1,) * (means.ndim - 1)
+    mean = (seeds.reshape(shape) * means).sum(axis=0) / total
+    squares = ((seeds.reshape(shape) - 1) * stds ** 2
+               + seeds.reshape(shape) * (means - mean) ** 2).sum(axis=0)
+    std = np.sqrt(squares / (total - 1)) if total > 1 else np.full_like(mean, np.nan)
+    half_width = t_quantile_975(int(total) - 1) * std / math.sqrt(total)
+    return {"mean": mean, "std": std, "ci_low": mean - half_width,
+            "ci_high": mean + half_width,
+            "better": np.sum([part["better"] for part in parts], axis=0),
+            "worse": np.sum([part["worse"] for part in parts], axis=0), "seeds": int(total)}
+
+
+# The corrections `significantly_hurt` takes: none, or one across the classes of a setting.
+HURT_CORRECTIONS = ("none", "holm")
+
+
+def hurt_from_difference(difference, correction="none"):
+    """Classes where a `paired_difference` (arm minus labels) is below 0 beyond noise.
+
+    Args:
+        difference: a `paired_difference` summary over classes.
+        correction: `"none"` (the 95% CI below 0, each class on its own) or
+            `"holm"` (also rejected by the paired t-test after Holm's
+            correction across the classes, at a family-wise 5%: a subset of
+            the first). Defaults to `"none"`.
+
+    Returns:
+        A bool array `(num_classes,)`.
+
+    Raises:
+        ValueError: on a correction not in `HURT_CORRECTIONS`.
+    """
+    if correction not in HURT_CORRECTIONS:
+        raise ValueError(f"Unknown correction: {correction!r}. Expected one of "
+                         f"{HURT_CORRECTIONS}.")
+    hurt = np.asarray(difference["ci_high"], np.float64) < 0
+    if correction == "holm":
+        hurt &= identification.reject(paired_p_values(difference), 0.05, "holm")
+    return hurt
+
+
+def significantly_hurt(kd_per_class, labels_per_class, correction="none"):
     """Classes where KD is below labels beyond noise: the paired 95% CI is below 0.
 
     Args:
         kd_per_class: array `(seeds, num_classes)` of test accuracy.
         labels_per_class: the label-only student's, same seeds.
+        correction: `"none"` (each class on its own: with ten classes and no
+            harm anywhere, about one table in five names one) or `"holm"`
+            (`hurt_from_difference`). Defaults to `"none"`.
 
     Returns:
         `(hurt, not_hurt)`: two bool arrays `(num_classes,)`; `not_hurt` is
         the classes whose CI lies at or above 0 or contains it.
     """
-    difference = paired_difference(kd_per_class, labels_per_class)
-    hurt = difference["ci_high"] < 0
+    hurt = hurt_from_difference(paired_difference(kd_per_class, labels_per_class), correction)
     return hurt, ~hurt
