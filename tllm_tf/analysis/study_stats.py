@@ -105,8 +105,10 @@ def flips_per_100_updates(masks, masked_from_start=()):
 def t_two_sided_p_value(t, degrees_of_freedom):
     """The two-sided p-value of Student's t: `P(|T| >= |t|)`.
 
-    Exact for whole degrees of freedom, by the finite series of Abramowitz
-    and Stegun 26.7.3 and 26.7.4 (no SciPy on the report side).
+    For whole degrees of freedom, by the finite series of Abramowitz and
+    Stegun 26.7.3 and 26.7.4 (no SciPy on the report side), as one minus
+    `P(|T| < t)`: within about 1e-11 of the exact value, so p-values below
+    about 1e-15 come out as 0.
 
     Args:
         t: a float or an array of them; NaN gives NaN, +-inf gives 0.
@@ -118,7 +120,8 @@ def t_two_sided_p_value(t, degrees_of_freedom):
     Raises:
         ValueError: when `degrees_of_freedom` is not a whole number >= 1.
     """
-    if degrees_of_freedom != int(degrees_of_freedom) or degrees_of_freedom < 1:
+    if (not math.isfinite(degrees_of_freedom) or degrees_of_freedom != int(degrees_of_freedom)
+            or degrees_of_freedom < 1):
         raise ValueError(f"Expected whole degrees of freedom >= 1. Received "
                          f"{degrees_of_freedom!r}.")
     nu = int(degrees_of_freedom)
@@ -148,7 +151,8 @@ def paired_p_values(difference):
         difference: a dict with `mean`, `std` (floats or arrays) and `seeds`.
 
     Returns:
-        A float array of `mean`'s shape: NaN with fewer than two seeds; 1
+        A float array of `mean`'s shape: NaN with fewer than two seeds or
+        where the summary is NaN (a NaN among the values); 1
         where every seed's difference is 0, 0 where every seed's is one
         number other than 0.
     """
@@ -159,6 +163,8 @@ def paired_p_values(difference):
         return np.full(mean.shape, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(std > 0, mean * math.sqrt(seeds) / std, np.where(mean == 0, 0.0, np.inf))
+    # A NaN in the values is no evidence either way: not tested.
+    t = np.where(np.isnan(mean) | np.isnan(std), np.nan, t)
     return t_two_sided_p_value(t, seeds - 1)
 
 

@@ -124,10 +124,12 @@ def recount(table, studies):
     listed = collections.defaultdict(set)
     for student, teacher, name in pairs:
         listed[(student, teacher)].add(name)
-    for key, names in listed.items():
-        if chosen[key][0] != names:
-            raise ValueError(f"{table}: {key} lists {sorted(names)}; the stored summaries of "
-                             f"{studies} name {sorted(chosen[key][0])} uncorrected.")
+    for key in set(listed) | {key for key, (hurt, _) in chosen.items() if hurt}:
+        if key not in chosen or chosen[key][0] != listed.get(key, set()):
+            raise ValueError(
+                f"{table}: {key} lists {sorted(listed.get(key, ()))}; the stored summaries of "
+                f"{studies} name {sorted(chosen[key][0]) if key in chosen else 'no such setting'}"
+                " uncorrected.")
     kept = {pair: outcome for pair, outcome in pairs.items()
             if pair[2] in chosen[pair[:2]][1]}
     dropped = {pair: outcome for pair, outcome in pairs.items() if pair not in kept}
