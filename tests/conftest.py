@@ -83,13 +83,14 @@ def prepared_tfds(tmp_path, name, splits=("train", "test"), num_examples=200):
         yield
 
 
-def written_tfds(data_dir, name, splits=("train", "test"), num_examples=200):
+def written_tfds(data_dir, name, splits=("train", "test"), num_examples=200, num_shards=None):
     """Prepares the image-classification set `name` in `data_dir` from random examples,
     through tfds' own builder and writer: real record files, read as a downloaded set's are.
 
     Faster to read than `prepared_tfds`' mock, which draws and encodes every example again
     on every pass: for tests that read a set many times (a whole run), not for the tests
-    of the mock's specifics (images of random sizes, text features)."""
+    of the mock's specifics (images of random sizes, text features). `num_shards`: files a
+    split, as a large set has (tfds' choice by size, one for these, when `None`)."""
     builder = tfds.builder(name, data_dir=str(data_dir))
     features = builder.info.features
 
@@ -110,7 +111,8 @@ def written_tfds(data_dir, name, splits=("train", "test"), num_examples=200):
 
     builder._split_generators = lambda dl_manager: {split: examples(split) for split in splits}
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False,
+                                                     num_shards=num_shards))
 
 
 class Killed(Exception):

@@ -1,5 +1,6 @@
 """Tests of tllm_tf.pipeline.build's training batches."""
 
+import dataclasses
 import os
 
 import pytest
@@ -50,3 +51,45 @@ def test_the_store_takes_the_runs_top_k_dtype_and_files_of_bounded_size(tmp_path
     # as fit (ImageNet's epoch was one file of 5 GB, held in memory while built).
     monkeypatch.setattr(build, "STORE_FILE_BYTES", 64 * data.num_classes * 4 * 5)
     assert build.soft_label_store(config, data, teacher).batches_per_shard == 5
+
+
+def _folder_run(tmp_path, **overrides):
+    """A run on an image folder of 3 classes x 8 images, written one class after another."""
+    import numpy as np
+    import tensorflow as tf
+    from tllm_tf import data as data_lib
+    for label, name in enumerate(("a", "b", "c")):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for index in range(8):
+            image = np.full((4, 4, 3), 30 * label + index, np.uint8)
+            (tmp_path / "pets" / name / f"{index}.png").write_bytes(
+                tf.io.encode_png(image).numpy())
+    config = RunConfig(workdir="unused", dataset=data_lib.IMAGE_FOLDER,
+                       image_folder=str(tmp_path / "pets"), image_size=4, batch_size=6,
+                       epochs=2, holdout_fraction=0.25, **overrides)
+    return config, build.load_data(config)
+
+
+def _labels_of(batches):
+    return [list(labels) for _, labels in batches.as_numpy_iterator()]
+
+
+def test_a_folder_larger_than_the_shuffle_buffer_is_read_in_a_new_order_each_epoch(
+        tmp_path, monkeypatch):
+    from conftest import make_mlp
+    from tllm_tf.data import pipeline
+    config, data = _folder_run(tmp_path, teacher_store=str(tmp_path / "store"))
+    teacher = make_mlp("teacher", input_shape=data.image_shape, num_classes=data.num_classes)
+    assert "training_order" not in build.soft_label_store(config, data, teacher).fingerprint
+    # A buffer of 2 images of the 12 (4 a class): the files' order, one class after another,
+    # would give an epoch's first batch classes a and b only, b once at most.
+    monkeypatch.setattr(pipeline, "SHUFFLE_BUFFER_BYTES", 2 * 4 * 4 * 3 * 4)
+    batches = _labels_of(build.train_batches(data, config, 0, 2))
+    assert len(batches) == 4 and len(set(batches[0])) == len(set(batches[2])) == 3
+    assert batches[:2] != batches[2:]
+    assert _labels_of(build.train_batches(data, config, 1, 2)) == batches[2:]  # Resumed.
+    cached = dataclasses.replace(config, cache=True)
+    assert _labels_of(build.train_batches(data, cached, 0, 2)) == batches
+    # A store built before would hold other views: its fingerprint says so.
+    assert build.soft_label_store(config, data, teacher).fingerprint["training_order"] == (
+        "drawn by the source each epoch")

@@ -86,6 +86,27 @@ def test_separate_test_folder(tmp_path):
     assert splits.num_train == 24 and len(list(splits.held_out)) == 6
 
 
+def _order(dataset):
+    return [int(image[1, 1, 0]) for image, _ in dataset.as_numpy_iterator()]
+
+
+def test_the_training_split_can_be_read_in_an_order_drawn_from_a_seed(tmp_path):
+    splits = load_image_folder(_write_folder(tmp_path / "pets"), image_size=(6, 5),
+                               holdout_fraction=0.2, test_fraction=0.2)
+    files = _order(splits.train)
+    # The files come one class after another: the order a small shuffle buffer would keep.
+    labels = [value // 20 for value in files]
+    assert labels == sorted(labels)
+    drawn = splits.shuffled_train(7)
+    first_pass, second_pass = _order(drawn), _order(drawn)
+    assert sorted(first_pass) == sorted(files) and first_pass != files
+    assert second_pass != first_pass  # Drawn again on a further pass.
+    assert _order(splits.shuffled_train(7)) == first_pass
+    assert _order(splits.shuffled_train(8)) != first_pass
+    assert _labels_by_image(drawn) == _labels_by_image(splits.train)
+    assert int(drawn.cardinality()) == splits.num_train
+
+
 def test_statistics_are_computed_in_raw_scale(tmp_path):
     root = _write_folder(tmp_path / "pets", classes=("a", "b"), per_class=2)
     splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.5)

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tllm_tf.data.pipeline import make_pipeline
+from tllm_tf.data.pipeline import reads_shuffled_train
 from tllm_tf.data.pipeline import training_batches
 
 NUM_EXAMPLES = 20
@@ -90,6 +91,57 @@ def test_epochs_back_to_back_are_each_epoch_alone(mixing):
     _assert_same_batches(together, alone)
     _assert_same_batches(
         _epoch(training_batches(dataset, epoch_seeds=[6, 7], steps=3, **kwargs)), alone[3:])
+
+
+def _class_sorted(num_examples=24, num_classes=3):
+    """A set whose files come one class after another, and its source's drawn order."""
+    labels = np.repeat(np.arange(num_classes), num_examples // num_classes).astype(np.int32)
+    images = np.arange(num_examples, dtype=np.float32).reshape(-1, 1, 1, 1) * np.ones(
+        (1, 2, 2, 1), np.float32)
+    files = tf.data.Dataset.from_tensor_slices((images, labels))
+
+    def shuffled_train(seed):
+        return files.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+
+    return files, shuffled_train
+
+
+def test_a_set_larger_than_the_buffer_is_read_in_an_order_drawn_each_epoch():
+    files, shuffled_train = _class_sorted()
+    kwargs = dict(batch_size=6, epoch_seeds=[3, 4], steps=4, shuffle_buffer=4)
+    assert reads_shuffled_train(files, shuffled_train, shuffle_buffer=4)
+    windowed = _epoch(training_batches(files, **kwargs))
+    drawn = _epoch(training_batches(files, shuffled_train=shuffled_train, **kwargs))
+    # A buffer of 4 over the files' order: the first batch holds class 0 and at most one
+    # image of class 1. Read in the drawn order, the classes mix from the first batch.
+    assert set(windowed[0][1]) <= {0, 1} and list(windowed[0][1]).count(1) <= 1
+    assert len(set(drawn[0][1])) == 3
+    for epoch in (drawn[:4], drawn[4:]):  # Every image once an epoch.
+        assert sorted(np.concatenate([labels for _, labels in epoch])) == [0] * 8 + [1] * 8 + [2] * 8
+    assert not np.array_equal(drawn[0][1], drawn[4][1])  # Another order each epoch.
+    # Exact resume: epoch 4 alone is the second epoch built together.
+    _assert_same_batches(
+        _epoch(training_batches(files, shuffled_train=shuffled_train, batch_size=6,
+                                epoch_seeds=[4], steps=4, shuffle_buffer=4)), drawn[4:])
+    _assert_same_batches(
+        drawn, _epoch(training_batches(files, shuffled_train=shuffled_train, **kwargs)))
+
+
+def test_a_set_the_buffer_holds_is_shuffled_whole_whatever_its_source_offers():
+    files, shuffled_train = _class_sorted()
+    assert not reads_shuffled_train(files, shuffled_train)
+    assert not reads_shuffled_train(files, None, shuffle_buffer=4)
+    kwargs = dict(batch_size=6, training=True, seed=2)
+    _assert_same_batches(_epoch(make_pipeline(files, **kwargs)),
+                         _epoch(make_pipeline(files, shuffled_train=shuffled_train, **kwargs)))
+
+
+def test_cache_is_not_used_where_the_order_is_drawn_each_epoch():
+    files, shuffled_train = _class_sorted()
+    kwargs = dict(batch_size=6, training=True, seed=2, shuffle_buffer=4,
+                  shuffled_train=shuffled_train)
+    _assert_same_batches(_epoch(make_pipeline(files, cache=True, **kwargs)),
+                         _epoch(make_pipeline(files, **kwargs)))
 
 
 def test_several_epochs_need_their_steps_and_the_images_for_them():

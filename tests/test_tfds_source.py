@@ -21,6 +21,7 @@ from tllm_tf.data.pipeline import (
     VARYING_SIZE_SHUFFLE_BUFFER,
     make_pipeline,
     shuffle_buffer_size,
+    training_batches,
 )
 from tllm_tf.data.errors import DataNotFoundError
 from tllm_tf.data.errors import UnlabelledDataError
@@ -265,6 +266,48 @@ def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
                 held_out_pass, in_train_order, strict=True):
             np.testing.assert_array_equal(image, expected_image)
             assert label == expected_label
+
+
+def _image_hashes(dataset, labelled=None):
+    """The hashes of one pass's images, in order; and into `labelled`, hash to label."""
+    hashes = []
+    for image, label in dataset.as_numpy_iterator():
+        hashes.append(hashlib.sha1(image.tobytes()).hexdigest())
+        if labelled is not None:
+            labelled[hashes[-1]] = int(label)
+    return hashes
+
+
+@pytest.mark.parametrize("holdout_fraction", [None, 0.2])
+def test_the_training_split_can_be_read_with_its_shards_in_an_order_drawn_from_a_seed(
+        tmp_path, holdout_fraction):
+    written_tfds(tmp_path, "fashion_mnist", num_examples=64, num_shards=8)
+    splits = load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=holdout_fraction)
+    labels, drawn_labels = {}, {}
+    files = _image_hashes(splits.train, labels)
+    drawn = splits.shuffled_train(5)
+    first_pass, second_pass = _image_hashes(drawn, drawn_labels), _image_hashes(drawn)
+    # The same images (the held-out ones left out), their shards in another order.
+    assert sorted(first_pass) == sorted(files) and first_pass != files
+    assert second_pass != first_pass  # Drawn again on a further pass.
+    assert _image_hashes(splits.shuffled_train(5)) == first_pass
+    assert _image_hashes(splits.shuffled_train(6)) != first_pass
+    assert int(drawn.cardinality()) == splits.num_train == len(files)
+    assert drawn_labels == labels
+
+
+def test_imagenet_trains_from_shards_in_a_drawn_order(tmp_path):
+    # Through tfds' mocked imagenet2012 (images of varying size); a buffer of 2 of its 20
+    # training images stands for ImageNet's 1,000 of 1.28 million.
+    with _prepared(tmp_path, "imagenet2012", splits=("train", "validation"), num_examples=20):
+        splits = load_tfds("imagenet2012", image_size=8, holdout_fraction=0.2)
+        batches = list(training_batches(
+            splits.train, shuffled_train=splits.shuffled_train, shuffle_buffer=2,
+            batch_size=4, epoch_seeds=[0, 1], steps=4, augmentation="imagenet",
+            image_size=8).as_numpy_iterator())
+    assert [images.shape for images, _ in batches] == [(4, 8, 8, 3)] * 8
+    # 20 images of 1,000 classes: a fifth of each class rounds to none held out.
+    assert int(splits.held_out.cardinality()) == 0 and splits.num_train == 20
 
 
 def test_shuffle_buffer_of_images_of_varying_size_is_bounded():

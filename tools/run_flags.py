@@ -34,7 +34,10 @@ flags.DEFINE_integer("num_train", None, "Keep only this many training examples (
 flags.DEFINE_float("mixup", _DEFAULTS.mixup, "MixUp alpha; 0 turns it off.")
 flags.DEFINE_float("cutmix", _DEFAULTS.cutmix, "CutMix Beta parameter in [0, 1]; 0 turns it off.")
 flags.DEFINE_bool("randaugment", _DEFAULTS.randaugment, "Apply RandAugment to training batches.")
-flags.DEFINE_bool("cache", _DEFAULTS.cache, "Cache the decoded training images in memory.")
+flags.DEFINE_bool(
+    "cache", _DEFAULTS.cache,
+    "Cache the decoded training images in memory (not used for an image folder or tfds set "
+    "larger than the shuffle buffer, which is read in a new order of its files each epoch).")
 # Models.
 flags.DEFINE_string("teacher_model", _DEFAULTS.teacher_model, "Teacher architecture (model zoo name).")
 flags.DEFINE_string("student_model", _DEFAULTS.student_model, "Student architecture (model zoo name).")

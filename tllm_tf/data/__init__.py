@@ -15,6 +15,7 @@ from tllm_tf.data.folder_source import load_image_folder
 from tllm_tf.data.idx_format import IDXFormatError
 from tllm_tf.data.idx_source import load_fashion_mnist
 from tllm_tf.data.pipeline import make_pipeline
+from tllm_tf.data.pipeline import reads_shuffled_train
 from tllm_tf.data.pipeline import training_batches
 from tllm_tf.data.soft_label_store import SoftLabelStore
 from tllm_tf.data.sources import IMAGE_FOLDER
@@ -46,6 +47,7 @@ __all__ = [
     "load_image_folder",
     "load_tfds",
     "make_pipeline",
+    "reads_shuffled_train",
     "stratified_split",
     "training_batches",
 ]

@@ -54,16 +54,19 @@ def _warn_untested_classes(test_source, class_names, test_labels):
         )
 
 
-def _image_dataset(paths, labels, image_size, num_channels):
+def _files(paths, labels):
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
+    )
+
+
+def _image_dataset(files, image_size, num_channels):
     def read(path, label):
         encoded = tf.io.read_file(path)
         image = tf.io.decode_image(encoded, channels=num_channels, expand_animations=False)
         image = tf.image.resize(image, image_size, antialias=True)
         return tf.ensure_shape(image, image_size + (num_channels,)), label
 
-    files = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
-    )
     return files.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -149,17 +152,25 @@ def load_image_folder(
         held_paths, held_labels = _take(paths, held_idx), labels[held_idx]
         paths, labels = _take(paths, kept_idx), labels[kept_idx]
 
-    train = _image_dataset(paths, labels, image_size, num_channels)
+    train_files = _files(paths, labels)
+    train = _image_dataset(train_files, image_size, num_channels)
+
+    def shuffled_train(seed):
+        # The paths, not the decoded images, shuffled whole: a few bytes each.
+        order = train_files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        return _image_dataset(order, image_size, num_channels)
+
     mean, std = channel_statistics(train)
     return DataSplits(
         name=os.path.basename(os.path.normpath(train_dir)),
         train=train,
-        held_out=_image_dataset(held_paths, held_labels, image_size, num_channels),
-        test=_image_dataset(test_paths, test_labels, image_size, num_channels),
+        held_out=_image_dataset(_files(held_paths, held_labels), image_size, num_channels),
+        test=_image_dataset(_files(test_paths, test_labels), image_size, num_channels),
         num_classes=len(class_names),
         class_names=class_names,
         image_shape=image_size + (num_channels,),
         mean=mean,
         std=std,
         num_train=len(paths),
+        shuffled_train=shuffled_train,
     )

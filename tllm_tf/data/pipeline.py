@@ -57,6 +57,29 @@ def shuffle_buffer_size(image_spec, num_examples=None):
     wanted = DEFAULT_SHUFFLE_BUFFER if num_examples is None else num_examples
     return max(1, min(wanted, SHUFFLE_BUFFER_BYTES // image_bytes))
 
+def reads_shuffled_train(dataset, shuffled_train, shuffle_buffer=None):
+    """Whether training reads `shuffled_train` each epoch rather than `dataset`.
+
+    It does where there is one and the shuffle buffer cannot hold the whole
+    data set (see `training_batches`).
+
+    Args:
+        dataset: the unbatched training split, e.g. `DataSplits.train`.
+        shuffled_train: its `DataSplits.shuffled_train`, or `None`.
+        shuffle_buffer: the buffer, in examples. Defaults to `None`:
+            `shuffle_buffer_size` of `dataset`.
+
+    Returns:
+        A bool.
+    """
+    if shuffled_train is None:
+        return False
+    size = int(dataset.cardinality())
+    if shuffle_buffer is None:
+        shuffle_buffer = shuffle_buffer_size(dataset.element_spec[0], size if size >= 0 else None)
+    return not 0 <= size <= shuffle_buffer
+
+
 def _check_batchable(dataset, augmentation):
     image_shape = dataset.element_spec[0].shape
     if not image_shape.is_fully_defined():
@@ -83,6 +106,7 @@ def make_pipeline(
     cutmix=0.0,
     randaugment=False,
     drop_remainder=False,
+    shuffled_train=None,
 ):
     """Turns a split of `DataSplits` into batches for `fit` or `evaluate`.
 
@@ -119,6 +143,10 @@ def make_pipeline(
         randaugment: whether to apply RandAugment. Defaults to `False`.
         drop_remainder: whether to drop the last, smaller batch. Defaults
             to `False`.
+        shuffled_train: `DataSplits.shuffled_train` of the split being
+            trained on, read instead of `dataset` when the data set is larger
+            than the shuffle buffer (see `training_batches`), so `cache`
+            then caches nothing that training reads. Defaults to `None`.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images float32
@@ -137,7 +165,8 @@ def make_pipeline(
         batches = training_batches(
             dataset, batch_size=batch_size, epoch_seeds=[seed], augmentation=augmentation,
             image_size=image_size, num_classes=num_classes, shuffle_buffer=shuffle_buffer,
-            mixup=mixup, cutmix=cutmix, randaugment=randaugment, drop_remainder=drop_remainder)
+            mixup=mixup, cutmix=cutmix, randaugment=randaugment, drop_remainder=drop_remainder,
+            shuffled_train=shuffled_train)
     else:
         _check_batch_size(batch_size)
         recipe = build_augmentation(augmentation, image_size=image_size)
@@ -161,6 +190,7 @@ def training_batches(
     cutmix=0.0,
     randaugment=False,
     drop_remainder=False,
+    shuffled_train=None,
 ):
     """Training batches of one or more epochs back to back, each drawn by its own seed.
 
@@ -172,6 +202,14 @@ def training_batches(
     their concatenation): traced per epoch, the demo's 60 epochs took 6-7 s
     a stage to build, against about 1 s.
 
+    A shuffle buffer as large as the data set shuffles it whole. A smaller
+    one only mixes a window of the order the images come in: where that is
+    the files' order (an image folder lists its classes one after another)
+    an epoch's first batches would hold a few classes. So where the data set
+    is larger than the buffer and its source draws its own order
+    (`shuffled_train`), each epoch reads `shuffled_train(seed)`, the files
+    shuffled by the epoch's seed, and the buffer mixes that further.
+
     Args:
         dataset: unbatched `(image float32, label int32)` dataset.
         batch_size: examples per batch.
@@ -181,6 +219,9 @@ def training_batches(
             epoch. Defaults to `None`: every batch of the one epoch.
         augmentation, image_size, num_classes, shuffle_buffer, mixup,
         cutmix, randaugment, drop_remainder: as `make_pipeline`'s.
+        shuffled_train: `DataSplits.shuffled_train` of `dataset`: a function
+            of a seed returning `dataset` in an order drawn from it. Defaults
+            to `None`: `dataset` as it is.
 
     Returns:
         A `tf.data.Dataset` of batches, not prefetched (`finished` adds
@@ -210,9 +251,12 @@ def training_batches(
         )
     recipe = build_augmentation(augmentation, image_size=image_size)
     examples_per_epoch = None if steps is None else steps * batch_size
+    # Where the buffer holds the whole set it shuffles it whole: the source's order is moot.
+    reordered = reads_shuffled_train(dataset, shuffled_train, shuffle_buffer)
 
     def examples(seed):
-        shuffled = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        source = shuffled_train(seed) if reordered else dataset
+        shuffled = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         pairs = tf.data.Dataset.zip(shuffled, _seeds(seed))
         return pairs if examples_per_epoch is None else pairs.take(examples_per_epoch)
 

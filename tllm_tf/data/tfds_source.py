@@ -13,6 +13,7 @@ selection is a stratified, seeded part of the *train* split; the test split
 
 import contextlib
 import difflib
+import functools
 import logging
 import re
 
@@ -209,18 +210,21 @@ def _check_train_labels(labels, name):
         )
 
 
-def _read_undecoded(builder, split):
+def _read_undecoded(builder, split, shuffled=False, seed=None):
     # Images stay encoded until an example survives the held-out filter, and
     # every example carries its `tfds_id`, which names it whatever the order
-    # in which the shards are read.
+    # in which the shards are read. `shuffled`: the shards in an order drawn
+    # from `seed`, drawn again on each further pass.
     return builder.as_dataset(
         split=split,
-        shuffle_files=False,
+        shuffle_files=shuffled,
         decoders=tfds.decode.PartialDecoding(
             {"image": True, "label": True},
             decoders={"image": tfds.decode.SkipDecoding()},
         ),
-        read_config=tfds.ReadConfig(add_tfds_id=True),
+        read_config=tfds.ReadConfig(
+            add_tfds_id=True, shuffle_seed=seed if shuffled else None,
+            shuffle_reshuffle_each_iteration=True if shuffled else None),
     )
 
 
@@ -237,7 +241,12 @@ def _ids_and_labels(undecoded):
     return ids[order], labels[order]
 
 
-def _split_off_held_out(undecoded, held_out_ids):
+def _split_off_held_out(undecoded, held_out_ids, num_kept):
+    """`(keep, held_out)`: a function that drops the held-out examples from a
+    read of the train split, and the held-out examples of `undecoded`."""
+    if len(held_out_ids) == 0:  # Every class too small to give one (a table needs a key).
+        return (lambda read: read.apply(tf.data.experimental.assert_cardinality(num_kept)),
+                undecoded.take(0))
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(held_out_ids, tf.string),
@@ -249,12 +258,17 @@ def _split_off_held_out(undecoded, held_out_ids):
     def is_held_out(example):
         return tf.equal(table.lookup(example["tfds_id"]), 1)
 
-    kept = undecoded.filter(lambda example: tf.logical_not(is_held_out(example)))
+    def keep(read):
+        kept = read.filter(lambda example: tf.logical_not(is_held_out(example)))
+        # Filtering hides the size; restoring it lets Keras size epochs.
+        return kept.apply(tf.data.experimental.assert_cardinality(num_kept))
+
     # Cached encoded, in memory: only the first held-out pass reads the whole train
     # split (140 GB for ImageNet) to find its images. ImageNet's JPEGs take about
     # 110 KB each: about 1.1 GB for 10,000 held-out images. A pass that stops early
     # leaves the cache empty, and the next reads the train split again.
-    return kept, undecoded.filter(is_held_out).cache()
+    held_out = undecoded.filter(is_held_out).cache()
+    return keep, held_out.apply(tf.data.experimental.assert_cardinality(len(held_out_ids)))
 
 
 def _refusing_unlabelled(undecoded, name):
@@ -354,19 +368,22 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
 
     undecoded_train = _read_undecoded(builder, "train")
     if holdout_fraction is None:
-        kept, held_out = _refusing_unlabelled(undecoded_train, name), undecoded_train.take(0)
+        keep = functools.partial(_refusing_unlabelled, name=name)
+        held_out = undecoded_train.take(0)
         num_train = builder.info.splits["train"].num_examples
     else:
         ids, labels = _ids_and_labels(undecoded_train)
         _check_train_labels(labels, name)
         kept_idx, held_idx = stratified_split(labels, fraction=holdout_fraction, seed=seed)
-        kept, held_out = _split_off_held_out(undecoded_train, ids[held_idx])
-        # Filtering hides the sizes; restoring them lets Keras size epochs.
-        kept = kept.apply(tf.data.experimental.assert_cardinality(len(kept_idx)))
-        held_out = held_out.apply(tf.data.experimental.assert_cardinality(len(held_idx)))
+        keep, held_out = _split_off_held_out(undecoded_train, ids[held_idx], len(kept_idx))
         num_train = len(kept_idx)
 
-    train = _decode(kept, image_feature)
+    train = _decode(keep(undecoded_train), image_feature)
+
+    def shuffled_train(order_seed):
+        return _decode(keep(_read_undecoded(builder, "train", shuffled=True, seed=order_seed)),
+                       image_feature)
+
     if builder.name in PUBLISHED_STATISTICS:
         mean, std = (
             tuple(255.0 * v for v in values) for values in PUBLISHED_STATISTICS[builder.name]
@@ -392,4 +409,5 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
         mean=mean,
         std=std,
         num_train=num_train,
+        shuffled_train=shuffled_train,
     )

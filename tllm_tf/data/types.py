@@ -1,7 +1,7 @@
 """The one value every data source returns."""
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -29,6 +29,14 @@ class DataSplits:
         mean: per-channel mean of the training images, raw scale.
         std: per-channel standard deviation of the training images, raw scale.
         num_train: number of training examples, when known.
+        shuffled_train: for a source that reads files (an image folder, tfds
+            shards), a function of a seed (an int, or `None`) that returns
+            `train` in an order drawn from that seed, the files shuffled
+            before any image is decoded, and drawn again on each further
+            pass. A training split larger than the shuffle buffer of decoded
+            images is read through it each epoch, so an epoch's order is not
+            the files' order mixed within a window. `None` for a source that
+            holds its images in memory (shuffled whole).
     """
 
     name: str
@@ -41,3 +49,4 @@ class DataSplits:
     mean: tuple
     std: tuple
     num_train: Optional[int] = None
+    shuffled_train: Optional[Callable[[Optional[int]], tf.data.Dataset]] = None

@@ -197,10 +197,13 @@ def train_batches(data, config, start_epoch, epochs, one_hot=False):
     alone, so a run resumed at epoch `e` sees exactly the batches an
     uninterrupted run would have seen.
     """
+    # A set larger than the shuffle buffer whose source draws its order is read through
+    # `shuffled_train`, never from this cache: --cache changes how fast, never which batches.
     train = data.train.cache() if config.cache else data.train
     steps = steps_per_epoch(data, config)
     batches = data_lib.training_batches(
         train,
+        shuffled_train=data.shuffled_train,
         batch_size=config.batch_size,
         # tf.data's own reshuffling would depend on how many epochs this process iterated.
         epoch_seeds=[config.seed * 100_003 + epoch for epoch in range(start_epoch, epochs)],
@@ -254,7 +257,10 @@ def soft_label_store(config, data, teacher):
             "seed": config.seed, "augmentation": config.augmentation,
             "image_size": config.image_size, "mixup": config.mixup, "cutmix": config.cutmix,
             "randaugment": config.randaugment, "batch_size": config.batch_size,
-            "steps_per_epoch": steps_per_epoch(data, config)})
+            "steps_per_epoch": steps_per_epoch(data, config),
+            # Only where it applies, so that the stores of every other set stay valid.
+            **({"training_order": "drawn by the source each epoch"}
+               if data_lib.reads_shuffled_train(data.train, data.shuffled_train) else {})})
 
 
 def eval_batches(split, config):
