@@ -357,6 +357,11 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
             _record(seed, "tllm", 0.84, [0.90 + wobble, 0.78], masks=[[1.0, 0.0]] * 4)]
     (setting,) = study_summary.summarise(records)
     assert setting["hurt_classes"] == setting["hurt_classes_holm"] == ["b"]
+    by_seed = setting["per_class_by_seed"]
+    assert sorted(by_seed) == ["kd", "labels", "tllm"]
+    np.testing.assert_allclose(by_seed["kd"][3], [0.903, 0.697])
+    np.testing.assert_allclose(by_seed["tllm"][4], [0.904, 0.78])
+    json.dumps(setting)  # Stays JSON.
     tllm = setting["arms"]["tllm"]
     assert tllm["minus_kd"]["mean"] == pytest.approx(0.02)
     assert tllm["masked_at_end_per_class"] == [0.0, 1.0]

@@ -9,7 +9,8 @@ its interval (the classes KD hurts beyond noise); and for each TLLM arm which
 classes it masked, how often, how often the mask flipped, how often it
 masked a class that KD did not hurt, where its gain over KD comes from (the
 classes it masked, the others), and what it did for each class KD hurts
-beyond noise (minus KD and minus labels on that class). No TensorFlow.
+beyond noise (minus KD and minus labels on that class); and each seed's
+per-class accuracies of every arm, for other tests later. No TensorFlow.
 """
 
 import collections
@@ -243,6 +244,12 @@ def _setting_summary(student, teacher, seeds, arms, labels, teachers, baselines)
             [by_seed[seed] for seed in seeds], basis, baseline,
             [arms[baseline][seed] for seed in seeds],
             other_loss=f"{arm}{TLLM_SUFFIX}" in arms)
+    # Each seed's per-class test accuracy of every arm summarised, so that a stored summary can
+    # be tested again in other ways than its tables' (seeds in `seeds`' order).
+    setting["per_class_by_seed"] = {
+        LABELS_ARM: basis.labels_pc.tolist(), KD_ARM: basis.kd_pc.tolist(),
+        **{arm: [arms[arm][seed]["per_class_accuracy"] for seed in seeds]
+           for arm in setting["arms"]}}
     # Wall time of the arms whose records carry it (studies before 2026-12-03 did not).
     setting["minutes_per_run"] = {}
     for arm, by_seed in sorted(arms.items()):
