@@ -127,6 +127,14 @@ def test_a_set_larger_than_the_buffer_is_read_in_an_order_drawn_each_epoch():
         drawn, _epoch(training_batches(files, shuffled_train=shuffled_train, **kwargs)))
 
 
+def test_a_drawn_order_of_another_training_split_is_refused():
+    files, shuffled_train = _class_sorted()
+    with pytest.raises(ValueError, match="Expected shuffled_train to give the 10 images .* "
+                                         "Received 24"):
+        training_batches(files.take(10), shuffled_train=shuffled_train, batch_size=2,
+                         epoch_seeds=[0], shuffle_buffer=4)
+
+
 def test_a_set_the_buffer_holds_is_shuffled_whole_whatever_its_source_offers():
     files, shuffled_train = _class_sorted()
     assert not reads_shuffled_train(files, shuffled_train)
@@ -136,7 +144,7 @@ def test_a_set_the_buffer_holds_is_shuffled_whole_whatever_its_source_offers():
                          _epoch(make_pipeline(files, shuffled_train=shuffled_train, **kwargs)))
 
 
-def test_cache_is_not_used_where_the_order_is_drawn_each_epoch():
+def test_cache_changes_no_batch_where_the_order_is_drawn_each_epoch():
     files, shuffled_train = _class_sorted()
     kwargs = dict(batch_size=6, training=True, seed=2, shuffle_buffer=4,
                   shuffled_train=shuffled_train)

@@ -156,7 +156,8 @@ def load_image_folder(
     train = _image_dataset(train_files, image_size, num_channels)
 
     def shuffled_train(seed):
-        # The paths, not the decoded images, shuffled whole: a few bytes each.
+        # The paths, not the decoded images, shuffled whole: about 270 bytes each in the
+        # buffer (1.28 million files: 0.34 GB and 2 s before an epoch's first image).
         order = train_files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return _image_dataset(order, image_size, num_channels)
 

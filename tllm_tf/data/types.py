@@ -36,7 +36,8 @@ class DataSplits:
             pass. A training split larger than the shuffle buffer of decoded
             images is read through it each epoch, so an epoch's order is not
             the files' order mixed within a window. `None` for a source that
-            holds its images in memory (shuffled whole).
+            holds its images in memory (shuffled whole). A copy whose `train`
+            is replaced needs this replaced too, or set to `None`.
     """
 
     name: str
