@@ -57,6 +57,7 @@ def shuffle_buffer_size(image_spec, num_examples=None):
     wanted = DEFAULT_SHUFFLE_BUFFER if num_examples is None else num_examples
     return max(1, min(wanted, SHUFFLE_BUFFER_BYTES // image_bytes))
 
+
 def reads_shuffled_train(dataset, shuffled_train, shuffle_buffer=None):
     """Whether training reads `shuffled_train` each epoch rather than `dataset`.
 
@@ -208,8 +209,8 @@ def training_batches(
     an epoch's first batches would hold a few classes. So where the data set
     is larger than the buffer and its source draws its own order
     (`shuffled_train`), each epoch reads `shuffled_train(seed)`, the files
-    shuffled by the epoch's seed, and the buffer mixes that further. A tfds
-    set sets one epoch's reader up in about 80 ms and 1.3 MB, whatever its
+    shuffled by the epoch's seed, and the buffer mixes that further. One
+    epoch's tfds reader takes about 80 ms and 1.3 MB to set up, whatever the
     shards (10 s and 150-190 MB for 120 epochs, built up front; about 50
     more idle threads, not growing with the epochs).
 
