@@ -1,5 +1,8 @@
 """Batched `tf.data` pipelines for training and evaluation.
 
+(Over 300 lines: the shuffle buffer, each epoch's order and its augmentations
+are one design, whose measurements the docstrings keep.)
+
 Augmentation happens here, before the batch reaches the model, so the
 teacher and the student of a `Distiller` see the very same augmented (and
 mixed) images. Images stay in raw pixel scale; the model normalises them.
