@@ -1,7 +1,10 @@
+import collections
+
 import numpy as np
 import pytest
 
 from tllm_tf.data import load_digits, stratified_split
+from tllm_tf.data.digits import load_digits_arrays
 
 
 def test_stratified_split_is_disjoint_stratified_and_seeded():
@@ -22,18 +25,22 @@ def test_stratified_split_rejects_bad_arguments(kwargs, message):
         stratified_split(np.arange(10) % 2, **kwargs)
 
 
-def _labels(dataset):
-    return np.array([int(label) for _, label in dataset])
+def _rows(pairs):
+    """The `(image bytes, label)` rows of `pairs`, counted: a row given twice counts twice."""
+    return collections.Counter((np.asarray(image, np.float32).tobytes(), int(label))
+                               for image, label in pairs)
 
 
 def test_digits_splits_are_disjoint_and_cover_every_class():
     data = load_digits(test_fraction=0.2, holdout_fraction=0.2, seed=0)
-    train, held, test = _labels(data.train), _labels(data.held_out), _labels(data.test)
-    assert len(train) + len(held) + len(test) == 1797
+    train, held, test = (list(split.as_numpy_iterator())
+                         for split in (data.train, data.held_out, data.test))
+    # Together the three splits are the 1,797 digits, each exactly once.
+    assert _rows(train) + _rows(held) + _rows(test) == _rows(zip(*load_digits_arrays()))
     assert data.num_train == len(train)
-    for labels in (train, held, test):
-        assert set(labels) == set(range(10))
-    image, _ = next(iter(data.train))
+    for split in (train, held, test):
+        assert {int(label) for _, label in split} == set(range(10))
+    image, _ = train[0]
     assert image.shape == (8, 8, 1) and data.image_shape == (8, 8, 1)
     assert 0 < data.mean[0] < 16 and data.std[0] > 0
 

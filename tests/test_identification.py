@@ -79,12 +79,17 @@ def _run(options, evidences, num_classes=4):
     return masks, state
 
 
-def test_paired_rule_masks_a_real_gap_and_not_noise():
-    options = _options()
+@pytest.mark.parametrize("correction, expected", [
+    ("holm", [1, 0, 0, 0]),  # 1/32 > 0.05/3 stops the step-down.
+    ("benjamini_hochberg", [1, 0, 0, 0]),  # p_(k) <= 0.05 k / 4 for k = 1 only: 1/32 > 0.025.
+    ("none", [1, 0, 1, 0]),
+])
+def test_paired_rule_masks_a_real_gap_and_not_noise(correction, expected):
+    options = _options(correction=correction)
     # Class 0: 20 images lost, none won (p ~ 1e-6); class 1: 6 lost, 2 won
-    # (p = 0.14, noise); class 2: 4 lost, 0 won (p = 0.06, not after Holm).
-    masks, _ = _run(options, [_paired([20, 6, 4, 0], [0, 2, 0, 3])])
-    assert masks == [[1, 0, 0, 0]]
+    # (p = 0.14, noise); class 2: 5 lost, 0 won (p = 1/32: behind only uncorrected).
+    masks, _ = _run(options, [_paired([20, 6, 5, 0], [0, 2, 0, 3])])
+    assert masks == [expected]
 
 
 def test_paired_margin_needs_the_gap_too():
