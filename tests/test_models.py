@@ -125,10 +125,13 @@ def test_model_contract(name):
 
     # SGD's weight decay reaches every parameter, BatchNorm's included.
     assert len(model.losses) == len(model.trainable_weights)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            assert layer.momentum == pytest.approx(0.9)
-            assert layer.epsilon == pytest.approx(1e-5)
+    batch_norms = [layer for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    # Every BatchNorm of the model is one of its own layers, so the loop below sees them all.
+    assert len(batch_norms) == sum(weight.name == "moving_mean" for weight in model.weights)
+    for layer in batch_norms:
+        assert layer.momentum == pytest.approx(0.9)
+        assert layer.epsilon == pytest.approx(1e-5)
 
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)
