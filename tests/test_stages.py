@@ -632,3 +632,22 @@ def test_the_stage_tensorboard_keeps_keras_hooks_where_their_private_names_are_m
     callback.on_train_batch_begin(3)
     callback.on_train_batch_end(3, {"loss": 1.0})
     assert calls == [("begin", 3), ("end", 3)]
+
+
+def test_every_stage_trains_on_mixed_soft_labels_under_mixup(tmp_path, monkeypatch):
+    seen = []
+    original = fitting.train_batches
+
+    def recorded(data, config, start_epoch, epochs, one_hot=False):
+        batches = original(data, config, start_epoch, epochs, one_hot)
+        seen.append(next(iter(batches))[1].numpy())
+        return batches
+
+    monkeypatch.setattr(fitting, "train_batches", recorded)
+    stages.run(RunConfig(workdir=str(tmp_path / "run"), students=("distilled",), num_train=200,
+                         epochs=1, teacher_epochs=1, mixup=0.4, verbose=0))
+    assert len(seen) == 3  # The teacher, the label-only reference, the distilled student.
+    for labels in seen:
+        # Mixed: a probability vector a row, some rows not one class alone.
+        assert labels.ndim == 2 and np.allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+        assert (labels.max(axis=1) < 0.99).any()
