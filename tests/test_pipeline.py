@@ -133,6 +133,14 @@ def test_a_drawn_order_of_another_training_split_is_refused():
                                          "Received 24"):
         training_batches(files.take(10), shuffled_train=shuffled_train, batch_size=2,
                          epoch_seeds=[0], shuffle_buffer=4)
+    # Read in its place, shuffled_train would undo what was applied to the split.
+    with pytest.raises(ValueError, match="Expected a data set of known size"):
+        training_batches(files.filter(lambda image, label: label < 2),
+                         shuffled_train=shuffled_train, batch_size=2, epoch_seeds=[0])
+    recast = files.map(lambda image, label: (image, tf.cast(label, tf.int64)))
+    with pytest.raises(ValueError, match="as .*int64.* Received 24, as .*int32"):
+        training_batches(recast, shuffled_train=shuffled_train, batch_size=2, epoch_seeds=[0],
+                         shuffle_buffer=4)
 
 
 def test_a_set_the_buffer_holds_is_shuffled_whole_whatever_its_source_offers():

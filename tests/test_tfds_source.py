@@ -301,10 +301,17 @@ def test_imagenet_trains_from_shards_in_a_drawn_order(tmp_path):
     # training images stands for ImageNet's 1,000 of 1.28 million.
     with _prepared(tmp_path, "imagenet2012", splits=("train", "validation"), num_examples=20):
         splits = load_tfds("imagenet2012", image_size=8, holdout_fraction=0.2)
+        drawn_for = []
+
+        def shuffled_train(seed):
+            drawn_for.append(seed)
+            return splits.shuffled_train(seed)
+
         batches = list(training_batches(
-            splits.train, shuffled_train=splits.shuffled_train, shuffle_buffer=2,
+            splits.train, shuffled_train=shuffled_train, shuffle_buffer=2,
             batch_size=4, epoch_seeds=[0, 1], steps=4, augmentation="imagenet",
             image_size=8).as_numpy_iterator())
+    assert drawn_for == [0, 1]  # Each epoch read in the order its seed draws.
     assert [images.shape for images, _ in batches] == [(4, 8, 8, 3)] * 8
     # 20 images of 1,000 classes: a fifth of each class rounds to none held out.
     assert int(splits.held_out.cardinality()) == 0 and splits.num_train == 20

@@ -46,8 +46,8 @@ def test_bad_flag_value_is_refused_before_training(zygote, tmp_path):
 def test_the_demo_run_records_its_mixup_and_finishes(demo_runs):
     workdir, result, _ = demo_runs
     # The demo flag file's MixUp, as the run recorded it. What the stages trained on is not
-    # seen from here (another process); tests/test_resume_mixup.py checks that
-    # `build.train_batches` mixes the labels under this setting.
+    # seen from here (another process); tests/test_stages.py checks that every stage
+    # trains on mixed labels under MixUp.
     with open(workdir / "config.json") as handle:
         assert json.load(handle)["mixup"] == 0.4
     assert result.returncode == 0, result.stderr[-3000:]

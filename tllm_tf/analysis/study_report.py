@@ -77,7 +77,7 @@ def markdown(summaries):
                        if on_hurt else ""))
             if "hurt_classes" in entry:
                 paired.append(f"- {arm} minus labels: {_points(entry['minus_labels'])}; "
-                              "classes it hurts beyond noise: "
+                              "classes it hurts beyond noise (each class on its own): "
                               + (", ".join(entry["hurt_classes"]) or "none"))
             hurt = entry.get("hurt_classes_minus_kd")
             rows.append([arm, _accuracy(entry["accuracy"]), _points(entry["minus_kd"]),

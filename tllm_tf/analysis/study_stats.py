@@ -239,6 +239,9 @@ def significantly_hurt(kd_per_class, labels_per_class, correction="none"):
     Returns:
         `(hurt, not_hurt)`: two bool arrays `(num_classes,)`; `not_hurt` is
         the classes whose CI lies at or above 0 or contains it.
+
+    Raises:
+        ValueError: on a correction not in `HURT_CORRECTIONS`.
     """
     hurt = hurt_from_difference(paired_difference(kd_per_class, labels_per_class), correction)
     return hurt, ~hurt

@@ -65,7 +65,8 @@ def reads_shuffled_train(dataset, shuffled_train, shuffle_buffer=None):
     """Whether training reads `shuffled_train` each epoch rather than `dataset`.
 
     It does where there is one and the shuffle buffer cannot hold the whole
-    data set (see `training_batches`).
+    data set (see `training_batches`); a data set of unknown size counts as
+    larger than the buffer.
 
     Args:
         dataset: the unbatched training split, e.g. `DataSplits.train`.
@@ -149,8 +150,11 @@ def make_pipeline(
             to `False`.
         shuffled_train: `DataSplits.shuffled_train` of the split being
             trained on, read instead of `dataset` when the data set is larger
-            than the shuffle buffer (see `training_batches`), so `cache`
-            then caches nothing that training reads. Defaults to `None`.
+            than the shuffle buffer (see `training_batches`). It replaces
+            `dataset` whole: `cache` then caches nothing that training reads,
+            and a `map` or `filter` applied to `dataset` would be lost (a
+            `dataset` of unknown size is refused; for a transformed split pass
+            `None`). Defaults to `None`.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images float32
@@ -160,8 +164,10 @@ def make_pipeline(
 
     Raises:
         ValueError: on a bad `batch_size` or `shuffle_buffer`, an unknown
-            augmentation, bad mixing parameters, or images of varying size
-            with an augmentation that does not resize them.
+            augmentation, bad mixing parameters, images of varying size
+            with an augmentation that does not resize them, or a
+            `shuffled_train` that does not match `dataset` (see
+            `training_batches`).
     """
     if cache:
         dataset = dataset.cache()
@@ -227,8 +233,9 @@ def training_batches(
         augmentation, image_size, num_classes, shuffle_buffer, mixup,
         cutmix, randaugment, drop_remainder: as `make_pipeline`'s.
         shuffled_train: `DataSplits.shuffled_train` of `dataset`: a function
-            of a seed returning `dataset` in an order drawn from it. Defaults
-            to `None`: `dataset` as it is.
+            of a seed returning `dataset` in an order drawn from it, read in
+            its place (what was applied to `dataset` is not). Defaults to
+            `None`: `dataset` as it is.
 
     Returns:
         A `tf.data.Dataset` of batches, not prefetched (`finished` adds
@@ -237,7 +244,9 @@ def training_batches(
     Raises:
         ValueError: as `make_pipeline`, several epochs without `steps`, a
             data set of known size with fewer than `steps * batch_size`
-            images, or a `shuffled_train` of another size than `dataset`.
+            images, or, with a `shuffled_train` read in its place, a
+            `dataset` of unknown size (a filtered split) or a
+            `shuffled_train` of another size or element spec.
     """
     _check_batch_size(batch_size)
     epoch_seeds = list(epoch_seeds)
@@ -261,14 +270,21 @@ def training_batches(
     # Where the buffer holds the whole set it shuffles it whole: the source's order is moot.
     reordered = reads_shuffled_train(dataset, shuffled_train, shuffle_buffer)
 
+    if reordered and size < 0:
+        raise ValueError(
+            "Expected a data set of known size with shuffled_train, which is read in its place: "
+            "a filtered or transformed split would lose what was applied to it. Pass "
+            "shuffled_train=None for such a split.")
+
     def examples(seed):
         source = shuffled_train(seed) if reordered else dataset
         drawn_size = int(source.cardinality())
-        if reordered and size >= 0 and drawn_size >= 0 and drawn_size != size:
+        if reordered and (drawn_size != size or source.element_spec != dataset.element_spec):
             raise ValueError(
-                f"Expected shuffled_train to give the {size} images of the data set. Received "
-                f"{drawn_size}: it belongs to another training split (a DataSplits whose train "
-                "was replaced needs its shuffled_train replaced too, or set to None).")
+                f"Expected shuffled_train to give the {size} images of the data set, as "
+                f"{dataset.element_spec}. Received {drawn_size}, as {source.element_spec}: it "
+                "belongs to another training split (a DataSplits whose train was replaced "
+                "needs its shuffled_train replaced too, or set to None).")
         shuffled = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         pairs = tf.data.Dataset.zip(shuffled, _seeds(seed))
         return pairs if examples_per_epoch is None else pairs.take(examples_per_epoch)
