@@ -61,16 +61,15 @@ def paired_difference(a, b):
     mean = difference.mean(axis=0)
     # One seed has no spread to speak of: NaN, not 0 (which would read as "no variation").
     std = difference.std(axis=0, ddof=1) if seeds > 1 else np.full_like(mean, np.nan)
+    return _summary(mean, std, seeds, (difference > 0).sum(axis=0),
+                    (difference < 0).sum(axis=0))
+
+
+def _summary(mean, std, seeds, better, worse):
+    """A `paired_difference` summary, its 95% CI (Student's t) from `mean`, `std` and `seeds`."""
     half_width = t_quantile_975(seeds - 1) * std / math.sqrt(seeds) if seeds > 1 else np.nan
-    return {
-        "mean": mean,
-        "std": std,
-        "ci_low": mean - half_width,
-        "ci_high": mean + half_width,
-        "better": (difference > 0).sum(axis=0),
-        "worse": (difference < 0).sum(axis=0),
-        "seeds": seeds,
-    }
+    return {"mean": mean, "std": std, "ci_low": mean - half_width, "ci_high": mean + half_width,
+            "better": better, "worse": worse, "seeds": seeds}
 
 
 def mask_matrix(class_masks):
@@ -190,11 +189,8 @@ def pooled_difference(parts):
     squares = ((seeds.reshape(shape) - 1) * stds ** 2
                + seeds.reshape(shape) * (means - mean) ** 2).sum(axis=0)
     std = np.sqrt(squares / (total - 1)) if total > 1 else np.full_like(mean, np.nan)
-    half_width = t_quantile_975(int(total) - 1) * std / math.sqrt(total)
-    return {"mean": mean, "std": std, "ci_low": mean - half_width,
-            "ci_high": mean + half_width,
-            "better": np.sum([part["better"] for part in parts], axis=0),
-            "worse": np.sum([part["worse"] for part in parts], axis=0), "seeds": int(total)}
+    return _summary(mean, std, int(total), np.sum([part["better"] for part in parts], axis=0),
+                    np.sum([part["worse"] for part in parts], axis=0))
 
 
 # The corrections `significantly_hurt` takes: none, or one across the classes of a setting.
