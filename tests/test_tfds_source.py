@@ -23,6 +23,7 @@ from tllm_tf.data.pipeline import (
     shuffle_buffer_size,
     training_batches,
 )
+from tllm_tf.data.errors import DamagedDataError
 from tllm_tf.data.errors import DataNotFoundError
 from tllm_tf.data.errors import UnlabelledDataError
 from tllm_tf.data.statistics import channel_statistics
@@ -248,12 +249,14 @@ def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tfds_source, "_read_undecoded", counted)
     splits = load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.2)
+    # The labels' pass, the pass that fills the held-out cache, and the image statistics'.
+    assert int(train_reads.numpy()) == 300
     reads, passes = [], []
     for _ in range(3):
         before = int(train_reads.numpy())
         passes.append(list(splits.held_out.as_numpy_iterator()))
         reads.append(int(train_reads.numpy()) - before)
-    assert reads == [100, 0, 0]
+    assert reads == [0, 0, 0]
     # In the train split's order, as the filter without a cache gives them.
     whole = [(image, label) for image, label in
              load_tfds("fashion_mnist", data_dir=str(tmp_path)).train.as_numpy_iterator()]
@@ -266,6 +269,39 @@ def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
                 held_out_pass, in_train_order, strict=True):
             np.testing.assert_array_equal(image, expected_image)
             assert label == expected_label
+
+
+def test_a_held_out_read_that_stops_early_leaves_it_whole(tmp_path):
+    # Once tfds' reader, cancelled under the held-out filter, reported the end of the
+    # split to a cache still being filled by a read that stopped early (preflight's
+    # peek): every later pass saw a few examples (about one try in three).
+    written_tfds(tmp_path, "cifar100", num_examples=1000)
+    sizes = []
+    for seed in range(12):
+        held_out = load_tfds("cifar100", data_dir=str(tmp_path), holdout_fraction=0.1,
+                             seed=seed).held_out
+        assert any(True for _ in held_out.take(1))
+        sizes.append(sum(1 for _ in held_out))
+    assert sizes == [100] * 12
+
+
+def test_a_train_split_that_changes_between_reads_is_refused(tmp_path, monkeypatch):
+    written_tfds(tmp_path, "fashion_mnist", num_examples=100)
+    read_undecoded = tfds_source._read_undecoded
+    examples_read = tf.Variable(0, dtype=tf.int64)
+
+    def changing(builder, split, **kwargs):
+        # The labels' pass reads all 100 examples; the second pass half of them.
+        undecoded = read_undecoded(builder, split, **kwargs)
+        if split != "train":
+            return undecoded
+        return undecoded.filter(lambda _: examples_read.assign_add(1) <= 150)
+
+    monkeypatch.setattr(tfds_source, "_read_undecoded", changing)
+    # 21 of the 100 held out; 9 of them among the 50 the second pass reads.
+    with pytest.raises(DamagedDataError,
+                       match=r"Expected 21 held-out examples in a second read .* Received: 9\."):
+        load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.2)
 
 
 def _image_hashes(dataset, labelled=None):

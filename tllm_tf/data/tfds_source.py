@@ -263,12 +263,21 @@ def _split_off_held_out(undecoded, held_out_ids, num_kept):
         # Filtering hides the size; restoring it lets Keras size epochs.
         return kept.apply(tf.data.experimental.assert_cardinality(num_kept))
 
-    # Cached encoded, in memory: only the first held-out pass reads the whole train
-    # split (140 GB for ImageNet) to find its images. ImageNet's JPEGs take about
-    # 110 KB each: about 1.1 GB for 10,000 held-out images. A pass that stops early
-    # leaves the cache empty, and the next reads the train split again.
+    # Cached encoded, in memory, so that only one pass reads the whole train split
+    # (140 GB for ImageNet) to find its images. ImageNet's JPEGs take about 110 KB
+    # each: about 1.1 GB for 10,000 held-out images.
     held_out = undecoded.filter(is_held_out).cache()
-    return keep, held_out.apply(tf.data.experimental.assert_cardinality(len(held_out_ids)))
+    # That pass is made here, whole. A first pass that stops early (a `take`, a
+    # peek at one batch) may otherwise close the cache on what it has read: the
+    # reader under the filter, cancelled, reports the end of the split, and every
+    # later pass sees the truncated split (TF 2.21: about one try in three).
+    cached = int(held_out.reduce(np.int64(0), lambda count, _: count + 1))
+    if cached != len(held_out_ids):
+        raise DamagedDataError(
+            f"Expected {len(held_out_ids)} held-out examples in a second read of the train "
+            f"split. Received: {cached}. The record files changed between the two reads; "
+            "prepare the data set again, and do not write to it while a run reads it.")
+    return keep, held_out.apply(tf.data.experimental.assert_cardinality(cached))
 
 
 def _refusing_unlabelled(undecoded, name):
@@ -304,11 +313,12 @@ def load_tfds(
     """Loads a tfds image-classification data set as `DataSplits`.
 
     The held-out split is a stratified, seeded part of the train split,
-    chosen from a labels-only pass and selected by example id; its encoded
-    records are cached in memory by its first whole pass (about 1.1 GB for
-    ImageNet's 10,000 held-out images), so later passes do not read the train
-    split again. Without `holdout_fraction` it is empty and `train` is
-    the whole train split (e.g. to train a teacher).
+    chosen from a labels-only pass and selected by example id. A second pass,
+    here too, caches its encoded records in memory (about 1.1 GB for
+    ImageNet's 10,000 held-out images), so reading it never reads the train
+    split again, and a read that stops early cannot truncate it. Without
+    `holdout_fraction` it is empty and `train` is the whole train split
+    (e.g. to train a teacher).
 
     The test split is `test`, or `validation` where `test` has no labels
     (label -1, as tfds' `imagenet2012` `test` split), which a log line says.
