@@ -13,6 +13,8 @@ import tensorflow as tf
 
 import tllm_tf
 from conftest import NUM_CLASSES, make_mlp
+from tllm_tf.data.pipeline import training_batches
+from tllm_tf.data.soft_label_store import SoftLabelStore
 
 
 def _distiller(strategy, initial_student, initial_teacher):
@@ -82,3 +84,54 @@ def test_mirrored_run_equals_single_device_run(mirrored_strategy, num_samples, b
     student.set_weights(single_weights)
     predicted = np.argmax(student.predict(x, verbose=0), axis=-1)
     assert single_evaluation["accuracy"] == pytest.approx(np.mean(predicted == y), abs=1e-6)
+
+
+def _shuffled_mixed_epochs(x, y):
+    # Three epochs, each shuffled and augmented by its own seed, as the pipeline trains on.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    return training_batches(dataset, batch_size=8, epoch_seeds=[1, 2, 3], steps=4,
+                            randaugment=True)
+
+
+def test_a_mirrored_run_on_drawn_epochs_trains_on_the_single_device_batches(
+        mirrored_strategy):
+    # Keras' fit under a strategy reads a batch, then trains on a second pass. Epochs drawn
+    # again on each pass trained the mirrored run on other batches than the single device's.
+    keras.utils.set_random_seed(0)
+    initial_student = make_mlp("student", width=6, weight_decay=1e-3).get_weights()
+    initial_teacher = make_mlp("teacher", width=16).get_weights()
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 8, 8, 3), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, 32).astype(np.int32)
+    losses = {}
+    for name, strategy in (("single", tf.distribute.get_strategy()),
+                           ("mirrored", mirrored_strategy)):
+        distiller = _distiller(strategy, initial_student, initial_teacher)
+        losses[name] = distiller.fit(_shuffled_mixed_epochs(x, y), epochs=3,
+                                     steps_per_epoch=4, verbose=0).history["loss"]
+    np.testing.assert_allclose(losses["mirrored"], losses["single"], rtol=1e-5)
+
+
+def test_a_mirrored_run_trains_from_a_soft_label_store(mirrored_strategy, tmp_path):
+    # The store holds the teacher's logits on the first pass's views; the mirrored
+    # run's pass after Keras' read of one batch failed its check (image sums differ).
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    x = rng.random((32, 8, 8, 3), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, 32).astype(np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    teacher = make_mlp("teacher", width=16)
+
+    def views(epoch):
+        return training_batches(dataset, batch_size=8, epoch_seeds=[100 + epoch], steps=4)
+
+    store = SoftLabelStore(str(tmp_path), teacher, views, num_classes=NUM_CLASSES,
+                           views_fingerprint={"seed": 0})
+    store.build(epochs=2)
+    with mirrored_strategy.scope():
+        distiller = tllm_tf.Distiller(make_mlp("student", width=6), make_mlp("teacher", width=16))
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.3, beta=0.7)
+    batches = store.attach(
+        training_batches(dataset, batch_size=8, epoch_seeds=[100, 101], steps=4), 0, 2)
+    history = distiller.fit(batches, epochs=2, steps_per_epoch=4, verbose=0).history
+    assert np.all(np.isfinite(history["loss"])) and len(history["loss"]) == 2

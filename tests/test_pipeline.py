@@ -205,6 +205,25 @@ def test_batch_augmentation_does_not_depend_on_an_abandoned_pass():
     _assert_same_batches(_epoch(abandoned), _epoch(whole))
 
 
+def test_every_pass_over_training_batches_gives_the_first_pass_batches():
+    # Also where each epoch is read through shuffled_train, drawn again on each pass.
+    dataset, _, _ = _dataset(64)
+
+    def shuffled_train(seed):
+        return dataset.shuffle(64, seed=seed, reshuffle_each_iteration=True)
+
+    batches = training_batches(
+        dataset, shuffled_train=shuffled_train, shuffle_buffer=4, batch_size=8,
+        epoch_seeds=[1, 2], steps=8, num_classes=NUM_CLASSES, mixup=0.2, randaugment=True)
+    first = _epoch(batches)
+    next(iter(batches))
+    _assert_same_batches(_epoch(batches), first)
+    # make_pipeline's one epoch, which fit(epochs=N) reads N times, is drawn again each pass.
+    one_epoch = make_pipeline(dataset, batch_size=8, training=True, seed=1)
+    first, second = _epoch(one_epoch), _epoch(one_epoch)
+    assert any((a[1] != b[1]).any() for a, b in zip(first, second))
+
+
 def test_evaluation_does_not_mix():
     dataset, _, labels = _dataset()
     batches = _epoch(

@@ -347,7 +347,9 @@ def test_imagenet_trains_from_shards_in_a_drawn_order(tmp_path):
             splits.train, shuffled_train=shuffled_train, shuffle_buffer=2,
             batch_size=4, epoch_seeds=[0, 1], steps=4, augmentation="imagenet",
             image_size=8).as_numpy_iterator())
-    assert drawn_for == [0, 1]  # Each epoch read in the order its seed draws.
+    # The first seed's draw checked against the split, then each epoch read in the order
+    # its seed draws.
+    assert drawn_for == [0, 0, 1]
     assert [images.shape for images, _ in batches] == [(4, 8, 8, 3)] * 8
     # 20 images of 1,000 classes: a fifth of each class rounds to none held out.
     assert int(splits.held_out.cardinality()) == 0 and splits.num_train == 20

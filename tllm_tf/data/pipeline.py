@@ -24,8 +24,8 @@ SHUFFLE_BUFFER_BYTES = 2 * 1024**3
 VARYING_SIZE_SHUFFLE_BUFFER = 1_000
 
 def _seeds(seed):
-    # A stream of shape-(2,) seeds, new on every pass over the dataset and the
-    # same on every run: the augmentations are then pure functions of their
+    # A stream of shape-(2,) seeds, new on every pass over the dataset (unless
+    # built again for each pass) and the same on every run: the augmentations are then pure functions of their
     # inputs, which a parallel map reproduces exactly, and a pass does not
     # depend on how far earlier passes got.
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -34,6 +34,14 @@ def _seeds(seed):
 def _apart_from_image_seeds(pair):
     # The batch seeds: a stream apart from the per-image one, from the same seed.
     return tf.random.fold_in(pair, -1)
+
+
+def _built_on_each_pass(build):
+    # `build()`, built again when each pass over it starts: its shuffles and random
+    # streams, new on every pass when built once, then draw on every pass what
+    # they draw on their first.
+    return tf.data.Dataset.from_tensors(0).flat_map(
+        tf.autograph.experimental.do_not_convert(lambda _: build()))
 
 
 def shuffle_buffer_size(image_spec, num_examples=None):
@@ -176,7 +184,7 @@ def make_pipeline(
             dataset, batch_size=batch_size, epoch_seeds=[seed], augmentation=augmentation,
             image_size=image_size, num_classes=num_classes, shuffle_buffer=shuffle_buffer,
             mixup=mixup, cutmix=cutmix, randaugment=randaugment, drop_remainder=drop_remainder,
-            shuffled_train=shuffled_train)
+            shuffled_train=shuffled_train, reshuffle_each_pass=True)
     else:
         _check_batch_size(batch_size)
         recipe = build_augmentation(augmentation, image_size=image_size)
@@ -201,6 +209,7 @@ def training_batches(
     randaugment=False,
     drop_remainder=False,
     shuffled_train=None,
+    reshuffle_each_pass=False,
 ):
     """Training batches of one or more epochs back to back, each drawn by its own seed.
 
@@ -223,6 +232,12 @@ def training_batches(
     shards (10 s and 150-190 MB for 120 epochs, built up front; about 50
     more idle threads, not growing with the epochs).
 
+    The epochs are built inside a `tf.data` function, made again at the
+    start of each pass, so that every pass repeats the first (unless
+    `reshuffle_each_pass`). Against building them once: 240 CIFAR-size
+    epochs took 6 s to make instead of 2.5-3 s, and their first batch
+    2.5-2.9 s instead of 1-2 s (2 CPU cores); the batches are the same.
+
     Args:
         dataset: unbatched `(image float32, label int32)` dataset.
         batch_size: examples per batch.
@@ -236,6 +251,13 @@ def training_batches(
             of a seed returning `dataset` in an order drawn from it, read in
             its place (what was applied to `dataset` is not). Defaults to
             `None`: `dataset` as it is.
+        reshuffle_each_pass: whether each pass over the result draws its
+            epochs again (new orders, new augmentations), as `make_pipeline`
+            needs for `fit(epochs=N)`, which reads its one epoch N times.
+            Defaults to `False`: every pass gives the batches of the first,
+            so a pass read before training changes nothing (under a
+            distribution strategy Keras' `fit` reads a batch, then starts
+            again from the first).
 
     Returns:
         A `tf.data.Dataset` of batches, not prefetched (`finished` adds
@@ -276,21 +298,18 @@ def training_batches(
             "a filtered or transformed split would lose what was applied to it. Pass "
             "shuffled_train=None for such a split.")
 
+    if reordered:
+        _check_shuffled_train(shuffled_train(epoch_seeds[0]), dataset, size)
+    each_pass = (lambda build: build()) if reshuffle_each_pass else _built_on_each_pass
+
     def examples(seed):
         source = shuffled_train(seed) if reordered else dataset
-        drawn_size = int(source.cardinality())
-        if reordered and (drawn_size != size or source.element_spec != dataset.element_spec):
-            raise ValueError(
-                f"Expected shuffled_train to give the {size} images of the data set, as "
-                f"{dataset.element_spec}. Received {drawn_size}, as {source.element_spec}: it "
-                "belongs to another training split (a DataSplits whose train was replaced "
-                "needs its shuffled_train replaced too, or set to None).")
         shuffled = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         pairs = tf.data.Dataset.zip(shuffled, _seeds(seed))
         return pairs if examples_per_epoch is None else pairs.take(examples_per_epoch)
 
-    augmented = _one_after_another([examples(seed) for seed in epoch_seeds],
-                                   examples_per_epoch).map(
+    augmented = each_pass(lambda: _one_after_another(
+        [examples(seed) for seed in epoch_seeds], examples_per_epoch)).map(
         lambda example, image_seed: (recipe.train(example[0], image_seed), example[1]),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
@@ -303,13 +322,24 @@ def training_batches(
     # constructor's seed, for calls without one, is never used here.
     batch_augmentation = BatchAugmentation(
         num_classes, mixup=mixup, cutmix=cutmix, randaugment=randaugment, seed=0)
-    batch_seeds = _one_after_another(
+    batch_seeds = each_pass(lambda: _one_after_another(
         [_seeds(seed) if steps is None else _seeds(seed).take(steps) for seed in epoch_seeds],
-        steps).map(_apart_from_image_seeds)
+        steps)).map(_apart_from_image_seeds)
     return tf.data.Dataset.zip(batches, batch_seeds).map(
         lambda batch, batch_seed: batch_augmentation(*batch, seed=batch_seed),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+
+
+def _check_shuffled_train(drawn, dataset, size):
+    # Every seed's draw has the same size and spec: the first epoch's stands for all.
+    drawn_size = int(drawn.cardinality())
+    if drawn_size != size or drawn.element_spec != dataset.element_spec:
+        raise ValueError(
+            f"Expected shuffled_train to give the {size} images of the data set, as "
+            f"{dataset.element_spec}. Received {drawn_size}, as {drawn.element_spec}: it "
+            "belongs to another training split (a DataSplits whose train was replaced "
+            "needs its shuffled_train replaced too, or set to None).")
 
 
 def _one_after_another(datasets, length):

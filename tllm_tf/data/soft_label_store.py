@@ -84,10 +84,14 @@ class SoftLabelStore:
         teacher: Keras model returning logits; run with `training=False`.
         epoch_views: `epoch -> tf.data.Dataset` of `(images, labels)`
             batches: the training views of that (0-based) epoch, the same on
-            every call, e.g. `lambda e: train_batches(data, config, e, e + 1)`
-            (`tllm_tf.pipeline.build`). tf.data's seeds combine with the global seed: make the
-            views under the same `keras.utils.set_random_seed` when building
-            and when reading (a mismatch is detected when read).
+            every call and on every pass over them, e.g.
+            `lambda e: train_batches(data, config, e, e + 1)`
+            (`tllm_tf.pipeline.build`; `make_pipeline`'s batches, drawn again
+            on each pass, fail under a distribution strategy, whose `fit`
+            reads a batch before the pass it trains on). tf.data's seeds
+            combine with the global seed: make the views under the same
+            `keras.utils.set_random_seed` when building and when reading (a
+            mismatch is detected when read).
         num_classes: size of the teacher's logit vectors.
         views_fingerprint: dict of JSON values that determine the views
             (data set name, size and seed, augmentation, MixUp/CutMix,
