@@ -14,6 +14,7 @@ import tensorflow as tf
 from tllm_tf.data import image_files
 from tllm_tf.data import image_headers
 from tllm_tf.data.errors import DataNotFoundError
+from tllm_tf.data import folder_source
 from tllm_tf.data.folder_source import load_image_folder
 
 CLASSES = ("cat", "dog", "emu")
@@ -115,6 +116,18 @@ def test_statistics_are_computed_in_raw_scale(tmp_path):
     pixels = np.array([255.0] * len(values) + [v for v in values for _ in range(29)])
     np.testing.assert_allclose(splits.mean, [pixels.mean()] * 3, rtol=1e-6)
     np.testing.assert_allclose(splits.std, [pixels.std()] * 3, rtol=1e-6)
+
+
+def test_statistics_of_a_larger_set_are_read_across_its_classes(tmp_path, monkeypatch):
+    # 6 images stand for the 2,048 read of a larger folder. In file order they were the
+    # first class's alone: every pixel value below 20.
+    monkeypatch.setattr(folder_source, "STATISTICS_IMAGES", 6)
+    root = _write_folder(tmp_path / "pets")
+    splits = load_image_folder(root, image_size=(6, 5), test_fraction=0.2)
+    first_class = np.mean([255.0] + [9.0 / 2] * 29)  # the mean of class 0's images
+    assert splits.mean[0] > first_class + 5
+    again = load_image_folder(root, image_size=(6, 5), test_fraction=0.2)
+    assert again.mean == splits.mean
 
 
 def test_errors(tmp_path):

@@ -263,6 +263,27 @@ def test_a_held_out_split_that_cannot_judge_is_refused_at_train_begin(tiny_data,
         np.testing.assert_array_equal(old, new)
 
 
+def test_a_held_out_split_of_unknown_size_is_read_whole_by_the_check_never_in_part(tiny_data):
+    # A first read that stops early (a peek at one batch) can close an in-memory cache
+    # under a filter on what it read, and every later pass would see that part.
+    import tensorflow as tf
+
+    from conftest import make_mlp
+    from tllm_tf import model_checks
+
+    x, y = tiny_data
+    reads = tf.Variable(0, dtype=tf.int64)
+
+    def counted(image, label):
+        reads.assign_add(1)
+        return image, label
+
+    held_out = tf.data.Dataset.from_tensor_slices((x, y)).filter(
+        lambda image, label: label >= 0).map(counted).batch(8)
+    model_checks.check_held_out_data(held_out, make_mlp("student"))
+    assert int(reads.numpy()) == len(x)
+
+
 # -- an image folder at --image_size with the default augmentation -------------
 
 def test_an_image_folder_trains_at_image_size_with_the_default_augmentation(tmp_path):

@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tllm_tf
 from tllm_tf import data as data_lib
@@ -141,6 +142,23 @@ def test_evaluate_models_refuses_a_model_of_another_image_shape(digits, tmp_path
     with pytest.raises(ValueError, match=r"takes images of shape \(4, 4, 1\)"):
         evaluation.evaluate_models({"small": str(tmp_path / "small.keras")},
                                    digits.test.batch(128), class_names=digits.class_names)
+
+
+def test_evaluate_models_reads_the_data_once_a_model_and_never_in_part(digits):
+    # A first read that stops early (a peek at one image) can close an in-memory
+    # cache under a filter on what it read.
+    reads = tf.Variable(0, dtype=tf.int64)
+
+    def counted(images, labels):
+        reads.assign_add(1)
+        return images, labels
+
+    batches = digits.held_out.batch(100).map(counted)
+    model = keras.Sequential([keras.Input(batches.element_spec[0].shape[1:]),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    evaluation.evaluate_models({"a": model, "b": model}, batches,
+                               class_names=digits.class_names)
+    assert int(reads.numpy()) == 2 * int(batches.cardinality())
 
 
 def test_model_names_are_short_and_unique():

@@ -251,7 +251,8 @@ def check_held_out_data(dataset, model,
     """Refuses a held-out data set that cannot judge any class.
 
     Args:
-        dataset: the `tf.data.Dataset` of `(x, y)` a callback measures on.
+        dataset: the `tf.data.Dataset` of `(x, y)` a callback measures on;
+            one of unknown size (a filtered one) is counted in a whole pass.
         model: the model it measures (a `Distiller`: its student's input).
         consequence: what an empty data set would mean, for the message.
             Defaults to `"no class can be judged and TLLM would train as
@@ -278,8 +279,11 @@ def check_held_out_data(dataset, model,
                 f"takes {tuple(inputs[0].shape[1:])}. Pass the held-out split of the data "
                 "set the model was trained on.")
     cardinality = int(dataset.cardinality())
-    empty = cardinality == 0 or (cardinality < 0 and not any(True for _ in dataset.take(1)))
-    if empty:
+    if cardinality < 0:
+        # Counted in a whole pass, never a peek: a first read that stops early can
+        # close an in-memory cache under a filter on what it has read.
+        cardinality = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    if cardinality == 0:
         raise ValueError(
             f"The held-out data set is empty, so {consequence}. Pass a held-out split of "
             "the training data (the pipeline's --holdout_fraction, e.g. 0.2).")

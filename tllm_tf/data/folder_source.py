@@ -18,7 +18,7 @@ from tllm_tf.data.image_files import IMAGE_EXTENSIONS
 from tllm_tf.data.image_files import class_folders
 from tllm_tf.data.image_files import list_image_files
 from tllm_tf.data.splits import stratified_split
-from tllm_tf.data.statistics import channel_statistics
+from tllm_tf.data.statistics import STATISTICS_IMAGES, channel_statistics
 from tllm_tf.data.types import DataSplits
 
 
@@ -100,7 +100,10 @@ def load_image_folder(
     antialiasing), in raw 0-255 scale. Without `test_dir`, a stratified,
     seeded `test_fraction` of `train_dir` becomes the test split. The
     held-out split is then a stratified, seeded part of what remains for
-    training; without `holdout_fraction` it is empty.
+    training; without `holdout_fraction` it is empty. The normalisation
+    statistics (`mean`, `std`) are those of every training image, or of
+    2,048 drawn across a larger training split (its files come one class
+    after another).
 
     Args:
         train_dir: folder with one sub-folder of images per class; the
@@ -110,7 +113,8 @@ def load_image_folder(
         image_size: int or `(height, width)` every image is resized to.
         holdout_fraction: share of each class held out, in `(0, 1)`.
             Defaults to `None`.
-        seed: seed of the test and held-out splits. Defaults to `0`.
+        seed: seed of the test and held-out splits, and of the images the
+            statistics of a larger set are read from. Defaults to `0`.
         test_fraction: share of each class of `train_dir` used as the test
             split when `test_dir` is not given; ignored otherwise. Defaults
             to `0.2`.
@@ -161,7 +165,10 @@ def load_image_folder(
         order = train_files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return _image_dataset(order, image_size, num_channels)
 
-    mean, std = channel_statistics(train)
+    # A larger set's statistics from images drawn across it, not its first classes.
+    mean, std = channel_statistics(
+        train if len(paths) <= STATISTICS_IMAGES else shuffled_train(seed),
+        max_images=STATISTICS_IMAGES)
     return DataSplits(
         name=os.path.basename(os.path.normpath(train_dir)),
         train=train,
