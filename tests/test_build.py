@@ -93,3 +93,15 @@ def test_a_folder_larger_than_the_shuffle_buffer_is_read_in_a_new_order_each_epo
     # A store built before would hold other views: its fingerprint says so.
     assert build.soft_label_store(config, data, teacher).fingerprint["training_order"] == (
         "drawn by the source each epoch")
+
+
+@pytest.mark.parametrize("stage, cached", [
+    ("teacher", False), ("store", False), ("reference", True), ("student", True),
+    ("all", True)])
+def test_the_held_out_split_is_read_into_memory_only_by_stages_that_read_it(
+        monkeypatch, stage, cached):
+    received = {}
+    monkeypatch.setattr(build.data_lib, "load_dataset",
+                        lambda name, **kwargs: received.update(kwargs))
+    build.load_data(RunConfig(workdir="unused", stage=stage, teacher_store="unused"))
+    assert received["cache_held_out"] is cached

@@ -237,6 +237,7 @@ def test_a_teacher_trained_with_another_seed_is_refused(tmp_path, monkeypatch):
     ("empty", r"held-out data set is empty, so no class can be judged and TLLM would "
               r"train as plain KD"),
     ("filtered_to_nothing", r"held-out data set is empty"),
+    ("repeating", r"held-out data set repeats forever: pass one pass of it"),
     ("unbatched", r"held-out data set is not batched: its images have shape \(8, 8, 3\) "
                   r"and the model takes batches of \(None, 8, 8, 3\). Batch it"),
 ])
@@ -250,6 +251,7 @@ def test_a_held_out_split_that_cannot_judge_is_refused_at_train_begin(tiny_data,
     slices = tf.data.Dataset.from_tensor_slices((x, y))
     held_out = {"empty": tf.data.Dataset.from_tensor_slices((x[:0], y[:0])).batch(8),
                 "filtered_to_nothing": slices.filter(lambda image, label: label > 9).batch(8),
+                "repeating": slices.batch(8).repeat(),
                 "unbatched": slices}[kind]
     student = make_mlp("student")
     distiller = tllm_tf.Distiller(student, make_mlp("teacher"))

@@ -271,6 +271,31 @@ def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
             assert label == expected_label
 
 
+def test_a_held_out_split_left_uncached_reads_the_train_split_on_each_pass(tmp_path,
+                                                                          monkeypatch):
+    # For a run that does not read it (a teacher alone): no pass at load, no memory.
+    written_tfds(tmp_path, "fashion_mnist", num_examples=100)
+    train_reads = tf.Variable(0, dtype=tf.int64)
+    read_undecoded = tfds_source._read_undecoded
+
+    def counted(builder, split, **kwargs):
+        undecoded = read_undecoded(builder, split, **kwargs)
+        return undecoded.map(lambda example: (train_reads.assign_add(1), example)[1])
+
+    cached = _image_hashes(load_tfds("fashion_mnist", data_dir=str(tmp_path),
+                                     holdout_fraction=0.2).held_out)
+    monkeypatch.setattr(tfds_source, "_read_undecoded", counted)
+    splits = load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.2,
+                       cache_held_out=False)
+    at_load = int(train_reads.numpy())
+    passes = [_image_hashes(splits.held_out) for _ in range(2)]
+    # At load the test split's labels, the train split's and the image statistics' (no
+    # fill); then the whole train split on each held-out pass.
+    assert at_load == 100 + 100 + 100
+    assert int(train_reads.numpy()) - at_load == 2 * 100
+    assert passes == [cached, cached] and int(splits.held_out.cardinality()) == len(cached)
+
+
 def test_a_held_out_read_that_stops_early_leaves_it_whole(tmp_path):
     # Once tfds' reader, cancelled under the held-out filter, reported the end of the
     # split to a cache still being filled by a read that stopped early (preflight's

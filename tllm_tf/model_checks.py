@@ -7,6 +7,7 @@ an `AttributeError` or a shape error from inside a compiled step.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def check_model(model, role):
@@ -246,6 +247,31 @@ def label_shape_message(shape, num_classes):
         f"{tuple(shape)}.")
 
 
+def count_elements(dataset, what="data set"):
+    """The number of elements of a finite `dataset`, read in a whole pass where unknown.
+
+    Never a peek: a first read that stops early can close an in-memory cache
+    under a filter on what it has read, and every later pass reads that part.
+
+    Args:
+        dataset: a `tf.data.Dataset`.
+        what: its name in the error message. Defaults to `"data set"`.
+
+    Returns:
+        An int.
+
+    Raises:
+        ValueError: if `dataset` repeats forever.
+    """
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            f"The {what} repeats forever: pass one pass of it (no .repeat()).")
+    if cardinality == tf.data.UNKNOWN_CARDINALITY:
+        cardinality = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    return cardinality
+
+
 def check_held_out_data(dataset, model,
                         consequence="no class can be judged and TLLM would train as plain KD"):
     """Refuses a held-out data set that cannot judge any class.
@@ -261,8 +287,8 @@ def check_held_out_data(dataset, model,
     Raises:
         ValueError: if the data set is not batched (its images have the rank
             of one image), has images of another shape than the model takes,
-            or is empty: TLLM would then train as plain KD, or fail deep
-            inside a compiled pass.
+            is empty (TLLM would then train as plain KD, or fail deep inside
+            a compiled pass) or repeats forever.
     """
     spec = dataset.element_spec
     images = spec[0] if isinstance(spec, (tuple, list)) else spec
@@ -278,12 +304,7 @@ def check_held_out_data(dataset, model,
                 f"The held-out images have shape {tuple(images.shape[1:])} but the model "
                 f"takes {tuple(inputs[0].shape[1:])}. Pass the held-out split of the data "
                 "set the model was trained on.")
-    cardinality = int(dataset.cardinality())
-    if cardinality < 0:
-        # Counted in a whole pass, never a peek: a first read that stops early can
-        # close an in-memory cache under a filter on what it has read.
-        cardinality = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
-    if cardinality == 0:
+    if count_elements(dataset, what="held-out data set") == 0:
         raise ValueError(
             f"The held-out data set is empty, so {consequence}. Pass a held-out split of "
             "the training data (the pipeline's --holdout_fraction, e.g. 0.2).")

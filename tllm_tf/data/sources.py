@@ -36,7 +36,7 @@ NUM_TRAIN_LOADERS = ("digits", "fashion_mnist")
 
 def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=None,
                  download=False, num_train=None, image_folder=None, test_image_folder=None,
-                 image_size=None):
+                 image_size=None, cache_held_out=True):
     """Loads a data set by name as `DataSplits`.
 
     Args:
@@ -60,6 +60,8 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
             it a part of `image_folder` is the test split. Defaults to `None`.
         image_size: side of the images the model sees (image folders,
             ImageNet-size tfds sets). Defaults to `None`.
+        cache_held_out: tfds sets: whether to read the held-out split into
+            memory at load (see `load_tfds`). Defaults to `True`.
 
     Returns:
         A `DataSplits`.
@@ -84,4 +86,5 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
     from tllm_tf.data.tfds_source import load_tfds
 
     return load_tfds(name, data_dir=data_dir, manual_dir=manual_dir, download=download,
-                     holdout_fraction=holdout_fraction, seed=seed, image_size=image_size)
+                     holdout_fraction=holdout_fraction, seed=seed, image_size=image_size,
+                     cache_held_out=cache_held_out)

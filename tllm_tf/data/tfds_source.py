@@ -241,7 +241,7 @@ def _ids_and_labels(undecoded):
     return ids[order], labels[order]
 
 
-def _split_off_held_out(undecoded, held_out_ids, num_kept):
+def _split_off_held_out(undecoded, held_out_ids, num_kept, cache_held_out):
     """`(keep, held_out)`: a function that drops the held-out examples from a
     read of the train split, and the held-out examples of `undecoded`."""
     if len(held_out_ids) == 0:  # Every class too small to give one (a table needs a key).
@@ -263,10 +263,13 @@ def _split_off_held_out(undecoded, held_out_ids, num_kept):
         # Filtering hides the size; restoring it lets Keras size epochs.
         return kept.apply(tf.data.experimental.assert_cardinality(num_kept))
 
+    held_out = undecoded.filter(is_held_out)
+    if not cache_held_out:
+        return keep, held_out.apply(tf.data.experimental.assert_cardinality(len(held_out_ids)))
     # Cached encoded, in memory, so that only one pass reads the whole train split
     # (140 GB for ImageNet) to find its images. ImageNet's JPEGs take about 110 KB
     # each: about 1.1 GB for 10,000 held-out images.
-    held_out = undecoded.filter(is_held_out).cache()
+    held_out = held_out.cache()
     # That pass is made here, whole. A first pass that stops early (a `take`, a
     # peek at one batch) may otherwise close the cache on what it has read: the
     # reader under the filter, cancelled, reports the end of the split, and every
@@ -309,14 +312,15 @@ def load_tfds(
     seed=0,
     download=False,
     image_size=None,
+    cache_held_out=True,
 ):
     """Loads a tfds image-classification data set as `DataSplits`.
 
     The held-out split is a stratified, seeded part of the train split,
     chosen from a labels-only pass and selected by example id. A second pass,
-    here too, caches its encoded records in memory (about 1.1 GB for
-    ImageNet's 10,000 held-out images), so reading it never reads the train
-    split again, and a read that stops early cannot truncate it. Without
+    here too, caches its encoded records in memory (about 110 KB an image for
+    ImageNet: 1.1 GB for 10,000), so reading it never reads the train split
+    again, and a read that stops early cannot truncate it. Without
     `holdout_fraction` it is empty and `train` is the whole train split
     (e.g. to train a teacher).
 
@@ -344,6 +348,10 @@ def load_tfds(
         image_size: side of the square images the model sees, for sets that
             are cropped and resized by augmentation. Defaults to `None`
             (`224` for sets whose images vary in size).
+        cache_held_out: whether to read the held-out split into memory at
+            load, as above. Defaults to `True`. `False` saves that pass and
+            the memory where the held-out split is not read (a teacher
+            trained alone): each pass over it then reads the train split.
 
     Returns:
         A `DataSplits`.
@@ -366,11 +374,11 @@ def load_tfds(
         return _load_prepared(
             name, data_dir=data_dir, manual_dir=manual_dir,
             holdout_fraction=holdout_fraction, seed=seed, download=download,
-            image_size=image_size)
+            image_size=image_size, cache_held_out=cache_held_out)
 
 
 def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, download,
-                   image_size):
+                   image_size, cache_held_out):
     builder = _builder(name, data_dir)
     _prepare(builder, name, manual_dir=manual_dir, download=download)
     image_feature, label_feature = _check_features(builder, name)
@@ -385,7 +393,8 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
         ids, labels = _ids_and_labels(undecoded_train)
         _check_train_labels(labels, name)
         kept_idx, held_idx = stratified_split(labels, fraction=holdout_fraction, seed=seed)
-        keep, held_out = _split_off_held_out(undecoded_train, ids[held_idx], len(kept_idx))
+        keep, held_out = _split_off_held_out(undecoded_train, ids[held_idx], len(kept_idx),
+                                             cache_held_out)
         num_train = len(kept_idx)
 
     train = _decode(keep(undecoded_train), image_feature)

@@ -18,6 +18,10 @@ from tllm_tf import models as models_lib
 from tllm_tf.data.soft_label_store import SoftLabelStore
 
 
+# The stages that read the held-out split.
+HELD_OUT_STAGES = ("reference", "student")
+
+
 def load_data(config):
     """Returns the `DataSplits` named by `config.dataset`."""
     return data_lib.load_dataset(
@@ -31,6 +35,7 @@ def load_data(config):
         image_folder=config.image_folder,
         test_image_folder=config.test_image_folder,
         image_size=config.image_size,
+        cache_held_out=bool(set(HELD_OUT_STAGES) & set(config.stages)),
     )
 
 

@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 
 from tllm_tf import callbacks
+from tllm_tf import model_checks
 from tllm_tf import reference as reference_lib
 from tllm_tf.data import augment
 from tllm_tf.data import soft_label_store
@@ -111,9 +112,9 @@ def check_augmentation(config):
 
 def check_held_out(config, data):
     """Refuses an empty held-out split where a stage needs it (the reference, the students)."""
-    if not {"reference", "student"} & set(config.stages):
+    if not set(build.HELD_OUT_STAGES) & set(config.stages):
         return
-    if not any(True for _ in data.held_out.take(1)):
+    if model_checks.count_elements(data.held_out) == 0:
         raise ValueError(
             f"--holdout_fraction={config.holdout_fraction} holds out no image of "
             f"{data.name!r}: the students are judged, and their prior offsets fitted, on the "
