@@ -86,6 +86,16 @@ def _broadcast_text(strategy, text, chunk_size=4096):
     return received.astype(np.uint8).tobytes().decode("utf-8")
 
 
+def _every_worker_has_it(strategy):
+    # A chief that stops while a worker still receives its error aborts that worker's
+    # collective, and the worker reports an aborted run instead of the chief's error:
+    # the chief stops only after every worker has joined one more sum.
+    try:
+        sum_over_workers(strategy, 0.0)
+    except tf.errors.OpError:  # A worker's sum aborted by the chief's exit: it has the error.
+        pass
+
+
 class ChiefFailedError(RuntimeError):
     """Raised on the other workers when the chief's `run_on_chief` call failed."""
 
@@ -119,9 +129,11 @@ def run_on_chief(strategy, function):
             message = json.dumps({"error": f"{type(raised).__name__}: {raised}"})
     if num_workers(strategy) > 1:
         message = _broadcast_text(strategy, message)
+    record = json.loads(message)
+    if "error" in record and num_workers(strategy) > 1:
+        _every_worker_has_it(strategy)
     if error is not None:
         raise error
-    record = json.loads(message)
     if "error" in record:
         raise ChiefFailedError(
             f"The chief failed, so this worker stops too. The chief's error: "
