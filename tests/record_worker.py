@@ -10,13 +10,17 @@ It only reads variables, so it changes nothing in the run.
     RECORD_DIR=... TF_CONFIG=... python tests/record_worker.py --flagfile=...
 
 With `FAIL_TASK=<i>`, worker `i` raises a `ValueError` at the end of its
-first distilled epoch (a worker that stops on an error of its own).
+first distilled epoch (a worker that stops on an error of its own). With
+`HOLD_AFTER_FIRST_EPOCH=1`, every worker waits at the end of its first
+distilled epoch, after the chief's checkpoint, until it is killed: a kill
+then lands after exactly one epoch, however slowly the test polls.
 """
 
 import json
 import os
 import runpy
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,11 +55,18 @@ class _Failure(keras.callbacks.Callback):
         raise ValueError(f"injected failure of task {self.task} at epoch {epoch + 1}")
 
 
+class _Hold(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            time.sleep(3600)
+
+
 def _recording_fit(self, *args, callbacks=None, **kwargs):
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     # Last, so it sees the mask the identification callbacks settled on.
     history = _MaskHistory()
     extra = [_Failure(task)] if os.environ.get("FAIL_TASK") == str(task) else []
+    extra += [_Hold()] if os.environ.get("HOLD_AFTER_FIRST_EPOCH") == "1" else []
     result = _fit(self, *args, callbacks=list(callbacks or []) + [history] + extra, **kwargs)
     _fits.append(None)
     path = os.path.join(os.environ["RECORD_DIR"], f"task{task}_fit{len(_fits)}.npz")
