@@ -234,20 +234,26 @@ def test_unlabelled_train_examples_are_refused(tmp_path):
         next(iter(load_tfds("mnist", data_dir=str(tmp_path)).train))
 
 
-def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
-    written_tfds(tmp_path, "fashion_mnist", num_examples=100)
+def _counting_train_reads(monkeypatch):
+    """A variable that counts the examples every later read of a train split gives."""
     train_reads = tf.Variable(0, dtype=tf.int64)
     read_undecoded = tfds_source._read_undecoded
 
-    def counted(builder, split):
+    def counted(builder, split, **kwargs):
         def count(example):
             train_reads.assign_add(1)
             return example
 
-        undecoded = read_undecoded(builder, split)
+        undecoded = read_undecoded(builder, split, **kwargs)
         return undecoded.map(count) if split == "train" else undecoded
 
     monkeypatch.setattr(tfds_source, "_read_undecoded", counted)
+    return train_reads
+
+
+def test_held_out_passes_read_the_train_split_once(tmp_path, monkeypatch):
+    written_tfds(tmp_path, "fashion_mnist", num_examples=100)
+    train_reads = _counting_train_reads(monkeypatch)
     splits = load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.2)
     # The labels' pass, the pass that fills the held-out cache, and the image statistics'.
     assert int(train_reads.numpy()) == 300
@@ -275,23 +281,16 @@ def test_a_held_out_split_left_uncached_reads_the_train_split_on_each_pass(tmp_p
                                                                           monkeypatch):
     # For a run that does not read it (a teacher alone): no pass at load, no memory.
     written_tfds(tmp_path, "fashion_mnist", num_examples=100)
-    train_reads = tf.Variable(0, dtype=tf.int64)
-    read_undecoded = tfds_source._read_undecoded
-
-    def counted(builder, split, **kwargs):
-        undecoded = read_undecoded(builder, split, **kwargs)
-        return undecoded.map(lambda example: (train_reads.assign_add(1), example)[1])
-
     cached = _image_hashes(load_tfds("fashion_mnist", data_dir=str(tmp_path),
                                      holdout_fraction=0.2).held_out)
-    monkeypatch.setattr(tfds_source, "_read_undecoded", counted)
+    train_reads = _counting_train_reads(monkeypatch)
     splits = load_tfds("fashion_mnist", data_dir=str(tmp_path), holdout_fraction=0.2,
                        cache_held_out=False)
     at_load = int(train_reads.numpy())
     passes = [_image_hashes(splits.held_out) for _ in range(2)]
-    # At load the test split's labels, the train split's and the image statistics' (no
-    # fill); then the whole train split on each held-out pass.
-    assert at_load == 100 + 100 + 100
+    # At load the labels' pass and the image statistics' (no fill); then the whole train
+    # split on each held-out pass.
+    assert at_load == 100 + 100
     assert int(train_reads.numpy()) - at_load == 2 * 100
     assert passes == [cached, cached] and int(splits.held_out.cardinality()) == len(cached)
 

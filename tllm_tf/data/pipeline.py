@@ -297,14 +297,8 @@ def training_batches(
     # Where the buffer holds the whole set it shuffles it whole: the source's order is moot.
     reordered = reads_shuffled_train(dataset, shuffled_train, shuffle_buffer)
 
-    if reordered and size < 0:
-        raise ValueError(
-            "Expected a data set of known size with shuffled_train, which is read in its place: "
-            "a filtered or transformed split would lose what was applied to it. Pass "
-            "shuffled_train=None for such a split.")
-
     if reordered:
-        _check_shuffled_train(shuffled_train(epoch_seeds[0]), dataset, size)
+        _check_shuffled_train(shuffled_train, epoch_seeds[0], dataset, size)
     each_pass = (lambda build: build()) if reshuffle_each_pass else _built_on_each_pass
 
     def examples(seed):
@@ -336,8 +330,16 @@ def training_batches(
     )
 
 
-def _check_shuffled_train(drawn, dataset, size):
-    # Every seed's draw has the same size and spec: the first epoch's stands for all.
+def _check_shuffled_train(shuffled_train, seed, dataset, size):
+    # Read in place of `dataset` of `size` images: refused where that would lose what
+    # was applied to it. Every seed's draw has the same size and spec: `seed`'s stands
+    # for all.
+    if size < 0:
+        raise ValueError(
+            "Expected a data set of known size with shuffled_train, which is read in its place: "
+            "a filtered or transformed split would lose what was applied to it. Pass "
+            "shuffled_train=None for such a split.")
+    drawn = shuffled_train(seed)
     drawn_size = int(drawn.cardinality())
     if drawn_size != size or drawn.element_spec != dataset.element_spec:
         raise ValueError(

@@ -18,8 +18,9 @@ from tllm_tf import models as models_lib
 from tllm_tf.data.soft_label_store import SoftLabelStore
 
 
-# The stages that read the held-out split.
-HELD_OUT_STAGES = ("reference", "student")
+def reads_held_out(config):
+    """Whether a stage of `config`'s run reads the held-out split (the reference, the students)."""
+    return bool({"reference", "student"} & set(config.stages))
 
 
 def load_data(config):
@@ -35,7 +36,7 @@ def load_data(config):
         image_folder=config.image_folder,
         test_image_folder=config.test_image_folder,
         image_size=config.image_size,
-        cache_held_out=bool(set(HELD_OUT_STAGES) & set(config.stages)),
+        cache_held_out=reads_held_out(config),
     )
 
 

@@ -112,7 +112,7 @@ def check_augmentation(config):
 
 def check_held_out(config, data):
     """Refuses an empty held-out split where a stage needs it (the reference, the students)."""
-    if not set(build.HELD_OUT_STAGES) & set(config.stages):
+    if not build.reads_held_out(config):
         return
     if model_checks.count_elements(data.held_out) == 0:
         raise ValueError(
