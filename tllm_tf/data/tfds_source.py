@@ -241,9 +241,10 @@ def _ids_and_labels(undecoded):
     return ids[order], labels[order]
 
 
-def _split_off_held_out(undecoded, held_out_ids, num_kept, cache_held_out):
+def _split_off_held_out(undecoded, held_out_ids, num_kept, cache_held_out, prepared_dir):
     """`(keep, held_out)`: a function that drops the held-out examples from a
-    read of the train split, and the held-out examples of `undecoded`."""
+    read of the train split, and the held-out examples of `undecoded`
+    (read from the prepared folder `prepared_dir`)."""
     if len(held_out_ids) == 0:  # Every class too small to give one (a table needs a key).
         return (lambda read: read.apply(tf.data.experimental.assert_cardinality(num_kept)),
                 undecoded.take(0))
@@ -278,8 +279,9 @@ def _split_off_held_out(undecoded, held_out_ids, num_kept, cache_held_out):
     if cached != len(held_out_ids):
         raise DamagedDataError(
             f"Expected {len(held_out_ids)} held-out examples in a second read of the train "
-            f"split. Received: {cached}. The record files changed between the two reads; "
-            "prepare the data set again, and do not write to it while a run reads it.")
+            f"split. Received: {cached}. The record files in {prepared_dir} changed between "
+            "the two reads; prepare the data set again, and do not write to it while a run "
+            "reads it.")
     return keep, held_out.apply(tf.data.experimental.assert_cardinality(cached))
 
 
@@ -394,7 +396,7 @@ def _load_prepared(name, *, data_dir, manual_dir, holdout_fraction, seed, downlo
         _check_train_labels(labels, name)
         kept_idx, held_idx = stratified_split(labels, fraction=holdout_fraction, seed=seed)
         keep, held_out = _split_off_held_out(undecoded_train, ids[held_idx], len(kept_idx),
-                                             cache_held_out)
+                                             cache_held_out, builder.data_dir)
         num_train = len(kept_idx)
 
     train = _decode(keep(undecoded_train), image_feature)
