@@ -55,6 +55,19 @@ def test_a_loss_that_becomes_nan_is_one_error_line(tool, tmp_path):
     assert "Lower --learning_rate" in line
 
 
+def test_a_path_that_cannot_be_written_after_training_is_one_error_line(tool, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "report").write_text("a file where the report's folder goes")
+    line = _one_error_line(tool("tools/train.py", "--flagfile=configs/demo.flags", *TINY_RUN,
+                                "--teacher_model=cnn_tiny", "--stage=teacher",
+                                f"--workdir={workdir}"))
+    assert str(workdir / "report") in line
+    assert line.endswith(f"What finished is kept in {workdir}: make the path writable (or "
+                         "free space), then run the same command again to resume.")
+    assert (workdir / "teacher" / "test_per_class.json").exists()  # Trained, and kept.
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_a_run_with_one_line_and_exit_status_130(zygote, tmp_path):
     workdir = tmp_path / "run"

@@ -63,6 +63,63 @@ def test_resumed_reference_stage_keeps_every_epochs_accuracy(tmp_path, monkeypat
     np.testing.assert_array_equal(history[-1], tllm_tf.load_reference(path))
 
 
+def test_a_reference_killed_before_its_last_file_resumes_without_training_again(
+        tmp_path, monkeypatch, capsys):
+    # The checkpoint was dropped before reference.json was written: a kill between
+    # the two trained the reference again from its first epoch.
+    config = RunConfig(workdir=str(tmp_path / "run"), stage="reference", num_train=200,
+                       epochs=2, verbose=1)
+    stage_dir = tmp_path / "run" / "reference"
+
+    def killed(*args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(stages.reference_lib, "save_reference", killed)
+    with pytest.raises(_Killed):
+        stages.run(config)
+    assert (stage_dir / workdir_files.MODEL_FILE).exists()
+    assert checkpointing.saved_epoch(str(stage_dir / workdir_files.CHECKPOINT_DIR)) == 2
+    monkeypatch.undo()
+    capsys.readouterr()
+    stages.run(config)
+    assert f"reference: mlp_8 on labels, all 2 epochs done, finishing in {stage_dir}" in (
+        capsys.readouterr().out)
+    assert sorted(os.listdir(stage_dir)) == sorted([
+        workdir_files.MODEL_FILE, workdir_files.REFERENCE_FILE, workdir_files.PER_CLASS_FILE,
+        workdir_files.HISTORY_FILE, workdir_files.REFERENCE_LOG_FILE,
+        "held_out_predictions.npz", workdir_files.PRIOR_OFFSETS_FILE,
+        workdir_files.TENSORBOARD_DIR])
+
+
+def test_a_student_killed_in_its_export_is_unfinished_for_the_report_and_resumes(
+        tmp_path, monkeypatch):
+    from tllm_tf.analysis import workdir_results
+    config = RunConfig(workdir=str(tmp_path / "run"), num_train=200, teacher_model="cnn_tiny",
+                       epochs=2, students=("distilled",), verbose=0)
+    stage_dir = tmp_path / "run" / "student_kd"
+    export = stages.export_lib.export_saved_model
+
+    def killed_in_the_export(model, path):
+        export(model, path)
+        # What a SIGKILL leaves where the Python exception cleans up: its temporary.
+        os.mkdir(os.path.join(os.path.dirname(path), ".saved_model.abcd1234.tmp"))
+        raise _Killed()
+
+    monkeypatch.setattr(stages.export_lib, "export_saved_model", killed_in_the_export)
+    with pytest.raises(_Killed):
+        stages.run(config)
+    # The report and the runner agree: not finished (the first counted it finished).
+    assert not (stage_dir / workdir_files.PER_CLASS_FILE).exists()
+    assert workdir_results.load_results(config.workdir)["unfinished"] == ["student_kd"]
+    monkeypatch.undo()
+    stages.run(config)
+    assert workdir_results.load_results(config.workdir)["unfinished"] == []
+    assert sorted(os.listdir(stage_dir)) == sorted([
+        workdir_files.MODEL_FILE, workdir_files.PER_CLASS_FILE, workdir_files.HISTORY_FILE,
+        workdir_files.SAVED_MODEL_DIR, workdir_files.REFERENCE_CHECK_FILE,
+        workdir_files.PRIOR_OFFSETS_FILE, workdir_files.TENSORBOARD_DIR])
+
+
 def test_epoch_matched_refuses_a_reference_without_history_before_training(tmp_path):
     reference_path = str(tmp_path / "old_reference.json")
     tllm_tf.save_reference(reference_path, np.full(10, 0.9))
@@ -477,8 +534,9 @@ def test_a_reference_of_per_class_accuracies_only_trains_with_noreference_fallba
     assert not (stage_dir / workdir_files.REFERENCE_CHECK_FILE).exists()
 
 
-def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):
-    """The files `read_final_mask` reads, as a finished tllm run leaves them."""
+def _finished_tllm_run(workdir, mask_log_lines, masked_classes=(), updates=True):
+    """The files `read_final_mask` reads, as a finished tllm run leaves them (`updates`:
+    whether its schedule made mask updates; without, a warm-up as long as the run)."""
     stage_dir = workdir / "student_tllm"
     stage_dir.mkdir(parents=True)
     (stage_dir / workdir_files.PER_CLASS_FILE).write_text("{}")
@@ -486,8 +544,16 @@ def _finished_tllm_run(workdir, mask_log_lines, masked_classes=()):
         "".join(json.dumps({"epoch": epoch, "class_mask": mask}) + "\n"
                 for epoch, mask in enumerate(mask_log_lines, start=1)))
     (workdir / workdir_files.CONFIG_FILE).write_text(RunConfig(
-        workdir=str(workdir), students=("tllm",), masked_classes=masked_classes).to_json())
+        workdir=str(workdir), students=("tllm",), masked_classes=masked_classes,
+        epochs=30, warmup_epochs=None if updates else 30).to_json())
     return str(workdir)
+
+
+def _lost_mask_log(workdir):
+    """A finished tllm run whose mask log was deleted."""
+    path = _finished_tllm_run(workdir, [[1, 0, 1, 1]])
+    os.remove(os.path.join(path, "student_tllm", workdir_files.MASK_LOG_FILE))
+    return path
 
 
 def test_read_final_mask_reads_the_last_update_or_the_fixed_mask(tmp_path):
@@ -495,7 +561,7 @@ def test_read_final_mask_reads_the_last_update_or_the_fixed_mask(tmp_path):
     assert stage_inputs.read_final_mask(updated, 4) == (1, 3)  # The last update's, not any.
     none = _finished_tllm_run(tmp_path / "none", [[1, 1, 1, 1]])
     assert stage_inputs.read_final_mask(none, 4) == ()
-    fixed = _finished_tllm_run(tmp_path / "fixed", [], masked_classes=(2, 0))
+    fixed = _finished_tllm_run(tmp_path / "fixed", [], masked_classes=(2, 0), updates=False)
     assert stage_inputs.read_final_mask(fixed, 4) == (0, 2)  # No update: its --masked_classes.
 
 
@@ -504,8 +570,14 @@ def test_read_final_mask_reads_the_last_update_or_the_fixed_mask(tmp_path):
                                        r"student \(.*test_per_class.json is missing\)"),
     (lambda root: _finished_tllm_run(root / "other", [[1, 0, 1]]),
      r"was trained on another data set: its mask does not fit this one's 4 classes"),
-    (lambda root: _finished_tllm_run(root / "other_fixed", [], masked_classes=(7,)),
+    (lambda root: _finished_tllm_run(root / "other_fixed", [], masked_classes=(7,),
+                                     updates=False),
      r"was trained on another data set"),
+    # Its schedule made 15 updates: an empty or missing log is damage, not "no class masked".
+    (lambda root: _finished_tllm_run(root / "emptied", []),
+     r"mask_log.jsonl is missing or empty, but the tllm student of '.*emptied' updated its "
+     r"mask \(15 updates were due in its 30 epochs\).*Restore the file, or delete"),
+    (_lost_mask_log, r"mask_log.jsonl is missing or empty"),
 ])
 def test_read_final_mask_refuses_what_is_not_a_finished_run_of_this_data(tmp_path, make, message):
     with pytest.raises(ValueError, match=message):

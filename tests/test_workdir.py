@@ -155,6 +155,19 @@ def test_a_workdir_in_use_by_another_process_is_refused(tmp_path):
     assert not (tmp_path / ".other.lock").exists()  # none was made: no trace
 
 
+def test_a_link_to_a_workdir_in_use_is_refused_as_the_workdir_itself(tmp_path):
+    # A link to the workdir, or to a folder above it, names the same workdir: two
+    # runs through the two names trained one stage at once.
+    (tmp_path / "runs" / "run").mkdir(parents=True)
+    (tmp_path / "link_to_run").symlink_to(tmp_path / "runs" / "run")
+    (tmp_path / "link_to_runs").symlink_to(tmp_path / "runs")
+    with workdir.locked(tmp_path / "runs" / "run"):
+        for other_name in (tmp_path / "link_to_run", tmp_path / "link_to_runs" / "run"):
+            with pytest.raises(ValueError, match="in use by another process"):
+                with workdir.locked(other_name):
+                    pass
+
+
 def test_a_stage_run_refuses_a_workdir_another_process_holds(tmp_path):
     from tllm_tf.pipeline import stages
     config = RunConfig(workdir=str(tmp_path / "run"), num_train=100, verbose=0)
@@ -180,3 +193,50 @@ def test_a_model_is_saved_to_a_new_file_and_never_through_a_link(tmp_path):
     assert os.listdir(target.parent) == ["model.keras"]  # No temporary file left.
     reloaded = keras.models.load_model(target)
     np.testing.assert_array_equal(reloaded.get_weights()[0], model.get_weights()[0])
+
+
+def test_a_killed_stages_leftovers_are_removed_and_nothing_else(tmp_path):
+    import tempfile
+    from tllm_tf import atomic
+    stage_dir = tmp_path / "student_kd"
+    (stage_dir / "checkpoint").mkdir(parents=True)
+    (stage_dir / "held_out_predictions").mkdir()
+    (stage_dir / "tensorboard").mkdir()
+    for name in ("model.keras", "history.csv", "notes.txt", ".hidden_by_the_user"):
+        (stage_dir / name).write_text("kept")
+    # What a SIGKILL leaves: atomic writes' temporaries and an export's two folders.
+    _, model_temporary = tempfile.mkstemp(
+        dir=stage_dir, prefix=atomic.temporary_prefix("model.keras"), suffix=".keras")
+    export_temporaries = [tempfile.mkdtemp(dir=stage_dir, suffix=suffix,
+                                           prefix=atomic.temporary_prefix("saved_model"))
+                          for suffix in (".tmp", ".old")]
+    kept = ["checkpoint", "held_out_predictions", "tensorboard", "model.keras",
+            "history.csv", "notes.txt", ".hidden_by_the_user"]
+    workdir.remove_leftovers(str(stage_dir), finished=False)  # Still training.
+    assert not os.path.exists(model_temporary)
+    assert not any(os.path.exists(path) for path in export_temporaries)
+    assert sorted(os.listdir(stage_dir)) == sorted(kept)
+    workdir.remove_leftovers(str(stage_dir), finished=True)  # What only training needs, too.
+    assert sorted(os.listdir(stage_dir)) == sorted(kept[2:])
+    workdir.remove_leftovers(str(tmp_path / "not_there"), finished=True)
+
+
+def test_a_teacher_gone_from_under_students_that_began_is_refused(tmp_path):
+    run = tmp_path / "run"
+    config = RunConfig(workdir=str(run), verbose=0)
+    workdir.claim(str(run), config)
+    (run / "student_kd").mkdir()  # A student began; the teacher's model.keras is gone.
+    with pytest.raises(ValueError, match=(
+            r"run/teacher/model.keras is missing, but the students in .* began with the teacher "
+            r"there: .*Put the file back, or delete the student folders")):
+        workdir.claim(str(run), config)
+    # A teacher given by flag is no longer the workdir's own; a teacher there is fine.
+    given = tmp_path / "given.keras"
+    given.write_text("")
+    workdir.claim(str(run), RunConfig(workdir=str(run), verbose=0, teacher_path=str(given)))
+    (run / "teacher").mkdir()
+    (run / "teacher" / "model.keras").write_text("")
+    with pytest.raises(ValueError, match=r"run/teacher/test_per_class.json is missing"):
+        workdir.claim(str(run), config)  # Not finished: it would train again.
+    (run / "teacher" / "test_per_class.json").write_text("{}")
+    workdir.claim(str(run), config)

@@ -11,9 +11,28 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
+
+
+# A temporary's name: the prefix, `tempfile`'s eight random characters, a suffix.
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9_.]+)?")
+
+
+def temporary_prefix(path):
+    """How the names of the temporaries written beside `path` begin: `.<its name>.`.
+
+    A temporary is renamed into place when its write ends; one that a kill
+    left behind is known by its name (`is_temporary`).
+    """
+    return f".{os.path.basename(path)}."
+
+
+def is_temporary(name):
+    """Whether a file or folder name is that of a temporary (`temporary_prefix`)."""
+    return _TEMPORARY_NAME.fullmatch(name) is not None
 
 
 @contextlib.contextmanager
@@ -36,7 +55,7 @@ def atomic_path(path, suffix=".tmp"):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+        dir=directory, prefix=temporary_prefix(path), suffix=suffix)
     try:
         try:
             os.fchmod(handle, 0o666 & ~current_umask())

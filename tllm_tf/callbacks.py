@@ -60,6 +60,24 @@ def update_schedule(epochs, warmup_epochs=None, update_every=None):
     return warmup, int(update_every)
 
 
+def scheduled_updates(epochs, warmup_epochs=None, update_every=None, max_updates=None):
+    """How many mask updates a fit of `epochs` makes (the arguments as in `update_schedule`).
+
+    Args:
+        epochs: the fit's number of epochs.
+        warmup_epochs: as in `update_schedule`. Defaults to `None`.
+        update_every: as in `update_schedule`. Defaults to `None`.
+        max_updates: the most updates made, or `None` for no limit. Defaults
+            to `None`.
+
+    Returns:
+        The number of updates, `>= 0`.
+    """
+    warmup, update_every = update_schedule(epochs, warmup_epochs, update_every)
+    updates = max(0, epochs - warmup) // update_every
+    return updates if max_updates is None else min(updates, max_updates)
+
+
 class UndistillableClassCallback(keras.callbacks.Callback):
     """Updates a `Distiller`'s class mask from held-out results.
 
@@ -142,8 +160,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             is; a warm-up that puts the first update after the fit's last
             epoch otherwise is warned about at train begin. Defaults to `None`.
         update_every: epochs between updates, `>= 1`, or `None` to spread
-            ten updates over the epochs after the warm-up (every
-            `(epochs - warmup) // 10` epochs, at least every epoch): a class
+            about ten updates over the epochs after the warm-up (every
+            `(epochs - warmup) // 10` epochs, at least every epoch: ten to
+            nineteen updates, one per epoch where fewer follow it): a class
             must then be behind for the same part of training to be masked,
             whatever the number of epochs (docs/study.md, "Ten looks").
             Defaults to `None`.
@@ -313,7 +332,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         # `significance`. Counted over the whole fit, so a resumed fit agrees.
         self._looks = 1
         if self.options.sticky:
-            self._looks = max(1, sum(self._is_update_epoch(e) for e in range(epochs)))
+            self._looks = max(1, scheduled_updates(
+                epochs, self.warmup_epochs, self.update_every, self.max_updates))
         self.reference_accuracy = self._resolved.history[-1]
         self._warn_about_unlearned_classes(num_classes)
         self.student_accuracy = None

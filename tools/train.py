@@ -82,6 +82,8 @@ def _train_and_report(config):
                 print(f"Soft-label store complete: {config.teacher_store}")
                 return
             results = workdir_results.load_results(config.workdir)
+        written = reporting.write_report(
+            results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
     except (ValueError, NonFiniteLossError, multi_worker.ChiefFailedError,
             worker_failures.WorkerFailedError) as error:
         # Bad input (data not found, a workdir of another configuration, a
@@ -89,8 +91,10 @@ def _train_and_report(config):
         # another worker that stopped on one of those: the message says what
         # to do; a traceback would only hide it. What was written is kept.
         console.exit_with_error(error)
-    written = reporting.write_report(
-        results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
+    except OSError as error:  # A path that became unwritable, a full disk, ...
+        console.exit_with_error(
+            f"{error}. What finished is kept in {config.workdir}: make the path writable (or "
+            "free space), then run the same command again to resume.")
     print()
     if results["models"]:  # Not after --stage=teacher alone: no student to compare.
         print(reporting.markdown_table(results))

@@ -119,7 +119,8 @@ def export_saved_model(model, path, *, accept_uint8=True):
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    # Named as atomic's temporaries, so that a stage resumed after a kill removes it.
+    temporary = tempfile.mkdtemp(prefix=atomic.temporary_prefix(path), suffix=".tmp", dir=parent)
     # mkdtemp's directory is owner-only; a model server running as another
     # user must be able to read the export, as with a directory made by mkdir.
     os.chmod(temporary, 0o777 & ~atomic.current_umask())
@@ -157,7 +158,7 @@ def _replace_directory(source, destination):
         return
     # A directory cannot be renamed over a non-empty one: move the old one
     # aside first, so `destination` is at every moment either old or new.
-    old = tempfile.mkdtemp(prefix=os.path.basename(destination) + ".old-",
+    old = tempfile.mkdtemp(prefix=atomic.temporary_prefix(destination), suffix=".old",
                            dir=os.path.dirname(os.path.abspath(destination)))
     os.rmdir(old)
     os.replace(destination, old)

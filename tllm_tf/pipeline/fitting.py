@@ -2,7 +2,8 @@
 
 A stage's directory holds its checkpoint while it runs (resume:
 `checkpointing`), its CSV history and TensorBoard logs, then its final
-model, written atomically; the final file's presence marks the stage done.
+model and results, each written atomically; its `test_per_class.json`,
+written last, marks the stage done.
 """
 
 import os
@@ -30,15 +31,22 @@ from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
 from tllm_tf.pipeline.workdir_files import TENSORBOARD_DIR
 
 
-def done(strategy, final_file, stage_dir, verbose):
-    """Whether the chief has the stage's final file (it then says so, unless `verbose` is 0).
+def done(strategy, stage_dir, verbose, final_files=(MODEL_FILE,)):
+    """Whether the chief has the stage's `final_files` and its `test_per_class.json`,
+    written after them (it then says so, unless `verbose` is 0).
 
-    If not, the chief makes the stage directory.
+    Either way the chief first removes what a killed run left in the stage's
+    folder (`workdir.remove_leftovers`); if the stage is not done, it makes
+    the folder.
     """
 
     def check():
-        if os.path.exists(final_file):
-            say(verbose, True, f"{os.path.basename(stage_dir)}: done, skipped ({final_file})")
+        marker = os.path.join(stage_dir, PER_CLASS_FILE)
+        finished = all(os.path.exists(os.path.join(stage_dir, name))
+                       for name in (*final_files, PER_CLASS_FILE))
+        workdir_lib.remove_leftovers(stage_dir, finished)
+        if finished:
+            say(verbose, True, f"{os.path.basename(stage_dir)}: done, skipped ({marker})")
             return True
         os.makedirs(stage_dir, exist_ok=True)
         return False
@@ -138,10 +146,17 @@ def fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_h
         )
 
 
-def finish(model, stage_dir, chief):
-    """Writes the stage's final model atomically and drops its checkpoint."""
+def finish(model, data, config, stage_dir, chief, write_results=None):
+    """Ends a stage on the chief: its final model, then `write_results()` if
+    given, then its `test_per_class.json`, whose presence marks the stage done
+    (`done`); then it drops the checkpoint, from which a stage killed before
+    that mark resumes.
+    """
     if chief:
         workdir_lib.save_model(model, os.path.join(stage_dir, MODEL_FILE))
+        if write_results is not None:
+            write_results()
+        save_per_class(model, data, config, stage_dir)
         shutil.rmtree(os.path.join(stage_dir, CHECKPOINT_DIR), ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ import os
 import keras
 import numpy as np
 
+from tllm_tf import callbacks
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import mask_log
 from tllm_tf import reference as reference_lib
@@ -159,8 +160,9 @@ def read_final_mask(workdir, num_classes):
         `--masked_classes`.
 
     Raises:
-        ValueError: if the earlier run has no finished tllm student, or its
-            mask has another number of classes.
+        ValueError: if the earlier run has no finished tllm student, its
+            mask log is missing or empty where its schedule made updates, or
+            its mask has another number of classes.
     """
     stage_dir = os.path.join(workdir, workdir_files.student_stage("tllm"))
     if not os.path.exists(os.path.join(stage_dir, workdir_files.PER_CLASS_FILE)):
@@ -173,9 +175,17 @@ def read_final_mask(workdir, num_classes):
     if updates:
         mask = updates[-1]["class_mask"]
         classes, fits = np.flatnonzero(mask <= 0.0), mask.size == num_classes
-    else:  # No update: it masked its own --masked_classes throughout.
-        classes = sorted(workdir_lib.read_config(
-            os.path.join(workdir, workdir_files.CONFIG_FILE)).masked_classes)
+    else:  # No update: it masked its own --masked_classes throughout, if none was due.
+        earlier = workdir_lib.read_config(os.path.join(workdir, workdir_files.CONFIG_FILE))
+        due = callbacks.scheduled_updates(
+            earlier.epochs, earlier.warmup_epochs, earlier.update_every, earlier.max_updates)
+        if due:
+            raise ValueError(
+                f"{log_path} is missing or empty, but the tllm student of {workdir!r} updated "
+                f"its mask ({due} updates were due in its {earlier.epochs} epochs): without "
+                "its log the classes it masked are unknown. Restore the file, or delete "
+                f"{stage_dir} and run that run's command again to train the tllm student again.")
+        classes = sorted(earlier.masked_classes)
         fits = all(c < num_classes for c in classes)
     if not fits:
         raise ValueError(

@@ -63,7 +63,7 @@ from tllm_tf.pipeline.workdir_files import student_stage
 def run_teacher(config, data, strategy, stage_dir):
     """Trains the teacher on labels; returns its `.keras` path."""
     path = os.path.join(stage_dir, MODEL_FILE)
-    if fitting.done(strategy, path, stage_dir, config.verbose):
+    if fitting.done(strategy, stage_dir, config.verbose):
         return path
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
@@ -74,16 +74,14 @@ def run_teacher(config, data, strategy, stage_dir):
     fitting.fit(teacher, data, config, stage_dir, chief, config.teacher_epochs or config.epochs,
                 one_hot=config.teacher_label_smoothing > 0,
                 title=f"{TEACHER_STAGE}: {config.teacher_model} on labels")
-    if chief:
-        fitting.save_per_class(teacher, data, config, stage_dir)
-    fitting.finish(teacher, stage_dir, chief)
+    fitting.finish(teacher, data, config, stage_dir, chief)
     return path
 
 
 def run_reference(config, data, strategy, stage_dir):
     """Trains the student on labels alone; returns its reference JSON path."""
     reference_path = os.path.join(stage_dir, REFERENCE_FILE)
-    if fitting.done(strategy, reference_path, stage_dir, config.verbose):
+    if fitting.done(strategy, stage_dir, config.verbose, final_files=(MODEL_FILE, REFERENCE_FILE)):
         return reference_path
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
@@ -114,20 +112,21 @@ def run_reference(config, data, strategy, stage_dir):
         if config.prior_offsets:
             # After the held-out counts: what the rule reads stays the trained network's.
             after_training.apply_prior_offsets(student, data, config, stage_dir)
-        fitting.save_per_class(student, data, config, stage_dir)
-        fitting.finish(student, stage_dir, chief)
-        rows = predictions_lib.read_rows(predictions_log, config.epochs)
-        if rows is not None:
-            predictions_lib.save_predictions(
-                predictions_lib.predictions_path(reference_path), *rows,
-                prior_offsets=config.rule_prior_offsets)
-            shutil.rmtree(predictions_log, ignore_errors=True)
-        # Written last: its presence marks the stage as done.
-        reference_lib.save_reference(
-            reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
-            per_epoch_accuracy=reference_history.read_history_log(
-                history_log, config.epochs, data.num_classes),
-            provenance=preflight.reference_provenance(config))
+
+        def write_reference():
+            rows = predictions_lib.read_rows(predictions_log, config.epochs)
+            if rows is not None:
+                predictions_lib.save_predictions(
+                    predictions_lib.predictions_path(reference_path), *rows,
+                    prior_offsets=config.rule_prior_offsets)
+            reference_lib.save_reference(
+                reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
+                per_epoch_accuracy=reference_history.read_history_log(
+                    history_log, config.epochs, data.num_classes),
+                provenance=preflight.reference_provenance(config))
+
+        fitting.finish(student, data, config, stage_dir, chief, write_results=write_reference)
+        shutil.rmtree(predictions_log, ignore_errors=True)
     return reference_path
 
 
@@ -138,7 +137,7 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
     tllm student's final mask from the first step, under `--refit_policy`.
     """
     model_path = os.path.join(stage_dir, MODEL_FILE)
-    if fitting.done(strategy, model_path, stage_dir, config.verbose):
+    if fitting.done(strategy, stage_dir, config.verbose):
         return model_path
     chief = is_chief(strategy)
     if kind == "tllm_refit":
@@ -173,9 +172,8 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             # Before the safeguards, which then compare it with other offset weights.
             after_training.apply_prior_offsets(student, data, config, stage_dir)
         after_training.safeguards(student, kind, data, config, stage_dir, reference_path)
-        fitting.save_per_class(student, data, config, stage_dir)
         export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
-        fitting.finish(student, stage_dir, chief)
+        fitting.finish(student, data, config, stage_dir, chief)
     return model_path
 
 

@@ -10,6 +10,7 @@ import fcntl
 import filecmp
 import json
 import os
+import shutil
 
 from tllm_tf import atomic
 from tllm_tf import callbacks
@@ -32,6 +33,8 @@ RESUMABLE_CHANGES = frozenset({
 # --update_every=1 and one left to the default that looks every epoch of the same fit
 # train alike (callbacks.update_schedule).
 SCHEDULE_FIELDS = ("warmup_epochs", "update_every")  # In update_schedule's order.
+# A stage's folders that it needs only until it finishes.
+_TRAINING_ONLY = frozenset({workdir_files.CHECKPOINT_DIR, workdir_files.PREDICTIONS_LOG_DIR})
 
 
 def save_model(model, path):
@@ -42,6 +45,31 @@ def save_model(model, path):
     """
     with atomic.atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
+
+
+def remove_leftovers(stage_dir, finished):
+    """Removes from a stage's folder what a killed run can leave there.
+
+    The temporaries of atomic writes and SavedModel exports
+    (`atomic.is_temporary`), and, once the stage has finished, the folders it
+    needs only while it trains: its checkpoint and the reference's
+    per-epoch predictions (a kill after the stage's last file, before they
+    were dropped, leaves them).
+
+    Args:
+        stage_dir: the stage's folder; nothing is done if it does not exist.
+        finished: whether the stage has written its last file.
+    """
+    if not os.path.isdir(stage_dir):
+        return
+    for name in os.listdir(stage_dir):
+        if atomic.is_temporary(name) or (finished and name in _TRAINING_ONLY):
+            path = os.path.join(stage_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
 
 def config_differences(workdir, config):
@@ -97,8 +125,7 @@ def _input_file_changes(workdir, previous, config):
     the students of one workdir would learn from two teachers, or be judged
     against two references, and the report would compare them as one run.
     """
-    if not any(os.path.isdir(os.path.join(workdir, workdir_files.student_stage(student)))
-               for student in config_lib.STUDENTS):
+    if not _students_began(workdir):
         return []
     changes = []
     for name, stage, file_name in (
@@ -113,6 +140,23 @@ def _input_file_changes(workdir, previous, config):
                 f"another file than {getattr(config, name)!r} now): the students already "
                 "trained here began with the first")
     return changes
+
+
+def _teacher_file_gone(workdir, config):
+    """A file of the workdir's own finished teacher (its model, or the test results that
+    mark it finished), if one is gone from under students that began with it."""
+    if config.teacher_path or not _students_began(workdir):
+        return None
+    stage_dir = os.path.join(workdir, workdir_files.TEACHER_STAGE)
+    for name in (workdir_files.MODEL_FILE, workdir_files.PER_CLASS_FILE):
+        if not os.path.isfile(os.path.join(stage_dir, name)):
+            return os.path.join(stage_dir, name)
+    return None
+
+
+def _students_began(workdir):
+    return any(os.path.isdir(os.path.join(workdir, workdir_files.student_stage(student)))
+               for student in config_lib.STUDENTS)
 
 
 def _differs(previous, config, name):
@@ -135,7 +179,8 @@ def locked(workdir, lock=True):
     Two processes on one workdir (two study processes given the same seeds, or
     the same command started twice) would append to the same logs and
     results and interleave their checkpoints. The lock is `fcntl.flock` on a
-    hidden file beside the workdir, `.<name>.lock`, released when the block
+    hidden file beside the workdir, `.<name>.lock` (beside its real path, so
+    that a link to the workdir locks the same file), released when the block
     ends or the process dies; it is removed when the workdir does not exist
     after the block (a run refused before training).
 
@@ -151,7 +196,7 @@ def locked(workdir, lock=True):
     Raises:
         ValueError: if another process holds the lock.
     """
-    path = os.path.abspath(workdir)
+    path = os.path.realpath(workdir)
     lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
     handle = None
     if lock:
@@ -215,7 +260,8 @@ def claim(workdir, config):
 
     Raises:
         ValueError: if the workdir holds a run of a different configuration,
-            naming the flags that differ; nothing is overwritten.
+            naming the flags that differ, or a file of its teacher is gone
+            from under students that began with it; nothing is overwritten.
     """
     os.makedirs(workdir, exist_ok=True)
     differences = config_differences(workdir, config)
@@ -224,4 +270,12 @@ def claim(workdir, config):
             f"The workdir {workdir!r} belongs to a run with a different "
             "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
             + "\nUse a new --workdir, or the workdir's flags.")
+    gone = _teacher_file_gone(workdir, config)
+    if gone:
+        raise ValueError(
+            f"{gone} is missing, but the students in {workdir!r} began with the teacher "
+            "there: a teacher trained again would teach the students still to train, and the "
+            "report would compare students of two teachers. Put the file back, or delete the "
+            "student folders (student_*) to train them again with a new teacher, or use a new "
+            "--workdir.")
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
