@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The README's example, verbatim from `# my_method.py` to the registry lines.
 EXAMPLE = '''
+import keras
 from keras import ops
 from tllm_tf import losses, policies
 
@@ -21,6 +22,7 @@ def squared_logit_loss(teacher_logits, student_logits, labels=None, *, temperatu
     """Per-sample mean squared difference of the logits, scaled by 1/T^2."""
     return ops.mean(ops.square(teacher_logits - student_logits), axis=-1) / temperature**2
 
+@keras.saving.register_keras_serializable(package="my_methods")  # so .keras files load it
 class SquaredLogitLoss(losses.LogitDistillationLoss):
     function = staticmethod(squared_logit_loss)
 
@@ -74,6 +76,13 @@ for policy, label_weight in ((config.masked_class_policy, 1.0), (config.refit_po
     # One step over the whole set: the loss it logs is the one before its update.
     history = distiller.fit(x, y, batch_size=16, verbose=0)
     np.testing.assert_allclose(history.history["loss"][0], by_hand, rtol=1e-5, err_msg=policy)
+# Registered, the loss is saved in a .keras file and loaded back (the policy by its name).
+import os, tempfile
+path = os.path.join(tempfile.mkdtemp(), "distiller.keras")
+distiller.save(path)
+loaded = keras.saving.load_model(path)
+assert type(loaded.distillation_loss_fn).__name__ == "SquaredLogitLoss"
+assert loaded.masked_class_policy == config.refit_policy
 print("OK", type(loss).__name__, loss.temperature, config.masked_class_policy,
       config.refit_policy)
 '''

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tllm_tf
+from tllm_tf import losses
 from tllm_tf.pipeline import training_guards
 
 NUM_CLASSES = 4
@@ -210,3 +211,132 @@ def test_a_plain_keras_model_whose_weights_turn_nan_under_a_finite_loss_is_stopp
                              r"the loss stayed finite.*end of epoch \d\) is kept"):
         model.fit(x, y, batch_size=32, epochs=3, verbose=0,
                   callbacks=[training_guards.StopOnNonFiniteLoss()])
+
+
+# -- the models a Distiller is given ----------------------------------------------------
+
+def _with_head(head, name="prob_teacher"):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    return keras.Model(inputs, head(hidden), name=name)
+
+
+@pytest.mark.parametrize("head", [
+    lambda h: keras.layers.Dense(NUM_CLASSES, activation=tf.nn.softmax)(h),
+    lambda h: keras.layers.Activation(tf.nn.softmax)(keras.layers.Dense(NUM_CLASSES)(h)),
+    lambda h: keras.layers.Lambda(keras.ops.softmax)(keras.layers.Dense(NUM_CLASSES)(h)),
+    lambda h: keras.layers.Identity()(keras.layers.Dense(NUM_CLASSES, activation="softmax")(h)),
+    lambda h: keras.layers.Rescaling(1.0)(keras.layers.Dense(NUM_CLASSES, activation="softmax")(h)),
+], ids=["tf_nn_softmax", "activation_layer", "lambda", "identity_after", "rescaling_after"])
+def test_a_softmax_written_any_way_is_refused_by_the_probe(seeded, head):
+    with pytest.raises(ValueError, match=r"teacher 'prob_teacher' outputs probabilities.*"
+                                         r"remove the softmax.*returns logits"):
+        tllm_tf.Distiller(_mlp(), _with_head(head))
+
+
+def test_a_fresh_logits_model_is_not_refused_by_the_probe(seeded):
+    # Its logits on zeros are exactly 0 (zero biases): rows that sum to 0, not 1.
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    assert distiller.num_classes == NUM_CLASSES
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, outputs):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.logits = keras.layers.Dense(outputs)
+
+    def call(self, inputs):
+        return self.logits(self.hidden(inputs))
+
+
+def test_a_built_subclassed_teacher_of_other_classes_is_refused_at_construction(seeded):
+    teacher = _Subclassed(5)
+    teacher(np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match=r"same classes.*teacher .* outputs 5, student .* "
+                                         r"outputs 4"):
+        tllm_tf.Distiller(_mlp(), teacher)
+
+
+@pytest.mark.parametrize("shared, count", [("same_model", 4), ("teachers_layers", 2)])
+def test_a_student_that_trains_the_teachers_weights_is_refused(seeded, shared, count):
+    teacher = _mlp()
+    student = teacher
+    if shared == "teachers_layers":
+        inputs = keras.Input((8,))
+        student = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(
+            teacher.layers[1](inputs)))
+    with pytest.raises(ValueError, match=rf"trains {count} weights of the teacher.*freeze"):
+        tllm_tf.Distiller(student, teacher)
+    assert len(student.trainable_weights) == 4  # Refused before freezing anything.
+
+
+def test_a_student_without_trainable_weights_is_warned_about_as_keras_does(data):
+    student = _mlp()
+    student.trainable = False
+    distiller = tllm_tf.Distiller(student, _mlp())
+    distiller.compile(optimizer="sgd")
+    with pytest.warns(UserWarning, match=r"does not have any trainable weights"):
+        distiller.fit(*data, epochs=1, verbose=0)
+
+
+def test_a_student_loss_of_the_batch_mean_is_refused(data):
+    def mean_cross_entropy(labels, logits):
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True))
+
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    distiller.compile(optimizer="sgd", student_loss_fn=mean_cross_entropy)
+    with pytest.raises(ValueError, match=r"student_loss_fn mean_cross_entropy to return one "
+                                         r"loss per sample.*Received shape \(\)"):
+        distiller.evaluate(*data, verbose=0)
+
+
+# -- labels ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_validation_labels_out_of_range_are_refused_before_any_step(data, with_weights):
+    x, y = data
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    distiller.compile(optimizer="sgd")
+    validation_data = (x, np.full_like(y, 7)) + ((np.ones(len(x)),) if with_weights else ())
+    with pytest.raises(ValueError, match=r"Validation labels must be class ids in \[0, "
+                                         r"num_classes=4\)"):
+        distiller.fit(x, y, validation_data=validation_data, epochs=1, verbose=0)
+    assert int(distiller.optimizer.iterations) == 0
+
+
+def test_evaluate_labels_out_of_range_are_refused_up_front(data):
+    x, y = data
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    distiller.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"Labels must be class ids in \[0, num_classes=4\)"):
+        distiller.evaluate(x, np.full_like(y, 7), verbose=0)
+
+
+def test_labels_of_unknown_rank_get_the_shape_message(data):
+    x, y = data
+    labels = tf.data.Dataset.from_tensor_slices(y).batch(8).map(
+        lambda batch: tf.numpy_function(lambda values: values, [batch], tf.int32))
+    batches = tf.data.Dataset.zip(
+        (tf.data.Dataset.from_tensor_slices(x).batch(8), labels))
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    distiller.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"Received labels of unknown rank.*tf.ensure_shape"):
+        distiller.fit(batches, epochs=1, verbose=0)
+
+
+# -- saving --------------------------------------------------------------------------------
+
+class _UnregisteredLoss(losses.LogitDistillationLoss):
+    function = staticmethod(losses.kd_loss)
+
+
+def test_saving_an_unregistered_distillation_loss_is_refused_before_writing(tmp_path):
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    distiller.compile(optimizer="sgd", distillation_loss_fn=_UnregisteredLoss(temperature=2.0))
+    path = tmp_path / "distiller.keras"
+    with pytest.raises(ValueError, match=r"Cannot save distillation_loss_fn=.*"
+                                         r"register_keras_serializable"):
+        distiller.save(path)
+    assert not path.exists()

@@ -85,3 +85,17 @@ def test_a_monitor_of_the_objective_is_warned_about(held_out, caplog, monitor, w
     if warned:
         assert f"EarlyStopping monitors '{monitor}'" in messages[0]
         assert monitor.replace("loss", "student_loss") in messages[0]
+
+
+def test_a_callback_list_is_arranged_in_place_as_keras_fit_takes_it(held_out):
+    history, updater = keras.callbacks.History(), _callback(held_out)
+    given = keras.callbacks.CallbackList([history, updater])
+    assert fit_callbacks.arrange(given) is given
+    assert given.callbacks == [updater, history]
+
+
+def test_fit_takes_a_callback_list(tiny_data):
+    distiller = _distiller()
+    history = distiller.fit(*tiny_data, epochs=1, verbose=0, callbacks=keras.callbacks.CallbackList(
+        [keras.callbacks.History()], add_history=True, model=distiller))
+    assert "loss" in history.history

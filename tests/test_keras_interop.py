@@ -17,12 +17,17 @@ weight_i * distillation_loss_i`, `w = student_loss_weight`; each term is a
 batch mean, so there is no per-sample gating.
 """
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 import tllm_tf
 from tllm_tf import losses
+from conftest import ROOT
+from conftest import make_mlp
 
 TEMPERATURE = 4.0
 
@@ -117,3 +122,26 @@ def test_keras_distiller_total_is_tllm_alpha_beta_with_alpha_w_and_beta_1_minus_
     # tllm_tf.Distiller with alpha=w, beta=1-w and an all-ones class mask.
     expected = np.mean(weight * np.asarray(cross_entropy) + (1 - weight) * np.asarray(kd))
     np.testing.assert_allclose(total, expected, rtol=1e-5)
+
+
+# tllm_tf's names load on first use, so `import tllm_tf` alone has not yet run the
+# Distiller's `register_keras_serializable`: these are the two ways that do.
+@pytest.mark.parametrize("load", [
+    "import tllm_tf; tllm_tf.Distiller; model = keras.saving.load_model(path)",
+    "from tllm_tf.pipeline import model_io; "
+    "model = model_io.load_keras_model(path, compile=True)",
+])
+def test_a_saved_distiller_loads_in_a_fresh_process(tmp_path, load):
+    keras.utils.set_random_seed(0)
+    distiller = tllm_tf.Distiller(make_mlp("student"), make_mlp("teacher", width=16))
+    distiller.compile(optimizer="sgd", distillation_loss_fn=tllm_tf.KDLoss(temperature=2.0))
+    distiller.set_class_mask([1, 0, 1, 1])
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    script = (f"import keras; path = {str(path)!r}; {load}; "
+              "print(type(model).__name__, model.undistillable_classes, "
+              "model.distillation_loss_fn.temperature)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "Distiller [1] 2.0"

@@ -465,3 +465,14 @@ def test_a_minus_infinity_teacher_logit_gives_the_limit_not_nan(name):
     np.testing.assert_allclose(np.asarray(value),
                                np.asarray(loss.call(very_negative, student, labels)),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_registered_name_whose_class_needs_arguments_asks_for_an_instance(monkeypatch):
+    class NoDefaults(losses.LogitDistillationLoss):
+        function = staticmethod(losses.kd_loss)
+
+    monkeypatch.setitem(losses.DISTILLATION_LOSSES, "no_defaults", NoDefaults)
+    with pytest.raises(ValueError, match=r"'no_defaults' \(NoDefaults\) cannot be built from "
+                                         r"its name.*'temperature'.*Pass an instance"):
+        losses.get_distillation_loss("no_defaults")
+    assert losses.get_distillation_loss("no_defaults", temperature=2.0).temperature == 2.0

@@ -14,8 +14,10 @@ from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.config import RunConfig
+from conftest import IMAGE_SHAPE
 from conftest import KillAtEpochEnd as _KillAtEpochEnd
 from conftest import Killed as _Killed
+from conftest import make_mlp
 
 
 def _softmax(logits):
@@ -250,3 +252,16 @@ def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path)
     assert not np.array_equal(raw, correct)  # So the offsets are what was recorded.
     with open(os.path.join(config.workdir, "student_tllm", workdir_files.MASK_LOG_FILE)) as log:
         assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_a_distiller_is_refused_by_name(seeded):
+    student = make_mlp("student")
+    teacher = make_mlp("teacher", width=16)
+    bias_before = keras.ops.convert_to_numpy(teacher.layers[-1].bias)
+    images = np.random.default_rng(0).random((16,) + IMAGE_SHAPE, dtype=np.float32)
+    labels = np.arange(16) % 4
+    with pytest.raises(ValueError, match=r"pass `distiller.student`"):
+        tllm_tf.apply_prior_offsets(tllm_tf.Distiller(student, teacher), (images, labels),
+                                    num_classes=4)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(teacher.layers[-1].bias),
+                                  bias_before)

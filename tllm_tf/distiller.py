@@ -12,6 +12,7 @@ NeurIPS 2022): the distillation term of each sample is gated by
 import functools
 import inspect
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -90,10 +91,16 @@ class Distiller(keras.Model):
     Raises:
         ValueError: if a model is not a Keras model (a file path, say),
             returns a dict or list, outputs probabilities (a softmax layer,
-            activation or op), the input shapes or output sizes disagree
-            (`num_classes` included), `num_classes` is not given and neither
-            model has a symbolic output, or `teacher_dtype` is unknown or
-            set for a subclassed teacher (see `teacher_precision`).
+            activation or op, or rows in `[0, 1]` summing to 1 on a probe
+            batch of zeros and ones, see `model_checks.probe_output_size`),
+            the input shapes or output sizes disagree (`num_classes`
+            included; a built subclassed model's size comes from the probe),
+            the student trains weights of the teacher (`Distiller(model,
+            model)`, or a student built on the teacher's layers: freezing the
+            teacher would freeze them), `num_classes` is not given and
+            neither model has a symbolic output, or `teacher_dtype` is
+            unknown or set for a subclassed teacher (see
+            `teacher_precision`).
 
     Example:
 
@@ -108,8 +115,12 @@ class Distiller(keras.Model):
         model_checks.check_model(teacher, "teacher")
         model_checks.check_model(student, "student")
         model_checks.check_same_inputs(student, teacher)
-        student_classes = model_checks.output_size(student)
-        teacher_classes = model_checks.output_size(teacher)
+        _check_shares_no_weights(student, teacher)
+        # The probe also sizes a built subclassed model, which has no symbolic output.
+        student_classes = (model_checks.probe_output_size(student, "student", like=teacher)
+                           or model_checks.output_size(student))
+        teacher_classes = (model_checks.probe_output_size(teacher, "teacher", like=student)
+                           or model_checks.output_size(teacher))
         if (student_classes and teacher_classes
                 and student_classes != teacher_classes):
             raise ValueError(
@@ -128,6 +139,11 @@ class Distiller(keras.Model):
             )
         model_checks.check_num_classes(num_classes, {"student": student, "teacher": teacher},
                                        "Pass num_classes={size} or leave it unset.")
+        for role, size in (("student", student_classes), ("teacher", teacher_classes)):
+            if size and size != num_classes:
+                raise ValueError(f"num_classes={num_classes} disagrees with the {role}, which "
+                                 f"outputs {size} logits. Pass num_classes={size} or leave "
+                                 "it unset.")
 
         self.student = student
         self.teacher_dtype = teacher_dtype
@@ -200,8 +216,10 @@ class Distiller(keras.Model):
                 `["accuracy"]`. Defaults to `None`.
             student_loss_fn: `keras.losses.Loss` (its `call` gives the
                 per-sample value) or a callable `(labels, logits) ->
-                per-sample loss`. A `.keras` file saves it only if it can
-                load it back: a Keras built-in, or registered with
+                per-sample loss` of shape `(batch,)`, not the batch mean
+                (refused at the first step: the mask gates it per sample).
+                A `.keras` file saves it only if it can load it back: a
+                Keras built-in, or registered with
                 `keras.saving.register_keras_serializable` (else `save`
                 raises). Defaults to cross-entropy from logits (sparse for
                 class ids, categorical for label vectors).
@@ -276,18 +294,28 @@ class Distiller(keras.Model):
     def get_compile_config(self):
         """Keras's compile config plus the distillation's arguments to `compile`."""
         config = super().get_compile_config() or {}
+        loss_configs = self._loadable_losses()
         config.update(
             alpha=self.alpha,
             beta=self.beta,
             masked_class_policy=self.masked_class_policy,
             distillation_warmup_steps=self.distillation_warmup_steps,
-            distillation_loss_fn=keras.saving.serialize_keras_object(
-                self.distillation_loss_fn
-            ),
+            distillation_loss_fn=loss_configs["distillation_loss_fn"],
         )
         if self.student_loss_fn is not None:
-            config["student_loss_fn"] = _serialize_student_loss(self.student_loss_fn)
+            config["student_loss_fn"] = loss_configs["student_loss_fn"]
         return config
+
+    def _loadable_losses(self):
+        """The losses' configs, checked to load back from a `.keras` file."""
+        configs = {"distillation_loss_fn": _loadable_config(
+            self.distillation_loss_fn, "distillation_loss_fn",
+            "and the Distiller could not be loaded")}
+        if self.student_loss_fn is not None:
+            configs["student_loss_fn"] = _loadable_config(
+                self.student_loss_fn, "student_loss_fn",
+                "and the Distiller would silently fall back to cross-entropy")
+        return configs
 
     def save(self, filepath, *args, **kwargs):
         """Saves the Distiller as a `.keras` file (`keras.Model.save`).
@@ -301,9 +329,9 @@ class Distiller(keras.Model):
             What `keras.Model.save` returns (`None` in Keras 3).
 
         Raises:
-            ValueError: for a legacy `.h5`/`.hdf5` path, or a `student_loss_fn` the
-                file could not load back (a lambda, or an unregistered
-                function or class).
+            ValueError: for a legacy `.h5`/`.hdf5` path, a `student_loss_fn`
+                or `distillation_loss_fn` the file could not load back (a
+                lambda, or an unregistered function or class).
         """
         # Refused before Keras opens the file, rather than half-way through.
         if str(filepath).endswith((".h5", ".hdf5")):
@@ -311,8 +339,7 @@ class Distiller(keras.Model):
                 "A Distiller cannot be saved in the legacy .h5 format (it holds two models, "
                 "the class mask and the rule's state). Save it as .keras, or its weights "
                 f"with save_weights('....weights.h5'). Received: filepath={filepath!r}")
-        if self.student_loss_fn is not None:
-            _serialize_student_loss(self.student_loss_fn)
+        self._loadable_losses()
         return super().save(filepath, *args, **kwargs)
 
     def export(self, filepath, *args, **kwargs):
@@ -431,17 +458,45 @@ class Distiller(keras.Model):
 
         Raises:
             ValueError: on label arrays the Distiller would misread
-                (`model_checks.check_label_array`), before any step runs.
+                (`model_checks.check_label_array`), in `y` or in
+                `validation_data` given as arrays `(x, y)` or `(x, y,
+                sample_weight)`, before any step runs.
         """
         arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
-        y = arguments.get("y")
-        # Arrays are checked whole before any step runs; datasets are checked
-        # batch by batch inside the step (see `batch_contents.labels`).
-        if y is not None and not isinstance(y, tf.data.Dataset):
-            model_checks.check_label_array(y, self.num_classes)
+        self._check_label_array(arguments.get("y"))
+        validation_data = arguments.get("validation_data")
+        if isinstance(validation_data, (tuple, list)):
+            _, validation_y, _ = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
+            self._check_label_array(validation_y, name="Validation labels")
         arguments["callbacks"] = fit_callbacks.arrange(
             arguments.get("callbacks"), self.teacher_dtype)
         return super().fit(**arguments)
+
+    def evaluate(self, *args, **kwargs):
+        """Evaluates the student on the distillation objective; `keras.Model.evaluate`'s arguments.
+
+        Args:
+            *args: passed to `keras.Model.evaluate`.
+            **kwargs: passed to `keras.Model.evaluate`.
+
+        Returns:
+            What `keras.Model.evaluate` returns.
+
+        Raises:
+            ValueError: on label arrays the Distiller would misread
+                (`model_checks.check_label_array`), before any step runs.
+        """
+        arguments = inspect.signature(super().evaluate).bind(*args, **kwargs).arguments
+        # fit's validation passes were checked once, up front, by fit.
+        if not arguments.get("kwargs", {}).get("_use_cached_eval_dataset"):
+            self._check_label_array(arguments.get("y"))
+        return super().evaluate(*args, **kwargs)
+
+    def _check_label_array(self, y, name="Labels"):
+        # Arrays are checked whole before any step runs; datasets are checked
+        # batch by batch inside the step (see `batch_contents.labels`).
+        if y is not None and not isinstance(y, tf.data.Dataset):
+            model_checks.check_label_array(y, self.num_classes, name=name)
 
     def _student_loss(self, labels, is_soft, student_logits):
         if self.student_loss_fn is None:
@@ -451,8 +506,18 @@ class Distiller(keras.Model):
             return keras.losses.sparse_categorical_crossentropy(
                 labels, student_logits, from_logits=True)
         if isinstance(self.student_loss_fn, keras.losses.Loss):
-            return self.student_loss_fn.call(labels, student_logits)
-        return self.student_loss_fn(labels, student_logits)
+            values = self.student_loss_fn.call(labels, student_logits)
+        else:
+            values = self.student_loss_fn(labels, student_logits)
+        # Keras would take a batch mean too, but the mask gates the label term
+        # sample by sample and the replicas sum per-sample values.
+        if len(values.shape) != 1:
+            name = getattr(self.student_loss_fn, "__name__", type(self.student_loss_fn).__name__)
+            raise ValueError(
+                f"Expected student_loss_fn {name} to return one loss per sample, of shape "
+                f"(batch,). Received shape {tuple(values.shape)}. Return the per-sample "
+                "values (no mean over the batch; the Distiller averages them).")
+        return values
 
     def _teacher_logits(self, x):
         teacher_logits = self.teacher(x, training=False)
@@ -538,8 +603,15 @@ class Distiller(keras.Model):
             share, _ = self._objective(x, y, sample_weight, training=True)
             scaled_loss = self.optimizer.scale_loss(share)
         variables = self.student.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        if variables:
+            gradients = tape.gradient(scaled_loss, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+        else:
+            # As keras.Model.fit does: it warns and trains nothing.
+            warnings.warn(
+                f"The student {self.student.name!r} does not have any trainable weights, "
+                "so fit changes nothing. Set student.trainable = True (or unfreeze its "
+                "layers) before building the Distiller.")
         # A NaN in an image can leave the logits and the loss finite (oneDNN's
         # fused matmul or convolution + ReLU maps NaN to 0) while its gradient
         # makes weights NaN: the logged loss turns NaN then (NaN * 0 is NaN;
@@ -557,8 +629,34 @@ class Distiller(keras.Model):
 _FLOAT16_MAX = 65504.0
 
 
-def _serialize_student_loss(loss_fn):
-    """`loss_fn`'s config, if loading the `.keras` file (safe mode) gives it back."""
+def _check_shares_no_weights(student, teacher):
+    """Refuses a student that trains any of the teacher's weights."""
+    teacher_weights = {id(weight) for weight in teacher.weights}
+    shared = [weight.path for weight in student.trainable_weights
+              if id(weight) in teacher_weights]
+    if shared:
+        raise ValueError(
+            f"The student {student.name!r} trains {len(shared)} weights of the teacher "
+            f"{teacher.name!r} (e.g. {shared[:3]}): the Distiller freezes the teacher, "
+            "which would freeze those layers in the student too, silently. Give the student its own layers (e.g. "
+            "keras.models.clone_model(teacher) with the weights copied), or pass a "
+            "separately loaded copy of the teacher.")
+
+
+def _loadable_config(loss_fn, argument, consequence):
+    """`loss_fn`'s config, if loading the `.keras` file (safe mode) gives it back.
+
+    Args:
+        loss_fn: the loss (a `keras.losses.Loss` or a function).
+        argument: its argument of `compile`, for the message.
+        consequence: what a file that lost it would do, for the message.
+
+    Returns:
+        The config `keras.saving.serialize_keras_object` gives.
+
+    Raises:
+        ValueError: if deserialising the config does not give the loss back.
+    """
     restored = config = None
     if getattr(loss_fn, "__name__", None) != "<lambda>":
         config = keras.saving.serialize_keras_object(loss_fn)
@@ -572,11 +670,11 @@ def _serialize_student_loss(loss_fn):
         ok = restored is loss_fn
     if not ok:
         raise ValueError(
-            f"Cannot save student_loss_fn={loss_fn!r:.80}: a .keras file could not load "
-            "it back (a lambda, or an unregistered function or class), and the Distiller "
-            "would silently fall back to cross-entropy. Decorate it with "
-            "@keras.saving.register_keras_serializable(), pass a keras.losses.Loss, "
-            "or save the weights only (save_weights).")
+            f"Cannot save {argument}={loss_fn!r:.80}: a .keras file could not load "
+            f"it back (a lambda, or an unregistered function or class), {consequence}. "
+            "Decorate it (or its class) with "
+            "@keras.saving.register_keras_serializable(), use a built-in loss, or save "
+            "the weights only (save_weights).")
     return config
 
 

@@ -39,7 +39,8 @@ def arrange(callbacks, teacher_dtype=None):
     """The callbacks of a `Distiller.fit`, mask updaters first.
 
     Args:
-        callbacks: the callbacks given to `fit`, or `None`.
+        callbacks: the callbacks given to `fit`: a list, a
+            `keras.callbacks.CallbackList`, or `None`.
         teacher_dtype: the Distiller's `teacher_dtype`; with `"float16"` a
             callback that warns of clipped teacher logits is added. Defaults
             to `None`.
@@ -48,9 +49,15 @@ def arrange(callbacks, teacher_dtype=None):
         A new list: the callbacks that update the class mask (an attribute
         `updates_class_mask = True`), then the others, each group in the
         given order. Monitors of `loss` or `val_loss` beside a mask updater
-        are warned about.
+        are warned about. A `CallbackList` is returned itself, its
+        callbacks arranged in place: Keras's `fit` uses a `CallbackList` as
+        given (its `History` and progress bar included).
     """
-    callbacks = list(callbacks or [])
+    given = callbacks
+    if isinstance(given, keras.callbacks.CallbackList):
+        callbacks = list(given.callbacks)
+    else:
+        callbacks = list(callbacks or [])
     updaters = [callback for callback in callbacks if _updates_class_mask(callback)]
     if updaters:
         _warn_of_objective_monitors(callbacks)
@@ -58,6 +65,9 @@ def arrange(callbacks, teacher_dtype=None):
                            if not _updates_class_mask(callback)]
     if teacher_dtype == "float16":
         arranged.append(WarnOnTeacherOverflow())
+    if isinstance(given, keras.callbacks.CallbackList):
+        given.callbacks[:] = arranged
+        return given
     return arranged
 
 

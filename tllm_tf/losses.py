@@ -518,8 +518,10 @@ def get_distillation_loss(identifier, **kwargs):
         A `keras.losses.Loss` instance.
 
     Raises:
-        ValueError: if the name is not registered, or the instance is a
-            Keras loss on probabilities (see `check_logit_loss`).
+        ValueError: if the name is not registered, its class needs
+            constructor arguments that `kwargs` does not give (pass an
+            instance instead), or the instance is a Keras loss on
+            probabilities (see `check_logit_loss`).
     """
     if isinstance(identifier, keras.losses.Loss):
         check_logit_loss(identifier)
@@ -529,7 +531,16 @@ def get_distillation_loss(identifier, **kwargs):
             f"Unknown distillation loss: {identifier!r}. Expected one of "
             f"{sorted(DISTILLATION_LOSSES)} or a keras.losses.Loss instance."
         )
-    return DISTILLATION_LOSSES[identifier](**kwargs)
+    loss_class = DISTILLATION_LOSSES[identifier]
+    try:
+        inspect.signature(loss_class).bind(**kwargs)
+    except TypeError as error:
+        raise ValueError(
+            f"The distillation loss {identifier!r} ({loss_class.__name__}) cannot be built "
+            f"from its name: {error}. Pass an instance instead, "
+            f"distillation_loss_fn={loss_class.__name__}(...), or give its constructor "
+            f"defaults. Received: {identifier!r} with arguments {kwargs}.") from None
+    return loss_class(**kwargs)
 
 
 def compared_logits(loss_fn, logits):

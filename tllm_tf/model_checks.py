@@ -21,7 +21,8 @@ def check_model(model, role):
         ValueError: for a non-Keras object (a file path, say), a model that
             returns a dict or list of outputs, or one that ends in a softmax
             (a `Softmax` layer, a `softmax` activation, or `keras.ops.softmax`
-            applied to its output).
+            applied to its output). A softmax written another way is found
+            by `probe_output_size`.
     """
     if not isinstance(model, keras.layers.Layer):
         hint = (" Load the file first: tllm_tf.pipeline.model_io.load_keras_model(path) or "
@@ -44,6 +45,67 @@ def check_model(model, role):
             "probabilities. Distiller expects logits: rebuild the last layer with "
             "`activation=None` (or drop the softmax); the weights can be copied over "
             "unchanged.")
+
+
+def probe_output_size(model, role, like=None):
+    """Runs a built model on a batch of zeros and ones; refuses probabilities.
+
+    Needs no data, so no data set is read (a partial read can truncate a
+    cached one). A softmax however written (`tf.nn.softmax`, a `Lambda`, a
+    layer after it) gives rows in `[0, 1]` that sum to 1 on any input; a
+    model returning logits, trained or freshly initialised, does not on
+    both rows (its logits on zeros are near 0 and sum to about 0).
+
+    Args:
+        model: the student or the teacher.
+        role: `"student"` or `"teacher"`, for the message.
+        like: a model whose input shape and dtype to use where `model` has
+            no symbolic input (a subclassed one): the other model of the
+            `Distiller`, which gets the same batch. Defaults to `None`.
+
+    Returns:
+        The last axis of the output (an int), or `None` where the model is
+        not probed: unbuilt, an input shape not fully known or not single,
+        an output that is not one tensor, or a call that fails (the first
+        step then reports it).
+
+    Raises:
+        ValueError: if every row of the output is a probability vector.
+    """
+    outputs = _probe(model, like)
+    if outputs is None:
+        return None
+    tolerance = 1e-3 if outputs.dtype.itemsize >= 4 else 1e-2  # 16-bit rounding.
+    rows = outputs.reshape(-1, outputs.shape[-1]).astype(np.float64)
+    if (outputs.shape[-1] > 1 and np.all((rows >= -tolerance) & (rows <= 1 + tolerance))
+            and np.allclose(rows.sum(axis=-1), 1.0, atol=tolerance)):
+        raise ValueError(
+            f"The {role} {model.name!r} outputs probabilities (rows in [0, 1] summing to 1 "
+            "on a probe batch of zeros and ones), so it ends in a softmax. Distiller expects "
+            "logits: remove the softmax (e.g. rebuild the last layer with "
+            "`activation=None`; the weights can be copied over unchanged) so that the "
+            f"{role} returns logits.")
+    return int(outputs.shape[-1])
+
+
+def _probe(model, like):
+    """`model`'s output on zeros and ones of its input shape, as an array, or None."""
+    source = model if getattr(model, "inputs", None) else like
+    inputs = getattr(source, "inputs", None)
+    if not getattr(model, "built", False) or not inputs or len(inputs) != 1:
+        return None
+    shape = tuple(inputs[0].shape[1:])
+    if any(size is None for size in shape):
+        return None
+    dtype = keras.backend.standardize_dtype(inputs[0].dtype)
+    batch = np.stack([np.zeros(shape, dtype), np.ones(shape, dtype)])
+    try:
+        outputs = model(batch, training=False)
+    except Exception:  # Keras raises many types; the first step reports any of them.
+        return None
+    if not hasattr(outputs, "shape") or len(outputs.shape) < 2:
+        return None
+    return keras.ops.convert_to_numpy(outputs)
 
 
 def output_size(model):
@@ -241,6 +303,13 @@ def label_shape_message(shape, num_classes):
     Returns:
         A string naming the accepted shapes and `shape`.
     """
+    if getattr(shape, "rank", 0) is None:
+        # A tf.numpy_function or tf.py_function loses the shape.
+        return (
+            f"Labels must be class ids of shape (batch,) or label vectors of shape "
+            f"(batch, num_classes={num_classes}) (one-hot or soft). Received labels of "
+            "unknown rank (as tf.numpy_function and tf.py_function give): set their "
+            "shape in the data set, e.g. labels = tf.ensure_shape(labels, (None,)).")
     return (
         f"Labels must be class ids of shape (batch,) or label vectors of shape "
         f"(batch, num_classes={num_classes}) (one-hot or soft). Received shape "

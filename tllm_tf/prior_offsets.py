@@ -235,9 +235,16 @@ def apply_prior_offsets(model, held_out, num_classes):
         `held_out_accuracy_after`.
 
     Raises:
-        ValueError: as `logits_and_labels`, `fit_offsets` and
-            `add_to_output_bias`.
+        ValueError: for a `Distiller` (its last layer is the teacher's, so the
+            offsets would change the teacher; pass `distiller.student`), and
+            as `logits_and_labels`, `fit_offsets` and `add_to_output_bias`.
     """
+    if hasattr(model, "student") and hasattr(model, "class_mask"):
+        raise ValueError(
+            "Expected the trained classifier, not the Distiller that trained it: pass "
+            "`distiller.student`. Received: a tllm_tf.Distiller, whose last layer is the "
+            "teacher's, so the offsets would change the teacher and leave the student as "
+            "it is.")
     logits, labels = logits_and_labels(model, held_out)
     offsets = fit_offsets(logits, labels, num_classes)
     add_to_output_bias(model, offsets)
