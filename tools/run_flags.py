@@ -103,15 +103,20 @@ flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "corrected across classes; unpaired: per-class accuracy difference.")
 flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test. "
                    "With --sticky each look tests at this level divided by the fit's "
-                   "number of looks (0.005 with the default ten). Also the level of "
+                   "number of looks (by the default schedule 15 looks for --epochs=30, so "
+                   "0.0033 each; ten for 20, 40 or 60 epochs, 0.005 each). Also the level of "
                    "--refit_fallback's test, at its full value.")
 flags.DEFINE_enum("correction", _DEFAULTS.correction, list(config_lib.CORRECTIONS),
                   "Multiple-testing correction of the paired test across classes.")
-flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin below the reference.")
+flags.DEFINE_float("margin", _DEFAULTS.margin, "Accuracy margin, a fraction of a class's "
+                   "held-out images: a class is behind only when it trails the reference by "
+                   "more, under either rule (with --rule=paired: (b - w) / n > margin, on top "
+                   "of the test).")
 flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs before the first mask "
                      "update. Default: half of --epochs.")
 flags.DEFINE_integer("update_every", _DEFAULTS.update_every, "Epochs between mask updates. "
-                     "Default: ten updates spread over the epochs after the warm-up.")
+                     "Default: every epoch while fewer than twenty follow the warm-up, else "
+                     "ten to nineteen updates spread over them.")
 flags.DEFINE_integer("max_updates", _DEFAULTS.max_updates, "Mask updates to make; then the "
                      "mask stays as it is to the end. Default: update to the end.")
 flags.DEFINE_bool("sticky", _DEFAULTS.sticky, "A masked class stays masked (--nosticky: "
