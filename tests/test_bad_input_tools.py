@@ -63,8 +63,8 @@ def test_a_path_that_cannot_be_written_after_training_is_one_error_line(tool, tm
                                 "--teacher_model=cnn_tiny", "--stage=teacher",
                                 f"--workdir={workdir}"))
     assert str(workdir / "report") in line
-    assert line.endswith(f"What finished is kept in {workdir}: make the path writable (or "
-                         "free space), then run the same command again to resume.")
+    assert line.endswith(f"Anything that finished is kept in {workdir}: make the path "
+                         "writable (or free space), then run the same command again to resume.")
     assert (workdir / "teacher" / "test_per_class.json").exists()  # Trained, and kept.
 
 

@@ -92,6 +92,11 @@ def test_a_callback_list_is_arranged_in_place_as_keras_fit_takes_it(held_out):
     given = keras.callbacks.CallbackList([history, updater])
     assert fit_callbacks.arrange(given) is given
     assert given.callbacks == [updater, history]
+    # Reused for more fits with a float16 teacher: one overflow warner, not one a fit.
+    for _ in range(3):
+        fit_callbacks.arrange(given, teacher_dtype="float16")
+    assert [type(callback) for callback in given.callbacks] == [
+        type(updater), keras.callbacks.History, fit_callbacks.WarnOnTeacherOverflow]
 
 
 def test_fit_takes_a_callback_list(tiny_data):

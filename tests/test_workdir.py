@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -202,8 +203,10 @@ def test_a_killed_stages_leftovers_are_removed_and_nothing_else(tmp_path):
     (stage_dir / "checkpoint").mkdir(parents=True)
     (stage_dir / "held_out_predictions").mkdir()
     (stage_dir / "tensorboard").mkdir()
-    for name in ("model.keras", "history.csv", "notes.txt", ".hidden_by_the_user"):
+    for name in ("model.keras", "history.csv", "notes.txt", ".hidden_by_the_user",
+                 ".notes.20240101.txt"):
         (stage_dir / name).write_text("kept")
+    (stage_dir / "saved_model.tmp-ab12cd34").mkdir()  # The previous version's name.
     # What a SIGKILL leaves: atomic writes' temporaries and an export's two folders.
     _, model_temporary = tempfile.mkstemp(
         dir=stage_dir, prefix=atomic.temporary_prefix("model.keras"), suffix=".keras")
@@ -211,7 +214,7 @@ def test_a_killed_stages_leftovers_are_removed_and_nothing_else(tmp_path):
                                            prefix=atomic.temporary_prefix("saved_model"))
                           for suffix in (".tmp", ".old")]
     kept = ["checkpoint", "held_out_predictions", "tensorboard", "model.keras",
-            "history.csv", "notes.txt", ".hidden_by_the_user"]
+            "history.csv", "notes.txt", ".hidden_by_the_user", ".notes.20240101.txt"]
     workdir.remove_leftovers(str(stage_dir), finished=False)  # Still training.
     assert not os.path.exists(model_temporary)
     assert not any(os.path.exists(path) for path in export_temporaries)
@@ -230,13 +233,23 @@ def test_a_teacher_gone_from_under_students_that_began_is_refused(tmp_path):
             r"run/teacher/model.keras is missing, but the students in .* began with the teacher "
             r"there: .*Put the file back, or delete the student folders")):
         workdir.claim(str(run), config)
-    # A teacher given by flag is no longer the workdir's own; a teacher there is fine.
-    given = tmp_path / "given.keras"
-    given.write_text("")
-    workdir.claim(str(run), RunConfig(workdir=str(run), verbose=0, teacher_path=str(given)))
     (run / "teacher").mkdir()
     (run / "teacher" / "model.keras").write_text("")
     with pytest.raises(ValueError, match=r"run/teacher/test_per_class.json is missing"):
         workdir.claim(str(run), config)  # Not finished: it would train again.
     (run / "teacher" / "test_per_class.json").write_text("{}")
     workdir.claim(str(run), config)
+
+
+def test_students_that_began_with_a_given_teacher_need_it_given_again(tmp_path):
+    run = tmp_path / "run"
+    given = tmp_path / "given.keras"
+    given.write_text("")
+    with_given = RunConfig(workdir=str(run), verbose=0, teacher_path=str(given))
+    workdir.claim(str(run), with_given)
+    (run / "student_kd").mkdir()
+    given.unlink()  # It moved: without the flag this run would train a teacher of its own.
+    with pytest.raises(ValueError, match=r"began with --teacher_path='.*given.keras' and this "
+                                         r"run gives none \(give it again, at its new path"):
+        workdir.claim(str(run), RunConfig(workdir=str(run), verbose=0))
+    workdir.claim(str(run), dataclasses.replace(with_given, teacher_path=str(tmp_path / "moved")))

@@ -17,8 +17,8 @@ import tempfile
 import numpy as np
 
 
-# A temporary's name: the prefix, `tempfile`'s eight random characters, a suffix.
-_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9_.]+)?")
+# What follows a temporary's prefix: `tempfile`'s eight random characters, a suffix.
+_RANDOM_PART = re.compile(r"[a-z0-9_]{8}(\.[A-Za-z0-9_.]+)?")
 
 
 def temporary_prefix(path):
@@ -30,9 +30,15 @@ def temporary_prefix(path):
     return f".{os.path.basename(path)}."
 
 
-def is_temporary(name):
-    """Whether a file or folder name is that of a temporary (`temporary_prefix`)."""
-    return _TEMPORARY_NAME.fullmatch(name) is not None
+def is_temporary(name, destination):
+    """Whether a file or folder `name` is that of a temporary of `destination` (a file name).
+
+    Example:
+        >>> is_temporary(".model.keras.k2x9_q0a.keras", "model.keras")
+        True
+    """
+    prefix = temporary_prefix(destination)
+    return name.startswith(prefix) and _RANDOM_PART.fullmatch(name[len(prefix):]) is not None
 
 
 @contextlib.contextmanager

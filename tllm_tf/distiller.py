@@ -96,8 +96,8 @@ class Distiller(keras.Model):
             the input shapes or output sizes disagree (`num_classes`
             included; a built subclassed model's size comes from the probe),
             the student trains weights of the teacher (`Distiller(model,
-            model)`, or a student built on the teacher's layers: freezing the
-            teacher would freeze them), `num_classes` is not given and
+            model)`, or a student built on the teacher's trainable layers:
+            freezing the teacher would freeze them), `num_classes` is not given and
             neither model has a symbolic output, or `teacher_dtype` is
             unknown or set for a subclassed teacher (see
             `teacher_precision`).
@@ -294,28 +294,18 @@ class Distiller(keras.Model):
     def get_compile_config(self):
         """Keras's compile config plus the distillation's arguments to `compile`."""
         config = super().get_compile_config() or {}
-        loss_configs = self._loadable_losses()
         config.update(
             alpha=self.alpha,
             beta=self.beta,
             masked_class_policy=self.masked_class_policy,
             distillation_warmup_steps=self.distillation_warmup_steps,
-            distillation_loss_fn=loss_configs["distillation_loss_fn"],
+            distillation_loss_fn=keras.saving.serialize_keras_object(
+                self.distillation_loss_fn
+            ),
         )
         if self.student_loss_fn is not None:
-            config["student_loss_fn"] = loss_configs["student_loss_fn"]
+            config["student_loss_fn"] = _student_loss_config(self.student_loss_fn)
         return config
-
-    def _loadable_losses(self):
-        """The losses' configs, checked to load back from a `.keras` file."""
-        configs = {"distillation_loss_fn": _loadable_config(
-            self.distillation_loss_fn, "distillation_loss_fn",
-            "and the Distiller could not be loaded")}
-        if self.student_loss_fn is not None:
-            configs["student_loss_fn"] = _loadable_config(
-                self.student_loss_fn, "student_loss_fn",
-                "and the Distiller would silently fall back to cross-entropy")
-        return configs
 
     def save(self, filepath, *args, **kwargs):
         """Saves the Distiller as a `.keras` file (`keras.Model.save`).
@@ -328,10 +318,14 @@ class Distiller(keras.Model):
         Returns:
             What `keras.Model.save` returns (`None` in Keras 3).
 
+        A `distillation_loss_fn` of a class Keras's registry does not know is
+        warned about: the file names its class, so it loads with
+        `custom_objects`, or once the class is registered.
+
         Raises:
-            ValueError: for a legacy `.h5`/`.hdf5` path, a `student_loss_fn`
-                or `distillation_loss_fn` the file could not load back (a
-                lambda, or an unregistered function or class).
+            ValueError: for a legacy `.h5`/`.hdf5` path, or a `student_loss_fn`
+                the file could not load back (a lambda, or an unregistered
+                function or class).
         """
         # Refused before Keras opens the file, rather than half-way through.
         if str(filepath).endswith((".h5", ".hdf5")):
@@ -339,7 +333,15 @@ class Distiller(keras.Model):
                 "A Distiller cannot be saved in the legacy .h5 format (it holds two models, "
                 "the class mask and the rule's state). Save it as .keras, or its weights "
                 f"with save_weights('....weights.h5'). Received: filepath={filepath!r}")
-        self._loadable_losses()
+        if self.student_loss_fn is not None:
+            _student_loss_config(self.student_loss_fn)
+        if not _loads_back(self.distillation_loss_fn):
+            name = type(self.distillation_loss_fn).__name__
+            warnings.warn(
+                f"distillation_loss_fn={self.distillation_loss_fn!r:.80} is of a class "
+                f"Keras's registry does not know: load the file with keras.saving.load_model("
+                f"path, custom_objects={{{name!r}: {name}}}), or decorate the class with "
+                "@keras.saving.register_keras_serializable().", stacklevel=2)
         return super().save(filepath, *args, **kwargs)
 
     def export(self, filepath, *args, **kwargs):
@@ -511,7 +513,8 @@ class Distiller(keras.Model):
             values = self.student_loss_fn(labels, student_logits)
         # Keras would take a batch mean too, but the mask gates the label term
         # sample by sample and the replicas sum per-sample values.
-        if len(values.shape) != 1:
+        rank = getattr(values.shape, "rank", None) if hasattr(values, "shape") else None
+        if rank not in (1, None):  # Of unknown rank: not known until the step runs.
             name = getattr(self.student_loss_fn, "__name__", type(self.student_loss_fn).__name__)
             raise ValueError(
                 f"Expected student_loss_fn {name} to return one loss per sample, of shape "
@@ -643,39 +646,35 @@ def _check_shares_no_weights(student, teacher):
             "separately loaded copy of the teacher.")
 
 
-def _loadable_config(loss_fn, argument, consequence):
-    """`loss_fn`'s config, if loading the `.keras` file (safe mode) gives it back.
+def _loads_back(loss_fn):
+    """Whether a `.keras` file (safe mode, no `custom_objects`) gives `loss_fn` back."""
+    if getattr(loss_fn, "__name__", None) == "<lambda>":
+        return False
+    try:
+        restored = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(loss_fn))
+    except Exception:  # Keras raises TypeError, ValueError, ...: all mean "lost".
+        return False
+    if isinstance(loss_fn, keras.losses.Loss):
+        return type(restored) is type(loss_fn)
+    return restored is loss_fn
 
-    Args:
-        loss_fn: the loss (a `keras.losses.Loss` or a function).
-        argument: its argument of `compile`, for the message.
-        consequence: what a file that lost it would do, for the message.
 
-    Returns:
-        The config `keras.saving.serialize_keras_object` gives.
+def _student_loss_config(loss_fn):
+    """`loss_fn`'s config, if a `.keras` file gives it back.
 
     Raises:
-        ValueError: if deserialising the config does not give the loss back.
+        ValueError: if not: a file that lost it would silently train with
+            cross-entropy instead.
     """
-    restored = config = None
-    if getattr(loss_fn, "__name__", None) != "<lambda>":
-        config = keras.saving.serialize_keras_object(loss_fn)
-        try:
-            restored = keras.saving.deserialize_keras_object(config)
-        except Exception:  # Keras raises TypeError, ValueError, ...: all mean "lost".
-            pass
-    if isinstance(loss_fn, keras.losses.Loss):
-        ok = type(restored) is type(loss_fn)
-    else:
-        ok = restored is loss_fn
-    if not ok:
+    if not _loads_back(loss_fn):
         raise ValueError(
-            f"Cannot save {argument}={loss_fn!r:.80}: a .keras file could not load "
-            f"it back (a lambda, or an unregistered function or class), {consequence}. "
-            "Decorate it (or its class) with "
-            "@keras.saving.register_keras_serializable(), use a built-in loss, or save "
-            "the weights only (save_weights).")
-    return config
+            f"Cannot save student_loss_fn={loss_fn!r:.80}: a .keras file could not load "
+            "it back (a lambda, or an unregistered function or class), and the Distiller "
+            "would silently fall back to cross-entropy. Decorate it with "
+            "@keras.saving.register_keras_serializable(), pass a keras.losses.Loss, "
+            "or save the weights only (save_weights).")
+    return keras.saving.serialize_keras_object(loss_fn)
 
 
 def _global_batch_size(local_size):

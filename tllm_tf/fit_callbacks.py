@@ -63,7 +63,9 @@ def arrange(callbacks, teacher_dtype=None):
         _warn_of_objective_monitors(callbacks)
     arranged = updaters + [callback for callback in callbacks
                            if not _updates_class_mask(callback)]
-    if teacher_dtype == "float16":
+    # Once: a CallbackList reused for another fit already holds it.
+    if teacher_dtype == "float16" and not any(
+            isinstance(callback, WarnOnTeacherOverflow) for callback in arranged):
         arranged.append(WarnOnTeacherOverflow())
     if isinstance(given, keras.callbacks.CallbackList):
         given.callbacks[:] = arranged

@@ -97,9 +97,9 @@ def _probe(model, like):
     shape = tuple(inputs[0].shape[1:])
     if any(size is None for size in shape):
         return None
-    dtype = keras.backend.standardize_dtype(inputs[0].dtype)
-    batch = np.stack([np.zeros(shape, dtype), np.ones(shape, dtype)])
     try:
+        dtype = keras.backend.standardize_dtype(inputs[0].dtype)
+        batch = np.stack([np.zeros(shape, dtype), np.ones(shape, dtype)])  # No strings.
         outputs = model(batch, training=False)
     except Exception:  # Keras raises many types; the first step reports any of them.
         return None

@@ -93,8 +93,8 @@ def _train_and_report(config):
         console.exit_with_error(error)
     except OSError as error:  # A path that became unwritable, a full disk, ...
         console.exit_with_error(
-            f"{error}. What finished is kept in {config.workdir}: make the path writable (or "
-            "free space), then run the same command again to resume.")
+            f"{error}. Anything that finished is kept in {config.workdir}: make the path "
+            "writable (or free space), then run the same command again to resume.")
     print()
     if results["models"]:  # Not after --stage=teacher alone: no student to compare.
         print(reporting.markdown_table(results))

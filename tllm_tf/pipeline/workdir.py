@@ -10,10 +10,12 @@ import fcntl
 import filecmp
 import json
 import os
+import re
 import shutil
 
 from tllm_tf import atomic
 from tllm_tf import callbacks
+from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.workdir_files import CONFIG_FILE
@@ -35,6 +37,15 @@ RESUMABLE_CHANGES = frozenset({
 SCHEDULE_FIELDS = ("warmup_epochs", "update_every")  # In update_schedule's order.
 # A stage's folders that it needs only until it finishes.
 _TRAINING_ONLY = frozenset({workdir_files.CHECKPOINT_DIR, workdir_files.PREDICTIONS_LOG_DIR})
+# What a stage writes atomically into its folder (a kill can leave their temporaries).
+_STAGE_FILES = (
+    workdir_files.MODEL_FILE, workdir_files.PER_CLASS_FILE, workdir_files.REFERENCE_FILE,
+    predictions_lib.PREDICTIONS_FILE, workdir_files.PRIOR_OFFSETS_FILE,
+    workdir_files.REFIT_CHECK_FILE, workdir_files.REFERENCE_CHECK_FILE,
+    workdir_files.MODEL_BEFORE_REFIT_CHECK_FILE, workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE,
+    workdir_files.SAVED_MODEL_DIR)
+# The export's temporary folders as versions before 2026-12-06 named them.
+_OLD_EXPORT_TEMPORARY = re.compile(re.escape(workdir_files.SAVED_MODEL_DIR) + r"\.(tmp|old)-[a-z0-9_]{8}")
 
 
 def save_model(model, path):
@@ -50,8 +61,9 @@ def save_model(model, path):
 def remove_leftovers(stage_dir, finished):
     """Removes from a stage's folder what a killed run can leave there.
 
-    The temporaries of atomic writes and SavedModel exports
-    (`atomic.is_temporary`), and, once the stage has finished, the folders it
+    The temporaries of its files' atomic writes and SavedModel exports
+    (`atomic.is_temporary`; the previous version's export folders too), and,
+    once the stage has finished, the folders it
     needs only while it trains: its checkpoint and the reference's
     per-epoch predictions (a kill after the stage's last file, before they
     were dropped, leaves them).
@@ -63,7 +75,9 @@ def remove_leftovers(stage_dir, finished):
     if not os.path.isdir(stage_dir):
         return
     for name in os.listdir(stage_dir):
-        if atomic.is_temporary(name) or (finished and name in _TRAINING_ONLY):
+        temporary = (any(atomic.is_temporary(name, final) for final in _STAGE_FILES)
+                     or _OLD_EXPORT_TEMPORARY.fullmatch(name))
+        if temporary or (finished and name in _TRAINING_ONLY):
             path = os.path.join(stage_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -142,15 +156,21 @@ def _input_file_changes(workdir, previous, config):
     return changes
 
 
-def _teacher_file_gone(workdir, config):
-    """A file of the workdir's own finished teacher (its model, or the test results that
-    mark it finished), if one is gone from under students that began with it."""
+def _another_teacher(workdir, config):
+    """Why a run of `config` would train a teacher of its own for students that began in
+    `workdir` with another, or None: the teacher they had is not there."""
     if config.teacher_path or not _students_began(workdir):
         return None
+    previous = os.path.join(workdir, CONFIG_FILE)
+    given = read_config(previous).teacher_path if os.path.exists(previous) else None
+    if given:  # Moved, or it would be a change `_input_file_changes` names.
+        return (f"The students in {workdir!r} began with --teacher_path={given!r} and this run "
+                "gives none (give it again, at its new path if it moved)")
     stage_dir = os.path.join(workdir, workdir_files.TEACHER_STAGE)
     for name in (workdir_files.MODEL_FILE, workdir_files.PER_CLASS_FILE):
         if not os.path.isfile(os.path.join(stage_dir, name)):
-            return os.path.join(stage_dir, name)
+            return (f"{os.path.join(stage_dir, name)} is missing, but the students in "
+                    f"{workdir!r} began with the teacher there")
     return None
 
 
@@ -270,12 +290,11 @@ def claim(workdir, config):
             f"The workdir {workdir!r} belongs to a run with a different "
             "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
             + "\nUse a new --workdir, or the workdir's flags.")
-    gone = _teacher_file_gone(workdir, config)
-    if gone:
+    problem = _another_teacher(workdir, config)
+    if problem:
         raise ValueError(
-            f"{gone} is missing, but the students in {workdir!r} began with the teacher "
-            "there: a teacher trained again would teach the students still to train, and the "
-            "report would compare students of two teachers. Put the file back, or delete the "
-            "student folders (student_*) to train them again with a new teacher, or use a new "
-            "--workdir.")
+            f"{problem}: a teacher trained here would teach the students still to train, and "
+            "the report would compare students of two teachers. Put the file back, or delete "
+            "the student folders (student_*) to train them again with a new teacher, or use a "
+            "new --workdir.")
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
