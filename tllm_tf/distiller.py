@@ -137,8 +137,7 @@ class Distiller(keras.Model):
                 "have none, built or not; an unbuilt Sequential neither). Pass "
                 "`num_classes=` explicitly."
             )
-        model_checks.check_num_classes(num_classes, {"student": student, "teacher": teacher},
-                                       "Pass num_classes={size} or leave it unset.")
+        # Each size is the probe's or else the symbolic output's.
         for role, size in (("student", student_classes), ("teacher", teacher_classes)):
             if size and size != num_classes:
                 raise ValueError(f"num_classes={num_classes} disagrees with the {role}, which "

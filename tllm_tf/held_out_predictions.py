@@ -32,8 +32,7 @@ MAX_FILE_BYTES = 1 << 30
 # held-out split of 100,000 images over 1,000 epochs is 100 MB of `correct`.
 MAX_ARRAY_BYTES = 1 << 28
 # The reference stage counts as done while its reference.json (and model and test
-# results) exist, so
-# re-running it alone would not rewrite a damaged predictions file.
+# results) exist, so re-running it alone would not rewrite a damaged predictions file.
 _REWRITE = ("Delete the reference stage's directory (the one holding this file and "
             "reference.json) and re-run that stage to rewrite both.")
 

@@ -303,17 +303,14 @@ def label_shape_message(shape, num_classes):
     Returns:
         A string naming the accepted shapes and `shape`.
     """
+    accepted = (f"Labels must be class ids of shape (batch,) or label vectors of shape "
+                f"(batch, num_classes={num_classes}) (one-hot or soft).")
     if getattr(shape, "rank", 0) is None:
         # A tf.numpy_function or tf.py_function loses the shape.
-        return (
-            f"Labels must be class ids of shape (batch,) or label vectors of shape "
-            f"(batch, num_classes={num_classes}) (one-hot or soft). Received labels of "
-            "unknown rank (as tf.numpy_function and tf.py_function give): set their "
-            "shape in the data set, e.g. labels = tf.ensure_shape(labels, (None,)).")
-    return (
-        f"Labels must be class ids of shape (batch,) or label vectors of shape "
-        f"(batch, num_classes={num_classes}) (one-hot or soft). Received shape "
-        f"{tuple(shape)}.")
+        return (f"{accepted} Received labels of unknown rank (as tf.numpy_function and "
+                "tf.py_function give): set their shape in the data set, e.g. "
+                "labels = tf.ensure_shape(labels, (None,)).")
+    return f"{accepted} Received shape {tuple(shape)}."
 
 
 def count_elements(dataset, what="data set"):

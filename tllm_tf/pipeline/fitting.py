@@ -7,7 +7,6 @@ written last, marks the stage done.
 """
 
 import os
-import shutil
 
 import keras
 
@@ -149,15 +148,15 @@ def fit(model, data, config, stage_dir, chief, epochs, extra_callbacks=(), one_h
 def finish(model, data, config, stage_dir, chief, write_results=None):
     """Ends a stage on the chief: its final model, then `write_results()` if
     given, then its `test_per_class.json`, whose presence marks the stage done
-    (`done`); then it drops the checkpoint, from which a stage killed before
-    that mark resumes.
+    (`done`); then it drops what only training needed (the checkpoint, from
+    which a stage killed before that mark resumes; `workdir.remove_leftovers`).
     """
     if chief:
         workdir_lib.save_model(model, os.path.join(stage_dir, MODEL_FILE))
         if write_results is not None:
             write_results()
         save_per_class(model, data, config, stage_dir)
-        shutil.rmtree(os.path.join(stage_dir, CHECKPOINT_DIR), ignore_errors=True)
+        workdir_lib.remove_leftovers(stage_dir, finished=True)
 
 
 def per_class_on_test(model, data, config):

@@ -23,7 +23,6 @@ resumes) and its progress (`stage_progress.StageProgress`); 0 prints nothing.
 """
 
 import os
-import shutil
 
 import keras
 
@@ -126,7 +125,6 @@ def run_reference(config, data, strategy, stage_dir):
                 provenance=preflight.reference_provenance(config))
 
         fitting.finish(student, data, config, stage_dir, chief, write_results=write_reference)
-        shutil.rmtree(predictions_log, ignore_errors=True)
     return reference_path
 
 
