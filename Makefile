@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python tools/train.py --flagfile=configs/demo.flags
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 clean-venv:
 	rm -rf $(VENV)

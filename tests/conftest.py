@@ -37,8 +37,11 @@ def make_mlp(name, width=8, num_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE,
     return keras.Model(inputs, outputs, name=name)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def seeded():
+    """Every test starts from the same random state (Python, numpy, TensorFlow, Keras),
+    whichever tests ran before it in its process: `make test` shares the files out
+    between two processes (pytest-xdist), in an order that varies from run to run."""
     keras.utils.set_random_seed(0)
 
 
