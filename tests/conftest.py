@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, two logical CPUs, tiny seeded models."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
+
+from tllm_tf.pipeline import workdir_files  # noqa: E402
 
 # MirroredStrategy tests need two devices; logical devices must be configured
 # before TensorFlow initialises them, so it happens at import time.
@@ -132,6 +135,15 @@ class KillAtEpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
             raise Killed()
+
+
+def students_only(finished, workdir):
+    """The `RunConfig` of `finished`'s student stage in another workdir, from `finished`'s
+    teacher and reference: a run whose students can be killed and resumed on their own."""
+    return dataclasses.replace(
+        finished, workdir=str(workdir), stage="student",
+        teacher_path=os.path.join(finished.workdir, "teacher", workdir_files.MODEL_FILE),
+        reference_path=os.path.join(finished.workdir, "reference", workdir_files.REFERENCE_FILE))
 
 
 def checkpointed_epoch(stage_dir):
