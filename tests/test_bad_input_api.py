@@ -302,6 +302,21 @@ def test_a_student_loss_of_the_batch_mean_is_refused(data):
         distiller.evaluate(*data, verbose=0)
 
 
+def test_a_policy_that_returns_more_than_one_value_per_sample_is_refused(data, monkeypatch):
+    # A (batch, 1) result broadcast against the (batch,) label term: a (batch, batch) loss,
+    # trained on without a word.
+    def with_an_axis(inputs):
+        return keras.ops.expand_dims(tllm_tf.policies.hard_label(inputs), -1)
+
+    monkeypatch.setitem(tllm_tf.policies.POLICIES, "with_an_axis", with_an_axis)
+    distiller = tllm_tf.Distiller(_mlp(), _mlp())
+    distiller.compile(optimizer="sgd", masked_class_policy="with_an_axis")
+    with pytest.raises(ValueError, match=r"masked_class_policy 'with_an_axis' to return one "
+                                         r"loss per sample.*Received shape \(\d+, 1\)"):
+        distiller.fit(*data, epochs=1, verbose=0)
+    assert int(distiller.optimizer.iterations) == 0
+
+
 # -- labels ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("with_weights", [False, True])

@@ -386,6 +386,21 @@ def test_per_class_reference_falls_back_to_unpaired_with_a_warning(tiny_data, he
     assert "unpaired rule" in caplog.text
 
 
+def test_the_unpaired_rule_asked_for_with_a_reference_model_judges(tiny_data, held_out, tmp_path):
+    # The paired rule judged, and the log said so, wherever the reference had per-image
+    # results: a model or its predictions.
+    x, y = tiny_data
+    log_path = str(tmp_path / "mask_log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=make_mlp("reference"), rule="unpaired", warmup_epochs=0,
+        log_path=log_path)
+    _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.effective_rule == "unpaired"
+    with open(log_path) as handle:
+        (record,) = [json.loads(line) for line in handle]
+    assert record["rule"] == "unpaired" and "behind_counts" not in record
+
+
 @pytest.mark.parametrize("reference, warned", [
     ([0.9, 0.1, 0.8, 0.25], "classes [1, 3] right on no more than chance (25%) of their "
                             "held-out images (10%, 25%)"),

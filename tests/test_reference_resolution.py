@@ -53,6 +53,19 @@ def test_a_model_is_evaluated_on_the_held_out_images():
         _resolve(make_mlp("reference"), epoch_matched=True)
 
 
+def test_the_unpaired_rule_asked_for_reads_per_image_results_as_per_class_accuracies():
+    # Asked for the unpaired rule with a model or its predictions, the paired rule judged.
+    correct = np.array([[True, False] * 4])
+    predictions = tllm_tf.ReferencePredictions(labels=LABELS, correct=correct)
+    resolved = _resolve(predictions, rule="unpaired")
+    assert (resolved.rule, resolved.predictions) == ("unpaired", None)
+    np.testing.assert_array_equal(resolved.history, [[1, 0, 1, 0]])
+    model = make_mlp("reference")
+    paired, unpaired = (_resolve(model, rule=rule) for rule in ("paired", "unpaired"))
+    assert (unpaired.rule, unpaired.predictions) == ("unpaired", None)
+    np.testing.assert_array_equal(unpaired.history, paired.history)
+
+
 @pytest.mark.parametrize("reference, epoch_matched, message", [
     ([0.5, 0.5, 0.5], None, "3 per-class accuracies but the model has num_classes=4"),
     ([[0.5] * 4], False, "Expected a reference of rank 1"),

@@ -428,7 +428,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         matched = self._resolved.matched
         row = min(epoch, len(self._resolved.history) - 1) if matched else -1
         self.reference_accuracy = self._resolved.history[row]
-        if self.effective_rule == "unpaired":
+        if not identification.reads_per_image_results(self.effective_rule):
             return identification.Evidence(total, self.student_accuracy, self.reference_accuracy)
         predictions = self._resolved.predictions
         if not self._labels_checked:

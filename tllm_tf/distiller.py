@@ -512,14 +512,8 @@ class Distiller(keras.Model):
             values = self.student_loss_fn(labels, student_logits)
         # Keras would take a batch mean too, but the mask gates the label term
         # sample by sample and the replicas sum per-sample values.
-        rank = getattr(values.shape, "rank", None) if hasattr(values, "shape") else None
-        if rank not in (1, None):  # Of unknown rank: not known until the step runs.
-            name = getattr(self.student_loss_fn, "__name__", type(self.student_loss_fn).__name__)
-            raise ValueError(
-                f"Expected student_loss_fn {name} to return one loss per sample, of shape "
-                f"(batch,). Received shape {tuple(values.shape)}. Return the per-sample "
-                "values (no mean over the batch; the Distiller averages them).")
-        return values
+        name = getattr(self.student_loss_fn, "__name__", type(self.student_loss_fn).__name__)
+        return _per_sample(values, f"student_loss_fn {name}")
 
     def _teacher_logits(self, x):
         teacher_logits = self.teacher(x, training=False)
@@ -539,7 +533,8 @@ class Distiller(keras.Model):
             self.distillation_loss_fn, teacher_logits, student_logits, labels)
         targets = labels if is_soft else ops.one_hot(labels, self.num_classes)
         distil_weight = ops.matmul(targets, ops.expand_dims(self.class_mask, -1))[:, 0]
-        gated = policies.get_policy(self.masked_class_policy)(policies.PolicyInputs(
+        policy = policies.get_policy(self.masked_class_policy)
+        gated = _per_sample(policy(policies.PolicyInputs(
             distil_weight=distil_weight,
             distillation_loss=distillation_loss,
             student_loss=student_loss,
@@ -553,7 +548,7 @@ class Distiller(keras.Model):
             distill=lambda changed_teacher, changed_student: (
                 losses_lib.per_sample_distillation_loss(
                     self.distillation_loss_fn, changed_teacher, changed_student, labels)),
-        ))
+        )), f"masked_class_policy {self.masked_class_policy!r}")
         total = self.alpha * student_loss + self._beta_now() * gated
         return total, student_loss, distillation_loss
 
@@ -695,3 +690,14 @@ def _weighted_sum(per_sample, sample_weight):
     if sample_weight is not None:
         per_sample = per_sample * ops.cast(ops.reshape(sample_weight, (-1,)), per_sample.dtype)
     return ops.sum(per_sample)
+
+
+def _per_sample(values, what):
+    """`values`, refused where its rank, known when the step is traced, is not 1."""
+    rank = getattr(values.shape, "rank", None) if hasattr(values, "shape") else None
+    if rank not in (1, None):  # Of unknown rank: not known until the step runs.
+        raise ValueError(
+            f"Expected {what} to return one loss per sample, of shape (batch,). Received "
+            f"shape {tuple(values.shape)}. Return the per-sample values (no mean over the "
+            "batch and no other axis; the Distiller averages them).")
+    return values

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import prior_offsets as prior_offsets_lib
 
@@ -54,15 +55,16 @@ def sibling_predictions(reference_path, rule):
 
     Args:
         reference_path: path of a reference's accuracy file (`reference.json`).
-        rule: the identification rule, `"paired"` or `"unpaired"`.
+        rule: the identification rule, one of `identification.RULES`.
 
     Returns:
-        `predictions_path(reference_path)` with the paired rule where that
-        file exists; otherwise `None` (the reference file's per-class
-        accuracies are read instead).
+        `predictions_path(reference_path)` where that file exists and the
+        rule reads per-image results (the paired rule); otherwise `None` (the
+        reference file's per-class accuracies are read instead).
     """
     path = predictions_path(reference_path)
-    return path if rule == "paired" and os.path.exists(path) else None
+    return (path if identification.reads_per_image_results(rule) and os.path.exists(path)
+            else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -353,13 +353,39 @@ def _accuracies(evidence):
     return np.stack([evidence.student_accuracy, evidence.reference_accuracy])
 
 
-# Each rule: the quantities it compares (smoothed over updates with --smoothing), and
-# which classes they put behind, with the paired test's p-values (or None).
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """An identification rule.
+
+    Attributes:
+        compared: `evidence -> array`, the quantities compared (smoothed over
+            updates with `smoothing`).
+        behind: `(evidence, smoothed, options) -> (behind, p_values)`, which
+            classes they put behind, with the test's p-values (or `None`).
+        per_image: whether it compares the two models image by image, so that
+            it needs the reference's per-image results on the held-out split,
+            not only its per-class accuracies.
+    """
+
+    compared: object
+    behind: object
+    per_image: bool
+
+
 _RULES = {
-    "paired": (_paired_counts, _paired_behind),
-    "unpaired": (_accuracies, _unpaired_behind),
+    "paired": _Rule(_paired_counts, _paired_behind, per_image=True),
+    "unpaired": _Rule(_accuracies, _unpaired_behind, per_image=False),
 }
 RULES = tuple(_RULES)
+
+
+def reads_per_image_results(rule):
+    """Whether `rule` (one of `RULES`) needs the reference's per-image results.
+
+    A rule that does not reads the reference's per-class accuracies only, even
+    where per-image results were given.
+    """
+    return _RULES[rule].per_image
 
 
 def update(state, evidence, options):
@@ -380,9 +406,9 @@ def update(state, evidence, options):
     Raises:
         ValueError: if the paired rule is given no discordant counts.
     """
-    compared, behind_given = _RULES[options.rule]
-    smoothed = _smooth(state.smoothed, compared(evidence), options.smoothing)
-    behind, p_values = behind_given(evidence, smoothed, options)
+    rule = _RULES[options.rule]
+    smoothed = _smooth(state.smoothed, rule.compared(evidence), options.smoothing)
+    behind, p_values = rule.behind(evidence, smoothed, options)
     streak = np.where(behind, state.streak + 1, 0)
     masked = streak >= options.patience
     if options.sticky:

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tllm_tf import held_out_predictions as predictions_lib
+from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import prior_offsets as prior_offsets_lib
 from tllm_tf import reference as reference_lib
@@ -30,11 +31,14 @@ class ResolvedReference:
             one row per epoch when `matched`, else one row (the finished
             reference).
         predictions: the per-image results (`ReferencePredictions`), or
-            `None` when only accuracies are known (the unpaired rule).
+            `None` when only accuracies are known or the rule reads only
+            those (the unpaired rule).
         source: where the predictions came from, for messages.
         matched: whether epoch `e` is compared with the reference's epoch `e`.
         with_offsets: whether the student is judged after prior offsets, as
             the predictions were recorded.
+        rule: the rule that judges: the one asked for, or the unpaired rule
+            where that one needs per-image results and there are none.
     """
 
     history: np.ndarray
@@ -42,11 +46,7 @@ class ResolvedReference:
     source: str
     matched: bool
     with_offsets: bool
-
-    @property
-    def rule(self):
-        """`"paired"` when per-image results are known, else `"unpaired"`."""
-        return "paired" if self.predictions is not None else "unpaired"
+    rule: str
 
 
 def resolve_reference(reference, validation_data, num_classes, held_out_counts, *, rule,
@@ -60,14 +60,16 @@ def resolve_reference(reference, validation_data, num_classes, held_out_counts, 
         num_classes: the model's number of classes.
         held_out_counts: held-out images per class (a NaN accuracy is refused
             where the split has images).
-        rule: the rule asked for, `"paired"` or `"unpaired"`.
+        rule: the rule asked for, one of `identification.RULES`.
         epoch_matched: as the callback takes it (`None`: whenever the
             reference has per-epoch results).
         prior_offsets: as the callback takes it.
 
     Returns:
         A `ResolvedReference`. Asked for the paired rule with per-class
-        accuracies only, it falls back to the unpaired rule, with a warning.
+        accuracies only, it falls back to the unpaired rule, with a warning;
+        asked for the unpaired rule with per-image results, it reads their
+        per-class accuracies.
 
     Raises:
         ValueError: on a reference of the wrong shape or classes, accuracies
@@ -111,17 +113,20 @@ def resolve_reference(reference, validation_data, num_classes, held_out_counts, 
         rows = [metrics_lib.accuracy_from_counts(*metrics_lib.counts_from_correctness(
             row, predictions.labels, num_classes)) for row in predictions.correct]
         history = np.stack(rows) if matched else np.stack(rows[-1:])
-    elif rule == "paired":
+    elif identification.reads_per_image_results(rule):
         logging.warning(
             "UndistillableClassCallback: the reference has per-class accuracies only, "
             "so classes are compared with the unpaired rule (noisier: it masks "
             "classes on chance differences). Pass the reference model, or a "
             "reference file with its %s beside it, for the paired test.",
             predictions_lib.PREDICTIONS_FILE)
+        rule = "unpaired"
     # Judged as the reference was recorded, unless asked otherwise (refused above).
     with_offsets = predictions is not None and predictions.prior_offsets
+    if not identification.reads_per_image_results(rule):
+        predictions = None
     return ResolvedReference(history=history, predictions=predictions, source=source,
-                             matched=matched, with_offsets=with_offsets)
+                             matched=matched, with_offsets=with_offsets, rule=rule)
 
 
 def _check_offsets(predictions, prior_offsets):

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tllm_tf import callbacks as callbacks_lib
 from tllm_tf import data as data_lib
 from tllm_tf import distiller as distiller_lib
+from tllm_tf import identification
 from tllm_tf import losses as losses_lib
 from tllm_tf import models as models_lib
 from tllm_tf.data.soft_label_store import SoftLabelStore
@@ -172,7 +173,8 @@ def identification_callback(config, data, reference, log_path):
         margin_standard_errors=config.margin_standard_errors,
         masked_classes=config.masked_classes,
         # The unpaired rule compares per-class accuracies, which offsets do not judge.
-        prior_offsets=config.rule_prior_offsets and config.rule == "paired",
+        prior_offsets=(config.rule_prior_offsets
+                       and identification.reads_per_image_results(config.rule)),
     )
 
 
