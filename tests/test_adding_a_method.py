@@ -18,7 +18,7 @@ import keras
 from keras import ops
 from tllm_tf import losses, policies
 
-def squared_logit_loss(teacher_logits, student_logits, labels=None, *, temperature):
+def squared_logit_loss(teacher_logits, student_logits, labels=None, *, temperature=4.0):
     """Per-sample mean squared difference of the logits, scaled by 1/T^2."""
     return ops.mean(ops.square(teacher_logits - student_logits), axis=-1) / temperature**2
 
@@ -57,6 +57,7 @@ run_flags.FLAGS(["train.py", "--workdir=unused", "--distillation_loss=squared_lo
                  "--temperature=2"])
 config = run_flags.config_from_flags()
 loss = losses.get_distillation_loss(config.distillation_loss, **config.distillation_loss_kwargs())
+assert losses.get_distillation_loss("squared_logits").temperature == 4.0  # Named alone.
 import tllm_tf
 keras.utils.set_random_seed(0)
 def model():

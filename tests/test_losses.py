@@ -325,7 +325,7 @@ def test_losses_that_need_labels_say_so_when_called_keras_style():
     (losses.DKDLoss, {"alpha": -1}, "Expected alpha >= 0. Received: alpha=-1"),
     (losses.DKDLSLoss, {"beta": float("nan")}, "Expected beta >= 0. Received: beta=nan"),
     (losses.NKDLoss, {"gamma": "1.5"}, "Expected gamma >= 0. Received: gamma='1.5'"),
-    (losses.KDLSLoss, {"temperature": None}, "Expected temperature > 0. Received: temperature=None"),
+    (losses.KDLSLoss, {"temperature": "2"}, "Expected temperature > 0. Received: temperature='2'"),
 ])
 def test_bad_arguments_raise_keras_style_messages(cls, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -357,6 +357,32 @@ class _VarArgs(keras.losses.Loss):
 class _Scalar(keras.losses.Loss):
     def call(self, y_true, y_pred):
         return keras.ops.mean(y_true - y_pred)
+
+
+def _squared(teacher_logits, student_logits, labels=None, *, temperature=3.0):
+    return keras.ops.mean(keras.ops.square(teacher_logits - student_logits), axis=-1)
+
+
+def _squared_no_default(teacher_logits, student_logits, labels=None, *, temperature):
+    return _squared(teacher_logits, student_logits, temperature=temperature)
+
+
+@pytest.mark.parametrize("function, temperature", [(_squared, 3.0), (_squared_no_default, None)])
+def test_a_two_line_subclass_takes_its_functions_default_temperature(
+        monkeypatch, function, temperature):
+    loss_class = type("Squared", (losses.LogitDistillationLoss,),
+                      {"function": staticmethod(function)})
+    monkeypatch.setitem(losses.DISTILLATION_LOSSES, "squared", loss_class)
+    assert loss_class(temperature=2).temperature == 2.0  # Given, it wins.
+    if temperature is None:
+        with pytest.raises(ValueError, match=r"Squared needs a temperature: pass "
+                                             r"temperature=\.\.\., or give the temperature "
+                                             r"argument of its function a default"):
+            losses.get_distillation_loss("squared")
+        return
+    loss = losses.get_distillation_loss("squared")
+    assert loss.temperature == temperature
+    assert type(loss).from_config(loss.get_config()).temperature == temperature
 
 
 def test_per_sample_loss_passes_labels_only_to_losses_that_take_them():
@@ -470,6 +496,9 @@ def test_a_minus_infinity_teacher_logit_gives_the_limit_not_nan(name):
 def test_a_registered_name_whose_class_needs_arguments_asks_for_an_instance(monkeypatch):
     class NoDefaults(losses.LogitDistillationLoss):
         function = staticmethod(losses.kd_loss)
+
+        def __init__(self, temperature, **kwargs):
+            super().__init__(temperature, **kwargs)
 
     monkeypatch.setitem(losses.DISTILLATION_LOSSES, "no_defaults", NoDefaults)
     with pytest.raises(ValueError, match=r"'no_defaults' \(NoDefaults\) cannot be built from "

@@ -263,6 +263,17 @@ def _check(name, value, minimum, strict):
     return float(value)
 
 
+def _default_temperature(function):
+    """The default of `function`'s `temperature` argument, or `None`."""
+    try:
+        parameter = inspect.signature(function).parameters.get("temperature")
+    except (TypeError, ValueError):  # No function, or one Python cannot inspect.
+        return None
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
 class LogitDistillationLoss(keras.losses.Loss):
     """Base of the wrappers: a Keras `Loss` around a pure per-sample function.
 
@@ -280,7 +291,10 @@ class LogitDistillationLoss(keras.losses.Loss):
     (`{"beta": "dkd_beta"}`), for the command line.
 
     Args:
-        temperature: softening temperature, `> 0`.
+        temperature: softening temperature, `> 0`. Defaults to `None`: the
+            default of `function`'s own `temperature` argument, so that a
+            two-line subclass whose function has one can be named alone
+            (`distillation_loss_fn="name"`).
         reduction: Keras reduction. Defaults to `"sum_over_batch_size"`.
         name: loss name. Defaults to `None` (Keras derives one).
         dtype: Keras loss dtype. Defaults to `None`.
@@ -289,7 +303,8 @@ class LogitDistillationLoss(keras.losses.Loss):
 
     Raises:
         ValueError: on a non-positive temperature or a negative
-            hyper-parameter, or one that is not a number (a bool included).
+            hyper-parameter, or one that is not a number (a bool included);
+            or on no temperature, where `function` has no default for it.
     """
 
     function = None
@@ -297,9 +312,15 @@ class LogitDistillationLoss(keras.losses.Loss):
     standardizes_logits = False
     config_fields = {"temperature": "temperature"}
 
-    def __init__(self, temperature, *, reduction="sum_over_batch_size", name=None, dtype=None,
-                 **hyperparameters):
+    def __init__(self, temperature=None, *, reduction="sum_over_batch_size", name=None,
+                 dtype=None, **hyperparameters):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if temperature is None:
+            temperature = _default_temperature(type(self).function)
+        if temperature is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a temperature: pass temperature=..., or give "
+                "the temperature argument of its function a default.")
         self.temperature = _check("temperature", temperature, 0, strict=True)
         self._hyperparameters = {key: _check(key, value, 0, strict=False)
                                  for key, value in hyperparameters.items()}
