@@ -32,6 +32,8 @@ def train(zygote):
                                 "list tllm before it (--students=tllm,tllm_refit)"),
     (["--refit_policy=zero"], "value should be one of"),
     (["--dataset=no_such_dataset_name"], "no_such_dataset_name"),
+    # tfds' suggestions never named the sets with a loader of their own.
+    (["--dataset=digts", "--num_train=200"], "Unknown data set 'digts'. Did you mean 'digits'?"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(train, tmp_path, flags, message):
     result = train(f"--workdir={tmp_path / 'run'}", *flags)

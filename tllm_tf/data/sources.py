@@ -4,6 +4,8 @@ A name with a loader of its own (`LOADERS`) is loaded by it; any other name
 is a tfds name. tfds is imported only when a tfds set is loaded.
 """
 
+import difflib
+
 from tllm_tf.data.digits import load_digits
 from tllm_tf.data.folder_source import load_image_folder
 from tllm_tf.data.idx_source import load_fashion_mnist
@@ -73,6 +75,12 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
             incomplete or damaged; `UnlabelledDataError`, another: if a tfds
             set has no labelled test split or unlabelled train examples).
     """
+    near = difflib.get_close_matches(name, LOADERS, n=1, cutoff=0.8)
+    if near and name not in LOADERS:  # No tfds name is this near one of them.
+        raise ValueError(
+            f"Unknown data set {name!r}. Did you mean {near[0]!r}? The data sets with a "
+            f"loader of their own are {', '.join(map(repr, LOADERS))}; any other name is "
+            "a tfds name.")
     if num_train is not None and name not in NUM_TRAIN_LOADERS:
         raise ValueError(
             f"num_train is only supported for {', '.join(map(repr, NUM_TRAIN_LOADERS))}. "
