@@ -144,3 +144,32 @@ def test_the_policy_is_checked_for_a_distilled_student_too():
     # The refit's policy only where a refit trains.
     RunConfig(workdir="runs/a", distillation_loss="kd_ls", students=("distilled", "tllm"),
               refit_policy="exclude")
+
+
+@pytest.mark.parametrize("config_fields, message", [
+    # A contributor's config_fields entry with no RunConfig field of that name.
+    ({"temperature": "temperature", "scale": "squared_scale"}, "no attribute 'squared_scale'"),
+    # A value the loss class refuses (here, of a field the RunConfig checks otherwise).
+    ({"temperature": "temperature", "scale": "beta"}, "scale must be at most 0.5"),
+])
+def test_the_loss_is_built_once_so_what_it_refuses_is_refused_before_any_stage(
+        monkeypatch, config_fields, message):
+    from tllm_tf import losses
+
+    def squared(teacher_logits, student_logits, labels=None, *, temperature, scale):
+        return scale * ((teacher_logits - student_logits) ** 2).mean(axis=-1) / temperature
+
+    class Squared(losses.LogitDistillationLoss):
+        function = staticmethod(squared)
+
+        def __init__(self, temperature=4.0, scale=0.5, **kwargs):
+            if scale > 0.5:
+                raise ValueError(f"scale must be at most 0.5. Received: scale={scale}")
+            super().__init__(temperature, scale=scale, **kwargs)
+
+    Squared.config_fields = config_fields
+    monkeypatch.setitem(losses.DISTILLATION_LOSSES, "squared", Squared)
+    with pytest.raises(ValueError, match=rf"Bad configuration: --distillation_loss=squared: "
+                                         rf".*{message}"):
+        RunConfig(workdir="w", distillation_loss="squared", beta=0.9)
+    RunConfig(workdir="w")  # The default loss builds.

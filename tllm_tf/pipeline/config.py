@@ -285,6 +285,13 @@ class RunConfig:
                 f"teacher_dtype must be one of {TEACHER_DTYPES}. Received: {self.teacher_dtype!r}")
         require(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
                 f"lr_decay_epochs must be increasing. Received: {self.lr_decay_epochs}")
+        # Last, after the fields' own checks: the loss built once, as the student stage builds
+        # it. A value its class refuses, or a `config_fields` entry with no field of that name,
+        # is refused before anything trains.
+        try:
+            DISTILLATION_LOSSES[self.distillation_loss](**self.distillation_loss_kwargs())
+        except (AttributeError, TypeError, ValueError) as error:
+            require(False, f"--distillation_loss={self.distillation_loss}: {error}")
 
     @property
     def stages(self):
