@@ -48,6 +48,12 @@ def seeded():
     keras.utils.set_random_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def seeded_module():
+    """The same for a module's own fixtures, set up before any test's `seeded`."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def tiny_data(seeded):
     rng = np.random.default_rng(0)

@@ -414,3 +414,16 @@ def test_a_data_set_of_known_size_is_shuffled_beyond_a_window():
     # With a window of 10,000 the first 100 out would all be among the first 10,100 in.
     assert np.any(indices.numpy()[:100] >= DEFAULT_SHUFFLE_BUFFER + 100)
     assert sorted(indices.numpy()) == list(range(num_images))
+
+
+@pytest.mark.parametrize("name, error, message", [
+    ("fashion_mnist:3.0.1", DataNotFoundError, "The tfds data set 'fashion_mnist:3.0.1' is not "
+                                               "prepared"),
+    ("fashion_mnist/plain", ValueError, "BuilderConfig plain not found"),
+])
+def test_a_tfds_name_with_a_version_or_config_goes_to_tfds_not_to_a_loader(
+        tmp_path, name, error, message):
+    # Near "fashion_mnist", a set with a loader of its own, yet tfds' to read.
+    from tllm_tf.data import load_dataset
+    with pytest.raises(error, match=re.escape(message)):
+        load_dataset(name, holdout_fraction=0.2, data_dir=str(tmp_path))

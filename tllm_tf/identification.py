@@ -358,8 +358,9 @@ class _Rule:
     """An identification rule.
 
     Attributes:
-        compared: `evidence -> array`, the quantities compared (smoothed over
-            updates with `smoothing`).
+        compared: `evidence -> (2, num_classes) array`, the quantities
+            compared (smoothed over updates with `smoothing`, and kept between
+            updates in `IdentificationState.smoothed`, which a checkpoint holds).
         behind: `(evidence, smoothed, options) -> (behind, p_values)`, which
             classes they put behind, with the test's p-values (or `None`).
         per_image: whether it compares the two models image by image, so that

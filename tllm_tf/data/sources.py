@@ -75,8 +75,9 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
             incomplete or damaged; `UnlabelledDataError`, another: if a tfds
             set has no labelled test split or unlabelled train examples).
     """
-    near = difflib.get_close_matches(name, LOADERS, n=1, cutoff=0.8)
-    if near and name not in LOADERS:  # No tfds name is this near one of them.
+    base_name = name.split(":")[0].split("/")[0]  # A tfds name may add :version or /config.
+    near = difflib.get_close_matches(base_name, LOADERS, n=1, cutoff=0.8)
+    if near and base_name not in LOADERS:  # No tfds name is this near one of them.
         raise ValueError(
             f"Unknown data set {name!r}. Did you mean {near[0]!r}? The data sets with a "
             f"loader of their own are {', '.join(map(repr, LOADERS))}; any other name is "
