@@ -81,7 +81,7 @@ def test_the_refit_is_judged_against_the_tllm_student_on_held_out_images(tmp_pat
     assert check["kept"] == ("tllm" if check["p_value"] < check["significance"] else "refit")
     assert (f"student_tllm_refit: held-out accuracy {check['refit_accuracy']:.2%} against the "
             f"tllm's {check['tllm_accuracy']:.2%}") in capsys.readouterr().out
-    refit, tllm = _stage_weights(config.workdir, "tllm_refit"), _stage_weights(config.workdir, "tllm")
+    refit, tllm = (_stage_weights(config.workdir, student) for student in ("tllm_refit", "tllm"))
     same = all(np.array_equal(a, b) for a, b in zip(refit, tllm, strict=True))
     assert same == (check["kept"] == "tllm")
     files = (workdir_files.REFIT_CHECK_FILE, workdir_files.MODEL_BEFORE_REFIT_CHECK_FILE)

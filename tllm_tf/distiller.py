@@ -635,9 +635,9 @@ def _check_shares_no_weights(student, teacher):
         raise ValueError(
             f"The student {student.name!r} trains {len(shared)} weights of the teacher "
             f"{teacher.name!r} (e.g. {shared[:3]}): the Distiller freezes the teacher, "
-            "which would freeze those layers in the student too, silently. Give the student its own layers (e.g. "
-            "keras.models.clone_model(teacher) with the weights copied), or pass a "
-            "separately loaded copy of the teacher.")
+            "which would freeze those layers in the student too, silently. Give the student "
+            "its own layers (e.g. keras.models.clone_model(teacher) with the weights "
+            "copied), or pass a separately loaded copy of the teacher.")
 
 
 def _loads_back(loss_fn):

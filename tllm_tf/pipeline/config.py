@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 from tllm_tf.data.augment import AUGMENTATIONS
 from tllm_tf.losses import DISTILLATION_LOSSES
+from tllm_tf.losses import get_distillation_loss
 from tllm_tf.identification import CORRECTIONS
 from tllm_tf.identification import RULES
 from tllm_tf.models import available_models
@@ -286,10 +287,10 @@ class RunConfig:
         require(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
                 f"lr_decay_epochs must be increasing. Received: {self.lr_decay_epochs}")
         # Last, after the fields' own checks: the loss built once, as the student stage builds
-        # it. A value its class refuses, or a `config_fields` entry with no field of that name,
-        # is refused before anything trains.
+        # it (`build.py`). A value its class refuses, or a `config_fields` entry with no field
+        # of that name, is refused before anything trains.
         try:
-            DISTILLATION_LOSSES[self.distillation_loss](**self.distillation_loss_kwargs())
+            get_distillation_loss(self.distillation_loss, **self.distillation_loss_kwargs())
         except (AttributeError, TypeError, ValueError) as error:
             require(False, f"--distillation_loss={self.distillation_loss}: {error}")
 

@@ -45,7 +45,8 @@ _STAGE_FILES = (
     workdir_files.MODEL_BEFORE_REFIT_CHECK_FILE, workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE,
     workdir_files.SAVED_MODEL_DIR)
 # The export's temporary folders as versions before 2026-12-06 named them.
-_OLD_EXPORT_TEMPORARY = re.compile(re.escape(workdir_files.SAVED_MODEL_DIR) + r"\.(tmp|old)-[a-z0-9_]{8}")
+_OLD_EXPORT_TEMPORARY = re.compile(
+    re.escape(workdir_files.SAVED_MODEL_DIR) + r"\.(tmp|old)-[a-z0-9_]{8}")
 
 
 def save_model(model, path):
@@ -63,10 +64,9 @@ def remove_leftovers(stage_dir, finished):
 
     The temporaries of its files' atomic writes and SavedModel exports
     (`atomic.is_temporary`; the previous version's export folders too), and,
-    once the stage has finished, the folders it
-    needs only while it trains: its checkpoint and the reference's
-    per-epoch predictions (a kill after the stage's last file, before they
-    were dropped, leaves them).
+    once the stage has finished, the folders it needs only while it trains:
+    its checkpoint and the reference's per-epoch predictions (a kill after
+    the stage's last file, before they were dropped, leaves them).
 
     Args:
         stage_dir: the stage's folder; nothing is done if it does not exist.
