@@ -184,7 +184,8 @@ def test_a_reference_of_another_seed_and_split_is_refused_naming_the_fields(tmp_
     stages.run(made)
     path = os.path.join(made.workdir, "reference", "reference.json")
     with open(path) as handle:
-        assert json.load(handle)["provenance"] == preflight.reference_provenance(made)
+        assert json.load(handle)["provenance"] == preflight.reference_provenance(
+            made, build.load_data(made))
     reused = RunConfig(workdir=str(tmp_path / "run"), stage="student", num_train=100,
                        epochs=1, verbose=0, seed=1, holdout_fraction=0.5,
                        reference_path=path)

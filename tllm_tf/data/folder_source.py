@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tllm_tf.data.image_files import IMAGE_EXTENSIONS
 from tllm_tf.data.image_files import class_folders
+from tllm_tf.data.image_files import files_digest
 from tllm_tf.data.image_files import list_image_files
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.statistics import STATISTICS_IMAGES, channel_statistics
@@ -121,7 +122,8 @@ def load_image_folder(
         num_channels: 1 (grayscale), 3 (RGB) or 4 (RGBA). Defaults to `3`.
 
     Returns:
-        A `DataSplits`.
+        A `DataSplits`, with the `split_digests` of its three splits'
+        files (`image_files.files_digest`).
 
     Raises:
         DataNotFoundError: if a folder does not exist.
@@ -147,6 +149,7 @@ def load_image_folder(
     else:
         test_paths, test_labels = list_image_files(test_dir, class_names)
         test_source = repr(test_dir)
+    test_root = train_dir if test_dir is None else test_dir
     _warn_untested_classes(test_source, class_names, test_labels)
 
     if holdout_fraction is None:
@@ -181,4 +184,9 @@ def load_image_folder(
         std=std,
         num_train=len(paths),
         shuffled_train=shuffled_train,
+        split_digests={
+            "train": files_digest(train_dir, paths, labels),
+            "held_out": files_digest(train_dir, held_paths, held_labels),
+            "test": files_digest(test_root, test_paths, test_labels),
+        },
     )

@@ -7,6 +7,7 @@ it, so that a file that is not an image, or a small one that decodes to
 gigabytes, fails here with a message naming it rather than hours into training.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -215,3 +216,28 @@ def list_image_files(directory, class_names):
         )
     _check_image_files(directory, paths)
     return paths, np.asarray(labels, np.int32)
+
+
+def files_digest(directory, paths, labels):
+    """A digest of which files a split reads, with their labels and sizes.
+
+    Paths count relative to `directory`, so the same images in a moved or
+    copied folder give the same digest, and a file added, removed, moved to
+    another class or rewritten with another size gives another.
+
+    Args:
+        directory: the folder `paths` lie in.
+        paths: the split's image files.
+        labels: their class ids.
+
+    Returns:
+        A SHA-256 hex digest, the same for the same files in any order.
+    """
+    lines = sorted(
+        f"{int(label)}\t{os.path.relpath(path, directory).replace(os.sep, '/')}\t"
+        f"{os.path.getsize(path)}\n"
+        for path, label in zip(paths, labels))
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()

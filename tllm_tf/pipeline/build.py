@@ -266,9 +266,10 @@ def soft_label_store(config, data, teacher):
             "image_size": config.image_size, "mixup": config.mixup, "cutmix": config.cutmix,
             "randaugment": config.randaugment, "batch_size": config.batch_size,
             "steps_per_epoch": steps_per_epoch(data, config),
-            # Only where it applies, so that the stores of every other set stay valid.
+            # Only where they apply, so that the stores of every other set stay valid.
             **({"training_order": "drawn by the source each epoch"}
-               if data_lib.reads_shuffled_train(data.train, data.shuffled_train) else {})})
+               if data_lib.reads_shuffled_train(data.train, data.shuffled_train) else {}),
+            **({"train_images": data.split_digests["train"]} if data.split_digests else {})})
 
 
 def eval_batches(split, config):

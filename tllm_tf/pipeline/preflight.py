@@ -28,13 +28,17 @@ from tllm_tf.data import soft_label_store
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import stage_inputs
+from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import workdir_files
 
 # A workdir's config.json is a few kilobytes; anything larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
 # The fields of a run that decide its held-out split: a teacher trained with
-# other values has trained on this run's held-out images.
+# other values has trained on this run's held-out images. An image folder's
+# files are compared by their digests (`DataSplits.split_digests`).
 SPLIT_FIELDS = ("dataset", "seed", "holdout_fraction")
+# The splits whose images a teacher, a reference or a store learnt from or was judged on.
+TRAINING_SPLITS = ("train", "held_out")
 
 
 def check(config, strategy, load_data):
@@ -63,6 +67,7 @@ def check(config, strategy, load_data):
     check_held_out(config, data)
     check_masked_classes(config, data)
     if config.teacher_path and ("student" in config.stages or "store" in config.stages):
+        multi_worker.run_on_chief(strategy, lambda: check_teacher_images(config, data))
         multi_worker.run_on_chief(strategy, lambda: check_teacher_file(config, data))
     if config.teacher_store and ("student" in config.stages or "store" in config.stages):
         multi_worker.run_on_chief(strategy, lambda: check_teacher_store(config, data))
@@ -211,8 +216,13 @@ def check_batch_size(config, data, num_replicas=1):
             f"--batch_size <= {data.num_train}.")
 
 
-def reference_provenance(config):
-    """What the reference stage of `config` is made from, for its reference file."""
+def reference_provenance(config, data):
+    """What the reference stage of `config` on `data` is made from, for its reference file.
+
+    An image folder's also names its training and held-out files by their
+    digests, so that a reference of the same folder moved is taken and one of
+    other images is not.
+    """
     return {
         "dataset": config.dataset,
         "seed": config.seed,
@@ -220,6 +230,8 @@ def reference_provenance(config):
         "num_train": config.num_train,
         "image_size": config.image_size,
         "student_model": config.student_model,
+        **({f"{name}_images": data.split_digests[name] for name in TRAINING_SPLITS}
+           if data.split_digests else {}),
     }
 
 
@@ -234,7 +246,7 @@ def held_out_counts(data):
 def check_reference_origin(config, data):
     """Refuses a `--reference_path` made from another split, data set or student."""
     if os.path.exists(config.reference_path):
-        reference_lib.check_provenance(config.reference_path, reference_provenance(config),
+        reference_lib.check_provenance(config.reference_path, reference_provenance(config, data),
                                        num_samples=held_out_counts(data))
 
 
@@ -245,7 +257,7 @@ def _workdir_config(model_path):
     """
     stage_dir = os.path.dirname(os.path.abspath(model_path))
     for directory in (os.path.dirname(stage_dir), stage_dir):
-        path = os.path.join(directory, "config.json")
+        path = os.path.join(directory, workdir_files.CONFIG_FILE)
         if os.path.isfile(path) and os.path.getsize(path) <= MAX_CONFIG_BYTES:
             try:
                 with open(path) as handle:
@@ -312,3 +324,26 @@ def check_teacher_origin(config):
             + "\nIt has trained on images of this run's held-out split, so the "
             "comparison of students there would be biased. Use a teacher trained "
             "with this run's --dataset, --seed and --holdout_fraction.")
+
+
+def check_teacher_images(config, data):
+    """Refuses a `--teacher_path` trained on other images of an image folder.
+
+    Its workdir's `DATA_FILE` records the digests of the files it learnt from
+    and was checked on; a teacher of the same folder, moved, has the same. A
+    teacher whose workdir records none (another data set, or a run before the
+    record) is not checked.
+    """
+    _, path = _workdir_config(config.teacher_path)
+    if path is None:
+        return
+    recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
+    changed = workdir_lib.changed_splits(recorded, data.split_digests, TRAINING_SPLITS)
+    if changed:
+        raise ValueError(
+            f"The teacher {config.teacher_path!r} was trained on other images than this "
+            f"run's --image_folder={config.image_folder!r}: the files of the "
+            f"{' and '.join(changed)} split(s) differ from those its workdir recorded "
+            f"({os.path.join(os.path.dirname(path), workdir_files.DATA_FILE)}), so it may "
+            "have trained on images of this run's held-out split. Use a teacher trained on "
+            "this folder's images (moved is fine), or leave --teacher_path out.")

@@ -122,7 +122,7 @@ def run_reference(config, data, strategy, stage_dir):
                 reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
                 per_epoch_accuracy=reference_history.read_history_log(
                     history_log, config.epochs, data.num_classes),
-                provenance=preflight.reference_provenance(config))
+                provenance=preflight.reference_provenance(config, data))
 
         fitting.finish(student, data, config, stage_dir, chief, write_results=write_reference)
     return reference_path

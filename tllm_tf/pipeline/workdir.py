@@ -19,6 +19,7 @@ from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import workdir_files
 from tllm_tf.pipeline.workdir_files import CONFIG_FILE
+from tllm_tf.pipeline.workdir_files import DATA_FILE
 
 # Fields that may change between runs of one workdir: they choose what to run
 # and how fast, not what is computed (a student added to --students trains; those
@@ -31,6 +32,9 @@ RESUMABLE_CHANGES = frozenset({
     "data_dir", "manual_dir", "download", "teacher_path", "reference_path", "cache",
     "deterministic", "refit_fallback", "reference_fallback", "reference_fallback_significance",
 })
+# Paths a run may find moved when the workdir records what they held (`DATA_FILE`): the
+# same images in a moved folder resume; other images are refused by their digests.
+_PATHS_CHECKED_BY_CONTENT = ("image_folder", "test_image_folder")
 # Fields compared by the schedule they resolve to, not as written: a run made with
 # --update_every=1 and one left to the default that looks every epoch of the same fit
 # train alike (callbacks.update_schedule).
@@ -96,8 +100,10 @@ def config_differences(workdir, config):
     Returns:
         One line per differing flag (`--name: old in the workdir, new now`), the
         `RESUMABLE_CHANGES` and the workdir itself left out, and `SCHEDULE_FIELDS`
-        named only when the schedule they resolve to differs; empty when they
-        agree or the workdir holds no run.
+        named only when the schedule they resolve to differs, and the image
+        folders not by their paths when the workdir records their digests
+        (`claim` compares those); empty when they agree or the workdir holds
+        no run.
 
     Raises:
         ValueError: if the workdir's `config.json` cannot be read.
@@ -106,12 +112,38 @@ def config_differences(workdir, config):
     if not os.path.exists(path):
         return []
     previous = read_config(path)
+    by_content = _PATHS_CHECKED_BY_CONTENT if recorded_split_digests(workdir) else ()
     return [
         f"--{name}: {getattr(previous, name)!r} in the workdir, {getattr(config, name)!r} now"
         for name in config_lib.RunConfig.__dataclass_fields__
-        if name not in RESUMABLE_CHANGES and name != "workdir"
+        if name not in RESUMABLE_CHANGES and name != "workdir" and name not in by_content
         and _differs(previous, config, name)
     ] + _input_file_changes(workdir, previous, config)
+
+
+def recorded_split_digests(workdir):
+    """The split digests a run in `workdir` recorded (`DataSplits.split_digests`), or None.
+
+    None where the workdir records none: its data set is not an image folder,
+    or the run predates the record, or the file is not one the run wrote.
+    """
+    path = os.path.join(workdir, DATA_FILE)
+    try:
+        with open(path) as handle:
+            digests = json.load(handle).get("split_digests")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    is_digests = isinstance(digests, dict) and all(
+        isinstance(key, str) and isinstance(value, str) for key, value in digests.items())
+    return digests if is_digests else None
+
+
+def changed_splits(recorded, digests, splits=("train", "held_out", "test")):
+    """The names of `splits` whose digest both `recorded` and `digests` hold, unequal."""
+    if not recorded or not digests:
+        return []
+    return [name for name in splits
+            if name in recorded and name in digests and recorded[name] != digests[name]]
 
 
 def read_config(path):
@@ -259,7 +291,7 @@ def removed_if_refused(workdir, remove=True):
 
     Yields:
         Nothing. On a `ValueError` inside the block, a workdir that did not
-        exist before it and holds nothing but its `config.json` is removed,
+        exist before it and holds nothing but what `claim` writes is removed,
         then the error propagates. A workdir that existed is never touched.
     """
     existed = os.path.exists(workdir)
@@ -268,22 +300,42 @@ def removed_if_refused(workdir, remove=True):
     except ValueError:
         if remove and not existed:
             with contextlib.suppress(OSError):
-                if set(os.listdir(workdir)) <= {CONFIG_FILE}:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(workdir, CONFIG_FILE))
+                if set(os.listdir(workdir)) <= {CONFIG_FILE, DATA_FILE}:
+                    for name in (CONFIG_FILE, DATA_FILE):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(os.path.join(workdir, name))
                     os.rmdir(workdir)
         raise
 
 
-def claim(workdir, config):
+def claim(workdir, config, split_digests=None):
     """Writes `config.json`, or checks that the workdir belongs to `config`.
+
+    Args:
+        workdir: the run's workdir.
+        config: its `RunConfig`.
+        split_digests: the data's `DataSplits.split_digests`, recorded in
+            `DATA_FILE` and compared with what the workdir recorded before.
+            Defaults to `None` (nothing recorded or compared).
 
     Raises:
         ValueError: if the workdir holds a run of a different configuration,
-            naming the flags that differ, or a file of its teacher is gone
-            from under students that began with it; nothing is overwritten.
+            naming the flags that differ, or of other images in its image
+            folder, or a file of its teacher is gone from under students
+            that began with it; nothing is overwritten.
     """
     os.makedirs(workdir, exist_ok=True)
+    changed = changed_splits(recorded_split_digests(workdir), split_digests)
+    if changed:
+        folders = " and ".join(
+            f"--{name}={getattr(config, name)!r}" for name in _PATHS_CHECKED_BY_CONTENT
+            if getattr(config, name))
+        raise ValueError(
+            f"The workdir {workdir!r} belongs to a run of other images: since it began, "
+            f"files of the {' and '.join(changed)} split(s) of {folders} have been added, "
+            "removed, relabelled or rewritten (their digests in "
+            f"{os.path.join(workdir, DATA_FILE)} differ). Its models learnt from the images "
+            "of then, so it will not be resumed: put those images back, or use a new --workdir.")
     differences = config_differences(workdir, config)
     if differences:
         raise ValueError(
@@ -298,3 +350,5 @@ def claim(workdir, config):
             "the student folders (student_*) to train them again with a new teacher, or use a "
             "new --workdir.")
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
+    if split_digests:
+        atomic.write_json(os.path.join(workdir, DATA_FILE), {"split_digests": split_digests})

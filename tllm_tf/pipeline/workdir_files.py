@@ -4,6 +4,7 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
 `reporting`) loads no TensorFlow. The layout, written by `stages`:
 
     config.json
+    data.json (an image folder: the digests of the files of each split)
     teacher/model.keras, history.csv, test_per_class.json, tensorboard/
     reference/model.keras, reference.json, held_out_predictions.npz,
         per_epoch_accuracy.jsonl, history.csv, test_per_class.json, tensorboard/
@@ -22,6 +23,7 @@ Imports nothing, so that what only reads a workdir (tools/report.py,
 """
 
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
 TEACHER_STAGE = "teacher"
 REFERENCE_STAGE = "reference"
 # Writes no folder of the workdir: the store lives in --teacher_store.

@@ -1,0 +1,208 @@
+"""An image folder's runs tell the same images (moved) from other ones, by the files' digests.
+
+A teacher, a reference and a store of another run, and the workdir resumed, are
+taken when their folder holds the same files, wherever it now lies, and refused
+when a file was added, removed, relabelled or rewritten: a model that learnt
+from other images may have learnt from this run's held-out ones.
+"""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tllm_tf import reference as reference_lib
+from tllm_tf.data import image_files
+from tllm_tf.data.folder_source import load_image_folder
+from tllm_tf.pipeline import build
+from tllm_tf.pipeline import preflight
+from tllm_tf.pipeline import stages
+from tllm_tf.pipeline.config import RunConfig
+from tllm_tf.pipeline.workdir_files import DATA_FILE
+
+CLASSES = ("cat", "dog", "owl")
+
+
+def _write_png(path, value):
+    image = np.full((5, 5, 3), value, np.uint8)
+    image[0, 0] = 255
+    path.write_bytes(tf.io.encode_png(image).numpy())
+
+
+def _write_folder(root, per_class=12):
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            _write_png(root / name / f"{index:02d}.png", 20 * label + index)
+    return root
+
+
+def _config(workdir, folder, **overrides):
+    values = dict(workdir=str(workdir), dataset="image_folder", image_folder=str(folder),
+                  image_size=5, teacher_model="cnn_tiny", student_model="mlp_16",
+                  teacher_epochs=1, epochs=1, batch_size=4, holdout_fraction=0.25, verbose=0)
+    return RunConfig(**dict(values, **overrides))
+
+
+def _digests(folder):
+    return load_image_folder(str(folder), image_size=5, holdout_fraction=0.25).split_digests
+
+
+# -- the digests ---------------------------------------------------------------
+
+def test_the_same_files_in_a_moved_folder_give_the_same_digests(tmp_path):
+    before = _digests(_write_folder(tmp_path / "pets"))
+    shutil.move(str(tmp_path / "pets"), str(tmp_path / "elsewhere"))
+    assert _digests(tmp_path / "elsewhere") == before
+    assert set(before) == {"train", "held_out", "test"}
+    assert len({before["train"], before["held_out"], before["test"]}) == 3
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "relabelled", "rewritten"])
+def test_a_changed_file_changes_the_digests_of_the_splits(tmp_path, change):
+    folder = _write_folder(tmp_path / "pets")
+    before = _digests(folder)
+    if change == "added":
+        _write_png(folder / "cat" / "new.png", 7)
+    elif change == "removed":
+        os.remove(folder / "dog" / "03.png")
+    elif change == "relabelled":
+        shutil.move(str(folder / "dog" / "03.png"), str(folder / "owl" / "03b.png"))
+    else:  # Another image of another size under the same name.
+        image = np.zeros((9, 9, 3), np.uint8)
+        image[1:4, 2:7] = 200
+        (folder / "owl" / "05.png").write_bytes(tf.io.encode_png(image).numpy())
+    assert _digests(folder) != before
+
+
+def test_the_digest_does_not_depend_on_the_order_of_the_files(tmp_path):
+    folder = _write_folder(tmp_path / "pets", per_class=3)
+    paths, labels = image_files.list_image_files(str(folder), CLASSES)
+    order = np.random.default_rng(0).permutation(len(paths))
+    assert (image_files.files_digest(str(folder), paths, labels)
+            == image_files.files_digest(str(folder), [paths[i] for i in order], labels[order]))
+
+
+# -- a run's teacher, reference, store and workdir -----------------------------
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A teacher trained on an image folder: `(tmp, folder, config)`."""
+    tmp = tmp_path_factory.mktemp("teacher_run")
+    folder = _write_folder(tmp / "pets")
+    config = _config(tmp / "run", folder, stage="teacher")
+    stages.run(config)
+    return tmp, folder, config
+
+
+def _moved_copy(teacher_run, name, change=None):
+    tmp, folder, _ = teacher_run
+    copy = tmp / name
+    shutil.copytree(folder, copy)
+    if change == "added":
+        _write_png(copy / "cat" / "new.png", 7)
+    return copy
+
+
+def test_the_run_records_the_digests_of_its_splits(teacher_run):
+    _, folder, config = teacher_run
+    with open(os.path.join(config.workdir, DATA_FILE)) as handle:
+        assert json.load(handle) == {"split_digests": _digests(folder)}
+
+
+def test_a_teacher_of_the_same_images_moved_is_taken_and_of_other_images_refused(
+        teacher_run, tmp_path):
+    _, _, made = teacher_run
+    teacher_path = os.path.join(made.workdir, "teacher", "model.keras")
+    moved = _moved_copy(teacher_run, "moved_for_teacher")
+    config = _config(tmp_path / "same", moved, teacher_path=teacher_path)
+    preflight.check_teacher_images(config, build.load_data(config))
+
+    changed = _moved_copy(teacher_run, "changed_for_teacher", change="added")
+    config = _config(tmp_path / "other", changed, teacher_path=teacher_path,
+                     students=("distilled",))
+    with pytest.raises(ValueError) as raised:
+        stages.run(config)
+    message = str(raised.value)
+    assert "was trained on other images than this run's --image_folder" in message
+    assert "train" in message and DATA_FILE in message
+    assert not os.path.exists(config.workdir)  # Refused before anything trained.
+
+
+def test_a_resumed_workdir_takes_its_folder_moved_and_refuses_it_changed(teacher_run):
+    _, _, made = teacher_run
+    moved = _moved_copy(teacher_run, "moved_for_resume")
+    stages.run(_config(made.workdir, moved, stage="teacher"))  # Done already: nothing trains.
+
+    changed = _moved_copy(teacher_run, "changed_for_resume", change="added")
+    with pytest.raises(ValueError) as raised:
+        stages.run(_config(made.workdir, changed, stage="teacher"))
+    assert "belongs to a run of other images" in str(raised.value)
+    assert "--image_folder=" in str(raised.value)
+
+
+def test_a_workdir_that_records_no_digests_still_compares_the_folder_path(teacher_run, tmp_path):
+    # A run of before the record: its folder, moved, cannot be told from another.
+    _, _, made = teacher_run
+    old = tmp_path / "old_run"
+    shutil.copytree(made.workdir, old)
+    os.remove(old / DATA_FILE)
+    with open(old / "config.json") as handle:
+        folder = json.load(handle)["image_folder"]
+    moved = _moved_copy(teacher_run, "moved_for_old_workdir")
+    with pytest.raises(ValueError, match="--image_folder: .* in the workdir"):
+        stages.run(_config(old, moved, stage="teacher"))
+    stages.run(_config(old, folder, stage="teacher"))  # Its own path: resumed, recorded.
+    assert os.path.isfile(old / DATA_FILE)
+
+
+def test_a_reference_of_other_images_is_refused(teacher_run, tmp_path):
+    _, folder, _ = teacher_run
+    made = _config(tmp_path / "made", folder)
+    data = build.load_data(made)
+    path = str(tmp_path / "reference.json")
+    reference_lib.save_reference(path, np.full(3, 0.5), preflight.held_out_counts(data),
+                                 provenance=preflight.reference_provenance(made, data))
+
+    moved = _moved_copy(teacher_run, "moved_for_reference")
+    config = _config(tmp_path / "run", moved, reference_path=path)
+    preflight.check_reference_origin(config, build.load_data(config))
+
+    changed = _moved_copy(teacher_run, "changed_for_reference", change="added")
+    config = _config(tmp_path / "run", changed, reference_path=path)
+    with pytest.raises(ValueError, match="train_images: .* in the reference"):
+        preflight.check_reference_origin(config, build.load_data(config))
+
+
+def test_a_store_of_other_images_is_refused(teacher_run, tmp_path):
+    _, folder, made = teacher_run
+    teacher = keras.models.load_model(os.path.join(made.workdir, "teacher", "model.keras"))
+    config = _config(tmp_path / "run", folder, teacher_store=str(tmp_path / "store"))
+    data = build.load_data(config)
+    build.soft_label_store(config, data, teacher).build(epochs=1)
+    assert build.soft_label_store(config, data, teacher).fingerprint["train_images"] == (
+        data.split_digests["train"])
+
+    changed = _moved_copy(teacher_run, "changed_for_store", change="added")
+    config = _config(tmp_path / "run", changed, teacher_store=str(tmp_path / "store"))
+    with pytest.raises(ValueError, match="train_images"):
+        build.soft_label_store(config, build.load_data(config), teacher)
+
+
+def test_a_run_refused_after_its_claim_leaves_no_workdir_behind(teacher_run, tmp_path):
+    # The record is written beside config.json; a refusal after the claim removes both.
+    _, folder, made = teacher_run
+    data = build.load_data(made)
+    reference = str(tmp_path / "elsewhere" / "reference.json")
+    os.makedirs(os.path.dirname(reference))
+    reference_lib.save_reference(reference, np.full(3, 0.5), preflight.held_out_counts(data))
+    config = _config(tmp_path / "run", folder, students=("distilled",), reference_path=reference,
+                     teacher_path=os.path.join(made.workdir, "teacher", "model.keras"),
+                     reference_fallback=True)
+    with pytest.raises(ValueError, match="model"):
+        stages.run(config)
+    assert not os.path.exists(config.workdir)
