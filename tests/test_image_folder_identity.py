@@ -129,7 +129,8 @@ def test_a_teacher_of_the_same_images_moved_is_taken_and_of_other_images_refused
         stages.run(config)
     message = str(raised.value)
     assert "was trained on other images than this run's --image_folder" in message
-    assert "train" in message and DATA_FILE in message
+    assert "the files of the train and held-out splits differ" in message
+    assert DATA_FILE in message
     assert not os.path.exists(config.workdir)  # Refused before anything trained.
 
 
@@ -142,6 +143,7 @@ def test_a_resumed_workdir_takes_its_folder_moved_and_refuses_it_changed(teacher
     with pytest.raises(ValueError) as raised:
         stages.run(_config(made.workdir, changed, stage="teacher"))
     assert "belongs to a run of other images" in str(raised.value)
+    assert "files of the train, held-out and test splits of" in str(raised.value)
     assert "--image_folder=" in str(raised.value)
 
 

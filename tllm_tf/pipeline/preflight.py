@@ -342,8 +342,8 @@ def check_teacher_images(config, data):
     if changed:
         raise ValueError(
             f"The teacher {config.teacher_path!r} was trained on other images than this "
-            f"run's --image_folder={config.image_folder!r}: the files of the "
-            f"{' and '.join(changed)} split(s) differ from those its workdir recorded "
+            f"run's --image_folder={config.image_folder!r}: the files of "
+            f"{workdir_lib.splits_text(changed)} differ from those its workdir recorded "
             f"({os.path.join(os.path.dirname(path), workdir_files.DATA_FILE)}), so it may "
             "have trained on images of this run's held-out split. Use a teacher trained on "
             "this folder's images (moved is fine), or leave --teacher_path out.")

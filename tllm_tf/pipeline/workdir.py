@@ -146,6 +146,13 @@ def changed_splits(recorded, digests, splits=("train", "held_out", "test")):
             if name in recorded and name in digests and recorded[name] != digests[name]]
 
 
+def splits_text(names):
+    """`["train", "held_out", "test"]` -> `"the train, held-out and test splits"`."""
+    words = [name.replace("_", "-") for name in names]
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"the {listed} split{'s' if len(words) > 1 else ''}"
+
+
 def read_config(path):
     """The `RunConfig` of a workdir's `config.json`.
 
@@ -332,7 +339,7 @@ def claim(workdir, config, split_digests=None):
             if getattr(config, name))
         raise ValueError(
             f"The workdir {workdir!r} belongs to a run of other images: since it began, "
-            f"files of the {' and '.join(changed)} split(s) of {folders} have been added, "
+            f"files of {splits_text(changed)} of {folders} have been added, "
             "removed, relabelled or rewritten (their digests in "
             f"{os.path.join(workdir, DATA_FILE)} differ). Its models learnt from the images "
             "of then, so it will not be resumed: put those images back, or use a new --workdir.")
