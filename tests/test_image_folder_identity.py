@@ -87,6 +87,19 @@ def test_the_digest_does_not_depend_on_the_order_of_the_files(tmp_path):
             == image_files.files_digest(str(folder), [paths[i] for i in order], labels[order]))
 
 
+def test_the_digest_is_the_same_however_the_folder_is_written(tmp_path, monkeypatch):
+    folder = _write_folder(tmp_path / "pets", per_class=3)
+    monkeypatch.chdir(tmp_path)
+    digests = set()
+    for written in (str(folder), str(folder) + "/", "pets", "./pets/"):
+        paths, labels = image_files.list_image_files(written, CLASSES)
+        digests.add(image_files.files_digest(written, paths, labels))
+        # Paths written otherwise than the folder, as a caller of its own might.
+        digests.add(image_files.files_digest(
+            written, [os.path.abspath(path) for path in paths], labels))
+    assert len(digests) == 1
+
+
 # -- a run's teacher, reference, store and workdir -----------------------------
 
 @pytest.fixture(scope="module")

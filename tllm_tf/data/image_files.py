@@ -233,10 +233,14 @@ def files_digest(directory, paths, labels):
     Returns:
         A SHA-256 hex digest, the same for the same files in any order.
     """
-    lines = sorted(
-        f"{int(label)}\t{os.path.relpath(path, directory).replace(os.sep, '/')}\t"
-        f"{os.path.getsize(path)}\n"
-        for path, label in zip(paths, labels))
+    prefix = os.path.join(directory, "")
+
+    def relative(path):  # `list_image_files`' paths start with `directory`: no relpath needed.
+        name = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, directory)
+        return name.replace(os.sep, "/")
+
+    lines = sorted(f"{int(label)}\t{relative(path)}\t{os.path.getsize(path)}\n"
+                   for path, label in zip(paths, labels))
     digest = hashlib.sha256()
     for line in lines:
         digest.update(line.encode("utf-8", "surrogateescape"))
