@@ -6,6 +6,7 @@ when a file was added, removed, relabelled or rewritten: a model that learnt
 from other images may have learnt from this run's held-out ones.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from tllm_tf.data.folder_source import load_image_folder
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import preflight
 from tllm_tf.pipeline import stages
+from tllm_tf.pipeline import workdir
 from tllm_tf.pipeline.config import RunConfig
 from tllm_tf.pipeline.workdir_files import DATA_FILE
 
@@ -142,7 +144,7 @@ def test_a_teacher_of_the_same_images_moved_is_taken_and_of_other_images_refused
         stages.run(config)
     message = str(raised.value)
     assert "was trained on other images than this run's --image_folder" in message
-    assert "the files of the train and held-out splits differ" in message
+    assert "the files of the train and held-out splits (their paths in the folder" in message
     assert DATA_FILE in message
     assert not os.path.exists(config.workdir)  # Refused before anything trained.
 
@@ -157,6 +159,7 @@ def test_a_resumed_workdir_takes_its_folder_moved_and_refuses_it_changed(teacher
         stages.run(_config(made.workdir, changed, stage="teacher"))
     assert "belongs to a run of other images" in str(raised.value)
     assert "files of the train, held-out and test splits of" in str(raised.value)
+    assert "rewritten with another size" in str(raised.value)
     assert "--image_folder=" in str(raised.value)
 
 
@@ -221,3 +224,88 @@ def test_a_run_refused_after_its_claim_leaves_no_workdir_behind(teacher_run, tmp
     with pytest.raises(ValueError, match="model"):
         stages.run(config)
     assert not os.path.exists(config.workdir)
+
+
+# -- what the review of the first version found --------------------------------
+
+def test_a_changed_seed_is_named_not_blamed_on_the_files(teacher_run):
+    _, _, made = teacher_run
+    with open(os.path.join(made.workdir, "config.json")) as handle:
+        folder = json.load(handle)["image_folder"]
+    with pytest.raises(ValueError) as raised:
+        stages.run(_config(made.workdir, folder, stage="teacher", seed=3))
+    assert "--seed: 0 in the workdir, 3 now" in str(raised.value)
+    assert "other images" not in str(raised.value)
+
+
+def test_a_test_folder_moves_with_its_files_and_is_refused_changed_or_added(tmp_path):
+    train = _write_folder(tmp_path / "pets")
+    test = _write_folder(tmp_path / "pets_test", per_class=2)
+    made = _config(tmp_path / "run", train, test_image_folder=str(test), stage="teacher")
+    stages.run(made)
+    shutil.move(str(test), str(tmp_path / "test_moved"))
+    stages.run(dataclasses.replace(made, test_image_folder=str(tmp_path / "test_moved")))
+
+    _write_png(tmp_path / "test_moved" / "owl" / "new.png", 9)
+    with pytest.raises(ValueError) as raised:
+        stages.run(dataclasses.replace(made, test_image_folder=str(tmp_path / "test_moved")))
+    assert "files of the test split of --image_folder=" in str(raised.value)
+    with pytest.raises(ValueError, match="--test_image_folder: .* in the workdir, None now"):
+        stages.run(dataclasses.replace(made, test_image_folder=None))
+
+
+def test_a_teacher_of_other_held_out_files_is_refused(teacher_run, tmp_path):
+    _, folder, made = teacher_run
+    config = _config(tmp_path / "run", folder,
+                     teacher_path=os.path.join(made.workdir, "teacher", "model.keras"))
+    data = build.load_data(config)
+    other = dataclasses.replace(data, split_digests=dict(data.split_digests, held_out="0" * 64))
+    with pytest.raises(ValueError, match="the files of the held-out split"):
+        preflight.check_teacher_images(config, other)
+    other = dataclasses.replace(data, split_digests=dict(data.split_digests, test="0" * 64))
+    preflight.check_teacher_images(config, other)  # Its test images are not the teacher's.
+
+
+def test_the_study_still_names_a_moved_folder(teacher_run):
+    # The study compares finished runs without loading their data: by the folder's path.
+    _, _, made = teacher_run
+    moved = dataclasses.replace(made, image_folder="/somewhere/else")
+    assert any(line.startswith("--image_folder:")
+               for line in workdir.config_differences(made.workdir, moved))
+
+
+@pytest.mark.parametrize("written", ["fifo", "large", "other_keys", "not_hex", "not_json"])
+def test_a_data_record_a_run_did_not_write_is_refused_naming_it(tmp_path, written):
+    path = tmp_path / DATA_FILE
+    digests = {"train": "a" * 64, "held_out": "b" * 64, "test": "c" * 64}
+    if written == "fifo":  # Opened, it would wait for a writer.
+        os.mkfifo(path)
+    elif written == "large":
+        path.write_text(json.dumps({"split_digests": digests, "pad": "x" * 10_000}))
+    elif written == "other_keys":
+        path.write_text(json.dumps({"split_digests": {"v2_train": "a" * 64}}))
+    elif written == "not_hex":
+        path.write_text(json.dumps({"split_digests": dict(digests, test="c")}))
+    else:
+        path.write_text('{"split_digests": ')
+    with pytest.raises(ValueError) as raised:
+        workdir.recorded_split_digests(str(tmp_path))
+    assert str(path) in str(raised.value)
+    path.unlink()
+    assert workdir.recorded_split_digests(str(tmp_path)) is None
+    path.write_text(json.dumps({"split_digests": digests}))
+    assert workdir.recorded_split_digests(str(tmp_path)) == digests
+
+
+def test_names_written_decomposed_give_the_same_digest(tmp_path):
+    # A folder copied from macOS may name "café" as "cafe" and a combining accent.
+    digests = []
+    for root, accented in ((tmp_path / "composed", "caf\u00e9"),
+                           (tmp_path / "decomposed", "cafe\u0301")):
+        for name in (accented, "tea"):
+            (root / name).mkdir(parents=True)
+            _write_png(root / name / f"{accented}.png", 3)
+        names = image_files.class_folders(str(root))
+        paths, labels = image_files.list_image_files(str(root), names)
+        digests.append(image_files.files_digest(str(root), paths, labels))
+    assert digests[0] == digests[1]

@@ -26,10 +26,15 @@ def read_json(path, max_bytes, *, kind, missing_message, remedy):
         The parsed value (of any JSON type: the caller checks it).
 
     Raises:
-        ValueError: if the file is missing, over `max_bytes` or not valid JSON.
+        ValueError: if the file is missing, not a regular file, over
+            `max_bytes` or not valid JSON.
     """
     try:
         size = os.path.getsize(path)
+        if not os.path.isfile(path):  # Opening a FIFO would wait for a writer.
+            raise ValueError(
+                f"{path!r} is not a regular file (a FIFO, a device or a folder), so it is "
+                f"not a {kind} this package wrote. Nothing was read.")
         if size > max_bytes:
             raise ValueError(
                 f"{path!r} is {size} bytes, more than the {max_bytes} a {kind} "

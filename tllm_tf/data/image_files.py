@@ -9,6 +9,7 @@ gigabytes, fails here with a message naming it rather than hours into training.
 
 import hashlib
 import os
+import unicodedata
 
 import numpy as np
 
@@ -221,9 +222,12 @@ def list_image_files(directory, class_names):
 def files_digest(directory, paths, labels):
     """A digest of which files a split reads, with their labels and sizes.
 
-    Paths count relative to `directory`, so the same images in a moved or
-    copied folder give the same digest, and a file added, removed, moved to
-    another class or rewritten with another size gives another.
+    Paths count relative to `directory` (their names in Unicode's composed
+    form, as one file system and another may write them otherwise), so the
+    same images in a moved or copied folder give the same digest, and a file
+    added, removed, moved to another class or rewritten with another size
+    gives another. An image edited to the same size is not told apart:
+    reading every file's contents would cost a read of the whole data set.
 
     Args:
         directory: the folder `paths` lie in.
@@ -237,7 +241,7 @@ def files_digest(directory, paths, labels):
 
     def relative(path):  # `list_image_files`' paths start with `directory`: no relpath needed.
         name = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, directory)
-        return name.replace(os.sep, "/")
+        return unicodedata.normalize("NFC", name.replace(os.sep, "/"))
 
     lines = sorted(f"{int(label)}\t{relative(path)}\t{os.path.getsize(path)}\n"
                    for path, label in zip(paths, labels))

@@ -37,8 +37,8 @@ MAX_CONFIG_BYTES = 1 << 20
 # other values has trained on this run's held-out images. An image folder's
 # files are compared by their digests (`DataSplits.split_digests`).
 SPLIT_FIELDS = ("dataset", "seed", "holdout_fraction")
-# The splits whose images a teacher, a reference or a store learnt from or was judged on.
-TRAINING_SPLITS = ("train", "held_out")
+# The splits whose images a teacher or a reference learnt from or was judged on.
+TRAIN_AND_HELD_OUT = ("train", "held_out")
 
 
 def check(config, strategy, load_data):
@@ -219,9 +219,15 @@ def check_batch_size(config, data, num_replicas=1):
 def reference_provenance(config, data):
     """What the reference stage of `config` on `data` is made from, for its reference file.
 
-    An image folder's also names its training and held-out files by their
-    digests, so that a reference of the same folder moved is taken and one of
-    other images is not.
+    Args:
+        config: the run's `RunConfig`.
+        data: its `DataSplits`.
+
+    Returns:
+        A dict of JSON scalars. An image folder's also holds the digests of its
+        training and held-out files (`train_images`, `held_out_images`), so
+        that a reference of the same folder moved is taken and one of other
+        files is not.
     """
     return {
         "dataset": config.dataset,
@@ -230,7 +236,7 @@ def reference_provenance(config, data):
         "num_train": config.num_train,
         "image_size": config.image_size,
         "student_model": config.student_model,
-        **({f"{name}_images": data.split_digests[name] for name in TRAINING_SPLITS}
+        **({f"{name}_images": data.split_digests[name] for name in TRAIN_AND_HELD_OUT}
            if data.split_digests else {}),
     }
 
@@ -333,17 +339,26 @@ def check_teacher_images(config, data):
     and was checked on; a teacher of the same folder, moved, has the same. A
     teacher whose workdir records none (another data set, or a run before the
     record) is not checked.
+
+    Args:
+        config: the run's `RunConfig`, with `teacher_path` set.
+        data: its `DataSplits`.
+
+    Raises:
+        ValueError: if the training or held-out files differ, naming the
+            splits, or if the teacher's `DATA_FILE` is not one a run wrote.
     """
     _, path = _workdir_config(config.teacher_path)
     if path is None:
         return
     recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
-    changed = workdir_lib.changed_splits(recorded, data.split_digests, TRAINING_SPLITS)
+    changed = workdir_lib.changed_splits(recorded, data.split_digests, TRAIN_AND_HELD_OUT)
     if changed:
         raise ValueError(
             f"The teacher {config.teacher_path!r} was trained on other images than this "
             f"run's --image_folder={config.image_folder!r}: the files of "
-            f"{workdir_lib.splits_text(changed)} differ from those its workdir recorded "
+            f"{workdir_lib.splits_text(changed)} (their paths in the folder, classes and "
+            "sizes) differ from those its workdir recorded "
             f"({os.path.join(os.path.dirname(path), workdir_files.DATA_FILE)}), so it may "
             "have trained on images of this run's held-out split. Use a teacher trained on "
             "this folder's images (moved is fine), or leave --teacher_path out.")

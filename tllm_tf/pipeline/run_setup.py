@@ -43,7 +43,8 @@ def prepare(config, strategy):
     data = preflight.check(config, strategy, build.load_data)
     if config.masked_classes_from and "student" in config.stages:
         config = _with_earlier_mask(config, strategy, data.num_classes)
-    multi_worker.run_on_chief(strategy, lambda: workdir_lib.claim(config.workdir, config, data.split_digests))
+    multi_worker.run_on_chief(
+        strategy, lambda: workdir_lib.claim(config.workdir, config, data.split_digests))
     teacher_path = config.teacher_path or os.path.join(
         config.workdir, TEACHER_STAGE, MODEL_FILE)
     reference_path = config.reference_path or os.path.join(

@@ -15,6 +15,7 @@ import shutil
 
 from tllm_tf import atomic
 from tllm_tf import callbacks
+from tllm_tf import json_checks
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import workdir_files
@@ -35,6 +36,11 @@ RESUMABLE_CHANGES = frozenset({
 # Paths a run may find moved when the workdir records what they held (`DATA_FILE`): the
 # same images in a moved folder resume; other images are refused by their digests.
 _PATHS_CHECKED_BY_CONTENT = ("image_folder", "test_image_folder")
+# The splits `DATA_FILE` records a digest of, each a SHA-256 in hex.
+_DIGESTED_SPLITS = ("train", "held_out", "test")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+# A data record is a few hundred bytes; anything larger is not one.
+_MAX_DATA_FILE_BYTES = 1 << 12
 # Fields compared by the schedule they resolve to, not as written: a run made with
 # --update_every=1 and one left to the default that looks every epoch of the same fit
 # train alike (callbacks.update_schedule).
@@ -90,60 +96,91 @@ def remove_leftovers(stage_dir, finished):
                     os.remove(path)
 
 
-def config_differences(workdir, config):
+def config_differences(workdir, config, split_digests=None):
     """The flags that a finished or started run in `workdir` had set otherwise than `config`.
 
     Args:
         workdir: a run's workdir.
         config: the `RunConfig` it would be run with now.
+        split_digests: the `DataSplits.split_digests` of `config`'s data, for a
+            caller that compares them with the workdir's record (`claim`):
+            then an image folder that moved is not named where the workdir
+            records digests. Defaults to `None` (every path compared).
 
     Returns:
         One line per differing flag (`--name: old in the workdir, new now`), the
         `RESUMABLE_CHANGES` and the workdir itself left out, and `SCHEDULE_FIELDS`
-        named only when the schedule they resolve to differs, and the image
-        folders not by their paths when the workdir records their digests
-        (`claim` compares those); empty when they agree or the workdir holds
-        no run.
+        named only when the schedule they resolve to differs; empty when they
+        agree or the workdir holds no run.
 
     Raises:
-        ValueError: if the workdir's `config.json` cannot be read.
+        ValueError: if the workdir's `config.json` or `data.json` cannot be read.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return []
     previous = read_config(path)
-    by_content = _PATHS_CHECKED_BY_CONTENT if recorded_split_digests(workdir) else ()
+    moved = ()
+    if split_digests and recorded_split_digests(workdir):
+        # Set in both runs, to other paths; a folder given or left out is a flag change.
+        moved = [name for name in _PATHS_CHECKED_BY_CONTENT
+                 if getattr(previous, name) and getattr(config, name)]
     return [
         f"--{name}: {getattr(previous, name)!r} in the workdir, {getattr(config, name)!r} now"
         for name in config_lib.RunConfig.__dataclass_fields__
-        if name not in RESUMABLE_CHANGES and name != "workdir" and name not in by_content
+        if name not in RESUMABLE_CHANGES and name != "workdir" and name not in moved
         and _differs(previous, config, name)
     ] + _input_file_changes(workdir, previous, config)
 
 
 def recorded_split_digests(workdir):
-    """The split digests a run in `workdir` recorded (`DataSplits.split_digests`), or None.
+    """The split digests a run in `workdir` recorded (`DataSplits.split_digests`).
 
-    None where the workdir records none: its data set is not an image folder,
-    or the run predates the record, or the file is not one the run wrote.
+    Args:
+        workdir: a run's workdir (this run's, or a teacher's from elsewhere).
+
+    Returns:
+        `{"train": ..., "held_out": ..., "test": ...}`, or None where the
+        workdir records none (its data set is not an image folder, or its run
+        predates the record).
+
+    Raises:
+        ValueError: naming the file, if its `data.json` is not one a run
+            wrote (not a small regular file of JSON, or other keys or
+            values than three SHA-256 hex digests).
     """
     path = os.path.join(workdir, DATA_FILE)
-    try:
-        with open(path) as handle:
-            digests = json.load(handle).get("split_digests")
-    except (OSError, ValueError, AttributeError, RecursionError):
+    if not os.path.lexists(path):
         return None
-    is_digests = isinstance(digests, dict) and all(
-        isinstance(key, str) and isinstance(value, str) for key, value in digests.items())
-    return digests if is_digests else None
+    remedy = ("Delete it if the workdir is yours: its image folder is then compared by its "
+              "path, and its next run records the files again.")
+    record = json_checks.read_json(
+        path, _MAX_DATA_FILE_BYTES, kind="data record",
+        missing_message=f"{path!r} went missing while it was read.", remedy=remedy)
+    digests = record.get("split_digests") if isinstance(record, dict) else None
+    if not (isinstance(digests, dict) and set(digests) == set(_DIGESTED_SPLITS)
+            and all(isinstance(value, str) and _DIGEST.fullmatch(value)
+                    for value in digests.values())):
+        raise ValueError(
+            f"{path!r} is not a data record a run wrote: it must hold split_digests, a "
+            f"SHA-256 hex digest for each of {', '.join(_DIGESTED_SPLITS)}. {remedy}")
+    return digests
 
 
-def changed_splits(recorded, digests, splits=("train", "held_out", "test")):
-    """The names of `splits` whose digest both `recorded` and `digests` hold, unequal."""
+def changed_splits(recorded, digests, splits=_DIGESTED_SPLITS):
+    """The splits whose files differ between two records of split digests.
+
+    Args:
+        recorded: a workdir's `recorded_split_digests`, or None.
+        digests: this run's `DataSplits.split_digests`, or None.
+        splits: the split names compared. Defaults to all three.
+
+    Returns:
+        The names of `splits` whose digests differ; empty where either is None.
+    """
     if not recorded or not digests:
         return []
-    return [name for name in splits
-            if name in recorded and name in digests and recorded[name] != digests[name]]
+    return [name for name in splits if recorded[name] != digests[name]]
 
 
 def splits_text(names):
@@ -332,6 +369,13 @@ def claim(workdir, config, split_digests=None):
             that began with it; nothing is overwritten.
     """
     os.makedirs(workdir, exist_ok=True)
+    differences = config_differences(workdir, config, split_digests)
+    if differences:
+        raise ValueError(
+            f"The workdir {workdir!r} belongs to a run with a different "
+            "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
+            + "\nUse a new --workdir, or the workdir's flags.")
+    # After the flags: another --seed or --holdout_fraction draws other splits of the same files.
     changed = changed_splits(recorded_split_digests(workdir), split_digests)
     if changed:
         folders = " and ".join(
@@ -339,16 +383,10 @@ def claim(workdir, config, split_digests=None):
             if getattr(config, name))
         raise ValueError(
             f"The workdir {workdir!r} belongs to a run of other images: since it began, "
-            f"files of {splits_text(changed)} of {folders} have been added, "
-            "removed, relabelled or rewritten (their digests in "
+            f"files of {splits_text(changed)} of {folders} have been added, removed, "
+            "moved to another class or rewritten with another size (their digests in "
             f"{os.path.join(workdir, DATA_FILE)} differ). Its models learnt from the images "
             "of then, so it will not be resumed: put those images back, or use a new --workdir.")
-    differences = config_differences(workdir, config)
-    if differences:
-        raise ValueError(
-            f"The workdir {workdir!r} belongs to a run with a different "
-            "configuration, so it will not be resumed:\n  " + "\n  ".join(differences)
-            + "\nUse a new --workdir, or the workdir's flags.")
     problem = _another_teacher(workdir, config)
     if problem:
         raise ValueError(
