@@ -309,3 +309,40 @@ def test_names_written_decomposed_give_the_same_digest(tmp_path):
         paths, labels = image_files.list_image_files(str(root), names)
         digests.append(image_files.files_digest(str(root), paths, labels))
     assert digests[0] == digests[1]
+
+
+def test_evaluating_on_other_files_of_the_folder_is_refused(teacher_run, tmp_path, zygote):
+    _, _, made = teacher_run
+    model = os.path.join(made.workdir, "teacher", "model.keras")
+    changed = _moved_copy(teacher_run, "changed_for_evaluation", change="added")
+    config = _config(tmp_path / "unused", changed)
+    data = build.load_data(config)
+    for split in ("test", "held_out"):
+        with pytest.raises(ValueError, match=f"evaluated on its {split} split"):
+            preflight.check_evaluation_images(model, data, split, test_folder_given=False)
+    # New images as the test folder are any the user chooses.
+    preflight.check_evaluation_images(model, data, "test", test_folder_given=True)
+    moved = _moved_copy(teacher_run, "moved_for_evaluation")
+    preflight.check_evaluation_images(model, build.load_data(_config(tmp_path, moved)), "test",
+                                      test_folder_given=False)
+
+    result = zygote.run(
+        ("tools/evaluate.py", f"--model_path={model}", "--dataset=image_folder",
+         f"--image_folder={changed}", "--image_size=5", "--holdout_fraction=0.25"),
+        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode != 0
+    assert "images it trained on may count" in result.stderr
+
+
+def test_the_tools_evaluate_a_folder_model_on_its_files_moved(teacher_run, zygote):
+    # tools/evaluate.py and tools/report.py gave --image_size to the 'none' augmentation,
+    # which refused it: a model of an image folder could not be evaluated at all.
+    _, _, made = teacher_run
+    model = os.path.join(made.workdir, "teacher", "model.keras")
+    moved = _moved_copy(teacher_run, "moved_for_the_tool")
+    result = zygote.run(
+        ("tools/evaluate.py", f"--model_path={model}", "--dataset=image_folder",
+         f"--image_folder={moved}", "--image_size=5", "--holdout_fraction=0.25"),
+        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| **overall** |" in result.stdout

@@ -45,7 +45,8 @@ def load_batches(model_paths=()):
     """Returns `(batches, class_names)` of the split the flags name.
 
     Models trained in a workdir are checked against its data flags first
-    (`preflight.check_evaluation_splits`).
+    (`preflight.check_evaluation_splits`), and on an image folder against its
+    files (`preflight.check_evaluation_images`).
     """
     for path in model_paths:
         preflight.check_evaluation_splits(path, dataset=FLAGS.dataset, seed=FLAGS.seed,
@@ -54,7 +55,11 @@ def load_batches(model_paths=()):
         FLAGS.dataset, holdout_fraction=FLAGS.holdout_fraction, seed=FLAGS.seed,
         data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, image_folder=FLAGS.image_folder,
         test_image_folder=FLAGS.test_image_folder, image_size=FLAGS.image_size)
+    for path in model_paths:
+        preflight.check_evaluation_images(path, data, FLAGS.split,
+                                          test_folder_given=bool(FLAGS.test_image_folder))
     batches = data_lib.make_pipeline(
         getattr(data, FLAGS.split), batch_size=FLAGS.batch_size, training=False,
-        augmentation=FLAGS.augmentation, image_size=FLAGS.image_size)
+        augmentation=FLAGS.augmentation, image_size=data_lib.augmentation_image_size(
+            FLAGS.dataset, FLAGS.augmentation, FLAGS.image_size))
     return batches, list(data.class_names)

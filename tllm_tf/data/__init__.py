@@ -21,6 +21,7 @@ from tllm_tf.data.soft_label_store import SoftLabelStore
 from tllm_tf.data.sources import IMAGE_FOLDER
 from tllm_tf.data.sources import LOADERS
 from tllm_tf.data.sources import NUM_TRAIN_LOADERS
+from tllm_tf.data.sources import augmentation_image_size
 from tllm_tf.data.sources import load_dataset
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.types import DataSplits
@@ -41,6 +42,7 @@ __all__ = [
     "NUM_TRAIN_LOADERS",
     "SoftLabelStore",
     "UnlabelledDataError",
+    "augmentation_image_size",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",

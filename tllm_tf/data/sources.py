@@ -36,6 +36,26 @@ LOADERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, IMAGE_FOLDER: _im
 NUM_TRAIN_LOADERS = ("digits", "fashion_mnist")
 
 
+def augmentation_image_size(dataset, augmentation, image_size):
+    """The side an augmentation resizes `dataset`'s images to, or None where it keeps their size.
+
+    `image_size` sizes what the model sees: an image folder's loader resizes
+    every image to it, so there only `"imagenet"` (random-resized crops)
+    takes it again; for every other set the augmentation is what resizes.
+
+    Args:
+        dataset: the data set's name (`load_dataset`'s `name`).
+        augmentation: the augmentation recipe's name.
+        image_size: the side of the images the model sees, or None.
+
+    Returns:
+        `image_size`, or None for an image folder under another augmentation.
+    """
+    if dataset == IMAGE_FOLDER and augmentation != "imagenet":
+        return None
+    return image_size
+
+
 def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=None,
                  download=False, num_train=None, image_folder=None, test_image_folder=None,
                  image_size=None, cache_held_out=True):

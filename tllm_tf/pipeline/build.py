@@ -280,12 +280,6 @@ def eval_batches(split, config):
 
 
 def augmentation_image_size(config):
-    """The side the augmentation resizes to, or None when it keeps the images' size.
-
-    `--image_size` sizes what the model sees: an image folder's loader
-    resizes every image to it, so there only 'imagenet' (random-resized crops)
-    takes it again; elsewhere the augmentation is what resizes.
-    """
-    if config.dataset == data_lib.IMAGE_FOLDER and config.augmentation != "imagenet":
-        return None
-    return config.image_size
+    """The side `config`'s augmentation resizes to (`data.augmentation_image_size`)."""
+    return data_lib.augmentation_image_size(config.dataset, config.augmentation,
+                                            config.image_size)

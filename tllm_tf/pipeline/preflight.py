@@ -310,6 +310,41 @@ def check_evaluation_splits(model_path, **split_values):
             f"data flags: {' '.join(differences)}.")
 
 
+def check_evaluation_images(model_path, data, split, test_folder_given):
+    """Refuses to evaluate a model on an image folder other than its run's files.
+
+    The held-out split, and the test split drawn from `--image_folder`, are
+    parts of the folder's files: another folder's, or the same folder with
+    files added or removed, puts images the model trained on into them. A
+    test split from `--test_image_folder` is any images the user chooses. A
+    model whose workdir records no digests (another data set, a run before
+    the record, a model outside a workdir) is not checked.
+
+    Args:
+        model_path: the `.keras` file or SavedModel folder, in its stage folder.
+        data: the evaluation's `DataSplits`.
+        split: the split evaluated, `"test"` or `"held_out"`.
+        test_folder_given: whether the test split comes from `--test_image_folder`.
+
+    Raises:
+        ValueError: naming the splits whose files differ and the fix.
+    """
+    if split == "test" and test_folder_given:
+        return
+    _, path = _workdir_config(model_path)
+    if path is None:
+        return
+    compared = TRAIN_AND_HELD_OUT + (("test",) if split == "test" else ())
+    recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
+    changed = workdir_lib.changed_splits(recorded, data.split_digests, compared)
+    if changed:
+        raise ValueError(
+            f"{model_path!r} was trained by the run of {path} on other files than these flags' "
+            f"image folder holds ({workdir_lib.splits_text(changed)} differ): evaluated on its "
+            f"{split} split, images it trained on may count. Pass that run's --image_folder, "
+            "or give other images to evaluate on as --test_image_folder.")
+
+
 def check_teacher_origin(config):
     """Refuses a `--teacher_path` trained on another split of the data.
 
