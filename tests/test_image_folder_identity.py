@@ -318,13 +318,13 @@ def test_evaluating_on_other_files_of_the_folder_is_refused(teacher_run, tmp_pat
     config = _config(tmp_path / "unused", changed)
     data = build.load_data(config)
     for split in ("test", "held_out"):
-        with pytest.raises(ValueError, match=f"evaluated on its {split} split"):
-            preflight.check_evaluation_images(model, data, split, test_folder_given=False)
+        with pytest.raises(ValueError, match=f"Evaluated on its {split} split"):
+            preflight.check_evaluation_images(model, data, split, None)
     # New images as the test folder are any the user chooses.
-    preflight.check_evaluation_images(model, data, "test", test_folder_given=True)
+    preflight.check_evaluation_images(model, data, "test", str(changed))
     moved = _moved_copy(teacher_run, "moved_for_evaluation")
     preflight.check_evaluation_images(model, build.load_data(_config(tmp_path, moved)), "test",
-                                      test_folder_given=False)
+                                      None)
 
     result = zygote.run(
         ("tools/evaluate.py", f"--model_path={model}", "--dataset=image_folder",
@@ -346,3 +346,49 @@ def test_the_tools_evaluate_a_folder_model_on_its_files_moved(teacher_run, zygot
         timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| **overall** |" in result.stdout
+
+
+# -- what a new user's walk found ----------------------------------------------
+
+def test_an_image_folder_without_its_data_set_is_refused_not_ignored(tmp_path):
+    # It trained on the digits before, recording the folder in config.json.
+    with pytest.raises(ValueError, match="Add --dataset=image_folder"):
+        RunConfig(workdir=str(tmp_path), image_folder=str(tmp_path))
+    from tllm_tf import data as data_lib
+    with pytest.raises(ValueError, match="Add --dataset=image_folder"):
+        data_lib.load_dataset("digits", holdout_fraction=0.2, test_image_folder=str(tmp_path))
+
+
+def test_a_test_folder_that_is_the_training_folder_is_refused(tmp_path):
+    folder = _write_folder(tmp_path / "pets", per_class=2)
+    with pytest.raises(ValueError, match="measured on training images"):
+        _config(tmp_path / "run", folder, test_image_folder=str(folder) + "/")
+
+
+def test_a_changed_test_folder_setting_is_named_as_such(teacher_run, tmp_path):
+    _, folder, made = teacher_run
+    test = _write_folder(tmp_path / "pets_test", per_class=2)
+    teacher_path = os.path.join(made.workdir, "teacher", "model.keras")
+    config = _config(tmp_path / "run", folder, test_image_folder=str(test),
+                     teacher_path=teacher_path)
+    data = build.load_data(config)
+    with pytest.raises(ValueError) as raised:
+        preflight.check_teacher_images(config, data)
+    assert "drew its test split from --image_folder (no --test_image_folder)" in str(
+        raised.value)
+    assert "Give this run the teacher's --test_image_folder setting" in str(raised.value)
+    with pytest.raises(ValueError, match="no --test_image_folder"):
+        preflight.check_evaluation_images(teacher_path, data, "held_out", str(test))
+
+
+def test_files_not_named_as_images_are_counted_in_a_warning(tmp_path, caplog):
+    folder = _write_folder(tmp_path / "pets", per_class=2)
+    for index in range(3):
+        (folder / "dog" / f"scan{index}.TIFF").write_bytes(b"II*\x00")
+    (folder / "owl" / "notes.txt").write_text("not an image")
+    (folder / "owl" / ".DS_Store").write_text("hidden")
+    with caplog.at_level("WARNING"):
+        paths, _ = image_files.list_image_files(str(folder), CLASSES)
+    assert len(paths) == 6
+    assert "4 file(s) in the class folders of" in caplog.text
+    assert ".tiff (3), .txt (1)" in caplog.text and "DS_Store" not in caplog.text

@@ -25,7 +25,7 @@ flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
                    "undistillable classes.")
 flags.DEFINE_string("image_folder", None, "--dataset=image_folder: a folder of class folders.")
 flags.DEFINE_string("test_image_folder", None, "--dataset=image_folder: its test folder.")
-flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders, ImageNet).")
+flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders: default 224; ImageNet-size tfds sets).")
 flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, sorted(AUGMENTATIONS),
                   "Per-image augmentation recipe (teacher and student see the same images; "
                   "evaluation applies its evaluation transform).")
@@ -56,8 +56,7 @@ def load_batches(model_paths=()):
         data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, image_folder=FLAGS.image_folder,
         test_image_folder=FLAGS.test_image_folder, image_size=FLAGS.image_size)
     for path in model_paths:
-        preflight.check_evaluation_images(path, data, FLAGS.split,
-                                          test_folder_given=bool(FLAGS.test_image_folder))
+        preflight.check_evaluation_images(path, data, FLAGS.split, FLAGS.test_image_folder)
     batches = data_lib.make_pipeline(
         getattr(data, FLAGS.split), batch_size=FLAGS.batch_size, training=False,
         augmentation=FLAGS.augmentation, image_size=data_lib.augmentation_image_size(

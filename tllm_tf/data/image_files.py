@@ -7,7 +7,9 @@ it, so that a file that is not an image, or a small one that decodes to
 gigabytes, fails here with a message naming it rather than hours into training.
 """
 
+import collections
 import hashlib
+import logging
 import os
 import unicodedata
 
@@ -119,13 +121,14 @@ def _class_owning(real_path, class_by_real_path):
     return class_by_real_path[path]
 
 
-def _walk_images(label, class_dirs, class_by_real_path, visited):
+def _walk_images(label, class_dirs, class_by_real_path, visited, skipped):
     """Yields `(path, real_path)` of the image files of class `label`, in sorted order.
 
     A linked file or folder that lies in another class's folder is left to
     that class: followed from here, it would label that class's images as
     this one. `visited` holds the `(st_dev, st_ino)` of the folders not to
-    enter; every folder entered is added to it.
+    enter; every folder entered is added to it. `skipped` (a `Counter`)
+    counts the files not hidden and not named as images, by extension.
     """
 
     def belongs_here(real_path):
@@ -141,7 +144,10 @@ def _walk_images(label, class_dirs, class_by_real_path, visited):
             and _first_visit(os.path.join(root, name), visited)
         ]
         for name in sorted(files):
-            if _is_hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if _is_hidden(name):
+                continue
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                skipped[os.path.splitext(name)[1].lower() or name] += 1
                 continue
             path = os.path.join(root, name)
             real_path = os.path.realpath(path)
@@ -173,7 +179,9 @@ def _class_by_real_path(directory, class_dirs):
 def list_image_files(directory, class_names):
     """Lists the images of each class folder, in a fixed order.
 
-    Hidden files and folders (names starting with `.`) are skipped. Linked
+    Hidden files and folders (names starting with `.`) are skipped; so are
+    other files not named as images (`IMAGE_EXTENSIONS`), with a warning
+    that counts them by extension (a `.tiff` is not read). Linked
     folders are followed, but none twice, and none that is the top folder,
     one of its parents or a class folder; a linked file or folder inside
     another class's folder is that class's; a file reached twice is listed
@@ -204,8 +212,10 @@ def list_image_files(directory, class_names):
     class_by_real_path = _class_by_real_path(directory, class_dirs)
     visited = _folders_not_to_enter(directory, class_dirs)
     paths, labels, real_paths = [], [], set()
+    skipped = collections.Counter()
     for label in range(len(class_dirs)):
-        for path, real_path in _walk_images(label, class_dirs, class_by_real_path, visited):
+        for path, real_path in _walk_images(label, class_dirs, class_by_real_path, visited,
+                                            skipped):
             if real_path not in real_paths:
                 real_paths.add(real_path)
                 paths.append(path)
@@ -215,6 +225,12 @@ def list_image_files(directory, class_names):
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in the class "
             f"folders of {directory!r}."
         )
+    if skipped:
+        logging.warning(
+            "%d file(s) in the class folders of %r are not read: only %s are images here. "
+            "Skipped, by extension: %s. Convert the images among them to PNG or JPEG to use "
+            "them.", sum(skipped.values()), os.fspath(directory), ", ".join(IMAGE_EXTENSIONS),
+            ", ".join(f"{name} ({count})" for name, count in skipped.most_common(8)))
     _check_image_files(directory, paths)
     return paths, np.asarray(labels, np.int32)
 

@@ -5,6 +5,7 @@ is a tfds name. tfds is imported only when a tfds set is loaded.
 """
 
 import difflib
+import os
 
 from tllm_tf.data.digits import load_digits
 from tllm_tf.data.folder_source import load_image_folder
@@ -34,6 +35,47 @@ def _image_folder(*, holdout_fraction, seed, image_folder, test_image_folder, im
 LOADERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, IMAGE_FOLDER: _image_folder}
 # The loaders that can keep a stratified subset of the training split.
 NUM_TRAIN_LOADERS = ("digits", "fashion_mnist")
+
+
+def check_source_arguments(name, *, num_train=None, image_folder=None, test_image_folder=None):
+    """Refuses arguments the data set `name` would not read, before anything is loaded.
+
+    Args:
+        name: the data set's name (`load_dataset`'s).
+        num_train: the training subset's size, or None.
+        image_folder: the training image folder, or None.
+        test_image_folder: the test image folder, or None.
+
+    Raises:
+        ValueError: on a name near one with a loader of its own (a typo,
+            which tfds would not know either), `num_train` for a set that
+            cannot keep a subset, an image folder for another data set (it
+            would be ignored, and the run would train on that set), or a test
+            folder that is the training folder (the test accuracy would be on
+            training images).
+    """
+    base_name = name.split(":")[0].split("/")[0]  # A tfds name may add :version or /config.
+    near = difflib.get_close_matches(base_name, LOADERS, n=1, cutoff=0.8)
+    if near and base_name not in LOADERS:  # No tfds name is this near one of them.
+        raise ValueError(
+            f"Unknown data set {name!r}. Did you mean {near[0]!r}? The data sets with a "
+            f"loader of their own are {', '.join(map(repr, LOADERS))}; any other name is "
+            "a tfds name.")
+    if num_train is not None and name not in NUM_TRAIN_LOADERS:
+        raise ValueError(
+            f"num_train is only supported for {', '.join(map(repr, NUM_TRAIN_LOADERS))}. "
+            f"Received: dataset={name!r}")
+    if (image_folder or test_image_folder) and name != IMAGE_FOLDER:
+        raise ValueError(
+            f"image_folder and test_image_folder are read only with dataset={IMAGE_FOLDER!r}; "
+            f"with dataset={name!r} they would be ignored. Add --dataset={IMAGE_FOLDER}. "
+            f"Received: image_folder={image_folder!r}, test_image_folder={test_image_folder!r}")
+    if (image_folder and test_image_folder
+            and os.path.realpath(image_folder) == os.path.realpath(test_image_folder)):
+        raise ValueError(
+            f"test_image_folder is image_folder ({image_folder!r}): the test accuracy would be "
+            "measured on training images. Give a folder of other images, or leave "
+            "test_image_folder out to hold out a part of image_folder as the test split.")
 
 
 def augmentation_image_size(dataset, augmentation, image_size):
@@ -95,17 +137,8 @@ def load_dataset(name, *, holdout_fraction, seed=0, data_dir=None, manual_dir=No
             incomplete or damaged; `UnlabelledDataError`, another: if a tfds
             set has no labelled test split or unlabelled train examples).
     """
-    base_name = name.split(":")[0].split("/")[0]  # A tfds name may add :version or /config.
-    near = difflib.get_close_matches(base_name, LOADERS, n=1, cutoff=0.8)
-    if near and base_name not in LOADERS:  # No tfds name is this near one of them.
-        raise ValueError(
-            f"Unknown data set {name!r}. Did you mean {near[0]!r}? The data sets with a "
-            f"loader of their own are {', '.join(map(repr, LOADERS))}; any other name is "
-            "a tfds name.")
-    if num_train is not None and name not in NUM_TRAIN_LOADERS:
-        raise ValueError(
-            f"num_train is only supported for {', '.join(map(repr, NUM_TRAIN_LOADERS))}. "
-            f"Received: dataset={name!r}")
+    check_source_arguments(name, num_train=num_train, image_folder=image_folder,
+                           test_image_folder=test_image_folder)
     if name in LOADERS:
         return LOADERS[name](
             holdout_fraction=holdout_fraction, seed=seed, data_dir=data_dir,

@@ -14,6 +14,7 @@ import math
 from typing import Optional, Tuple
 
 from tllm_tf.data.augment import AUGMENTATIONS
+from tllm_tf.data.sources import check_source_arguments
 from tllm_tf.losses import DISTILLATION_LOSSES
 from tllm_tf.losses import get_distillation_loss
 from tllm_tf.identification import CORRECTIONS
@@ -274,6 +275,12 @@ class RunConfig:
                 f"image_size must be > 0. Received: {self.image_size}")
         require(self.num_train is None or self.num_train > 0,
                 f"num_train must be > 0. Received: {self.num_train}")
+        try:  # Before a data set loads: an image folder given alone would be ignored.
+            check_source_arguments(self.dataset, num_train=self.num_train,
+                                   image_folder=self.image_folder,
+                                   test_image_folder=self.test_image_folder)
+        except ValueError as error:
+            require(False, str(error))
         require(self.steps_per_execution >= 1,
                 f"steps_per_execution must be >= 1. Received: {self.steps_per_execution}")
         require(isinstance(self.teacher_store_top_k, int) and self.teacher_store_top_k >= 0,

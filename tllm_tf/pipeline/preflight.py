@@ -310,7 +310,7 @@ def check_evaluation_splits(model_path, **split_values):
             f"data flags: {' '.join(differences)}.")
 
 
-def check_evaluation_images(model_path, data, split, test_folder_given):
+def check_evaluation_images(model_path, data, split, test_image_folder):
     """Refuses to evaluate a model on an image folder other than its run's files.
 
     The held-out split, and the test split drawn from `--image_folder`, are
@@ -324,25 +324,44 @@ def check_evaluation_images(model_path, data, split, test_folder_given):
         model_path: the `.keras` file or SavedModel folder, in its stage folder.
         data: the evaluation's `DataSplits`.
         split: the split evaluated, `"test"` or `"held_out"`.
-        test_folder_given: whether the test split comes from `--test_image_folder`.
+        test_image_folder: the evaluation's `--test_image_folder`, or None.
 
     Raises:
-        ValueError: naming the splits whose files differ and the fix.
+        ValueError: naming the splits whose files differ (or the
+            `--test_image_folder` the run had otherwise) and the fix.
     """
-    if split == "test" and test_folder_given:
+    if split == "test" and test_image_folder:
         return
-    _, path = _workdir_config(model_path)
+    values, path = _workdir_config(model_path)
     if path is None:
         return
     compared = TRAIN_AND_HELD_OUT + (("test",) if split == "test" else ())
     recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
     changed = workdir_lib.changed_splits(recorded, data.split_digests, compared)
     if changed:
+        setting = _test_folder_setting(values, test_image_folder)
         raise ValueError(
-            f"{model_path!r} was trained by the run of {path} on other files than these flags' "
-            f"image folder holds ({workdir_lib.splits_text(changed)} differ): evaluated on its "
-            f"{split} split, images it trained on may count. Pass that run's --image_folder, "
-            "or give other images to evaluate on as --test_image_folder.")
+            f"{model_path!r} was trained by the run of {path} on other files than these flags "
+            "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the image folder "
+                        "differ") + f". Evaluated on its {split} split, images it trained on "
+            "may count. Pass that run's --image_folder and --test_image_folder, or give "
+            "other images to evaluate on as --test_image_folder (with --split=test).")
+
+
+def _test_folder_setting(values, test_image_folder):
+    """How a run's config.json `values` and `test_image_folder` differ in having one, or None.
+
+    With a test folder the image folder's files are all training and
+    held-out images; without, a part of them is the test split: the two split
+    the same files otherwise.
+    """
+    before = (values or {}).get("test_image_folder")
+    if bool(before) == bool(test_image_folder):
+        return None
+    if before:
+        return f"its run had --test_image_folder={before!r}, these flags have none"
+    return ("its run drew its test split from --image_folder (no --test_image_folder), these "
+            f"flags have --test_image_folder={test_image_folder!r}")
 
 
 def check_teacher_origin(config):
@@ -383,11 +402,18 @@ def check_teacher_images(config, data):
         ValueError: if the training or held-out files differ, naming the
             splits, or if the teacher's `DATA_FILE` is not one a run wrote.
     """
-    _, path = _workdir_config(config.teacher_path)
+    values, path = _workdir_config(config.teacher_path)
     if path is None:
         return
     recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
     changed = workdir_lib.changed_splits(recorded, data.split_digests, TRAIN_AND_HELD_OUT)
+    setting = _test_folder_setting(values, config.test_image_folder)
+    if changed and setting:
+        raise ValueError(
+            f"The teacher {config.teacher_path!r} was trained on other splits of "
+            f"--image_folder={config.image_folder!r}: {setting}, so it may have trained on "
+            "images of this run's held-out split. Give this run the teacher's "
+            "--test_image_folder setting, or leave --teacher_path out.")
     if changed:
         raise ValueError(
             f"The teacher {config.teacher_path!r} was trained on other images than this "
