@@ -305,3 +305,20 @@ def test_a_lone_model_gets_a_table_but_no_change_plot(tmp_path):
 def test_an_empty_workdir_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="test_per_class.json"):
         workdir_results.load_results(str(tmp_path))
+
+
+def test_a_report_of_the_held_out_split_says_so(workdir, tmp_path):
+    # tools/report.py --model_paths --split=held_out printed "test accuracy" for held-out figures.
+    results = dict(workdir_results.load_results(workdir), split="held_out")
+    assert reporting.summary_lines(results)[0].endswith(
+        f"held-out accuracy {100 * results['accuracy']['teacher']:.2f}%")
+    written = reporting.write_report(results, str(tmp_path / "report"))
+    with open(written["report.md"]) as handle:
+        text = handle.read()
+    assert "## Held-out accuracy" in text and "## Per-class held-out accuracy (%)" in text
+    assert "test accuracy" not in text.lower()
+    with open(written["report.json"]) as handle:
+        assert json.load(handle)["split"] == "held_out"
+    default = workdir_results.load_results(workdir)
+    assert "test accuracy" in reporting.summary_lines(default)[0]
+    assert reporting.to_json(default)["split"] == "test"

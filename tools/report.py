@@ -61,6 +61,7 @@ def _results_from_models():
     models = evaluation.model_names(FLAGS.model_paths)
     batches, class_names = data_flags.load_batches(models.values())
     results = evaluation.evaluate_models(models, batches, class_names=class_names)
+    results["split"] = FLAGS.split
     if FLAGS.mask_log:
         history = workdir_results.read_mask_history(FLAGS.mask_log, len(class_names))
         results["mask_history"] = history

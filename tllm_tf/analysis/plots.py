@@ -97,7 +97,8 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
     if source:
         legend.insert(0, Patch(color=UNDISTILLABLE_COLOR,
                                label=f"undistillable ({_describe(source)})"))
-    figure.suptitle("Per-class test accuracy change after distillation", y=0.995)
+    split = results.get("split", "test").replace("_", "-")
+    figure.suptitle(f"Per-class {split} accuracy change after distillation", y=0.995)
     top = 1.0 - 0.4 / figure.get_figheight()
     figure.legend(handles=legend, loc="upper center", ncols=len(legend), fontsize=8,
                   frameon=False, bbox_to_anchor=(0.5, top))

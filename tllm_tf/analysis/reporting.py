@@ -134,10 +134,15 @@ def _check_line(title, check, names, baseline):
     return line
 
 
+def split_name(results):
+    """The split the accuracies of `results` are on, in words: `"test"` unless it says otherwise."""
+    return results.get("split", "test").replace("_", "-")
+
+
 def summary_lines(results):
-    """One line per stage with its overall test accuracy, then the masked classes."""
+    """One line per stage with its overall accuracy (on `split_name`), then the masked classes."""
     width = max([13] + [len(name) for name in results["accuracy"]])
-    lines = [f"{name:>{width}}: test accuracy {100 * value:.2f}%"
+    lines = [f"{name:>{width}}: {split_name(results)} accuracy {100 * value:.2f}%"
              for name, value in results["accuracy"].items()]
     names, source = undistillable_classes(results)
     if source == "tllm_mask":
@@ -197,6 +202,7 @@ def to_json(results):
         "class_names": list(results["class_names"]),
         "models": list(models),
         "baseline": models[0] if models else None,
+        "split": results.get("split", "test"),
         "accuracy": {k: float(v) for k, v in results["accuracy"].items()},
         "per_class_accuracy": {k: atomic.json_floats(v) for k, v in per_class.items()},
         "per_class_change": {m: atomic.json_floats(per_class[m] - per_class[models[0]])
@@ -219,11 +225,13 @@ def markdown_report(results, title="TLLM per-class report", images=()):
     names, source = undistillable_classes(results)
     lines = [f"# {title}", ""]
     lines += [f"![{os.path.splitext(image)[0]}]({image})" for image in images]
-    lines += ["", "## Test accuracy", "", "```", *summary_lines(results), "```", ""]
+    split = split_name(results)
+    lines += ["", f"## {split[:1].upper()}{split[1:]} accuracy", "", "```",
+              *summary_lines(results), "```", ""]
     if source:
         lines += [f"## Undistillable classes: {len(names)} of {len(results['class_names'])}", "",
                   f"{', '.join(names) or 'none'} (source: {source})", ""]
-    lines += ["## Per-class test accuracy (%)", "", markdown_table(results), ""]
+    lines += [f"## Per-class {split} accuracy (%)", "", markdown_table(results), ""]
     changes = [c for c in mask_changes(results) if c["added"] or c["removed"]]
     if changes:
         lines += ["## Mask history (updates that changed the mask)", "",
