@@ -427,3 +427,29 @@ def test_a_workdir_config_that_is_not_a_configuration_is_one_error_line(tool, tm
     assert line.endswith("Use a new --workdir, or delete that file if the workdir is yours to "
                          "reuse.")
     assert (workdir / "config.json").read_text() == content  # Nothing overwritten.
+
+
+def test_an_evaluation_through_another_preprocessing_than_the_runs_is_refused(tmp_path):
+    # An imagenet-augmented model evaluated without --augmentation=imagenet read other pixels.
+    from tllm_tf.pipeline import preflight
+    from tllm_tf.pipeline.config import RunConfig
+    (tmp_path / "run" / "student_kd").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text(RunConfig(
+        workdir=str(tmp_path / "run"), dataset="cifar100", augmentation="imagenet",
+        image_size=32).to_json())
+    model = str(tmp_path / "run" / "student_kd" / "model.keras")
+    preflight.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="imagenet",
+                                             image_size=32)
+    with pytest.raises(ValueError) as raised:
+        preflight.check_evaluation_preprocessing(model, dataset="cifar100",
+                                                 augmentation="none", image_size=None)
+    assert "resized and centre-cropped to 32x32" in str(raised.value)
+    assert "--augmentation=imagenet --image_size=32" in str(raised.value)
+    with pytest.raises(ValueError, match="to 64x64"):
+        preflight.check_evaluation_preprocessing(model, dataset="cifar100",
+                                                 augmentation="imagenet", image_size=64)
+    # Recipes that evaluate alike are taken for each other.
+    (tmp_path / "run" / "config.json").write_text(RunConfig(
+        workdir=str(tmp_path / "run"), dataset="cifar100", augmentation="cifar").to_json())
+    preflight.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="none",
+                                             image_size=None)

@@ -44,13 +44,17 @@ def define_evaluation_flags():
 def load_batches(model_paths=()):
     """Returns `(batches, class_names)` of the split the flags name.
 
-    Models trained in a workdir are checked against its data flags first
-    (`preflight.check_evaluation_splits`), and on an image folder against its
+    Models trained in a workdir are checked against its data flags and its
+    evaluation's preprocessing first (`preflight.check_evaluation_splits`,
+    `check_evaluation_preprocessing`), and on an image folder against its
     files (`preflight.check_evaluation_images`).
     """
     for path in model_paths:
         preflight.check_evaluation_splits(path, dataset=FLAGS.dataset, seed=FLAGS.seed,
                                           holdout_fraction=FLAGS.holdout_fraction)
+        preflight.check_evaluation_preprocessing(
+            path, dataset=FLAGS.dataset, augmentation=FLAGS.augmentation,
+            image_size=FLAGS.image_size)
     data = data_lib.load_dataset(
         FLAGS.dataset, holdout_fraction=FLAGS.holdout_fraction, seed=FLAGS.seed,
         data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, image_folder=FLAGS.image_folder,

@@ -21,7 +21,7 @@ References: He et al. 2016 (the CIFAR recipe), Szegedy et al. 2015
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -40,11 +40,15 @@ class Augmentation:
         train: `(image, seed) -> image`, random; `seed` is a shape `(2,)`
             integer tensor, so the same seed gives the same image.
         eval: `image -> image`, deterministic.
+        eval_description: what `eval` does, in words (`"identity"`), so that
+            two recipes' evaluations can be told alike or apart; `None` (the
+            default): alike only with the same recipe.
     """
 
     name: str
     train: Callable
     eval: Callable
+    eval_description: Optional[str] = None
 
 
 def pad_and_random_crop(image, seed, padding=4, padding_mode="constant"):
@@ -173,7 +177,8 @@ def no_augmentation(image_size=None):
     """
     _check_no_image_size("none", image_size)
     return Augmentation(
-        name="none", train=lambda image, seed: image, eval=lambda image: image
+        name="none", train=lambda image, seed: image, eval=lambda image: image,
+        eval_description="identity",
     )
 
 
@@ -196,7 +201,8 @@ def cifar_augmentation(image_size=None, padding=4, padding_mode="constant"):
         image = pad_and_random_crop(image, crop_seed, padding, padding_mode)
         return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
-    return Augmentation(name="cifar", train=train, eval=lambda image: image)
+    return Augmentation(name="cifar", train=train, eval=lambda image: image,
+                        eval_description="identity")
 
 
 def imagenet_augmentation(image_size=None):
@@ -222,6 +228,7 @@ def imagenet_augmentation(image_size=None):
         name="imagenet",
         train=train,
         eval=lambda image: resize_and_center_crop(image, size),
+        eval_description=f"resized and centre-cropped to {size}x{size}",
     )
 
 
@@ -252,3 +259,19 @@ def build_augmentation(name, image_size=None):
             f"{sorted(AUGMENTATIONS)}."
         )
     return AUGMENTATIONS[name](image_size=image_size)
+
+
+def evaluation_transform(name, image_size=None):
+    """What the recipe `name` does to an image it evaluates, in words.
+
+    Args:
+        name: a key of `AUGMENTATIONS`.
+        image_size: as `build_augmentation`'s. Defaults to `None`.
+
+    Returns:
+        Its `eval_description`, or `"<name>'s"` for a recipe without one.
+
+    Raises:
+        ValueError: as `build_augmentation`.
+    """
+    return build_augmentation(name, image_size).eval_description or f"{name}'s"

@@ -25,6 +25,7 @@ from tllm_tf import model_checks
 from tllm_tf import reference as reference_lib
 from tllm_tf.data import augment
 from tllm_tf.data import soft_label_store
+from tllm_tf.data.sources import augmentation_image_size
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import stage_inputs
@@ -308,6 +309,41 @@ def check_evaluation_splits(model_path, **split_values):
             f"{model_path!r} was trained by the run of {path}, on other splits than these "
             f"flags give: evaluated so, images it trained on would count. Pass that run's "
             f"data flags: {' '.join(differences)}.")
+
+
+def check_evaluation_preprocessing(model_path, *, dataset, augmentation, image_size):
+    """Refuses to evaluate a model through another preprocessing than its run's.
+
+    Recipes whose evaluation is the same (`"none"` and `"cifar"`: the image
+    as it is) are taken for each other. A model without its workdir's
+    config.json, or whose run's recipe cannot be built here, is not checked.
+
+    Args:
+        model_path: the `.keras` file or SavedModel folder, in its stage folder.
+        dataset: the evaluation's `--dataset`.
+        augmentation: its `--augmentation`.
+        image_size: its `--image_size`, or None.
+
+    Raises:
+        ValueError: naming what each does to an image and the run's flags.
+    """
+    values, path = _workdir_config(model_path)
+    if values is None or "augmentation" not in values:
+        return
+    try:
+        before = augment.evaluation_transform(values["augmentation"], augmentation_image_size(
+            values["dataset"], values["augmentation"], values.get("image_size")))
+    except (ValueError, TypeError):
+        return
+    now = augment.evaluation_transform(
+        augmentation, augmentation_image_size(dataset, augmentation, image_size))
+    if before != now:
+        raise ValueError(
+            f"{model_path!r} was trained by the run of {path}, which evaluated its images "
+            f"{before}; these flags evaluate them {now}, so the accuracy would not be the "
+            f"run's. Pass that run's --augmentation={values['augmentation']}"
+            + (f" --image_size={values['image_size']}" if values.get("image_size") else "")
+            + ".")
 
 
 def check_evaluation_images(model_path, data, split, test_image_folder):
