@@ -317,8 +317,8 @@ def test_evaluating_on_other_files_of_the_folder_is_refused(teacher_run, tmp_pat
     changed = _moved_copy(teacher_run, "changed_for_evaluation", change="added")
     config = _config(tmp_path / "unused", changed)
     data = build.load_data(config)
-    for split in ("test", "held_out"):
-        with pytest.raises(ValueError, match=f"Evaluated on its {split} split"):
+    for split, words in (("test", "test"), ("held_out", "held-out")):
+        with pytest.raises(ValueError, match=f"Evaluated on its {words} split"):
             preflight.check_evaluation_images(model, data, split, None)
     # New images as the test folder are any the user chooses.
     preflight.check_evaluation_images(model, data, "test", str(changed))
@@ -337,13 +337,14 @@ def test_evaluating_on_other_files_of_the_folder_is_refused(teacher_run, tmp_pat
 def test_the_tools_evaluate_a_folder_model_on_its_files_moved(teacher_run, zygote):
     # tools/evaluate.py and tools/report.py gave --image_size to the 'none' augmentation,
     # which refused it: a model of an image folder could not be evaluated at all.
-    _, _, made = teacher_run
+    # And they read a folder given as ~/..., as tools/train.py does.
+    tmp, _, made = teacher_run
     model = os.path.join(made.workdir, "teacher", "model.keras")
-    moved = _moved_copy(teacher_run, "moved_for_the_tool")
+    _moved_copy(teacher_run, "moved_for_the_tool")
     result = zygote.run(
         ("tools/evaluate.py", f"--model_path={model}", "--dataset=image_folder",
-         f"--image_folder={moved}", "--image_size=5", "--holdout_fraction=0.25"),
-        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+         "--image_folder=~/moved_for_the_tool", "--image_size=5", "--holdout_fraction=0.25"),
+        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "HOME": str(tmp)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| **overall** |" in result.stdout
 
@@ -352,17 +353,30 @@ def test_the_tools_evaluate_a_folder_model_on_its_files_moved(teacher_run, zygot
 
 def test_an_image_folder_without_its_data_set_is_refused_not_ignored(tmp_path):
     # It trained on the digits before, recording the folder in config.json.
-    with pytest.raises(ValueError, match="Add --dataset=image_folder"):
+    with pytest.raises(ValueError, match="--dataset=image_folder"):
         RunConfig(workdir=str(tmp_path), image_folder=str(tmp_path))
     from tllm_tf import data as data_lib
-    with pytest.raises(ValueError, match="Add --dataset=image_folder"):
+    with pytest.raises(ValueError, match="--dataset=image_folder"):
         data_lib.load_dataset("digits", holdout_fraction=0.2, test_image_folder=str(tmp_path))
 
 
-def test_a_test_folder_that_is_the_training_folder_is_refused(tmp_path):
+def test_a_test_folder_that_is_the_training_folder_or_inside_it_is_refused(tmp_path):
     folder = _write_folder(tmp_path / "pets", per_class=2)
-    with pytest.raises(ValueError, match="measured on training images"):
-        _config(tmp_path / "run", folder, test_image_folder=str(folder) + "/")
+    inside = _write_folder(folder / "test", per_class=2)  # It would be a class of its own.
+    beside = _write_folder(tmp_path / "pets_test", per_class=2)
+    for test in (str(folder) + "/", str(inside)):
+        with pytest.raises(ValueError, match="would also be training images"):
+            _config(tmp_path / "run", folder, test_image_folder=test)
+    with pytest.raises(ValueError, match="or the reverse"):
+        _config(tmp_path / "run", inside, test_image_folder=str(folder))
+    _config(tmp_path / "run", folder, test_image_folder=str(beside))
+
+
+def test_a_workdir_whose_data_set_ignored_its_image_folder_still_reads(tmp_path):
+    # Before 2026-12-06 --image_folder without --dataset=image_folder was taken and ignored.
+    text = json.dumps(dict(json.loads(RunConfig(workdir=str(tmp_path)).to_json()),
+                           image_folder=str(tmp_path / "pets")))
+    assert RunConfig.from_json(text).image_folder is None
 
 
 def test_a_changed_test_folder_setting_is_named_as_such(teacher_run, tmp_path):
@@ -381,14 +395,22 @@ def test_a_changed_test_folder_setting_is_named_as_such(teacher_run, tmp_path):
         preflight.check_evaluation_images(teacher_path, data, "held_out", str(test))
 
 
-def test_files_not_named_as_images_are_counted_in_a_warning(tmp_path, caplog):
+def test_images_of_formats_not_read_are_counted_in_a_warning(tmp_path, caplog):
     folder = _write_folder(tmp_path / "pets", per_class=2)
     for index in range(3):
         (folder / "dog" / f"scan{index}.TIFF").write_bytes(b"II*\x00")
-    (folder / "owl" / "notes.txt").write_text("not an image")
-    (folder / "owl" / ".DS_Store").write_text("hidden")
+    (folder / "owl" / "photo.heic").write_bytes(b"\x00")
+    for name in ("notes.txt", "Thumbs.db", "desktop.ini", ".DS_Store"):
+        (folder / "owl" / name).write_text("not an image")
     with caplog.at_level("WARNING"):
         paths, _ = image_files.list_image_files(str(folder), CLASSES)
     assert len(paths) == 6
-    assert "4 file(s) in the class folders of" in caplog.text
-    assert ".tiff (3), .txt (1)" in caplog.text and "DS_Store" not in caplog.text
+    assert "4 image(s) in the class folders of" in caplog.text
+    assert "skipped: .tiff (3), .heic (1)" in caplog.text
+    caplog.clear()
+    os.remove(folder / "owl" / "photo.heic")
+    for index in range(3):
+        os.remove(folder / "dog" / f"scan{index}.TIFF")
+    with caplog.at_level("WARNING"):
+        image_files.list_image_files(str(folder), CLASSES)
+    assert "skipped" not in caplog.text  # Other files are no images, and pass without a word.

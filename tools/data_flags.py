@@ -5,6 +5,8 @@ Defaults come from `RunConfig` and choices from the data registry, so a run's fl
 its flag file) select the same splits and evaluation transform in every tool.
 """
 
+import os
+
 from absl import flags
 
 from tllm_tf import data as data_lib
@@ -25,7 +27,8 @@ flags.DEFINE_float("holdout_fraction", _DEFAULTS.holdout_fraction,
                    "undistillable classes.")
 flags.DEFINE_string("image_folder", None, "--dataset=image_folder: a folder of class folders.")
 flags.DEFINE_string("test_image_folder", None, "--dataset=image_folder: its test folder.")
-flags.DEFINE_integer("image_size", None, "Side of the images the model sees (folders: default 224; ImageNet-size tfds sets).")
+flags.DEFINE_integer("image_size", None, "Side of the images the model sees (image folders: "
+                     "default 224; ImageNet-size tfds sets).")
 flags.DEFINE_enum("augmentation", _DEFAULTS.augmentation, sorted(AUGMENTATIONS),
                   "Per-image augmentation recipe (teacher and student see the same images; "
                   "evaluation applies its evaluation transform).")
@@ -55,12 +58,13 @@ def load_batches(model_paths=()):
         preflight.check_evaluation_preprocessing(
             path, dataset=FLAGS.dataset, augmentation=FLAGS.augmentation,
             image_size=FLAGS.image_size)
+    paths = {name: FLAGS[name].value and os.path.expanduser(FLAGS[name].value)
+             for name in ("data_dir", "manual_dir", "image_folder", "test_image_folder")}
     data = data_lib.load_dataset(
         FLAGS.dataset, holdout_fraction=FLAGS.holdout_fraction, seed=FLAGS.seed,
-        data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, image_folder=FLAGS.image_folder,
-        test_image_folder=FLAGS.test_image_folder, image_size=FLAGS.image_size)
+        image_size=FLAGS.image_size, **paths)
     for path in model_paths:
-        preflight.check_evaluation_images(path, data, FLAGS.split, FLAGS.test_image_folder)
+        preflight.check_evaluation_images(path, data, FLAGS.split, paths["test_image_folder"])
     batches = data_lib.make_pipeline(
         getattr(data, FLAGS.split), batch_size=FLAGS.batch_size, training=False,
         augmentation=FLAGS.augmentation, image_size=data_lib.augmentation_image_size(

@@ -78,7 +78,9 @@ def _flag_columns(results):
 
 
 def markdown_table(results):
-    """Per-class test accuracy (%) table with the undistillable marks.
+    """Per-class accuracy (%) table, with the undistillable marks.
+
+    The accuracies are on the test split, or on the results' `split`.
 
     With a workdir, `KD<ref` marks a class the KD student got wrong more
     often than the label-only reference on the test split, and `masked` a
@@ -135,7 +137,15 @@ def _check_line(title, check, names, baseline):
 
 
 def split_name(results):
-    """The split the accuracies of `results` are on, in words: `"test"` unless it says otherwise."""
+    """The split the accuracies of `results` are on, in words.
+
+    Args:
+        results: a results dict (`workdir_results.load_results`, or
+            `tools/report.py`'s from `--model_paths`).
+
+    Returns:
+        `"test"`, or `"held-out"` for results whose `split` is `"held_out"`.
+    """
     return results.get("split", "test").replace("_", "-")
 
 

@@ -22,6 +22,7 @@ from tllm_tf.data.sources import IMAGE_FOLDER
 from tllm_tf.data.sources import LOADERS
 from tllm_tf.data.sources import NUM_TRAIN_LOADERS
 from tllm_tf.data.sources import augmentation_image_size
+from tllm_tf.data.sources import check_source_arguments
 from tllm_tf.data.sources import load_dataset
 from tllm_tf.data.splits import stratified_split
 from tllm_tf.data.types import DataSplits
@@ -43,6 +44,7 @@ __all__ = [
     "SoftLabelStore",
     "UnlabelledDataError",
     "augmentation_image_size",
+    "check_source_arguments",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",

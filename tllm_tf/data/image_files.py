@@ -19,6 +19,11 @@ from tllm_tf.data import image_headers
 from tllm_tf.data.errors import DataNotFoundError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+# Image formats TensorFlow does not decode: skipped with a warning that counts them (other
+# files, such as Thumbs.db or a README, are skipped without one).
+UNREAD_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jfif", ".jxl", ".jp2",
+                           ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".svg", ".psd", ".tga",
+                           ".exr", ".hdr", ".dng", ".cr2", ".nef", ".arw", ".raw")
 # 100 megapixels: 300 MB once decoded as RGB, far above any image of a data set.
 MAX_IMAGE_PIXELS = 100_000_000
 _MAX_LISTED_PATHS = 5
@@ -128,7 +133,7 @@ def _walk_images(label, class_dirs, class_by_real_path, visited, skipped):
     that class: followed from here, it would label that class's images as
     this one. `visited` holds the `(st_dev, st_ino)` of the folders not to
     enter; every folder entered is added to it. `skipped` (a `Counter`)
-    counts the files not hidden and not named as images, by extension.
+    counts the files of `UNREAD_IMAGE_EXTENSIONS`, by extension.
     """
 
     def belongs_here(real_path):
@@ -147,7 +152,9 @@ def _walk_images(label, class_dirs, class_by_real_path, visited, skipped):
             if _is_hidden(name):
                 continue
             if not name.lower().endswith(IMAGE_EXTENSIONS):
-                skipped[os.path.splitext(name)[1].lower() or name] += 1
+                extension = os.path.splitext(name)[1].lower()
+                if extension in UNREAD_IMAGE_EXTENSIONS:
+                    skipped[extension] += 1
                 continue
             path = os.path.join(root, name)
             real_path = os.path.realpath(path)
@@ -181,7 +188,7 @@ def list_image_files(directory, class_names):
 
     Hidden files and folders (names starting with `.`) are skipped; so are
     other files not named as images (`IMAGE_EXTENSIONS`), with a warning
-    that counts them by extension (a `.tiff` is not read). Linked
+    that counts those of image formats it does not read (a `.tiff`). Linked
     folders are followed, but none twice, and none that is the top folder,
     one of its parents or a class folder; a linked file or folder inside
     another class's folder is that class's; a file reached twice is listed
@@ -227,10 +234,10 @@ def list_image_files(directory, class_names):
         )
     if skipped:
         logging.warning(
-            "%d file(s) in the class folders of %r are not read: only %s are images here. "
-            "Skipped, by extension: %s. Convert the images among them to PNG or JPEG to use "
-            "them.", sum(skipped.values()), os.fspath(directory), ", ".join(IMAGE_EXTENSIONS),
-            ", ".join(f"{name} ({count})" for name, count in skipped.most_common(8)))
+            "%d image(s) in the class folders of %r are of formats this loader does not read "
+            "(it reads %s), and are skipped: %s. Convert them to PNG or JPEG to use them.",
+            sum(skipped.values()), os.fspath(directory), ", ".join(IMAGE_EXTENSIONS),
+            ", ".join(f"{name} ({count})" for name, count in skipped.most_common()))
     _check_image_files(directory, paths)
     return paths, np.asarray(labels, np.int32)
 

@@ -42,17 +42,17 @@ def check_source_arguments(name, *, num_train=None, image_folder=None, test_imag
 
     Args:
         name: the data set's name (`load_dataset`'s).
-        num_train: the training subset's size, or None.
-        image_folder: the training image folder, or None.
-        test_image_folder: the test image folder, or None.
+        num_train: the training subset's size. Defaults to `None`.
+        image_folder: the training image folder. Defaults to `None`.
+        test_image_folder: the test image folder. Defaults to `None`.
 
     Raises:
         ValueError: on a name near one with a loader of its own (a typo,
             which tfds would not know either), `num_train` for a set that
             cannot keep a subset, an image folder for another data set (it
             would be ignored, and the run would train on that set), or a test
-            folder that is the training folder (the test accuracy would be on
-            training images).
+            folder that is the training folder, or inside it, or holds it
+            (the test accuracy would be on training images).
     """
     base_name = name.split(":")[0].split("/")[0]  # A tfds name may add :version or /config.
     near = difflib.get_close_matches(base_name, LOADERS, n=1, cutoff=0.8)
@@ -68,14 +68,18 @@ def check_source_arguments(name, *, num_train=None, image_folder=None, test_imag
     if (image_folder or test_image_folder) and name != IMAGE_FOLDER:
         raise ValueError(
             f"image_folder and test_image_folder are read only with dataset={IMAGE_FOLDER!r}; "
-            f"with dataset={name!r} they would be ignored. Add --dataset={IMAGE_FOLDER}. "
+            f"with dataset={name!r} they would be ignored. Pass dataset={IMAGE_FOLDER!r} "
+            f"(--dataset={IMAGE_FOLDER}). "
             f"Received: image_folder={image_folder!r}, test_image_folder={test_image_folder!r}")
-    if (image_folder and test_image_folder
-            and os.path.realpath(image_folder) == os.path.realpath(test_image_folder)):
-        raise ValueError(
-            f"test_image_folder is image_folder ({image_folder!r}): the test accuracy would be "
-            "measured on training images. Give a folder of other images, or leave "
-            "test_image_folder out to hold out a part of image_folder as the test split.")
+    if image_folder and test_image_folder:
+        train, test = os.path.realpath(image_folder), os.path.realpath(test_image_folder)
+        if os.path.commonpath([train, test]) in (train, test):
+            raise ValueError(
+                f"test_image_folder={test_image_folder!r} is image_folder={image_folder!r} or "
+                "lies inside it, or the reverse: its images would also be training images "
+                "(inside, as a class of their own). Give a folder of other images beside it, "
+                "or leave test_image_folder out to hold out a part of image_folder as the "
+                "test split.")
 
 
 def augmentation_image_size(dataset, augmentation, image_size):

@@ -14,6 +14,7 @@ import math
 from typing import Optional, Tuple
 
 from tllm_tf.data.augment import AUGMENTATIONS
+from tllm_tf.data.sources import IMAGE_FOLDER
 from tllm_tf.data.sources import check_source_arguments
 from tllm_tf.losses import DISTILLATION_LOSSES
 from tllm_tf.losses import get_distillation_loss
@@ -327,6 +328,9 @@ class RunConfig:
             values["students"] = students_from_methods(values.pop("method"))
         for field, value in _BEFORE_THE_FIELD.items():
             values.setdefault(field, value)
+        if values.get("dataset") != IMAGE_FOLDER:
+            # Before 2026-12-06 another data set took them and ignored them, as its run did.
+            values.update(image_folder=None, test_image_folder=None)
         for key in ("students", "lr_decay_epochs", "masked_classes"):
             if key in values:  # masked_classes is missing from workdirs of before it.
                 values[key] = tuple(values[key])

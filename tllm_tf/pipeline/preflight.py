@@ -379,17 +379,25 @@ def check_evaluation_images(model_path, data, split, test_image_folder):
         raise ValueError(
             f"{model_path!r} was trained by the run of {path} on other files than these flags "
             "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the image folder "
-                        "differ") + f". Evaluated on its {split} split, images it trained on "
+                        "differ") + f". Evaluated on its {split.replace('_', '-')} split, "
+            "images it trained on "
             "may count. Pass that run's --image_folder and --test_image_folder, or give "
             "other images to evaluate on as --test_image_folder (with --split=test).")
 
 
 def _test_folder_setting(values, test_image_folder):
-    """How a run's config.json `values` and `test_image_folder` differ in having one, or None.
+    """How a run and these flags differ in having a `--test_image_folder`, in words.
 
     With a test folder the image folder's files are all training and
     held-out images; without, a part of them is the test split: the two split
     the same files otherwise.
+
+    Args:
+        values: the run's config.json values, or None.
+        test_image_folder: these flags' `--test_image_folder`, or None.
+
+    Returns:
+        A phrase naming both settings, or None where both have one or neither.
     """
     before = (values or {}).get("test_image_folder")
     if bool(before) == bool(test_image_folder):
