@@ -200,6 +200,15 @@ def test_a_study_with_an_empty_list_is_refused_before_anything_trains(tool, tmp_
     assert not os.path.exists(tmp_path / "study")
 
 
+def test_a_study_of_a_set_without_subsets_names_its_teacher_num_train(tool, tmp_path):
+    # It named num_train, which the user never passed: the default --teacher_num_train is.
+    result = tool("tools/study.py", "--dataset=cifar100", "--seeds=0",
+                  f"--root={tmp_path / 'study'}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "pass --teacher_num_train=0 (the whole split) for --dataset=cifar100" in result.stderr
+    assert not os.path.exists(tmp_path / "study")
+
+
 # tools/report.py on a damaged or half-finished workdir.
 
 def _write_json(path, record):

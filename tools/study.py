@@ -30,6 +30,7 @@ from tllm_tf.analysis import study  # noqa: E402
 from tllm_tf.analysis import study_arms  # noqa: E402
 from tllm_tf.analysis import study_records  # noqa: E402
 from tllm_tf.analysis import study_report  # noqa: E402
+from tllm_tf.data.sources import NUM_TRAIN_LOADERS  # noqa: E402
 
 flags.DEFINE_string("root", "runs/study", "Where the study's runs and results go.")
 flags.DEFINE_string("results_dir", None, "Where study.md, study.json and the plots go "
@@ -69,11 +70,21 @@ def _check_lists_have_no_repeats():
             raise app.UsageError(f"--{name} lists {', '.join(repeated)} more than once.")
 
 
+def _check_teacher_num_train(dataset):
+    """Refuses the default --teacher_num_train for a set that cannot keep a subset."""
+    if FLAGS.teacher_num_train and dataset not in NUM_TRAIN_LOADERS:
+        raise app.UsageError(
+            f"--teacher_num_train={FLAGS.teacher_num_train} keeps a subset of the training "
+            f"split for the teachers, which only {', '.join(NUM_TRAIN_LOADERS)} can: pass "
+            f"--teacher_num_train=0 (the whole split) for --dataset={dataset}.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_lists_are_not_empty()
     _check_lists_have_no_repeats()
+    _check_teacher_num_train(FLAGS.dataset)
     console.plain_log_lines()
     try:
         base = run_flags.config_from_flags(workdir=FLAGS.root)
