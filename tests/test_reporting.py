@@ -322,3 +322,13 @@ def test_a_report_of_the_held_out_split_says_so(workdir, tmp_path):
     default = workdir_results.load_results(workdir)
     assert "test accuracy" in reporting.summary_lines(default)[0]
     assert reporting.to_json(default)["split"] == "test"
+
+
+def test_a_class_named_with_a_bar_keeps_its_table_row(tmp_path):
+    # A folder's class name may hold "|", which ended the cell and added a column.
+    _write_stage(tmp_path, "reference", [0.5, 0.75, 1.0, 1.0])
+    results = dict(workdir_results.load_results(str(tmp_path)),
+                   class_names=["a|b", "c", "d", "e"])
+    rows = reporting.markdown_table(results).splitlines()
+    assert rows[2] == "| a\\|b | 50.0 |"
+    assert all(row.replace("\\|", "").count("|") == 3 for row in rows)

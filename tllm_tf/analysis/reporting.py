@@ -77,6 +77,15 @@ def _flag_columns(results):
     return columns
 
 
+def markdown_text(text):
+    """`text` (a class name, say a folder's) with its `|` escaped, which would end a table cell.
+
+    Only the cell mark: the table is also printed as it is on the terminal, where
+    an escaped `_` or `*` would read worse than markdown's emphasis renders.
+    """
+    return text.replace("|", "\\|")
+
+
 def markdown_table(results):
     """Per-class accuracy (%) table, with the undistillable marks.
 
@@ -93,7 +102,7 @@ def markdown_table(results):
     header = ["class"] + models + [title for title, _ in marks]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for index, name in enumerate(results["class_names"] or []):
-        cells = [name] + [_percent(per_class[m][index]) for m in models]
+        cells = [markdown_text(name)] + [_percent(per_class[m][index]) for m in models]
         cells += ["x" if flags[index] else "" for _, flags in marks]
         rows.append("| " + " | ".join(cells) + " |")
     overall = ["**overall**"] + [_percent(results["accuracy"][m]) for m in models]
@@ -240,14 +249,15 @@ def markdown_report(results, title="TLLM per-class report", images=()):
               *summary_lines(results), "```", ""]
     if source:
         lines += [f"## Undistillable classes: {len(names)} of {len(results['class_names'])}", "",
-                  f"{', '.join(names) or 'none'} (source: {source})", ""]
+                  f"{markdown_text(', '.join(names)) or 'none'} (source: {source})", ""]
     lines += [f"## Per-class {split} accuracy (%)", "", markdown_table(results), ""]
     changes = [c for c in mask_changes(results) if c["added"] or c["removed"]]
     if changes:
         lines += ["## Mask history (updates that changed the mask)", "",
                   "| epoch | masked | added | removed |", "|---|---|---|---|"]
         lines += [f"| {c['epoch']} | {c['num_undistillable_classes']} | "
-                  f"{', '.join(c['added'])} | {', '.join(c['removed'])} |" for c in changes]
+                  f"{markdown_text(', '.join(c['added']))} | "
+                  f"{markdown_text(', '.join(c['removed']))} |" for c in changes]
         lines.append("")
     limit = detection_limit(results)
     if limit:
