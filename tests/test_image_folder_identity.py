@@ -414,3 +414,13 @@ def test_images_of_formats_not_read_are_counted_in_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         image_files.list_image_files(str(folder), CLASSES)
     assert "skipped" not in caplog.text  # Other files are no images, and pass without a word.
+
+
+def test_a_run_without_image_size_says_what_size_it_resizes_to(tmp_path, capsys):
+    # 224 for photographs: 28x28 images cost 64 times their pixels, and nothing said so.
+    folder = _write_folder(tmp_path / "pets", per_class=4)
+    stages.run(_config(tmp_path / "run", folder, image_size=None, stage="teacher", verbose=1))
+    assert ("--image_size not given: every image of --image_folder is resized to 224x224"
+            in capsys.readouterr().out)
+    stages.run(_config(tmp_path / "run5", folder, stage="teacher", verbose=1))
+    assert "--image_size not given" not in capsys.readouterr().out

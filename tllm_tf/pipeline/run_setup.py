@@ -10,6 +10,7 @@ from the tllm student of the same run (`refit_config`).
 import dataclasses
 import os
 
+from tllm_tf.data.sources import IMAGE_FOLDER
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import cluster_config
 from tllm_tf.pipeline import fitting
@@ -49,6 +50,12 @@ def prepare(config, strategy):
         config.workdir, TEACHER_STAGE, MODEL_FILE)
     reference_path = config.reference_path or os.path.join(
         config.workdir, REFERENCE_STAGE, REFERENCE_FILE)
+    if config.dataset == IMAGE_FOLDER and config.image_size is None:
+        # 224 for photographs; for small images it costs many times the pixels, unsaid.
+        height, width = data.image_shape[:2]
+        fitting.say(config.verbose, is_chief(strategy),
+                    f"--image_size not given: every image of --image_folder is resized to "
+                    f"{height}x{width} (pass --image_size=N for N x N).")
     steps = build.steps_per_epoch(data, config)
     executed = build.steps_per_execution(steps, config.steps_per_execution)
     if executed != config.steps_per_execution:
