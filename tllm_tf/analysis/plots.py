@@ -13,6 +13,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from tllm_tf import atomic
+from tllm_tf.analysis.report_figures import split_name
 
 # Above this many classes, class names no longer fit under the bars.
 MAX_NAMED_CLASSES = 40
@@ -97,8 +98,8 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
     if source:
         legend.insert(0, Patch(color=UNDISTILLABLE_COLOR,
                                label=f"undistillable ({_describe(source)})"))
-    split = results.get("split", "test").replace("_", "-")
-    figure.suptitle(f"Per-class {split} accuracy change after distillation", y=0.995)
+    figure.suptitle(f"Per-class {split_name(results)} accuracy change after distillation",
+                    y=0.995)
     top = 1.0 - 0.4 / figure.get_figheight()
     figure.legend(handles=legend, loc="upper center", ncols=len(legend), fontsize=8,
                   frameon=False, bbox_to_anchor=(0.5, top))

@@ -18,6 +18,24 @@ from tllm_tf.analysis.workdir_results import COLUMNS
 from tllm_tf.pipeline import workdir_files
 
 
+def evaluated_split(results):
+    """The split the accuracies of `results` are on: `"test"`, or its `split` (`"held_out"`).
+
+    Args:
+        results: a results dict (a workdir's, or `tools/report.py`'s from
+            `--model_paths`, which sets `split`).
+
+    Returns:
+        The split's name as `tools/evaluate.py`'s `--split` takes it.
+    """
+    return results.get("split", "test")
+
+
+def split_name(results):
+    """`evaluated_split` in words: `"test"` or `"held-out"`."""
+    return evaluated_split(results).replace("_", "-")
+
+
 def class_names_where(results, flags):
     """The names of the classes where `flags` is true.
 

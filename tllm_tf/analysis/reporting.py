@@ -27,8 +27,8 @@ import numpy as np
 from tllm_tf import atomic
 from tllm_tf.analysis import report_figures
 from tllm_tf.analysis.report_figures import (below_baseline, class_names_where,
-                                             detection_limit, gain_by_mask,
-                                             undistillable_classes)
+                                             detection_limit, evaluated_split, gain_by_mask,
+                                             split_name, undistillable_classes)
 from tllm_tf.analysis.workdir_results import COLUMNS
 from tllm_tf.pipeline import workdir_files
 
@@ -145,19 +145,6 @@ def _check_line(title, check, names, baseline):
     return line
 
 
-def split_name(results):
-    """The split the accuracies of `results` are on, in words.
-
-    Args:
-        results: a results dict (`workdir_results.load_results`, or
-            `tools/report.py`'s from `--model_paths`).
-
-    Returns:
-        `"test"`, or `"held-out"` for results whose `split` is `"held_out"`.
-    """
-    return results.get("split", "test").replace("_", "-")
-
-
 def summary_lines(results):
     """One line per stage with its overall accuracy (on `split_name`), then the masked classes."""
     width = max([13] + [len(name) for name in results["accuracy"]])
@@ -221,7 +208,7 @@ def to_json(results):
         "class_names": list(results["class_names"]),
         "models": list(models),
         "baseline": models[0] if models else None,
-        "split": results.get("split", "test"),
+        "split": evaluated_split(results),
         "accuracy": {k: float(v) for k, v in results["accuracy"].items()},
         "per_class_accuracy": {k: atomic.json_floats(v) for k, v in per_class.items()},
         "per_class_change": {m: atomic.json_floats(per_class[m] - per_class[models[0]])
