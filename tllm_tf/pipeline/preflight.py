@@ -368,12 +368,8 @@ def check_evaluation_images(model_path, data, split, test_image_folder):
     """
     if split == "test" and test_image_folder:
         return
-    values, path = _workdir_config(model_path)
-    if path is None:
-        return
     compared = TRAIN_AND_HELD_OUT + (("test",) if split == "test" else ())
-    recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
-    changed = workdir_lib.changed_splits(recorded, data.split_digests, compared)
+    values, path, changed = _files_changed_since_run(model_path, data, compared)
     if changed:
         setting = _test_folder_setting(values, test_image_folder)
         raise ValueError(
@@ -383,6 +379,30 @@ def check_evaluation_images(model_path, data, split, test_image_folder):
             "images it trained on "
             "may count. Pass that run's --image_folder and --test_image_folder, or give "
             "other images to evaluate on as --test_image_folder (with --split=test).")
+
+
+def _files_changed_since_run(model_path, data, splits):
+    """Which of `splits` hold other files in `data` than in the run that trained `model_path`.
+
+    Args:
+        model_path: a model file in its stage folder.
+        data: this run's or evaluation's `DataSplits`.
+        splits: the split names compared.
+
+    Returns:
+        `(values, path, changed)`: that run's config.json values and path
+        (`_workdir_config`), and the names of the splits whose digests differ;
+        `changed` is empty where `data` is not an image folder or the run
+        recorded no digests.
+
+    Raises:
+        ValueError: if the run's `DATA_FILE` is not one a run wrote.
+    """
+    values, path = _workdir_config(model_path)
+    if path is None:
+        return values, path, []
+    recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
+    return values, path, workdir_lib.changed_splits(recorded, data.split_digests, splits)
 
 
 def _test_folder_setting(values, test_image_folder):
@@ -446,11 +466,8 @@ def check_teacher_images(config, data):
         ValueError: if the training or held-out files differ, naming the
             splits, or if the teacher's `DATA_FILE` is not one a run wrote.
     """
-    values, path = _workdir_config(config.teacher_path)
-    if path is None:
-        return
-    recorded = workdir_lib.recorded_split_digests(os.path.dirname(path))
-    changed = workdir_lib.changed_splits(recorded, data.split_digests, TRAIN_AND_HELD_OUT)
+    values, path, changed = _files_changed_since_run(config.teacher_path, data,
+                                                     TRAIN_AND_HELD_OUT)
     setting = _test_folder_setting(values, config.test_image_folder)
     if changed and setting:
         raise ValueError(
