@@ -324,18 +324,18 @@ def test_the_mask_of_a_finished_tllm_student_is_its_last_update(tmp_path):
 
 
 def test_evaluation_splits_of_the_run_or_of_no_run_are_taken(tmp_path):
-    from tllm_tf.pipeline import preflight
+    from tllm_tf.pipeline import model_origin
     from tllm_tf.pipeline.config import RunConfig
     (tmp_path / "run" / "student_kd").mkdir(parents=True)
     (tmp_path / "run" / "config.json").write_text(
         RunConfig(workdir=str(tmp_path / "run"), dataset="digits", seed=3).to_json())
-    preflight.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
-                                      dataset="digits", seed=3, holdout_fraction=0.2)
-    preflight.check_evaluation_splits(str(tmp_path / "exported"), dataset="digits", seed=1,
-                                      holdout_fraction=0.5)  # no run's config beside it
+    model_origin.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
+                                         dataset="digits", seed=3, holdout_fraction=0.2)
+    model_origin.check_evaluation_splits(str(tmp_path / "exported"), dataset="digits", seed=1,
+                                         holdout_fraction=0.5)  # no run's config beside it
     with pytest.raises(ValueError, match="--holdout_fraction=0.2"):
-        preflight.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
-                                          dataset="digits", seed=3, holdout_fraction=0.3)
+        model_origin.check_evaluation_splits(str(tmp_path / "run" / "student_kd" / "model.keras"),
+                                             dataset="digits", seed=3, holdout_fraction=0.3)
 
 
 def test_a_stage_that_began_and_did_not_finish_is_named_as_unfinished(tool, tmp_path):
@@ -440,25 +440,25 @@ def test_a_workdir_config_that_is_not_a_configuration_is_one_error_line(tool, tm
 
 def test_an_evaluation_through_another_preprocessing_than_the_runs_is_refused(tmp_path):
     # An imagenet-augmented model evaluated without --augmentation=imagenet read other pixels.
-    from tllm_tf.pipeline import preflight
+    from tllm_tf.pipeline import model_origin
     from tllm_tf.pipeline.config import RunConfig
     (tmp_path / "run" / "student_kd").mkdir(parents=True)
     (tmp_path / "run" / "config.json").write_text(RunConfig(
         workdir=str(tmp_path / "run"), dataset="cifar100", augmentation="imagenet",
         image_size=32).to_json())
     model = str(tmp_path / "run" / "student_kd" / "model.keras")
-    preflight.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="imagenet",
-                                             image_size=32)
+    model_origin.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="imagenet",
+                                                image_size=32)
     with pytest.raises(ValueError) as raised:
-        preflight.check_evaluation_preprocessing(model, dataset="cifar100",
-                                                 augmentation="none", image_size=None)
+        model_origin.check_evaluation_preprocessing(model, dataset="cifar100",
+                                                    augmentation="none", image_size=None)
     assert "resized and centre-cropped to 32x32" in str(raised.value)
     assert "--augmentation=imagenet --image_size=32" in str(raised.value)
     with pytest.raises(ValueError, match="to 64x64"):
-        preflight.check_evaluation_preprocessing(model, dataset="cifar100",
-                                                 augmentation="imagenet", image_size=64)
+        model_origin.check_evaluation_preprocessing(model, dataset="cifar100",
+                                                    augmentation="imagenet", image_size=64)
     # Recipes that evaluate alike are taken for each other.
     (tmp_path / "run" / "config.json").write_text(RunConfig(
         workdir=str(tmp_path / "run"), dataset="cifar100", augmentation="cifar").to_json())
-    preflight.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="none",
-                                             image_size=None)
+    model_origin.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="none",
+                                                image_size=None)

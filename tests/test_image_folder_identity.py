@@ -20,6 +20,7 @@ from tllm_tf import reference as reference_lib
 from tllm_tf.data import image_files
 from tllm_tf.data.folder_source import load_image_folder
 from tllm_tf.pipeline import build
+from tllm_tf.pipeline import model_origin
 from tllm_tf.pipeline import preflight
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir
@@ -135,7 +136,7 @@ def test_a_teacher_of_the_same_images_moved_is_taken_and_of_other_images_refused
     teacher_path = os.path.join(made.workdir, "teacher", "model.keras")
     moved = _moved_copy(teacher_run, "moved_for_teacher")
     config = _config(tmp_path / "same", moved, teacher_path=teacher_path)
-    preflight.check_teacher_images(config, build.load_data(config))
+    model_origin.check_teacher_images(config, build.load_data(config))
 
     changed = _moved_copy(teacher_run, "changed_for_teacher", change="added")
     config = _config(tmp_path / "other", changed, teacher_path=teacher_path,
@@ -261,9 +262,9 @@ def test_a_teacher_of_other_held_out_files_is_refused(teacher_run, tmp_path):
     data = build.load_data(config)
     other = dataclasses.replace(data, split_digests=dict(data.split_digests, held_out="0" * 64))
     with pytest.raises(ValueError, match="the files of the held-out split"):
-        preflight.check_teacher_images(config, other)
+        model_origin.check_teacher_images(config, other)
     other = dataclasses.replace(data, split_digests=dict(data.split_digests, test="0" * 64))
-    preflight.check_teacher_images(config, other)  # Its test images are not the teacher's.
+    model_origin.check_teacher_images(config, other)  # Its test images are not the teacher's.
 
 
 def test_the_study_still_names_a_moved_folder(teacher_run):
@@ -319,12 +320,12 @@ def test_evaluating_on_other_files_of_the_folder_is_refused(teacher_run, tmp_pat
     data = build.load_data(config)
     for split, words in (("test", "test"), ("held_out", "held-out")):
         with pytest.raises(ValueError, match=f"Evaluated on its {words} split"):
-            preflight.check_evaluation_images(model, data, split, None)
+            model_origin.check_evaluation_images(model, data, split, None)
     # New images as the test folder are any the user chooses.
-    preflight.check_evaluation_images(model, data, "test", str(changed))
+    model_origin.check_evaluation_images(model, data, "test", str(changed))
     moved = _moved_copy(teacher_run, "moved_for_evaluation")
-    preflight.check_evaluation_images(model, build.load_data(_config(tmp_path, moved)), "test",
-                                      None)
+    model_origin.check_evaluation_images(model, build.load_data(_config(tmp_path, moved)), "test",
+                                         None)
 
     result = zygote.run(
         ("tools/evaluate.py", f"--model_path={model}", "--dataset=image_folder",
@@ -387,12 +388,12 @@ def test_a_changed_test_folder_setting_is_named_as_such(teacher_run, tmp_path):
                      teacher_path=teacher_path)
     data = build.load_data(config)
     with pytest.raises(ValueError) as raised:
-        preflight.check_teacher_images(config, data)
+        model_origin.check_teacher_images(config, data)
     assert "drew its test split from --image_folder (no --test_image_folder)" in str(
         raised.value)
     assert "Give this run the teacher's --test_image_folder setting" in str(raised.value)
     with pytest.raises(ValueError, match="no --test_image_folder"):
-        preflight.check_evaluation_images(teacher_path, data, "held_out", str(test))
+        model_origin.check_evaluation_images(teacher_path, data, "held_out", str(test))
 
 
 def test_images_of_formats_not_read_are_counted_in_a_warning(tmp_path, caplog):

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tllm_tf.pipeline import checkpointing
+from tllm_tf.pipeline import model_origin
 from tllm_tf.pipeline import preflight
 from tllm_tf import reference as reference_lib
 from tllm_tf.pipeline import build
@@ -227,8 +228,8 @@ def test_a_teacher_trained_with_another_seed_is_refused(tmp_path, monkeypatch):
             r"  --seed: 0 for the teacher, 1 now\n.*held-out split")):
         stages.run(config)
     # A teacher of this split, or one whose workdir is unknown, passes.
-    preflight.check_teacher_origin(dataclasses.replace(config, seed=0))
-    preflight.check_teacher_origin(dataclasses.replace(
+    model_origin.check_teacher_origin(dataclasses.replace(config, seed=0))
+    model_origin.check_teacher_origin(dataclasses.replace(
         config, teacher_path=str(tmp_path / "elsewhere" / "model.keras")))
 
 

@@ -12,7 +12,7 @@ from absl import flags
 from tllm_tf import data as data_lib
 from tllm_tf.data.augment import AUGMENTATIONS
 from tllm_tf.pipeline import config as config_lib
-from tllm_tf.pipeline import preflight
+from tllm_tf.pipeline import model_origin
 
 _DEFAULTS = config_lib.RunConfig(workdir="")
 SPLITS = ("test", "held_out")
@@ -48,14 +48,14 @@ def load_batches(model_paths=()):
     """Returns `(batches, class_names)` of the split the flags name.
 
     Models trained in a workdir are checked against its data flags and its
-    evaluation's preprocessing first (`preflight.check_evaluation_splits`,
+    evaluation's preprocessing first (`model_origin.check_evaluation_splits`,
     `check_evaluation_preprocessing`), and on an image folder against its
-    files (`preflight.check_evaluation_images`).
+    files (`model_origin.check_evaluation_images`).
     """
     for path in model_paths:
-        preflight.check_evaluation_splits(path, dataset=FLAGS.dataset, seed=FLAGS.seed,
-                                          holdout_fraction=FLAGS.holdout_fraction)
-        preflight.check_evaluation_preprocessing(
+        model_origin.check_evaluation_splits(path, dataset=FLAGS.dataset, seed=FLAGS.seed,
+                                             holdout_fraction=FLAGS.holdout_fraction)
+        model_origin.check_evaluation_preprocessing(
             path, dataset=FLAGS.dataset, augmentation=FLAGS.augmentation,
             image_size=FLAGS.image_size)
     paths = {name: FLAGS[name].value and os.path.expanduser(FLAGS[name].value)
@@ -64,7 +64,7 @@ def load_batches(model_paths=()):
         FLAGS.dataset, holdout_fraction=FLAGS.holdout_fraction, seed=FLAGS.seed,
         image_size=FLAGS.image_size, **paths)
     for path in model_paths:
-        preflight.check_evaluation_images(path, data, FLAGS.split, paths["test_image_folder"])
+        model_origin.check_evaluation_images(path, data, FLAGS.split, paths["test_image_folder"])
     batches = data_lib.make_pipeline(
         getattr(data, FLAGS.split), batch_size=FLAGS.batch_size, training=False,
         augmentation=FLAGS.augmentation, image_size=data_lib.augmentation_image_size(
