@@ -165,6 +165,24 @@ def test_export_under_a_file_is_one_error_line(tool, models, tmp_path):
     assert "a_file" in line
 
 
+def test_export_of_a_saved_distiller_exports_its_student(tool, models, tmp_path):
+    import tllm_tf
+    from tllm_tf.pipeline import model_io
+
+    student = model_io.load_keras_model(models[10])
+    distiller = tllm_tf.Distiller(student, keras.models.clone_model(student))
+    distiller.compile(optimizer="adam")
+    distiller.save(str(tmp_path / "distiller.keras"))
+    result = tool("tools/export.py", f"--model_path={tmp_path / 'distiller.keras'}",
+                  f"--export_dir={tmp_path / 'saved_model'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is a saved Distiller: exporting its student" in result.stdout
+    images = np.random.default_rng(0).uniform(0, 16, (3, 8, 8, 1)).astype(np.float32)
+    loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    np.testing.assert_allclose(loaded.serve(images)["logits"].numpy(),
+                               student.predict(images, verbose=0), atol=1e-5)
+
+
 def test_report_refuses_a_model_with_another_number_of_classes(tool, models, tmp_path):
     result = tool("tools/report.py", f"--model_paths={models[10]},{models[7]}",
                   "--dataset=digits", f"--output_dir={tmp_path / 'report'}")

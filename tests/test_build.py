@@ -105,3 +105,18 @@ def test_the_held_out_split_is_read_into_memory_only_by_stages_that_read_it(
                         lambda name, **kwargs: received.update(kwargs))
     build.load_data(RunConfig(workdir="unused", stage=stage, teacher_store="unused"))
     assert received["cache_held_out"] is cached
+
+
+def test_every_classifier_takes_its_images_under_one_name_in_keras_export(tmp_path):
+    # Keras's export names the serving input after the input layer: numbered, it differed
+    # between the models of one run, and a client written for one student failed on the other.
+    import tensorflow as tf
+
+    data = build.load_data(RunConfig(workdir="unused", seed=0))
+    signatures = []
+    for number, name in enumerate(["mlp_4", "mlp_4", "cnn_tiny"]):
+        path = str(tmp_path / str(number))
+        build.build_classifier(name, data).export(path, verbose=False)
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+        signatures.append(sorted(signature.structured_input_signature[1]))
+    assert signatures == [["images"]] * 3

@@ -823,3 +823,16 @@ def test_legacy_h5_save_is_refused_with_the_formats_that_work(student, teacher, 
     with pytest.raises(ValueError, match="legacy .h5.*Save it as .keras.*save_weights"):
         distiller.save(str(tmp_path / name))
     assert not (tmp_path / name).exists()
+
+
+def test_a_saved_distiller_with_a_policy_of_ones_own_names_the_registry(
+        student, teacher, tmp_path, monkeypatch):
+    from tllm_tf import policies
+
+    monkeypatch.setitem(policies.POLICIES, "my_policy", policies.POLICIES["drop"])
+    path = str(tmp_path / "distiller.keras")
+    _distiller(student, teacher, masked_class_policy="my_policy").save(path)
+    assert keras.models.load_model(path).masked_class_policy == "my_policy"
+    monkeypatch.delitem(policies.POLICIES, "my_policy")
+    with pytest.raises(ValueError, match=r"tllm_tf.policies.POLICIES\['my_policy'\] = "):
+        keras.models.load_model(path)

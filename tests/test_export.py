@@ -213,3 +213,67 @@ def test_a_distiller_is_refused_naming_its_student(model, tmp_path):
         export_lib.export_saved_model(distiller, str(tmp_path / "saved_model"))
     assert not os.listdir(tmp_path)
     export_lib.export_saved_model(distiller.student, str(tmp_path / "saved_model"))
+
+
+def test_a_saved_model_folder_holding_other_files_is_not_replaced(model, tmp_path):
+    path = tmp_path / "saved_model"
+    export_lib.export_saved_model(model, str(path))
+    (path / "model.keras").write_text("the user's")
+    (path / "assets.extra").mkdir()
+    with pytest.raises(ValueError, match=r"also holds \['assets.extra', 'model.keras'\]"):
+        export_lib.export_saved_model(model, str(path))
+    assert (path / "model.keras").read_text() == "the user's"
+    assert (path / "assets.extra").is_dir() and (path / export_lib.SAVED_MODEL_FILE).exists()
+
+
+def test_a_symbolic_link_is_refused_and_left_as_it_is(model, tmp_path):
+    version = export_lib.export_saved_model(model, str(tmp_path / "v1"))
+    current = tmp_path / "current"
+    os.symlink(version, current)
+    with pytest.raises(ValueError, match="symbolic link"):
+        export_lib.export_saved_model(model, str(current))
+    assert os.path.islink(current) and os.readlink(current) == version
+    assert sorted(os.listdir(tmp_path)) == ["current", "v1"]
+
+
+def test_a_model_that_outputs_probabilities_is_refused(tmp_path):
+    layer_softmax = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                                      keras.layers.Dense(4, activation="softmax")])
+    inputs = keras.Input((8, 8, 3))
+    op_softmax = keras.Model(inputs, keras.layers.Lambda(tf.nn.softmax)(
+        keras.layers.Dense(4)(keras.layers.Flatten()(inputs))))
+    with pytest.raises(ValueError, match="softmax.*logits are expected"):
+        export_lib.export_saved_model(layer_softmax, str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="outputs probabilities"):
+        export_lib.export_saved_model(op_softmax, str(tmp_path / "b"))
+    assert not os.listdir(tmp_path)
+
+
+class SubclassedStudent(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.flatten = keras.layers.Flatten()
+        self.dense = keras.layers.Dense(4)
+
+    def call(self, images):
+        return self.dense(self.flatten(images))
+
+
+def test_a_subclassed_model_is_exported_given_its_image_shape(raw_images, tmp_path, seeded):
+    model = SubclassedStudent()
+    model(raw_images)
+    with pytest.raises(ValueError, match=r"image_shape=\(32, 32, 3\)"):
+        export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"),
+                                         image_shape=(8, 8, 3))
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(),
+                               model(raw_images).numpy(), atol=1e-5)
+
+
+def test_a_destination_that_cannot_be_written_is_one_value_error(model, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    with pytest.raises(ValueError, match=r"Cannot write the export to .*a_file/saved_model"):
+        export_lib.export_saved_model(model, str(a_file / "saved_model"))
+    assert a_file.read_text() == "keep me"

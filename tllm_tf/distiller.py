@@ -348,9 +348,13 @@ class Distiller(keras.Model):
 
         Serving needs the student alone (the teacher and the mask only
         train it); the student's normalisation layer is part of it, so the
-        export takes raw images. `tllm_tf.export_saved_model` exports the
-        same network with named `logits` and `probabilities` outputs and a
-        uint8 endpoint.
+        export takes raw images. This is Keras's export: its signature's
+        input is named after the student's input layer (`images` for the
+        pipeline's models) and its output is `output_0`, the logits.
+        `tllm_tf.export_saved_model(distiller.student, path)`, which the
+        tools use, exports the same network with named `logits` and
+        `probabilities` outputs, a uint8 endpoint, and the checks of its
+        destination.
 
         Args:
             filepath: the export folder.

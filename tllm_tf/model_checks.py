@@ -14,8 +14,8 @@ def check_model(model, role):
     """Refuses anything but a Keras model that returns one logits tensor.
 
     Args:
-        model: the student or the teacher.
-        role: `"student"` or `"teacher"`, for the message.
+        model: the student, the teacher or a model to export.
+        role: what it is, for the message (`"student"`, `"teacher"`, ...).
 
     Raises:
         ValueError: for a non-Keras object (a file path, say), a model that
@@ -36,13 +36,13 @@ def check_model(model, role):
                  else f" of {len(structure)}")
         raise ValueError(
             f"The {role} {model.name!r} returns a {type(structure).__name__}{names} of "
-            "outputs; the Distiller needs a model that returns one logits tensor. Wrap "
+            "outputs; a model that returns one logits tensor is needed. Wrap "
             "it, e.g. keras.Model(model.inputs, model.output['logits']).")
     softmax = _final_softmax(model)
     if softmax is not None:
         raise ValueError(
             f"The {role} {model.name!r} ends in a softmax ({softmax}), so it outputs "
-            "probabilities. Distiller expects logits: rebuild the last layer with "
+            "probabilities, and logits are expected: rebuild the last layer with "
             "`activation=None` (or drop the softmax); the weights can be copied over "
             "unchanged.")
 
@@ -57,8 +57,8 @@ def probe_output_size(model, role, like=None):
     both rows (its logits on zeros are near 0 and sum to about 0).
 
     Args:
-        model: the student or the teacher.
-        role: `"student"` or `"teacher"`, for the message.
+        model: the student, the teacher or a model to export.
+        role: what it is, for the message (`"student"`, `"teacher"`, ...).
         like: a model whose input shape and dtype to use where `model` has
             no symbolic input (a subclassed one): the other model of the
             `Distiller`, which gets the same batch. Defaults to `None`.
@@ -81,8 +81,8 @@ def probe_output_size(model, role, like=None):
             and np.allclose(rows.sum(axis=-1), 1.0, atol=tolerance)):
         raise ValueError(
             f"The {role} {model.name!r} outputs probabilities (rows in [0, 1] summing to 1 "
-            "on a probe batch of zeros and ones), so it ends in a softmax. Distiller expects "
-            "logits: remove the softmax (e.g. rebuild the last layer with "
+            "on a probe batch of zeros and ones), so it ends in a softmax, and logits are "
+            "expected: remove the softmax (e.g. rebuild the last layer with "
             "`activation=None`; the weights can be copied over unchanged) so that the "
             f"{role} returns logits.")
     return int(outputs.shape[-1])

@@ -368,5 +368,7 @@ def get_policy(name):
     """
     if name not in POLICIES:
         raise ValueError(
-            f"Unknown masked_class_policy: {name!r}. Expected one of {sorted(POLICIES)}.")
+            f"Unknown masked_class_policy: {name!r}. Expected one of {sorted(POLICIES)}. A "
+            f"policy of your own is registered first, also before loading a saved Distiller "
+            f"that uses it: tllm_tf.policies.POLICIES[{name!r}] = your_function.")
     return POLICIES[name]

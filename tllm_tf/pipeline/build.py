@@ -42,12 +42,17 @@ def load_data(config):
 
 
 def build_classifier(model_name, data, weight_decay=0.0):
-    """A zoo model with the data set's normalisation in front (raw images in)."""
+    """A zoo model with the data set's normalisation in front (raw images in).
+
+    Its input is named `images`: Keras's own export (`Distiller.export`) names
+    the serving input after it, which would otherwise be a numbered
+    `input_layer_N` that differs between the models of one run.
+    """
     network = models_lib.build_model(
         model_name, data.num_classes, data.image_shape, weight_decay=weight_decay)
     return keras.Sequential(
         [
-            keras.Input(shape=data.image_shape),
+            keras.Input(shape=data.image_shape, name="images"),
             keras.layers.Normalization(
                 mean=list(data.mean), variance=[s**2 for s in data.std]),
             network,

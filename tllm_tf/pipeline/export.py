@@ -19,14 +19,30 @@ import keras
 import tensorflow as tf
 
 from tllm_tf import atomic
+from tllm_tf import model_checks
 from tllm_tf.pipeline import model_io
 
 SAVED_MODEL_FILE = "saved_model.pb"
+# What a SavedModel folder holds (`keras.export.ExportArchive` writes the first four); replacing
+# an export deletes the folder, so one holding anything else is refused.
+SAVED_MODEL_ENTRIES = frozenset(
+    {SAVED_MODEL_FILE, "variables", "assets", "fingerprint.pb", "saved_model.pbtxt"})
 KERAS_SUFFIX = model_io.KERAS_SUFFIX
 
 
-def _input_shape(model):
-    shape = model.input_shape
+def _input_shape(model, image_shape):
+    if image_shape is not None:
+        shape = (None, *image_shape)
+    else:
+        try:
+            shape = model.input_shape
+        except (AttributeError, ValueError):
+            # A subclassed model records no input shape, even once called.
+            raise ValueError(
+                "Expected a model that records its input shape (one built from a "
+                f"keras.Input). Received: {model.name!r}, a {type(model).__name__} without "
+                "one. Pass the shape of one image, e.g. export_saved_model(model, path, "
+                "image_shape=(32, 32, 3)).") from None
     if not isinstance(shape, tuple) or not all(
             isinstance(d, (int, type(None))) for d in shape):
         raise ValueError(
@@ -42,18 +58,30 @@ def _input_shape(model):
 def _check_destination(path):
     if not path:
         raise ValueError(f"Expected a directory path to export to. Received: path={path!r}")
+    if os.path.islink(path):
+        # Replacing it would replace the link with a folder, not the folder it points to.
+        raise ValueError(
+            f"Expected a directory path to export to, but it is a symbolic link (to "
+            f"{os.readlink(path)!r}). Export to a new folder and point the link at it, or "
+            f"export to the folder it points to. Received: path={path!r}")
     if os.path.isfile(path):
         raise ValueError(
             f"Expected a directory path to export to, but it is a file. Received: path={path!r}")
-    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(
-            os.path.join(path, SAVED_MODEL_FILE)):
+    entries = set(os.listdir(path)) if os.path.isdir(path) else set()
+    if entries and SAVED_MODEL_FILE not in entries:
         # Replacing a SavedModel is fine; wiping an unrelated directory is not.
         raise ValueError(
             "Refusing to replace a non-empty directory that is not a SavedModel. "
             f"Received: path={path!r}")
+    others = sorted(entries - SAVED_MODEL_ENTRIES)
+    if entries and others:
+        raise ValueError(
+            f"Refusing to replace the SavedModel at {path!r}: the folder also holds "
+            f"{others}, which replacing it would delete. Move them out of it, or export to "
+            f"another folder. Received: path={path!r}")
 
 
-def export_saved_model(model, path, *, accept_uint8=True):
+def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
     """Writes `model` as a SavedModel with a raw-image serving signature.
 
     Endpoints (each also a signature):
@@ -65,7 +93,8 @@ def export_saved_model(model, path, *, accept_uint8=True):
 
     The export is written to a temporary directory beside `path` and then
     renamed into place, so `path` never holds a half-written model; an
-    existing SavedModel at `path` is replaced.
+    existing SavedModel at `path` is replaced, unless its folder also holds
+    other files (they would be deleted with it).
 
     Args:
         model: a `keras.Model` with one image input that returns logits and
@@ -73,15 +102,21 @@ def export_saved_model(model, path, *, accept_uint8=True):
         path: the SavedModel directory to write.
         accept_uint8: whether to add the `serve_uint8` endpoint. Defaults to
             `True`.
+        image_shape: the shape of one image, e.g. `(32, 32, 3)`, for a model
+            that does not record its input shape (a subclassed one). Defaults
+            to `None`: the model's own.
 
     Returns:
         `path`.
 
     Raises:
-        ValueError: if `model` is a `Distiller` (export its `student`), if
-            `path` is empty, a file, or a non-empty directory that is not a
-            SavedModel, or if the model's input shape is not one fully known
-            image shape.
+        ValueError: if `model` is a `Distiller` (export its `student`) or
+            ends in a softmax (`model_checks.check_model`,
+            `model_checks.probe_output_size`: its "logits" would be
+            probabilities), if `path` is empty, a file, a symbolic link, a
+            non-empty directory that is not a SavedModel or a SavedModel's
+            folder holding other files too, or cannot be written, or if the
+            model's input shape is not one fully known image shape.
 
     Example:
 
@@ -96,7 +131,9 @@ def export_saved_model(model, path, *, accept_uint8=True):
             "teacher and the class mask.")
     path = os.fspath(path)
     _check_destination(path)
-    shape = _input_shape(model)
+    model_checks.check_model(model, "model to export")
+    shape = _input_shape(model, image_shape)
+    model_checks.probe_output_size(model, "model to export")
 
     def serve(images):
         # `serving_default` checks only the dtype: a model that flattens or pools would
@@ -118,9 +155,16 @@ def export_saved_model(model, path, *, accept_uint8=True):
             "serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
 
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    # Named as atomic's temporaries, so that a stage resumed after a kill removes it.
-    temporary = tempfile.mkdtemp(prefix=atomic.temporary_prefix(path), suffix=".tmp", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        # Named as atomic's temporaries, so that a stage resumed after a kill removes it.
+        temporary = tempfile.mkdtemp(prefix=atomic.temporary_prefix(path), suffix=".tmp",
+                                     dir=parent)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write the export to {path!r}: {error.strerror or error} "
+            f"({type(error).__name__}, in {parent!r}). Choose a folder you can write "
+            "to.") from None
     # mkdtemp's directory is owner-only; a model server running as another
     # user must be able to read the export, as with a directory made by mkdir.
     os.chmod(temporary, 0o777 & ~atomic.current_umask())
