@@ -19,9 +19,24 @@ from tllm_tf.analysis.study_summary import FALSE_ALARM_BOUND
 
 
 def _points(difference, scale=100.0):
-    return (f"{scale * difference['mean']:+.2f} ± {scale * difference['std']:.2f} "
-            f"[{scale * difference['ci_low']:+.2f}, {scale * difference['ci_high']:+.2f}] "
+    if difference["seeds"] < 2:
+        spread = "(one seed: no interval)"
+    elif difference["std"] == 0:  # A CI of no width would read as certainty.
+        spread = "± 0.00 (every seed alike: no interval)"
+    else:
+        spread = (f"± {scale * difference['std']:.2f} [{scale * difference['ci_low']:+.2f}, "
+                  f"{scale * difference['ci_high']:+.2f}]")
+    return (f"{scale * difference['mean']:+.2f} {spread} "
             f"{difference['better']}/{difference['worse']}")
+
+
+def _seeds_text(seeds):
+    """`0-9, 10` for a run of seeds, `0, 2, 5 (3)` otherwise."""
+    if len(seeds) > 1 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}-{seeds[-1]}, {len(seeds)}"
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}, 1"
+    return f"seeds {', '.join(map(str, seeds))} ({len(seeds)})"
 
 
 def _accuracy(summary, scale=100.0):
@@ -58,7 +73,7 @@ def markdown(summaries):
         seeds = setting["seeds"]
         lines += [
             f"### {setting['student']} student, {setting['teacher']} teacher "
-            f"(seeds {seeds[0]}-{seeds[-1]}, {len(seeds)})", "",
+            f"({_seeds_text(seeds)})", "",
             f"Teacher {_accuracy(setting['teacher_accuracy'])}; labels only "
             f"{_accuracy(setting['labels'])}; KD {_accuracy(setting['kd'])}; KD minus labels "
             f"{_points(setting['kd_minus_labels'])} (mean ± std [95% CI] seeds better/worse, "

@@ -151,9 +151,12 @@ def paired_p_values(difference):
 
     Returns:
         A float array of `mean`'s shape: NaN with fewer than two seeds or
-        where the summary is NaN (a NaN among the values); 1
-        where every seed's difference is 0, 0 where every seed's is one
-        number other than 0.
+        where the summary is NaN (a NaN among the values); 1 where every
+        seed's difference is 0. Where every seed's is one number other than
+        0, Student's t is undefined (no spread: per-class accuracies move in
+        whole images, so a few seeds often agree exactly), and the p-value
+        is the exact sign test's, `sign_test_p_value(seeds)`: two seeds
+        alike give 0.5, not 0.
     """
     mean = np.asarray(difference["mean"], np.float64)
     std = np.asarray(difference["std"], np.float64)
@@ -161,10 +164,16 @@ def paired_p_values(difference):
     if seeds < 2:
         return np.full(mean.shape, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(std > 0, mean * math.sqrt(seeds) / std, np.where(mean == 0, 0.0, np.inf))
+        t = np.where(std > 0, mean * math.sqrt(seeds) / std, 0.0)
     # A NaN in the values is no evidence either way: not tested.
     t = np.where(np.isnan(mean) | np.isnan(std), np.nan, t)
-    return t_two_sided_p_value(t, seeds - 1)
+    p_values = t_two_sided_p_value(t, seeds - 1)
+    return np.where((std == 0) & (mean != 0), sign_test_p_value(seeds), p_values)
+
+
+def sign_test_p_value(seeds):
+    """The exact two-sided sign test's p-value when all `seeds` differences have one sign."""
+    return min(1.0, 2.0 * 0.5 ** seeds)
 
 
 def pooled_difference(parts):
@@ -200,6 +209,10 @@ HURT_CORRECTIONS = ("none", "holm")
 def hurt_from_difference(difference, correction="none"):
     """Classes where a `paired_difference` (arm minus labels) is below 0 beyond noise.
 
+    A class whose difference is one number in every seed has a CI of no
+    width, which says nothing of the noise: it counts as hurt only if the
+    sign test rejects (`paired_p_values`; six seeds or more, all below 0).
+
     Args:
         difference: a `paired_difference` summary over classes.
         correction: `"none"` (the 95% CI below 0, each class on its own) or
@@ -216,9 +229,11 @@ def hurt_from_difference(difference, correction="none"):
     if correction not in HURT_CORRECTIONS:
         raise ValueError(f"Unknown correction: {correction!r}. Expected one of "
                          f"{HURT_CORRECTIONS}.")
+    p_values = paired_p_values(difference)
     hurt = np.asarray(difference["ci_high"], np.float64) < 0
+    hurt &= (np.asarray(difference["std"], np.float64) != 0) | (p_values < 0.05)
     if correction == "holm":
-        hurt &= identification.reject(paired_p_values(difference), 0.05, "holm")
+        hurt &= identification.reject(p_values, 0.05, "holm")
     return hurt
 
 
