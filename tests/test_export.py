@@ -277,3 +277,21 @@ def test_a_destination_that_cannot_be_written_is_one_value_error(model, tmp_path
     with pytest.raises(ValueError, match=r"Cannot write the export to .*a_file/saved_model"):
         export_lib.export_saved_model(model, str(a_file / "saved_model"))
     assert a_file.read_text() == "keep me"
+
+
+def test_a_full_disk_in_tensorflows_writer_is_an_os_error_and_keeps_the_old_export(
+        model, raw_images, tmp_path, monkeypatch):
+    # TensorFlow reports it as ResourceExhaustedError, which the tools printed as a traceback.
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+
+    def disk_full(obj, export_dir, *args, **kwargs):
+        os.makedirs(os.path.join(export_dir, "variables"), exist_ok=True)
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device [Op:SaveV2]")
+
+    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    with pytest.raises(OSError, match=r"Cannot write the SavedModel .*No space left on device"):
+        export_lib.export_saved_model(model, path)
+    assert os.listdir(tmp_path) == ["saved_model"]
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(),
+                               model.predict(raw_images, verbose=0), atol=1e-5)

@@ -117,6 +117,8 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
             non-empty directory that is not a SavedModel or a SavedModel's
             folder holding other files too, or cannot be written, or if the
             model's input shape is not one fully known image shape.
+        OSError: if writing fails (a full disk, say); an earlier export at
+            `path` is kept as it was.
 
     Example:
 
@@ -172,6 +174,10 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
         with _tensorflow_logs_at_warning():
             archive.write_out(temporary, verbose=False)
         _replace_directory(temporary, path)
+    except tf.errors.OpError as error:
+        # TensorFlow's own writer reports a full disk or a failed write as its error types,
+        # which callers do not take for a file-system error.
+        raise OSError(f"Cannot write the SavedModel {path!r}: {error.message}") from error
     finally:
         if os.path.exists(temporary):
             shutil.rmtree(temporary)
