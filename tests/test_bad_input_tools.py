@@ -480,3 +480,31 @@ def test_an_evaluation_through_another_preprocessing_than_the_runs_is_refused(tm
         workdir=str(tmp_path / "run"), dataset="cifar100", augmentation="cifar").to_json())
     model_origin.check_evaluation_preprocessing(model, dataset="cifar100", augmentation="none",
                                                 image_size=None)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--root={tmp}/a_file"], "--root='{tmp}/a_file' is a file, not a directory"),
+    (["--root={tmp}/a_file/study"], "Cannot write to --root='{tmp}/a_file/study'"),
+    (["--root={tmp}/study", "--arms=tllm_refit"],
+     "--arms=tllm_refit has no kd: every table of the report compares"),
+    (["--root={tmp}/study", "--seeds=0,-1"], "seed must be in [0, 2**32)"),
+])
+def test_a_study_that_could_write_no_report_is_refused_before_anything_trains(
+        tool, tmp_path, flags, message):
+    (tmp_path / "a_file").write_text("keep me")
+    result = tool("tools/study.py", "--flagfile=configs/demo.flags",
+                  *(flag.format(tmp=tmp_path) for flag in flags))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_study_says_which_of_its_flags_an_arm_sets_otherwise(tool, tmp_path):
+    result = tool("tools/study.py", "--flagfile=configs/demo.flags", "--seeds=0",
+                  f"--root={tmp_path / 'study'}", "--arms=kd,default,tllm", "--patience=3",
+                  "--report_only")
+    assert result.returncode == 1  # Nothing has run there: nothing to report.
+    notes = [line for line in result.stdout.splitlines() if line.startswith("Note: ")]
+    assert notes == ["Note: --patience=3 is set otherwise by the arms tllm (1); each arm trains "
+                     "with its own value."]

@@ -515,6 +515,8 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     # One line per run, and none of absl's info lines (saver, fingerprint) in between.
     assert not re.search(r"^I\d{4} ", first.stdout + first.stderr, re.MULTILINE)
+    assert first.stdout.rstrip().endswith(f"Wrote {root / 'study.md'}, {root / 'study.json'}, "
+                                          f"{root / 'study_kd_minus_labels.png'}.")
     with open(root / "results.jsonl") as handle:
         records = [json.loads(line) for line in handle]
     assert sorted(r["arm"] for r in records) == ["kd", "labels", "teacher", "tllm"]
@@ -606,3 +608,55 @@ def test_the_report_gives_no_interval_without_a_spread_and_names_the_seeds_it_ha
     (single,) = study_summary.summarise(records[:2])
     text = study_report.markdown([single])
     assert "(seed 0, 1)" in text and "-1.00 (one seed: no interval) 0/1" in text
+
+
+def _tiny_plan(root, seeds, arms=("kd",), **base):
+    return study.plan(study.base_kwargs(RunConfig(workdir="unused", **base)), root=str(root),
+                      seeds=seeds, student_models=["mlp_4"], teacher_models=["cnn_tiny"],
+                      arms=list(arms), teacher_overrides={"num_train": None})
+
+
+def test_the_default_arm_is_what_tools_train_trains_with_the_same_flags(tmp_path):
+    base = dict(epochs=7, patience=3, update_every=2)
+    (default,) = [run for run in _tiny_plan(tmp_path, [0], ["kd", "default"], **base)
+                  if run.arm == "default"]
+    assert default.config.students == RunConfig(workdir="unused").students
+    for name, value in base.items():
+        assert getattr(default.config, name) == value
+    (tllm,) = [run for run in _tiny_plan(tmp_path, [0], ["kd", "tllm"], **base)
+               if run.arm == "tllm"]
+    assert (tllm.config.patience, tllm.config.update_every) == (1, 1)  # As it was run.
+    assert study_arms.overridden_flags(["kd", "default", "tllm"], base) == [
+        "Note: --patience=3 is set otherwise by the arms tllm (1); each arm trains with its "
+        "own value.",
+        "Note: --update_every=2 is set otherwise by the arms tllm (1); each arm trains with its "
+        "own value."]
+
+
+def test_a_report_names_the_runs_it_leaves_out_of_its_root(tmp_path):
+    # Two processes given other seeds share a root, and each reported only its own.
+    records = [dict(_record(seed, arm, 0.8, [0.8, 0.8]), student="mlp_4",
+                    teacher="" if arm in ("labels", "teacher") else "cnn_tiny")
+               for seed in (0, 1) for arm in ("labels", "kd")]
+    records.append(dict(_record(3, "kd", 0.8, [0.8, 0.8]), student="mlp_4", teacher="cnn_tiny"))
+    (tmp_path / study_records.RESULTS_FILE).write_text(
+        "".join(json.dumps(record) + "\n" for record in records))
+    lines = study_records.coverage(_tiny_plan(tmp_path, [0, 1, 2]), str(tmp_path))
+    assert lines[0].startswith("5 of this command's 9 runs have not finished (seed 0 "
+                               "cnn_tiny teacher, seed 1 cnn_tiny teacher, seed 2 cnn_tiny "
+                               "teacher and 2 more)")
+    assert lines[1].startswith(f"{tmp_path} also holds 1 finished runs this command did not "
+                               "name (seed 3 mlp_4 cnn_tiny kd; seeds 3, arms kd)")
+    assert study_records.coverage(_tiny_plan(tmp_path, [3])[-1:], str(tmp_path))[-1].startswith(
+        f"{tmp_path} also holds 4 finished runs")
+
+
+def test_a_teachers_other_num_train_is_named_as_the_studys_flag(tmp_path):
+    (teacher, *_) = _tiny_plan(tmp_path, [0])
+    os.makedirs(teacher.config.workdir)
+    with open(os.path.join(teacher.config.workdir, workdir_files.CONFIG_FILE), "w") as handle:
+        handle.write(dataclasses.replace(teacher.config, num_train=2000).to_json())
+    done = {study_records.run_key(teacher): {}}
+    with pytest.raises(study.MixedStudyError,
+                       match="--teacher_num_train: 2000 in the workdir, None now"):
+        study.check_finished_runs([teacher], str(tmp_path), done)

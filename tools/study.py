@@ -8,11 +8,14 @@
     python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study_store \
         --seeds=0,1 --arms=kd,tllm,unpaired --shared_teacher_store
     # The tables, plots and JSON again from what runs/study holds, without training:
-    python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study --report_only
+    python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study \
+        --seeds=0,1,2,3,4,5,6,7,8,9 --arms=kd,tllm,unpaired --report_only
 
 Every model is a RunConfig (the flag file's flags, then the study's seed, models
-and arm) run by the same stages as tools/train.py. A re-run skips what is done.
-Writes study.md, study.json and plots to --root (or --results_dir).
+and arm) run by the same stages as tools/train.py. The label-only student of
+each seed and student is always trained; `default` is what tools/train.py
+trains with the same flags. A re-run skips what is done. Writes study.md,
+study.json and plots to --root (or --results_dir).
 """
 
 import sys
@@ -31,6 +34,7 @@ from tllm_tf.analysis import study_arms  # noqa: E402
 from tllm_tf.analysis import study_records  # noqa: E402
 from tllm_tf.analysis import study_report  # noqa: E402
 from tllm_tf.data.sources import NUM_TRAIN_LOADERS  # noqa: E402
+from tllm_tf.pipeline import preflight  # noqa: E402
 
 flags.DEFINE_string("root", "runs/study", "Where the study's runs and results go.")
 flags.DEFINE_string("results_dir", None, "Where study.md, study.json and the plots go "
@@ -38,9 +42,12 @@ flags.DEFINE_string("results_dir", None, "Where study.md, study.json and the plo
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds.")
 flags.DEFINE_list("student_models", ["mlp_16"], "Student architectures (model zoo names).")
 flags.DEFINE_list("teacher_models", ["mlp_256"], "Teacher architectures, small to large.")
-flags.DEFINE_list("arms", ["kd", "tllm", "unpaired"],
-                  f"Distilled students, names of tllm_tf.analysis.study_arms.ARMS: "
-                  f"{sorted(study_arms.ARMS)}.")
+flags.DEFINE_list("arms", [study_arms.KD_ARM, study_arms.DEFAULT_ARM],
+                  "Distilled students (the label-only student is always trained, and every "
+                  "table compares with kd): kd is plain KD; default is TLLM as tools/train.py "
+                  "trains it with the same flags; the others, the variants docs/study.md "
+                  "measured, each with the values it was run with: "
+                  f"{', '.join(sorted(set(study_arms.ARMS) - {'kd', 'default'}))}.")
 flags.DEFINE_integer("teacher_num_train", 20000,
                      "Training images of the teachers (0: the whole training split).")
 flags.DEFINE_bool("shared_teacher_store", False,
@@ -79,11 +86,29 @@ def _check_teacher_num_train(dataset):
             f"--teacher_num_train=0 (the whole split) for --dataset={dataset}.")
 
 
+def _check_arms_have_kd():
+    """Refuses arms without kd before anything trains: every table compares with it."""
+    if study_arms.KD_ARM not in FLAGS.arms:
+        raise app.UsageError(
+            f"--arms={','.join(FLAGS.arms)} has no {study_arms.KD_ARM}: every table of the "
+            f"report compares the arms with plain KD, so none could be written. Add "
+            f"{study_arms.KD_ARM} (its runs already finished in --root are not trained again).")
+
+
+def _warn_of_overridden_flags(base):
+    """Says which flags given to the study some arms set otherwise (an arm's value wins)."""
+    given = {name: value for name, value in study.base_kwargs(base).items()
+             if FLAGS[name].present}
+    for line in study_arms.overridden_flags(FLAGS.arms, given):
+        print(line, flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_lists_are_not_empty()
     _check_lists_have_no_repeats()
+    _check_arms_have_kd()
     _check_teacher_num_train(FLAGS.dataset)
     console.plain_log_lines()
     try:
@@ -97,7 +122,11 @@ def main(argv):
         runs = study.plan(**plan_kwargs)
     except ValueError as error:
         raise app.UsageError(str(error))
+    _warn_of_overridden_flags(base)
     try:
+        for flag in ("results_dir",) if FLAGS.report_only else ("root", "results_dir"):
+            if FLAGS[flag].value:
+                preflight.check_writable_directory(flag, FLAGS[flag].value)
         _run_and_report(runs, plan_kwargs)
     except ValueError as error:  # A mixed or damaged root, a workdir in use: nothing trained.
         console.exit_with_error(error)
@@ -123,8 +152,10 @@ def _run_and_report(runs, plan_kwargs):
         records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True),
                                   checked_runs=study.widened_plan(plan_kwargs, FLAGS.root))
     command = "python tools/study.py " + " ".join(sys.argv[1:])
-    print(study_report.write(records, results_dir, command=command,
-                             baselines=study_arms.paired_baselines()))
+    text, paths = study_report.write(records, results_dir, command=command,
+                                     baselines=study_arms.paired_baselines())
+    print("\n".join([text, *study_records.coverage(runs, FLAGS.root),
+                     f"Wrote {', '.join(paths)}."]))
 
 
 if __name__ == "__main__":

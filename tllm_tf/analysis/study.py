@@ -9,9 +9,10 @@ train it. For each seed, each student architecture and each teacher:
     <root>/seed<s>/<student>/reference/      the label-only student ("reference")
     <root>/seed<s>/<student>/<teacher>/<arm>/   one distilled student per arm
 
-An *arm* is a named set of `RunConfig` overrides (`study_arms.ARMS`): plain KD, TLLM
-with the library's defaults, TLLM with the old unpaired rule, and variants
-of the rule or the masked-class policy. Every student of one seed shares the
+An *arm* is a named set of `RunConfig` overrides (`study_arms.ARMS`): plain KD,
+`default` (TLLM as tools/train.py trains it with the same flags), and the
+variants of the rule and the masked-class policy the defaults were chosen
+among, each with the values it was run with. Every student of one seed shares the
 data split, the initial weights and the batches. Finished runs are skipped
 when the study is run again (each stage resumes like `tools/train.py`), and
 each run's result (with its wall time, `seconds`) is appended to
@@ -200,6 +201,9 @@ def check_finished_runs(runs, root, done=None, shown=3):
         if study_records.run_key(run) in done:
             config = _with_first_pass_mask(run, done)
             differences = workdir_lib.config_differences(config.workdir, config)
+            if run.arm == TEACHER_ARM:  # A teacher's num_train is the study's own flag.
+                differences = [line.replace("--num_train:", "--teacher_num_train:", 1)
+                               for line in differences]
             if differences:
                 mismatched.append(f"{config.workdir}:\n    " + "\n    ".join(differences))
     if mismatched:

@@ -11,6 +11,10 @@ LABELS_ARM = "labels"
 TEACHER_ARM = "teacher"
 # Plain KD on every class: the arm every other one is compared with.
 KD_ARM = "kd"
+# The students tools/train.py trains by default (TLLM and its refit), with no override: the
+# library's defaults under the study's flags. Every other TLLM arm keeps the values it was run
+# with (`_build_arms`).
+DEFAULT_ARM = "default"
 # `<loss>_tllm`: TLLM on top of the distillation loss `<loss>`, compared with `<loss>`.
 TLLM_SUFFIX = "_tllm"
 # An arm's key (not a `RunConfig` field): mask from the first step the classes that the named
@@ -48,6 +52,7 @@ def _rule_arms():
     """
     return {
         KD_ARM: {"students": ("distilled",)},
+        DEFAULT_ARM: {"students": _REFIT},
         "tllm": {"students": _TLLM},
         "unpaired": {"students": _TLLM, "rule": "unpaired", "epoch_matched": False,
                      "sticky": False, "warmup_epochs": 0, "margin": 0.0, "patience": 1,
@@ -173,10 +178,32 @@ def _build_arms():
                 "paired_matched_sticky_soft_label", "tllm_final_reference",
                 *(f"{loss}{TLLM_SUFFIX}" for loss in _LOSS_OVERRIDES)):
         arms[arm].setdefault("patience", 1)
-    for spec in arms.values():
-        if "tllm" in spec["students"]:
+    for name, spec in arms.items():
+        if "tllm" in spec["students"] and name != DEFAULT_ARM:
             spec.setdefault("update_every", 1)
     return arms
+
+
+def overridden_flags(arms, given):
+    """The flags given to a study that some of its arms set otherwise.
+
+    Args:
+        arms: the study's arm names.
+        given: `{flag: value}` of the `RunConfig` fields given on the command
+            line or in a flag file.
+
+    Returns:
+        A line for each flag an arm sets to another value, naming the arms
+        and their values, in the order of `given`.
+    """
+    lines = []
+    for flag, value in given.items():
+        by_arm = [f"{arm} ({ARMS[arm][flag]!r})" for arm in arms
+                  if flag in ARMS[arm] and ARMS[arm][flag] != value]
+        if by_arm:
+            lines.append(f"Note: --{flag}={value!r} is set otherwise by the arms "
+                         f"{', '.join(by_arm)}; each arm trains with its own value.")
+    return lines
 
 
 ARMS = _build_arms()

@@ -144,3 +144,44 @@ def finished_records(runs, root):
     """The result records of the runs of `runs` that `root/results.jsonl` holds."""
     done = finished(root)
     return [done[run_key(run)] for run in runs if run_key(run) in done]
+
+
+def coverage(runs, root, shown=3):
+    """What a report of `runs` leaves out of `root`: lines to print, none if nothing.
+
+    Two processes given other seeds share a root, and each reports its own
+    plan; a `--report_only` of seeds that never ran reports fewer.
+
+    Args:
+        runs: the `StudyRun`s of the plan reported.
+        root: the study's output folder.
+        shown: how many runs each line names at most. Defaults to 3.
+
+    Returns:
+        A list of strings: the plan's runs that have not finished, and the
+        finished runs of `root` outside the plan.
+    """
+    done = finished(root)
+    planned = {run_key(run) for run in runs}
+    unfinished = [key for key in (run_key(run) for run in runs) if key not in done]
+    others = [key for key in done if key not in planned]
+    lines = []
+    if unfinished:
+        lines.append(f"{len(unfinished)} of this command's {len(planned)} runs have not "
+                     f"finished ({_keys_text(unfinished, shown)}), so the report leaves them "
+                     "out: run the same command without --report_only to train them.")
+    if others:
+        seeds = sorted({key[0] for key in others})
+        arms = sorted({key[3] for key in others})
+        lines.append(f"{root} also holds {len(others)} finished runs this command did not "
+                     f"name ({_keys_text(others, shown)}; seeds {', '.join(map(str, seeds))}, "
+                     f"arms {', '.join(arms)}): name them in --seeds, --student_models, "
+                     "--teacher_models and --arms, with --report_only, for one report of all.")
+    return lines
+
+
+def _keys_text(keys, shown):
+    """`seed 7 mlp_16 mlp_256 kd, ...` for the first `shown` of `keys`."""
+    text = ", ".join(f"seed {seed} " + " ".join(part for part in (student, teacher) if part)
+                     + f" {arm}" for seed, student, teacher, arm in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")

@@ -216,6 +216,9 @@ class RunConfig:
                 f"{self.reference_fallback_significance}")
         require(0.0 < self.holdout_fraction < 1.0,
                 f"holdout_fraction must be in (0, 1). Received: {self.holdout_fraction}")
+        require(0 <= self.seed < 2**32,
+                f"seed must be in [0, 2**32) (NumPy's generators take no other). Received: "
+                f"seed={self.seed}")
         require(self.epochs > 0, f"epochs must be > 0. Received: {self.epochs}")
         require(self.teacher_epochs is None or self.teacher_epochs > 0,
                 f"teacher_epochs must be > 0. Received: {self.teacher_epochs}")

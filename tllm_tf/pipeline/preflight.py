@@ -153,11 +153,19 @@ def check_workdir(workdir):
         ValueError: naming the path and the system's reason (a file in the
             way, no permission, a read-only or virtual file system).
     """
-    _check_writable_directory("workdir", workdir)
+    check_writable_directory("workdir", workdir)
 
 
-def _check_writable_directory(flag, path):
-    """Creates `path` if missing; refuses one that is a file or cannot be written."""
+def check_writable_directory(flag, path):
+    """Creates `path` if missing; refuses one that is a file or cannot be written.
+
+    Args:
+        flag: the flag that names it, for the message (`"workdir"`).
+        path: the directory.
+
+    Raises:
+        ValueError: naming the flag, the path and the system's reason.
+    """
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"--{flag}={path!r} is a file, not a directory. Choose "
                          f"another --{flag}.")
@@ -182,7 +190,7 @@ def check_teacher_store(config, data):
     store's own check, which would otherwise come after the reference has
     trained.
     """
-    _check_writable_directory("teacher_store", config.teacher_store)
+    check_writable_directory("teacher_store", config.teacher_store)
     teacher_file = config.teacher_path or os.path.join(
         config.workdir, workdir_files.TEACHER_STAGE, workdir_files.MODEL_FILE)
     has_store = os.path.exists(os.path.join(config.teacher_store, soft_label_store.STORE_FILE))
