@@ -485,7 +485,7 @@ def test_an_evaluation_through_another_preprocessing_than_the_runs_is_refused(tm
 @pytest.mark.parametrize("flags, message", [
     (["--root={tmp}/a_file"], "--root='{tmp}/a_file' is a file, not a directory"),
     (["--root={tmp}/a_file/study"], "Cannot write to --root='{tmp}/a_file/study'"),
-    (["--root={tmp}/study", "--arms=tllm_refit"],
+    (["--root={tmp}/study", "--arms=tllm_refit", "--report_only"],
      "--arms=tllm_refit has no kd: every table of the report compares"),
     (["--root={tmp}/study", "--seeds=0,-1"], "seed must be in [0, 2**32)"),
 ])
@@ -498,6 +498,16 @@ def test_a_study_that_could_write_no_report_is_refused_before_anything_trains(
     assert message.format(tmp=tmp_path) in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["a_file"]
     assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_study_without_kd_says_that_its_report_has_no_table_before_it_trains(tool, tmp_path):
+    # docs/study.md's commands add arms to a root that has kd; regenerate.sh reports them all.
+    (tmp_path / "a_file").write_text("")
+    result = tool("tools/study.py", "--flagfile=configs/demo.flags", "--seeds=0",
+                  f"--root={tmp_path / 'a_file'}", "--arms=tllm_refit")
+    assert result.stdout.startswith("Note: --arms=tllm_refit has no kd: every table of the "
+                                    "report compares the arms with plain KD")
+    assert "is a file, not a directory" in _one_error_line(result)
 
 
 def test_a_study_says_which_of_its_flags_an_arm_sets_otherwise(tool, tmp_path):

@@ -87,12 +87,16 @@ def _check_teacher_num_train(dataset):
 
 
 def _check_arms_have_kd():
-    """Refuses arms without kd before anything trains: every table compares with it."""
-    if study_arms.KD_ARM not in FLAGS.arms:
-        raise app.UsageError(
-            f"--arms={','.join(FLAGS.arms)} has no {study_arms.KD_ARM}: every table of the "
-            f"report compares the arms with plain KD, so none could be written. Add "
-            f"{study_arms.KD_ARM} (its runs already finished in --root are not trained again).")
+    """Every table compares with kd: refuses a report without it, says so before training."""
+    if study_arms.KD_ARM in FLAGS.arms:
+        return
+    problem = (f"--arms={','.join(FLAGS.arms)} has no {study_arms.KD_ARM}: every table of the "
+               "report compares the arms with plain KD, so this command's report has none")
+    if FLAGS.report_only:
+        raise app.UsageError(f"{problem}. Add {study_arms.KD_ARM} to --arms.")
+    print(f"Note: {problem}. The runs are kept: a --report_only naming {study_arms.KD_ARM} "
+          "and these arms reports them (its runs already finished in --root are not trained "
+          "again).", flush=True)
 
 
 def _warn_of_overridden_flags(base):
