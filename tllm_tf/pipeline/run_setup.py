@@ -56,6 +56,9 @@ def prepare(config, strategy):
         fitting.say(config.verbose, is_chief(strategy),
                     f"--image_size not given: every image of --image_folder is resized to "
                     f"{height}x{width} (pass --image_size=N for N x N).")
+    never_reached = build.decays_never_reached(config)
+    if never_reached:
+        fitting.say(config.verbose, is_chief(strategy), never_reached)
     steps = build.steps_per_epoch(data, config)
     executed = build.steps_per_execution(steps, config.steps_per_execution)
     if executed != config.steps_per_execution:
