@@ -520,6 +520,9 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
     with open(root / "results.jsonl") as handle:
         records = [json.loads(line) for line in handle]
     assert sorted(r["arm"] for r in records) == ["kd", "labels", "teacher", "tllm"]
+    # The reference's fallback (on by default) says what it kept for each distilled student.
+    assert {r["arm"]: r.get("kept") in ("student", "reference") for r in records} == {
+        "kd": True, "labels": False, "teacher": False, "tllm": True}
     tllm = [r for r in records if r["arm"] == "tllm"][0]
     assert len(tllm["masks"]) == 2  # one update per epoch, from the pipeline's mask log
     assert os.path.exists(root / "seed0" / "mlp_4" / "reference" / "reference"
@@ -660,3 +663,19 @@ def test_a_teachers_other_num_train_is_named_as_the_studys_flag(tmp_path):
     with pytest.raises(study.MixedStudyError,
                        match="--teacher_num_train: 2000 in the workdir, None now"):
         study.check_finished_runs([teacher], str(tmp_path), done)
+
+
+def test_the_report_counts_the_seeds_the_reference_fallback_handed_over():
+    records = []
+    for seed in range(3):
+        labels, kd = _labels_and_kd(seed)
+        records += [labels, dict(kd, kept="reference" if seed else "student"),
+                    dict(_record(seed, "default", 0.81, [0.8, 0.8]), kept="student")]
+    (setting,) = study_summary.summarise(records)
+    assert setting["handed_over_to_labels"] == {"default": 0, "kd": 2}
+    assert ("Seeds (of 3) whose student is the label-only one, handed over by the reference's "
+            "fallback (--reference_fallback): default 0, kd 2.") in study_report.markdown([setting])
+    (without,) = study_summary.summarise([{k: v for k, v in r.items() if k != "kept"}
+                                          for r in records])
+    assert without["handed_over_to_labels"] == {}
+    assert "handed over" not in study_report.markdown([without])

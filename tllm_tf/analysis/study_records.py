@@ -64,6 +64,7 @@ def collect(run):
     class_names, per_class_accuracy, accuracy, _ = workdir_results.read_per_class(
         stage_dir, remedy=f"Delete {stage_dir} and run the study again with the same flags "
         "to train and evaluate it again.")
+    fallback = _fallback_outcome(stage_dir) if student else None
     masked_classes = config.masked_classes
     if student == "tllm_refit":
         stage_dir, masked_classes = _refit_masks_source(config, stage_dir, len(class_names))
@@ -80,7 +81,16 @@ def collect(run):
         "masks": masks,
         # Masked before the first update: what a mask change is counted from.
         "masked_from_start": sorted(int(c) for c in masked_classes),
+        # With --reference_fallback, "reference" where the label-only student's weights were
+        # handed over; absent without it.
+        **({"kept": fallback} if fallback else {}),
     }
+
+
+def _fallback_outcome(stage_dir):
+    """What a student stage's reference fallback kept (`"student"` or `"reference"`), or None."""
+    path = os.path.join(stage_dir, workdir_files.REFERENCE_CHECK_FILE)
+    return _read_json(path)["kept"] if os.path.exists(path) else None
 
 
 def _masks(stage_dir):

@@ -111,6 +111,11 @@ def markdown(summaries):
              f"{100 * FALSE_ALARM_BOUND:.0f}%",
              "updates masking a class KD helps beyond noise",
              "on the classes KD hurt (that seed): minus KD"], rows)
+        handed_over = setting.get("handed_over_to_labels")
+        if handed_over:
+            lines += ["", f"Seeds (of {len(seeds)}) whose student is the label-only one, "
+                      "handed over by the reference's fallback (--reference_fallback): "
+                      + ", ".join(f"{arm} {count}" for arm, count in handed_over.items()) + "."]
         timed = setting.get("minutes_per_run")
         if timed:
             lines += ["", "Wall time per run, mean over the seeds (minutes): " + ", ".join(

@@ -256,6 +256,13 @@ def _setting_summary(student, teacher, seeds, arms, labels, teachers, baselines)
         seconds = [by_seed[seed].get("seconds") for seed in seeds if seed in by_seed]
         if len(seconds) == len(seeds) and None not in seconds:
             setting["minutes_per_run"][arm] = float(np.mean(seconds)) / 60.0
+    # The seeds whose student is the label-only one, handed over by --reference_fallback (the
+    # arms whose every record says what the fallback kept).
+    setting["handed_over_to_labels"] = {}
+    for arm, by_seed in sorted(arms.items()):
+        kept = [by_seed[seed].get("kept") for seed in seeds if seed in by_seed]
+        if len(kept) == len(seeds) and None not in kept:
+            setting["handed_over_to_labels"][arm] = kept.count("reference")
     return setting
 
 
