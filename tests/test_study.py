@@ -608,6 +608,7 @@ def test_the_report_gives_no_interval_without_a_spread_and_names_the_seeds_it_ha
     text = study_report.markdown([setting])
     assert "(seeds 0, 2 (2))" in text
     assert "-1.00 ± 0.00 (every seed alike: no interval) 0/2" in text
+    assert "| arm |" not in text  # kd alone: no arm, no empty table.
     (single,) = study_summary.summarise(records[:2])
     text = study_report.markdown([single])
     assert "(seed 0, 1)" in text and "-1.00 (one seed: no interval) 0/1" in text

@@ -104,7 +104,7 @@ def markdown(summaries):
                          _false_alarm_cell(entry, len(seeds)),
                          _percent(entry["helped_masked_update_rate"]),
                          _points(hurt) if hurt else "-"])
-        lines += _markdown_table(
+        lines += [] if not rows else _markdown_table(  # A study of kd alone has no arm.
             ["arm", "test accuracy", "minus KD", "minus labels", "classes masked at end",
              "mask changes / class / 100 updates",
              "updates masking a class KD did not hurt (that seed): mean [95% CI]; seeds above "
