@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf.analysis import study_stats
 from tllm_tf.analysis import study_summary
 from tllm_tf.analysis.study_arms import KD_ARM, LABELS_ARM, TEACHER_ARM
 from tllm_tf.analysis.study_summary import FALSE_ALARM_BOUND
@@ -24,7 +25,7 @@ PLOT_FILE = "study_kd_minus_labels.png"
 def _points(difference, scale=100.0):
     if difference["seeds"] < 2:
         spread = "(one seed: no interval)"
-    elif difference["std"] == 0:  # A CI of no width would read as certainty.
+    elif study_stats.has_no_spread(difference["std"]):  # No width would read as certainty.
         spread = "± 0.00 (every seed alike: no interval)"
     else:
         spread = (f"± {scale * difference['std']:.2f} [{scale * difference['ci_low']:+.2f}, "
@@ -38,7 +39,7 @@ def _seeds_text(seeds):
     if len(seeds) > 1 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
         return f"seeds {seeds[0]}-{seeds[-1]}, {len(seeds)}"
     if len(seeds) == 1:
-        return f"seed {seeds[0]}, 1"
+        return f"seed {seeds[0]}"
     return f"seeds {', '.join(map(str, seeds))} ({len(seeds)})"
 
 

@@ -65,6 +65,17 @@ def paired_difference(a, b):
                     (difference < 0).sum(axis=0))
 
 
+# Accuracies are counts over at most millions of images, so differences that agree seed by
+# seed agree to ~1e-16 after float rounding (k/n - j/m differs by an ulp between seeds); any
+# real spread is above 1e-7.
+_NO_SPREAD = 1e-9
+
+
+def has_no_spread(std):
+    """Where a `paired_difference`'s sample std is zero but for float rounding (bool array)."""
+    return np.asarray(std, np.float64) <= _NO_SPREAD
+
+
 def _summary(mean, std, seeds, better, worse):
     """A `paired_difference` summary, its 95% CI (Student's t) from `mean`, `std` and `seeds`."""
     half_width = t_quantile_975(seeds - 1) * std / math.sqrt(seeds) if seeds > 1 else np.nan
@@ -153,7 +164,8 @@ def paired_p_values(difference):
         A float array of `mean`'s shape: NaN with fewer than two seeds or
         where the summary is NaN (a NaN among the values); 1 where every
         seed's difference is 0. Where every seed's is one number other than
-        0, Student's t is undefined (no spread: per-class accuracies move in
+        0 (`has_no_spread`: equal but for float rounding), Student's t is
+        undefined (no spread: per-class accuracies move in
         whole images, so a few seeds often agree exactly), and the p-value
         is the exact sign test's, `sign_test_p_value(seeds)`: two seeds
         alike give 0.5, not 0.
@@ -163,12 +175,13 @@ def paired_p_values(difference):
     seeds = int(difference["seeds"])
     if seeds < 2:
         return np.full(mean.shape, np.nan)
+    no_spread = has_no_spread(std)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(std > 0, mean * math.sqrt(seeds) / std, 0.0)
+        t = np.where(no_spread, 0.0, mean * math.sqrt(seeds) / std)
     # A NaN in the values is no evidence either way: not tested.
     t = np.where(np.isnan(mean) | np.isnan(std), np.nan, t)
     p_values = t_two_sided_p_value(t, seeds - 1)
-    return np.where((std == 0) & (mean != 0), sign_test_p_value(seeds), p_values)
+    return np.where(no_spread & (np.abs(mean) > _NO_SPREAD), sign_test_p_value(seeds), p_values)
 
 
 def sign_test_p_value(seeds):
@@ -231,7 +244,7 @@ def hurt_from_difference(difference, correction="none"):
                          f"{HURT_CORRECTIONS}.")
     p_values = paired_p_values(difference)
     hurt = np.asarray(difference["ci_high"], np.float64) < 0
-    hurt &= (np.asarray(difference["std"], np.float64) != 0) | (p_values < 0.05)
+    hurt &= ~has_no_spread(difference["std"]) | (p_values < 0.05)
     if correction == "holm":
         hurt &= identification.reject(p_values, 0.05, "holm")
     return hurt
