@@ -484,6 +484,7 @@ def test_an_evaluation_through_another_preprocessing_than_the_runs_is_refused(tm
 
 @pytest.mark.parametrize("flags, message", [
     (["--root={tmp}/a_file"], "--root='{tmp}/a_file' is a file, not a directory"),
+    (["--root={tmp}/a_file", "--report_only"], "--root='{tmp}/a_file' is a file, not a directory"),
     (["--root={tmp}/a_file/study"], "Cannot write to --root='{tmp}/a_file/study'"),
     (["--root={tmp}/study", "--arms=tllm_refit", "--report_only"],
      "--arms=tllm_refit has no kd: every table of the report compares"),
@@ -506,7 +507,8 @@ def test_a_study_without_kd_says_that_its_report_has_no_table_before_it_trains(t
     result = tool("tools/study.py", "--flagfile=configs/demo.flags", "--seeds=0",
                   f"--root={tmp_path / 'a_file'}", "--arms=tllm_refit")
     assert result.stdout.startswith("Note: --arms=tllm_refit has no kd: every table of the "
-                                    "report compares the arms with plain KD")
+                                    "report compares the arms with plain KD, so this command "
+                                    "trains and writes no report.")
     assert "is a file, not a directory" in _one_error_line(result)
 
 
@@ -516,5 +518,6 @@ def test_a_study_says_which_of_its_flags_an_arm_sets_otherwise(tool, tmp_path):
                   "--report_only")
     assert result.returncode == 1  # Nothing has run there: nothing to report.
     notes = [line for line in result.stdout.splitlines() if line.startswith("Note: ")]
-    assert notes == ["Note: --patience=3 is set otherwise by the arms tllm (1); each arm trains "
-                     "with its own value."]
+    # demo.flags' own --update_every=1 equals the tllm arm's, and --students is per run.
+    assert notes == ["Note: --patience=3 is not what every run uses: the arm tllm (1) uses its "
+                     "own value."]

@@ -534,6 +534,13 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
     again = zygote.run(command, timeout=600)  # forked: tests/zygote.py
     assert again.returncode == 0 and "[1/" not in again.stdout
     assert json.loads((root / "study.json").read_text()) == summary
+    # Without kd: no table, so the report of the root is left as it is.
+    no_kd = zygote.run([arg if not arg.startswith("--arms=") else "--arms=tllm"
+                        for arg in command], timeout=600)
+    assert no_kd.returncode == 0, no_kd.stderr[-3000:]
+    assert no_kd.stdout.startswith("Note: --arms=tllm has no kd")
+    assert f"{root} also holds 1 finished run this command did not name" in no_kd.stdout
+    assert json.loads((root / "study.json").read_text()) == summary
     # The same root with another recipe is refused before anything trains.
     other = zygote.run([*command, "--num_train=100"], timeout=600)
     assert other.returncode == 1 and "[1/" not in other.stdout
@@ -636,10 +643,18 @@ def test_the_default_arm_is_what_tools_train_trains_with_the_same_flags(tmp_path
     (tllm,) = [run for run in _tiny_plan(tmp_path, [0], ["kd", "tllm"], **base)
                if run.arm == "tllm"]
     assert (tllm.config.patience, tllm.config.update_every) == (1, 1)  # As it was run.
-    assert study_arms.overridden_flags(["kd", "default", "tllm"], base) == [
-        "Note: --patience=3 is set otherwise by the arms tllm (1); each arm trains with its "
-        "own value.",
-        "Note: --update_every=2 is set otherwise by the arms tllm (1); each arm trains with its "
+    runs = _tiny_plan(tmp_path, [0], ["kd", "default", "tllm", "tllm_patience2",
+                                      "tllm_two_pass"], num_train=1000, **base)
+    assert study.overridden_flags(runs, RunConfig(workdir="unused", num_train=1000, **base),
+                                  ["patience", "update_every", "warmup_epochs", "num_train"]) == [
+        "Note: --patience=3 is not what every run uses: the arms tllm (1), tllm_patience2 (2) "
+        "use their own values.",
+        "Note: --update_every=2 is not what every run uses: the arms tllm (1), tllm_patience2 "
+        "(1), tllm_two_pass (1) use their own values.",
+        # A second pass keeps its first pass's mask: no update, whatever --warmup_epochs says.
+        "Note: --warmup_epochs=None is not what every run uses: the arm tllm_two_pass (7) uses "
+        "its own value.",
+        "Note: --num_train=1000 is not what every run uses: the arm teacher (None) uses its "
         "own value."]
 
 
@@ -655,8 +670,8 @@ def test_a_report_names_the_runs_it_leaves_out_of_its_root(tmp_path):
     assert lines[0].startswith("5 of this command's 9 runs have not finished (seed 0 "
                                "cnn_tiny teacher, seed 1 cnn_tiny teacher, seed 2 cnn_tiny "
                                "teacher and 2 more)")
-    assert lines[1].startswith(f"{tmp_path} also holds 1 finished runs this command did not "
-                               "name (seed 3 mlp_4 cnn_tiny kd; seeds 3, arms kd)")
+    assert lines[1].startswith(f"{tmp_path} also holds 1 finished run this command did not "
+                               "name (seed 3 mlp_4 cnn_tiny kd; seed 3, arm kd)")
     assert study_records.coverage(_tiny_plan(tmp_path, [3])[-1:], str(tmp_path))[-1].startswith(
         f"{tmp_path} also holds 4 finished runs")
 
@@ -668,7 +683,7 @@ def test_a_teachers_other_num_train_is_named_as_the_studys_flag(tmp_path):
         handle.write(dataclasses.replace(teacher.config, num_train=2000).to_json())
     done = {study_records.run_key(teacher): {}}
     with pytest.raises(study.MixedStudyError,
-                       match="--teacher_num_train: 2000 in the workdir, None now"):
+                       match="--teacher_num_train: 2000 in the workdir, 0 now"):
         study.check_finished_runs([teacher], str(tmp_path), done)
 
 

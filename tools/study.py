@@ -91,20 +91,11 @@ def _check_arms_have_kd():
     if study_arms.KD_ARM in FLAGS.arms:
         return
     problem = (f"--arms={','.join(FLAGS.arms)} has no {study_arms.KD_ARM}: every table of the "
-               "report compares the arms with plain KD, so this command's report has none")
+               "report compares the arms with plain KD")
     if FLAGS.report_only:
         raise app.UsageError(f"{problem}. Add {study_arms.KD_ARM} to --arms.")
-    print(f"Note: {problem}. The runs are kept: a --report_only naming {study_arms.KD_ARM} "
-          "and these arms reports them (its runs already finished in --root are not trained "
-          "again).", flush=True)
-
-
-def _warn_of_overridden_flags(base):
-    """Says which flags given to the study some arms set otherwise (an arm's value wins)."""
-    given = {name: value for name, value in study.base_kwargs(base).items()
-             if FLAGS[name].present}
-    for line in study_arms.overridden_flags(FLAGS.arms, given):
-        print(line, flush=True)
+    print(f"Note: {problem}, so this command trains and writes no report. A --report_only "
+          f"naming {study_arms.KD_ARM} and these arms reports them.", flush=True)
 
 
 def main(argv):
@@ -126,11 +117,14 @@ def main(argv):
         runs = study.plan(**plan_kwargs)
     except ValueError as error:
         raise app.UsageError(str(error))
-    _warn_of_overridden_flags(base)
+    given = [name for name in study.base_kwargs(base)
+             if FLAGS[name].present and FLAGS[name].value != FLAGS[name].default]
+    for line in study.overridden_flags(runs, base, given):
+        print(line, flush=True)
     try:
-        for flag in ("results_dir",) if FLAGS.report_only else ("root", "results_dir"):
-            if FLAGS[flag].value:
-                preflight.check_writable_directory(flag, FLAGS[flag].value)
+        written = "results_dir" if FLAGS.results_dir else "root"
+        for flag in dict.fromkeys([written] + ([] if FLAGS.report_only else ["root"])):
+            preflight.check_writable_directory(flag, FLAGS[flag].value)
         _run_and_report(runs, plan_kwargs)
     except ValueError as error:  # A mixed or damaged root, a workdir in use: nothing trained.
         console.exit_with_error(error)
@@ -155,6 +149,9 @@ def _run_and_report(runs, plan_kwargs):
         # Refused before anything trains: new runs of another recipe would join the root's tables.
         records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True),
                                   checked_runs=study.widened_plan(plan_kwargs, FLAGS.root))
+    if study_arms.KD_ARM not in FLAGS.arms:  # No table: an earlier report stays.
+        print("\n".join(study_records.coverage(runs, FLAGS.root)))
+        return
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     text, paths = study_report.write(records, results_dir, command=command,
                                      baselines=study_arms.paired_baselines())

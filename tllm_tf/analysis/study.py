@@ -202,8 +202,7 @@ def check_finished_runs(runs, root, done=None, shown=3):
             config = _with_first_pass_mask(run, done)
             differences = workdir_lib.config_differences(config.workdir, config)
             if run.arm == TEACHER_ARM:  # A teacher's num_train is the study's own flag.
-                differences = [line.replace("--num_train:", "--teacher_num_train:", 1)
-                               for line in differences]
+                differences = [_as_teacher_num_train(line) for line in differences]
             if differences:
                 mismatched.append(f"{config.workdir}:\n    " + "\n    ".join(differences))
     if mismatched:
@@ -213,6 +212,14 @@ def check_finished_runs(runs, root, done=None, shown=3):
             "configuration than this command's, and a report would mix the two:\n  "
             + "\n  ".join(mismatched[:shown]) + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nUse a new --root for this configuration, or the flags the root was run with.")
+
+
+def _as_teacher_num_train(line):
+    """A teacher's `--num_train: ...` difference as the study's flag, 0 for the whole split."""
+    if not line.startswith("--num_train:"):
+        return line
+    return ("--teacher_num_train:" + line[len("--num_train:"):]).replace(
+        " None in the workdir", " 0 in the workdir").replace(" None now", " 0 now")
 
 
 def widened_plan(plan_kwargs, root):
@@ -258,6 +265,38 @@ def _with_first_pass_mask(run, done):
     if not classes:  # TLLM with no class masked is KD bit for bit: train it as KD.
         return dataclasses.replace(run.config, students=("distilled",))
     return dataclasses.replace(run.config, masked_classes=classes)
+
+
+def overridden_flags(runs, base, given):
+    """Notes on the flags given to a study that some of its runs train with otherwise.
+
+    An arm's overrides, a second pass's warm-up, the teachers' `num_train`
+    and a shared store's path win over the flags; a user who gave one of
+    those flags is told which runs do not use it.
+
+    Args:
+        runs: the `StudyRun`s of `plan`.
+        base: the `RunConfig` made from the flags.
+        given: the names of the fields the user set, to other values than
+            their defaults.
+
+    Returns:
+        A line for each such flag, naming the runs' arms and their values.
+    """
+    lines = []
+    for name in given:
+        if name in _PER_RUN_FIELDS:
+            continue
+        value, by_arm = getattr(base, name), {}
+        for run in runs:
+            if getattr(run.config, name) != value:
+                by_arm.setdefault(run.arm, getattr(run.config, name))
+        if by_arm:
+            arms = ", ".join(f"{arm} ({other!r})" for arm, other in by_arm.items())
+            lines.append(f"Note: --{name}={value!r} is not what every run uses: " + (
+                f"the arm {arms} uses its own value." if len(by_arm) == 1
+                else f"the arms {arms} use their own values."))
+    return lines
 
 
 # Fields the study sets run by run; the rest come from the base configuration.

@@ -184,28 +184,6 @@ def _build_arms():
     return arms
 
 
-def overridden_flags(arms, given):
-    """The flags given to a study that some of its arms set otherwise.
-
-    Args:
-        arms: the study's arm names.
-        given: `{flag: value}` of the `RunConfig` fields given on the command
-            line or in a flag file.
-
-    Returns:
-        A line for each flag an arm sets to another value, naming the arms
-        and their values, in the order of `given`.
-    """
-    lines = []
-    for flag, value in given.items():
-        by_arm = [f"{arm} ({ARMS[arm][flag]!r})" for arm in arms
-                  if flag in ARMS[arm] and ARMS[arm][flag] != value]
-        if by_arm:
-            lines.append(f"Note: --{flag}={value!r} is set otherwise by the arms "
-                         f"{', '.join(by_arm)}; each arm trains with its own value.")
-    return lines
-
-
 ARMS = _build_arms()
 
 

@@ -90,7 +90,7 @@ def collect(run):
 def _fallback_outcome(stage_dir):
     """What a student stage's reference fallback kept (`"student"` or `"reference"`), or None."""
     path = os.path.join(stage_dir, workdir_files.REFERENCE_CHECK_FILE)
-    return _read_json(path)["kept"] if os.path.exists(path) else None
+    return workdir_results.read_check(path)["kept"] if os.path.exists(path) else None
 
 
 def _masks(stage_dir):
@@ -177,17 +177,27 @@ def coverage(runs, root, shown=3):
     others = [key for key in done if key not in planned]
     lines = []
     if unfinished:
-        lines.append(f"{len(unfinished)} of this command's {len(planned)} runs have not "
-                     f"finished ({_keys_text(unfinished, shown)}), so the report leaves them "
-                     "out: run the same command without --report_only to train them.")
+        lines.append(f"{len(unfinished)} of this command's {_count(len(planned), 'run')} "
+                     f"{'has' if len(unfinished) == 1 else 'have'} not finished "
+                     f"({_keys_text(unfinished, shown)}), so the report leaves "
+                     f"{'it' if len(unfinished) == 1 else 'them'} out: run the same command "
+                     "without --report_only to train them.")
     if others:
         seeds = sorted({key[0] for key in others})
         arms = sorted({key[3] for key in others})
-        lines.append(f"{root} also holds {len(others)} finished runs this command did not "
-                     f"name ({_keys_text(others, shown)}; seeds {', '.join(map(str, seeds))}, "
-                     f"arms {', '.join(arms)}): name them in --seeds, --student_models, "
-                     "--teacher_models and --arms, with --report_only, for one report of all.")
+        lines.append(f"{root} also holds {_count(len(others), 'finished run')} this command "
+                     f"did not name ({_keys_text(others, shown)}; "
+                     f"{_count(len(seeds), 'seed', False)} {', '.join(map(str, seeds))}, "
+                     f"{_count(len(arms), 'arm', False)} {', '.join(arms)}): name them in "
+                     "--seeds, --student_models, --teacher_models and --arms, with "
+                     "--report_only, for one report of all.")
     return lines
+
+
+def _count(number, noun, with_number=True):
+    """`1 run`, `2 runs`; the noun alone where `with_number` is False."""
+    word = noun if number == 1 else f"{noun}s"
+    return f"{number} {word}" if with_number else word
 
 
 def _keys_text(keys, shown):

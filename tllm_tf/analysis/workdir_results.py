@@ -171,7 +171,7 @@ def load_results(workdir):
             "mask_history": history,
             "mask_in_progress": mask_in_progress,
             "unfinished": unfinished,
-            "refit_check": (_read_check(check_path, ("refit", "tllm"))
+            "refit_check": (read_check(check_path, ("refit", "tllm"))
                             if os.path.exists(check_path) else None),
             "reference_checks": _reference_checks(workdir)}
 
@@ -209,8 +209,12 @@ def _mask_history(workdir, num_classes, finished):
     return read_mask_history(path, num_classes, skip_torn_last_line=not finished)
 
 
-def _read_check(path, names):
-    """A held-out check's JSON, with the keys `_check_line` reads for `names`."""
+def read_check(path, names=("student", "reference")):
+    """A held-out check's JSON, checked to have the keys `_check_line` reads for `names`.
+
+    Raises:
+        ValueError: naming the file and what to do, if it is damaged.
+    """
     remedy = "Delete it to report without that check."
     check = _read_json(path, remedy)
     _require(path, check, ["kept", "p_value"] + [f"{name}_accuracy" for name in names], remedy)
@@ -223,5 +227,5 @@ def _reference_checks(workdir):
     for stage in COLUMNS:
         path = os.path.join(workdir, stage, workdir_files.REFERENCE_CHECK_FILE)
         if os.path.exists(path):
-            checks[stage] = _read_check(path, ("student", "reference"))
+            checks[stage] = read_check(path, ("student", "reference"))
     return checks
