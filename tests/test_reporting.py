@@ -176,6 +176,11 @@ def test_the_summary_says_which_students_took_the_references_weights(workdir):
     assert ("student_tllm on the held-out split: 75.00% against the reference's 74.00%, "
             "not behind it (p = 0.81 >= 0.2): kept") in lines
     assert reporting.to_json(results)["reference_checks"] == checks
+    # The figures of a student that took the reference's weights are the reference's: said.
+    assert ("Holding the label-only reference's weights (its fallback), so that their figures "
+            "above are the reference's: student_kd") in lines
+    (gain,) = [line for line in lines if line.startswith("student_tllm minus KD:")]
+    assert gain.endswith(" (student_kd holding the reference's weights)")
 
 
 def test_a_check_written_before_the_level_and_the_own_model_were_recorded_still_reports(

@@ -205,10 +205,17 @@ def test_a_student_behind_the_reference_takes_its_weights(tmp_path, monkeypatch)
                             workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE)
         if student == "tllm_refit":
             # Each check keeps what it judged: the refit's own weights, then the tllm
-            # student's it had taken (here the reference's, the tllm student's fallback).
+            # student's it had taken: the tllm student as it trained, not the reference's
+            # weights its own fallback gave it (the refit was judged against those, and a
+            # report called the reference's accuracy the tllm student's).
             own = _own_model(config, stage_dir, workdir_files.REFIT_CHECK_FILE,
                              workdir_files.MODEL_BEFORE_REFIT_CHECK_FILE)
             assert any(not np.array_equal(a, b) for a, b in zip(own, judged, strict=True))
+            tllm_as_trained = keras.models.load_model(
+                tmp_path / "run" / "student_tllm" / workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE,
+                compile=False).get_weights()
+            for from_judged, from_tllm in zip(judged, tllm_as_trained, strict=True):
+                np.testing.assert_array_equal(from_judged, from_tllm)
         else:  # A distilled student's own weights, not the reference's.
             assert any(not np.array_equal(a, b) for a, b in zip(judged, reference, strict=True))
 

@@ -169,12 +169,21 @@ def summary_lines(results):
                                  "the tllm student"))
     for stage, check in results.get("reference_checks", {}).items():
         lines.append(_check_line(stage, check, ("student", "reference"), "the reference"))
+    replaced = [stage for stage, check in results.get("reference_checks", {}).items()
+                if check["kept"] == "reference"]
+    if replaced:
+        lines.append("Holding the label-only reference's weights (its fallback), so that their "
+                     f"figures above are the reference's: {', '.join(replaced)}")
     num_classes = len(results["class_names"])
     for stage, gain in gain_by_mask(results).items():
+        masked = gain["num_masked"]
+        holding = [name for name in (stage, "student_kd") if name in replaced]
         lines.append(
             f"{stage} minus KD: {100 * (gain['masked'] + gain['not_masked']):+.2f} points, "
-            f"{100 * gain['masked']:+.2f} from the {gain['num_masked']} masked classes and "
-            f"{100 * gain['not_masked']:+.2f} from the other {num_classes - gain['num_masked']}")
+            f"{100 * gain['masked']:+.2f} from the {masked} masked "
+            f"class{'' if masked == 1 else 'es'} and {100 * gain['not_masked']:+.2f} from the "
+            f"other {num_classes - masked}"
+            + (f" ({' and '.join(holding)} holding the reference's weights)" if holding else ""))
     return lines
 
 

@@ -70,7 +70,7 @@ def safeguards(student, kind, data, config, stage_dir, reference_path):
     """
     if kind == "tllm_refit" and config.refit_fallback:
         _keep_baseline_if_behind(
-            student, os.path.join(config.workdir, student_stage("tllm"), MODEL_FILE),
+            student, _trained_model_path(os.path.join(config.workdir, student_stage("tllm"))),
             ("refit", "tllm"), (REFIT_CHECK_FILE, MODEL_BEFORE_REFIT_CHECK_FILE),
             config.significance, data, config, stage_dir)
     else:
@@ -82,6 +82,16 @@ def safeguards(student, kind, data, config, stage_dir, reference_path):
             config.reference_fallback_significance, data, config, stage_dir)
     else:
         _remove(stage_dir, REFERENCE_CHECK_FILE, MODEL_BEFORE_REFERENCE_CHECK_FILE)
+
+
+def _trained_model_path(stage_dir):
+    """A student stage's model as it trained: before its reference fallback, if that replaced it.
+
+    The refit is judged against the tllm student as trained; where the fallback gave that
+    student the reference's weights, its `model.keras` is the reference.
+    """
+    before = os.path.join(stage_dir, MODEL_BEFORE_REFERENCE_CHECK_FILE)
+    return before if os.path.exists(before) else os.path.join(stage_dir, MODEL_FILE)
 
 
 def _keep_baseline_if_behind(student, baseline_path, names, files, significance, data, config,
