@@ -230,8 +230,9 @@ def test_a_symbolic_link_is_refused_and_left_as_it_is(model, tmp_path):
     version = export_lib.export_saved_model(model, str(tmp_path / "v1"))
     current = tmp_path / "current"
     os.symlink(version, current)
-    with pytest.raises(ValueError, match="symbolic link"):
-        export_lib.export_saved_model(model, str(current))
+    for given in (str(current), str(current) + os.sep):
+        with pytest.raises(ValueError, match="symbolic link"):
+            export_lib.export_saved_model(model, given)
     assert os.path.islink(current) and os.readlink(current) == version
     assert sorted(os.listdir(tmp_path)) == ["current", "v1"]
 
@@ -262,7 +263,9 @@ class SubclassedStudent(keras.Model):
 def test_a_subclassed_model_is_exported_given_its_image_shape(raw_images, tmp_path, seeded):
     model = SubclassedStudent()
     model(raw_images)
-    with pytest.raises(ValueError, match=r"image_shape=\(32, 32, 3\)"):
+    with pytest.raises(ValueError, match=r"records its input shape.*Pass the shape of one "
+                                         r"image, e\.g\. export_saved_model\(model, path, "
+                                         r"image_shape="):
         export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
     path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"),
                                          image_shape=(8, 8, 3))
@@ -274,9 +277,23 @@ def test_a_subclassed_model_is_exported_given_its_image_shape(raw_images, tmp_pa
 def test_a_destination_that_cannot_be_written_is_one_value_error(model, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
-    with pytest.raises(ValueError, match=r"Cannot write the export to .*a_file/saved_model"):
+    with pytest.raises(ValueError, match=r"its folder .*a_file' is a file"):
         export_lib.export_saved_model(model, str(a_file / "saved_model"))
+    with pytest.raises(ValueError, match=r"Cannot write the export to .*a_file/deeper/saved"):
+        export_lib.export_saved_model(model, str(a_file / "deeper" / "saved_model"))
     assert a_file.read_text() == "keep me"
+
+
+def test_a_subclassed_model_that_outputs_probabilities_is_refused(raw_images, tmp_path, seeded):
+    class SoftmaxStudent(SubclassedStudent):
+        def call(self, images):
+            return keras.ops.softmax(super().call(images))
+
+    model = SoftmaxStudent()
+    model(raw_images)
+    with pytest.raises(ValueError, match="outputs probabilities"):
+        export_lib.export_saved_model(model, str(tmp_path / "saved_model"), image_shape=(8, 8, 3))
+    assert not os.listdir(tmp_path)
 
 
 def test_a_full_disk_in_tensorflows_writer_is_an_os_error_and_keeps_the_old_export(

@@ -47,7 +47,7 @@ def check_model(model, role):
             "unchanged.")
 
 
-def probe_output_size(model, role, like=None):
+def probe_output_size(model, role, like=None, image_shape=None):
     """Runs a built model on a batch of zeros and ones; refuses probabilities.
 
     Needs no data, so no data set is read (a partial read can truncate a
@@ -62,6 +62,8 @@ def probe_output_size(model, role, like=None):
         like: a model whose input shape and dtype to use where `model` has
             no symbolic input (a subclassed one): the other model of the
             `Distiller`, which gets the same batch. Defaults to `None`.
+        image_shape: the shape of one float32 input, for a model with no
+            symbolic input and no `like`. Defaults to `None`.
 
     Returns:
         The last axis of the output (an int), or `None` where the model is
@@ -72,7 +74,7 @@ def probe_output_size(model, role, like=None):
     Raises:
         ValueError: if every row of the output is a probability vector.
     """
-    outputs = _probe(model, like)
+    outputs = _probe(model, like, image_shape)
     if outputs is None:
         return None
     tolerance = 1e-3 if outputs.dtype.itemsize >= 4 else 1e-2  # 16-bit rounding.
@@ -88,17 +90,22 @@ def probe_output_size(model, role, like=None):
     return int(outputs.shape[-1])
 
 
-def _probe(model, like):
+def _probe(model, like, image_shape=None):
     """`model`'s output on zeros and ones of its input shape, as an array, or None."""
     source = model if getattr(model, "inputs", None) else like
     inputs = getattr(source, "inputs", None)
-    if not getattr(model, "built", False) or not inputs or len(inputs) != 1:
+    if not getattr(model, "built", False):
         return None
-    shape = tuple(inputs[0].shape[1:])
+    if inputs and len(inputs) == 1:
+        shape, dtype = tuple(inputs[0].shape[1:]), inputs[0].dtype
+    elif image_shape is not None and not inputs:
+        shape, dtype = tuple(image_shape), "float32"
+    else:
+        return None
     if any(size is None for size in shape):
         return None
     try:
-        dtype = keras.backend.standardize_dtype(inputs[0].dtype)
+        dtype = keras.backend.standardize_dtype(dtype)
         batch = np.stack([np.zeros(shape, dtype), np.ones(shape, dtype)])  # No strings.
         outputs = model(batch, training=False)
     except Exception:  # Keras raises many types; the first step reports any of them.

@@ -67,6 +67,11 @@ def _check_destination(path):
     if os.path.isfile(path):
         raise ValueError(
             f"Expected a directory path to export to, but it is a file. Received: path={path!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(
+            f"Expected a directory path to export to, but its folder {parent!r} is a file. "
+            f"Received: path={path!r}")
     entries = set(os.listdir(path)) if os.path.isdir(path) else set()
     if entries and SAVED_MODEL_FILE not in entries:
         # Replacing a SavedModel is fine; wiping an unrelated directory is not.
@@ -132,10 +137,12 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
             "`distiller.student`. Received: a tllm_tf.Distiller, which also holds the "
             "teacher and the class mask.")
     path = os.fspath(path)
+    if path:  # "link/" would be the folder the link points to.
+        path = os.path.normpath(path)
     _check_destination(path)
     model_checks.check_model(model, "model to export")
     shape = _input_shape(model, image_shape)
-    model_checks.probe_output_size(model, "model to export")
+    model_checks.probe_output_size(model, "model to export", image_shape=shape[1:])
 
     def serve(images):
         # `serving_default` checks only the dtype: a model that flattens or pools would
