@@ -121,15 +121,3 @@ def test_every_classifier_takes_its_images_under_one_name_in_keras_export(tmp_pa
         signatures.append(sorted(signature.structured_input_signature[1]))
     assert signatures == [["images"]] * 3
 
-
-def test_a_decay_epoch_a_stage_ends_before_is_named():
-    config = RunConfig(workdir="unused", epochs=12, teacher_epochs=10, lr_decay_epochs=(6, 12, 16))
-    assert build.decays_never_reached(config) == (
-        "--lr_decay_epochs=6,12,16: the teacher's learning rate never decays at epoch 12, 16 "
-        "(--teacher_epochs=10); the students' learning rate never decays at epoch 12, 16 "
-        "(--epochs=12).")
-    assert build.decays_never_reached(dataclasses.replace(config, epochs=17, teacher_epochs=None,
-                                                          stage="student")) is None
-    assert build.decays_never_reached(dataclasses.replace(config, stage="teacher")) == (
-        "--lr_decay_epochs=6,12,16: the teacher's learning rate never decays at epoch 12, 16 "
-        "(--teacher_epochs=10).")

@@ -307,3 +307,19 @@ def test_an_image_folder_trains_at_image_size_with_the_default_augmentation(tmp_
     stages.run(config)
     teacher = keras.models.load_model(str(tmp_path / "run" / "teacher" / "model.keras"))
     assert tuple(teacher.inputs[0].shape[1:]) == (8, 8, 3)
+
+
+def test_a_decay_epoch_a_stage_ends_before_is_named():
+    config = RunConfig(workdir="unused", epochs=12, teacher_epochs=10, lr_decay_epochs=(6, 12, 16))
+    assert preflight.decays_never_reached(config) == (
+        "--lr_decay_epochs=6,12,16: the teacher's learning rate never decays at epochs 12, 16 "
+        "(--teacher_epochs=10); the students' learning rate never decays at epochs 12, 16 "
+        "(--epochs=12).")
+    assert preflight.decays_never_reached(dataclasses.replace(
+        config, epochs=17, teacher_epochs=None, stage="student")) is None
+    assert preflight.decays_never_reached(dataclasses.replace(config, stage="teacher")) == (
+        "--lr_decay_epochs=6,12,16: the teacher's learning rate never decays at epochs 12, 16 "
+        "(--teacher_epochs=10).")
+    # A teacher given by --teacher_path is not trained here.
+    assert preflight.decays_never_reached(dataclasses.replace(
+        config, epochs=17, teacher_path="elsewhere/teacher/model.keras")) is None

@@ -94,31 +94,6 @@ def make_optimizer(config, steps_per_epoch, initial_learning_rate=None):
     return optimizer
 
 
-def decays_never_reached(config):
-    """The `--lr_decay_epochs` that some stage of the run ends before, in words, or None.
-
-    A decay at epoch `e` (counted from 0) takes effect only in a stage of more
-    than `e` epochs: a run shortened with a recipe's flag file keeps its
-    first learning rate without a word.
-    """
-    stage_epochs = []
-    if "teacher" in config.stages:
-        stage_epochs.append(("teacher", "--teacher_epochs" if config.teacher_epochs
-                             else "--epochs", config.teacher_epochs or config.epochs))
-    if "reference" in config.stages or "student" in config.stages:
-        stage_epochs.append(("students", "--epochs", config.epochs))
-    parts = []
-    for who, flag, epochs in stage_epochs:
-        late = [epoch for epoch in config.lr_decay_epochs if epoch >= epochs]
-        if late:
-            parts.append(f"the {who}' learning rate never decays at epoch "
-                         f"{', '.join(map(str, late))} ({flag}={epochs})")
-    if not parts:
-        return None
-    return (f"--lr_decay_epochs={','.join(map(str, config.lr_decay_epochs))}: "
-            + "; ".join(parts).replace("the teacher'", "the teacher's") + ".")
-
-
 def compile_arguments(config, data, learning_rate=None):
     """What every stage's `compile` takes from the run: the optimizer and how steps run.
 

@@ -92,6 +92,32 @@ def check_schedule(config):
             "to mask with --masked_classes).")
 
 
+def decays_never_reached(config):
+    """The `--lr_decay_epochs` that a stage the run trains ends before, in words, or None.
+
+    A decay at epoch `e` (counted from 0) takes effect only in a stage of more
+    than `e` epochs: a run shortened from a recipe's flag file keeps its first
+    learning rate, unsaid. A stage given by a flag (`--teacher_path`) trains
+    nothing here.
+    """
+    stage_epochs = []
+    if "teacher" in config.stages and not config.teacher_path:
+        flag = "--teacher_epochs" if config.teacher_epochs else "--epochs"
+        stage_epochs.append(("teacher's", flag, config.teacher_epochs or config.epochs))
+    if "student" in config.stages or ("reference" in config.stages
+                                      and not config.reference_path):
+        stage_epochs.append(("students'", "--epochs", config.epochs))
+    parts = []
+    for whose, flag, epochs in stage_epochs:
+        late = [str(epoch) for epoch in config.lr_decay_epochs if epoch >= epochs]
+        if late:
+            parts.append(f"the {whose} learning rate never decays at epoch"
+                         f"{'s' if len(late) > 1 else ''} {', '.join(late)} ({flag}={epochs})")
+    if not parts:
+        return None
+    return f"--lr_decay_epochs={','.join(map(str, config.lr_decay_epochs))}: {'; '.join(parts)}."
+
+
 def check_augmentation(config):
     """Refuses an `--image_size` the augmentation cannot take (only 'imagenet' resizes).
 

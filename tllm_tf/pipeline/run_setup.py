@@ -56,7 +56,7 @@ def prepare(config, strategy):
         fitting.say(config.verbose, is_chief(strategy),
                     f"--image_size not given: every image of --image_folder is resized to "
                     f"{height}x{width} (pass --image_size=N for N x N).")
-    never_reached = build.decays_never_reached(config)
+    never_reached = preflight.decays_never_reached(config)
     if never_reached:
         fitting.say(config.verbose, is_chief(strategy), never_reached)
     steps = build.steps_per_epoch(data, config)
