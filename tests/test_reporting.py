@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -337,3 +338,18 @@ def test_a_class_named_with_a_bar_keeps_its_table_row(tmp_path):
     rows = reporting.markdown_table(results).splitlines()
     assert rows[2] == "| a\\|b | 50.0 |"
     assert all(row.replace("\\|", "").count("|") == 3 for row in rows)
+
+
+def test_a_panel_of_a_student_holding_the_references_weights_says_so(workdir, monkeypatch):
+    from tllm_tf.analysis import plots  # Imported here: only the plots need matplotlib.
+
+    _write_reference_checks(workdir, {"student_kd": {
+        "student_accuracy": 0.70, "reference_accuracy": 0.74, "behind": 30, "ahead": 9,
+        "p_value": 0.000576, "significance": 0.2, "kept": "reference"}})
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure))
+    plots.plot_per_class_change(workdir_results.load_results(str(workdir)), "unused.png")
+    titles = [axis.get_title() for axis in figures[0].axes if axis.get_title()]
+    assert [title.endswith("(it holds the reference's weights: its fallback)")
+            for title in titles] == [True, False]
+    assert all(re.search(r"overall [+-]\d+\.\d\d points", title) for title in titles)

@@ -79,9 +79,11 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
         ax.axhline(0.0, color="black", linewidth=0.8)
         overall = 100 * (results["accuracy"][model] - results["accuracy"][baseline])
         worse = int(np.sum(change[order] < 0))
+        holding = results.get("reference_checks", {}).get(model, {}).get("kept") == "reference"
         ax.set_title(f"{display_name(model)} minus {display_name(baseline)}: overall "
-                     f"{overall:+.1f} points, {worse} {'class' if worse == 1 else 'classes'} "
-                     "worse", fontsize=10)
+                     f"{overall:+.2f} points, {worse} {'class' if worse == 1 else 'classes'} "
+                     "worse" + (" (it holds the reference's weights: its fallback)"
+                                if holding else ""), fontsize=10)
         ax.set_ylabel("accuracy change\n(percentage points)")
         ax.grid(axis="y", alpha=0.3)
         if named:
