@@ -1,8 +1,10 @@
 """What the tools print: no TensorFlow chatter, a line and a bar per stage, a short ending."""
 
+import ast
 import io
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -268,3 +270,14 @@ def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(demo_runs):
                    for line in again.stdout.splitlines()), again.stdout
     assert "  [" not in again.stdout
     assert again.stdout.splitlines()[-4:] == lines[-4:]
+
+
+@pytest.mark.parametrize("tool", sorted(
+    path.name for path in (pathlib.Path(__file__).parent.parent / "tools").glob("*.py")))
+def test_a_tools_help_shows_its_command_lines_as_written(tool):
+    # `--help` prints the module docstring: a backslash ending a line of a command joined it
+    # to the next line, with the indentation's spaces in between, unless the docstring is raw.
+    path = pathlib.Path(__file__).parent.parent / "tools" / tool
+    docstring = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+    joined = [line for line in docstring.splitlines() if re.search(r"\S {5,}--", line)]
+    assert not joined, joined

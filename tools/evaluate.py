@@ -1,4 +1,4 @@
-"""Test (or held-out) accuracy and per-class accuracy of a saved model.
+r"""Test (or held-out) accuracy and per-class accuracy of a saved model.
 
     python tools/evaluate.py --model_path=runs/demo/student_tllm/model.keras \
         --dataset=digits --split=test --json=/tmp/eval.json

@@ -1,4 +1,4 @@
-"""Exports a trained `.keras` classifier as a SavedModel for serving.
+r"""Exports a trained `.keras` classifier as a SavedModel for serving.
 
     python tools/export.py --model_path=runs/demo/student_tllm/model.keras \
         --export_dir=runs/demo/student_tllm/saved_model

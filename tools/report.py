@@ -1,4 +1,4 @@
-"""The per-class report of a run: markdown, JSON and PNG plots.
+r"""The per-class report of a run: markdown, JSON and PNG plots.
 
     python tools/report.py --workdir=runs/demo
     python tools/report.py --model_paths=ref=a.keras,kd=b.keras,tllm=c.keras \

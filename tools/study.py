@@ -1,4 +1,4 @@
-"""The accuracy study: label-only, KD and TLLM students over seeds, through tools/train.py's pipeline.
+r"""The accuracy study: label-only, KD and TLLM students over seeds, through tools/train.py's pipeline.
 
     # Fashion-MNIST, 10 seeds, 2 students, 3 teachers (docs/study.md; about an hour a setting).
     python tools/study.py --flagfile=configs/study_fashion.flags --root=runs/study \
