@@ -303,3 +303,27 @@ def test_a_reference_of_per_class_accuracies_only_trains_with_noreference_fallba
     stage_dir = tmp_path / "run" / workdir_files.student_stage("tllm")
     assert (stage_dir / workdir_files.MODEL_FILE).exists()
     assert not (stage_dir / workdir_files.REFERENCE_CHECK_FILE).exists()
+
+
+def test_a_refit_whose_tllm_student_lost_its_own_model_is_refused_naming_it(tmp_path):
+    from tllm_tf.pipeline import after_training
+
+    stage_dir = tmp_path / "student_tllm"
+    stage_dir.mkdir()
+    (stage_dir / workdir_files.MODEL_FILE).write_text("the reference's weights")
+    assert after_training._trained_model_path(str(stage_dir)) == str(
+        stage_dir / workdir_files.MODEL_FILE)  # No fallback ran: the student as it trained.
+    check = stage_dir / workdir_files.REFERENCE_CHECK_FILE
+    check.write_text(json.dumps({"kept": "student"}))
+    assert after_training._trained_model_path(str(stage_dir)).endswith(workdir_files.MODEL_FILE)
+    # Replaced, and its own model deleted (or a workdir of before it was kept): the refit would
+    # be judged against the reference's weights, called the tllm student's.
+    check.write_text(json.dumps({"kept": "reference"}))
+    with pytest.raises(ValueError, match="its own model .* is not there"):
+        after_training._trained_model_path(str(stage_dir))
+    (stage_dir / workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE).write_text("its own")
+    assert after_training._trained_model_path(str(stage_dir)).endswith(
+        workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE)
+    check.write_text('{"kept": "refe')
+    with pytest.raises(ValueError, match="is damaged"):
+        after_training._trained_model_path(str(stage_dir))

@@ -90,7 +90,14 @@ def collect(run):
 def _fallback_outcome(stage_dir):
     """What a student stage's reference fallback kept (`"student"` or `"reference"`), or None."""
     path = os.path.join(stage_dir, workdir_files.REFERENCE_CHECK_FILE)
-    return workdir_results.read_check(path)["kept"] if os.path.exists(path) else None
+    return _read_run_check(path, ("student", "reference")) if os.path.exists(path) else None
+
+
+def _read_run_check(path, names):
+    """What a study run's held-out check kept; a damaged one is named, with the study's fix."""
+    remedy = ("Delete the workdir of that run and run the study again with the same flags to "
+              "train it again (deleting the file alone would report the run as unchecked).")
+    return workdir_results.read_check(path, names, remedy=remedy)["kept"]
 
 
 def _masks(stage_dir):
@@ -110,7 +117,7 @@ def _refit_masks_source(config, refit_dir, num_classes):
     """
     tllm_dir = os.path.join(config.workdir, workdir_files.student_stage("tllm"))
     check_path = os.path.join(refit_dir, workdir_files.REFIT_CHECK_FILE)
-    if os.path.exists(check_path) and _read_json(check_path)["kept"] == "tllm":
+    if os.path.exists(check_path) and _read_run_check(check_path, ("refit", "tllm")) == "tllm":
         return tllm_dir, config.masked_classes
     return refit_dir, stage_inputs.read_final_mask(config.workdir, num_classes)
 
@@ -181,7 +188,7 @@ def coverage(runs, root, shown=3):
                      f"{'has' if len(unfinished) == 1 else 'have'} not finished "
                      f"({_keys_text(unfinished, shown)}), so the report leaves "
                      f"{'it' if len(unfinished) == 1 else 'them'} out: run the same command "
-                     "without --report_only to train them.")
+                     f"without --report_only to train {'it' if len(unfinished) == 1 else 'them'}.")
     if others:
         seeds = sorted({key[0] for key in others})
         arms = sorted({key[3] for key in others})

@@ -209,13 +209,20 @@ def _mask_history(workdir, num_classes, finished):
     return read_mask_history(path, num_classes, skip_torn_last_line=not finished)
 
 
-def read_check(path, names=("student", "reference")):
+def read_check(path, names=("student", "reference"),
+               remedy="Delete it to report without that check."):
     """A held-out check's JSON, checked to have the keys `_check_line` reads for `names`.
 
+    Args:
+        path: the check's JSON file.
+        names: its `(candidate, baseline)` names. Defaults to the reference's
+            fallback's.
+        remedy: what the message tells the user to do with a damaged file.
+            Defaults to deleting it (the report then leaves that check out).
+
     Raises:
-        ValueError: naming the file and what to do, if it is damaged.
+        ValueError: naming the file and `remedy`, if it is damaged.
     """
-    remedy = "Delete it to report without that check."
     check = _read_json(path, remedy)
     _require(path, check, ["kept", "p_value"] + [f"{name}_accuracy" for name in names], remedy)
     return check

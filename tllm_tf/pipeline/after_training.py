@@ -13,6 +13,7 @@ model is and its own test accuracy. The decisions read the held-out split only.
 Only the chief calls these.
 """
 
+import json
 import os
 
 from tllm_tf import atomic
@@ -88,10 +89,31 @@ def _trained_model_path(stage_dir):
     """A student stage's model as it trained: before its reference fallback, if that replaced it.
 
     The refit is judged against the tllm student as trained; where the fallback gave that
-    student the reference's weights, its `model.keras` is the reference.
+    student the reference's weights (its `REFERENCE_CHECK_FILE` says so), its `model.keras` is
+    the reference, and its own model is `MODEL_BEFORE_REFERENCE_CHECK_FILE`.
+
+    Raises:
+        ValueError: if the fallback replaced the student and its own model is not there
+            (deleted, or a workdir of before it was kept), naming the file and the fix.
     """
+    check_path = os.path.join(stage_dir, REFERENCE_CHECK_FILE)
+    if not os.path.exists(check_path):
+        return os.path.join(stage_dir, MODEL_FILE)
+    try:
+        with open(check_path) as handle:
+            replaced = json.load(handle)["kept"] == "reference"
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{check_path} is damaged ({type(error).__name__}: {error}): delete {stage_dir} to "
+            "train the tllm student again.") from None
     before = os.path.join(stage_dir, MODEL_BEFORE_REFERENCE_CHECK_FILE)
-    return before if os.path.exists(before) else os.path.join(stage_dir, MODEL_FILE)
+    if replaced and not os.path.exists(before):
+        raise ValueError(
+            f"{check_path} says the reference's fallback gave the tllm student the reference's "
+            f"weights, and its own model ({before}) is not there, so the refit cannot be judged "
+            f"against the tllm student as it trained. Delete {stage_dir} to train the tllm "
+            "student again (or pass --norefit_fallback).")
+    return before if replaced else os.path.join(stage_dir, MODEL_FILE)
 
 
 def _keep_baseline_if_behind(student, baseline_path, names, files, significance, data, config,
