@@ -122,7 +122,8 @@ def _write_student(workdir, student, accuracy, masks=(), check=None):
                           for epoch, mask in enumerate(masks, start=1))
     if check is not None:
         with open(os.path.join(stage_dir, workdir_files.REFIT_CHECK_FILE), "w") as handle:
-            json.dump({"kept": check}, handle)
+            json.dump({"kept": check, "p_value": 0.01 if check == "tllm" else 0.5,
+                       "refit_accuracy": 0.7, "tllm_accuracy": 0.6}, handle)
 
 
 @pytest.mark.parametrize("kept", ["refit", "tllm"])
@@ -539,6 +540,9 @@ def test_the_tool_runs_a_tiny_study_through_the_stages_and_resumes(zygote, tmp_p
                         for arg in command], timeout=600)
     assert no_kd.returncode == 0, no_kd.stderr[-3000:]
     assert no_kd.stdout.startswith("Note: --arms=tllm has no kd")
+    assert no_kd.stdout.rstrip().endswith(f"No report written (--arms=tllm has no kd: every "
+                                          f"table of the report compares the arms with plain "
+                                          f"KD); the runs are in {root}.")
     assert f"{root} also holds 1 finished run this command did not name" in no_kd.stdout
     assert json.loads((root / "study.json").read_text()) == summary
     # The same root with another recipe is refused before anything trains.
@@ -563,6 +567,7 @@ def test_a_report_of_no_finished_run_is_refused_and_overwrites_nothing(zygote, t
     assert "--arms:" not in done.stderr
     assert (results_dir / "study.md").read_text() == "an earlier study's tables"
     assert sorted(os.listdir(results_dir)) == ["study.md"]
+    assert not os.path.exists(tmp_path / "empty_root")  # A mistyped root is not made.
 
 
 def test_one_seed_has_no_spread_and_a_rate_interval_stays_below_one():
@@ -645,7 +650,7 @@ def test_the_default_arm_is_what_tools_train_trains_with_the_same_flags(tmp_path
     assert (tllm.config.patience, tllm.config.update_every) == (1, 1)  # As it was run.
     runs = _tiny_plan(tmp_path, [0], ["kd", "default", "tllm", "tllm_patience2",
                                       "tllm_two_pass"], num_train=1000, **base)
-    assert study.overridden_flags(runs, RunConfig(workdir="unused", num_train=1000, **base),
+    assert study_arms.overridden_flags(runs, RunConfig(workdir="unused", num_train=1000, **base),
                                   ["patience", "update_every", "warmup_epochs", "num_train"]) == [
         "Note: --patience=3 is not what every run uses: the arms tllm (1), tllm_patience2 (2) "
         "use their own values.",
@@ -653,9 +658,7 @@ def test_the_default_arm_is_what_tools_train_trains_with_the_same_flags(tmp_path
         "(1), tllm_two_pass (1) use their own values.",
         # A second pass keeps its first pass's mask: no update, whatever --warmup_epochs says.
         "Note: --warmup_epochs=None is not what every run uses: the arm tllm_two_pass (7) uses "
-        "its own value.",
-        "Note: --num_train=1000 is not what every run uses: the arm teacher (None) uses its "
-        "own value."]
+        "its own value."]  # The teachers' num_train is --teacher_num_train's: no note.
 
 
 def test_a_report_names_the_runs_it_leaves_out_of_its_root(tmp_path):
@@ -701,3 +704,15 @@ def test_the_report_counts_the_seeds_the_reference_fallback_handed_over():
                                           for r in records])
     assert without["handed_over_to_labels"] == {}
     assert "handed over" not in study_report.markdown([without])
+
+
+def test_a_damaged_check_of_a_study_run_is_named_with_the_studys_fix(tmp_path):
+    run = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                     teacher_models=["cnn_tiny"], arms=["tllm_refit"])[-1]
+    _write_student(run.config.workdir, "tllm", 0.6)
+    _write_student(run.config.workdir, "tllm_refit", 0.7, check="refit")
+    path = os.path.join(run.config.workdir, "student_tllm_refit", workdir_files.REFIT_CHECK_FILE)
+    with open(path, "w") as handle:
+        handle.write('{"kept": "tl')
+    with pytest.raises(ValueError, match=f"{re.escape(path)} .*Delete the workdir of that run"):
+        study_records.collect(run)

@@ -18,6 +18,7 @@ trains with the same flags. A re-run skips what is done. Writes study.md,
 study.json and plots to --root (or --results_dir).
 """
 
+import os
 import sys
 
 from absl import app
@@ -86,16 +87,12 @@ def _check_teacher_num_train(dataset):
             f"--teacher_num_train=0 (the whole split) for --dataset={dataset}.")
 
 
-def _check_arms_have_kd():
-    """Every table compares with kd: refuses a report without it, says so before training."""
+def _no_kd():
+    """Why a command without kd writes no report (every table compares with it), or None."""
     if study_arms.KD_ARM in FLAGS.arms:
-        return
-    problem = (f"--arms={','.join(FLAGS.arms)} has no {study_arms.KD_ARM}: every table of the "
-               "report compares the arms with plain KD")
-    if FLAGS.report_only:
-        raise app.UsageError(f"{problem}. Add {study_arms.KD_ARM} to --arms.")
-    print(f"Note: {problem}, so this command trains and writes no report. A --report_only "
-          f"naming {study_arms.KD_ARM} and these arms reports them.", flush=True)
+        return None
+    return (f"--arms={','.join(FLAGS.arms)} has no {study_arms.KD_ARM}: every table of the "
+            "report compares the arms with plain KD")
 
 
 def main(argv):
@@ -103,7 +100,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_lists_are_not_empty()
     _check_lists_have_no_repeats()
-    _check_arms_have_kd()
+    if FLAGS.report_only and _no_kd():
+        raise app.UsageError(f"{_no_kd()}. Add {study_arms.KD_ARM} to --arms.")
     _check_teacher_num_train(FLAGS.dataset)
     console.plain_log_lines()
     try:
@@ -119,12 +117,17 @@ def main(argv):
         raise app.UsageError(str(error))
     given = [name for name in study.base_kwargs(base)
              if FLAGS[name].present and FLAGS[name].value != FLAGS[name].default]
-    for line in study.overridden_flags(runs, base, given):
+    notes = study_arms.overridden_flags(runs, base, given)
+    if _no_kd():
+        notes.append(f"Note: {_no_kd()}, so this command trains and writes no report. A "
+                     f"--report_only naming {study_arms.KD_ARM} and these arms reports them.")
+    for line in notes:
         print(line, flush=True)
     try:
         written = "results_dir" if FLAGS.results_dir else "root"
         for flag in dict.fromkeys([written] + ([] if FLAGS.report_only else ["root"])):
-            preflight.check_writable_directory(flag, FLAGS[flag].value)
+            if not (FLAGS.report_only and flag == "root" and not os.path.exists(FLAGS.root)):
+                preflight.check_writable_directory(flag, FLAGS[flag].value)
         _run_and_report(runs, plan_kwargs)
     except ValueError as error:  # A mixed or damaged root, a workdir in use: nothing trained.
         console.exit_with_error(error)
@@ -149,8 +152,9 @@ def _run_and_report(runs, plan_kwargs):
         # Refused before anything trains: new runs of another recipe would join the root's tables.
         records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True),
                                   checked_runs=study.widened_plan(plan_kwargs, FLAGS.root))
-    if study_arms.KD_ARM not in FLAGS.arms:  # No table: an earlier report stays.
-        print("\n".join(study_records.coverage(runs, FLAGS.root)))
+    if _no_kd():  # No table: an earlier report stays.
+        print("\n".join([*study_records.coverage(runs, FLAGS.root),
+                         f"No report written ({_no_kd()}); the runs are in {FLAGS.root}."]))
         return
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     text, paths = study_report.write(records, results_dir, command=command,

@@ -30,6 +30,7 @@ from tllm_tf.analysis.study_arms import ARMS
 from tllm_tf.analysis.study_arms import LABELS_ARM
 from tllm_tf.analysis.study_arms import MASKED_CLASSES_FROM
 from tllm_tf.analysis.study_arms import PAIRED_WITH
+from tllm_tf.analysis.study_arms import PER_RUN_FIELDS
 from tllm_tf.analysis.study_arms import TEACHER_ARM
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stages
@@ -267,46 +268,11 @@ def _with_first_pass_mask(run, done):
     return dataclasses.replace(run.config, masked_classes=classes)
 
 
-def overridden_flags(runs, base, given):
-    """Notes on the flags given to a study that some of its runs train with otherwise.
-
-    An arm's overrides, a second pass's warm-up, the teachers' `num_train`
-    and a shared store's path win over the flags; a user who gave one of
-    those flags is told which runs do not use it.
-
-    Args:
-        runs: the `StudyRun`s of `plan`.
-        base: the `RunConfig` made from the flags.
-        given: the names of the fields the user set, to other values than
-            their defaults.
-
-    Returns:
-        A line for each such flag, naming the runs' arms and their values.
-    """
-    lines = []
-    for name in given:
-        if name in _PER_RUN_FIELDS:
-            continue
-        value, by_arm = getattr(base, name), {}
-        for run in runs:
-            if getattr(run.config, name) != value:
-                by_arm.setdefault(run.arm, getattr(run.config, name))
-        if by_arm:
-            arms = ", ".join(f"{arm} ({other!r})" for arm, other in by_arm.items())
-            lines.append(f"Note: --{name}={value!r} is not what every run uses: " + (
-                f"the arm {arms} uses its own value." if len(by_arm) == 1
-                else f"the arms {arms} use their own values."))
-    return lines
-
-
-# Fields the study sets run by run; the rest come from the base configuration.
-_PER_RUN_FIELDS = ("workdir", "stage", "seed", "student_model", "teacher_model", "students",
-                   "teacher_path", "reference_path")
 
 
 def base_kwargs(config):
     """The `RunConfig` fields of `config` that every run of a study shares."""
     values = dataclasses.asdict(config)
-    for name in _PER_RUN_FIELDS:
+    for name in PER_RUN_FIELDS:
         values.pop(name)
     return values

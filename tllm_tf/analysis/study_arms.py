@@ -24,6 +24,10 @@ MASKED_CLASSES_FROM = "masked_classes_from"
 # seed. A second pass (`MASKED_CLASSES_FROM`) is compared with its first pass without it.
 PAIRED_WITH = "paired_with"
 
+# The `RunConfig` fields the study sets run by run; the rest come from the base configuration.
+PER_RUN_FIELDS = ("workdir", "stage", "seed", "student_model", "teacher_model", "students",
+                  "teacher_path", "reference_path")
+
 # The classes the earlier study found KD to hurt beyond noise in one setting each, by name
 # (docs/study.md, "Why the hurt classes are not recovered").
 _HURT_CLASSES = {"pullover": (2,), "coat_sneaker": (4, 7), "pullover_sneaker": (2, 7)}
@@ -185,6 +189,41 @@ def _build_arms():
 
 
 ARMS = _build_arms()
+
+
+def overridden_flags(runs, base, given):
+    """Notes on the flags given to a study that some of its runs train with otherwise.
+
+    An arm's overrides, a second pass's warm-up and a shared store's path
+    win over the flags; a user who gave one of
+    those flags is told which runs do not use it.
+
+    Args:
+        runs: the `StudyRun`s of `plan`.
+        base: the `RunConfig` made from the flags.
+        given: the names of the fields the user set, to other values than
+            their defaults.
+
+    Returns:
+        A line for each such flag, naming the runs' arms and their values.
+    """
+    lines = []
+    for name in given:
+        if name in PER_RUN_FIELDS:
+            continue
+        value, by_arm = getattr(base, name), {}
+        for run in runs:
+            # The teachers' num_train is the study's own flag, --teacher_num_train.
+            if run.arm == TEACHER_ARM and name == "num_train":
+                continue
+            if getattr(run.config, name) != value:
+                by_arm.setdefault(run.arm, getattr(run.config, name))
+        if by_arm:
+            arms = ", ".join(f"{arm} ({other!r})" for arm, other in by_arm.items())
+            lines.append(f"Note: --{name}={value!r} is not what every run uses: " + (
+                f"the arm {arms} uses its own value." if len(by_arm) == 1
+                else f"the arms {arms} use their own values."))
+    return lines
 
 
 def paired_baselines():
