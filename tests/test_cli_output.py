@@ -231,8 +231,8 @@ def test_demo_prints_a_line_and_a_bar_per_stage_and_no_chatter(demo_runs):
     lines = result.stdout.splitlines()
     assert len(lines) <= 42, output
     # Both students of this 3-epoch run take the reference's weights: the summary says so.
-    assert ("Holding the label-only reference's weights (its fallback), so that their figures "
-            "above are the reference's: student_kd, student_tllm") in lines
+    assert ("Holding the label-only reference's weights (the fallback), so that their test "
+            "accuracies above are the reference's: student_kd, student_tllm") in lines
     # The demo's decays at epochs 30 and 45 fall after this run's 3 epochs: said once.
     assert lines[2] == ("--lr_decay_epochs=30,45: the teacher's learning rate never decays at "
                         "epochs 30, 45 (--teacher_epochs=1); the students' learning rate never "

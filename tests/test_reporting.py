@@ -178,8 +178,8 @@ def test_the_summary_says_which_students_took_the_references_weights(workdir):
             "not behind it (p = 0.81 >= 0.2): kept") in lines
     assert reporting.to_json(results)["reference_checks"] == checks
     # The figures of a student that took the reference's weights are the reference's: said.
-    assert ("Holding the label-only reference's weights (its fallback), so that their figures "
-            "above are the reference's: student_kd") in lines
+    assert ("Holding the label-only reference's weights (the fallback), so that their test "
+            "accuracies above are the reference's: student_kd") in lines
     (gain,) = [line for line in lines if line.startswith("student_tllm minus KD:")]
     assert gain.endswith(" (student_kd holding the reference's weights)")
 
@@ -350,6 +350,6 @@ def test_a_panel_of_a_student_holding_the_references_weights_says_so(workdir, mo
     monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure))
     plots.plot_per_class_change(workdir_results.load_results(str(workdir)), "unused.png")
     titles = [axis.get_title() for axis in figures[0].axes if axis.get_title()]
-    assert [title.endswith("(it holds the reference's weights: its fallback)")
+    assert [title.endswith("(KD student holding the reference's weights)")
             for title in titles] == [True, False]
     assert all(re.search(r"overall [+-]\d+\.\d\d points", title) for title in titles)

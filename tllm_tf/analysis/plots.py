@@ -79,10 +79,12 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
         ax.axhline(0.0, color="black", linewidth=0.8)
         overall = 100 * (results["accuracy"][model] - results["accuracy"][baseline])
         worse = int(np.sum(change[order] < 0))
-        holding = results.get("reference_checks", {}).get(model, {}).get("kept") == "reference"
+        checks = results.get("reference_checks", {})
+        holding = [display_name(name) for name in (model, baseline)
+                   if checks.get(name, {}).get("kept") == "reference"]
         ax.set_title(f"{display_name(model)} minus {display_name(baseline)}: overall "
                      f"{overall:+.2f} points, {worse} {'class' if worse == 1 else 'classes'} "
-                     "worse" + (" (it holds the reference's weights: its fallback)"
+                     "worse" + (f" ({' and '.join(holding)} holding the reference's weights)"
                                 if holding else ""), fontsize=10)
         ax.set_ylabel("accuracy change\n(percentage points)")
         ax.grid(axis="y", alpha=0.3)

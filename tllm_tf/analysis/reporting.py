@@ -172,12 +172,13 @@ def summary_lines(results):
     replaced = [stage for stage, check in results.get("reference_checks", {}).items()
                 if check["kept"] == "reference"]
     if replaced:
-        lines.append("Holding the label-only reference's weights (its fallback), so that their "
-                     f"figures above are the reference's: {', '.join(replaced)}")
+        lines.append("Holding the label-only reference's weights (the fallback), so that their "
+                     f"test accuracies above are the reference's: {', '.join(replaced)}")
     num_classes = len(results["class_names"])
     for stage, gain in gain_by_mask(results).items():
         masked = gain["num_masked"]
-        holding = [name for name in (stage, "student_kd") if name in replaced]
+        holding = [name for name in (stage, workdir_files.student_stage("distilled"))
+                   if name in replaced]
         lines.append(
             f"{stage} minus KD: {100 * (gain['masked'] + gain['not_masked']):+.2f} points, "
             f"{100 * gain['masked']:+.2f} from the {masked} masked "

@@ -138,7 +138,7 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
             "teacher and the class mask.")
     path = os.fspath(path)
     if path:  # "link/" would be the folder the link points to.
-        path = os.path.normpath(path)
+        path = path.rstrip(os.sep) or path
     _check_destination(path)
     model_checks.check_model(model, "model to export")
     shape = _input_shape(model, image_shape)
