@@ -13,6 +13,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from tllm_tf import atomic
+from tllm_tf.analysis.report_figures import holding_reference_weights
 from tllm_tf.analysis.report_figures import split_name
 
 # Above this many classes, class names no longer fit under the bars.
@@ -61,6 +62,7 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
     undistillable = set(undistillable)
     baseline = models[0]
     compared = models[1:]
+    replaced = holding_reference_weights(results)
     named = len(class_names) <= MAX_NAMED_CLASSES
     width = max(7.0, 0.35 * len(class_names) + 2) if named else 10.0
     figure = Figure(figsize=(min(width, 16.0), 2.0 + 2.6 * len(compared)))
@@ -79,9 +81,7 @@ def plot_per_class_change(results, path, undistillable=(), source=None):
         ax.axhline(0.0, color="black", linewidth=0.8)
         overall = 100 * (results["accuracy"][model] - results["accuracy"][baseline])
         worse = int(np.sum(change[order] < 0))
-        checks = results.get("reference_checks", {})
-        holding = [display_name(name) for name in (model, baseline)
-                   if checks.get(name, {}).get("kept") == "reference"]
+        holding = [display_name(name) for name in (model, baseline) if name in replaced]
         ax.set_title(f"{display_name(model)} minus {display_name(baseline)}: overall "
                      f"{overall:+.2f} points, {worse} {'class' if worse == 1 else 'classes'} "
                      "worse" + (f" ({' and '.join(holding)} holding the reference's weights)"

@@ -49,6 +49,15 @@ def class_names_where(results, flags):
     return [results["class_names"][i] for i in np.flatnonzero(flags)]
 
 
+def holding_reference_weights(results):
+    """The student stages whose reference fallback gave them the label-only reference's weights.
+
+    Their test figures are then the reference's (`reference_check.json` keeps their own).
+    """
+    return [stage for stage, check in results.get("reference_checks", {}).items()
+            if check["kept"] == "reference"]
+
+
 def below_baseline(results):
     """Per compared model, the classes it got wrong more often than the baseline."""
     models = results["models"]

@@ -28,7 +28,8 @@ from tllm_tf import atomic
 from tllm_tf.analysis import report_figures
 from tllm_tf.analysis.report_figures import (below_baseline, class_names_where,
                                              detection_limit, evaluated_split, gain_by_mask,
-                                             split_name, undistillable_classes)
+                                             holding_reference_weights, split_name,
+                                             undistillable_classes)
 from tllm_tf.analysis.workdir_results import COLUMNS
 from tllm_tf.pipeline import workdir_files
 
@@ -169,8 +170,7 @@ def summary_lines(results):
                                  "the tllm student"))
     for stage, check in results.get("reference_checks", {}).items():
         lines.append(_check_line(stage, check, ("student", "reference"), "the reference"))
-    replaced = [stage for stage, check in results.get("reference_checks", {}).items()
-                if check["kept"] == "reference"]
+    replaced = holding_reference_weights(results)
     if replaced:
         lines.append("Holding the label-only reference's weights (the fallback), so that their "
                      f"test accuracies above are the reference's: {', '.join(replaced)}")
