@@ -250,18 +250,18 @@ def _setting_summary(student, teacher, seeds, arms, labels, teachers, baselines)
         LABELS_ARM: basis.labels_pc.tolist(), KD_ARM: basis.kd_pc.tolist(),
         **{arm: [arms[arm][seed]["per_class_accuracy"] for seed in seeds]
            for arm in setting["arms"]}}
-    # Wall time of the arms whose records carry it (studies before 2026-12-03 did not).
-    setting["minutes_per_run"] = {}
+    # Of the arms finished on every seed whose records carry them: the wall time (studies
+    # before 2026-12-03 kept none), and the seeds whose student is the label-only one, handed
+    # over by --reference_fallback (records say what it kept since 2026-12-07, with it on).
+    setting["minutes_per_run"], setting["handed_over_to_labels"] = {}, {}
     for arm, by_seed in sorted(arms.items()):
-        seconds = [by_seed[seed].get("seconds") for seed in seeds if seed in by_seed]
-        if len(seconds) == len(seeds) and None not in seconds:
+        if not all(seed in by_seed for seed in seeds):
+            continue
+        seconds = [by_seed[seed].get("seconds") for seed in seeds]
+        if None not in seconds:
             setting["minutes_per_run"][arm] = float(np.mean(seconds)) / 60.0
-    # The seeds whose student is the label-only one, handed over by --reference_fallback (the
-    # arms whose every record says what the fallback kept).
-    setting["handed_over_to_labels"] = {}
-    for arm, by_seed in sorted(arms.items()):
-        kept = [by_seed[seed].get("kept") for seed in seeds if seed in by_seed]
-        if len(kept) == len(seeds) and None not in kept:
+        kept = [by_seed[seed].get("kept") for seed in seeds]
+        if None not in kept:
             setting["handed_over_to_labels"][arm] = kept.count("reference")
     return setting
 
