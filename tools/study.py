@@ -95,13 +95,23 @@ def _no_kd():
             "report compares the arms with plain KD")
 
 
+def _folders_written():
+    """The flags naming the folders this command writes: the runs' and the report's."""
+    report = "results_dir" if FLAGS.results_dir else "root"
+    if not FLAGS.report_only:
+        return list(dict.fromkeys(["root", report]))
+    # A --root that does not exist holds no run (reported as such), and is not made.
+    return [report] if report == "results_dir" or os.path.exists(FLAGS.root) else []
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_lists_are_not_empty()
     _check_lists_have_no_repeats()
-    if FLAGS.report_only and _no_kd():
-        raise app.UsageError(f"{_no_kd()}. Add {study_arms.KD_ARM} to --arms.")
+    no_kd = _no_kd()
+    if FLAGS.report_only and no_kd:
+        raise app.UsageError(f"{no_kd}. Add {study_arms.KD_ARM} to --arms.")
     _check_teacher_num_train(FLAGS.dataset)
     console.plain_log_lines()
     try:
@@ -118,17 +128,15 @@ def main(argv):
     given = [name for name in study.base_kwargs(base)
              if FLAGS[name].present and FLAGS[name].value != FLAGS[name].default]
     notes = study_arms.overridden_flags(runs, base, given)
-    if _no_kd():
-        notes.append(f"Note: {_no_kd()}, so this command trains and writes no report. A "
+    if no_kd:
+        notes.append(f"Note: {no_kd}, so this command trains and writes no report. A "
                      f"--report_only naming {study_arms.KD_ARM} and these arms reports them.")
     for line in notes:
         print(line, flush=True)
     try:
-        written = "results_dir" if FLAGS.results_dir else "root"
-        for flag in dict.fromkeys([written] + ([] if FLAGS.report_only else ["root"])):
-            if not (FLAGS.report_only and flag == "root" and not os.path.exists(FLAGS.root)):
-                preflight.check_writable_directory(flag, FLAGS[flag].value)
-        _run_and_report(runs, plan_kwargs)
+        for flag in _folders_written():
+            preflight.check_writable_directory(flag, FLAGS[flag].value)
+        _run_and_report(runs, plan_kwargs, no_kd)
     except ValueError as error:  # A mixed or damaged root, a workdir in use: nothing trained.
         console.exit_with_error(error)
     except KeyboardInterrupt:
@@ -136,7 +144,7 @@ def main(argv):
                                  "command again to go on.")
 
 
-def _run_and_report(runs, plan_kwargs):
+def _run_and_report(runs, plan_kwargs, no_kd):
     results_dir = FLAGS.results_dir or FLAGS.root
     if FLAGS.report_only:
         # The runs reported must be those this command describes (its flags head the report).
@@ -152,9 +160,9 @@ def _run_and_report(runs, plan_kwargs):
         # Refused before anything trains: new runs of another recipe would join the root's tables.
         records = study.run_study(runs, FLAGS.root, report=lambda line: print(line, flush=True),
                                   checked_runs=study.widened_plan(plan_kwargs, FLAGS.root))
-    if _no_kd():  # No table: an earlier report stays.
+    if no_kd:  # No table: an earlier report stays.
         print("\n".join([*study_records.coverage(runs, FLAGS.root),
-                         f"No report written ({_no_kd()}); the runs are in {FLAGS.root}."]))
+                         f"No report written ({no_kd}); the runs are in {FLAGS.root}."]))
         return
     command = "python tools/study.py " + " ".join(sys.argv[1:])
     text, paths = study_report.write(records, results_dir, command=command,

@@ -268,8 +268,6 @@ def _with_first_pass_mask(run, done):
     return dataclasses.replace(run.config, masked_classes=classes)
 
 
-
-
 def base_kwargs(config):
     """The `RunConfig` fields of `config` that every run of a study shares."""
     values = dataclasses.asdict(config)

@@ -195,8 +195,8 @@ def overridden_flags(runs, base, given):
     """Notes on the flags given to a study that some of its runs train with otherwise.
 
     An arm's overrides, a second pass's warm-up and a shared store's path
-    win over the flags; a user who gave one of
-    those flags is told which runs do not use it.
+    win over the flags; a user who gave one of those flags is told which
+    runs do not use it.
 
     Args:
         runs: the `StudyRun`s of `plan`.

@@ -165,10 +165,9 @@ def paired_p_values(difference):
         where the summary is NaN (a NaN among the values); 1 where every
         seed's difference is 0. Where every seed's is one number other than
         0 (`has_no_spread`: equal but for float rounding), Student's t is
-        undefined (no spread: per-class accuracies move in
-        whole images, so a few seeds often agree exactly), and the p-value
-        is the exact sign test's, `sign_test_p_value(seeds)`: two seeds
-        alike give 0.5, not 0.
+        undefined (no spread: per-class accuracies move in whole images, so
+        a few seeds often agree exactly), and the p-value is the exact sign
+        test's, `sign_test_p_value(seeds)`: two seeds alike give 0.5, not 0.
     """
     mean = np.asarray(difference["mean"], np.float64)
     std = np.asarray(difference["std"], np.float64)
