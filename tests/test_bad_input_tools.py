@@ -199,6 +199,53 @@ def test_evaluate_models_refuses_a_keras_model_with_another_number_of_classes():
                                    class_names=[str(c) for c in range(10)])
 
 
+def test_evaluate_models_refuses_a_saved_model_of_other_classes(models, tmp_path):
+    from tllm_tf.pipeline import export as export_lib
+    from tllm_tf.pipeline import model_io
+
+    path = export_lib.export_saved_model(
+        model_io.load_keras_model(models[10]), str(tmp_path / "saved_model"),
+        class_names=[f"class {c}" for c in range(10)])
+    with pytest.raises(ValueError, match=r"was exported for the classes \['class 0', .*but "
+                                         r"the data set's are \['0', '1', "):
+        evaluation.evaluate_models({"other": path}, _digits_like_batches(),
+                                   class_names=[str(c) for c in range(10)])
+    results = evaluation.evaluate_models({"same": path}, _digits_like_batches(),
+                                         class_names=[f"class {c}" for c in range(10)])
+    assert results["models"] == ["same"]
+
+
+def test_export_stores_the_class_names_of_the_stage_or_of_the_flag(tool, models, tmp_path):
+    stage_dir = tmp_path / "run" / "student_kd"
+    stage_dir.mkdir(parents=True)
+    shutil.copy(models[10], stage_dir / "model.keras")
+    names = [f"n{c}" for c in range(10)]
+    (stage_dir / "test_per_class.json").write_text(json.dumps(
+        {"class_names": names, "per_class_accuracy": [0.5] * 10, "accuracy": 0.5,
+         "num_samples": [3] * 10}))
+    result = tool("tools/export.py", f"--model_path={stage_dir / 'model.keras'}",
+                  f"--export_dir={tmp_path / 'a'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"class names from {stage_dir / 'test_per_class.json'}" in result.stdout
+    loaded = tf.saved_model.load(str(tmp_path / "a"))
+    assert [n.decode() for n in loaded.class_names()["class_names"].numpy()] == names
+
+    given = [chr(ord("a") + c) for c in range(10)]
+    result = tool("tools/export.py", f"--model_path={stage_dir / 'model.keras'}",
+                  f"--export_dir={tmp_path / 'b'}", f"--class_names={','.join(given)}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = tf.saved_model.load(str(tmp_path / "b"))
+    assert [n.decode() for n in loaded.class_names()["class_names"].numpy()] == given
+
+    result = tool("tools/export.py", f"--model_path={models[10]}",
+                  f"--export_dir={tmp_path / 'c'}")
+    assert "no class names (pass --class_names to store them)" in result.stdout
+    line = _one_error_line(tool("tools/export.py", f"--model_path={models[10]}",
+                                f"--export_dir={tmp_path / 'd'}", "--class_names=a,b"))
+    assert "one class name per output of the model (10). Received 2" in line
+    assert not os.path.exists(tmp_path / "d")
+
+
 def _digits_like_batches():
     images = np.zeros((4, 8, 8, 1), np.float32)
     return tf.data.Dataset.from_tensor_slices((images, np.arange(4))).batch(2)

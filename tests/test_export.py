@@ -312,3 +312,42 @@ def test_a_full_disk_in_tensorflows_writer_is_an_os_error_and_keeps_the_old_expo
     loaded = tf.saved_model.load(path)
     np.testing.assert_allclose(loaded.serve(raw_images)["logits"].numpy(),
                                model.predict(raw_images, verbose=0), atol=1e-5)
+
+
+NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress")
+
+
+def test_class_names_are_stored_and_name_each_images_class(model, raw_images, tmp_path):
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"), class_names=NAMES)
+    loaded = tf.saved_model.load(path)
+    assert [n.decode() for n in loaded.class_names()["class_names"].numpy()] == list(NAMES)
+    assert sorted(loaded.signatures) == ["class_names", "serve", "serve_uint8",
+                                         "serving_default"]
+    outputs = loaded.signatures["serving_default"](images=tf.constant(raw_images))
+    expected = model.predict(raw_images, verbose=0).argmax(axis=-1)
+    assert [n.decode() for n in outputs["class_name"].numpy()] == [NAMES[i] for i in expected]
+    as_uint8 = loaded.serve_uint8(tf.constant(raw_images.astype(np.uint8)))
+    assert as_uint8["class_name"].shape == (len(raw_images),)
+    assert export_lib.ServingModel(path).class_names == NAMES
+
+
+def test_without_class_names_the_export_has_no_names(model, raw_images, tmp_path):
+    path = export_lib.export_saved_model(model, str(tmp_path / "saved_model"))
+    loaded = tf.saved_model.load(path)
+    assert sorted(loaded.serve(raw_images)) == ["logits", "probabilities"]
+    assert not hasattr(loaded, export_lib.CLASS_NAMES_ENDPOINT)
+    assert export_lib.ServingModel(path).class_names is None
+
+
+@pytest.mark.parametrize("names, message", [
+    (NAMES[:3], r"one class name per output of the model \(4\)\. Received 3"),
+    (NAMES + ("Coat",), r"one class name per output of the model \(4\)\. Received 5"),
+    (("a", "b", "a", "c"), r"distinct class names\. Received \['a'\] more than once"),
+    (("a", "", "b", "c"), "one non-empty string per class"),
+    (("a", 1, "b", "c"), "one non-empty string per class"),
+    ((), "one non-empty string per class"),
+])
+def test_bad_class_names_are_refused_and_nothing_is_written(model, tmp_path, names, message):
+    with pytest.raises(ValueError, match=message):
+        export_lib.export_saved_model(model, str(tmp_path / "saved_model"), class_names=names)
+    assert not os.listdir(tmp_path)

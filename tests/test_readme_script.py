@@ -48,6 +48,9 @@ def test_the_readme_script_runs_as_written(demo_workdir, tmp_path):
     assert 0.0 <= namespace["check"].p_value <= 1.0
     assert isinstance(namespace["distiller"].undistillable_classes, list)
     assert os.path.exists(tmp_path / "student_saved_model" / "saved_model.pb")
+    from tllm_tf.pipeline.export import ServingModel
+    assert ServingModel(str(tmp_path / "student_saved_model")).class_names == tuple(
+        str(digit) for digit in range(10))
     # The refit trained with the first run's classes masked from its first step.
     mask = np.asarray(namespace["refit"].class_mask.numpy())
     assert [c for c in range(10) if mask[c] == 0] == namespace["distiller"].undistillable_classes

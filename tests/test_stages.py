@@ -99,8 +99,8 @@ def test_a_student_killed_in_its_export_is_unfinished_for_the_report_and_resumes
     stage_dir = tmp_path / "run" / "student_kd"
     export = stages.export_lib.export_saved_model
 
-    def killed_in_the_export(model, path):
-        export(model, path)
+    def killed_in_the_export(model, path, **kwargs):
+        export(model, path, **kwargs)
         # What a SIGKILL leaves where the Python exception cleans up: its temporary.
         os.mkdir(os.path.join(os.path.dirname(path), ".saved_model.abcd1234.tmp"))
         raise _Killed()
@@ -118,6 +118,9 @@ def test_a_student_killed_in_its_export_is_unfinished_for_the_report_and_resumes
         workdir_files.MODEL_FILE, workdir_files.PER_CLASS_FILE, workdir_files.HISTORY_FILE,
         workdir_files.SAVED_MODEL_DIR, workdir_files.REFERENCE_CHECK_FILE,
         workdir_files.PRIOR_OFFSETS_FILE, workdir_files.TENSORBOARD_DIR])
+    # The export names its classes, in the data set's order.
+    served = stages.export_lib.ServingModel(str(stage_dir / workdir_files.SAVED_MODEL_DIR))
+    assert served.class_names == tuple(str(digit) for digit in range(10))
 
 
 def test_epoch_matched_refuses_a_reference_without_history_before_training(tmp_path):

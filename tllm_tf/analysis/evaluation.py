@@ -53,15 +53,17 @@ def evaluate_models(models, batches, *, class_names):
         batches: a batched `tf.data.Dataset` of `(raw images, labels)`, e.g.
             `tllm_tf.data.make_pipeline(data.test, batch_size=256,
             training=False)`.
-        class_names: one name per class.
+        class_names: one name per class; a SavedModel exported with other
+            class names is refused.
 
     Returns:
         A results dict as `workdir_results.load_results` returns, without a mask.
 
     Raises:
         ValueError: if `models` is empty, or a path is not a saved model, or a
-            model takes images of another shape or outputs another number of
-            classes than the data set has (`model_io.UnsafeModelError` for a
+            model takes images of another shape, outputs another number of
+            classes than the data set has or was exported with other class
+            names (`model_io.UnsafeModelError` for a
             `.keras` file that stores Python code).
     """
     if not models:
@@ -77,6 +79,12 @@ def evaluate_models(models, batches, *, class_names):
                 raise ValueError(
                     f"Model {name!r} takes images of shape {model.input_shape[1:]}, the "
                     f"data set has {image_shape}. Received: path={model.path!r}")
+            if model.class_names is not None and model.class_names != tuple(class_names):
+                raise ValueError(
+                    f"Model {name!r} ({model.path}) was exported for the classes "
+                    f"{list(model.class_names)}, but the data set's are {list(class_names)}. "
+                    "Evaluate it on the data set it was trained on (the data flags of the "
+                    "run that trained it).")
         if image is not None:
             _check_output_size(name, model, image, num_classes)
         correct, total = metrics_lib.PerClassCounter(model, num_classes)(batches)

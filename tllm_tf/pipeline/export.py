@@ -1,12 +1,14 @@
 """Writing a trained classifier as a SavedModel for serving, and reading it back.
 
 The SavedModel takes raw images (the model's own normalisation layer is part
-of the graph) and returns a dict with `logits` and `probabilities`, so a
-caller needs neither Keras nor this package:
+of the graph) and returns a dict with `logits` and `probabilities` (and, when
+exported with class names, `class_name`), so a caller needs neither Keras nor
+this package:
 
     loaded = tf.saved_model.load(path)
     outputs = loaded.signatures["serving_default"](images=raw_images)
     outputs["probabilities"]
+    loaded.class_names()["class_names"]  # One name per column, if exported with them.
 """
 
 import contextlib
@@ -28,6 +30,8 @@ SAVED_MODEL_FILE = "saved_model.pb"
 SAVED_MODEL_ENTRIES = frozenset(
     {SAVED_MODEL_FILE, "variables", "assets", "fingerprint.pb", "saved_model.pbtxt"})
 KERAS_SUFFIX = model_io.KERAS_SUFFIX
+# The endpoint (and signature) that returns the class names, in the order of the logits.
+CLASS_NAMES_ENDPOINT = "class_names"
 
 
 def _input_shape(model, image_shape):
@@ -86,15 +90,35 @@ def _check_destination(path):
             f"another folder. Received: path={path!r}")
 
 
-def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
+def _checked_class_names(class_names):
+    if class_names is None:
+        return None
+    names = list(class_names)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            "Expected class_names to be one non-empty string per class, in the order of the "
+            f"model's outputs. Received: class_names={class_names!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"Expected distinct class names. Received {repeated} more than once in "
+            f"class_names={names!r}")
+    return names
+
+
+def export_saved_model(model, path, *, accept_uint8=True, image_shape=None, class_names=None):
     """Writes `model` as a SavedModel with a raw-image serving signature.
 
     Endpoints (each also a signature):
 
     * `serve` (alias `serving_default`): float32 images
       `(None, *image_shape)` in the data set's raw pixel scale ->
-      `{"logits": float32 (None, num_classes), "probabilities": float32}`.
+      `{"logits": float32 (None, num_classes), "probabilities": float32}`,
+      plus `"class_name"` (string `(None,)`, the most probable class's
+      name) when `class_names` are given.
     * `serve_uint8` (if `accept_uint8`): the same for uint8 images.
+    * `class_names` (if `class_names` are given): no input ->
+      `{"class_names": string (num_classes,)}`, the name of each column.
 
     The export is written to a temporary directory beside `path` and then
     renamed into place, so `path` never holds a half-written model; an
@@ -110,6 +134,9 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
         image_shape: the shape of one image, e.g. `(32, 32, 3)`, for a model
             that does not record its input shape (a subclassed one). Defaults
             to `None`: the model's own.
+        class_names: one name per output, in order (a data set's
+            `class_names`), stored in the SavedModel. Defaults to `None`:
+            none stored, and the outputs are class ids only.
 
     Returns:
         `path`.
@@ -121,14 +148,16 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
             probabilities), if `path` is empty, a file, a symbolic link, a
             non-empty directory that is not a SavedModel or a SavedModel's
             folder holding other files too, or cannot be written, or if the
-            model's input shape is not one fully known image shape.
+            model's input shape is not one fully known image shape, or if
+            `class_names` are not one distinct non-empty string per output.
         OSError: if writing fails (a full disk, say); an earlier export at
             `path` is kept as it was.
 
     Example:
 
     ```python
-    export_saved_model(student, "runs/demo/student_tllm/saved_model")
+    export_saved_model(student, "runs/demo/student_tllm/saved_model",
+                       class_names=data.class_names)
     ```
     """
     if hasattr(model, "student") and hasattr(model, "class_mask"):
@@ -140,6 +169,7 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
     if path:  # "link/" would be the folder the link points to.
         path = path.rstrip(os.sep) or path
     _check_destination(path)
+    names = _checked_class_names(class_names)
     model_checks.check_model(model, "model to export")
     shape = _input_shape(model, image_shape)
     model_checks.probe_output_size(model, "model to export", image_shape=shape[1:])
@@ -149,7 +179,14 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
         # answer images of another size, wrongly.
         images = tf.ensure_shape(images, shape)
         logits = tf.cast(model(images, training=False), tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+        outputs = {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+        if names is not None:
+            if logits.shape[-1] != len(names):  # Known when traced: a graph-time refusal.
+                raise ValueError(
+                    f"Expected one class name per output of the model ({logits.shape[-1]}). "
+                    f"Received {len(names)}: class_names={names!r}")
+            outputs["class_name"] = tf.gather(tf.constant(names), tf.argmax(logits, axis=-1))
+        return outputs
 
     def serve_uint8(images):
         return serve(tf.cast(images, tf.float32))
@@ -162,6 +199,9 @@ def export_saved_model(model, path, *, accept_uint8=True, image_shape=None):
     if accept_uint8:
         archive.add_endpoint(
             "serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
+    if names is not None:
+        archive.add_endpoint(
+            CLASS_NAMES_ENDPOINT, lambda: {"class_names": tf.constant(names)}, [])
 
     parent = os.path.dirname(os.path.abspath(path))
     try:
@@ -239,6 +279,11 @@ class ServingModel:
     that runs with the caller's rights (it may read and write files): load
     only SavedModels from a trusted source (docs/security.md).
 
+    Attributes:
+        class_names: the class names a SavedModel was exported with (a
+            tuple of str, in the order of the logits), or `None` (a `.keras`
+            file, or an export without them).
+
     Raises:
         ValueError: if `path` is neither, a folder named `.keras`, or a
             `.keras` file that cannot be loaded (`model_io.UnsafeModelError`
@@ -258,6 +303,7 @@ class ServingModel:
             self._keras_model = model_io.load_keras_model(self.path, role="model")
             self._serve = None
             self.input_shape = self._keras_model.input_shape
+            self.class_names = None
         elif os.path.exists(os.path.join(self.path, SAVED_MODEL_FILE)):
             self._keras_model = None
             self._loaded = tf.saved_model.load(self.path)
@@ -267,6 +313,10 @@ class ServingModel:
             self._serve = self._loaded.serve
             spec = self._serve.input_signature[0]
             self.input_shape = tuple(spec.shape.as_list())
+            self.class_names = None
+            if hasattr(self._loaded, CLASS_NAMES_ENDPOINT):
+                names = getattr(self._loaded, CLASS_NAMES_ENDPOINT)()["class_names"]
+                self.class_names = tuple(name.decode("utf-8") for name in names.numpy())
         else:
             raise ValueError(
                 "Expected a .keras file or a SavedModel directory (with "

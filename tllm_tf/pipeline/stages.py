@@ -170,7 +170,8 @@ def run_student(config, data, strategy, stage_dir, kind, teacher_path, reference
             # Before the safeguards, which then compare it with other offset weights.
             after_training.apply_prior_offsets(student, data, config, stage_dir)
         after_training.safeguards(student, kind, data, config, stage_dir, reference_path)
-        export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR))
+        export_lib.export_saved_model(student, os.path.join(stage_dir, SAVED_MODEL_DIR),
+                                      class_names=data.class_names)
         fitting.finish(student, data, config, stage_dir, chief)
     return model_path
 
