@@ -351,10 +351,10 @@ class Distiller(keras.Model):
         export takes raw images. This is Keras's export: its signature's
         input is named after the student's input layer (`images` for the
         pipeline's models) and its output is `output_0`, the logits.
-        `tllm_tf.export_saved_model(distiller.student, path)`, which the
-        tools use, exports the same network with named `logits` and
-        `probabilities` outputs, a uint8 endpoint, and the checks of its
-        destination.
+        `tllm_tf.export_saved_model(distiller.student, path,
+        class_names=...)`, which the tools use, exports the same network
+        with named `logits`, `probabilities` and `class_name` outputs, a
+        uint8 endpoint, and the checks of its destination.
 
         Args:
             filepath: the export folder.
