@@ -150,7 +150,7 @@ def test_bad_image_files_are_refused_up_front(tmp_path):
     (root / "dog" / "text.jpg").write_text("not an image at all")
     for index in range(5):
         (root / "emu" / f"junk{index}.gif").write_bytes(b"GIF7" * 4)
-    expected = "7 file.*empty.png.*text.jpg.* and 2 more.*Delete or replace"
+    expected = "7 file.*empty.png.*text.jpg.* and 2 more.*Delete them, or convert them to PNG"
     with pytest.raises(ValueError, match=expected):
         load_image_folder(root, image_size=4)
 
@@ -271,6 +271,83 @@ def test_the_pixel_count_is_read_from_each_formats_header(tmp_path, format_name,
     assert image_headers.pixel_count(str(path)) == 37 * 300 * frames
     decoded = tf.io.decode_image(path.read_bytes(), expand_animations=True)
     assert decoded.shape[-3:-1] == (37, 300)  # What TensorFlow reads agrees.
+
+
+def _bmp_with_header_fields(bits, compression, pixels_bytes=24):
+    """A 4x2 BMP with a 40-byte header whose bit count and compression are given."""
+    header = struct.pack("<IiiHHIIiiII", 40, 4, 2, 1, bits, compression, pixels_bytes, 0, 0, 0, 0)
+    return struct.pack("<2sIHHI", b"BM", 54 + pixels_bytes, 0, 0, 54) + header + bytes(
+        pixels_bytes)
+
+
+@pytest.mark.parametrize("variant", [
+    "bmp_1", "bmp_L", "bmp_P", "bmp_RGB", "bmp_RGBA", "bmp_16", "bmp_rle8",
+    "webp_still", "webp_animated"])
+def test_a_variant_is_accepted_exactly_when_tensorflow_decodes_it_right(tmp_path, variant):
+    # TensorFlow fails on 1- and 16-bit BMPs and animated WebPs, reads an 8-bit BMP's colour
+    # palette indices as gray levels and a compressed BMP as zeros: hours into training, or
+    # never said.
+    image_module = pytest.importorskip("PIL.Image")
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    image = image_module.fromarray(pixels)
+    path = tmp_path / f"image.{variant.split('_')[0]}"
+    if variant in ("bmp_16", "bmp_rle8"):
+        path.write_bytes(_bmp_with_header_fields(*{"bmp_16": (16, 0), "bmp_rle8": (8, 1)}[variant]))
+    elif variant.startswith("bmp_"):
+        image.convert(variant[4:]).save(path)
+    elif variant == "webp_animated":
+        image.save(path, save_all=True, append_images=[image.rotate(90)], duration=100)
+    else:
+        image.save(path, lossless=True)
+    try:
+        decoded = tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
+        expected = np.asarray(image_module.open(path).convert("RGB"))
+        right = decoded.shape == expected.shape and np.array_equal(decoded.numpy(), expected)
+    except tf.errors.InvalidArgumentError:
+        right = False
+    assert (image_headers.pixel_count(str(path)) is not None) == right
+    assert right == (variant in ("bmp_L", "bmp_RGB", "bmp_RGBA", "webp_still"))
+
+
+def test_a_bmp_tensorflow_cannot_decode_is_refused_at_load_naming_it(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    (root / "dog" / "scan.bmp").write_bytes(_bmp_with_header_fields(1, 0, pixels_bytes=8))
+    with pytest.raises(ValueError, match=(
+            r"1 file\(s\) .*\(a BMP other than an uncompressed 24-bit, 32-bit or 8-bit gray "
+            rf"one; an animated WebP\): \[{re.escape(repr(str(root / 'dog' / 'scan.bmp')))}\]\. "
+            "Delete them, or convert them to PNG")):
+        load_image_folder(root, image_size=4)
+
+
+def test_a_jpeg_padded_with_fill_bytes_is_still_sized(tmp_path):
+    # A fill byte before the frame header once hid a 20000x20000 claim from the pixel limit.
+    encoded = tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
+    frame = encoded.index(b"\xff\xc0")
+    padded = encoded[:frame] + b"\xff\xff" + encoded[frame + 1:]
+    (tmp_path / "padded.jpg").write_bytes(padded)
+    assert tf.io.decode_jpeg(padded).shape == (8, 8, 3)  # Still a JPEG to TensorFlow.
+    assert image_headers.pixel_count(str(tmp_path / "padded.jpg")) == 64
+    claim = padded.index(b"\xff\xc0") + 5
+    bomb = padded[:claim] + struct.pack(">HH", 20_000, 20_000) + padded[claim + 4:]
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    assert image_headers.pixel_count(str(tmp_path / "bomb.jpg")) == 400_000_000
+
+
+@pytest.mark.parametrize("contents", [
+    b"\xff\xd8\xff\xda\x00\x02",  # The image data before any frame header.
+    b"\x89PNG\r\n\x1a\n",  # A header cut short.
+    b"RIFF\x00\x00\x00\x00WEBPVP8Q" + bytes(20),  # A WebP chunk TensorFlow does not read.
+])
+def test_an_image_whose_size_cannot_be_read_is_refused(tmp_path, contents):
+    (tmp_path / "image").write_bytes(contents)
+    assert image_headers.pixel_count(str(tmp_path / "image")) is None
+
+
+def test_a_fifo_among_the_images_is_refused_without_blocking(tmp_path):
+    root = _write_folder(tmp_path / "pets")
+    os.mkfifo(root / "dog" / "stream.png")
+    with pytest.raises(ValueError, match=r"1 file\(s\) .*stream\.png"):
+        load_image_folder(root, image_size=4)
 
 
 def test_images_over_the_pixel_limit_are_refused_naming_them(tmp_path, monkeypatch):

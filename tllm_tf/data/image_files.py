@@ -68,8 +68,10 @@ def _check_image_files(directory, paths):
     bad = [path for path, count in pixels.items() if count is None]
     if bad:
         raise ValueError(
-            f"{len(bad)} file(s) in {os.fspath(directory)!r} are empty, unreadable or not "
-            f"PNG, JPEG, GIF, BMP or WebP images: {_listed(bad)}. Delete or replace them."
+            f"{len(bad)} file(s) in {os.fspath(directory)!r} are empty, unreadable, not "
+            "PNG, JPEG, GIF, BMP or WebP images, or of a kind TensorFlow does not decode "
+            "right (a BMP other than an uncompressed 24-bit, 32-bit or 8-bit gray one; an "
+            f"animated WebP): {_listed(bad)}. Delete them, or convert them to PNG."
         )
     # Decoded whole before the resize, several at a time: a small file can take gigabytes.
     large = [f"{path} ({pixels[path]} pixels)" for path in paths
