@@ -53,8 +53,14 @@ def test_unsafe_deserialization_set_elsewhere_does_not_open_a_model_file(tmp_pat
 def test_a_folder_named_like_a_model_file_is_not_run_as_a_saved_model(tmp_path):
     marker = tmp_path / "ran.txt"
     _saved_model(tmp_path / "looks_safe.keras", marker)
+    for spelling in ("looks_safe.keras", "looks_safe.keras/", "looks_safe.keras/.",
+                     "./looks_safe.keras//"):
+        with pytest.raises(ValueError, match="is a folder, not a .keras file"):
+            export.ServingModel(os.path.join(tmp_path, spelling))
+    os.rename(tmp_path / "looks_safe.keras", tmp_path / "looks_safe.KERAS")
     with pytest.raises(ValueError, match="is a folder, not a .keras file"):
-        export.ServingModel(tmp_path / "looks_safe.keras")
+        export.ServingModel(tmp_path / "looks_safe.KERAS")
+    os.rename(tmp_path / "looks_safe.KERAS", tmp_path / "looks_safe.keras")
     assert not marker.exists()
     # The same SavedModel under its own name is one (the caller's choice to trust it).
     os.rename(tmp_path / "looks_safe.keras", tmp_path / "saved_model")

@@ -292,7 +292,9 @@ class ServingModel:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        if self.path.endswith(KERAS_SUFFIX) and os.path.isdir(self.path):
+        # "x.keras/", "x.keras/." and "x.KERAS" name the same folder.
+        reads_as_keras = os.path.normpath(self.path).lower().endswith(KERAS_SUFFIX)
+        if reads_as_keras and os.path.isdir(self.path):
             # A SavedModel runs its graph with the caller's rights: never under a name
             # that reads as a .keras file, which is loaded in safe mode.
             raise ValueError(
