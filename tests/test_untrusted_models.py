@@ -66,3 +66,18 @@ def test_a_folder_named_like_a_model_file_is_not_run_as_a_saved_model(tmp_path):
     os.rename(tmp_path / "looks_safe.keras", tmp_path / "saved_model")
     served = export.ServingModel(tmp_path / "saved_model")
     np.testing.assert_allclose(served(np.ones((1, 4), np.float32)), [[4.0] * 3])
+
+
+@pytest.mark.parametrize("version, refused", [
+    ("3.8.0", True), ("3.13.2", True), ("3.14.0", False), ("3.15.1", False), ("4.0.0rc1", False)])
+def test_a_keras_whose_safe_mode_can_be_bypassed_loads_no_file(tmp_path, monkeypatch, version,
+                                                               refused):
+    path = str(tmp_path / "model.keras")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]).save(path)
+    monkeypatch.setattr(keras, "__version__", version)
+    if refused:
+        with pytest.raises(model_io.UnsafeModelError,
+                           match=rf"with Keras {version}: .*pip install 'keras>=3\.14'"):
+            model_io.load_keras_model(path, role="teacher")
+    else:
+        assert model_io.load_keras_model(path, role="teacher").output_shape == (None, 3)

@@ -35,10 +35,28 @@ MAX_CONFIG_BYTES = 64 * 2**20
 _CODE_MARKER = "__lambda__"
 # Long enough for Keras's reason; its messages end with the whole config.
 _MAX_REASON_CHARS = 500
+# The first Keras whose safe mode closes the bypasses published so far: a config naming any
+# module's function (fixed in 3.9), one turning safe mode off from inside the file (3.11), a
+# TFSMLayer running an external SavedModel (3.14). pyproject.toml requires it too.
+MIN_SAFE_KERAS = (3, 14)
 
 
 class UnsafeModelError(ValueError):
     """A model file that holds Python code, which loading it would run."""
+
+
+def _check_keras_version(role, path):
+    """Refuses to load with a Keras whose safe mode a file is known to get past."""
+    numbers = []
+    for part in keras.__version__.split(".")[:2]:
+        digits = "".join(char for char in part if char.isdigit()) or "0"
+        numbers.append(int(digits))
+    if tuple(numbers) < MIN_SAFE_KERAS:
+        wanted = ".".join(map(str, MIN_SAFE_KERAS))
+        raise UnsafeModelError(
+            f"Refusing to load the {role} {path!r} with Keras {keras.__version__}: files can "
+            f"get past the safe mode of Keras before {wanted} and run code when loaded. "
+            f"Upgrade it: pip install 'keras>={wanted}'.")
 
 
 def _read_config(path, role):
@@ -119,7 +137,9 @@ def load_keras_model(path, *, role="model", compile=False):
 
     Raises:
         UnsafeModelError: if the file stores Python code (a `Lambda` layer's
-            `lambda`), naming the file and the layer.
+            `lambda`), naming the file and the layer, or if the installed
+            Keras is older than `MIN_SAFE_KERAS`, whose safe mode files are
+            known to get past.
         ValueError: if `path` does not exist, is not a `.keras` file, or
             Keras cannot build the model it describes (e.g. it names a class
             that is not registered).
@@ -137,6 +157,7 @@ def load_keras_model(path, *, role="model", compile=False):
         raise ValueError(
             f"Expected a {KERAS_SUFFIX} file for the {role}, as `keras.Model.save` "
             f"writes. Received: path={path!r}")
+    _check_keras_version(role, path)
     holders = _code_holders(_read_config(path, role))
     if holders:
         raise _unsafe(role, path, holders)
