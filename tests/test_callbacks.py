@@ -590,12 +590,29 @@ def test_a_loop_of_fits_without_epochs_is_warned_about(tiny_data, held_out, capl
     callback = tllm_tf.UndistillableClassCallback(held_out, **_loop_kwargs())
     with caplog.at_level(logging.WARNING):
         distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
-        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
-        assert "epochs=TOTAL" not in caplog.text  # the same plan twice is two trainings
         distiller.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0,
                       callbacks=[callback])
     assert "this fit has epochs=2, the last one had 1" in caplog.text
     assert "epochs=TOTAL" in caplog.text
+    assert "start again" not in caplog.text  # It continued the count.
+
+
+@pytest.mark.parametrize("planned", [None, 3])
+def test_fits_that_count_from_epoch_0_again_on_one_model_are_warned_about(
+        tiny_data, held_out, caplog, planned):
+    # fit(epochs=1) in a loop: with epochs=3 no look ever came, without it each fit looked at
+    # the whole level, and neither said a word.
+    x, y = tiny_data
+    distiller, other = _distiller(), _distiller(1)
+    callback = tllm_tf.UndistillableClassCallback(held_out, epochs=planned, **_loop_kwargs())
+    with caplog.at_level(logging.WARNING):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+        other.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+        assert "start again" not in caplog.text  # Another model: another training.
+        other.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert ("this fit starts at epoch 1, but the last fit of this model ran to epoch 1"
+            in caplog.text)
+    assert "initial_epoch=e" in caplog.text
 
 
 def test_a_held_out_set_that_reshuffles_is_refused_before_training(tiny_data, held_out):

@@ -208,7 +208,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             warm-up, the looks and each look's level are planned over them.
             `None` plans over each fit's `epochs` (as Keras counts them: the
             last epoch, `initial_epoch` included), and warns when a later fit
-            has another. Defaults to `None`.
+            has another. Either way, a fit of the same model that counts its
+            epochs from 0 again (`fit(epochs=1)` in a loop) is warned about:
+            its warm-up and looks start again. Defaults to `None`.
 
     Raises:
         ValueError: on an argument out of range; at train begin, on a model
@@ -280,9 +282,13 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self.update_every = None if update_every is None else int(update_every)
         self.max_updates = None if max_updates is None else int(max_updates)
         self.epochs = None if epochs is None else int(epochs)
-        # Not reset in `on_train_begin`: it outlives each fit so that the next
-        # one can warn when its `epochs` differ (`_planned_epochs`).
+        # Not reset in `on_train_begin`: they outlive each fit so that the next
+        # one can warn when its `epochs` differ (`_planned_epochs`), or when it
+        # counts its epochs from 0 again on the same model (`on_epoch_begin`).
         self._last_fit_epochs = None
+        self._last_epoch = None
+        self._last_model = None
+        self._fit_begins = False
         self.prior_offsets = None if prior_offsets is None else bool(prior_offsets)
         self.masked_classes = masked_classes
         self.log_path = log_path
@@ -343,6 +349,25 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             # Kept across `fit` calls on the same model: its traced pass is reused.
             self._correctness = judge(self.model, num_classes)
         self._labels_checked = False
+        if self.model is not self._last_model:
+            self._last_model, self._last_epoch = self.model, None
+        self._fit_begins = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Warns when a fit counts its epochs from 0 again on a model already trained."""
+        if not self._fit_begins:
+            return
+        self._fit_begins = False
+        if self._last_epoch is None or epoch > self._last_epoch:
+            return
+        logging.warning(
+            "UndistillableClassCallback: this fit starts at epoch %d, but the last fit of "
+            "this model ran to epoch %d. Keras counts each fit's epochs from its "
+            "initial_epoch, so the warm-up and the looks start again (fit(epochs=1) in a loop "
+            "never gets past the warm-up, or looks after every fit at the whole level). To "
+            "continue one training, pass fit(epochs=e + 1, initial_epoch=e) and the whole "
+            "training's epochs to the callback (UndistillableClassCallback(..., epochs=TOTAL)).",
+            epoch + 1, self._last_epoch + 1)
 
     def _planned_epochs(self):
         """The epochs of the whole training: `epochs`, else this fit's."""
@@ -443,6 +468,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         """Updates the class mask on a look's epoch; logs the masked-class count."""
+        self._last_epoch = epoch
         if self._is_update_epoch(epoch):
             num_classes = self.model.num_classes
             correct, labels = self._correctness(self.validation_data)
