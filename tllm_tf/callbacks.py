@@ -201,8 +201,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             file must then come from a `PredictionRecorder(prior_offsets=True)`
             (`--rule_prior_offsets` does both, the default of the stages). `None`
             judges as the reference's predictions were recorded (their file says),
-            and without offsets for a reference given as a model. Defaults to
-            `None`.
+            and without offsets for a reference given as a model: pass `True`
+            with a stage's `reference/model.keras`, whose weights already hold
+            its offsets, so that the student is judged after its own. Defaults
+            to `None`.
         epochs: the whole training's epochs, when it is split over several
             `fit` calls (`fit(epochs=e + 1, initial_epoch=e)` in a loop): the
             warm-up, the looks and each look's level are planned over them.
