@@ -51,3 +51,21 @@ def test_counter_traces_once_for_repeated_passes():
 def test_as_dataset_rejects_other_inputs():
     with pytest.raises(ValueError, match="tf.data.Dataset"):
         metrics.as_dataset(np.zeros(3))
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, 2, 2.7], "whole numbers"),
+    ([0, 1, 2, 4], r"\[0, (num_classes=)?3\)"),
+    ([-1, -1, -1, -1], r"\[0, (num_classes=)?3\)"),
+])
+@pytest.mark.parametrize("as_arrays", [True, False])
+def test_labels_that_are_not_class_ids_are_refused(labels, message, as_arrays):
+    # They were truncated (2.7 counted as 2), counted in no class (-1: NaN everywhere), or
+    # failed deep in TensorFlow (4).
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    x, y = np.zeros((4, 2), np.float32), np.asarray(labels)
+    data = (x, y) if as_arrays else tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    with pytest.raises(ValueError, match=message):
+        metrics.per_class_accuracy(model, data, 3)
+    with pytest.raises(ValueError, match=message):
+        metrics.PerImageCorrectness(model, 3)(data)

@@ -1,9 +1,16 @@
 """Per-class accuracy, computed in one compiled pass over a data set; the masked-class count."""
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from tllm_tf import model_checks
+
+# The message of the in-graph check of class ids, by which `_refused_labels` knows it.
+_BAD_CLASS_IDS = "Labels must be class ids in [0, num_classes)"
 
 
 def as_dataset(data, batch_size=256):
@@ -77,8 +84,13 @@ class PerClassCounter:
 
         Args:
             data: what `as_dataset` takes.
+
+        Raises:
+            ValueError: on labels that are not class ids of the model's
+                classes, nor label vectors of shape `(n, num_classes)`.
         """
-        correct, total = self._count(as_dataset(data))
+        with _refused_labels(data, self.num_classes):
+            correct, total = self._count(as_dataset(data))
         return correct.numpy(), total.numpy()
 
 
@@ -123,16 +135,48 @@ class PerImageCorrectness:
 
         Args:
             data: what `as_dataset` takes, in a fixed order.
+
+        Raises:
+            ValueError: as `PerClassCounter`.
         """
-        correct, labels = self._run(as_dataset(data))
+        with _refused_labels(data, self.num_classes):
+            correct, labels = self._run(as_dataset(data))
         return correct.numpy(), labels.numpy()
+
+
+@contextlib.contextmanager
+def _refused_labels(data, num_classes):
+    """Labels that are not the model's class ids as one `ValueError`, not a graph error.
+
+    Arrays are checked before the pass; a data set's labels by `_class_ids`
+    as it reads them (an id out of range was counted in no class, or failed
+    deep in TensorFlow; a float id was truncated).
+    """
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        model_checks.check_label_array(data[1], num_classes)
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        if _BAD_CLASS_IDS not in error.message:
+            raise
+        raise ValueError(
+            f"Labels must be class ids in [0, {num_classes}) (whole numbers), or label vectors "
+            f"of shape (n, {num_classes}); the data set has others. Fix its labels, or pass "
+            "the number of classes they count as num_classes.") from None
 
 
 def _class_ids(y, num_classes):
     # Label vectors of any dtype (one-hot integers too), as the Distiller reads them.
     if y.shape.rank == 2 and y.shape[-1] == num_classes:
         return tf.argmax(y, axis=-1, output_type=tf.int32)
-    return tf.reshape(tf.cast(y, tf.int32), (-1,))
+    ids = tf.reshape(y, (-1,))
+    checks = [
+        tf.debugging.assert_greater_equal(ids, tf.zeros_like(ids), message=_BAD_CLASS_IDS),
+        tf.debugging.assert_less(ids, tf.cast(num_classes, ids.dtype), message=_BAD_CLASS_IDS)]
+    if ids.dtype.is_floating:
+        checks.append(tf.debugging.assert_equal(ids, tf.round(ids), message=_BAD_CLASS_IDS))
+    with tf.control_dependencies(checks):
+        return tf.cast(ids, tf.int32)
 
 
 def counts_from_correctness(correct, labels, num_classes):
