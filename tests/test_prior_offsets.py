@@ -75,6 +75,17 @@ def test_a_class_every_image_gives_no_probability_gets_finite_offsets():
                                atol=1e-6)
 
 
+def test_offsets_that_have_not_converged_are_warned_about(caplog):
+    logits, labels = _biased_logits()
+    with caplog.at_level("WARNING"):
+        prior_offsets.fit_offsets(logits, labels, 4)
+    assert "fit_offsets" not in caplog.text
+    with caplog.at_level("WARNING"):
+        prior_offsets.fit_offsets(logits, labels, 4, max_iterations=2)
+    assert "after max_iterations=2 the mean predicted probabilities are still up to" \
+        in caplog.text
+
+
 def test_class_ids_of_shape_n_1_are_read_as_class_ids():
     # keras.datasets' CIFAR layout: (n, 1) integer labels, not one-hot vectors.
     model, images, labels = _model_and_images(1, 400)

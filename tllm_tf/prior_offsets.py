@@ -23,6 +23,8 @@ offsets = tllm_tf.apply_prior_offsets(student, held_out_batches, num_classes=10)
 ```
 """
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
@@ -121,6 +123,13 @@ def fit_offsets(logits, labels, num_classes, *, max_iterations=1000, tolerance=1
         offsets += step
         if np.max(np.abs(step)) < tolerance:
             break
+    else:
+        # Slow on very confident logits; the offsets then under-correct a little.
+        logging.warning(
+            "fit_offsets: after max_iterations=%d the mean predicted probabilities are still "
+            "up to %.2g off their targets (in log; tolerance %g). The offsets are kept as "
+            "they are; pass a larger max_iterations to fit them closer.",
+            max_iterations, float(np.max(np.abs(step))), tolerance)
     return offsets - offsets.mean()
 
 
