@@ -97,7 +97,7 @@ def test_report_tool_from_a_workdir_writes_the_four_files(zygote, workdir, digit
     assert report["models"] == list(STAGES)
     assert report["undistillable_classes"] == {"names": ["8"], "count": 1, "source": "tllm_mask"}
     assert [h["removed"] for h in report["mask_history"]] == [[], ["3"]]
-    assert "TLLM undistillable classes at the end: ['8']" in stdout
+    assert "TLLM undistillable classes at the end: 8\n" in stdout
 
 
 def test_report_tool_on_a_missing_workdir_prints_the_error_alone(zygote, tmp_path):

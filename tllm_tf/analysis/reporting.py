@@ -152,10 +152,11 @@ def summary_lines(results):
     lines = [f"{name:>{width}}: {split_name(results)} accuracy {100 * value:.2f}%"
              for name, value in results["accuracy"].items()]
     names, source = undistillable_classes(results)
+    shown = ", ".join(map(str, names)) or "none"
     if source == "tllm_mask":
-        lines.append(f"TLLM undistillable classes at the end: {names or 'none'}")
+        lines.append(f"TLLM undistillable classes at the end: {shown}")
     elif source:
-        lines.append(f"Undistillable classes ({source}): {names or 'none'}")
+        lines.append(f"Undistillable classes ({source}): {shown}")
     if results.get("mask_in_progress"):
         last = results["mask_history"][-1]
         lines.append(f"TLLM student not finished (no {workdir_files.PER_CLASS_FILE} yet): "
