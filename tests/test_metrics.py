@@ -69,3 +69,11 @@ def test_labels_that_are_not_class_ids_are_refused(labels, message, as_arrays):
         metrics.per_class_accuracy(model, data, 3)
     with pytest.raises(ValueError, match=message):
         metrics.PerImageCorrectness(model, 3)(data)
+
+
+def test_small_integer_labels_are_checked_against_more_classes_than_their_type_holds():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(300)])
+    labels = np.array([0, 40, 250, 255], np.uint8)  # 300 does not fit a uint8.
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2), np.float32), labels)).batch(2)
+    _, total = metrics.PerClassCounter(model, 300)(data)
+    assert total[[0, 40, 250, 255]].tolist() == [1, 1, 1, 1]

@@ -170,11 +170,13 @@ def _class_ids(y, num_classes):
     if y.shape.rank == 2 and y.shape[-1] == num_classes:
         return tf.argmax(y, axis=-1, output_type=tf.int32)
     ids = tf.reshape(y, (-1,))
+    # Compared in a wide type: num_classes may not fit the labels' own (uint8 ids, 1000 classes).
+    wide = tf.cast(ids, tf.float64 if ids.dtype.is_floating else tf.int64)
     checks = [
-        tf.debugging.assert_greater_equal(ids, tf.zeros_like(ids), message=_BAD_CLASS_IDS),
-        tf.debugging.assert_less(ids, tf.cast(num_classes, ids.dtype), message=_BAD_CLASS_IDS)]
+        tf.debugging.assert_greater_equal(wide, tf.zeros_like(wide), message=_BAD_CLASS_IDS),
+        tf.debugging.assert_less(wide, tf.cast(num_classes, wide.dtype), message=_BAD_CLASS_IDS)]
     if ids.dtype.is_floating:
-        checks.append(tf.debugging.assert_equal(ids, tf.round(ids), message=_BAD_CLASS_IDS))
+        checks.append(tf.debugging.assert_equal(wide, tf.round(wide), message=_BAD_CLASS_IDS))
     with tf.control_dependencies(checks):
         return tf.cast(ids, tf.int32)
 
