@@ -327,6 +327,54 @@ def test_with_nothing_masked_every_policy_is_kd_bit_for_bit(
         np.testing.assert_array_equal(a, b)
 
 
+def _total_and_gradient(distiller, labels, student_logits, teacher_logits):
+    """`Distiller._loss_terms`' per-sample total, and its gradient in the student's logits."""
+    student_logits = tf.constant(student_logits, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(student_logits)
+        total = distiller._loss_terms(tf.constant(labels), False, student_logits,
+                                      tf.constant(teacher_logits, tf.float32))[0]
+    return total.numpy(), tape.gradient(total, student_logits).numpy()
+
+
+@pytest.mark.parametrize("policy", sorted(tllm_tf.policies.POLICIES))
+def test_a_teacher_sure_of_a_masked_class_gives_a_finite_loss(student, teacher, policy):
+    # A logit gap of 2000 (500 T): every other class's probability underflows to 0.
+    # soft_label_symmetric's renormalised target was 0 / 0, and the batch's loss NaN.
+    distiller = _distiller(student, teacher, masked_class_policy=policy)
+    distiller.set_class_mask([1.0, 0.0, 1.0, 1.0])
+    total, gradient = _total_and_gradient(
+        distiller, [0, 1], np.random.default_rng(0).normal(size=(2, NUM_CLASSES)),
+        [[0.0, 2000.0, 0.0, 0.0]] * 2)
+    assert np.all(np.isfinite(total)) and np.all(np.isfinite(gradient))
+
+
+def test_soft_label_symmetric_distils_towards_uniform_where_a_masked_class_takes_all(
+        student, teacher):
+    distiller = _distiller(student, teacher, masked_class_policy="soft_label_symmetric")
+    distiller.set_class_mask([1.0, 0.0, 1.0, 1.0])
+    labels = np.array([0, 1], np.int32)
+    s = np.random.default_rng(0).normal(size=(2, NUM_CLASSES)).astype(np.float32)
+    total, _ = _total_and_gradient(distiller, labels, s, [[0.0, 2000.0, 0.0, 0.0]] * 2)
+    # Class 0's sample: the uniform target. Class 1's (masked): its label at confidence 1.
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    targets = np.where(labels[:, None] == 0, 0.0, 4.0 * np.log(np.maximum(one_hot, 1e-12)))
+    expected = 0.1 * _ce(labels, s) + 0.9 * tllm_tf.kd_loss(
+        targets.astype(np.float32), s, temperature=4.0)
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", sorted(tllm_tf.policies.POLICIES))
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")
+def test_every_policy_is_finite_with_a_single_class(policy):
+    # The soft-label policies spread 1 - c over K - 1 = 0 other classes: 0 / 0 before.
+    distiller = _distiller(make_mlp("student", num_classes=1), make_mlp("teacher", num_classes=1),
+                           masked_class_policy=policy)
+    distiller.set_class_mask([0.0])
+    total, gradient = _total_and_gradient(distiller, [0, 0], [[0.5], [-1.0]], [[2.0], [0.0]])
+    assert np.all(np.isfinite(total)) and np.all(np.isfinite(gradient))
+
+
 def test_soft_labels_give_the_same_update_as_class_ids(student, teacher, tiny_data):
     x, y = tiny_data
     twin = _clone(student)

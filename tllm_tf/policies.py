@@ -98,9 +98,14 @@ def _distilled_towards(inputs, probabilities):
                               temperature=inputs.temperature)
 
 
+def _other_classes(probabilities):
+    """`K - 1` as a float, at least 1: with one class the spread remainder is 0, not 0 / 0."""
+    return ops.cast(ops.maximum(ops.shape(probabilities)[-1] - 1, 1), "float32")
+
+
 def _softened_label_loss(inputs, confidence):
     """Distillation at `T` towards `confidence` on the label, the rest spread evenly."""
-    others = ops.cast(ops.shape(inputs.targets)[-1] - 1, "float32")
+    others = _other_classes(inputs.targets)
     return _distilled_towards(
         inputs, confidence * inputs.targets + (1.0 - confidence) * (1.0 - inputs.targets) / others)
 
@@ -278,6 +283,23 @@ def soft_label_exclude(inputs):
                  _softened_label_loss(inputs, _teacher_confidence(inputs)))
 
 
+def _renormalised(weights):
+    """Each row of `weights` divided by its sum; a row summing to 0 becomes uniform.
+
+    Under `soft_label_symmetric` a row sums to 0 when a masked class holds all
+    the teacher's probability at `T` and every other class's underflows to 0
+    in float32 (a logit gap above about `104 T`). `0 / 0` made that sample's
+    term NaN (through the gate's `0 * NaN` on a masked class's own sample
+    too), and with it the batch's loss and every gradient. Uniform is the
+    limit where the kept classes are equally unlikely; their ratios are lost
+    to the underflow.
+    """
+    total = ops.sum(weights, axis=-1, keepdims=True)
+    positive = total > 0.0
+    uniform = ops.ones_like(weights) / ops.cast(ops.shape(weights)[-1], weights.dtype)
+    return ops.where(positive, weights / ops.where(positive, total, 1.0), uniform)
+
+
 def soft_label_symmetric(inputs):
     """`soft_label` both ways: a masked class is an even wrong class in every target.
 
@@ -295,7 +317,9 @@ def soft_label_symmetric(inputs):
     MLP student the neighbours pay a seventh of what they pay under
     `soft_label` and the masked classes gain a third; with the CNN student a
     masked Pullover collapses. With no class masked, the teacher's logits
-    are used unchanged (`hard_label` bit for bit).
+    are used unchanged (`hard_label` bit for bit). A sample on which a
+    masked class takes all the teacher's probability at `T` (every other
+    class's underflowing to 0) is distilled towards the uniform distribution.
 
     Args:
         inputs: the batch's `PolicyInputs`.
@@ -306,10 +330,9 @@ def soft_label_symmetric(inputs):
     keep = ops.cast(inputs.class_mask > 0.0, "float32")
     probabilities = _teacher_probabilities(inputs)
     confidence = ops.max(probabilities, axis=-1, keepdims=True)
-    others = ops.cast(ops.shape(probabilities)[-1] - 1, "float32")
-    evened = probabilities * keep + (1.0 - confidence) / others * (1.0 - keep)
-    evened = evened / ops.sum(evened, axis=-1, keepdims=True)
-    return _gate(inputs, _distilled_from_changed_teacher(inputs, evened),
+    evened = probabilities * keep + (1.0 - confidence) / _other_classes(probabilities) * (
+        1.0 - keep)
+    return _gate(inputs, _distilled_from_changed_teacher(inputs, _renormalised(evened)),
                  _softened_label_loss(inputs, confidence))
 
 
