@@ -375,6 +375,58 @@ def test_every_policy_is_finite_with_a_single_class(policy):
     assert np.all(np.isfinite(total)) and np.all(np.isfinite(gradient))
 
 
+def _smoothed_labels(labels, num_classes, smoothing=0.1):
+    """Label smoothing as Keras computes it, in float32: rows off 1 by a few ulps."""
+    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+    return one_hot * np.float32(1.0 - smoothing) + np.float32(smoothing / num_classes)
+
+
+def _hundred_class_distiller(**compile_kwargs):
+    return _distiller(make_mlp("student", num_classes=100), make_mlp("teacher", num_classes=100),
+                      **compile_kwargs)
+
+
+def test_the_distil_weight_is_the_label_weighted_mask_in_zero_one(monkeypatch):
+    # A policy that returns the weight, with alpha = 0: the total is the weight.
+    monkeypatch.setitem(tllm_tf.policies.POLICIES, "distil_weight",
+                        lambda inputs: inputs.distil_weight)
+    distiller = _hundred_class_distiller(alpha=0.0, beta=1.0,
+                                         masked_class_policy="distil_weight")
+    labels = np.arange(0, 100, 3, dtype=np.int32)
+    smoothed = _smoothed_labels(labels, 100)
+    logits = np.zeros((len(labels), 100), np.float32)
+
+    def weights(mask, y, is_soft):
+        distiller.set_class_mask(mask)
+        return distiller._loss_terms(tf.constant(y), is_soft, logits, logits)[0].numpy()
+
+    assert not np.all(smoothed.sum(axis=-1, dtype=np.float32) == 1.0)  # What this tests.
+    np.testing.assert_array_equal(weights(np.ones(100), smoothed, True), 1.0)
+    # A class barely masked: rows summing above 1 (smoothing 0.05 here) gave weights above 1.
+    barely = np.ones(100, np.float32)
+    barely[3] = np.float32(1.0 - 2.0**-24)
+    barely_weights = weights(barely, _smoothed_labels(labels, 100, smoothing=0.05), True)
+    assert np.all((barely_weights >= 0.0) & (barely_weights <= 1.0))
+    # Class ids and one-hot labels: m[y] as before, fractional masks included.
+    fractional = np.random.default_rng(0).random(100).astype(np.float32)
+    np.testing.assert_array_equal(weights(fractional, labels, False), fractional[labels])
+    np.testing.assert_array_equal(weights(fractional, np.eye(100, dtype=np.float32)[labels], True),
+                                  fractional[labels])
+
+
+@pytest.mark.parametrize("policy", sorted(tllm_tf.policies.POLICIES))
+def test_with_nothing_masked_every_policy_is_kd_bit_for_bit_on_smoothed_labels(policy):
+    distiller = _hundred_class_distiller(alpha=0.1, beta=0.9, masked_class_policy=policy)
+    rng = np.random.default_rng(0)
+    smoothed = _smoothed_labels(np.arange(0, 100, 3), 100)
+    student_logits, teacher_logits = (
+        tf.constant(3.0 * rng.normal(size=smoothed.shape), tf.float32) for _ in range(2))
+    total, student_loss, distillation_loss = distiller._loss_terms(
+        tf.constant(smoothed), True, student_logits, teacher_logits)
+    np.testing.assert_array_equal(total.numpy(),
+                                  (0.1 * student_loss + 0.9 * distillation_loss).numpy())
+
+
 def test_soft_labels_give_the_same_update_as_class_ids(student, teacher, tiny_data):
     x, y = tiny_data
     twin = _clone(student)

@@ -26,7 +26,9 @@ class PolicyInputs:
     """Per-sample tensors a policy may use.
 
     Attributes:
-        distil_weight: `(batch,)`, 1 = distil, 0 = undistillable.
+        distil_weight: `(batch,)`, 1 = distil, 0 = undistillable: the
+            label-weighted class mask, in `[0, 1]`, exactly 1 where the
+            label has no weight on a class the mask stops distilling.
         distillation_loss: `(batch,)`, the distillation loss.
         student_loss: `(batch,)`, the label loss (cross-entropy).
         targets: `(batch, num_classes)`, one-hot or soft labels.
