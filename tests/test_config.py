@@ -68,6 +68,11 @@ def test_a_workdir_written_before_a_field_that_is_now_on_reads_as_a_run_without_
     ("beta", float("inf"), r"alpha and beta must be >= 0 and finite"),
     ("weight_decay", float("inf"), r"weight_decay must be >= 0 and finite"),
     ("margin", float("inf"), r"margin must be >= 0 and finite"),
+    # Checked whatever the loss: --dkd_beta=inf passed with --distillation_loss=kd.
+    ("dkd_beta", float("inf"), r"dkd_alpha, dkd_beta and nkd_gamma must be >= 0 and finite. "
+                               r"Received: dkd_alpha=1.0, dkd_beta=inf, nkd_gamma=1.5"),
+    ("dkd_alpha", float("nan"), r"dkd_alpha, dkd_beta and nkd_gamma must be >= 0 and finite"),
+    ("nkd_gamma", -1.0, r"dkd_alpha, dkd_beta and nkd_gamma must be >= 0 and finite"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -319,17 +319,33 @@ def test_losses_that_need_labels_say_so_when_called_keras_style():
     assert np.isfinite(float(losses.KDLSLoss()(teacher, student)))
 
 
+_TEMPERATURE_BOUND = ("Expected temperature > 0 and finite (at most 1e+19: the losses compute "
+                      "in float32).")
+_WEIGHT_BOUND = ">= 0 and finite (at most 1e+38: the losses compute in float32)."
+
+
 @pytest.mark.parametrize("cls,kwargs,message", [
-    (losses.KDLoss, {"temperature": 0}, "Expected temperature > 0. Received: temperature=0"),
-    (losses.DKDLoss, {"temperature": -1.0}, "Expected temperature > 0. Received: temperature=-1.0"),
-    (losses.DKDLoss, {"alpha": -1}, "Expected alpha >= 0. Received: alpha=-1"),
-    (losses.DKDLSLoss, {"beta": float("nan")}, "Expected beta >= 0. Received: beta=nan"),
-    (losses.NKDLoss, {"gamma": "1.5"}, "Expected gamma >= 0. Received: gamma='1.5'"),
-    (losses.KDLSLoss, {"temperature": "2"}, "Expected temperature > 0. Received: temperature='2'"),
+    (losses.KDLoss, {"temperature": 0}, f"{_TEMPERATURE_BOUND} Received: temperature=0"),
+    (losses.DKDLoss, {"temperature": -1.0}, f"{_TEMPERATURE_BOUND} Received: temperature=-1.0"),
+    (losses.DKDLoss, {"alpha": -1}, f"Expected alpha {_WEIGHT_BOUND} Received: alpha=-1"),
+    (losses.DKDLSLoss, {"beta": float("nan")}, f"Expected beta {_WEIGHT_BOUND} Received: beta=nan"),
+    (losses.NKDLoss, {"gamma": "1.5"}, f"Expected gamma {_WEIGHT_BOUND} Received: gamma='1.5'"),
+    (losses.KDLSLoss, {"temperature": "2"}, f"{_TEMPERATURE_BOUND} Received: temperature='2'"),
+    # Each gave a NaN or infinite loss before.
+    (losses.KDLoss, {"temperature": float("inf")},
+     f"{_TEMPERATURE_BOUND} Received: temperature=inf"),
+    (losses.KDLoss, {"temperature": 1e30}, f"{_TEMPERATURE_BOUND} Received: temperature=1e+30"),
+    (losses.DKDLoss, {"beta": float("inf")}, f"Expected beta {_WEIGHT_BOUND} Received: beta=inf"),
+    (losses.NKDLoss, {"gamma": 1e39}, f"Expected gamma {_WEIGHT_BOUND} Received: gamma=1e+39"),
 ])
 def test_bad_arguments_raise_keras_style_messages(cls, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         cls(**kwargs)
+
+
+def test_the_largest_accepted_temperature_gives_a_finite_loss():
+    teacher, student, _, _ = _random_batch(seed=19)
+    assert np.all(np.isfinite(np.asarray(losses.KDLoss(temperature=1e19).call(teacher, student))))
 
 
 # -- the Distiller's entry point ------------------------------------------------------
@@ -466,7 +482,7 @@ def test_the_docs_example_of_adding_a_loss_works(monkeypatch):
         rtol=1e-5)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert (type(clone).__name__, clone.temperature, clone.scale) == ("LogitMSELoss", 2.0, 3.0)
-    with pytest.raises(ValueError, match="Expected scale >= 0. Received: scale=-1"):
+    with pytest.raises(ValueError, match="Expected scale >= 0 and finite .* Received: scale=-1"):
         namespace["LogitMSELoss"](scale=-1)
 
 

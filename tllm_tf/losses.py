@@ -42,6 +42,10 @@ _LOG_ZERO = -1e9
 # Bessel-corrected standard deviation plus this, as the reference code of
 # logit standardisation (torch.std, 1e-7).
 _STANDARDIZE_EPSILON = 1e-7
+# The largest temperature and hyper-parameter accepted: the losses scale by
+# T^2 in float32 (largest 3.4e38), so T = 1e30 gave inf * 0 = NaN.
+_MAX_TEMPERATURE = 1e19
+_MAX_HYPERPARAMETER = 1e38
 
 
 # -- building blocks -----------------------------------------------------------
@@ -252,13 +256,18 @@ def nkd_loss(teacher_logits, student_logits, labels, *, temperature=1.0, gamma=1
 # -- Keras wrappers ---------------------------------------------------------------
 
 
-def _check(name, value, minimum, strict):
+def _check(name, value, minimum, strict, maximum):
+    """`value` as a float, refused unless a real number above (or at) `minimum`, at most `maximum`.
+
+    Raises:
+        ValueError: naming `name` and `value`.
+    """
     ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and (value > minimum if strict else value >= minimum))
+          and (value > minimum if strict else value >= minimum) and value <= maximum)
     if not ok:
         raise ValueError(
-            f"Expected {name} {'>' if strict else '>='} {minimum}. "
-            f"Received: {name}={value!r}"
+            f"Expected {name} {'>' if strict else '>='} {minimum} and finite (at most "
+            f"{maximum:g}: the losses compute in float32). Received: {name}={value!r}"
         )
     return float(value)
 
@@ -280,9 +289,9 @@ class LogitDistillationLoss(keras.losses.Loss):
     A subclass sets `function`, the per-sample loss `(teacher_logits,
     student_logits, labels=..., *, temperature, **hyperparameters) ->
     (batch,)`, and passes its hyper-parameters to this constructor, which
-    validates them (`temperature > 0`, the others `>= 0`), stores them as
-    attributes and returns them from `get_config`. It may also set
-    `needs_labels = False` (the loss ignores labels, so Keras's
+    validates them (`temperature > 0`, the others `>= 0`, all finite),
+    stores them as attributes and returns them from `get_config`. It may
+    also set `needs_labels = False` (the loss ignores labels, so Keras's
     `loss(teacher_logits, student_logits)` works), `standardizes_logits =
     True` (the loss z-scores each row of logits before comparing them; the
     masked-class policies then build their targets on the same scale), and
@@ -291,7 +300,8 @@ class LogitDistillationLoss(keras.losses.Loss):
     (`{"beta": "dkd_beta"}`), for the command line.
 
     Args:
-        temperature: softening temperature, `> 0`. Defaults to `None`: the
+        temperature: softening temperature, `> 0` and at most `1e19` (`T^2`
+            stays finite in float32). Defaults to `None`: the
             default of `function`'s own `temperature` argument, so that a
             two-line subclass whose function has one can be named alone
             (`distillation_loss_fn="name"`).
@@ -299,11 +309,12 @@ class LogitDistillationLoss(keras.losses.Loss):
         name: loss name. Defaults to `None` (Keras derives one).
         dtype: Keras loss dtype. Defaults to `None`.
         **hyperparameters: the function's other keyword arguments, each
-            `>= 0`.
+            `>= 0` and at most `1e38` (finite in float32).
 
     Raises:
         ValueError: on a non-positive temperature or a negative
-            hyper-parameter, or one that is not a number (a bool included);
+            hyper-parameter, one above its maximum (`inf` included), or one
+            that is not a number (NaN or a bool included);
             or on no temperature, where `function` has no default for it.
     """
 
@@ -321,9 +332,11 @@ class LogitDistillationLoss(keras.losses.Loss):
             raise ValueError(
                 f"{type(self).__name__} needs a temperature: pass temperature=..., or give "
                 "the temperature argument of its function a default.")
-        self.temperature = _check("temperature", temperature, 0, strict=True)
-        self._hyperparameters = {key: _check(key, value, 0, strict=False)
-                                 for key, value in hyperparameters.items()}
+        self.temperature = _check("temperature", temperature, 0, strict=True,
+                                  maximum=_MAX_TEMPERATURE)
+        self._hyperparameters = {
+            key: _check(key, value, 0, strict=False, maximum=_MAX_HYPERPARAMETER)
+            for key, value in hyperparameters.items()}
         for key, value in self._hyperparameters.items():
             setattr(self, key, value)
 

@@ -203,9 +203,11 @@ class RunConfig:
                     f"Received: {role}={name!r}")
         require(self.distillation_warmup_epochs >= 0,
                 f"distillation_warmup_epochs must be >= 0. Received: {self.distillation_warmup_epochs}")
-        require(self.dkd_alpha >= 0 and self.dkd_beta >= 0 and self.nkd_gamma >= 0,
-                f"dkd_alpha, dkd_beta and nkd_gamma must be >= 0. Received: {self.dkd_alpha}, "
-                f"{self.dkd_beta}, {self.nkd_gamma}")
+        require(all(0 <= weight < math.inf
+                    for weight in (self.dkd_alpha, self.dkd_beta, self.nkd_gamma)),
+                f"dkd_alpha, dkd_beta and nkd_gamma must be >= 0 and finite. Received: "
+                f"dkd_alpha={self.dkd_alpha}, dkd_beta={self.dkd_beta}, "
+                f"nkd_gamma={self.nkd_gamma}")
         require(self.rule in RULES, f"rule must be one of {RULES}. Received: {self.rule!r}")
         require(self.correction in CORRECTIONS,
                 f"correction must be one of {CORRECTIONS}. Received: {self.correction!r}")
