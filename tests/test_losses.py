@@ -225,6 +225,23 @@ def test_one_hot_soft_labels_give_exactly_the_class_id_loss(fn):
                                   np.asarray(fn(teacher, student, one_hot)))
 
 
+def test_a_temperature_passed_where_the_labels_go_is_refused():
+    # kd_loss takes its temperature third; kd_ls_loss(t, s, 3.0) took 3.0 for the ignored
+    # labels and ran at T = 2, dkd_loss(t, s, 3.0) broadcast it into a meaningless loss.
+    teacher, student, _, _ = _random_batch(seed=23)
+    with pytest.raises(TypeError, match="positional argument"):
+        losses.kd_ls_loss(teacher, student, 3.0)
+    for temperature in (3.0, np.float32(3.0), tf.constant(3.0)):
+        for fn in (losses.dkd_loss, losses.dkd_ls_loss, losses.nkd_loss):
+            with pytest.raises(ValueError, match=r"Expected labels of shape \(batch,\) or "
+                                                 r"\(batch, num_classes\). Received shape \(\)\. "
+                                                 r"The labels come third"):
+                fn(teacher, student, temperature)
+    np.testing.assert_array_equal(
+        np.asarray(losses.kd_ls_loss(teacher, student, temperature=3.0)),
+        np.asarray(losses.KDLSLoss(temperature=3.0).call(teacher, student)))
+
+
 def test_dkd_excludes_the_target_exactly_when_logits_exceed_1000():
     # The reference code subtracts 1000 from the target logit; at 3000 the
     # target would still dominate the "non-target" softmax.

@@ -17,8 +17,10 @@ Losses (registry key, paper):
 
 Each function is `(teacher_logits, student_logits, labels, *, temperature,
 ...) -> (batch,)` (`kd_loss` keeps its older `(teacher_logits,
-student_logits, temperature=4.0, *, labels=None)`, so every one can be called
-as `fn(teacher_logits, student_logits, labels=labels, temperature=...)`);
+student_logits, temperature=4.0, *, labels=None)`, and `kd_ls_loss`, which
+ignores labels too, takes both by keyword only: a number passed third is
+refused, not taken for the labels; every one can be called as
+`fn(teacher_logits, student_logits, labels=labels, temperature=...)`);
 `labels` are int class ids `(batch,)` or soft label vectors
 `(batch, num_classes)` (MixUp, CutMix, label smoothing). Soft labels split the
 classes fuzzily: class `k` counts `y_k` towards the target and `1 - y_k`
@@ -58,7 +60,19 @@ def _masked_log(weights):
 
 
 def _soft_targets(labels, num_classes):
-    """Labels as float `(batch, num_classes)`: one-hot for class ids."""
+    """Labels as float `(batch, num_classes)`: one-hot for class ids.
+
+    Raises:
+        ValueError: on labels of another rank, such as a temperature passed
+            where the labels go (`dkd_loss(t, s, 4.0)`), which would
+            otherwise broadcast into a meaningless loss.
+    """
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) not in (1, 2):
+        raise ValueError(
+            "Expected labels of shape (batch,) or (batch, num_classes). Received shape "
+            f"{tuple(labels.shape)}. The labels come third: pass the temperature and the "
+            "other settings by keyword (temperature=...).")
     if len(labels.shape) == 1 or (len(labels.shape) == 2 and labels.shape[-1] == 1
                                   and num_classes != 1):
         return ops.one_hot(ops.reshape(ops.cast(labels, "int32"), (-1,)), num_classes)
@@ -173,14 +187,16 @@ def dkd_loss(teacher_logits, student_logits, labels, *, temperature=4.0, alpha=1
     return (temperature**2) * (alpha * tckd + beta * nckd)
 
 
-def kd_ls_loss(teacher_logits, student_logits, labels=None, *, temperature=2.0):
+def kd_ls_loss(teacher_logits, student_logits, *, labels=None, temperature=2.0):
     """Per-sample KD on standardised logits (Sun et al., CVPR 2024).
 
     `kd_loss` applied to `(z - mean(z)) / (std(z) + 1e-7)` of each sample's
     teacher and student logits (std with Bessel's correction, as the
     reference code). `temperature` is the paper's base temperature: the
     effective temperature of a sample is `T * std(z)`, and the loss is
-    scaled by `T^2`.
+    scaled by `T^2`. `labels` and `temperature` are keyword-only: `kd_loss`
+    takes its temperature third, and when the third place here was the
+    ignored labels, `kd_ls_loss(t, s, 3.0)` ran at `T = 2`.
 
     Args:
         teacher_logits: float tensor `(batch, num_classes)`.
