@@ -538,3 +538,13 @@ def test_a_registered_name_whose_class_needs_arguments_asks_for_an_instance(monk
                                          r"its name.*'temperature'.*Pass an instance"):
         losses.get_distillation_loss("no_defaults")
     assert losses.get_distillation_loss("no_defaults", temperature=2.0).temperature == 2.0
+
+
+def test_an_argument_the_loss_does_not_take_is_named_with_those_it_takes():
+    with pytest.raises(ValueError, match=re.escape(
+            "The distillation loss 'kd' (KDLoss) has no argument 'beta': its arguments are "
+            "['temperature', 'reduction', 'name', 'dtype']. Received: 'kd' with arguments "
+            "{'temperature': 2.0, 'beta': 8}.")):
+        losses.get_distillation_loss("kd", temperature=2.0, beta=8)
+    with pytest.raises(ValueError, match=r"'nkd' \(NKDLoss\) has no argument 'alpha', 'beta'"):
+        losses.get_distillation_loss("nkd", alpha=1.0, beta=8.0)

@@ -553,6 +553,21 @@ def check_logit_loss(loss):
         )
 
 
+def _check_arguments_known(identifier, loss_class, kwargs):
+    """Refuses arguments that `loss_class`'s constructor does not take, naming those it does."""
+    parameters = inspect.signature(loss_class).parameters.values()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    known = [parameter.name for parameter in parameters
+             if parameter.kind is not parameter.VAR_POSITIONAL]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ValueError(
+            f"The distillation loss {identifier!r} ({loss_class.__name__}) has no argument "
+            f"{', '.join(map(repr, unknown))}: its arguments are {known}. Received: "
+            f"{identifier!r} with arguments {kwargs}.")
+
+
 def get_distillation_loss(identifier, **kwargs):
     """Returns a distillation `Loss` from a registry name or an instance.
 
@@ -568,8 +583,9 @@ def get_distillation_loss(identifier, **kwargs):
         A `keras.losses.Loss` instance.
 
     Raises:
-        ValueError: if the name is not registered, its class needs
-            constructor arguments that `kwargs` does not give (pass an
+        ValueError: if the name is not registered, `kwargs` names an
+            argument its class does not take (`"kd"` with `beta`), the class
+            needs constructor arguments that `kwargs` does not give (pass an
             instance instead), or the instance is a Keras loss on
             probabilities (see `check_logit_loss`).
     """
@@ -582,6 +598,7 @@ def get_distillation_loss(identifier, **kwargs):
             f"{sorted(DISTILLATION_LOSSES)} or a keras.losses.Loss instance."
         )
     loss_class = DISTILLATION_LOSSES[identifier]
+    _check_arguments_known(identifier, loss_class, kwargs)
     try:
         inspect.signature(loss_class).bind(**kwargs)
     except TypeError as error:
