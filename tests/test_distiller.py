@@ -603,6 +603,26 @@ def test_compile_rejects_bad_arguments(student, teacher, kwargs, message):
         distiller.compile(optimizer="sgd", **kwargs)
 
 
+def test_compile_warns_that_drop_with_alpha_zero_leaves_masked_samples_nothing(
+        student, teacher, tiny_data, recwarn):
+    distiller = tllm_tf.Distiller(student, teacher)
+    with pytest.warns(UserWarning, match=r"alpha=0, masked_class_policy='drop'.*contribute "
+                                         r"nothing.*Pass alpha > 0, or another policy"):
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.0, beta=1.0,
+                          masked_class_policy="drop")
+    # What it warns of: with every class masked, a step changes nothing.
+    x, y = tiny_data
+    distiller.set_class_mask(np.zeros(NUM_CLASSES))
+    before = [w.copy() for w in student.get_weights()]
+    _one_step(distiller, x, y)
+    for old, new in zip(before, student.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    recwarn.clear()
+    distiller.compile(optimizer="sgd", alpha=0.0, beta=1.0, masked_class_policy="hard_label")
+    distiller.compile(optimizer="sgd", alpha=0.1, beta=0.9, masked_class_policy="drop")
+    assert not [w for w in recwarn if "masked_class_policy='drop'" in str(w.message)]
+
+
 def test_rejects_out_of_range_labels_in_arrays_before_training(student, teacher, tiny_data):
     x, y = tiny_data
     distiller = _distiller(student, teacher)

@@ -226,7 +226,9 @@ class Distiller(keras.Model):
                 `call(teacher_logits, student_logits)` is per-sample, or a
                 registry name of `tllm_tf.losses`. Defaults to
                 `KDLoss(temperature=4.0)`.
-            alpha: weight of the label term, finite and `>= 0`. Defaults to `0.1`.
+            alpha: weight of the label term, finite and `>= 0`; 0 with
+                `masked_class_policy="drop"` warns (a masked class's samples
+                would train nothing). Defaults to `0.1`.
             beta: weight of the distillation term, finite and `>= 0`.
                 Defaults to `0.9`.
             masked_class_policy: a name of `tllm_tf.policies.POLICIES`, see
@@ -282,6 +284,7 @@ class Distiller(keras.Model):
             distillation_loss_fn if distillation_loss_fn is not None else "kd"
         )
         policies.check_with_loss(masked_class_policy, distillation_loss_fn)
+        _warn_if_masked_samples_train_nothing(alpha, masked_class_policy)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.masked_class_policy = masked_class_policy
@@ -628,6 +631,16 @@ class Distiller(keras.Model):
 
 
 _FLOAT16_MAX = 65504.0
+
+
+def _warn_if_masked_samples_train_nothing(alpha, masked_class_policy):
+    """Warns of `alpha = 0` under `drop`, which leaves a masked class's samples no term."""
+    if alpha == 0 and masked_class_policy == "drop":
+        warnings.warn(
+            "Distiller.compile(alpha=0, masked_class_policy='drop'): a masked class's samples "
+            "then contribute nothing to the loss (drop removes their distillation term, and "
+            "alpha = 0 their label term), so a class the mask stops distilling stops being "
+            "trained. Pass alpha > 0, or another policy (hard_label, soft_label).")
 
 
 def _check_shares_no_weights(student, teacher):
