@@ -242,6 +242,20 @@ def test_a_temperature_passed_where_the_labels_go_is_refused():
         np.asarray(losses.KDLSLoss(temperature=3.0).call(teacher, student)))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_nkd_gradient_where_the_student_matches_the_teacher_is_the_target_terms(temperature):
+    # Only the non-target term's gradient vanishes at s = t: -t_y log s_y has gradient
+    # t_y (s - e_y) in the student's logits.
+    teacher, _, ids, _ = _random_batch(seed=29)
+    _, grads = _tf_values_and_grads(losses.nkd_loss, teacher, teacher, ids,
+                                    temperature=temperature, gamma=1.5)
+    probabilities = _np_softmax(teacher.astype(np.float64))
+    target = probabilities[np.arange(len(ids)), ids][:, None]
+    expected = target * (probabilities - np.eye(NUM_CLASSES)[ids])
+    np.testing.assert_allclose(grads, expected, atol=1e-6)
+    assert np.abs(expected).max() > 0.01
+
+
 def test_dkd_excludes_the_target_exactly_when_logits_exceed_1000():
     # The reference code subtracts 1000 from the target logit; at 3000 the
     # target would still dominate the "non-target" softmax.

@@ -237,7 +237,10 @@ class Distiller(keras.Model):
                 linearly from `beta / steps` to `beta` over this many
                 optimizer steps (DKD's warm-up; it follows the optimizer's
                 iteration count, so a resumed run continues it exactly),
-                `>= 0`. Defaults to `0` (no warm-up).
+                `>= 0`. `beta` weighs the policy's whole term, so what
+                replaces a masked class's distillation term ramps up too
+                (under `hard_label`, its label weight). Defaults to `0`
+                (no warm-up).
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, ...). `loss` and `temperature` (the
                 distillation loss's, e.g. `KDLoss(temperature=4.0)`) are
@@ -415,7 +418,10 @@ class Distiller(keras.Model):
 
         Args:
             values: array-like of shape `(num_classes,)` with values in
-                `[0, 1]`.
+                `[0, 1]`. A fractional value weights its class's samples'
+                distillation term; `isolate`, `exclude` and
+                `soft_label_symmetric` count it as distilled where they
+                change the other samples' targets.
 
         Raises:
             ValueError: on a wrong shape or a value outside `[0, 1]`.

@@ -241,7 +241,9 @@ def nkd_loss(teacher_logits, student_logits, labels, *, temperature=1.0, gamma=1
     `t, s = softmax(teacher), softmax(student)` at temperature 1 and
     `t_hat, s_hat` are the softmax over the non-target classes at
     temperature `T`. Both terms are cross-entropies, as in the paper, so the
-    loss is not 0 when student equals teacher (its gradient is).
+    loss is not 0 when student equals teacher, nor is its gradient: only the
+    non-target term's vanishes there; `-t_y log s_y` has gradient
+    `t_y (s - e_y)` in the student's logits, which keeps raising `s_y`.
 
     Soft labels: `t_y = sum_k y_k t_k`, `s_y = sum_k y_k s_k` and the
     non-target distributions weighted by `1 - y`, as in `dkd_loss`.

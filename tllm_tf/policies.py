@@ -12,6 +12,14 @@ A policy is a pure function of a `PolicyInputs` returning the per-sample
 term that the `Distiller` weights by `beta`; `distil_weight` is the sample's
 class mask (`m[y]`, or the label-weighted mask for soft labels), 1 for a
 distilled class. Adding one: a function and one line in `POLICIES`.
+
+The soft-label policies (`soft_label`, `batch_soft_label`, `class_mean`,
+`soft_label_exclude`, and `soft_label_symmetric` on a masked class's own
+samples) teach a masked sample by Hinton's KD at the distillation loss's
+temperature (`kd_loss`), whatever that loss is: under `dkd` or `nkd` too.
+`isolate`, `exclude` and `soft_label_symmetric` read the class mask as
+binary when they change what the other samples distil: a class with
+`0 < m < 1` counts as distilled there.
 """
 
 import dataclasses
@@ -94,7 +102,7 @@ def drop(inputs):
 
 
 def _distilled_towards(inputs, probabilities):
-    """Distillation at `T` of the student towards `probabilities` (per sample)."""
+    """Hinton's KD at `T` of the student towards `probabilities`, whatever the loss (per sample)."""
     return losses_lib.kd_loss(_logits_at(probabilities, inputs.temperature),
                               inputs.compared_logits(inputs.student_logits),
                               temperature=inputs.temperature)
