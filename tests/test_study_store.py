@@ -54,6 +54,16 @@ def test_the_first_arm_builds_the_shared_store_and_the_next_only_reads_it(tmp_pa
             for name in os.listdir(store)} == built
     assert [record["arm"] for record in records] == ["teacher", "labels", "kd", "tllm"]
     assert all(record["seconds"] > 0 for record in records)
+    assert not any(record["resumed"] for record in records)
+
+
+def test_a_run_whose_stage_an_earlier_process_began_is_marked_resumed(tmp_path):
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["kd"])
+    assert not any(study._started(run) for run in runs)
+    for run, stage in zip(runs, ("teacher", "reference", "student_kd")):
+        os.makedirs(os.path.join(run.config.workdir, stage))
+        assert study._started(run)
 
 
 def _record(arm, seed, accuracy, seconds=None):
@@ -75,6 +85,10 @@ def test_the_report_gives_each_arms_wall_time_when_the_records_have_it():
     assert setting["minutes_per_run"] == {"kd": 1.5, "tllm": 0.5}
     assert "Wall time per run, mean over the seeds (minutes): kd 1.50, tllm 0.50." in (
         study_report.markdown([setting]))
+    # A resumed run's time counts its last process only: left out of the mean.
+    records[-1]["resumed"], records[-1]["seconds"] = True, 3.0
+    (setting,) = study_summary.summarise(records)
+    assert setting["minutes_per_run"] == {"kd": 1.5, "tllm": 0.5}
     # Records of a study that did not time its runs: no line, not a made-up figure.
     for record in records:
         record.pop("seconds", None)

@@ -15,8 +15,9 @@ variants of the rule and the masked-class policy the defaults were chosen
 among, each with the values it was run with. Every student of one seed shares the
 data split, the initial weights and the batches. Finished runs are skipped
 when the study is run again (each stage resumes like `tools/train.py`), and
-each run's result (with its wall time, `seconds`) is appended to
-`<root>/results.jsonl` as it finishes.
+each run's result (with its wall time, `seconds`, and whether it `resumed` a
+run an earlier process began) is appended to `<root>/results.jsonl` as it
+finishes.
 """
 
 import dataclasses
@@ -35,6 +36,7 @@ from tllm_tf.analysis.study_arms import TEACHER_ARM
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir as workdir_lib
+from tllm_tf.pipeline import workdir_files
 
 SHARED_STORE_DIR = "teacher_store"
 
@@ -168,8 +170,11 @@ def run_study(runs, root, report=print, checked_runs=None):
             continue
         run_start = time.time()
         run = dataclasses.replace(run, config=_with_first_pass_mask(run, done))
+        resumed = _started(run)
         stages.run(run.config)
-        record = dict(study_records.collect(run), seconds=time.time() - run_start)
+        # A resumed run's `seconds` count this process only; the summary's times leave it out.
+        record = dict(study_records.collect(run), seconds=time.time() - run_start,
+                      resumed=resumed)
         atomic.append_line(results_path, json.dumps(record))
         done[study_records.record_key(record)] = record
         trained += 1
@@ -179,6 +184,17 @@ def run_study(runs, root, report=print, checked_runs=None):
                f"{run.teacher or '-'} {run.arm}: test accuracy {record['accuracy']:.4f}; "
                f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left")
     return [done[study_records.run_key(run)] for run in runs]
+
+
+def _started(run):
+    """Whether a stage of `run` began in an earlier process (its folder is there)."""
+    if run.arm == TEACHER_ARM:
+        names = [workdir_files.TEACHER_STAGE]
+    elif run.arm == LABELS_ARM:
+        names = [workdir_files.REFERENCE_STAGE]
+    else:
+        names = [workdir_files.student_stage(student) for student in run.config.students]
+    return any(os.path.isdir(os.path.join(run.config.workdir, name)) for name in names)
 
 
 def check_finished_runs(runs, root, done=None, shown=3):

@@ -250,15 +250,17 @@ def _setting_summary(student, teacher, seeds, arms, labels, teachers, baselines)
         LABELS_ARM: basis.labels_pc.tolist(), KD_ARM: basis.kd_pc.tolist(),
         **{arm: [arms[arm][seed]["per_class_accuracy"] for seed in seeds]
            for arm in setting["arms"]}}
-    # Of the arms finished on every seed whose records carry them: the wall time (studies
-    # before 2026-12-03 kept none), and the seeds whose student is the label-only one, handed
-    # over by --reference_fallback (records say what it kept since 2026-12-07, with it on).
+    # Of the arms finished on every seed whose records carry them: the wall time of the runs
+    # trained in one process (studies before 2026-12-03 kept none; a resumed run's counts its
+    # last process only), and the seeds whose student is the label-only one, handed over by
+    # --reference_fallback (records say what it kept since 2026-12-07, with it on).
     setting["minutes_per_run"], setting["handed_over_to_labels"] = {}, {}
     for arm, by_seed in sorted(arms.items()):
         if not all(seed in by_seed for seed in seeds):
             continue
-        seconds = [by_seed[seed].get("seconds") for seed in seeds]
-        if None not in seconds:
+        seconds = [by_seed[seed].get("seconds") for seed in seeds
+                   if not by_seed[seed].get("resumed")]
+        if seconds and None not in seconds:
             setting["minutes_per_run"][arm] = float(np.mean(seconds)) / 60.0
         kept = [by_seed[seed].get("kept") for seed in seeds]
         if None not in kept:
