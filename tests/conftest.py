@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -159,6 +160,23 @@ def checkpointed_epoch(stage_dir):
             return json.load(handle)["epoch"]
     except (OSError, ValueError):
         return 0
+
+
+@contextlib.contextmanager
+def within(seconds=20):
+    """Fails the block with `TimeoutError` once it has run `seconds`: for a read that
+    could wait for ever (on a FIFO), so that a test fails rather than hangs."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"Still running after {seconds} s: it waits (on a FIFO?).")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # The demo flag file at reduced size: 200 images (6 batches of 32), the teacher 1 epoch, the

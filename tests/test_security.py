@@ -14,9 +14,11 @@ from keras.src.saving import serialization_lib
 
 import tllm_tf
 from conftest import make_mlp
+from conftest import within
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import model_io
 from tllm_tf import held_out_predictions
+from tllm_tf import json_checks
 from tllm_tf import reference
 from tllm_tf import reference_history
 from tllm_tf.pipeline import stage_inputs
@@ -357,3 +359,46 @@ def test_predictions_of_the_wrong_kind_are_refused_from_their_headers(tmp_path):
         "correct.npy": _npy_header(np.float64, (2**20, 3))})
     with pytest.raises(ValueError, match=r"inconsistent: labels int32 \(3,\), correct float64"):
         tllm_tf.load_predictions(path)
+
+
+# -- a workdir's files: regular files, of a capped size ------------------------------
+
+
+def _special_file(tmp_path, kind):
+    """A name in `tmp_path` that is a FIFO, a link to a device, or a folder."""
+    path = tmp_path / kind
+    if kind == "fifo":  # Opened for reading, it would wait for a writer.
+        os.mkfifo(path)
+    elif kind == "dev_zero":  # Read to its end, it would fill the memory.
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder"])
+def test_the_capped_reader_refuses_what_is_not_a_regular_file_unread(tmp_path, kind):
+    path = _special_file(tmp_path, kind)
+    with within(), pytest.raises(ValueError) as refusal:
+        json_checks.read_capped(path, 100, kind="test file", remedy="Delete it.")
+    assert str(refusal.value) == (
+        f"{path!r} is not a regular file (a FIFO, a device or a folder), so it is not a test "
+        "file this package wrote. Nothing was read. Delete it.")
+
+
+def test_the_capped_reader_refuses_a_larger_file_and_reads_through_links_if_asked(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text("0123456789")
+    assert json_checks.read_capped(str(path), 10, kind="log", remedy="") == b"0123456789"
+    with pytest.raises(ValueError, match="is 10 bytes, more than 9, the most a log may have"):
+        json_checks.read_capped(str(path), 9, kind="log", remedy="")
+    link, dangling = tmp_path / "link.jsonl", tmp_path / "dangling.jsonl"
+    link.symlink_to(path)
+    dangling.symlink_to(tmp_path / "not_there")
+    assert json_checks.read_capped(str(link), 10, kind="log", remedy="") == b"0123456789"
+    with pytest.raises(FileNotFoundError):
+        json_checks.read_capped(str(dangling), 10, kind="log", remedy="")
+    # A file rewritten in place is refused when it is a link, even a dangling one.
+    for name in (link, dangling):
+        with pytest.raises(ValueError, match=f"{name}' is a symbolic link .*Remove the link"):
+            json_checks.read_capped(str(name), 10, kind="log", remedy="", follow_links=False)
