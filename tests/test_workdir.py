@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import within
 from tllm_tf.pipeline import workdir
 from tllm_tf.pipeline.config import RunConfig
 
@@ -58,6 +59,28 @@ def test_claim_refuses_a_corrupt_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable configuration"):
         workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero", "dev_null", "large"])
+def test_a_config_that_is_not_a_small_regular_file_is_refused_unread(tmp_path, planted):
+    # A FIFO would hang the run, /dev/zero fill its memory (tools/train.py --workdir=...).
+    path = tmp_path / "config.json"
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "large":
+        path.write_text(RunConfig(workdir=str(tmp_path)).to_json()[:-1]
+                        + ', "pad": "' + "x" * workdir.MAX_CONFIG_BYTES + '"}')
+    else:
+        path.symlink_to("/dev/zero" if planted == "dev_zero" else "/dev/null")
+    problem = "is not a regular file" if planted != "large" else "bytes, more than 1048576"
+    planted_inode = os.lstat(path).st_ino
+    with within(), pytest.raises(ValueError) as refusal:
+        workdir.claim(str(tmp_path), RunConfig(workdir=str(tmp_path)))
+    message = str(refusal.value)
+    assert message.startswith(f"{str(path)!r} ") and problem in message
+    assert message.endswith("Use a new --workdir, or delete that file if the workdir is yours "
+                            "to reuse.")
+    assert os.lstat(path).st_ino == planted_inode  # Left as it was, not overwritten.
 
 
 def _refused(path, remove=True, make=()):

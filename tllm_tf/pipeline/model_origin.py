@@ -17,8 +17,6 @@ from tllm_tf.data.sources import augmentation_image_size
 from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import workdir_files
 
-# A workdir's config.json is a few kilobytes; anything larger is not one.
-MAX_CONFIG_BYTES = 1 << 20
 # The fields of a run that decide its held-out split: a teacher trained with
 # other values has trained on this run's held-out images. An image folder's
 # files are compared by their digests (`DataSplits.split_digests`).
@@ -35,7 +33,7 @@ def run_config(model_path):
     stage_dir = os.path.dirname(os.path.abspath(model_path))
     for directory in (os.path.dirname(stage_dir), stage_dir):
         path = os.path.join(directory, workdir_files.CONFIG_FILE)
-        if os.path.isfile(path) and os.path.getsize(path) <= MAX_CONFIG_BYTES:
+        if os.path.isfile(path) and os.path.getsize(path) <= workdir_lib.MAX_CONFIG_BYTES:
             try:
                 with open(path) as handle:
                     values = json.load(handle)

@@ -39,6 +39,9 @@ _PATHS_CHECKED_BY_CONTENT = ("image_folder", "test_image_folder")
 # The splits `DATA_FILE` records a digest of, each a SHA-256 in hex.
 _DIGESTED_SPLITS = ("train", "held_out", "test")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+# A workdir's config.json is a few kilobytes; anything larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+_CONFIG_REMEDY = "Use a new --workdir, or delete that file if the workdir is yours to reuse."
 # A data record is a few hundred bytes; anything larger is not one.
 _MAX_DATA_FILE_BYTES = 1 << 12
 # Fields compared by the schedule they resolve to, not as written: a run made with
@@ -194,16 +197,23 @@ def read_config(path):
     """The `RunConfig` of a workdir's `config.json`.
 
     Raises:
-        ValueError: naming the file and the fix, if it cannot be read as one.
+        ValueError: naming the file and the fix, if it cannot be read as one
+            (a FIFO, a device or a file over `MAX_CONFIG_BYTES` is refused
+            unread).
     """
     try:
-        with open(path) as handle:
-            return config_lib.RunConfig.from_json(handle.read())
-    except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
-        raise ValueError(
-            f"{path!r} is not a readable configuration ({error}). Use a new "
-            "--workdir, or delete that file if the workdir is yours to reuse."
-        ) from None
+        text = json_checks.read_capped(
+            path, MAX_CONFIG_BYTES, kind="run configuration", remedy=_CONFIG_REMEDY)
+    except OSError as error:
+        raise ValueError(_unreadable_config(path, error)) from None
+    try:
+        return config_lib.RunConfig.from_json(text)
+    except (ValueError, TypeError, KeyError, RecursionError) as error:
+        raise ValueError(_unreadable_config(path, error)) from None
+
+
+def _unreadable_config(path, error):
+    return f"{path!r} is not a readable configuration ({error}). {_CONFIG_REMEDY}"
 
 
 def _input_file_changes(workdir, previous, config):
