@@ -7,6 +7,7 @@ import pytest
 
 import tllm_tf
 from conftest import make_mlp
+from conftest import within
 from tllm_tf import atomic
 from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import training_guards
@@ -66,6 +67,23 @@ def test_corrupt_checkpoint_gets_a_clear_error_and_is_left_alone(tiny_data, tmp_
         checkpointing.restore(_distiller(), directory)
     with open(path, "rb") as handle:
         assert handle.read() == content[: len(content) // 3]
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero"])
+def test_a_state_file_that_is_not_a_regular_file_is_refused_unread(tmp_path, planted):
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    path = directory / checkpointing.STATE_FILE
+    if planted == "fifo":  # Its 64 KiB cap would not stop a wait for a writer.
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with within(), pytest.raises(checkpointing.CheckpointError) as refusal:
+        checkpointing.saved_epoch(str(directory))
+    assert str(refusal.value) == (
+        f"{str(path)!r} is not a regular file (a FIFO, a device or a folder), so it is not a "
+        f"checkpoint state this package wrote. Nothing was read. Delete {str(directory)!r} to "
+        "restart this stage from scratch; nothing else was changed.")
 
 
 def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):

@@ -25,6 +25,7 @@ import os
 import keras
 
 from tllm_tf import atomic
+from tllm_tf import json_checks
 from tllm_tf.pipeline import multi_worker
 
 STATE_FILE = "checkpoint.json"
@@ -62,28 +63,29 @@ def _read_state(directory):
     path = os.path.join(directory, STATE_FILE)
     if not os.path.exists(path):
         return {"epoch": 0}
+    remedy = f"Delete {directory!r} to restart this stage from scratch; nothing else was changed."
     try:
-        with open(path, "rb") as handle:
-            text = handle.read(MAX_STATE_BYTES + 1)
-        if len(text) > MAX_STATE_BYTES:
-            raise ValueError(f"more than {MAX_STATE_BYTES} bytes")
+        # A FIFO or a device is refused unread: the cap alone would not stop a wait on a FIFO.
+        text = json_checks.read_capped(
+            path, MAX_STATE_BYTES, kind="checkpoint state", remedy=remedy)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    try:
         state = json.loads(text)
         reason = _check_state(state)
         if reason:
             raise ValueError(reason)
         return {"epoch": state["epoch"], "weights": state["weights"]}
     except (ValueError, RecursionError) as error:
-        raise CheckpointError(
-            f"Checkpoint state {path!r} is corrupt ({error}). Delete {directory!r} "
-            "to restart this stage from scratch; nothing else was changed."
-        ) from None
+        raise CheckpointError(f"Checkpoint state {path!r} is corrupt ({error}). {remedy}") from None
 
 
 def saved_epoch(directory):
     """Returns the number of finished epochs checkpointed in `directory` (0 if none).
 
     Raises:
-        CheckpointError: if the state file is corrupt.
+        CheckpointError: if the state file is corrupt, or is not a regular file
+            (a FIFO, a device) of at most `MAX_STATE_BYTES`.
     """
     return _read_state(directory)["epoch"]
 
@@ -100,8 +102,8 @@ def restore(model, directory):
 
     Raises:
         CheckpointError: if the checkpoint is corrupt (a state file that is
-            not two fields of the right types, or that names a file outside
-            `directory`) or does not match `model`.
+            not a small regular file of two fields of the right types, or that
+            names a file outside `directory`) or does not match `model`.
     """
     state = _read_state(directory)
     if state["epoch"] == 0:
