@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from conftest import within
 from tllm_tf import atomic
 
 
@@ -82,3 +83,17 @@ def test_a_log_is_appended_where_it_is_never_through_a_link(tmp_path):
         with pytest.raises(ValueError, match="is a symbolic link .*Remove the link"):
             atomic.append_line(str(link), "x")
     assert outside.read_text() == "precious\n"
+
+
+def test_a_log_that_is_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
+    fifo, folder = tmp_path / "mask_log.jsonl", tmp_path / "per_epoch_accuracy.jsonl"
+    os.mkfifo(fifo)  # Opened for writing, it would wait for a reader.
+    folder.mkdir()
+    for path in (fifo, folder):
+        with within(), pytest.raises(ValueError, match=(
+                f"{path} is not a regular file .*not a log this package wrote. Nothing was "
+                "written. Remove it.")):
+            atomic.append_line(str(path), "x")
+    with open(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)):  # A reader holds it open.
+        with within(), pytest.raises(ValueError, match="is not a regular file"):
+            atomic.append_line(str(fifo), "x")

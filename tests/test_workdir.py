@@ -179,6 +179,28 @@ def test_a_workdir_in_use_by_another_process_is_refused(tmp_path):
     assert not (tmp_path / ".other.lock").exists()  # none was made: no trace
 
 
+@pytest.mark.parametrize("planted", ["dangling_link", "link", "fifo", "folder"])
+def test_a_lock_file_that_is_a_link_or_not_a_regular_file_is_refused(tmp_path, planted):
+    lock_path, outside = tmp_path / ".run.lock", tmp_path / "outside"
+    if planted == "dangling_link":  # Opened through, it would create the file it names.
+        lock_path.symlink_to(outside)
+    elif planted == "link":
+        outside.write_text("precious\n")
+        lock_path.symlink_to(outside)
+    elif planted == "fifo":  # Opened, it would wait for a reader.
+        os.mkfifo(lock_path)
+    else:
+        lock_path.mkdir()
+    problem = ("is a symbolic link .*a workdir lock is written where it is, never through a "
+               "link. Remove the link." if "link" in planted else
+               "is not a regular file .*not a workdir lock this package wrote.*Remove it.")
+    with within(), pytest.raises(ValueError, match=f"{lock_path} {problem}"):
+        with workdir.locked(tmp_path / "run"):
+            pass
+    assert planted != "dangling_link" or not os.path.lexists(outside)
+    assert planted != "link" or outside.read_text() == "precious\n"
+
+
 def test_a_link_to_a_workdir_in_use_is_refused_as_the_workdir_itself(tmp_path):
     # A link to the workdir, or to a folder above it, names the same workdir: two
     # runs through the two names trained one stage at once.

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 
 import numpy as np
@@ -97,29 +98,60 @@ def append_line(path, line):
     """Appends `line` and a newline to the log `path`, creating it (and its folder) if missing.
 
     A log is written in place, not replaced, so a kill can cut its last line
-    (its readers skip a torn last line). A symbolic link at `path` is refused
-    rather than followed: a planted link would otherwise make the run write
-    outside its folder.
+    (its readers skip a torn last line). It is opened by `open_in_place`: a
+    symbolic link, a FIFO or a device at `path` is refused.
 
     Args:
         path: the log file.
         line: the text to append, without its line end.
 
     Raises:
-        ValueError: if `path` is a symbolic link.
+        ValueError: if `path` is a symbolic link or not a regular file.
         OSError: if the file cannot be opened for another reason.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open_in_place(path) as stream:
+        stream.write(line + "\n")
+
+
+def open_in_place(path, kind="log"):
+    """Opens `path`, a file written where it is (a log, a lock), to append to; creates it if missing.
+
+    A symbolic link at `path`, even a dangling one, is refused rather than
+    followed: a planted link would otherwise make the run write outside its
+    folder. So is a FIFO or a device (opening a FIFO would wait for a reader).
+
+    Args:
+        path: the file; its folder must exist.
+        kind: what the file is, in messages. Defaults to `"log"`.
+
+    Returns:
+        The file, open for appending text.
+
+    Raises:
+        ValueError: if `path` is a symbolic link or not a regular file.
+        OSError: if the file cannot be opened for another reason.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        handle = os.open(path, flags, 0o666)
     except OSError as error:
         if os.path.islink(path):
             raise ValueError(
-                f"{path} is a symbolic link (to {os.readlink(path)!r}): a log is written "
+                f"{path} is a symbolic link (to {os.readlink(path)!r}): a {kind} is written "
                 "where it is, never through a link. Remove the link.") from error
+        if os.path.exists(path) and not os.path.isfile(path):  # A FIFO without a reader, a folder.
+            raise ValueError(_not_regular(path, kind)) from error
         raise
-    with os.fdopen(handle, "a") as stream:
-        stream.write(line + "\n")
+    if not stat.S_ISREG(os.fstat(handle).st_mode):  # A FIFO that a reader holds open, a device.
+        os.close(handle)
+        raise ValueError(_not_regular(path, kind))
+    return os.fdopen(handle, "a")
+
+
+def _not_regular(path, kind):
+    return (f"{path} is not a regular file (a FIFO, a device or a folder), so it is not a {kind} "
+            f"this package wrote. Nothing was written. Remove it.")
 
 
 def check_writable(path):

@@ -300,7 +300,10 @@ def locked(workdir, lock=True):
         say) is skipped: the checks before training name what is wrong.
 
     Raises:
-        ValueError: if another process holds the lock.
+        ValueError: if another process holds the lock, or the lock file is a
+            symbolic link (even a dangling one: it would create a file where
+            it points), a FIFO (it would wait for a reader) or a device
+            (`atomic.open_in_place`).
     """
     path = os.path.realpath(workdir)
     lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
@@ -308,7 +311,7 @@ def locked(workdir, lock=True):
     if lock:
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            handle = open(lock_path, "a")
+            handle = atomic.open_in_place(lock_path, kind="workdir lock")
     if handle is None:
         yield
         return
