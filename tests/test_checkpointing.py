@@ -136,6 +136,49 @@ def test_truncate_csv_history(tmp_path):
     assert not os.path.exists(path)
 
 
+def test_truncate_jsonl_drops_damaged_lines_of_any_json_type(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"epoch": 1}\n[1, 2]\n"text"\n7\n{"epoch": "1"}\n{"epoch": true}\n'
+                     b'\xff\xfe\n' + b"[" * 100_000 + b"\n{}\n{\"epoch\": 2}\n")
+    checkpointing.truncate_jsonl(str(path), 1)
+    # A line without an epoch is kept, as a line of epoch 0.
+    assert path.read_text() == '{"epoch": 1}\n{}\n'
+
+
+@pytest.mark.parametrize("truncate, name", [
+    (lambda path: checkpointing.truncate_jsonl(path, 1), "mask_log.jsonl"),
+    (lambda path: checkpointing.truncate_csv_history(path, 1), "history.csv")])
+def test_a_log_cut_back_on_resume_is_never_read_or_written_through_a_link(
+        tmp_path, truncate, name):
+    outside = tmp_path / "outside"
+    outside.write_text('epoch,loss\n0,1.0\n{"epoch": 1}\n')
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    for target in (outside, tmp_path / "not_there"):
+        log = stage_dir / name
+        log.symlink_to(target)
+        with pytest.raises(ValueError, match=(
+                f"{log}' is a symbolic link .*never through a link. Remove it")):
+            truncate(str(log))
+        assert os.path.islink(log)  # Not replaced by a file holding the outside file's lines.
+        log.unlink()
+    assert outside.read_text() == 'epoch,loss\n0,1.0\n{"epoch": 1}\n'
+    assert not os.path.lexists(tmp_path / "not_there")
+    os.mkfifo(stage_dir / name)
+    with within(), pytest.raises(ValueError, match="is not a regular file"):
+        truncate(str(stage_dir / name))
+
+
+def test_truncate_csv_history_refuses_a_file_csv_cannot_read(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,\"" + "x" * 200_000 + "\"\n")
+    with pytest.raises(ValueError, match=f"{path} is not a CSV history .*Remove it"):
+        checkpointing.truncate_csv_history(str(path), 1)
+    path.write_text("\n\n0,1.0\n")  # No header: no row can be kept.
+    checkpointing.truncate_csv_history(str(path), 1)
+    assert not path.exists()
+
+
 def test_a_checkpoint_never_writes_or_deletes_through_a_link(tiny_data, tmp_path):
     x, y = tiny_data
     elsewhere = tmp_path / "elsewhere"

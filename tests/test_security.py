@@ -400,5 +400,22 @@ def test_the_capped_reader_refuses_a_larger_file_and_reads_through_links_if_aske
         json_checks.read_capped(str(dangling), 10, kind="log", remedy="")
     # A file rewritten in place is refused when it is a link, even a dangling one.
     for name in (link, dangling):
-        with pytest.raises(ValueError, match=f"{name}' is a symbolic link .*Remove the link"):
-            json_checks.read_capped(str(name), 10, kind="log", remedy="", follow_links=False)
+        with pytest.raises(ValueError, match=f"{name}' is a symbolic link .*Remove it."):
+            json_checks.read_capped(str(name), 10, kind="log", remedy="Remove it.",
+                                    follow_links=False)
+
+
+@pytest.mark.parametrize("target_exists", [False, True])
+def test_a_history_csv_planted_as_a_link_is_refused_before_anything_is_written(
+        tmp_path, target_exists):
+    # `tools/train.py --workdir=wd` with wd/teacher/history.csv -> /elsewhere/x.csv wrote there.
+    from tllm_tf.pipeline import fitting
+    outside = tmp_path / "elsewhere.csv"
+    if target_exists:
+        outside.write_text("precious\n")
+    stage_dir = tmp_path / "wd" / "teacher"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / workdir_files.HISTORY_FILE).symlink_to(outside)
+    with pytest.raises(ValueError, match="history.csv' is a symbolic link .*Remove it"):
+        fitting.stage_callbacks(str(stage_dir), chief=True, start_epoch=0)
+    assert outside.read_text() == "precious\n" if target_exists else not outside.exists()

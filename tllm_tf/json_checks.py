@@ -14,6 +14,10 @@ import math
 import os
 import stat
 
+# A log (JSON lines, a CSV history) has a line per epoch or mask update, tens of
+# kilobytes at most for thousands of classes: a larger file is not one a run wrote.
+MAX_LOG_BYTES = 1 << 28
+
 
 def read_capped(path, max_bytes, *, kind, remedy, follow_links=True):
     """The bytes of `path`, a regular file of at most `max_bytes`, read without waiting.
@@ -48,7 +52,7 @@ def read_capped(path, max_bytes, *, kind, remedy, follow_links=True):
         if not follow_links and os.path.islink(path):
             raise ValueError(
                 f"{path!r} is a symbolic link (to {os.readlink(path)!r}): a {kind} is read and "
-                f"rewritten where it is, never through a link. Remove the link. {remedy}"
+                f"rewritten where it is, never through a link. {remedy}"
             ) from None
         if os.path.exists(path) and not os.path.isfile(path):  # A socket cannot be opened.
             raise ValueError(_not_regular(path, kind, remedy)) from None

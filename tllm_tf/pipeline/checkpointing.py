@@ -19,6 +19,7 @@ killed run wrote after its last checkpoint is written once, by the resumed run.
 """
 
 import csv
+import io
 import json
 import os
 
@@ -32,6 +33,8 @@ STATE_FILE = "checkpoint.json"
 WEIGHTS_SUFFIX = ".weights.h5"
 # The state is two fields (~50 bytes); a bigger file is not one this module wrote.
 MAX_STATE_BYTES = 64 * 2**10
+_LOG_REMEDY = ("Remove it (the stage writes a new one, without the epochs before), or use a "
+               "new --workdir.")
 
 
 class CheckpointError(ValueError):
@@ -146,39 +149,71 @@ def truncate_jsonl(path, last_epoch):
 
     A resumed run appends from `last_epoch + 1`: what a killed run wrote
     after its last checkpoint, and a line torn by the kill, would otherwise
-    leave duplicates or garbage in the history.
+    leave duplicates or garbage in the history. A line that is not a JSON
+    object with an integer `epoch` (or none) is dropped as damaged.
+
+    Raises:
+        ValueError: naming the file, if it is a symbolic link (even a
+            dangling one), not a regular file, or over `json_checks.MAX_LOG_BYTES`.
     """
-    if not os.path.exists(path):
+    text = _read_log(path)
+    if text is None:
         return
     kept = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("epoch", 0) <= last_epoch:
-                kept.append(json.dumps(record) + "\n")
+    for line in text.split("\n"):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # Torn, not text, or nested too deep.
+            continue
+        epoch = record.get("epoch", 0) if isinstance(record, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch <= last_epoch:
+            kept.append(json.dumps(record) + "\n")
     with atomic.atomic_open(path) as handle:
         handle.writelines(kept)
 
 
 def truncate_csv_history(path, start_epoch):
-    """Keeps the header and the rows of epochs before `start_epoch` (0-based)."""
-    if not os.path.exists(path):
+    """Keeps the header and the rows of epochs before `start_epoch` (0-based).
+
+    Run before `keras.callbacks.CSVLogger` appends to `path`, which it opens
+    through a link: the refusals below keep it from writing outside the stage.
+
+    Raises:
+        ValueError: naming the file, if it is a symbolic link (even a
+            dangling one), not a regular file, over `json_checks.MAX_LOG_BYTES`
+            or not CSV.
+    """
+    text = _read_log(path)
+    if text is None:
         return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:  # A field over csv's size limit, say.
+        raise ValueError(f"{path} is not a CSV history ({error}). {_LOG_REMEDY}") from None
     if not rows:
         return
     header, body = rows[0], rows[1:]
     kept = [row for row in body
-            if len(row) == len(header) and row[0].isdigit() and int(row[0]) < start_epoch]
+            if len(row) == len(header) > 0 and row[0].isdigit() and int(row[0]) < start_epoch]
     if not kept:
         os.remove(path)  # CSVLogger writes a new header.
         return
     with atomic.atomic_open(path) as handle:
         csv.writer(handle).writerows([header] + kept)
+
+
+def _read_log(path):
+    """The text of a log that a resumed stage cuts back and rewrites, or None if there is none.
+
+    A link is refused, not read through: the log would be replaced by a file
+    holding what it pointed to, and the stage would then append to that.
+    """
+    try:
+        content = json_checks.read_capped(
+            path, json_checks.MAX_LOG_BYTES, kind="log", remedy=_LOG_REMEDY, follow_links=False)
+    except FileNotFoundError:
+        return None
+    return content.decode(errors="replace")  # Bytes that are not text: a damaged line.
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
