@@ -97,7 +97,13 @@ def compile_on_labels(model, data, config, label_smoothing, learning_rate=None):
 
 
 def stage_callbacks(stage_dir, chief, start_epoch):
-    """Checkpointing, NaN guard, CSV history and TensorBoard of a stage."""
+    """Checkpointing, NaN guard, CSV history and TensorBoard of a stage.
+
+    Raises:
+        ValueError: on the chief, if the stage's `history.csv` is a symbolic
+            link (even a dangling one) or not a regular file: `CSVLogger`
+            would append through it (`checkpointing.truncate_csv_history`).
+    """
     callbacks = [training_guards.StopOnNonFiniteLoss()]
     if chief:
         history = os.path.join(stage_dir, HISTORY_FILE)
