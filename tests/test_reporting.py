@@ -8,7 +8,9 @@ import struct
 import numpy as np
 import pytest
 
+from conftest import within
 from tllm_tf import identification as rule_lib
+from tllm_tf import json_checks
 from tllm_tf.analysis import reporting
 from tllm_tf.analysis import workdir_results
 
@@ -353,3 +355,29 @@ def test_a_panel_of_a_student_holding_the_references_weights_says_so(workdir, mo
     assert [title.endswith("(KD student holding the reference's weights)")
             for title in titles] == [True, False]
     assert all(re.search(r"overall [+-]\d+\.\d\d points", title) for title in titles)
+
+
+@pytest.mark.parametrize("file", ["student_tllm/test_per_class.json",
+                                  "student_kd/reference_check.json"])
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero", "large"])
+def test_a_result_file_that_is_not_a_small_regular_file_is_refused_unread(
+        workdir, file, planted):
+    # tools/report.py ended in a MemoryError on a link to /dev/zero, and hung on a FIFO.
+    path = workdir / file
+    if path.exists():
+        path.unlink()
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "dev_zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with open(path, "w") as handle:
+            handle.truncate(json_checks.MAX_RESULT_BYTES + 1)  # Sparse: nothing is written.
+    problem = ("is not a regular file" if planted != "large" else
+               f"is {json_checks.MAX_RESULT_BYTES + 1} bytes, more than")
+    with within(), pytest.raises(ValueError) as refusal:
+        workdir_results.load_results(str(workdir))
+    message = str(refusal.value)
+    assert message.startswith(f"{str(path)!r} {problem}") and message.endswith(
+        "Delete it to report without that check." if "check" in file else
+        "to train and evaluate student_tllm again.")

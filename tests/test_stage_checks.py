@@ -15,6 +15,7 @@ from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir_files
 from conftest import Killed as _Killed
+from conftest import within
 from conftest import students_only
 from tllm_tf.pipeline.config import RunConfig
 
@@ -326,4 +327,25 @@ def test_a_refit_whose_tllm_student_lost_its_own_model_is_refused_naming_it(tmp_
         workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE)
     check.write_text('{"kept": "refe')
     with pytest.raises(ValueError, match="is damaged"):
+        after_training._trained_model_path(str(stage_dir))
+    check.write_text('{"kept": ["reference"]}')
+    with pytest.raises(ValueError, match="is damaged: kept must be 'student' or 'reference'. "
+                                         r"Received: \['reference'\]"):
+        after_training._trained_model_path(str(stage_dir))
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero"])
+def test_a_refit_refuses_a_reference_check_that_is_not_a_regular_file_unread(tmp_path, planted):
+    from tllm_tf.pipeline import after_training
+
+    stage_dir = tmp_path / "student_tllm"
+    stage_dir.mkdir()
+    check = stage_dir / workdir_files.REFERENCE_CHECK_FILE
+    if planted == "fifo":  # It would hang the refit.
+        os.mkfifo(check)
+    else:  # Read to its end, it would fill the memory.
+        check.symlink_to("/dev/zero")
+    with within(), pytest.raises(ValueError, match=(
+            f"{check}' is not a regular file .*Delete {stage_dir} to train the tllm student "
+            "again.")):
         after_training._trained_model_path(str(stage_dir))

@@ -17,6 +17,9 @@ import stat
 # A log (JSON lines, a CSV history) has a line per epoch or mask update, tens of
 # kilobytes at most for thousands of classes: a larger file is not one a run wrote.
 MAX_LOG_BYTES = 1 << 28
+# A stage's JSON result (test_per_class.json, a held-out check's record) holds a few
+# figures per class: as a reference file, a million classes' fit in 64 MiB.
+MAX_RESULT_BYTES = 64 * 2**20
 
 
 def read_capped(path, max_bytes, *, kind, remedy, follow_links=True):

@@ -36,11 +36,15 @@ COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled
 
 
 def _read_json(path, remedy):
-    """A JSON file of the workdir; a damaged one is an error naming it and `remedy`."""
-    # Not json_checks.read_json: its errors name the stage's remedy, and it has no size cap.
+    """A JSON object of the workdir; a damaged one is an error naming it and `remedy`.
+
+    A FIFO, a device or a file over `json_checks.MAX_RESULT_BYTES` is refused unread.
+    """
+    # Not json_checks.read_json: a file that is not JSON is "damaged" here, as the rest are.
+    text = json_checks.read_capped(
+        path, json_checks.MAX_RESULT_BYTES, kind="result file", remedy=remedy)
     try:
-        with open(path) as handle:
-            record = json.load(handle)
+        record = json.loads(text)
     except (ValueError, RecursionError) as error:  # Not JSON, not text, or nested too deep.
         raise ValueError(f"{path} is damaged: it is not valid JSON ({error}). {remedy}") from None
     if not isinstance(record, dict):

@@ -18,6 +18,7 @@ import os
 
 from tllm_tf import atomic
 from tllm_tf import held_out_check
+from tllm_tf import json_checks
 from tllm_tf import prior_offsets as prior_offsets_lib
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline import fitting
@@ -93,19 +94,26 @@ def _trained_model_path(stage_dir):
     the reference, and its own model is `MODEL_BEFORE_REFERENCE_CHECK_FILE`.
 
     Raises:
-        ValueError: if the fallback replaced the student and its own model is not there
-            (deleted, or a workdir of before it was kept), naming the file and the fix.
+        ValueError: naming the file and the fix, if the fallback replaced the student and its
+            own model is not there (deleted, or a workdir of before it was kept), or if its
+            `REFERENCE_CHECK_FILE` is damaged, not a regular file or over
+            `json_checks.MAX_RESULT_BYTES`.
     """
     check_path = os.path.join(stage_dir, REFERENCE_CHECK_FILE)
     if not os.path.exists(check_path):
         return os.path.join(stage_dir, MODEL_FILE)
+    remedy = f"Delete {stage_dir} to train the tllm student again."
+    text = json_checks.read_capped(
+        check_path, json_checks.MAX_RESULT_BYTES, kind="held-out check", remedy=remedy)
     try:
-        with open(check_path) as handle:
-            replaced = json.load(handle)["kept"] == "reference"
-    except (ValueError, KeyError, TypeError) as error:
+        kept = json.loads(text)["kept"]
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(
-            f"{check_path} is damaged ({type(error).__name__}: {error}): delete {stage_dir} to "
-            "train the tllm student again.") from None
+            f"{check_path} is damaged ({type(error).__name__}: {error}). {remedy}") from None
+    if kept not in ("student", "reference"):
+        raise ValueError(f"{check_path} is damaged: kept must be 'student' or 'reference'. "
+                         f"Received: {kept!r:.40}. {remedy}")
+    replaced = kept == "reference"
     before = os.path.join(stage_dir, MODEL_BEFORE_REFERENCE_CHECK_FILE)
     if replaced and not os.path.exists(before):
         raise ValueError(
