@@ -419,3 +419,17 @@ def test_a_history_csv_planted_as_a_link_is_refused_before_anything_is_written(
     with pytest.raises(ValueError, match="history.csv' is a symbolic link .*Remove it"):
         fitting.stage_callbacks(str(stage_dir), chief=True, start_epoch=0)
     assert outside.read_text() == "precious\n" if target_exists else not outside.exists()
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero"])
+def test_the_logs_read_back_refuse_what_is_not_a_regular_file_unread(tmp_path, planted):
+    from tllm_tf import mask_log
+    for name, read in (
+            ("mask_log.jsonl", mask_log.load_mask_history),
+            ("per_epoch_accuracy.jsonl", lambda path: reference_history.read_history_log(
+                path, 2, 2))):
+        path = _special_file(tmp_path, planted)
+        with within(), pytest.raises(ValueError, match=(
+                f"{path}' is not a regular file .*Nothing was read. Train the .* again")):
+            read(path)
+        os.remove(path)

@@ -10,6 +10,7 @@ import json
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import json_checks
 
 
 def load_mask_history(path, skip_torn_last_line=False):
@@ -32,10 +33,14 @@ def load_mask_history(path, skip_torn_last_line=False):
 
     Raises:
         ValueError: naming the file and the line, for a line that is not a
-            mask update.
+            mask update; naming the file, if it is not a regular file (a
+            FIFO, a device) or is over `json_checks.MAX_LOG_BYTES`.
     """
-    with open(path, errors="replace") as handle:  # Bytes that are not text: a damaged line.
-        lines = handle.readlines()
+    content = json_checks.read_capped(
+        path, json_checks.MAX_LOG_BYTES, kind="mask log",
+        remedy=("Train the tllm student again (delete its folder and re-run tools/train.py "
+                "with the same flags)."))
+    lines = content.decode(errors="replace").splitlines(keepends=True)  # Not text: a damaged line.
     history = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import json_checks
 from tllm_tf import metrics as metrics_lib
 from tllm_tf.reference import save_reference
 
@@ -26,20 +27,27 @@ def read_history_log(path, epochs, num_classes):
     Returns:
         A float64 array `(epochs, num_classes)`; row `i` is epoch `i + 1`'s
         last line in the log, NaN where the log has none.
+
+    Raises:
+        ValueError: naming the file, if it is not a regular file (a FIFO, a
+            device) or is over `json_checks.MAX_LOG_BYTES`.
     """
     history = np.full((epochs, num_classes), np.nan)
     if not os.path.exists(path):
         return history
-    with open(path) as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-                epoch, row = record["epoch"], atomic.floats_from_json(record["per_class_accuracy"])
-            except (KeyError, TypeError, ValueError, RecursionError):
-                continue  # A line torn by a kill.
-            if (isinstance(epoch, int) and 1 <= epoch <= epochs
-                    and row.shape == (num_classes,)):
-                history[epoch - 1] = row
+    content = json_checks.read_capped(
+        path, json_checks.MAX_LOG_BYTES, kind="per-epoch accuracy log",
+        remedy=("Train the reference again (delete its folder and re-run tools/train.py with "
+                "the same flags)."))
+    for line in content.decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            epoch, row = record["epoch"], atomic.floats_from_json(record["per_class_accuracy"])
+        except (KeyError, TypeError, ValueError, RecursionError):
+            continue  # A line torn by a kill.
+        if (isinstance(epoch, int) and 1 <= epoch <= epochs
+                and row.shape == (num_classes,)):
+            history[epoch - 1] = row
     return history
 
 
