@@ -381,3 +381,46 @@ def test_a_result_file_that_is_not_a_small_regular_file_is_refused_unread(
     assert message.startswith(f"{str(path)!r} {problem}") and message.endswith(
         "Delete it to report without that check." if "check" in file else
         "to train and evaluate student_tllm again.")
+
+
+_CHECK = {"student_accuracy": 0.70, "reference_accuracy": 0.74, "behind": 30, "ahead": 9,
+          "p_value": 0.000576, "significance": 0.2, "kept": "reference",
+          "own_model_file": "model_before_reference_check.keras", "own_test_accuracy": 0.8123}
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ({"p_value": "abc"}, "p_value must be a number in [0, 1]. Received: 'abc'"),
+    ({"p_value": float("nan")}, "p_value must be a number in [0, 1]. Received: nan"),
+    ({"student_accuracy": 74.0}, "student_accuracy must be a number in [0, 1]. Received: 74.0"),
+    ({"reference_accuracy": None}, "reference_accuracy must be a number in [0, 1]. Received: None"),
+    ({"own_test_accuracy": True}, "own_test_accuracy must be a number in [0, 1]. Received: True"),
+    ({"kept": "teacher"}, "kept must be 'student' or 'reference'. Received: 'teacher'"),
+    ({"kept": ["reference"]}, "kept must be 'student' or 'reference'. Received: ['reference']"),
+    ({"significance": "0.2"}, "significance must be a number in (0, 1) or null. Received: '0.2'"),
+    ({"significance": 1.0}, "significance must be a number in (0, 1) or null. Received: 1.0"),
+    ({"own_model_file": 7}, "own_model_file must be one of model_before_refit_check.keras, "
+                            "model_before_reference_check.keras. Received: 7"),
+])
+def test_a_check_whose_figures_the_report_cannot_word_is_refused_as_damaged(
+        workdir, damage, problem):
+    # A p_value of "abc" ended tools/report.py in a ValueError traceback from the format.
+    _write_reference_checks(workdir, {"student_kd": dict(_CHECK, **damage)})
+    with pytest.raises(ValueError) as refusal:
+        workdir_results.load_results(str(workdir))
+    path = workdir / "student_kd" / "reference_check.json"
+    assert str(refusal.value) == (
+        f"{path} is damaged: {problem}. Delete it to report without that check.")
+
+
+def test_a_refit_check_is_checked_with_its_own_names(workdir):
+    _write_stage(workdir, "student_tllm_refit", [0.85, 0.9, 0.4, 0.7])
+    path = workdir / "student_tllm_refit" / "refit_check.json"
+    check = {"refit_accuracy": 0.71, "tllm_accuracy": 0.745, "p_value": 0.3, "kept": "refit"}
+    path.write_text(json.dumps(check))
+    assert workdir_results.load_results(str(workdir))["refit_check"] == check
+    path.write_text(json.dumps(dict(check, kept="student", tllm_accuracy="0.745")))
+    with pytest.raises(ValueError, match="kept must be 'refit' or 'tllm'. Received: 'student'"):
+        workdir_results.load_results(str(workdir))
+    path.write_text(json.dumps(dict(check, tllm_accuracy="0.745")))
+    with pytest.raises(ValueError, match="tllm_accuracy must be a number in"):
+        workdir_results.load_results(str(workdir))

@@ -33,6 +33,9 @@ from tllm_tf.pipeline import workdir_files
 # The compared columns of a workdir, in order; the first is the baseline.
 COLUMNS = (workdir_files.REFERENCE_STAGE, workdir_files.student_stage("distilled"),
            workdir_files.student_stage("tllm"), workdir_files.student_stage("tllm_refit"))
+# Where a held-out check that replaced the student keeps the student's own model.
+_OWN_MODEL_FILES = (workdir_files.MODEL_BEFORE_REFIT_CHECK_FILE,
+                    workdir_files.MODEL_BEFORE_REFERENCE_CHECK_FILE)
 
 
 def _read_json(path, remedy):
@@ -215,7 +218,8 @@ def _mask_history(workdir, num_classes, finished):
 
 def read_check(path, names=("student", "reference"),
                remedy="Delete it to report without that check."):
-    """A held-out check's JSON, checked to have the keys `_check_line` reads for `names`.
+    """A held-out check's JSON, checked to have the keys `_check_line` reads for `names`,
+    of the types and in the ranges it words them with (`_check_problem`).
 
     Args:
         path: the check's JSON file.
@@ -229,7 +233,34 @@ def read_check(path, names=("student", "reference"),
     """
     check = _read_json(path, remedy)
     _require(path, check, ["kept", "p_value"] + [f"{name}_accuracy" for name in names], remedy)
+    problem = _check_problem(check, names)
+    if problem:
+        raise ValueError(f"{path} is damaged: {problem}. {remedy}")
     return check
+
+
+def _check_problem(check, names):
+    """What in a held-out check's record of the right keys is of a wrong type or range, or `None`.
+
+    `significance` is missing from records of before it was recorded, and the
+    student's own test accuracy and model file are there only when it was replaced.
+    """
+    if check["kept"] not in names:
+        return f"kept must be {names[0]!r} or {names[1]!r}. Received: {check['kept']!r:.40}"
+    for key in (f"{names[0]}_accuracy", f"{names[1]}_accuracy", "p_value", "own_test_accuracy"):
+        value = check.get(key, 0.0)
+        if not (json_checks.is_number(value) and 0 <= value <= 1):
+            return f"{key} must be a number in [0, 1]. Received: {value!r:.40}"
+    significance = check.get("significance")
+    if not (significance is None or (json_checks.is_number(significance)
+                                     and 0 < significance < 1)):
+        return (f"significance must be a number in (0, 1) or null. "
+                f"Received: {significance!r:.40}")
+    own_file = check.get("own_model_file")
+    if "own_test_accuracy" in check and own_file not in _OWN_MODEL_FILES:
+        return (f"own_model_file must be one of {', '.join(_OWN_MODEL_FILES)}. "
+                f"Received: {own_file!r:.80}")
+    return None
 
 
 def _reference_checks(workdir):
