@@ -115,7 +115,7 @@ def append_line(path, line):
 
 
 def open_in_place(path, kind="log"):
-    """Opens `path`, a file written where it is (a log, a lock), to append to; creates it if missing.
+    """Opens `path`, a file written where it is (a log, a lock), to append; creates it if missing.
 
     A symbolic link at `path`, even a dangling one, is refused rather than
     followed: a planted link would otherwise make the run write outside its
