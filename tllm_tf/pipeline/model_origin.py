@@ -12,6 +12,7 @@ flags that differ; a model outside a workdir is not checked.
 import json
 import os
 
+from tllm_tf import json_checks
 from tllm_tf.data import augment
 from tllm_tf.data.sources import augmentation_image_size
 from tllm_tf.pipeline import workdir as workdir_lib
@@ -35,8 +36,9 @@ def run_config(model_path):
         path = os.path.join(directory, workdir_files.CONFIG_FILE)
         if os.path.isfile(path) and os.path.getsize(path) <= workdir_lib.MAX_CONFIG_BYTES:
             try:
-                with open(path) as handle:
-                    values = json.load(handle)
+                # Checked again on the open file: a FIFO swapped in now would hang the run.
+                values = json.loads(json_checks.read_capped(
+                    path, workdir_lib.MAX_CONFIG_BYTES, kind="run configuration", remedy=""))
             except (OSError, ValueError, RecursionError):
                 return None, path
             # Only a run's config.json, not any file of that name.
