@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import within
 from tllm_tf.analysis import study
 from tllm_tf.analysis import study_arms
 from tllm_tf.analysis import study_records
@@ -197,6 +198,21 @@ def test_a_damaged_results_file_is_named_with_the_fix(tmp_path, content, message
     runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
                       teacher_models=["cnn_tiny"], arms=["kd"])
     with pytest.raises(ValueError, match=message):
+        study_records.finished_records(runs, str(tmp_path))
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero"])
+def test_a_results_file_that_is_not_a_regular_file_is_refused_unread(tmp_path, planted):
+    path = tmp_path / study_records.RESULTS_FILE
+    if planted == "fifo":  # It would hang the study.
+        os.mkfifo(path)
+    else:  # Read to its end, it would fill the memory.
+        path.symlink_to("/dev/zero")
+    runs = study.plan(_base(), root=str(tmp_path), seeds=[0], student_models=["mlp_4"],
+                      teacher_models=["cnn_tiny"], arms=["kd"])
+    with within(), pytest.raises(ValueError, match=(
+            f"{path}' is not a regular file .*Nothing was read. Delete it. A study's "
+            "results.jsonl is rebuilt")):
         study_records.finished_records(runs, str(tmp_path))
 
 

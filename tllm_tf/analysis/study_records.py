@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import json_checks
 from tllm_tf import mask_log
 from tllm_tf.analysis import study_stats
 from tllm_tf.analysis import workdir_results
@@ -21,30 +22,32 @@ from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import workdir_files
 
 RESULTS_FILE = "results.jsonl"
-
-
-def _read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
+_REBUILT = ("A study's results.jsonl is rebuilt from the runs' workdirs, without training, for "
+            "the runs it lacks.")
 
 
 def _read_jsonl(path):
-    """The records of the study's `results.jsonl` at `path` (none: `[]`)."""
+    """The records of the study's `results.jsonl` at `path` (none: `[]`).
+
+    Raises:
+        ValueError: naming the file, if it is not a regular file (a FIFO, a
+            device), is over `json_checks.MAX_LOG_BYTES`, or has a line that
+            is not JSON.
+    """
     if not os.path.exists(path):
         return []
+    content = json_checks.read_capped(
+        path, json_checks.MAX_LOG_BYTES, kind="study's results", remedy=f"Delete it. {_REBUILT}")
     records = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path} is damaged at line {number} ({error.msg}; a process killed while "
-                    "writing it leaves a cut line): delete that line. A study's results.jsonl "
-                    "is rebuilt from the runs' workdirs, without training, for the runs it "
-                    "lacks.") from None
+    for number, line in enumerate(content.decode(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} is damaged at line {number} ({error.msg}; a process killed while "
+                f"writing it leaves a cut line): delete that line. {_REBUILT}") from None
     return records
 
 
