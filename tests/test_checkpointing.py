@@ -177,6 +177,9 @@ def test_truncate_csv_history_refuses_a_file_csv_cannot_read(tmp_path):
     path.write_text("\n\n0,1.0\n")  # No header: no row can be kept.
     checkpointing.truncate_csv_history(str(path), 1)
     assert not path.exists()
+    path.write_text("epoch,loss\n0,1.0\n\u00b2,0.5\n")  # A digit int() cannot read: damaged.
+    checkpointing.truncate_csv_history(str(path), 1)
+    assert path.read_text().split() == ["epoch,loss", "0,1.0"]
 
 
 def test_a_checkpoint_never_writes_or_deletes_through_a_link(tiny_data, tmp_path):

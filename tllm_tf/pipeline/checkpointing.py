@@ -194,7 +194,7 @@ def truncate_csv_history(path, start_epoch):
         return
     header, body = rows[0], rows[1:]
     kept = [row for row in body
-            if len(row) == len(header) > 0 and row[0].isdigit() and int(row[0]) < start_epoch]
+            if len(row) == len(header) > 0 and row[0].isdecimal() and int(row[0]) < start_epoch]
     if not kept:
         os.remove(path)  # CSVLogger writes a new header.
         return
