@@ -170,6 +170,19 @@ def test_a_predictions_file_cut_short_says_to_delete_the_reference_stage(tmp_pat
         tllm_tf.load_predictions(str(path))
 
 
+def test_predictions_that_are_not_a_regular_file_are_refused_unread(tmp_path):
+    from conftest import within
+    from tllm_tf import held_out_predictions
+
+    os.mkfifo(tmp_path / "held_out_predictions.npz")
+    os.mkfifo(tmp_path / "epoch-1.npy")
+    with within(20):
+        with pytest.raises(ValueError, match=r"are not a regular file.*Delete the reference"):
+            tllm_tf.load_predictions(str(tmp_path / "held_out_predictions.npz"))
+        with pytest.raises(ValueError, match=r"epoch-1.npy' is not a regular file"):
+            held_out_predictions.read_rows(str(tmp_path), 1)
+
+
 def test_a_damaged_reference_model_is_refused_before_the_students_train(train, tmp_path):
     workdir = tmp_path / "run"
     tiny = ("--epochs=2", "--lr_decay_epochs=1", "--warmup_epochs=0", "--teacher_epochs=1")

@@ -189,6 +189,10 @@ def load_predictions(path):
     """
     if not os.path.exists(path):
         raise ValueError(f"Reference predictions not found: {path!r}.")
+    if not os.path.isfile(path):  # A FIFO would wait for a writer; a device would never end.
+        raise ValueError(
+            f"Reference predictions {path!r} are not a regular file; this is not a file "
+            f"tllm_tf wrote. {_REWRITE}")
     if os.path.getsize(path) > MAX_FILE_BYTES:
         raise ValueError(
             f"Reference predictions {path!r} are {os.path.getsize(path)} bytes, over the "
@@ -346,6 +350,10 @@ def read_rows(log_dir, epochs):
         path = os.path.join(log_dir, f"epoch-{epoch}.npy")
         if not os.path.exists(path):
             return None
+        if not os.path.isfile(path):  # A FIFO would wait for a writer.
+            raise ValueError(
+                f"{path!r} is not a regular file, so not a row a PredictionRecorder wrote: "
+                "delete it, and train the reference stage again to record it.")
         stacked = np.load(path, allow_pickle=False)
         if labels is None:
             labels = stacked[0]
