@@ -370,3 +370,24 @@ def test_the_idx_files_and_image_folders_load_without_importing_tfds(zygote):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "BEFORE False" in result.stdout, result.stdout
     assert "AFTER True tllm_tf.data.tfds_source" in result.stdout, result.stdout
+
+
+def test_the_same_images_in_another_order_give_other_split_digests(tmp_path):
+    # Debian's IDX files and a prepared tfds directory hold the images in different orders,
+    # so one seed draws other splits from each: the digests tell the two apart.
+    same = [tmp_path / "a", tmp_path / "b"]
+    for directory in same:
+        _write_fashion_mnist(directory)
+    digests = [load_fashion_mnist(holdout_fraction=0.2, idx_dir=str(d)).split_digests
+               for d in same]
+    assert digests[0] == digests[1] and set(digests[0]) == {"train", "held_out", "test"}
+
+    shuffled = tmp_path / "shuffled"
+    arrays = list(_write_fashion_mnist(shuffled))
+    order = np.random.default_rng(1).permutation(len(arrays[1]))
+    arrays[0], arrays[1] = arrays[0][order], arrays[1][order]  # The training images only.
+    for stem, array in zip(idx_source.IDX_FILES.values(), arrays):
+        _write_idx(shuffled / (stem + ".gz"), array, compress=True)
+    other = load_fashion_mnist(holdout_fraction=0.2, idx_dir=str(shuffled)).split_digests
+    assert other["train"] != digests[0]["train"] and other["held_out"] != digests[0]["held_out"]
+    assert other["test"] == digests[0]["test"]

@@ -145,7 +145,7 @@ def test_a_teacher_of_the_same_images_moved_is_taken_and_of_other_images_refused
         stages.run(config)
     message = str(raised.value)
     assert "was trained on other images than this run's --image_folder" in message
-    assert "the files of the train and held-out splits (their paths in the folder" in message
+    assert "the images of the train and held-out splits (their paths in the folder" in message
     assert DATA_FILE in message
     assert not os.path.exists(config.workdir)  # Refused before anything trained.
 
@@ -159,7 +159,7 @@ def test_a_resumed_workdir_takes_its_folder_moved_and_refuses_it_changed(teacher
     with pytest.raises(ValueError) as raised:
         stages.run(_config(made.workdir, changed, stage="teacher"))
     assert "belongs to a run of other images" in str(raised.value)
-    assert "files of the train, held-out and test splits of" in str(raised.value)
+    assert "the images of the train, held-out and test splits of --image_folder=" in str(raised.value)
     assert "rewritten with another size" in str(raised.value)
     assert "--image_folder=" in str(raised.value)
 
@@ -261,7 +261,7 @@ def test_a_teacher_of_other_held_out_files_is_refused(teacher_run, tmp_path):
                      teacher_path=os.path.join(made.workdir, "teacher", "model.keras"))
     data = build.load_data(config)
     other = dataclasses.replace(data, split_digests=dict(data.split_digests, held_out="0" * 64))
-    with pytest.raises(ValueError, match="the files of the held-out split"):
+    with pytest.raises(ValueError, match="the images of the held-out split"):
         model_origin.check_teacher_images(config, other)
     other = dataclasses.replace(data, split_digests=dict(data.split_digests, test="0" * 64))
     model_origin.check_teacher_images(config, other)  # Its test images are not the teacher's.

@@ -298,3 +298,18 @@ def test_students_that_began_with_a_given_teacher_need_it_given_again(tmp_path):
                                          r"run gives none \(give it again, at its new path"):
         workdir.claim(str(run), RunConfig(workdir=str(run), verbose=0))
     workdir.claim(str(run), dataclasses.replace(with_given, teacher_path=str(tmp_path / "moved")))
+
+
+def test_claim_refuses_fashion_mnist_from_another_source_by_its_split_digests(tmp_path):
+    # The IDX files and a tfds directory order the images differently: the same flags (and
+    # another --data_dir, which a workdir may change) would draw other splits.
+    config = RunConfig(workdir=str(tmp_path / "run"), dataset="fashion_mnist", seed=0)
+    digests = {"train": "a" * 64, "held_out": "b" * 64, "test": "c" * 64}
+    workdir.claim(config.workdir, config, digests)
+    workdir.claim(config.workdir, config, digests)  # The same images: resumed.
+    other = dataclasses.replace(config, data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(ValueError) as raised:
+        workdir.claim(config.workdir, other, dict(digests, train="d" * 64, held_out="e" * 64))
+    message = str(raised.value)
+    assert "the images of the train and held-out splits of --dataset='fashion_mnist'" in message
+    assert "a prepared tfds directory hold its images in different orders" in message

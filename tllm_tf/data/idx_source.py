@@ -9,11 +9,15 @@ itself in one of two offline places, in this order:
    `dataset-fashion-mnist` puts them;
 2. tfds's `fashion_mnist`, prepared under `data_dir`.
 
-Both give the same splits for the same seed and data: the held-out split is a
-stratified part of the training images, the test split is the official
-10,000 test images, untouched.
+Either way the held-out split is a stratified part of the training images and
+the test split is the official 10,000 test images, untouched. But the two
+sources hold the training images in different orders (tfds shuffles them when
+it prepares the set), so one seed draws other splits from each: the splits'
+digests (`DataSplits.split_digests`) tell them apart, so that a teacher or a
+store of one source is refused by a run of the other.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -237,4 +241,16 @@ def load_fashion_mnist(*, holdout_fraction, seed=0, data_dir=None, num_train=Non
         mean=(float(mean),),
         std=(float(std),),
         num_train=len(train),
+        split_digests={
+            "train": _split_digest(kept_images, train_labels[train]),
+            "held_out": _split_digest(train_images[held_out], train_labels[held_out]),
+            "test": _split_digest(test_images, test_labels),
+        },
     )
+
+
+def _split_digest(images, labels):
+    """SHA-256 (hex) of a split's labels and images, in the order the split reads them."""
+    digest = hashlib.sha256(np.asarray(labels, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    return digest.hexdigest()

@@ -38,14 +38,15 @@ class DataSplits:
             the files' order mixed within a window. `None` for a source that
             holds its images in memory (shuffled whole). A copy whose `train`
             is replaced needs this replaced too, or set to `None`.
-        split_digests: for a source whose name does not fix its images (an
-            image folder), `{"train": ..., "held_out": ..., "test": ...}`,
-            each `image_files.files_digest` of the files that split reads:
-            the same in a moved folder, other when a file is added, removed,
-            relabelled or rewritten. Runs compare them to tell whether a
-            teacher, a reference or a store of another run saw these
-            images. `None` for other sources (their name and version fix
-            the images).
+        split_digests: for a source whose name does not fix its images,
+            `{"train": ..., "held_out": ..., "test": ...}`: for an image
+            folder each `image_files.files_digest` of the files that split
+            reads (the same in a moved folder, other when a file is added,
+            removed, relabelled or rewritten); for Fashion-MNIST, whose two
+            sources order its images differently, a digest of each split's
+            images and labels. Runs compare them to tell whether a teacher,
+            a reference or a store of another run saw these images. `None`
+            for other sources (their name and version fix the images).
     """
 
     name: str

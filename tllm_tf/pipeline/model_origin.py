@@ -144,8 +144,8 @@ def check_evaluation_images(model_path, data, split, test_image_folder):
         setting = _test_folder_setting(values, test_image_folder)
         raise ValueError(
             f"{model_path!r} was trained by the run of {path} on other files than these flags "
-            "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the image folder "
-                        "differ") + f". Evaluated on its {split.replace('_', '-')} split, "
+            "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the images differ")
+            + f". Evaluated on its {split.replace('_', '-')} split, "
             "images it trained on "
             "may count. Pass that run's --image_folder and --test_image_folder, or give "
             "other images to evaluate on as --test_image_folder (with --split=test).")
@@ -246,11 +246,12 @@ def check_teacher_images(config, data):
             "images of this run's held-out split. Give this run the teacher's "
             "--test_image_folder setting, or leave --teacher_path out.")
     if changed:
+        what = ("(their paths in the folder, classes and sizes)" if config.image_folder
+                else f"({workdir_lib.OTHER_SOURCE})")
         raise ValueError(
             f"The teacher {config.teacher_path!r} was trained on other images than this "
-            f"run's --image_folder={config.image_folder!r}: the files of "
-            f"{workdir_lib.splits_text(changed)} (their paths in the folder, classes and "
-            "sizes) differ from those its workdir recorded "
+            f"run's {workdir_lib.images_named_by(config)}: the images of "
+            f"{workdir_lib.splits_text(changed)} {what} differ from those its workdir recorded "
             f"({os.path.join(os.path.dirname(path), workdir_files.DATA_FILE)}), so it may "
             "have trained on images of this run's held-out split. Use a teacher trained on "
-            "this folder's images (moved is fine), or leave --teacher_path out.")
+            "these images (a moved folder or copy is fine), or leave --teacher_path out.")

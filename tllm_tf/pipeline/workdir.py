@@ -36,6 +36,10 @@ RESUMABLE_CHANGES = frozenset({
 # Paths a run may find moved when the workdir records what they held (`DATA_FILE`): the
 # same images in a moved folder resume; other images are refused by their digests.
 _PATHS_CHECKED_BY_CONTENT = ("image_folder", "test_image_folder")
+# Why a data set named alike can hold other images, for messages.
+OTHER_SOURCE = ("another copy or another source of the data set (Fashion-MNIST's IDX files and "
+                "a prepared tfds directory hold its images in different orders, so one seed "
+                "draws other splits from each)")
 # The splits `DATA_FILE` records a digest of, each a SHA-256 in hex.
 _DIGESTED_SPLITS = ("train", "held_out", "test")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -155,8 +159,8 @@ def recorded_split_digests(workdir):
     path = os.path.join(workdir, DATA_FILE)
     if not os.path.lexists(path):
         return None
-    remedy = ("Delete it if the workdir is yours: its image folder is then compared by its "
-              "path, and its next run records the files again.")
+    remedy = ("Delete it if the workdir is yours: its images are then compared by their "
+              "flags alone, and its next run records them again.")
     record = json_checks.read_json(
         path, _MAX_DATA_FILE_BYTES, kind="data record",
         missing_message=f"{path!r} went missing while it was read.", remedy=remedy)
@@ -184,6 +188,13 @@ def changed_splits(recorded, digests, splits=_DIGESTED_SPLITS):
     if not recorded or not digests:
         return []
     return [name for name in splits if recorded[name] != digests[name]]
+
+
+def images_named_by(config):
+    """The flags that name a run's images, for messages: its folders, else its data set."""
+    folders = [f"--{name}={getattr(config, name)!r}" for name in _PATHS_CHECKED_BY_CONTENT
+               if getattr(config, name)]
+    return " and ".join(folders) or f"--dataset={config.dataset!r}"
 
 
 def splits_text(names):
@@ -391,15 +402,17 @@ def claim(workdir, config, split_digests=None):
     # After the flags: another --seed or --holdout_fraction draws other splits of the same files.
     changed = changed_splits(recorded_split_digests(workdir), split_digests)
     if changed:
-        folders = " and ".join(
-            f"--{name}={getattr(config, name)!r}" for name in _PATHS_CHECKED_BY_CONTENT
-            if getattr(config, name))
+        if config.image_folder:
+            how = ("files of them have been added, removed, moved to another class or "
+                   "rewritten with another size")
+        else:
+            how = f"the images differ: {OTHER_SOURCE}"
         raise ValueError(
-            f"The workdir {workdir!r} belongs to a run of other images: since it began, "
-            f"files of {splits_text(changed)} of {folders} have been added, removed, "
-            "moved to another class or rewritten with another size (their digests in "
-            f"{os.path.join(workdir, DATA_FILE)} differ). Its models learnt from the images "
-            "of then, so it will not be resumed: put those images back, or use a new --workdir.")
+            f"The workdir {workdir!r} belongs to a run of other images: since it began, the "
+            f"images of {splits_text(changed)} of {images_named_by(config)} have changed "
+            f"({how}; their digests in {os.path.join(workdir, DATA_FILE)} differ). Its models "
+            "learnt from the images of then, so it will not be resumed: put those images "
+            "back, or use a new --workdir.")
     problem = _another_teacher(workdir, config)
     if problem:
         raise ValueError(
