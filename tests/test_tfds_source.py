@@ -427,3 +427,12 @@ def test_a_tfds_name_with_a_version_or_config_goes_to_tfds_not_to_a_loader(
     from tllm_tf.data import load_dataset
     with pytest.raises(error, match=re.escape(message)):
         load_dataset(name, holdout_fraction=0.2, data_dir=str(tmp_path))
+
+
+def test_a_set_with_a_train_split_alone_is_refused_naming_the_way_forward():
+    from types import SimpleNamespace
+
+    builder = SimpleNamespace(info=SimpleNamespace(splits={"train": None}))
+    with pytest.raises(ValueError, match=r"neither a test nor a validation split\. Splits: "
+                                         r"\['train'\]\. Export its images .*--dataset=image_folder"):
+        tfds_source._test_candidates(builder, "tf_flowers")

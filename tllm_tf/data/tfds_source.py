@@ -155,7 +155,8 @@ def _test_candidates(builder, name):
     if not candidates:
         raise ValueError(
             f"tfds data set {name!r} has neither a test nor a validation split. "
-            f"Splits: {list(splits)}"
+            f"Splits: {list(splits)}. Export its images to one folder per class and use "
+            "--dataset=image_folder --image_folder=DIR, which draws a test split from them."
         )
     return candidates
 
