@@ -436,3 +436,20 @@ def test_a_set_with_a_train_split_alone_is_refused_naming_the_way_forward():
     with pytest.raises(ValueError, match=r"neither a test nor a validation split\. Splits: "
                                          r"\['train'\]\. Export its images .*--dataset=image_folder"):
         tfds_source._test_candidates(builder, "tf_flowers")
+
+
+def test_images_of_varying_size_without_a_resizing_augmentation_leave_no_workdir(tmp_path):
+    # Refused once the teacher stage batched them, the run had already written its config.json,
+    # and the corrected flags then found the workdir a run of another configuration.
+    from tllm_tf.pipeline import stages
+    from tllm_tf.pipeline.config import RunConfig
+
+    workdir = tmp_path / "run"
+    with _prepared(tmp_path, "imagenet2012", splits=("train", "validation"), num_examples=20):
+        config = RunConfig(workdir=str(workdir), dataset="imagenet2012", data_dir=str(tmp_path),
+                           augmentation="none", teacher_model="mlp_8", student_model="mlp_4",
+                           epochs=1, teacher_epochs=1, holdout_fraction=0.5, verbose=0)
+        with pytest.raises(ValueError, match=r"--augmentation=none: Images of varying size "
+                                             r"cannot be batched.*augmentation='imagenet'"):
+            stages.run(config)
+    assert not workdir.exists()

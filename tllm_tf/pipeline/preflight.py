@@ -54,6 +54,7 @@ def check(config, strategy, load_data):
     if config.teacher_path and "student" in config.stages:
         multi_worker.run_on_chief(strategy, lambda: model_origin.check_teacher_origin(config))
     data = load_data(config)
+    check_image_sizes(config, data)
     check_batch_size(config, data, strategy.num_replicas_in_sync)
     check_held_out(config, data)
     check_masked_classes(config, data)
@@ -130,6 +131,19 @@ def check_augmentation(config):
         raise ValueError(
             f"--image_size={config.image_size} with --augmentation={config.augmentation}: "
             f"{error}. Drop --image_size, or use --augmentation=imagenet.") from None
+
+
+def check_image_sizes(config, data):
+    """Refuses images of varying size that the augmentation does not resize.
+
+    They cannot be batched. Found only when a stage first batched them, the
+    refusal came after the workdir was claimed, and the corrected flags then
+    found it a run of another configuration.
+    """
+    try:
+        build.eval_batches(data.train, config)  # Built, not read.
+    except ValueError as error:
+        raise ValueError(f"--augmentation={config.augmentation}: {error}") from None
 
 
 def check_held_out(config, data):
