@@ -155,10 +155,10 @@ def check(candidate, baseline, held_out, num_classes, significance,
             count as an image neither model gets right), or batches that come
             in another order for the second model.
     """
-    candidate_correct, labels = metrics_lib.PerImageCorrectness(candidate, num_classes)(held_out)
-    model_checks.check_label_array(labels, num_classes, name="Held-out labels")
+    candidate_correct, labels = metrics_lib.PerImageCorrectness(
+        candidate, num_classes, labels_name="Held-out labels")(held_out)
     baseline_correct, baseline_labels = metrics_lib.PerImageCorrectness(
-        baseline, num_classes)(held_out)
+        baseline, num_classes, labels_name="Held-out labels")(held_out)
     if not np.array_equal(labels, baseline_labels):  # A shuffled split would pair wrong images.
         raise ValueError("The held-out batches came in another order for the second model; "
                          "pass a held-out data set that is not shuffled.")

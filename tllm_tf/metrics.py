@@ -50,11 +50,14 @@ class PerClassCounter:
         model: a `keras.Model` returning logits (a `Distiller` returns the
             student's).
         num_classes: number of classes.
+        labels_name: what the labels are, to open the message that refuses
+            them. Defaults to `"Labels"`.
     """
 
-    def __init__(self, model, num_classes):
+    def __init__(self, model, num_classes, labels_name="Labels"):
         self.model = model
         self.num_classes = int(num_classes)
+        self.labels_name = labels_name
         self._count = tf.function(self._count_all, reduce_retracing=True)
 
     def _count_all(self, dataset):
@@ -89,7 +92,7 @@ class PerClassCounter:
             ValueError: on labels that are not class ids of the model's
                 classes, nor label vectors of shape `(n, num_classes)`.
         """
-        with _refused_labels(data, self.num_classes):
+        with _refused_labels(data, self.num_classes, self.labels_name):
             correct, total = self._count(as_dataset(data))
         return correct.numpy(), total.numpy()
 
@@ -105,11 +108,14 @@ class PerImageCorrectness:
         model: a `keras.Model` returning logits.
         num_classes: number of classes (soft or one-hot labels are reduced
             to their arg-max).
+        labels_name: what the labels are, to open the message that refuses
+            them. Defaults to `"Labels"`.
     """
 
-    def __init__(self, model, num_classes):
+    def __init__(self, model, num_classes, labels_name="Labels"):
         self.model = model
         self.num_classes = int(num_classes)
+        self.labels_name = labels_name
         self._run = tf.function(self._run_all, reduce_retracing=True)
 
     def _run_all(self, dataset):
@@ -139,30 +145,33 @@ class PerImageCorrectness:
         Raises:
             ValueError: as `PerClassCounter`.
         """
-        with _refused_labels(data, self.num_classes):
+        with _refused_labels(data, self.num_classes, self.labels_name):
             correct, labels = self._run(as_dataset(data))
         return correct.numpy(), labels.numpy()
 
 
 @contextlib.contextmanager
-def _refused_labels(data, num_classes):
+def _refused_labels(data, num_classes, name):
     """Labels that are not the model's class ids as one `ValueError`, not a graph error.
 
     Arrays are checked before the pass; a data set's labels by `_class_ids`
     as it reads them (an id out of range was counted in no class, or failed
-    deep in TensorFlow; a float id was truncated).
+    deep in TensorFlow; a float id was truncated), then read again to name them.
     """
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-        model_checks.check_label_array(data[1], num_classes)
+        model_checks.check_label_array(data[1], num_classes, name=name)
     try:
         yield
     except tf.errors.InvalidArgumentError as error:
         if _BAD_CLASS_IDS not in error.message:
             raise
+        labels = np.concatenate([np.asarray(batch[1]).reshape(-1)
+                                 for batch in as_dataset(data).as_numpy_iterator()])
+        model_checks.check_label_array(labels, num_classes, name=name)
         raise ValueError(
-            f"Labels must be class ids in [0, {num_classes}) (whole numbers), or label vectors "
-            f"of shape (n, {num_classes}); the data set has others. Fix its labels, or pass "
-            "the number of classes they count as num_classes.") from None
+            f"{name} must be class ids in [0, {num_classes}) (whole numbers), or label "
+            f"vectors of shape (n, {num_classes}). Fix the data set's labels (or "
+            "num_classes).") from None
 
 
 def _class_ids(y, num_classes):
