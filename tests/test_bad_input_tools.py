@@ -448,6 +448,17 @@ def test_a_store_built_alone_ends_without_a_report_and_other_views_are_refused_f
                                 f"--workdir={tmp_path / 'file_store'}"))
     assert line == (f"Error: --teacher_store={str(tmp_path / 'a_file')!r} is a file, not a "
                     "directory. Choose another --teacher_store.")
+    # A part damaged after it was written (a bit flip): met only when the student reads it,
+    # inside tf.data, and printed as three graph tracebacks.
+    part = sorted(store.glob("epoch_*.npz"))[0]
+    content = bytearray(part.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    part.write_bytes(bytes(content))
+    line = _one_error_line(tool("tools/train.py", *common, "--students=distilled",
+                                f"--workdir={tmp_path / 'damaged_store'}"))
+    assert line.startswith(f"Error: The soft-label store's file {part} is damaged")
+    assert "Delete it and run the same command again" in line
+    assert f"What finished is kept in {tmp_path / 'damaged_store'}." in line
 
 
 # Hostile values in a workdir's JSON: one `Error:` line naming the file, never a traceback.

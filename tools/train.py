@@ -21,6 +21,7 @@ from tllm_tf.pipeline import console
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
+import tensorflow as tf  # noqa: E402
 from tllm_tf.analysis import reporting  # noqa: E402
 from tllm_tf.analysis import workdir_results  # noqa: E402
 from tllm_tf.pipeline import multi_worker  # noqa: E402
@@ -31,6 +32,8 @@ from tllm_tf.pipeline import worker_failures  # noqa: E402
 from tllm_tf.pipeline.training_guards import NonFiniteLossError  # noqa: E402
 
 FLAGS = flags.FLAGS
+# How the messages of the input pipeline's own checks begin (tllm_tf/data/soft_label_store.py).
+PIPELINE_CHECKS = ("The soft-label store's file", "The batch's images are not the views")
 # What a shell reports for a command ended by Ctrl-C: 128 + SIGINT.
 
 
@@ -72,7 +75,6 @@ def _train_and_report(config):
         import keras
         keras.mixed_precision.set_global_policy("mixed_float16")
     if config.deterministic:
-        import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
     try:
         with worker_failures.shared(strategy):
@@ -95,6 +97,14 @@ def _train_and_report(config):
         console.exit_with_error(
             f"{error}. Anything that finished is kept in {config.workdir}: make the path "
             "writable (or free space), then run the same command again to resume.")
+    except tf.errors.InvalidArgumentError as error:
+        # A check inside the input pipeline (a damaged part of the soft-label store, batches
+        # that are not its views): TensorFlow wraps its message in a graph traceback.
+        message = _pipeline_check_message(error)
+        if message is None:
+            raise
+        console.exit_with_error(
+            f"{message} What finished is kept in {config.workdir}.")
     print()
     if results["models"]:  # Not after --stage=teacher alone: no student to compare.
         print(reporting.markdown_table(results))
@@ -106,6 +116,15 @@ def _train_and_report(config):
         print(f"SavedModel{'s' if len(saved_models) > 1 else ''} for serving: "
               + ", ".join(saved_models))
     print(f"Report: {written['report.md']}")
+
+
+def _pipeline_check_message(error):
+    """The message of the library's own check inside `error`, or None for another error."""
+    for line in error.message.splitlines():
+        for start in PIPELINE_CHECKS:
+            if start in line:
+                return line[line.index(start):].strip().rstrip("]").strip()
+    return None
 
 
 if __name__ == "__main__":
