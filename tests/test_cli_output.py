@@ -281,3 +281,17 @@ def test_a_tools_help_shows_its_command_lines_as_written(tool):
     docstring = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
     joined = [line for line in docstring.splitlines() if re.search(r"\S {5,}--", line)]
     assert not joined, joined
+
+
+@pytest.mark.parametrize("tool, expected", [
+    ("tools/train.py", ("--epochs", "--students", "--dataset", "--seed", "--workdir")),
+    ("tools/study.py", ("--seeds", "--epochs", "--dataset")),
+    ("tools/evaluate.py", ("--model_path", "--dataset", "--split", "--holdout_fraction")),
+])
+def test_helpshort_lists_the_flags_a_tool_takes(zygote, tool, expected):
+    # The flags are defined in tools/run_flags.py and tools/data_flags.py: absl's short help
+    # listed only the tool's own file's flags (none for train.py).
+    result = zygote.run([tool, "--helpshort"], timeout=120)
+    listed = {line.split(":")[0].strip() for line in result.stdout.splitlines()
+              if line.startswith("  --")}
+    assert set(expected) <= listed, result.stdout[-2000:]

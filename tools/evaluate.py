@@ -30,6 +30,8 @@ flags.DEFINE_string("model_path", None, "A .keras file or a SavedModel directory
 flags.DEFINE_string("json", None, "Also write the result to this JSON file.")
 
 FLAGS = flags.FLAGS
+# --helpshort lists the flags defined in those modules too, not only this file's.
+flags.adopt_module_key_flags(data_flags)
 
 
 def main(argv):

@@ -30,6 +30,7 @@ from tllm_tf.pipeline import console
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
+import data_flags  # noqa: E402  (imported by run_flags: the data flags)
 from tllm_tf.analysis import study  # noqa: E402
 from tllm_tf.analysis import study_arms  # noqa: E402
 from tllm_tf.analysis import study_records  # noqa: E402
@@ -58,6 +59,9 @@ flags.DEFINE_bool("shared_teacher_store", False,
 flags.DEFINE_bool("report_only", False, "Write the report from the finished runs; train nothing.")
 
 FLAGS = flags.FLAGS
+# --helpshort lists the flags defined in those modules too, not only this file's.
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(data_flags)
 _LIST_FLAGS = ("seeds", "student_models", "teacher_models", "arms")
 
 

@@ -21,6 +21,7 @@ from tllm_tf.pipeline import console
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
+import data_flags  # noqa: E402  (imported by run_flags: the data flags)
 import tensorflow as tf  # noqa: E402
 from tllm_tf.analysis import reporting  # noqa: E402
 from tllm_tf.analysis import workdir_results  # noqa: E402
@@ -32,6 +33,9 @@ from tllm_tf.pipeline import worker_failures  # noqa: E402
 from tllm_tf.pipeline.training_guards import NonFiniteLossError  # noqa: E402
 
 FLAGS = flags.FLAGS
+# --helpshort lists the flags defined in those modules too, not only this file's.
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(data_flags)
 # How the messages of the input pipeline's own checks begin (tllm_tf/data/soft_label_store.py).
 PIPELINE_CHECKS = ("The soft-label store's file", "The batch's images are not the views")
 # What a shell reports for a command ended by Ctrl-C: 128 + SIGINT.
