@@ -1,6 +1,7 @@
 """tllm_tf.data.soft_label_store and tllm_tf.data.top_k_logits, and the Distiller
 training from stored teacher logits."""
 
+import dataclasses
 import glob
 import json
 import logging
@@ -202,10 +203,45 @@ def test_a_store_of_another_teacher_or_other_views_is_refused(tmp_path):
         assert field in message
     assert "delete this one to rebuild it" in message and "batch_size" not in message
     with pytest.raises(ValueError, match="dtype: stored 'float16', now 'float32'; "
-                                         "top_k: stored 4, now 2"):
+                                         "top_k: stored 4 \\(every class\\), now 2"):
         _store(tmp_path, _teacher(0), top_k=2, dtype="float32")
-    reopened = _store(tmp_path, _teacher(0))  # k and dtype as stored
+    reopened = _store(tmp_path, _teacher(0))  # dtype as stored, every class
     assert (reopened.top_k, reopened.dtype, reopened.built_epochs) == (4, "float16", 1)
+
+
+def test_every_class_by_default_refuses_a_top_k_store_and_reads_a_full_one(tmp_path):
+    # top_k=None once took the stored value: asked for every class, a top-3 store was
+    # read without a word (its 3 kept logits and a flat rest).
+    teacher = _teacher()
+    _store(tmp_path / "top3", teacher, top_k=3).build(epochs=1)
+    with pytest.raises(ValueError, match=re.escape(
+            f"top_k: stored 3, now {NUM_CLASSES} (every class)")):
+        _store(tmp_path / "top3", teacher)
+    _store(tmp_path / "full", teacher).build(epochs=1)
+    for top_k in (None, NUM_CLASSES, NUM_CLASSES + 5):
+        assert _store(tmp_path / "full", teacher, top_k=top_k).top_k == NUM_CLASSES
+
+
+def test_the_runs_top_k_0_is_every_class_and_refuses_a_top_k_store(tmp_path):
+    # tools/train.py --teacher_store_top_k=0 (the default) once read a top-3 store
+    # built by an earlier run with --teacher_store_top_k=3, computing 0 batches.
+    from tllm_tf.pipeline import build
+    from tllm_tf.pipeline.config import RunConfig
+    config = RunConfig(workdir="unused", batch_size=64, teacher_store=str(tmp_path / "store"),
+                       teacher_store_top_k=3)
+    data = build.load_data(config)
+    teacher = make_mlp("teacher", input_shape=data.image_shape, num_classes=data.num_classes)
+    assert build.soft_label_store(config, data, teacher).build(epochs=1) > 0
+    every_class = dataclasses.replace(config, teacher_store_top_k=0)
+    with pytest.raises(ValueError, match=re.escape(
+            f"top_k: stored 3, now {data.num_classes} (every class)")):
+        build.soft_label_store(every_class, data, teacher)
+    full = dataclasses.replace(every_class, teacher_store=str(tmp_path / "full"))
+    assert build.soft_label_store(full, data, teacher).build(epochs=1) > 0
+    # A full store records top_k = num_classes: 0 reads it, as before.
+    assert json.loads((tmp_path / "full" / "store.json").read_text())["fingerprint"][
+        "top_k"] == data.num_classes
+    assert build.soft_label_store(full, data, teacher).build(epochs=1) == 0
 
 
 @pytest.mark.parametrize("argument", [dict(top_k=0), dict(top_k=2.5), dict(top_k=-1),

@@ -99,9 +99,10 @@ class SoftLabelStore:
         top_k: classes kept per view, `1 <= top_k <= num_classes` (the
             larger values are taken as `num_classes`). `top_k=num_classes`
             with `dtype="float32"` stores the logits exactly. Defaults to
-            `None`: the stored value, or `num_classes` for a new store (the
-            top k alone cost KD's dark knowledge at T=4, see
-            docs/soft_label_store.md).
+            `None`: every class, `num_classes` (the top k alone cost KD's
+            dark knowledge at T=4, see docs/soft_label_store.md), also when
+            reopening: a store of another `top_k` is refused, never read as
+            if it held every class.
         dtype: `"float16"` or `"float32"`, the dtype of the stored logits.
             Defaults to `None`: the stored value, or `"float16"`.
         batches_per_shard: batches per file, `>= 1`; a killed build loses
@@ -133,8 +134,9 @@ class SoftLabelStore:
         stored = self._files.read_record()
         stored_fingerprint = stored.get("fingerprint", {})
         # `is None`, not falsiness: a 0 is a bad argument, not "the default".
+        # Never the stored value: that read a top-k store as every class.
         if top_k is None:
-            top_k = stored_fingerprint.get("top_k", self.num_classes)
+            top_k = self.num_classes
         self.dtype = dtype if dtype is not None else stored_fingerprint.get("dtype", DEFAULT_DTYPE)
         # A store.json without the key predates it: one file per epoch.
         self.batches_per_shard = (batches_per_shard if batches_per_shard is not None
@@ -429,7 +431,7 @@ def _check_arguments(top_k, dtype, batches_per_shard, views_fingerprint):
 
 def _check_fingerprint(directory, stored, current):
     differences = [
-        f"{key}: stored {stored.get(key)!r}, now {current.get(key)!r}"
+        f"{key}: stored {_shown(key, stored)}, now {_shown(key, current)}"
         for key in sorted(set(stored) | set(current)) if stored.get(key) != current.get(key)]
     if differences:
         raise ValueError(
@@ -438,3 +440,11 @@ def _check_fingerprint(directory, stored, current):
             f"files are not this run's; its fingerprint differs: {'; '.join(differences)}. "
             "Pass another directory to build a store for this run, delete this one to "
             "rebuild it, or use the teacher, data and arguments it was built with.")
+
+
+def _shown(key, fingerprint):
+    """A fingerprint's value of `key` in a message; a `top_k` of every class says so."""
+    value = fingerprint.get(key)
+    if key == "top_k" and value is not None and value == fingerprint.get("num_classes"):
+        return f"{value!r} (every class)"
+    return repr(value)

@@ -253,7 +253,8 @@ def soft_label_store(config, data, teacher):
     """The `SoftLabelStore` at `config.teacher_store`: `teacher`'s logits on `train_batches`' views.
 
     The fingerprint names everything that decides the views, so a store made
-    for other views is refused (`ValueError`, naming each field). An epoch is
+    for other views is refused (`ValueError`, naming each field), as is one of another
+    `top_k` (`teacher_store_top_k=0` is every class, `num_classes`). An epoch is
     one file when its float32 logits take at most `STORE_FILE_BYTES` (the
     build holds one file's in memory), else files of as many batches as fit.
     """
@@ -261,7 +262,7 @@ def soft_label_store(config, data, teacher):
     per_file = max(1, STORE_FILE_BYTES // batch_bytes)
     return SoftLabelStore(
         config.teacher_store, teacher, lambda epoch: train_batches(data, config, epoch, epoch + 1),
-        num_classes=data.num_classes, top_k=config.teacher_store_top_k or None,
+        num_classes=data.num_classes, top_k=config.teacher_store_top_k or data.num_classes,
         dtype=config.teacher_store_dtype,
         batches_per_shard=None if per_file >= steps_per_epoch(data, config) else per_file,
         views_fingerprint={
