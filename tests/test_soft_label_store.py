@@ -310,6 +310,37 @@ def test_another_batches_per_shard_is_refused_and_an_older_store_reads_as_one_pe
         _store(older, teacher, batches_per_shard=1)
 
 
+def test_epoch_files_without_a_store_file_are_refused(tmp_path):
+    # Once: with store.json deleted, another teacher's build computed 0 batches and
+    # read the first teacher's logits.
+    _store(tmp_path, _teacher(0)).build(epochs=1)
+    with pytest.raises(ValueError, match="teacher_sha256"):
+        _store(tmp_path, _teacher(1))
+    os.remove(tmp_path / "store.json")
+    with pytest.raises(ValueError, match=re.escape(
+            f"The soft-label store in {tmp_path} has epoch files (epoch_00000.json, ") +
+            ".*" + re.escape(f"no store.json") + ".*" +
+            re.escape(f"Delete the whole folder {tmp_path}")):
+        _store(tmp_path, _teacher(1))
+    assert not (tmp_path / "store.json").exists()
+
+
+def test_two_stores_opened_on_one_empty_folder_cannot_share_it(tmp_path):
+    # Once: B, opened before A built, skipped writing store.json at build and read
+    # A's logits (0 batches computed).
+    first, second = _store(tmp_path, _teacher(0)), _store(tmp_path, _teacher(1))
+    first.build(epochs=1)
+    record = (tmp_path / "store.json").read_text()
+    with pytest.raises(ValueError, match="teacher_sha256: stored"):
+        second.build(epochs=1)
+    assert (tmp_path / "store.json").read_text() == record
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    # An open store whose store.json is deleted does not write a new one over old parts.
+    os.remove(tmp_path / "store.json")
+    with pytest.raises(ValueError, match="has epoch files"):
+        first.build(epochs=1)
+
+
 @pytest.mark.parametrize("content", ['{"fingerprint": {', "{}", "[]", '{"fingerprint": 3}'])
 def test_a_store_file_that_is_not_a_stores_record_is_refused(tmp_path, content):
     # `{}` once turned the fingerprint check off: any teacher reused the store.

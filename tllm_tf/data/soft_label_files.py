@@ -14,12 +14,17 @@ import logging
 import numbers
 import os
 import re
+import tempfile
 import time
 import zipfile
 
 import numpy as np
 
+from tllm_tf import atomic
+
 STORE_FILE = "store.json"
+# An epoch's part files and its index.
+_EPOCH_FILE = re.compile(r"epoch_\d+(_part_\d+\.npz|\.json)")
 # tllm_tf.atomic's temporary names (`.NAME.XXXXXXXX.tmp`) of a store's files only.
 _TEMPORARY = re.compile(r"\.(store\.json|epoch_\d+(_part_\d+\.npz|\.json))\.\w+\.tmp")
 # A younger temporary file may be another process's write in progress (two
@@ -74,11 +79,13 @@ class StoreFiles:
         """`store.json`'s record, `{}` if there is none.
 
         Raises:
-            ValueError: if the file is not JSON or lacks the fingerprint, which
-                would otherwise let any teacher reuse the store.
+            ValueError: if the file is not JSON or lacks the fingerprint, or is
+                missing while epoch files are present: either would otherwise
+                let any teacher reuse the store.
         """
         path = self.store_file()
         if not os.path.exists(path):
+            self._check_no_epoch_files()
             return {}
         try:
             with open(path) as stream:
@@ -92,6 +99,52 @@ class StoreFiles:
                 f"Delete the directory {self.directory} and run the same command again to "
                 "rebuild the store.")
         return record
+
+    def create_record(self, record):
+        """Writes `store.json` holding `record`, unless the file exists.
+
+        Never replaces one: a store opened on the same empty folder by
+        another process may have written its own since, which the caller
+        must read back and compare. The record is written to a temporary
+        file, then hard-linked to `store.json` (which fails if it exists),
+        so the file is whole whenever it exists.
+
+        Args:
+            record: a dict of JSON values.
+
+        Raises:
+            ValueError: if `store.json` is missing but epoch files are present.
+        """
+        path = self.store_file()
+        if os.path.exists(path):
+            return
+        self._check_no_epoch_files()
+        os.makedirs(self.directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=self.directory, prefix=atomic.temporary_prefix(path), suffix=".tmp")
+        try:
+            os.fchmod(handle, 0o666 & ~atomic.current_umask())
+            with os.fdopen(handle, "w") as stream:
+                json.dump(atomic.to_json_value(record), stream, indent=1, sort_keys=True,
+                          allow_nan=False)
+                stream.flush()
+                os.fsync(stream.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.remove(temporary)
+
+    def _check_no_epoch_files(self):
+        names = sorted(name for name in os.listdir(self.directory)
+                       if _EPOCH_FILE.fullmatch(name)) if os.path.isdir(self.directory) else []
+        # Rechecked: another build may have written store.json, then parts, meanwhile.
+        if names and not os.path.exists(self.store_file()):
+            raise ValueError(
+                f"The soft-label store in {self.directory} has epoch files "
+                f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) but no "
+                f"{STORE_FILE}, so they cannot be checked against this teacher and these "
+                "views: they may be another teacher's. Delete the whole folder "
+                f"{self.directory} and run the same command again to rebuild the store.")
 
     def size_on_disk(self):
         """Bytes of the store's files."""

@@ -148,11 +148,14 @@ class SoftLabelStore:
         self.fingerprint = dict(views_fingerprint, teacher_sha256=teacher_sha256(teacher),
                                 num_classes=self.num_classes, top_k=self.top_k, dtype=self.dtype)
         if stored:
-            _check_fingerprint(
-                self.directory,
-                dict(stored_fingerprint, batches_per_shard=stored.get("batches_per_shard")),
-                dict(self.fingerprint, batches_per_shard=self.batches_per_shard))
+            self._check_record(stored)
         self._teacher_pass = None
+
+    def _check_record(self, stored):
+        _check_fingerprint(
+            self.directory,
+            dict(stored["fingerprint"], batches_per_shard=stored.get("batches_per_shard")),
+            dict(self.fingerprint, batches_per_shard=self.batches_per_shard))
 
     # -- building -------------------------------------------------------------
 
@@ -182,14 +185,18 @@ class SoftLabelStore:
 
         Raises:
             ValueError: if `epochs` is not an integer `>= 0`, if an epoch's
-                views are empty, or if the teacher's logits are not
-                `num_classes` wide.
+                views are empty, if the teacher's logits are not
+                `num_classes` wide, or if the directory's `store.json` is now
+                another store's (or missing beside epoch files), as on
+                opening.
         """
         _check_count("epochs", epochs, minimum=0)
         self._files.remove_stale_temporaries()
-        if not os.path.exists(self._files.store_file()):
-            atomic.write_json(self._files.store_file(), {
-                "fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
+        self._files.create_record(
+            {"fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
+        # Read back: another store opened on this folder may have written it first,
+        # or it may have changed since this one was opened.
+        self._check_record(self._files.read_record())
         computed = 0
         for epoch in range(epochs):
             if os.path.exists(self._files.index_path(epoch)):
