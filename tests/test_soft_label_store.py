@@ -319,7 +319,7 @@ def test_epoch_files_without_a_store_file_are_refused(tmp_path):
     os.remove(tmp_path / "store.json")
     with pytest.raises(ValueError, match=re.escape(
             f"The soft-label store in {tmp_path} has epoch files (epoch_00000.json, ") +
-            ".*" + re.escape(f"no store.json") + ".*" +
+            ".*" + re.escape("no store.json") + ".*" +
             re.escape(f"Delete the whole folder {tmp_path}")):
         _store(tmp_path, _teacher(1))
     assert not (tmp_path / "store.json").exists()
@@ -425,6 +425,43 @@ def test_a_damaged_or_missing_part_met_when_reading_is_named(tmp_path):
     with pytest.raises(ValueError, match=re.escape(
             f"The soft-label store's file {part} is missing. Call build")):
         store.dataset(epochs=2)
+
+
+def _edit(part, how):
+    """Rewrites a part's arrays, self-consistently as a hand edit would be."""
+    with np.load(part) as loaded:
+        arrays = {key: loaded[key] for key in loaded}
+    if how == "a batch fewer":
+        arrays = {key: value[:BATCH_SIZE] if key != "batch_sizes" and key != "image_sums"
+                  else value[:1] for key, value in arrays.items()}
+    elif how == "a row fewer":
+        arrays = {key: value[:-1] if key not in ("batch_sizes", "image_sums") else value
+                  for key, value in arrays.items()}
+    elif how == "a logit not finite":
+        arrays["top_logits"][3, 1] = np.nan
+    else:  # A class id beyond num_classes.
+        arrays["top_classes"][0, 0] = NUM_CLASSES
+    np.savez(part, **arrays)
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("a batch fewer", "it holds 1 batches, where the epoch expects 2"),
+    ("a row fewer", "its 15 logit rows are not its batch sizes' sum, 16"),
+    ("a logit not finite", "a logit is not finite"),
+    ("a class out of range", f"a class id is not in [0, num_classes={NUM_CLASSES})")])
+def test_a_part_edited_by_hand_is_named_when_read(tmp_path, how, problem):
+    # Once: a row fewer failed in a RaggedTensor check naming no file, a batch fewer
+    # as "not the views" (the next epoch's batch met its sum), a class out of range
+    # in put_along_axis, and a NaN logit was trained on.
+    top_k = 2 if how == "a class out of range" else None
+    store = _store(tmp_path, _teacher(), batches_per_shard=2, top_k=top_k)
+    store.build(epochs=2)
+    part = tmp_path / "epoch_00001_part_00000.npz"
+    _edit(part, how)
+    with pytest.raises(tf.errors.OpError, match=re.escape(
+            f"The soft-label store's file {part} is damaged ({problem}). Delete it and run "
+            "the same command again")):
+        list(store.dataset(epochs=2))
 
 
 def test_build_removes_the_temporary_files_a_killed_write_left(tmp_path):

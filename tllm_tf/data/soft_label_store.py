@@ -52,6 +52,8 @@ STORE_FILE = soft_label_files.STORE_FILE
 # top 10 of 100 classes moved the KD loss at T=4 by 34%, float16 by 3e-6.
 DEFAULT_DTYPE = "float16"
 DTYPES = ("float16", "float32")
+# A part's most batches where an epoch is one part: no bound.
+_ANY_NUMBER = np.iinfo(np.int64).max
 _OWN_KEYS = ("teacher_sha256", "num_classes", "top_k", "dtype", "batches_per_shard")
 
 def teacher_sha256(teacher):
@@ -309,7 +311,9 @@ class SoftLabelStore:
             logits}, labels)`, `logits` float32 `(batch, num_classes)`. A
             batch whose images are not the stored views' (their sum differs)
             stops iteration with an `InvalidArgumentError`; so does a part
-            file damaged since `build` checked it, naming the file.
+            file damaged since `build` checked it, or whose arrays disagree
+            (rows against batch sizes, the batches its epoch expects, class
+            ids, non-finite logits), naming the file and the problem.
 
         Raises:
             ValueError: if the store lacks an epoch of the range, or a file
@@ -317,9 +321,13 @@ class SoftLabelStore:
         """
         epochs = self.built_epochs if epochs is None else epochs
         self._check_range(start_epoch, epochs)
-        paths = [path for epoch in range(start_epoch, epochs)
-                 for path in self._listed_parts(epoch)]
-        stored = tf.data.Dataset.from_tensor_slices(paths).flat_map(self._read_part)
+        paths, batch_counts = [], []
+        for epoch in range(start_epoch, epochs):
+            listed = self._listed_parts(epoch)
+            paths += listed
+            batch_counts += [self._batch_counts(part, len(listed)) for part in range(len(listed))]
+        stored = tf.data.Dataset.from_tensor_slices((paths, batch_counts)).flat_map(
+            self._read_part)
         paired = tf.data.Dataset.zip(batches, stored).map(
             _pair, num_parallel_calls=tf.data.AUTOTUNE)
         if int(batches.cardinality()) >= 0:
@@ -353,30 +361,65 @@ class SoftLabelStore:
                 "again): it recomputes that epoch.")
         return paths
 
-    def _read_part(self, path):
+    def _batch_counts(self, part, parts):
+        """`[fewest, most]` batches part `part` of an epoch of `parts` parts may hold."""
+        if self.batches_per_shard is None:  # One part, the whole epoch.
+            return [1, _ANY_NUMBER]
+        # Every part but the last holds batches_per_shard; the last, what was left.
+        return [1 if part == parts - 1 else self.batches_per_shard, self.batches_per_shard]
+
+    def _read_part(self, path, batch_counts):
         logits, batch_sizes, image_sums = tf.numpy_function(
-            self._load_part, [path], (tf.float32, tf.int64, tf.float64), stateful=False)
+            self._load_part, [path, batch_counts], (tf.float32, tf.int64, tf.float64),
+            stateful=False)
         logits = tf.ensure_shape(logits, (None, self.num_classes))
         batch_sizes = tf.ensure_shape(batch_sizes, (None,))
         return tf.data.Dataset.from_tensor_slices(
             (tf.RaggedTensor.from_row_lengths(logits, batch_sizes), image_sums))
 
-    def _load_part(self, path):
+    def _load_part(self, path, batch_counts):
         path = path.decode() if isinstance(path, bytes) else path
         try:
             with np.load(path) as arrays:
-                top_logits = arrays["top_logits"].astype(np.float32)
-                if "top_classes" in arrays:
-                    logits = top_k_logits.reconstruct(
-                        top_logits, arrays["top_classes"], arrays["rest_logsumexp"],
-                        self.num_classes)
-                else:
-                    logits = top_logits
-                return logits, arrays["batch_sizes"], arrays["image_sums"]
+                arrays = {name: arrays[name] for name in self._array_names()}
         except soft_label_files.DAMAGED as error:
-            raise ValueError(
-                f"The soft-label store's file {path} is damaged ({error}). Delete it and "
-                "run the same command again: build recomputes its epoch.") from error
+            raise ValueError(_damaged(path, error)) from error
+        problem = self._arrays_problem(arrays, *batch_counts)
+        if problem:
+            raise ValueError(_damaged(path, problem))
+        logits = arrays["top_logits"].astype(np.float32)
+        if self.top_k < self.num_classes:
+            logits = top_k_logits.reconstruct(
+                logits, arrays["top_classes"], arrays["rest_logsumexp"], self.num_classes)
+        if not np.all(np.isfinite(logits)):
+            raise ValueError(_damaged(path, "a logit is not finite"))
+        return (logits, arrays["batch_sizes"].astype(np.int64),
+                arrays["image_sums"].astype(np.float64))
+
+    def _arrays_problem(self, arrays, fewest_batches, most_batches):
+        """What makes a part's arrays inconsistent with each other or the store, or `None`."""
+        top_logits, batch_sizes = arrays["top_logits"], arrays["batch_sizes"]
+        rows = len(top_logits)
+        if top_logits.ndim != 2 or top_logits.shape[1] != self.top_k:
+            return f"its top_logits are {top_logits.shape}, not (rows, {self.top_k})"
+        if batch_sizes.ndim != 1 or arrays["image_sums"].shape != batch_sizes.shape:
+            return "its batch_sizes and image_sums are not two lists of one length"
+        if not fewest_batches <= len(batch_sizes) <= most_batches:
+            expected = (f"at least {fewest_batches}" if most_batches == _ANY_NUMBER
+                        else f"{fewest_batches}" if most_batches == fewest_batches
+                        else f"{fewest_batches} to {most_batches}")
+            return f"it holds {len(batch_sizes)} batches, where the epoch expects {expected}"
+        if np.any(batch_sizes < 1) or batch_sizes.sum() != rows:
+            return f"its {rows} logit rows are not its batch sizes' sum, {batch_sizes.sum()}"
+        if self.top_k < self.num_classes:
+            top_classes = arrays["top_classes"]
+            if (top_classes.shape != top_logits.shape
+                    or arrays["rest_logsumexp"].shape != (rows,)):
+                return "its top_classes or rest_logsumexp do not match its top_logits' shape"
+            classes = top_classes.astype(np.int64)
+            if np.any(classes < 0) or np.any(classes >= self.num_classes):
+                return f"a class id is not in [0, num_classes={self.num_classes})"
+        return None
 
     # -- files ----------------------------------------------------------------
 
@@ -390,6 +433,11 @@ class SoftLabelStore:
         if self.top_k < self.num_classes:
             names |= {"top_classes", "rest_logsumexp"}
         return names
+
+
+def _damaged(path, problem):
+    return (f"The soft-label store's file {path} is damaged ({problem}). Delete it and "
+            "run the same command again: build recomputes its epoch.")
 
 
 def _pair(batch, stored):
