@@ -464,6 +464,31 @@ def test_a_part_edited_by_hand_is_named_when_read(tmp_path, how, problem):
         list(store.dataset(epochs=2))
 
 
+@pytest.mark.parametrize("written", ["part", "index", "store.json"])
+def test_a_full_disk_names_the_store_file_being_written(tmp_path, monkeypatch, written):
+    # Once "[Errno 28] No space left on device", naming no file.
+    from tllm_tf.data import soft_label_files
+    from tllm_tf.data import soft_label_store
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if written == "part":
+        monkeypatch.setattr(np, "savez", no_space)
+        path = tmp_path / "epoch_00000_part_00000.npz"
+    elif written == "index":
+        monkeypatch.setattr(soft_label_store.atomic, "write_json", no_space)
+        path = tmp_path / "epoch_00000.json"
+    else:
+        monkeypatch.setattr(soft_label_files.json, "dump", no_space)
+        path = tmp_path / "store.json"
+    with pytest.raises(OSError, match=re.escape(
+            "[Errno 28] No space left on device while writing the soft-label store's "
+            f"file {path}")) as error:
+        _store(tmp_path, _teacher()).build(epochs=1)
+    assert error.value.errno == 28 and not path.exists()
+
+
 def test_build_removes_the_temporary_files_a_killed_write_left(tmp_path):
     stale = [".store.json.ab12cd34.tmp", ".epoch_00000_part_00000.npz.x_y_z123.tmp",
              ".epoch_00003.json.qwertyui.tmp"]

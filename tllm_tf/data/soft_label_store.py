@@ -19,7 +19,8 @@ directory:
 * `store.json`: the fingerprint (teacher weights' SHA-256, the views'
   description, `top_k`, `dtype`, `num_classes`) and `batches_per_shard`;
 * `epoch_EEEEE_part_PPPPP.npz`: `batches_per_shard` consecutive batches of
-  epoch `E` (the whole epoch by default): the compressed logits, each
+  epoch `E` (the whole epoch by default): the logits as kept (`np.savez`,
+  not zip-compressed: float16 logits barely compress), each
   batch's size and the float64 sum of its images (checked when read, which
   catches another epoch's or another seed's batches, not images reordered
   or mirrored within a batch);
@@ -33,6 +34,7 @@ the teacher as it is given; it imports no model or pipeline code. See
 docs/soft_label_store.md.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -194,8 +196,9 @@ class SoftLabelStore:
         """
         _check_count("epochs", epochs, minimum=0)
         self._files.remove_stale_temporaries()
-        self._files.create_record(
-            {"fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
+        with _writing(self._files.store_file()):
+            self._files.create_record(
+                {"fingerprint": self.fingerprint, "batches_per_shard": self.batches_per_shard})
         # Read back: another store opened on this folder may have written it first,
         # or it may have changed since this one was opened.
         self._check_record(self._files.read_record())
@@ -216,7 +219,7 @@ class SoftLabelStore:
         if done and self.batches_per_shard is None:
             # One file per epoch: a build killed before writing the index
             # left a whole epoch.
-            atomic.write_json(self._files.index_path(epoch), {"parts": len(done)})
+            self._write_index(epoch, len(done))
             return 0
         per_shard = self.batches_per_shard or np.inf
         views = self.epoch_views(epoch)
@@ -236,7 +239,7 @@ class SoftLabelStore:
             raise ValueError(
                 f"Epoch {epoch}'s training views are empty: epoch_views({epoch}) gave no "
                 "batch. Pass an epoch_views function that returns that epoch's batches.")
-        atomic.write_json(self._files.index_path(epoch), {"parts": parts})
+        self._write_index(epoch, parts)
         return computed
 
     def _compress(self, images):
@@ -273,8 +276,14 @@ class SoftLabelStore:
                 top_classes=np.concatenate(top_classes).astype(
                     top_k_logits.class_dtype(self.num_classes)),
                 rest_logsumexp=top_k_logits.to_storage(np.concatenate(rest), self.dtype))
-        with atomic.atomic_open(self._files.part_path(epoch, part), "wb") as stream:
+        path = self._files.part_path(epoch, part)
+        with _writing(path), atomic.atomic_open(path, "wb") as stream:
             np.savez(stream, **arrays)
+
+    def _write_index(self, epoch, parts):
+        path = self._files.index_path(epoch)
+        with _writing(path):
+            atomic.write_json(path, {"parts": parts})
 
     # -- reading --------------------------------------------------------------
 
@@ -433,6 +442,18 @@ class SoftLabelStore:
         if self.top_k < self.num_classes:
             names |= {"top_classes", "rest_logsumexp"}
         return names
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Names `path` in an `OSError` its write raises: a full disk's names no file."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, f"{error.strerror or error} while writing the "
+                      f"soft-label store's file {path}") from error
 
 
 def _damaged(path, problem):
