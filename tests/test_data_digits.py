@@ -55,9 +55,17 @@ def test_digits_test_split_does_not_depend_on_other_settings():
 
 
 def test_digits_num_train_is_exact_and_stratified():
-    for num_train in (7, 10, 333):
+    for num_train in (11, 10, 333):
         data = load_digits(num_train=num_train, seed=3)
         labels = np.array([int(label) for _, label in data.train])
         assert data.num_train == len(labels) == num_train
         counts = np.bincount(labels, minlength=10)
         assert counts.max() - counts.min() <= 1 + num_train // 100
+
+
+def test_num_train_below_the_number_of_classes_is_refused():
+    # It trained on 5 images of 10 classes without a word.
+    with pytest.raises(ValueError, match=r"Expected num_train >= 10, one image per class of "
+                                         r"the digits\. Received: num_train=5"):
+        load_digits(num_train=5)
+    assert load_digits(num_train=10).num_train == 10

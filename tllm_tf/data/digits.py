@@ -10,6 +10,8 @@ import tensorflow as tf
 from tllm_tf.data import splits
 from tllm_tf.data.types import DataSplits
 
+NUM_CLASSES = 10
+
 
 def load_digits_arrays():
     """Returns `(images, labels)`: float32 `(1797, 8, 8, 1)` in 0-16, int32."""
@@ -37,7 +39,14 @@ def load_digits(test_fraction=0.2, holdout_fraction=0.2, num_train=None, seed=0)
 
     Returns:
         A `tllm_tf.data.DataSplits`.
+
+    Raises:
+        ValueError: if `num_train` is below the number of classes (10).
     """
+    if num_train is not None and num_train < NUM_CLASSES:
+        raise ValueError(
+            f"Expected num_train >= {NUM_CLASSES}, one image per class of the digits. "
+            f"Received: num_train={num_train}")
     images, labels = load_digits_arrays()
     rest, test = splits.stratified_split(labels, fraction=test_fraction, seed=seed)
     train, held_out = splits.stratified_split(
@@ -55,8 +64,8 @@ def load_digits(test_fraction=0.2, holdout_fraction=0.2, num_train=None, seed=0)
         train=dataset(train),
         held_out=dataset(held_out),
         test=dataset(test),
-        num_classes=10,
-        class_names=tuple(str(digit) for digit in range(10)),
+        num_classes=NUM_CLASSES,
+        class_names=tuple(str(digit) for digit in range(NUM_CLASSES)),
         image_shape=(8, 8, 1),
         mean=(float(train_images.mean()),),
         std=(float(train_images.std()),),
