@@ -190,6 +190,16 @@ def test_report_refuses_a_model_with_another_number_of_classes(tool, models, tmp
     assert not os.path.exists(tmp_path / "report")
 
 
+@pytest.mark.parametrize("output_dir", ["a_file", "a_file/report"])
+def test_report_to_a_folder_it_cannot_write_is_one_error_line_before_evaluating(
+        tool, models, tmp_path, output_dir):
+    # A traceback, after every model had been evaluated.
+    (tmp_path / "a_file").write_text("")
+    line = _one_error_line(tool("tools/report.py", f"--model_paths={models[10]},{models[10]}",
+                                "--dataset=digits", f"--output_dir={tmp_path / output_dir}"))
+    assert f"{str(tmp_path / 'a_file')!r} is a file, not a folder" in line
+
+
 def test_evaluate_models_refuses_a_keras_model_with_another_number_of_classes():
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs)))

@@ -161,13 +161,18 @@ def check_writable(path):
         path: the destination file.
 
     Raises:
-        ValueError: if `path` is a directory, or no temporary file can be
-            made beside it (a missing, read-only or special folder), naming
-            the reason.
+        ValueError: if `path` is a directory or under a file, or no
+            temporary file can be made beside it (a read-only or special
+            folder), naming the reason.
     """
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory: name a file to write.")
     directory = os.path.dirname(os.path.abspath(path))
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"Cannot write {path!r}: {existing!r} is a file, not a folder.")
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):

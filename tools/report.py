@@ -18,6 +18,7 @@ import os
 from absl import app
 from absl import flags
 
+from tllm_tf import atomic
 from tllm_tf.pipeline import console
 from tllm_tf.analysis import reporting
 from tllm_tf.analysis import workdir_results
@@ -76,14 +77,25 @@ def main(argv):
         raise app.UsageError("Give exactly one of --workdir and --model_paths.")
     if FLAGS.model_paths and not FLAGS.output_dir:
         raise app.UsageError("--model_paths needs --output_dir.")
+    if FLAGS.mask_log and not FLAGS.model_paths:
+        raise app.UsageError("--mask_log is for --model_paths: a --workdir's report reads the "
+                             "mask log of its tllm student.")
     console.plain_log_lines()
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, workdir_files.REPORT_DIR)
     try:
+        if FLAGS.model_paths:  # Before the models are evaluated.
+            atomic.check_writable(os.path.join(output_dir, reporting.REPORT_FILES[0]))
+            if FLAGS.mask_log and not os.path.isfile(FLAGS.mask_log):
+                raise ValueError(f"--mask_log={FLAGS.mask_log!r} is not a file.")
         results = (workdir_results.load_results(FLAGS.workdir) if FLAGS.workdir
                    else _results_from_models())
-    except (ValueError, FileNotFoundError) as error:
+        atomic.check_writable(os.path.join(output_dir, reporting.REPORT_FILES[0]))
+        written = reporting.write_report(results, output_dir, title=FLAGS.title)
+    except (ValueError, OSError) as error:  # OSError: a folder that failed while written.
         console.exit_with_error(error)
-    written = reporting.write_report(results, output_dir, title=FLAGS.title)
+    except KeyboardInterrupt:
+        console.exit_interrupted(f"The report in {output_dir} may be incomplete: run the same "
+                                 "command again.")
     print(reporting.markdown_table(results))
     print("\n".join(reporting.summary_lines(results)))
     print(f"Report: {written['report.md']} (report.json and the plots beside it)")
