@@ -178,3 +178,11 @@ def test_the_loss_is_built_once_so_what_it_refuses_is_refused_before_any_stage(
                                          rf".*{message}"):
         RunConfig(workdir="w", distillation_loss="squared", beta=0.9)
     RunConfig(workdir="w")  # The default loss builds.
+
+
+def test_a_teacher_stage_given_a_teacher_is_refused_as_training_nothing():
+    # It trained nothing, left a config.json, and ended saying to free disk space.
+    with pytest.raises(ValueError, match=r"stage=teacher trains the teacher, and teacher_path "
+                                         r"gives one: nothing would train"):
+        RunConfig(workdir="w", stage="teacher", teacher_path="t.keras")
+    RunConfig(workdir="w", stage="store", teacher_path="t.keras", teacher_store="s")

@@ -87,7 +87,10 @@ def _train_and_report(config):
             if config.stage == "store":  # It trains nothing: no model to report.
                 print(f"Soft-label store complete: {config.teacher_store}")
                 return
-            results = workdir_results.load_results(config.workdir)
+            try:
+                results = workdir_results.load_results(config.workdir)
+            except FileNotFoundError as error:  # No stage has a result: not a disk's doing.
+                raise ValueError(str(error)) from None
         written = reporting.write_report(
             results, os.path.join(config.workdir, workdir_files.REPORT_DIR))
     except (ValueError, NonFiniteLossError, multi_worker.ChiefFailedError,

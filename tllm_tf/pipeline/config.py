@@ -165,6 +165,9 @@ class RunConfig:
         require(self.stage != "store" or self.teacher_store,
                 "stage=store builds the teacher's soft-label store: name its directory with "
                 "teacher_store (--teacher_store=DIR)")
+        require(self.stage != "teacher" or not self.teacher_path,
+                "stage=teacher trains the teacher, and teacher_path gives one: nothing would "
+                "train. Drop --teacher_path, or run another --stage (all, reference, student)")
         require(self.students and all(s in STUDENTS for s in self.students),
                 f"students must be a non-empty list of {STUDENTS}. Received: "
                 f"students={self.students}" + _model_name_hint(self.students))
