@@ -286,3 +286,19 @@ def test_every_stage_trains_on_mixed_soft_labels_under_mixup(tmp_path, monkeypat
         # Mixed: a probability vector a row, some rows not one class alone.
         assert labels.ndim == 2 and np.allclose(labels.sum(axis=1), 1.0, atol=1e-5)
         assert (labels.max(axis=1) < 0.99).any()
+
+
+def test_students_without_the_workdirs_teacher_are_refused_before_anything_is_written(tmp_path):
+    # The student stage found the teacher missing after it had made its folder, which then
+    # made the workdir's run look begun with a teacher since gone: its teacher's resume refused.
+    config = RunConfig(workdir=str(tmp_path / "run"), stage="student", num_train=200,
+                       teacher_model="cnn_tiny", epochs=1, students=("distilled",),
+                       reference_fallback=False, verbose=0)
+    with pytest.raises(ValueError, match=r"--stage=student needs the teacher this workdir "
+                                         r"trains, and .*teacher/model.keras does not exist"):
+        stages.run(config)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run" / "teacher").mkdir(parents=True)  # A teacher still training.
+    with pytest.raises(ValueError, match="needs the teacher this workdir trains"):
+        stages.run(config)
+    assert sorted(os.listdir(tmp_path / "run")) == ["teacher"]

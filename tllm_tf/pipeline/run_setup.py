@@ -42,6 +42,7 @@ def prepare(config, strategy):
     """
     cluster_config.check_same_config(strategy, dataclasses.asdict(config))
     data = preflight.check(config, strategy, build.load_data)
+    multi_worker.run_on_chief(strategy, lambda: _check_teacher_trained(config))
     if config.masked_classes_from and "student" in config.stages:
         config = _with_earlier_mask(config, strategy, data.num_classes)
     multi_worker.run_on_chief(
@@ -81,6 +82,23 @@ def prepare(config, strategy):
         multi_worker.run_on_chief(
             strategy, lambda: stage_inputs.check_reference_model(reference_path))
     return config, data, teacher_path, reference_path
+
+
+def _check_teacher_trained(config):
+    """Refuses students or a store that need this workdir's teacher, where it has none.
+
+    Found when the student stage loaded it, the refusal left that stage's
+    folder, which then made the workdir's run look begun with another teacher.
+    """
+    needs_teacher = {"student", "store"} & set(config.stages)
+    if config.teacher_path or TEACHER_STAGE in config.stages or not needs_teacher:
+        return
+    path = os.path.join(config.workdir, TEACHER_STAGE, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"--stage={config.stage} needs the teacher this workdir trains, and {path} does "
+            "not exist: run --stage=teacher (or --stage=all) in this workdir first, or pass "
+            "--teacher_path.")
 
 
 def _with_earlier_mask(config, strategy, num_classes):
