@@ -250,7 +250,7 @@ def test_a_test_folder_moves_with_its_files_and_is_refused_changed_or_added(tmp_
     _write_png(tmp_path / "test_moved" / "owl" / "new.png", 9)
     with pytest.raises(ValueError) as raised:
         stages.run(dataclasses.replace(made, test_image_folder=str(tmp_path / "test_moved")))
-    assert "files of the test split of --image_folder=" in str(raised.value)
+    assert "the images of the test split of --image_folder=" in str(raised.value)
     with pytest.raises(ValueError, match="--test_image_folder: .* in the workdir, None now"):
         stages.run(dataclasses.replace(made, test_image_folder=None))
 

@@ -162,8 +162,9 @@ def check_writable(path):
 
     Raises:
         ValueError: if `path` is a directory or under a file, or no
-            temporary file can be made beside it (a read-only or special
-            folder), naming the reason.
+            temporary file can be made in its nearest existing folder (a
+            read-only or special folder), naming the reason. Nothing is
+            created.
     """
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory: name a file to write.")
@@ -174,8 +175,9 @@ def check_writable(path):
     if not os.path.isdir(existing):
         raise ValueError(f"Cannot write {path!r}: {existing!r} is a file, not a folder.")
     try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        # In the nearest folder that exists: nothing is created for a check (atomic_open
+        # creates the missing folders when it writes).
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise ValueError(f"Cannot write {path!r}: {error.strerror or error}.") from error
