@@ -11,6 +11,7 @@ import time
 import keras
 import pytest
 
+import tllm_tf
 from tllm_tf.analysis import benchmark
 from tllm_tf.analysis import benchmark_figures
 
@@ -154,6 +155,36 @@ def test_the_cpu_clock_leaves_out_time_spent_waiting():
     assert max(cpu.seconds) < 0.25 and max(cpu.callback_seconds) < 0.1
     with pytest.raises(ValueError, match="clock"):
         benchmark.FitTimer(model, data, clock="gpu")
+
+
+class _SleepingMaskUpdater(keras.callbacks.Callback):
+    """Waits 0.05 s at every epoch end; a mask updater, so `Distiller.fit` lists it first."""
+
+    updates_class_mask = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep(0.05)
+
+
+def _tiny_distiller():
+    keras.utils.set_random_seed(0)
+
+    def model():
+        return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3),
+                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+
+    distiller = tllm_tf.Distiller(model(), model())
+    distiller.compile(optimizer="sgd", distillation_loss_fn=tllm_tf.KDLoss(temperature=4.0))
+    return distiller
+
+
+def test_the_callback_is_timed_wherever_fit_puts_it():
+    data = benchmark.synthetic_dataset(32, (8, 8, 3), 4, batch_size=16)
+    result = benchmark.FitTimer(_tiny_distiller(), data,
+                                timed_callback=_SleepingMaskUpdater())(repeats=2)
+    assert len(result.callback_seconds) == 2 and min(result.callback_seconds) >= 0.05
+    assert all(c <= s for c, s in zip(result.callback_seconds, result.seconds))
+    assert result.callback_share > 0.05
 
 
 def test_distillation_figures_with_and_without_a_16_bit_teacher():

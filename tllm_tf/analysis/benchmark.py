@@ -65,7 +65,7 @@ class Throughput:
         images: images processed in one round.
         seconds: duration of each timed round.
         callback_seconds: per timed round, the time spent in the timed
-            callback's `on_epoch_end` (empty when none was timed).
+            callback's hooks inside the epoch (empty when none was timed).
     """
 
     images: int
@@ -107,19 +107,80 @@ def _clock(name):
 
 
 class _EpochClock(keras.callbacks.Callback):
-    """Stamps the time of epoch begin and end; placed around other callbacks."""
+    """Stamps the time of every epoch's end; placed after the other callbacks."""
 
     def __init__(self, clock):
         super().__init__()
         self.clock = clock
-        self.begin = []
         self.end = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.begin.append(self.clock())
 
     def on_epoch_end(self, epoch, logs=None):
         self.end.append(self.clock())
+
+
+# The hooks a callback may run inside an epoch of `fit`; their time is the callback's share.
+_EPOCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
+                "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end")
+# Hooks run once per `fit`, outside its epochs (and outside the rounds' time).
+_FIT_HOOKS = ("on_train_begin", "on_train_end")
+
+
+def _overrides(callback, hook):
+    return getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook)
+
+
+class _TimedCallback(keras.callbacks.Callback):
+    """Runs `callback`'s hooks, adding up per epoch the time its epoch hooks take.
+
+    Timed inside its own hooks, so the figure does not depend on where `fit`
+    puts the callback in the list (`Distiller.fit` moves mask updaters
+    first). Only the hooks `callback` overrides are defined here: a batch
+    hook, even a no-op, would stop Keras from dispatching the batch hooks
+    asynchronously. `updates_class_mask` and `async_safe` are passed on.
+
+    Args:
+        callback: the `keras.callbacks.Callback` to time.
+        clock: a function returning seconds (`CLOCKS`).
+    """
+
+    def __init__(self, callback, clock):
+        super().__init__()
+        self.callback = callback
+        self.clock = clock
+        self.epoch_seconds = []
+        self.updates_class_mask = getattr(callback, "updates_class_mask", False)
+        self.async_safe = getattr(callback, "async_safe", False)
+        for hook in _EPOCH_HOOKS:
+            if _overrides(callback, hook):
+                setattr(self, hook, self._timed(getattr(callback, hook)))
+        for hook in _FIT_HOOKS:
+            if _overrides(callback, hook):
+                setattr(self, hook, getattr(callback, hook))
+
+    def _timed(self, hook):
+        def run(*args, **kwargs):
+            start = self.clock()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                if self.epoch_seconds:
+                    self.epoch_seconds[-1] += self.clock() - start
+        return run
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_seconds.append(0.0)
+        self._timed(self.callback.on_epoch_begin)(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._timed(self.callback.on_epoch_end)(epoch, logs)
 
 
 class FitTimer:
@@ -127,13 +188,16 @@ class FitTimer:
 
     A call runs one `fit` whose first `warmup` epochs are not timed (the
     first call compiles the step; later ones warm the callbacks, which
-    Keras resets at every `fit`). An epoch's time includes its callbacks.
+    Keras resets at every `fit`). A round is the time from the previous
+    epoch's end to this epoch's, every callback's epoch hooks included,
+    whatever their order.
 
     Args:
         model: a compiled `keras.Model`.
         dataset: finite batched `tf.data.Dataset` of `(x, y)`.
         timed_callback: a `keras.callbacks.Callback` run every epoch whose
-            `on_epoch_end` is also timed on its own. Defaults to `None`.
+            hooks inside the epoch (`on_epoch_begin`, `on_epoch_end`, batch
+            and test hooks) are also timed on their own. Defaults to `None`.
         clock: `"wall"` or `"cpu"` (`CLOCKS`). Defaults to `"wall"`.
     """
 
@@ -147,15 +211,17 @@ class FitTimer:
     def __call__(self, warmup=1, repeats=3):
         """Returns the `Throughput` of `repeats` epochs after `warmup` epochs."""
         _check_rounds(warmup, repeats)
-        first, last = _EpochClock(self.clock), _EpochClock(self.clock)
-        inner = [self.timed_callback] if self.timed_callback else []
-        self.model.fit(self.dataset, epochs=warmup + repeats, verbose=0,
-                       shuffle=False, callbacks=[first] + inner + [last])
-        seconds = tuple(e - b for b, e in zip(first.begin, last.end))[warmup:]
-        callback_seconds = ()
+        epoch_clock = _EpochClock(self.clock)
+        timed = None
         if self.timed_callback is not None:
-            callback_seconds = tuple(
-                e - b for b, e in zip(first.end, last.end))[warmup:]
+            timed = _TimedCallback(self.timed_callback, self.clock)
+        callbacks = ([timed] if timed else []) + [epoch_clock]
+        self.model.fit(self.dataset, epochs=warmup + repeats, verbose=0,
+                       shuffle=False, callbacks=callbacks)
+        ends = epoch_clock.end
+        # warmup >= 1, so every timed epoch has the end of the one before it.
+        seconds = tuple(end - previous for previous, end in zip(ends, ends[1:]))[warmup - 1:]
+        callback_seconds = tuple(timed.epoch_seconds[warmup:]) if timed else ()
         return Throughput(self.images, seconds, callback_seconds)
 
 
