@@ -5,6 +5,7 @@ speed depends on the machine.
 """
 
 import json
+import logging
 import os
 import time
 
@@ -14,6 +15,7 @@ import pytest
 import tllm_tf
 from tllm_tf.analysis import benchmark
 from tllm_tf.analysis import benchmark_figures
+from tllm_tf.analysis import benchmark_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("student_train", "teacher_infer", "limit", "keras_distiller", "tllm_distiller",
@@ -185,6 +187,23 @@ def test_the_callback_is_timed_wherever_fit_puts_it():
     assert len(result.callback_seconds) == 2 and min(result.callback_seconds) >= 0.05
     assert all(c <= s for c, s in zip(result.callback_seconds, result.seconds))
     assert result.callback_share > 0.05
+
+
+def test_the_masked_variant_keeps_its_mask_and_its_reference_warns_of_nothing(caplog):
+    setting = benchmark_variants.Setting(teacher="cnn_tiny", student="cnn_tiny",
+                                         image_shape=(8, 8, 3), num_classes=4, batch_size=16)
+    train = benchmark.synthetic_dataset(32, (8, 8, 3), 4, batch_size=16)
+    held_out = benchmark.synthetic_dataset(32, (8, 8, 3), 4, batch_size=16, seed=1)
+    distiller, callback = benchmark_variants.masked_distiller(setting, held_out)
+    with benchmark_variants.quiet_synthetic_reference():
+        # Three looks: a mask set on the model alone was cleared at the first.
+        distiller.fit(train, epochs=3, verbose=0, callbacks=[callback])
+        logging.warning("UndistillableClassCallback: another warning")
+    assert list(distiller.undistillable_classes) == [0, 2]
+    assert "another warning" in caplog.text and "chance" not in caplog.text
+    caplog.clear()
+    distiller.fit(train, epochs=1, verbose=0, callbacks=[callback])
+    assert "right on no more than chance" in caplog.text  # Outside it, the warning is back.
 
 
 def test_distillation_figures_with_and_without_a_16_bit_teacher():
