@@ -297,3 +297,22 @@ def test_call_timer_times_each_call_after_the_warmup():
     result = timer(warmup=1, repeats=2)
     assert len(calls) == 3 and len(result.seconds) == 2 and result.images == 10
     assert min(result.seconds) >= 0.01
+
+
+@pytest.mark.slow
+def test_the_tool_refuses_bad_values_before_measuring_with_one_line(zygote, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "bad.json").write_text("{bad")
+    cases = {"--warmup=0": "--warmup >= 1", "--batch_size=0": "--batch_size >= 1",
+             "--steps=0": "--steps >= 1", "--passes=0": "--passes >= 1",
+             "--repeats=-1": "--repeats >= 1",
+             f"--rounds_from={tmp_path / 'missing.json'}": "Cannot read --rounds_from",
+             f"--rounds_from={tmp_path / 'bad.json'}": "is not JSON",
+             f"--json={tmp_path / 'a_file' / 'figures.json'}": "Cannot write",
+             f"--json={tmp_path}": "is a directory"}
+    for flag, reason in cases.items():
+        completed = zygote.run([os.path.join(ROOT, "tools", "bench_throughput.py"), flag],
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=120)
+        lines = completed.stderr.strip().splitlines()
+        assert completed.returncode == 1 and len(lines) == 1, (flag, completed.stderr[-2000:])
+        assert lines[0].startswith("Error: ") and reason in lines[0], flag

@@ -1,6 +1,6 @@
 """Images per second of distillation, against what the two models alone allow.
 
-    python tools/bench_throughput.py --size=tiny                          # ~70 s on 2 CPU cores
+    python tools/bench_throughput.py --size=tiny                          # ~3 minutes on 2 CPU cores
     python tools/bench_throughput.py --size=paper --json=/tmp/paper.json  # ~4 minutes
 
 Variants, on the same synthetic data (fixed seed, in memory, cached and
@@ -38,21 +38,21 @@ epoch. Results: docs/benchmarks.md. The variants: `tllm_tf.analysis.benchmark_va
 """
 
 import json
-import os
 
-# Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
+from absl import logging
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
+from tllm_tf import atomic
+from tllm_tf.pipeline import console
+
+# Before TensorFlow's first import: no start-up chatter.
+console.quiet_tensorflow_start_up()
+
 import keras  # noqa: E402
-
-from tllm_tf import atomic  # noqa: E402
 from tllm_tf.analysis import benchmark  # noqa: E402
 from tllm_tf.analysis import benchmark_figures  # noqa: E402
 from tllm_tf.analysis import benchmark_variants  # noqa: E402
-from tllm_tf.pipeline import console  # noqa: E402
 
 SIZES = {
     "tiny": dict(teacher="cnn_medium", student="cnn_tiny", image_shape=(32, 32, 3),
@@ -125,9 +125,15 @@ def _report(figures, groups, header, store, teacher_dtype, clock):
 
 def _recompute(path):
     """--rounds_from: the figures of a finished run again, from its rounds."""
-    with open(path) as handle:
-        written = json.load(handle)
-    if "rounds" not in written:
+    try:
+        with open(path) as handle:
+            written = json.load(handle)
+    except OSError as error:
+        console.exit_with_error(f"Cannot read --rounds_from={path}: {error.strerror or error}.")
+    except ValueError as error:
+        console.exit_with_error(f"--rounds_from={path} is not JSON ({error}): name a --json "
+                                "file this tool wrote.")
+    if not isinstance(written, dict) or "rounds" not in written:
         console.exit_with_error(f"{path} holds no rounds: only --json files written since "
                                 "2026-12-03 by this tool keep them.")
     groups = benchmark.groups_from_json(written["rounds"])
@@ -142,26 +148,50 @@ def _recompute(path):
             clock=written["clock"])
 
 
+def _counts(size):
+    """The batch size and round counts: each flag's value, or the size's default if unset.
+
+    Raises:
+        ValueError: if a value is below 1, naming the flag.
+    """
+    counts = {}
+    for name in ("batch_size", "steps", "passes", "repeats", "warmup", "steps_per_execution"):
+        value = FLAGS[name].value
+        counts[name] = size[name] if value is None else value
+        if counts[name] < 1:
+            default = "" if name not in size else f" (leave it out for --size's {size[name]})"
+            raise ValueError(f"Expected --{name} >= 1{default}. Received: --{name}={value}")
+    return counts
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    console.plain_log_lines()
+    size = SIZES[FLAGS.size]
+    try:
+        if FLAGS.json:
+            atomic.check_writable(FLAGS.json)  # Before the measurement, not after it.
+        counts = _counts(size)
+    except ValueError as error:
+        console.exit_with_error(error)
     if FLAGS.rounds_from:
         _recompute(FLAGS.rounds_from)
         return
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    size = SIZES[FLAGS.size]
     setting = benchmark_variants.Setting(
         teacher=size["teacher"], student=size["student"], image_shape=size["image_shape"],
-        num_classes=size["num_classes"], batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        num_classes=size["num_classes"], batch_size=counts["batch_size"], seed=FLAGS.seed,
         jit_compile=FLAGS.jit_compile, clock=FLAGS.clock,
-        steps_per_execution=FLAGS.steps_per_execution or size["steps_per_execution"])
+        steps_per_execution=counts["steps_per_execution"])
     figures, groups = benchmark_variants.measure(
-        setting, steps=FLAGS.steps or size["steps"], passes=FLAGS.passes or size["passes"],
-        repeats=FLAGS.repeats or size["repeats"], warmup=FLAGS.warmup,
-        teacher_dtype=FLAGS.teacher_dtype, store=FLAGS.store, group_rate=FLAGS.group_rate)
+        setting, steps=counts["steps"], passes=counts["passes"], repeats=counts["repeats"],
+        warmup=counts["warmup"], teacher_dtype=FLAGS.teacher_dtype, store=FLAGS.store,
+        group_rate=FLAGS.group_rate)
     # Without 16-bit units (e.g. AMD Zen 3), a bfloat16 teacher is emulated and slower.
-    header = (f"size={FLAGS.size} batch_size={FLAGS.batch_size} jit_compile={FLAGS.jit_compile} "
+    header = (f"size={FLAGS.size} batch_size={setting.batch_size} "
+              f"jit_compile={FLAGS.jit_compile} "
               f"steps_per_execution={setting.steps_per_execution} "
               f"mixed_precision={FLAGS.mixed_precision} teacher_dtype={FLAGS.teacher_dtype} "
               f"clock={FLAGS.clock} cpu_16_bit_units={_cpu_16_bit_units()}")
