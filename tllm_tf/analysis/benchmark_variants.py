@@ -116,27 +116,31 @@ def masked_distiller(setting, held_out, teacher_dtype=None):
         masked_classes=np.flatnonzero(even).tolist())
 
 
-_UNLEARNED_REFERENCE_WARNING = "UndistillableClassCallback: the reference gets classes"
+# The callback's warnings that the benchmark causes by design, and its user cannot act on.
+_BENCHMARK_WARNINGS = ("UndistillableClassCallback: the reference gets classes",
+                       "UndistillableClassCallback: this fit starts at epoch")
 
 
-class _DropsUnlearnedReferenceWarning(logging.Filter):
-    """Drops the callback's warning that the reference is at chance on some classes."""
+class _DropsBenchmarkWarnings(logging.Filter):
+    """Drops the callback's warnings in `_BENCHMARK_WARNINGS`."""
 
     def filter(self, record):
-        return not record.getMessage().startswith(_UNLEARNED_REFERENCE_WARNING)
+        return not record.getMessage().startswith(_BENCHMARK_WARNINGS)
 
 
 @contextlib.contextmanager
-def quiet_synthetic_reference():
-    """Within it, the callback's warning of a reference at chance is not logged.
+def quiet_benchmark_warnings():
+    """Within it, the callback's warnings that the benchmark causes are not logged.
 
     The benchmark's reference is synthetic, at 0 on the odd classes by
-    design: the warning ("Train the reference again") would ask the user for
-    something they cannot do. Other warnings pass.
+    design, and each round group runs a new `fit` from epoch 0 on the same
+    model: the warnings ("Train the reference again", "pass
+    fit(initial_epoch=e)") would ask the user for what they cannot do.
+    Other warnings pass.
     """
     # The callback logs through the root logger (`logging.warning`).
     root = logging.getLogger()
-    dropper = _DropsUnlearnedReferenceWarning()
+    dropper = _DropsBenchmarkWarnings()
     root.addFilter(dropper)
     try:
         yield
@@ -226,7 +230,7 @@ def measure(setting, *, steps, passes, repeats, warmup=1, teacher_dtype=None, st
     timers, distillers = _timers(setting, train, held_out, teacher_dtype)
     directory = tempfile.mkdtemp(prefix="bench_soft_label_store_") if store else None
     try:
-        with quiet_synthetic_reference():
+        with quiet_benchmark_warnings():
             if store:
                 store_bytes = _store_timers(setting, timers, train, held_out, directory)
             groups = benchmark.interleave(timers, passes=passes, warmup=warmup, repeats=repeats)
