@@ -207,8 +207,9 @@ def test_a_plain_keras_model_whose_weights_turn_nan_under_a_finite_loss_is_stopp
     model.compile(optimizer="sgd",
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(training_guards.NonFiniteLossError,
-                       match=r"weights became NaN or infinite in epoch (\d) \(.*\), though "
-                             r"the loss stayed finite.*end of epoch \d\) is kept"):
+                       match=r"weights became NaN or infinite in epoch 1 \(.*\), though "
+                             r"the loss stayed finite. Training stopped; no epoch had "
+                             r"finished, so there is no checkpoint to keep"):
         model.fit(x, y, batch_size=32, epochs=3, verbose=0,
                   callbacks=[training_guards.StopOnNonFiniteLoss()])
 
@@ -370,3 +371,8 @@ def test_saving_an_unregistered_distillation_loss_warns_how_to_load_it(tmp_path)
     distiller.to_json()
     loaded = keras.saving.load_model(path, custom_objects={"_UnregisteredLoss": _UnregisteredLoss})
     assert type(loaded.distillation_loss_fn) is _UnregisteredLoss
+
+
+def test_a_stopped_stage_names_the_checkpoint_it_keeps_or_that_there_is_none():
+    assert training_guards._kept(0) == "no epoch had finished, so there is no checkpoint to keep"
+    assert training_guards._kept(3) == "the last checkpoint (end of epoch 3) is kept"

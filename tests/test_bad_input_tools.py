@@ -53,6 +53,8 @@ def test_a_loss_that_becomes_nan_is_one_error_line(tool, tmp_path):
     line = _one_error_line(result)
     assert line.startswith("Error: The training loss became nan at epoch 1")
     assert "Lower --learning_rate" in line
+    # Not "the last checkpoint (end of epoch 0) is kept": there is none.
+    assert "no epoch had finished, so there is no checkpoint to keep" in line
 
 
 def test_a_path_that_cannot_be_written_after_training_is_one_error_line(tool, tmp_path):

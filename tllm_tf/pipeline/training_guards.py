@@ -30,8 +30,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is None or math.isfinite(float(loss)):
             return
         stopped = (f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
-                   f"step {batch + 1}. Training stopped; the last checkpoint (end of "
-                   f"epoch {self._epoch}) is kept.")
+                   f"step {batch + 1}. Training stopped; {_kept(self._epoch)}.")
         overflows = int((logs or {}).get("teacher_logit_overflows", 0))
         if overflows:
             # Clipping saves a logit beyond float16's range, not one that is NaN because
@@ -50,6 +49,12 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise NonFiniteLossError(
                 f"The weights became NaN or infinite in epoch {epoch + 1} ({broken[0]}"
                 f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}), though the "
-                f"loss stayed finite. Training stopped; the last checkpoint (end of epoch "
-                f"{epoch}) is kept. Check the data for NaN/inf values (a NaN pixel does "
-                "this), or lower --learning_rate.")
+                f"loss stayed finite. Training stopped; {_kept(epoch)}. Check the data for "
+                "NaN/inf values (a NaN pixel does this), or lower --learning_rate.")
+
+
+def _kept(epochs_done):
+    """What a stopped stage keeps, after `epochs_done` finished epochs (of this fit's count)."""
+    if epochs_done == 0:
+        return "no epoch had finished, so there is no checkpoint to keep"
+    return f"the last checkpoint (end of epoch {epochs_done}) is kept"
