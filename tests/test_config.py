@@ -186,3 +186,9 @@ def test_a_teacher_stage_given_a_teacher_is_refused_as_training_nothing():
                                          r"gives one: nothing would train"):
         RunConfig(workdir="w", stage="teacher", teacher_path="t.keras")
     RunConfig(workdir="w", stage="store", teacher_path="t.keras", teacher_store="s")
+
+
+@pytest.mark.parametrize("verbose", [-1, 3, 5])
+def test_a_verbosity_the_tools_do_not_know_is_refused(verbose):
+    with pytest.raises(ValueError, match=rf"verbose must be 0, 1 or 2. Received: verbose={verbose}"):
+        RunConfig(workdir="w", verbose=verbose)

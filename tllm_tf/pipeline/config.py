@@ -165,6 +165,8 @@ class RunConfig:
         require(self.stage != "store" or self.teacher_store,
                 "stage=store builds the teacher's soft-label store: name its directory with "
                 "teacher_store (--teacher_store=DIR)")
+        require(self.verbose in (0, 1, 2),
+                f"verbose must be 0, 1 or 2. Received: verbose={self.verbose!r}")
         require(self.stage != "teacher" or not self.teacher_path,
                 "stage=teacher trains the teacher, and teacher_path gives one: nothing would "
                 "train. Drop --teacher_path, or run another --stage (all, reference, student)")
