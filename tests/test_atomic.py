@@ -97,3 +97,12 @@ def test_a_log_that_is_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
     with open(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)):  # A reader holds it open.
         with within(), pytest.raises(ValueError, match="is not a regular file"):
             atomic.append_line(str(fifo), "x")
+
+
+def test_write_json_without_replace_creates_once_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "store.json"
+    atomic.write_json(str(path), {"first": 1}, replace=False)
+    with pytest.raises(FileExistsError):
+        atomic.write_json(str(path), {"second": 2}, replace=False)
+    assert json.loads(path.read_text()) == {"first": 1}
+    assert os.listdir(tmp_path) == ["store.json"]

@@ -467,8 +467,7 @@ def test_a_part_edited_by_hand_is_named_when_read(tmp_path, how, problem):
 @pytest.mark.parametrize("written", ["part", "index", "store.json"])
 def test_a_full_disk_names_the_store_file_being_written(tmp_path, monkeypatch, written):
     # Once "[Errno 28] No space left on device", naming no file.
-    from tllm_tf.data import soft_label_files
-    from tllm_tf.data import soft_label_store
+    from tllm_tf import atomic
 
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -476,12 +475,16 @@ def test_a_full_disk_names_the_store_file_being_written(tmp_path, monkeypatch, w
     if written == "part":
         monkeypatch.setattr(np, "savez", no_space)
         path = tmp_path / "epoch_00000_part_00000.npz"
-    elif written == "index":
-        monkeypatch.setattr(soft_label_store.atomic, "write_json", no_space)
-        path = tmp_path / "epoch_00000.json"
     else:
-        monkeypatch.setattr(soft_label_files.json, "dump", no_space)
-        path = tmp_path / "store.json"
+        path = tmp_path / ("epoch_00000.json" if written == "index" else "store.json")
+        write_json = atomic.write_json
+
+        def no_space_for_path(target, *args, **kwargs):
+            if os.fspath(target) == str(path):
+                no_space()
+            return write_json(target, *args, **kwargs)
+
+        monkeypatch.setattr(atomic, "write_json", no_space_for_path)
     with pytest.raises(OSError, match=re.escape(
             "[Errno 28] No space left on device while writing the soft-label store's "
             f"file {path}")) as error:

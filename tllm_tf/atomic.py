@@ -43,7 +43,7 @@ def is_temporary(name, destination):
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=".tmp"):
+def atomic_path(path, suffix=".tmp", replace=True):
     """A new file's path beside `path`, renamed over `path` when the block exits cleanly.
 
     For writers that take a path rather than a stream (Keras's `save`,
@@ -53,11 +53,19 @@ def atomic_path(path, suffix=".tmp"):
         path: the destination.
         suffix: the temporary name's ending, for writers that check it
             (`".keras"`, `".weights.h5"`). Defaults to `".tmp"`.
+        replace: whether an existing `path` is replaced. `False` creates
+            `path` only if it does not exist (a hard link of the temporary,
+            which fails if it does), for a file that another process may be
+            creating at the same time. Defaults to `True`.
 
     Yields:
         The temporary file's path (an empty file with the permissions
         `open()` would give `path`). On an exception inside the block it is
         removed and `path` is left untouched.
+
+    Raises:
+        FileExistsError: with `replace=False`, if `path` exists; it is left
+            as it was.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -69,7 +77,11 @@ def atomic_path(path, suffix=".tmp"):
         finally:
             os.close(handle)
         yield temporary
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+            os.remove(temporary)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
@@ -77,18 +89,19 @@ def atomic_path(path, suffix=".tmp"):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="w"):
+def atomic_open(path, mode="w", replace=True):
     """Opens a temporary file that replaces `path` when the block exits cleanly.
 
     Args:
         path: the destination.
         mode: `"w"` (text) or `"wb"` (binary). Defaults to `"w"`.
+        replace: as `atomic_path` takes it. Defaults to `True`.
 
     Yields:
         The open file object. On an exception inside the block the temporary
         file is removed and `path` is left untouched.
     """
-    with atomic_path(path) as temporary, open(temporary, mode) as stream:
+    with atomic_path(path, replace=replace) as temporary, open(temporary, mode) as stream:
         yield stream
         stream.flush()
         os.fsync(stream.fileno())
@@ -230,7 +243,7 @@ def floats_from_json(values):
     return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
 
 
-def write_json(path, value, indent=1):
+def write_json(path, value, indent=1, replace=True):
     """Writes `value` as strict JSON (NaN as `null`) to `path` atomically.
 
     Keys are sorted, and NaN or infinite floats in dicts, lists and tuples
@@ -240,11 +253,13 @@ def write_json(path, value, indent=1):
         path: the destination file.
         value: a JSON-serialisable value.
         indent: `json.dump`'s indent. Defaults to `1`.
+        replace: as `atomic_path` takes it. Defaults to `True`.
 
     Raises:
         TypeError: if `value` holds something JSON cannot encode (a numpy
             array or scalar other than `np.float64`, say).
+        FileExistsError: with `replace=False`, if `path` exists.
     """
-    with atomic_open(path) as stream:
+    with atomic_open(path, replace=replace) as stream:
         json.dump(to_json_value(value), stream, indent=indent, sort_keys=True,
                   allow_nan=False)

@@ -14,7 +14,6 @@ import logging
 import numbers
 import os
 import re
-import tempfile
 import time
 import zipfile
 
@@ -105,8 +104,8 @@ class StoreFiles:
 
         Never replaces one: a store opened on the same empty folder by
         another process may have written its own since, which the caller
-        must read back and compare. The record is written to a temporary
-        file, then hard-linked to `store.json` (which fails if it exists),
+        must read back and compare. `atomic.write_json(..., replace=False)`
+        hard-links its temporary to `store.json`, which fails if it exists,
         so the file is whole whenever it exists.
 
         Args:
@@ -119,20 +118,8 @@ class StoreFiles:
         if os.path.exists(path):
             return
         self._check_no_epoch_files()
-        os.makedirs(self.directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=self.directory, prefix=atomic.temporary_prefix(path), suffix=".tmp")
-        try:
-            os.fchmod(handle, 0o666 & ~atomic.current_umask())
-            with os.fdopen(handle, "w") as stream:
-                json.dump(atomic.to_json_value(record), stream, indent=1, sort_keys=True,
-                          allow_nan=False)
-                stream.flush()
-                os.fsync(stream.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            os.remove(temporary)
+        with contextlib.suppress(FileExistsError):
+            atomic.write_json(path, record, replace=False)
 
     def _check_no_epoch_files(self):
         names = sorted(name for name in os.listdir(self.directory)
