@@ -36,7 +36,6 @@ from tllm_tf.analysis.study_arms import TEACHER_ARM
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import stages
 from tllm_tf.pipeline import workdir as workdir_lib
-from tllm_tf.pipeline import workdir_files
 
 SHARED_STORE_DIR = "teacher_store"
 
@@ -188,13 +187,7 @@ def run_study(runs, root, report=print, checked_runs=None):
 
 def _started(run):
     """Whether a stage of `run` began in an earlier process (its folder is there)."""
-    if run.arm == TEACHER_ARM:
-        names = [workdir_files.TEACHER_STAGE]
-    elif run.arm == LABELS_ARM:
-        names = [workdir_files.REFERENCE_STAGE]
-    else:
-        names = [workdir_files.student_stage(student) for student in run.config.students]
-    return any(os.path.isdir(os.path.join(run.config.workdir, name)) for name in names)
+    return any(os.path.isdir(path) for path in study_records.stage_dirs(run))
 
 
 def check_finished_runs(runs, root, done=None, shown=3):

@@ -36,10 +36,9 @@ def _read_jsonl(path):
     """
     if not os.path.exists(path):
         return []
-    content = json_checks.read_capped(
-        path, json_checks.MAX_LOG_BYTES, kind="study's results", remedy=f"Delete it. {_REBUILT}")
+    text = json_checks.read_log_text(path, kind="study's results", remedy=f"Delete it. {_REBUILT}")
     records = []
-    for number, line in enumerate(content.decode(errors="replace").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -51,6 +50,17 @@ def _read_jsonl(path):
     return records
 
 
+def stage_dirs(run):
+    """The folders of the stages `run` trains, in the order they train."""
+    if run.arm == TEACHER_ARM:
+        names = [workdir_files.TEACHER_STAGE]
+    elif run.arm == LABELS_ARM:
+        names = [workdir_files.REFERENCE_STAGE]
+    else:
+        names = [workdir_files.student_stage(student) for student in run.config.students]
+    return [os.path.join(run.config.workdir, name) for name in names]
+
+
 def collect(run):
     """The result record of a finished run (test accuracy, per class, masks).
 
@@ -58,12 +68,7 @@ def collect(run):
     """
     config = run.config
     student = config.students[-1] if run.arm not in (TEACHER_ARM, LABELS_ARM) else None
-    if run.arm == TEACHER_ARM:
-        stage_dir = os.path.join(config.workdir, workdir_files.TEACHER_STAGE)
-    elif run.arm == LABELS_ARM:
-        stage_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
-    else:
-        stage_dir = os.path.join(config.workdir, workdir_files.student_stage(student))
+    stage_dir = stage_dirs(run)[-1]
     class_names, per_class_accuracy, accuracy, _ = workdir_results.read_per_class(
         stage_dir, remedy=f"Delete {stage_dir} and run the study again with the same flags "
         "to train and evaluate it again.")
