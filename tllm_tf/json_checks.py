@@ -79,6 +79,17 @@ def read_capped(path, max_bytes, *, kind, remedy, follow_links=True):
     return content
 
 
+def read_log_text(path, *, kind, remedy, follow_links=True):
+    """The text of a log (JSON lines, a CSV history), read by `read_capped` under `MAX_LOG_BYTES`.
+
+    Bytes that are not text are replaced, so that they make a damaged line
+    for the caller to skip or name, not an error. Arguments and errors as
+    `read_capped`'s.
+    """
+    return read_capped(path, MAX_LOG_BYTES, kind=kind, remedy=remedy,
+                       follow_links=follow_links).decode(errors="replace")
+
+
 def _not_regular(path, kind, remedy):
     return (f"{path!r} is not a regular file (a FIFO, a device or a folder), so it is not a "
             f"{kind} this package wrote. Nothing was read. {remedy}")

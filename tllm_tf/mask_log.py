@@ -36,11 +36,10 @@ def load_mask_history(path, skip_torn_last_line=False):
             mask update; naming the file, if it is not a regular file (a
             FIFO, a device) or is over `json_checks.MAX_LOG_BYTES`.
     """
-    content = json_checks.read_capped(
-        path, json_checks.MAX_LOG_BYTES, kind="mask log",
+    lines = json_checks.read_log_text(
+        path, kind="mask log",
         remedy=("Train the tllm student again (delete its folder and re-run tools/train.py "
-                "with the same flags)."))
-    lines = content.decode(errors="replace").splitlines(keepends=True)  # Not text: a damaged line.
+                "with the same flags).")).splitlines(keepends=True)
     history = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -35,11 +35,11 @@ def read_history_log(path, epochs, num_classes):
     history = np.full((epochs, num_classes), np.nan)
     if not os.path.exists(path):
         return history
-    content = json_checks.read_capped(
-        path, json_checks.MAX_LOG_BYTES, kind="per-epoch accuracy log",
+    text = json_checks.read_log_text(
+        path, kind="per-epoch accuracy log",
         remedy=("Train the reference again (delete its folder and re-run tools/train.py with "
                 "the same flags)."))
-    for line in content.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
             epoch, row = record["epoch"], atomic.floats_from_json(record["per_class_accuracy"])

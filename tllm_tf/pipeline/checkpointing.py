@@ -209,11 +209,10 @@ def _read_log(path):
     holding what it pointed to, and the stage would then append to that.
     """
     try:
-        content = json_checks.read_capped(
-            path, json_checks.MAX_LOG_BYTES, kind="log", remedy=_LOG_REMEDY, follow_links=False)
+        return json_checks.read_log_text(path, kind="log", remedy=_LOG_REMEDY,
+                                         follow_links=False)
     except FileNotFoundError:
         return None
-    return content.decode(errors="replace")  # Bytes that are not text: a damaged line.
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
