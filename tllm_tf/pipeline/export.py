@@ -292,6 +292,7 @@ class ServingModel:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.class_names = None
         # "x.keras/", "x.keras/." and "x.KERAS" name the same folder.
         reads_as_keras = os.path.normpath(self.path).lower().endswith(KERAS_SUFFIX)
         if reads_as_keras and os.path.isdir(self.path):
@@ -305,7 +306,6 @@ class ServingModel:
             self._keras_model = model_io.load_keras_model(self.path, role="model")
             self._serve = None
             self.input_shape = self._keras_model.input_shape
-            self.class_names = None
         elif os.path.exists(os.path.join(self.path, SAVED_MODEL_FILE)):
             self._keras_model = None
             self._loaded = tf.saved_model.load(self.path)
@@ -315,7 +315,6 @@ class ServingModel:
             self._serve = self._loaded.serve
             spec = self._serve.input_signature[0]
             self.input_shape = tuple(spec.shape.as_list())
-            self.class_names = None
             if hasattr(self._loaded, CLASS_NAMES_ENDPOINT):
                 names = getattr(self._loaded, CLASS_NAMES_ENDPOINT)()["class_names"]
                 self.class_names = tuple(name.decode("utf-8") for name in names.numpy())
