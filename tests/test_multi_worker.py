@@ -25,6 +25,7 @@ from tllm_tf.pipeline import checkpointing
 from tllm_tf.pipeline import cluster_config
 from tllm_tf.pipeline import config as config_lib
 from tllm_tf.pipeline import multi_worker
+from tllm_tf.pipeline import run_setup
 from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline import worker_failures
 
@@ -246,11 +247,12 @@ def test_two_workers_train_the_same_student_and_only_the_chief_writes(
         offsets = np.array(json.load(handle)["offsets"], np.float32)
     np.testing.assert_allclose(exported.get_weights()[-1], chief_weights[-1] + offsets, atol=1e-6)
 
-    # Run again, the chief finds every stage done and tells the other worker.
+    # Run again, the chief finds every stage done and tells the other worker. With the
+    # reference's fallback on (the default, a change a workdir takes): only the chief has
+    # the reference to check, and the other worker must still join the check's collective.
     written = _modification_times(chief_dir)
     again_out, _ = _run_workers(
-        zygote, [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again",
-        ["--noreference_fallback"])
+        zygote, [chief_dir, worker_dir], tmp_path / "records_again", tmp_path / "logs_again")
     assert not os.listdir(tmp_path / "records_again"), "a stage was trained again"
     assert chief_out.splitlines()[-4:] == again_out.splitlines()[-4:]
     rewritten = _modification_times(chief_dir)
@@ -391,10 +393,10 @@ def test_the_joining_line_names_the_task_and_the_cluster(monkeypatch):
 @pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted, tmp_path):
     uninterrupted_dir = str(uninterrupted[0] / "chief")
-    # The uninterrupted run's student stage, from its teacher and reference files.
-    inputs = [f"--teacher_path={os.path.join(uninterrupted_dir, 'teacher', 'model.keras')}",
-              f"--reference_path={os.path.join(uninterrupted_dir, 'reference', 'reference.json')}",
-              "--noreference_fallback"]
+    # The whole run again, with the reference's fallback (the default): the resumed chief
+    # finds its own reference, which the other worker's empty workdir lacks, and every
+    # worker must still join the chief's check of it.
+    inputs = []
     killed_dir, worker_dir = str(tmp_path / "killed"), str(tmp_path / "killed1")
     stage_dir = os.path.join(killed_dir, "student_tllm")
     os.makedirs(tmp_path / "records_killed")
@@ -420,15 +422,41 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted,
     assert _logged_masks(stage_dir) == _logged_masks(
         os.path.join(uninterrupted_dir, "student_tllm"))
     resumed = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)
-    uninterrupted = keras.models.load_model(
-        os.path.join(uninterrupted_dir, "student_tllm", "model.keras"), compile=False)
-    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+    with open(os.path.join(stage_dir, "reference_check.json")) as handle:
+        kept = json.load(handle)["kept"]
+    expected_path = (os.path.join(killed_dir, "reference", "model.keras") if kept == "reference"
+                     else os.path.join(uninterrupted_dir, "student_tllm", "model.keras"))
+    expected = keras.models.load_model(expected_path, compile=False)
+    for a, b in zip(resumed.get_weights(), expected.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     chief_weights, _ = _record(tmp_path / "records_resumed", 0)
     worker_weights, _ = _record(tmp_path / "records_resumed", 1)
     for a, b in zip(chief_weights, worker_weights, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not os.path.exists(worker_dir)
+
+
+@pytest.mark.parametrize("stage_file", [
+    os.path.join("reference", "reference.json"), os.path.join("teacher", "model.keras")])
+def test_a_workers_own_files_do_not_change_which_collectives_it_joins(
+        monkeypatch, tmp_path, stage_file):
+    # Each run_on_chief is a collective every worker must join, but only the chief's
+    # workdir holds the stages' files (a resumed run): the calls must not depend on them.
+    calls = []
+    monkeypatch.setattr(multi_worker, "run_on_chief",
+                        lambda strategy, function: calls.append(function))
+
+    def collectives(workdir):
+        calls.clear()
+        config = config_lib.RunConfig(workdir=str(workdir), dataset="digits", epochs=2,
+                                      batch_size=32)
+        run_setup.prepare(config, tf.distribute.get_strategy())
+        return len(calls)
+
+    chief_dir = tmp_path / "chief"
+    (chief_dir / stage_file).parent.mkdir(parents=True)
+    (chief_dir / stage_file).write_text("{}")
+    assert collectives(chief_dir) == collectives(tmp_path / "worker1")
 
 
 def test_one_mirrored_strategy_serves_every_run_of_a_process():

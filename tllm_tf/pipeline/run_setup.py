@@ -75,12 +75,17 @@ def prepare(config, strategy):
                 stage_inputs.read_reference(reference_path, data.num_classes, epoch_matched=True)
 
         multi_worker.run_on_chief(strategy, check_reference)
-    if config.reference_fallback and "student" in config.stages and (
-            config.reference_path or REFERENCE_STAGE not in config.stages
-            or os.path.exists(reference_path)):
+    if config.reference_fallback and "student" in config.stages:
         # Refused before anything trains, not once the first student has.
-        multi_worker.run_on_chief(
-            strategy, lambda: stage_inputs.check_reference_model(reference_path))
+        # Whether the reference exists is asked on the chief: the other
+        # workers' own workdirs hold nothing, and every worker must make the
+        # same collective call.
+        def check_reference_model():
+            if (config.reference_path or REFERENCE_STAGE not in config.stages
+                    or os.path.exists(reference_path)):
+                stage_inputs.check_reference_model(reference_path)
+
+        multi_worker.run_on_chief(strategy, check_reference_model)
     return config, data, teacher_path, reference_path
 
 
