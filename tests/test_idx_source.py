@@ -391,3 +391,32 @@ def test_the_same_images_in_another_order_give_other_split_digests(tmp_path):
     other = load_fashion_mnist(holdout_fraction=0.2, idx_dir=str(shuffled)).split_digests
     assert other["train"] != digests[0]["train"] and other["held_out"] != digests[0]["held_out"]
     assert other["test"] == digests[0]["test"]
+
+
+def test_a_model_of_a_training_subset_is_evaluated_on_its_runs_splits(tmp_path, empty_debian_dir):
+    # tools/evaluate.py and tools/report.py take no --num_train: they refused every model of
+    # a run with one (the study's), its training split's digest being another.
+    from tllm_tf.pipeline import model_origin
+    from tllm_tf.pipeline import workdir
+    from tllm_tf.pipeline.config import RunConfig
+
+    arrays = list(_write_fashion_mnist(empty_debian_dir))
+    config = RunConfig(workdir=str(tmp_path / "run"), dataset="fashion_mnist",
+                       holdout_fraction=0.2, num_train=20)
+    trained_on = load_dataset("fashion_mnist", holdout_fraction=0.2, num_train=20)
+    workdir.claim(config.workdir, config, trained_on.split_digests)
+    model_path = str(tmp_path / "run" / "teacher" / "model.keras")
+    evaluated = load_dataset("fashion_mnist", holdout_fraction=0.2)
+    assert evaluated.split_digests["train"] != trained_on.split_digests["train"]
+    for split in ("test", "held_out"):
+        model_origin.check_evaluation_images(model_path, evaluated, split, None)
+
+    # The other source's order draws other held-out images: refused, naming the cause.
+    order = np.random.default_rng(1).permutation(len(arrays[1]))
+    arrays[0], arrays[1] = arrays[0][order], arrays[1][order]
+    for stem, array in zip(idx_source.IDX_FILES.values(), arrays):
+        _write_idx(empty_debian_dir / (stem + ".gz"), array, compress=True)
+    reordered = load_dataset("fashion_mnist", holdout_fraction=0.2)
+    with pytest.raises(ValueError, match="copy of --dataset='fashion_mnist' that run read"):
+        model_origin.check_evaluation_images(model_path, reordered, "held_out", None)
+    model_origin.check_evaluation_images(model_path, reordered, "test", None)

@@ -117,14 +117,18 @@ def check_evaluation_preprocessing(model_path, *, dataset, augmentation, image_s
 
 
 def check_evaluation_images(model_path, data, split, test_image_folder):
-    """Refuses to evaluate a model on an image folder other than its run's files.
+    """Refuses to evaluate a model on other images than its run's split of that name.
 
     The held-out split, and the test split drawn from `--image_folder`, are
     parts of the folder's files: another folder's, or the same folder with
-    files added or removed, puts images the model trained on into them. A
-    test split from `--test_image_folder` is any images the user chooses. A
-    model whose workdir records no digests (another data set, a run before
-    the record, a model outside a workdir) is not checked.
+    files added or removed, puts images the model trained on into them; so
+    does the other source of a data set that has two (Fashion-MNIST's).
+    Only the evaluated split is compared: the same images as the run's split
+    of that name are images the model did not train on, whatever training
+    subset the run took (`--num_train`, which the evaluation does not take).
+    A test split from `--test_image_folder` is any images the user chooses.
+    A model whose workdir records no digests (a run before the record, a
+    model outside a workdir) is not checked.
 
     Args:
         model_path: the `.keras` file or SavedModel folder, in its stage folder.
@@ -138,17 +142,21 @@ def check_evaluation_images(model_path, data, split, test_image_folder):
     """
     if split == "test" and test_image_folder:
         return
-    compared = TRAIN_AND_HELD_OUT + (("test",) if split == "test" else ())
-    values, path, changed = _files_changed_since_run(model_path, data, compared)
-    if changed:
-        setting = _test_folder_setting(values, test_image_folder)
-        raise ValueError(
-            f"{model_path!r} was trained by the run of {path} on other files than these flags "
-            "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the images differ")
-            + f". Evaluated on its {split.replace('_', '-')} split, "
-            "images it trained on "
-            "may count. Pass that run's --image_folder and --test_image_folder, or give "
-            "other images to evaluate on as --test_image_folder (with --split=test).")
+    values, path, changed = _files_changed_since_run(model_path, data, (split,))
+    if not changed:
+        return
+    setting = _test_folder_setting(values, test_image_folder)
+    if (values or {}).get("image_folder"):
+        fix = ("Pass that run's --image_folder and --test_image_folder, or give other images "
+               "to evaluate on as --test_image_folder (with --split=test).")
+    else:
+        fix = (f"Evaluate with the copy of --dataset={values['dataset']!r} that run read "
+               f"(the images differ: {workdir_lib.OTHER_SOURCE}).")
+    raise ValueError(
+        f"{model_path!r} was trained by the run of {path} on other files than these flags "
+        "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the images differ")
+        + f". Evaluated on its {split.replace('_', '-')} split, images it trained on may "
+        f"count. {fix}")
 
 
 def _files_changed_since_run(model_path, data, splits):
@@ -162,8 +170,8 @@ def _files_changed_since_run(model_path, data, splits):
     Returns:
         `(values, path, changed)`: that run's config.json values and path
         (`run_config`), and the names of the splits whose digests differ;
-        `changed` is empty where `data` is not an image folder or the run
-        recorded no digests.
+        `changed` is empty where the run recorded no digests or `data` has
+        none.
 
     Raises:
         ValueError: if the run's `DATA_FILE` is not one a run wrote.
