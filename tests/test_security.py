@@ -166,6 +166,7 @@ def test_resume_refuses_a_teacher_planted_in_the_workdir(planted, tmp_path):
     workdir = tmp_path / "run"
     os.makedirs(workdir / "teacher")
     os.replace(path, workdir / "teacher" / workdir_files.MODEL_FILE)
+    (workdir / "teacher" / workdir_files.PER_CLASS_FILE).write_text("{}")  # Stage finished.
     config = RunConfig(workdir=str(workdir), stage="student", students=("distilled",),
                        num_train=64, batch_size=32, epochs=1, reference_fallback=False,
                        verbose=0)  # No reference: this run is KD alone.

@@ -302,3 +302,10 @@ def test_students_without_the_workdirs_teacher_are_refused_before_anything_is_wr
     with pytest.raises(ValueError, match="needs the teacher this workdir trains"):
         stages.run(config)
     assert sorted(os.listdir(tmp_path / "run")) == ["teacher"]
+    # Killed while its test split was evaluated: the model file, no test results yet. The
+    # students trained on it, and the workdir then refused to finish the teacher.
+    (tmp_path / "run" / "teacher" / "model.keras").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"teacher/test_per_class.json does not exist \(the "
+                                         r"teacher stage has not finished\)"):
+        stages.run(config)
+    assert sorted(os.listdir(tmp_path / "run")) == ["teacher"]

@@ -20,6 +20,7 @@ from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline.strategy import is_chief
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
+from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
 from tllm_tf.pipeline.workdir_files import TEACHER_STAGE
@@ -98,12 +99,15 @@ def _check_teacher_trained(config):
     needs_teacher = {"student", "store"} & set(config.stages)
     if config.teacher_path or TEACHER_STAGE in config.stages or not needs_teacher:
         return
-    path = os.path.join(config.workdir, TEACHER_STAGE, MODEL_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"--stage={config.stage} needs the teacher this workdir trains, and {path} does "
-            "not exist: run --stage=teacher (or --stage=all) in this workdir first, or pass "
-            "--teacher_path.")
+    # Finished as `fitting.done` counts it: its test results are written last, so a
+    # teacher killed while being evaluated has its model file and is not finished.
+    for name in (MODEL_FILE, PER_CLASS_FILE):
+        path = os.path.join(config.workdir, TEACHER_STAGE, name)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"--stage={config.stage} needs the teacher this workdir trains, and {path} "
+                "does not exist (the teacher stage has not finished): run --stage=teacher (or "
+                "--stage=all) in this workdir first, or pass --teacher_path.")
 
 
 def _with_earlier_mask(config, strategy, num_classes):
