@@ -80,6 +80,10 @@ def test_offsets_that_have_not_converged_are_warned_about(caplog):
     with caplog.at_level("WARNING"):
         prior_offsets.fit_offsets(logits, labels, 4)
     assert "fit_offsets" not in caplog.text
+    # Out of iterations 2e-6 off (above the tolerance, 1e-7): too little to warn about.
+    with caplog.at_level("WARNING"):
+        prior_offsets.fit_offsets(logits, labels, 4, max_iterations=14)
+    assert "fit_offsets" not in caplog.text
     with caplog.at_level("WARNING"):
         prior_offsets.fit_offsets(logits, labels, 4, max_iterations=2)
     assert "after max_iterations=2 the mean predicted probabilities are still up to" \
