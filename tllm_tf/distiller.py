@@ -82,8 +82,10 @@ class Distiller(keras.Model):
             output size.
         teacher_dtype: if set, the teacher runs as a copy that computes and
             stores its weights in this dtype (`"bfloat16"`, `"float16"` or
-            `"float32"`, see `tllm_tf.teacher_precision`); its logits are
-            cast to float32 before the loss. `"bfloat16"` made the
+            `"float32"`, see `tllm_tf.teacher_precision`; a `"bfloat16"`
+            copy created under a `MultiWorkerMirroredStrategy` stores them
+            in float32, rounded to bfloat16, with the same logits); its
+            logits are cast to float32 before the loss. `"bfloat16"` made the
             teacher's forward pass 2.4-2.9x faster on a CPU with AVX512-BF16
             (docs/benchmarks.md). Defaults to `None`: the teacher as given.
         **kwargs: passed to `keras.Model`.
