@@ -1,5 +1,7 @@
 """A teacher distilling in bfloat16 / float16: the copy, and the Distiller using it."""
 
+from unittest import mock
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import tensorflow as tf
 import tllm_tf
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
 from tllm_tf.models import build_model
+from tllm_tf.teacher_precision import copy_policy
 from tllm_tf.teacher_precision import inference_copy
 
 
@@ -142,6 +145,51 @@ def test_bfloat16_teacher_under_mirrored_strategy_matches_one_device(tiny_data):
     assert max(np.abs(a - b).max() for a, b in zip(single, initial_student)) > 1e-3
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _multi_worker_strategy():
+    # A stand-in: a real MultiWorkerMirroredStrategy needs a cluster to
+    # broadcast, and its collectives would clash with other tests' strategies.
+    return mock.create_autospec(tf.distribute.MultiWorkerMirroredStrategy, instance=True)
+
+
+def test_a_multi_worker_strategy_gets_the_mixed_bfloat16_copy():
+    multi_worker = _multi_worker_strategy()
+    assert copy_policy("bfloat16", multi_worker) == "mixed_bfloat16"
+    assert copy_policy("float16", multi_worker) == "float16"
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
+    mirrored = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    assert copy_policy("bfloat16", mirrored) == "bfloat16"
+    assert copy_policy("bfloat16") == "bfloat16"
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet8"])
+def test_mixed_bfloat16_copy_gives_the_plain_copy_s_logits_bit_for_bit(name):
+    keras.utils.set_random_seed(0)
+    if name == "mlp":
+        teacher, x = make_mlp("teacher", width=16), tf.random.normal((16,) + IMAGE_SHAPE, seed=1)
+    else:
+        teacher, x = build_model("resnet8", NUM_CLASSES, (16, 16, 3)), tf.random.normal(
+            (8, 16, 16, 3), seed=1)
+        # Moving statistics far from 0 and 1, which the mixed policy does not round.
+        for layer in teacher.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_mean.assign(tf.random.normal(layer.moving_mean.shape, seed=2))
+                layer.moving_variance.assign(
+                    tf.random.uniform(layer.moving_variance.shape, 0.5, 2.0, seed=3))
+    plain = inference_copy(teacher, "bfloat16")
+    mixed = inference_copy(teacher, "bfloat16", strategy=_multi_worker_strategy())
+
+    assert {w.dtype for w in plain.weights} == {"bfloat16"}
+    assert {w.dtype for w in mixed.weights} == {"float32"} and not mixed.trainable
+    assert inference_copy(mixed, "bfloat16", strategy=_multi_worker_strategy()) is mixed
+    for got, want in zip(mixed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(got, np.asarray(want, np.float32))
+    plain_logits, mixed_logits = plain(x, training=False), mixed(x, training=False)
+    assert mixed_logits.dtype == plain_logits.dtype == "bfloat16"
+    np.testing.assert_array_equal(np.asarray(tf.cast(mixed_logits, "float32")),
+                                  np.asarray(tf.cast(plain_logits, "float32")))
 
 
 def test_image_shape_of_the_copy_is_unchanged(teacher):
