@@ -3,7 +3,8 @@
 Two logical CPUs (conftest) stand in for two accelerators. The uneven cases
 are the ones that went wrong: 11 samples in batches of 8 end with a batch of
 3 that splits 2/1, and 49 in batches of 16 end with one sample, which leaves
-one replica an empty batch.
+one replica an empty batch. A first batch that splits unevenly is refused:
+Keras builds the model from it.
 """
 
 import keras
@@ -135,3 +136,48 @@ def test_a_mirrored_run_trains_from_a_soft_label_store(mirrored_strategy, tmp_pa
         training_batches(dataset, batch_size=8, epoch_seeds=[100, 101], steps=4), 0, 2)
     history = distiller.fit(batches, epochs=2, steps_per_epoch=4, verbose=0).history
     assert np.all(np.isfinite(history["loss"])) and len(history["loss"]) == 2
+
+
+def _arrays(num_samples):
+    rng = np.random.default_rng(0)
+    return (rng.random((num_samples, 8, 8, 3), dtype=np.float32),
+            rng.integers(0, NUM_CLASSES, num_samples).astype(np.int32))
+
+
+def test_a_first_batch_that_splits_unevenly_is_refused_before_any_step(mirrored_strategy):
+    keras.utils.set_random_seed(0)
+    distiller = _distiller(mirrored_strategy, make_mlp("student", width=6).get_weights(),
+                           make_mlp("teacher", width=16).get_weights())
+    initial = distiller.student.get_weights()
+    x, y = _arrays(66)
+    uneven = r"batch_size=33 .*does not split evenly over the 2 replicas.*multiple of 2"
+    with pytest.raises(ValueError, match=uneven):
+        distiller.fit(x, y, batch_size=33, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"A batch of 33 samples .*multiple of 2"):
+        distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(33, drop_remainder=True),
+                      epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"all of its 11 samples .*batch_size=16.*at most 11"):
+        distiller.fit(x[:11], y[:11], batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="batch_size=33 .*validation_data"):
+        distiller.fit(x, y, batch_size=32, validation_data=(x, y), validation_batch_size=33,
+                      epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="validation_split holds all of its 7 samples"):
+        distiller.fit(x, y, batch_size=32, validation_split=0.1, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="batch_size=33 "):
+        distiller.evaluate(x, y, batch_size=33, verbose=0)
+    for got, want in zip(distiller.student.get_weights(), initial):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_first_batch_that_splits_evenly_trains_with_an_uneven_last_batch(
+        mirrored_strategy):
+    keras.utils.set_random_seed(0)
+    distiller = _distiller(mirrored_strategy, make_mlp("student", width=6).get_weights(),
+                           make_mlp("teacher", width=16).get_weights())
+    initial = distiller.student.get_weights()
+    x, y = _arrays(67)  # Batches of 34 and 33.
+    history = distiller.fit(x, y, batch_size=34, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"])) and len(history["loss"]) == 2
+    assert max(np.abs(a - b).max()
+               for a, b in zip(distiller.student.get_weights(), initial)) > 1e-4
+    assert np.isfinite(distiller.evaluate(x, y, batch_size=34, verbose=0)[0])
