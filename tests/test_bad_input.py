@@ -98,6 +98,7 @@ def _refused_before_training(result, workdir):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert not os.path.exists(workdir)  # Nor the config.json of a run that never trained.
+    assert "Writing to" not in result.stdout  # Nor a word of writing there.
     return result.stderr
 
 

@@ -73,8 +73,6 @@ def _train_and_report(config):
         print("A non-chief worker: the chief writes every result; this process writes nothing.")
     elif config.verbose > 0:
         print(f"Flags that differ from the defaults: {console.config_summary(config)}")
-        print(f"Writing to {config.workdir} (all flags: "
-              f"{os.path.join(config.workdir, workdir_files.CONFIG_FILE)}).")
     if config.mixed_precision:
         import keras
         keras.mixed_precision.set_global_policy("mixed_float16")

@@ -19,6 +19,7 @@ from tllm_tf.pipeline import preflight
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline.strategy import is_chief
+from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
 from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
@@ -52,22 +53,6 @@ def prepare(config, strategy):
         config.workdir, TEACHER_STAGE, MODEL_FILE)
     reference_path = config.reference_path or os.path.join(
         config.workdir, REFERENCE_STAGE, REFERENCE_FILE)
-    if config.dataset == IMAGE_FOLDER and config.image_size is None:
-        # 224 for photographs; for small images it costs many times the pixels, unsaid.
-        height, width = data.image_shape[:2]
-        fitting.say(config.verbose, is_chief(strategy),
-                    f"--image_size not given: every image of --image_folder is resized to "
-                    f"{height}x{width} (pass --image_size=N for N x N).")
-    never_reached = preflight.decays_never_reached(config)
-    if never_reached:
-        fitting.say(config.verbose, is_chief(strategy), never_reached)
-    steps = build.steps_per_epoch(data, config)
-    executed = build.steps_per_execution(steps, config.steps_per_execution)
-    if executed != config.steps_per_execution:
-        fitting.say(config.verbose, is_chief(strategy),
-                    f"--steps_per_execution={config.steps_per_execution}: using {executed}, "
-                    f"the largest divisor of the {steps} steps of an epoch (a whole "
-                    "execution would run into the next epoch's batches).")
     if config.epoch_matched and "student" in config.stages and "tllm" in config.students:
         # A reference that exists already must have its per-epoch accuracy:
         # refuse it now rather than after the teacher has trained.
@@ -87,6 +72,26 @@ def prepare(config, strategy):
                 stage_inputs.check_reference_model(reference_path)
 
         multi_worker.run_on_chief(strategy, check_reference_model)
+    # Said once nothing more can refuse the run, which then leaves nothing behind.
+    chief = is_chief(strategy)
+    fitting.say(config.verbose, chief, f"Writing to {config.workdir} (all flags: "
+                f"{os.path.join(config.workdir, CONFIG_FILE)}).")
+    if config.dataset == IMAGE_FOLDER and config.image_size is None:
+        # 224 for photographs; for small images it costs many times the pixels, unsaid.
+        height, width = data.image_shape[:2]
+        fitting.say(config.verbose, chief,
+                    f"--image_size not given: every image of --image_folder is resized to "
+                    f"{height}x{width} (pass --image_size=N for N x N).")
+    never_reached = preflight.decays_never_reached(config)
+    if never_reached:
+        fitting.say(config.verbose, chief, never_reached)
+    steps = build.steps_per_epoch(data, config)
+    executed = build.steps_per_execution(steps, config.steps_per_execution)
+    if executed != config.steps_per_execution:
+        fitting.say(config.verbose, chief,
+                    f"--steps_per_execution={config.steps_per_execution}: using {executed}, "
+                    f"the largest divisor of the {steps} steps of an epoch (a whole "
+                    "execution would run into the next epoch's batches).")
     return config, data, teacher_path, reference_path
 
 
