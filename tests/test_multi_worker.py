@@ -381,6 +381,11 @@ def test_multi_worker_without_a_cluster_is_refused(monkeypatch):
             monkeypatch.setenv("TF_CONFIG", tf_config)
         with pytest.raises(ValueError, match="needs the environment variable TF_CONFIG"):
             multi_worker.make_strategy("multi_worker")
+    # TensorFlow's own error named neither TF_CONFIG nor what it held.
+    monkeypatch.setenv("TF_CONFIG", "{cluster")
+    with pytest.raises(ValueError, match=r"TF_CONFIG is not valid JSON \(Expecting property "
+                                         r"name .*\): TF_CONFIG='\{cluster'"):
+        multi_worker.make_strategy("multi_worker")
 
 
 def test_the_joining_line_names_the_task_and_the_cluster(monkeypatch):

@@ -50,12 +50,19 @@ def cluster_resolver():
         `"chief"` or `"worker"`.
 
     Raises:
-        ValueError: if `TF_CONFIG` is unset, names no cluster, or gives a
-            task of another type: `--strategy=multi_worker` would otherwise
-            train alone, silently.
+        ValueError: if `TF_CONFIG` is not JSON, is unset, names no cluster,
+            or gives a task of another type: `--strategy=multi_worker` would
+            otherwise train alone, silently.
     """
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    if not resolver.cluster_spec().as_dict() or resolver.task_type not in ("chief", "worker"):
+    try:
+        cluster, task_type = resolver.cluster_spec().as_dict(), resolver.task_type
+    except ValueError as error:  # TensorFlow's JSON error names neither the variable nor the text.
+        raise ValueError(
+            f"The environment variable TF_CONFIG is not valid JSON ({error}): "
+            f"TF_CONFIG={os.environ.get('TF_CONFIG')!r}. Quote it as docs/multi_worker.md "
+            "shows.") from None
+    if not cluster or task_type not in ("chief", "worker"):
         raise ValueError(
             "--strategy=multi_worker needs the environment variable TF_CONFIG to name the "
             "cluster and this worker's task, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
