@@ -241,6 +241,20 @@ def test_a_model_is_saved_to_a_new_file_and_never_through_a_link(tmp_path):
     np.testing.assert_array_equal(reloaded.get_weights()[0], model.get_weights()[0])
 
 
+def test_a_run_killed_as_it_claimed_leaves_no_temporary_once_claimed_again(tmp_path):
+    import tempfile
+    from tllm_tf import atomic
+    config = RunConfig(workdir=str(tmp_path), epochs=5)
+    digests = {"train": "a" * 64, "held_out": "b" * 64, "test": "c" * 64}
+    workdir.claim(str(tmp_path), config, digests)
+    temporaries = [tempfile.mkstemp(dir=tmp_path, prefix=atomic.temporary_prefix(name),
+                                    suffix=".tmp")[1] for name in ("config.json", "data.json")]
+    (tmp_path / "notes.txt").write_text("kept")
+    workdir.claim(str(tmp_path), config, digests)
+    assert not any(os.path.exists(path) for path in temporaries)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "data.json", "notes.txt"]
+
+
 def test_a_killed_stages_leftovers_are_removed_and_nothing_else(tmp_path):
     import tempfile
     from tllm_tf import atomic

@@ -103,6 +103,17 @@ def remove_leftovers(stage_dir, finished):
                     os.remove(path)
 
 
+def _remove_temporaries(directory, finals):
+    """Removes the temporaries of atomic writes of `finals` in `directory`, if it exists."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if any(atomic.is_temporary(name, final) for final in finals) and not os.path.isdir(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
 def config_differences(workdir, config, split_digests=None):
     """The flags that a finished or started run in `workdir` had set otherwise than `config`.
 
@@ -420,6 +431,7 @@ def claim(workdir, config, split_digests=None):
             "the report would compare students of two teachers. Put the file back, or delete "
             "the student folders (student_*) to train them again with a new teacher, or use a "
             "new --workdir.")
+    _remove_temporaries(workdir, (CONFIG_FILE, DATA_FILE))  # Of a run killed as it claimed.
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
     if split_digests:
         atomic.write_json(os.path.join(workdir, DATA_FILE), {"split_digests": split_digests})
