@@ -3,8 +3,11 @@ problem and the fix, never a traceback (tools/train.py, study.py, evaluate.py, r
 
 import json
 import os
+import pathlib
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import keras
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import ROOT
 from conftest import checkpointed_epoch
 from tllm_tf.analysis import evaluation
 from tllm_tf.analysis import reporting
@@ -90,6 +94,47 @@ def test_ctrl_c_ends_a_run_with_one_line_and_exit_status_130(zygote, tmp_path):
         f"Interrupted. What finished is kept in {workdir}: run the same command again to "
         "resume from the last checkpoint.")
     assert checkpointed_epoch(workdir / "teacher") >= 1  # What it resumes from.
+
+
+def test_ctrl_c_while_a_tool_starts_is_one_line_and_exit_status_130(tmp_path):
+    # A tool imports TensorFlow for seconds before its main; Ctrl-C then printed a traceback.
+    script = ("import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "from tllm_tf.pipeline import console\n"
+              "console.ctrl_c_ends_start_up()\n"
+              "print('starting', flush=True)\n"
+              "time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == "starting\n"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip() == "Interrupted while starting: nothing was written."
+
+
+def test_ctrl_c_raises_again_for_main_and_stays_ignored_where_it_was():
+    from tllm_tf.pipeline import console
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        console.ctrl_c_ends_start_up()
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        console.ctrl_c_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # A job started in the background.
+        console.ctrl_c_ends_start_up()
+        console.ctrl_c_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "study", "bench_throughput"])
+def test_the_tools_that_import_tensorflow_first_end_ctrl_c_quietly_until_main(tool):
+    source = (pathlib.Path(ROOT) / "tools" / f"{tool}.py").read_text()
+    assert (source.index("console.ctrl_c_ends_start_up()")
+            < source.index("console.quiet_tensorflow_start_up()"))
+    assert "    console.ctrl_c_interrupts()\n    app.run(" in source
 
 
 # Integer lists that are not integers.

@@ -47,6 +47,7 @@ from tllm_tf import atomic
 from tllm_tf.pipeline import console
 
 # Before TensorFlow's first import: no start-up chatter.
+console.ctrl_c_ends_start_up()  # Until main: Ctrl-C says one line, no traceback.
 console.quiet_tensorflow_start_up()
 
 import keras  # noqa: E402
@@ -199,4 +200,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    console.ctrl_c_interrupts()
     app.run(main)

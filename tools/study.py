@@ -27,6 +27,7 @@ from absl import flags
 from tllm_tf.pipeline import console
 
 # Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
+console.ctrl_c_ends_start_up()  # Until main: Ctrl-C says one line, no traceback.
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
@@ -176,4 +177,5 @@ def _run_and_report(runs, plan_kwargs, no_kd):
 
 
 if __name__ == "__main__":
+    console.ctrl_c_interrupts()
     app.run(main)

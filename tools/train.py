@@ -18,6 +18,7 @@ from absl import flags
 from tllm_tf.pipeline import console
 
 # Before TensorFlow's first import (run_flags loads it): no start-up chatter.
+console.ctrl_c_ends_start_up()  # Until main: Ctrl-C says one line, no traceback.
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
@@ -133,4 +134,5 @@ def _pipeline_check_message(error):
 
 
 if __name__ == "__main__":
+    console.ctrl_c_interrupts()
     app.run(main)

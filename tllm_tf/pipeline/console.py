@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -37,6 +38,30 @@ START_UP_CHATTER = re.compile("|".join([
     r"rebuild TensorFlow with the appropriate compiler flags",
     r"TF-TRT Warning",
 ]))
+
+
+def ctrl_c_ends_start_up():
+    """Until `ctrl_c_interrupts`, Ctrl-C ends the tool with one line and exit status 130.
+
+    A tool imports TensorFlow for seconds before its `main` runs; Ctrl-C then
+    printed a traceback through TensorFlow's modules. Nothing is changed
+    where SIGINT is not Python's default: ignored (a job started in the
+    background keeps running) or handled by the caller.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _end_start_up)
+
+
+def _end_start_up(signum, frame):
+    del signum, frame  # The handler's signature.
+    print("Interrupted while starting: nothing was written.", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT_STATUS)
+
+
+def ctrl_c_interrupts():
+    """Ctrl-C raises `KeyboardInterrupt` again, for `main` (after `ctrl_c_ends_start_up`)."""
+    if signal.getsignal(signal.SIGINT) is _end_start_up:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def quiet_tensorflow_start_up():
