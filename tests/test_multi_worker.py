@@ -366,6 +366,18 @@ def test_another_workers_reported_error_is_recognised_and_nothing_else():
     assert worker_failures.reported_failure(ValueError("worker 1 stopped the run: y")) is None
 
 
+def test_another_workers_error_is_quoted_once_with_its_own_full_stop():
+    reported = tf.errors.AbortedError(
+        None, None, "Collective ops is aborted by: worker 1 stopped the run: ValueError: The "
+        "store holds no epoch yet.\nThe error could be from a previous operation.")
+    with pytest.raises(worker_failures.WorkerFailedError) as raised:
+        with worker_failures.shared(tf.distribute.get_strategy()):
+            raise reported
+    assert str(raised.value).startswith(
+        "worker 1 stopped the run: ValueError: The store holds no epoch yet. Fix that worker's "
+        "problem, then run the same command on every worker")
+
+
 def test_one_worker_shares_nothing_and_raises_as_it_was():
     with pytest.raises(ValueError, match="its own"):
         with worker_failures.shared(tf.distribute.get_strategy()):
