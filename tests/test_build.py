@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 import pytest
+import tensorflow as tf
 
 from tllm_tf.pipeline import build
 from tllm_tf.pipeline.config import RunConfig
@@ -51,6 +52,22 @@ def test_the_store_takes_the_runs_top_k_dtype_and_files_of_bounded_size(tmp_path
     # as fit (ImageNet's epoch was one file of 5 GB, held in memory while built).
     monkeypatch.setattr(build, "STORE_FILE_BYTES", 64 * data.num_classes * 4 * 5)
     assert build.soft_label_store(config, data, teacher).batches_per_shard == 5
+
+
+def test_a_worker_whose_store_is_not_the_chiefs_is_told_to_share_it(tmp_path, monkeypatch):
+    # The chief builds the store in its own folder; a worker with a folder of its own found
+    # it empty only when it read it, told to "call build(epochs) first".
+    from conftest import make_mlp
+    from tllm_tf.pipeline import multi_worker
+    from tllm_tf.pipeline import stages
+    config = RunConfig(workdir="unused", batch_size=64, epochs=2, num_train=200,
+                       teacher_store=str(tmp_path / "worker_store"))
+    data = build.load_data(config)
+    teacher = make_mlp("teacher", input_shape=data.image_shape, num_classes=data.num_classes)
+    monkeypatch.setattr(multi_worker, "run_on_chief", lambda strategy, function: 4)
+    with pytest.raises(ValueError, match=r"This worker's --teacher_store='.*worker_store' holds "
+                                         r"0 of the 2 epochs the chief has just stored"):
+        stages._complete_store(config, data, tf.distribute.get_strategy(), teacher, "student_kd")
 
 
 def _folder_run(tmp_path, **overrides):

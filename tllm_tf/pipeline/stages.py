@@ -207,6 +207,13 @@ def _complete_store(config, data, strategy, teacher, label):
     # chief builds, the others wait.
     store = build.soft_label_store(config, data, teacher)
     computed = multi_worker.run_on_chief(strategy, lambda: store.build(epochs=config.epochs))
+    built = store.built_epochs
+    if built < config.epochs:  # A worker whose folder is not the chief's.
+        raise ValueError(
+            f"This worker's --teacher_store={config.teacher_store!r} holds {built} of the "
+            f"{config.epochs} epochs the chief has just stored in its own: every worker reads "
+            "the store the chief builds, so give them all one folder they can all read (a "
+            "shared file system; docs/multi_worker.md).")
     fitting.say(config.verbose, is_chief(strategy),
                 f"{label}: the teacher's logits in --teacher_store={config.teacher_store} "
                 f"({computed} batches computed now)")
