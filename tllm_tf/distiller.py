@@ -26,6 +26,7 @@ from tllm_tf import losses as losses_lib
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
 from tllm_tf import policies
+from tllm_tf import replica_batches
 from tllm_tf import teacher_precision
 
 
@@ -488,24 +489,11 @@ class Distiller(keras.Model):
         """
         arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
         self._check_label_array(arguments.get("y"))
-        batch_size = arguments.get("batch_size")
-        validation_split = arguments.get("validation_split") or 0.0
-        self._check_first_batch_splits(arguments.get("x"), batch_size, validation_split)
         validation_data = arguments.get("validation_data")
         if isinstance(validation_data, (tuple, list)):
-            validation_x, validation_y, _ = keras.utils.unpack_x_y_sample_weight(
-                tuple(validation_data))
+            _, validation_y, _ = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
             self._check_label_array(validation_y, name="Validation labels")
-        else:
-            validation_x = validation_data
-        validation_batch_size = arguments.get("validation_batch_size") or batch_size
-        if validation_x is not None:
-            self._check_first_batch_splits(validation_x, validation_batch_size,
-                                           name="validation_data")
-        elif validation_split:
-            self._check_first_batch_splits(arguments.get("x"), validation_batch_size,
-                                           validation_split, of_validation=True,
-                                           name="x's validation_split")
+        replica_batches.check_fit(arguments, self.distribute_strategy)
         arguments["callbacks"] = fit_callbacks.arrange(
             arguments.get("callbacks"), self.teacher_dtype)
         return super().fit(**arguments)
@@ -530,35 +518,9 @@ class Distiller(keras.Model):
         # fit's validation passes were checked once, up front, by fit.
         if not arguments.get("kwargs", {}).get("_use_cached_eval_dataset"):
             self._check_label_array(arguments.get("y"))
-            self._check_first_batch_splits(arguments.get("x"), arguments.get("batch_size"))
+            replica_batches.check_first_batch(
+                arguments.get("x"), arguments.get("batch_size"), self.distribute_strategy)
         return super().evaluate(*args, **kwargs)
-
-    def _check_first_batch_splits(self, x, batch_size, validation_split=0.0,
-                                  of_validation=False, name="x"):
-        # Keras averages the first batch's per-replica shares to build the
-        # model, which fails on shares of two shapes (an `AddN` error).
-        num_replicas = self.distribute_strategy.num_replicas_in_sync
-        if num_replicas <= 1:
-            return
-        first = _first_batch_size(x, batch_size, validation_split, of_validation)
-        if first is None or first % num_replicas == 0:
-            return
-        batch_size = batch_size or _KERAS_BATCH_SIZE
-        strategy = f"the {num_replicas} replicas of {type(self.distribute_strategy).__name__}"
-        if first < batch_size and not isinstance(x, tf.data.Dataset):
-            raise ValueError(
-                f"The first batch of {name} holds all of its {first} samples (fewer than "
-                f"batch_size={batch_size}), which do not split evenly over {strategy}: Keras "
-                "builds the model from the first batch, and its replicas' shares must have "
-                f"one shape. Use a batch_size that is a multiple of {num_replicas} and at most "
-                f"{first}, or a multiple of {num_replicas} samples.")
-        size = (f"A batch of {first} samples" if isinstance(x, tf.data.Dataset)
-                else f"batch_size={first}")
-        raise ValueError(
-            f"{size} (the global batch of {name}) does not split evenly over "
-            f"{strategy}: Keras builds the model from the first batch, and its replicas' "
-            f"shares must have one shape. Use a batch_size that is a multiple of "
-            f"{num_replicas}; a smaller last batch is fine.")
 
     def _check_label_array(self, y, name="Labels"):
         # Arrays are checked whole before any step runs; datasets are checked
@@ -746,43 +708,6 @@ def _student_loss_config(loss_fn):
             "@keras.saving.register_keras_serializable(), pass a keras.losses.Loss, "
             "or save the weights only (save_weights).")
     return keras.saving.serialize_keras_object(loss_fn)
-
-
-# What `keras.Model.fit` and `evaluate` batch arrays by without `batch_size`.
-_KERAS_BATCH_SIZE = 32
-
-
-def _first_batch_size(x, batch_size, validation_split=0.0, of_validation=False):
-    """The size of the first batch Keras draws from `x`, or `None` where unknown.
-
-    Args:
-        x: `fit`'s or `evaluate`'s `x`: arrays (a tuple, list or dict of
-            them too), a `tf.data.Dataset`, or anything else (unknown).
-        batch_size: the `batch_size` argument. For arrays, `None` is Keras's
-            default, 32.
-        validation_split: of arrays, the fraction Keras splits off at the
-            end for validation. Defaults to `0.0`.
-        of_validation: whether the batch is of that split-off part rather
-            than of the rest. Defaults to `False`.
-
-    Returns:
-        An `int`, or `None`.
-    """
-    if isinstance(x, tf.data.Dataset):
-        sizes = {getattr(spec, "shape", tf.TensorShape(None))
-                 for spec in tf.nest.flatten(x.element_spec)}
-        sizes = {shape[0] if shape.rank else None for shape in sizes}
-        return sizes.pop() if len(sizes) == 1 else None
-    arrays = tf.nest.flatten(x)
-    if not arrays or not all(isinstance(a, (np.ndarray, tf.Tensor)) and a.ndim
-                             for a in arrays):
-        return None
-    num_samples = int(arrays[0].shape[0])
-    if validation_split:
-        # Keras's rule: `keras.src.trainers.data_adapters.array_slicing`.
-        num_train = int(math.floor(num_samples * (1.0 - validation_split)))
-        num_samples = num_samples - num_train if of_validation else num_train
-    return min(batch_size or _KERAS_BATCH_SIZE, num_samples) or None
 
 
 def _global_batch_size(local_size):
