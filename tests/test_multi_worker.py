@@ -408,6 +408,23 @@ def test_the_joining_line_names_the_task_and_the_cluster(monkeypatch):
 
 
 @pytest.mark.slow
+def test_workers_distil_from_a_bfloat16_teacher(zygote, uninterrupted, tmp_path):
+    # Each worker's bfloat16 copy of the teacher had its variables' initial values
+    # broadcast by collective ops, which refuse bfloat16: every worker stopped.
+    uninterrupted_dir = str(uninterrupted[0] / "chief")
+    inputs = [f"--teacher_path={os.path.join(uninterrupted_dir, 'teacher', 'model.keras')}",
+              f"--reference_path={os.path.join(uninterrupted_dir, 'reference', 'reference.json')}",
+              "--noreference_fallback", "--teacher_dtype=bfloat16", "--epochs=2"]
+    _run_workers(zygote, [str(tmp_path / "chief"), str(tmp_path / "worker1")],
+                 tmp_path / "records", tmp_path / "logs", inputs)
+    chief_weights, chief_masks = _record(tmp_path / "records", 0)
+    worker_weights, worker_masks = _record(tmp_path / "records", 1)
+    for chief_weight, worker_weight in zip(chief_weights, worker_weights, strict=True):
+        np.testing.assert_array_equal(chief_weight, worker_weight)
+    np.testing.assert_array_equal(chief_masks, worker_masks)
+
+
+@pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted, tmp_path):
     uninterrupted_dir = str(uninterrupted[0] / "chief")
     # The whole run again, with the reference's fallback (the default): the resumed chief
