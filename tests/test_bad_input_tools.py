@@ -132,9 +132,24 @@ def test_ctrl_c_raises_again_for_main_and_stays_ignored_where_it_was():
 @pytest.mark.parametrize("tool", ["train", "evaluate", "study", "bench_throughput"])
 def test_the_tools_that_import_tensorflow_first_end_ctrl_c_quietly_until_main(tool):
     source = (pathlib.Path(ROOT) / "tools" / f"{tool}.py").read_text()
-    assert (source.index("console.ctrl_c_ends_start_up()")
+    assert (source.index('if __name__ == "__main__":  # Run, not imported: until main, '
+                         'Ctrl-C says one line.\n    console.ctrl_c_ends_start_up()')
             < source.index("console.quiet_tensorflow_start_up()"))
     assert "    console.ctrl_c_interrupts()\n    app.run(" in source
+
+
+def test_a_tool_imported_leaves_ctrl_c_as_it_was(tmp_path):
+    # Imported (tests/test_configs.py imports train.py), no main runs to hand Ctrl-C back:
+    # it would end training in the importing process with "nothing was written".
+    script = ("import importlib.util, signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "sys.path.insert(0, 'tools')\n"
+              "spec = importlib.util.spec_from_file_location('train_tool', 'tools/train.py')\n"
+              "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # Integer lists that are not integers.

@@ -18,8 +18,9 @@ from absl import flags
 from tllm_tf import atomic
 from tllm_tf.pipeline import console
 
+if __name__ == "__main__":  # Run, not imported: until main, Ctrl-C says one line.
+    console.ctrl_c_ends_start_up()
 # Before TensorFlow's first import: no start-up chatter.
-console.ctrl_c_ends_start_up()  # Until main: Ctrl-C says one line, no traceback.
 console.quiet_tensorflow_start_up()
 
 import data_flags  # noqa: E402  (tools/data_flags.py: --dataset, --seed, ...)

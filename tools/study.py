@@ -26,8 +26,9 @@ from absl import flags
 
 from tllm_tf.pipeline import console
 
+if __name__ == "__main__":  # Run, not imported: until main, Ctrl-C says one line.
+    console.ctrl_c_ends_start_up()
 # Before TensorFlow is imported: keep its C++ start-up chatter out of the output.
-console.ctrl_c_ends_start_up()  # Until main: Ctrl-C says one line, no traceback.
 console.quiet_tensorflow_start_up()
 
 import run_flags  # noqa: E402  (tools/run_flags.py: one flag per RunConfig field)
