@@ -23,6 +23,7 @@ resumes) and its progress (`stage_progress.StageProgress`); 0 prints nothing.
 """
 
 import os
+import time
 
 import keras
 
@@ -207,7 +208,7 @@ def _complete_store(config, data, strategy, teacher, label):
     # chief builds, the others wait.
     store = build.soft_label_store(config, data, teacher)
     computed = multi_worker.run_on_chief(strategy, lambda: store.build(epochs=config.epochs))
-    built = store.built_epochs
+    built = _epochs_visible(store, config.epochs)
     if built < config.epochs:  # A worker whose folder is not the chief's.
         raise ValueError(
             f"This worker's --teacher_store={config.teacher_store!r} holds {built} of the "
@@ -218,6 +219,22 @@ def _complete_store(config, data, strategy, teacher, label):
                 f"{label}: the teacher's logits in --teacher_store={config.teacher_store} "
                 f"({computed} batches computed now)")
     return store
+
+
+# How long a worker waits to see the store's epochs the chief has just written.
+STORE_VISIBLE_WAIT_S = 30.0
+
+
+def _epochs_visible(store, epochs):
+    """How many of the `epochs` the chief has just stored this process sees in `store`.
+
+    A shared file system may show another host's new files a few seconds late (NFS caches
+    that a file is missing), so a worker waits up to `STORE_VISIBLE_WAIT_S` for them.
+    """
+    deadline = time.monotonic() + STORE_VISIBLE_WAIT_S
+    while store.built_epochs < epochs and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return store.built_epochs
 
 
 def run_store(config, data, strategy, teacher_path):
