@@ -455,6 +455,11 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted,
                  tmp_path / "logs_resumed", inputs)
     assert _logged_masks(stage_dir) == _logged_masks(
         os.path.join(uninterrupted_dir, "student_tllm"))
+    # The student as trained, before the fallback may hand over the reference's weights.
+    chief_weights, _ = _record(tmp_path / "records_resumed", 0)
+    uninterrupted_weights, _ = _record(uninterrupted[0] / "records", 0)
+    for a, b in zip(chief_weights, uninterrupted_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
     resumed = keras.models.load_model(os.path.join(stage_dir, "model.keras"), compile=False)
     with open(os.path.join(stage_dir, "reference_check.json")) as handle:
         kept = json.load(handle)["kept"]
@@ -463,7 +468,6 @@ def test_killed_workers_resume_from_the_chiefs_checkpoint(zygote, uninterrupted,
     expected = keras.models.load_model(expected_path, compile=False)
     for a, b in zip(resumed.get_weights(), expected.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    chief_weights, _ = _record(tmp_path / "records_resumed", 0)
     worker_weights, _ = _record(tmp_path / "records_resumed", 1)
     for a, b in zip(chief_weights, worker_weights, strict=True):
         np.testing.assert_array_equal(a, b)

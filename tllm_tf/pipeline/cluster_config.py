@@ -50,13 +50,16 @@ def check_same_config(strategy, config_fields):
     chiefs = multi_worker.run_on_chief(strategy, lambda: own)
     differences = [f"--{key}: {own[key]!r} here, {chiefs.get(key)!r} on the chief"
                    for key in sorted(own) if own[key] != chiefs.get(key)]
+    differing_workers = multi_worker.sum_over_workers(strategy, 1.0 if differences else 0.0)
+    if differing_workers:
+        # The chief reported the differing worker's error, not its own, under load.
+        multi_worker.meet_before_raising(strategy)
     if differences:
-        multi_worker.sum_over_workers(strategy, 1.0)
         raise ValueError(
             "This worker was started with other flags than the chief: "
             f"{'; '.join(differences)}. Start every worker with the same flags (only "
             "paths and --verbose may differ).")
-    if multi_worker.sum_over_workers(strategy, 0.0):
+    if differing_workers:
         raise ValueError(
             "Another worker was started with other flags than this one's (its own error "
             "names them): start every worker with the same flags.")

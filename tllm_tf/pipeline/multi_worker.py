@@ -86,13 +86,19 @@ def _broadcast_text(strategy, text, chunk_size=4096):
     return received.astype(np.uint8).tobytes().decode("utf-8")
 
 
-def _every_worker_has_it(strategy):
-    # A chief that stops while a worker still receives its error aborts that worker's
-    # collective, and the worker reports an aborted run instead of the chief's error:
-    # the chief stops only after every worker has joined one more sum.
+def meet_before_raising(strategy):
+    """One more sum over the workers, before they raise an error every one of them knows of.
+
+    A worker that stops while another is still in a collective aborts it, and that worker
+    then reports the aborted run instead of its own error: each waits for the others here.
+    A sum aborted all the same (another worker has already stopped) is let pass.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+    """
     try:
         sum_over_workers(strategy, 0.0)
-    except tf.errors.OpError:  # A worker's sum aborted by the chief's exit: it has the error.
+    except tf.errors.OpError:
         pass
 
 
@@ -131,7 +137,7 @@ def run_on_chief(strategy, function):
         message = _broadcast_text(strategy, message)
     record = json.loads(message)
     if "error" in record and num_workers(strategy) > 1:
-        _every_worker_has_it(strategy)
+        meet_before_raising(strategy)
     if error is not None:
         raise error
     if "error" in record:
