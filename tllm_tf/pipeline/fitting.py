@@ -30,6 +30,13 @@ from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
 from tllm_tf.pipeline.workdir_files import TENSORBOARD_DIR
 
 
+def missing_files(stage_dir, final_files=(MODEL_FILE,)):
+    """The paths a finished stage has and `stage_dir` lacks: its `final_files`, then its
+    `test_per_class.json`, written last (an empty list: the stage has finished)."""
+    paths = [os.path.join(stage_dir, name) for name in (*final_files, PER_CLASS_FILE)]
+    return [path for path in paths if not os.path.exists(path)]
+
+
 def done(strategy, stage_dir, verbose, final_files=(MODEL_FILE,)):
     """Whether the chief has the stage's `final_files` and its `test_per_class.json`,
     written after them (it then says so, unless `verbose` is 0).
@@ -41,8 +48,7 @@ def done(strategy, stage_dir, verbose, final_files=(MODEL_FILE,)):
 
     def check():
         marker = os.path.join(stage_dir, PER_CLASS_FILE)
-        finished = all(os.path.exists(os.path.join(stage_dir, name))
-                       for name in (*final_files, PER_CLASS_FILE))
+        finished = not missing_files(stage_dir, final_files)
         workdir_lib.remove_leftovers(stage_dir, finished)
         if finished:
             say(verbose, True, f"{os.path.basename(stage_dir)}: done, skipped ({marker})")

@@ -4,9 +4,10 @@ A `--teacher_path` trained on another split of the data has seen this run's
 held-out images, where the students are compared class by class; a model
 evaluated on other splits, another preprocessing or other files of an image
 folder than its run's is scored on images it trained on, or on pixels it
-never saw. Each check reads the config.json (and an image folder's
-`DATA_FILE`) of the run that wrote the model file, and refuses naming the
-flags that differ; a model outside a workdir is not checked.
+never saw. Each check reads the config.json (and the `DATA_FILE` of its
+splits' digests, which image folders and Fashion-MNIST record) of the run
+that wrote the model file, and refuses naming the flags or the splits that
+differ; a model outside a workdir is not checked.
 """
 
 import json
@@ -150,8 +151,10 @@ def check_evaluation_images(model_path, data, split, test_image_folder):
         fix = ("Pass that run's --image_folder and --test_image_folder, or give other images "
                "to evaluate on as --test_image_folder (with --split=test).")
     else:
-        fix = (f"Evaluate with the copy of --dataset={values['dataset']!r} that run read "
-               f"(the images differ: {workdir_lib.OTHER_SOURCE}).")
+        dataset = (values or {}).get("dataset")
+        named = f"--dataset={dataset!r}" if dataset else "the data set"
+        fix = (f"Evaluate with the copy of {named} that run read (the images differ: "
+               f"{workdir_lib.OTHER_SOURCE}).")
     raise ValueError(
         f"{model_path!r} was trained by the run of {path} on other files than these flags "
         "give: " + (setting or f"{workdir_lib.splits_text(changed)} of the images differ")

@@ -21,7 +21,6 @@ from tllm_tf.pipeline import workdir as workdir_lib
 from tllm_tf.pipeline.strategy import is_chief
 from tllm_tf.pipeline.workdir_files import CONFIG_FILE
 from tllm_tf.pipeline.workdir_files import MODEL_FILE
-from tllm_tf.pipeline.workdir_files import PER_CLASS_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_FILE
 from tllm_tf.pipeline.workdir_files import REFERENCE_STAGE
 from tllm_tf.pipeline.workdir_files import TEACHER_STAGE
@@ -104,15 +103,14 @@ def _check_teacher_trained(config):
     needs_teacher = {"student", "store"} & set(config.stages)
     if config.teacher_path or TEACHER_STAGE in config.stages or not needs_teacher:
         return
-    # Finished as `fitting.done` counts it: its test results are written last, so a
-    # teacher killed while being evaluated has its model file and is not finished.
-    for name in (MODEL_FILE, PER_CLASS_FILE):
-        path = os.path.join(config.workdir, TEACHER_STAGE, name)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"--stage={config.stage} needs the teacher this workdir trains, and {path} "
-                "does not exist (the teacher stage has not finished): run --stage=teacher (or "
-                "--stage=all) in this workdir first, or pass --teacher_path.")
+    # Finished as `fitting.done` counts it: a teacher killed while its test split was
+    # evaluated has its model file and is not finished.
+    missing = fitting.missing_files(os.path.join(config.workdir, TEACHER_STAGE))
+    if missing:
+        raise ValueError(
+            f"--stage={config.stage} needs the teacher this workdir trains, and {missing[0]} "
+            "does not exist (the teacher stage has not finished): run --stage=teacher (or "
+            "--stage=all) in this workdir first, or pass --teacher_path.")
 
 
 def _with_earlier_mask(config, strategy, num_classes):

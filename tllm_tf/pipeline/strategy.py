@@ -6,6 +6,7 @@ service; `is_chief` and `num_workers` tell any strategy's place. Keeping the
 workers in agreement once they run: `multi_worker`.
 """
 
+import json
 import os
 
 import tensorflow as tf
@@ -54,15 +55,15 @@ def cluster_resolver():
             or gives a task of another type: `--strategy=multi_worker` would
             otherwise train alone, silently.
     """
-    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    text = os.environ.get("TF_CONFIG")
     try:
-        cluster, task_type = resolver.cluster_spec().as_dict(), resolver.task_type
-    except ValueError as error:  # TensorFlow's JSON error names neither the variable nor the text.
+        json.loads(text or "{}")
+    except json.JSONDecodeError as error:  # TensorFlow's would name neither variable nor text.
         raise ValueError(
             f"The environment variable TF_CONFIG is not valid JSON ({error}): "
-            f"TF_CONFIG={os.environ.get('TF_CONFIG')!r}. Quote it as docs/multi_worker.md "
-            "shows.") from None
-    if not cluster or task_type not in ("chief", "worker"):
+            f"TF_CONFIG={text!r}. Quote it as docs/multi_worker.md shows.") from None
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if not resolver.cluster_spec().as_dict() or resolver.task_type not in ("chief", "worker"):
         raise ValueError(
             "--strategy=multi_worker needs the environment variable TF_CONFIG to name the "
             "cluster and this worker's task, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "

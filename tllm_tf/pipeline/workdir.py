@@ -76,7 +76,7 @@ def save_model(model, path):
         model.save(temporary)
 
 
-def remove_leftovers(stage_dir, finished):
+def remove_leftovers(stage_dir, finished, final_files=_STAGE_FILES):
     """Removes from a stage's folder what a killed run can leave there.
 
     The temporaries of its files' atomic writes and SavedModel exports
@@ -88,11 +88,13 @@ def remove_leftovers(stage_dir, finished):
     Args:
         stage_dir: the stage's folder; nothing is done if it does not exist.
         finished: whether the stage has written its last file.
+        final_files: the files whose temporaries are removed. Defaults to a
+            stage's; `claim` passes the workdir's own.
     """
     if not os.path.isdir(stage_dir):
         return
     for name in os.listdir(stage_dir):
-        temporary = (any(atomic.is_temporary(name, final) for final in _STAGE_FILES)
+        temporary = (any(atomic.is_temporary(name, final) for final in final_files)
                      or _OLD_EXPORT_TEMPORARY.fullmatch(name))
         if temporary or (finished and name in _TRAINING_ONLY):
             path = os.path.join(stage_dir, name)
@@ -101,17 +103,6 @@ def remove_leftovers(stage_dir, finished):
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
-
-
-def _remove_temporaries(directory, finals):
-    """Removes the temporaries of atomic writes of `finals` in `directory`, if it exists."""
-    if not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        if any(atomic.is_temporary(name, final) for final in finals) and not os.path.isdir(path):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
 
 
 def config_differences(workdir, config, split_digests=None):
@@ -431,7 +422,8 @@ def claim(workdir, config, split_digests=None):
             "the report would compare students of two teachers. Put the file back, or delete "
             "the student folders (student_*) to train them again with a new teacher, or use a "
             "new --workdir.")
-    _remove_temporaries(workdir, (CONFIG_FILE, DATA_FILE))  # Of a run killed as it claimed.
+    # What a run killed as it claimed the workdir left.
+    remove_leftovers(workdir, finished=False, final_files=(CONFIG_FILE, DATA_FILE))
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
     if split_digests:
         atomic.write_json(os.path.join(workdir, DATA_FILE), {"split_digests": split_digests})

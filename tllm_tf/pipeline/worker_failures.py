@@ -89,7 +89,7 @@ def shared(strategy):
         failure = reported_failure(error)
         if failure is not None:
             raise WorkerFailedError(
-                f"{failure.rstrip('.')}. Fix that worker's problem, then run the same command on every "
-                "worker: they resume from the chief's last checkpoint.") from None
+                f"{failure.rstrip('.')}. Fix that worker's problem, then run the same command "
+                "on every worker: they resume from the chief's last checkpoint.") from None
         _report(strategy, error)
         raise
