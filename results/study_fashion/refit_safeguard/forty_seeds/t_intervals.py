@@ -33,37 +33,35 @@ def _summaries(node, path=""):
 
 
 def _per_class(summaries):
-    """Summaries of one number each: a per-class summary (lists) is split by class."""
+    """`(path, summary, class index or None)`: a per-class summary (lists) split by class."""
     for path, summary in summaries:
         if not isinstance(summary["mean"], list):
-            yield path, summary
+            yield path, summary, None
             continue
         for index in range(len(summary["mean"])):
-            yield f"{path}[{index}]", {key: value[index] if isinstance(value, list) else value
-                                       for key, value in summary.items()}
+            yield path, {key: value[index] if isinstance(value, list) else value
+                         for key, value in summary.items()}, index
 
 
 def _verdict(low, high):
     return "above 0" if low > 0 else "below 0" if high < 0 else "contains 0"
 
 
-def _named(path, settings, class_names):
-    """The summary's path with its setting and, for a per-class list, its class named."""
+def _named(path, class_index, settings):
+    """The summary's setting, path and, for a per-class summary, class."""
     index = int(path[len("/settings["):path.index("]")])
     setting = settings[index]
-    rest = path[path.index("]") + 1:]
-    if rest.endswith("]") and "[" in rest:
-        head, position = rest[:rest.rindex("[")], int(rest[rest.rindex("[") + 1:-1])
-        rest = f"{head} {class_names[index][position]}"
-    return f"{setting['student']} / {setting['teacher']}: {rest.lstrip('/')}"
+    name = path[path.index("]") + 1:].lstrip("/")
+    if class_index is not None:
+        name += f" {setting['class_names'][class_index]}"
+    return f"{setting['student']} / {setting['teacher']}: {name}"
 
 
 def main():
     with open(STUDY) as handle:
         settings = json.load(handle)["settings"]
-    class_names = [setting["class_names"] for setting in settings]
     checked = changed = 0
-    for path, summary in _per_class(_summaries({"settings": settings})):
+    for path, summary, class_index in _per_class(_summaries({"settings": settings})):
         seeds = int(summary["seeds"])
         if seeds <= 31 or summary["std"] is None or not math.isfinite(summary["std"]):
             continue
@@ -73,7 +71,7 @@ def main():
         before = _verdict(summary["ci_low"], summary["ci_high"])
         if _verdict(low, high) != before:
             changed += 1
-            print(f"{_named(path, settings, class_names)}: {100 * summary['mean']:+.2f} "
+            print(f"{_named(path, class_index, settings)}: {100 * summary['mean']:+.2f} "
                   f"[{100 * summary['ci_low']:+.2f}, {100 * summary['ci_high']:+.2f}] as stored "
                   f"({before}); with t [{100 * low:+.2f}, {100 * high:+.2f}] "
                   f"({_verdict(low, high)})")
