@@ -63,10 +63,18 @@ def test_corrupt_checkpoint_gets_a_clear_error_and_is_left_alone(tiny_data, tmp_
         content = handle.read()
     with open(path, "wb") as handle:
         handle.write(content[: len(content) // 3])
-    with pytest.raises(checkpointing.CheckpointError, match="Delete|delete"):
+    with pytest.raises(checkpointing.CheckpointError, match="Delete|delete") as refusal:
         checkpointing.restore(_distiller(), directory)
     with open(path, "rb") as handle:
         assert handle.read() == content[: len(content) // 3]
+    if corruption == "state":
+        # The other way out keeps the epoch trained: the state the message gives restores it.
+        state = '{"epoch": 1, "weights": "epoch-1.weights.h5"}'
+        assert (f"Or, to resume after epoch 1, replace {path!r} by a file holding {state}."
+                in str(refusal.value))
+        with open(path, "w") as handle:
+            handle.write(state)
+        assert checkpointing.restore(_distiller(), directory) == 1
 
 
 @pytest.mark.parametrize("planted", ["fifo", "dev_zero"])

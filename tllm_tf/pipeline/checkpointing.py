@@ -66,7 +66,8 @@ def _read_state(directory):
     path = os.path.join(directory, STATE_FILE)
     if not os.path.exists(path):
         return {"epoch": 0}
-    remedy = f"Delete {directory!r} to restart this stage from scratch; nothing else was changed."
+    remedy = (f"Delete {directory!r} to restart this stage from scratch; nothing else was "
+              f"changed.{_keeping_newest_weights(directory, path)}")
     try:
         # A FIFO or a device is refused unread: the cap alone would not stop a wait on a FIFO.
         text = json_checks.read_capped(
@@ -81,6 +82,23 @@ def _read_state(directory):
         return {"epoch": state["epoch"], "weights": state["weights"]}
     except (ValueError, RecursionError) as error:
         raise CheckpointError(f"Checkpoint state {path!r} is corrupt ({error}). {remedy}") from None
+
+
+def _keeping_newest_weights(directory, state_path):
+    """The other remedy for a state file that cannot be read: point it at the newest weights.
+
+    The state is written after the weights it names, so the newest weights file is complete
+    unless the state was made by hand; `restore` refuses it by name if it is not.
+    """
+    epochs = [int(name[len("epoch-"):-len(WEIGHTS_SUFFIX)]) for name in os.listdir(directory)
+              if name.startswith("epoch-") and name.endswith(WEIGHTS_SUFFIX)
+              and name[len("epoch-"):-len(WEIGHTS_SUFFIX)].isdigit()]
+    if not epochs:
+        return ""
+    epoch = max(epochs)
+    state = json.dumps({"epoch": epoch, "weights": _weights_file(epoch)})
+    return (f" Or, to resume after epoch {epoch}, replace {state_path!r} by a file holding "
+            f"{state}.")
 
 
 def saved_epoch(directory):
