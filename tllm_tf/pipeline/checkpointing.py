@@ -45,6 +45,17 @@ def _weights_file(epoch):
     return f"epoch-{epoch}{WEIGHTS_SUFFIX}"
 
 
+def _epoch_of(name):
+    """The epoch of the weights file `name` (as `_weights_file` names it), or None."""
+    digits = name[len("epoch-"):-len(WEIGHTS_SUFFIX)]
+    return int(digits) if digits.isdigit() and _weights_file(int(digits)) == name else None
+
+
+def _state(epoch):
+    """The state file's content that points at epoch `epoch`'s weights."""
+    return {"epoch": epoch, "weights": _weights_file(epoch)}
+
+
 def _check_state(state):
     """The reason `state` is not a checkpoint state this module wrote, or None."""
     if not isinstance(state, dict):
@@ -90,15 +101,12 @@ def _keeping_newest_weights(directory, state_path):
     The state is written after the weights it names, so the newest weights file is complete
     unless the state was made by hand; `restore` refuses it by name if it is not.
     """
-    epochs = [int(name[len("epoch-"):-len(WEIGHTS_SUFFIX)]) for name in os.listdir(directory)
-              if name.startswith("epoch-") and name.endswith(WEIGHTS_SUFFIX)
-              and name[len("epoch-"):-len(WEIGHTS_SUFFIX)].isdigit()]
+    epochs = [epoch for epoch in map(_epoch_of, os.listdir(directory)) if epoch is not None]
     if not epochs:
         return ""
     epoch = max(epochs)
-    state = json.dumps({"epoch": epoch, "weights": _weights_file(epoch)})
     return (f" Or, to resume after epoch {epoch}, replace {state_path!r} by a file holding "
-            f"{state}.")
+            f"{json.dumps(_state(epoch))}.")
 
 
 def saved_epoch(directory):
@@ -257,13 +265,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 f"{os.readlink(self.directory)!r}): a checkpoint is written, and its older "
                 "files deleted, where it is, never through a link. Remove the link.")
         os.makedirs(self.directory, exist_ok=True)
-        weights = _weights_file(epoch + 1)
+        state = _state(epoch + 1)
+        weights = state["weights"]
         # A link planted at the final name is replaced, not written through.
         with atomic.atomic_path(os.path.join(self.directory, weights),
                                 suffix=WEIGHTS_SUFFIX) as temporary:
             self.model.save_weights(temporary)
         with atomic.atomic_open(os.path.join(self.directory, STATE_FILE)) as handle:
-            json.dump({"epoch": epoch + 1, "weights": weights}, handle)
+            json.dump(state, handle)
         for name in os.listdir(self.directory):
             if name.endswith(WEIGHTS_SUFFIX) and name != weights:
                 os.remove(os.path.join(self.directory, name))
