@@ -420,3 +420,38 @@ def test_a_model_of_a_training_subset_is_evaluated_on_its_runs_splits(tmp_path, 
     with pytest.raises(ValueError, match="copy of --dataset='fashion_mnist' that run read"):
         model_origin.check_evaluation_images(model_path, reordered, "held_out", None)
     model_origin.check_evaluation_images(model_path, reordered, "test", None)
+
+
+def test_a_teacher_of_more_training_images_is_taken_and_one_of_the_other_source_refused(
+        tmp_path, empty_debian_dir):
+    # The study's teachers learn from --teacher_num_train images and its students from
+    # --num_train: the teacher's training split is another, its held-out split the same
+    # (drawn first), so it trained on none of the students' held-out images. Every study of
+    # Fashion-MNIST was refused from 2026-12-07 (87ced25) until this was fixed.
+    from tllm_tf.pipeline import model_origin
+    from tllm_tf.pipeline import workdir
+    from tllm_tf.pipeline.config import RunConfig
+
+    arrays = list(_write_fashion_mnist(empty_debian_dir))
+    teacher = RunConfig(workdir=str(tmp_path / "teacher"), dataset="fashion_mnist",
+                        holdout_fraction=0.2)
+    trained_on = load_dataset("fashion_mnist", holdout_fraction=0.2).split_digests
+    workdir.claim(teacher.workdir, teacher, trained_on)
+    student = RunConfig(workdir=str(tmp_path / "student"), dataset="fashion_mnist",
+                        holdout_fraction=0.2, num_train=20,
+                        teacher_path=str(tmp_path / "teacher" / "teacher" / "model.keras"))
+    data = load_dataset("fashion_mnist", holdout_fraction=0.2, num_train=20)
+    assert data.split_digests["train"] != trained_on["train"]
+    model_origin.check_teacher_images(student, data)
+
+    # The other source's order holds out other images: refused, naming the cause.
+    order = np.random.default_rng(1).permutation(len(arrays[1]))
+    arrays[0], arrays[1] = arrays[0][order], arrays[1][order]
+    for stem, array in zip(idx_source.IDX_FILES.values(), arrays):
+        _write_idx(empty_debian_dir / (stem + ".gz"), array, compress=True)
+    reordered = load_dataset("fashion_mnist", holdout_fraction=0.2, num_train=20)
+    with pytest.raises(ValueError) as raised:
+        model_origin.check_teacher_images(student, reordered)
+    message = str(raised.value)
+    assert "held out other images than this run of --dataset='fashion_mnist'" in message
+    assert "a prepared tfds directory hold its images in different orders" in message

@@ -23,7 +23,7 @@ from tllm_tf.pipeline import workdir_files
 # other values has trained on this run's held-out images. An image folder's
 # files are compared by their digests (`DataSplits.split_digests`).
 SPLIT_FIELDS = ("dataset", "seed", "holdout_fraction")
-# The splits whose images a teacher or a reference learnt from or was judged on.
+# The splits whose images a reference learnt from or was judged on (a teacher: held-out only).
 TRAIN_AND_HELD_OUT = ("train", "held_out")
 
 
@@ -232,23 +232,28 @@ def check_teacher_origin(config):
 
 
 def check_teacher_images(config, data):
-    """Refuses a `--teacher_path` trained on other images of an image folder.
+    """Refuses a `--teacher_path` whose run held out other images than this run.
 
-    Its workdir's `DATA_FILE` records the digests of the files it learnt from
-    and was checked on; a teacher of the same folder, moved, has the same. A
-    teacher whose workdir records none (another data set, or a run before the
-    record) is not checked.
+    Its workdir's `DATA_FILE` records the digests of its splits (an image
+    folder's files; Fashion-MNIST's images, whose order differs between its
+    two sources); a teacher of the same files, moved, has the same. Only the
+    held-out split is compared: a run trains on none of its held-out images,
+    so a teacher that held out these same images has not trained on any of
+    them, whatever else it learnt from (the study's teachers learn from more
+    images than its students: `--teacher_num_train`). A teacher whose workdir
+    records no digests (another data set, or a run before the record) is not
+    checked.
 
     Args:
         config: the run's `RunConfig`, with `teacher_path` set.
         data: its `DataSplits`.
 
     Raises:
-        ValueError: if the training or held-out files differ, naming the
-            splits, or if the teacher's `DATA_FILE` is not one a run wrote.
+        ValueError: if the held-out images differ, or if the teacher's
+            `DATA_FILE` is not one a run wrote.
     """
     values, path, changed = _files_changed_since_run(config.teacher_path, data,
-                                                     TRAIN_AND_HELD_OUT)
+                                                     ("held_out",))
     setting = _test_folder_setting(values, config.test_image_folder)
     if changed and setting:
         raise ValueError(
@@ -260,9 +265,9 @@ def check_teacher_images(config, data):
         what = ("(their paths in the folder, classes and sizes)" if config.image_folder
                 else f"({workdir_lib.OTHER_SOURCE})")
         raise ValueError(
-            f"The teacher {config.teacher_path!r} was trained on other images than this "
-            f"run's {workdir_lib.images_named_by(config)}: the images of "
-            f"{workdir_lib.splits_text(changed)} {what} differ from those its workdir recorded "
-            f"({os.path.join(os.path.dirname(path), workdir_files.DATA_FILE)}), so it may "
+            f"The teacher {config.teacher_path!r} held out other images than this run of "
+            f"{workdir_lib.images_named_by(config)}: the images of its held-out split {what} "
+            "differ from this run's (its workdir recorded them in "
+            f"{os.path.join(os.path.dirname(path), workdir_files.DATA_FILE)}), so it may "
             "have trained on images of this run's held-out split. Use a teacher trained on "
             "these images (a moved folder or copy is fine), or leave --teacher_path out.")
