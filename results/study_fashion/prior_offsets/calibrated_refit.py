@@ -110,12 +110,6 @@ def main():
     report(done, kd, labels, records[0]["class_names"])
 
 
-def cell(a, b):
-    s = study_stats.paired_difference(np.asarray(a), np.asarray(b))
-    return (f"{s['mean']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] "
-            f"{int(s['better'])}/{int(s['worse'])}")
-
-
 def report(done, kd, labels, class_names):
     by_setting = collections.defaultdict(list)
     for row in done:
@@ -130,7 +124,7 @@ def report(done, kd, labels, class_names):
         ours = 100 * np.array([r["accuracy"] for r in rows])
         theirs = 100 * np.array([r["accuracy"] for r in kd_rows])
         first = np.array([r["seed"] < 10 for r in rows])
-        cells = [cell(ours[m], theirs[m]) if m.sum() > 1 else "-"
+        cells = [apply.paired_cell(ours[m], theirs[m]) if m.sum() > 1 else "-"
                  for m in (first, ~first, np.ones_like(first))]
         print(f"| `{student}`, `{teacher}` | {len(rows)} | "
               f"{np.mean([len(r['masked']) for r in rows]):.1f} | " + " | ".join(cells) + " |")
@@ -143,10 +137,11 @@ def report(done, kd, labels, class_names):
             if hurt["ci_high"] >= 0:
                 continue
             masked = np.mean([c in r["masked"] for r in rows])
-            per_class_lines.append(
-                f"| `{student}`, `{teacher}` | {name} | {cell(kd_c[:, c], labels_c[:, c])} | "
-                f"{masked:.0%} | {cell(ours_c[:, c], kd_c[:, c])} | "
-                f"{cell(ours_c[:, c], labels_c[:, c])} |")
+            cells = [apply.paired_cell(a, b) for a, b in ((kd_c[:, c], labels_c[:, c]),
+                                                          (ours_c[:, c], kd_c[:, c]),
+                                                          (ours_c[:, c], labels_c[:, c]))]
+            per_class_lines.append(f"| `{student}`, `{teacher}` | {name} | {cells[0]} | "
+                                   f"{masked:.0%} | {cells[1]} | {cells[2]} |")
     print("\nPer class KD hurts beyond noise (all seeds): KD minus labels; the share of seeds "
           "masked; this student minus KD; minus labels (points)\n")
     print("| student, teacher | class | KD minus labels | masked | minus KD | minus labels |")

@@ -164,10 +164,7 @@ def report(rows, class_names):
     totals = collections.defaultdict(lambda: np.zeros(6))
     for level_name, level in LEVELS.items():
         print(f"\n### At {level} ({level_name}), Holm over the classes\n")
-        scores = list(rows[next(iter(rows))][0]["p"])
-        print("| student, teacher | class | KD minus labels, test | "
-              + " | ".join(f"`{s}`" for s in scores) + " |")
-        print("|---|---|---|" + "---|" * len(scores))
+        scores = print_header(rows)
         for (student, teacher), runs in sorted(rows.items()):
             harm = np.array([r["test_harm"] for r in runs])
             choose = np.array([r["seed"] in CHOOSE_SEEDS for r in runs])
@@ -205,15 +202,21 @@ def report(rows, class_names):
                                               for r in runs})}))
 
 
+def print_header(rows):
+    """Prints a per-class table's header, a column a score; returns the scores' names."""
+    scores = list(rows[next(iter(rows))][0]["p"])
+    print("| student, teacher | class | KD minus labels, test | "
+          + " | ".join(f"`{s}`" for s in scores) + " |")
+    print("|---|---|---|" + "---|" * len(scores))
+    return scores
+
+
 def print_every_class(rows, class_names):
     """Per class: KD minus labels on test, and how often each score finds it behind (all seeds)."""
     level = LEVELS["one of ten looks"]
     print(f"\n### Every class, all seeds, at {level}: KD minus labels on test (points), then "
           "the share of seeds each score finds it behind\n")
-    scores = list(rows[next(iter(rows))][0]["p"])
-    print("| student, teacher | class | KD minus labels, test | "
-          + " | ".join(f"`{s}`" for s in scores) + " |")
-    print("|---|---|---|" + "---|" * len(scores))
+    scores = print_header(rows)
     for (student, teacher), runs in sorted(rows.items()):
         harm = np.array([r["test_harm"] for r in runs])
         for c, name in enumerate(class_names):
