@@ -90,9 +90,10 @@ def _newton_direction(logits, residual):
     no probability), so the least-squares solution is taken, then centred.
     """
     probabilities = np.exp(logits - _logsumexp(logits, axis=1))
-    sums = probabilities.sum(axis=0)
-    weights = np.divide(probabilities, sums, out=np.zeros_like(probabilities), where=sums > 0)
-    jacobian = np.eye(logits.shape[1]) - weights.T @ probabilities
+    sums = probabilities.sum(axis=0)[:, None]
+    cross = probabilities.T @ probabilities  # No second (num_images, num_classes) array.
+    jacobian = np.eye(logits.shape[1]) - np.divide(cross, sums, out=np.zeros_like(cross),
+                                                   where=sums > 0)
     direction = np.linalg.lstsq(jacobian, residual, rcond=None)[0]
     return direction - direction.mean()
 
