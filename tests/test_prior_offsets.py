@@ -80,9 +80,9 @@ def test_offsets_that_have_not_converged_are_warned_about(caplog):
     with caplog.at_level("WARNING"):
         prior_offsets.fit_offsets(logits, labels, 4)
     assert "fit_offsets" not in caplog.text
-    # Out of iterations 2e-6 off (above the tolerance, 1e-7): too little to warn about.
+    # Out of iterations 4e-8 off, above a tolerance of 1e-9: too little to warn about.
     with caplog.at_level("WARNING"):
-        prior_offsets.fit_offsets(logits, labels, 4, max_iterations=14)
+        prior_offsets.fit_offsets(logits, labels, 4, max_iterations=3, tolerance=1e-9)
     assert "fit_offsets" not in caplog.text
     with caplog.at_level("WARNING"):
         prior_offsets.fit_offsets(logits, labels, 4, max_iterations=2)
