@@ -147,7 +147,7 @@ def fit_offsets(logits, labels, num_classes, *, max_iterations=1000, tolerance=1
         log_target = np.where(present, np.log(counts / counts.sum()) + np.log1p(-kept_share),
                               log_kept)
     offsets = np.zeros(num_classes)
-    residual = log_target - _log_mean_probabilities(logits)
+    residual = log_target - log_kept
     for _ in range(max_iterations):
         if np.max(np.abs(residual)) < tolerance:
             break

@@ -23,8 +23,6 @@ from tllm_tf.pipeline import workdir_files
 # other values has trained on this run's held-out images. An image folder's
 # files are compared by their digests (`DataSplits.split_digests`).
 SPLIT_FIELDS = ("dataset", "seed", "holdout_fraction")
-# The splits whose images a reference learnt from or was judged on (a teacher: held-out only).
-TRAIN_AND_HELD_OUT = ("train", "held_out")
 
 
 def run_config(model_path):

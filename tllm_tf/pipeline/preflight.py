@@ -30,6 +30,8 @@ from tllm_tf.pipeline import multi_worker
 from tllm_tf.pipeline import stage_inputs
 from tllm_tf.pipeline import workdir_files
 
+# The splits whose images a reference learnt from or was judged on: both are compared.
+REFERENCE_SPLITS = ("train", "held_out")
 
 
 def check(config, strategy, load_data):
@@ -275,7 +277,7 @@ def reference_provenance(config, data):
         "num_train": config.num_train,
         "image_size": config.image_size,
         "student_model": config.student_model,
-        **({f"{name}_images": data.split_digests[name] for name in model_origin.TRAIN_AND_HELD_OUT}
+        **({f"{name}_images": data.split_digests[name] for name in REFERENCE_SPLITS}
            if data.split_digests else {}),
     }
 
