@@ -17,6 +17,7 @@ student without offsets (the stored model is the one it kept).
 """
 
 import argparse
+import collections
 import json
 import os
 
@@ -37,6 +38,14 @@ def read_records(path):
     """The records of a study's `results.jsonl`."""
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def by_setting(rows):
+    """`{(student, teacher): [rows]}` of rows that name their student and teacher, in order."""
+    settings = collections.defaultdict(list)
+    for row in rows:
+        settings[(row["student"], row["teacher"])].append(row)
+    return settings
 
 
 def seed_range(text):

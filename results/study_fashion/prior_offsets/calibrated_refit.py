@@ -26,7 +26,6 @@ noise, paired by seed, seeds 0-9 and 10-19 apart and together.
 """
 
 import argparse
-import collections
 import json
 import os
 import subprocess
@@ -41,6 +40,8 @@ import score_power  # noqa: E402
 
 from tllm_tf import identification  # noqa: E402
 from tllm_tf.analysis import study_stats  # noqa: E402
+from tllm_tf.analysis import workdir_results  # noqa: E402
+from tllm_tf.pipeline import workdir_files  # noqa: E402
 
 LEVEL = 0.05 / 10
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -66,8 +67,9 @@ def train_masked(record, classes, seed_dir, workdir):
         "--students=tllm", f"--masked_classes={','.join(map(str, classes))}",
         "--masked_class_policy=soft_label", "--warmup_epochs=20"]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-    with open(os.path.join(workdir, "student_tllm", "test_per_class.json")) as handle:
-        return json.load(handle)
+    _, per_class, accuracy, _ = workdir_results.read_per_class(
+        os.path.join(workdir, workdir_files.student_stage("tllm")))
+    return {"accuracy": accuracy, "per_class_accuracy": per_class.tolist()}
 
 
 def main():
@@ -111,9 +113,7 @@ def main():
 
 
 def report(done, kd, labels, class_names):
-    by_setting = collections.defaultdict(list)
-    for row in done:
-        by_setting[(row["student"], row["teacher"])].append(row)
+    by_setting = apply.by_setting(done)
     print("| student, teacher | seeds | classes masked (mean) | minus KD, seeds 0-9 | "
           "fresh seeds 10-19 | all |")
     print("|---|---|---|---|---|---|")

@@ -24,7 +24,6 @@ them back instead of judging again, and the table comes from them.
 """
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -108,9 +107,7 @@ def harm(split_counts):
 
 
 def report(rows, class_names):
-    by_setting = collections.defaultdict(list)
-    for row in rows:
-        by_setting[(row["student"], row["teacher"])].append(row)
+    by_setting = apply.by_setting(rows)
     print("| student, teacher | class | KD minus labels, test | held-out | discordant "
           "held-out images | seeds found behind | smallest harm found: x1 / x3 / x10 held-out |")
     print("|---|---|---|---|---|---|---|")

@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import apply  # noqa: E402  (the study scripts' shared loading)
 
+from tllm_tf import atomic  # noqa: E402
 from tllm_tf import identification  # noqa: E402
 from tllm_tf import prior_offsets  # noqa: E402
 from tllm_tf.analysis import study_stats  # noqa: E402
@@ -71,9 +72,8 @@ def cached_logits(students, record, cache):
             arrays[f"kd_{split}"], arrays[f"y_{split}"] = prior_offsets.logits_and_labels(
                 kd, batches)
             arrays[f"labels_{split}"], _ = prior_offsets.logits_and_labels(reference, batches)
-        temporary = path + ".tmp.npz"
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
+        with atomic.atomic_path(path, suffix=".npz") as temporary:
+            np.savez(temporary, **arrays)
     with np.load(path) as archive:
         return {split: (archive[f"kd_{split}"], archive[f"labels_{split}"],
                         archive[f"y_{split}"]) for split in ("held_out", "test")}
