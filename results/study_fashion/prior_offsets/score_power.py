@@ -52,6 +52,7 @@ import apply  # noqa: E402  (the study scripts' shared loading)
 from tllm_tf import atomic  # noqa: E402
 from tllm_tf import identification  # noqa: E402
 from tllm_tf import prior_offsets  # noqa: E402
+from tllm_tf import student_t  # noqa: E402
 from tllm_tf.analysis import study_stats  # noqa: E402
 from tllm_tf.pipeline import build  # noqa: E402
 
@@ -105,7 +106,7 @@ def one_sided_t(differences):
     if n < 2 or std == 0:
         return 1.0
     t = differences.mean() / (std / np.sqrt(n))
-    two_sided = study_stats.t_two_sided_p_value(t, n - 1)
+    two_sided = student_t.two_sided_p_value(t, n - 1)
     return two_sided / 2 if t > 0 else 1 - two_sided / 2
 
 
