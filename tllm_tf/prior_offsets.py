@@ -48,17 +48,27 @@ def logits_and_labels(model, dataset):
         ValueError: if `dataset` has no images, or is neither a dataset nor
             a pair of arrays.
     """
-    return _logits_and_labels(lambda images: model(images, training=False), dataset)
+    return forward_logits_and_labels(lambda images: model(images, training=False), dataset)
 
 
-def _logits_and_labels(forward, dataset):
+def forward_logits_and_labels(forward, dataset):
+    """`logits_and_labels` through `forward`, e.g. the model's pass compiled once.
+
+    Args:
+        forward: `images -> logits` tensor.
+        dataset: as `logits_and_labels` takes it.
+
+    Returns:
+        As `logits_and_labels`.
+    """
     logits, labels = [], []
     for batch in metrics_lib.as_dataset(dataset):
         batch_logits = forward(batch[0]).numpy()
         logits.append(batch_logits)
         labels.append(model_checks.batch_class_ids(batch[1].numpy(), batch_logits.shape[-1]))
     if not logits:
-        raise ValueError("Prior offsets need held-out images; the data set given is empty.")
+        raise ValueError("Expected held-out images to measure the model on; the data set given "
+                         "is empty.")
     return (np.concatenate(logits).astype(np.float64),
             model_checks.checked_class_ids(labels, logits[0].shape[-1]))
 
@@ -242,7 +252,7 @@ class PerImageCorrectnessWithOffsets:
         Raises:
             ValueError: as `fit_offsets`, or if `data` has no images.
         """
-        logits, labels = _logits_and_labels(self._forward, data)
+        logits, labels = forward_logits_and_labels(self._forward, data)
         offsets = fit_offsets(logits, labels, self.num_classes)
         return (logits + offsets).argmax(axis=1) == labels, labels
 
