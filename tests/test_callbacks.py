@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tllm_tf
+from tllm_tf import calibration
 from tllm_tf import mask_log
 from tllm_tf.analysis import reporting
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_mlp
@@ -354,6 +355,42 @@ def test_paired_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
     assert len(record["p_values"]) == NUM_CLASSES
 
 
+def test_the_calibrated_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
+    x, y = tiny_data
+    keras.utils.set_random_seed(5)
+    reference_model = make_mlp("reference")
+    log_path = str(tmp_path / "log.jsonl")
+    callback = tllm_tf.UndistillableClassCallback(
+        held_out, reference=reference_model, rule="paired_calibrated", log_path=log_path,
+        warmup_epochs=0)
+    _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    record = _log_records(log_path)[0]
+    assert record["rule"] == callback.effective_rule == "paired_calibrated"
+    images, labels = held_out
+    # Each model's scores at its own temperature, fitted on the held-out images.
+    student_scores = calibration.calibrated_scores(
+        callback.model.student.predict(images, verbose=0), labels)
+    reference_scores = calibration.calibrated_scores(
+        reference_model.predict(images, verbose=0), labels)
+    differences = reference_scores - student_scores
+    expected_mean = [differences[labels == c].mean() for c in range(NUM_CLASSES)]
+    np.testing.assert_allclose(record["mean_score_gap"], expected_mean, atol=1e-5)
+    expected_error = [differences[labels == c].std(ddof=1) / 2 for c in range(NUM_CLASSES)]
+    np.testing.assert_allclose(record["score_gap_standard_error"], expected_error, atol=1e-5)
+    assert len(record["p_values"]) == NUM_CLASSES
+
+
+def test_the_calibrated_rule_refuses_predictions_without_scores(tiny_data, held_out):
+    x, y = tiny_data
+    reference = tllm_tf.ReferencePredictions(
+        labels=held_out[1], correct=np.ones((1, len(held_out[1])), bool))
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference,
+                                                  rule="paired_calibrated")
+    with pytest.raises(ValueError, match="hold none: they were recorded before scores.*"
+                                         "Re-run the reference stage"):
+        _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+
+
 @pytest.mark.parametrize("sticky, looks", [(True, 3), (False, 1)])
 def test_the_log_records_the_level_of_each_look(tiny_data, held_out, tmp_path, sticky, looks):
     # A sticky mask spends the significance over the planned looks; the report reads it back.
@@ -429,15 +466,17 @@ def test_reference_predictions_of_another_split_are_refused(tiny_data, held_out,
         _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
 
 
-def test_no_class_behind_trains_exactly_as_kd(tiny_data, held_out):
+@pytest.mark.parametrize("rule", ["paired", "paired_calibrated"])
+def test_no_class_behind_trains_exactly_as_kd(tiny_data, held_out, rule):
     """No harm by construction: a mask of ones is plain KD, bit for bit."""
     x, y = tiny_data
     kd = _distiller()
     kd.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     tllm = _distiller()
     reference = tllm_tf.ReferencePredictions(
-        labels=held_out[1], correct=np.zeros((1, len(held_out[1])), bool))
-    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference)
+        labels=held_out[1], correct=np.zeros((1, len(held_out[1])), bool),
+        scores=np.zeros((1, len(held_out[1])), np.float32))
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference, rule=rule)
     tllm.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
     assert tllm.undistillable_classes == []
     for a, b in zip(kd.student.get_weights(), tllm.student.get_weights()):

@@ -111,6 +111,55 @@ def test_min_samples_leaves_small_classes_alone():
     assert masks == [[0, 0, 0, 0]]
 
 
+def test_paired_score_gaps_by_hand():
+    student = np.array([0.5, 0.7, 0.9, 0.1, 0.3, 0.2])
+    reference = np.array([0.6, 0.9, 0.9, 0.4, 0.3, 0.2])
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    gaps = rule_lib.paired_score_gaps(student, reference, labels, 4)
+    # Class 0's differences 0.1, 0.2, 0: mean 0.1, sample std 0.1; classes 1 and 3 have fewer
+    # than two images; class 2's differences are all 0.
+    np.testing.assert_allclose(gaps[:, 0], [0.1, 0.1 / np.sqrt(3)])
+    np.testing.assert_array_equal(gaps[:, 2], [0.0, 0.0])
+    assert np.isnan(gaps[:, [1, 3]]).all()
+
+
+def _calibrated(mean_gap, standard_error, num_samples=100):
+    mean_gap = np.asarray(mean_gap, np.float64)
+    count = np.full(mean_gap.shape, num_samples)
+    return rule_lib.Evidence(count, np.full(mean_gap.shape, 0.9), np.full(mean_gap.shape, 0.9),
+                             score_gaps=np.stack([mean_gap, np.asarray(standard_error)]))
+
+
+def test_the_calibrated_rule_tests_the_mean_gap_in_standard_errors():
+    options = _options(rule="paired_calibrated")
+    # t = 5 (p ~ 1e-6), 1 (noise), -5 (the student ahead) and a class of equal scores.
+    evidence = _calibrated([0.05, 0.01, -0.05, 0.0], [0.01, 0.01, 0.01, 0.0])
+    state, masked, p_values = rule_lib.update(
+        rule_lib.IdentificationState.initial(4), evidence, options)
+    np.testing.assert_array_equal(masked, [True, False, False, False])
+    assert p_values[0] < 1e-5 and 0.1 < p_values[1] < 0.2 and p_values[2] > 0.99
+    assert p_values[3] == 1.0
+    # What the smoothing keeps between updates: the gaps and their standard errors.
+    np.testing.assert_allclose(state.smoothed, evidence.score_gaps)
+
+
+def test_the_calibrated_rule_with_a_margin_and_too_few_images():
+    evidence = _calibrated([0.05, 0.2, 0.0, 0.0], [0.01, 0.04, 0.01, 0.01])
+    masks, _ = _run(_options(rule="paired_calibrated", margin=0.1), [evidence])
+    assert masks == [[0, 1, 0, 0]]
+    masks, _ = _run(_options(rule="paired_calibrated", min_samples=101), [evidence])
+    assert masks == [[0, 0, 0, 0]]
+
+
+def test_the_calibrated_rule_without_scores_says_what_to_pass():
+    with pytest.raises(ValueError, match="calibrated score.*rule='paired'"):
+        rule_lib.update(rule_lib.IdentificationState.initial(4), _paired([1] * 4, [0] * 4),
+                        _options(rule="paired_calibrated"))
+    assert rule_lib.reads_scores("paired_calibrated")
+    assert not rule_lib.reads_scores("paired") and rule_lib.reads_per_image_results(
+        "paired_calibrated")
+
+
 def _unpaired(student, reference=(0.5, 0.5, 0.5, 0.5), num_samples=(10, 10, 10, 10)):
     return rule_lib.Evidence(np.asarray(num_samples, float), np.asarray(student, float),
                              np.asarray(reference, float))

@@ -4,6 +4,14 @@ Its knowledge of exactly those classes is wrong, so KD drags the student down on
 library's default rule must find the two classes (and at most one other) and bring them back, and
 so must the refit (`--students=tllm,tllm_refit`): a fresh student with that final mask from its
 first step, under `soft_label`.
+
+`rule="paired_calibrated"` must find and bring back the two classes too, but it is not held to "at
+most one other": a teacher this wrong leaves the distilled student less sure of most classes half
+way through training (calibrated, it trails the reference on eight of the ten at the first look,
+t = 2 to 14, where it trails in accuracy on five), and the calibrated test masks them. Its first
+pass still wins back half of the planted loss; its refit, with eight classes on labels, wins back
+48% of it, so the refit is held only to beating KD there (docs/study.md, "The calibrated rule in the
+library").
 """
 
 import keras
@@ -34,7 +42,9 @@ def _label_loss():
 
 
 @pytest.mark.slow
-def test_tllm_finds_and_recovers_two_planted_classes():
+@pytest.mark.parametrize("rule, most_others, refit_share", [
+    ("paired", 1, 0.5), ("paired_calibrated", 8, 0.25)])
+def test_tllm_finds_and_recovers_two_planted_classes(rule, most_others, refit_share):
     data = load_digits(holdout_fraction=0.3, seed=0)
     (x_train, y_train), held_out, test = (
         _arrays(data.train), _arrays(data.held_out), _arrays(data.test))
@@ -54,7 +64,8 @@ def test_tllm_finds_and_recovers_two_planted_classes():
     reference.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0,
                   callbacks=[recorder])
     predictions = tllm_tf.ReferencePredictions(
-        labels=recorder.labels, correct=np.stack([recorder.rows[e] for e in range(EPOCHS)]))
+        labels=recorder.labels, correct=np.stack([recorder.rows[e] for e in range(EPOCHS)]),
+        scores=np.stack([recorder.score_rows[e] for e in range(EPOCHS)]))
 
     def distil(callbacks, policy="hard_label"):
         distiller = tllm_tf.Distiller(_mlp(16, seed=2), teacher)
@@ -65,10 +76,10 @@ def test_tllm_finds_and_recovers_two_planted_classes():
 
     kd = distil([])
     tllm = distil([tllm_tf.UndistillableClassCallback(
-        held_out, reference=predictions)])
+        held_out, reference=predictions, rule=rule)])
 
     masked = set(tllm.undistillable_classes)
-    assert set(PLANTED) <= masked and len(masked - set(PLANTED)) <= 1, masked
+    assert set(PLANTED) <= masked and len(masked - set(PLANTED)) <= most_others, masked
 
     def planted_accuracy(model):
         return np.mean(tllm_tf.per_class_accuracy(model, test, 10)[list(PLANTED)])
@@ -79,6 +90,6 @@ def test_tllm_finds_and_recovers_two_planted_classes():
     assert planted_accuracy(tllm) > kd_accuracy + 0.5 * (labels_accuracy - kd_accuracy)
     refit = distil([tllm_tf.UndistillableClassCallback(
         held_out, reference=predictions, masked_classes=tllm.undistillable_classes,
-        warmup_epochs=EPOCHS)], policy="soft_label")
+        warmup_epochs=EPOCHS, rule=rule)], policy="soft_label")
     assert set(refit.undistillable_classes) == masked  # Kept as it was: no update of its own.
-    assert planted_accuracy(refit) > kd_accuracy + 0.5 * (labels_accuracy - kd_accuracy)
+    assert planted_accuracy(refit) > kd_accuracy + refit_share * (labels_accuracy - kd_accuracy)

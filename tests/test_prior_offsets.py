@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tllm_tf
+from tllm_tf import calibration
 from tllm_tf import prior_offsets
 from tllm_tf.pipeline import fitting
 from tllm_tf.pipeline import stages
@@ -277,6 +278,10 @@ def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path)
     np.testing.assert_array_equal(recorded.final, correct)  # The last epoch, with its offsets.
     raw, _ = prior_offsets.per_image_correctness(reference, 10)(held_out)
     assert not np.array_equal(raw, correct)  # So the offsets are what was recorded.
+    # With each epoch's calibrated scores, for rule="paired_calibrated".
+    _, _, scores = calibration.PerImageScores(reference, 10, with_offsets=True)(held_out)
+    assert recorded.scores.shape == recorded.correct.shape
+    np.testing.assert_allclose(recorded.scores[-1], scores, atol=1e-6)
     with open(os.path.join(config.workdir, "student_tllm", workdir_files.MASK_LOG_FILE)) as log:
         assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 

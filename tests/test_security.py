@@ -344,6 +344,16 @@ def test_predictions_over_the_array_limit_are_refused(tmp_path, monkeypatch):
     assert tllm_tf.load_predictions(path).correct.shape == (10, 100)
 
 
+def test_the_scores_count_towards_the_array_limit(tmp_path, monkeypatch):
+    path = str(tmp_path / "held_out_predictions.npz")
+    tllm_tf.save_predictions(path, np.arange(100) % 4, np.ones((10, 100), bool),
+                             scores=np.full((10, 100), 0.5))
+    # 400 bytes of labels, 1,000 of correct and 4,000 of float32 scores.
+    monkeypatch.setattr(held_out_predictions, "MAX_ARRAY_BYTES", 5400 - 1)
+    with pytest.raises(ValueError, match="hold arrays of 5401 bytes once decompressed"):
+        tllm_tf.load_predictions(path)
+
+
 def test_predictions_with_a_raw_member_in_place_of_an_array_are_refused(tmp_path):
     # np.load would return the member "labels", which has no .npy header, as raw bytes.
     stream = io.BytesIO()

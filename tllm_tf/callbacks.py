@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import calibration
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
 from tllm_tf import model_checks
@@ -95,6 +96,15 @@ class UndistillableClassCallback(keras.callbacks.Callback):
       the reference's per-image results: a `keras.Model`, a
       `ReferencePredictions`, or a reference JSON file with its
       predictions file beside it (the reference stage writes both).
+    - `rule="paired_calibrated"`: per class, a one-sided paired t-test on
+      each image's calibrated probability of its true class (each model at
+      the temperature that fits it best on these images), the reference's
+      minus the student's, with the same correction and level; with
+      `margin > 0` the mean gap must also exceed it. It reads every image
+      of a class, not only the discordant ones, and finds smaller harms
+      (docs/study.md). Needs the reference's scores: a `keras.Model`, or
+      predictions recorded with them (the reference stage and
+      `PredictionRecorder` record both).
     - `rule="unpaired"`: the student's accuracy `s[c]` is below the
       reference's `r[c]` by more than `margin + margin_standard_errors *
       se[c]` (see `tllm_tf.identification`). A reference given only as
@@ -145,7 +155,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             `ReferencePredictions`, a reference file with per-epoch
             results, or an array `(epochs, num_classes)` (row `i` after
             epoch `i + 1`).
-        rule: `"paired"` or `"unpaired"`. Defaults to `"paired"`.
+        rule: `"paired"`, `"paired_calibrated"` or `"unpaired"`. Defaults
+            to `"paired"`.
         significance: level of the paired test, in `(0, 1)`: per update,
             or with `sticky=True` for the whole fit. Defaults to `0.05`.
         correction: `"holm"`, `"benjamini_hochberg"` or `"none"`, across
@@ -346,14 +357,28 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         self._warn_about_unlearned_classes(num_classes)
         self.student_accuracy = None
         self.p_values = None
-        judge = prior_offsets_lib.judge_class(self._resolved.with_offsets)
-        if type(self._correctness) is not judge or self._correctness.model is not self.model:
-            # Kept across `fit` calls on the same model: its traced pass is reused.
-            self._correctness = judge(self.model, num_classes)
+        self._correctness = self._judge(num_classes)
         self._labels_checked = False
         if self.model is not self._last_model:
             self._last_model, self._last_epoch = self.model, None
         self._fit_begins = True
+
+    def _judge(self, num_classes):
+        """The per-image judge of the student: the last fit's where it still fits.
+
+        Kept across `fit` calls on the same model, so that its traced pass is reused.
+        """
+        with_offsets = self._resolved.with_offsets
+        previous = self._correctness
+        if identification.reads_scores(self.effective_rule):
+            if (isinstance(previous, calibration.PerImageScores) and previous.model is self.model
+                    and previous.with_offsets == with_offsets):
+                return previous
+            return calibration.PerImageScores(self.model, num_classes, with_offsets=with_offsets)
+        judge = prior_offsets_lib.judge_class(with_offsets)
+        if type(previous) is judge and previous.model is self.model:
+            return previous
+        return judge(self.model, num_classes)
 
     def on_epoch_begin(self, epoch, logs=None):
         """Warns when a fit counts its epochs from 0 again on a model already trained."""
@@ -449,7 +474,7 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             return False
         return self.max_updates is None or since_warmup // self._update_every <= self.max_updates
 
-    def _evidence(self, epoch, correct, labels, num_classes):
+    def _evidence(self, epoch, correct, labels, scores, num_classes):
         hits, total = metrics_lib.counts_from_correctness(correct, labels, num_classes)
         self.student_accuracy = metrics_lib.accuracy_from_counts(hits, total)
         matched = self._resolved.matched
@@ -465,16 +490,25 @@ class UndistillableClassCallback(keras.callbacks.Callback):
                              else predictions.final)
         behind, ahead = identification.discordant_counts(
             correct, reference_correct, labels, num_classes)
+        score_gaps = None
+        if scores is not None:
+            reference_scores = (predictions.scores_at_epoch(epoch) if matched
+                                else predictions.scores[-1])
+            score_gaps = identification.paired_score_gaps(scores, reference_scores, labels,
+                                                          num_classes)
         return identification.Evidence(total, self.student_accuracy, self.reference_accuracy,
-                                       behind_counts=behind, ahead_counts=ahead)
+                                       behind_counts=behind, ahead_counts=ahead,
+                                       score_gaps=score_gaps)
 
     def on_epoch_end(self, epoch, logs=None):
         """Updates the class mask on a look's epoch; logs the masked-class count."""
         self._last_epoch = epoch
         if self._is_update_epoch(epoch):
             num_classes = self.model.num_classes
-            correct, labels = self._correctness(self.validation_data)
-            evidence = self._evidence(epoch, correct, labels, num_classes)
+            # `(correct, labels)`, and each image's calibrated score where the rule reads them.
+            correct, labels, *scores = self._correctness(self.validation_data)
+            evidence = self._evidence(epoch, correct, labels, scores[0] if scores else None,
+                                      num_classes)
             options = dataclasses.replace(
                 self.options, rule=self.effective_rule,
                 significance=self.options.significance / self._looks)
@@ -510,6 +544,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             # The level this look tested at: the report says how large a gap it could find.
             record["significance_per_look"] = options.significance
             record["correction"] = options.correction
+        if evidence.score_gaps is not None:
+            record["mean_score_gap"] = atomic.json_floats(evidence.score_gaps[0], digits=6)
+            record["score_gap_standard_error"] = atomic.json_floats(evidence.score_gaps[1],
+                                                                    digits=6)
         if self.options.smoothing > 0:
             record["smoothed"] = [atomic.json_floats(row, digits=6) for row in state.smoothed]
         atomic.append_line(self.log_path, json.dumps(record))

@@ -6,7 +6,8 @@ belong together.)
 The paired identification rule (`tllm_tf.identification`) compares the
 distilled student with the label-only reference image by image, so it needs
 to know *which* held-out images the reference classified correctly, after
-every epoch for an epoch-matched comparison. `PredictionRecorder` records
+every epoch for an epoch-matched comparison, and the calibrated rule each
+image's calibrated probability of its true class (`tllm_tf.calibration`). `PredictionRecorder` records
 that while the reference trains; `save_predictions` / `load_predictions`
 keep it in a NumPy `.npz` file (loaded with `allow_pickle=False`: data only)
 next to the reference's JSON file.
@@ -22,15 +23,16 @@ import keras
 import numpy as np
 
 from tllm_tf import atomic
+from tllm_tf import calibration
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
-from tllm_tf import prior_offsets as prior_offsets_lib
 
 PREDICTIONS_FILE = "held_out_predictions.npz"
 # A held-out split of ImageNet's size times a few hundred epochs stays far below this.
 MAX_FILE_BYTES = 1 << 30
 # The arrays' size once decompressed, read from their headers before they are: a
-# held-out split of 100,000 images over 1,000 epochs is 100 MB of `correct`.
+# held-out split of 100,000 images over 1,000 epochs is 100 MB of `correct` (and 400 MB of
+# float32 `scores`: record such a run with fewer epochs between rows, or without scores).
 MAX_ARRAY_BYTES = 1 << 28
 # The reference stage counts as done while its reference.json (and model and test
 # results) exist, so re-running it alone would not rewrite a damaged predictions file.
@@ -78,11 +80,16 @@ class ReferencePredictions:
             the last row is the finished reference.
         prior_offsets: whether `correct` was judged after the reference's
             prior offsets (`PredictionRecorder(prior_offsets=True)`).
+        scores: float32 `(epochs, num_images)`, each image's calibrated
+            probability of its true class (`tllm_tf.calibration`), row by
+            row as `correct`; `None` in files written before scores were
+            recorded (the calibrated rule then refuses them).
     """
 
     labels: np.ndarray
     correct: np.ndarray
     prior_offsets: bool = False
+    scores: np.ndarray = None
 
     def at_epoch(self, epoch):
         """The reference's per-image correctness after 0-based `epoch`.
@@ -96,15 +103,29 @@ class ReferencePredictions:
         """
         return self.correct[min(epoch, len(self.correct) - 1)]
 
+    def scores_at_epoch(self, epoch):
+        """The reference's calibrated scores after 0-based `epoch` (as `at_epoch`).
+
+        Args:
+            epoch: the student's epoch; past the reference's last recorded
+                epoch, the last one is used.
+
+        Returns:
+            A float array `(num_images,)`.
+        """
+        return self.scores[min(epoch, len(self.scores) - 1)]
+
     def to_dict(self):
         """The predictions as a JSON-ready dict, read back by `from_dict`.
 
         Returns:
-            `{"labels": [...], "correct": [[0 or 1, ...], ...], "prior_offsets": bool}`.
+            `{"labels": [...], "correct": [[0 or 1, ...], ...], "prior_offsets": bool,
+            "scores": [[float, ...], ...] or None}`.
         """
         return {"labels": self.labels.tolist(),
                 "correct": self.correct.astype(int).tolist(),
-                "prior_offsets": self.prior_offsets}
+                "prior_offsets": self.prior_offsets,
+                "scores": None if self.scores is None else self.scores.tolist()}
 
     @classmethod
     def from_dict(cls, values):
@@ -116,9 +137,11 @@ class ReferencePredictions:
         Returns:
             A `ReferencePredictions`.
         """
+        scores = values.get("scores")
         return cls(labels=np.array(values["labels"], dtype=np.int32),
                    correct=np.array(values["correct"], dtype=bool),
-                   prior_offsets=bool(values["prior_offsets"]))
+                   prior_offsets=bool(values["prior_offsets"]),
+                   scores=None if scores is None else np.array(scores, dtype=np.float32))
 
     @property
     def final(self):
@@ -149,7 +172,7 @@ class ReferencePredictions:
                 "(no .shuffle()).")
 
 
-def save_predictions(path, labels, correct, prior_offsets=False):
+def save_predictions(path, labels, correct, prior_offsets=False, scores=None):
     """Writes a predictions file atomically.
 
     Args:
@@ -158,6 +181,8 @@ def save_predictions(path, labels, correct, prior_offsets=False):
         correct: bool array `(epochs, num_images)`.
         prior_offsets: whether `correct` was judged after prior offsets.
             Defaults to `False`.
+        scores: float array of `correct`'s shape, the calibrated scores, or
+            `None` to write none. Defaults to `None`.
 
     Raises:
         ValueError: if the shapes disagree.
@@ -168,9 +193,15 @@ def save_predictions(path, labels, correct, prior_offsets=False):
         raise ValueError(
             f"Expected correct of shape (epochs, {labels.shape[0]}). "
             f"Received shape {correct.shape}.")
+    arrays = {"labels": labels, "correct": correct,
+              "prior_offsets": np.array(bool(prior_offsets))}
+    if scores is not None:
+        arrays["scores"] = np.asarray(scores, dtype=np.float32)
+        if arrays["scores"].shape != correct.shape:
+            raise ValueError(f"Expected scores of correct's shape {correct.shape}. "
+                             f"Received shape {arrays['scores'].shape}.")
     with atomic.atomic_open(path, "wb") as stream:
-        np.savez_compressed(stream, labels=labels, correct=correct,
-                            prior_offsets=np.array(bool(prior_offsets)))
+        np.savez_compressed(stream, **arrays)
 
 
 def load_predictions(path):
@@ -217,8 +248,13 @@ def load_predictions(path):
         raise ValueError(
             f"Reference predictions {path!r} are inconsistent: labels hold negative class "
             f"ids. {_REWRITE}")
+    scores = arrays.get("scores")
+    if scores is not None and not np.all((scores >= 0) & (scores <= 1)):
+        raise ValueError(
+            f"Reference predictions {path!r} are inconsistent: scores outside [0, 1] (or "
+            f"NaN). {_REWRITE}")
     return ReferencePredictions(labels=labels.astype(np.int32), correct=correct,
-                                prior_offsets=prior_offsets)
+                                prior_offsets=prior_offsets, scores=scores)
 
 
 def _array_headers(archive):
@@ -228,8 +264,8 @@ def _array_headers(archive):
     return a member without a `.npy` header as raw bytes of any size).
     """
     names = ["labels", "correct"]
-    if "prior_offsets.npy" in archive.namelist():
-        names.append("prior_offsets")
+    names += [name for name in ("prior_offsets", "scores")
+              if f"{name}.npy" in archive.namelist()]
     headers = {}
     for name in names:
         with archive.open(f"{name}.npy") as member:
@@ -248,11 +284,14 @@ def _header_problem(path, headers):
     (labels_shape, labels_dtype), (correct_shape, correct_dtype) = (
         headers["labels"], headers["correct"])
     offsets_shape, offsets_dtype = headers.get("prior_offsets", ((), np.dtype(bool)))
+    scores_shape, scores_dtype = headers.get("scores", (correct_shape, np.dtype(np.float32)))
     if (len(labels_shape) != 1 or labels_dtype.kind not in "iu" or len(correct_shape) != 2
             or correct_dtype != bool or correct_shape[1] != labels_shape[0]
-            or correct_shape[0] < 1 or offsets_shape != () or offsets_dtype != bool):
+            or correct_shape[0] < 1 or offsets_shape != () or offsets_dtype != bool
+            or scores_shape != correct_shape or scores_dtype.kind != "f"):
         return (f"Reference predictions {path!r} are inconsistent: labels {labels_dtype} "
-                f"{labels_shape}, correct {correct_dtype} {correct_shape}. {_REWRITE}")
+                f"{labels_shape}, correct {correct_dtype} {correct_shape}, scores "
+                f"{scores_dtype} {scores_shape}. {_REWRITE}")
     # Python ints: a huge shape must not overflow.
     num_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in headers.values())
     if num_bytes > MAX_ARRAY_BYTES:
@@ -270,9 +309,11 @@ def _read_array(archive, name):
 class PredictionRecorder(keras.callbacks.Callback):
     """Records which held-out images a label-only student gets right, every epoch.
 
-    Add it to the `fit` of the reference student. With `log_dir` each epoch's
-    row is also written there as it is measured (`epoch-<e>.npy`), so the
-    epochs of a killed run survive it and `read_rows` gathers them back.
+    Add it to the `fit` of the reference student. With each image's
+    correctness it records its calibrated score (`tllm_tf.calibration`), for
+    `rule="paired_calibrated"`. With `log_dir` each epoch's row is also
+    written there as it is measured (`epoch-<e>.npy`), so the epochs of a
+    killed run survive it and `read_rows` gathers them back.
 
     Args:
         validation_data: batched `tf.data.Dataset` of `(x, y)`, or a tuple
@@ -289,6 +330,7 @@ class PredictionRecorder(keras.callbacks.Callback):
     Attributes:
         labels: the held-out labels, after the first epoch.
         rows: `{epoch: bool array}` of the epochs this fit measured.
+        score_rows: `{epoch: float array}`, their calibrated scores.
     """
 
     def __init__(self, validation_data, num_classes, path=None, log_dir=None,
@@ -301,21 +343,24 @@ class PredictionRecorder(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.labels = None
         self.rows = {}
-        self._correctness = None
+        self.score_rows = {}
+        self._judge = None
 
     def on_train_begin(self, logs=None):
-        self._correctness = prior_offsets_lib.per_image_correctness(
-            self.model, self.num_classes, with_offsets=self.prior_offsets)
-        self.rows = {}
+        self._judge = calibration.PerImageScores(self.model, self.num_classes,
+                                                 with_offsets=self.prior_offsets)
+        self.rows, self.score_rows = {}, {}
 
     def on_epoch_end(self, epoch, logs=None):
-        correct, labels = self._correctness(self.validation_data)
+        correct, labels, scores = self._judge(self.validation_data)
         self.labels = labels
         self.rows[epoch] = correct
+        self.score_rows[epoch] = scores
         if self.log_dir:
             with atomic.atomic_open(os.path.join(self.log_dir, f"epoch-{epoch + 1}.npy"),
                                     "wb") as stream:
-                np.save(stream, np.stack([labels, correct.astype(np.int32)]))
+                # float64 holds the class ids exactly.
+                np.save(stream, np.stack([labels, correct, scores]).astype(np.float64))
 
     def on_train_end(self, logs=None):
         if self.path and self.rows:
@@ -327,7 +372,8 @@ class PredictionRecorder(keras.callbacks.Callback):
                     "gather them with read_rows.")
             save_predictions(self.path, self.labels,
                              np.stack([self.rows[e] for e in range(epochs)]),
-                             prior_offsets=self.prior_offsets)
+                             prior_offsets=self.prior_offsets,
+                             scores=np.stack([self.score_rows[e] for e in range(epochs)]))
 
     def get_config(self):
         return {"num_classes": self.num_classes, "path": self.path, "log_dir": self.log_dir,
@@ -342,10 +388,11 @@ def read_rows(log_dir, epochs):
         epochs: number of epochs expected.
 
     Returns:
-        `(labels, correct)`, or `None` if an epoch's row is missing or the
-        rows disagree on the labels.
+        `(labels, correct, scores)`, or `None` if an epoch's row is missing
+        or the rows disagree on the labels; `scores` is `None` where a row
+        was written without them (by a version before scores).
     """
-    labels, rows = None, []
+    labels, rows, score_rows = None, [], []
     for epoch in range(1, epochs + 1):
         path = os.path.join(log_dir, f"epoch-{epoch}.npy")
         if not os.path.exists(path):
@@ -360,4 +407,7 @@ def read_rows(log_dir, epochs):
         elif not np.array_equal(labels, stacked[0]):
             return None
         rows.append(stacked[1].astype(bool))
-    return labels, np.stack(rows)
+        score_rows.append(stacked[2] if len(stacked) > 2 else None)
+    scores = (None if any(row is None for row in score_rows)
+              else np.stack(score_rows).astype(np.float32))
+    return labels.astype(np.int32), np.stack(rows), scores

@@ -9,7 +9,7 @@ labels alone (the *reference*), both measured on a held-out split of the
 training data. Held-out per-class accuracy is coarse (one image of fifty is
 two points), so the comparison must be a test, not a subtraction.
 
-Two rules, both pure functions of what was measured:
+Three rules, all pure functions of what was measured:
 
 - `"paired"` (the default): the student and the reference are judged on the
   *same* images, so for class `c` count `b` = images the reference gets right
@@ -17,6 +17,13 @@ Two rules, both pure functions of what was measured:
   worse", `b ~ Binomial(b + w, 1/2)` (McNemar's exact test); class `c` is
   behind when the one-sided p-value survives a correction for testing every
   class (Holm's step-down by default, or Benjamini-Hochberg).
+- `"paired_calibrated"`: the same images, read more finely: per class, a
+  one-sided paired t-test on each image's calibrated probability of its true
+  class (`tllm_tf.calibration`: each model at the temperature that fits it
+  best), the reference's minus the student's, with the same correction. It
+  uses every image of the class, not only the few one model gets wrong and
+  the other right, so it sees smaller harms (docs/study.md, "A test on
+  calibrated probabilities").
 - `"unpaired"`: the student's accuracy `s[c]` below the reference's `r[c]`
   by more than `margin + margin_standard_errors * se[c]`; all it needs is the
   reference's per-class accuracy.
@@ -31,6 +38,7 @@ import math
 
 import numpy as np
 
+from tllm_tf import student_t
 
 
 def _log_upper_tails(trials):
@@ -144,6 +152,34 @@ def reject(p_values, significance, correction="holm"):
     return rejected
 
 
+def paired_score_gaps(student_scores, reference_scores, labels, num_classes):
+    """Per class, the mean of the reference's score minus the student's, and its standard error.
+
+    Args:
+        student_scores: float array `(num_images,)`, e.g. each image's
+            calibrated probability of its true class.
+        reference_scores: float array `(num_images,)`, the same images in the
+            same order.
+        labels: int array `(num_images,)` of class ids.
+        num_classes: number of classes.
+
+    Returns:
+        A float64 array `(2, num_classes)`: the mean differences, then their
+        standard errors (the sample standard deviation over `sqrt(n)`); NaN
+        for a class with fewer than two images.
+    """
+    differences = (np.asarray(reference_scores, np.float64)
+                   - np.asarray(student_scores, np.float64))
+    labels = np.asarray(labels, dtype=np.int64)
+    gaps = np.full((2, num_classes), np.nan)
+    for c in range(num_classes):
+        class_differences = differences[labels == c]
+        if class_differences.size >= 2:
+            gaps[0, c] = class_differences.mean()
+            gaps[1, c] = class_differences.std(ddof=1) / np.sqrt(class_differences.size)
+    return gaps
+
+
 def discordant_counts(student_correct, reference_correct, labels, num_classes):
     """Per class, `(b, w)`: images only the reference gets right, and the reverse.
 
@@ -170,10 +206,11 @@ class RuleOptions:
     """The options of the identification rule and its guards.
 
     Attributes:
-        rule: `"paired"` or `"unpaired"`.
-        significance: level of the paired test, in `(0, 1)`.
-        correction: multiple-testing correction of the paired test.
-        margin: accuracy margin a class must fall behind by (both rules).
+        rule: one of `RULES`.
+        significance: level of the paired tests, in `(0, 1)`.
+        correction: multiple-testing correction of the paired tests.
+        margin: how far a class must fall behind (accuracy for the paired
+            and unpaired rules, mean probability for the calibrated one).
         margin_standard_errors: extra margin in standard errors (unpaired).
         smoothing: weight of the past in a moving average of the compared
             quantities over updates, in `[0, 1)`.
@@ -231,8 +268,9 @@ class IdentificationState:
         streak: consecutive updates each class has been behind.
         smoothed: the moving averages of the two compared quantities
             (unpaired: student and reference accuracy; paired: the
-            discordant counts `b` and `w`), shape `(2, num_classes)`; NaN
-            before the first update.
+            discordant counts `b` and `w`; paired_calibrated: the mean
+            score gap and its standard error), shape `(2, num_classes)`;
+            NaN before the first update.
         masked: the classes masked after the last update.
     """
 
@@ -292,6 +330,8 @@ class Evidence:
             gets right; `None` for the unpaired rule.
         ahead_counts: paired rule only: `w`, images only the student gets
             right.
+        score_gaps: calibrated rule only: `paired_score_gaps` of the two
+            models' calibrated scores.
     """
 
     num_samples: np.ndarray
@@ -299,6 +339,7 @@ class Evidence:
     reference_accuracy: np.ndarray
     behind_counts: np.ndarray = None
     ahead_counts: np.ndarray = None
+    score_gaps: np.ndarray = None
 
 
 def _smooth(previous, current, smoothing):
@@ -321,6 +362,23 @@ def _paired_behind(evidence, smoothed, options):
         with np.errstate(invalid="ignore", divide="ignore"):
             gap = (behind_counts - ahead_counts) / np.maximum(evidence.num_samples, 1)
         behind &= gap > options.margin
+    return behind, p_values
+
+
+def _calibrated_behind(evidence, smoothed, options):
+    mean_gap, standard_error = smoothed
+    num_samples = np.asarray(evidence.num_samples, dtype=np.int64)
+    p_values = np.full(mean_gap.shape, np.nan)
+    for c in np.flatnonzero((num_samples >= max(options.min_samples, 2))
+                            & ~np.isnan(mean_gap) & ~np.isnan(standard_error)):
+        if standard_error[c] > 0:
+            p_values[c] = student_t.upper_p_value(mean_gap[c] / standard_error[c],
+                                                  num_samples[c] - 1)
+        else:  # Every image's gap alike: no evidence of a harm unless all are behind.
+            p_values[c] = 0.0 if mean_gap[c] > 0 else 1.0
+    behind = reject(p_values, options.significance, options.correction)
+    if options.margin > 0:
+        behind &= mean_gap > options.margin
     return behind, p_values
 
 
@@ -349,6 +407,16 @@ def _paired_counts(evidence):
     return np.stack([evidence.behind_counts, evidence.ahead_counts]).astype(np.float64)
 
 
+def _score_gaps(evidence):
+    if evidence.score_gaps is None:
+        raise ValueError(
+            "The paired_calibrated rule needs each held-out image's calibrated score from "
+            "the student and the reference; none were given. Pass the reference model, or "
+            "a reference whose predictions file holds scores (written by this version's "
+            "reference stage or PredictionRecorder), or use rule='paired'.")
+    return np.asarray(evidence.score_gaps, dtype=np.float64)
+
+
 def _accuracies(evidence):
     return np.stack([evidence.student_accuracy, evidence.reference_accuracy])
 
@@ -366,15 +434,19 @@ class _Rule:
         per_image: whether it compares the two models image by image, so that
             it needs the reference's per-image results on the held-out split,
             not only its per-class accuracies.
+        scores: whether those results must hold each image's calibrated
+            score, not only whether it was classified right.
     """
 
     compared: object
     behind: object
     per_image: bool
+    scores: bool = False
 
 
 _RULES = {
     "paired": _Rule(_paired_counts, _paired_behind, per_image=True),
+    "paired_calibrated": _Rule(_score_gaps, _calibrated_behind, per_image=True, scores=True),
     "unpaired": _Rule(_accuracies, _unpaired_behind, per_image=False),
 }
 RULES = tuple(_RULES)
@@ -389,6 +461,11 @@ def reads_per_image_results(rule):
     return _RULES[rule].per_image
 
 
+def reads_scores(rule):
+    """Whether `rule` (one of `RULES`) needs each held-out image's calibrated score."""
+    return _RULES[rule].scores
+
+
 def update(state, evidence, options):
     """One identification update: the new state and the classes to mask.
 
@@ -400,12 +477,13 @@ def update(state, evidence, options):
 
     Returns:
         `(new_state, masked, p_values)`: `masked` a boolean array of the
-        classes to stop distilling; `p_values` the paired test's per-class
+        classes to stop distilling; `p_values` the paired tests' per-class
         p-values before correction, NaN for a class with fewer than
         `min_samples` images (`None` for the unpaired rule).
 
     Raises:
-        ValueError: if the paired rule is given no discordant counts.
+        ValueError: if the paired rule is given no discordant counts, or the
+            calibrated rule no score gaps.
     """
     rule = _RULES[options.rule]
     smoothed = _smooth(state.smoothed, rule.compared(evidence), options.smoothing)

@@ -15,10 +15,10 @@ import os
 import keras
 import numpy as np
 
+from tllm_tf import calibration
 from tllm_tf import held_out_predictions as predictions_lib
 from tllm_tf import identification
 from tllm_tf import metrics as metrics_lib
-from tllm_tf import prior_offsets as prior_offsets_lib
 from tllm_tf import reference as reference_lib
 
 
@@ -86,10 +86,11 @@ def resolve_reference(reference, validation_data, num_classes, held_out_counts, 
                 "pass a reference file written by the reference stage, a "
                 "ReferencePredictions or an (epochs, num_classes) array, not a model.")
         with_offsets = bool(prior_offsets)
-        correct, labels = prior_offsets_lib.per_image_correctness(
+        correct, labels, scores = calibration.PerImageScores(
             reference, num_classes, with_offsets=with_offsets)(validation_data)
         predictions = predictions_lib.ReferencePredictions(
-            labels=labels, correct=correct[np.newaxis], prior_offsets=with_offsets)
+            labels=labels, correct=correct[np.newaxis], prior_offsets=with_offsets,
+            scores=scores[np.newaxis])
     elif isinstance(reference, predictions_lib.ReferencePredictions):
         predictions = reference
     elif isinstance(reference, (str, os.PathLike)):
@@ -105,6 +106,7 @@ def resolve_reference(reference, validation_data, num_classes, held_out_counts, 
         history = _accuracy_rows(np.asarray(reference, dtype=np.float64), num_classes, matched,
                                  held_out_counts)
     _check_offsets(predictions, prior_offsets)
+    _check_scores(predictions, source, rule)
     if predictions is not None:
         if predictions.labels.size and predictions.labels.max() >= num_classes:
             raise ValueError(
@@ -127,6 +129,17 @@ def resolve_reference(reference, validation_data, num_classes, held_out_counts, 
         predictions = None
     return ResolvedReference(history=history, predictions=predictions, source=source,
                              matched=matched, with_offsets=with_offsets, rule=rule)
+
+
+def _check_scores(predictions, source, rule):
+    if (predictions is not None and predictions.scores is None
+            and identification.reads_scores(rule)):
+        raise ValueError(
+            f"rule={rule!r} compares each held-out image's calibrated score, and the "
+            f"reference's predictions {source!r} hold none: they were recorded before "
+            "scores were. Re-run the reference stage (delete its directory) or record the "
+            "reference again with PredictionRecorder, pass the reference model, or use "
+            "rule='paired'.")
 
 
 def _check_offsets(predictions, prior_offsets):

@@ -100,7 +100,9 @@ flags.DEFINE_bool("rule_prior_offsets", _DEFAULTS.rule_prior_offsets, "The paire
                   "paired rule only). Default: on (docs/study.md).")
 flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "paired: McNemar's exact test per class on the held-out images, "
-                  "corrected across classes; unpaired: per-class accuracy difference.")
+                  "corrected across classes; paired_calibrated: a paired t-test per class on "
+                  "each image's calibrated probability of its true class, corrected the same "
+                  "way (docs/method.md); unpaired: per-class accuracy difference.")
 flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test. "
                    "With --sticky each look tests at this level divided by the fit's "
                    "number of looks (by the default schedule 15 looks for --epochs=30, so "

@@ -99,7 +99,8 @@ def run_reference(config, data, strategy, stage_dir):
         held_out = build.eval_batches(data.held_out, config)
         callbacks.append(reference_history.ReferenceHistory(
             held_out, data.num_classes, log_path=history_log))
-        # Which held-out images it gets right, every epoch: the paired rule's input.
+        # Which held-out images it gets right, and their calibrated scores, every epoch: the
+        # paired rules' input.
         callbacks.append(predictions_lib.PredictionRecorder(
             held_out, data.num_classes, log_dir=predictions_log,
             prior_offsets=config.rule_prior_offsets))
@@ -116,9 +117,10 @@ def run_reference(config, data, strategy, stage_dir):
         def write_reference():
             rows = predictions_lib.read_rows(predictions_log, config.epochs)
             if rows is not None:
+                labels, correct_per_epoch, scores = rows
                 predictions_lib.save_predictions(
-                    predictions_lib.predictions_path(reference_path), *rows,
-                    prior_offsets=config.rule_prior_offsets)
+                    predictions_lib.predictions_path(reference_path), labels, correct_per_epoch,
+                    prior_offsets=config.rule_prior_offsets, scores=scores)
             reference_lib.save_reference(
                 reference_path, metrics_lib.accuracy_from_counts(correct, total), total,
                 per_epoch_accuracy=reference_history.read_history_log(
