@@ -311,10 +311,16 @@ def test_patience_state_lives_in_the_model_across_fits(tiny_data, held_out):
     assert fresh.undistillable_classes == []
 
 
-def test_resume_from_saved_weights_continues_the_rule_exactly(tiny_data, held_out, tmp_path):
+@pytest.mark.parametrize("rule", ["unpaired", "paired_calibrated"])
+def test_resume_from_saved_weights_continues_the_rule_exactly(tiny_data, held_out, tmp_path, rule):
     """Patience and smoothing state travel with the weights, as the mask does."""
     x, y = tiny_data
-    kwargs = dict(reference=[0.9] * 4, rule="unpaired", patience=2, smoothing=0.5,
+    reference = [0.9] * 4
+    if rule == "paired_calibrated":  # The calibrated gaps and their standard errors smoothed.
+        reference = tllm_tf.ReferencePredictions(
+            labels=held_out[1], correct=np.ones((1, len(held_out[1])), bool),
+            scores=np.linspace(0.6, 0.95, len(held_out[1]))[np.newaxis])
+    kwargs = dict(reference=reference, rule=rule, patience=2, smoothing=0.5,
                   warmup_epochs=0, sticky=False)
     whole = _distiller()
     whole.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
@@ -335,6 +341,7 @@ def test_resume_from_saved_weights_continues_the_rule_exactly(tiny_data, held_ou
     np.testing.assert_array_equal(resumed.class_mask.numpy(), whole.class_mask.numpy())
     np.testing.assert_allclose(resumed.identification_state.numpy(),
                                whole.identification_state.numpy(), rtol=1e-6)
+    assert np.isfinite(whole.identification_state.numpy()[1:3]).all()  # Averages were kept.
 
 
 def test_paired_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
