@@ -263,10 +263,11 @@ def test_correctness_with_offsets_judges_the_offset_predictions_and_leaves_the_m
     assert isinstance(prior_offsets.per_image_correctness(model, 4), tllm_tf.metrics.PerImageCorrectness)
 
 
-def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path):
+@pytest.mark.parametrize("rule", ["paired", "paired_calibrated"])
+def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path, rule):
     # Without offsets on the final models, so the saved reference is the one it recorded.
     config = _run(tmp_path, "rule", rule_prior_offsets=True, prior_offsets=False,
-                  students=("tllm",))
+                  students=("tllm",), rule=rule)
     stages.run(config)
     reference_dir = os.path.join(config.workdir, workdir_files.REFERENCE_STAGE)
     recorded = tllm_tf.load_predictions(tllm_tf.predictions_path(
@@ -283,7 +284,9 @@ def test_the_rule_with_offsets_reads_a_reference_recorded_with_offsets(tmp_path)
     assert recorded.scores.shape == recorded.correct.shape
     np.testing.assert_allclose(recorded.scores[-1], scores, atol=1e-6)
     with open(os.path.join(config.workdir, "student_tllm", workdir_files.MASK_LOG_FILE)) as log:
-        assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+        records = [json.loads(line) for line in log]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {r["rule"] for r in records} == {rule}
 
 
 def test_a_distiller_is_refused_by_name(seeded):
