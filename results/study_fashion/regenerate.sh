@@ -360,3 +360,11 @@ if [ -f runs/score_a/results.jsonl ] && [ -f runs/score_b/results.jsonl ]; then
 else
     echo "$CALIBRATED: left as it is (runs/score_a and runs/score_b are not there)"
 fi
+# The calibrated rule through the library (docs/study.md, "The calibrated rule in the library"):
+# its own script, from runs/cal and the twenty seeds above.
+if [ -d runs/cal ] && [ -d runs/score_a ] && [ -d runs/score_b ]; then
+    PYTHON="$PYTHON" sh results/study_fashion/calibrated_rule/regenerate.sh runs/cal \
+        runs/score_a runs/score_b
+else
+    echo "results/study_fashion/calibrated_rule: left as it is (runs/cal, runs/score_a or runs/score_b is not there)"
+fi

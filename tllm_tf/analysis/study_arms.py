@@ -146,6 +146,15 @@ def _two_pass_arms():
                                                MASKED_CLASSES_FROM: "tllm_judge_at_end"}
     # The two passes in one run (the library's default); its first pass is tllm_patience2's.
     arms["tllm_refit"] = {"students": _REFIT, PAIRED_WITH: "tllm_patience2"}
+    # The same with the test on calibrated probabilities judging each look ("A calibrated
+    # rule in the library"); its first pass is the run's own tllm student.
+    arms["calibrated_refit"] = {"students": _REFIT, "rule": "paired_calibrated"}
+    # One look, at the end, at the level of one of the default's ten: the first pass is KD's
+    # student, and the refit trains with the classes the test finds in it (as measured by
+    # results/study_fashion/prior_offsets/calibrated_refit.py, here through the library).
+    arms["calibrated_at_end_refit"] = {"students": _REFIT, "rule": "paired_calibrated",
+                                       "warmup_epochs": _STUDY_EPOCHS - 1, "patience": 1,
+                                       "significance": 0.005}
     # A look every third epoch: ten looks in the 60-epoch recipe, as in the 20-epoch one.
     arms["tllm_refit_every3"] = {"students": _REFIT, "update_every": 3,
                                  PAIRED_WITH: "tllm_refit"}
