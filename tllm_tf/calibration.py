@@ -16,7 +16,6 @@ and `true_class_probabilities` are the pure steps.
 """
 
 import numpy as np
-import tensorflow as tf
 
 from tllm_tf import prior_offsets as prior_offsets_lib
 
@@ -111,11 +110,10 @@ class PerImageScores:
     """Per image of a data set: whether a model gets it right, and its calibrated score.
 
     The judge `UndistillableClassCallback` and `PredictionRecorder` use where
-    calibrated scores are needed: one pass over the data gives the logits,
-    then (with `with_offsets`) the prior offsets fitted on the same images
-    are added, as `prior_offsets.PerImageCorrectnessWithOffsets` does, and
-    the scores are `calibrated_scores` of the result. The model is left as
-    it is.
+    calibrated scores are needed: the logits of one pass over the data, with
+    the prior offsets fitted on the same images added where asked
+    (`prior_offsets.OffsetLogits`, as the paired rule's judge sees them), then
+    `calibrated_scores` of those logits. The model is left as it is.
 
     Args:
         model: a `keras.Model` returning logits.
@@ -125,11 +123,8 @@ class PerImageScores:
 
     def __init__(self, model, num_classes, with_offsets=False):
         self.model = model
-        self.num_classes = int(num_classes)
         self.with_offsets = bool(with_offsets)
-        # Compiled once: it runs at every look and, for the reference, after every epoch.
-        self._forward = tf.function(lambda images: model(images, training=False),
-                                    reduce_retracing=True)
+        self._logits = prior_offsets_lib.OffsetLogits(model, num_classes, with_offsets)
 
     def __call__(self, data):
         """Returns `(correct, labels, scores)`: bool, int64 and float64 arrays `(num_images,)`.
@@ -140,7 +135,5 @@ class PerImageScores:
         Raises:
             ValueError: as `prior_offsets.fit_offsets`, or if `data` has no images.
         """
-        logits, labels = prior_offsets_lib.forward_logits_and_labels(self._forward, data)
-        if self.with_offsets:
-            logits = logits + prior_offsets_lib.fit_offsets(logits, labels, self.num_classes)
+        logits, labels = self._logits(data)
         return logits.argmax(axis=1) == labels, labels, calibrated_scores(logits, labels)

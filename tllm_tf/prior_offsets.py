@@ -222,14 +222,50 @@ def add_to_output_bias(model, offsets):
     bias.assign(bias + tf.constant(offsets, dtype=bias.dtype))
 
 
+class OffsetLogits:
+    """A model's logits on a data set, with the prior offsets fitted on the same images added.
+
+    What the rule's per-image judges measure at each look: one compiled pass
+    over the data, then (with `with_offsets`) `fit_offsets` on its logits.
+    The model is left as it is.
+
+    Args:
+        model: a `keras.Model` returning logits.
+        num_classes: number of classes.
+        with_offsets: whether to fit and add the offsets. Defaults to `True`.
+    """
+
+    def __init__(self, model, num_classes, with_offsets=True):
+        self.model = model
+        self.num_classes = int(num_classes)
+        self.with_offsets = bool(with_offsets)
+        # Compiled once: it runs at every look and, for the reference, after every epoch.
+        self._forward = tf.function(lambda images: model(images, training=False),
+                                    reduce_retracing=True)
+
+    def __call__(self, data):
+        """Returns `(logits, labels)`: float64 `(num_images, num_classes)` and int64 `(num_images,)`.
+
+        Args:
+            data: `(images, labels)` batches, or a pair of arrays.
+
+        Raises:
+            ValueError: as `fit_offsets`, or if `data` has no images.
+        """
+        logits, labels = forward_logits_and_labels(self._forward, data)
+        if self.with_offsets:
+            logits = logits + fit_offsets(logits, labels, self.num_classes)
+        return logits, labels
+
+
 class PerImageCorrectnessWithOffsets:
     """Which images a model gets right once its prior offsets, fitted on the same images, are added.
 
     The drop-in for `metrics.PerImageCorrectness` that `UndistillableClassCallback`
-    and `PredictionRecorder` use with `prior_offsets=True`: the identification
-    rule then compares the student and the reference after each has had its
-    boundaries moved to the held-out class frequencies, so a class is judged
-    behind for what the boundaries do not explain. The model is left as it is.
+    uses with `prior_offsets=True`: the identification rule then compares the
+    student and the reference after each has had its boundaries moved to the
+    held-out class frequencies, so a class is judged behind for what the
+    boundaries do not explain. The model is left as it is.
 
     Args:
         model: a `keras.Model` returning logits.
@@ -238,10 +274,7 @@ class PerImageCorrectnessWithOffsets:
 
     def __init__(self, model, num_classes):
         self.model = model
-        self.num_classes = int(num_classes)
-        # Compiled once: it runs at every look and, for the reference, after every epoch.
-        self._forward = tf.function(lambda images: model(images, training=False),
-                                    reduce_retracing=True)
+        self._logits = OffsetLogits(model, num_classes)
 
     def __call__(self, data):
         """Returns `(correct, labels)`: a bool and an int64 array `(num_images,)`.
@@ -252,9 +285,8 @@ class PerImageCorrectnessWithOffsets:
         Raises:
             ValueError: as `fit_offsets`, or if `data` has no images.
         """
-        logits, labels = forward_logits_and_labels(self._forward, data)
-        offsets = fit_offsets(logits, labels, self.num_classes)
-        return (logits + offsets).argmax(axis=1) == labels, labels
+        logits, labels = self._logits(data)
+        return logits.argmax(axis=1) == labels, labels
 
 
 def judge_class(with_offsets):
