@@ -5,6 +5,7 @@ The chief reads each file (checked: classes, image shape, the reference's
 per-epoch rows) and every worker of a multi-worker run receives what it read.
 """
 
+import dataclasses
 import logging
 import os
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from tllm_tf import callbacks
 from tllm_tf import held_out_predictions as predictions_lib
+from tllm_tf import identification
 from tllm_tf import mask_log
 from tllm_tf import reference as reference_lib
 from tllm_tf.pipeline import model_io
@@ -110,7 +112,11 @@ def reference_on_every_worker(strategy, reference_path, num_classes, config):
         accuracy = read_reference(reference_path, num_classes, config.epoch_matched)
         if sibling is None:
             return accuracy.tolist()
-        return predictions_lib.load_predictions(sibling).to_dict()
+        predictions = predictions_lib.load_predictions(sibling)
+        if not identification.reads_scores(config.rule):
+            # They travel as JSON: a large held-out split's scores are many megabytes.
+            predictions = dataclasses.replace(predictions, scores=None)
+        return predictions.to_dict()
 
     values = multi_worker.run_on_chief(strategy, read)
     if isinstance(values, dict):
