@@ -25,11 +25,6 @@ MIN_TEMPERATURE = 0.01
 MAX_TEMPERATURE = 100.0
 
 
-def _log_softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def fit_temperature(logits, labels, *, max_iterations=100, tolerance=1e-10):
     """The temperature `T` that minimises the mean log-loss of `softmax(logits / T)`.
 
@@ -60,7 +55,7 @@ def fit_temperature(logits, labels, *, max_iterations=100, tolerance=1e-10):
     low, high = 1.0 / MAX_TEMPERATURE, 1.0 / MIN_TEMPERATURE
     inverse = 1.0
     for _ in range(max_iterations):
-        probabilities = np.exp(_log_softmax(inverse * logits))
+        probabilities = np.exp(prior_offsets_lib.log_softmax(inverse * logits))
         expected = (probabilities * logits).sum(axis=1)
         slope = np.mean(expected - true_logits)
         curvature = np.mean((probabilities * logits ** 2).sum(axis=1) - expected ** 2)
@@ -89,7 +84,7 @@ def true_class_probabilities(logits, labels, temperature=1.0):
         A float64 array `(num_images,)`.
     """
     logits = np.asarray(logits, np.float64)
-    log_probabilities = _log_softmax(logits / temperature)
+    log_probabilities = prior_offsets_lib.log_softmax(logits / temperature)
     return np.exp(log_probabilities[np.arange(len(logits)), np.asarray(labels, np.int64)])
 
 
@@ -123,8 +118,12 @@ class PerImageScores:
 
     def __init__(self, model, num_classes, with_offsets=False):
         self.model = model
-        self.with_offsets = bool(with_offsets)
         self._logits = prior_offsets_lib.OffsetLogits(model, num_classes, with_offsets)
+
+    @property
+    def with_offsets(self):
+        """Whether the prior offsets are added before the scores are read."""
+        return self._logits.with_offsets
 
     def __call__(self, data):
         """Returns `(correct, labels, scores)`: bool, int64 and float64 arrays `(num_images,)`.

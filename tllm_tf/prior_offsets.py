@@ -48,19 +48,10 @@ def logits_and_labels(model, dataset):
         ValueError: if `dataset` has no images, or is neither a dataset nor
             a pair of arrays.
     """
-    return forward_logits_and_labels(lambda images: model(images, training=False), dataset)
+    return _logits_and_labels(lambda images: model(images, training=False), dataset)
 
 
-def forward_logits_and_labels(forward, dataset):
-    """`logits_and_labels` through `forward`, e.g. the model's pass compiled once.
-
-    Args:
-        forward: `images -> logits` tensor.
-        dataset: as `logits_and_labels` takes it.
-
-    Returns:
-        As `logits_and_labels`.
-    """
+def _logits_and_labels(forward, dataset):
     logits, labels = [], []
     for batch in metrics_lib.as_dataset(dataset):
         batch_logits = forward(batch[0]).numpy()
@@ -79,8 +70,19 @@ def _log_mean_probabilities(logits):
     In logs throughout: a class whose probability underflows to 0 on every
     image (a logit 745 below the others) still has a finite log mean.
     """
-    log_probabilities = logits - _logsumexp(logits, axis=1)
-    return _logsumexp(log_probabilities, axis=0)[0] - np.log(len(logits))
+    return _logsumexp(log_softmax(logits), axis=0)[0] - np.log(len(logits))
+
+
+def log_softmax(logits):
+    """The log of the softmax of each row of `logits`, computed without overflow.
+
+    Args:
+        logits: float array `(num_images, num_classes)`.
+
+    Returns:
+        A float array of the same shape.
+    """
+    return logits - _logsumexp(logits, axis=1)
 
 
 def _logsumexp(values, axis):
@@ -99,7 +101,7 @@ def _newton_direction(logits, residual):
     The matrix is singular along a shift common to every class (which changes
     no probability), so the least-squares solution is taken, then centred.
     """
-    probabilities = np.exp(logits - _logsumexp(logits, axis=1))
+    probabilities = np.exp(log_softmax(logits))
     sums = probabilities.sum(axis=0)[:, None]
     cross = probabilities.T @ probabilities  # No second (num_images, num_classes) array.
     jacobian = np.eye(logits.shape[1]) - np.divide(cross, sums, out=np.zeros_like(cross),
@@ -252,7 +254,7 @@ class OffsetLogits:
         Raises:
             ValueError: as `fit_offsets`, or if `data` has no images.
         """
-        logits, labels = forward_logits_and_labels(self._forward, data)
+        logits, labels = _logits_and_labels(self._forward, data)
         if self.with_offsets:
             logits = logits + fit_offsets(logits, labels, self.num_classes)
         return logits, labels

@@ -105,9 +105,7 @@ def one_sided_t(differences):
     std = differences.std(ddof=1)
     if n < 2 or std == 0:
         return 1.0
-    t = differences.mean() / (std / np.sqrt(n))
-    two_sided = student_t.two_sided_p_value(t, n - 1)
-    return two_sided / 2 if t > 0 else 1 - two_sided / 2
+    return float(student_t.upper_p_value(differences.mean() / (std / np.sqrt(n)), n - 1))
 
 
 def p_values(kd_logits, labels_logits, labels, num_classes):
