@@ -362,24 +362,30 @@ def test_paired_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
     assert len(record["p_values"]) == NUM_CLASSES
 
 
-def test_the_calibrated_rule_with_a_reference_model(tiny_data, held_out, tmp_path):
+@pytest.mark.parametrize("rule, cap", [("paired_calibrated", 1.0), ("paired_capped", 0.9)])
+def test_the_calibrated_rules_with_a_reference_model(tiny_data, held_out, tmp_path, rule, cap):
     x, y = tiny_data
     keras.utils.set_random_seed(5)
     reference_model = make_mlp("reference")
+    # Trained on the held-out images themselves, so that it is sure of some: a cap then bites.
+    reference_model.compile(optimizer=keras.optimizers.Adam(0.01),
+                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    reference_model.fit(*held_out, epochs=50, verbose=0)
     log_path = str(tmp_path / "log.jsonl")
     callback = tllm_tf.UndistillableClassCallback(
-        held_out, reference=reference_model, rule="paired_calibrated", log_path=log_path,
-        warmup_epochs=0)
+        held_out, reference=reference_model, rule=rule, log_path=log_path, warmup_epochs=0)
     _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
     record = _log_records(log_path)[0]
-    assert record["rule"] == callback.effective_rule == "paired_calibrated"
+    assert record["rule"] == callback.effective_rule == rule
     images, labels = held_out
-    # Each model's scores at its own temperature, fitted on the held-out images.
+    # Each model's scores at its own temperature, fitted on the held-out images, then capped.
     student_scores = calibration.calibrated_scores(
         callback.model.student.predict(images, verbose=0), labels)
     reference_scores = calibration.calibrated_scores(
         reference_model.predict(images, verbose=0), labels)
-    differences = reference_scores - student_scores
+    if cap < 1.0:  # Only a cap that bites tells the rules apart.
+        assert (np.maximum(student_scores, reference_scores) > cap).any()
+    differences = np.minimum(reference_scores, cap) - np.minimum(student_scores, cap)
     expected_mean = [differences[labels == c].mean() for c in range(NUM_CLASSES)]
     np.testing.assert_allclose(record["mean_score_gap"], expected_mean, atol=1e-5)
     expected_error = [differences[labels == c].std(ddof=1) / 2 for c in range(NUM_CLASSES)]

@@ -123,6 +123,21 @@ def test_paired_score_gaps_by_hand():
     assert np.isnan(gaps[:, [1, 3]]).all()
 
 
+def test_capped_score_gaps_count_confidently_right_images_as_ties():
+    student = np.array([0.95, 0.6, 0.5, 0.99])
+    reference = np.array([0.99, 0.99, 0.3, 0.92])
+    labels = np.array([0, 0, 1, 1])
+    gaps = rule_lib.paired_score_gaps(student, reference, labels, 2, cap=0.9)
+    # Capped at 0.9: class 0's differences 0 and 0.3, class 1's -0.2 and 0.
+    np.testing.assert_allclose(gaps[0], [0.15, -0.1])
+    np.testing.assert_allclose(gaps[1], [0.15, 0.1])
+    uncapped = rule_lib.paired_score_gaps(student, reference, labels, 2)
+    np.testing.assert_allclose(uncapped[0], [0.215, -0.135])
+    assert rule_lib.score_cap("paired_capped") == rule_lib.CAPPED_SCORE == 0.9
+    assert rule_lib.score_cap("paired_calibrated") == 1.0
+    assert rule_lib.reads_scores("paired_capped")
+
+
 def _calibrated(mean_gap, standard_error, num_samples=100):
     mean_gap = np.asarray(mean_gap, np.float64)
     count = np.full(mean_gap.shape, num_samples)

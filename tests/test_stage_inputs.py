@@ -13,7 +13,8 @@ import tllm_tf
 from tllm_tf.pipeline import stage_inputs
 
 
-@pytest.mark.parametrize("rule, has_scores", [("paired", False), ("paired_calibrated", True)])
+@pytest.mark.parametrize("rule, has_scores", [("paired", False), ("paired_calibrated", True),
+                                              ("paired_capped", True)])
 def test_the_reference_reaches_the_workers_with_the_scores_its_rule_reads(tmp_path, rule,
                                                                           has_scores):
     reference_path = str(tmp_path / "reference.json")

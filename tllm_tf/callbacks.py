@@ -105,6 +105,10 @@ class UndistillableClassCallback(keras.callbacks.Callback):
       (docs/study.md). Needs the reference's scores: a `keras.Model`, or
       predictions recorded with them (the reference stage and
       `PredictionRecorder` record both).
+    - `rule="paired_capped"`: the same test with each probability capped at
+      0.9 first, so that an image both models get confidently right is a
+      tie: fewer classes masked for a loss of confidence alone, for fewer
+      harms found (docs/study.md, "Capped scores").
     - `rule="unpaired"`: the student's accuracy `s[c]` is below the
       reference's `r[c]` by more than `margin + margin_standard_errors *
       se[c]` (see `tllm_tf.identification`). A reference given only as
@@ -155,8 +159,8 @@ class UndistillableClassCallback(keras.callbacks.Callback):
             `ReferencePredictions`, a reference file with per-epoch
             results, or an array `(epochs, num_classes)` (row `i` after
             epoch `i + 1`).
-        rule: `"paired"`, `"paired_calibrated"` or `"unpaired"`. Defaults
-            to `"paired"`.
+        rule: `"paired"`, `"paired_calibrated"`, `"paired_capped"` or
+            `"unpaired"`. Defaults to `"paired"`.
         significance: level of the paired test, in `(0, 1)`: per update,
             or with `sticky=True` for the whole fit. Defaults to `0.05`.
         correction: `"holm"`, `"benjamini_hochberg"` or `"none"`, across
@@ -494,8 +498,9 @@ class UndistillableClassCallback(keras.callbacks.Callback):
         if scores is not None:
             reference_scores = (predictions.scores_at_epoch(epoch) if matched
                                 else predictions.scores[-1])
-            score_gaps = identification.paired_score_gaps(scores, reference_scores, labels,
-                                                          num_classes)
+            score_gaps = identification.paired_score_gaps(
+                scores, reference_scores, labels, num_classes,
+                cap=identification.score_cap(self.effective_rule))
         return identification.Evidence(total, self.student_accuracy, self.reference_accuracy,
                                        behind_counts=behind, ahead_counts=ahead,
                                        score_gaps=score_gaps)

@@ -9,7 +9,7 @@ labels alone (the *reference*), both measured on a held-out split of the
 training data. Held-out per-class accuracy is coarse (one image of fifty is
 two points), so the comparison must be a test, not a subtraction.
 
-Three rules, all pure functions of what was measured:
+Four rules, all pure functions of what was measured:
 
 - `"paired"` (the default): the student and the reference are judged on the
   *same* images, so for class `c` count `b` = images the reference gets right
@@ -24,6 +24,11 @@ Three rules, all pure functions of what was measured:
   uses every image of the class, not only the few one model gets wrong and
   the other right, so it sees smaller harms (docs/study.md, "A test on
   calibrated probabilities").
+- `"paired_capped"`: the calibrated rule with each probability capped at
+  `CAPPED_SCORE` (0.9) before the test: an image both models get confidently
+  right is a tie, however confident each is, so a student that is as often
+  right but less sure is not put behind (the calibrated rule's false alarms;
+  docs/study.md, "Capped scores").
 - `"unpaired"`: the student's accuracy `s[c]` below the reference's `r[c]`
   by more than `margin + margin_standard_errors * se[c]`; all it needs is the
   reference's per-class accuracy.
@@ -118,6 +123,11 @@ def _benjamini_hochberg(sorted_p, significance):
 
 # Each correction: `(p-values sorted ascending, significance) -> how many of the
 # smallest are rejected`.
+# Chosen on stored KD and label-only students of Fashion-MNIST (seeds 10-19): capped at
+# 0.9 the test found 54% of KD's per-class harms with 3.8% false alarms; uncapped 65% and
+# 5.2%; at 0.8, 43% and 3.8% (docs/study.md, "Capped scores").
+CAPPED_SCORE = 0.9
+
 _CORRECTIONS = {"holm": _holm, "benjamini_hochberg": _benjamini_hochberg, "none": _per_test}
 CORRECTIONS = tuple(_CORRECTIONS)
 
@@ -152,7 +162,7 @@ def reject(p_values, significance, correction="holm"):
     return rejected
 
 
-def paired_score_gaps(student_scores, reference_scores, labels, num_classes):
+def paired_score_gaps(student_scores, reference_scores, labels, num_classes, cap=1.0):
     """Per class, the mean of the reference's score minus the student's, and its standard error.
 
     Args:
@@ -162,14 +172,16 @@ def paired_score_gaps(student_scores, reference_scores, labels, num_classes):
             same order.
         labels: int array `(num_images,)` of class ids.
         num_classes: number of classes.
+        cap: each score is taken as `min(score, cap)` first (`1.0`: as
+            given).
 
     Returns:
         A float64 array `(2, num_classes)`: the mean differences, then their
         standard errors (the sample standard deviation over `sqrt(n)`); NaN
         for a class with fewer than two images.
     """
-    differences = (np.asarray(reference_scores, np.float64)
-                   - np.asarray(student_scores, np.float64))
+    differences = (np.minimum(np.asarray(reference_scores, np.float64), cap)
+                   - np.minimum(np.asarray(student_scores, np.float64), cap))
     labels = np.asarray(labels, dtype=np.int64)
     gaps = np.full((2, num_classes), np.nan)
     for c in range(num_classes):
@@ -410,7 +422,7 @@ def _paired_counts(evidence):
 def _score_gaps(evidence):
     if evidence.score_gaps is None:
         raise ValueError(
-            "The paired_calibrated rule needs each held-out image's calibrated score from "
+            "The calibrated rules need each held-out image's calibrated score from "
             "the student and the reference; none were given. Pass the reference model, or "
             "a reference whose predictions file holds scores (written by this version's "
             "reference stage or PredictionRecorder), or use rule='paired'.")
@@ -436,17 +448,21 @@ class _Rule:
             not only its per-class accuracies.
         scores: whether those results must hold each image's calibrated
             score, not only whether it was classified right.
+        score_cap: the scores are capped at this before they are compared.
     """
 
     compared: object
     behind: object
     per_image: bool
     scores: bool = False
+    score_cap: float = 1.0
 
 
 _RULES = {
     "paired": _Rule(_paired_counts, _paired_behind, per_image=True),
     "paired_calibrated": _Rule(_score_gaps, _calibrated_behind, per_image=True, scores=True),
+    "paired_capped": _Rule(_score_gaps, _calibrated_behind, per_image=True, scores=True,
+                           score_cap=CAPPED_SCORE),
     "unpaired": _Rule(_accuracies, _unpaired_behind, per_image=False),
 }
 RULES = tuple(_RULES)
@@ -464,6 +480,11 @@ def reads_per_image_results(rule):
 def reads_scores(rule):
     """Whether `rule` (one of `RULES`) needs each held-out image's calibrated score."""
     return _RULES[rule].scores
+
+
+def score_cap(rule):
+    """What `rule` (one of `RULES` that reads scores) caps each score at before comparing."""
+    return _RULES[rule].score_cap
 
 
 def update(state, evidence, options):

@@ -149,6 +149,8 @@ def _two_pass_arms():
     # The same with the test on calibrated probabilities judging each look ("A calibrated
     # rule in the library"); its first pass is the run's own tllm student.
     arms["calibrated_refit"] = {"students": _REFIT, "rule": "paired_calibrated"}
+    # The same with each calibrated probability capped at 0.9 ("Capped scores").
+    arms["capped_refit"] = {"students": _REFIT, "rule": "paired_capped"}
     # One look, at the end, at the level of one of the default's ten: the first pass is KD's
     # student, and the refit trains with the classes the test finds in it (as measured by
     # results/study_fashion/prior_offsets/calibrated_refit.py, here through the library).
