@@ -368,3 +368,12 @@ if [ -d runs/cal ] && [ -d runs/score_a ] && [ -d runs/score_b ]; then
 else
     echo "results/study_fashion/calibrated_rule: left as it is (runs/cal, runs/score_a or runs/score_b is not there)"
 fi
+# Capped scores (docs/study.md): runs/cal, runs/fresh and the
+# twenty seeds above, with their cached logits.
+if [ -d runs/cal ] && [ -d runs/fresh ] && [ -d runs/score_a ] && [ -d runs/score_b ] \
+        && [ -d runs/score_cache ]; then
+    PYTHON="$PYTHON" sh results/study_fashion/capped_rule/regenerate.sh runs/cal runs/fresh \
+        runs/score_a runs/score_b
+else
+    echo "results/study_fashion/capped_rule: left as it is (runs/cal, runs/fresh, runs/score_a, runs/score_b or runs/score_cache is not there)"
+fi
