@@ -103,8 +103,8 @@ flags.DEFINE_enum("rule", _DEFAULTS.rule, list(config_lib.RULES),
                   "corrected across classes; paired_calibrated: a paired t-test per class on "
                   "each image's calibrated probability of its true class, corrected the same "
                   "way (docs/method.md); paired_capped: the same with each probability "
-                  "capped at 0.9, so that a student as often right but less sure is not "
-                  "behind; unpaired: per-class accuracy difference.")
+                  "capped at 0.9, so that an image both get confidently right is a tie; "
+                  "unpaired: per-class accuracy difference.")
 flags.DEFINE_float("significance", _DEFAULTS.significance, "Level of the paired test. "
                    "With --sticky each look tests at this level divided by the fit's "
                    "number of looks (by the default schedule 15 looks for --epochs=30, so "
