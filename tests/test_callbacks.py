@@ -393,14 +393,14 @@ def test_the_calibrated_rules_with_a_reference_model(tiny_data, held_out, tmp_pa
     assert len(record["p_values"]) == NUM_CLASSES
 
 
-def test_the_calibrated_rule_refuses_predictions_without_scores(tiny_data, held_out):
+@pytest.mark.parametrize("rule", ["paired_calibrated", "paired_capped"])
+def test_the_calibrated_rules_refuse_predictions_without_scores(tiny_data, held_out, rule):
     x, y = tiny_data
     reference = tllm_tf.ReferencePredictions(
         labels=held_out[1], correct=np.ones((1, len(held_out[1])), bool))
-    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference,
-                                                  rule="paired_calibrated")
-    with pytest.raises(ValueError, match="hold none: they were recorded before scores.*"
-                                         "Re-run the reference stage"):
+    callback = tllm_tf.UndistillableClassCallback(held_out, reference=reference, rule=rule)
+    with pytest.raises(ValueError, match=f"rule='{rule}' compares.*hold none: they were "
+                                         "recorded before scores.*Re-run the reference stage"):
         _distiller().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
 
 
