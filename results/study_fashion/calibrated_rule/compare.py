@@ -49,7 +49,6 @@ from tllm_tf.analysis import study_stats  # noqa: E402
 from tllm_tf.pipeline import workdir_files  # noqa: E402
 
 
-
 def hurt_classes(records):
     """`{(student, teacher): bool array}`: the classes KD hurts beyond noise, over every seed."""
     kd = {(r["seed"], r["student"], r["teacher"]): r for r in records if r["arm"] == "kd"}
@@ -161,7 +160,8 @@ def report_arm(root, settings, kd, labels, hurt, class_names, groups):
         ours, theirs = (100 * np.array([r["accuracy"] for r in group])
                         for group in (rows, kd_rows))
         cells = _group_cells(ours, theirs, seeds, groups)
-        final = np.array([first_pass_masks(root, r)[-1] for r in rows])
+        looks = [first_pass_masks(root, r) for r in rows]
+        final = np.array([m[-1] for m in looks])
         print(f"| `{student}`, `{teacher}` | {final.sum(axis=1).mean():.1f} | "
               + " | ".join(cells) + " |")
         ours_c, kd_c, labels_c = (100 * np.array([r["per_class_accuracy"] for r in group])
@@ -174,7 +174,6 @@ def report_arm(root, settings, kd, labels, hurt, class_names, groups):
                 f"{apply.paired_cell(kd_c[:, c], labels_c[:, c])} | {final[:, c].mean():.0%} | "
                 f"{apply.paired_cell(ours_c[:, c], kd_c[:, c])} | "
                 f"{apply.paired_cell(ours_c[:, c], labels_c[:, c])} |")
-        looks = [first_pass_masks(root, r) for r in rows]
         # With one look a class masked there is one change in one look: no rate to speak of.
         flips = (f"{np.mean([study_stats.flips_per_100_updates(m).mean() for m in looks]):.1f}"
                  if min(len(m) for m in looks) > 1 else "one look")

@@ -30,7 +30,6 @@ import numpy as np
 
 from tllm_tf import calibration
 from tllm_tf import identification
-from tllm_tf import student_t
 from tllm_tf.analysis import study_stats
 
 CAPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.5)
@@ -39,27 +38,24 @@ HALVES = {"seeds 0-9": range(0, 10), "seeds 10-19": range(10, 20)}
 STUDENTS = ("lenet_2", "mlp_16")
 
 
-def upper_p_values(gaps, num_samples):
-    """One-sided t p-values of "mean gap <= 0" per class, as the rule computes them."""
-    p_values = np.ones(gaps.shape[1])
-    for c in range(gaps.shape[1]):
-        mean, error = gaps[:, c]
-        if error > 0:
-            p_values[c] = student_t.upper_p_value(mean / error, num_samples[c] - 1)
-        else:
-            p_values[c] = 0.0 if mean > 0 else 1.0
-    return p_values
+# One look of the calibrated rule, unguarded: its test and Holm's correction alone.
+ONE_LOOK = identification.RuleOptions(
+    rule="paired_calibrated", significance=LEVEL, correction="holm", margin=0.0,
+    margin_standard_errors=0.0, smoothing=0.0, patience=1, sticky=False, min_samples=1)
 
 
 def behind_by_cap(student_logits, reference_logits, labels, num_classes):
-    """`{cap: bool array}`: the classes the capped test finds behind, per cap."""
+    """`{cap: bool array}`: the classes the capped test finds behind, per cap (by the rule)."""
     student = calibration.calibrated_scores(student_logits, labels)
     reference = calibration.calibrated_scores(reference_logits, labels)
     num_samples = np.bincount(labels, minlength=num_classes)
-    return {cap: identification.reject(
-        upper_p_values(identification.paired_score_gaps(student, reference, labels,
-                                                        num_classes, cap=cap), num_samples),
-        LEVEL, "holm") for cap in CAPS}
+    found = {}
+    for cap in CAPS:
+        gaps = identification.paired_score_gaps(student, reference, labels, num_classes, cap=cap)
+        _, found[cap], _ = identification.update(
+            identification.IdentificationState.initial(num_classes),
+            identification.Evidence(num_samples, None, None, score_gaps=gaps), ONE_LOOK)
+    return found
 
 
 def setting_of(path):
