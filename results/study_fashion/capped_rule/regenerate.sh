@@ -33,3 +33,33 @@ report fresh "$FRESH_ROOT" 10,11,12,13,14
     --versus=tllm_refit,calibrated_refit --seed_groups=10-14 "$FRESH_ROOT" $HURT_ROOTS \
     > "$OUT/compare_fresh.md"
 echo "$OUT/compare.md $OUT/compare_fresh.md"
+# With the label-only reference's fallback (the library's default): the stored capped and default
+# students of ROOT and FRESH_ROOT judged against their references by
+# ../prior_offsets/reference_fallback.py (per-seed rows in fallback/, committed; about 10 minutes
+# from the runs), then tabled here at the library's level, 0.2, and at 0.05.
+FALLBACK="$OUT/fallback"
+PRIOR=results/study_fashion/prior_offsets
+fallback_tables() {  # fallback_tables NAME GROUPS SEED_SETS: GROUPS are the rows' suffixes
+    capped="" default=""
+    for group in $2; do
+        capped="$capped${capped:+,}$FALLBACK/capped_refit_$group.jsonl"
+        default="$default${default:+,}$FALLBACK/tllm_refit_$group.jsonl"
+    done
+    for level in 0.2 0.05; do
+        "$PYTHON" "$OUT/with_fallback.py" --arm=capped_refit --rows="$capped" \
+            --versus=tllm_refit --versus_rows="$default" --seed_sets="$3" --significance="$level"
+    done > "$FALLBACK/$1.md"
+    echo "$FALLBACK/$1.md"
+}
+per_class_tables() {  # per_class_tables NAME GROUPS SEED_SETS RESULTS
+    for arm in capped_refit tllm_refit; do
+        rows=""
+        for group in $2; do rows="$rows${rows:+,}$FALLBACK/${arm}_$group.jsonl"; done
+        "$PYTHON" "$PRIOR/fallback_per_class.py" --rows="$rows" --results="$4" \
+            --seed_sets="$3" --default_arm="$arm" --significance=0.2 \
+            > "$FALLBACK/per_class_${1}_$arm.md"
+        echo "$FALLBACK/per_class_${1}_$arm.md"
+    done
+}
+fallback_tables base "cal fresh" 0-9,10-14
+per_class_tables base "cal fresh" 0-9,10-14 "$ROOT/results.jsonl,$FRESH_ROOT/results.jsonl"
