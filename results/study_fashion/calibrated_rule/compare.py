@@ -86,7 +86,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="the study root of the calibrated arms (runs/cal)")
     parser.add_argument("hurt_roots", nargs="+",
-                        help="study roots of twenty seeds' kd and labels runs")
+                        help="study roots of the kd and labels runs that say which classes "
+                        "KD hurts (twenty seeds in the base recipe)")
     parser.add_argument("--arms", default="calibrated_refit,calibrated_at_end_refit",
                         help="the arms to report, comma-separated")
     parser.add_argument("--seed_groups", default="0-4,5-9",
@@ -95,8 +96,10 @@ def main():
                         help="arms each is also compared with, paired by seed, comma-separated")
     args = parser.parse_args()
     records = apply.read_records(os.path.join(args.root, "results.jsonl"))
-    hurt = hurt_classes([r for root in args.hurt_roots
-                         for r in apply.read_records(os.path.join(root, "results.jsonl"))])
+    hurt_records = [r for root in args.hurt_roots
+                    for r in apply.read_records(os.path.join(root, "results.jsonl"))]
+    hurt = hurt_classes(hurt_records)
+    hurt_seeds = len({r["seed"] for r in hurt_records})
     groups = seed_groups(args.seed_groups)
     kd = {(r["seed"], r["student"], r["teacher"]): r for r in records if r["arm"] == "kd"}
     labels = {(r["seed"], r["student"]): r for r in records if r["arm"] == "labels"}
@@ -105,7 +108,8 @@ def main():
         rows = [r for r in records if r["arm"] == arm
                 and (r["seed"], r["student"], r["teacher"]) in kd]
         print(f"\n## `{arm}`\n")
-        report_arm(args.root, apply.by_setting(rows), kd, labels, hurt, class_names, groups)
+        report_arm(args.root, apply.by_setting(rows), kd, labels, hurt, class_names, groups,
+                   hurt_seeds)
         for other in [a for a in args.versus.split(",") if a and a != arm]:
             print(f"\n`{arm}` minus `{other}`, paired by seed (overall, then per class KD "
                   "hurts beyond noise):\n")
@@ -138,7 +142,7 @@ def report_versus(settings, versus, hurt, class_names, groups):
 
 
 def judged_run_by_run(student, teacher, final, ours_c, kd_c, labels_c):
-    """A table row: the first pass's final mask against each run's own KD and label-only students."""
+    """A table row: the first pass's final mask against the run's own KD and label-only students."""
     masked = final.astype(bool)
     if not masked.any():
         return f"| `{student}`, `{teacher}` | 0 | - | - | - |"
@@ -148,7 +152,7 @@ def judged_run_by_run(student, teacher, final, ours_c, kd_c, labels_c):
             f"{np.mean(kd_c[masked] - labels_c[masked]):+.2f} | {cell} |")
 
 
-def report_arm(root, settings, kd, labels, hurt, class_names, groups):
+def report_arm(root, settings, kd, labels, hurt, class_names, groups, hurt_seeds):
     print("| student, teacher | classes masked (mean) | minus KD, "
           + " | ".join(groups) + " |")
     print("|---|---|" + "---|" * len(groups))
@@ -183,7 +187,8 @@ def report_arm(root, settings, kd, labels, hurt, class_names, groups):
             f"{np.mean([m[:, ~setting_hurt].mean() for m in looks]):.1%} | "
             f"{np.mean(final[:, ~setting_hurt].any(axis=1)):.0%} | "
             f"{final[:, ~setting_hurt].sum(axis=1).mean():.1f} | {flips} |")
-    print("\nPer class KD hurts beyond noise (twenty seeds): KD minus labels on these seeds; "
+    print(f"\nPer class KD hurts beyond noise ({hurt_seeds} seeds): KD minus labels on these "
+          "seeds; "
           "the share of seeds whose first pass ends with it masked; the arm minus KD; minus "
           "labels (points)\n")
     print("| student, teacher | class | KD minus labels | masked | minus KD | minus labels |")
