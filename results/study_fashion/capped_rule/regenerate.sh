@@ -15,11 +15,14 @@ FRESH_ROOT="${2:-runs/fresh}"
 HURT_ROOTS="${*:-runs/score_a runs/score_b}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 ARMS=tllm_refit,calibrated_refit,capped_refit
-report() {  # report OUT_DIR ROOT SEEDS
-    "$PYTHON" tools/study.py --flagfile=configs/study_fashion.flags --root="$2" \
-        --seeds="$3" --student_models=mlp_16,lenet_2 --teacher_models=mlp_64,mlp_256,mlp_1024 \
-        --arms="kd,$ARMS" --report_only --results_dir="$OUT/$1" > /dev/null
-    echo "$OUT/$1/study.md"
+report() {  # report OUT_DIR ROOT SEEDS [ARMS [FLAG...]]: FLAGs after the study's flag file
+    out="$1" root="$2" seeds="$3" arms="${4:-$ARMS}"
+    [ $# -gt 3 ] && shift 4 || shift 3
+    "$PYTHON" tools/study.py --flagfile=configs/study_fashion.flags "$@" --root="$root" \
+        --seeds="$seeds" --student_models=mlp_16,lenet_2 \
+        --teacher_models=mlp_64,mlp_256,mlp_1024 --arms="kd,$arms" --report_only \
+        --results_dir="$OUT/$out" > /dev/null
+    echo "$OUT/$out/study.md"
 }
 "$PYTHON" "$OUT/cap_choice.py" runs/score_cache > "$OUT/cap_choice.md"
 echo "$OUT/cap_choice.md"
@@ -63,3 +66,29 @@ per_class_tables() {  # per_class_tables NAME GROUPS SEED_SETS RESULTS
 }
 fallback_tables base "cal fresh" 0-9,10-14
 per_class_tables base "cal fresh" 0-9,10-14 "$ROOT/results.jsonl,$FRESH_ROOT/results.jsonl"
+# Two more recipes (2026-12-07, night), the capped and default rules' arms on the same seeds,
+# trained without the fallback and judged with it as above: the second recipe (1,000 labelled
+# images, 60 epochs; FEW_ROOT, runs/few_cap, seeds 20-29) and T = 2 with label and distillation
+# weights 0.5 and 0.5 (T2_ROOT, runs/t2cap, seeds 0-9). The classes KD hurts are each recipe's
+# own, chosen on its ten seeds.
+FEW_ROOT="${FEW_ROOT:-runs/few_cap}"
+T2_ROOT="${T2_ROOT:-runs/t2cap}"
+recipe() {  # recipe NAME ROOT SEEDS SEED_GROUPS FLAG...
+    name="$1" root="$2" seeds="$3" groups="$4"
+    shift 4
+    if [ ! -f "$root/results.jsonl" ]; then echo "$OUT/$name: left as it is (no $root)"; return; fi
+    report "$name" "$root" "$seeds" tllm_refit,capped_refit "$@"
+    "$PYTHON" results/study_fashion/calibrated_rule/compare.py --arms=tllm_refit,capped_refit \
+        --versus=tllm_refit --seed_groups="$groups" "$root" "$root" > "$OUT/$name/compare.md"
+    echo "$OUT/$name/compare.md"
+    for arm in capped_refit tllm_refit; do  # judges only the runs the rows lack
+        "$PYTHON" "$PRIOR/reference_fallback.py" --results="$root/results.jsonl" \
+            --rows="$FALLBACK/${arm}_$name.jsonl" --default_arm="$arm" "$root" > /dev/null
+    done
+    first="${seeds%%,*}" last="${seeds##*,}"
+    fallback_tables "$name" "$name" "$groups,$first-$last"
+    per_class_tables "$name" "$name" "$first-$last" "$root/results.jsonl"
+}
+recipe few_labels "$FEW_ROOT" 20,21,22,23,24,25,26,27,28,29 20-24,25-29 \
+    --flagfile=configs/study_fashion_few_labels.flags
+recipe t2 "$T2_ROOT" 0,1,2,3,4,5,6,7,8,9 0-4,5-9 --temperature=2 --alpha=0.5 --beta=0.5
