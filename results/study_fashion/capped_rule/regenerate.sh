@@ -1,6 +1,7 @@
 #!/bin/sh
-# Regenerates the tables of "Capped scores" (docs/study.md)
-# from the runs, without training:
+# Regenerates the tables of "Capped scores" and "The capped rule with the fallback, in two more
+# recipes, and on the planted pair" (docs/study.md) from the runs, without training:
+#     [FEW_ROOT=...] [T2_ROOT=...] \
 #     sh results/study_fashion/capped_rule/regenerate.sh [ROOT FRESH_ROOT [HURT_ROOTS...]]
 # ROOT (runs/cal) holds seeds 0-9 and FRESH_ROOT (runs/fresh) seeds 10-14 of the arms kd,
 # labels, tllm_refit (the default rule), calibrated_refit and capped_refit; HURT_ROOTS
