@@ -75,6 +75,9 @@ def planted_setting():
     """Trains the planted teacher, the label-only reference and KD's student (about 15 s).
 
     Also read by `results/planted_pair/variants.py`, which runs the rules' variants on it.
+
+    Returns:
+        A `Planted`: its `distil` trains a fresh student under the callbacks given.
     """
     data = load_digits(holdout_fraction=0.3, seed=0)
     (x_train, y_train), held_out, test = (
