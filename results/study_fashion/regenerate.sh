@@ -368,8 +368,9 @@ if [ -d runs/cal ] && [ -d runs/score_a ] && [ -d runs/score_b ]; then
 else
     echo "results/study_fashion/calibrated_rule: left as it is (runs/cal, runs/score_a or runs/score_b is not there)"
 fi
-# Capped scores (docs/study.md): runs/cal, runs/fresh and the
-# twenty seeds above, with their cached logits.
+# Capped scores, and the capped rule with the fallback and in two more recipes (docs/study.md):
+# runs/cal, runs/fresh and the twenty seeds above, with their cached logits (the two recipes'
+# roots, runs/few_cap and runs/t2cap, are left as they are when missing).
 if [ -d runs/cal ] && [ -d runs/fresh ] && [ -d runs/score_a ] && [ -d runs/score_b ] \
         && [ -d runs/score_cache ]; then
     PYTHON="$PYTHON" sh results/study_fashion/capped_rule/regenerate.sh runs/cal runs/fresh \

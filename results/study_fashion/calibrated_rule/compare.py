@@ -188,9 +188,8 @@ def report_arm(root, settings, kd, labels, hurt, class_names, groups, hurt_seeds
             f"{np.mean(final[:, ~setting_hurt].any(axis=1)):.0%} | "
             f"{final[:, ~setting_hurt].sum(axis=1).mean():.1f} | {flips} |")
     print(f"\nPer class KD hurts beyond noise ({hurt_seeds} seeds): KD minus labels on these "
-          "seeds; "
-          "the share of seeds whose first pass ends with it masked; the arm minus KD; minus "
-          "labels (points)\n")
+          "seeds; the share of seeds whose first pass ends with it masked; the arm minus KD; "
+          "minus labels (points)\n")
     print("| student, teacher | class | KD minus labels | masked | minus KD | minus labels |")
     print("|---|---|---|---|---|---|")
     print("\n".join(per_class))

@@ -33,28 +33,23 @@ def _read(paths):
     return [row for path in paths.split(",") for row in apply.read_records(path)]
 
 
-def _with_fallback(row, arm, significance):
-    """The test accuracy the stage would keep: the reference's where the arm falls back."""
-    return row["labels"] if apply.falls_back(row, arm, significance) else row[arm]
-
-
 def table(rows, versus_rows, arm, versus, seeds, significance):
     """Markdown lines, one per (student, teacher) both arms have rows for on `seeds`."""
     theirs = {tuple(r[k] for k in _KEY): r for r in versus_rows if r["seed"] in seeds}
-    ours = [r for r in rows if r["seed"] in seeds and tuple(r[k] for k in _KEY) in theirs]
+    shared = [r for r in rows if r["seed"] in seeds and tuple(r[k] for k in _KEY) in theirs]
     lines = [f"| student, teacher | seeds | falls back: {arm} / {versus} | {arm} with fallback "
              f"minus {versus} with fallback | minus KD | minus labels | {versus} with fallback "
              "minus KD |", "|---|---|---|---|---|---|---|"]
-    for (student, teacher), mine in sorted(apply.by_setting(ours).items()):
-        setting = [(r, theirs[tuple(r[k] for k in _KEY)]) for r in mine]
-        ours = np.array([_with_fallback(a, arm, significance) for a, _ in setting]) * 100
-        other = np.array([_with_fallback(b, versus, significance) for _, b in setting]) * 100
-        kd = np.array([a["kd"] for a, _ in setting]) * 100
-        labels = np.array([a["labels"] for a, _ in setting]) * 100
+    for (student, teacher), setting_rows in sorted(apply.by_setting(shared).items()):
+        pairs = [(r, theirs[tuple(r[k] for k in _KEY)]) for r in setting_rows]
+        ours = np.array([apply.kept_accuracy(a, arm, significance) for a, _ in pairs]) * 100
+        other = np.array([apply.kept_accuracy(b, versus, significance) for _, b in pairs]) * 100
+        kd = np.array([a["kd"] for a, _ in pairs]) * 100
+        labels = np.array([a["labels"] for a, _ in pairs]) * 100
         falls = [sum(apply.falls_back(row, name, significance) for row in column)
-                 for name, column in ((arm, [a for a, _ in setting]),
-                                      (versus, [b for _, b in setting]))]
-        lines.append(f"| `{student}`, `{teacher}` | {len(setting)} | {falls[0]} / {falls[1]} | "
+                 for name, column in ((arm, [a for a, _ in pairs]),
+                                      (versus, [b for _, b in pairs]))]
+        lines.append(f"| `{student}`, `{teacher}` | {len(pairs)} | {falls[0]} / {falls[1]} | "
                      f"{apply.paired_cell(ours, other)} | {apply.paired_cell(ours, kd)} | "
                      f"{apply.paired_cell(ours, labels)} | {apply.paired_cell(other, kd)} |")
     return lines

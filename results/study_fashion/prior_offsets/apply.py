@@ -70,6 +70,12 @@ def falls_back(row, name, significance):
     return row[f"{name}_check"]["p_value"] < significance
 
 
+def kept_accuracy(row, name, significance):
+    """The test accuracy the stage keeps for a fallback row's `name` student at `significance`:
+    the label-only reference's where it falls back, the student's own elsewhere."""
+    return row["labels"] if falls_back(row, name, significance) else row[name]
+
+
 def seed_folders(roots):
     """`{seed: folder}` of the `seed<s>/` folders under the study roots."""
     return {int(name[len("seed"):]): os.path.join(root, name)

@@ -83,8 +83,7 @@ def table(rows, default_arm, seeds, significance):
              "fallback minus KD with fallback |", "|---|---|---|---|---|---|---|---|"]
     for (student, teacher), runs in sorted(settings.items()):
         def fallback(name):
-            return [r["labels"] if apply.falls_back(r, name, significance) else r[name]
-                    for r in runs]
+            return [apply.kept_accuracy(r, name, significance) for r in runs]
 
         column = {name: [r[name] for r in runs] for name in ("labels", "kd", default_arm)}
         falls = {name: sum(apply.falls_back(r, name, significance) for r in runs)
