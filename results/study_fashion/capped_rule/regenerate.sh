@@ -43,12 +43,13 @@ echo "$OUT/compare.md $OUT/compare_fresh.md"
 # from the runs), then tabled here at the library's level, 0.2, and at 0.05.
 FALLBACK="$OUT/fallback"
 PRIOR=results/study_fashion/prior_offsets
+rows_of() {  # rows_of ARM GROUPS: the arm's rows files of those groups, comma-separated
+    list=""
+    for group in $2; do list="$list${list:+,}$FALLBACK/${1}_$group.jsonl"; done
+    echo "$list"
+}
 fallback_tables() {  # fallback_tables NAME GROUPS SEED_SETS: GROUPS are the rows' suffixes
-    capped="" default=""
-    for group in $2; do
-        capped="$capped${capped:+,}$FALLBACK/capped_refit_$group.jsonl"
-        default="$default${default:+,}$FALLBACK/tllm_refit_$group.jsonl"
-    done
+    capped="$(rows_of capped_refit "$2")" default="$(rows_of tllm_refit "$2")"
     for level in 0.2 0.05; do
         "$PYTHON" "$OUT/with_fallback.py" --arm=capped_refit --rows="$capped" \
             --versus=tllm_refit --versus_rows="$default" --seed_sets="$3" --significance="$level"
@@ -57,9 +58,7 @@ fallback_tables() {  # fallback_tables NAME GROUPS SEED_SETS: GROUPS are the row
 }
 per_class_tables() {  # per_class_tables NAME GROUPS SEED_SETS RESULTS
     for arm in capped_refit tllm_refit; do
-        rows=""
-        for group in $2; do rows="$rows${rows:+,}$FALLBACK/${arm}_$group.jsonl"; done
-        "$PYTHON" "$PRIOR/fallback_per_class.py" --rows="$rows" --results="$4" \
+        "$PYTHON" "$PRIOR/fallback_per_class.py" --rows="$(rows_of "$arm" "$2")" --results="$4" \
             --seed_sets="$3" --default_arm="$arm" --significance=0.2 \
             > "$FALLBACK/per_class_${1}_$arm.md"
         echo "$FALLBACK/per_class_${1}_$arm.md"
