@@ -379,6 +379,11 @@ def test_summary_finds_the_hurt_class_and_the_arm_that_recovers_it():
     text = study_report.markdown([setting])
     assert "| tllm |" in text
     assert "| b | 80.0 | 69.8 | tllm | 78.0 | +8.20 ± 0.16" in text
+    assert "Teacher not in these records; labels only 80.00 ± 0.00;" in text  # Not "nan".
+    teachers = [{"seed": seed, "student": "", "teacher": "t", "arm": "teacher",
+                 "accuracy": 0.9 + 0.01 * seed} for seed in range(5)]
+    (with_teachers,) = study_summary.summarise(records + teachers)
+    assert "Teacher 92.00 ± 1.58; labels only" in study_report.markdown([with_teachers])
     assert "after Holm's correction across the classes (paired t-test, 5% for the whole " \
         "table): b." in text
 

@@ -47,6 +47,14 @@ def _accuracy(summary, scale=100.0):
     return f"{scale * summary['mean']:.2f} ± {scale * summary['std']:.2f}"
 
 
+def _teacher_accuracy(summary):
+    """The teachers' accuracy, or why there is none: records that hold no teacher's run."""
+    mean = summary["mean"]  # NaN in a summary, None in its JSON.
+    if mean is None or np.isnan(mean):
+        return "not in these records"
+    return _accuracy(summary)
+
+
 def _false_alarm_cell(entry, seeds):
     cell = f"{100 * entry['not_hurt_masked_update_rate']:.1f}%"
     low, high = entry["not_hurt_masked_update_rate_ci"]
@@ -78,7 +86,7 @@ def markdown(summaries):
         lines += [
             f"### {setting['student']} student, {setting['teacher']} teacher "
             f"({_seeds_text(seeds)})", "",
-            f"Teacher {_accuracy(setting['teacher_accuracy'])}; labels only "
+            f"Teacher {_teacher_accuracy(setting['teacher_accuracy'])}; labels only "
             f"{_accuracy(setting['labels'])}; KD {_accuracy(setting['kd'])}; KD minus labels "
             f"{_points(setting['kd_minus_labels'])} (mean ± std [95% CI] seeds better/worse, "
             "points).", "",
