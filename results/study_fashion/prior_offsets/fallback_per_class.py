@@ -15,7 +15,9 @@ The classes KD hurts are chosen on the test split of the same seeds by
 default, as the study's tables choose them. The label-only student's test
 accuracy on a class chosen so is high partly by chance, and the fallback
 hands that student back, so `--hurt_seeds` chooses the classes on other
-seeds, and the seeds of `--seed_sets` only measure.
+seeds, and the seeds of `--seed_sets` only measure. `--classes` names the
+classes instead (chosen beforehand on runs that may be gone), and measures
+them whatever KD did to them on these seeds.
 
     .venv/bin/python results/study_fashion/prior_offsets/fallback_per_class.py \
         --rows=results/study_fashion/prior_offsets/reference_fallback/base.jsonl \
@@ -58,23 +60,32 @@ def per_class(rows, records, default_arm, seeds, significance):
             for setting, columns in settings.items()}
 
 
-def table(settings, hurt_settings):
+def _chosen_classes(columns, chosen_on, class_names):
+    """The indices of the classes a setting's rows are for: named, or those KD hurts."""
+    if class_names:
+        return [columns["class_names"].index(name) for name in class_names]
+    if chosen_on is None:
+        return []
+    hurt, _ = study_stats.significantly_hurt(chosen_on["kd"], chosen_on["labels"])
+    return np.flatnonzero(hurt)
+
+
+def table(settings, hurt_settings, class_names=None):
     """Markdown lines: per (setting, hurt class), the accuracies and the paired differences.
 
     Args:
         settings: `per_class` of the seeds measured.
         hurt_settings: `per_class` of the seeds that choose the classes KD hurts.
+        class_names: the classes to measure instead, whatever KD did to them
+            (`None`: the classes KD hurts).
     """
-    lines = ["| student, teacher | seeds | class KD hurts | labels | KD | default | default with "
+    chosen = "class named beforehand" if class_names else "class KD hurts"
+    lines = [f"| student, teacher | seeds | {chosen} | labels | KD | default | default with "
              "fallback | default minus KD | default with fallback minus KD | default with "
              "fallback minus labels |", "|---|---|---|---|---|---|---|---|---|---|"]
     recovered, back_to_labels = collections.Counter(), collections.Counter()
     for (student, teacher), columns in sorted(settings.items()):
-        chosen_on = hurt_settings.get((student, teacher))
-        if chosen_on is None:
-            continue
-        hurt, _ = study_stats.significantly_hurt(chosen_on["kd"], chosen_on["labels"])
-        for c in np.flatnonzero(hurt):
+        for c in _chosen_classes(columns, hurt_settings.get((student, teacher)), class_names):
             cell = {name: 100 * columns[name][:, c] for name in
                     ("labels", "kd", "default", "default with fallback")}
             for name in ("default", "default with fallback"):
@@ -111,6 +122,8 @@ def main():
                         help="the fallback's level, judged from the rows' stored p-values")
     parser.add_argument("--hurt_seeds", help="the range that chooses the classes KD hurts "
                         "(default: each table's own seeds)")
+    parser.add_argument("--classes", help="comma-separated class names to measure in place of "
+                        "the classes KD hurts (chosen beforehand)")
     args = parser.parse_args()
     rows = [r for path in args.rows.split(",") for r in apply.read_records(path)]
     records = [r for path in args.results.split(",") for r in apply.read_records(path)]
@@ -123,7 +136,10 @@ def main():
                          if args.hurt_seeds else settings)
         if args.hurt_seeds:
             print(f"The classes KD hurts chosen on seeds {args.hurt_seeds}.\n")
-        print("\n".join(table(settings, hurt_settings)))
+        if args.classes:
+            print(f"The classes named beforehand: {args.classes}.\n")
+        print("\n".join(table(settings, hurt_settings,
+                               args.classes.split(",") if args.classes else None)))
 
 
 if __name__ == "__main__":
