@@ -378,3 +378,10 @@ if [ -d runs/cal ] && [ -d runs/fresh ] && [ -d runs/score_a ] && [ -d runs/scor
 else
     echo "results/study_fashion/capped_rule: left as it is (runs/cal, runs/fresh, runs/score_a, runs/score_b or runs/score_cache is not there)"
 fi
+# The one hurt class the default did not recover, on twenty more seeds (docs/study.md): runs/t2m
+# (seeds 10-19) and runs/t2cap (seeds 0-9).
+if [ -f runs/t2m/results.jsonl ] && [ -f runs/t2cap/results.jsonl ]; then
+    PYTHON="$PYTHON" sh results/study_fashion/t2_cnn_mlp1024/regenerate.sh runs/t2m runs/t2cap
+else
+    echo "results/study_fashion/t2_cnn_mlp1024: left as it is (runs/t2m or runs/t2cap is not there)"
+fi
