@@ -63,6 +63,10 @@ def per_class(rows, records, default_arm, seeds, significance):
 def _chosen_classes(columns, chosen_on, class_names):
     """The indices of the classes a setting's rows are for: named, or those KD hurts."""
     if class_names:
+        unknown = sorted(set(class_names) - set(columns["class_names"]))
+        if unknown:
+            raise SystemExit(f"--classes names {unknown}, which the records do not have; their "
+                             f"classes are {columns['class_names']}.")
         return [columns["class_names"].index(name) for name in class_names]
     if chosen_on is None:
         return []
