@@ -4,7 +4,8 @@ Two logical CPUs (conftest) stand in for two accelerators. The uneven cases
 are the ones that went wrong: 11 samples in batches of 8 end with a batch of
 3 that splits 2/1, and 49 in batches of 16 end with one sample, which leaves
 one replica an empty batch. A first batch that splits unevenly is refused:
-Keras builds the model from it.
+Keras builds the model from it (up front where its size is known, else
+Keras's own failure on it explained).
 """
 
 import keras
@@ -165,8 +166,33 @@ def test_a_first_batch_that_splits_unevenly_is_refused_before_any_step(mirrored_
         distiller.fit(x, y, batch_size=32, validation_split=0.1, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="batch_size=33 "):
         distiller.evaluate(x, y, batch_size=33, verbose=0)
+    # Without drop_remainder the size is unknown up front: Keras's failure on the batch, explained.
+    unknown = (r"first batch of x does not split evenly over the 2 replicas .*shares hold 17 and "
+               r"16 samples.*multiple of 2.*drop_remainder=True")
+    without_drop = tf.data.Dataset.from_tensor_slices((x, y)).batch(33)
+    with pytest.raises(ValueError, match=unknown + ".*No step was trained"):
+        distiller.fit(without_drop, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=unknown):
+        distiller.evaluate(without_drop, verbose=0)
     for got, want in zip(distiller.student.get_weights(), initial):
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_uneven_first_validation_batch_is_explained_and_the_epoch_trained_is_kept(
+        mirrored_strategy):
+    keras.utils.set_random_seed(0)
+    distiller = _distiller(mirrored_strategy, make_mlp("student", width=6).get_weights(),
+                           make_mlp("teacher", width=16).get_weights())
+    initial = distiller.student.get_weights()
+    x, y = _arrays(66)
+    even = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    with pytest.raises(ValueError, match=r"first batch of the validation data does not split "
+                       r"evenly .*17 and 16 samples.*The 3 steps trained before it are kept"):
+        distiller.fit(even, validation_data=tf.data.Dataset.from_tensor_slices((x, y)).batch(33),
+                      epochs=2, verbose=0)
+    assert int(distiller.optimizer.iterations.numpy()) == 3
+    assert any(not np.array_equal(got, want)
+               for got, want in zip(distiller.student.get_weights(), initial))
 
 
 def test_a_first_batch_that_splits_evenly_trains_with_an_uneven_last_batch(

@@ -55,8 +55,10 @@ class Distiller(keras.Model):
     split evenly: Keras builds the model from it and needs its replicas'
     shares to have one shape. `fit` and `evaluate` refuse a first batch that
     does not where its size is known (arrays, or a dataset batched with
-    `drop_remainder=True`); a dataset whose first batch is short fails in
-    Keras instead.
+    `drop_remainder=True`), before any step; for a dataset batched without
+    it, they raise the same `ValueError` when Keras fails on that batch
+    (for `validation_data`, after the epoch it follows, whose steps stay
+    in the weights).
 
     The teacher's logits come from the teacher, run on each batch, or, when
     the batch carries them, from the batch: `x` is then a dict
@@ -485,7 +487,8 @@ class Distiller(keras.Model):
                 `validation_data` given as arrays `(x, y)` or `(x, y,
                 sample_weight)`, or, with several replicas, on a first
                 training or validation batch that does not split evenly
-                over them (see the class docstring), before any step runs.
+                over them (see the class docstring): before any step runs
+                where its size is known, else when Keras reaches it.
         """
         arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
         self._check_label_array(arguments.get("y"))
@@ -496,7 +499,9 @@ class Distiller(keras.Model):
         replica_batches.check_fit(arguments, self.distribute_strategy)
         arguments["callbacks"] = fit_callbacks.arrange(
             arguments.get("callbacks"), self.teacher_dtype)
-        return super().fit(**arguments)
+        with replica_batches.explained_uneven_first_batch(
+                self.distribute_strategy, getattr(self.optimizer, "iterations", None)):
+            return super().fit(**arguments)
 
     def evaluate(self, *args, **kwargs):
         """Evaluates the student on the distillation objective; `keras.Model.evaluate`'s arguments.
@@ -515,12 +520,14 @@ class Distiller(keras.Model):
                 them (see the class docstring), before any step runs.
         """
         arguments = inspect.signature(super().evaluate).bind(*args, **kwargs).arguments
-        # fit's validation passes were checked once, up front, by fit.
-        if not arguments.get("kwargs", {}).get("_use_cached_eval_dataset"):
-            self._check_label_array(arguments.get("y"))
-            replica_batches.check_first_batch(
-                arguments.get("x"), arguments.get("batch_size"), self.distribute_strategy)
-        return super().evaluate(*args, **kwargs)
+        # fit's validation passes were checked once, up front, by fit (and are explained by it).
+        if arguments.get("kwargs", {}).get("_use_cached_eval_dataset"):
+            return super().evaluate(*args, **kwargs)
+        self._check_label_array(arguments.get("y"))
+        replica_batches.check_first_batch(
+            arguments.get("x"), arguments.get("batch_size"), self.distribute_strategy)
+        with replica_batches.explained_uneven_first_batch(self.distribute_strategy):
+            return super().evaluate(*args, **kwargs)
 
     def _check_label_array(self, y, name="Labels"):
         # Arrays are checked whole before any step runs; datasets are checked

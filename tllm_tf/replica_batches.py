@@ -5,16 +5,24 @@ shares of it, which fails on shares of two shapes with an `AddN` error deep
 inside Keras. Later batches may split unevenly (a smaller last batch is fine:
 the `Distiller` divides by the global batch size). `Distiller.fit` and
 `Distiller.evaluate` refuse such a first batch up front where its size is
-known: arrays, or a dataset batched with `drop_remainder=True`.
+known: arrays, or a dataset batched with `drop_remainder=True`. Where it is not
+(a dataset batched without it), `explained_uneven_first_batch` turns Keras's
+failure into an error that says the same.
 """
 
+import contextlib
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
 
 # What `keras.Model.fit` and `evaluate` batch arrays by without `batch_size`.
 KERAS_BATCH_SIZE = 32
+_WHY = "Keras builds the model from the first batch, and its replicas' shares must have one shape."
+# How Keras fails on such a batch: the replicas' shares of it summed (TensorFlow's message).
+_UNEVEN_SHARES = re.compile(r"AddN must have the same size and shape\.\s*"
+                            r"Input 0: \[(\d+)[,\]].*?input 1: \[(\d+)[,\]]", re.DOTALL)
 
 
 def check_fit(arguments, strategy):
@@ -66,8 +74,7 @@ def check_first_batch(x, batch_size, strategy, *, validation_split=0.0, of_valid
         return
     batch_size = batch_size or KERAS_BATCH_SIZE
     replicas = f"the {num_replicas} replicas of {type(strategy).__name__}"
-    why = ("Keras builds the model from the first batch, and its replicas' shares must have "
-           "one shape.")
+    why = _WHY
     if first < batch_size and not isinstance(x, tf.data.Dataset):
         raise ValueError(
             f"The first batch of {name} holds all of its {first} samples (fewer than "
@@ -79,6 +86,44 @@ def check_first_batch(x, batch_size, strategy, *, validation_split=0.0, of_valid
     raise ValueError(
         f"{size} (the global batch of {name}) does not split evenly over {replicas}: {why} "
         f"Use a batch_size that is a multiple of {num_replicas}; a smaller last batch is fine.")
+
+
+@contextlib.contextmanager
+def explained_uneven_first_batch(strategy, steps=None):
+    """Turns Keras's failure on a first batch the replicas cannot share into a clear error.
+
+    For the first batches `check_fit` cannot size up front: a dataset
+    batched without `drop_remainder`. Keras fails on one deep inside, with
+    TensorFlow's `AddN` message; this names the batch, the replicas and the
+    fix, and what was trained before it.
+
+    Args:
+        strategy: the model's `tf.distribute.Strategy`.
+        steps: `fit`'s counter of the steps trained (the optimizer's
+            `iterations`): a failure after steps is the validation data's.
+            `None` for `evaluate`.
+
+    Raises:
+        ValueError: in place of that failure, naming the fix.
+    """
+    before = None if steps is None else int(steps.numpy())
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        shares = _UNEVEN_SHARES.search(str(error))
+        num_replicas = strategy.num_replicas_in_sync
+        if num_replicas <= 1 or shares is None:
+            raise
+        trained = 0 if before is None else int(steps.numpy()) - before
+        data, kept = (("the validation data", f"The {trained} steps trained before it are kept "
+                       "in the model's weights.") if trained else
+                      ("x", "No step was trained."))
+        raise ValueError(
+            f"The first batch of {data} does not split evenly over the {num_replicas} replicas "
+            f"of {type(strategy).__name__} (two of their shares hold {shares[1]} and "
+            f"{shares[2]} samples): {_WHY} Batch the dataset by a multiple of {num_replicas} "
+            "(a smaller last batch is fine), or with drop_remainder=True to have its size "
+            f"checked before any step. {kept}") from error
 
 
 def first_batch_size(x, batch_size, validation_split=0.0, of_validation=False):
