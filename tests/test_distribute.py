@@ -139,6 +139,14 @@ def test_a_mirrored_run_trains_from_a_soft_label_store(mirrored_strategy, tmp_pa
     assert np.all(np.isfinite(history["loss"])) and len(history["loss"]) == 2
 
 
+def _seeded_distiller(strategy):
+    """A Distiller of seeded weights, and its student's weights before any step."""
+    keras.utils.set_random_seed(0)
+    distiller = _distiller(strategy, make_mlp("student", width=6).get_weights(),
+                           make_mlp("teacher", width=16).get_weights())
+    return distiller, distiller.student.get_weights()
+
+
 def _arrays(num_samples):
     rng = np.random.default_rng(0)
     return (rng.random((num_samples, 8, 8, 3), dtype=np.float32),
@@ -146,10 +154,7 @@ def _arrays(num_samples):
 
 
 def test_a_first_batch_that_splits_unevenly_is_refused_before_any_step(mirrored_strategy):
-    keras.utils.set_random_seed(0)
-    distiller = _distiller(mirrored_strategy, make_mlp("student", width=6).get_weights(),
-                           make_mlp("teacher", width=16).get_weights())
-    initial = distiller.student.get_weights()
+    distiller, initial = _seeded_distiller(mirrored_strategy)
     x, y = _arrays(66)
     uneven = r"batch_size=33 .*does not split evenly over the 2 replicas.*multiple of 2"
     with pytest.raises(ValueError, match=uneven):
@@ -180,10 +185,7 @@ def test_a_first_batch_that_splits_unevenly_is_refused_before_any_step(mirrored_
 
 def test_an_uneven_first_validation_batch_is_explained_and_the_epoch_trained_is_kept(
         mirrored_strategy):
-    keras.utils.set_random_seed(0)
-    distiller = _distiller(mirrored_strategy, make_mlp("student", width=6).get_weights(),
-                           make_mlp("teacher", width=16).get_weights())
-    initial = distiller.student.get_weights()
+    distiller, initial = _seeded_distiller(mirrored_strategy)
     x, y = _arrays(66)
     even = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     with pytest.raises(ValueError, match=r"first batch of the validation data does not split "
@@ -197,10 +199,7 @@ def test_an_uneven_first_validation_batch_is_explained_and_the_epoch_trained_is_
 
 def test_a_first_batch_that_splits_evenly_trains_with_an_uneven_last_batch(
         mirrored_strategy):
-    keras.utils.set_random_seed(0)
-    distiller = _distiller(mirrored_strategy, make_mlp("student", width=6).get_weights(),
-                           make_mlp("teacher", width=16).get_weights())
-    initial = distiller.student.get_weights()
+    distiller, initial = _seeded_distiller(mirrored_strategy)
     x, y = _arrays(67)  # Batches of 34 and 33.
     history = distiller.fit(x, y, batch_size=34, epochs=2, verbose=0).history
     assert np.all(np.isfinite(history["loss"])) and len(history["loss"]) == 2
