@@ -49,8 +49,7 @@ def _accuracy(summary, scale=100.0):
 
 def _teacher_accuracy(summary):
     """The teachers' accuracy, or why there is none: records that hold no teacher's run."""
-    mean = summary["mean"]  # NaN in a summary, None in its JSON.
-    if mean is None or np.isnan(mean):
+    if np.isnan(summary["mean"]):  # `study_summary` gives NaN for a setting with no teacher run.
         return "not in these records"
     return _accuracy(summary)
 
