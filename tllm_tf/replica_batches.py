@@ -74,17 +74,16 @@ def check_first_batch(x, batch_size, strategy, *, validation_split=0.0, of_valid
         return
     batch_size = batch_size or KERAS_BATCH_SIZE
     replicas = f"the {num_replicas} replicas of {type(strategy).__name__}"
-    why = _WHY
     if first < batch_size and not isinstance(x, tf.data.Dataset):
         raise ValueError(
             f"The first batch of {name} holds all of its {first} samples (fewer than "
-            f"batch_size={batch_size}), which do not split evenly over {replicas}: {why} Use "
+            f"batch_size={batch_size}), which do not split evenly over {replicas}: {_WHY} Use "
             f"a batch_size that is a multiple of {num_replicas} and at most {first}, or a "
             f"multiple of {num_replicas} samples.")
     size = (f"A batch of {first} samples" if isinstance(x, tf.data.Dataset)
             else f"batch_size={first}")
     raise ValueError(
-        f"{size} (the global batch of {name}) does not split evenly over {replicas}: {why} "
+        f"{size} (the global batch of {name}) does not split evenly over {replicas}: {_WHY} "
         f"Use a batch_size that is a multiple of {num_replicas}; a smaller last batch is fine.")
 
 
@@ -106,12 +105,13 @@ def explained_uneven_first_batch(strategy, steps=None):
     Raises:
         ValueError: in place of that failure, naming the fix.
     """
-    before = None if steps is None else int(steps.numpy())
+    num_replicas = strategy.num_replicas_in_sync
+    # One replica has no shares to split: nothing to explain, and no counter to read.
+    before = None if steps is None or num_replicas <= 1 else int(steps.numpy())
     try:
         yield
     except tf.errors.InvalidArgumentError as error:
         shares = _UNEVEN_SHARES.search(str(error))
-        num_replicas = strategy.num_replicas_in_sync
         if num_replicas <= 1 or shares is None:
             raise
         trained = 0 if before is None else int(steps.numpy()) - before
